@@ -1,0 +1,217 @@
+"""onitufs driver for a directory on a local or mounted disk.
+
+Uploads go to a hidden temporary file beside the target and are renamed
+into place when complete, so the directory never shows a half-written
+file. Changes made directly in the directory are found by polling it every
+``poll_interval``; each poll reports a full listing, and the core works out
+what was created, changed, deleted or renamed.
+
+Config keys: ``path`` (the directory, required), ``poll_interval``
+(default "2s").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import uuid
+
+from onitufs.config import ConfigError, Options
+from onitufs.plug import Conflict, DriverError, Kind, Metadata, Plug, RemoteUnavailable
+
+TEMP_SUFFIX = ".onitufs-part"
+
+
+def check(options: Options) -> None:
+    root = options.path("path")
+    if not root.is_dir():
+        raise ConfigError(f"{options.where}.path: {root} is not a directory "
+                          "(create it, or fix the path)")
+    options.duration("poll_interval", "2s")
+
+
+def token(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def file_id(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def describe(path: str, st: os.stat_result) -> Metadata:
+    kind: Kind = "dir" if stat.S_ISDIR(st.st_mode) else \
+        "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+    return Metadata(path=path, kind=kind, size=st.st_size if kind == "file" else 0,
+                    mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode),
+                    revision=token(st), file_id=file_id(st))
+
+
+def start(plug: Plug) -> None:
+    root = str(plug.options.path("path"))
+    interval = plug.options.duration("poll_interval", "2s")
+
+    def real(path: str) -> str:
+        """The local path of a remote path, refusing any that leads outside the root."""
+        full = os.path.join(root, path)
+        parent = os.path.realpath(os.path.dirname(full))
+        if parent != os.path.realpath(root) and not parent.startswith(os.path.realpath(root) + "/"):
+            raise DriverError(f"{path}: leads outside {root}")
+        return full
+
+    def temp(md: Metadata) -> str:
+        return real(md.extra["temp"])
+
+    @plug.handler()
+    def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+        try:
+            fd = os.open(real(md.path), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise DriverError(f"{md.path}: no longer on the remote") from None
+        try:
+            if md.revision is not None and token(os.fstat(fd)) != md.revision:
+                raise DriverError(f"{md.path}: changed on the remote since it was indexed")
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    @plug.handler()
+    def start_upload(md: Metadata) -> None:
+        folder, _, name = md.path.rpartition("/")
+        hidden = f".{name[:200]}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+        md.extra["temp"] = f"{folder}/{hidden}" if folder else hidden
+        _require_root()
+        os.close(os.open(temp(md), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
+    @plug.handler()
+    def restart_upload(md: Metadata, offset: int) -> None:
+        path = temp(md)
+        if os.lstat(path).st_size < offset:
+            raise DriverError(f"{md.path}: the partial upload is shorter than {offset} bytes")
+        os.truncate(path, offset)
+
+    @plug.handler()
+    def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
+        fd = os.open(temp(md), os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, chunk, offset)
+        finally:
+            os.close(fd)
+
+    @plug.handler()
+    def end_upload(md: Metadata) -> None:
+        path = temp(md)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, md.size)
+            os.fchmod(fd, md.mode)
+            os.utime(fd, ns=(md.mtime_ns, md.mtime_ns))
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        target = real(md.path)
+        try:
+            there: os.stat_result | None = os.lstat(target)
+        except FileNotFoundError:
+            there = None
+        if (token(there) if there else None) != md.revision:
+            assert there is not None
+            raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
+                           describe(md.path, there))
+        os.rename(path, target)
+        md.revision, md.file_id = token(st), file_id(st)
+
+    @plug.handler()
+    def abort_upload(md: Metadata) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp(md))
+
+    @plug.handler()
+    def delete_file(md: Metadata) -> None:
+        path = real(md.path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)  # never recursive: what is left inside was not ours to delete
+            return
+        if md.revision is not None and not stat.S_ISLNK(st.st_mode) and token(st) != md.revision:
+            raise DriverError(f"{md.path}: changed on the remote; not deleting it")
+        os.unlink(path)
+
+    @plug.handler()
+    def move_file(old: Metadata, new: Metadata) -> None:
+        target = real(new.path)
+        if os.path.lexists(target):
+            raise DriverError(f"{new.path}: already exists on the remote")
+        os.rename(real(old.path), target)
+        st = os.lstat(target)
+        new.revision, new.file_id = token(st), file_id(st)
+
+    @plug.handler()
+    def make_dir(md: Metadata) -> None:
+        path = real(md.path)
+        try:
+            os.mkdir(path, md.mode or 0o755)
+        except FileExistsError:
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
+        st = os.lstat(path)
+        md.revision, md.file_id = token(st), file_id(st)
+
+    @plug.handler()
+    def make_symlink(md: Metadata) -> None:
+        path = real(md.path)
+        if os.path.islink(path) and os.readlink(path) == md.target:
+            pass
+        else:
+            os.symlink(md.target or "", path)
+        st = os.lstat(path)
+        md.revision, md.file_id = token(st), file_id(st)
+
+    def _require_root() -> None:
+        if not os.path.isdir(root):
+            raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
+
+    def listing() -> list[Metadata]:
+        entries: list[Metadata] = []
+        folders = [""]
+        while folders:
+            folder = folders.pop()
+            with os.scandir(os.path.join(root, folder)) as scan:
+                for item in scan:
+                    if item.name.endswith(TEMP_SUFFIX):
+                        continue
+                    path = f"{folder}/{item.name}" if folder else item.name
+                    st = item.stat(follow_symlinks=False)
+                    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+                            or stat.S_ISREG(st.st_mode)):
+                        continue  # fifos, sockets, devices live in the index only
+                    md = describe(path, st)
+                    if md.kind == "dir":
+                        folders.append(path)
+                    elif md.kind == "symlink":
+                        md.target = os.readlink(item.path)
+                    entries.append(md)
+        return entries
+
+    plug.ready()
+    last: dict[str, str | None] | None = None
+    while not plug.stopping.is_set():
+        try:
+            _require_root()
+            entries = listing()
+        except (OSError, RemoteUnavailable) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            plug.offline(f"cannot list {root}: {reason}")
+            last = None
+        else:
+            seen = {md.path: md.revision for md in entries}
+            if seen != last:
+                if last is None:
+                    plug.online()
+                plug.report_tree(entries)
+                last = seen
+        plug.stopping.wait(interval)

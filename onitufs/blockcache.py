@@ -1,0 +1,233 @@
+"""The block cache: file content in fixed-size blocks, in front of the remotes.
+
+Writes land in in-memory block buffers and reach LMDB with the next commit
+(on flush, fsync, release, a timer, or when the buffers pass their limit),
+in the same transaction as the inode sizes they go with. Blocks of a file
+whose content is not complete locally (it came from a remote, or blocks
+were evicted) are fetched on demand through the Fetcher; a file is made
+complete before its first change, so the content of every revision that
+still has to be uploaded is always local.
+
+The cache keeps to its size by evicting clean blocks least recently used,
+and only blocks of files whose current revision every writable remote holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+
+import lmdb
+import trio
+
+from .index import FLAG_COMPLETE, Index, Inode, delete_range, q, scan, unq
+
+log = logging.getLogger(__name__)
+BlockKey = tuple[int, int]
+Fetcher = Callable[[Inode, int, int], Awaitable[bytes]]
+DIRTY_LIMIT = 64 * 1024 * 1024
+
+
+class BlockCache:
+    def __init__(self, index: Index, block_size: int, size_limit: int, fetch: Fetcher,
+                 evictable: Callable[[int], bool]) -> None:
+        self.index = index
+        self.block_size = block_size
+        self.size_limit = size_limit
+        self._fetch = fetch
+        self._evictable = evictable
+        self._db = index.db["blocks"]
+        self._dirty: dict[BlockKey, bytearray] = {}
+        self._dirty_bytes = 0
+        self._lru: collections.OrderedDict[BlockKey, int] = collections.OrderedDict()
+        self.stored_bytes = 0
+        self._fetching: dict[BlockKey, trio.Event] = {}
+        with index.env.begin(buffers=True) as txn:  # lengths only: no block is read
+            for key, value in scan(txn, self._db, b""):
+                self._lru[(unq(key), unq(key[8:]))] = len(value)
+                self.stored_bytes += len(value)
+
+    @property
+    def dirty_bytes(self) -> int:
+        return self._dirty_bytes
+
+    # reading
+
+    async def read(self, inode: Inode, offset: int, size: int) -> bytes:
+        size = max(0, min(size, inode.size - offset))
+        if size == 0:
+            return b""
+        bs = self.block_size
+        parts = []
+        first, last = offset // bs, (offset + size - 1) // bs
+        for blockno in range(first, last + 1):
+            start = offset - blockno * bs if blockno == first else 0
+            end = offset + size - blockno * bs if blockno == last else bs
+            piece = self._cached_piece(inode, blockno, start, end)
+            if piece is None:
+                piece = (await self._fetch_block(inode, blockno))[start:end]
+            parts.append(piece if len(piece) == end - start else piece + bytes(end - start - len(piece)))
+        return b"".join(parts)
+
+    def _cached_piece(self, inode: Inode, blockno: int, start: int, end: int) -> bytes | None:
+        """Bytes start:end of a block if the cache can answer without a remote."""
+        key = (inode.ino, blockno)
+        dirty = self._dirty.get(key)
+        if dirty is not None:
+            return bytes(dirty[start:end])
+        with self.index.env.begin(buffers=True) as txn:
+            stored = txn.get(q(inode.ino) + q(blockno), db=self._db)
+            if stored is not None:
+                if key in self._lru:
+                    self._lru.move_to_end(key)
+                return bytes(stored[start:end])
+        return b"" if inode.complete else None
+
+    async def _fetch_block(self, inode: Inode, blockno: int) -> bytes:
+        key = (inode.ino, blockno)
+        while key in self._fetching:
+            await self._fetching[key].wait()
+            with self.index.begin() as txn:
+                stored = txn.get(q(inode.ino) + q(blockno), db=self._db)
+            if stored is not None:
+                return bytes(stored)
+        self._fetching[key] = done = trio.Event()
+        rev = inode.rev
+        try:
+            offset = blockno * self.block_size
+            length = max(0, min(self.block_size, inode.size - offset))
+            data = await self._fetch(inode, offset, length) if length else b""
+            if inode.rev == rev and not inode.complete and key not in self._dirty:
+                with self.index.write() as txn:
+                    self._store(txn, key, data)
+            return data
+        finally:
+            del self._fetching[key]
+            done.set()
+
+    async def make_complete(self, inode: Inode) -> None:
+        """Fetch every block not cached, so the file can be changed locally."""
+        if inode.complete:
+            return
+        blocks = (inode.size + self.block_size - 1) // self.block_size
+        for blockno in range(blocks):
+            if self._cached_piece(inode, blockno, 0, 0) is None:
+                await self._fetch_block(inode, blockno)
+        if not inode.complete:
+            inode.flags |= FLAG_COMPLETE
+            self.index.defer_inode(inode)
+
+    # writing (callers bump the inode's version and size)
+
+    def write(self, inode: Inode, offset: int, data: bytes) -> None:
+        """Write into a complete inode's buffers."""
+        assert inode.complete, "make_complete() before changing content"
+        bs = self.block_size
+        pos = 0
+        while pos < len(data):
+            blockno, start = divmod(offset + pos, bs)
+            take = min(bs - start, len(data) - pos)
+            buffer = self._buffer(inode, blockno)
+            if len(buffer) < start:
+                buffer.extend(bytes(start - len(buffer)))
+            before = len(buffer)
+            buffer[start:start + take] = data[pos:pos + take]
+            self._dirty_bytes += len(buffer) - before
+            pos += take
+
+    def _buffer(self, inode: Inode, blockno: int) -> bytearray:
+        key = (inode.ino, blockno)
+        buffer = self._dirty.get(key)
+        if buffer is None:
+            with self.index.begin() as txn:
+                stored = txn.get(q(inode.ino) + q(blockno), db=self._db)
+            buffer = bytearray(stored) if stored is not None else bytearray()
+            self._dirty[key] = buffer
+            self._dirty_bytes += len(buffer)
+        return buffer
+
+    def truncate(self, inode: Inode, new_size: int) -> None:
+        """Cut the content of a complete inode at new_size (growing needs nothing: holes)."""
+        assert inode.complete, "make_complete() before changing content"
+        if new_size >= inode.size:
+            return
+        bs = self.block_size
+        keep_blocks = (new_size + bs - 1) // bs
+        for key in [k for k in self._dirty if k[0] == inode.ino and k[1] >= keep_blocks]:
+            self._dirty_bytes -= len(self._dirty.pop(key))
+        with self.index.write() as txn:
+            self._delete_blocks(txn, inode.ino, keep_blocks)
+        if new_size % bs:
+            buffer = self._buffer(inode, new_size // bs)
+            cut = new_size % bs
+            if len(buffer) > cut:
+                self._dirty_bytes -= len(buffer) - cut
+                del buffer[cut:]
+
+    def drop(self, txn: lmdb.Transaction, ino: int) -> None:
+        """Forget every block of an inode (deleted, or replaced by a remote's revision)."""
+        for key in [k for k in self._dirty if k[0] == ino]:
+            self._dirty_bytes -= len(self._dirty.pop(key))
+        self._delete_blocks(txn, ino, 0)
+
+    def _delete_blocks(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
+        for blockno in delete_range(txn, self._db, q(ino), q(from_block)):
+            self.stored_bytes -= self._lru.pop((ino, unq(blockno)), 0)
+
+    def _store(self, txn: lmdb.Transaction, key: BlockKey, data: bytes | bytearray) -> None:
+        txn.put(q(key[0]) + q(key[1]), data, db=self._db)
+        self.stored_bytes += len(data) - self._lru.pop(key, 0)
+        self._lru[key] = len(data)
+
+    # committing and evicting
+
+    def commit(self) -> None:
+        """Write every buffered block and deferred inode in one transaction."""
+        with self.index.write() as txn:
+            self.commit_in(txn)
+
+    def commit_in(self, txn: lmdb.Transaction) -> None:
+        for key, buffer in self._dirty.items():
+            self._store(txn, key, buffer)
+        self._dirty.clear()
+        self._dirty_bytes = 0
+        self.index.write_deferred(txn)
+
+    def over_dirty_limit(self) -> bool:
+        return self._dirty_bytes > DIRTY_LIMIT
+
+    def has_dirty(self, ino: int) -> bool:
+        return any(key[0] == ino for key in self._dirty)
+
+    def evict(self) -> int:
+        """Drop clean blocks, least recently used first, until the cache fits; returns bytes freed."""
+        excess = self.stored_bytes - self.size_limit
+        if excess <= 0:
+            return 0
+        freed = 0
+        verdicts: dict[int, bool] = {}
+        victims = []
+        for key, length in self._lru.items():
+            if freed >= excess:
+                break
+            ino = key[0]
+            if ino not in verdicts:
+                verdicts[ino] = not self.has_dirty(ino) and self._evictable(ino)
+            if verdicts[ino]:
+                victims.append(key)
+                freed += length
+        if not victims:
+            log.warning("cache over its size (%d > %d bytes) and nothing can be evicted yet: "
+                        "waiting for uploads", self.stored_bytes, self.size_limit)
+            return 0
+        with self.index.write() as txn:
+            for key in victims:
+                txn.delete(q(key[0]) + q(key[1]), db=self._db)
+                self.stored_bytes -= self._lru.pop(key)
+            for ino in {key[0] for key in victims}:
+                inode = self.index.get_inode(ino, txn)
+                if inode is not None and inode.complete:
+                    inode.flags &= ~FLAG_COMPLETE
+                    self.index.put_inode(txn, inode)
+        return freed

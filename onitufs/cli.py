@@ -1,0 +1,235 @@
+"""The `onitufs` command: mount, umount and status.
+
+`onitufs mount` starts the daemon in the background and returns once the
+mount is ready, or prints the one line that says why it is not. The daemon
+is this same program run with -f and a pipe to report readiness on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, load
+from .index import CacheError, Index
+
+STATUS_XATTR = "user.onitufs.status"
+FLUSH_XATTR = "user.onitufs.flush"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class CommandError(Exception):
+    """Ends the command with this message and exit status 1."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.run(args)
+    except (CommandError, ConfigError, CacheError) as error:
+        print(f"onitufs: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onitufs", description="Keep one folder on many storage services at once.")
+    parser.add_argument("--version", action="version", version=f"onitufs {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount the remotes of CONFIG at MOUNTPOINT")
+    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("config", type=Path)
+    mount.add_argument("-f", "--foreground", action="store_true",
+                       help="stay in the foreground and log to standard error")
+    mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
+                       help="FUSE mount option: allow_other, default_permissions (repeatable)")
+    mount.add_argument("--log", type=Path, help="log file (default: onitufs.log in the cache)")
+    mount.add_argument("--debug", action="store_true", help="log every remote operation")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    mount.set_defaults(run=cmd_mount)
+
+    umount = commands.add_parser(
+        "umount", help="upload everything queued, then unmount; returns when all is done")
+    umount.add_argument("mountpoint", type=Path)
+    umount.set_defaults(run=cmd_umount)
+
+    status = commands.add_parser("status", help="per remote: pending, in flight, done, failing")
+    status.add_argument("mountpoint", type=Path)
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.set_defaults(run=cmd_status)
+    return parser
+
+
+# mount
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    mountpoint = args.mountpoint.expanduser().absolute()
+    log_path = args.log or config.cache_path / "onitufs.log"
+    if not args.foreground:
+        return spawn_daemon(args, mountpoint, log_path)
+    from .daemon import Mount, MountError, check_mountpoint, describe_error
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=LOG_FORMAT)
+    ready_pipe = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
+
+    def ready() -> None:
+        if ready_pipe is not None:
+            ready_pipe.write("ready\n")
+            ready_pipe.close()
+
+    options = {"fsname=onitufs", "subtype=onitufs", "default_permissions", *args.options}
+    try:
+        check_mountpoint(mountpoint)
+        mount = Mount(config, mountpoint)
+    except (ConfigError, MountError, CacheError) as error:
+        if ready_pipe is not None:
+            ready_pipe.write(f"error: {describe_error(error)}\n")
+            ready_pipe.close()
+        raise CommandError(describe_error(error)) from None
+    try:
+        complete = mount.run(options, ready)
+    except MountError as error:
+        if ready_pipe is not None and not ready_pipe.closed:
+            ready_pipe.write(f"error: {error}\n")
+            ready_pipe.close()
+        raise CommandError(str(error)) from None
+    return 0 if complete else 2
+
+
+def spawn_daemon(args: argparse.Namespace, mountpoint: Path, log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "onitufs", "mount", "-f", "--ready-fd", str(write_end),
+               str(mountpoint), str(args.config.expanduser().absolute())]
+    for option in args.options:
+        command += ["-o", option]
+    if args.debug:
+        command.append("--debug")
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                   stderr=log_file, pass_fds=(write_end,),
+                                   start_new_session=True)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.readline().strip()
+    if answer == "ready":
+        return 0
+    if answer.startswith("error: "):
+        raise CommandError(answer[len("error: "):])
+    code = process.wait()
+    raise CommandError(f"the daemon stopped before mounting (exit {code}); see {log_path}")
+
+
+# status and umount
+
+def read_status(mountpoint: Path) -> dict[str, Any]:
+    try:
+        raw = os.getxattr(mountpoint, STATUS_XATTR)
+    except OSError as error:
+        raise CommandError(f"{mountpoint}: not an onitufs mount ({error.strerror})") from None
+    status: dict[str, Any] = json.loads(raw)
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = read_status(args.mountpoint)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{status['mountpoint']}  (pid {status['pid']}, cache {human(status['cache_bytes'])}"
+          f" of {human(status['cache_limit'])}, unsaved {human(status['unsaved_bytes'])})")
+    rows = [("REMOTE", "DRIVER", "MODE", "STATE", "PENDING", "IN FLIGHT", "DONE", "SENT",
+             "LAST ERROR")]
+    for remote in status["remotes"]:
+        state = "online" if remote["online"] else "offline"
+        if remote["failures"]:
+            state += f", failing x{remote['failures']}"
+        rows.append((remote["name"], remote["driver"], remote["mode"], state,
+                     str(remote["pending"]), str(remote["in_flight"]), str(remote["done"]),
+                     human(remote["bytes_sent"]),
+                     remote["last_error"] if remote["failures"] or not remote["online"] else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[-1])
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.expanduser().absolute()
+    status = read_status(mountpoint)
+    os.setxattr(mountpoint, FLUSH_XATTR, b"1")
+    show = sys.stderr.isatty()
+    total = max(1, pending_of(status))
+    while pending_of(status):
+        if show:
+            left = pending_of(status)
+            bar = "#" * int(30 * (total - left) / total)
+            print(f"\ruploading: {bar:<30} {left} left ", end="", file=sys.stderr, flush=True)
+        if all_stuck(status):
+            break
+        time.sleep(0.2)
+        status = read_status(mountpoint)
+        total = max(total, pending_of(status))
+    if show:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CommandError(f"{mountpoint}: cannot unmount: "
+                           f"{result.stderr.strip() or 'fusermount3 failed'}")
+    wait_for_exit(status["pid"])
+    index = Index(Path(status["cache"]), 2**40)
+    try:
+        queued = index.queued()
+    finally:
+        index.close()
+    if queued:
+        for name, count in sorted(queued.items()):
+            print(f"onitufs: {name}: {count} changes still queued; they resume at the next "
+                  "mount", file=sys.stderr)
+        return 2
+    return 0
+
+
+def pending_of(status: dict[str, Any]) -> int:
+    return sum(remote["pending"] for remote in status["remotes"] if "w" in remote["mode"])
+
+
+def all_stuck(status: dict[str, Any]) -> bool:
+    """Every remote with work left is failing: waiting longer would not help."""
+    waiting = [r for r in status["remotes"] if r["pending"] and "w" in r["mode"]]
+    return bool(waiting) and all(r["failures"] >= 8 or not r["online"] for r in waiting)
+
+
+def wait_for_exit(pid: int) -> None:
+    while Path(f"/proc/{pid}").exists():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
+
+
+def human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(size)

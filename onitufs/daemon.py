@@ -1,0 +1,180 @@
+"""The life of one mount: set up, serve, and on the way out flush every upload.
+
+Everything that can fail because of the user's input (config, cache,
+mount point, a driver's options) is checked before anything is mounted, so
+a failed `onitufs mount` never leaves a half-mounted folder. Once mounted,
+the mount ends by `fusermount3 -u`, `onitufs umount` or SIGINT/SIGTERM;
+each way ends with the replicator flushing what is queued.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from .blockcache import BlockCache
+from .config import Config, ConfigError
+from .fs import Filesystem
+from .index import Index
+from .plug import check_options, load_driver
+from .remote_changes import RemoteChanges
+from .remotes import Remote
+from .replicator import Replicator
+from .tree import Tree
+
+log = logging.getLogger(__name__)
+MAP_SIZE = 2**40  # address space only: the file grows as it is used
+
+
+class MountError(Exception):
+    """The mount cannot start; the message says why in one line."""
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    try:
+        os.stat(mountpoint)
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            # A FUSE mount whose daemon died (kill -9): nothing serves it any more.
+            log.warning("%s: clearing the mount left by a daemon that died", mountpoint)
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+        elif error.errno == errno.ENOENT:
+            raise MountError(f"{mountpoint}: no such folder (create it first)") from None
+        else:
+            raise MountError(f"{mountpoint}: {error.strerror}") from None
+    if not mountpoint.is_dir():
+        raise MountError(f"{mountpoint}: not a folder")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint}: already a mount point (unmount it first)")
+
+
+class Mount:
+    """Every part of a running mount, wired together."""
+
+    def __init__(self, config: Config, mountpoint: Path) -> None:
+        self.config = config
+        self.mountpoint = mountpoint
+        drivers = {remote.name: load_driver(remote.driver, remote.options.where)
+                   for remote in config.remotes}
+        self.index = Index(config.cache_path, MAP_SIZE)
+        try:
+            self.remotes = []
+            for remote_config in config.remotes:
+                driver = drivers[remote_config.name]
+                if not self.index.knows_remote(remote_config.name):
+                    # Checked on first use only: a remote that goes missing later is
+                    # offline, not a broken config, and must not stop the mount.
+                    check_options(driver, remote_config.options)
+                rid = self.index.remote_id(remote_config.name)
+                self.remotes.append(Remote(remote_config, rid, driver))
+        except BaseException:
+            self.index.close()
+            raise
+        self.replicator = Replicator(self.index, self.remotes, config.block_size)
+        self.cache = BlockCache(self.index, config.block_size, config.cache_size,
+                                self.replicator.fetch, self.replicator.replicated)
+        self.replicator.cache = self.cache
+        self.tree = Tree(self.index, self.cache, self.replicator.schedule, config.upload_delay)
+        self.changes = RemoteChanges(self.tree, self.replicator, self.remotes)
+        self.replicator.on_conflict = self.changes.keep_both
+        self.fs = Filesystem(self.tree, self.replicator, self.status, str(config.cache_path))
+        self._unmounted_by_us = False
+        self.recover()
+
+    def recover(self) -> None:
+        """Finish what a crash interrupted: orphaned inodes go, unsaved revisions are made."""
+        with self.index.begin() as txn:
+            inodes = list(self.index.all_inodes(txn))
+        orphans = [inode for inode in inodes if inode.nlink == 0]
+        if orphans:
+            with self.index.write() as txn:
+                for inode in orphans:
+                    self.tree.purge(txn, inode)
+        for inode in inodes:
+            if inode.nlink and inode.dirty:
+                log.info("inode %d changed before a crash: making its revision", inode.ino)
+                self.tree.make_revision(inode.ino, delay=0)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "mountpoint": str(self.mountpoint),
+            "config": str(self.config.source),
+            "cache": str(self.config.cache_path),
+            "cache_bytes": self.cache.stored_bytes,
+            "cache_limit": self.config.cache_size,
+            "unsaved_bytes": self.cache.dirty_bytes,
+            "remotes": [{
+                "name": remote.name,
+                "driver": remote.config.driver,
+                "mode": remote.config.mode,
+                "online": remote.health.online,
+                "last_error": remote.health.last_error,
+                "failures": remote.health.failures,
+                "pending": self.replicator.pending_count(remote),
+                "in_flight": self.replicator.in_flight(remote),
+                "done": remote.health.done,
+                "bytes_sent": remote.health.bytes_sent,
+            } for remote in self.remotes],
+        }
+
+    def run(self, options: set[str], ready: Callable[[], None]) -> bool:
+        """Mount, serve until unmounted, flush; True when every remote got everything."""
+        try:
+            pyfuse3.init(self.fs, str(self.mountpoint), options)
+        except RuntimeError as error:
+            self.index.close()
+            raise MountError(f"{self.mountpoint}: the kernel refused the mount ({error})") from None
+        log.info("mounted %s", self.mountpoint)
+        ready()
+        try:
+            return trio.run(self._serve)
+        finally:
+            self.index.close()
+
+    async def _serve(self) -> bool:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.fs.upkeep)
+            nursery.start_soon(self.replicator.run)
+            nursery.start_soon(self._signals)
+            for remote in self.remotes:
+                nursery.start_soon(remote.run_driver, self.changes)
+            try:
+                await pyfuse3.main()
+            finally:
+                pyfuse3.close(unmount=self._unmounted_by_us)
+            log.info("unmounted %s: uploading what is still queued", self.mountpoint)
+            self.fs.finish()
+            complete = await self.replicator.flush()
+            for remote in self.remotes:
+                remote.stop()
+            nursery.cancel_scope.cancel()
+        log.info("all remotes up to date" if complete else "stopped with uploads still queued")
+        return complete
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
+            async for signum in received:
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                result = await trio.to_thread.run_sync(lambda: subprocess.run(
+                    ["fusermount3", "-u", str(self.mountpoint)], capture_output=True, text=True))
+                if result.returncode != 0:
+                    # Busy: stop serving now; the kernel detaches the mount when we close.
+                    log.warning("unmount: %s; detaching instead", result.stderr.strip())
+                    self._unmounted_by_us = True
+                    pyfuse3.terminate()
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, ConfigError | MountError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,479 @@
+"""The FUSE operations: what the kernel asks, answered from the tree and the block cache.
+
+Writes go to the block cache and return; close and fsync turn them into a
+revision for the replicator. Everything here runs on the trio thread, and
+no LMDB transaction is held across an await.
+
+Control and state are extended attributes, so they work through any tool:
+``user.onitufs.replicas`` on any file names the remotes holding its current
+revision and those still pending; on the mount's root,
+``user.onitufs.status`` is the daemon's status as JSON and setting
+``user.onitufs.flush`` starts uploading everything queued at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import lmdb
+import pyfuse3
+import trio
+
+from .index import ROOT_INO, Inode, now_ns
+from .replicator import FetchError, Replicator
+from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+ATTR_TIMEOUT = 1.0
+SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
+COMMIT_INTERVAL = 1.0
+XATTR_PREFIX = b"user.onitufs."
+XATTR_SIZE_MAX = 65536
+
+
+def fuse_errors(function: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turn every failure into an errno: pyfuse3 stops the mount on anything but FUSEError."""
+
+    @functools.wraps(function)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await function(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except TreeError as error:
+            raise pyfuse3.FUSEError(error.errno) from None
+        except (lmdb.MapFullError, lmdb.DiskError):
+            log.error("the cache is full: no room for more data")
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
+        except lmdb.Error as error:
+            if "No space left" in str(error):
+                log.error("the disk of the cache is full")
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
+            log.exception("index error in %s", function.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", function.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class Handle:
+    ino: int
+    flags: int
+
+
+class Kernel(KernelNotifier):
+    """Tells the kernel about names a remote changed, off the request path."""
+
+    def entry_changed(self, parent: int, name: bytes) -> None:
+        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+
+class Filesystem(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self, tree: Tree, replicator: Replicator, status: Callable[[], dict[str, Any]],
+                 cache_dir: str) -> None:
+        super().__init__()
+        self.tree = tree
+        self.index = tree.index
+        self.cache = tree.cache
+        self.replicator = replicator
+        self._status = status
+        self._cache_dir = cache_dir
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
+        self._next_fh = 1
+        self._last_write: dict[int, float] = {}
+        self.kernel = Kernel()
+        tree.kernel = self.kernel
+
+    # attributes
+
+    def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = inode.ino
+        attrs.generation = 0
+        attrs.entry_timeout = ATTR_TIMEOUT
+        attrs.attr_timeout = ATTR_TIMEOUT
+        attrs.st_mode = inode.mode
+        attrs.st_nlink = inode.nlink
+        attrs.st_uid = inode.uid
+        attrs.st_gid = inode.gid
+        attrs.st_rdev = inode.rdev
+        attrs.st_size = inode.size
+        attrs.st_blksize = 128 * 1024
+        attrs.st_blocks = (inode.size + 511) // 512
+        attrs.st_atime_ns = inode.atime_ns
+        attrs.st_mtime_ns = inode.mtime_ns
+        attrs.st_ctime_ns = inode.ctime_ns
+        return attrs
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        if name == b".":
+            return self.attributes(self.tree.inode(parent_inode))
+        if name == b"..":
+            with self.index.begin() as txn:
+                names = self.index.names_of(parent_inode, txn)
+            return self.attributes(self.tree.inode(names[0][0] if names else ROOT_INO))
+        return self.attributes(self.tree.child(parent_inode, name))
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
+                      ) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.tree.inode(inode))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.tree.inode(inode)
+        if fields.update_size:
+            if not node.is_reg:
+                raise pyfuse3.FUSEError(errno.EINVAL if not node.is_dir else errno.EISDIR)
+            await self.cache.make_complete(node)
+            self.cache.truncate(node, attr.st_size)
+            node.size = attr.st_size
+            self.tree.content_changed(node)
+        if fields.update_mode:
+            node.mode = stat.S_IFMT(node.mode) | (attr.st_mode & 0o7777)
+        if fields.update_uid:
+            node.uid = attr.st_uid
+        if fields.update_gid:
+            node.gid = attr.st_gid
+        if fields.update_atime:
+            node.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            node.mtime_ns = attr.st_mtime_ns
+        node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now_ns()
+        with self.index.write() as txn:
+            self.cache.commit_in(txn)
+            self.index.put_inode(txn, node)
+        if fields.update_size and not self.tree.open_counts.get(inode):
+            self.tree.make_revision(inode)
+        return self.attributes(node)
+
+    # names
+
+    def _new_node(self, parent: Inode, mode: int, ctx: pyfuse3.RequestContext, rdev: int = 0,
+                  target: bytes = b"") -> NewNode:
+        gid = ctx.gid
+        if parent.mode & stat.S_ISGID:  # BSD group semantics for setgid folders
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return NewNode(mode, ctx.uid, gid, rdev=rdev, target=target, size=len(target))
+
+    async def _make(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                    rdev: int = 0, target: bytes = b"") -> Inode:
+        parent = self.tree.inode(parent_inode)
+        with self.index.write() as txn:
+            return self.tree.create(txn, parent_inode, name,
+                                    self._new_node(parent, mode, ctx, rdev, target))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self._make(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx)
+        return self.attributes(node)
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self._make(parent_inode, name, mode, ctx, rdev=rdev))
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self._make(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target)
+        return self.attributes(node)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.tree.inode(inode)
+        if not node.is_symlink:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.tree.inode(inode)
+        with self.index.write() as txn:
+            self.tree.link(txn, node, new_parent_inode, new_name)
+        return self.attributes(node)
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> None:
+        with self.index.write() as txn:
+            self.tree.unlink(txn, parent_inode, name)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes,
+                    ctx: pyfuse3.RequestContext) -> None:
+        with self.index.write() as txn:
+            self.tree.rmdir(txn, parent_inode, name)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes,
+                     parent_inode_new: int, name_new: bytes, flags: int,
+                     ctx: pyfuse3.RequestContext) -> None:
+        with self.index.write() as txn:
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                self.tree.exchange(txn, parent_inode_old, name_old, parent_inode_new, name_new)
+            else:
+                self.tree.rename(txn, parent_inode_old, name_old, parent_inode_new, name_new,
+                                 noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+
+    # directories
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not self.tree.inode(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._new_fh()
+        self._dirs[fh] = []
+        self._handles[fh] = Handle(inode, 0)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id == 0:  # a fresh listing at opendir and at every rewinddir
+            ino = self._handles[fh].ino
+            with self.index.begin() as txn:
+                names = self.index.names_of(ino, txn)
+            self._dirs[fh] = [(b".", ino), (b"..", names[0][0] if names else ino),
+                              *self.index.children(ino)]
+        entries = self._dirs[fh]
+        for position in range(start_id, len(entries)):
+            name, ino = entries[position]
+            node = self.index.get_inode(ino)
+            if node is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self.attributes(node), position + 1):
+                break
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+        self._handles.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.index.sync()
+
+    # files
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _open(self, ino: int, flags: int) -> pyfuse3.FileInfo:
+        fh = self._new_fh()
+        self._handles[fh] = Handle(ino, flags)
+        self.tree.open_counts[ino] = self.tree.open_counts.get(ino, 0) + 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.tree.inode(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open(inode, flags)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = await self._make(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
+        return self._open(node.ino, flags), self.attributes(node)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self.tree.inode(self._handles[fh].ino)
+        try:
+            return await self.cache.read(node, off, size)
+        except FetchError as error:
+            log.error("cannot read %s: %s", self._describe(node.ino), error)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        node = self.tree.inode(self._handles[fh].ino)
+        if not node.complete:
+            try:
+                await self.cache.make_complete(node)
+            except FetchError as error:
+                log.error("cannot change %s: its content cannot be fetched: %s",
+                          self._describe(node.ino), error)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        self.cache.write(node, off, buf)
+        node.size = max(node.size, off + len(buf))
+        if node.mode & (stat.S_ISUID | stat.S_ISGID):
+            node.mode &= ~(stat.S_ISUID | stat.S_ISGID)  # as the kernel does for writes
+        self.tree.content_changed(node)
+        self._last_write[node.ino] = time.monotonic()
+        if self.cache.over_dirty_limit():
+            self.cache.commit()
+            self.cache.evict()
+        return len(buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        self.tree.make_revision(self._handles[fh].ino)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.tree.make_revision(self._handles[fh].ino, delay=0)
+        self.index.sync()
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        ino = handle.ino
+        remaining = self.tree.open_counts[ino] - 1
+        if remaining:
+            self.tree.open_counts[ino] = remaining
+        else:
+            del self.tree.open_counts[ino]
+            self._last_write.pop(ino, None)
+        node = self.index.get_inode(ino)
+        if node is not None and node.nlink == 0 and not remaining:
+            with self.index.write() as txn:
+                self.tree.purge(txn, node)
+        elif node is not None:
+            self.tree.make_revision(ino)
+            self.cache.evict()
+
+    # file system
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        disk = os.statvfs(self._cache_dir)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = 128 * 1024
+        data.f_frsize = disk.f_frsize
+        data.f_blocks = disk.f_blocks
+        data.f_bfree = disk.f_bfree
+        data.f_bavail = disk.f_bavail
+        data.f_files = disk.f_files or 2**32
+        data.f_ffree = disk.f_ffree or 2**32
+        data.f_favail = disk.f_favail or 2**32
+        data.f_namemax = NAME_MAX
+        return data
+
+    # extended attributes
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name.startswith(XATTR_PREFIX):
+            return self._control_xattr(inode, name[len(XATTR_PREFIX):])
+        self.tree.inode(inode)
+        value = self.index.get_xattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    def _control_xattr(self, inode: int, key: bytes) -> bytes:
+        if key == b"replicas":
+            node = self.tree.inode(inode)
+            return self._replicas(node).encode()
+        if key == b"status" and inode == ROOT_INO:
+            return json.dumps(self._status(), indent=1).encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    def _replicas(self, node: Inode) -> str:
+        held = {remote.name for remote, _, _ in self.replicator.holders(node)}
+        with self.index.begin() as txn:
+            for remote in self.replicator.remotes:
+                if any(entry.rev == node.rev or node.is_dir
+                       for entry in self.index.mirror(remote.rid, node.ino, txn).values()):
+                    held.add(remote.name)
+        lines = []
+        for remote in self.replicator.remotes:
+            if remote.name in held and not node.dirty:
+                state = "held"
+            elif remote.config.writable:
+                state = "pending"
+            else:
+                state = "not held (read-only remote)"
+            lines.append(f"{remote.name}: {state}")
+        return "\n".join(lines) + "\n"
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(XATTR_PREFIX):
+            if name == XATTR_PREFIX + b"flush" and inode == ROOT_INO:
+                self.replicator.start_flush()
+                return
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if name.startswith(b"system."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if len(value) > XATTR_SIZE_MAX:
+            raise pyfuse3.FUSEError(errno.E2BIG)
+        node = self.tree.inode(inode)
+        with self.index.write() as txn:
+            self.index.set_xattr(txn, inode, name, value)
+            node.ctime_ns = now_ns()
+            self.index.put_inode(txn, node)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        self.tree.inode(inode)
+        return self.index.list_xattrs(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self.tree.inode(inode)
+        with self.index.write() as txn:
+            if not self.index.remove_xattr(txn, inode, name):
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            node.ctime_ns = now_ns()
+            self.index.put_inode(txn, node)
+
+    # upkeep
+
+    def _describe(self, ino: int) -> str:
+        with self.index.begin() as txn:
+            paths = self.index.paths_of(ino, txn)
+        return "/" + paths[0] if paths else f"inode {ino}"
+
+    async def upkeep(self) -> None:
+        """Commit buffered writes, give idle open files a revision, keep the cache in size."""
+        while True:
+            await trio.sleep(COMMIT_INTERVAL)
+            if self.cache.dirty_bytes:
+                self.cache.commit()
+            now = time.monotonic()
+            for ino, last in list(self._last_write.items()):
+                if now - last > SETTLE_SECONDS:
+                    del self._last_write[ino]
+                    self.tree.make_revision(ino)
+            self.cache.evict()
+
+    def finish(self) -> None:
+        """Called after the kernel let go: everything buffered becomes a revision."""
+        self.cache.commit()
+        for ino in list(self.tree.open_counts):
+            self.tree.make_revision(ino, delay=0)
+        self.index.sync()
+

@@ -1,0 +1,491 @@
+"""The index: one LMDB environment holding the tree and what each remote holds.
+
+Named databases (one environment, so one transaction can change several):
+
+- ``meta``      counters and the schema version
+- ``inodes``    ino -> packed Inode (full POSIX attributes, content version, revision)
+- ``dirents``   parent ino + name -> child ino
+- ``parents``   child ino + parent ino + name -> b"" (the names of an inode, for paths)
+- ``xattrs``    ino + name -> value
+- ``remotes``   remote name -> remote id
+- ``mirror``    remote id + ino -> JSON {path: {rev, token, fid, kind}}: what the remote holds
+- ``rpaths``    remote id + hash(path) -> ino + path: the same, looked up by path
+- ``todo``      remote id + ino -> due time: inodes that remote must be brought up to date on
+- ``transfers`` remote id + ino -> JSON {rev, path, offset, extra}: uploads in flight
+- ``blocks``    ino + block number -> content (owned by blockcache.py)
+
+Inode records are decoded once and kept in an LRU; attribute changes that
+happen on every write are kept in memory and written with the next commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cachetools
+import lmdb
+
+SCHEMA_VERSION = 1
+ROOT_INO = 1
+_Q = struct.Struct(">Q")
+_I = struct.Struct(">I")
+_INODE = struct.Struct("<IIIIQQqqqQQQI32s")
+FLAG_COMPLETE = 1  # every block absent from the cache is a hole: nothing to fetch
+_DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "rpaths",
+        "todo", "transfers", "blocks")
+
+
+class CacheError(Exception):
+    """The index cannot be opened or is damaged."""
+
+
+class CacheBusy(CacheError):
+    """Another onitufs process uses this cache."""
+
+
+def q(value: int) -> bytes:
+    return _Q.pack(value)
+
+
+Value = bytes | memoryview  # what lmdb returns, memoryview in a buffers=True transaction
+
+
+def unq(data: Value) -> int:
+    return int(_Q.unpack_from(data)[0])
+
+
+def scan(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
+         start: bytes = b"") -> Iterator[tuple[bytes, Value]]:
+    """(key without the prefix, value) of every entry whose key starts with `prefix`,
+    from `prefix + start` on, in key order."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix + start):
+        return
+    for raw_key, value in cursor:
+        key = bytes(raw_key)
+        if not key.startswith(prefix):
+            return
+        yield key[len(prefix):], value
+
+
+def delete_range(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
+                 start: bytes = b"") -> list[bytes]:
+    """Delete every entry of `scan(txn, db, prefix, start)`; returns their keys (without prefix)."""
+    keys = [key for key, _ in scan(txn, db, prefix, start)]
+    for key in keys:
+        txn.delete(prefix + key, db=db)
+    return keys
+
+
+def encode_path(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass(slots=True)
+class Inode:
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    rdev: int = 0
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    version: int = 0  # bumped by every change of content
+    rev: int = 0  # the current revision of the content, 0 before the first
+    rev_version: int = 0  # the content version that revision was made from
+    flags: int = FLAG_COMPLETE
+    sha256: bytes = b"\0" * 32
+    target: bytes = b""  # symlink target
+
+    def pack(self) -> bytes:
+        return _INODE.pack(self.mode, self.uid, self.gid, self.nlink, self.rdev, self.size,
+                           self.atime_ns, self.mtime_ns, self.ctime_ns, self.version, self.rev,
+                           self.rev_version, self.flags, self.sha256) + self.target
+
+    @classmethod
+    def unpack(cls, ino: int, data: Value) -> Inode:
+        (mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns, version, rev, rev_version,
+         flags, sha256) = _INODE.unpack_from(data)
+        return cls(ino, mode, uid, gid, nlink, rdev, size, atime_ns, mtime_ns, ctime_ns, version, rev,
+                   rev_version, flags, sha256, bytes(data[_INODE.size:]))
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.flags & FLAG_COMPLETE)
+
+    @property
+    def dirty(self) -> bool:
+        """Content changed since the last revision was made."""
+        return self.version != self.rev_version
+
+
+@dataclass(slots=True)
+class MirrorEntry:
+    """What one remote holds under one path for one inode."""
+
+    rev: int
+    token: str | None
+    fid: str | None
+    kind: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind}
+
+
+@dataclass(slots=True)
+class Transfer:
+    rev: int
+    path: str
+    offset: int
+    extra: dict[str, Any]
+
+
+class Index:
+    """The LMDB environment and typed access to every database but the blocks."""
+
+    def __init__(self, path: Path, map_size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock = (path / "lock").open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            raise CacheBusy(f"{path}: cache in use by another onitufs process "
+                            f"(pid {self._lock.read().strip() or '?'})") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        try:
+            # sync=False: a commit survives a crash of this process at once, and a
+            # power loss after env.sync(), which fsync and a timer call.
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
+                                 metasync=False, readahead=False, max_readers=256)
+        except lmdb.Error as error:
+            raise CacheError(f"{path}: cannot open the index: {error}") from None
+        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+        self._inodes: cachetools.LRUCache[int, Inode] = cachetools.LRUCache(maxsize=65536)
+        self._dirty: dict[int, Inode] = {}
+        self._check_schema()
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+        self._lock.close()
+
+    def sync(self) -> None:
+        """Make every committed transaction survive a power loss."""
+        self.env.sync(True)
+
+    def begin(self) -> lmdb.Transaction:
+        """A read-only transaction."""
+        return self.env.begin()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction; on error it is aborted and the decoded inodes forgotten,
+        since they may hold changes that never reached LMDB."""
+        txn = self.env.begin(write=True)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            self._inodes.clear()
+            raise
+        txn.commit()
+
+    def _check_schema(self) -> None:
+        with self.write() as txn:
+            raw = txn.get(b"schema", db=self.db["meta"])
+            if raw is None:
+                txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
+                txn.put(b"next_ino", q(ROOT_INO + 1), db=self.db["meta"])
+                txn.put(b"next_rev", q(1), db=self.db["meta"])
+                stamp = now_ns()
+                root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 2,
+                             atime_ns=stamp, mtime_ns=stamp, ctime_ns=stamp)
+                txn.put(q(ROOT_INO), root.pack(), db=self.db["inodes"])
+            elif unq(raw) != SCHEMA_VERSION:
+                raise CacheError(f"index schema {unq(raw)} is not the supported {SCHEMA_VERSION}")
+
+    # counters
+
+    def _next(self, txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key, db=self.db["meta"])
+        assert raw is not None, "counters are created with the index"
+        value = unq(raw)
+        txn.put(key, q(value + 1), db=self.db["meta"])
+        return value
+
+    def next_ino(self, txn: lmdb.Transaction) -> int:
+        return self._next(txn, b"next_ino")
+
+    def next_rev(self, txn: lmdb.Transaction) -> int:
+        return self._next(txn, b"next_rev")
+
+    # inodes
+
+    def get_inode(self, ino: int, txn: lmdb.Transaction | None = None) -> Inode | None:
+        inode = self._dirty.get(ino) or self._inodes.get(ino)
+        if inode is not None:
+            return inode
+        if txn is None:
+            with self.begin() as read:
+                raw = read.get(q(ino), db=self.db["inodes"])
+        else:
+            raw = txn.get(q(ino), db=self.db["inodes"])
+        if raw is None:
+            return None
+        inode = Inode.unpack(ino, raw)
+        self._inodes[ino] = inode
+        return inode
+
+    def put_inode(self, txn: lmdb.Transaction, inode: Inode) -> None:
+        txn.put(q(inode.ino), inode.pack(), db=self.db["inodes"])
+        self._dirty.pop(inode.ino, None)
+        self._inodes[inode.ino] = inode
+
+    def defer_inode(self, inode: Inode) -> None:
+        """Write this inode with the next commit (for changes made on every write)."""
+        self._dirty[inode.ino] = inode
+        self._inodes[inode.ino] = inode
+
+    def write_deferred(self, txn: lmdb.Transaction) -> None:
+        for inode in list(self._dirty.values()):
+            self.put_inode(txn, inode)
+
+    def delete_inode(self, txn: lmdb.Transaction, ino: int) -> None:
+        txn.delete(q(ino), db=self.db["inodes"])
+        self._dirty.pop(ino, None)
+        self._inodes.pop(ino, None)
+        delete_range(txn, self.db["xattrs"], q(ino))
+
+    def all_inodes(self, txn: lmdb.Transaction) -> Iterator[Inode]:
+        for key, value in txn.cursor(db=self.db["inodes"]):
+            ino = unq(key)
+            yield self._dirty.get(ino) or Inode.unpack(ino, value)
+
+    # names
+
+    def lookup(self, parent: int, name: bytes, txn: lmdb.Transaction | None = None) -> int | None:
+        key = q(parent) + name
+        if txn is None:
+            with self.begin() as read:
+                raw = read.get(key, db=self.db["dirents"])
+        else:
+            raw = txn.get(key, db=self.db["dirents"])
+        return None if raw is None else unq(raw)
+
+    def link(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:
+        txn.put(q(parent) + name, q(ino), db=self.db["dirents"])
+        txn.put(q(ino) + q(parent) + name, b"", db=self.db["parents"])
+
+    def unlink(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:
+        txn.delete(q(parent) + name, db=self.db["dirents"])
+        txn.delete(q(ino) + q(parent) + name, db=self.db["parents"])
+
+    def children(self, parent: int, txn: lmdb.Transaction | None = None) -> list[tuple[bytes, int]]:
+        prefix = q(parent)
+        if txn is None:
+            with self.begin() as read:
+                return self._children(read, prefix)
+        return self._children(txn, prefix)
+
+    def _children(self, txn: lmdb.Transaction, prefix: bytes) -> list[tuple[bytes, int]]:
+        return [(name, unq(value)) for name, value in scan(txn, self.db["dirents"], prefix)]
+
+    def has_children(self, parent: int, txn: lmdb.Transaction) -> bool:
+        return next(scan(txn, self.db["dirents"], q(parent)), None) is not None
+
+    def names_of(self, ino: int, txn: lmdb.Transaction) -> list[tuple[int, bytes]]:
+        """(parent, name) of every name this inode has."""
+        return [(unq(key), key[8:]) for key, _ in scan(txn, self.db["parents"], q(ino))]
+
+    def paths_of(self, ino: int, txn: lmdb.Transaction) -> list[str]:
+        """Every path, relative to the root, under which this inode is reachable."""
+        if ino == ROOT_INO:
+            return [""]
+        paths = []
+        for parent, name in self.names_of(ino, txn):
+            for parent_path in self.paths_of(parent, txn):
+                joined = os.fsdecode(name) if not parent_path else parent_path + "/" + os.fsdecode(name)
+                paths.append(joined)
+        return paths
+
+    def resolve(self, path: str, txn: lmdb.Transaction) -> int | None:
+        ino: int | None = ROOT_INO
+        for part in path.split("/") if path else []:
+            assert ino is not None
+            ino = self.lookup(ino, encode_path(part), txn)
+            if ino is None:
+                return None
+        return ino
+
+    # extended attributes
+
+    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
+        with self.begin() as txn:
+            value = txn.get(q(ino) + name, db=self.db["xattrs"])
+            return None if value is None else bytes(value)
+
+    def set_xattr(self, txn: lmdb.Transaction, ino: int, name: bytes, value: bytes) -> None:
+        txn.put(q(ino) + name, value, db=self.db["xattrs"])
+
+    def remove_xattr(self, txn: lmdb.Transaction, ino: int, name: bytes) -> bool:
+        return bool(txn.delete(q(ino) + name, db=self.db["xattrs"]))
+
+    def copy_xattrs(self, txn: lmdb.Transaction, source: int, target: int) -> None:
+        for name, value in list(scan(txn, self.db["xattrs"], q(source))):
+            self.set_xattr(txn, target, name, bytes(value))
+
+    def list_xattrs(self, ino: int) -> list[bytes]:
+        with self.begin() as txn:
+            return [name for name, _ in scan(txn, self.db["xattrs"], q(ino))]
+
+    # remotes
+
+    def knows_remote(self, name: str) -> bool:
+        with self.begin() as txn:
+            return txn.get(name.encode(), db=self.db["remotes"]) is not None
+
+    def remote_id(self, name: str) -> int:
+        """The id of a remote, given on first use."""
+        with self.write() as txn:
+            raw = txn.get(name.encode(), db=self.db["remotes"])
+            if raw is not None:
+                return unq(raw)
+            rid = int(txn.stat(self.db["remotes"])["entries"]) + 1
+            txn.put(name.encode(), q(rid), db=self.db["remotes"])
+            return rid
+
+    def remote_ids(self, txn: lmdb.Transaction) -> list[int]:
+        return [unq(rid) for _, rid in txn.cursor(db=self.db["remotes"])]
+
+    def queued(self) -> dict[str, int]:
+        """How many inodes each remote still has to be brought up to date on."""
+        with self.begin() as txn:
+            names = {unq(rid): bytes(name).decode() for name, rid in
+                     txn.cursor(db=self.db["remotes"])}
+            counts: dict[str, int] = {}
+            for key, _ in scan(txn, self.db["todo"], b""):
+                name = names.get(_I.unpack_from(key)[0], "?")
+                counts[name] = counts.get(name, 0) + 1
+            return counts
+
+    # what each remote holds
+
+    def mirror(self, rid: int, ino: int, txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
+        raw = txn.get(_I.pack(rid) + q(ino), db=self.db["mirror"])
+        if raw is None:
+            return {}
+        return {path: MirrorEntry(**entry) for path, entry in json.loads(bytes(raw)).items()}
+
+    def set_mirror(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
+                   entry: MirrorEntry | None) -> None:
+        entries = self.mirror(rid, ino, txn)
+        key = _I.pack(rid) + q(ino)
+        if entry is None:
+            entries.pop(path, None)
+            txn.delete(self._rpath_key(rid, path), db=self.db["rpaths"])
+        else:
+            entries[path] = entry
+            txn.put(self._rpath_key(rid, path), q(ino) + encode_path(path), db=self.db["rpaths"])
+        if entries:
+            txn.put(key, json.dumps({p: e.to_json() for p, e in entries.items()}).encode(),
+                    db=self.db["mirror"])
+        else:
+            txn.delete(key, db=self.db["mirror"])
+
+    def hold(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
+             entry: MirrorEntry) -> None:
+        """The remote now holds this inode at `path`; whatever it held there before is gone."""
+        previous = self.mirror_ino(rid, path, txn)
+        if previous is not None and previous != ino:
+            self.set_mirror(txn, rid, previous, path, None)
+        self.set_mirror(txn, rid, ino, path, entry)
+
+    def move_mirror(self, txn: lmdb.Transaction, rid: int, ino: int, old: str, new: str,
+                    entry: MirrorEntry) -> None:
+        """The remote now holds at `new` what it held at `old`, with all below it if a folder."""
+        self.set_mirror(txn, rid, ino, old, None)
+        self.hold(txn, rid, ino, new, entry)
+        if entry.kind == "dir":
+            prefix = old + "/"
+            below = [item for item in self.mirror_all(rid, txn) if item[1].startswith(prefix)]
+            for child, path, child_entry in below:
+                self.set_mirror(txn, rid, child, path, None)
+                self.set_mirror(txn, rid, child, new + path[len(old):], child_entry)
+
+    def mirror_ino(self, rid: int, path: str, txn: lmdb.Transaction) -> int | None:
+        raw = txn.get(self._rpath_key(rid, path), db=self.db["rpaths"])
+        if raw is None or bytes(raw[8:]) != encode_path(path):
+            return None
+        return unq(raw)
+
+    def mirror_all(self, rid: int, txn: lmdb.Transaction) -> Iterator[tuple[int, str, MirrorEntry]]:
+        for key, value in scan(txn, self.db["mirror"], _I.pack(rid)):
+            for path, entry in json.loads(bytes(value)).items():
+                yield unq(key), path, MirrorEntry(**entry)
+
+    @staticmethod
+    def _rpath_key(rid: int, path: str) -> bytes:
+        return _I.pack(rid) + hashlib.blake2b(encode_path(path), digest_size=16).digest()
+
+    # work queue per remote
+
+    def mark(self, txn: lmdb.Transaction, rid: int, ino: int, due: float) -> None:
+        txn.put(_I.pack(rid) + q(ino), struct.pack("<d", due), db=self.db["todo"])
+
+    def unmark(self, txn: lmdb.Transaction, rid: int, ino: int) -> None:
+        txn.delete(_I.pack(rid) + q(ino), db=self.db["todo"])
+
+    def todo(self, rid: int) -> dict[int, float]:
+        with self.begin() as txn:
+            return {unq(key): float(struct.unpack("<d", value)[0])
+                    for key, value in scan(txn, self.db["todo"], _I.pack(rid))}
+
+    # uploads in flight
+
+    def transfer(self, rid: int, ino: int, txn: lmdb.Transaction) -> Transfer | None:
+        raw = txn.get(_I.pack(rid) + q(ino), db=self.db["transfers"])
+        return None if raw is None else Transfer(**json.loads(bytes(raw)))
+
+    def set_transfer(self, txn: lmdb.Transaction, rid: int, ino: int,
+                     transfer: Transfer | None) -> None:
+        key = _I.pack(rid) + q(ino)
+        if transfer is None:
+            txn.delete(key, db=self.db["transfers"])
+        else:
+            value = {"rev": transfer.rev, "path": transfer.path, "offset": transfer.offset,
+                     "extra": transfer.extra}
+            txn.put(key, json.dumps(value).encode(), db=self.db["transfers"])

@@ -1,0 +1,214 @@
+"""The driver API: Metadata, the Plug and its handlers, and driver discovery.
+
+A driver is a module found through the entry-point group ``onitufs.drivers``.
+It has a ``start(plug)`` function that registers handlers with
+``@plug.handler()`` and then watches its remote for the life of the driver,
+reporting what changed there through ``plug.update_file``,
+``plug.delete_file``, ``plug.move_file`` or ``plug.report_tree``. It may have
+a ``check(options)`` function that validates its config table before the
+mount starts. See man/onitufs-drivers.7.
+
+Handlers run on worker threads and must be thread-safe; every method of the
+Plug is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal, Protocol, TypeVar
+
+import trio
+
+from .config import ConfigError, Options
+
+ENTRY_POINT_GROUP = "onitufs.drivers"
+HANDLERS = (
+    "get_chunk",
+    "start_upload",
+    "restart_upload",
+    "upload_chunk",
+    "end_upload",
+    "abort_upload",
+    "delete_file",
+    "move_file",
+    "make_dir",
+    "make_symlink",
+)
+Kind = Literal["file", "dir", "symlink"]
+
+
+@dataclass
+class Metadata:
+    """What onitufs and a driver tell each other about one file on a remote.
+
+    `path` is relative to the remote's root, '/'-separated, never starting
+    with '/'; names that are not UTF-8 arrive surrogate-escaped like
+    os.fsdecode. `revision` is the remote's own token for this version of
+    the file (an mtime, an etag, a rev id): onitufs compares tokens, never
+    interprets them. `file_id` is a name-independent identity where the remote
+    has one, so a rename can be told from a delete plus a create. `extra` is
+    the driver's own state for one transfer (a temp name, a session id);
+    onitufs saves it with the transfer offset so restart_upload finds it.
+    """
+
+    path: str
+    kind: Kind = "file"
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0o644
+    revision: str | None = None
+    file_id: str | None = None
+    target: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def copy(self, **changes: Any) -> Metadata:
+        return dataclasses.replace(self, extra=dict(self.extra), **changes)
+
+
+class DriverError(Exception):
+    """A handler failed; onitufs retries it later with backoff."""
+
+
+class Conflict(DriverError):
+    """The remote's file is not the one onitufs expected to replace (someone wrote there).
+
+    `current` describes what is there now, so the core can keep both versions.
+    """
+
+    def __init__(self, message: str, current: Metadata) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class RemoteUnavailable(DriverError):
+    """The remote cannot be reached at all right now (offline, unmounted, refused)."""
+
+
+class Stopped(Exception):
+    """Raised in a driver thread by Plug methods once the mount is shutting down."""
+
+
+class ChangeSink(Protocol):
+    """The core's side of the Plug: where reported changes are applied."""
+
+    async def update_file(self, remote: str, metadata: Metadata) -> None: ...
+    async def delete_file(self, remote: str, path: str) -> None: ...
+    async def move_file(self, remote: str, old_path: str, new: Metadata) -> None: ...
+    async def report_tree(self, remote: str, entries: list[Metadata]) -> None: ...
+    async def set_status(self, remote: str, error: str | None) -> None: ...
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Plug:
+    """The link between one configured remote and the core.
+
+    One Plug exists per remote in the config, so a driver module can serve
+    several remotes at once: keep per-remote state in the closure of
+    ``start``, never in module globals.
+    """
+
+    def __init__(self, name: str, options: Options, sink: ChangeSink,
+                 trio_token: trio.lowlevel.TrioToken) -> None:
+        self.name = name
+        self.options = options
+        self.stopping = threading.Event()
+        self._sink = sink
+        self._token = trio_token
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        self._ready = threading.Event()
+
+    def handler(self, name: str | None = None) -> Callable[[F], F]:
+        """Register the decorated function as the handler of that name."""
+
+        def register(function: F) -> F:
+            handler_name = name or function.__name__
+            if handler_name not in HANDLERS:
+                raise ValueError(f"unknown handler {handler_name!r}; known: {', '.join(HANDLERS)}")
+            self._handlers[handler_name] = function
+            return function
+
+        return register
+
+    def has(self, name: str) -> bool:
+        return name in self._handlers
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run a handler on the calling thread (the core calls this from its workers)."""
+        return self._handlers[name](*args)
+
+    def ready(self) -> None:
+        """Say that every handler is registered; the core waits for this before using them."""
+        self._ready.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    # What the driver reports. Each call returns once the core has applied it.
+
+    def update_file(self, metadata: Metadata) -> None:
+        """A file or directory was created or changed on the remote."""
+        self._to_core(self._sink.update_file, self.name, metadata)
+
+    def delete_file(self, path: str) -> None:
+        """A file or directory disappeared from the remote."""
+        self._to_core(self._sink.delete_file, self.name, path)
+
+    def move_file(self, old_path: str, new: Metadata) -> None:
+        """A file or directory was renamed on the remote."""
+        self._to_core(self._sink.move_file, self.name, old_path, new)
+
+    def report_tree(self, entries: Iterable[Metadata]) -> None:
+        """A complete listing of the remote; the core works out what changed since the last one.
+
+        Only ever report a listing that is complete: a partial one would read
+        as deletions.
+        """
+        self._to_core(self._sink.report_tree, self.name, list(entries))
+
+    def online(self) -> None:
+        self._to_core(self._sink.set_status, self.name, None)
+
+    def offline(self, reason: str) -> None:
+        """The remote cannot be reached; reads and writes queue until it is back."""
+        self._to_core(self._sink.set_status, self.name, reason)
+
+    def _to_core(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self.stopping.is_set():
+            raise Stopped()
+        try:
+            trio.from_thread.run(function, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise Stopped() from None
+
+
+class Driver(Protocol):
+    """What a driver module offers."""
+
+    def start(self, plug: Plug) -> None: ...
+
+
+def load_driver(name: str, where: str) -> ModuleType:
+    """The driver module registered under `name` in the entry-point group."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == name:
+            module = entry.load()
+            if not isinstance(module, ModuleType) or not callable(getattr(module, "start", None)):
+                raise ConfigError(f"{where}: driver '{name}' ({entry.value}) has no start(plug)")
+            return module
+    known = sorted(entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    raise ConfigError(f"{where}.driver: no driver named '{name}' is installed "
+                      f"(installed: {', '.join(known) or 'none'})")
+
+
+def check_options(module: ModuleType, options: Options) -> None:
+    """Let the driver validate its table before anything is mounted."""
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(options)

@@ -1,0 +1,268 @@
+"""Changes found on a remote, applied to the tree and passed on to the other remotes.
+
+This is the core's side of the Plug (its ChangeSink). A driver reports a
+file created, changed, deleted or moved on its remote, or a whole listing;
+here that becomes a change of the tree, queued for every other remote.
+
+Nothing a remote reports can destroy an edit onitufs has not replicated
+yet: a remote version that did not descend from ours is kept beside it
+under a conflict name, and a delete of content the remote never had leaves
+that content in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+
+import lmdb
+
+from .index import FLAG_COMPLETE, Index, Inode, MirrorEntry, encode_path
+from .plug import Metadata
+from .remotes import Remote
+from .replicator import Replicator
+from .tree import NAME_MAX, NewNode, Tree, TreeError
+
+log = logging.getLogger(__name__)
+
+
+def bad_path_reason(path: str) -> str | None:
+    """Why `path` from a remote cannot be a path in the mount, or None if it can."""
+    if not path or path.startswith("/"):
+        return "not a relative path"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"has a '{part}' component"
+        if "\0" in part:
+            return "contains NUL"
+        if len(encode_path(part)) > NAME_MAX:
+            return f"a name longer than {NAME_MAX} bytes"
+    return None
+
+
+def conflict_name(path: str, remote: str, when: float) -> str:
+    """NAME (conflict from REMOTE YYYY-MM-DD HHMMSS).EXT, beside the original."""
+    folder, _, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a dotfile such as .bashrc
+        stem, dot, ext = name, "", ""
+    stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
+    new = f"{stem} (conflict from {remote} {stamp}){dot}{ext}"
+    return f"{folder}/{new}" if folder else new
+
+
+def same_content(inode: Inode, md: Metadata) -> bool:
+    """rsync's quick check: same size and same modification second."""
+    return inode.size == md.size and inode.mtime_ns // 10**9 == md.mtime_ns // 10**9
+
+
+class RemoteChanges:
+    def __init__(self, tree: Tree, replicator: Replicator, remotes: list[Remote]) -> None:
+        self.tree = tree
+        self.index: Index = tree.index
+        self.replicator = replicator
+        self.remotes = {remote.name: remote for remote in remotes}
+
+    async def set_status(self, remote: str, error: str | None) -> None:
+        self.remotes[remote].set_status(error)
+
+    async def update_file(self, remote: str, metadata: Metadata) -> None:
+        source = self.remotes[remote]
+        if not self._acceptable(source, metadata.path):
+            return
+        keep_both = self._update(source, metadata)
+        if keep_both is not None:
+            await self.keep_both(source, metadata, keep_both)
+
+    def _acceptable(self, remote: Remote, path: str) -> bool:
+        reason = bad_path_reason(path)
+        if reason is not None:
+            log.warning("remote %s: skipping %r: %s", remote.name, path, reason)
+        return reason is None
+
+    def _update(self, remote: Remote, md: Metadata) -> Inode | None:
+        """Apply a created or changed entry; returns our inode when both must be kept."""
+        rid = remote.rid
+        with self.index.write() as txn:
+            ino = self.index.mirror_ino(rid, md.path, txn)
+            if ino is not None:
+                entry = self.index.mirror(rid, ino, txn)[md.path]
+                inode = self.index.get_inode(ino, txn)
+                if self.index.transfer(rid, ino, txn) is not None:
+                    return None  # our own upload landing; it records its token itself
+                if inode is None:
+                    # Deleted in the mount, changed on the remote: the edit wins.
+                    self.index.set_mirror(txn, rid, ino, md.path, None)
+                elif entry.token == md.revision or inode.is_dir or md.kind != "file" \
+                        or not inode.is_reg:
+                    entry.token, entry.fid = md.revision, md.file_id
+                    self.index.set_mirror(txn, rid, ino, md.path, entry)
+                    return None
+                elif inode.rev == entry.rev and not inode.dirty \
+                        and not self.tree.cache.has_dirty(ino):
+                    new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns,
+                                                    md.mode)
+                    self.index.set_mirror(txn, rid, new.ino, md.path,
+                                          MirrorEntry(new.rev, md.revision, md.file_id, "file"))
+                    self.replicator.schedule(txn, new.ino, 0, rid)
+                    return None
+                else:
+                    return inode
+            existing = self.index.resolve(md.path, txn)
+            if existing is None:
+                self._create(txn, remote, md)
+                return None
+            inode = self.tree.inode(existing, txn)
+            if inode.is_dir and md.kind == "dir":
+                self.index.hold(txn, rid, existing, md.path,
+                                MirrorEntry(0, md.revision, md.file_id, "dir"))
+                return None
+            if inode.is_reg and md.kind == "file" and same_content(inode, md):
+                self.index.hold(txn, rid, existing, md.path,
+                                MirrorEntry(inode.rev, md.revision, md.file_id, "file"))
+                return None
+            if inode.is_symlink and md.kind == "symlink" and md.target is not None \
+                    and encode_path(md.target) == inode.target:
+                self.index.hold(txn, rid, existing, md.path,
+                                MirrorEntry(inode.rev, md.revision, md.file_id, "symlink"))
+                return None
+            return inode
+
+    def _create(self, txn: lmdb.Transaction, remote: Remote, md: Metadata) -> Inode:
+        parent = self._make_parents(txn, remote, md.path)
+        name = encode_path(md.path.rpartition("/")[2])
+        uid, gid = os.getuid(), os.getgid()
+        if md.kind == "dir":
+            node = NewNode(stat.S_IFDIR | (md.mode & 0o7777 or 0o755), uid, gid)
+        elif md.kind == "symlink":
+            node = NewNode(stat.S_IFLNK | 0o777, uid, gid, target=encode_path(md.target or ""),
+                           size=len(encode_path(md.target or "")))
+        else:
+            node = NewNode(stat.S_IFREG | (md.mode & 0o7777 or 0o644), uid, gid, size=md.size,
+                           mtime_ns=md.mtime_ns)
+        inode = self.tree.create(txn, parent, name, node, source=remote.rid)
+        if md.kind == "file" and md.size:
+            inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
+            self.index.put_inode(txn, inode)
+        self.index.hold(txn, remote.rid, inode.ino, md.path,
+                        MirrorEntry(inode.rev, md.revision, md.file_id, md.kind))
+        self.tree.kernel.entry_changed(parent, name)
+        return inode
+
+    def _make_parents(self, txn: lmdb.Transaction, remote: Remote, path: str) -> int:
+        """The inode of the folder `path` goes in, creating folders the tree lacks."""
+        folder = path.rpartition("/")[0]
+        ino = self.index.resolve(folder, txn)
+        if ino is not None:
+            return ino
+        created = self._create(txn, remote, Metadata(path=folder, kind="dir", mode=0o755))
+        return created.ino
+
+    async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> None:
+        """The remote's version did not descend from ours: move it aside, on the remote too."""
+        if not remote.has("move_file"):
+            log.error("remote %s: %s changed both here and there, and the driver cannot rename "
+                      "files: resolve it by hand", remote.name, md.path)
+            return
+        aside = conflict_name(md.path, remote.name, time.time())
+        moved = md.copy(path=aside)
+        await remote.call("move_file", md.copy(), moved)
+        log.warning("remote %s: %s changed both here and there; its version is kept as %s",
+                    remote.name, md.path, aside)
+        with self.index.write() as txn:
+            self.index.set_mirror(txn, remote.rid, ours.ino, md.path, None)
+            self._create(txn, remote, moved)
+            self.replicator.requeue(txn, remote, ours.ino)
+
+    async def delete_file(self, remote: str, path: str) -> None:
+        source = self.remotes[remote]
+        rid = source.rid
+        with self.index.write() as txn:
+            ino = self.index.mirror_ino(rid, path, txn)
+            if ino is None:
+                return
+            entry = self.index.mirror(rid, ino, txn)[path]
+            self.index.set_mirror(txn, rid, ino, path, None)
+            inode = self.index.get_inode(ino, txn)
+            if inode is None:
+                return
+            if path not in self.index.paths_of(ino, txn):
+                self.replicator.requeue(txn, source, ino)  # moved here meanwhile
+                return
+            parent = self.index.resolve(path.rpartition("/")[0], txn)
+            assert parent is not None
+            name = encode_path(path.rpartition("/")[2])
+            unchanged = entry.kind == "dir" or (inode.rev == entry.rev and not inode.dirty)
+            try:
+                if not unchanged:
+                    raise TreeError(0, "changed here since")
+                if inode.is_dir:
+                    self.tree.rmdir(txn, parent, name, source=rid)
+                else:
+                    self.tree.unlink(txn, parent, name, source=rid)
+            except TreeError:
+                # Newer here, or a folder with new content: it goes back to the remote.
+                self.replicator.requeue(txn, source, ino)
+                return
+            self.tree.kernel.entry_changed(parent, name)
+
+    async def move_file(self, remote: str, old_path: str, new: Metadata) -> None:
+        source = self.remotes[remote]
+        if not self._acceptable(source, new.path):
+            return
+        rid = source.rid
+        with self.index.write() as txn:
+            ino = self.index.mirror_ino(rid, old_path, txn)
+            if ino is None:
+                moved = False
+            else:
+                entry = self.index.mirror(rid, ino, txn)[old_path]
+                moved = self._move(txn, source, ino, old_path, new, entry)
+        if not moved:
+            await self.update_file(remote, new)
+            await self.delete_file(remote, old_path)
+
+    def _move(self, txn: lmdb.Transaction, remote: Remote, ino: int, old: str, new: Metadata,
+              entry: MirrorEntry) -> bool:
+        if old not in self.index.paths_of(ino, txn) or \
+                self.index.resolve(new.path, txn) is not None:
+            return False
+        old_parent = self.index.resolve(old.rpartition("/")[0], txn)
+        new_parent = self._make_parents(txn, remote, new.path)
+        assert old_parent is not None
+        old_name = encode_path(old.rpartition("/")[2])
+        new_name = encode_path(new.path.rpartition("/")[2])
+        self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
+        self.index.move_mirror(txn, remote.rid, ino, old, new.path,
+                               MirrorEntry(entry.rev, new.revision, new.file_id, entry.kind))
+        self.tree.kernel.entry_changed(old_parent, old_name)
+        self.tree.kernel.entry_changed(new_parent, new_name)
+        return True
+
+    async def report_tree(self, remote: str, entries: list[Metadata]) -> None:
+        source = self.remotes[remote]
+        with self.index.begin() as txn:
+            known = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)}
+        listed = {md.path: md for md in entries if self._acceptable(source, md.path)}
+        gone = [path for path in known if path not in listed]
+        gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
+        for path in sorted((p for p in listed if p not in known), key=_depth):
+            md = listed[path]
+            old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
+            if old is not None and known[old].kind == md.kind:
+                gone.remove(old)
+                await self.move_file(remote, old, md)
+            else:
+                await self.update_file(remote, md)
+        for path, md in listed.items():
+            entry = known.get(path)
+            if entry is not None and entry.token != md.revision and md.kind == "file":
+                await self.update_file(remote, md)
+        for path in sorted(gone, key=_depth, reverse=True):
+            await self.delete_file(remote, path)
+
+
+def _depth(path: str) -> int:
+    return path.count("/")

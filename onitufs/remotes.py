@@ -1,0 +1,133 @@
+"""One configured remote at run time: its driver thread, handler calls and health.
+
+Handlers run on worker threads, at most `CONCURRENCY` at once per remote.
+Every failure is counted here, so status, backoff and the choice of a
+replica to read from all see the same picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import trio
+
+from .config import RemoteConfig
+from .plug import ChangeSink, Plug, RemoteUnavailable, Stopped
+
+log = logging.getLogger(__name__)
+
+
+class CallFailed(Exception):
+    """A handler of a remote raised; the remote's health has recorded it."""
+CONCURRENCY = 4
+READY_TIMEOUT = 60.0
+MAX_BACKOFF = 60.0
+
+
+@dataclass
+class Health:
+    online: bool = True
+    last_error: str | None = None
+    failures: int = 0  # consecutive
+    failing_since: float | None = None
+    done: int = 0
+    bytes_sent: int = 0
+
+    def backoff(self) -> float:
+        return min(MAX_BACKOFF, 0.5 * 2.0 ** min(self.failures, 10))
+
+
+@dataclass(eq=False)
+class Remote:
+    config: RemoteConfig
+    rid: int
+    driver: ModuleType
+    plug: Plug | None = None
+    health: Health = field(default_factory=Health)
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(CONCURRENCY))
+    ready: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def has(self, handler: str) -> bool:
+        return self.plug is not None and self.plug.has(handler)
+
+    async def call(self, handler: str, *args: Any) -> Any:
+        """Run a handler on a worker thread; failures are recorded and re-raised."""
+        await self.ready.wait()
+        assert self.plug is not None
+        try:
+            result = await trio.to_thread.run_sync(self.plug.call, handler, *args,
+                                                   limiter=self.limiter)
+        except Exception as error:
+            self.failed(error)
+            raise CallFailed(f"{self.name}: {handler}: {self.health.last_error}") from error
+        self.succeeded()
+        return result
+
+    def failed(self, error: BaseException) -> None:
+        health = self.health
+        health.failures += 1
+        health.failing_since = health.failing_since or time.monotonic()
+        health.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if isinstance(error, RemoteUnavailable):
+            health.online = False
+        log.warning("remote %s: %s", self.name, health.last_error)
+
+    def succeeded(self) -> None:
+        health = self.health
+        if not health.online:
+            log.info("remote %s: back online", self.name)
+        health.online = True
+        health.failures = 0
+        health.failing_since = None
+
+    def set_status(self, error: str | None) -> None:
+        if error is None:
+            self.succeeded()
+        else:
+            self.failed(RemoteUnavailable(error))
+
+    async def run_driver(self, sink: ChangeSink) -> None:
+        """Run the driver's start(plug) on its own thread for the life of the mount."""
+        self.plug = Plug(self.name, self.config.options, sink, trio.lowlevel.current_trio_token())
+        plug = self.plug
+
+        def start() -> None:
+            while not plug.stopping.is_set():
+                try:
+                    self.driver.start(plug)
+                    return
+                except Stopped:
+                    return
+                except Exception as error:
+                    log.exception("remote %s: driver stopped: %s", self.name, error)
+                    try:
+                        plug.offline(f"driver stopped: {error}")
+                    except Stopped:
+                        return
+                    plug.stopping.wait(self.health.backoff())
+
+        async def wait_ready() -> None:
+            ok = await trio.to_thread.run_sync(plug.wait_ready, READY_TIMEOUT,
+                                               abandon_on_cancel=True)
+            if not ok:
+                self.set_status("driver did not register its handlers in time")
+            self.ready.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_ready)
+            try:
+                await trio.to_thread.run_sync(start, abandon_on_cancel=True)
+            finally:
+                plug.stopping.set()
+
+    def stop(self) -> None:
+        if self.plug is not None:
+            self.plug.stopping.set()

@@ -1,0 +1,383 @@
+"""The replicator: brings every writable remote up to date with the index.
+
+Work is kept per remote as a set of inodes to look at (the ``todo``
+database, mirrored in memory). Looking at an inode compares what the tree
+says (its paths, its current revision) with what the remote is known to
+hold (the ``mirror``), and does what closes the gap: a move, a delete, a
+directory, a symlink, or an upload. Because the queue holds inodes rather
+than operations, ten saves of one file cost one upload, and a remote that
+was away for a week catches up with the state, not the history.
+
+Uploads go chunk by chunk; the offset is saved after each chunk, so an
+upload cut by a crash resumes with restart_upload where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import lmdb
+import trio
+
+from .blockcache import BlockCache
+from .index import Index, Inode, MirrorEntry, Transfer
+from .plug import Conflict, Kind, Metadata, RemoteUnavailable
+from .remotes import CallFailed, Remote
+
+log = logging.getLogger(__name__)
+PER_REMOTE_TASKS = 4
+FLUSH_GIVE_UP = 60.0  # seconds a remote may fail without a break before unmount stops waiting
+
+
+class FetchError(Exception):
+    """No remote holding the current revision could deliver the content."""
+
+
+class Retry(Exception):
+    """This inode cannot be done yet (another must go first); try again shortly."""
+
+
+@dataclass
+class Pending:
+    due: float  # when the change has settled (upload_delay); a flush does not wait for it
+    seq: int
+    retry_at: float = 0.0  # backoff after a failure, which a flush respects too
+
+    def ready(self, now: float, flushing: bool) -> bool:
+        return (self.due <= now or flushing) and self.retry_at <= now
+
+
+def metadata_for(inode: Inode, path: str) -> Metadata:
+    kind: Kind = "dir" if inode.is_dir else "symlink" if inode.is_symlink else "file"
+    return Metadata(path=path, kind=kind, size=inode.size, mtime_ns=inode.mtime_ns,
+                    mode=inode.mode & 0o7777,
+                    target=inode.target.decode("utf-8", "surrogateescape") if inode.target else None)
+
+
+def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
+    kind: Kind = "dir" if entry.kind == "dir" else "symlink" if entry.kind == "symlink" else "file"
+    return Metadata(path=path, kind=kind, revision=entry.token, file_id=entry.fid)
+
+
+class Replicator:
+    def __init__(self, index: Index, remotes: list[Remote], block_size: int) -> None:
+        self.index = index
+        self.cache: BlockCache  # set by the daemon once the cache exists
+        self.remotes = remotes
+        self.writable = [remote for remote in remotes if remote.config.writable]
+        self.block_size = block_size
+        self._seq = itertools.count()
+        self._pending: dict[int, dict[int, Pending]] = {r.rid: {} for r in remotes}
+        self._busy: dict[int, set[int]] = {r.rid: set() for r in remotes}
+        self._wake: dict[int, trio.Event] = {r.rid: trio.Event() for r in remotes}
+        self._locks: dict[tuple[int, int], trio.Lock] = {}
+        self._flushing = False
+        # Set by the daemon: keeps a remote's unexpected version beside ours.
+        self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
+        for remote in self.writable:
+            for ino, due in index.todo(remote.rid).items():
+                self._pending[remote.rid][ino] = Pending(due, next(self._seq))
+
+    # queueing
+
+    def schedule(self, txn: lmdb.Transaction, ino: int, delay: float, source: int | None) -> None:
+        """Queue an inode for every writable remote except the one the change came from."""
+        due = time.time() + delay
+        for remote in self.writable:
+            if remote.rid == source:
+                continue
+            self.index.mark(txn, remote.rid, ino, due)
+            self._pending[remote.rid][ino] = Pending(due, next(self._seq))
+            self._wake[remote.rid].set()
+
+    def requeue(self, txn: lmdb.Transaction, remote: Remote, ino: int) -> None:
+        """Queue an inode again for one remote, which lost or never got it."""
+        if remote.config.writable:
+            self.index.mark(txn, remote.rid, ino, time.time())
+            self._pending[remote.rid][ino] = Pending(time.time(), next(self._seq))
+            self._wake[remote.rid].set()
+
+    def pending_count(self, remote: Remote) -> int:
+        return len(self._pending[remote.rid])
+
+    def in_flight(self, remote: Remote) -> int:
+        return len(self._busy[remote.rid])
+
+    def total_pending(self) -> int:
+        return sum(len(p) for p in self._pending.values())
+
+    # running
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for remote in self.writable:
+                nursery.start_soon(self._worker, remote)
+
+    async def _worker(self, remote: Remote) -> None:
+        pending = self._pending[remote.rid]
+        busy = self._busy[remote.rid]
+        async with trio.open_nursery() as nursery:
+            slots = trio.Semaphore(PER_REMOTE_TASKS)
+            while True:
+                self._wake[remote.rid] = wake = trio.Event()
+                now = time.time()
+                ready = sorted((p.due, ino) for ino, p in pending.items()
+                               if ino not in busy and p.ready(now, self._flushing))
+                for _, ino in ready:
+                    await slots.acquire()
+                    busy.add(ino)
+                    nursery.start_soon(self._process, remote, ino, slots)
+                if ready:
+                    continue
+                waiting = [max(p.retry_at, now if self._flushing else p.due)
+                           for ino, p in pending.items() if ino not in busy]
+                timeout = max(0.0, min(waiting) - time.time()) if waiting else math.inf
+                with trio.move_on_after(timeout):
+                    await wake.wait()
+
+    async def _process(self, remote: Remote, ino: int, slots: trio.Semaphore) -> None:
+        pending = self._pending[remote.rid]
+        ticket = pending.get(ino)
+        try:
+            if ticket is None:
+                return
+            try:
+                await self._sync(remote, ino)
+            except Retry:
+                ticket.retry_at = time.time() + 0.2
+                return
+            except CallFailed:
+                ticket.retry_at = time.time() + remote.health.backoff()
+                return
+            except FetchError as error:
+                log.warning("remote %s: cannot copy inode %d yet: %s", remote.name, ino, error)
+                ticket.retry_at = time.time() + 5
+                return
+            except Exception:
+                log.exception("remote %s: inode %d failed", remote.name, ino)
+                ticket.retry_at = time.time() + remote.health.backoff()
+                return
+            if pending.get(ino) is ticket:
+                del pending[ino]
+                with self.index.write() as txn:
+                    self.index.unmark(txn, remote.rid, ino)
+        finally:
+            self._busy[remote.rid].discard(ino)
+            slots.release()
+            self._wake[remote.rid].set()
+
+    def _lock(self, remote: Remote, ino: int) -> trio.Lock:
+        return self._locks.setdefault((remote.rid, ino), trio.Lock())
+
+    # bringing one inode up to date on one remote
+
+    async def _sync(self, remote: Remote, ino: int) -> None:
+        async with self._lock(remote, ino):
+            with self.index.begin() as txn:
+                inode = self.index.get_inode(ino, txn)
+                wanted = self.index.paths_of(ino, txn) if inode is not None else []
+                have = self.index.mirror(remote.rid, ino, txn)
+            if inode is None or not (inode.is_dir or inode.is_reg or inode.is_symlink):
+                wanted = []  # gone, or special files, which live in the index only
+            stale = [path for path in have if path not in wanted]
+            missing = [path for path in wanted if path not in have]
+            if remote.has("move_file"):
+                while stale and missing:
+                    old, new = stale.pop(), missing.pop()
+                    await self._ensure_parent(remote, new)
+                    await self._move(remote, ino, old, new, have[old])
+                have = self._mirror(remote, ino)
+            for path in stale:
+                await self._delete(remote, ino, path, have[path])
+            if inode is None:
+                return
+            for path in wanted:
+                entry = have.get(path)
+                if inode.is_reg and (entry is None or entry.rev != inode.rev):
+                    await self._ensure_parent(remote, path)
+                    await self._upload(remote, inode, path, entry.token if entry else None)
+                elif entry is None and (inode.is_dir or inode.is_symlink):
+                    await self._ensure_parent(remote, path)
+                    await self._make(remote, inode, path)
+
+    def _mirror(self, remote: Remote, ino: int) -> dict[str, MirrorEntry]:
+        with self.index.begin() as txn:
+            return self.index.mirror(remote.rid, ino, txn)
+
+    async def _ensure_parent(self, remote: Remote, path: str) -> None:
+        parent_path = path.rpartition("/")[0]
+        if not parent_path:
+            return
+        with self.index.begin() as txn:
+            parent = self.index.resolve(parent_path, txn)
+            known = parent is not None and parent_path in self.index.mirror(remote.rid, parent, txn)
+        if known:
+            return
+        if parent is None:
+            raise Retry()
+        await self._sync(remote, parent)
+
+    async def _move(self, remote: Remote, ino: int, old: str, new: str, entry: MirrorEntry) -> None:
+        old_md = entry_metadata(old, entry)
+        new_md = old_md.copy(path=new)
+        await remote.call("move_file", old_md, new_md)
+        with self.index.write() as txn:
+            self.index.move_mirror(txn, remote.rid, ino, old, new,
+                                   MirrorEntry(entry.rev, new_md.revision, new_md.file_id, entry.kind))
+
+    async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
+        await remote.call("delete_file", entry_metadata(path, entry))
+        with self.index.write() as txn:
+            self.index.set_mirror(txn, remote.rid, ino, path, None)
+
+    async def _make(self, remote: Remote, inode: Inode, path: str) -> None:
+        md = metadata_for(inode, path)
+        handler = "make_dir" if inode.is_dir else "make_symlink"
+        if not remote.has(handler):
+            return  # this remote cannot store it: it stays in the index only
+        await remote.call(handler, md)
+        with self.index.write() as txn:
+            self.index.hold(txn, remote.rid, inode.ino, path,
+                         MirrorEntry(inode.rev, md.revision, md.file_id, md.kind))
+
+    async def _upload(self, remote: Remote, inode: Inode, path: str, replaces: str | None) -> None:
+        """Upload the current revision to `path`, where the remote held `replaces` (a token)."""
+        rev = inode.rev
+        if inode.dirty:
+            raise Retry()  # its next revision is on the way; upload that one
+        md = metadata_for(inode, path)
+        md.revision = replaces
+        with self.index.begin() as txn:
+            saved = self.index.transfer(remote.rid, inode.ino, txn)
+        if saved is not None and saved.rev == rev and saved.path == path \
+                and remote.has("restart_upload"):
+            md.extra = saved.extra
+            offset = saved.offset
+            log.info("remote %s: resuming %s at byte %d", remote.name, path, offset)
+            try:
+                await remote.call("restart_upload", md, offset)
+            except CallFailed as error:
+                if not isinstance(error.__cause__, RemoteUnavailable):
+                    await self._abort(remote, inode, saved)  # start over next time
+                raise
+        else:
+            if saved is not None:
+                await self._abort(remote, inode, saved)
+            offset = 0
+            await remote.call("start_upload", md)
+            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
+        while offset < md.size:
+            if inode.rev != rev or inode.dirty:
+                await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
+                raise Retry()
+            chunk = await self.cache.read(inode, offset, self.block_size)
+            if not chunk:
+                break
+            await remote.call("upload_chunk", md, offset, chunk)
+            offset += len(chunk)
+            remote.health.bytes_sent += len(chunk)
+            self._save_transfer(remote, inode.ino, Transfer(rev, path, offset, md.extra))
+        try:
+            await remote.call("end_upload", md)
+        except CallFailed as error:
+            if isinstance(error.__cause__, Conflict):
+                await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
+                await self.on_conflict(remote, error.__cause__.current, inode)
+                raise Retry() from None
+            raise
+        remote.health.done += 1
+        with self.index.write() as txn:
+            self.index.set_transfer(txn, remote.rid, inode.ino, None)
+            self.index.hold(txn, remote.rid, inode.ino, path,
+                         MirrorEntry(rev, md.revision, md.file_id, "file"))
+
+    async def _abort(self, remote: Remote, inode: Inode, transfer: Transfer) -> None:
+        md = metadata_for(inode, transfer.path)
+        md.extra = transfer.extra
+        if remote.has("abort_upload"):
+            await remote.call("abort_upload", md)
+        with self.index.write() as txn:
+            self.index.set_transfer(txn, remote.rid, inode.ino, None)
+
+    def _save_transfer(self, remote: Remote, ino: int, transfer: Transfer) -> None:
+        with self.index.write() as txn:
+            self.index.set_transfer(txn, remote.rid, ino, transfer)
+
+    # reading from remotes
+
+    def holders(self, inode: Inode) -> list[tuple[Remote, str, MirrorEntry]]:
+        """Readable remotes holding the current revision, those online first."""
+        found = []
+        with self.index.begin() as txn:
+            for remote in self.remotes:
+                if not remote.config.readable:
+                    continue
+                for path, entry in self.index.mirror(remote.rid, inode.ino, txn).items():
+                    if entry.rev == inode.rev:
+                        found.append((remote, path, entry))
+                        break
+        found.sort(key=lambda item: (not item[0].health.online, item[0].health.failures))
+        return found
+
+    async def fetch(self, inode: Inode, offset: int, size: int) -> bytes:
+        errors = []
+        for remote, path, entry in self.holders(inode):
+            md = metadata_for(inode, path)
+            md.revision, md.file_id = entry.token, entry.fid
+            try:
+                data: bytes = await remote.call("get_chunk", md, offset, size)
+            except CallFailed as error:
+                errors.append(str(error))
+                continue
+            if len(data) == size:
+                return data
+            errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
+        raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
+
+    def replicated(self, ino: int) -> bool:
+        """Every writable remote holds the current revision, and some readable one does."""
+        inode = self.index.get_inode(ino)
+        if inode is None or inode.dirty:
+            return False
+        with self.index.begin() as txn:
+            held = {remote.rid for remote in self.remotes
+                    if any(entry.rev == inode.rev
+                           for entry in self.index.mirror(remote.rid, ino, txn).values())}
+        return all(r.rid in held for r in self.writable) and any(
+            r.rid in held for r in self.remotes if r.config.readable)
+
+    # unmounting
+
+    def start_flush(self) -> None:
+        """Stop waiting for changes to settle: upload everything queued now."""
+        self._flushing = True
+        for event in self._wake.values():
+            event.set()
+
+    async def flush(self, report: Callable[[], None] | None = None) -> bool:
+        """Upload everything now; True once every writable remote is up to date.
+
+        Gives up on a remote that has failed without a break for FLUSH_GIVE_UP
+        seconds: what it still needs stays queued in the index for the next mount.
+        """
+        self.start_flush()
+        while True:
+            waiting = [r for r in self.writable if self._pending[r.rid]]
+            if not waiting:
+                return True
+            stuck = [r for r in waiting if r.health.failing_since is not None
+                     and time.monotonic() - r.health.failing_since > FLUSH_GIVE_UP]
+            if len(stuck) == len(waiting):
+                for remote in stuck:
+                    log.error("remote %s: %d changes still queued (%s); they resume at the "
+                              "next mount", remote.name, len(self._pending[remote.rid]),
+                              remote.health.last_error)
+                return False
+            if report is not None:
+                report()
+            await trio.sleep(0.1)
