@@ -1,0 +1,177 @@
+"""Shared fixtures: local-directory remotes, a config, and real mounts.
+
+A mount made through the `cloud` fixture never outlives its test: the
+fixture unmounts it and kills its daemon even when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ONITUFS = [sys.executable, "-m", "onitufs"]
+TEMP_SUFFIX = ".onitufs-part"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
+    """Every entry below root: kind and content (file bytes, or symlink target)."""
+    found: dict[str, tuple[str, bytes]] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            relative = str(path.relative_to(root))
+            if name.endswith(TEMP_SUFFIX):
+                continue
+            if path.is_symlink():
+                found[relative] = ("symlink", os.fsencode(os.readlink(path)))
+            elif path.is_dir():
+                found[relative] = ("dir", b"")
+            else:
+                found[relative] = ("file", path.read_bytes())
+    return found
+
+
+def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*ONITUFS, *map(str, args)], capture_output=True, text=True,
+                            timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"onitufs {' '.join(map(str, args))} failed ({result.returncode}): "
+                             f"{result.stderr}")
+    return result
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+class Cloud:
+    """Local remotes, a config and a mount point under one temporary folder."""
+
+    def __init__(self, root: Path, remotes: dict[str, str], **settings: str) -> None:
+        self.root = root
+        self.mountpoint = root / "mnt"
+        self.mountpoint.mkdir()
+        self.cache = root / "cache"
+        self.config = root / "onitufs.toml"
+        self.remotes = {name: root / name for name in remotes}
+        for path in self.remotes.values():
+            path.mkdir()
+        self.modes = remotes
+        self.settings = {"upload_delay": "0.1s", "poll_interval": "0.3s", "cache_size": "256 MiB",
+                         "block_size": "1 MiB", **settings}
+        self.write_config()
+        self.pid: int | None = None
+
+    def write_config(self) -> None:
+        s = self.settings
+        lines = ["[cache]", 'path = "cache"', f'size = "{s["cache_size"]}"',
+                 f'block_size = "{s["block_size"]}"', "", "[sync]",
+                 f'upload_delay = "{s["upload_delay"]}"', ""]
+        for name, mode in self.modes.items():
+            lines += [f"[remotes.{name}]", 'driver = "local"', f'path = "{name}"',
+                      f'mode = "{mode}"', f'poll_interval = "{s["poll_interval"]}"', ""]
+        self.config.write_text("\n".join(lines))
+
+    @property
+    def log(self) -> str:
+        path = self.cache / "onitufs.log"
+        return path.read_text() if path.exists() else ""
+
+    def mount(self) -> None:
+        run("mount", self.mountpoint, self.config)
+        assert is_mounted(self.mountpoint)
+        self.pid = int(self.status()["pid"])
+
+    def status(self) -> dict[str, object]:
+        return dict(json.loads(os.getxattr(self.mountpoint, "user.onitufs.status")))
+
+    def umount(self) -> subprocess.CompletedProcess[str]:
+        result = run("umount", self.mountpoint)
+        assert not is_mounted(self.mountpoint)
+        self.pid = None
+        return result
+
+    def kill9(self) -> None:
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{self.pid}").exists(), what="the daemon to die")
+        self.pid = None
+
+    def wait_daemon_exit(self, timeout: float = 60.0) -> None:
+        pid = self.pid
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout, "the daemon to exit")
+        self.pid = None
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Until every writable remote has nothing left to do."""
+        def synced() -> bool:
+            remotes = self.status()["remotes"]
+            assert isinstance(remotes, list)
+            return all(r["pending"] == 0 and r["in_flight"] == 0 for r in remotes)
+        wait_for(synced, timeout, "the remotes to catch up")
+
+    def cleanup(self) -> None:
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False,
+                           capture_output=True)
+        for pid in daemons_of(self.config):
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(),  # type: ignore[misc]
+                     what="the daemon to die")
+
+
+def daemons_of(config: Path) -> list[int]:
+    """Every process whose command line names this config (the daemons of a test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(config) in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def make_cloud(tmp_path: Path) -> Iterator[Callable[..., Cloud]]:
+    made: list[Cloud] = []
+
+    def make(remotes: dict[str, str] | None = None, **settings: str) -> Cloud:
+        root = tmp_path / f"cloud{len(made)}"
+        root.mkdir()
+        cloud = Cloud(root, remotes or {"a": "rw", "b": "rw", "c": "rw"}, **settings)
+        made.append(cloud)
+        return cloud
+
+    yield make
+    for cloud in made:
+        cloud.cleanup()
+
+
+@pytest.fixture
+def cloud(make_cloud: Callable[..., Cloud]) -> Iterator[Cloud]:
+    """Three read-write local remotes, mounted."""
+    mounted = make_cloud()
+    mounted.mount()
+    yield mounted
