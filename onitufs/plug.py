@@ -99,7 +99,7 @@ class ChangeSink(Protocol):
     async def update_file(self, remote: str, metadata: Metadata) -> None: ...
     async def delete_file(self, remote: str, path: str) -> None: ...
     async def move_file(self, remote: str, old_path: str, new: Metadata) -> None: ...
-    async def report_tree(self, remote: str, entries: list[Metadata]) -> None: ...
+    async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool: ...
     async def set_status(self, remote: str, error: str | None) -> None: ...
 
 
@@ -164,13 +164,16 @@ class Plug:
         """A file or directory was renamed on the remote."""
         self._to_core(self._sink.move_file, self.name, old_path, new)
 
-    def report_tree(self, entries: Iterable[Metadata]) -> None:
+    def report_tree(self, entries: Iterable[Metadata], started: float) -> bool:
         """A complete listing of the remote; the core works out what changed since the last one.
 
-        Only ever report a listing that is complete: a partial one would read
-        as deletions.
+        `started` is the time.time() at which the listing began: it says nothing
+        of paths onitufs itself changed on the remote after that. Returns False
+        when part of the listing was too old to use for that reason: then send
+        the next listing even if it looks the same. Only ever report a listing
+        that is complete: a partial one would read as deletions.
         """
-        self._to_core(self._sink.report_tree, self.name, list(entries))
+        return bool(self._to_core(self._sink.report_tree, self.name, list(entries), started))
 
     def online(self) -> None:
         self._to_core(self._sink.set_status, self.name, None)
@@ -179,11 +182,11 @@ class Plug:
         """The remote cannot be reached; reads and writes queue until it is back."""
         self._to_core(self._sink.set_status, self.name, reason)
 
-    def _to_core(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _to_core(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         if self.stopping.is_set():
             raise Stopped()
         try:
-            trio.from_thread.run(function, *args, trio_token=self._token)
+            return trio.from_thread.run(function, *args, trio_token=self._token)
         except trio.RunFinishedError:
             raise Stopped() from None
 

@@ -241,15 +241,30 @@ class RemoteChanges:
         self.tree.kernel.entry_changed(new_parent, new_name)
         return True
 
-    async def report_tree(self, remote: str, entries: list[Metadata]) -> None:
+    async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool:
+        """Apply what changed since the last listing; False if part of it was too old to use."""
         source = self.remotes[remote]
+        skipped = False
+
+        def current(path: str) -> bool:
+            nonlocal skipped
+            fresh = not source.touched_since(path, started)
+            skipped = skipped or not fresh
+            return fresh
+
         with self.index.begin() as txn:
-            known = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)}
-        listed = {md.path: md for md in entries if self._acceptable(source, md.path)}
+            known = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)
+                     if current(path)}
+        listed = {md.path: md for md in entries
+                  if current(md.path) and self._acceptable(source, md.path)}
         gone = [path for path in known if path not in listed]
         gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
+        # Each step may await a remote, during which the replicator may touch more
+        # paths: `current` is asked again right before each change is applied.
         for path in sorted((p for p in listed if p not in known), key=_depth):
             md = listed[path]
+            if not current(path):
+                continue
             old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
             if old is not None and known[old].kind == md.kind:
                 gone.remove(old)
@@ -258,10 +273,14 @@ class RemoteChanges:
                 await self.update_file(remote, md)
         for path, md in listed.items():
             entry = known.get(path)
-            if entry is not None and entry.token != md.revision and md.kind == "file":
+            if entry is not None and entry.token != md.revision and md.kind == "file" \
+                    and current(path):
                 await self.update_file(remote, md)
         for path in sorted(gone, key=_depth, reverse=True):
-            await self.delete_file(remote, path)
+            if current(path):
+                await self.delete_file(remote, path)
+        source.forget_touched_before(started)
+        return not skipped
 
 
 def _depth(path: str) -> int:

@@ -50,6 +50,9 @@ class Remote:
     health: Health = field(default_factory=Health)
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(CONCURRENCY))
     ready: trio.Event = field(default_factory=trio.Event)
+    # Paths onitufs changed on this remote, and when: a listing begun before
+    # that time cannot tell what is there now.
+    touched: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -62,6 +65,9 @@ class Remote:
         """Run a handler on a worker thread; failures are recorded and re-raised."""
         await self.ready.wait()
         assert self.plug is not None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("remote %s: %s %s", self.name, handler,
+                      " ".join(getattr(arg, "path", repr(arg)[:40]) for arg in args))
         try:
             result = await trio.to_thread.run_sync(self.plug.call, handler, *args,
                                                    limiter=self.limiter)
@@ -70,6 +76,23 @@ class Remote:
             raise CallFailed(f"{self.name}: {handler}: {self.health.last_error}") from error
         self.succeeded()
         return result
+
+    def touch(self, *paths: str) -> None:
+        now = time.time()
+        for path in paths:
+            self.touched[path] = now
+
+    def touched_since(self, path: str, started: float) -> bool:
+        """Whether onitufs changed this path, or a folder above it, after `started`."""
+        while True:
+            if self.touched.get(path, 0.0) >= started:
+                return True
+            if not path:
+                return False
+            path = path.rpartition("/")[0]
+
+    def forget_touched_before(self, started: float) -> None:
+        self.touched = {path: when for path, when in self.touched.items() if when >= started}
 
     def failed(self, error: BaseException) -> None:
         health = self.health

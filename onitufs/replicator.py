@@ -226,12 +226,14 @@ class Replicator:
         old_md = entry_metadata(old, entry)
         new_md = old_md.copy(path=new)
         await remote.call("move_file", old_md, new_md)
+        remote.touch(old, new)
         with self.index.write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,
                                    MirrorEntry(entry.rev, new_md.revision, new_md.file_id, entry.kind))
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await remote.call("delete_file", entry_metadata(path, entry))
+        remote.touch(path)
         with self.index.write() as txn:
             self.index.set_mirror(txn, remote.rid, ino, path, None)
 
@@ -241,6 +243,7 @@ class Replicator:
         if not remote.has(handler):
             return  # this remote cannot store it: it stays in the index only
         await remote.call(handler, md)
+        remote.touch(path)
         with self.index.write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
                          MirrorEntry(inode.rev, md.revision, md.file_id, md.kind))
@@ -290,6 +293,7 @@ class Replicator:
                 await self.on_conflict(remote, error.__cause__.current, inode)
                 raise Retry() from None
             raise
+        remote.touch(path)
         remote.health.done += 1
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,12 +97,13 @@ class Cloud:
         return path.read_text() if path.exists() else ""
 
     def mount(self) -> None:
-        run("mount", self.mountpoint, self.config)
+        run("mount", "--debug", self.mountpoint, self.config)
         assert is_mounted(self.mountpoint)
         self.pid = int(self.status()["pid"])
 
-    def status(self) -> dict[str, object]:
-        return dict(json.loads(os.getxattr(self.mountpoint, "user.onitufs.status")))
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = json.loads(os.getxattr(self.mountpoint, "user.onitufs.status"))
+        return status
 
     def umount(self) -> subprocess.CompletedProcess[str]:
         result = run("umount", self.mountpoint)
@@ -124,7 +126,6 @@ class Cloud:
         """Until every writable remote has nothing left to do."""
         def synced() -> bool:
             remotes = self.status()["remotes"]
-            assert isinstance(remotes, list)
             return all(r["pending"] == 0 and r["in_flight"] == 0 for r in remotes)
         wait_for(synced, timeout, "the remotes to catch up")
 
@@ -153,8 +154,11 @@ def daemons_of(config: Path) -> list[int]:
     return found
 
 
+MakeCloud = Callable[..., Cloud]
+
+
 @pytest.fixture
-def make_cloud(tmp_path: Path) -> Iterator[Callable[..., Cloud]]:
+def make_cloud(tmp_path: Path) -> Iterator[MakeCloud]:
     made: list[Cloud] = []
 
     def make(remotes: dict[str, str] | None = None, **settings: str) -> Cloud:
@@ -170,7 +174,7 @@ def make_cloud(tmp_path: Path) -> Iterator[Callable[..., Cloud]]:
 
 
 @pytest.fixture
-def cloud(make_cloud: Callable[..., Cloud]) -> Iterator[Cloud]:
+def cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
     """Three read-write local remotes, mounted."""
     mounted = make_cloud()
     mounted.mount()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 import uuid
 
 from onitufs.config import ConfigError, Options
@@ -200,6 +201,7 @@ def start(plug: Plug) -> None:
     plug.ready()
     last: dict[str, str | None] | None = None
     while not plug.stopping.is_set():
+        started = time.time()
         try:
             _require_root()
             entries = listing()
@@ -212,6 +214,5 @@ def start(plug: Plug) -> None:
             if seen != last:
                 if last is None:
                     plug.online()
-                plug.report_tree(entries)
-                last = seen
+                last = seen if plug.report_tree(entries, started) else None
         plug.stopping.wait(interval)

@@ -1,0 +1,246 @@
+"""The benchmark's baseline: a minimal in-memory pyfuse3 filesystem.
+
+It answers from plain dicts (file content in bytearrays) and does nothing
+else, so it shows what pyfuse3 on trio costs by itself; onitufs is measured
+against it. Like onitufs it mounts with the kernel's writeback cache,
+default_permissions and one-second attribute timeouts, so the kernel sends
+both of them the same requests.
+
+Run as ``python -m bench.memfs MOUNTPOINT``; it serves until unmounted
+(``fusermount3 -u MOUNTPOINT``) and then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+ATTR_TIMEOUT = 1.0  # as onitufs
+
+
+@dataclass
+class Node:
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int = 1
+    atime_ns: int = field(default_factory=time.time_ns)
+    mtime_ns: int = field(default_factory=time.time_ns)
+    ctime_ns: int = field(default_factory=time.time_ns)
+    data: bytearray = field(default_factory=bytearray)
+    children: dict[bytes, int] = field(default_factory=dict)
+    parent: int = pyfuse3.ROOT_INODE
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+class MemFS(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), nlink=2)
+        self.nodes: dict[int, Node] = {root.ino: root}
+        self.handles: dict[int, int] = {}  # fh -> ino, for files and folders alike
+        self.open_counts: dict[int, int] = {}
+        self.next_ino = root.ino + 1
+        self.next_fh = 1
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.ino
+        attrs.generation = 0
+        attrs.entry_timeout = ATTR_TIMEOUT
+        attrs.attr_timeout = ATTR_TIMEOUT
+        attrs.st_mode = node.mode
+        attrs.st_nlink = node.nlink
+        attrs.st_uid = node.uid
+        attrs.st_gid = node.gid
+        attrs.st_rdev = 0
+        attrs.st_size = len(node.data)
+        attrs.st_blksize = 128 * 1024
+        attrs.st_blocks = (len(node.data) + 511) // 512
+        attrs.st_atime_ns = node.atime_ns
+        attrs.st_mtime_ns = node.mtime_ns
+        attrs.st_ctime_ns = node.ctime_ns
+        return attrs
+
+    def new_fh(self, ino: int) -> int:
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = ino
+        return fh
+
+    def add(self, parent_ino: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        parent = self.node(parent_ino)
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name in parent.children:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        node = Node(self.next_ino, mode, ctx.uid, ctx.gid, nlink=2 if stat.S_ISDIR(mode) else 1,
+                    parent=parent_ino)
+        self.next_ino += 1
+        self.nodes[node.ino] = node
+        parent.children[name] = node.ino
+        if node.is_dir:
+            parent.nlink += 1
+        parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        return node
+
+    # names and attributes
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        parent = self.node(parent_inode)
+        if name == b".":
+            return self.attributes(parent)
+        if name == b"..":
+            return self.attributes(self.node(parent.parent))
+        ino = parent.children.get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(self.node(ino))
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
+                      ) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.node(inode))
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.node(inode)
+        if fields.update_size:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if attr.st_size < len(node.data):
+                del node.data[attr.st_size:]
+            else:
+                node.data.extend(bytes(attr.st_size - len(node.data)))
+            node.mtime_ns = time.time_ns()
+        if fields.update_mode:
+            node.mode = stat.S_IFMT(node.mode) | (attr.st_mode & 0o7777)
+        if fields.update_uid:
+            node.uid = attr.st_uid
+        if fields.update_gid:
+            node.gid = attr.st_gid
+        if fields.update_atime:
+            node.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            node.mtime_ns = attr.st_mtime_ns
+        node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
+        return self.attributes(node)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.add(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx))
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.node(parent_inode)
+        ino = parent.children.get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self.node(ino)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        del parent.children[name]
+        parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        node.nlink -= 1
+        if not self.open_counts.get(ino):
+            del self.nodes[ino]
+
+    # folders
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not self.node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return self.new_fh(inode)
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        folder = self.node(self.handles[fh])
+        entries = sorted(folder.children.items())  # a stable order for start_id to index
+        for position in range(start_id, len(entries)):
+            name, ino = entries[position]
+            if not pyfuse3.readdir_reply(token, name, self.attributes(self.node(ino)), position + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    # files
+
+    def opened(self, ino: int) -> pyfuse3.FileInfo:
+        self.open_counts[ino] = self.open_counts.get(ino, 0) + 1
+        return pyfuse3.FileInfo(fh=self.new_fh(ino), keep_cache=True)  # as onitufs
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self.node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self.opened(inode)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = self.add(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
+        return self.opened(node.ino), self.attributes(node)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return bytes(self.node(self.handles[fh]).data[off:off + size])
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        node = self.node(self.handles[fh])
+        data = node.data
+        if off > len(data):
+            data.extend(bytes(off - len(data)))
+        data[off:off + len(buf)] = buf
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        return len(buf)
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        pass
+
+    async def release(self, fh: int) -> None:
+        ino = self.handles.pop(fh)
+        left = self.open_counts[ino] - 1
+        if left:
+            self.open_counts[ino] = left
+            return
+        del self.open_counts[ino]
+        node = self.nodes.get(ino)
+        if node is not None and node.nlink == 0:
+            del self.nodes[ino]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.memfs",
+                                     description="A minimal in-memory FUSE filesystem.")
+    parser.add_argument("mountpoint")
+    args = parser.parse_args(argv)
+    pyfuse3.init(MemFS(), args.mountpoint, {"fsname=memfs", "subtype=memfs", "default_permissions"})
+    try:
+        trio.run(pyfuse3.main)
+    except BaseException:
+        pyfuse3.close(unmount=True)
+        raise
+    pyfuse3.close(unmount=False)  # unmounted from outside: nothing left to unmount
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""File operations through a real mount, and the remotes they must produce."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+
+
+def model_ops(root: Path) -> None:
+    """One sequence of everyday operations; applied to the mount and to a plain folder."""
+    rng = random.Random(7)
+    (root / "docs").mkdir()
+    (root / "docs" / "notes.txt").write_bytes(b"first line\n")
+    with open(root / "docs" / "notes.txt", "ab") as handle:  # append
+        handle.write(b"second line\n")
+    (root / "photos" / "2024").mkdir(parents=True)
+    for index in range(20):
+        (root / "photos" / "2024" / f"img{index:02}.jpg").write_bytes(rng.randbytes(10_000 + index))
+    big = rng.randbytes(3 * 1024 * 1024 + 123)
+    (root / "big.bin").write_bytes(big)
+    with open(root / "big.bin", "r+b") as handle:  # overwrite in the middle, across blocks
+        handle.seek(1024 * 1024 - 10)
+        handle.write(b"X" * 5000)
+    with open(root / "sparse", "wb") as handle:  # a hole, then data
+        handle.seek(2 * 1024 * 1024 + 7)
+        handle.write(b"tail")
+    (root / "short").write_bytes(b"0123456789" * 1000)
+    os.truncate(root / "short", 1234)
+    os.truncate(root / "sparse", 3 * 1024 * 1024)  # grow with zeros
+    (root / "to-rename.txt").write_bytes(b"moving")
+    os.rename(root / "to-rename.txt", root / "docs" / "renamed.txt")
+    (root / "victim.txt").write_bytes(b"old content")
+    (root / "winner.txt").write_bytes(b"new content")
+    os.rename(root / "winner.txt", root / "victim.txt")  # rename over an existing file
+    (root / "gone.txt").write_bytes(b"bye")
+    os.unlink(root / "gone.txt")
+    (root / "empty-dir").mkdir()
+    (root / "removed-dir").mkdir()
+    os.rmdir(root / "removed-dir")
+    os.rename(root / "photos", root / "pictures")  # a folder with content
+    os.symlink("docs/notes.txt", root / "link-to-notes")
+    os.symlink("/nonexistent/target", root / "dangling")
+    (root / "empty-file").write_bytes(b"")
+    (root / "name with spaces & ünïcödé.txt").write_bytes(b"odd names work")
+
+
+def test_operations_reach_every_remote(make_cloud: MakeCloud, tmp_path: Path) -> None:
+    cloud = make_cloud()
+    model = tmp_path / "model"
+    model.mkdir()
+    model_ops(model)
+    cloud.mount()
+    model_ops(cloud.mountpoint)
+    assert snapshot(cloud.mountpoint) == snapshot(model)
+    assert (cloud.mountpoint / "docs" / "notes.txt").read_bytes() == b"first line\nsecond line\n"
+    assert os.readlink(cloud.mountpoint / "link-to-notes") == "docs/notes.txt"
+    assert (cloud.mountpoint / "link-to-notes").read_bytes() == b"first line\nsecond line\n"
+    cloud.umount()
+    expected = snapshot(model)
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, f"remote {name} differs from what was written"
+
+
+def test_errors_have_the_right_errno(cloud: Cloud) -> None:
+    root = cloud.mountpoint
+    (root / "dir").mkdir()
+    (root / "dir" / "file").write_bytes(b"x")
+    (root / "file").write_bytes(b"x")
+
+    def fails(code: int, call: object, *args: object) -> None:
+        with pytest.raises(OSError) as caught:
+            call(*args)  # type: ignore[operator]
+        assert caught.value.errno == code, f"{call}{args}: {caught.value}"
+
+    fails(errno.ENOENT, os.stat, root / "missing")
+    fails(errno.ENOENT, os.unlink, root / "missing")
+    fails(errno.EEXIST, os.mkdir, root / "dir")
+    fails(errno.EEXIST, os.open, root / "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    fails(errno.ENOTEMPTY, os.rmdir, root / "dir")
+    fails(errno.EISDIR, os.unlink, root / "dir")
+    fails(errno.EISDIR, open, root / "dir", "wb")
+    fails(errno.ENOTDIR, os.rmdir, root / "file")
+    fails(errno.ENOTDIR, os.mkdir, root / "file" / "sub")
+    fails(errno.ENOTDIR, os.listdir, root / "file")
+    fails(errno.ENAMETOOLONG, open, root / ("n" * 256), "wb")
+    fails(errno.EINVAL, os.rename, root / "dir", root / "dir" / "inside")
+    fails(errno.EISDIR, os.rename, root / "file", root / "dir")
+    fails(errno.ENOTDIR, os.rename, root / "dir", root / "file")
+    (root / "other").mkdir()
+    (root / "other" / "x").write_bytes(b"")
+    fails(errno.ENOTEMPTY, os.rename, root / "dir", root / "other")
+    (root / ("n" * 255)).write_bytes(b"longest name")  # 255 bytes is allowed
+
+
+def test_attributes_and_xattrs(cloud: Cloud) -> None:
+    path = cloud.mountpoint / "file"
+    path.write_bytes(b"data")
+    os.chmod(path, 0o640)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    os.utime(path, ns=(1_000_000_123, 2_000_000_456))
+    info = os.stat(path)
+    assert (info.st_atime_ns, info.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
+    os.chown(path, 1234, 5678)
+    assert (os.stat(path).st_uid, os.stat(path).st_gid) == (1234, 5678)
+    os.setxattr(path, "user.color", b"blue")
+    assert os.getxattr(path, "user.color") == b"blue"
+    assert "user.color" in os.listxattr(path)
+    os.removexattr(path, "user.color")
+    with pytest.raises(OSError) as caught:
+        os.getxattr(path, "user.color")
+    assert caught.value.errno == errno.ENODATA
+    statfs = os.statvfs(cloud.mountpoint)
+    assert statfs.f_namemax == 255 and statfs.f_bavail > 0
+
+
+def test_replicas_xattr_names_holders_and_pending(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(upload_delay="1h")
+    cloud.mount()
+    path = cloud.mountpoint / "report.txt"
+    path.write_bytes(b"quarterly")
+    replicas = os.getxattr(path, "user.onitufs.replicas").decode()
+    assert replicas.splitlines() == ["a: pending", "b: pending", "c: pending"]
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    replicas = os.getxattr(path, "user.onitufs.replicas").decode()
+    assert replicas.splitlines() == ["a: held", "b: held", "c: held"]
+
+
+def test_shell_tools_work(cloud: Cloud, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    for index in range(30):
+        (source / "sub" / f"f{index}").write_bytes(os.urandom(5000 * index))
+    os.symlink("sub/f1", source / "link")
+    subprocess.run(["rsync", "-a", f"{source}/", str(cloud.mountpoint / "copy")], check=True)
+    assert snapshot(cloud.mountpoint / "copy") == snapshot(source)
+    subprocess.run(["cp", "-a", str(source), str(cloud.mountpoint / "cp-copy")], check=True)
+    assert snapshot(cloud.mountpoint / "cp-copy") == snapshot(source)
+    archive = tmp_path / "copy.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(cloud.mountpoint), "copy"], check=True)
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(cloud.mountpoint / "cp-copy")],
+                   check=True)
+    assert snapshot(cloud.mountpoint / "cp-copy" / "copy") == snapshot(source)
+    shutil.rmtree(cloud.mountpoint / "cp-copy")
+    assert not (cloud.mountpoint / "cp-copy").exists()
+    cloud.wait_synced()
+    for remote in cloud.remotes.values():
+        wait_for(lambda remote=remote: snapshot(remote / "copy") == snapshot(source),  # type: ignore[misc]
+                 what="rsync's copy on every remote")
+        assert not (remote / "cp-copy").exists()
+
+
+def test_unlinked_open_file_stays_readable(cloud: Cloud) -> None:
+    path = cloud.mountpoint / "open-then-unlinked"
+    path.write_bytes(b"still here")
+    with open(path, "rb") as handle:
+        os.unlink(path)
+        assert not path.exists()
+        assert handle.read() == b"still here"
+    cloud.wait_synced()
+    for remote in cloud.remotes.values():
+        assert not (remote / "open-then-unlinked").exists()
