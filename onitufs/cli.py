@@ -192,9 +192,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise CommandError(f"{mountpoint}: cannot unmount: "
                            f"{result.stderr.strip() or 'fusermount3 failed'}")
     wait_for_exit(status["pid"])
-    index = Index(Path(status["cache"]), 2**40)
+    index = Index(Path(status["cache"]), 2**40, 0)
     try:
-        queued = index.queued()
+        configured = {remote["name"] for remote in status["remotes"] if "w" in remote["mode"]}
+        queued = {name: n for name, n in index.queued().items() if name in configured}
     finally:
         index.close()
     if queued:

@@ -6,6 +6,7 @@ the key, so the command line can print it as one line.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -67,8 +68,12 @@ class Options:
     def __contains__(self, key: str) -> bool:
         return key in self._table
 
-    def keys(self) -> list[str]:
-        return list(self._table)
+    def only(self, *allowed: str) -> None:
+        """Refuse keys this table does not have: a typo must not pass silently."""
+        for key in self._table:
+            if key not in allowed:
+                raise ConfigError(f"{self.where}: unknown key '{key}' "
+                                  f"(known: {', '.join(allowed)})")
 
     def _get(self, key: str, default: object) -> object:
         if key in self._table:
@@ -164,7 +169,9 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown table or key '{sorted(unknown)[0]}'")
     cache = Options(_table(data, "cache", path), f"{path}: cache", base)
+    cache.only("path", "size", "block_size")
     sync = Options(_table(data, "sync", path), f"{path}: sync", base)
+    sync.only("upload_delay")
     block_size = cache.size("block_size", "1 MiB")
     if not 4096 <= block_size <= 64 * 1024**2 or block_size % 4096:
         raise ConfigError(f"{path}: cache.block_size: must be a multiple of 4 KiB "
@@ -192,12 +199,16 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError(f"{path}: every remote is write-only; at least one must be readable")
     return Config(
         source=path,
-        cache_path=cache.path("path", "~/.cache/onitufs/" + path.stem),
+        cache_path=cache.path("path", f"~/.cache/onitufs/{path.stem}-{_digest(path)}"),
         cache_size=cache_size,
         block_size=block_size,
         upload_delay=sync.duration("upload_delay", "2s"),
         remotes=remotes,
     )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(str(path).encode()).hexdigest()[:8]
 
 
 def _table(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:

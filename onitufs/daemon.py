@@ -65,21 +65,24 @@ class Mount:
         self.mountpoint = mountpoint
         drivers = {remote.name: load_driver(remote.driver, remote.options.where)
                    for remote in config.remotes}
-        self.index = Index(config.cache_path, MAP_SIZE)
+        self.index = Index(config.cache_path, MAP_SIZE, config.block_size)
         try:
-            self.remotes = []
+            new_remotes = [remote.name for remote in config.remotes
+                           if not self.index.knows_remote(remote.name)]
             for remote_config in config.remotes:
-                driver = drivers[remote_config.name]
-                if not self.index.knows_remote(remote_config.name):
+                if remote_config.name in new_remotes:
                     # Checked on first use only: a remote that goes missing later is
                     # offline, not a broken config, and must not stop the mount.
-                    check_options(driver, remote_config.options)
-                rid = self.index.remote_id(remote_config.name)
-                self.remotes.append(Remote(remote_config, rid, driver))
+                    check_options(drivers[remote_config.name], remote_config.options)
         except BaseException:
             self.index.close()
             raise
+        self.remotes = [Remote(remote, self.index.remote_id(remote.name), drivers[remote.name])
+                        for remote in config.remotes]
         self.replicator = Replicator(self.index, self.remotes, config.block_size)
+        for remote in self.remotes:
+            if remote.name in new_remotes:
+                self.replicator.fill(remote)
         self.cache = BlockCache(self.index, config.block_size, config.cache_size,
                                 self.replicator.fetch, self.replicator.replicated)
         self.replicator.cache = self.cache

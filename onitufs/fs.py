@@ -38,6 +38,7 @@ R = TypeVar("R")
 ATTR_TIMEOUT = 1.0
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
+SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
 XATTR_PREFIX = b"user.onitufs."
 XATTR_SIZE_MAX = 65536
 
@@ -459,10 +460,14 @@ class Filesystem(pyfuse3.Operations):
 
     async def upkeep(self) -> None:
         """Commit buffered writes, give idle open files a revision, keep the cache in size."""
+        last_sync = time.monotonic()
         while True:
             await trio.sleep(COMMIT_INTERVAL)
             if self.cache.dirty_bytes:
                 self.cache.commit()
+            if time.monotonic() - last_sync > SYNC_INTERVAL:
+                await trio.to_thread.run_sync(self.index.sync)
+                last_sync = time.monotonic()
             now = time.monotonic()
             for ino, last in list(self._last_write.items()):
                 if now - last > SETTLE_SECONDS:

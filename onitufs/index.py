@@ -173,7 +173,7 @@ class Transfer:
 class Index:
     """The LMDB environment and typed access to every database but the blocks."""
 
-    def __init__(self, path: Path, map_size: int) -> None:
+    def __init__(self, path: Path, map_size: int, block_size: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._lock = (path / "lock").open("a+")
         try:
@@ -196,7 +196,7 @@ class Index:
         self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
         self._inodes: cachetools.LRUCache[int, Inode] = cachetools.LRUCache(maxsize=65536)
         self._dirty: dict[int, Inode] = {}
-        self._check_schema()
+        self._check_schema(block_size)
 
     def close(self) -> None:
         self.env.sync(True)
@@ -224,19 +224,25 @@ class Index:
             raise
         txn.commit()
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, block_size: int) -> None:
         with self.write() as txn:
             raw = txn.get(b"schema", db=self.db["meta"])
             if raw is None:
                 txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
+                txn.put(b"block_size", q(block_size), db=self.db["meta"])
                 txn.put(b"next_ino", q(ROOT_INO + 1), db=self.db["meta"])
                 txn.put(b"next_rev", q(1), db=self.db["meta"])
                 stamp = now_ns()
                 root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 2,
                              atime_ns=stamp, mtime_ns=stamp, ctime_ns=stamp)
                 txn.put(q(ROOT_INO), root.pack(), db=self.db["inodes"])
-            elif unq(raw) != SCHEMA_VERSION:
+                return
+            if unq(raw) != SCHEMA_VERSION:
                 raise CacheError(f"index schema {unq(raw)} is not the supported {SCHEMA_VERSION}")
+            stored = txn.get(b"block_size", db=self.db["meta"])
+            if stored is not None and block_size and unq(stored) != block_size:
+                raise CacheError(f"cache.block_size: this cache was made with blocks of "
+                                 f"{unq(stored)} bytes; keep that size or use a new cache path")
 
     # counters
 

@@ -87,6 +87,9 @@ class RemoteChanges:
         rid = remote.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, md.path, txn)
+            if not remote.config.readable:
+                self._backup_changed(txn, remote, ino, md)
+                return None
             if ino is not None:
                 entry = self.index.mirror(rid, ino, txn)[md.path]
                 inode = self.index.get_inode(ino, txn)
@@ -130,7 +133,21 @@ class RemoteChanges:
                 return None
             return inode
 
-    def _create(self, txn: lmdb.Transaction, remote: Remote, md: Metadata) -> Inode:
+    def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
+                        md: Metadata) -> None:
+        """A write-only remote is made to match the mount: what changed there is put back.
+        Files onitufs never put there are left alone."""
+        if ino is None:
+            return
+        entry = self.index.mirror(remote.rid, ino, txn)[md.path]
+        if entry.token != md.revision and self.index.transfer(remote.rid, ino, txn) is None:
+            entry.token, entry.rev = md.revision, 0
+            self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
+            self.replicator.requeue(txn, remote, ino)
+
+    def _create(self, txn: lmdb.Transaction, remote: Remote, md: Metadata,
+                held_at: str | None = None) -> Inode:
+        """A new node at md.path, which the remote holds at `held_at` (default: md.path)."""
         parent = self._make_parents(txn, remote, md.path)
         name = encode_path(md.path.rpartition("/")[2])
         uid, gid = os.getuid(), os.getgid()
@@ -146,7 +163,7 @@ class RemoteChanges:
         if md.kind == "file" and md.size:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
-        self.index.hold(txn, remote.rid, inode.ino, md.path,
+        self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
                         MirrorEntry(inode.rev, md.revision, md.file_id, md.kind))
         self.tree.kernel.entry_changed(parent, name)
         return inode
@@ -162,13 +179,22 @@ class RemoteChanges:
 
     async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> None:
         """The remote's version did not descend from ours: move it aside, on the remote too."""
+        aside = conflict_name(md.path, remote.name, time.time())
+        if not remote.config.writable:
+            # Nothing is written to a read-only remote: its version keeps its path
+            # there, and shows in the mount under the conflict name.
+            with self.index.write() as txn:
+                self._create(txn, remote, md.copy(path=aside), held_at=md.path)
+            log.warning("remote %s: %s changed both here and there; its version shows as %s",
+                        remote.name, md.path, aside)
+            return
         if not remote.has("move_file"):
             log.error("remote %s: %s changed both here and there, and the driver cannot rename "
                       "files: resolve it by hand", remote.name, md.path)
             return
-        aside = conflict_name(md.path, remote.name, time.time())
         moved = md.copy(path=aside)
         await remote.call("move_file", md.copy(), moved)
+        remote.touch(md.path, aside)
         log.warning("remote %s: %s changed both here and there; its version is kept as %s",
                     remote.name, md.path, aside)
         with self.index.write() as txn:
@@ -188,8 +214,9 @@ class RemoteChanges:
             inode = self.index.get_inode(ino, txn)
             if inode is None:
                 return
-            if path not in self.index.paths_of(ino, txn):
-                self.replicator.requeue(txn, source, ino)  # moved here meanwhile
+            if not source.config.readable or path not in self.index.paths_of(ino, txn):
+                # A backup lost it, or it moved here meanwhile: it goes back.
+                self.replicator.requeue(txn, source, ino)
                 return
             parent = self.index.resolve(path.rpartition("/")[0], txn)
             assert parent is not None
@@ -215,7 +242,7 @@ class RemoteChanges:
         rid = source.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, old_path, txn)
-            if ino is None:
+            if ino is None or not source.config.readable:
                 moved = False
             else:
                 entry = self.index.mirror(rid, ino, txn)[old_path]

@@ -48,8 +48,8 @@ class Pending:
     seq: int
     retry_at: float = 0.0  # backoff after a failure, which a flush respects too
 
-    def ready(self, now: float, flushing: bool) -> bool:
-        return (self.due <= now or flushing) and self.retry_at <= now
+    def ready(self, now: float, flush_below: float) -> bool:
+        return (self.due <= now or self.seq < flush_below) and self.retry_at <= now
 
 
 def metadata_for(inode: Inode, path: str) -> Metadata:
@@ -76,7 +76,7 @@ class Replicator:
         self._busy: dict[int, set[int]] = {r.rid: set() for r in remotes}
         self._wake: dict[int, trio.Event] = {r.rid: trio.Event() for r in remotes}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
-        self._flushing = False
+        self._flush_below: float = 0  # items queued before this sequence number go now
         # Set by the daemon: keeps a remote's unexpected version beside ours.
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
         for remote in self.writable:
@@ -101,6 +101,13 @@ class Replicator:
             self.index.mark(txn, remote.rid, ino, time.time())
             self._pending[remote.rid][ino] = Pending(time.time(), next(self._seq))
             self._wake[remote.rid].set()
+
+    def fill(self, remote: Remote) -> None:
+        """Queue the whole tree for a remote that has just been added."""
+        with self.index.write() as txn:
+            for inode in list(self.index.all_inodes(txn)):
+                if inode.nlink:
+                    self.requeue(txn, remote, inode.ino)
 
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])
@@ -127,14 +134,14 @@ class Replicator:
                 self._wake[remote.rid] = wake = trio.Event()
                 now = time.time()
                 ready = sorted((p.due, ino) for ino, p in pending.items()
-                               if ino not in busy and p.ready(now, self._flushing))
+                               if ino not in busy and p.ready(now, self._flush_below))
                 for _, ino in ready:
                     await slots.acquire()
                     busy.add(ino)
                     nursery.start_soon(self._process, remote, ino, slots)
                 if ready:
                     continue
-                waiting = [max(p.retry_at, now if self._flushing else p.due)
+                waiting = [max(p.retry_at, now if p.seq < self._flush_below else p.due)
                            for ino, p in pending.items() if ino not in busy]
                 timeout = max(0.0, min(waiting) - time.time()) if waiting else math.inf
                 with trio.move_on_after(timeout):
@@ -357,9 +364,10 @@ class Replicator:
 
     # unmounting
 
-    def start_flush(self) -> None:
-        """Stop waiting for changes to settle: upload everything queued now."""
-        self._flushing = True
+    def start_flush(self, everything: bool = False) -> None:
+        """Upload what is queued now without waiting for it to settle; with `everything`,
+        also all that is queued from now on (the mount is ending)."""
+        self._flush_below = math.inf if everything else next(self._seq)
         for event in self._wake.values():
             event.set()
 
@@ -369,7 +377,7 @@ class Replicator:
         Gives up on a remote that has failed without a break for FLUSH_GIVE_UP
         seconds: what it still needs stays queued in the index for the next mount.
         """
-        self.start_flush()
+        self.start_flush(everything=True)
         while True:
             waiting = [r for r in self.writable if self._pending[r.rid]]
             if not waiting:

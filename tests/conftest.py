@@ -6,6 +6,7 @@ fixture unmounts it and kills its daemon even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -134,7 +135,8 @@ class Cloud:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False,
                            capture_output=True)
         for pid in daemons_of(self.config):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                os.kill(pid, signal.SIGKILL)
             wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(),  # type: ignore[misc]
                      what="the daemon to die")
 

@@ -116,8 +116,7 @@ def start(plug: Plug) -> None:
             there: os.stat_result | None = os.lstat(target)
         except FileNotFoundError:
             there = None
-        if (token(there) if there else None) != md.revision:
-            assert there is not None
+        if there is not None and token(there) != md.revision:
             raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                            describe(md.path, there))
         os.rename(path, target)

@@ -1,0 +1,147 @@
+"""Unmounting flushes, crashes resume, remounts need no remote."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import ONITUFS, TEMP_SUFFIX, Cloud, MakeCloud, is_mounted, snapshot, wait_for
+
+
+def write_tree(root: Path, files: int = 40) -> dict[str, tuple[str, bytes]]:
+    (root / "folder").mkdir()
+    for index in range(files):
+        (root / "folder" / f"file{index}").write_bytes(bytes([index]) * (1000 * index + 1))
+    (root / "large").write_bytes(os.urandom(8 * 1024 * 1024))
+    return snapshot(root)
+
+
+def test_umount_waits_until_every_remote_has_everything(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(upload_delay="1h")  # nothing would upload on its own
+    cloud.mount()
+    expected = write_tree(cloud.mountpoint)
+    assert cloud.status()["remotes"][0]["pending"] > 0
+    for remote in cloud.remotes.values():
+        assert snapshot(remote) == {}
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+
+
+@pytest.mark.parametrize("how", ["fusermount", "sigterm", "sigint"])
+def test_other_ways_to_unmount_flush_too(make_cloud: MakeCloud, how: str) -> None:
+    cloud = make_cloud(upload_delay="1h")
+    cloud.mount()
+    expected = write_tree(cloud.mountpoint, files=10)
+    pid = cloud.pid
+    assert pid is not None
+    if how == "fusermount":
+        subprocess.run(["fusermount3", "-u", str(cloud.mountpoint)], check=True)
+    else:
+        os.kill(pid, signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+    cloud.wait_daemon_exit()
+    assert not is_mounted(cloud.mountpoint)
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+    assert "all remotes up to date" in cloud.log
+
+
+def test_kill9_during_upload_resumes_from_saved_offset(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, block_size="256 KiB")
+    cloud.mount()
+    content = os.urandom(400 * 1024 * 1024)
+    (cloud.mountpoint / "huge").write_bytes(content)
+
+    def partial_upload() -> bool:
+        parts = [p for p in cloud.remotes["a"].iterdir() if p.name.endswith(TEMP_SUFFIX)]
+        return bool(parts) and parts[0].stat().st_size > 20 * 1024 * 1024
+
+    wait_for(partial_upload, timeout=60, what="an upload half done")
+    cloud.kill9()
+    assert not (cloud.remotes["a"] / "huge").exists()
+    cloud.mount()  # clears the dead mount and resumes
+    cloud.wait_synced(timeout=120)
+    offsets = [int(m) for m in re.findall(r"resuming huge at byte (\d+)", cloud.log)]
+    assert offsets and offsets[0] > 20 * 1024 * 1024 - 256 * 1024, cloud.log
+    assert (cloud.remotes["a"] / "huge").read_bytes() == content
+    assert (cloud.mountpoint / "huge").read_bytes() == content
+    assert not [p for p in cloud.remotes["a"].iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+
+def test_fsynced_data_survives_kill9(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, upload_delay="1h")
+    cloud.mount()
+    fd = os.open(cloud.mountpoint / "journal", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"committed entry\n")
+    os.fsync(fd)
+    cloud.kill9()  # with the file still open: no close, no flush, no release
+    with pytest.raises(OSError):
+        os.close(fd)
+    subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
+    cloud.mount()
+    assert (cloud.mountpoint / "journal").read_bytes() == b"committed entry\n"
+    cloud.umount()
+    assert (cloud.remotes["a"] / "journal").read_bytes() == b"committed entry\n"
+
+
+def test_remount_shows_the_tree_without_any_remote(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud()
+    cloud.mount()
+    expected = write_tree(cloud.mountpoint, files=10)
+    cloud.umount()
+    hidden = {name: path.with_name(name + ".away") for name, path in cloud.remotes.items()}
+    for name, path in cloud.remotes.items():
+        path.rename(hidden[name])  # no remote can be listed or read
+    try:
+        cloud.mount()
+        assert snapshot(cloud.mountpoint) == expected  # names and cached content
+        wait_for(lambda: all(not r["online"] for r in cloud.status()["remotes"]),
+                 what="the remotes to show as offline")
+        cloud.umount()
+    finally:
+        for name, path in cloud.remotes.items():
+            hidden[name].rename(path)
+    cloud.mount()
+    assert snapshot(cloud.mountpoint) == expected
+    for remote in cloud.remotes.values():
+        assert snapshot(remote) == expected
+
+
+def test_evicted_blocks_come_back_from_a_remote(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "w"}, cache_size="1 MiB", block_size="64 KiB")
+    cloud.mount()
+    content = os.urandom(6 * 1024 * 1024)
+    (cloud.mountpoint / "bigger-than-cache").write_bytes(content)
+    cloud.wait_synced()
+    wait_for(lambda: cloud.status()["cache_bytes"] <= 1024 * 1024,
+             what="the cache to shrink to its limit")
+    cloud.umount()
+    cloud.mount()  # a fresh kernel page cache: reads must go to the remote
+    assert (cloud.mountpoint / "bigger-than-cache").read_bytes() == content
+    assert cloud.status()["cache_bytes"] <= 2 * 1024 * 1024
+
+
+def test_cache_never_evicts_what_is_not_uploaded(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB", upload_delay="1h")
+    cloud.mount()
+    content = os.urandom(4 * 1024 * 1024)
+    (cloud.mountpoint / "pending").write_bytes(content)
+    assert cloud.status()["cache_bytes"] >= len(content)  # over the limit, but kept
+    cloud.umount()
+    assert (cloud.remotes["a"] / "pending").read_bytes() == content
+
+
+def test_status_command_lists_every_remote(cloud: Cloud) -> None:
+    (cloud.mountpoint / "x").write_bytes(b"x")
+    cloud.wait_synced()
+    result = subprocess.run([*ONITUFS, "status", str(cloud.mountpoint)], capture_output=True,
+                            text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[:4] == ["REMOTE", "DRIVER", "MODE", "STATE"]
+    assert [line.split()[0] for line in lines[2:]] == ["a", "b", "c"]
+    assert all(" online " in line for line in lines[2:])

@@ -1,0 +1,122 @@
+"""Changes made directly in a remote's folder show in the mount and reach the others."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+
+
+def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
+    """The mount and every remote hold `content` at `relative` (None: hold nothing there)."""
+    places = [cloud.mountpoint, *cloud.remotes.values()]
+    if content is None:
+        return not any(os.path.lexists(place / relative) for place in places)
+    return all((place / relative).is_file() and (place / relative).read_bytes() == content
+               for place in places)
+
+
+def test_remote_edits_while_mounted(cloud: Cloud) -> None:
+    a = cloud.remotes["a"]
+    (a / "new-on-a.txt").write_bytes(b"made on a")
+    (a / "deep" / "er").mkdir(parents=True)
+    (a / "deep" / "er" / "file").write_bytes(b"nested")
+    wait_for(lambda: everywhere(cloud, "new-on-a.txt", b"made on a"), what="a's new file")
+    wait_for(lambda: everywhere(cloud, "deep/er/file", b"nested"), what="a's nested file")
+
+    (a / "new-on-a.txt").write_bytes(b"changed on a, and longer")
+    wait_for(lambda: everywhere(cloud, "new-on-a.txt", b"changed on a, and longer"),
+             what="a's change")
+    assert os.stat(cloud.mountpoint / "new-on-a.txt").st_size == 24
+
+    (cloud.remotes["b"] / "deep" / "er" / "file").unlink()
+    wait_for(lambda: everywhere(cloud, "deep/er/file", None), what="b's delete")
+    (cloud.remotes["c"] / "deep" / "er").rmdir()
+    wait_for(lambda: not any(os.path.lexists(p / "deep" / "er")
+                             for p in [cloud.mountpoint, *cloud.remotes.values()]),
+             what="c's rmdir")
+
+
+def test_a_rename_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
+    (cloud.mountpoint / "before.txt").write_bytes(b"same bytes")
+    cloud.wait_synced()
+    wait_for(lambda: everywhere(cloud, "before.txt", b"same bytes"), what="the upload")
+    inode_on_b = os.stat(cloud.remotes["b"] / "before.txt").st_ino
+    os.rename(cloud.remotes["a"] / "before.txt", cloud.remotes["a"] / "after.txt")
+    wait_for(lambda: everywhere(cloud, "after.txt", b"same bytes")
+             and everywhere(cloud, "before.txt", None), what="the rename everywhere")
+    assert os.stat(cloud.remotes["b"] / "after.txt").st_ino == inode_on_b
+
+
+def test_remote_edits_while_unmounted(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud()
+    cloud.mount()
+    (cloud.mountpoint / "keep.txt").write_bytes(b"keep")
+    (cloud.mountpoint / "change.txt").write_bytes(b"old")
+    (cloud.mountpoint / "delete.txt").write_bytes(b"doomed")
+    cloud.umount()
+    a = cloud.remotes["a"]
+    (a / "offline-new.txt").write_bytes(b"written while unmounted")
+    (a / "change.txt").write_bytes(b"new while unmounted")
+    (a / "delete.txt").unlink()
+    cloud.mount()
+    wait_for(lambda: everywhere(cloud, "offline-new.txt", b"written while unmounted"),
+             what="the new file")
+    wait_for(lambda: everywhere(cloud, "change.txt", b"new while unmounted"), what="the change")
+    wait_for(lambda: everywhere(cloud, "delete.txt", None), what="the delete")
+    assert everywhere(cloud, "keep.txt", b"keep")
+
+
+def test_both_edits_of_a_conflict_are_kept(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(upload_delay="1h")
+    cloud.mount()
+    (cloud.mountpoint / "shared.txt").write_bytes(b"base")
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    cloud.umount()
+    cloud.mount()  # upload_delay holds our next edit back
+    (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
+    (cloud.remotes["a"] / "shared.txt").write_bytes(b"edited on a")
+
+    def conflict_copies(root: Path) -> list[bytes]:
+        return [path.read_bytes() for path in root.iterdir()
+                if path.name.startswith("shared (conflict from a ")]
+
+    wait_for(lambda: conflict_copies(cloud.mountpoint) == [b"edited on a"],
+             what="a's version kept beside ours")
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "shared.txt").read_bytes() == b"edited in the mount", name
+        assert conflict_copies(remote) == [b"edited on a"], name
+
+
+def test_a_remote_delete_does_not_destroy_a_newer_edit(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(upload_delay="1h")
+    cloud.mount()
+    (cloud.mountpoint / "precious.txt").write_bytes(b"v1")
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    cloud.umount()
+    cloud.mount()
+    (cloud.mountpoint / "precious.txt").write_bytes(b"v2, not uploaded yet")
+    (cloud.remotes["b"] / "precious.txt").unlink()
+    wait_for(lambda: "precious.txt" not in snapshot(cloud.remotes["b"]), what="the delete")
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert (remote / "precious.txt").read_bytes() == b"v2, not uploaded yet"
+
+
+def test_a_new_remote_gets_everything(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "dir").mkdir()
+    (cloud.mountpoint / "dir" / "file").write_bytes(b"old news")
+    cloud.umount()
+    cloud.remotes["late"] = cloud.root / "late"
+    cloud.remotes["late"].mkdir()
+    cloud.modes["late"] = "rw"
+    cloud.write_config()
+    cloud.mount()
+    cloud.wait_synced()
+    wait_for(lambda: everywhere(cloud, "dir/file", b"old news"), what="the new remote to fill")
