@@ -120,3 +120,18 @@ def test_a_new_remote_gets_everything(make_cloud: MakeCloud) -> None:
     cloud.mount()
     cloud.wait_synced()
     wait_for(lambda: everywhere(cloud, "dir/file", b"old news"), what="the new remote to fill")
+
+
+def test_a_failing_remote_catches_up_while_the_others_carry_on(cloud: Cloud) -> None:
+    b = cloud.remotes["b"]
+    away = b.with_name("b.away")
+    b.rename(away)  # b is gone: offline, not empty
+    (cloud.mountpoint / "during-outage.txt").write_bytes(b"written while b was away")
+    wait_for(lambda: (cloud.remotes["a"] / "during-outage.txt").exists()
+             and (cloud.remotes["c"] / "during-outage.txt").exists(), what="a and c")
+    wait_for(lambda: cloud.status()["remotes"][1]["failures"] > 0, what="b to be failing")
+    assert cloud.status()["remotes"][1]["pending"] > 0
+    assert (cloud.mountpoint / "during-outage.txt").read_bytes() == b"written while b was away"
+    away.rename(b)
+    wait_for(lambda: everywhere(cloud, "during-outage.txt", b"written while b was away"),
+             timeout=90, what="b to catch up")
