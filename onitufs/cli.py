@@ -158,6 +158,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = "online" if remote["online"] else "offline"
         if remote["failures"]:
             state += f", failing x{remote['failures']}"
+        if remote["stalled"]:
+            state += ", stalled"
         rows.append((remote["name"], remote["driver"], remote["mode"], state,
                      str(remote["pending"]), str(remote["in_flight"]), str(remote["done"]),
                      human(remote["bytes_sent"]),
@@ -211,9 +213,9 @@ def pending_of(status: dict[str, Any]) -> int:
 
 
 def all_stuck(status: dict[str, Any]) -> bool:
-    """Every remote with work left is failing: waiting longer would not help."""
+    """Every remote with work left has stalled: waiting longer would not help."""
     waiting = [r for r in status["remotes"] if r["pending"] and "w" in r["mode"]]
-    return bool(waiting) and all(r["failures"] >= 8 or not r["online"] for r in waiting)
+    return bool(waiting) and all(r["stalled"] for r in waiting)
 
 
 def wait_for_exit(pid: int) -> None:

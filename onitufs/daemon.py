@@ -124,6 +124,7 @@ class Mount:
                 "last_error": remote.health.last_error,
                 "failures": remote.health.failures,
                 "pending": self.replicator.pending_count(remote),
+                "stalled": self.replicator.stalled(remote),
                 "in_flight": self.replicator.in_flight(remote),
                 "done": remote.health.done,
                 "bytes_sent": remote.health.bytes_sent,

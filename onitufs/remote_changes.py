@@ -88,8 +88,7 @@ class RemoteChanges:
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, md.path, txn)
             if not remote.config.readable:
-                self._backup_changed(txn, remote, ino, md)
-                return None
+                return self._backup_changed(txn, remote, ino, md)
             if ino is not None:
                 entry = self.index.mirror(rid, ino, txn)[md.path]
                 inode = self.index.get_inode(ino, txn)
@@ -134,16 +133,18 @@ class RemoteChanges:
             return inode
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
-                        md: Metadata) -> None:
-        """A write-only remote is made to match the mount: what changed there is put back.
-        Files onitufs never put there are left alone."""
-        if ino is None:
-            return
-        entry = self.index.mirror(remote.rid, ino, txn)[md.path]
-        if entry.token != md.revision and self.index.transfer(remote.rid, ino, txn) is None:
-            entry.token, entry.rev = md.revision, 0
-            self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
-            self.replicator.requeue(txn, remote, ino)
+                        md: Metadata) -> Inode | None:
+        """A file onitufs put on a write-only remote was changed there: our inode, whose
+        version goes back while theirs is kept aside there. Files onitufs never put
+        there, or deleted here since, are left alone."""
+        if ino is None or self.index.transfer(remote.rid, ino, txn) is not None:
+            return None
+        if self.index.mirror(remote.rid, ino, txn)[md.path].token == md.revision:
+            return None
+        inode = self.index.get_inode(ino, txn)
+        if inode is None:
+            self.index.set_mirror(txn, remote.rid, ino, md.path, None)
+        return inode
 
     def _create(self, txn: lmdb.Transaction, remote: Remote, md: Metadata,
                 held_at: str | None = None) -> Inode:
@@ -178,11 +179,16 @@ class RemoteChanges:
         return created.ino
 
     async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> None:
-        """The remote's version did not descend from ours: move it aside, on the remote too."""
+        """The remote's version did not descend from ours: keep it, under a conflict name.
+
+        On a remote that is read and written, it is renamed there and shows in
+        the mount beside ours. A read-only remote is never written: its version
+        keeps its path there and only shows in the mount under the conflict
+        name. A write-only remote is never read: its version is renamed there
+        and stays there, and ours takes the name.
+        """
         aside = conflict_name(md.path, remote.name, time.time())
         if not remote.config.writable:
-            # Nothing is written to a read-only remote: its version keeps its path
-            # there, and shows in the mount under the conflict name.
             with self.index.write() as txn:
                 self._create(txn, remote, md.copy(path=aside), held_at=md.path)
             log.warning("remote %s: %s changed both here and there; its version shows as %s",
@@ -195,11 +201,13 @@ class RemoteChanges:
         moved = md.copy(path=aside)
         await remote.call("move_file", md.copy(), moved)
         remote.touch(md.path, aside)
-        log.warning("remote %s: %s changed both here and there; its version is kept as %s",
-                    remote.name, md.path, aside)
+        log.warning("remote %s: %s changed both here and there; its version is kept %s as %s",
+                    remote.name, md.path, "there" if not remote.config.readable else "",
+                    aside)
         with self.index.write() as txn:
             self.index.set_mirror(txn, remote.rid, ours.ino, md.path, None)
-            self._create(txn, remote, moved)
+            if remote.config.readable:
+                self._create(txn, remote, moved)
             self.replicator.requeue(txn, remote, ours.ino)
 
     async def delete_file(self, remote: str, path: str) -> None:

@@ -33,9 +33,9 @@ class Health:
     online: bool = True
     last_error: str | None = None
     failures: int = 0  # consecutive
-    failing_since: float | None = None
     done: int = 0
     bytes_sent: int = 0
+    last_progress: float = field(default_factory=time.monotonic)  # a chunk or an item done
 
     def backoff(self) -> float:
         return min(MAX_BACKOFF, 0.5 * 2.0 ** min(self.failures, 10))
@@ -97,7 +97,6 @@ class Remote:
     def failed(self, error: BaseException) -> None:
         health = self.health
         health.failures += 1
-        health.failing_since = health.failing_since or time.monotonic()
         health.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if isinstance(error, RemoteUnavailable):
             health.online = False
@@ -109,7 +108,6 @@ class Remote:
             log.info("remote %s: back online", self.name)
         health.online = True
         health.failures = 0
-        health.failing_since = None
 
     def set_status(self, error: str | None) -> None:
         if error is None:

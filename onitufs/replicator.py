@@ -31,7 +31,7 @@ from .remotes import CallFailed, Remote
 
 log = logging.getLogger(__name__)
 PER_REMOTE_TASKS = 4
-FLUSH_GIVE_UP = 60.0  # seconds a remote may fail without a break before unmount stops waiting
+STALL_SECONDS = 60.0  # with work queued and no progress this long, unmount stops waiting
 
 
 class FetchError(Exception):
@@ -91,16 +91,21 @@ class Replicator:
         for remote in self.writable:
             if remote.rid == source:
                 continue
+            self._add(remote, ino, due)
             self.index.mark(txn, remote.rid, ino, due)
-            self._pending[remote.rid][ino] = Pending(due, next(self._seq))
-            self._wake[remote.rid].set()
 
     def requeue(self, txn: lmdb.Transaction, remote: Remote, ino: int) -> None:
         """Queue an inode again for one remote, which lost or never got it."""
         if remote.config.writable:
+            self._add(remote, ino, time.time())
             self.index.mark(txn, remote.rid, ino, time.time())
-            self._pending[remote.rid][ino] = Pending(time.time(), next(self._seq))
-            self._wake[remote.rid].set()
+
+    def _add(self, remote: Remote, ino: int, due: float) -> None:
+        pending = self._pending[remote.rid]
+        if not pending:
+            remote.health.last_progress = time.monotonic()  # the clock of a stall starts now
+        pending[ino] = Pending(due, next(self._seq))
+        self._wake[remote.rid].set()
 
     def fill(self, remote: Remote) -> None:
         """Queue the whole tree for a remote that has just been added."""
@@ -108,6 +113,11 @@ class Replicator:
             for inode in list(self.index.all_inodes(txn)):
                 if inode.nlink:
                     self.requeue(txn, remote, inode.ino)
+
+    def stalled(self, remote: Remote) -> bool:
+        """Work is queued for this remote and none of it got anywhere for STALL_SECONDS."""
+        return bool(self._pending[remote.rid]) and \
+            time.monotonic() - remote.health.last_progress > STALL_SECONDS
 
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])
@@ -169,6 +179,7 @@ class Replicator:
                 log.exception("remote %s: inode %d failed", remote.name, ino)
                 ticket.retry_at = time.time() + remote.health.backoff()
                 return
+            remote.health.last_progress = time.monotonic()
             if pending.get(ino) is ticket:
                 del pending[ino]
                 with self.index.write() as txn:
@@ -291,6 +302,7 @@ class Replicator:
             await remote.call("upload_chunk", md, offset, chunk)
             offset += len(chunk)
             remote.health.bytes_sent += len(chunk)
+            remote.health.last_progress = time.monotonic()
             self._save_transfer(remote, inode.ino, Transfer(rev, path, offset, md.extra))
         try:
             await remote.call("end_upload", md)
@@ -374,18 +386,16 @@ class Replicator:
     async def flush(self, report: Callable[[], None] | None = None) -> bool:
         """Upload everything now; True once every writable remote is up to date.
 
-        Gives up on a remote that has failed without a break for FLUSH_GIVE_UP
-        seconds: what it still needs stays queued in the index for the next mount.
+        Gives up once every remote with work left has stalled (see `stalled`):
+        what they still need stays queued in the index for the next mount.
         """
         self.start_flush(everything=True)
         while True:
             waiting = [r for r in self.writable if self._pending[r.rid]]
             if not waiting:
                 return True
-            stuck = [r for r in waiting if r.health.failing_since is not None
-                     and time.monotonic() - r.health.failing_since > FLUSH_GIVE_UP]
-            if len(stuck) == len(waiting):
-                for remote in stuck:
+            if all(self.stalled(remote) for remote in waiting):
+                for remote in waiting:
                     log.error("remote %s: %d changes still queued (%s); they resume at the "
                               "next mount", remote.name, len(self._pending[remote.rid]),
                               remote.health.last_error)

@@ -135,3 +135,18 @@ def test_a_failing_remote_catches_up_while_the_others_carry_on(cloud: Cloud) -> 
     away.rename(b)
     wait_for(lambda: everywhere(cloud, "during-outage.txt", b"written while b was away"),
              timeout=90, what="b to catch up")
+
+
+def test_a_backup_edited_directly_keeps_that_edit_aside(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "backup": "w"})
+    cloud.mount()
+    (cloud.mountpoint / "x.txt").write_bytes(b"v1")
+    cloud.wait_synced()
+    (cloud.remotes["backup"] / "x.txt").write_bytes(b"edited on the backup")
+    (cloud.mountpoint / "x.txt").write_bytes(b"v2")
+    cloud.umount()  # returns: nothing waits on content no readable remote has
+    backup = cloud.remotes["backup"]
+    assert (backup / "x.txt").read_bytes() == b"v2"
+    aside = [p.read_bytes() for p in backup.iterdir() if p.name.startswith("x (conflict from backup")]
+    assert aside == [b"edited on the backup"]
+    assert [p.name for p in cloud.remotes["a"].iterdir()] == ["x.txt"]
