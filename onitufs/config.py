@@ -150,7 +150,7 @@ _TOP_LEVEL = {"cache", "sync", "remotes"}
 
 def load(path: Path) -> Config:
     """Read and check the config file at `path`."""
-    path = path.expanduser().absolute()
+    path = path.expanduser().resolve()
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -208,7 +208,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return hashlib.sha256(bytes(path)).hexdigest()[:8]
 
 
 def _table(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import trio
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
-from .index import Index
+from .index import CacheError, Index
 from .plug import check_options, load_driver
 from .remote_changes import RemoteChanges
 from .remotes import Remote
@@ -69,6 +69,9 @@ class Mount:
         try:
             new_remotes = [remote.name for remote in config.remotes
                            if not self.index.knows_remote(remote.name)]
+            returning = [remote.name for remote in config.remotes
+                         if remote.name not in new_remotes
+                         and remote.name not in self.index.configured_remotes()]
             for remote_config in config.remotes:
                 if remote_config.name in new_remotes:
                     # Checked on first use only: a remote that goes missing later is
@@ -81,8 +84,9 @@ class Mount:
                         for remote in config.remotes]
         self.replicator = Replicator(self.index, self.remotes, config.block_size)
         for remote in self.remotes:
-            if remote.name in new_remotes:
+            if remote.name in new_remotes or remote.name in returning:
                 self.replicator.fill(remote)
+        self.index.set_configured_remotes([remote.name for remote in config.remotes])
         self.cache = BlockCache(self.index, config.block_size, config.cache_size,
                                 self.replicator.fetch, self.replicator.replicated)
         self.replicator.cache = self.cache
@@ -179,6 +183,6 @@ class Mount:
 
 
 def describe_error(error: BaseException) -> str:
-    if isinstance(error, ConfigError | MountError):
+    if isinstance(error, ConfigError | MountError | CacheError):
         return str(error)
     return f"{type(error).__name__}: {error}"

@@ -174,6 +174,7 @@ class Index:
     """The LMDB environment and typed access to every database but the blocks."""
 
     def __init__(self, path: Path, map_size: int, block_size: int) -> None:
+        self.path = path
         path.mkdir(parents=True, exist_ok=True)
         self._lock = (path / "lock").open("a+")
         try:
@@ -241,8 +242,8 @@ class Index:
                 raise CacheError(f"index schema {unq(raw)} is not the supported {SCHEMA_VERSION}")
             stored = txn.get(b"block_size", db=self.db["meta"])
             if stored is not None and block_size and unq(stored) != block_size:
-                raise CacheError(f"cache.block_size: this cache was made with blocks of "
-                                 f"{unq(stored)} bytes; keep that size or use a new cache path")
+                raise CacheError(f"cache.block_size: the cache {self.path} was made with blocks "
+                                 f"of {unq(stored)} bytes; keep that size or use a new cache path")
 
     # counters
 
@@ -393,6 +394,17 @@ class Index:
             rid = int(txn.stat(self.db["remotes"])["entries"]) + 1
             txn.put(name.encode(), q(rid), db=self.db["remotes"])
             return rid
+
+    def configured_remotes(self) -> list[str]:
+        """The remotes of the config at the last mount: one that was left out since
+        missed what changed meanwhile."""
+        with self.begin() as txn:
+            raw = txn.get(b"configured", db=self.db["meta"])
+        return list(json.loads(bytes(raw))) if raw is not None else []
+
+    def set_configured_remotes(self, names: list[str]) -> None:
+        with self.write() as txn:
+            txn.put(b"configured", json.dumps(names).encode(), db=self.db["meta"])
 
     def remote_ids(self, txn: lmdb.Transaction) -> list[int]:
         return [unq(rid) for _, rid in txn.cursor(db=self.db["remotes"])]

@@ -187,6 +187,11 @@ class RemoteChanges:
         name. A write-only remote is never read: its version is renamed there
         and stays there, and ours takes the name.
         """
+        if ours.is_reg and md.kind == "file" and same_content(ours, md):
+            with self.index.write() as txn:  # the same file, put there by someone else
+                self.index.hold(txn, remote.rid, ours.ino, md.path,
+                                MirrorEntry(ours.rev, md.revision, md.file_id, "file"))
+            return
         aside = conflict_name(md.path, remote.name, time.time())
         if not remote.config.writable:
             with self.index.write() as txn:
@@ -289,9 +294,9 @@ class RemoteChanges:
 
         with self.index.begin() as txn:
             known = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)
-                     if current(path)}
+                     if path and current(path)}
         listed = {md.path: md for md in entries
-                  if current(md.path) and self._acceptable(source, md.path)}
+                  if md.path and current(md.path) and self._acceptable(source, md.path)}
         gone = [path for path in known if path not in listed]
         gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
         # Each step may await a remote, during which the replicator may touch more

@@ -25,7 +25,7 @@ import lmdb
 import trio
 
 from .blockcache import BlockCache
-from .index import Index, Inode, MirrorEntry, Transfer
+from .index import ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote
 
@@ -108,10 +108,10 @@ class Replicator:
         self._wake[remote.rid].set()
 
     def fill(self, remote: Remote) -> None:
-        """Queue the whole tree for a remote that has just been added."""
+        """Queue the whole tree for a remote that was added (or is back) in the config."""
         with self.index.write() as txn:
             for inode in list(self.index.all_inodes(txn)):
-                if inode.nlink:
+                if inode.nlink and inode.ino != ROOT_INO:
                     self.requeue(txn, remote, inode.ino)
 
     def stalled(self, remote: Remote) -> bool:
@@ -195,6 +195,8 @@ class Replicator:
     # bringing one inode up to date on one remote
 
     async def _sync(self, remote: Remote, ino: int) -> None:
+        if ino == ROOT_INO:
+            return  # the remote's root is where it is configured; never made, moved or deleted
         async with self._lock(remote, ino):
             with self.index.begin() as txn:
                 inode = self.index.get_inode(ino, txn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .conftest import Cloud, MakeCloud, snapshot, wait_for
@@ -113,10 +114,7 @@ def test_a_new_remote_gets_everything(make_cloud: MakeCloud) -> None:
     (cloud.mountpoint / "dir").mkdir()
     (cloud.mountpoint / "dir" / "file").write_bytes(b"old news")
     cloud.umount()
-    cloud.remotes["late"] = cloud.root / "late"
-    cloud.remotes["late"].mkdir()
-    cloud.modes["late"] = "rw"
-    cloud.write_config()
+    add_remote(cloud, "late")
     cloud.mount()
     cloud.wait_synced()
     wait_for(lambda: everywhere(cloud, "dir/file", b"old news"), what="the new remote to fill")
@@ -150,3 +148,46 @@ def test_a_backup_edited_directly_keeps_that_edit_aside(make_cloud: MakeCloud) -
     aside = [p.read_bytes() for p in backup.iterdir() if p.name.startswith("x (conflict from backup")]
     assert aside == [b"edited on the backup"]
     assert [p.name for p in cloud.remotes["a"].iterdir()] == ["x.txt"]
+
+
+def add_remote(cloud: Cloud, name: str) -> Path:
+    cloud.remotes[name] = cloud.root / name
+    cloud.remotes[name].mkdir(exist_ok=True)
+    cloud.modes[name] = "rw"
+    cloud.write_config()
+    return cloud.remotes[name]
+
+
+def test_a_new_remote_holding_the_same_files_gets_no_conflicts(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "dir").mkdir()
+    for index in range(20):
+        (cloud.mountpoint / "dir" / f"f{index}").write_bytes(b"same" * index)
+    cloud.umount()
+    copy = cloud.root / "copy"
+    shutil.copytree(cloud.remotes["a"], copy)  # keeps modification times
+    add_remote(cloud, "copy")
+    cloud.mount()
+    cloud.wait_synced()
+    cloud.umount()
+    assert snapshot(copy) == snapshot(cloud.remotes["a"])
+    assert not [p for p in (copy / "dir").iterdir() if "conflict" in p.name]
+
+
+def test_a_remote_left_out_of_the_config_catches_up_when_back(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "before").write_bytes(b"both have it")
+    cloud.umount()
+    del cloud.modes["b"]
+    cloud.write_config()
+    cloud.mount()
+    (cloud.mountpoint / "while-b-was-out").write_bytes(b"only a saw this")
+    cloud.umount()
+    assert not (cloud.remotes["b"] / "while-b-was-out").exists()
+    cloud.modes["b"] = "rw"
+    cloud.write_config()
+    cloud.mount()
+    cloud.umount()
+    assert (cloud.remotes["b"] / "while-b-was-out").read_bytes() == b"only a saw this"
