@@ -105,4 +105,4 @@ def test_changed_block_size_is_refused(make_cloud: MakeCloud) -> None:
     cloud.settings["block_size"] = "64 KiB"
     cloud.write_config()
     result = run("mount", cloud.mountpoint, cloud.config, check=False)
-    assert result.returncode == 1 and "this cache was made with blocks of" in result.stderr
+    assert result.returncode == 1 and "was made with blocks of 1048576 bytes" in result.stderr
