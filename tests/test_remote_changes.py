@@ -69,14 +69,18 @@ def test_remote_edits_while_unmounted(make_cloud: MakeCloud) -> None:
     assert everywhere(cloud, "keep.txt", b"keep")
 
 
-def test_both_edits_of_a_conflict_are_kept(make_cloud: MakeCloud) -> None:
+def everywhere_then_held_back(make_cloud: MakeCloud, name: str, content: bytes) -> Cloud:
+    """A mount where `name` holds `content` on every remote, and new edits wait an hour."""
     cloud = make_cloud(upload_delay="1h")
     cloud.mount()
-    (cloud.mountpoint / "shared.txt").write_bytes(b"base")
+    (cloud.mountpoint / name).write_bytes(content)
     os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
     cloud.wait_synced()
-    cloud.umount()
-    cloud.mount()  # upload_delay holds our next edit back
+    return cloud
+
+
+def test_both_edits_of_a_conflict_are_kept(make_cloud: MakeCloud) -> None:
+    cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
     (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
     (cloud.remotes["a"] / "shared.txt").write_bytes(b"edited on a")
 
@@ -93,13 +97,7 @@ def test_both_edits_of_a_conflict_are_kept(make_cloud: MakeCloud) -> None:
 
 
 def test_a_remote_delete_does_not_destroy_a_newer_edit(make_cloud: MakeCloud) -> None:
-    cloud = make_cloud(upload_delay="1h")
-    cloud.mount()
-    (cloud.mountpoint / "precious.txt").write_bytes(b"v1")
-    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
-    cloud.wait_synced()
-    cloud.umount()
-    cloud.mount()
+    cloud = everywhere_then_held_back(make_cloud, "precious.txt", b"v1")
     (cloud.mountpoint / "precious.txt").write_bytes(b"v2, not uploaded yet")
     (cloud.remotes["b"] / "precious.txt").unlink()
     wait_for(lambda: "precious.txt" not in snapshot(cloud.remotes["b"]), what="the delete")
