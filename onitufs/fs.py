@@ -402,21 +402,17 @@ class Filesystem(pyfuse3.Operations):
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     def _replicas(self, node: Inode) -> str:
-        held = {remote.name for remote, _, _ in self.replicator.holders(node)}
+        lines = []
         with self.index.begin() as txn:
             for remote in self.replicator.remotes:
-                if any(entry.rev == node.rev or node.is_dir
-                       for entry in self.index.mirror(remote.rid, node.ino, txn).values()):
-                    held.add(remote.name)
-        lines = []
-        for remote in self.replicator.remotes:
-            if remote.name in held and not node.dirty:
-                state = "held"
-            elif remote.config.writable:
-                state = "pending"
-            else:
-                state = "not held (read-only remote)"
-            lines.append(f"{remote.name}: {state}")
+                entries = self.index.mirror(remote.rid, node.ino, txn).values()
+                if not node.dirty and any(node.is_dir or e.rev == node.rev for e in entries):
+                    state = "held"
+                elif remote.config.writable:
+                    state = "pending"
+                else:
+                    state = "not held (read-only remote)"
+                lines.append(f"{remote.name}: {state}")
         return "\n".join(lines) + "\n"
 
     @fuse_errors
