@@ -40,6 +40,7 @@ from .workloads import MIB, SMALL, Data, WrongData
 
 FILESYSTEMS = ("tmpfs", "memfs", "onitufs")
 UPLOAD_DELAY = "2s"
+BUSY_WARNING = 0.15  # CPU busy before the run above which the figures are flagged
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,20 @@ def filesystem_of(path: Path) -> str:
                 kind, source = tail.split()[:2]
                 best, found = point, f"{kind} on {source}"
     return found
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The fraction of the machine's CPU time spent busy over `seconds` (0 to 1), from /proc/stat."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle and iowait
+        return sum(values[:8]), idle
+    total_before, idle_before = sample()
+    time.sleep(seconds)
+    total_after, idle_after = sample()
+    total = total_after - total_before
+    return 0.0 if total <= 0 else 1 - (idle_after - idle_before) / total
 
 
 def header(args: argparse.Namespace) -> str:
@@ -226,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     status = 0
     say(header(args))
+    busy = cpu_busy()
+    if busy > BUSY_WARNING:
+        lines.append(f"warning: the machine was {busy:.0%} busy with other work before the run: "
+                     "the figures may be low and the ratios off")
+        say(lines[-1])
     try:
         for name in args.fs:
             target: Target
@@ -266,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
         try:
             for target in targets:
-                if isinstance(target, Onitufs):
-                    lines += log_report(target)
-                target.cleanup()
+                try:
+                    if isinstance(target, Onitufs):
+                        lines += log_report(target)
+                    target.cleanup()
+                except Exception as error:  # go on: the other targets need cleaning up too
+                    say(f"bench: cleaning up {target.name}: {type(error).__name__}: {error}")
+                    status = status or 1
             for folder, points in workdirs:
                 kept = remove_workdir(folder, points)
                 if kept:
@@ -283,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         for extra in lines:
             print(extra)
+        if "tmpfs" in results:
+            print("tmpfs: no FUSE and no daemon; its page cache is its storage, so its reads are "
+                  "memory copies (a reference, not a bar)")
         if args.strict and not all_met and status == 0:
             status = 3
     return status

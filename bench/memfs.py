@@ -1,10 +1,13 @@
 """The benchmark's baseline: a minimal in-memory pyfuse3 filesystem.
 
-It answers from plain dicts (file content in bytearrays) and does nothing
-else, so it shows what pyfuse3 on trio costs by itself; onitufs is measured
-against it. Like onitufs it mounts with the kernel's writeback cache,
-default_permissions and one-second attribute timeouts, so the kernel sends
-both of them the same requests.
+It answers from plain dicts and does nothing else, so it shows what pyfuse3
+on trio costs by itself; onitufs is measured against it. A file's content is
+a dict of bytearray blocks of up to 1 MiB (block number -> block), not one
+bytearray: one that grows to 1 GiB is reallocated and copied over and over
+as it grows, which would make the baseline slower than pyfuse3 is.
+
+Like onitufs it mounts with the kernel's writeback cache, default_permissions
+and one-second attribute timeouts, so the kernel sends both the same requests.
 
 Run as ``python -m bench.memfs MOUNTPOINT``; it serves until unmounted
 (``fusermount3 -u MOUNTPOINT``) and then exits.
@@ -23,6 +26,7 @@ import pyfuse3
 import trio
 
 ATTR_TIMEOUT = 1.0  # as onitufs
+BLOCK = 1024 * 1024
 
 
 @dataclass
@@ -35,13 +39,49 @@ class Node:
     atime_ns: int = field(default_factory=time.time_ns)
     mtime_ns: int = field(default_factory=time.time_ns)
     ctime_ns: int = field(default_factory=time.time_ns)
-    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    blocks: dict[int, bytearray] = field(default_factory=dict)  # absent: a hole, zeros
     children: dict[bytes, int] = field(default_factory=dict)
     parent: int = pyfuse3.ROOT_INODE
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        parts = []
+        while offset < end:
+            number, start = divmod(offset, BLOCK)
+            take = min(BLOCK - start, end - offset)
+            piece = memoryview(self.blocks.get(number, b""))[start:start + take]
+            parts.append(bytes(piece) + bytes(take - len(piece)) if len(piece) < take else bytes(piece))
+            offset += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            number, start = divmod(offset + done, BLOCK)
+            take = min(BLOCK - start, len(data) - done)
+            block = self.blocks.get(number)
+            if block is None:  # blocks grow as written, up to BLOCK: a small file stays small
+                block = self.blocks[number] = bytearray(start)
+            elif len(block) < start:
+                block.extend(bytes(start - len(block)))
+            block[start:start + take] = view[done:done + take]
+            done += take
+        self.size = max(self.size, offset + len(data))
+
+    def truncate(self, size: int) -> None:
+        if size < self.size:
+            for number in [n for n in self.blocks if n * BLOCK >= size]:
+                del self.blocks[number]
+            number, start = divmod(size, BLOCK)
+            if number in self.blocks:
+                del self.blocks[number][start:]  # what a later growth shows must be zeros
+        self.size = size
 
 
 class MemFS(pyfuse3.Operations):
@@ -73,9 +113,9 @@ class MemFS(pyfuse3.Operations):
         attrs.st_uid = node.uid
         attrs.st_gid = node.gid
         attrs.st_rdev = 0
-        attrs.st_size = len(node.data)
+        attrs.st_size = node.size
         attrs.st_blksize = 128 * 1024
-        attrs.st_blocks = (len(node.data) + 511) // 512
+        attrs.st_blocks = (node.size + 511) // 512
         attrs.st_atime_ns = node.atime_ns
         attrs.st_mtime_ns = node.mtime_ns
         attrs.st_ctime_ns = node.ctime_ns
@@ -128,10 +168,7 @@ class MemFS(pyfuse3.Operations):
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            if attr.st_size < len(node.data):
-                del node.data[attr.st_size:]
-            else:
-                node.data.extend(bytes(attr.st_size - len(node.data)))
+            node.truncate(attr.st_size)
             node.mtime_ns = time.time_ns()
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | (attr.st_mode & 0o7777)
@@ -199,14 +236,11 @@ class MemFS(pyfuse3.Operations):
         return self.opened(node.ino), self.attributes(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return bytes(self.node(self.handles[fh]).data[off:off + size])
+        return self.node(self.handles[fh]).read(off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self.node(self.handles[fh])
-        data = node.data
-        if off > len(data):
-            data.extend(bytes(off - len(data)))
-        data[off:off + len(buf)] = buf
+        node.write(off, buf)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         return len(buf)
 
