@@ -343,7 +343,7 @@ class Filesystem(pyfuse3.Operations):
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        self.tree.make_revision(self._handles[fh].ino, delay=0)
+        self.tree.make_revision(self._handles[fh].ino)
         self.index.sync()
 
     @fuse_errors

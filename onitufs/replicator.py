@@ -14,6 +14,7 @@ upload cut by a crash resumes with restart_upload where it stopped.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -48,8 +49,8 @@ class Pending:
     seq: int
     retry_at: float = 0.0  # backoff after a failure, which a flush respects too
 
-    def ready(self, now: float, flush_below: float) -> bool:
-        return (self.due <= now or self.seq < flush_below) and self.retry_at <= now
+    def ready_at(self, flush_below: float) -> float:
+        return max(self.retry_at, -math.inf if self.seq < flush_below else self.due)
 
 
 def metadata_for(inode: Inode, path: str) -> Metadata:
@@ -73,6 +74,8 @@ class Replicator:
         self.block_size = block_size
         self._seq = itertools.count()
         self._pending: dict[int, dict[int, Pending]] = {r.rid: {} for r in remotes}
+        # (ready time, seq, ino) per remote; an entry whose ticket changed since is skipped
+        self._ready: dict[int, list[tuple[float, int, int]]] = {r.rid: [] for r in remotes}
         self._busy: dict[int, set[int]] = {r.rid: set() for r in remotes}
         self._wake: dict[int, trio.Event] = {r.rid: trio.Event() for r in remotes}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
@@ -81,7 +84,9 @@ class Replicator:
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
         for remote in self.writable:
             for ino, due in index.todo(remote.rid).items():
-                self._pending[remote.rid][ino] = Pending(due, next(self._seq))
+                self._pending[remote.rid][ino] = ticket = Pending(due, next(self._seq))
+                self._ready[remote.rid].append((due, ticket.seq, ino))
+            heapq.heapify(self._ready[remote.rid])
 
     # queueing
 
@@ -105,6 +110,13 @@ class Replicator:
         if not pending:
             remote.health.last_progress = time.monotonic()  # the clock of a stall starts now
         pending[ino] = Pending(due, next(self._seq))
+        self._push(remote, ino)
+
+    def _push(self, remote: Remote, ino: int) -> None:
+        """Put the inode's ticket in line for when it is ready."""
+        ticket = self._pending[remote.rid][ino]
+        heapq.heappush(self._ready[remote.rid],
+                       (ticket.ready_at(self._flush_below), ticket.seq, ino))
         self._wake[remote.rid].set()
 
     def fill(self, remote: Remote) -> None:
@@ -138,31 +150,28 @@ class Replicator:
     async def _worker(self, remote: Remote) -> None:
         pending = self._pending[remote.rid]
         busy = self._busy[remote.rid]
+        line = self._ready[remote.rid]
         async with trio.open_nursery() as nursery:
             slots = trio.Semaphore(PER_REMOTE_TASKS)
             while True:
                 self._wake[remote.rid] = wake = trio.Event()
-                now = time.time()
-                ready = sorted((p.due, ino) for ino, p in pending.items()
-                               if ino not in busy and p.ready(now, self._flush_below))
-                for _, ino in ready:
+                while line and line[0][0] <= time.time():
+                    _, seq, ino = heapq.heappop(line)
+                    ticket = pending.get(ino)
+                    if ticket is None or ticket.seq != seq or ino in busy \
+                            or ticket.ready_at(self._flush_below) > time.time():
+                        continue  # stale: done, replaced, running, or in line again later
                     await slots.acquire()
                     busy.add(ino)
                     nursery.start_soon(self._process, remote, ino, slots)
-                if ready:
-                    continue
-                waiting = [max(p.retry_at, now if p.seq < self._flush_below else p.due)
-                           for ino, p in pending.items() if ino not in busy]
-                timeout = max(0.0, min(waiting) - time.time()) if waiting else math.inf
+                timeout = max(0.0, line[0][0] - time.time()) if line else math.inf
                 with trio.move_on_after(timeout):
                     await wake.wait()
 
     async def _process(self, remote: Remote, ino: int, slots: trio.Semaphore) -> None:
         pending = self._pending[remote.rid]
-        ticket = pending.get(ino)
+        ticket = pending[ino]
         try:
-            if ticket is None:
-                return
             try:
                 await self._sync(remote, ino)
             except Retry:
@@ -187,7 +196,8 @@ class Replicator:
         finally:
             self._busy[remote.rid].discard(ino)
             slots.release()
-            self._wake[remote.rid].set()
+            if ino in pending:
+                self._push(remote, ino)  # retried, or changed while it ran
 
     def _lock(self, remote: Remote, ino: int) -> trio.Lock:
         return self._locks.setdefault((remote.rid, ino), trio.Lock())
@@ -382,8 +392,12 @@ class Replicator:
         """Upload what is queued now without waiting for it to settle; with `everything`,
         also all that is queued from now on (the mount is ending)."""
         self._flush_below = math.inf if everything else next(self._seq)
-        for event in self._wake.values():
-            event.set()
+        for remote in self.writable:
+            line = self._ready[remote.rid]
+            line[:] = [(self._pending[remote.rid][ino].ready_at(self._flush_below), seq, ino)
+                       for _, seq, ino in line if ino in self._pending[remote.rid]]
+            heapq.heapify(line)
+            self._wake[remote.rid].set()
 
     async def flush(self, report: Callable[[], None] | None = None) -> bool:
         """Upload everything now; True once every writable remote is up to date.
