@@ -38,7 +38,7 @@ class BlockCache:
         self._fetch = fetch
         self._evictable = evictable
         self._db = index.db["blocks"]
-        self._dirty: dict[BlockKey, bytearray] = {}
+        self._dirty: dict[int, dict[int, bytearray]] = {}  # ino -> block number -> content
         self._dirty_bytes = 0
         self._lru: collections.OrderedDict[BlockKey, int] = collections.OrderedDict()
         self.stored_bytes = 0
@@ -73,7 +73,7 @@ class BlockCache:
     def _cached_piece(self, inode: Inode, blockno: int, start: int, end: int) -> bytes | None:
         """Bytes start:end of a block if the cache can answer without a remote."""
         key = (inode.ino, blockno)
-        dirty = self._dirty.get(key)
+        dirty = self._dirty.get(inode.ino, {}).get(blockno)
         if dirty is not None:
             return bytes(dirty[start:end])
         with self.index.env.begin(buffers=True) as txn:
@@ -98,7 +98,7 @@ class BlockCache:
             offset = blockno * self.block_size
             length = max(0, min(self.block_size, inode.size - offset))
             data = await self._fetch(inode, offset, length) if length else b""
-            if inode.rev == rev and not inode.complete and key not in self._dirty:
+            if inode.rev == rev and not inode.complete and not self.has_dirty(inode.ino):
                 with self.index.write() as txn:
                     self._store(txn, key, data)
             return data
@@ -124,27 +124,29 @@ class BlockCache:
         """Write into a complete inode's buffers."""
         assert inode.complete, "make_complete() before changing content"
         bs = self.block_size
+        view = memoryview(data)
+        buffers = self._dirty.setdefault(inode.ino, {})
         pos = 0
         while pos < len(data):
             blockno, start = divmod(offset + pos, bs)
             take = min(bs - start, len(data) - pos)
-            buffer = self._buffer(inode, blockno)
+            buffer = buffers.get(blockno)
+            if buffer is None:
+                buffer = self._load(inode.ino, blockno, buffers)
             if len(buffer) < start:
                 buffer.extend(bytes(start - len(buffer)))
             before = len(buffer)
-            buffer[start:start + take] = data[pos:pos + take]
+            buffer[start:start + take] = view[pos:pos + take]
             self._dirty_bytes += len(buffer) - before
             pos += take
 
-    def _buffer(self, inode: Inode, blockno: int) -> bytearray:
-        key = (inode.ino, blockno)
-        buffer = self._dirty.get(key)
-        if buffer is None:
-            with self.index.begin() as txn:
-                stored = txn.get(q(inode.ino) + q(blockno), db=self._db)
-            buffer = bytearray(stored) if stored is not None else bytearray()
-            self._dirty[key] = buffer
-            self._dirty_bytes += len(buffer)
+    def _load(self, ino: int, blockno: int, buffers: dict[int, bytearray]) -> bytearray:
+        """A buffer for changing a block, holding what the cache has of it."""
+        with self.index.begin() as txn:
+            stored = txn.get(q(ino) + q(blockno), db=self._db)
+        buffer = bytearray(stored) if stored is not None else bytearray()
+        buffers[blockno] = buffer
+        self._dirty_bytes += len(buffer)
         return buffer
 
     def truncate(self, inode: Inode, new_size: int) -> None:
@@ -154,12 +156,14 @@ class BlockCache:
             return
         bs = self.block_size
         keep_blocks = (new_size + bs - 1) // bs
-        for key in [k for k in self._dirty if k[0] == inode.ino and k[1] >= keep_blocks]:
-            self._dirty_bytes -= len(self._dirty.pop(key))
+        buffers = self._dirty.setdefault(inode.ino, {})
+        for blockno in [b for b in buffers if b >= keep_blocks]:
+            self._dirty_bytes -= len(buffers.pop(blockno))
         with self.index.write() as txn:
             self._delete_blocks(txn, inode.ino, keep_blocks)
         if new_size % bs:
-            buffer = self._buffer(inode, new_size // bs)
+            blockno = new_size // bs
+            buffer = buffers.get(blockno) or self._load(inode.ino, blockno, buffers)
             cut = new_size % bs
             if len(buffer) > cut:
                 self._dirty_bytes -= len(buffer) - cut
@@ -167,8 +171,8 @@ class BlockCache:
 
     def drop(self, txn: lmdb.Transaction, ino: int) -> None:
         """Forget every block of an inode (deleted, or replaced by a remote's revision)."""
-        for key in [k for k in self._dirty if k[0] == ino]:
-            self._dirty_bytes -= len(self._dirty.pop(key))
+        for buffer in self._dirty.pop(ino, {}).values():
+            self._dirty_bytes -= len(buffer)
         self._delete_blocks(txn, ino, 0)
 
     def _delete_blocks(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
@@ -188,8 +192,9 @@ class BlockCache:
             self.commit_in(txn)
 
     def commit_in(self, txn: lmdb.Transaction) -> None:
-        for key, buffer in self._dirty.items():
-            self._store(txn, key, buffer)
+        for ino, buffers in self._dirty.items():
+            for blockno, buffer in buffers.items():
+                self._store(txn, (ino, blockno), buffer)
         self._dirty.clear()
         self._dirty_bytes = 0
         self.index.write_deferred(txn)
@@ -198,7 +203,7 @@ class BlockCache:
         return self._dirty_bytes > DIRTY_LIMIT
 
     def has_dirty(self, ino: int) -> bool:
-        return any(key[0] == ino for key in self._dirty)
+        return bool(self._dirty.get(ino))
 
     def evict(self) -> int:
         """Drop clean blocks, least recently used first, until the cache fits; returns bytes freed."""

@@ -41,6 +41,8 @@ COMMIT_INTERVAL = 1.0
 SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
 XATTR_PREFIX = b"user.onitufs."
 XATTR_SIZE_MAX = 65536
+# ACLs and security labels are not kept: the kernel checks permissions from the mode bits.
+UNSTORED_NAMESPACES = (b"system.", b"security.")
 
 
 def fuse_errors(function: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -164,9 +166,7 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
         node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now_ns()
-        with self.index.write() as txn:
-            self.cache.commit_in(txn)
-            self.index.put_inode(txn, node)
+        self.index.defer_inode(node)  # written with the next commit, like the data it goes with
         if fields.update_size and not self.tree.open_counts.get(inode):
             self.tree.make_revision(inode)
         return self.attributes(node)
@@ -387,6 +387,9 @@ class Filesystem(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if name.startswith(XATTR_PREFIX):
             return self._control_xattr(inode, name[len(XATTR_PREFIX):])
+        if name.startswith(UNSTORED_NAMESPACES):
+            # The kernel asks for security.capability before every write: answer at once.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         self.tree.inode(inode)
         value = self.index.get_xattr(inode, name)
         if value is None:
@@ -423,7 +426,7 @@ class Filesystem(pyfuse3.Operations):
                 self.replicator.start_flush()
                 return
             raise pyfuse3.FUSEError(errno.EPERM)
-        if name.startswith(b"system."):
+        if name.startswith(UNSTORED_NAMESPACES):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if len(value) > XATTR_SIZE_MAX:
             raise pyfuse3.FUSEError(errno.E2BIG)

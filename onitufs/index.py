@@ -21,6 +21,7 @@ happen on every write are kept in memory and written with the next commit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -197,6 +198,9 @@ class Index:
         self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
         self._inodes: cachetools.LRUCache[int, Inode] = cachetools.LRUCache(maxsize=65536)
         self._dirty: dict[int, Inode] = {}
+        # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
+        # that comparing a listing with it costs no decoding
+        self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
         self._check_schema(block_size)
 
     def close(self) -> None:
@@ -222,6 +226,7 @@ class Index:
         except BaseException:
             txn.abort()
             self._inodes.clear()
+            self._mirrors.clear()
             raise
         txn.commit()
 
@@ -443,6 +448,12 @@ class Index:
                     db=self.db["mirror"])
         else:
             txn.delete(key, db=self.db["mirror"])
+        known = self._mirrors.get(rid)
+        if known is not None:
+            if entry is None:
+                known.pop(path, None)
+            else:
+                known[path] = (ino, dataclasses.replace(entry))
 
     def hold(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
              entry: MirrorEntry) -> None:
@@ -470,10 +481,15 @@ class Index:
             return None
         return unq(raw)
 
-    def mirror_all(self, rid: int, txn: lmdb.Transaction) -> Iterator[tuple[int, str, MirrorEntry]]:
-        for key, value in scan(txn, self.db["mirror"], _I.pack(rid)):
-            for path, entry in json.loads(bytes(value)).items():
-                yield unq(key), path, MirrorEntry(**entry)
+    def mirror_all(self, rid: int, txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
+        """Everything the remote holds: (ino, path, entry)."""
+        known = self._mirrors.get(rid)
+        if known is None:
+            known = self._mirrors[rid] = {}
+            for key, value in scan(txn, self.db["mirror"], _I.pack(rid)):
+                for path, entry in json.loads(bytes(value)).items():
+                    known[path] = (unq(key), MirrorEntry(**entry))
+        return [(ino, path, dataclasses.replace(entry)) for path, (ino, entry) in known.items()]
 
     @staticmethod
     def _rpath_key(rid: int, path: str) -> bytes:

@@ -245,6 +245,9 @@ class Tree:
 
     def make_revision(self, ino: int, delay: float | None = None) -> bool:
         """Commit buffered content and, if it changed, make it a new revision for the remotes."""
+        inode = self.index.get_inode(ino)
+        if inode is None or not inode.dirty:
+            return False  # a close after reading: nothing to write
         with self.index.write() as txn:
             self.cache.commit_in(txn)
             inode = self.index.get_inode(ino, txn)
