@@ -94,6 +94,7 @@ class Mount:
         self.changes = RemoteChanges(self.tree, self.replicator, self.remotes)
         self.replicator.on_conflict = self.changes.keep_both
         self.fs = Filesystem(self.tree, self.replicator, self.status, str(config.cache_path))
+        self.replicator.foreground_busy = self.fs.busy
         self._unmounted_by_us = False
         self.recover()
 

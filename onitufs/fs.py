@@ -22,7 +22,7 @@ import stat
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import lmdb
 import pyfuse3
@@ -39,19 +39,29 @@ ATTR_TIMEOUT = 1.0
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
 SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
+BUSY_WINDOW = 0.2  # a data operation this recent means someone is using the mount
+# What counts as using the mount; browsing (lookup, getattr, readdir, xattrs) does not.
+DATA_OPERATIONS = {"read", "write", "create", "mkdir", "mknod", "symlink", "link", "unlink",
+                   "rmdir", "rename", "setattr"}
 XATTR_PREFIX = b"user.onitufs."
 XATTR_SIZE_MAX = 65536
 # ACLs and security labels are not kept: the kernel checks permissions from the mode bits.
 UNSTORED_NAMESPACES = (b"system.", b"security.")
 
 
-def fuse_errors(function: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn every failure into an errno: pyfuse3 stops the mount on anything but FUSEError."""
+def fuse_errors(
+    function: Callable[Concatenate[Filesystem, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Filesystem, P], Coroutine[Any, Any, R]]:
+    """Turn every failure into an errno: pyfuse3 stops the mount on anything but FUSEError.
+    Also notes when data was last read or changed, so background work can yield to users."""
+    busy = function.__name__ in DATA_OPERATIONS
 
     @functools.wraps(function)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(fs: Filesystem, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if busy:
+            fs.last_request = time.monotonic()
         try:
-            return await function(*args, **kwargs)
+            return await function(fs, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except TreeError as error:
@@ -101,6 +111,7 @@ class Filesystem(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_fh = 1
         self._last_write: dict[int, float] = {}
+        self.last_request = 0.0
         self.kernel = Kernel()
         tree.kernel = self.kernel
 
@@ -473,6 +484,10 @@ class Filesystem(pyfuse3.Operations):
                     del self._last_write[ino]
                     self.tree.make_revision(ino)
             self.cache.evict()
+
+    def busy(self) -> bool:
+        """Whether users are working with the mount right now."""
+        return time.monotonic() - self.last_request < BUSY_WINDOW
 
     def finish(self) -> None:
         """Called after the kernel let go: everything buffered becomes a revision."""

@@ -192,7 +192,7 @@ class Index:
             # sync=False: a commit survives a crash of this process at once, and a
             # power loss after env.sync(), which fsync and a timer call.
             self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
-                                 metasync=False, readahead=False, max_readers=256)
+                                 metasync=False, max_readers=256)
         except lmdb.Error as error:
             raise CacheError(f"{path}: cannot open the index: {error}") from None
         self.db = {name: self.env.open_db(name.encode()) for name in _DBS}

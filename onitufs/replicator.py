@@ -32,7 +32,11 @@ from .remotes import CallFailed, Remote
 
 log = logging.getLogger(__name__)
 PER_REMOTE_TASKS = 4
-STALL_SECONDS = 60.0  # with work queued and no progress this long, unmount stops waiting
+STALL_SECONDS = 60.0
+# The replicator yields to the user: while the mount is busy, new transfers wait, for
+# at most MAX_YIELD seconds past their time (uploads already running go on).
+MAX_YIELD = 3.0
+YIELD_STEP = 0.05  # with work queued and no progress this long, unmount stops waiting
 
 
 class FetchError(Exception):
@@ -82,6 +86,8 @@ class Replicator:
         self._flush_below: float = 0  # items queued before this sequence number go now
         # Set by the daemon: keeps a remote's unexpected version beside ours.
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
+        # Set by the daemon: whether the mount is serving requests right now.
+        self.foreground_busy: Callable[[], bool] = lambda: False
         for remote in self.writable:
             for ino, due in index.todo(remote.rid).items():
                 self._pending[remote.rid][ino] = ticket = Pending(due, next(self._seq))
@@ -156,6 +162,9 @@ class Replicator:
             while True:
                 self._wake[remote.rid] = wake = trio.Event()
                 while line and line[0][0] <= time.time():
+                    if self._yield_to_foreground(line[0]):
+                        await trio.sleep(YIELD_STEP)
+                        continue
                     _, seq, ino = heapq.heappop(line)
                     ticket = pending.get(ino)
                     if ticket is None or ticket.seq != seq or ino in busy \
@@ -167,6 +176,11 @@ class Replicator:
                 timeout = max(0.0, line[0][0] - time.time()) if line else math.inf
                 with trio.move_on_after(timeout):
                     await wake.wait()
+
+    def _yield_to_foreground(self, first: tuple[float, int, int]) -> bool:
+        ready_at, seq, _ = first
+        return seq >= self._flush_below and time.time() - ready_at < MAX_YIELD \
+            and self.foreground_busy()
 
     async def _process(self, remote: Remote, ino: int, slots: trio.Semaphore) -> None:
         pending = self._pending[remote.rid]
@@ -303,7 +317,8 @@ class Replicator:
                 await self._abort(remote, inode, saved)
             offset = 0
             await remote.call("start_upload", md)
-            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
+            if md.size > self.block_size:  # one chunk is as quick to redo as to resume
+                self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
         while offset < md.size:
             if inode.rev != rev or inode.dirty:
                 await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
@@ -315,7 +330,8 @@ class Replicator:
             offset += len(chunk)
             remote.health.bytes_sent += len(chunk)
             remote.health.last_progress = time.monotonic()
-            self._save_transfer(remote, inode.ino, Transfer(rev, path, offset, md.extra))
+            if offset < md.size:
+                self._save_transfer(remote, inode.ino, Transfer(rev, path, offset, md.extra))
         try:
             await remote.call("end_upload", md)
         except CallFailed as error:

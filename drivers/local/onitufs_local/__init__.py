@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 import uuid
 
@@ -52,16 +53,35 @@ def start(plug: Plug) -> None:
     root = str(plug.options.path("path"))
     interval = plug.options.duration("poll_interval", "2s")
 
+    open_uploads: dict[str, int] = {}  # temp path -> its descriptor, while an upload runs
+    open_uploads_lock = threading.Lock()
+
     def real(path: str) -> str:
         """The local path of a remote path, refusing any that leads outside the root."""
         full = os.path.join(root, path)
         parent = os.path.realpath(os.path.dirname(full))
-        if parent != os.path.realpath(root) and not parent.startswith(os.path.realpath(root) + "/"):
+        inside = os.path.realpath(root)
+        if parent != inside and not parent.startswith(inside + "/"):
             raise DriverError(f"{path}: leads outside {root}")
         return full
 
     def temp(md: Metadata) -> str:
         return real(md.extra["temp"])
+
+    def upload_fd(md: Metadata, flags: int = os.O_WRONLY) -> int:
+        """The descriptor of this upload's temp file, opened once per upload."""
+        key = md.extra["temp"]
+        with open_uploads_lock:
+            fd = open_uploads.get(key)
+            if fd is None:
+                fd = open_uploads[key] = os.open(temp(md), flags | os.O_NOFOLLOW, 0o600)
+            return fd
+
+    def close_upload(md: Metadata) -> None:
+        with open_uploads_lock:
+            fd = open_uploads.pop(md.extra.get("temp", ""), None)
+        if fd is not None:
+            os.close(fd)
 
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
@@ -82,35 +102,31 @@ def start(plug: Plug) -> None:
         hidden = f".{name[:200]}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
         md.extra["temp"] = f"{folder}/{hidden}" if folder else hidden
         _require_root()
-        os.close(os.open(temp(md), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
-        path = temp(md)
-        if os.lstat(path).st_size < offset:
+        fd = upload_fd(md)
+        if os.fstat(fd).st_size < offset:
             raise DriverError(f"{md.path}: the partial upload is shorter than {offset} bytes")
-        os.truncate(path, offset)
+        os.ftruncate(fd, offset)
 
     @plug.handler()
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
-        fd = os.open(temp(md), os.O_WRONLY | os.O_NOFOLLOW)
-        try:
-            os.pwrite(fd, chunk, offset)
-        finally:
-            os.close(fd)
+        os.pwrite(upload_fd(md), chunk, offset)
 
     @plug.handler()
     def end_upload(md: Metadata) -> None:
         path = temp(md)
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        fd = upload_fd(md)
         try:
             os.ftruncate(fd, md.size)
             os.fchmod(fd, md.mode)
             os.utime(fd, ns=(md.mtime_ns, md.mtime_ns))
-            os.fsync(fd)
+            os.fsync(fd)  # the remote copy must outlive a power loss: the cache may evict ours
             st = os.fstat(fd)
         finally:
-            os.close(fd)
+            close_upload(md)
         target = real(md.path)
         try:
             there: os.stat_result | None = os.lstat(target)
@@ -124,6 +140,7 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def abort_upload(md: Metadata) -> None:
+        close_upload(md)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp(md))
 
