@@ -6,7 +6,8 @@ no LMDB transaction is held across an await.
 
 Control and state are extended attributes, so they work through any tool:
 ``user.onitufs.replicas`` on any file names the remotes holding its current
-revision and those still pending; on the mount's root,
+revision and those still pending, ``user.onitufs.sha256`` is its checksum
+once an upload has read it whole; on the mount's root,
 ``user.onitufs.status`` is the daemon's status as JSON and setting
 ``user.onitufs.flush`` starts uploading everything queued at once.
 """
@@ -28,7 +29,7 @@ import lmdb
 import pyfuse3
 import trio
 
-from .index import ROOT_INO, Inode, now_ns
+from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Inode, now_ns
 from .replicator import FetchError, Replicator
 from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
 
@@ -162,10 +163,7 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_size:
             if not node.is_reg:
                 raise pyfuse3.FUSEError(errno.EINVAL if not node.is_dir else errno.EISDIR)
-            await self.cache.make_complete(node)
-            self.cache.truncate(node, attr.st_size)
-            node.size = attr.st_size
-            self.tree.content_changed(node)
+            await self._truncate(node, attr.st_size)
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | (attr.st_mode & 0o7777)
         if fields.update_uid:
@@ -181,6 +179,16 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_size and not self.tree.open_counts.get(inode):
             self.tree.make_revision(inode)
         return self.attributes(node)
+
+    async def _truncate(self, node: Inode, size: int) -> None:
+        if size == 0 and not node.complete:  # nothing of the old content is needed
+            with self.index.write() as txn:
+                self.cache.drop(txn, node.ino)
+            node.flags |= FLAG_COMPLETE
+        await self.cache.make_complete(node)
+        self.cache.truncate(node, size)
+        node.size = size
+        self.tree.content_changed(node)
 
     # names
 
@@ -310,6 +318,8 @@ class Filesystem(pyfuse3.Operations):
         node = self.tree.inode(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC and node.size:  # libfuse asks for atomic O_TRUNC: it is ours
+            await self._truncate(node, 0)
         return self._open(inode, flags)
 
     @fuse_errors
@@ -411,6 +421,10 @@ class Filesystem(pyfuse3.Operations):
         if key == b"replicas":
             node = self.tree.inode(inode)
             return self._replicas(node).encode()
+        if key == b"sha256":
+            node = self.tree.inode(inode)
+            if node.is_reg and not node.dirty and node.sha256 != NO_HASH:
+                return node.sha256.hex().encode()
         if key == b"status" and inode == ROOT_INO:
             return json.dumps(self._status(), indent=1).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

@@ -33,6 +33,8 @@ def model_ops(root: Path) -> None:
     with open(root / "sparse", "wb") as handle:  # a hole, then data
         handle.seek(2 * 1024 * 1024 + 7)
         handle.write(b"tail")
+    (root / "rewritten").write_bytes(b"a long first version")
+    (root / "rewritten").write_bytes(b"short")  # O_TRUNC
     (root / "short").write_bytes(b"0123456789" * 1000)
     os.truncate(root / "short", 1234)
     os.truncate(root / "sparse", 3 * 1024 * 1024)  # grow with zeros
