@@ -15,6 +15,7 @@ and only blocks of files whose current revision every writable remote holds.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +26,9 @@ from .index import FLAG_COMPLETE, Index, Inode, delete_range, q, scan, unq
 
 log = logging.getLogger(__name__)
 BlockKey = tuple[int, int]
-Fetcher = Callable[[Inode, int, int], Awaitable[bytes]]
+# fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
+# the current revision, checked against the digest where one is known
+Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[bytes]]
 DIRTY_LIMIT = 64 * 1024 * 1024
 
 
@@ -97,10 +100,16 @@ class BlockCache:
         try:
             offset = blockno * self.block_size
             length = max(0, min(self.block_size, inode.size - offset))
-            data = await self._fetch(inode, offset, length) if length else b""
+            if not length:
+                return b""
+            expected = self.index.block_hash(inode.ino, blockno, rev)
+            data = await self._fetch(inode, offset, length, expected)
             if inode.rev == rev and not inode.complete and not self.has_dirty(inode.ino):
                 with self.index.write() as txn:
                     self._store(txn, key, data)
+                    if expected is None:  # first seen: later fetches are checked against it
+                        self.index.set_block_hash(txn, inode.ino, blockno, rev,
+                                                  hashlib.sha256(data).digest())
             return data
         finally:
             del self._fetching[key]

@@ -12,6 +12,7 @@ Named databases (one environment, so one transaction can change several):
 - ``rpaths``    remote id + hash(path) -> ino + path: the same, looked up by path
 - ``todo``      remote id + ino -> due time: inodes that remote must be brought up to date on
 - ``transfers`` remote id + ino -> JSON {rev, path, offset, extra}: uploads in flight
+- ``hashes``    ino + block number -> revision + SHA-256 of that block of that revision
 - ``blocks``    ino + block number -> content (owned by blockcache.py)
 
 Inode records are decoded once and kept in an LRU; attribute changes that
@@ -44,7 +45,8 @@ _I = struct.Struct(">I")
 _INODE = struct.Struct("<IIIIQQqqqQQQI32s")
 FLAG_COMPLETE = 1  # every block absent from the cache is a hole: nothing to fetch
 _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "rpaths",
-        "todo", "transfers", "blocks")
+        "todo", "transfers", "hashes", "blocks")
+NO_HASH = b"\0" * 32
 
 
 class CacheError(Exception):
@@ -113,7 +115,7 @@ class Inode:
     rev: int = 0  # the current revision of the content, 0 before the first
     rev_version: int = 0  # the content version that revision was made from
     flags: int = FLAG_COMPLETE
-    sha256: bytes = b"\0" * 32
+    sha256: bytes = NO_HASH  # of the current revision's content, once an upload has read it all
     target: bytes = b""  # symlink target
 
     def pack(self) -> bytes:
@@ -301,6 +303,7 @@ class Index:
         self._dirty.pop(ino, None)
         self._inodes.pop(ino, None)
         delete_range(txn, self.db["xattrs"], q(ino))
+        delete_range(txn, self.db["hashes"], q(ino))
 
     def all_inodes(self, txn: lmdb.Transaction) -> Iterator[Inode]:
         for key, value in txn.cursor(db=self.db["inodes"]):
@@ -362,6 +365,20 @@ class Index:
             if ino is None:
                 return None
         return ino
+
+    # checksums of blocks
+
+    def block_hash(self, ino: int, blockno: int, rev: int) -> bytes | None:
+        """The SHA-256 of a block of revision `rev`, if known."""
+        with self.begin() as txn:
+            raw = txn.get(q(ino) + q(blockno), db=self.db["hashes"])
+        if raw is None or unq(raw) != rev:
+            return None
+        return bytes(raw[8:])
+
+    def set_block_hash(self, txn: lmdb.Transaction, ino: int, blockno: int, rev: int,
+                       digest: bytes) -> None:
+        txn.put(q(ino) + q(blockno), q(rev) + digest, db=self.db["hashes"])
 
     # extended attributes
 

@@ -14,6 +14,7 @@ upload cut by a crash resumes with restart_upload where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
@@ -26,7 +27,7 @@ import lmdb
 import trio
 
 from .blockcache import BlockCache
-from .index import ROOT_INO, Index, Inode, MirrorEntry, Transfer
+from .index import NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote
 
@@ -62,6 +63,14 @@ def metadata_for(inode: Inode, path: str) -> Metadata:
     return Metadata(path=path, kind=kind, size=inode.size, mtime_ns=inode.mtime_ns,
                     mode=inode.mode & 0o7777,
                     target=inode.target.decode("utf-8", "surrogateescape") if inode.target else None)
+
+
+def hash_chunk(chunk: bytes, whole: hashlib._Hash | None, block: bool) -> bytes | None:
+    """Feed the whole-file hash, and return the chunk's own SHA-256 if asked (on a worker
+    thread: hashlib lets go of the GIL)."""
+    if whole is not None:
+        whole.update(chunk)
+    return hashlib.sha256(chunk).digest() if block else None
 
 
 def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
@@ -319,6 +328,8 @@ class Replicator:
             await remote.call("start_upload", md)
             if md.size > self.block_size:  # one chunk is as quick to redo as to resume
                 self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
+        # A pass from the first byte also learns the SHA-256 of the whole revision.
+        whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH else None
         while offset < md.size:
             if inode.rev != rev or inode.dirty:
                 await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
@@ -326,12 +337,19 @@ class Replicator:
             chunk = await self.cache.read(inode, offset, self.block_size)
             if not chunk:
                 break
+            blockno = offset // self.block_size  # chunks are whole blocks
+            known = self.index.block_hash(inode.ino, blockno, rev) is not None
+            digest = await trio.to_thread.run_sync(hash_chunk, chunk, whole, not known)
             await remote.call("upload_chunk", md, offset, chunk)
             offset += len(chunk)
             remote.health.bytes_sent += len(chunk)
             remote.health.last_progress = time.monotonic()
-            if offset < md.size:
-                self._save_transfer(remote, inode.ino, Transfer(rev, path, offset, md.extra))
+            with self.index.write() as txn:
+                if digest is not None:
+                    self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
+                if offset < md.size:
+                    self.index.set_transfer(txn, remote.rid, inode.ino,
+                                            Transfer(rev, path, offset, md.extra))
         try:
             await remote.call("end_upload", md)
         except CallFailed as error:
@@ -345,7 +363,10 @@ class Replicator:
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
-                         MirrorEntry(rev, md.revision, md.file_id, "file"))
+                            MirrorEntry(rev, md.revision, md.file_id, "file"))
+            if whole is not None and inode.rev == rev and not inode.dirty:
+                inode.sha256 = whole.digest()
+                self.index.put_inode(txn, inode)
 
     async def _abort(self, remote: Remote, inode: Inode, transfer: Transfer) -> None:
         md = metadata_for(inode, transfer.path)
@@ -375,7 +396,8 @@ class Replicator:
         found.sort(key=lambda item: (not item[0].health.online, item[0].health.failures))
         return found
 
-    async def fetch(self, inode: Inode, offset: int, size: int) -> bytes:
+    async def fetch(self, inode: Inode, offset: int, size: int, expected: bytes | None) -> bytes:
+        """Bytes of the current revision from the first replica that has them right."""
         errors = []
         for remote, path, entry in self.holders(inode):
             md = metadata_for(inode, path)
@@ -385,10 +407,25 @@ class Replicator:
             except CallFailed as error:
                 errors.append(str(error))
                 continue
-            if len(data) == size:
+            if len(data) != size:
+                errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
+            elif expected is not None and hashlib.sha256(data).digest() != expected:
+                errors.append(f"{remote.name}: damaged copy")
+                self._damaged(remote, inode, path, offset)
+            else:
                 return data
-            errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
+
+    def _damaged(self, remote: Remote, inode: Inode, path: str, offset: int) -> None:
+        """A replica does not match its checksum: never read it again, upload it anew."""
+        log.error("remote %s: %s is damaged there (the block at byte %d does not match its "
+                  "SHA-256); reading another replica, and repairing it", remote.name, path, offset)
+        with self.index.write() as txn:
+            entry = self.index.mirror(remote.rid, inode.ino, txn).get(path)
+            if entry is not None:
+                entry.rev = 0  # holds no revision of ours
+                self.index.set_mirror(txn, remote.rid, inode.ino, path, entry)
+            self.requeue(txn, remote, inode.ino)
 
     def replicated(self, ino: int) -> bool:
         """Every writable remote holds the current revision, and some readable one does."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import lmdb
 
 from .blockcache import BlockCache
-from .index import FLAG_COMPLETE, ROOT_INO, Index, Inode, now_ns
+from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Index, Inode, now_ns
 
 NAME_MAX = 255
 # schedule(txn, ino, delay, source): queue the inode for every remote but `source`.
@@ -241,6 +241,7 @@ class Tree:
         stamp = now_ns()
         inode.version += 1
         inode.mtime_ns = inode.ctime_ns = stamp
+        inode.sha256 = NO_HASH
         self.index.defer_inode(inode)
 
     def make_revision(self, ino: int, delay: float | None = None) -> bool:
