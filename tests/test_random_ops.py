@@ -1,0 +1,110 @@
+"""A long random sequence of file operations, on the mount and on a plain folder as the model.
+
+The two are compared after every step, again after unmount and remount, and
+every remote is compared with the model at the end. The seed is printed;
+ONITUFS_SEED=N replays a run, ONITUFS_STEPS=N makes it longer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import MakeCloud, snapshot
+
+NAMES = ["f0", "f1", "f2", "d0/f3", "d0/f4", "d1/f5", "d0/d2/f6"]
+FOLDERS = ["d0", "d1", "d0/d2"]
+MAX_SIZE = 3 * 65536 + 77  # a few blocks of the 64 KiB test block size
+
+
+class Both:
+    """Applies each operation to the mount and to the model, and checks they agree."""
+
+    def __init__(self, mount: Path, model: Path, rng: random.Random) -> None:
+        self.roots = (mount, model)
+        self.rng = rng
+
+    def do(self, operation: Callable[[Path], object], describe: str) -> None:
+        outcomes = []
+        for root in self.roots:
+            try:
+                outcomes.append(("ok", operation(root)))
+            except OSError as error:
+                outcomes.append(("error", errno.errorcode.get(error.errno or 0, error.errno)))
+        assert outcomes[0] == outcomes[1], f"{describe}: mount {outcomes[0]} != model {outcomes[1]}"
+
+    def step(self) -> str:
+        rng = self.rng
+        name = rng.choice(NAMES)
+        other = rng.choice(NAMES + FOLDERS)
+        kind = rng.choice(["write", "write", "write", "create", "truncate", "rename", "unlink",
+                           "mkdir", "rmdir", "fsync", "read"])
+        if kind == "write":
+            offset, data = rng.randrange(MAX_SIZE), rng.randbytes(rng.randrange(1, 70000))
+            self.do(lambda root: write_at(root / name, offset, data),
+                    f"write {len(data)} bytes at {offset} of {name}")
+        elif kind == "create":
+            data = rng.randbytes(rng.randrange(MAX_SIZE))
+            self.do(lambda root: (root / name).write_bytes(data), f"create {name}")
+        elif kind == "truncate":
+            size = rng.randrange(MAX_SIZE)
+            self.do(lambda root: os.truncate(root / name, size), f"truncate {name} to {size}")
+        elif kind == "rename":
+            self.do(lambda root: os.rename(root / name, root / other), f"rename {name} {other}")
+        elif kind == "unlink":
+            self.do(lambda root: os.unlink(root / name), f"unlink {name}")
+        elif kind == "mkdir":
+            folder = rng.choice(FOLDERS)
+            self.do(lambda root: os.mkdir(root / folder), f"mkdir {folder}")
+        elif kind == "rmdir":
+            folder = rng.choice(FOLDERS)
+            self.do(lambda root: os.rmdir(root / folder), f"rmdir {folder}")
+        elif kind == "fsync":
+            self.do(lambda root: fsync(root / name), f"fsync {name}")
+        else:
+            self.do(lambda root: (root / name).read_bytes(), f"read {name}")
+        return kind
+
+
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path: Path) -> None:
+    seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
+    steps = int(os.environ.get("ONITUFS_STEPS", 1000))
+    print(f"random operations: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB", cache_size="1 MiB")
+    model = tmp_path / "model"
+    model.mkdir()
+    cloud.mount()
+    both = Both(cloud.mountpoint, model, random.Random(seed))
+    for number in range(steps):
+        kind = both.step()
+        if number % 20 == 0 or kind in ("rename", "rmdir"):
+            assert snapshot(cloud.mountpoint) == snapshot(model), f"seed {seed}, step {number}"
+        if number == steps // 2:  # half way: a remount, with uploads maybe still queued
+            cloud.umount()
+            cloud.mount()
+            assert snapshot(cloud.mountpoint) == snapshot(model), f"seed {seed}, after remount"
+    cloud.umount()
+    expected = snapshot(model)
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs"
+    cloud.mount()
+    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
