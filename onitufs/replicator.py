@@ -14,6 +14,7 @@ upload cut by a crash resumes with restart_upload where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -227,10 +228,16 @@ class Replicator:
 
     # bringing one inode up to date on one remote
 
-    async def _sync(self, remote: Remote, ino: int) -> None:
+    async def _sync(self, remote: Remote, ino: int, visiting: frozenset[int] = frozenset()) -> None:
+        """Bring one inode up to date on one remote. `visiting`: the inodes whose sync
+        is waiting on this one (a parent to make, a path to free), to see cycles."""
         if ino == ROOT_INO:
             return  # the remote's root is where it is configured; never made, moved or deleted
-        async with self._lock(remote, ino):
+        lock = self._lock(remote, ino)
+        if visiting and lock.locked():
+            raise Retry()  # another task has it: waiting here could wait on ourselves
+        async with lock:
+            visiting = visiting | {ino}
             with self.index.begin() as txn:
                 inode = self.index.get_inode(ino, txn)
                 wanted = self.index.paths_of(ino, txn) if inode is not None else []
@@ -242,7 +249,10 @@ class Replicator:
             if remote.has("move_file"):
                 while stale and missing:
                     old, new = stale.pop(), missing.pop()
-                    await self._ensure_parent(remote, new)
+                    await self._ensure_parent(remote, new, visiting)
+                    if not await self._make_way(remote, ino, new, visiting):
+                        await self._step_aside(remote, ino, old, have[old])
+                        raise Retry()
                     await self._move(remote, ino, old, new, have[old])
                 have = self._mirror(remote, ino)
             for path in stale:
@@ -251,18 +261,47 @@ class Replicator:
                 return
             for path in wanted:
                 entry = have.get(path)
-                if inode.is_reg and (entry is None or entry.rev != inode.rev):
-                    await self._ensure_parent(remote, path)
+                upload = inode.is_reg and (entry is None or entry.rev != inode.rev)
+                make = entry is None and (inode.is_dir or inode.is_symlink)
+                if not (upload or make):
+                    continue
+                await self._ensure_parent(remote, path, visiting)
+                if entry is None and not await self._make_way(remote, ino, path, visiting):
+                    raise Retry()
+                if upload:
                     await self._upload(remote, inode, path, entry.token if entry else None)
-                elif entry is None and (inode.is_dir or inode.is_symlink):
-                    await self._ensure_parent(remote, path)
+                else:
                     await self._make(remote, inode, path)
+
+    async def _make_way(self, remote: Remote, ino: int, path: str,
+                        visiting: frozenset[int]) -> bool:
+        """Free `path` on the remote if another inode holds it there (moved or deleted in
+        the tree): that inode's change goes first. False if that inode waits on us."""
+        with self.index.begin() as txn:
+            owner = self.index.mirror_ino(remote.rid, path, txn)
+        if owner is None or owner == ino:
+            return True
+        if owner in visiting:
+            return False
+        with contextlib.suppress(Retry):
+            await self._sync(remote, owner, visiting)
+        with self.index.begin() as txn:
+            owner = self.index.mirror_ino(remote.rid, path, txn)
+        if owner is not None and owner != ino:
+            raise Retry()
+        return True
+
+    async def _step_aside(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
+        """Break a cycle of renames (a swap): move this inode's copy to a temporary name."""
+        folder = path.rpartition("/")[0]
+        aside = f"{folder}/.onitufs-swap-{ino}" if folder else f".onitufs-swap-{ino}"
+        await self._move(remote, ino, path, aside, entry)
 
     def _mirror(self, remote: Remote, ino: int) -> dict[str, MirrorEntry]:
         with self.index.begin() as txn:
             return self.index.mirror(remote.rid, ino, txn)
 
-    async def _ensure_parent(self, remote: Remote, path: str) -> None:
+    async def _ensure_parent(self, remote: Remote, path: str, visiting: frozenset[int]) -> None:
         parent_path = path.rpartition("/")[0]
         if not parent_path:
             return
@@ -273,7 +312,7 @@ class Replicator:
             return
         if parent is None:
             raise Retry()
-        await self._sync(remote, parent)
+        await self._sync(remote, parent, visiting)
 
     async def _move(self, remote: Remote, ino: int, old: str, new: str, entry: MirrorEntry) -> None:
         old_md = entry_metadata(old, entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -171,3 +172,34 @@ def test_unlinked_open_file_stays_readable(cloud: Cloud) -> None:
     cloud.wait_synced()
     for remote in cloud.remotes.values():
         assert not (remote / "open-then-unlinked").exists()
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(old), at_fdcwd, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def test_rename_exchange_and_noreplace_reach_the_remotes(cloud: Cloud) -> None:
+    root = cloud.mountpoint
+    (root / "left").write_bytes(b"was left")
+    (root / "right").write_bytes(b"was right")
+    (root / "dir").mkdir()
+    (root / "dir" / "inside").write_bytes(b"in dir")
+    cloud.wait_synced()
+    renameat2(root / "left", root / "right", RENAME_EXCHANGE)
+    renameat2(root / "dir", root / "left", RENAME_EXCHANGE)  # a folder and a file swap
+    with pytest.raises(OSError) as caught:
+        renameat2(root / "right", root / "left", RENAME_NOREPLACE)
+    assert caught.value.errno == errno.EEXIST
+    expected = {"right": ("file", b"was left"), "left": ("dir", b""),
+                "left/inside": ("file", b"in dir"), "dir": ("file", b"was right")}
+    assert snapshot(root) == expected
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
