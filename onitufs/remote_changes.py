@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import time
 
@@ -179,18 +180,21 @@ class RemoteChanges:
         return created.ino
 
     async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> None:
-        """The remote's version did not descend from ours: keep it, under a conflict name.
+        """The remote's version did not descend from ours: keep both.
 
-        On a remote that is read and written, it is renamed there and shows in
-        the mount beside ours. A read-only remote is never written: its version
-        keeps its path there and only shows in the mount under the conflict
-        name. A write-only remote is never read: its version is renamed there
-        and stays there, and ours takes the name.
+        The later of the two keeps the name; the other is kept beside it under
+        a conflict name, and both go to every remote. A read-only remote is never
+        written: its version keeps its path there and shows in the mount under
+        the conflict name. A write-only remote is never read: its version is
+        renamed there and stays there, and ours takes the name.
         """
         if ours.is_reg and md.kind == "file" and same_content(ours, md):
             with self.index.write() as txn:  # the same file, put there by someone else
                 self.index.hold(txn, remote.rid, ours.ino, md.path,
                                 MirrorEntry(ours.rev, md.revision, md.file_id, "file"))
+            return
+        if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
+            self._ours_aside(remote, md, ours)
             return
         aside = conflict_name(md.path, remote.name, time.time())
         if not remote.config.writable:
@@ -214,6 +218,22 @@ class RemoteChanges:
             if remote.config.readable:
                 self._create(txn, remote, moved)
             self.replicator.requeue(txn, remote, ours.ino)
+
+    def _ours_aside(self, remote: Remote, md: Metadata, ours: Inode) -> None:
+        """The remote's version is the later one: it takes the name, ours moves aside."""
+        aside = conflict_name(md.path, socket.gethostname(), time.time())
+        folder, _, name = md.path.rpartition("/")
+        with self.index.write() as txn:
+            parent = self.index.resolve(folder, txn)
+            assert parent is not None
+            self.index.set_mirror(txn, remote.rid, ours.ino, md.path, None)  # replaced there
+            aside_name = encode_path(aside.rpartition("/")[2])
+            self.tree.rename(txn, parent, encode_path(name), parent, aside_name, noreplace=True)
+            self.tree.kernel.entry_changed(parent, encode_path(name))
+            self.tree.kernel.entry_changed(parent, aside_name)
+            self._create(txn, remote, md)
+        log.warning("%s changed both here and on remote %s; the remote's version is later and "
+                    "keeps the name, this one is kept as %s", md.path, remote.name, aside)
 
     async def delete_file(self, remote: str, path: str) -> None:
         source = self.remotes[remote]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import Cloud, MakeCloud, snapshot, wait_for
 
@@ -79,21 +83,33 @@ def everywhere_then_held_back(make_cloud: MakeCloud, name: str, content: bytes) 
     return cloud
 
 
-def test_both_edits_of_a_conflict_are_kept(make_cloud: MakeCloud) -> None:
+def conflict_copies(root: Path, stem: str) -> list[bytes]:
+    return [path.read_bytes() for path in root.iterdir()
+            if path.name.startswith(f"{stem} (conflict from ")]
+
+
+@pytest.mark.parametrize("later", ["mount", "remote"])
+def test_both_edits_of_a_conflict_are_kept_and_the_later_keeps_the_name(
+        make_cloud: MakeCloud, later: str) -> None:
     cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
     (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
-    (cloud.remotes["a"] / "shared.txt").write_bytes(b"edited on a")
-
-    def conflict_copies(root: Path) -> list[bytes]:
-        return [path.read_bytes() for path in root.iterdir()
-                if path.name.startswith("shared (conflict from a ")]
-
-    wait_for(lambda: conflict_copies(cloud.mountpoint) == [b"edited on a"],
-             what="a's version kept beside ours")
+    edited = cloud.remotes["a"] / "shared.txt"
+    edited.write_bytes(b"edited on a")
+    stamp = time.time() + (60 if later == "remote" else -60)
+    os.utime(edited, (stamp, stamp))
+    winner, loser = b"edited in the mount", b"edited on a"
+    if later == "remote":
+        winner, loser = loser, winner
+    wait_for(lambda: conflict_copies(cloud.mountpoint, "shared") == [loser],
+             what="the earlier version kept beside the later one")
+    assert (cloud.mountpoint / "shared.txt").read_bytes() == winner
+    label = "a" if later == "mount" else socket.gethostname()
+    assert any(p.name.startswith(f"shared (conflict from {label} ")
+               for p in cloud.mountpoint.iterdir())
     cloud.umount()
     for name, remote in cloud.remotes.items():
-        assert (remote / "shared.txt").read_bytes() == b"edited in the mount", name
-        assert conflict_copies(remote) == [b"edited on a"], name
+        assert (remote / "shared.txt").read_bytes() == winner, name
+        assert conflict_copies(remote, "shared") == [loser], name
 
 
 def test_a_remote_delete_does_not_destroy_a_newer_edit(make_cloud: MakeCloud) -> None:
