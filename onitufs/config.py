@@ -141,6 +141,7 @@ class Config:
     cache_size: int
     block_size: int
     upload_delay: float
+    fsync_replicas: int  # fsync returns once this many remotes hold the revision (0: local)
     remotes: list[RemoteConfig] = field(default_factory=list)
 
 
@@ -171,7 +172,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     cache = Options(_table(data, "cache", path), f"{path}: cache", base)
     cache.only("path", "size", "block_size")
     sync = Options(_table(data, "sync", path), f"{path}: sync", base)
-    sync.only("upload_delay")
+    sync.only("upload_delay", "fsync")
     block_size = cache.size("block_size", "1 MiB")
     if not 4096 <= block_size <= 64 * 1024**2 or block_size % 4096:
         raise ConfigError(f"{path}: cache.block_size: must be a multiple of 4 KiB "
@@ -197,12 +198,19 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         remotes.append(RemoteConfig(name, options.string("driver"), mode, options))
     if not any(remote.readable for remote in remotes):
         raise ConfigError(f"{path}: every remote is write-only; at least one must be readable")
+    fsync = sync.string("fsync", "local")
+    match = re.fullmatch(r"replicas:(\d+)", fsync)
+    writable = sum(remote.writable for remote in remotes)
+    if fsync != "local" and not (match and 1 <= int(match.group(1)) <= writable):
+        raise ConfigError(f"{path}: sync.fsync: expected \"local\" or \"replicas:K\" with K "
+                          f"from 1 to {writable} (the writable remotes)")
     return Config(
         source=path,
         cache_path=cache.path("path", f"~/.cache/onitufs/{path.stem}-{_digest(path)}"),
         cache_size=cache_size,
         block_size=block_size,
         upload_delay=sync.duration("upload_delay", "2s"),
+        fsync_replicas=int(match.group(1)) if match else 0,
         remotes=remotes,
     )
 

@@ -100,8 +100,9 @@ class Filesystem(pyfuse3.Operations):
     enable_writeback_cache = True
 
     def __init__(self, tree: Tree, replicator: Replicator, status: Callable[[], dict[str, Any]],
-                 cache_dir: str) -> None:
+                 cache_dir: str, fsync_replicas: int) -> None:
         super().__init__()
+        self.fsync_replicas = fsync_replicas
         self.tree = tree
         self.index = tree.index
         self.cache = tree.cache
@@ -364,8 +365,13 @@ class Filesystem(pyfuse3.Operations):
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        self.tree.make_revision(self._handles[fh].ino)
+        ino = self._handles[fh].ino
+        self.tree.make_revision(ino, delay=0 if self.fsync_replicas else None)
         self.index.sync()
+        if self.fsync_replicas and not await self.replicator.wait_held(ino, self.fsync_replicas):
+            log.error("fsync of %s: fewer than %d remotes can hold it now", self._describe(ino),
+                      self.fsync_replicas)
+            raise pyfuse3.FUSEError(errno.EIO)
 
     @fuse_errors
     async def release(self, fh: int) -> None:

@@ -466,6 +466,24 @@ class Replicator:
                 self.index.set_mirror(txn, remote.rid, inode.ino, path, entry)
             self.requeue(txn, remote, inode.ino)
 
+    async def wait_held(self, ino: int, count: int) -> bool:
+        """Until `count` writable remotes hold the current revision (it may move on
+        meanwhile); False once every remote that does not is offline or stalled."""
+        while True:
+            inode = self.index.get_inode(ino)
+            if inode is None:
+                return True
+            with self.index.begin() as txn:
+                holding = {remote for remote in self.writable
+                           if any(entry.rev == inode.rev for entry in
+                                  self.index.mirror(remote.rid, ino, txn).values())}
+            if len(holding) >= count:
+                return True
+            others = [remote for remote in self.writable if remote not in holding]
+            if all(not remote.health.online or self.stalled(remote) for remote in others):
+                return False
+            await trio.sleep(0.05)
+
     def replicated(self, ino: int) -> bool:
         """Every writable remote holds the current revision, and some readable one does."""
         inode = self.index.get_inode(ino)

@@ -86,7 +86,7 @@ class Cloud:
         s = self.settings
         lines = ["[cache]", 'path = "cache"', f'size = "{s["cache_size"]}"',
                  f'block_size = "{s["block_size"]}"', "", "[sync]",
-                 f'upload_delay = "{s["upload_delay"]}"', ""]
+                 f'upload_delay = "{s["upload_delay"]}"', f'fsync = "{s.get("fsync", "local")}"', ""]
         for name, mode in self.modes.items():
             lines += [f"[remotes.{name}]", 'driver = "local"', f'path = "{name}"',
                       f'mode = "{mode}"', f'poll_interval = "{s["poll_interval"]}"', ""]

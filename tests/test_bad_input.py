@@ -41,6 +41,8 @@ BROKEN_CONFIGS = {
                      "does-not-exist is not a directory"),
     "write-only": ('[remotes.x]\ndriver = "local"\npath = "x"\nmode = "w"\n',
                    "at least one must be readable"),
+    "bad fsync": ('[sync]\nfsync = "replicas:2"\n[remotes.x]\ndriver = "local"\npath = "x"\n',
+                  "sync.fsync: expected \"local\" or \"replicas:K\" with K from 1 to 1"),
     "bad poll": ('[remotes.x]\ndriver = "local"\npath = "x"\npoll_interval = "often"\n',
                  "remotes.x.poll_interval: 'often' is not a duration"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -145,3 +146,32 @@ def test_status_command_lists_every_remote(cloud: Cloud) -> None:
     assert lines[1].split()[:4] == ["REMOTE", "DRIVER", "MODE", "STATE"]
     assert [line.split()[0] for line in lines[2:]] == ["a", "b", "c"]
     assert all(" online " in line for line in lines[2:])
+
+
+def test_fsync_waits_for_replicas_when_asked(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(upload_delay="1h", fsync="replicas:2")
+    cloud.mount()
+    fd = os.open(cloud.mountpoint / "ledger", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"entry 1\n")
+        os.fsync(fd)  # returns once two remotes hold it, upload_delay or not
+        holding = [name for name, remote in cloud.remotes.items()
+                   if (remote / "ledger").exists() and (remote / "ledger").read_bytes() == b"entry 1\n"]
+        assert len(holding) >= 2, holding
+        for name, remote in cloud.remotes.items():
+            remote.rename(remote.with_name(name + ".away"))
+        wait_for(lambda: not any(r["online"] for r in cloud.status()["remotes"]),
+                 what="the remotes to go offline")
+        os.write(fd, b"entry 2\n")
+        with pytest.raises(OSError) as caught:
+            os.fsync(fd)
+        assert caught.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+        for name, remote in cloud.remotes.items():
+            if remote.with_name(name + ".away").exists():
+                remote.with_name(name + ".away").rename(remote)
+    assert "fewer than 2 remotes can hold it now" in cloud.log
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert (remote / "ledger").read_bytes() == b"entry 1\nentry 2\n"
