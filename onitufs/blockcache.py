@@ -87,6 +87,11 @@ class BlockCache:
                 return bytes(stored[start:end])
         return b"" if inode.complete else None
 
+    def cached_block(self, inode: Inode, blockno: int, length: int) -> bytes | None:
+        """The block as the cache has it (holes as zeros), or None if it is not cached."""
+        piece = self._cached_piece(inode, blockno, 0, length)
+        return None if piece is None else piece + bytes(length - len(piece))
+
     async def _fetch_block(self, inode: Inode, blockno: int) -> bytes:
         key = (inode.ino, blockno)
         while key in self._fetching:

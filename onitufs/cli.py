@@ -1,4 +1,4 @@
-"""The `onitufs` command: mount, umount and status.
+"""The `onitufs` command: mount, umount, status, fsck and verify.
 
 `onitufs mount` starts the daemon in the background and returns once the
 mount is ready, or prints the one line that says why it is not. The daemon
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("mountpoint", type=Path)
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.set_defaults(run=cmd_status)
+    for name, text in (("fsck", "check and repair the index and the cache (not while mounted)"),
+                       ("verify", "read back every remote's copies; re-upload damaged ones")):
+        check = commands.add_parser(name, help=text)
+        check.add_argument("config", type=Path)
+        check.set_defaults(run=cmd_check, command=name)
     return parser
 
 
@@ -132,6 +137,41 @@ def spawn_daemon(args: argparse.Namespace, mountpoint: Path, log_path: Path) -> 
         raise CommandError(answer[len("error: "):])
     code = process.wait()
     raise CommandError(f"the daemon stopped before mounting (exit {code}); see {log_path}")
+
+
+# fsck and verify
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import fsck, verify
+    from .daemon import Mount
+
+    config = load(args.config)
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    mount = Mount(config, None)
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        if tty:
+            print(f"\r\033[K{line[:100]}", end="", file=sys.stderr, flush=True)
+
+    def show(line: str) -> None:
+        progress("")
+        print(line, flush=True)
+
+    if args.command == "fsck":
+        report, complete = mount.run_job(lambda: fsck(mount, show))
+        summary = (f"fsck: {report.checked} inodes checked, {len(report.problems)} problems, "
+                   f"{report.repaired} repaired, {report.left} left")
+    else:
+        report, complete = mount.run_job(lambda: verify(mount, show, progress))
+        summary = (f"verify: {report.checked} copies read back, {len(report.problems)} damaged, "
+                   f"{report.repaired} repaired, {report.unverified} with nothing to compare with")
+    progress("")
+    print(summary)
+    if not complete:
+        print("onitufs: some remotes could not be brought up to date; what they need stays "
+              "queued for the next mount", file=sys.stderr)
+    return report.exit_status
 
 
 # status and umount

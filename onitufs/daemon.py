@@ -14,9 +14,9 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
@@ -33,6 +33,7 @@ from .tree import Tree
 
 log = logging.getLogger(__name__)
 MAP_SIZE = 2**40  # address space only: the file grows as it is used
+T = TypeVar("T")
 
 
 class MountError(Exception):
@@ -60,7 +61,7 @@ def check_mountpoint(mountpoint: Path) -> None:
 class Mount:
     """Every part of a running mount, wired together."""
 
-    def __init__(self, config: Config, mountpoint: Path) -> None:
+    def __init__(self, config: Config, mountpoint: Path | None) -> None:
         self.config = config
         self.mountpoint = mountpoint
         drivers = {remote.name: load_driver(remote.driver, remote.options.where)
@@ -116,7 +117,7 @@ class Mount:
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
-            "mountpoint": str(self.mountpoint),
+            "mountpoint": str(self.mountpoint or ""),
             "config": str(self.config.source),
             "cache": str(self.config.cache_path),
             "cache_bytes": self.cache.stored_bytes,
@@ -151,25 +152,43 @@ class Mount:
         finally:
             self.index.close()
 
+    def run_job(self, job: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Run the engine (drivers, replicator) around `job` without mounting anything,
+        then flush: what `onitufs fsck` and `onitufs verify` do their work in."""
+        try:
+            return trio.run(self._engine, job)
+        finally:
+            self.index.close()
+
     async def _serve(self) -> bool:
+        async def serve() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals)
+                try:
+                    await pyfuse3.main()
+                finally:
+                    pyfuse3.close(unmount=self._unmounted_by_us)
+                nursery.cancel_scope.cancel()
+            log.info("unmounted %s: uploading what is still queued", self.mountpoint)
+
+        _, complete = await self._engine(serve)
+        return complete
+
+    async def _engine(self, job: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """The remotes and the replicator running while `job` runs; then the final flush."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.fs.upkeep)
             nursery.start_soon(self.replicator.run)
-            nursery.start_soon(self._signals)
             for remote in self.remotes:
                 nursery.start_soon(remote.run_driver, self.changes)
-            try:
-                await pyfuse3.main()
-            finally:
-                pyfuse3.close(unmount=self._unmounted_by_us)
-            log.info("unmounted %s: uploading what is still queued", self.mountpoint)
+            result = await job()
             self.fs.finish()
             complete = await self.replicator.flush()
             for remote in self.remotes:
                 remote.stop()
             nursery.cancel_scope.cancel()
         log.info("all remotes up to date" if complete else "stopped with uploads still queued")
-        return complete
+        return result, complete
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:

@@ -82,6 +82,11 @@ def scan(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
         yield key[len(prefix):], value
 
 
+def keys(txn: lmdb.Transaction, db: lmdb._Database) -> list[bytes]:
+    """Every key of a database, without reading a value."""
+    return [bytes(key) for key in txn.cursor(db=db).iternext(values=False)]
+
+
 def delete_range(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
                  start: bytes = b"") -> list[bytes]:
     """Delete every entry of `scan(txn, db, prefix, start)`; returns their keys (without prefix)."""

@@ -142,6 +142,9 @@ class Replicator:
                 if inode.nlink and inode.ino != ROOT_INO:
                     self.requeue(txn, remote, inode.ino)
 
+    def is_queued(self, remote: Remote, ino: int) -> bool:
+        return ino in self._pending[remote.rid]
+
     def stalled(self, remote: Remote) -> bool:
         """Work is queued for this remote and none of it got anywhere for STALL_SECONDS."""
         return bool(self._pending[remote.rid]) and \
@@ -450,12 +453,12 @@ class Replicator:
                 errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
             elif expected is not None and hashlib.sha256(data).digest() != expected:
                 errors.append(f"{remote.name}: damaged copy")
-                self._damaged(remote, inode, path, offset)
+                self.mark_damaged(remote, inode, path, offset)
             else:
                 return data
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
 
-    def _damaged(self, remote: Remote, inode: Inode, path: str, offset: int) -> None:
+    def mark_damaged(self, remote: Remote, inode: Inode, path: str, offset: int) -> None:
         """A replica does not match its checksum: never read it again, upload it anew."""
         log.error("remote %s: %s is damaged there (the block at byte %d does not match its "
                   "SHA-256); reading another replica, and repairing it", remote.name, path, offset)

@@ -1,0 +1,82 @@
+"""onitufs fsck mends a damaged index; onitufs verify finds and repairs damaged copies."""
+
+from __future__ import annotations
+
+import os
+
+from onitufs.index import ROOT_INO, Index, q
+
+from .conftest import MakeCloud, run, snapshot
+
+MAP = 2**40
+
+
+def test_fsck_of_a_clean_cache(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "d").mkdir()
+    (cloud.mountpoint / "d" / "f").write_bytes(b"fine")
+    cloud.umount()
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 problems" in result.stdout
+
+
+def test_fsck_mends_a_damaged_index(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "d").mkdir()
+    (cloud.mountpoint / "d" / "nameless").write_bytes(b"keep me")
+    (cloud.mountpoint / "counted").write_bytes(b"x")
+    cloud.umount()
+    index = Index(cloud.cache, MAP, 0)
+    with index.write() as txn:
+        folder = index.lookup(ROOT_INO, b"d", txn)
+        assert folder is not None
+        nameless = index.lookup(folder, b"nameless", txn)
+        assert nameless is not None
+        index.unlink(txn, folder, b"nameless", nameless)  # an inode that lost its name
+        index.link(txn, ROOT_INO, b"ghost", 999_999)  # a name that leads nowhere
+        counted = index.get_inode(index.lookup(ROOT_INO, b"counted", txn) or 0, txn)
+        assert counted is not None
+        counted.nlink = 7
+        index.put_inode(txn, counted)
+        txn.put(q(888_888) + q(0), b"stray block", db=index.db["blocks"])
+    index.close()
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    for words in ("led to no inode", "now /lost+found/", "link count 7, should be 1",
+                  "belonged to no content"):
+        assert words in result.stdout, result.stdout
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 0, result.stdout
+    cloud.mount()
+    lost = cloud.mountpoint / "lost+found" / str(nameless)
+    assert lost.read_bytes() == b"keep me"
+    assert not (cloud.mountpoint / "ghost").exists()
+    assert os.stat(cloud.mountpoint / "counted").st_nlink == 1
+    cloud.umount()
+    assert (cloud.remotes["a"] / "lost+found" / str(nameless)).read_bytes() == b"keep me"
+
+
+def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    content = os.urandom(3 * 1024 * 1024 + 1)
+    (cloud.mountpoint / "data.bin").write_bytes(content)
+    (cloud.mountpoint / "small.txt").write_bytes(b"small")
+    cloud.umount()
+    result = run("verify", cloud.config, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 copies read back, 0 damaged" in result.stdout
+    damaged = cloud.remotes["b"] / "data.bin"
+    stamp = damaged.stat()
+    with open(damaged, "r+b") as handle:  # bit rot: content changes, size and time do not
+        handle.seek(2 * 1024 * 1024 + 5)
+        handle.write(b"rot")
+    os.utime(damaged, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    result = run("verify", cloud.config, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "remote b: /data.bin: differs from the cached content at byte 2097152" in result.stdout
+    assert damaged.read_bytes() == content
+    assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
