@@ -98,6 +98,10 @@ class RemoteChanges:
                 if inode is None:
                     # Deleted in the mount, changed on the remote: the edit wins.
                     self.index.set_mirror(txn, rid, ino, md.path, None)
+                elif inode.is_symlink and md.kind == "symlink" and md.target is not None \
+                        and encode_path(md.target) != inode.target:
+                    self._retarget(txn, remote, inode, md)
+                    return None
                 elif entry.token == md.revision or inode.is_dir or md.kind != "file" \
                         or not inode.is_reg:
                     entry.token, entry.fid = md.revision, md.file_id
@@ -146,6 +150,17 @@ class RemoteChanges:
         if inode is None:
             self.index.set_mirror(txn, remote.rid, ino, md.path, None)
         return inode
+
+    def _retarget(self, txn: lmdb.Transaction, remote: Remote, link: Inode,
+                  md: Metadata) -> None:
+        """A symlink changed its target on the remote: a new symlink takes the name (the
+        target of a symlink never changes in place)."""
+        parent = self.index.resolve(md.path.rpartition("/")[0], txn)
+        assert parent is not None
+        name = encode_path(md.path.rpartition("/")[2])
+        self.index.set_mirror(txn, remote.rid, link.ino, md.path, None)
+        self.tree.unlink(txn, parent, name, source=remote.rid)
+        self._create(txn, remote, md)
 
     def _create(self, txn: lmdb.Transaction, remote: Remote, md: Metadata,
                 held_at: str | None = None) -> Inode:
@@ -333,7 +348,7 @@ class RemoteChanges:
                 await self.update_file(remote, md)
         for path, md in listed.items():
             entry = known.get(path)
-            if entry is not None and entry.token != md.revision and md.kind == "file" \
+            if entry is not None and entry.token != md.revision and md.kind != "dir" \
                     and current(path):
                 await self.update_file(remote, md)
         for path in sorted(gone, key=_depth, reverse=True):

@@ -175,3 +175,23 @@ def test_fsync_waits_for_replicas_when_asked(make_cloud: MakeCloud) -> None:
     cloud.umount()
     for remote in cloud.remotes.values():
         assert (remote / "ledger").read_bytes() == b"entry 1\nentry 2\n"
+
+
+def test_reading_with_no_replica_reachable_fails_with_eio(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB")
+    cloud.mount()
+    (cloud.mountpoint / "far away").write_bytes(os.urandom(4 * 1024 * 1024))
+    cloud.wait_synced()
+    wait_for(lambda: cloud.status()["cache_bytes"] <= 1024 * 1024, what="eviction")
+    cloud.umount()
+    away = cloud.remotes["a"].with_name("a.away")
+    cloud.remotes["a"].rename(away)
+    try:
+        cloud.mount()
+        with pytest.raises(OSError) as caught:
+            (cloud.mountpoint / "far away").read_bytes()
+        assert caught.value.errno == errno.EIO
+        assert "cannot read /far away" in cloud.log
+        assert (cloud.mountpoint / "far away").stat().st_size == 4 * 1024 * 1024
+    finally:
+        away.rename(cloud.remotes["a"])

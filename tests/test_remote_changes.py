@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from onitufs.remote_changes import bad_path_reason
+
+from .conftest import TEMP_SUFFIX, Cloud, MakeCloud, snapshot, wait_for
 
 
 def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
@@ -205,3 +207,77 @@ def test_a_remote_left_out_of_the_config_catches_up_when_back(make_cloud: MakeCl
     cloud.mount()
     cloud.umount()
     assert (cloud.remotes["b"] / "while-b-was-out").read_bytes() == b"only a saw this"
+
+
+def test_a_folder_renamed_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
+    (cloud.mountpoint / "album").mkdir()
+    for index in range(5):
+        (cloud.mountpoint / "album" / f"p{index}").write_bytes(b"photo %d" % index)
+    cloud.wait_synced()
+    wait_for(lambda: everywhere(cloud, "album/p4", b"photo 4"), what="the album everywhere")
+    inode_on_c = os.stat(cloud.remotes["c"] / "album" / "p0").st_ino
+    os.rename(cloud.remotes["b"] / "album", cloud.remotes["b"] / "renamed album")
+    wait_for(lambda: all(everywhere(cloud, f"renamed album/p{i}", b"photo %d" % i)
+                         for i in range(5)) and everywhere(cloud, "album", None),
+             what="the renamed folder everywhere")
+    assert os.stat(cloud.remotes["c"] / "renamed album" / "p0").st_ino == inode_on_c
+
+
+def test_a_symlink_retargeted_on_a_remote(cloud: Cloud) -> None:
+    os.symlink("first-target", cloud.mountpoint / "link")
+    cloud.wait_synced()
+    wait_for(lambda: os.path.islink(cloud.remotes["a"] / "link"), what="the symlink")
+    os.unlink(cloud.remotes["a"] / "link")
+    os.symlink("second-target", cloud.remotes["a"] / "link")
+    wait_for(lambda: all(os.readlink(p / "link") == "second-target"
+                         for p in [cloud.mountpoint, *cloud.remotes.values()]
+                         if os.path.islink(p / "link"))
+             and all(os.path.islink(p / "link") for p in cloud.remotes.values()),
+             what="the new target everywhere")
+
+
+def test_names_that_are_odd_but_valid_travel_and_nothing_escapes(cloud: Cloud,
+                                                                 tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    a = os.fsencode(cloud.remotes["a"])
+    odd = [b"caf\xe9 latin-1.txt", b"new\nline", b"-starts-with-dash", b" spaces ", b"n" * 255,
+           "ünïcödé ✓".encode()]
+    for name in odd:
+        with open(os.path.join(a, name), "wb") as handle:
+            handle.write(name)
+    os.symlink(outside, cloud.remotes["a"] / "escape")  # a remote's link out of its tree
+    for name in odd:
+        wait_for(lambda name=name: all(  # type: ignore[misc]
+            os.path.exists(os.path.join(os.fsencode(p), name))
+            for p in [cloud.mountpoint, *cloud.remotes.values()]), what=f"{name!r} everywhere")
+        assert Path(os.fsdecode(os.path.join(os.fsencode(cloud.mountpoint), name))).read_bytes() \
+            == name
+    wait_for(lambda: os.path.islink(cloud.remotes["c"] / "escape"), what="the link copied")
+    assert os.readlink(cloud.mountpoint / "escape") == str(outside)
+    assert list(outside.iterdir()) == []  # nothing was synced through the link
+
+
+def test_a_remote_edit_during_our_upload_of_that_file_keeps_both(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="256 KiB")
+    cloud.mount()
+    (cloud.mountpoint / "movie").write_bytes(b"v1")
+    cloud.wait_synced()
+    ours = os.urandom(300 * 1024 * 1024)
+    (cloud.mountpoint / "movie").write_bytes(ours)
+    wait_for(lambda: any(p.name.endswith(TEMP_SUFFIX) for p in cloud.remotes["a"].iterdir()),
+             what="our upload to a under way")
+    (cloud.remotes["a"] / "movie").write_bytes(b"edited on a meanwhile")
+    cloud.wait_synced(timeout=120)
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        versions = sorted(p.read_bytes()[:30] for p in remote.iterdir() if p.name.startswith("movie"))
+        assert versions == sorted([ours[:30], b"edited on a meanwhile"]), name
+
+
+def test_hostile_names_from_a_remote_are_refused() -> None:
+    for path in ["../etc/passwd", "a/../../b", "/abs", "a//b", ".", "x/./y", "nul\0byte",
+                 "n" * 256, "ok/" + "é" * 128]:
+        assert bad_path_reason(path) is not None, path
+    for path in ["ok", "a/b/c", "spaces are fine", "caf\udce9", "n" * 255, "..hidden", "a..b"]:
+        assert bad_path_reason(path) is None, path
