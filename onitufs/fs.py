@@ -350,9 +350,7 @@ class Filesystem(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EIO) from None
         self.cache.write(node, off, buf)
         node.size = max(node.size, off + len(buf))
-        if node.mode & (stat.S_ISUID | stat.S_ISGID):
-            node.mode &= ~(stat.S_ISUID | stat.S_ISGID)  # as the kernel does for writes
-        self.tree.content_changed(node)
+        self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
         self._last_write[node.ino] = time.monotonic()
         if self.cache.over_dirty_limit():
             self.cache.commit()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,8 +98,10 @@ class Cloud:
         path = self.cache / "onitufs.log"
         return path.read_text() if path.exists() else ""
 
-    def mount(self) -> None:
-        run("mount", "--debug", self.mountpoint, self.config)
+    def mount(self, *options: str) -> None:
+        """Mount; each option is passed as -o OPTION."""
+        run("mount", "--debug", *[arg for option in options for arg in ("-o", option)],
+            self.mountpoint, self.config)
         assert is_mounted(self.mountpoint)
         self.pid = int(self.status()["pid"])
 
@@ -166,6 +169,10 @@ def make_cloud(tmp_path: Path) -> Iterator[MakeCloud]:
     def make(remotes: dict[str, str] | None = None, **settings: str) -> Cloud:
         root = tmp_path / f"cloud{len(made)}"
         root.mkdir()
+        for folder in (root, *root.parents):  # other users reach a mount with allow_other
+            if folder == Path(tempfile.gettempdir()):
+                break
+            folder.chmod(folder.stat().st_mode | 0o711)
         cloud = Cloud(root, remotes or {"a": "rw", "b": "rw", "c": "rw"}, **settings)
         made.append(cloud)
         return cloud

@@ -1,5 +1,7 @@
 """A long random sequence of file operations, on the mount and on a plain folder as the model.
 
+Reads and writes go through read/write and through shared mappings (mmap).
+
 The two are compared after every step, again after unmount and remount, and
 every remote is compared with the model at the end. The seed is printed;
 ONITUFS_SEED=N replays a run, ONITUFS_STEPS=N makes it longer.
@@ -8,6 +10,7 @@ ONITUFS_SEED=N replays a run, ONITUFS_STEPS=N makes it longer.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import random
 from collections.abc import Callable
@@ -41,7 +44,7 @@ class Both:
         name = rng.choice(NAMES)
         other = rng.choice(NAMES + FOLDERS)
         kind = rng.choice(["write", "write", "write", "create", "truncate", "rename", "unlink",
-                           "mkdir", "rmdir", "fsync", "read"])
+                           "mkdir", "rmdir", "fsync", "read", "mmap_write", "mmap_read"])
         if kind == "write":
             offset, data = rng.randrange(MAX_SIZE), rng.randbytes(rng.randrange(1, 70000))
             self.do(lambda root: write_at(root / name, offset, data),
@@ -62,6 +65,12 @@ class Both:
         elif kind == "rmdir":
             folder = rng.choice(FOLDERS)
             self.do(lambda root: os.rmdir(root / folder), f"rmdir {folder}")
+        elif kind == "mmap_write":
+            where, data = rng.random(), rng.randbytes(rng.randrange(1, 9000))
+            self.do(lambda root: mmap_write(root / name, where, data), f"mmap write {name}")
+        elif kind == "mmap_read":
+            where, size = rng.random(), rng.randrange(1, 90000)
+            self.do(lambda root: mmap_read(root / name, where, size), f"mmap read {name}")
         elif kind == "fsync":
             self.do(lambda root: fsync(root / name), f"fsync {name}")
         else:
@@ -75,6 +84,29 @@ def write_at(path: Path, offset: int, data: bytes) -> None:
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+def mmap_write(path: Path, where: float, data: bytes) -> None:
+    """Write through a shared mapping at a place inside the file (`where`: 0 to 1)."""
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(handle.fileno(), size) as mapped:
+            start = int(where * size)
+            piece = data[:size - start]
+            mapped[start:start + len(piece)] = piece
+            mapped.flush()
+
+
+def mmap_read(path: Path, where: float, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        length = os.fstat(handle.fileno()).st_size
+        if length == 0:
+            return b""
+        with mmap.mmap(handle.fileno(), length, prot=mmap.PROT_READ) as mapped:
+            start = int(where * length)
+            return mapped[start:start + size]
 
 
 def fsync(path: Path) -> None:
