@@ -185,7 +185,9 @@ def utimensat(path: Path, atime: tuple[int, int], mtime: tuple[int, int]) -> Non
     class Timespec(ctypes.Structure):
         _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
-    times = (Timespec * 2)(Timespec(*atime), Timespec(*mtime))
+    times = (Timespec * 2)()
+    for slot, (seconds, nanoseconds) in enumerate((atime, mtime)):
+        times[slot].tv_sec, times[slot].tv_nsec = seconds, nanoseconds
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.utimensat(AT_FDCWD, os.fsencode(path), times, 0) != 0:
         raise OSError(ctypes.get_errno(), "utimensat")
