@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -206,10 +206,12 @@ def test_times(posix: Cloud) -> None:
     before = time.time_ns()
     utimensat(path, (0, UTIME_NOW), (0, UTIME_OMIT))
     assert os.stat(path).st_atime_ns >= before - 10**9
-    for change in (lambda: os.chmod(path, 0o600), lambda: os.chown(path, 7, 7),
-                   lambda: os.link(path, path.with_name("timed-link")),
-                   lambda: os.setxattr(path, "user.k", b"v"),
-                   lambda: os.rename(path, path.with_name("timed2"))):
+    changes: list[Callable[[], object]] = [
+        lambda: os.chmod(path, 0o600), lambda: os.chown(path, 7, 7),
+        lambda: os.link(path, path.with_name("timed-link")),
+        lambda: os.setxattr(path, "user.k", b"v"),
+        lambda: os.rename(path, path.with_name("timed2"))]
+    for change in changes:
         ctime = os.stat(path if path.exists() else path.with_name("timed2")).st_ctime_ns
         time.sleep(0.01)
         change()
