@@ -46,10 +46,10 @@ class Report:
             self.left += 1
         show(("repaired: " if repaired else "NOT repaired: ") + message)
 
-    @property
-    def exit_status(self) -> int:
-        """As fsck(8): 0 clean, 1 errors corrected, 4 errors left."""
-        return 4 if self.left else 1 if self.repaired else 0
+    def exit_status(self, complete: bool) -> int:
+        """As fsck(8): 0 clean, 1 errors corrected, 4 errors left (also when repairs
+        could not reach every remote before the command ended)."""
+        return 4 if self.left or not complete else 1 if self.repaired else 0
 
 
 async def fsck(mount: Mount, show: Show) -> Report:
@@ -172,14 +172,18 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
                 continue  # not a copy of the current revision: the replicator handles it
             progress(f"{remote.name}: {number}/{len(copies)} /{path}")
             report.checked += 1
-            problem, judged = await _check_copy(mount, remote, inode, path, entry)
+            try:
+                problem, judged = await _check_copy(mount, remote, inode, path, entry)
+            except CallFailed as error:
+                report.found(f"remote {remote.name}: /{path}: unreadable: {error}", False, show)
+                continue
             if not judged:
                 report.unverified += 1
                 show(f"{remote.name}: /{path}: no checksum or cached content to compare with")
             if problem is not None:
-                repairable = remote.config.writable
-                mount.replicator.mark_damaged(remote, inode, path, 0)
-                report.found(f"remote {remote.name}: /{path}: {problem}", repairable, show)
+                mount.replicator.mark_damaged(remote, inode, path, problem)
+                report.found(f"remote {remote.name}: /{path}: {problem}", remote.config.writable,
+                             show)
     return report
 
 
@@ -194,10 +198,7 @@ async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
     for blockno in range((inode.size + cache.block_size - 1) // cache.block_size):
         offset = blockno * cache.block_size
         length = min(cache.block_size, inode.size - offset)
-        try:
-            data: bytes = await remote.call("get_chunk", md, offset, length)
-        except CallFailed as error:
-            return f"unreadable ({error})", True
+        data: bytes = await remote.call("get_chunk", md, offset, length)
         if len(data) != length:
             return f"{len(data)} bytes at byte {offset}, expected {length}", True
         whole.update(data)

@@ -27,7 +27,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class CommandError(Exception):
-    """Ends the command with this message and exit status 1."""
+    """Ends the command with this message and an exit status (1 unless said)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         status = args.run(args)
     except (CommandError, ConfigError, CacheError) as error:
         print(f"onitufs: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(error.status if isinstance(error, CommandError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(status)
@@ -145,9 +149,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check import fsck, verify
     from .daemon import Mount
 
-    config = load(args.config)
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-    mount = Mount(config, None)
+    try:
+        mount = Mount(load(args.config), None)
+    except (ConfigError, CacheError) as error:
+        raise CommandError(str(error), status=8) from None  # fsck(8): an operational error
     tty = sys.stderr.isatty()
 
     def progress(line: str) -> None:
@@ -171,7 +177,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not complete:
         print("onitufs: some remotes could not be brought up to date; what they need stays "
               "queued for the next mount", file=sys.stderr)
-    return report.exit_status
+    return report.exit_status(complete)
 
 
 # status and umount

@@ -146,6 +146,7 @@ class Mount:
             self.index.close()
             raise MountError(f"{self.mountpoint}: the kernel refused the mount ({error})") from None
         log.info("mounted %s", self.mountpoint)
+        self.tree.kernel = self.fs.kernel
         ready()
         try:
             return trio.run(self._serve)

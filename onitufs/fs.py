@@ -114,8 +114,7 @@ class Filesystem(pyfuse3.Operations):
         self._next_fh = 1
         self._last_write: dict[int, float] = {}
         self.last_request = 0.0
-        self.kernel = Kernel()
-        tree.kernel = self.kernel
+        self.kernel = Kernel()  # the tree is told of it once the kernel has the mount
 
     # attributes
 
@@ -176,7 +175,12 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
         node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now_ns()
-        self.index.defer_inode(node)  # written with the next commit, like the data it goes with
+        if node.dirty:
+            self.index.defer_inode(node)  # written with the next commit, like its data
+        else:
+            with self.index.write() as txn:
+                self.index.put_inode(txn, node)
+                self.tree.attributes_changed(txn, node)
         if fields.update_size and not self.tree.open_counts.get(inode):
             self.tree.make_revision(inode)
         return self.attributes(node)
@@ -366,6 +370,8 @@ class Filesystem(pyfuse3.Operations):
         ino = self._handles[fh].ino
         self.tree.make_revision(ino, delay=0 if self.fsync_replicas else None)
         self.index.sync()
+        if self.fsync_replicas:
+            self.replicator.expedite(ino)  # a revision made at an earlier close goes now too
         if self.fsync_replicas and not await self.replicator.wait_held(ino, self.fsync_replicas):
             log.error("fsync of %s: fewer than %d remotes can hold it now", self._describe(ino),
                       self.fsync_replicas)
@@ -464,6 +470,7 @@ class Filesystem(pyfuse3.Operations):
             self.index.set_xattr(txn, inode, name, value)
             node.ctime_ns = now_ns()
             self.index.put_inode(txn, node)
+            self.tree.attributes_changed(txn, node)
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -478,6 +485,7 @@ class Filesystem(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             node.ctime_ns = now_ns()
             self.index.put_inode(txn, node)
+            self.tree.attributes_changed(txn, node)
 
     # upkeep
 

@@ -165,9 +165,11 @@ class MirrorEntry:
     token: str | None
     fid: str | None
     kind: str
+    attrs: str | None = None  # Metadata.attrs_key() of the mode, time and xattrs it holds
 
     def to_json(self) -> dict[str, Any]:
-        return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind}
+        return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind,
+                "attrs": self.attrs}
 
 
 @dataclass(slots=True)
@@ -401,6 +403,12 @@ class Index:
     def copy_xattrs(self, txn: lmdb.Transaction, source: int, target: int) -> None:
         for name, value in list(scan(txn, self.db["xattrs"], q(source))):
             self.set_xattr(txn, target, name, bytes(value))
+
+    def user_xattrs(self, ino: int, txn: lmdb.Transaction) -> dict[str, bytes]:
+        """The extended attributes of the user namespace: those remotes may keep."""
+        return {os.fsdecode(name): bytes(value)
+                for name, value in scan(txn, self.db["xattrs"], q(ino))
+                if name.startswith(b"user.")}
 
     def list_xattrs(self, ino: int) -> list[bytes]:
         with self.begin() as txn:

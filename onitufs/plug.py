@@ -15,6 +15,7 @@ Plug is safe to call from any thread.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -38,6 +39,7 @@ HANDLERS = (
     "move_file",
     "make_dir",
     "make_symlink",
+    "set_attrs",
 )
 Kind = Literal["file", "dir", "symlink"]
 
@@ -51,8 +53,9 @@ class Metadata:
     os.fsdecode. `revision` is the remote's own token for this version of
     the file (an mtime, an etag, a rev id): onitufs compares tokens, never
     interprets them. `file_id` is a name-independent identity where the remote
-    has one, so a rename can be told from a delete plus a create. `extra` is
-    the driver's own state for one transfer (a temp name, a session id);
+    has one, so a rename can be told from a delete plus a create. `xattrs` are the
+    file's extended attributes of the user namespace, for remotes that keep
+    them. `extra` is the driver's own state for one transfer (a temp name, a session id);
     onitufs saves it with the transfer offset so restart_upload finds it.
     """
 
@@ -64,10 +67,17 @@ class Metadata:
     revision: str | None = None
     file_id: str | None = None
     target: str | None = None
+    xattrs: dict[str, bytes] = field(default_factory=dict)  # the user namespace
     extra: dict[str, Any] = field(default_factory=dict)
 
     def copy(self, **changes: Any) -> Metadata:
         return dataclasses.replace(self, extra=dict(self.extra), **changes)
+
+    def attrs_key(self) -> str:
+        """A short fingerprint of what set_attrs sets (a folder's time changes by itself)."""
+        parts = [self.kind, str(self.mode), "" if self.kind == "dir" else str(self.mtime_ns)]
+        parts += [f"{name}={value.hex()}" for name, value in sorted(self.xattrs.items())]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 class DriverError(Exception):

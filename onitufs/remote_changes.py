@@ -112,7 +112,8 @@ class RemoteChanges:
                     new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns,
                                                     md.mode)
                     self.index.set_mirror(txn, rid, new.ino, md.path,
-                                          MirrorEntry(new.rev, md.revision, md.file_id, "file"))
+                                          MirrorEntry(new.rev, md.revision, md.file_id, "file",
+                                                      md.attrs_key()))
                     self.replicator.schedule(txn, new.ino, 0, rid)
                     return None
                 else:
@@ -124,11 +125,11 @@ class RemoteChanges:
             inode = self.tree.inode(existing, txn)
             if inode.is_dir and md.kind == "dir":
                 self.index.hold(txn, rid, existing, md.path,
-                                MirrorEntry(0, md.revision, md.file_id, "dir"))
+                                MirrorEntry(0, md.revision, md.file_id, "dir", md.attrs_key()))
                 return None
             if inode.is_reg and md.kind == "file" and same_content(inode, md):
                 self.index.hold(txn, rid, existing, md.path,
-                                MirrorEntry(inode.rev, md.revision, md.file_id, "file"))
+                                MirrorEntry(inode.rev, md.revision, md.file_id, "file", md.attrs_key()))
                 return None
             if inode.is_symlink and md.kind == "symlink" and md.target is not None \
                     and encode_path(md.target) == inode.target:
@@ -181,7 +182,7 @@ class RemoteChanges:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
         self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
-                        MirrorEntry(inode.rev, md.revision, md.file_id, md.kind))
+                        MirrorEntry(inode.rev, md.revision, md.file_id, md.kind, md.attrs_key()))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -206,11 +207,14 @@ class RemoteChanges:
         if ours.is_reg and md.kind == "file" and same_content(ours, md):
             with self.index.write() as txn:  # the same file, put there by someone else
                 self.index.hold(txn, remote.rid, ours.ino, md.path,
-                                MirrorEntry(ours.rev, md.revision, md.file_id, "file"))
+                                MirrorEntry(ours.rev, md.revision, md.file_id, "file", md.attrs_key()))
             return
         if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
-            self._ours_aside(remote, md, ours)
-            return
+            try:
+                self._ours_aside(remote, md, ours)
+                return
+            except TreeError as error:  # ours moved meanwhile, or that name is taken
+                log.info("%s: keeping the remote's version aside instead (%s)", md.path, error)
         aside = conflict_name(md.path, remote.name, time.time())
         if not remote.config.writable:
             with self.index.write() as txn:
@@ -225,8 +229,8 @@ class RemoteChanges:
         moved = md.copy(path=aside)
         await remote.call("move_file", md.copy(), moved)
         remote.touch(md.path, aside)
-        log.warning("remote %s: %s changed both here and there; its version is kept %s as %s",
-                    remote.name, md.path, "there" if not remote.config.readable else "",
+        log.warning("remote %s: %s changed both here and there; its version is kept%s as %s",
+                    remote.name, md.path, " there" if not remote.config.readable else "",
                     aside)
         with self.index.write() as txn:
             self.index.set_mirror(txn, remote.rid, ours.ino, md.path, None)
@@ -311,7 +315,7 @@ class RemoteChanges:
         new_name = encode_path(new.path.rpartition("/")[2])
         self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
         self.index.move_mirror(txn, remote.rid, ino, old, new.path,
-                               MirrorEntry(entry.rev, new.revision, new.file_id, entry.kind))
+                               MirrorEntry(entry.rev, new.revision, new.file_id, entry.kind, entry.attrs))
         self.tree.kernel.entry_changed(old_parent, old_name)
         self.tree.kernel.entry_changed(new_parent, new_name)
         return True

@@ -59,11 +59,12 @@ class Pending:
         return max(self.retry_at, -math.inf if self.seq < flush_below else self.due)
 
 
-def metadata_for(inode: Inode, path: str) -> Metadata:
+def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None) -> Metadata:
     kind: Kind = "dir" if inode.is_dir else "symlink" if inode.is_symlink else "file"
     return Metadata(path=path, kind=kind, size=inode.size, mtime_ns=inode.mtime_ns,
                     mode=inode.mode & 0o7777,
-                    target=inode.target.decode("utf-8", "surrogateescape") if inode.target else None)
+                    target=inode.target.decode("utf-8", "surrogateescape") if inode.target else None,
+                    xattrs=xattrs or {})
 
 
 def hash_chunk(chunk: bytes, whole: hashlib._Hash | None, block: bool) -> bytes | None:
@@ -141,6 +142,14 @@ class Replicator:
             for inode in list(self.index.all_inodes(txn)):
                 if inode.nlink and inode.ino != ROOT_INO:
                     self.requeue(txn, remote, inode.ino)
+
+    def expedite(self, ino: int) -> None:
+        """What is queued for this inode goes now, without waiting for upload_delay."""
+        for remote in self.writable:
+            ticket = self._pending[remote.rid].get(ino)
+            if ticket is not None and ticket.due > time.time():
+                ticket.due = time.time()
+                self._push(remote, ino)
 
     def is_queued(self, remote: Remote, ino: int) -> bool:
         return ino in self._pending[remote.rid]
@@ -267,6 +276,8 @@ class Replicator:
                 upload = inode.is_reg and (entry is None or entry.rev != inode.rev)
                 make = entry is None and (inode.is_dir or inode.is_symlink)
                 if not (upload or make):
+                    if entry is not None and not inode.is_symlink and remote.has("set_attrs"):
+                        await self._set_attrs(remote, inode, path, entry)
                     continue
                 await self._ensure_parent(remote, path, visiting)
                 if entry is None and not await self._make_way(remote, ino, path, visiting):
@@ -324,7 +335,26 @@ class Replicator:
         remote.touch(old, new)
         with self.index.write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,
-                                   MirrorEntry(entry.rev, new_md.revision, new_md.file_id, entry.kind))
+                                   MirrorEntry(entry.rev, new_md.revision, new_md.file_id,
+                                               entry.kind, entry.attrs))
+
+    def _describe(self, inode: Inode, path: str) -> Metadata:
+        """What is sent for an inode: its attributes, with the xattrs remotes may keep."""
+        with self.index.begin() as txn:
+            return metadata_for(inode, path, self.index.user_xattrs(inode.ino, txn))
+
+    async def _set_attrs(self, remote: Remote, inode: Inode, path: str, entry: MirrorEntry) -> None:
+        """Mode, time or xattrs changed without new content: set them, nothing uploaded."""
+        md = self._describe(inode, path)
+        if entry.attrs == md.attrs_key():
+            return
+        md.revision, md.file_id = entry.token, entry.fid
+        await remote.call("set_attrs", md)
+        remote.touch(path)
+        with self.index.write() as txn:
+            self.index.hold(txn, remote.rid, inode.ino, path,
+                            MirrorEntry(entry.rev, md.revision, md.file_id, entry.kind,
+                                        md.attrs_key()))
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await remote.call("delete_file", entry_metadata(path, entry))
@@ -333,7 +363,7 @@ class Replicator:
             self.index.set_mirror(txn, remote.rid, ino, path, None)
 
     async def _make(self, remote: Remote, inode: Inode, path: str) -> None:
-        md = metadata_for(inode, path)
+        md = self._describe(inode, path)
         handler = "make_dir" if inode.is_dir else "make_symlink"
         if not remote.has(handler):
             return  # this remote cannot store it: it stays in the index only
@@ -341,14 +371,15 @@ class Replicator:
         remote.touch(path)
         with self.index.write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
-                         MirrorEntry(inode.rev, md.revision, md.file_id, md.kind))
+                            MirrorEntry(inode.rev, md.revision, md.file_id, md.kind,
+                                        md.attrs_key()))
 
     async def _upload(self, remote: Remote, inode: Inode, path: str, replaces: str | None) -> None:
         """Upload the current revision to `path`, where the remote held `replaces` (a token)."""
         rev = inode.rev
         if inode.dirty:
             raise Retry()  # its next revision is on the way; upload that one
-        md = metadata_for(inode, path)
+        md = self._describe(inode, path)
         md.revision = replaces
         with self.index.begin() as txn:
             saved = self.index.transfer(remote.rid, inode.ino, txn)
@@ -399,13 +430,16 @@ class Replicator:
                 await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
                 await self.on_conflict(remote, error.__cause__.current, inode)
                 raise Retry() from None
+            if not isinstance(error.__cause__, RemoteUnavailable):
+                with contextlib.suppress(CallFailed):  # leave no partial upload behind
+                    await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
             raise
         remote.touch(path)
         remote.health.done += 1
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
-                            MirrorEntry(rev, md.revision, md.file_id, "file"))
+                            MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key()))
             if whole is not None and inode.rev == rev and not inode.dirty:
                 inode.sha256 = whole.digest()
                 self.index.put_inode(txn, inode)
@@ -453,15 +487,16 @@ class Replicator:
                 errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
             elif expected is not None and hashlib.sha256(data).digest() != expected:
                 errors.append(f"{remote.name}: damaged copy")
-                self.mark_damaged(remote, inode, path, offset)
+                self.mark_damaged(remote, inode, path, f"the block at byte {offset} does not "
+                                  "match its SHA-256")
             else:
                 return data
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
 
-    def mark_damaged(self, remote: Remote, inode: Inode, path: str, offset: int) -> None:
-        """A replica does not match its checksum: never read it again, upload it anew."""
-        log.error("remote %s: %s is damaged there (the block at byte %d does not match its "
-                  "SHA-256); reading another replica, and repairing it", remote.name, path, offset)
+    def mark_damaged(self, remote: Remote, inode: Inode, path: str, why: str) -> None:
+        """A replica is not what it should be: never read it again, upload it anew."""
+        log.error("remote %s: %s is damaged there (%s); reading another replica, and "
+                  "repairing it", remote.name, path, why)
         with self.index.write() as txn:
             entry = self.index.mirror(remote.rid, inode.ino, txn).get(path)
             if entry is not None:

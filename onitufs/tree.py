@@ -244,6 +244,12 @@ class Tree:
         inode.sha256 = NO_HASH
         self.index.defer_inode(inode)
 
+    def attributes_changed(self, txn: lmdb.Transaction, inode: Inode) -> None:
+        """Mode, times or xattrs changed: remotes that keep them follow. Content that
+        changed too goes with its next revision anyway."""
+        if not inode.dirty:
+            self.schedule(txn, inode.ino, self.upload_delay, None)
+
     def make_revision(self, ino: int, delay: float | None = None) -> bool:
         """Commit buffered content and, if it changed, make it a new revision for the remotes."""
         inode = self.index.get_inode(ino)

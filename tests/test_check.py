@@ -80,3 +80,30 @@ def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
     assert "remote b: /data.bin: differs from the cached content at byte 2097152" in result.stdout
     assert damaged.read_bytes() == content
     assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
+
+
+def test_verify_reports_an_unreachable_remote_without_calling_it_damaged(
+        make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "file").write_bytes(b"content")
+    cloud.umount()
+    away = cloud.remotes["b"].with_name("b.away")
+    cloud.remotes["b"].rename(away)
+    try:
+        result = run("verify", cloud.config, check=False)
+    finally:
+        away.rename(cloud.remotes["b"])
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "remote b: /file: unreadable" in result.stdout
+    assert "damaged there" not in result.stderr
+    result = run("verify", cloud.config, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_fsck_of_a_mounted_cache_is_an_operational_error(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 8
+    assert "cache in use by another onitufs process" in result.stderr

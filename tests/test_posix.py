@@ -316,3 +316,28 @@ def test_user_xattrs_are_kept_and_other_namespaces_refused(posix: Cloud) -> None
     fails(errno.EOPNOTSUPP, os.setxattr, path, "security.selinux", b"x")
     fails(errno.EEXIST, os.setxattr, path, "user.author", b"bob", os.XATTR_CREATE)
     fails(errno.ENODATA, os.setxattr, path, "user.none", b"x", os.XATTR_REPLACE)
+
+
+def test_attributes_reach_remotes_that_keep_them(posix: Cloud) -> None:
+    path = posix.mountpoint / "described"
+    path.write_bytes(b"content that is not sent again")
+    os.setxattr(path, "user.first", b"1")
+    (posix.mountpoint / "folder").mkdir()
+    posix.wait_synced()
+    remote = posix.remotes["a"] / "described"
+    assert os.getxattr(remote, "user.first") == b"1"
+    uploaded = os.stat(remote).st_ino
+    os.chmod(path, 0o600)
+    os.utime(path, ns=(10**18, 10**18))
+    os.setxattr(path, "user.second", b"2")
+    os.removexattr(path, "user.first")
+    os.setxattr(posix.mountpoint / "folder", "user.folder", b"f")
+    os.chmod(posix.mountpoint / "folder", 0o750)
+    posix.umount()
+    info = os.stat(remote)
+    assert info.st_ino == uploaded  # attributes only: nothing uploaded again
+    assert (stat.S_IMODE(info.st_mode), info.st_mtime_ns) == (0o600, 10**18)
+    assert os.listxattr(remote) == ["user.second"]
+    folder = posix.remotes["a"] / "folder"
+    assert os.getxattr(folder, "user.folder") == b"f"
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o750

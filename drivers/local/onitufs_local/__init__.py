@@ -13,6 +13,7 @@ Config keys: ``path`` (the directory, required), ``poll_interval``
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -47,6 +48,22 @@ def describe(path: str, st: os.stat_result) -> Metadata:
     return Metadata(path=path, kind=kind, size=st.st_size if kind == "file" else 0,
                     mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode),
                     revision=token(st), file_id=file_id(st))
+
+
+def apply_xattrs(target: int | str, wanted: dict[str, bytes]) -> None:
+    """Make the user xattrs of a file (descriptor or path) what onitufs holds, where the
+    disk keeps xattrs at all."""
+    follow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
+    try:
+        present = [name for name in os.listxattr(target, **follow) if name.startswith("user.")]
+        for name in present:
+            if name not in wanted:
+                os.removexattr(target, name, **follow)
+        for name, value in wanted.items():
+            os.setxattr(target, name, value, **follow)
+    except OSError as error:
+        if error.errno not in (errno.ENOTSUP, errno.EPERM):
+            raise
 
 
 def start(plug: Plug) -> None:
@@ -122,6 +139,7 @@ def start(plug: Plug) -> None:
         try:
             os.ftruncate(fd, md.size)
             os.fchmod(fd, md.mode)
+            apply_xattrs(fd, md.xattrs)
             os.utime(fd, ns=(md.mtime_ns, md.mtime_ns))
             os.fsync(fd)  # the remote copy must outlive a power loss: the cache may evict ours
             st = os.fstat(fd)
@@ -175,6 +193,20 @@ def start(plug: Plug) -> None:
         except FileExistsError:
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
+        apply_xattrs(path, md.xattrs)
+        st = os.lstat(path)
+        md.revision, md.file_id = token(st), file_id(st)
+
+    @plug.handler()
+    def set_attrs(md: Metadata) -> None:
+        path = real(md.path)
+        st = os.lstat(path)
+        if md.kind == "file" and token(st) != md.revision:
+            raise DriverError(f"{md.path}: changed on the remote; its attributes are left alone")
+        os.chmod(path, md.mode, follow_symlinks=False)
+        apply_xattrs(path, md.xattrs)
+        if md.kind == "file":
+            os.utime(path, ns=(md.mtime_ns, md.mtime_ns), follow_symlinks=False)
         st = os.lstat(path)
         md.revision, md.file_id = token(st), file_id(st)
 
