@@ -201,12 +201,6 @@ class Plug:
             raise Stopped() from None
 
 
-class Driver(Protocol):
-    """What a driver module offers."""
-
-    def start(self, plug: Plug) -> None: ...
-
-
 def load_driver(name: str, where: str) -> ModuleType:
     """The driver module registered under `name` in the entry-point group."""
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):

@@ -165,9 +165,6 @@ class Replicator:
     def in_flight(self, remote: Remote) -> int:
         return len(self._busy[remote.rid])
 
-    def total_pending(self) -> int:
-        return sum(len(p) for p in self._pending.values())
-
     # running
 
     async def run(self) -> None:
