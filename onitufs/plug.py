@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -199,6 +200,31 @@ class Plug:
             return trio.from_thread.run(function, *args, trio_token=self._token)
         except trio.RunFinishedError:
             raise Stopped() from None
+
+
+_ESCAPE = re.compile(r"%(?=[0-9A-Fa-f]{2})|[\udc80-\udcff]")
+_UNESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def to_utf8(path: str) -> str:
+    """The path as names a UTF-8-only remote can store, for drivers of such remotes.
+
+    A name in the mount may hold any byte but '/' and NUL; the bytes that are
+    not UTF-8 (surrogate-escaped here, as os.fsdecode does) become %XX, and a
+    '%' that would read as such an escape becomes %25. Everything else, '%'
+    included, stays as it is. from_utf8 is the way back.
+    """
+    return _ESCAPE.sub(lambda m: "%25" if m.group() == "%" else f"%{ord(m.group()) - 0xDC00:02X}",
+                       path)
+
+
+def from_utf8(path: str) -> str:
+    """The path in the mount of a name to_utf8 made."""
+    def unescape(match: re.Match[str]) -> str:
+        value = int(match.group(1), 16)
+        return chr(0xDC00 + value) if value >= 0x80 else chr(value)
+
+    return _UNESCAPE.sub(unescape, path)
 
 
 def load_driver(name: str, where: str) -> ModuleType:
