@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from onitufs.config import parse_size
+
 ONITUFS = [sys.executable, "-m", "onitufs"]
 TEMP_SUFFIX = ".onitufs-part"
 
@@ -132,6 +134,17 @@ class Cloud:
             remotes = self.status()["remotes"]
             return all(r["pending"] == 0 and r["in_flight"] == 0 for r in remotes)
         wait_for(synced, timeout, "the remotes to catch up")
+
+    def write_evicted(self, name: str, size: int) -> bytes:
+        """Write random content larger than the (small) cache, wait until every remote has
+        it and the cache evicted it, and unmount: later reads must go to a remote."""
+        content = os.urandom(size)
+        (self.mountpoint / name).write_bytes(content)
+        self.wait_synced()
+        limit = parse_size(self.settings["cache_size"], "cache_size")
+        wait_for(lambda: self.status()["cache_bytes"] <= limit, what="the cache to evict")
+        self.umount()
+        return content
 
     def cleanup(self) -> None:
         if is_mounted(self.mountpoint):

@@ -22,11 +22,7 @@ def test_sha256_of_each_revision(make_cloud: MakeCloud) -> None:
 def test_a_damaged_replica_is_detected_and_repaired(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 MiB", block_size="64 KiB")
     cloud.mount()
-    content = os.urandom(4 * 1024 * 1024)
-    (cloud.mountpoint / "precious").write_bytes(content)
-    cloud.wait_synced()
-    wait_for(lambda: cloud.status()["cache_bytes"] <= 1024 * 1024, what="eviction")
-    cloud.umount()
+    content = cloud.write_evicted("precious", 4 * 1024 * 1024)
     damaged = cloud.remotes["a"] / "precious"
     stamp = damaged.stat()
     with open(damaged, "r+b") as handle:  # bit rot: the bytes change, size and time do not

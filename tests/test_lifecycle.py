@@ -116,12 +116,7 @@ def test_remount_shows_the_tree_without_any_remote(make_cloud: MakeCloud) -> Non
 def test_evicted_blocks_come_back_from_a_remote(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw", "b": "w"}, cache_size="1 MiB", block_size="64 KiB")
     cloud.mount()
-    content = os.urandom(6 * 1024 * 1024)
-    (cloud.mountpoint / "bigger-than-cache").write_bytes(content)
-    cloud.wait_synced()
-    wait_for(lambda: cloud.status()["cache_bytes"] <= 1024 * 1024,
-             what="the cache to shrink to its limit")
-    cloud.umount()
+    content = cloud.write_evicted("bigger-than-cache", 6 * 1024 * 1024)
     cloud.mount()  # a fresh kernel page cache: reads must go to the remote
     assert (cloud.mountpoint / "bigger-than-cache").read_bytes() == content
     assert cloud.status()["cache_bytes"] <= 2 * 1024 * 1024
@@ -180,10 +175,7 @@ def test_fsync_waits_for_replicas_when_asked(make_cloud: MakeCloud) -> None:
 def test_reading_with_no_replica_reachable_fails_with_eio(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB")
     cloud.mount()
-    (cloud.mountpoint / "far away").write_bytes(os.urandom(4 * 1024 * 1024))
-    cloud.wait_synced()
-    wait_for(lambda: cloud.status()["cache_bytes"] <= 1024 * 1024, what="eviction")
-    cloud.umount()
+    cloud.write_evicted("far away", 4 * 1024 * 1024)
     away = cloud.remotes["a"].with_name("a.away")
     cloud.remotes["a"].rename(away)
     try:
