@@ -212,6 +212,14 @@ class Index:
         self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
         self._check_schema(block_size)
 
+    @property
+    def cache_id(self) -> str:
+        """A random name for this cache: what it leaves on remotes that others share
+        (temp files of uploads) cannot be mistaken for another machine's."""
+        with self.begin() as txn:
+            raw = txn.get(b"cache_id", db=self.db["meta"])
+        return bytes(raw).decode() if raw is not None else "0"
+
     def close(self) -> None:
         self.env.sync(True)
         self.env.close()
@@ -245,6 +253,7 @@ class Index:
             if raw is None:
                 txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
                 txn.put(b"block_size", q(block_size), db=self.db["meta"])
+                txn.put(b"cache_id", os.urandom(4).hex().encode(), db=self.db["meta"])
                 txn.put(b"next_ino", q(ROOT_INO + 1), db=self.db["meta"])
                 txn.put(b"next_rev", q(1), db=self.db["meta"])
                 stamp = now_ns()

@@ -395,9 +395,12 @@ class Replicator:
             if saved is not None:
                 await self._abort(remote, inode, saved)
             offset = 0
+            # Saved before the remote sees anything, with a name for the upload that drivers
+            # use for their temp file: after a crash, restart_upload or abort_upload finds it.
+            md.extra = {"upload": f"{self.index.cache_id}-{inode.ino:x}-{rev:x}"}
+            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
             await remote.call("start_upload", md)
-            if md.size > self.block_size:  # one chunk is as quick to redo as to resume
-                self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
+            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
         # A pass from the first byte also learns the SHA-256 of the whole revision.
         whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH else None
         while offset < md.size:

@@ -18,7 +18,6 @@ import os
 import stat
 import threading
 import time
-import uuid
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import Conflict, DriverError, Kind, Metadata, Plug, RemoteUnavailable
@@ -82,12 +81,20 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{path}: leads outside {root}")
         return full
 
+    def temp_path(md: Metadata) -> str:
+        """Where this upload is written until it is complete: beside its target, hidden,
+        named after the upload, so that a restart after a crash finds it."""
+        folder, _, name = md.path.rpartition("/")
+        short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
+        hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
+        return f"{folder}/{hidden}" if folder else hidden
+
     def temp(md: Metadata) -> str:
-        return real(md.extra["temp"])
+        return real(temp_path(md))
 
     def upload_fd(md: Metadata, flags: int = os.O_WRONLY) -> int:
         """The descriptor of this upload's temp file, opened once per upload."""
-        key = md.extra["temp"]
+        key = temp_path(md)
         with open_uploads_lock:
             fd = open_uploads.get(key)
             if fd is None:
@@ -96,7 +103,7 @@ def start(plug: Plug) -> None:
 
     def close_upload(md: Metadata) -> None:
         with open_uploads_lock:
-            fd = open_uploads.pop(md.extra.get("temp", ""), None)
+            fd = open_uploads.pop(temp_path(md), None)
         if fd is not None:
             os.close(fd)
 
@@ -115,11 +122,8 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def start_upload(md: Metadata) -> None:
-        folder, _, name = md.path.rpartition("/")
-        hidden = f".{name[:200]}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-        md.extra["temp"] = f"{folder}/{hidden}" if folder else hidden
         _require_root()
-        upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # the name is this upload's alone
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
