@@ -202,17 +202,19 @@ class Plug:
             raise Stopped() from None
 
 
-_ESCAPE = re.compile(r"%(?=[0-9A-Fa-f]{2})|[\udc80-\udcff]")
-_UNESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# Only %25 and %80 to %FF are escapes: no UTF-8 name holds those bytes alone, so names
+# made on a UTF-8 remote keep their meaning (%41 stays %41, never A).
+_ESCAPE = re.compile(r"%(?=25|[89A-Fa-f][0-9A-Fa-f])|[\udc80-\udcff]")
+_UNESCAPE = re.compile(r"%(25|[89A-Fa-f][0-9A-Fa-f])")
 
 
 def to_utf8(path: str) -> str:
     """The path as names a UTF-8-only remote can store, for drivers of such remotes.
 
     A name in the mount may hold any byte but '/' and NUL; the bytes that are
-    not UTF-8 (surrogate-escaped here, as os.fsdecode does) become %XX, and a
-    '%' that would read as such an escape becomes %25. Everything else, '%'
-    included, stays as it is. from_utf8 is the way back.
+    not UTF-8 (surrogate-escaped here, as os.fsdecode does) become %XX (80 to
+    FF), and a '%' that would read as such an escape becomes %25. Everything
+    else, '%' included, stays as it is. from_utf8 is the way back.
     """
     return _ESCAPE.sub(lambda m: "%25" if m.group() == "%" else f"%{ord(m.group()) - 0xDC00:02X}",
                        path)
