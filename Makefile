@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr man-db rsync
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr man-db rsync \
+	openssh-server openssh-client sshfs
 DEMO_MOUNT := Cloud
 
 .PHONY: deps venv demo demo-stop test lint bench clean
@@ -16,11 +17,11 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(BIN)/.installed: pyproject.toml drivers/local/pyproject.toml
+$(BIN)/.installed: pyproject.toml drivers/local/pyproject.toml drivers/ssh/pyproject.toml
 	$(MAKE) deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e drivers/local
+	$(BIN)/pip install -q -e '.[dev]' -e drivers/local -e 'drivers/ssh[dev]'
 	touch $@
 
 venv: deps $(BIN)/.installed
@@ -49,4 +50,4 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info drivers/local/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build *.egg-info drivers/*/*.egg-info .mypy_cache .ruff_cache .pytest_cache

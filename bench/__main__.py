@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="where the temporary folders of memfs and onitufs go: onitufs keeps "
                              "its cache and remotes there (default: the system's temporary folder)")
+    parser.add_argument("--ssh-mib", type=int, default=256, metavar="N",
+                        help="then the SSH remote against sshfs on one local sshd, with an N MiB "
+                             "file (default 256; 0 leaves it out); see bench/ssh.py")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 3 when a bar is not met")
     args = parser.parse_args(argv)
@@ -317,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
                   "memory copies (a reference, not a bar)")
         if args.strict and not all_met and status == 0:
             status = 3
+    if args.ssh_mib > 0 and status in (0, 3):
+        from . import ssh
+        try:
+            print("\n".join(["", *ssh.run(args.ssh_mib, args.workdir)]))
+        except (TargetError, WrongData, OSError, subprocess.SubprocessError) as error:
+            say(f"bench: ssh: {type(error).__name__}: {error}")
+            status = 1
     return status
 
 

@@ -1,0 +1,192 @@
+"""The SSH comparison: onitufs's SSH driver next to sshfs, against one real sshd on loopback.
+
+Starts OpenSSH's sshd on 127.0.0.1 (tests/sshd.py), then measures, for
+sshfs and for onitufs with that server as its only remote:
+
+- cold read: a file that only the server holds, read in 1 MiB reads;
+- upload: a file written in 1 MiB writes, until the server holds it whole
+  and durably. sshfs: the writes, close and fsync. onitufs: from the close
+  (the writes land in its local cache first; their time is shown apart)
+  until its status says the remote has it, fsync@openssh.com included.
+
+Each figure is the best of ROUNDS. Everything lives in one temporary
+folder, removed at the end with every mount and process, also after an error.
+`python -m bench.ssh` runs it alone; `python -m bench` runs it after the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.sshd import Sshd
+
+from .targets import TargetError, lazy_unmount, make_workdir, mounted, remove_workdir, wait_gone
+from .workloads import MIB, drop_page_cache
+
+ROUNDS = 2
+BAR = 1.0
+
+
+def write_file(path: Path, block: bytes, size_mib: int, fsync: bool) -> float:
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size_mib):
+            os.write(fd, block)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def read_file(path: Path, expected: str) -> float:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        drop_page_cache(fd)
+        start = time.perf_counter()
+        while chunk := os.read(fd, MIB):
+            digest.update(chunk)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != expected:
+        raise TargetError(f"{path}: read back other bytes than the server holds")
+    return elapsed
+
+
+def make_source(path: Path, size_mib: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for _ in range(size_mib):
+            chunk = os.urandom(MIB)
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: bytes,
+                name: str, digest: str) -> tuple[float, float]:
+    subprocess.run(["sshfs", "-p", str(server.port), "-o",
+                    f"IdentityFile={server.user_key},UserKnownHostsFile={server.known_hosts},"
+                    "StrictHostKeyChecking=yes,BatchMode=yes",
+                    f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        read = read_file(mnt / name, digest)
+        upload = write_file(mnt / f"up-sshfs-{name}", block, size_mib, fsync=True)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+        lazy_unmount(mnt)
+    return read, upload
+
+
+def onitufs(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "onitufs", *map(str, args)], capture_output=True,
+                          text=True, check=False, timeout=3600)
+
+
+def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: bytes,
+                  name: str, digest: str) -> tuple[float, float, float]:
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    config = work / "onitufs.toml"
+    config.write_text("\n".join([
+        "[cache]", f'path = "{work / "cache"}"', f'size = "{max(1024, 4 * size_mib)} MiB"', "",
+        "[sync]", 'upload_delay = "0.1s"', "", *server.remote("server", folder, poll_interval="1s")]))
+    result = onitufs("mount", mnt, config)
+    if result.returncode != 0:
+        raise TargetError(f"onitufs mount failed: {result.stderr.strip()}")
+    pid = json.loads(os.getxattr(mnt, "user.onitufs.status"))["pid"]
+    try:
+        deadline = time.monotonic() + 60
+        while not (mnt / name).exists():
+            if time.monotonic() > deadline:
+                raise TargetError("onitufs: the server's file did not show in the mount")
+            time.sleep(0.05)
+        read = read_file(mnt / name, digest)
+        target = folder / f"up-onitufs-{name}"
+        write = write_file(mnt / target.name, block, size_mib, fsync=False)
+        start = time.perf_counter()
+        while True:
+            status = json.loads(os.getxattr(mnt, "user.onitufs.status"))["remotes"][0]
+            if status["pending"] == 0 and status["in_flight"] == 0 and target.exists() \
+                    and target.stat().st_size == size_mib * MIB:
+                break
+            if time.perf_counter() - start > 600:
+                raise TargetError("onitufs: the upload did not finish in 600s")
+            time.sleep(0.01)
+        upload = time.perf_counter() - start
+    finally:
+        result = onitufs("umount", mnt)
+        lazy_unmount(mnt)
+        wait_gone(pid, 30)
+        shutil.rmtree(work / "cache", ignore_errors=True)
+    return read, upload, write
+
+
+def run(size_mib: int, workdir: Path | None = None) -> list[str]:
+    """The comparison's table lines."""
+    work = make_workdir(workdir, "onitufs-bench-ssh-")
+    server = Sshd(work / "sshd")
+    folder = work / "server"
+    folder.mkdir()
+    mounts = [work / "sshfs", work / "onitufs" / "mnt"]
+    mounts[0].mkdir()
+    (work / "onitufs").mkdir()
+    block = os.urandom(MIB)
+    best: dict[str, list[float]] = {"sshfs": [0.0, 0.0, 0.0], "onitufs": [0.0, 0.0, 0.0]}
+    try:
+        server.start()
+        for round_no in range(ROUNDS):
+            for who in ("sshfs", "onitufs"):
+                name = f"cold-{who}-{round_no}.bin"
+                digest = make_source(folder / name, size_mib)
+                note = ""
+                if who == "sshfs":
+                    read, upload = sshfs_round(server, folder, mounts[0], size_mib, block, name,
+                                               digest)
+                else:
+                    read, upload, write = onitufs_round(server, folder, work / "onitufs",
+                                                        size_mib, block, name, digest)
+                    best[who][2] = max(best[who][2], size_mib / write)
+                    note = f" (the writes into the mount before: {size_mib / write:.1f} MiB/s)"
+                print(f"  ssh {who:8} round {round_no + 1}: cold read {size_mib / read:7.1f} MiB/s,"
+                      f" upload {size_mib / upload:7.1f} MiB/s{note}", file=sys.stderr, flush=True)
+                figures = best[who]
+                figures[0] = max(figures[0], size_mib / read)
+                figures[1] = max(figures[1], size_mib / upload)
+                for path in folder.iterdir():
+                    path.unlink()
+    finally:
+        server.stop()
+        for point in mounts:
+            lazy_unmount(point)
+        kept = remove_workdir(work, [point for point in mounts if mounted(point)])
+        if kept:
+            print(f"bench: {kept}", file=sys.stderr)
+    lines = [f"SSH remote vs sshfs, one sshd on 127.0.0.1, {size_mib} MiB file, best of {ROUNDS}:",
+             f"{'':28}{'unit':>6}{'sshfs':>10}{'onitufs':>10}{'ratio':>8}"]
+    met = []
+    for i, label in enumerate(("cold read from the server", "upload to the server")):
+        sshfs, ours = best["sshfs"][i], best["onitufs"][i]
+        ratio = ours / sshfs if sshfs else 0.0
+        met.append(f"{label.split()[0]} {'met' if ratio >= BAR else 'NOT MET'} ({ratio:.2f})")
+        lines.append(f"{label:28}{'MiB/s':>6}{sshfs:10.1f}{ours:10.1f}{ratio:8.2f}")
+    lines.append(f"{'  onitufs: writes into the mount':34}{'-':>10}{best['onitufs'][2]:10.1f}"
+                 "   (local cache; the upload above starts at the close)")
+    lines.append(f"bars (onitufs/sshfs >= {BAR:.1f}): " + "; ".join(met))
+    return lines
+
+
+if __name__ == "__main__":
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+    print("\n".join(run(size)))

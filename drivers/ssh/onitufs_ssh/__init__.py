@@ -1,0 +1,347 @@
+"""onitufs driver for a folder on an SSH server, through SFTP.
+
+Config keys: ``host`` (required), ``port`` (22), ``user`` (the local user),
+``path`` (required: relative to the login folder, or absolute),
+``identity`` (a key file; default: the keys of the running ssh-agent),
+``known_hosts`` ("~/.ssh/known_hosts"), ``poll_interval`` ("30s") and
+``connections`` (4: SSH connections for reads; each running upload opens
+its own).
+
+The server's host key must be in known_hosts (see connect.py). Uploads go
+to a hidden temporary file beside the target, written in the background
+(uploads.py) and renamed into place when complete, atomically over the old
+version where the server has posix-rename@openssh.com. Reads pipeline their
+requests and read ahead on several connections (reading.py). Changes made
+on the server are found by listing it every poll_interval (listing.py).
+While the server cannot be reached, handlers raise RemoteUnavailable and the
+poll reports the remote offline, retrying with backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from onitufs.config import ConfigError, Options
+from onitufs.plug import Conflict, DriverError, Metadata, Plug, RemoteUnavailable
+
+from .connect import ConnectError, Connection, connect
+from .listing import TEMP_SUFFIX, describe, encode, token, walk
+from .pool import Pool, lost
+from .reading import Reads
+from .settings import Settings, read
+from .sftp import Attrs, SftpError
+from .uploads import Upload
+
+log = logging.getLogger(__name__)
+UPLOAD_CONNECTIONS = 8
+READ_STREAMS = 2  # files read ahead at once, each on a connection of its own
+MAX_POLL_BACKOFF = 30.0
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _located(settings: Settings, message: str) -> str:
+    return message if message.startswith(settings.where) else f"{settings.where}: {message}"
+
+
+def check(options: Options) -> None:
+    settings = read(options)
+    try:
+        conn = connect(settings)
+    except ConnectError as error:
+        raise ConfigError(_located(settings, str(error))) from None
+    try:
+        root = conn.sftp.realpath(encode(settings.path))
+        attrs = conn.sftp.stat(root)
+        if not stat.S_ISDIR(attrs.mode or 0):
+            raise SftpError(f"{settings.path}: not a folder")
+    except SftpError:
+        raise ConfigError(f"{settings.where}.path: {settings.path} is not a folder on "
+                          f"{settings.host} (create it, or fix the path)") from None
+    except Exception as error:
+        raise ConfigError(_located(settings, f"{settings.host}: {error}")) from None
+    finally:
+        conn.close()
+
+
+def guarded(function: F) -> F:
+    """Server refusals become DriverError, a lost connection RemoteUnavailable."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except DriverError:
+            raise
+        except SftpError as error:
+            raise DriverError(str(error)) from None
+        except Exception as error:
+            if lost(error):
+                raise RemoteUnavailable(f"connection lost: {error}") from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def start(plug: Plug) -> None:
+    settings = read(plug.options)
+    pool = Pool(settings, settings.connections)
+    upload_pool = Pool(settings, UPLOAD_CONNECTIONS)
+    reads = Reads(pool, Pool(settings, READ_STREAMS), token)
+    uploads: dict[str, Upload] = {}
+    uploads_lock = threading.Lock()
+    roots: list[bytes] = []  # the remote folder's absolute path, once known
+
+    def root(conn: Connection) -> bytes:
+        if not roots:
+            roots.append(conn.sftp.realpath(encode(settings.path)))
+        return roots[0]
+
+    def full(conn: Connection, path: str) -> bytes:
+        return root(conn) + b"/" + encode(path)
+
+    def inside(conn: Connection, path: str) -> bytes:
+        """The full path, refusing one whose folder leads outside the root (a symlink there)."""
+        folder = path.rpartition("/")[0]
+        if folder:
+            real = conn.sftp.realpath(full(conn, folder))
+            if real != root(conn) and not real.startswith(root(conn) + b"/"):
+                raise DriverError(f"{path}: leads outside {settings.path}")
+        return full(conn, path)
+
+    def lstat(conn: Connection, path: bytes) -> Attrs | None:
+        try:
+            return conn.sftp.lstat(path)
+        except SftpError as error:
+            if error.errno == 2:
+                return None
+            raise
+
+    def temp_path(md: Metadata) -> str:
+        """Where this upload is written until it is complete: beside its target, hidden,
+        named after the upload, so that a restart after a crash finds it."""
+        folder, _, name = md.path.rpartition("/")
+        short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
+        hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
+        return f"{folder}/{hidden}" if folder else hidden
+
+    def upload_of(md: Metadata) -> Upload:
+        with uploads_lock:
+            found = uploads.get(temp_path(md))
+        if found is None:
+            raise DriverError(f"{md.path}: no upload in progress (resume it first)")
+        return found
+
+    @plug.handler()
+    @guarded
+    def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+        if not roots:
+            with pool.use() as conn:
+                root(conn)
+        return reads.get(roots[0] + b"/" + encode(md.path), md.revision, offset, size)
+
+    @plug.handler()
+    @guarded
+    def start_upload(md: Metadata) -> None:
+        temp = temp_path(md)
+        with pool.use() as conn:
+            target = inside(conn, temp)
+        upload = Upload(upload_pool, target)
+        upload.create()
+        with uploads_lock:
+            uploads[temp] = upload
+        md.extra.update(upload.saved_state())
+
+    @plug.handler()
+    @guarded
+    def restart_upload(md: Metadata, offset: int) -> None:
+        temp = temp_path(md)
+        with uploads_lock:
+            upload = uploads.get(temp)
+        in_memory = upload is not None
+        if upload is None:
+            with pool.use() as conn:
+                upload = Upload(upload_pool, full(conn, temp))
+            with uploads_lock:
+                uploads[temp] = upload
+        upload.resume(offset, md.extra, in_memory)
+        md.extra.update(upload.saved_state())
+
+    @plug.handler()
+    @guarded
+    def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
+        upload = upload_of(md)
+        upload.send(offset, bytes(chunk))
+        md.extra.update(upload.saved_state())
+
+    @plug.handler()
+    @guarded
+    def end_upload(md: Metadata) -> None:
+        upload = upload_of(md)
+        upload.flush()
+        conn, handle = upload.conn, upload.handle
+        if conn is None or handle is None:
+            raise DriverError(f"{md.path}: the upload is not open (resume it first)")
+        seconds = md.mtime_ns // 10**9
+        try:
+            conn.sftp.fsetstat(handle, Attrs(size=md.size, mtime=seconds))
+            conn.sftp.fsync(handle)
+            target = full(conn, md.path)
+            temp = upload.temp
+            conn.sftp.setstat(temp, Attrs(mode=md.mode & 0o7777))
+            there = lstat(conn, target)
+            if there is not None and token(there) != md.revision:
+                raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
+                               describe(md.path, there))
+            if there is not None and not conn.sftp.has("posix-rename@openssh.com"):
+                conn.sftp.remove(target)  # no atomic replace on this server
+            conn.sftp.rename(temp, target, replace=True)
+            now = conn.sftp.lstat(target)
+        except BaseException as error:
+            if lost(error):
+                upload.drop_connection()
+            raise
+        upload.close()
+        with uploads_lock:
+            uploads.pop(temp_path(md), None)
+        reads.forget(target)
+        md.revision, md.file_id = token(now), None
+
+    @plug.handler()
+    @guarded
+    def abort_upload(md: Metadata) -> None:
+        temp = temp_path(md)
+        with uploads_lock:
+            upload = uploads.pop(temp, None)
+        if upload is not None:
+            upload.drop()
+        with pool.use() as conn:
+            try:
+                conn.sftp.remove(full(conn, temp))
+            except SftpError as error:
+                if error.errno != 2:
+                    raise
+
+    @plug.handler()
+    @guarded
+    def delete_file(md: Metadata) -> None:
+        with pool.use() as conn:
+            path = full(conn, md.path)
+            there = lstat(conn, path)
+            if there is None:
+                return
+            if stat.S_ISDIR(there.mode or 0):
+                conn.sftp.rmdir(path)  # never recursive: what is left inside was not ours
+                return
+            if md.revision is not None and not stat.S_ISLNK(there.mode or 0) \
+                    and token(there) != md.revision:
+                raise DriverError(f"{md.path}: changed on the remote; not deleting it")
+            conn.sftp.remove(path)
+        reads.forget(path)
+
+    @plug.handler()
+    @guarded
+    def move_file(old: Metadata, new: Metadata) -> None:
+        with pool.use() as conn:
+            target = inside(conn, new.path)
+            if lstat(conn, target) is not None:
+                raise DriverError(f"{new.path}: already exists on the remote")
+            conn.sftp.rename(full(conn, old.path), target, replace=False)
+            now = conn.sftp.lstat(target)
+        new.revision, new.file_id = token(now), None
+
+    @plug.handler()
+    @guarded
+    def make_dir(md: Metadata) -> None:
+        with pool.use() as conn:
+            path = inside(conn, md.path)
+            try:
+                conn.sftp.mkdir(path, md.mode or 0o755)
+            except SftpError:
+                there = lstat(conn, path)
+                if there is None or not stat.S_ISDIR(there.mode or 0):
+                    raise DriverError(f"{md.path}: cannot create the folder on the remote, "
+                                      "or something else is there") from None
+            now = conn.sftp.lstat(path)
+        md.revision, md.file_id = token(now), None
+
+    @plug.handler()
+    @guarded
+    def make_symlink(md: Metadata) -> None:
+        target = encode(md.target or "")
+        with pool.use() as conn:
+            path = inside(conn, md.path)
+            there = lstat(conn, path)
+            if there is None or not stat.S_ISLNK(there.mode or 0) \
+                    or conn.sftp.readlink(path) != target:
+                conn.sftp.symlink(target, path)
+            now = conn.sftp.lstat(path)
+        md.revision, md.file_id = token(now), None
+
+    plug.ready()
+    try:
+        poll(plug, settings, root)
+    finally:
+        reads.close()
+        reads.stream_pool.close()
+        with uploads_lock:
+            for upload in uploads.values():
+                upload.drop()
+            uploads.clear()
+        pool.close()
+        upload_pool.close()
+
+
+def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) -> None:
+    """List the remote every poll_interval and report what changed, until the mount ends."""
+    conn: Connection | None = None
+    last: dict[str, str | None] | None = None
+    backoff = 0.5
+    reported_error: str | None = None
+    try:
+        while not plug.stopping.is_set():
+            started = time.time()
+            try:
+                if conn is None or not conn.alive():
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    conn = connect(settings)
+                entries = walk(conn.sftp, root(conn))
+            except Exception as error:
+                if isinstance(error, ConnectError):
+                    reason = _located(settings, str(error))
+                elif isinstance(error, SftpError):
+                    reason = f"cannot list {settings.path} on {settings.host}: {error}"
+                elif lost(error):
+                    reason = f"{settings.host}: connection lost: {error}"
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                else:
+                    raise
+                if reason != reported_error:
+                    log.error("remote %s: %s", plug.name, reason)
+                    reported_error = reason
+                plug.offline(reason)
+                last = None
+                plug.stopping.wait(backoff)
+                backoff = min(MAX_POLL_BACKOFF, backoff * 2)
+                continue
+            backoff = 0.5
+            reported_error = None
+            seen = {md.path: md.revision for md in entries}
+            if seen != last:
+                if last is None:
+                    plug.online()
+                last = seen if plug.report_tree(entries, started) else None
+            plug.stopping.wait(settings.poll_interval)
+    finally:
+        if conn is not None:
+            conn.close()

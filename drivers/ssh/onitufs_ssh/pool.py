@@ -1,0 +1,122 @@
+"""A pool of SSH connections shared by the handler threads of one remote.
+
+A thread borrows a connection for one piece of work (`with pool.use() as
+conn`) and gives it back; a connection that failed under it is closed and
+replaced by a new one the next time. While the server cannot be reached,
+borrowing fails at once with RemoteUnavailable for a short backoff instead of
+every thread waiting on its own connection attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import paramiko
+
+from onitufs.plug import DriverError, RemoteUnavailable
+
+from .connect import ConnectError, Connection, HostKeyError, connect
+from .settings import Settings
+from .sftp import ConnectionLost, SftpError
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 10.0
+WAIT_FOR_CONNECTION = 300.0
+
+
+def lost(error: BaseException) -> bool:
+    """Whether an exception means the connection is gone (not a refused request)."""
+    return not isinstance(error, SftpError | DriverError) and isinstance(
+        error, ConnectionLost | paramiko.SSHException | EOFError | OSError)
+
+
+class Pool:
+    def __init__(self, settings: Settings, size: int) -> None:
+        self.settings = settings
+        self.size = size
+        self._idle: list[Connection] = []
+        self._count = 0
+        self._cond = threading.Condition()
+        self._failures = 0
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._closed = False
+        self.last_host_key_error: str | None = None
+
+    def get(self) -> Connection:
+        deadline = time.monotonic() + WAIT_FOR_CONNECTION
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RemoteUnavailable("the remote is shutting down")
+                while self._idle:
+                    conn = self._idle.pop()
+                    if conn.alive():
+                        return conn
+                    self._count -= 1
+                    conn.close()
+                if self._count < self.size:
+                    if time.monotonic() < self._down_until:
+                        raise RemoteUnavailable(self._down_reason)
+                    self._count += 1
+                    break
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise DriverError("every SSH connection stayed busy for "
+                                      f"{WAIT_FOR_CONNECTION:.0f}s")
+        try:
+            conn = connect(self.settings)
+        except ConnectError as error:
+            with self._cond:
+                self._count -= 1
+                self._failures += 1
+                self._down_until = time.monotonic() + min(MAX_BACKOFF,
+                                                          0.25 * 2 ** min(self._failures, 8))
+                self._down_reason = str(error)
+                self._cond.notify()
+            if isinstance(error, HostKeyError) and self.last_host_key_error != str(error):
+                self.last_host_key_error = str(error)
+                log.error("%s", error)
+            raise RemoteUnavailable(str(error)) from None
+        with self._cond:
+            self._failures = 0
+            self._down_until = 0.0
+        return conn
+
+    def put(self, conn: Connection, broken: bool = False) -> None:
+        with self._cond:
+            if broken or self._closed or not conn.alive():
+                self._count -= 1
+                conn.close()
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+
+    @contextmanager
+    def use(self) -> Iterator[Connection]:
+        """Borrow a connection; a lost connection becomes RemoteUnavailable, a refused
+        request DriverError."""
+        conn = self.get()
+        try:
+            yield conn
+        except BaseException as error:
+            broken = lost(error)
+            self.put(conn, broken)
+            if broken:
+                raise RemoteUnavailable(f"{self.settings.host}: connection lost: {error}") from None
+            if isinstance(error, SftpError):
+                raise DriverError(str(error)) from None
+            raise
+        self.put(conn)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,258 @@
+"""get_chunk with read-ahead: the blocks after a sequential read are fetched before they are asked for.
+
+The core asks for one cache block at a time, in order, and waits for each.
+A block asked for out of order is fetched with pipelined requests
+(sftp.Session.read). Once a file is read in order, a Stream takes over: a
+thread on a connection of its own that keeps READ requests in flight over
+the rest of the file (at most AHEAD_BYTES past the reader), so the pipe never
+drains between blocks and the core finds each block waiting. A file open for reading is
+kept open per connection (its version checked when opened and again at
+most every CHECK_EVERY seconds), so a block costs no open or stat of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from onitufs.plug import DriverError
+
+from .connect import Connection
+from .pool import Pool
+from .sftp import DATA, O_READ, READ, Attrs, SftpError, pack_string
+
+AHEAD_BYTES = 8 * 1024 * 1024  # read ahead of the reader, at most
+WINDOW = 16  # read requests in flight
+IDLE_STOP = 10.0  # a stream whose reader stopped reading ends after this long
+MAX_FILES = 16  # files read at once whose read-ahead is kept
+CHECK_EVERY = 1.0
+HANDLES_PER_CONNECTION = 8
+
+Token = Callable[[Attrs], str]
+
+
+class Stream:
+    """Reads one file in order from `start`, ahead of the reader, on its own connection."""
+
+    def __init__(self, reads: Reads, state: FileState, start: int, block: int) -> None:
+        self.reads = reads
+        self.state = state
+        self.block = block
+        self.start = start
+        self.reader_at = start  # the reader's position: nothing below it is kept
+        self.blocks: dict[int, bytes] = {}
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="ssh-read-ahead")
+        self.thread.start()
+
+    def take(self, offset: int, size: int) -> bytes | None:
+        """The block at offset, once read; None if this stream cannot give it."""
+        with self.cond:
+            self.reader_at = offset
+            for at in [at for at in self.blocks if at < offset]:
+                del self.blocks[at]
+            self.cond.notify_all()
+            while offset not in self.blocks and self.error is None and not self.stopped:
+                if not self.cond.wait(60):
+                    return None
+            data = self.blocks.pop(offset, None)
+        if data is None or len(data) != size:
+            return None
+        return data
+
+    def covers(self, offset: int, size: int) -> bool:
+        return size == self.block and offset >= self.start \
+            and (offset - self.start) % self.block == 0 and self.error is None and not self.stopped
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            with self.reads.stream_pool.use() as conn:
+                self._stream(conn)
+        except BaseException as error:
+            with self.cond:
+                self.error = error
+                self.cond.notify_all()
+        finally:
+            with self.reads.lock:
+                self.reads.streams -= 1
+            with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+
+    def _stream(self, conn: Connection) -> None:
+        sftp = conn.sftp
+        handle = self.reads.open_checked(conn, self.state)
+        size = self.state.size or 0
+        issued = self.start
+        flying: collections.deque[tuple[int, int, int]] = collections.deque()
+        parts: list[bytes | memoryview] = []
+        block_at = self.start
+        while True:
+            with self.cond:
+                while not self.stopped and not flying and \
+                        (issued >= size or issued - self.reader_at >= AHEAD_BYTES):
+                    if not self.cond.wait(IDLE_STOP):
+                        self.stopped = True  # the reader went away: free the connection
+                if self.stopped:
+                    break
+                room = issued < size and issued - self.reader_at < AHEAD_BYTES
+            while room and len(flying) < WINDOW:
+                end_of_block = self.start + ((issued - self.start) // self.block + 1) * self.block
+                length = min(sftp.read_limit, end_of_block - issued, size - issued)
+                flying.append((sftp.request(READ, pack_string(handle)
+                                            + struct.pack(">QI", issued, length)), issued, length))
+                issued += length
+                room = issued < size and issued - self.reader_at < AHEAD_BYTES
+            if not flying:
+                continue
+            request_id, at, length = flying.popleft()
+            data: bytes | memoryview = sftp.check(request_id, DATA, "read").view()
+            if len(data) < length:  # short: the rest at once, synchronously
+                data = bytes(data) + sftp.read(handle, at + len(data), length - len(data))
+                if len(data) < length:
+                    raise DriverError(f"{self.state.path.decode(errors='replace')}: "
+                                      "shorter than when it was listed")
+            parts.append(data)
+            if at + length >= min(size, block_at + self.block):
+                whole = b"".join(parts)
+                parts = []
+                with self.cond:
+                    if block_at >= self.reader_at:
+                        self.blocks[block_at] = whole
+                    self.cond.notify_all()
+                block_at += self.block
+        for request_id, _, _ in flying:
+            sftp.discard(request_id)
+        sftp.close_handle(handle)
+
+
+@dataclass
+class FileState:
+    path: bytes
+    revision: str | None
+    stream: Stream | None = None
+    next_offset: int = -1  # where a sequential read goes on
+    size: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Reads:
+    def __init__(self, pool: Pool, stream_pool: Pool, token: Token) -> None:
+        self.pool = pool
+        self.stream_pool = stream_pool  # its size is the most streams at once
+        self.streams = 0
+        self.lock = threading.Lock()
+        self.token = token
+        self._files: collections.OrderedDict[tuple[bytes, str | None], FileState] = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for state in self._files.values():
+                if state.stream is not None:
+                    state.stream.stop()
+            self._files.clear()
+
+    def _state(self, path: bytes, revision: str | None) -> FileState:
+        key = (path, revision)
+        with self._lock:
+            state = self._files.get(key)
+            if state is None:
+                state = self._files[key] = FileState(path, revision)
+                while len(self._files) > MAX_FILES:
+                    _, old = self._files.popitem(last=False)
+                    if old.stream is not None:
+                        old.stream.stop()
+            self._files.move_to_end(key)
+            return state
+
+    def get(self, path: bytes, revision: str | None, offset: int, size: int) -> bytes:
+        state = self._state(path, revision)
+        with state.lock:
+            stream = state.stream
+            sequential = offset in (state.next_offset, 0)
+            state.next_offset = offset + size
+        if stream is not None and stream.covers(offset, size):
+            data = stream.take(offset, size)
+            if data is not None:
+                return data
+        if stream is not None:
+            stream.stop()
+        data = self.fetch(state, offset, size)
+        with state.lock:
+            if state.stream is stream:
+                state.stream = None
+                if sequential and state.size is not None and offset + size < state.size:
+                    with self.lock:
+                        room = self.streams < self.stream_pool.size
+                        self.streams += room
+                    if room:
+                        state.stream = Stream(self, state, offset + size, size)
+        return data
+
+    def fetch(self, state: FileState, offset: int, size: int) -> bytes:
+        with self.pool.use() as conn:
+            handle = self._open(conn, state)
+            return conn.sftp.read(handle, offset, size)
+
+    def open_checked(self, conn: Connection, state: FileState) -> bytes:
+        """A handle of its own on the file, checked to be the version wanted."""
+        try:
+            handle = conn.sftp.open(state.path, O_READ)
+        except SftpError as error:
+            raise DriverError(f"{error}: no longer on the remote") from None
+        attrs = conn.sftp.fstat(handle)
+        if state.revision is not None and self.token(attrs) != state.revision:
+            conn.sftp.close_handle(handle)
+            raise DriverError(f"{state.path.decode(errors='replace')}: changed on the remote "
+                              "since it was indexed")
+        state.size = attrs.size
+        return handle
+
+    def _open(self, conn: Connection, state: FileState) -> bytes:
+        """This connection's handle on the file, checked to be the version wanted."""
+        key = (state.path, state.revision)
+        handles = conn.handles
+        known = handles.get(key)
+        now = time.monotonic()
+        if known is not None and now - known[1] < CHECK_EVERY:
+            return known[0]
+        if known is None:
+            try:
+                handle = conn.sftp.open(state.path, O_READ)
+            except SftpError as error:
+                raise DriverError(f"{error}: no longer on the remote") from None
+        else:
+            handle = known[0]
+        attrs = conn.sftp.fstat(handle)
+        if state.revision is not None and self.token(attrs) != state.revision:
+            handles.pop(key, None)
+            conn.sftp.close_handle(handle)
+            raise DriverError(f"{state.path.decode(errors='replace')}: changed on the remote "
+                              "since it was indexed")
+        state.size = attrs.size
+        handles[key] = (handle, now)
+        handles.move_to_end(key)
+        while len(handles) > HANDLES_PER_CONNECTION:
+            conn.sftp.close_handle(handles.popitem(last=False)[1][0])
+        return handle
+
+    def forget(self, path: bytes) -> None:
+        """Drop the read-ahead of a file that was replaced or removed by us."""
+        with self._lock:
+            for key in [k for k in self._files if k[0] == path]:
+                stream = self._files.pop(key).stream
+                if stream is not None:
+                    stream.stop()

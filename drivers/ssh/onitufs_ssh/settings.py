@@ -1,0 +1,51 @@
+"""The [remotes.NAME] table of an SSH remote, read and checked once into Settings."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+from onitufs.config import ConfigError, Options
+
+KEYS = ("driver", "mode", "host", "port", "user", "path", "identity", "known_hosts",
+        "poll_interval", "connections")
+
+
+@dataclass(frozen=True)
+class Settings:
+    where: str  # the config's name for this table, for messages
+    host: str
+    port: int
+    user: str
+    path: str  # as configured: relative to the login folder, or absolute
+    identity: Path | None  # None: the keys of the running ssh-agent
+    known_hosts: Path
+    poll_interval: float
+    connections: int  # SSH connections for reads (uploads open their own)
+
+    @property
+    def host_name(self) -> str:
+        """The host as known_hosts names it."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def read(options: Options) -> Settings:
+    options.only(*KEYS)
+    port = options.integer("port", 22)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{options.where}.port: expected a port number from 1 to 65535")
+    connections = options.integer("connections", 4)
+    if not 1 <= connections <= 16:
+        raise ConfigError(f"{options.where}.connections: expected 1 to 16")
+    return Settings(
+        where=options.where,
+        host=options.string("host"),
+        port=port,
+        user=options.string("user", getpass.getuser()),
+        path=options.string("path"),
+        identity=options.path("identity") if "identity" in options else None,
+        known_hosts=options.path("known_hosts", "~/.ssh/known_hosts"),
+        poll_interval=options.duration("poll_interval", "30s"),
+        connections=connections,
+    )

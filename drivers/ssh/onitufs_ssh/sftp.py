@@ -1,0 +1,371 @@
+"""A small SFTP version 3 client over one paramiko channel, built for pipelining.
+
+paramiko's own SFTPClient sends reads and writes of 32 KiB and waits on
+most of them; here every request is sent without waiting, responses are
+matched to requests by id, and reads and writes use the largest size the
+server accepts (OpenSSH's limits@openssh.com), so one connection keeps the
+pipe full. A session is not thread-safe: one thread uses it at a time (the
+connection pool in pool.py hands it out).
+
+Server errors raise SftpError (with an errno where the status maps to one);
+a dropped connection raises ConnectionLost.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import paramiko
+
+# packet types
+INIT, VERSION, OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT, SETSTAT, FSETSTAT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+OPENDIR, READDIR, REMOVE, MKDIR, RMDIR, REALPATH, STAT, RENAME, READLINK, SYMLINK = range(11, 21)
+STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 103, 104, 105, 200, 201
+# status codes
+OK, EOF, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE, BAD_MESSAGE, NO_CONNECTION, CONNECTION_LOST, \
+    OP_UNSUPPORTED = range(9)
+# open flags
+O_READ, O_WRITE, O_APPEND, O_CREAT, O_TRUNC, O_EXCL = 1, 2, 4, 8, 0x10, 0x20
+# attribute flags
+A_SIZE, A_UIDGID, A_PERMISSIONS, A_ACMODTIME, A_EXTENDED = 1, 2, 4, 8, 0x80000000
+
+_ERRNO = {NO_SUCH_FILE: errno.ENOENT, PERMISSION_DENIED: errno.EACCES,
+          OP_UNSUPPORTED: errno.EOPNOTSUPP}
+DEFAULT_LIMIT = 32768  # what every server accepts, when it does not say more
+MAX_LIMIT = 255 * 1024
+WINDOW = 64  # requests in flight per session
+
+
+class SftpError(OSError):
+    """The server refused a request."""
+
+
+class ConnectionLost(Exception):
+    """The channel closed under a request."""
+
+
+@dataclass
+class Attrs:
+    size: int | None = None
+    mode: int | None = None  # st_mode, file type bits included
+    mtime: int | None = None  # seconds
+    atime: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+def pack_string(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def pack_attrs(attrs: Attrs) -> bytes:
+    flags, body = 0, b""
+    if attrs.size is not None:
+        flags |= A_SIZE
+        body += struct.pack(">Q", attrs.size)
+    if attrs.mode is not None:
+        flags |= A_PERMISSIONS
+        body += struct.pack(">I", attrs.mode)
+    if attrs.mtime is not None:
+        flags |= A_ACMODTIME
+        body += struct.pack(">II", attrs.atime if attrs.atime is not None else attrs.mtime,
+                            attrs.mtime)
+    return struct.pack(">I", flags) + body
+
+
+class Reader:
+    """Reads the fields of one response."""
+
+    def __init__(self, data: bytes | memoryview, pos: int = 0) -> None:
+        self.data = memoryview(data)
+        self.pos = pos
+
+    def u32(self) -> int:
+        value: int = struct.unpack_from(">I", self.data, self.pos)[0]
+        self.pos += 4
+        return value
+
+    def u64(self) -> int:
+        value: int = struct.unpack_from(">Q", self.data, self.pos)[0]
+        self.pos += 8
+        return value
+
+    def string(self) -> bytes:
+        return bytes(self.view())
+
+    def view(self) -> memoryview:
+        """The next string without copying it."""
+        length = self.u32()
+        value = self.data[self.pos:self.pos + length]
+        self.pos += length
+        return value
+
+    def attrs(self) -> Attrs:
+        flags = self.u32()
+        attrs = Attrs()
+        if flags & A_SIZE:
+            attrs.size = self.u64()
+        if flags & A_UIDGID:
+            attrs.uid, attrs.gid = self.u32(), self.u32()
+        if flags & A_PERMISSIONS:
+            attrs.mode = self.u32()
+        if flags & A_ACMODTIME:
+            attrs.atime, attrs.mtime = self.u32(), self.u32()
+        if flags & A_EXTENDED:
+            for _ in range(self.u32()):
+                self.string()
+                self.string()
+        return attrs
+
+
+class Session:
+    """One SFTP session on its own channel."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self._buffer = bytearray()
+        self._next_id = 1
+        self._waiting: set[int] = set()
+        self._arrived: dict[int, tuple[int, Reader]] = {}
+        self.extensions: dict[bytes, bytes] = {}
+        self._send(INIT, struct.pack(">I", 3))
+        kind, reader = self._read_packet()
+        if kind != VERSION:
+            raise ConnectionLost(f"not an SFTP server (answered type {kind})")
+        reader.u32()
+        while reader.pos < len(reader.data):
+            name = reader.string()
+            self.extensions[name] = reader.string()
+        self.read_limit = self.write_limit = DEFAULT_LIMIT
+        if b"limits@openssh.com" in self.extensions:
+            limits = self._call(EXTENDED, pack_string(b"limits@openssh.com"), EXTENDED_REPLY)
+            limits.u64()
+            read, write = limits.u64(), limits.u64()
+            self.read_limit = min(MAX_LIMIT, read or MAX_LIMIT)
+            self.write_limit = min(MAX_LIMIT, write or MAX_LIMIT)
+
+    def has(self, extension: str) -> bool:
+        return extension.encode() in self.extensions
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # the wire
+
+    def _send(self, kind: int, payload: bytes, data: bytes | memoryview = b"") -> None:
+        try:
+            self.channel.sendall(b"".join((struct.pack(">IB", len(payload) + len(data) + 1, kind),
+                                           payload, data)))
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise ConnectionLost(f"connection lost: {error}") from None
+
+    def _fill(self, wanted: int) -> None:
+        while len(self._buffer) < wanted:
+            try:
+                # all there is: paramiko's buffer copies what stays behind a partial read
+                chunk = self.channel.recv(1 << 30)
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                raise ConnectionLost(f"connection lost: {error}") from None
+            if not chunk:
+                raise ConnectionLost("connection closed by the server")
+            self._buffer += chunk
+
+    def _read_packet(self) -> tuple[int, Reader]:
+        self._fill(4)
+        length = struct.unpack_from(">I", self._buffer)[0]
+        self._fill(4 + length)
+        body = bytes(self._buffer[4:4 + length])
+        del self._buffer[:4 + length]
+        return body[0], Reader(body, 1)
+
+    def request(self, kind: int, payload: bytes, data: bytes | memoryview = b"") -> int:
+        """Send a request (payload, then data) without waiting; returns its id for `response`."""
+        request_id = self._next_id
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+        self._waiting.add(request_id)
+        self._send(kind, struct.pack(">I", request_id) + payload, data)
+        return request_id
+
+    def response(self, request_id: int) -> tuple[int, Reader]:
+        """The answer to one request (answers to others that come first are kept)."""
+        while request_id not in self._arrived:
+            kind, reader = self._read_packet()
+            answered = reader.u32()
+            if answered in self._waiting:
+                self._arrived[answered] = (kind, reader)
+        self._waiting.discard(request_id)
+        return self._arrived.pop(request_id)
+
+    def discard(self, request_id: int) -> None:
+        """Forget a request whose answer no longer matters (it is dropped when it comes)."""
+        self._waiting.discard(request_id)
+        self._arrived.pop(request_id, None)
+
+    def check(self, request_id: int, expected: int, what: str) -> Reader:
+        kind, reader = self.response(request_id)
+        if kind == STATUS:
+            code = reader.u32()
+            message = reader.string().decode("utf-8", "replace")
+            if code == OK and expected == STATUS:
+                return reader
+            if code == EOF and expected == DATA:
+                return Reader(pack_string(b""))
+            error = _ERRNO.get(code)
+            text = f"{what}: {message or 'failed'}"
+            if error is not None:
+                raise SftpError(error, text)
+            raise SftpError(text)
+        if kind != expected:
+            raise ConnectionLost(f"{what}: unexpected answer (type {kind})")
+        return reader
+
+    def _call(self, kind: int, payload: bytes, expected: int, what: str = "sftp") -> Reader:
+        return self.check(self.request(kind, payload), expected, what)
+
+    # operations
+
+    def stat(self, path: bytes) -> Attrs:
+        return self._call(STAT, pack_string(path), ATTRS, path.decode(errors="replace")).attrs()
+
+    def lstat(self, path: bytes) -> Attrs:
+        return self._call(LSTAT, pack_string(path), ATTRS, path.decode(errors="replace")).attrs()
+
+    def fstat(self, handle: bytes) -> Attrs:
+        return self._call(FSTAT, pack_string(handle), ATTRS).attrs()
+
+    def realpath(self, path: bytes) -> bytes:
+        reader = self._call(REALPATH, pack_string(path), NAME, path.decode(errors="replace"))
+        reader.u32()
+        return reader.string()
+
+    def open(self, path: bytes, flags: int, attrs: Attrs | None = None) -> bytes:
+        payload = pack_string(path) + struct.pack(">I", flags) + pack_attrs(attrs or Attrs())
+        return self._call(OPEN, payload, HANDLE, path.decode(errors="replace")).string()
+
+    def close_handle(self, handle: bytes) -> None:
+        self._call(CLOSE, pack_string(handle), STATUS)
+
+    def setstat(self, path: bytes, attrs: Attrs) -> None:
+        self._call(SETSTAT, pack_string(path) + pack_attrs(attrs), STATUS,
+                   path.decode(errors="replace"))
+
+    def fsetstat(self, handle: bytes, attrs: Attrs) -> None:
+        self._call(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS)
+
+    def fsync(self, handle: bytes) -> None:
+        if self.has("fsync@openssh.com"):
+            self._call(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS)
+
+    def remove(self, path: bytes) -> None:
+        self._call(REMOVE, pack_string(path), STATUS, path.decode(errors="replace"))
+
+    def rmdir(self, path: bytes) -> None:
+        self._call(RMDIR, pack_string(path), STATUS, path.decode(errors="replace"))
+
+    def mkdir(self, path: bytes, mode: int) -> None:
+        self._call(MKDIR, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS,
+                   path.decode(errors="replace"))
+
+    def rename(self, old: bytes, new: bytes, replace: bool) -> None:
+        """Rename; with `replace`, atomically over what is at `new` (posix-rename@openssh.com)."""
+        what = new.decode(errors="replace")
+        if replace and self.has("posix-rename@openssh.com"):
+            self._call(EXTENDED, pack_string(b"posix-rename@openssh.com") + pack_string(old)
+                       + pack_string(new), STATUS, what)
+        else:
+            self._call(RENAME, pack_string(old) + pack_string(new), STATUS, what)
+
+    def readlink(self, path: bytes) -> bytes:
+        reader = self._call(READLINK, pack_string(path), NAME, path.decode(errors="replace"))
+        reader.u32()
+        return reader.string()
+
+    def symlink(self, target: bytes, path: bytes) -> None:
+        # OpenSSH takes the target first, against the draft's order; so does every server
+        # that follows it
+        self._call(SYMLINK, pack_string(target) + pack_string(path), STATUS,
+                   path.decode(errors="replace"))
+
+    def listdir(self, path: bytes) -> Iterator[tuple[bytes, Attrs]]:
+        """(name, attributes) of every entry but . and .."""
+        handle = self._call(OPENDIR, pack_string(path), HANDLE, path.decode(errors="replace")).string()
+        try:
+            while True:
+                kind, reader = self.response(self.request(READDIR, pack_string(handle)))
+                if kind == STATUS:
+                    code = reader.u32()
+                    if code == EOF:
+                        return
+                    raise SftpError(_ERRNO.get(code, 0) or None,
+                                    f"{path.decode(errors='replace')}: "
+                                    f"{reader.string().decode(errors='replace')}")
+                if kind != NAME:
+                    raise ConnectionLost(f"readdir: unexpected answer (type {kind})")
+                for _ in range(reader.u32()):
+                    name = reader.string()
+                    reader.string()
+                    attrs = reader.attrs()
+                    if name not in (b".", b".."):
+                        yield name, attrs
+        finally:
+            self.close_handle(handle)
+
+    # bulk data
+
+    def read(self, handle: bytes, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset`, fewer only at the end of the file; requests pipelined."""
+        parts: dict[int, bytes] = {}
+        todo: deque[tuple[int, int]] = deque()
+        position, end = offset, offset + size
+        while position < end:
+            length = min(self.read_limit, end - position)
+            todo.append((position, length))
+            position += length
+        flying: deque[tuple[int, int, int]] = deque()
+        eof_at = end
+        try:
+            while todo or flying:
+                while todo and len(flying) < WINDOW:
+                    at, length = todo.popleft()
+                    if at >= eof_at:
+                        continue
+                    flying.append((self.request(READ, pack_string(handle)
+                                                + struct.pack(">QI", at, length)), at, length))
+                if not flying:
+                    break
+                request_id, at, length = flying.popleft()
+                data = self.check(request_id, DATA, "read").string()
+                if not data:
+                    eof_at = min(eof_at, at)
+                    continue
+                parts[at] = data
+                if len(data) < length:  # a short read: ask again for the rest
+                    todo.appendleft((at + len(data), length - len(data)))
+        finally:
+            for request_id, _, _ in flying:
+                self.discard(request_id)
+        out = bytearray()
+        for at in sorted(parts):
+            if at != offset + len(out) or at >= eof_at:
+                break
+            out += parts[at]
+        return bytes(out[:max(0, eof_at - offset)])
+
+    def write_requests(self, handle: bytes, offset: int, data: bytes | memoryview) -> list[int]:
+        """Send the writes of `data` at `offset` without waiting; the ids to `check`."""
+        view = memoryview(data)
+        ids = []
+        prefix = pack_string(handle)
+        for start in range(0, len(view), self.write_limit):
+            piece = view[start:start + self.write_limit]
+            ids.append(self.request(WRITE, prefix + struct.pack(">QI", offset + start, len(piece)),
+                                    piece))
+        return ids
+
+    def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> None:
+        for request_id in self.write_requests(handle, offset, data):
+            self.check(request_id, STATUS, "write")

@@ -1,0 +1,210 @@
+"""The SSH driver against a real sshd: writes, server-side changes, drops, host keys, agent."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("tests.sshd")
+
+from .conftest import run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
+from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, keygen  # noqa: E402
+
+pytest_plugins = ["tests.sshd"]
+
+
+def test_writes_land_on_the_server(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "docs").mkdir()
+    (mnt / "docs" / "note.txt").write_text("hello over ssh\n")
+    big = os.urandom(5 * 1024 * 1024 + 123)
+    (mnt / "docs" / "big.bin").write_bytes(big)
+    (mnt / "link").symlink_to("docs/note.txt")
+    (mnt / "empty").write_bytes(b"")
+    (mnt / "gone.txt").write_text("soon deleted")
+    cloud.wait_synced()
+    (mnt / "gone.txt").unlink()
+    (mnt / "docs" / "note.txt").rename(mnt / "docs" / "renamed.txt")
+    cloud.wait_synced()
+    wait_for(lambda: snapshot(cloud.remotes["s"]) == snapshot(cloud.remotes["a"]),
+             what="the server to match the local remote")
+    server = cloud.remotes["s"]
+    assert (server / "docs" / "big.bin").read_bytes() == big
+    assert (server / "docs" / "renamed.txt").read_text() == "hello over ssh\n"
+    assert os.readlink(server / "link") == "docs/note.txt"
+    assert not [p for p in server.rglob("*") if p.name.endswith(".onitufs-part")]
+    cloud.umount()
+
+
+def test_server_edits_show_in_the_mount_and_reach_a_local_remote(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    server = cloud.remotes["s"]
+    (server / "old").mkdir()
+    (server / "old" / "kept.txt").write_text("from before the mount")
+    (server / "edit.txt").write_text("first")
+    (server / "drop.txt").write_text("to delete")
+    cloud.mount()
+    mnt = cloud.mountpoint
+    wait_for(lambda: (mnt / "old" / "kept.txt").exists(), what="the server's files in the mount")
+    assert (mnt / "edit.txt").read_text() == "first"
+    (server / "new").mkdir()
+    (server / "new" / "made.txt").write_text("made on the server")
+    (server / "edit.txt").write_text("second, longer")
+    (server / "drop.txt").unlink()
+    (server / "old").rename(server / "moved")
+    os.symlink("new/made.txt", server / "alink")
+    wait_for(lambda: (mnt / "new" / "made.txt").exists() and not (mnt / "drop.txt").exists()
+             and (mnt / "moved" / "kept.txt").exists() and not (mnt / "old").exists()
+             and os.path.islink(mnt / "alink"), what="the server's changes in the mount")
+    assert (mnt / "edit.txt").read_text() == "second, longer"
+    assert (mnt / "moved" / "kept.txt").read_text() == "from before the mount"
+    cloud.wait_synced()
+    wait_for(lambda: snapshot(cloud.remotes["a"]) == snapshot(server),
+             what="the local remote to match the server")
+    cloud.umount()
+    # across a restart: a change made while unmounted is found at the next mount
+    (server / "new" / "made.txt").write_text("changed while unmounted")
+    cloud.mount()
+    wait_for(lambda: (mnt / "new" / "made.txt").read_text() == "changed while unmounted",
+             what="the offline change")
+    cloud.wait_synced()
+    wait_for(lambda: (cloud.remotes["a"] / "new" / "made.txt").read_text()
+             == "changed while unmounted", what="the offline change on the local remote")
+    cloud.umount()
+
+
+def parts(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".onitufs-part")]
+
+
+def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
+    server = cloud.remotes["s"]
+    cloud.mount()
+    content = os.urandom(1024 * 1024) * 160
+    with open(cloud.mountpoint / "big.bin", "wb") as out:
+        out.write(content)
+
+    def partial() -> bool:
+        found = parts(server)
+        return bool(found) and found[0].stat().st_size > 16 * 1024 * 1024
+    wait_for(partial, what="the upload to be under way", timeout=60)
+    sshd.stop()
+    temp = parts(server)[0]
+    stopped_at = temp.stat().st_size
+    assert stopped_at < len(content), "the upload finished before sshd was stopped"
+    wait_for(lambda: not cloud.status()["remotes"][0]["online"], what="the remote to go offline")
+    assert (cloud.mountpoint / "big.bin").stat().st_size == len(content)  # the mount carries on
+    time.sleep(1)
+    sshd.start()
+    cloud.wait_synced(timeout=120)
+    assert (server / "big.bin").read_bytes() == content
+    assert not parts(server)
+    assert "resuming big.bin" in cloud.log
+    assert cloud.status()["remotes"][0]["online"]
+    cloud.umount()
+
+
+def test_an_unknown_host_key_fails_the_mount_of_a_new_remote(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    sshd.known_hosts.write_text("")
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    result = run("mount", cloud.mountpoint, cloud.config, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert f"the host key of {sshd.host_name} is not in {sshd.known_hosts}" in line
+    fingerprint = run_keygen_fingerprint(sshd)
+    assert f"offered ssh-ed25519 {fingerprint}" in line
+    assert f"ssh-keyscan -p {sshd.port} -t ed25519 127.0.0.1 >> {sshd.known_hosts}" in line
+    assert sshd.known_hosts.read_text() == ""  # never accepted by itself
+
+
+def run_keygen_fingerprint(sshd: Sshd) -> str:
+    import subprocess
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", f"{sshd.host_key}.pub"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+def test_a_changed_host_key_takes_a_known_remote_offline(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    (cloud.mountpoint / "before.txt").write_text("uploaded")
+    cloud.wait_synced()
+    cloud.umount()
+    sshd.stop()
+    sshd.new_host_key()  # known_hosts still has the old one
+    sshd.start()
+    cloud.mount()  # a known remote that cannot be reached is offline, not a broken config
+    (cloud.mountpoint / "after.txt").write_text("must not reach an impostor")
+    wait_for(lambda: not cloud.status()["remotes"][1]["online"], what="the remote to go offline")
+    status = cloud.status()["remotes"][1]
+    assert "HOST KEY CHANGED" in status["last_error"]
+    wait_for(lambda: "HOST KEY CHANGED for " + sshd.host_name in cloud.log, what="the log line")
+    line = next(x for x in cloud.log.splitlines() if "HOST KEY CHANGED" in x)
+    assert f"offered ssh-ed25519 {run_keygen_fingerprint(sshd)}" in line
+    assert f"ssh-keygen -R '{sshd.host_name}' -f {sshd.known_hosts}" in line
+    time.sleep(1)
+    assert not (cloud.remotes["s"] / "after.txt").exists()
+    assert (cloud.mountpoint / "after.txt").read_text() == "must not reach an impostor"
+    # accepting the new key the way the line says brings the remote back
+    sshd.trust_host_key()
+    cloud.wait_synced(timeout=60)
+    assert (cloud.remotes["s"] / "after.txt").read_text() == "must not reach an impostor"
+    cloud.umount()
+
+
+def test_a_key_with_a_passphrase_works_through_ssh_agent(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, agent: Agent,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    key = sshd.root / "id_locked"
+    passphrase = "correct horse battery"
+    keygen(key, passphrase)
+    sshd.authorize(key)
+    agent.add(key, passphrase)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(agent.socket))
+    monkeypatch.setenv("HOME", str(sshd.root))  # no default keys to fall back on
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd, identity=None),
+                                         "t": SshRemote(sshd, identity=key)})
+    cloud.mount()
+    (cloud.mountpoint / "via-agent.txt").write_text("signed by the agent")
+    cloud.wait_synced()
+    assert (cloud.remotes["s"] / "via-agent.txt").read_text() == "signed by the agent"
+    assert (cloud.remotes["t"] / "via-agent.txt").read_text() == "signed by the agent"
+    cloud.umount()
+    secret = key.read_text().splitlines()[1]
+    assert passphrase not in cloud.log and secret not in cloud.log
+
+
+def test_an_upload_cut_by_a_crash_resumes_after_the_next_mount(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
+    server = cloud.remotes["s"]
+    cloud.mount()
+    content = os.urandom(1024 * 1024) * 128
+    with open(cloud.mountpoint / "big.bin", "wb") as out:
+        out.write(content)
+
+    def partial() -> bool:
+        found = parts(server)
+        return bool(found) and found[0].stat().st_size > 24 * 1024 * 1024
+    wait_for(partial, what="the upload to be under way", timeout=60)
+    cloud.kill9()
+    assert parts(server) and not (server / "big.bin").exists()
+    cloud.mount()
+    cloud.wait_synced(timeout=120)
+    assert (server / "big.bin").read_bytes() == content
+    if "resuming big.bin" in cloud.log:  # the core found its saved transfer (not always: see
+        # the report of issue #4); then the driver must continue it, not start over
+        assert "starting over" not in cloud.log  # the chunks in flight were read back whole
+        assert not parts(server)
+    cloud.umount()
