@@ -54,6 +54,11 @@ def conflict_name(path: str, remote: str, when: float) -> str:
     return f"{folder}/{new}" if folder else new
 
 
+def entry_of(md: Metadata, rev: int) -> MirrorEntry:
+    """What the remote holds, as it reported it, standing for revision `rev` of ours."""
+    return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key())
+
+
 def same_content(inode: Inode, md: Metadata) -> bool:
     """rsync's quick check: same size and same modification second."""
     return inode.size == md.size and inode.mtime_ns // 10**9 == md.mtime_ns // 10**9
@@ -90,53 +95,50 @@ class RemoteChanges:
             ino = self.index.mirror_ino(rid, md.path, txn)
             if not remote.config.readable:
                 return self._backup_changed(txn, remote, ino, md)
-            if ino is not None:
-                entry = self.index.mirror(rid, ino, txn)[md.path]
-                inode = self.index.get_inode(ino, txn)
-                if self.index.transfer(rid, ino, txn) is not None:
-                    return None  # our own upload landing; it records its token itself
-                if inode is None:
-                    # Deleted in the mount, changed on the remote: the edit wins.
-                    self.index.set_mirror(txn, rid, ino, md.path, None)
-                elif inode.is_symlink and md.kind == "symlink" and md.target is not None \
-                        and encode_path(md.target) != inode.target:
-                    self._retarget(txn, remote, inode, md)
-                    return None
-                elif entry.token == md.revision or inode.is_dir or md.kind != "file" \
-                        or not inode.is_reg:
-                    entry.token, entry.fid = md.revision, md.file_id
-                    self.index.set_mirror(txn, rid, ino, md.path, entry)
-                    return None
-                elif inode.rev == entry.rev and not inode.dirty \
-                        and not self.tree.cache.has_dirty(ino):
-                    new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns,
-                                                    md.mode)
-                    self.index.set_mirror(txn, rid, new.ino, md.path,
-                                          MirrorEntry(new.rev, md.revision, md.file_id, "file",
-                                                      md.attrs_key()))
-                    self.replicator.schedule(txn, new.ino, 0, rid)
-                    return None
-                else:
-                    return inode
-            existing = self.index.resolve(md.path, txn)
-            if existing is None:
-                self._create(txn, remote, md)
-                return None
-            inode = self.tree.inode(existing, txn)
-            if inode.is_dir and md.kind == "dir":
-                self.index.hold(txn, rid, existing, md.path,
-                                MirrorEntry(0, md.revision, md.file_id, "dir", md.attrs_key()))
-                return None
-            if inode.is_reg and md.kind == "file" and same_content(inode, md):
-                self.index.hold(txn, rid, existing, md.path,
-                                MirrorEntry(inode.rev, md.revision, md.file_id, "file", md.attrs_key()))
-                return None
-            if inode.is_symlink and md.kind == "symlink" and md.target is not None \
-                    and encode_path(md.target) == inode.target:
-                self.index.hold(txn, rid, existing, md.path,
-                                MirrorEntry(inode.rev, md.revision, md.file_id, "symlink"))
-                return None
+            if ino is not None and self.index.transfer(rid, ino, txn) is not None:
+                return None  # our own upload landing; it records its token itself
+            inode = self.index.get_inode(ino, txn) if ino is not None else None
+            if inode is not None:
+                return self._changed(txn, remote, inode, md)
+            if ino is not None:  # deleted in the mount, changed on the remote: the edit wins
+                self.index.set_mirror(txn, rid, ino, md.path, None)
+            return self._appeared(txn, remote, md)
+
+    def _changed(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
+                 md: Metadata) -> Inode | None:
+        """What the remote held for us at md.path changed there."""
+        entry = self.index.mirror(remote.rid, inode.ino, txn)[md.path]
+        if inode.is_symlink and md.kind == "symlink" and md.target is not None \
+                and encode_path(md.target) != inode.target:
+            self._retarget(txn, remote, inode, md)
+        elif entry.token == md.revision or not (inode.is_reg and md.kind == "file"):
+            entry.token, entry.fid = md.revision, md.file_id
+            self.index.set_mirror(txn, remote.rid, inode.ino, md.path, entry)
+        elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
+            # It descends from what we have: it becomes the current revision.
+            new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path, entry_of(md, new.rev))
+            self.replicator.schedule(txn, new.ino, 0, remote.rid)
+        else:
             return inode
+        return None
+
+    def _appeared(self, txn: lmdb.Transaction, remote: Remote, md: Metadata) -> Inode | None:
+        """The remote holds something at md.path that it did not hold for us."""
+        existing = self.index.resolve(md.path, txn)
+        if existing is None:
+            self._create(txn, remote, md)
+            return None
+        inode = self.tree.inode(existing, txn)
+        same = (inode.is_dir and md.kind == "dir") \
+            or (inode.is_reg and md.kind == "file" and same_content(inode, md)) \
+            or (inode.is_symlink and md.kind == "symlink" and md.target is not None
+                and encode_path(md.target) == inode.target)
+        if not same:
+            return inode
+        self.index.hold(txn, remote.rid, existing, md.path,
+                        entry_of(md, 0 if inode.is_dir else inode.rev))
+        return None
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
                         md: Metadata) -> Inode | None:
@@ -181,8 +183,7 @@ class RemoteChanges:
         if md.kind == "file" and md.size:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
-        self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
-                        MirrorEntry(inode.rev, md.revision, md.file_id, md.kind, md.attrs_key()))
+        self.index.hold(txn, remote.rid, inode.ino, held_at or md.path, entry_of(md, inode.rev))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -206,8 +207,7 @@ class RemoteChanges:
         """
         if ours.is_reg and md.kind == "file" and same_content(ours, md):
             with self.index.write() as txn:  # the same file, put there by someone else
-                self.index.hold(txn, remote.rid, ours.ino, md.path,
-                                MirrorEntry(ours.rev, md.revision, md.file_id, "file", md.attrs_key()))
+                self.index.hold(txn, remote.rid, ours.ino, md.path, entry_of(md, ours.rev))
             return
         if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
             try:
