@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 ATTR_TIMEOUT = 1.0
+RELATIME_NS = 24 * 3600 * 10**9
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
 SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
@@ -336,6 +337,10 @@ class Filesystem(pyfuse3.Operations):
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self.tree.inode(self._handles[fh].ino)
+        if node.atime_ns <= max(node.mtime_ns, node.ctime_ns) \
+                or now_ns() - node.atime_ns > RELATIME_NS:  # as relatime does on Linux disks
+            node.atime_ns = now_ns()
+            self.index.defer_inode(node)
         try:
             return await self.cache.read(node, off, size)
         except FetchError as error:

@@ -341,3 +341,14 @@ def test_attributes_reach_remotes_that_keep_them(posix: Cloud) -> None:
     folder = posix.remotes["a"] / "folder"
     assert os.getxattr(folder, "user.folder") == b"f"
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o750
+
+
+def test_reading_updates_atime_as_relatime_does(posix: Cloud) -> None:
+    path = posix.mountpoint / "read-me"
+    path.write_bytes(b"x")
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))  # atime older than mtime
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.read(fd, 1)
+    os.close(fd)
+    assert os.stat(path).st_atime_ns > 2_000_000_000
