@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import os
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -43,6 +44,7 @@ HANDLERS = (
     "set_attrs",
 )
 Kind = Literal["file", "dir", "symlink"]
+TEMP_SUFFIX = ".onitufs-part"  # uploads in progress on a remote; listings leave them out
 
 
 @dataclass
@@ -79,6 +81,16 @@ class Metadata:
         parts = [self.kind, str(self.mode), "" if self.kind == "dir" else str(self.mtime_ns)]
         parts += [f"{name}={value.hex()}" for name, value in sorted(self.xattrs.items())]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def upload_path(md: Metadata) -> str:
+    """Where a driver writes an upload until it is complete: beside its target, hidden,
+    named after md.extra["upload"], so that after a crash restart_upload and
+    abort_upload find it."""
+    folder, _, name = md.path.rpartition("/")
+    short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
+    hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
+    return f"{folder}/{hidden}" if folder else hidden
 
 
 class DriverError(Exception):

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from onitufs.config import parse_size
+from onitufs.plug import TEMP_SUFFIX
 
 ONITUFS = [sys.executable, "-m", "onitufs"]
-TEMP_SUFFIX = ".onitufs-part"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ONITUFS, TEMP_SUFFIX, Cloud, MakeCloud, is_mounted, snapshot, wait_for
+from onitufs.plug import TEMP_SUFFIX
+
+from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, snapshot, wait_for
 
 
 def write_tree(root: Path, files: int = 40) -> dict[str, tuple[str, bytes]]:

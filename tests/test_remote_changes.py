@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from onitufs.plug import TEMP_SUFFIX
 from onitufs.remote_changes import bad_path_reason
 
-from .conftest import TEMP_SUFFIX, Cloud, MakeCloud, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
 
 
 def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:

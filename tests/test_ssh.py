@@ -10,7 +10,7 @@ import pytest
 
 pytest.register_assert_rewrite("tests.sshd")
 
-from .conftest import run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
+from .conftest import Cloud, run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
 from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, keygen  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
@@ -83,18 +83,24 @@ def parts(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".onitufs-part")]
 
 
-def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
-    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
-    server = cloud.remotes["s"]
-    cloud.mount()
-    content = os.urandom(1024 * 1024) * 160
+def big_upload_under_way(cloud: Cloud, server: Path, total_mib: int, seen_mib: int) -> bytes:
+    """Write big.bin through the mount; return once seen_mib of it reached the server."""
+    content = os.urandom(1024 * 1024) * total_mib
     with open(cloud.mountpoint / "big.bin", "wb") as out:
         out.write(content)
 
     def partial() -> bool:
         found = parts(server)
-        return bool(found) and found[0].stat().st_size > 16 * 1024 * 1024
+        return bool(found) and found[0].stat().st_size > seen_mib * 1024 * 1024
     wait_for(partial, what="the upload to be under way", timeout=60)
+    return content
+
+
+def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
+    server = cloud.remotes["s"]
+    cloud.mount()
+    content = big_upload_under_way(cloud, server, 160, 16)
     sshd.stop()
     temp = parts(server)[0]
     stopped_at = temp.stat().st_size
@@ -190,14 +196,7 @@ def test_an_upload_cut_by_a_crash_resumes_after_the_next_mount(
     cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
     server = cloud.remotes["s"]
     cloud.mount()
-    content = os.urandom(1024 * 1024) * 128
-    with open(cloud.mountpoint / "big.bin", "wb") as out:
-        out.write(content)
-
-    def partial() -> bool:
-        found = parts(server)
-        return bool(found) and found[0].stat().st_size > 24 * 1024 * 1024
-    wait_for(partial, what="the upload to be under way", timeout=60)
+    content = big_upload_under_way(cloud, server, 128, 24)
     cloud.kill9()
     assert parts(server) and not (server / "big.bin").exists()
     cloud.mount()

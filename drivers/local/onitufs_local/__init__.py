@@ -20,9 +20,16 @@ import threading
 import time
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Conflict, DriverError, Kind, Metadata, Plug, RemoteUnavailable
-
-TEMP_SUFFIX = ".onitufs-part"
+from onitufs.plug import (
+    TEMP_SUFFIX,
+    Conflict,
+    DriverError,
+    Kind,
+    Metadata,
+    Plug,
+    RemoteUnavailable,
+    upload_path,
+)
 
 
 def check(options: Options) -> None:
@@ -81,20 +88,12 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{path}: leads outside {root}")
         return full
 
-    def temp_path(md: Metadata) -> str:
-        """Where this upload is written until it is complete: beside its target, hidden,
-        named after the upload, so that a restart after a crash finds it."""
-        folder, _, name = md.path.rpartition("/")
-        short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
-        hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
-        return f"{folder}/{hidden}" if folder else hidden
-
     def temp(md: Metadata) -> str:
-        return real(temp_path(md))
+        return real(upload_path(md))
 
     def upload_fd(md: Metadata, flags: int = os.O_WRONLY) -> int:
         """The descriptor of this upload's temp file, opened once per upload."""
-        key = temp_path(md)
+        key = upload_path(md)
         with open_uploads_lock:
             fd = open_uploads.get(key)
             if fd is None:
@@ -103,7 +102,7 @@ def start(plug: Plug) -> None:
 
     def close_upload(md: Metadata) -> None:
         with open_uploads_lock:
-            fd = open_uploads.pop(temp_path(md), None)
+            fd = open_uploads.pop(upload_path(md), None)
         if fd is not None:
             os.close(fd)
 

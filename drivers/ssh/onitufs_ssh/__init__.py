@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import stat
 import threading
 import time
@@ -29,10 +28,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Conflict, DriverError, Metadata, Plug, RemoteUnavailable
+from onitufs.plug import Conflict, DriverError, Metadata, Plug, RemoteUnavailable, upload_path
 
 from .connect import ConnectError, Connection, connect
-from .listing import TEMP_SUFFIX, describe, encode, token, walk
+from .listing import describe, encode, token, walk
 from .pool import Pool, lost
 from .reading import Reads
 from .settings import Settings, read
@@ -123,17 +122,9 @@ def start(plug: Plug) -> None:
                 return None
             raise
 
-    def temp_path(md: Metadata) -> str:
-        """Where this upload is written until it is complete: beside its target, hidden,
-        named after the upload, so that a restart after a crash finds it."""
-        folder, _, name = md.path.rpartition("/")
-        short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
-        hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
-        return f"{folder}/{hidden}" if folder else hidden
-
     def upload_of(md: Metadata) -> Upload:
         with uploads_lock:
-            found = uploads.get(temp_path(md))
+            found = uploads.get(upload_path(md))
         if found is None:
             raise DriverError(f"{md.path}: no upload in progress (resume it first)")
         return found
@@ -149,7 +140,7 @@ def start(plug: Plug) -> None:
     @plug.handler()
     @guarded
     def start_upload(md: Metadata) -> None:
-        temp = temp_path(md)
+        temp = upload_path(md)
         with pool.use() as conn:
             target = inside(conn, temp)
         upload = Upload(upload_pool, target)
@@ -161,7 +152,7 @@ def start(plug: Plug) -> None:
     @plug.handler()
     @guarded
     def restart_upload(md: Metadata, offset: int) -> None:
-        temp = temp_path(md)
+        temp = upload_path(md)
         with uploads_lock:
             upload = uploads.get(temp)
         in_memory = upload is not None
@@ -209,14 +200,14 @@ def start(plug: Plug) -> None:
             raise
         upload.close()
         with uploads_lock:
-            uploads.pop(temp_path(md), None)
+            uploads.pop(upload_path(md), None)
         reads.forget(target)
         md.revision, md.file_id = token(now), None
 
     @plug.handler()
     @guarded
     def abort_upload(md: Metadata) -> None:
-        temp = temp_path(md)
+        temp = upload_path(md)
         with uploads_lock:
             upload = uploads.pop(temp, None)
         if upload is not None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import stat
 
-from onitufs.plug import Kind, Metadata
+from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
 
 from .sftp import Attrs, Session
-
-TEMP_SUFFIX = ".onitufs-part"
 
 
 def token(attrs: Attrs) -> str:
