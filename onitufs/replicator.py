@@ -113,8 +113,11 @@ class Replicator:
         for remote in self.writable:
             if remote.rid == source:
                 continue
+            if ino not in self._pending[remote.rid]:
+                # Marked once: the due time kept in the index only orders the queue after
+                # a restart, when an earlier one merely means sooner.
+                self.index.mark(txn, remote.rid, ino, due)
             self._add(remote, ino, due)
-            self.index.mark(txn, remote.rid, ino, due)
 
     def requeue(self, txn: lmdb.Transaction, remote: Remote, ino: int) -> None:
         """Queue an inode again for one remote, which lost or never got it."""
