@@ -29,19 +29,24 @@ BlockKey = tuple[int, int]
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
 # the current revision, checked against the digest where one is known
 Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[bytes]]
-DIRTY_LIMIT = 64 * 1024 * 1024
 
 
 class BlockCache:
-    def __init__(self, index: Index, block_size: int, size_limit: int, fetch: Fetcher,
-                 evictable: Callable[[int], bool]) -> None:
+    def __init__(self, index: Index, block_size: int, size_limit: int, write_buffer: int,
+                 fetch: Fetcher, evictable: Callable[[int], bool]) -> None:
         self.index = index
         self.block_size = block_size
         self.size_limit = size_limit
+        self.write_buffer = write_buffer
         self._fetch = fetch
         self._evictable = evictable
         self._db = index.db["blocks"]
         self._dirty: dict[int, dict[int, bytearray]] = {}  # ino -> block number -> content
+        # Full blocks a worker thread is writing to LMDB while the mount goes on; a block
+        # changed or cut meanwhile is superseded, and the worker leaves it out.
+        self._flying: dict[BlockKey, bytearray] = {}
+        self._superseded: set[BlockKey] = set()
+        self._flight = trio.Lock()
         self._dirty_bytes = 0
         self._lru: collections.OrderedDict[BlockKey, int] = collections.OrderedDict()
         self.stored_bytes = 0
@@ -77,6 +82,8 @@ class BlockCache:
         """Bytes start:end of a block if the cache can answer without a remote."""
         key = (inode.ino, blockno)
         dirty = self._dirty.get(inode.ino, {}).get(blockno)
+        if dirty is None:
+            dirty = self._flying.get(key)
         if dirty is not None:
             return bytes(dirty[start:end])
         with self.index.env.begin(buffers=True) as txn:
@@ -156,9 +163,14 @@ class BlockCache:
 
     def _load(self, ino: int, blockno: int, buffers: dict[int, bytearray]) -> bytearray:
         """A buffer for changing a block, holding what the cache has of it."""
-        with self.index.begin() as txn:
-            stored = txn.get(q(ino) + q(blockno), db=self._db)
-        buffer = bytearray(stored) if stored is not None else bytearray()
+        flying = self._flying.get((ino, blockno))
+        if flying is not None:
+            self._superseded.add((ino, blockno))
+            buffer = bytearray(flying)
+        else:
+            with self.index.begin() as txn:
+                stored = txn.get(q(ino) + q(blockno), db=self._db)
+            buffer = bytearray(stored) if stored is not None else bytearray()
         buffers[blockno] = buffer
         self._dirty_bytes += len(buffer)
         return buffer
@@ -173,6 +185,7 @@ class BlockCache:
         buffers = self._dirty.setdefault(inode.ino, {})
         for blockno in [b for b in buffers if b >= keep_blocks]:
             self._dirty_bytes -= len(buffers.pop(blockno))
+        self._ground(inode.ino, keep_blocks)
         with self.index.write() as txn:
             self._delete_blocks(txn, inode.ino, keep_blocks)
         if new_size % bs:
@@ -187,7 +200,14 @@ class BlockCache:
         """Forget every block of an inode (deleted, or replaced by a remote's revision)."""
         for buffer in self._dirty.pop(ino, {}).values():
             self._dirty_bytes -= len(buffer)
+        self._ground(ino, 0)
         self._delete_blocks(txn, ino, 0)
+
+    def _ground(self, ino: int, from_block: int) -> None:
+        """Blocks of `ino` from `from_block` on are cut: none still flying may land."""
+        for key in [k for k in self._flying if k[0] == ino and k[1] >= from_block]:
+            del self._flying[key]
+            self._superseded.add(key)
 
     def _delete_blocks(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
         for blockno in delete_range(txn, self._db, q(ino), q(from_block)):
@@ -214,10 +234,50 @@ class BlockCache:
         self.index.write_deferred(txn)
 
     def over_dirty_limit(self) -> bool:
-        return self._dirty_bytes > DIRTY_LIMIT
+        return self._dirty_bytes > self.write_buffer
+
+    async def send_full_blocks(self) -> None:
+        """Hand every full buffered block to a worker thread that writes it to LMDB,
+        so that copying into LMDB runs beside the mount instead of holding it up."""
+        async with self._flight:
+            batch = []
+            for ino, buffers in self._dirty.items():
+                for blockno in [b for b, buffer in buffers.items() if len(buffer) == self.block_size]:
+                    buffer = buffers.pop(blockno)
+                    self._dirty_bytes -= len(buffer)
+                    self._flying[(ino, blockno)] = buffer
+                    batch.append(((ino, blockno), buffer))
+            if not batch:  # only pieces of blocks: they go now, with the deferred inodes
+                self.commit()
+                return
+            log.debug("writing %d full blocks from a worker thread", len(batch))
+            written = await trio.to_thread.run_sync(self._write_batch, batch)
+            for key, buffer in batch:
+                if self._flying.get(key) is buffer:
+                    del self._flying[key]
+                self._superseded.discard(key)
+            for key, length in written:
+                self.stored_bytes += length - self._lru.pop(key, 0)
+                self._lru[key] = length
+
+    def _write_batch(self, batch: list[tuple[BlockKey, bytearray]]) -> list[tuple[BlockKey, int]]:
+        """On a worker thread. Holding LMDB's writer lock, it skips what was superseded:
+        the newer content is written after it, or was already."""
+        written = []
+        with self.index.env.begin(write=True) as txn:
+            for key, buffer in batch:
+                if key not in self._superseded:
+                    txn.put(q(key[0]) + q(key[1]), buffer, db=self._db)
+                    written.append((key, len(buffer)))
+        return written
+
+    async def settle(self) -> None:
+        """Until the blocks in flight are in LMDB: before anything is made durable."""
+        async with self._flight:
+            pass
 
     def has_dirty(self, ino: int) -> bool:
-        return bool(self._dirty.get(ino))
+        return bool(self._dirty.get(ino)) or any(key[0] == ino for key in self._flying)
 
     def evict(self) -> int:
         """Drop clean blocks, least recently used first, until the cache fits; returns bytes freed."""

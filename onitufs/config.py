@@ -140,6 +140,7 @@ class Config:
     cache_path: Path
     cache_size: int
     block_size: int
+    write_buffer: int  # written data held in memory before it goes to LMDB
     upload_delay: float
     fsync_replicas: int  # fsync returns once this many remotes hold the revision (0: local)
     remotes: list[RemoteConfig] = field(default_factory=list)
@@ -170,7 +171,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown table or key '{sorted(unknown)[0]}'")
     cache = Options(_table(data, "cache", path), f"{path}: cache", base)
-    cache.only("path", "size", "block_size")
+    cache.only("path", "size", "block_size", "write_buffer")
     sync = Options(_table(data, "sync", path), f"{path}: sync", base)
     sync.only("upload_delay", "fsync")
     block_size = cache.size("block_size", "1 MiB")
@@ -181,6 +182,10 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     if cache_size < 16 * block_size:
         raise ConfigError(f"{path}: cache.size: must hold at least 16 blocks "
                           f"({16 * block_size} bytes)")
+    write_buffer = cache.size("write_buffer", "64 MiB")
+    if write_buffer < 2 * block_size:
+        raise ConfigError(f"{path}: cache.write_buffer: must hold at least 2 blocks "
+                          f"({2 * block_size} bytes)")
     remotes_table = _table(data, "remotes", path)
     if not remotes_table:
         raise ConfigError(f"{path}: no remotes: add at least one [remotes.NAME] table")
@@ -209,6 +214,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         cache_path=cache.path("path", f"~/.cache/onitufs/{path.stem}-{_digest(path)}"),
         cache_size=cache_size,
         block_size=block_size,
+        write_buffer=write_buffer,
         upload_delay=sync.duration("upload_delay", "2s"),
         fsync_replicas=int(match.group(1)) if match else 0,
         remotes=remotes,

@@ -89,7 +89,8 @@ class Mount:
                 self.replicator.fill(remote)
         self.index.set_configured_remotes([remote.name for remote in config.remotes])
         self.cache = BlockCache(self.index, config.block_size, config.cache_size,
-                                self.replicator.fetch, self.replicator.replicated)
+                                config.write_buffer, self.replicator.fetch,
+                                self.replicator.replicated)
         self.replicator.cache = self.cache
         self.tree = Tree(self.index, self.cache, self.replicator.schedule, config.upload_delay)
         self.changes = RemoteChanges(self.tree, self.replicator, self.remotes)
@@ -183,6 +184,7 @@ class Mount:
             for remote in self.remotes:
                 nursery.start_soon(remote.run_driver, self.changes)
             result = await job()
+            await self.cache.settle()
             self.fs.finish()
             complete = await self.replicator.flush()
             for remote in self.remotes:

@@ -183,6 +183,7 @@ class Filesystem(pyfuse3.Operations):
                 self.index.put_inode(txn, node)
                 self.tree.attributes_changed(txn, node)
         if fields.update_size and not self.tree.open_counts.get(inode):
+            await self.cache.settle()
             self.tree.make_revision(inode)
         return self.attributes(node)
 
@@ -362,17 +363,19 @@ class Filesystem(pyfuse3.Operations):
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
         self._last_write[node.ino] = time.monotonic()
         if self.cache.over_dirty_limit():
-            self.cache.commit()
+            await self.cache.send_full_blocks()
             self.cache.evict()
         return len(buf)
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
+        await self.cache.settle()
         self.tree.make_revision(self._handles[fh].ino)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         ino = self._handles[fh].ino
+        await self.cache.settle()
         self.tree.make_revision(ino, delay=0 if self.fsync_replicas else None)
         self.index.sync()
         if self.fsync_replicas:
@@ -397,6 +400,7 @@ class Filesystem(pyfuse3.Operations):
             with self.index.write() as txn:
                 self.tree.purge(txn, node)
         elif node is not None:
+            await self.cache.settle()
             self.tree.make_revision(ino)
             self.cache.evict()
 
@@ -513,6 +517,7 @@ class Filesystem(pyfuse3.Operations):
             for ino, last in list(self._last_write.items()):
                 if now - last > SETTLE_SECONDS:
                     del self._last_write[ino]
+                    await self.cache.settle()
                     self.tree.make_revision(ino)
             self.cache.evict()
 

@@ -88,7 +88,8 @@ class Cloud:
     def write_config(self) -> None:
         s = self.settings
         lines = ["[cache]", 'path = "cache"', f'size = "{s["cache_size"]}"',
-                 f'block_size = "{s["block_size"]}"', "", "[sync]",
+                 f'block_size = "{s["block_size"]}"',
+                 f'write_buffer = "{s.get("write_buffer", "64 MiB")}"', "", "[sync]",
                  f'upload_delay = "{s["upload_delay"]}"', f'fsync = "{s.get("fsync", "local")}"', ""]
         for name, mode in self.modes.items():
             lines += [f"[remotes.{name}]", 'driver = "local"', f'path = "{name}"',

@@ -121,7 +121,10 @@ def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path:
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     steps = int(os.environ.get("ONITUFS_STEPS", 1000))
     print(f"random operations: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
-    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB", cache_size="1 MiB")
+    # A write buffer of two blocks: full blocks go to LMDB from a worker thread all the time,
+    # while the same blocks are read, written again and cut.
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB", cache_size="1 MiB",
+                       write_buffer="128 KiB")
     model = tmp_path / "model"
     model.mkdir()
     cloud.mount()
