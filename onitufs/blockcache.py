@@ -215,8 +215,12 @@ class BlockCache:
 
     def _store(self, txn: lmdb.Transaction, key: BlockKey, data: bytes | bytearray) -> None:
         txn.put(q(key[0]) + q(key[1]), data, db=self._db)
-        self.stored_bytes += len(data) - self._lru.pop(key, 0)
-        self._lru[key] = len(data)
+        self._account(key, len(data))
+
+    def _account(self, key: BlockKey, length: int) -> None:
+        """A block of `length` bytes is now stored under `key`."""
+        self.stored_bytes += length - self._lru.pop(key, 0)
+        self._lru[key] = length
 
     # committing and evicting
 
@@ -252,13 +256,13 @@ class BlockCache:
                 return
             log.debug("writing %d full blocks from a worker thread", len(batch))
             written = await trio.to_thread.run_sync(self._write_batch, batch)
+            for key, length in written:
+                if key not in self._superseded:  # a cut block was deleted after it landed
+                    self._account(key, length)
             for key, buffer in batch:
                 if self._flying.get(key) is buffer:
                     del self._flying[key]
                 self._superseded.discard(key)
-            for key, length in written:
-                self.stored_bytes += length - self._lru.pop(key, 0)
-                self._lru[key] = length
 
     def _write_batch(self, batch: list[tuple[BlockKey, bytearray]]) -> list[tuple[BlockKey, int]]:
         """On a worker thread. Holding LMDB's writer lock, it skips what was superseded:
