@@ -211,14 +211,11 @@ class Index:
         # that comparing a listing with it costs no decoding
         self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
         self._check_schema(block_size)
-
-    @property
-    def cache_id(self) -> str:
-        """A random name for this cache: what it leaves on remotes that others share
-        (temp files of uploads) cannot be mistaken for another machine's."""
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
-        return bytes(raw).decode() if raw is not None else "0"
+        # A random name for this cache: what it leaves on remotes that others share (temp
+        # files of uploads) cannot be mistaken for another machine's.
+        self.cache_id = bytes(raw).decode() if raw is not None else "0"
 
     def close(self) -> None:
         self.env.sync(True)
