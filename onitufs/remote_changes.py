@@ -273,17 +273,16 @@ class RemoteChanges:
             parent = self.index.resolve(path.rpartition("/")[0], txn)
             assert parent is not None
             name = encode_path(path.rpartition("/")[2])
-            unchanged = entry.kind == "dir" or (inode.rev == entry.rev and not inode.dirty)
+            if entry.kind != "dir" and (inode.rev != entry.rev or inode.dirty):
+                self.replicator.requeue(txn, source, ino)  # newer here: it goes back there
+                return
             try:
-                if not unchanged:
-                    raise TreeError(0, "changed here since")
                 if inode.is_dir:
                     self.tree.rmdir(txn, parent, name, source=rid)
                 else:
                     self.tree.unlink(txn, parent, name, source=rid)
             except TreeError:
-                # Newer here, or a folder with new content: it goes back to the remote.
-                self.replicator.requeue(txn, source, ino)
+                self.replicator.requeue(txn, source, ino)  # a folder with new content here
                 return
             self.tree.kernel.entry_changed(parent, name)
 
