@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,34 @@ def big_upload_under_way(cloud: Cloud, server: Path, total_mib: int, seen_mib: i
         return bool(found) and found[0].stat().st_size > seen_mib * 1024 * 1024
     wait_for(partial, what="the upload to be under way", timeout=60)
     return content
+
+
+def test_blocks_read_out_of_order_while_reading_ahead(make_ssh_cloud: MakeSshCloud,
+                                                     sshd: Sshd) -> None:
+    """A block asked for after the read-ahead passed it is read at once: it once waited
+    for the read-ahead to give up (seconds per block), and the kernel's own read-ahead
+    asks for blocks out of order all the time."""
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)})
+    mib = 1024 * 1024
+    content = os.urandom(12 * mib)
+    (cloud.remotes["s"] / "big.bin").write_bytes(content)
+    cloud.mount()
+    path = cloud.mountpoint / "big.bin"
+    wait_for(path.exists, what="the server's file in the mount")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # only what is asked for
+        assert os.pread(fd, mib, 0) == content[:mib]  # starts the read-ahead at block 1
+        assert os.pread(fd, mib, 3 * mib) == content[3 * mib:4 * mib]  # passes blocks 1, 2
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(os.pread(fd, mib, mib)))
+        reader.start()
+        reader.join(timeout=8)  # the read-ahead used to give up after 10s
+        assert not reader.is_alive(), "the block behind the read-ahead was not read"
+        assert got == [content[mib:2 * mib]]
+    finally:
+        os.close(fd)
+    cloud.umount()
 
 
 def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:

@@ -43,7 +43,9 @@ class Stream:
         self.state = state
         self.block = block
         self.start = start
-        self.reader_at = start  # the reader's position: nothing below it is kept
+        self.reader_at = start  # the lowest block still wanted: nothing below it is kept
+        self.wanted: collections.Counter[int] = collections.Counter()  # blocks being waited for
+        self.next_block = start  # the next block the stream will finish
         self.blocks: dict[int, bytes] = {}
         self.error: BaseException | None = None
         self.stopped = False
@@ -54,14 +56,23 @@ class Stream:
     def take(self, offset: int, size: int) -> bytes | None:
         """The block at offset, once read; None if this stream cannot give it."""
         with self.cond:
-            self.reader_at = offset
-            for at in [at for at in self.blocks if at < offset]:
+            # Blocks can be asked for at once by several threads (the kernel reads ahead
+            # too): none may drop a block that another still waits for.
+            self.wanted[offset] += 1
+            self.reader_at = min(self.wanted)
+            for at in [at for at in self.blocks if at < self.reader_at]:
                 del self.blocks[at]
             self.cond.notify_all()
-            while offset not in self.blocks and self.error is None and not self.stopped:
-                if not self.cond.wait(60):
-                    return None
-            data = self.blocks.pop(offset, None)
+            try:
+                while offset not in self.blocks and offset >= self.next_block \
+                        and self.error is None and not self.stopped:
+                    if not self.cond.wait(60):
+                        return None
+                data = self.blocks.pop(offset, None)  # None: passed and dropped before
+            finally:
+                self.wanted[offset] -= 1
+                if not self.wanted[offset]:
+                    del self.wanted[offset]
         if data is None or len(data) != size:
             return None
         return data
@@ -130,8 +141,9 @@ class Stream:
                 with self.cond:
                     if block_at >= self.reader_at:
                         self.blocks[block_at] = whole
+                    block_at += self.block
+                    self.next_block = block_at
                     self.cond.notify_all()
-                block_at += self.block
         for request_id, _, _ in flying:
             sftp.discard(request_id)
         sftp.close_handle(handle)
