@@ -275,6 +275,8 @@ def start(plug: Plug) -> None:
             now = conn.sftp.lstat(path)
         md.revision, md.file_id = token(now), None
 
+    for warming in (pool, upload_pool, reads.stream_pool):
+        warming.warm(1)
     plug.ready()
     try:
         poll(plug, settings, root)

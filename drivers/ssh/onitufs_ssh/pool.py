@@ -86,6 +86,21 @@ class Pool:
             self._down_until = 0.0
         return conn
 
+    def warm(self, count: int) -> None:
+        """Open up to `count` connections in the background: a login takes a sizeable part of
+        a second, which the first transfers should not wait for."""
+        threading.Thread(target=self._warm, args=(count,), daemon=True, name="ssh-warm").start()
+
+    def _warm(self, count: int) -> None:
+        opened = []
+        try:
+            for _ in range(count):
+                opened.append(self.get())
+        except (RemoteUnavailable, DriverError):
+            pass  # the server is away: connections open on demand once it is back
+        for conn in opened:
+            self.put(conn)
+
     def put(self, conn: Connection, broken: bool = False) -> None:
         with self._cond:
             if broken or self._closed or not conn.alive():
