@@ -97,6 +97,28 @@ def big_upload_under_way(cloud: Cloud, server: Path, total_mib: int, seen_mib: i
     return content
 
 
+def test_chmod_and_times_reach_the_server_without_an_upload(make_ssh_cloud: MakeSshCloud,
+                                                             sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    mnt, server = cloud.mountpoint, cloud.remotes["s"]
+    (mnt / "tool.sh").write_text("#!/bin/sh\necho hi\n")
+    (mnt / "tool.sh").chmod(0o640)
+    cloud.wait_synced()
+    uploaded = (server / "tool.sh").stat()
+    assert uploaded.st_mode & 0o7777 == 0o640
+    (mnt / "tool.sh").chmod(0o750)
+    os.utime(mnt / "tool.sh", (1_500_000_000, 1_500_000_000))
+    cloud.wait_synced()
+    wait_for(lambda: (server / "tool.sh").stat().st_mode & 0o7777 == 0o750,
+             what="the new mode on the server")
+    now = (server / "tool.sh").stat()
+    assert now.st_mtime == 1_500_000_000
+    assert now.st_ino == uploaded.st_ino, "the file was uploaded again, not changed in place"
+    assert (server / "tool.sh").read_text() == "#!/bin/sh\necho hi\n"
+    cloud.umount()
+
+
 def test_blocks_read_out_of_order_while_reading_ahead(make_ssh_cloud: MakeSshCloud,
                                                      sshd: Sshd) -> None:
     """A block asked for after the read-ahead passed it is read at once: it once waited

@@ -264,6 +264,25 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     @guarded
+    def set_attrs(md: Metadata) -> None:
+        # SFTP keeps the mode and whole-second times; extended attributes stay in the mount
+        with pool.use() as conn:
+            path = inside(conn, md.path)
+            there = lstat(conn, path)
+            if there is None:
+                raise DriverError(f"{md.path}: no longer on the remote")
+            if md.kind == "file" and token(there) != md.revision:
+                raise DriverError(f"{md.path}: changed on the remote; its attributes are left "
+                                  "alone")
+            attrs = Attrs(mode=md.mode & 0o7777)
+            if md.kind == "file":
+                attrs.mtime = md.mtime_ns // 10**9
+            conn.sftp.setstat(path, attrs)
+            now = conn.sftp.lstat(path)
+        md.revision, md.file_id = token(now), None
+
+    @plug.handler()
+    @guarded
     def make_symlink(md: Metadata) -> None:
         target = encode(md.target or "")
         with pool.use() as conn:
