@@ -178,7 +178,8 @@ class Session:
         self._fill(4)
         length = struct.unpack_from(">I", self._buffer)[0]
         self._fill(4 + length)
-        body = bytes(self._buffer[4:4 + length])
+        with memoryview(self._buffer) as view:  # one copy: a slice of the bytearray is another
+            body = bytes(view[4:4 + length])
         del self._buffer[:4 + length]
         return body[0], Reader(body, 1)
 
