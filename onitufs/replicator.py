@@ -14,6 +14,7 @@ upload cut by a crash resumes with restart_upload where it stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import heapq
@@ -23,6 +24,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import lmdb
 import trio
@@ -33,6 +35,7 @@ from .plug import Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PER_REMOTE_TASKS = 4
 STALL_SECONDS = 60.0
 # The replicator yields to the user: while the mount is busy, new transfers wait, for
@@ -68,11 +71,20 @@ def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None
 
 
 def hash_chunk(chunk: bytes, whole: hashlib._Hash | None, block: bool) -> bytes | None:
-    """Feed the whole-file hash, and return the chunk's own SHA-256 if asked (on a worker
-    thread: hashlib lets go of the GIL)."""
+    """Feed the whole-file hash, and return the chunk's own SHA-256 if asked."""
     if whole is not None:
         whole.update(chunk)
     return hashlib.sha256(chunk).digest() if block else None
+
+
+# Uploads hash each chunk here while the driver sends it (hashlib lets go of the GIL); one
+# thread, so the chunks of one upload feed its whole-file hash in order.
+_HASHER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onitufs-hash")
+
+
+async def settled(future: concurrent.futures.Future[T]) -> T:
+    """A future's result, waiting on a worker thread only if it is not ready yet."""
+    return future.result() if future.done() else await trio.to_thread.run_sync(future.result)
 
 
 def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
@@ -415,8 +427,9 @@ class Replicator:
                 break
             blockno = offset // self.block_size  # chunks are whole blocks
             known = self.index.block_hash(inode.ino, blockno, rev) is not None
-            digest = await trio.to_thread.run_sync(hash_chunk, chunk, whole, not known)
+            hashing = _HASHER.submit(hash_chunk, chunk, whole, not known)
             await remote.call("upload_chunk", md, offset, chunk)
+            digest = await settled(hashing)
             offset += len(chunk)
             remote.health.bytes_sent += len(chunk)
             remote.health.last_progress = time.monotonic()
