@@ -15,7 +15,6 @@ and only blocks of files whose current revision every writable remote holds.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -27,8 +26,8 @@ from .index import FLAG_COMPLETE, Index, Inode, delete_range, q, scan, unq
 log = logging.getLogger(__name__)
 BlockKey = tuple[int, int]
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
-# the current revision, checked against the digest where one is known
-Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[bytes]]
+# the current revision, checked against the digest where one is known, and their SHA-256
+Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[tuple[bytes, bytes]]]
 
 
 class BlockCache:
@@ -115,13 +114,12 @@ class BlockCache:
             if not length:
                 return b""
             expected = self.index.block_hash(inode.ino, blockno, rev)
-            data = await self._fetch(inode, offset, length, expected)
+            data, digest = await self._fetch(inode, offset, length, expected)
             if inode.rev == rev and not inode.complete and not self.has_dirty(inode.ino):
                 with self.index.write() as txn:
                     self._store(txn, key, data)
                     if expected is None:  # first seen: later fetches are checked against it
-                        self.index.set_block_hash(txn, inode.ino, blockno, rev,
-                                                  hashlib.sha256(data).digest())
+                        self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
             return data
         finally:
             del self._fetching[key]

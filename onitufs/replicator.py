@@ -70,11 +70,15 @@ def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None
                     xattrs=xattrs or {})
 
 
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 def hash_chunk(chunk: bytes, whole: hashlib._Hash | None, block: bool) -> bytes | None:
     """Feed the whole-file hash, and return the chunk's own SHA-256 if asked."""
     if whole is not None:
         whole.update(chunk)
-    return hashlib.sha256(chunk).digest() if block else None
+    return sha256(chunk) if block else None
 
 
 # Uploads hash each chunk here while the driver sends it (hashlib lets go of the GIL); one
@@ -488,8 +492,10 @@ class Replicator:
         found.sort(key=lambda item: (not item[0].health.online, item[0].health.failures))
         return found
 
-    async def fetch(self, inode: Inode, offset: int, size: int, expected: bytes | None) -> bytes:
-        """Bytes of the current revision from the first replica that has them right."""
+    async def fetch(self, inode: Inode, offset: int, size: int,
+                    expected: bytes | None) -> tuple[bytes, bytes]:
+        """Bytes of the current revision from the first replica that has them right, and
+        their SHA-256."""
         errors = []
         for remote, path, entry in self.holders(inode):
             md = metadata_for(inode, path)
@@ -501,12 +507,15 @@ class Replicator:
                 continue
             if len(data) != size:
                 errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
-            elif expected is not None and hashlib.sha256(data).digest() != expected:
+                continue
+            # off the event loop, which serves the mount meanwhile
+            digest = await trio.to_thread.run_sync(sha256, data)
+            if expected is not None and digest != expected:
                 errors.append(f"{remote.name}: damaged copy")
                 self.mark_damaged(remote, inode, path, f"the block at byte {offset} does not "
                                   "match its SHA-256")
             else:
-                return data
+                return data, digest
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
 
     def mark_damaged(self, remote: Remote, inode: Inode, path: str, why: str) -> None:
