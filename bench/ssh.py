@@ -10,29 +10,85 @@ sshfs and for onitufs with that server as its only remote:
   until the server holds it whole (the driver renames it into place after
   fsync@openssh.com; the server's folder is watched, not the mount).
 
-Each figure is the best of ROUNDS. Everything lives in one temporary
+Each figure is the best of ROUNDS. Beside the speed, the CPU time each side
+spent per GiB (user + system, from /proc): the filesystem's own processes
+(sshfs and its ssh; the onitufs daemon) and the server's (sshd and
+sftp-server). On a machine with few cores, CPU time is what caps the speed. Everything lives in one temporary
 folder, removed at the end with every mount and process, also after an error.
 `python -m bench.ssh` runs it alone; `python -m bench` runs it after the rest.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sshd import Sshd
+from tests.sshd import Sshd, descendants
 
 from .targets import TargetError, lazy_unmount, make_workdir, mounted, remove_workdir, wait_gone
 from .workloads import MIB, drop_page_cache
 
 ROUNDS = 2
 BAR = 1.0
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Phase:
+    seconds: float
+    client_cpu: float  # CPU seconds of the filesystem's processes
+    server_cpu: float  # of sshd and sftp-server
+
+
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    ticks = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def measure(client: Callable[[], list[int]], server: Sshd, action: Callable[[], float]) -> Phase:
+    """Run `action` (it returns the seconds it timed) and count the CPU time both sides used."""
+    assert server.process is not None
+    sessions = server.process.pid
+    before = cpu_ticks(client() + descendants(sessions))
+    seconds = action()
+    after = cpu_ticks(client()), cpu_ticks(descendants(sessions))
+    client_cpu, server_cpu = (sum(now - before.get(pid, 0) for pid, now in side.items()) / TICK
+                              for side in after)
+    return Phase(seconds, client_cpu, server_cpu)
+
+
+def sshfs_processes(mnt: Path, port: int) -> list[int]:
+    """The sshfs serving `mnt` and its ssh (which, sshfs having gone to the background,
+    is no child of it: it is known by the server's port)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (argv[0] == b"sshfs" and str(mnt).encode() in argv) \
+                    or (argv[0] == b"ssh" and f"-oPort={port}".encode() in argv):
+                found.append(int(entry.name))
+    if len(found) != 2:
+        raise TargetError(f"expected sshfs and its ssh for {mnt}, found {len(found)} processes")
+    return found
 
 
 def write_file(path: Path, block: bytes, size_mib: int, fsync: bool) -> float:
@@ -75,15 +131,17 @@ def make_source(path: Path, size_mib: int) -> str:
 
 
 def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: bytes,
-                name: str, digest: str) -> tuple[float, float]:
+                name: str, digest: str) -> tuple[Phase, Phase]:
     subprocess.run(["sshfs", "-p", str(server.port), "-o",
                     f"IdentityFile={server.user_key},UserKnownHostsFile={server.known_hosts},"
                     "StrictHostKeyChecking=yes,BatchMode=yes",
                     f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
                    capture_output=True, timeout=60)
     try:
-        read = read_file(mnt / name, digest)
-        upload = write_file(mnt / f"up-sshfs-{name}", block, size_mib, fsync=True)
+        client = functools.partial(sshfs_processes, mnt, server.port)
+        read = measure(client, server, lambda: read_file(mnt / name, digest))
+        upload = measure(client, server, lambda: write_file(mnt / f"up-sshfs-{name}", block,
+                                                             size_mib, fsync=True))
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
         lazy_unmount(mnt)
@@ -95,8 +153,19 @@ def onitufs(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           text=True, check=False, timeout=3600)
 
 
+def wait_for_upload(target: Path, size: int) -> float:
+    start = time.perf_counter()
+    # Watched on the server, not through the mount, so that watching costs the daemon
+    # nothing: the driver renames the upload into place once it is whole and fsynced.
+    while not (target.exists() and target.stat().st_size == size):
+        if time.perf_counter() - start > 600:
+            raise TargetError("onitufs: the upload did not finish in 600s")
+        time.sleep(0.005)
+    return time.perf_counter() - start
+
+
 def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: bytes,
-                  name: str, digest: str) -> tuple[float, float, float]:
+                  name: str, digest: str) -> tuple[Phase, Phase, float]:
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     config = work / "onitufs.toml"
@@ -113,17 +182,11 @@ def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: 
             if time.monotonic() > deadline:
                 raise TargetError("onitufs: the server's file did not show in the mount")
             time.sleep(0.05)
-        read = read_file(mnt / name, digest)
+        read = measure(lambda: [pid], server, lambda: read_file(mnt / name, digest))
         target = folder / f"up-onitufs-{name}"
         write = write_file(mnt / target.name, block, size_mib, fsync=False)
-        start = time.perf_counter()
-        # Watched on the server, not through the mount, so that watching costs the daemon
-        # nothing: the driver renames the upload into place once it is whole and fsynced.
-        while not (target.exists() and target.stat().st_size == size_mib * MIB):
-            if time.perf_counter() - start > 600:
-                raise TargetError("onitufs: the upload did not finish in 600s")
-            time.sleep(0.005)
-        upload = time.perf_counter() - start
+        upload = measure(lambda: [pid], server,
+                         lambda: wait_for_upload(target, size_mib * MIB))
     finally:
         result = onitufs("umount", mnt)
         lazy_unmount(mnt)
@@ -143,6 +206,8 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
     (work / "onitufs").mkdir()
     block = os.urandom(MIB)
     best: dict[str, list[float]] = {"sshfs": [0.0, 0.0, 0.0], "onitufs": [0.0, 0.0, 0.0]}
+    # the least CPU seconds per GiB seen, [client, server], for the read and the upload
+    cpu = {who: [[math.inf, math.inf], [math.inf, math.inf]] for who in best}
     try:
         server.start()
         for round_no in range(ROUNDS):
@@ -158,11 +223,15 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
                                                         size_mib, block, name, digest)
                     best[who][2] = max(best[who][2], size_mib / write)
                     note = f" (the writes into the mount before: {size_mib / write:.1f} MiB/s)"
-                print(f"  ssh {who:8} round {round_no + 1}: cold read {size_mib / read:7.1f} MiB/s,"
-                      f" upload {size_mib / upload:7.1f} MiB/s{note}", file=sys.stderr, flush=True)
-                figures = best[who]
-                figures[0] = max(figures[0], size_mib / read)
-                figures[1] = max(figures[1], size_mib / upload)
+                print(f"  ssh {who:8} round {round_no + 1}: cold read "
+                      f"{size_mib / read.seconds:7.1f} MiB/s, upload "
+                      f"{size_mib / upload.seconds:7.1f} MiB/s{note}", file=sys.stderr, flush=True)
+                for i, phase in enumerate((read, upload)):
+                    best[who][i] = max(best[who][i], size_mib / phase.seconds)
+                    per_gib = 1024 / size_mib
+                    least = cpu[who][i]
+                    least[0] = min(least[0], phase.client_cpu * per_gib)
+                    least[1] = min(least[1], phase.server_cpu * per_gib)
                 for path in folder.iterdir():
                     path.unlink()
     finally:
@@ -182,6 +251,11 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
         lines.append(f"{label:28}{'MiB/s':>6}{sshfs:10.1f}{ours:10.1f}{ratio:8.2f}")
     lines.append(f"{'  onitufs: writes into the mount':34}{'-':>10}{best['onitufs'][2]:10.1f}"
                  "   (local cache; the upload above starts at the close)")
+    lines.append("CPU seconds per GiB, the filesystem's processes / the server's, least of "
+                 f"{ROUNDS}:")
+    for i, label in enumerate(("cold read", "upload")):
+        lines.append(f"  {label:10}" + "".join(
+            f"  {who} {cpu[who][i][0]:.2f} / {cpu[who][i][1]:.2f}" for who in cpu))
     lines.append(f"bars (onitufs/sshfs >= {BAR:.1f}): " + "; ".join(met))
     return lines
 
