@@ -405,11 +405,19 @@ class Replicator:
             offset = saved.offset
             log.info("remote %s: resuming %s at byte %d", remote.name, path, offset)
             try:
-                await remote.call("restart_upload", md, offset)
+                resumed = await remote.call("restart_upload", md, offset)
             except CallFailed as error:
                 if not isinstance(error.__cause__, RemoteUnavailable):
                     await self._abort(remote, inode, saved)  # start over next time
                 raise
+            if resumed is not None and resumed != offset:
+                if not (isinstance(resumed, int) and 0 <= resumed < offset
+                        and resumed % self.block_size == 0):
+                    await self._abort(remote, inode, saved)
+                    raise Retry()  # not a place a transfer can go on from: start over
+                log.info("remote %s: %s holds the first %d bytes whole: going on from there",
+                         remote.name, path, resumed)
+                offset = resumed
         else:
             if saved is not None:
                 await self._abort(remote, inode, saved)
