@@ -36,7 +36,7 @@ from .pool import Pool, lost
 from .reading import Reads
 from .settings import Settings, read
 from .sftp import Attrs, SftpError
-from .uploads import Upload
+from .uploads import LANES, Upload
 
 log = logging.getLogger(__name__)
 UPLOAD_CONNECTIONS = 8
@@ -143,7 +143,7 @@ def start(plug: Plug) -> None:
         temp = upload_path(md)
         with pool.use() as conn:
             target = inside(conn, temp)
-        upload = Upload(upload_pool, target)
+        upload = Upload(upload_pool, target, md.size)
         upload.create()
         with uploads_lock:
             uploads[temp] = upload
@@ -151,18 +151,19 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     @guarded
-    def restart_upload(md: Metadata, offset: int) -> None:
+    def restart_upload(md: Metadata, offset: int) -> int:
         temp = upload_path(md)
         with uploads_lock:
             upload = uploads.get(temp)
         in_memory = upload is not None
         if upload is None:
             with pool.use() as conn:
-                upload = Upload(upload_pool, full(conn, temp))
+                upload = Upload(upload_pool, full(conn, temp), md.size)
             with uploads_lock:
                 uploads[temp] = upload
-        upload.resume(offset, md.extra, in_memory)
+        resumed = upload.resume(offset, md.extra, in_memory)
         md.extra.update(upload.saved_state())
+        return resumed
 
     @plug.handler()
     @guarded
@@ -294,8 +295,9 @@ def start(plug: Plug) -> None:
             now = conn.sftp.lstat(path)
         md.revision, md.file_id = token(now), None
 
-    for warming in (pool, upload_pool, reads.stream_pool):
-        warming.warm(1)
+    pool.warm(1)
+    upload_pool.warm(LANES)
+    reads.stream_pool.warm(1)
     plug.ready()
     try:
         poll(plug, settings, root)

@@ -48,6 +48,18 @@ class Pool:
         self.last_host_key_error: str | None = None
 
     def get(self) -> Connection:
+        conn = self._take(wait=True)
+        assert conn is not None
+        return conn
+
+    def try_get(self) -> Connection | None:
+        """A connection if one is idle or can be opened now, without waiting for a busy one."""
+        try:
+            return self._take(wait=False)
+        except RemoteUnavailable:
+            return None
+
+    def _take(self, wait: bool) -> Connection | None:
         deadline = time.monotonic() + WAIT_FOR_CONNECTION
         with self._cond:
             while True:
@@ -64,6 +76,8 @@ class Pool:
                         raise RemoteUnavailable(self._down_reason)
                     self._count += 1
                     break
+                if not wait:
+                    return None
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise DriverError("every SSH connection stayed busy for "
                                       f"{WAIT_FOR_CONNECTION:.0f}s")

@@ -1,17 +1,21 @@
 """Uploads into a temporary file, written in the background so the core never waits on the wire.
 
-upload_chunk hands its chunk to the upload's sender thread and returns; the
-sender keeps several chunks in flight on the upload's own connection and
-collects the server's acknowledgements. At most HELD_LIMIT bytes wait or
-fly at once; end_upload waits for the last acknowledgement.
+upload_chunk hands its chunk to the upload and returns; sender threads keep
+several chunks in flight and collect the server's acknowledgements. A large
+upload is written over LANES connections at once, each sender taking the
+next chunk not yet sent: one SSH channel carries only what the server's
+window allows per round trip (OpenSSH: 2 MiB), which caps a single
+connection on a long link. At most HELD_LIMIT bytes wait or fly at once;
+end_upload waits for the last acknowledgement.
 
 What the core saves after each chunk (md.extra) says how far the server has
-acknowledged ("acked") and, for the chunks still in flight, where they go
-and their CRC-32 ("unconfirmed"). A connection that drops keeps those
-chunks in memory, and restart_upload writes them again. After a crash the
-memory is gone: restart_upload then reads the unconfirmed chunks back from
-the temporary file and resumes only if every one of them arrived whole;
-otherwise it raises DriverError, and the core starts the upload over.
+acknowledged every byte ("acked") and, for the chunks not yet acknowledged,
+where they go and their CRC-32 ("unconfirmed"). A connection that drops
+keeps those chunks in memory, and restart_upload writes them again. After a
+crash the memory is gone: restart_upload then reads the unconfirmed chunks
+back from the temporary file and resumes after the last of them that
+follows, whole, on what was acknowledged (possibly before the offset the
+core saved: it then sends again from there).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +32,12 @@ from onitufs.plug import DriverError, RemoteUnavailable
 
 from .connect import Connection
 from .pool import Pool, lost
-from .sftp import O_CREAT, O_TRUNC, O_WRITE, STATUS, Attrs, SftpError
+from .sftp import O_CREAT, O_READ, O_TRUNC, O_WRITE, STATUS, Attrs, SftpError
 
 HELD_LIMIT = 16 * 1024 * 1024  # bytes queued or unacknowledged per upload
-IN_FLIGHT = 4  # chunks sent and not yet acknowledged, at most
+IN_FLIGHT = 4  # chunks sent and not yet acknowledged, per connection
+LANES = 2  # connections a large upload writes over at once
+SPLIT_FROM = 8 * 1024 * 1024  # uploads smaller than this use one connection
 
 
 def digest(data: bytes) -> int:
@@ -40,12 +46,12 @@ def digest(data: bytes) -> int:
     return zlib.crc32(data)
 
 
-@dataclass
+@dataclass(eq=False)
 class Chunk:
     offset: int
     data: bytes
     digest: int
-    ids: list[int] | None = None  # the write requests, once sent
+    taken: bool = False  # by a sender, which sends it and collects its acknowledgement
 
     @property
     def end(self) -> int:
@@ -54,19 +60,22 @@ class Chunk:
 
 @dataclass
 class Upload:
-    """One upload's connection, open temporary file and chunks not yet acknowledged."""
+    """One upload: its main connection and open temporary file, the chunks not yet
+    acknowledged, and the threads that send them."""
 
     pool: Pool
     temp: bytes  # the temporary file's full path on the server
-    conn: Connection | None = None
+    size: int  # of the whole upload
+    conn: Connection | None = None  # the main connection: end_upload finishes on it
     handle: bytes | None = None
-    held: collections.deque[Chunk] = field(default_factory=collections.deque)
+    held: collections.deque[Chunk] = field(default_factory=collections.deque)  # by offset
+    queued_end: int = 0  # where the last chunk queued ends
     acked: int = 0  # every byte below this is on the server
     error: str | None = None
     error_lost: bool = False  # the error was the connection's (not a refused write)
-    last_used: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition)
-    _sender: threading.Thread | None = None
+    _senders: list[threading.Thread] = field(default_factory=list)
+    _helper_conns: list[Connection] = field(default_factory=list)  # of the other lanes
     _stop: bool = False
 
     # the calling threads (one at a time: the core calls one transfer's handlers in order)
@@ -82,22 +91,24 @@ class Upload:
 
     def send(self, offset: int, data: bytes) -> None:
         """Queue a chunk; returns at once unless HELD_LIMIT bytes are held already."""
-        self.last_used = time.monotonic()
         chunk = Chunk(offset, data, digest(data))
         with self.cond:
             while self.error is None and self.held and \
                     sum(len(c.data) for c in self.held) + len(data) > HELD_LIMIT:
                 self.cond.wait()
             self._raise_error()
-            if self.conn is None:
+            if self.conn is None or self.handle is None:
                 raise DriverError("the upload is not open (resume it first)")
             self.held.append(chunk)
+            self.queued_end = chunk.end
             self.cond.notify_all()
-            if self._sender is None:
+            if not self._senders:
                 self._stop = False
-                self._sender = threading.Thread(target=self._send_loop, daemon=True,
-                                                name="ssh-upload")
-                self._sender.start()
+                conn, handle = self.conn, self.handle
+                self._start_sender(lambda: self._send_loop(conn, handle))
+                if self.size >= SPLIT_FROM:
+                    for _ in range(LANES - 1):
+                        self._start_sender(self._helper)
 
     def saved_state(self) -> dict[str, Any]:
         """What md.extra must hold for a resume after a crash."""
@@ -111,18 +122,19 @@ class Upload:
             while self.error is None and self.held:
                 self.cond.wait()
             self._raise_error()
-        self._stop_sender()
+        self._stop_senders()
 
-    def resume(self, offset: int, saved: dict[str, Any], in_memory: bool) -> None:
-        """Make the temporary file hold exactly the first `offset` bytes of the upload."""
-        self._stop_sender()
-        self.last_used = time.monotonic()
+    def resume(self, offset: int, saved: dict[str, Any], in_memory: bool) -> int:
+        """Make the temporary file hold exactly the first `offset` bytes of the upload, or
+        fewer where a chunk before `offset` did not arrive whole; returns how many."""
+        self._stop_senders()
         if self.conn is not None and (self.error_lost or not self.conn.alive()):
             self._release(True)
         if self.conn is None:
             self.conn = self.pool.get()
             try:
-                self.handle = self.conn.sftp.open(self.temp, O_WRITE)
+                # readable too: after a crash the chunks not confirmed are read back
+                self.handle = self.conn.sftp.open(self.temp, O_READ | O_WRITE)
             except SftpError as error:
                 self._release(False)
                 raise DriverError(f"the partial upload is gone ({error})") from None
@@ -139,30 +151,31 @@ class Upload:
                         sftp.write(self.handle, chunk.offset, chunk.data)
                         covered = max(covered, chunk.end)
             else:
-                covered = int(saved.get("acked", 0))
                 size = sftp.fstat(self.handle).size or 0
+                covered = min(int(saved.get("acked", 0)), size)
                 for at, length, expected in saved.get("unconfirmed", []):
                     if at > covered or at + length > offset or at + length > size:
                         break
                     if digest(sftp.read(self.handle, at, length)) != expected:
                         break
                     covered = max(covered, at + length)
-            if covered < offset:
-                raise DriverError(f"the partial upload holds {covered} bytes, not {offset}: "
-                                  "starting over")
-            sftp.fsetstat(self.handle, Attrs(size=offset))
+            # chunks are written over several connections: one may have landed whole
+            # while one before it did not; the core sends again from the first gap
+            resumed = min(covered, offset)
+            sftp.fsetstat(self.handle, Attrs(size=resumed))
         except BaseException as error:
             if lost(error):
                 self._release(True)
             raise
         with self.cond:
             self.held.clear()
-            self.acked = offset
+            self.acked = self.queued_end = resumed
             self.error, self.error_lost = None, False
+        return resumed
 
     def close(self) -> None:
         """Close the temporary file (once flushed) and give the connection back."""
-        self._stop_sender()
+        self._stop_senders()
         if self.conn is not None and self.handle is not None:
             with contextlib.suppress(SftpError):
                 self.conn.sftp.close_handle(self.handle)
@@ -170,17 +183,20 @@ class Upload:
 
     def drop_connection(self) -> None:
         """The connection failed under the caller: let it go, keep the upload's state."""
-        self._stop_sender()
+        self._stop_senders()
         self._release(True)
 
     def drop(self) -> None:
-        """Forget the upload at once (abort): the connection is closed, not reused."""
+        """Forget the upload at once (abort): its connections are closed, not reused."""
         with self.cond:
             self._stop = True
             self.held.clear()
             self.cond.notify_all()
+            helpers = list(self._helper_conns)
+        for conn in helpers:
+            conn.close()  # a sender waiting on the server wakes up
         self._release(True)
-        self._stop_sender()
+        self._stop_senders()
 
     def _raise_error(self) -> None:
         if self.error is not None:
@@ -191,48 +207,77 @@ class Upload:
         if conn is not None:
             self.pool.put(conn, broken)
 
-    def _stop_sender(self) -> None:
+    def _start_sender(self, target: Callable[[], object]) -> None:
+        sender = threading.Thread(target=target, daemon=True, name="ssh-upload")
+        self._senders.append(sender)
+        sender.start()
+
+    def _stop_senders(self) -> None:
         with self.cond:
-            sender, self._sender = self._sender, None
+            senders, self._senders = self._senders, []
             self._stop = True
             self.cond.notify_all()
-        if sender is not None:
+        for sender in senders:
             sender.join()
 
-    # the sender thread
+    # the sender threads
 
-    def _send_loop(self) -> None:
-        conn, handle = self.conn, self.handle
-        assert conn is not None and handle is not None
-        flying: collections.deque[Chunk] = collections.deque()
+    def _helper(self) -> None:
+        """A further lane: a connection of its own, if one is free at once."""
+        conn = self.pool.try_get()
+        if conn is None:
+            return
+        with self.cond:
+            self._helper_conns.append(conn)
+        broken = True
+        try:
+            handle = conn.sftp.open(self.temp, O_WRITE)
+            broken = self._send_loop(conn, handle)
+            if not broken:
+                conn.sftp.close_handle(handle)
+        except Exception as error:  # the file could not be opened or closed: the main lane goes on
+            broken = lost(error)
+        finally:
+            with self.cond:
+                self._helper_conns.remove(conn)
+            self.pool.put(conn, broken)
+
+    def _send_loop(self, conn: Connection, handle: bytes) -> bool:
+        """Send chunks no other sender took and collect their acknowledgements, until
+        stopped or failed; True if the connection was lost."""
+        flying: collections.deque[tuple[Chunk, list[int]]] = collections.deque()  # and its requests
         try:
             while True:
                 with self.cond:
-                    while not self._stop and not flying and all(c.ids for c in self.held):
+                    while not self._stop and self.error is None and not flying \
+                            and all(c.taken for c in self.held):
                         self.cond.wait()
-                    if self._stop and not flying:
-                        return
-                    unsent = next((c for c in self.held if c.ids is None), None)
-                    if self._stop:
-                        unsent = None
-                if unsent is not None and len(flying) < IN_FLIGHT:
-                    unsent.ids = conn.sftp.write_requests(handle, unsent.offset, unsent.data)
-                    flying.append(unsent)
+                    if (self._stop or self.error is not None) and not flying:
+                        return False
+                    unsent = None
+                    if not self._stop and self.error is None and len(flying) < IN_FLIGHT:
+                        unsent = next((c for c in self.held if not c.taken), None)
+                        if unsent is not None:
+                            unsent.taken = True
+                if unsent is not None:
+                    flying.append((unsent, conn.sftp.write_requests(handle, unsent.offset,
+                                                                     unsent.data)))
                     continue
-                done = flying.popleft()
-                assert done.ids is not None
-                for request_id in done.ids:
+                done, requests = flying.popleft()
+                for request_id in requests:
                     conn.sftp.check(request_id, STATUS, "write")
                 with self.cond:
-                    if self.held and self.held[0] is done:
-                        self.held.popleft()
-                        self.acked = max(self.acked, done.end)
+                    if done in self.held:
+                        self.held.remove(done)
+                    self.acked = self.held[0].offset if self.held else self.queued_end
                     self.cond.notify_all()
         except Exception as error:
             with self.cond:
                 for chunk in self.held:
-                    chunk.ids = None
-                self.error_lost = lost(error)
-                self.error = f"connection lost during the upload: {error}" if self.error_lost \
-                    else f"the server refused a write: {error}"
+                    chunk.taken = False
+                if self.error is None:
+                    self.error_lost = lost(error)
+                    self.error = f"connection lost during the upload: {error}" \
+                        if self.error_lost else f"the server refused a write: {error}"
                 self.cond.notify_all()
+            return lost(error)
