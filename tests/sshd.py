@@ -202,6 +202,7 @@ class SshRemote:
     server: Sshd
     mode: str = "rw"
     identity: Path | bool | None = True  # True: the server's user key; None: the agent's keys
+    upload_connections: int | None = None  # None: the driver's choice
 
 
 class SshCloud(Cloud):
@@ -222,6 +223,8 @@ class SshCloud(Cloud):
         for name, remote in self.ssh.items():
             lines += remote.server.remote(name, self.root / name, remote.mode,
                                           self.settings["poll_interval"], remote.identity)
+            if remote.upload_connections is not None:
+                lines.insert(-1, f"upload_connections = {remote.upload_connections}")
         with self.config.open("a") as config:
             config.write("\n" + "\n".join(lines))
 

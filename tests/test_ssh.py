@@ -244,12 +244,15 @@ def test_a_key_with_a_passphrase_works_through_ssh_agent(
 
 def test_an_upload_cut_by_a_crash_resumes_after_the_next_mount(
         make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
-    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
+    # over two connections, so that a later chunk may land whole before an earlier one
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd, upload_connections=2)},
+                           cache_size="512 MiB")
     server = cloud.remotes["s"]
     cloud.mount()
     content = big_upload_under_way(cloud, server, 128, 24)
     cloud.kill9()
     assert parts(server) and not (server / "big.bin").exists()
+    assert "written over a further connection too" in cloud.log
     cloud.mount()
     cloud.wait_synced(timeout=120)
     assert (server / "big.bin").read_bytes() == content

@@ -3,9 +3,10 @@
 Config keys: ``host`` (required), ``port`` (22), ``user`` (the local user),
 ``path`` (required: relative to the login folder, or absolute),
 ``identity`` (a key file; default: the keys of the running ssh-agent),
-``known_hosts`` ("~/.ssh/known_hosts"), ``poll_interval`` ("30s") and
+``known_hosts`` ("~/.ssh/known_hosts"), ``poll_interval`` ("30s"),
 ``connections`` (4: SSH connections for reads; each running upload opens
-its own).
+its own) and ``upload_connections`` (1 to 4 per upload of 8 MiB or more;
+default: 2 on a link with a round trip of 10 ms or more, else 1).
 
 The server's host key must be in known_hosts (see connect.py). Uploads go
 to a hidden temporary file beside the target, written in the background
@@ -36,7 +37,7 @@ from .pool import Pool, lost
 from .reading import Reads
 from .settings import Settings, read
 from .sftp import Attrs, SftpError
-from .uploads import LANES, Upload
+from .uploads import Upload
 
 log = logging.getLogger(__name__)
 UPLOAD_CONNECTIONS = 8
@@ -143,7 +144,7 @@ def start(plug: Plug) -> None:
         temp = upload_path(md)
         with pool.use() as conn:
             target = inside(conn, temp)
-        upload = Upload(upload_pool, target, md.size)
+        upload = Upload(upload_pool, target, md.size, settings.upload_connections)
         upload.create()
         with uploads_lock:
             uploads[temp] = upload
@@ -158,7 +159,8 @@ def start(plug: Plug) -> None:
         in_memory = upload is not None
         if upload is None:
             with pool.use() as conn:
-                upload = Upload(upload_pool, full(conn, temp), md.size)
+                upload = Upload(upload_pool, full(conn, temp), md.size,
+                                settings.upload_connections)
             with uploads_lock:
                 uploads[temp] = upload
         resumed = upload.resume(offset, md.extra, in_memory)
@@ -296,7 +298,7 @@ def start(plug: Plug) -> None:
         md.revision, md.file_id = token(now), None
 
     pool.warm(1)
-    upload_pool.warm(LANES)
+    upload_pool.warm(1)
     reads.stream_pool.warm(1)
     plug.ready()
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from onitufs.config import ConfigError, Options
 
 KEYS = ("driver", "mode", "host", "port", "user", "path", "identity", "known_hosts",
-        "poll_interval", "connections")
+        "poll_interval", "connections", "upload_connections")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Settings:
     known_hosts: Path
     poll_interval: float
     connections: int  # SSH connections for reads (uploads open their own)
+    upload_connections: int | None  # per large upload; None: as the link's round trip says
 
     @property
     def host_name(self) -> str:
@@ -38,6 +39,11 @@ def read(options: Options) -> Settings:
     connections = options.integer("connections", 4)
     if not 1 <= connections <= 16:
         raise ConfigError(f"{options.where}.connections: expected 1 to 16")
+    upload_connections = None  # left out: chosen per upload from the link's round trip
+    if "upload_connections" in options:
+        upload_connections = options.integer("upload_connections")
+        if not 1 <= upload_connections <= 4:
+            raise ConfigError(f"{options.where}.upload_connections: expected 1 to 4")
     return Settings(
         where=options.where,
         host=options.string("host"),
@@ -48,4 +54,5 @@ def read(options: Options) -> Settings:
         known_hosts=options.path("known_hosts", "~/.ssh/known_hosts"),
         poll_interval=options.duration("poll_interval", "30s"),
         connections=connections,
+        upload_connections=upload_connections,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import struct
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ class Session:
             name = reader.string()
             self.extensions[name] = reader.string()
         self.read_limit = self.write_limit = DEFAULT_LIMIT
+        started = time.monotonic()
+        self.realpath(b".")
+        self.round_trip = time.monotonic() - started  # seconds, for one small request
         if b"limits@openssh.com" in self.extensions:
             limits = self._call(EXTENDED, pack_string(b"limits@openssh.com"), EXTENDED_REPLY)
             limits.u64()
