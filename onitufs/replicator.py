@@ -286,6 +286,10 @@ class Replicator:
             for path in stale:
                 await self._delete(remote, ino, path, have[path])
             if inode is None:
+                with self.index.begin() as txn:
+                    cut = self.index.transfer(remote.rid, ino, txn)
+                if cut is not None:  # an upload of it was cut short: leave nothing of it there,
+                    await self._abort(remote, ino, cut)  # where it may keep a folder from going
                 return
             for path in wanted:
                 entry = have.get(path)
@@ -408,19 +412,19 @@ class Replicator:
                 resumed = await remote.call("restart_upload", md, offset)
             except CallFailed as error:
                 if not isinstance(error.__cause__, RemoteUnavailable):
-                    await self._abort(remote, inode, saved)  # start over next time
+                    await self._abort(remote, inode.ino, saved)  # start over next time
                 raise
             if resumed is not None and resumed != offset:
                 if not (isinstance(resumed, int) and 0 <= resumed < offset
                         and resumed % self.block_size == 0):
-                    await self._abort(remote, inode, saved)
+                    await self._abort(remote, inode.ino, saved)
                     raise Retry()  # not a place a transfer can go on from: start over
                 log.info("remote %s: %s holds the first %d bytes whole: going on from there",
                          remote.name, path, resumed)
                 offset = resumed
         else:
             if saved is not None:
-                await self._abort(remote, inode, saved)
+                await self._abort(remote, inode.ino, saved)
             offset = 0
             # Saved before the remote sees anything, with a name for the upload that drivers
             # use for their temp file: after a crash, restart_upload or abort_upload finds it.
@@ -432,7 +436,7 @@ class Replicator:
         whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH else None
         while offset < md.size:
             if inode.rev != rev or inode.dirty:
-                await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
+                await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
                 raise Retry()
             chunk = await self.cache.read(inode, offset, self.block_size)
             if not chunk:
@@ -455,12 +459,12 @@ class Replicator:
             await remote.call("end_upload", md)
         except CallFailed as error:
             if isinstance(error.__cause__, Conflict):
-                await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
+                await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
                 await self.on_conflict(remote, error.__cause__.current, inode)
                 raise Retry() from None
             if not isinstance(error.__cause__, RemoteUnavailable):
                 with contextlib.suppress(CallFailed):  # leave no partial upload behind
-                    await self._abort(remote, inode, Transfer(rev, path, offset, md.extra))
+                    await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
             raise
         remote.touch(path)
         remote.health.done += 1
@@ -472,13 +476,11 @@ class Replicator:
                 inode.sha256 = whole.digest()
                 self.index.put_inode(txn, inode)
 
-    async def _abort(self, remote: Remote, inode: Inode, transfer: Transfer) -> None:
-        md = metadata_for(inode, transfer.path)
-        md.extra = transfer.extra
+    async def _abort(self, remote: Remote, ino: int, transfer: Transfer) -> None:
         if remote.has("abort_upload"):
-            await remote.call("abort_upload", md)
+            await remote.call("abort_upload", Metadata(path=transfer.path, extra=transfer.extra))
         with self.index.write() as txn:
-            self.index.set_transfer(txn, remote.rid, inode.ino, None)
+            self.index.set_transfer(txn, remote.rid, ino, None)
 
     def _save_transfer(self, remote: Remote, ino: int, transfer: Transfer) -> None:
         with self.index.write() as txn:
