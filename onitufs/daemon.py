@@ -103,15 +103,8 @@ class Mount:
 
     def recover(self) -> None:
         """Finish what a crash interrupted: orphaned inodes go, unsaved revisions are made."""
-        with self.index.begin() as txn:
-            inodes = list(self.index.all_inodes(txn))
-        orphans = [inode for inode in inodes if inode.nlink == 0]
-        if orphans:
-            with self.index.write() as txn:
-                for inode in orphans:
-                    self.tree.purge(txn, inode)
-        for inode in inodes:
-            if inode.nlink and inode.dirty:
+        for inode in self.tree.purge_orphans():
+            if inode.dirty:
                 log.info("inode %d changed before a crash: making its revision", inode.ino)
                 self.tree.make_revision(inode.ino, delay=0)
 

@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -144,12 +144,31 @@ class Filesystem(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if name == b".":
-            return self.attributes(self.tree.inode(parent_inode))
+            return self._entry(self.tree.inode(parent_inode))
         if name == b"..":
             with self.index.begin() as txn:
                 names = self.index.names_of(parent_inode, txn)
-            return self.attributes(self.tree.inode(names[0][0] if names else ROOT_INO))
-        return self.attributes(self.tree.child(parent_inode, name))
+            return self._entry(self.tree.inode(names[0][0] if names else ROOT_INO))
+        return self._entry(self.tree.child(parent_inode, name))
+
+    def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """The attributes of an inode handed to the kernel, which counts it until forget."""
+        self.tree.lookups[node.ino] = self.tree.lookups.get(node.ino, 0) + 1
+        return self.attributes(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            left = self.tree.lookups.pop(ino, 0) - count
+            if left > 0:
+                self.tree.lookups[ino] = left
+                continue
+            try:
+                node = self.index.get_inode(ino)
+                if node is not None and node.nlink == 0 and not self.tree.in_use(ino):
+                    with self.index.write() as txn:
+                        self.tree.purge(txn, node)
+            except lmdb.Error as error:  # forget has no reply: the next mount purges it
+                log.error("cannot drop unlinked inode %d: %s", ino, error)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
@@ -219,18 +238,18 @@ class Filesystem(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = await self._make(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx)
-        return self.attributes(node)
+        return self._entry(node)
 
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.attributes(await self._make(parent_inode, name, mode, ctx, rdev=rdev))
+        return self._entry(await self._make(parent_inode, name, mode, ctx, rdev=rdev))
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = await self._make(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target)
-        return self.attributes(node)
+        return self._entry(node)
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -245,7 +264,7 @@ class Filesystem(pyfuse3.Operations):
         node = self.tree.inode(inode)
         with self.index.write() as txn:
             self.tree.link(txn, node, new_parent_inode, new_name)
-        return self.attributes(node)
+        return self._entry(node)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes,
@@ -297,6 +316,8 @@ class Filesystem(pyfuse3.Operations):
                 continue
             if not pyfuse3.readdir_reply(token, name, self.attributes(node), position + 1):
                 break
+            if name not in (b".", b".."):  # the kernel counts the others as looked up
+                self.tree.lookups[ino] = self.tree.lookups.get(ino, 0) + 1
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -333,7 +354,7 @@ class Filesystem(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = await self._make(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
-        return self._open(node.ino, flags), self.attributes(node)
+        return self._open(node.ino, flags), self._entry(node)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -396,9 +417,10 @@ class Filesystem(pyfuse3.Operations):
             del self.tree.open_counts[ino]
             self._last_write.pop(ino, None)
         node = self.index.get_inode(ino)
-        if node is not None and node.nlink == 0 and not remaining:
-            with self.index.write() as txn:
-                self.tree.purge(txn, node)
+        if node is not None and node.nlink == 0:
+            if not self.tree.in_use(ino):
+                with self.index.write() as txn:
+                    self.tree.purge(txn, node)
         elif node is not None:
             await self.cache.settle()
             self.tree.make_revision(ino)
@@ -530,5 +552,7 @@ class Filesystem(pyfuse3.Operations):
         self.cache.commit()
         for ino in list(self.tree.open_counts):
             self.tree.make_revision(ino, delay=0)
+        self.tree.lookups.clear()
+        self.tree.purge_orphans()  # unlinked inodes the kernel knew until now
         self.index.sync()
 

@@ -57,6 +57,14 @@ class Tree:
         self.upload_delay = upload_delay
         self.kernel = KernelNotifier()
         self.open_counts: dict[int, int] = {}
+        # How many times the kernel was handed each inode and has not forgotten it. An inode
+        # whose last name went stays until then: a name the kernel cached may still lead to it
+        # (a remote's newer version took the name, and the kernel has not been told yet).
+        self.lookups: dict[int, int] = {}
+
+    def in_use(self, ino: int) -> bool:
+        """Whether an open handle or the kernel still refers to the inode."""
+        return bool(self.open_counts.get(ino) or self.lookups.get(ino))
 
     def inode(self, ino: int, txn: lmdb.Transaction | None = None) -> Inode:
         inode = self.index.get_inode(ino, txn)
@@ -125,13 +133,25 @@ class Tree:
         inode.ctime_ns = stamp
         self._touch_dir(txn, parent_inode, stamp)
         self.schedule(txn, inode.ino, self.upload_delay, source)
-        if inode.nlink == 0 and not self.open_counts.get(inode.ino):
+        if inode.nlink == 0 and not self.in_use(inode.ino):
             self.purge(txn, inode)
         else:
             self.index.put_inode(txn, inode)
 
+    def purge_orphans(self) -> list[Inode]:
+        """Purge every inode with no name left (when the kernel holds none: before the mount
+        or after it); returns the inodes that remain."""
+        with self.index.begin() as txn:
+            inodes = list(self.index.all_inodes(txn))
+        orphans = [inode for inode in inodes if inode.nlink == 0]
+        if orphans:
+            with self.index.write() as txn:
+                for inode in orphans:
+                    self.purge(txn, inode)
+        return [inode for inode in inodes if inode.nlink]
+
     def purge(self, txn: lmdb.Transaction, inode: Inode) -> None:
-        """Forget an inode that has no name and no open handle left."""
+        """Forget an inode that has no name left and that nothing refers to."""
         self.cache.drop(txn, inode.ino)
         self.index.delete_inode(txn, inode.ino)
 
@@ -293,7 +313,7 @@ class Tree:
         self.index.copy_xattrs(txn, inode.ino, new.ino)
         inode.nlink -= 1
         inode.ctime_ns = new.ctime_ns
-        if inode.nlink == 0 and not self.open_counts.get(inode.ino):
+        if inode.nlink == 0 and not self.in_use(inode.ino):
             self.purge(txn, inode)
         else:
             self.index.put_inode(txn, inode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -282,3 +283,30 @@ def test_hostile_names_from_a_remote_are_refused() -> None:
         assert bad_path_reason(path) is not None, path
     for path in ["ok", "a/b/c", "spaces are fine", "caf\udce9", "n" * 255, "..hidden", "a..b"]:
         assert bad_path_reason(path) is None, path
+
+
+def test_a_name_never_vanishes_while_a_remote_replaces_its_file(cloud: Cloud) -> None:
+    """A remote's newer version takes the name as a new inode; the kernel may still hold the
+    old one under that name until it is told, and reaching it must give the old version
+    (the other remotes hold it), not fail with ENOENT."""
+    a = cloud.remotes["a"]
+    mnt = cloud.mountpoint
+    (a / "hot.txt").write_bytes(b"version 0")
+    failures: list[str] = []
+    for version in range(1, 16):
+        before = f"version {version - 1}".encode()
+        wait_for(functools.partial(everywhere, cloud, "hot.txt", before),
+                 what=f"version {version - 1}")
+        content = f"version {version}".encode()
+        (a / "hot.txt").write_bytes(content)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if (mnt / "hot.txt").read_bytes() == content:
+                    break
+            except FileNotFoundError as error:
+                failures.append(f"version {version}: {error}")
+                break
+        else:
+            failures.append(f"version {version} never showed")
+    assert not failures
