@@ -142,15 +142,19 @@ class Session:
             name = reader.string()
             self.extensions[name] = reader.string()
         self.read_limit = self.write_limit = DEFAULT_LIMIT
-        started = time.monotonic()
-        self.realpath(b".")
-        self.round_trip = time.monotonic() - started  # seconds, for one small request
+        self.round_trip = min(self._time_round_trip() for _ in range(3))  # a busy moment inflates one
         if b"limits@openssh.com" in self.extensions:
             limits = self._call(EXTENDED, pack_string(b"limits@openssh.com"), EXTENDED_REPLY)
             limits.u64()
             read, write = limits.u64(), limits.u64()
             self.read_limit = min(MAX_LIMIT, read or MAX_LIMIT)
             self.write_limit = min(MAX_LIMIT, write or MAX_LIMIT)
+
+    def _time_round_trip(self) -> float:
+        """Seconds for one small request to be answered."""
+        started = time.monotonic()
+        self.realpath(b".")
+        return time.monotonic() - started
 
     def has(self, extension: str) -> bool:
         return extension.encode() in self.extensions
