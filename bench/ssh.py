@@ -13,8 +13,11 @@ sshfs and for onitufs with that server as its only remote:
 Each figure is the best of ROUNDS. Beside the speed, the CPU time each side
 spent per GiB (user + system, from /proc): the filesystem's own processes
 (sshfs and its ssh; the onitufs daemon) and the server's (sshd and
-sftp-server). On a machine with few cores, CPU time is what caps the speed. Everything lives in one temporary
-folder, removed at the end with every mount and process, also after an error.
+sftp-server). On a machine with few cores, CPU time is what caps the speed.
+Then both once more through a proxy that makes the round trip LONG_LINK
+(delay.py), where what a connection may leave unacknowledged caps it.
+Everything lives in one temporary folder, removed at the end with every
+mount and process, also after an error.
 `python -m bench.ssh` runs it alone; `python -m bench` runs it after the rest.
 """
 
@@ -35,11 +38,14 @@ from pathlib import Path
 
 from tests.sshd import Sshd, descendants
 
+from .delay import DelayProxy
 from .targets import TargetError, lazy_unmount, make_workdir, mounted, remove_workdir, wait_gone
 from .workloads import MIB, drop_page_cache
 
 ROUNDS = 2
 BAR = 1.0
+LONG_LINK = 0.05  # seconds of round trip through the proxy
+LONG_LINK_MIB = 64
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -131,14 +137,15 @@ def make_source(path: Path, size_mib: int) -> str:
 
 
 def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: bytes,
-                name: str, digest: str) -> tuple[Phase, Phase]:
-    subprocess.run(["sshfs", "-p", str(server.port), "-o",
-                    f"IdentityFile={server.user_key},UserKnownHostsFile={server.known_hosts},"
+                name: str, digest: str, port: int) -> tuple[Phase, Phase]:
+    known_hosts = server.known_hosts if port == server.port else server.known_hosts_for(port)
+    subprocess.run(["sshfs", "-p", str(port), "-o",
+                    f"IdentityFile={server.user_key},UserKnownHostsFile={known_hosts},"
                     "StrictHostKeyChecking=yes,BatchMode=yes",
                     f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
                    capture_output=True, timeout=60)
     try:
-        client = functools.partial(sshfs_processes, mnt, server.port)
+        client = functools.partial(sshfs_processes, mnt, port)
         read = measure(client, server, lambda: read_file(mnt / name, digest))
         upload = measure(client, server, lambda: write_file(mnt / f"up-sshfs-{name}", block,
                                                              size_mib, fsync=True))
@@ -165,13 +172,14 @@ def wait_for_upload(target: Path, size: int) -> float:
 
 
 def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: bytes,
-                  name: str, digest: str) -> tuple[Phase, Phase, float]:
+                  name: str, digest: str, port: int) -> tuple[Phase, Phase, float]:
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     config = work / "onitufs.toml"
     config.write_text("\n".join([
         "[cache]", f'path = "{work / "cache"}"', f'size = "{max(1024, 4 * size_mib)} MiB"', "",
-        "[sync]", 'upload_delay = "0.1s"', "", *server.remote("server", folder, poll_interval="1s")]))
+        "[sync]", 'upload_delay = "0.1s"', "",
+        *server.remote("server", folder, poll_interval="1s", port=port)]))
     result = onitufs("mount", mnt, config)
     if result.returncode != 0:
         raise TargetError(f"onitufs mount failed: {result.stderr.strip()}")
@@ -195,6 +203,56 @@ def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: 
     return read, upload, write
 
 
+@dataclass
+class Results:
+    """Best MiB/s [read, upload, writes into the mount] and least CPU seconds per GiB
+    [[client, server] for the read, for the upload], per filesystem."""
+
+    speed: dict[str, list[float]]
+    cpu: dict[str, list[list[float]]]
+
+
+def compare(server: Sshd, folder: Path, work: Path, size_mib: int, rounds: int, port: int,
+            where: str) -> Results:
+    """Both filesystems, `rounds` times, each against the server through `port`."""
+    block = os.urandom(MIB)
+    results = Results({who: [0.0, 0.0, 0.0] for who in ("sshfs", "onitufs")},
+                      {who: [[math.inf] * 2, [math.inf] * 2] for who in ("sshfs", "onitufs")})
+    for round_no in range(rounds):
+        for who in results.speed:
+            name = f"cold-{who}-{round_no}.bin"
+            digest = make_source(folder / name, size_mib)
+            note = ""
+            if who == "sshfs":
+                read, upload = sshfs_round(server, folder, work / "sshfs", size_mib, block, name,
+                                           digest, port)
+            else:
+                read, upload, write = onitufs_round(server, folder, work / "onitufs", size_mib,
+                                                    block, name, digest, port)
+                results.speed[who][2] = max(results.speed[who][2], size_mib / write)
+                note = f" (the writes into the mount before: {size_mib / write:.1f} MiB/s)"
+            print(f"  ssh {where} {who:8} round {round_no + 1}: cold read "
+                  f"{size_mib / read.seconds:7.1f} MiB/s, upload "
+                  f"{size_mib / upload.seconds:7.1f} MiB/s{note}", file=sys.stderr, flush=True)
+            for i, phase in enumerate((read, upload)):
+                results.speed[who][i] = max(results.speed[who][i], size_mib / phase.seconds)
+                least = results.cpu[who][i]
+                least[0] = min(least[0], phase.client_cpu * 1024 / size_mib)
+                least[1] = min(least[1], phase.server_cpu * 1024 / size_mib)
+            for path in folder.iterdir():
+                path.unlink()
+    return results
+
+
+def speed_lines(results: Results) -> list[str]:
+    lines = [f"{'':28}{'unit':>6}{'sshfs':>10}{'onitufs':>10}{'ratio':>8}"]
+    for i, label in enumerate(("cold read from the server", "upload to the server")):
+        sshfs, ours = results.speed["sshfs"][i], results.speed["onitufs"][i]
+        lines.append(f"{label:28}{'MiB/s':>6}{sshfs:10.1f}{ours:10.1f}"
+                     f"{ours / sshfs if sshfs else 0.0:8.2f}")
+    return lines
+
+
 def run(size_mib: int, workdir: Path | None = None) -> list[str]:
     """The comparison's table lines."""
     work = make_workdir(workdir, "onitufs-bench-ssh-")
@@ -204,37 +262,15 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
     mounts = [work / "sshfs", work / "onitufs" / "mnt"]
     mounts[0].mkdir()
     (work / "onitufs").mkdir()
-    block = os.urandom(MIB)
-    best: dict[str, list[float]] = {"sshfs": [0.0, 0.0, 0.0], "onitufs": [0.0, 0.0, 0.0]}
-    # the least CPU seconds per GiB seen, [client, server], for the read and the upload
-    cpu = {who: [[math.inf, math.inf], [math.inf, math.inf]] for who in best}
+    proxy: DelayProxy | None = None
     try:
         server.start()
-        for round_no in range(ROUNDS):
-            for who in ("sshfs", "onitufs"):
-                name = f"cold-{who}-{round_no}.bin"
-                digest = make_source(folder / name, size_mib)
-                note = ""
-                if who == "sshfs":
-                    read, upload = sshfs_round(server, folder, mounts[0], size_mib, block, name,
-                                               digest)
-                else:
-                    read, upload, write = onitufs_round(server, folder, work / "onitufs",
-                                                        size_mib, block, name, digest)
-                    best[who][2] = max(best[who][2], size_mib / write)
-                    note = f" (the writes into the mount before: {size_mib / write:.1f} MiB/s)"
-                print(f"  ssh {who:8} round {round_no + 1}: cold read "
-                      f"{size_mib / read.seconds:7.1f} MiB/s, upload "
-                      f"{size_mib / upload.seconds:7.1f} MiB/s{note}", file=sys.stderr, flush=True)
-                for i, phase in enumerate((read, upload)):
-                    best[who][i] = max(best[who][i], size_mib / phase.seconds)
-                    per_gib = 1024 / size_mib
-                    least = cpu[who][i]
-                    least[0] = min(least[0], phase.client_cpu * per_gib)
-                    least[1] = min(least[1], phase.server_cpu * per_gib)
-                for path in folder.iterdir():
-                    path.unlink()
+        near = compare(server, folder, work, size_mib, ROUNDS, server.port, "loopback")
+        proxy = DelayProxy(server.port, LONG_LINK / 2)
+        far = compare(server, folder, work, LONG_LINK_MIB, 1, proxy.port, "long link")
     finally:
+        if proxy is not None:
+            proxy.stop()
         server.stop()
         for point in mounts:
             lazy_unmount(point)
@@ -242,21 +278,20 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
         if kept:
             print(f"bench: {kept}", file=sys.stderr)
     lines = [f"SSH remote vs sshfs, one sshd on 127.0.0.1, {size_mib} MiB file, best of {ROUNDS}:",
-             f"{'':28}{'unit':>6}{'sshfs':>10}{'onitufs':>10}{'ratio':>8}"]
-    met = []
-    for i, label in enumerate(("cold read from the server", "upload to the server")):
-        sshfs, ours = best["sshfs"][i], best["onitufs"][i]
-        ratio = ours / sshfs if sshfs else 0.0
-        met.append(f"{label.split()[0]} {'met' if ratio >= BAR else 'NOT MET'} ({ratio:.2f})")
-        lines.append(f"{label:28}{'MiB/s':>6}{sshfs:10.1f}{ours:10.1f}{ratio:8.2f}")
-    lines.append(f"{'  onitufs: writes into the mount':34}{'-':>10}{best['onitufs'][2]:10.1f}"
+             *speed_lines(near)]
+    lines.append(f"{'  onitufs: writes into the mount':34}{'-':>10}{near.speed['onitufs'][2]:10.1f}"
                  "   (local cache; the upload above starts at the close)")
     lines.append("CPU seconds per GiB, the filesystem's processes / the server's, least of "
                  f"{ROUNDS}:")
     for i, label in enumerate(("cold read", "upload")):
         lines.append(f"  {label:10}" + "".join(
-            f"  {who} {cpu[who][i][0]:.2f} / {cpu[who][i][1]:.2f}" for who in cpu))
-    lines.append(f"bars (onitufs/sshfs >= {BAR:.1f}): " + "; ".join(met))
+            f"  {who} {near.cpu[who][i][0]:.2f} / {near.cpu[who][i][1]:.2f}" for who in near.cpu))
+    lines += [f"The same through a proxy that makes the round trip {LONG_LINK * 1000:.0f} ms "
+              f"(a long link), {LONG_LINK_MIB} MiB, once:", *speed_lines(far)]
+    met = [f"{label} {'met' if ratio >= BAR else 'NOT MET'} ({ratio:.2f})"
+           for label, ratio in (("cold", near.speed["onitufs"][0] / near.speed["sshfs"][0]),
+                                ("upload", near.speed["onitufs"][1] / near.speed["sshfs"][1]))]
+    lines.append(f"bars on loopback (onitufs/sshfs >= {BAR:.1f}): " + "; ".join(met))
     return lines
 
 

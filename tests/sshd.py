@@ -115,6 +115,13 @@ class Sshd:
         kind, blob = self.public(self.host_key).split()[:2]
         self.known_hosts.write_text(f"{self.host_name} {kind} {blob}\n")
 
+    def known_hosts_for(self, port: int) -> Path:
+        """A known_hosts file with the host key under another port, one that forwards here."""
+        path = self.root / f"known_hosts-{port}"
+        kind, blob = self.public(self.host_key).split()[:2]
+        path.write_text(f"[{HOST}]:{port} {kind} {blob}\n")
+        return path
+
     def new_host_key(self) -> None:
         """The server gets a new host key (known_hosts keeps the old one); restart to use it."""
         keygen(self.host_key)
@@ -143,10 +150,13 @@ class Sshd:
             self.process = None
 
     def remote(self, name: str, path: Path, mode: str = "rw", poll_interval: str = "0.3s",
-               identity: Path | bool | None = True) -> list[str]:
-        """The config table of an SSH remote for `path` on this server."""
-        lines = [f"[remotes.{name}]", 'driver = "ssh"', f'host = "{HOST}"', f"port = {self.port}",
-                 f'user = "{self.user}"', f'path = "{path}"', f'known_hosts = "{self.known_hosts}"',
+               identity: Path | bool | None = True, port: int | None = None) -> list[str]:
+        """The config table of an SSH remote for `path` on this server (through `port`, where
+        something forwards to it: see known_hosts_for)."""
+        port = port or self.port
+        known_hosts = self.known_hosts if port == self.port else self.known_hosts_for(port)
+        lines = [f"[remotes.{name}]", 'driver = "ssh"', f'host = "{HOST}"', f"port = {port}",
+                 f'user = "{self.user}"', f'path = "{path}"', f'known_hosts = "{known_hosts}"',
                  f'mode = "{mode}"', f'poll_interval = "{poll_interval}"']
         if identity is True:
             lines.append(f'identity = "{self.user_key}"')
