@@ -123,6 +123,10 @@ def start(plug: Plug) -> None:
                 return None
             raise
 
+    def record(conn: Connection, path: bytes, md: Metadata) -> None:
+        """md is now what the remote holds at path (SFTP gives no file ids)."""
+        md.revision, md.file_id = token(conn.sftp.lstat(path)), None
+
     def upload_of(md: Metadata) -> Upload:
         with uploads_lock:
             found = uploads.get(upload_path(md))
@@ -247,8 +251,7 @@ def start(plug: Plug) -> None:
             if lstat(conn, target) is not None:
                 raise DriverError(f"{new.path}: already exists on the remote")
             conn.sftp.rename(full(conn, old.path), target, replace=False)
-            now = conn.sftp.lstat(target)
-        new.revision, new.file_id = token(now), None
+            record(conn, target, new)
 
     @plug.handler()
     @guarded
@@ -262,8 +265,7 @@ def start(plug: Plug) -> None:
                 if there is None or not stat.S_ISDIR(there.mode or 0):
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None
-            now = conn.sftp.lstat(path)
-        md.revision, md.file_id = token(now), None
+            record(conn, path, md)
 
     @plug.handler()
     @guarded
@@ -281,8 +283,7 @@ def start(plug: Plug) -> None:
             if md.kind == "file":
                 attrs.mtime = md.mtime_ns // 10**9
             conn.sftp.setstat(path, attrs)
-            now = conn.sftp.lstat(path)
-        md.revision, md.file_id = token(now), None
+            record(conn, path, md)
 
     @plug.handler()
     @guarded
@@ -294,8 +295,7 @@ def start(plug: Plug) -> None:
             if there is None or not stat.S_ISLNK(there.mode or 0) \
                     or conn.sftp.readlink(path) != target:
                 conn.sftp.symlink(target, path)
-            now = conn.sftp.lstat(path)
-        md.revision, md.file_id = token(now), None
+            record(conn, path, md)
 
     pool.warm(1)
     upload_pool.warm(1)
