@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from onitufs_ssh import reading
+from onitufs_ssh.listing import token
+from onitufs_ssh.pool import Pool
+from onitufs_ssh.settings import Settings
 
 pytest.register_assert_rewrite("tests.sshd")
 
@@ -148,6 +152,49 @@ def test_blocks_read_out_of_order_while_reading_ahead(make_ssh_cloud: MakeSshClo
     finally:
         os.close(fd)
     cloud.umount()
+
+
+def test_read_ahead_goes_on_through_blocks_asked_for_out_of_order(
+        sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver alone: blocks come two by two, the second first, as the kernel's
+    read-ahead sends them; one read-ahead stream serves them all. It used to drop the
+    block left behind, read it alone and stop reading ahead."""
+    mib = 1024 * 1024
+    content = os.urandom(24 * mib)
+    (tmp_path / "big.bin").write_bytes(content)
+    started: list[int] = []
+
+    class CountedStream(reading.Stream):
+        def __init__(self, reads: reading.Reads, state: reading.FileState, start: int,
+                     block: int) -> None:
+            started.append(start)
+            super().__init__(reads, state, start, block)
+
+    monkeypatch.setattr(reading, "Stream", CountedStream)
+    fetched: list[int] = []  # blocks read without the read-ahead
+    fetch = reading.Reads.fetch
+
+    def counted_fetch(reads: reading.Reads, state: reading.FileState, offset: int,
+                      size: int) -> bytes:
+        fetched.append(offset // mib)
+        return fetch(reads, state, offset, size)
+
+    monkeypatch.setattr(reading.Reads, "fetch", counted_fetch)
+    settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), sshd.user_key,
+                        sshd.known_hosts, 1.0, 2, None)
+    pools = Pool(settings, 2), Pool(settings, 1)
+    reads = reading.Reads(*pools, token)
+    try:
+        path = str(tmp_path / "big.bin").encode()
+        order = [0] + [block for pair in range(1, 23, 2) for block in (pair + 1, pair)] + [23]
+        assert sorted(order) == list(range(24))
+        for block in order:
+            assert reads.get(path, None, block * mib, mib) == content[block * mib:(block + 1) * mib]
+    finally:
+        reads.close()
+        for pool in pools:
+            pool.close()
+    assert (fetched, started) == ([0], [mib])
 
 
 def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:

@@ -26,6 +26,9 @@ from .pool import Pool
 from .sftp import DATA, O_READ, READ, Attrs, SftpError, pack_string
 
 AHEAD_BYTES = 8 * 1024 * 1024  # read ahead of the reader, at most
+# Blocks kept below the furthest one asked for: the kernel reads ahead with several
+# requests at once, and they reach the driver out of order.
+BEHIND = 4
 WINDOW = 16  # read requests in flight
 IDLE_STOP = 10.0  # a stream whose reader stopped reading ends after this long
 MAX_FILES = 16  # files read at once whose read-ahead is kept
@@ -43,7 +46,8 @@ class Stream:
         self.state = state
         self.block = block
         self.start = start
-        self.reader_at = start  # the lowest block still wanted: nothing below it is kept
+        self.furthest = start  # the furthest block asked for: the read-ahead runs from there
+        self.reader_at = start  # the lowest block that may still be asked for: nothing below is kept
         self.wanted: collections.Counter[int] = collections.Counter()  # blocks being waited for
         self.next_block = start  # the next block the stream will finish
         self.blocks: dict[int, bytes] = {}
@@ -59,7 +63,8 @@ class Stream:
             # Blocks can be asked for at once by several threads (the kernel reads ahead
             # too): none may drop a block that another still waits for.
             self.wanted[offset] += 1
-            self.reader_at = min(self.wanted)
+            self.furthest = max(self.furthest, offset)
+            self.reader_at = min(min(self.wanted), self.furthest - BEHIND * self.block)
             for at in [at for at in self.blocks if at < self.reader_at]:
                 del self.blocks[at]
             self.cond.notify_all()
@@ -112,19 +117,19 @@ class Stream:
         while True:
             with self.cond:
                 while not self.stopped and not flying and \
-                        (issued >= size or issued - self.reader_at >= AHEAD_BYTES):
+                        (issued >= size or issued - self.furthest >= AHEAD_BYTES):
                     if not self.cond.wait(IDLE_STOP):
                         self.stopped = True  # the reader went away: free the connection
                 if self.stopped:
                     break
-                room = issued < size and issued - self.reader_at < AHEAD_BYTES
+                room = issued < size and issued - self.furthest < AHEAD_BYTES
             while room and len(flying) < WINDOW:
                 end_of_block = self.start + ((issued - self.start) // self.block + 1) * self.block
                 length = min(sftp.read_limit, end_of_block - issued, size - issued)
                 flying.append((sftp.request(READ, pack_string(handle)
                                             + struct.pack(">QI", issued, length)), issued, length))
                 issued += length
-                room = issued < size and issued - self.reader_at < AHEAD_BYTES
+                room = issued < size and issued - self.furthest < AHEAD_BYTES
             if not flying:
                 continue
             request_id, at, length = flying.popleft()
@@ -194,8 +199,11 @@ class Reads:
         state = self._state(path, revision)
         with state.lock:
             stream = state.stream
-            sequential = offset in (state.next_offset, 0)
-            state.next_offset = offset + size
+            # a block a little behind is one of the kernel's requests overtaken by another
+            behind = state.next_offset - BEHIND * size <= offset < state.next_offset
+            sequential = offset in (state.next_offset, 0) or behind
+            if not behind:
+                state.next_offset = offset + size
         if stream is not None and stream.covers(offset, size):
             data = stream.take(offset, size)
             if data is not None:
