@@ -58,6 +58,21 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"{mountpoint}: already a mount point (unmount it first)")
 
 
+def widen_read_ahead(device: int, size: int) -> None:
+    """Let the kernel read a file sequentially in requests of `size` (a cache block).
+
+    A FUSE mount starts with the kernel's default read-ahead, 128 KiB, and the
+    kernel splits a sequential read into requests of that size: eight for every
+    1 MiB block, each one a round through the daemon. Only root may raise it,
+    through the mount's entry in /sys/class/bdi; for anyone else it stays.
+    """
+    setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        setting.write_text(str(max(128, size // 1024)))
+    except OSError as error:
+        log.debug("read-ahead left at the kernel's default: %s", error)
+
+
 class Mount:
     """Every part of a running mount, wired together."""
 
@@ -141,9 +156,8 @@ class Mount:
             raise MountError(f"{self.mountpoint}: the kernel refused the mount ({error})") from None
         log.info("mounted %s", self.mountpoint)
         self.tree.kernel = self.fs.kernel
-        ready()
         try:
-            return trio.run(self._serve)
+            return trio.run(self._serve, ready)
         finally:
             self.index.close()
 
@@ -155,10 +169,11 @@ class Mount:
         finally:
             self.index.close()
 
-    async def _serve(self) -> bool:
+    async def _serve(self, ready: Callable[[], None]) -> bool:
         async def serve() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self._connected, ready)
                 try:
                     await pyfuse3.main()
                 finally:
@@ -168,6 +183,14 @@ class Mount:
 
         _, complete = await self._engine(serve)
         return complete
+
+    async def _connected(self, ready: Callable[[], None]) -> None:
+        """Once the kernel has taken the answer to its INIT request, which sets the read-ahead
+        again: a stat through the mount waits for that. Then the mount is ready for use."""
+        assert self.mountpoint is not None
+        root = await trio.to_thread.run_sync(os.stat, self.mountpoint)
+        widen_read_ahead(root.st_dev, self.cache.block_size)
+        ready()
 
     async def _engine(self, job: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The remotes and the replicator running while `job` runs; then the final flush."""

@@ -203,3 +203,12 @@ def test_rename_exchange_and_noreplace_reach_the_remotes(cloud: Cloud) -> None:
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert snapshot(remote) == expected, name
+
+
+def test_sequential_reads_come_a_cache_block_at_a_time(make_cloud: MakeCloud) -> None:
+    # The kernel's default read-ahead would split every 2 MiB block into 16 requests.
+    cloud = make_cloud({"a": "rw"}, block_size="2 MiB")
+    cloud.mount()
+    device = os.stat(cloud.mountpoint).st_dev
+    read_ahead = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    assert read_ahead.read_text().strip() == "2048"
