@@ -11,13 +11,13 @@ HELD_LIMIT bytes wait or fly at once; end_upload waits for the last
 acknowledgement.
 
 What the core saves after each chunk (md.extra) says how far the server has
-acknowledged every byte ("acked") and, for the chunks not yet acknowledged,
-where they go and their CRC-32 ("unconfirmed"). A connection that drops
-keeps those chunks in memory, and restart_upload writes them again. After a
-crash the memory is gone: restart_upload then reads the unconfirmed chunks
-back from the temporary file and resumes after the last of them that
-follows, whole, on what was acknowledged (possibly before the offset the
-core saved: it then sends again from there).
+acknowledged every byte ("acked"). A connection that drops keeps the chunks
+not yet acknowledged in memory, and restart_upload writes them again. After
+a crash the memory is gone: restart_upload then resumes at what was
+acknowledged, at most HELD_LIMIT bytes before the offset the core saved, and
+the core sends again from there. (Checking what landed of the chunks in
+flight would mean a checksum of every byte sent, to save resending a few
+MiB once after a crash.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import collections
 import contextlib
 import logging
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,7 @@ from onitufs.plug import DriverError, RemoteUnavailable
 
 from .connect import Connection
 from .pool import Pool, lost
-from .sftp import O_CREAT, O_READ, O_TRUNC, O_WRITE, STATUS, Attrs, SftpError
+from .sftp import O_CREAT, O_TRUNC, O_WRITE, STATUS, Attrs, SftpError
 
 log = logging.getLogger(__name__)
 HELD_LIMIT = 16 * 1024 * 1024  # bytes queued or unacknowledged per upload
@@ -45,17 +44,10 @@ LONG_LINK = 0.01  # seconds of round trip from which one connection caps an uplo
 LANES_ON_LONG_LINKS = 2
 
 
-def digest(data: bytes) -> int:
-    # tells a chunk that landed whole from one a crash cut short; what the remote holds in
-    # the end is checked against the core's SHA-256 of every block when it is read
-    return zlib.crc32(data)
-
-
 @dataclass(eq=False)
 class Chunk:
     offset: int
     data: bytes
-    digest: int
     taken: bool = False  # by a sender, which sends it and collects its acknowledgement
 
     @property
@@ -97,7 +89,7 @@ class Upload:
 
     def send(self, offset: int, data: bytes) -> None:
         """Queue a chunk; returns at once unless HELD_LIMIT bytes are held already."""
-        chunk = Chunk(offset, data, digest(data))
+        chunk = Chunk(offset, data)
         with self.cond:
             while self.error is None and self.held and \
                     sum(len(c.data) for c in self.held) + len(data) > HELD_LIMIT:
@@ -119,8 +111,7 @@ class Upload:
     def saved_state(self) -> dict[str, Any]:
         """What md.extra must hold for a resume after a crash."""
         with self.cond:
-            return {"acked": self.acked,
-                    "unconfirmed": [[c.offset, len(c.data), c.digest] for c in self.held]}
+            return {"acked": self.acked}
 
     def flush(self) -> None:
         """Until every chunk is acknowledged."""
@@ -132,15 +123,14 @@ class Upload:
 
     def resume(self, offset: int, saved: dict[str, Any], in_memory: bool) -> int:
         """Make the temporary file hold exactly the first `offset` bytes of the upload, or
-        fewer where a chunk before `offset` did not arrive whole; returns how many."""
+        fewer where not all of them are known to have arrived; returns how many."""
         self._stop_senders()
         if self.conn is not None and (self.error_lost or not self.conn.alive()):
             self._release(True)
         if self.conn is None:
             self.conn = self.pool.get()
             try:
-                # readable too: after a crash the chunks not confirmed are read back
-                self.handle = self.conn.sftp.open(self.temp, O_READ | O_WRITE)
+                self.handle = self.conn.sftp.open(self.temp, O_WRITE)
             except SftpError as error:
                 self._release(False)
                 raise DriverError(f"the partial upload is gone ({error})") from None
@@ -157,16 +147,7 @@ class Upload:
                         sftp.write(self.handle, chunk.offset, chunk.data)
                         covered = max(covered, chunk.end)
             else:
-                size = sftp.fstat(self.handle).size or 0
-                covered = min(int(saved.get("acked", 0)), size)
-                for at, length, expected in saved.get("unconfirmed", []):
-                    if at > covered or at + length > offset or at + length > size:
-                        break
-                    if digest(sftp.read(self.handle, at, length)) != expected:
-                        break
-                    covered = max(covered, at + length)
-            # chunks are written over several connections: one may have landed whole
-            # while one before it did not; the core sends again from the first gap
+                covered = min(int(saved.get("acked", 0)), sftp.fstat(self.handle).size or 0)
             resumed = min(covered, offset)
             sftp.fsetstat(self.handle, Attrs(size=resumed))
         except BaseException as error:
