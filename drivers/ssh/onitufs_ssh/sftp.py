@@ -165,9 +165,12 @@ class Session:
     # the wire
 
     def _send(self, kind: int, payload: bytes, data: bytes | memoryview = b"") -> None:
+        packet = b"".join((struct.pack(">IB", len(payload) + len(data) + 1, kind), payload, data))
         try:
-            self.channel.sendall(b"".join((struct.pack(">IB", len(payload) + len(data) + 1, kind),
-                                           payload, data)))
+            # paramiko's sendall slices off what each SSH packet took: a slice of bytes copies
+            # the rest every time (0.6 s of CPU per GiB in 255 KiB writes), one of a view
+            # copies nothing. Its stubs say bytes; its code passes any buffer through.
+            self.channel.sendall(memoryview(packet))  # type: ignore[arg-type]
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise ConnectionLost(f"connection lost: {error}") from None
 
