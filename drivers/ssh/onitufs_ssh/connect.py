@@ -23,6 +23,7 @@ import paramiko
 from .settings import Settings
 from .sftp import Session
 
+log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 CONNECT_TIMEOUT = 15.0
@@ -186,7 +187,10 @@ def connect(settings: Settings) -> Connection:
         channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET)
         channel.settimeout(IO_TIMEOUT)
         channel.invoke_subsystem("sftp")
-        return Connection(transport, Session(channel))
+        session = Session(channel)
+        log.debug("%s: logged in to %s, round trip %.1f ms", settings.where, settings.host_name,
+                  session.round_trip * 1000)
+        return Connection(transport, session)
     except ConnectError:
         transport.close()
         raise
