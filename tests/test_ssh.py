@@ -16,6 +16,7 @@ from onitufs_ssh.settings import Settings
 pytest.register_assert_rewrite("tests.sshd")
 
 from .conftest import Cloud, run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
+from .delay import DelayProxy  # noqa: E402
 from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, keygen  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
@@ -183,7 +184,7 @@ def test_read_ahead_goes_on_through_blocks_asked_for_out_of_order(
     settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), sshd.user_key,
                         sshd.known_hosts, 1.0, 2, None)
     pools = Pool(settings, 2), Pool(settings, 1)
-    reads = reading.Reads(*pools, token)
+    reads = reading.Reads(*pools, token, 1)
     try:
         path = str(tmp_path / "big.bin").encode()
         order = [0] + [block for pair in range(1, 23, 2) for block in (pair + 1, pair)] + [23]
@@ -195,6 +196,44 @@ def test_read_ahead_goes_on_through_blocks_asked_for_out_of_order(
         for pool in pools:
             pool.close()
     assert (fetched, started) == ([0], [mib])
+
+
+def test_a_large_read_over_a_long_link_goes_over_two_connections(
+        sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver alone, through a proxy that makes the round trip 20 ms: the read-ahead
+    of one file takes its blocks over two connections at once."""
+    mib = 1024 * 1024
+    content = os.urandom(16 * mib)
+    (tmp_path / "big.bin").write_bytes(content)
+    claimed_by: dict[int, int] = {}  # block -> the thread of the lane that read it
+    claim = reading.Stream._claim
+
+    def recorded_claim(stream: reading.Stream) -> int | None:
+        at = claim(stream)
+        if at is not None:
+            claimed_by[at // mib] = threading.get_ident()
+        return at
+
+    monkeypatch.setattr(reading.Stream, "_claim", recorded_claim)
+    proxy = DelayProxy(sshd.port, 0.01)
+    settings = Settings("test", "127.0.0.1", proxy.port, sshd.user, str(tmp_path), sshd.user_key,
+                        sshd.known_hosts_for(proxy.port), 1.0, 1, None)
+    pools = Pool(settings, 1), Pool(settings, 2)
+    reads = reading.Reads(*pools, token, 1)
+    try:
+        lanes = [pools[1].get() for _ in range(2)]  # logged in before: the lanes start at once
+        for conn in lanes:
+            pools[1].put(conn)
+        path = str(tmp_path / "big.bin").encode()
+        for block in range(16):
+            assert reads.get(path, None, block * mib, mib) == content[block * mib:(block + 1) * mib]
+    finally:
+        reads.close()
+        for pool in pools:
+            pool.close()
+        proxy.stop()
+    assert sorted(claimed_by) == list(range(1, 16))  # block 0 came before the read-ahead
+    assert len(set(claimed_by.values())) == 2
 
 
 def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from onitufs.config import ConfigError, Options
 from onitufs.plug import Conflict, DriverError, Metadata, Plug, RemoteUnavailable, upload_path
 
-from .connect import ConnectError, Connection, connect
+from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import describe, encode, token, walk
 from .pool import Pool, lost
 from .reading import Reads
@@ -41,7 +41,7 @@ from .uploads import Upload
 
 log = logging.getLogger(__name__)
 UPLOAD_CONNECTIONS = 8
-READ_STREAMS = 2  # files read ahead at once, each on a connection of its own
+READ_STREAMS = 2  # files read ahead at once, each on connections of its own
 MAX_POLL_BACKOFF = 30.0
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,7 +93,7 @@ def start(plug: Plug) -> None:
     settings = read(plug.options)
     pool = Pool(settings, settings.connections)
     upload_pool = Pool(settings, UPLOAD_CONNECTIONS)
-    reads = Reads(pool, Pool(settings, READ_STREAMS), token)
+    reads = Reads(pool, Pool(settings, READ_STREAMS * LANES_ON_LONG_LINKS), token, READ_STREAMS)
     uploads: dict[str, Upload] = {}
     uploads_lock = threading.Lock()
     roots: list[bytes] = []  # the remote folder's absolute path, once known
@@ -299,7 +299,7 @@ def start(plug: Plug) -> None:
 
     pool.warm(1)
     upload_pool.warm(1)
-    reads.stream_pool.warm(1)
+    reads.stream_pool.warm(Connection.lanes)  # one read's lanes
     plug.ready()
     try:
         poll(plug, settings, root)

@@ -31,6 +31,11 @@ IO_TIMEOUT = 120.0  # a request unanswered this long is a dead connection
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 32768
 KEEPALIVE = 15
+# From this round trip on, what one connection may leave unacknowledged caps a large
+# transfer (OpenSSH's window for an upload, the requests in flight for a read): it then
+# goes over LANES_ON_LONG_LINKS connections. Close by, a second one only adds work.
+LONG_LINK = 0.01
+LANES_ON_LONG_LINKS = 2
 # Fast authenticated ciphers first: AES-GCM is what keeps one connection near the wire's speed.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr",
                      "aes256-ctr")
@@ -56,6 +61,10 @@ class Connection:
 
     def alive(self) -> bool:
         return self.transport.is_active() and not self.sftp.channel.closed
+
+    def lanes(self) -> int:
+        """Connections a large transfer should use."""
+        return LANES_ON_LONG_LINKS if self.sftp.round_trip >= LONG_LINK else 1
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

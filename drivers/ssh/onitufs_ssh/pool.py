@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import paramiko
@@ -100,15 +100,18 @@ class Pool:
             self._down_until = 0.0
         return conn
 
-    def warm(self, count: int) -> None:
-        """Open up to `count` connections in the background: a login takes a sizeable part of
-        a second, which the first transfers should not wait for."""
+    def warm(self, count: int | Callable[[Connection], int]) -> None:
+        """Open `count` connections in the background, or as many as `count` says seeing the
+        first: a login takes a sizeable part of a second, which the first transfers should
+        not wait for."""
         threading.Thread(target=self._warm, args=(count,), daemon=True, name="ssh-warm").start()
 
-    def _warm(self, count: int) -> None:
-        opened = []
+    def _warm(self, count: int | Callable[[Connection], int]) -> None:
+        opened: list[Connection] = []
         try:
-            for _ in range(count):
+            opened.append(self.get())
+            wanted = count if isinstance(count, int) else count(opened[0])
+            while len(opened) < wanted:
                 opened.append(self.get())
         except (RemoteUnavailable, DriverError):
             pass  # the server is away: connections open on demand once it is back

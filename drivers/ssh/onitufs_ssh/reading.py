@@ -2,12 +2,14 @@
 
 The core asks for one cache block at a time, in order, and waits for each.
 A block asked for out of order is fetched with pipelined requests
-(sftp.Session.read). Once a file is read in order, a Stream takes over: a
-thread on a connection of its own that keeps READ requests in flight over
-the rest of the file (at most AHEAD_BYTES past the reader), so the pipe never
-drains between blocks and the core finds each block waiting. A file open for reading is
-kept open per connection (its version checked when opened and again at
-most every CHECK_EVERY seconds), so a block costs no open or stat of its own.
+(sftp.Session.read). Once a file is read in order, a Stream takes over:
+threads on connections of their own (one, or two on a long link, each
+taking the next block no other took) that keep READ requests in flight over
+the rest of the file, at most AHEAD_BYTES past the reader, so the pipe never
+drains between blocks and the core finds each block waiting. A file open
+for reading is kept open per connection (its version checked when opened
+and again at most every CHECK_EVERY seconds), so a block costs no open or
+stat of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from onitufs.plug import DriverError
 
 from .connect import Connection
-from .pool import Pool
+from .pool import Pool, lost
 from .sftp import DATA, O_READ, READ, Attrs, SftpError, pack_string
 
 AHEAD_BYTES = 8 * 1024 * 1024  # read ahead of the reader, at most
@@ -39,7 +41,8 @@ Token = Callable[[Attrs], str]
 
 
 class Stream:
-    """Reads one file in order from `start`, ahead of the reader, on its own connection."""
+    """Reads one file in order from `start`, ahead of the reader, on connections of its own:
+    one, or Connection.lanes() on a long link, each lane taking the next block not taken."""
 
     def __init__(self, reads: Reads, state: FileState, start: int, block: int) -> None:
         self.reads = reads
@@ -49,13 +52,15 @@ class Stream:
         self.furthest = start  # the furthest block asked for: the read-ahead runs from there
         self.reader_at = start  # the lowest block that may still be asked for: nothing below is kept
         self.wanted: collections.Counter[int] = collections.Counter()  # blocks being waited for
-        self.next_block = start  # the next block the stream will finish
+        self.next_claim = start  # the next block no lane has taken
+        self.reading: set[int] = set()  # blocks taken by a lane and not yet read whole
         self.blocks: dict[int, bytes] = {}
         self.error: BaseException | None = None
         self.stopped = False
+        self.lanes = 1
         self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="ssh-read-ahead")
-        self.thread.start()
+        threading.Thread(target=self._lane, args=(True,), daemon=True,
+                         name="ssh-read-ahead").start()
 
     def take(self, offset: int, size: int) -> bytes | None:
         """The block at offset, once read; None if this stream cannot give it."""
@@ -69,7 +74,7 @@ class Stream:
                 del self.blocks[at]
             self.cond.notify_all()
             try:
-                while offset not in self.blocks and offset >= self.next_block \
+                while offset not in self.blocks and self._coming(offset) \
                         and self.error is None and not self.stopped:
                     if not self.cond.wait(60):
                         return None
@@ -82,6 +87,9 @@ class Stream:
             return None
         return data
 
+    def _coming(self, offset: int) -> bool:
+        return offset >= self.next_claim or offset in self.reading
+
     def covers(self, offset: int, size: int) -> bool:
         return size == self.block and offset >= self.start \
             and (offset - self.start) % self.block == 0 and self.error is None and not self.stopped
@@ -91,48 +99,79 @@ class Stream:
             self.stopped = True
             self.cond.notify_all()
 
-    def _run(self) -> None:
+    def _lane(self, first: bool) -> None:
+        pool = self.reads.stream_pool
+        conn: Connection | None = None
+        broken = False
         try:
-            with self.reads.stream_pool.use() as conn:
-                self._stream(conn)
+            conn = pool.get() if first else pool.try_get()
+            if conn is None:
+                return  # every connection is busy: the other lanes go on
+            if first:
+                more = conn.lanes() - 1
+                with self.cond:
+                    self.lanes += more
+                for _ in range(more):
+                    threading.Thread(target=self._lane, args=(False,), daemon=True,
+                                     name="ssh-read-ahead").start()
+            self._read(conn)
         except BaseException as error:
+            broken = lost(error)
             with self.cond:
                 self.error = error
                 self.cond.notify_all()
         finally:
-            with self.reads.lock:
-                self.reads.streams -= 1
+            if conn is not None:
+                pool.put(conn, broken)
             with self.cond:
-                self.stopped = True
+                self.lanes -= 1
+                last = not self.lanes
+                if conn is not None or last:
+                    self.stopped = True
                 self.cond.notify_all()
+            if last:
+                with self.reads.lock:
+                    self.reads.streams -= 1
 
-    def _stream(self, conn: Connection) -> None:
+    def _claim(self) -> int | None:
+        """The next block for a lane to read, if the reader is near enough; under the lock."""
+        at = self.next_claim
+        if self.stopped or at >= (self.state.size or 0) or at - self.furthest >= AHEAD_BYTES:
+            return None
+        self.next_claim += self.block
+        self.reading.add(at)
+        return at
+
+    def _read(self, conn: Connection) -> None:
+        """One lane: keep WINDOW requests in flight over the blocks it takes."""
         sftp = conn.sftp
         handle = self.reads.open_checked(conn, self.state)
         size = self.state.size or 0
-        issued = self.start
-        flying: collections.deque[tuple[int, int, int]] = collections.deque()
+        flying: collections.deque[tuple[int, int, int, int]] = collections.deque()
         parts: list[bytes | memoryview] = []
-        block_at = self.start
+        block_at = issued = end = 0  # the block being requested, and how far
         while True:
-            with self.cond:
-                while not self.stopped and not flying and \
-                        (issued >= size or issued - self.furthest >= AHEAD_BYTES):
-                    if not self.cond.wait(IDLE_STOP):
-                        self.stopped = True  # the reader went away: free the connection
-                if self.stopped:
-                    break
-                room = issued < size and issued - self.furthest < AHEAD_BYTES
-            while room and len(flying) < WINDOW:
-                end_of_block = self.start + ((issued - self.start) // self.block + 1) * self.block
-                length = min(sftp.read_limit, end_of_block - issued, size - issued)
+            while len(flying) < WINDOW:
+                if issued >= end:
+                    with self.cond:
+                        claimed = self._claim()
+                    if claimed is None:
+                        break
+                    block_at, issued, end = claimed, claimed, min(size, claimed + self.block)
+                length = min(sftp.read_limit, end - issued)
                 flying.append((sftp.request(READ, pack_string(handle)
-                                            + struct.pack(">QI", issued, length)), issued, length))
+                                            + struct.pack(">QI", issued, length)),
+                               block_at, issued, length))
                 issued += length
-                room = issued < size and issued - self.furthest < AHEAD_BYTES
             if not flying:
+                with self.cond:
+                    if self.stopped:
+                        break
+                    waiting = self.next_claim >= size or self.next_claim - self.furthest >= AHEAD_BYTES
+                    if waiting and not self.cond.wait(IDLE_STOP):
+                        self.stopped = True  # the reader went away: free the connections
                 continue
-            request_id, at, length = flying.popleft()
+            request_id, at_block, at, length = flying.popleft()
             data: bytes | memoryview = sftp.check(request_id, DATA, "read").view()
             if len(data) < length:  # short: the rest at once, synchronously
                 data = bytes(data) + sftp.read(handle, at + len(data), length - len(data))
@@ -140,16 +179,15 @@ class Stream:
                     raise DriverError(f"{self.state.path.decode(errors='replace')}: "
                                       "shorter than when it was listed")
             parts.append(data)
-            if at + length >= min(size, block_at + self.block):
+            if at + length >= min(size, at_block + self.block):
                 whole = b"".join(parts)
                 parts = []
                 with self.cond:
-                    if block_at >= self.reader_at:
-                        self.blocks[block_at] = whole
-                    block_at += self.block
-                    self.next_block = block_at
+                    self.reading.discard(at_block)
+                    if at_block >= self.reader_at:
+                        self.blocks[at_block] = whole
                     self.cond.notify_all()
-        for request_id, _, _ in flying:
+        for request_id, _, _, _ in flying:
             sftp.discard(request_id)
         sftp.close_handle(handle)
 
@@ -165,9 +203,10 @@ class FileState:
 
 
 class Reads:
-    def __init__(self, pool: Pool, stream_pool: Pool, token: Token) -> None:
+    def __init__(self, pool: Pool, stream_pool: Pool, token: Token, max_streams: int) -> None:
         self.pool = pool
-        self.stream_pool = stream_pool  # its size is the most streams at once
+        self.stream_pool = stream_pool  # for the streams' lanes
+        self.max_streams = max_streams
         self.streams = 0
         self.lock = threading.Lock()
         self.token = token
@@ -216,7 +255,7 @@ class Reads:
                 state.stream = None
                 if sequential and state.size is not None and offset + size < state.size:
                     with self.lock:
-                        room = self.streams < self.stream_pool.size
+                        room = self.streams < self.max_streams
                         self.streams += room
                     if room:
                         state.stream = Stream(self, state, offset + size, size)

@@ -5,8 +5,8 @@ several chunks in flight and collect the server's acknowledgements. A large
 upload may be written over several connections at once, each sender taking
 the next chunk not yet sent: one SSH channel carries only what the server's
 window allows per round trip (OpenSSH: 2 MiB), which caps a single
-connection on a long link (LANES_ON_LONG_LINKS connections from a round
-trip of LONG_LINK on, or as many as upload_connections says). At most
+connection on a long link (Connection.lanes, or as many as
+upload_connections says). At most
 HELD_LIMIT bytes wait or fly at once; end_upload waits for the last
 acknowledgement.
 
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 HELD_LIMIT = 16 * 1024 * 1024  # bytes queued or unacknowledged per upload
 IN_FLIGHT = 4  # chunks sent and not yet acknowledged, per connection
 SPLIT_FROM = 8 * 1024 * 1024  # uploads smaller than this use one connection
-LONG_LINK = 0.01  # seconds of round trip from which one connection caps an upload
-LANES_ON_LONG_LINKS = 2
 
 
 @dataclass(eq=False)
@@ -195,11 +193,9 @@ class Upload:
             self.pool.put(conn, broken)
 
     def _lane_count(self, conn: Connection) -> int:
-        if self.lanes is not None:
-            return self.lanes
-        # Close by, one connection keeps up, and a second one only doubles the server's work
-        # (measured on loopback: twice the CPU time of sshd and sftp-server per GiB).
-        return LANES_ON_LONG_LINKS if conn.sftp.round_trip >= LONG_LINK else 1
+        # Close by, a second connection only doubles the server's work (measured on
+        # loopback: twice the CPU time of sshd and sftp-server per GiB).
+        return self.lanes if self.lanes is not None else conn.lanes()
 
     def _start_sender(self, target: Callable[[], object]) -> None:
         sender = threading.Thread(target=target, daemon=True, name="ssh-upload")

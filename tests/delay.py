@@ -1,8 +1,8 @@
 """A TCP proxy on loopback that holds every byte back for a while each way: a long link.
 
-The SSH comparison runs through it to show what a round trip of tens of
-milliseconds does where a connection may only have so much unacknowledged
-(OpenSSH: 2 MiB per channel). Each direction of each connection has a
+The SSH tests and the SSH comparison (bench/ssh.py) run through it to show
+what a round trip of tens of milliseconds does where a connection may only
+have so much unacknowledged (OpenSSH: 2 MiB per channel). Each direction of each connection has a
 reader thread that stamps what it receives and a writer thread that sends it
 on once its time has come; bandwidth is whatever loopback and Python give.
 """
