@@ -59,13 +59,14 @@ class Pool:
         except RemoteUnavailable:
             return None
 
-    def _take(self, wait: bool) -> Connection | None:
+    def _take(self, wait: bool, reuse: bool = True) -> Connection | None:
+        """An idle connection (with `reuse`) or a new one, if the pool has room."""
         deadline = time.monotonic() + WAIT_FOR_CONNECTION
         with self._cond:
             while True:
                 if self._closed:
                     raise RemoteUnavailable("the remote is shutting down")
-                while self._idle:
+                while reuse and self._idle:
                     conn = self._idle.pop()
                     if conn.alive():
                         return conn
@@ -107,16 +108,17 @@ class Pool:
         threading.Thread(target=self._warm, args=(count,), daemon=True, name="ssh-warm").start()
 
     def _warm(self, count: int | Callable[[Connection], int]) -> None:
-        opened: list[Connection] = []
         try:
-            opened.append(self.get())
-            wanted = count if isinstance(count, int) else count(opened[0])
-            while len(opened) < wanted:
-                opened.append(self.get())
+            conn = self.get()
+            wanted = count if isinstance(count, int) else count(conn)
+            self.put(conn)  # usable at once, while the others log in
+            for _ in range(wanted - 1):
+                more = self._take(wait=False, reuse=False)
+                if more is None:
+                    break  # the pool is full
+                self.put(more)
         except (RemoteUnavailable, DriverError):
             pass  # the server is away: connections open on demand once it is back
-        for conn in opened:
-            self.put(conn)
 
     def put(self, conn: Connection, broken: bool = False) -> None:
         with self._cond:
