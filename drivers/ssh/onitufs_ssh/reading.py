@@ -133,11 +133,16 @@ class Stream:
                 with self.reads.lock:
                     self.reads.streams -= 1
 
-    def _claim(self) -> int | None:
-        """The next block for a lane to read, if the reader is near enough; under the lock."""
+    def _claimable(self) -> bool:
+        """Whether a block is left to read and the reader is near enough; under the lock."""
         at = self.next_claim
-        if self.stopped or at >= (self.state.size or 0) or at - self.furthest >= AHEAD_BYTES:
+        return at < (self.state.size or 0) and at - self.furthest < AHEAD_BYTES
+
+    def _claim(self) -> int | None:
+        """The next block for a lane to read, if there is one to take now; under the lock."""
+        if self.stopped or not self._claimable():
             return None
+        at = self.next_claim
         self.next_claim += self.block
         self.reading.add(at)
         return at
@@ -167,8 +172,7 @@ class Stream:
                 with self.cond:
                     if self.stopped:
                         break
-                    waiting = self.next_claim >= size or self.next_claim - self.furthest >= AHEAD_BYTES
-                    if waiting and not self.cond.wait(IDLE_STOP):
+                    if not self._claimable() and not self.cond.wait(IDLE_STOP):
                         self.stopped = True  # the reader went away: free the connections
                 continue
             request_id, at_block, at, length = flying.popleft()
