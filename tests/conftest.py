@@ -26,12 +26,13 @@ from onitufs.plug import TEMP_SUFFIX
 ONITUFS = [sys.executable, "-m", "onitufs"]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition",
+             interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:

@@ -64,7 +64,8 @@ def test_kill9_during_upload_resumes_from_saved_offset(make_cloud: MakeCloud) ->
         parts = [p for p in cloud.remotes["a"].iterdir() if p.name.endswith(TEMP_SUFFIX)]
         return bool(parts) and parts[0].stat().st_size > 20 * 1024 * 1024
 
-    wait_for(partial_upload, timeout=60, what="an upload half done")
+    # looked at often: a local upload of the rest takes a few tenths of a second
+    wait_for(partial_upload, timeout=60, what="an upload half done", interval=0.002)
     cloud.kill9()
     assert not (cloud.remotes["a"] / "huge").exists()
     cloud.mount()  # clears the dead mount and resumes
