@@ -8,6 +8,11 @@ were evicted) are fetched on demand through the Fetcher; a file is made
 complete before its first change, so the content of every revision that
 still has to be uploaded is always local.
 
+Each full block written is stored with its SHA-256 (found by a worker
+thread, beside the mount), which becomes the checksum of that block of the
+next revision; files written in order get their whole checksum the same way
+(inorder.py). Uploads then need not hash what they send.
+
 The cache keeps to its size by evicting clean blocks least recently used,
 and only blocks of files whose current revision every writable remote holds.
 """
@@ -15,13 +20,15 @@ and only blocks of files whose current revision every writable remote holds.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import lmdb
 import trio
 
-from .index import FLAG_COMPLETE, Index, Inode, delete_range, q, scan, unq
+from .index import FLAG_COMPLETE, NO_HASH, UNREVISED, Index, Inode, delete_range, q, scan, unq
+from .inorder import InOrderHashes
 
 log = logging.getLogger(__name__)
 BlockKey = tuple[int, int]
@@ -46,6 +53,7 @@ class BlockCache:
         self._flying: dict[BlockKey, bytearray] = {}
         self._superseded: set[BlockKey] = set()
         self._flight = trio.Lock()
+        self._in_order = InOrderHashes()
         self._dirty_bytes = 0
         self._lru: collections.OrderedDict[BlockKey, int] = collections.OrderedDict()
         self.stored_bytes = 0
@@ -193,6 +201,7 @@ class BlockCache:
             if len(buffer) > cut:
                 self._dirty_bytes -= len(buffer) - cut
                 del buffer[cut:]
+        self._in_order.cut(inode.ino, new_size // bs)
 
     def drop(self, txn: lmdb.Transaction, ino: int) -> None:
         """Forget every block of an inode (deleted, or replaced by a remote's revision)."""
@@ -200,6 +209,7 @@ class BlockCache:
             self._dirty_bytes -= len(buffer)
         self._ground(ino, 0)
         self._delete_blocks(txn, ino, 0)
+        self._in_order.cut(ino, 0)
 
     def _ground(self, ino: int, from_block: int) -> None:
         """Blocks of `ino` from `from_block` on are cut: none still flying may land."""
@@ -208,8 +218,10 @@ class BlockCache:
             self._superseded.add(key)
 
     def _delete_blocks(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
+        """Cut content (not eviction): the blocks go, and their checksums with them."""
         for blockno in delete_range(txn, self._db, q(ino), q(from_block)):
             self.stored_bytes -= self._lru.pop((ino, unq(blockno)), 0)
+        self.index.cut_block_hashes(txn, ino, from_block)
 
     def _store(self, txn: lmdb.Transaction, key: BlockKey, data: bytes | bytearray) -> None:
         txn.put(q(key[0]) + q(key[1]), data, db=self._db)
@@ -228,9 +240,13 @@ class BlockCache:
             self.commit_in(txn)
 
     def commit_in(self, txn: lmdb.Transaction) -> None:
+        """Store every buffered block here (settle() first sends the full ones to the
+        worker thread, so these are mostly the last pieces of files)."""
         for ino, buffers in self._dirty.items():
-            for blockno, buffer in buffers.items():
+            for blockno, buffer in sorted(buffers.items()):
+                digest = self._checksum((ino, blockno), buffer)
                 self._store(txn, (ino, blockno), buffer)
+                self.index.set_block_hash(txn, ino, blockno, UNREVISED, digest)
         self._dirty.clear()
         self._dirty_bytes = 0
         self.index.write_deferred(txn)
@@ -238,9 +254,11 @@ class BlockCache:
     def over_dirty_limit(self) -> bool:
         return self._dirty_bytes > self.write_buffer
 
-    async def send_full_blocks(self) -> None:
-        """Hand every full buffered block to a worker thread that writes it to LMDB,
-        so that copying into LMDB runs beside the mount instead of holding it up."""
+    async def settle(self) -> None:
+        """Hand every full buffered block to a worker thread that hashes it and writes
+        it to LMDB, so that this runs beside the mount instead of holding it up; return
+        once every block in flight has landed. Called before anything is committed or
+        made durable."""
         async with self._flight:
             batch = []
             for ino, buffers in self._dirty.items():
@@ -249,11 +267,10 @@ class BlockCache:
                     self._dirty_bytes -= len(buffer)
                     self._flying[(ino, blockno)] = buffer
                     batch.append(((ino, blockno), buffer))
-            if not batch:  # only pieces of blocks: they go now, with the deferred inodes
-                self.commit()
+            if not batch:
                 return
             log.debug("writing %d full blocks from a worker thread", len(batch))
-            written = await trio.to_thread.run_sync(self._write_batch, batch)
+            written = await trio.to_thread.run_sync(self._write_batch, sorted(batch))
             for key, length in written:
                 if key not in self._superseded:  # a cut block was deleted after it landed
                     self._account(key, length)
@@ -263,20 +280,42 @@ class BlockCache:
                 self._superseded.discard(key)
 
     def _write_batch(self, batch: list[tuple[BlockKey, bytearray]]) -> list[tuple[BlockKey, int]]:
-        """On a worker thread. Holding LMDB's writer lock, it skips what was superseded:
-        the newer content is written after it, or was already."""
+        """On a worker thread, the blocks in order. Holding LMDB's writer lock, it skips
+        what was superseded: the newer content is written after it, or was already."""
+        digests = [self._checksum(key, buffer) for key, buffer in batch]
         written = []
         with self.index.env.begin(write=True) as txn:
-            for key, buffer in batch:
+            for (key, buffer), digest in zip(batch, digests, strict=True):
                 if key not in self._superseded:
                     txn.put(q(key[0]) + q(key[1]), buffer, db=self._db)
+                    self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
                     written.append((key, len(buffer)))
         return written
 
-    async def settle(self) -> None:
-        """Until the blocks in flight are in LMDB: before anything is made durable."""
-        async with self._flight:
-            pass
+    def _checksum(self, key: BlockKey, buffer: bytearray) -> bytes | None:
+        """The SHA-256 of a block about to be stored, if it is full (a piece may still
+        grow, or end in a hole); the in-order hash of its file learns of it."""
+        if len(buffer) < self.block_size:
+            with self._in_order.lock:
+                self._in_order.stored(key[0], key[1], buffer, full=False)
+            return None
+        digest = hashlib.sha256(buffer).digest()
+        with self._in_order.lock:
+            if key not in self._superseded:
+                self._in_order.stored(key[0], key[1], buffer, full=True)
+        return digest
+
+    def revision_made(self, txn: lmdb.Transaction, inode: Inode, old_rev: int) -> None:
+        """The stored content became revision inode.rev (after commit_in): the checksums
+        of its blocks carry over, and the whole one is known if it was written in order."""
+        self.index.carry_block_hashes(txn, inode.ino, old_rev, inode.rev)
+        tail_length = inode.size % self.block_size
+        tail = b""
+        if tail_length:
+            stored = txn.get(q(inode.ino) + q(inode.size // self.block_size), db=self._db) or b""
+            tail = bytes(stored[:tail_length]).ljust(tail_length, b"\0")  # a hole reads as zeros
+        digest = self._in_order.finish(inode.ino, inode.size, self.block_size, tail)
+        inode.sha256 = NO_HASH if digest is None else digest
 
     def has_dirty(self, ino: int) -> bool:
         return bool(self._dirty.get(ino)) or any(key[0] == ino for key in self._flying)

@@ -384,7 +384,9 @@ class Filesystem(pyfuse3.Operations):
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
         self._last_write[node.ino] = time.monotonic()
         if self.cache.over_dirty_limit():
-            await self.cache.send_full_blocks()
+            await self.cache.settle()
+            if self.cache.over_dirty_limit():  # pieces of blocks: they go now, on this thread
+                self.cache.commit()
             self.cache.evict()
         return len(buf)
 
@@ -531,6 +533,7 @@ class Filesystem(pyfuse3.Operations):
         while True:
             await trio.sleep(COMMIT_INTERVAL)
             if self.cache.dirty_bytes:
+                await self.cache.settle()
                 self.cache.commit()
             if time.monotonic() - last_sync > SYNC_INTERVAL:
                 await trio.to_thread.run_sync(self.index.sync)

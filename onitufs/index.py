@@ -13,6 +13,7 @@ Named databases (one environment, so one transaction can change several):
 - ``todo``      remote id + ino -> due time: inodes that remote must be brought up to date on
 - ``transfers`` remote id + ino -> JSON {rev, path, offset, extra}: uploads in flight
 - ``hashes``    ino + block number -> revision + SHA-256 of that block of that revision
+                (or UNREVISED: of the block as stored, content not yet a revision)
 - ``blocks``    ino + block number -> content (owned by blockcache.py)
 
 Inode records are decoded once and kept in an LRU; attribute changes that
@@ -38,7 +39,7 @@ from typing import Any
 import cachetools
 import lmdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
@@ -47,6 +48,7 @@ FLAG_COMPLETE = 1  # every block absent from the cache is a hole: nothing to fet
 _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "rpaths",
         "todo", "transfers", "hashes", "blocks")
 NO_HASH = b"\0" * 32
+UNREVISED = (1 << 64) - 1  # no revision has this number
 
 
 class CacheError(Exception):
@@ -120,7 +122,7 @@ class Inode:
     rev: int = 0  # the current revision of the content, 0 before the first
     rev_version: int = 0  # the content version that revision was made from
     flags: int = FLAG_COMPLETE
-    sha256: bytes = NO_HASH  # of the current revision's content, once an upload has read it all
+    sha256: bytes = NO_HASH  # of the current revision's content: from its writes, or an upload
     target: bytes = b""  # symlink target
 
     def pack(self) -> bytes:
@@ -258,12 +260,22 @@ class Index:
                              atime_ns=stamp, mtime_ns=stamp, ctime_ns=stamp)
                 txn.put(q(ROOT_INO), root.pack(), db=self.db["inodes"])
                 return
-            if unq(raw) != SCHEMA_VERSION:
+            if unq(raw) == 1:
+                self._upgrade_from_1(txn)
+            elif unq(raw) != SCHEMA_VERSION:
                 raise CacheError(f"index schema {unq(raw)} is not the supported {SCHEMA_VERSION}")
             stored = txn.get(b"block_size", db=self.db["meta"])
             if stored is not None and block_size and unq(stored) != block_size:
                 raise CacheError(f"cache.block_size: the cache {self.path} was made with blocks "
                                  f"of {unq(stored)} bytes; keep that size or use a new cache path")
+
+    def _upgrade_from_1(self, txn: lmdb.Transaction) -> None:
+        # Schema 1 left block checksums of the last revision beside changed content;
+        # make_revision now carries such checksums over as unchanged, so they go.
+        for inode in list(self.all_inodes(txn)):
+            if inode.dirty:
+                delete_range(txn, self.db["hashes"], q(inode.ino))
+        txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
 
     # counters
 
@@ -390,8 +402,25 @@ class Index:
         return bytes(raw[8:])
 
     def set_block_hash(self, txn: lmdb.Transaction, ino: int, blockno: int, rev: int,
-                       digest: bytes) -> None:
-        txn.put(q(ino) + q(blockno), q(rev) + digest, db=self.db["hashes"])
+                       digest: bytes | None) -> None:
+        """Record a block's SHA-256 (rev may be UNREVISED), or that it is not known."""
+        if digest is None:
+            txn.delete(q(ino) + q(blockno), db=self.db["hashes"])
+        else:
+            txn.put(q(ino) + q(blockno), q(rev) + digest, db=self.db["hashes"])
+
+    def cut_block_hashes(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
+        delete_range(txn, self.db["hashes"], q(ino), q(from_block))
+
+    def carry_block_hashes(self, txn: lmdb.Transaction, ino: int, old_rev: int,
+                           new_rev: int) -> None:
+        """The content became revision new_rev: checksums of blocks stored since old_rev
+        and of blocks unchanged since then are its own; any others are stale."""
+        for key, raw in list(scan(txn, self.db["hashes"], q(ino))):
+            if unq(raw) in (old_rev, UNREVISED):
+                txn.put(q(ino) + key, q(new_rev) + bytes(raw[8:]), db=self.db["hashes"])
+            else:
+                txn.delete(q(ino) + key, db=self.db["hashes"])
 
     # extended attributes
 

@@ -450,7 +450,8 @@ class Replicator:
             remote.health.bytes_sent += len(chunk)
             remote.health.last_progress = time.monotonic()
             with self.index.write() as txn:
-                if digest is not None:
+                # a block changed meanwhile has its own checksum now, not this one
+                if digest is not None and inode.rev == rev and not inode.dirty:
                     self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
                 if offset < md.size:
                     self.index.set_transfer(txn, remote.rid, inode.ino,

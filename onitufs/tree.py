@@ -280,8 +280,9 @@ class Tree:
             inode = self.index.get_inode(ino, txn)
             if inode is None or not inode.dirty or inode.nlink == 0:
                 return False
-            inode.rev = self.index.next_rev(txn)
+            old_rev, inode.rev = inode.rev, self.index.next_rev(txn)
             inode.rev_version = inode.version
+            self.cache.revision_made(txn, inode, old_rev)
             self.index.put_inode(txn, inode)
             self.schedule(txn, ino, self.upload_delay if delay is None else delay, None)
         return True
