@@ -7,6 +7,7 @@ the key, so the command line can print it as one line.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -211,7 +212,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
                           f"from 1 to {writable} (the writable remotes)")
     return Config(
         source=path,
-        cache_path=cache.path("path", f"~/.cache/onitufs/{path.stem}-{_digest(path)}"),
+        cache_path=cache.path("path", str(_cache_home() / "onitufs" / f"{path.stem}-{_digest(path)}")),
         cache_size=cache_size,
         block_size=block_size,
         write_buffer=write_buffer,
@@ -219,6 +220,12 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         fsync_replicas=int(match.group(1)) if match else 0,
         remotes=remotes,
     )
+
+
+def _cache_home() -> Path:
+    """$XDG_CACHE_HOME, or ~/.cache where it is unset or not absolute (XDG base dirs)."""
+    configured = Path(os.environ.get("XDG_CACHE_HOME", ""))
+    return configured if configured.is_absolute() else Path("~/.cache")
 
 
 def _digest(path: Path) -> str:

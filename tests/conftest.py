@@ -177,6 +177,19 @@ def daemons_of(config: Path) -> list[int]:
 MakeCloud = Callable[..., Cloud]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Configs without a cache path cache in $XDG_CACHE_HOME: the tests' own folder, not
+    the home folder of whoever runs them."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(home := tmp_path_factory.mktemp("cache-home"))
+    yield home
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture
 def make_cloud(tmp_path: Path) -> Iterator[MakeCloud]:
     made: list[Cloud] = []

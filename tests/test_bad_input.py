@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from onitufs.config import ConfigError, parse_duration, parse_size
+from onitufs.config import ConfigError, load, parse_duration, parse_size
 
 from .conftest import Cloud, MakeCloud, is_mounted, run
 
@@ -23,6 +23,16 @@ def test_sizes_and_durations() -> None:
             parse_size(bad, "k")
     with pytest.raises(ConfigError, match="is not a duration"):
         parse_duration("soon", "k")
+
+
+def test_the_default_cache_is_in_the_xdg_cache_home(tmp_path: Path, own_cache_home: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "cloud.toml"
+    config.write_text(f'[remotes.x]\ndriver = "local"\npath = "{tmp_path}"\n')
+    assert load(config).cache_path.parent == own_cache_home / "onitufs"
+    assert load(config).cache_path.name.startswith("cloud-")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert load(config).cache_path.parent == Path.home() / ".cache" / "onitufs"
 
 
 BROKEN_CONFIGS = {
