@@ -7,7 +7,8 @@ no LMDB transaction is held across an await.
 Control and state are extended attributes, so they work through any tool:
 ``user.onitufs.replicas`` on any file names the remotes holding its current
 revision and those still pending, ``user.onitufs.sha256`` is its checksum
-once an upload has read it whole; on the mount's root,
+once known (at close for a file written in order, else after an upload has
+read it whole); on the mount's root,
 ``user.onitufs.status`` is the daemon's status as JSON and setting
 ``user.onitufs.flush`` starts uploading everything queued at once.
 """
