@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from onitufs_ssh import reading
+from onitufs_ssh import reading, uploads
 from onitufs_ssh.listing import token
 from onitufs_ssh.pool import Pool
 from onitufs_ssh.settings import Settings
+from onitufs_ssh.sftp import Session
 
 pytest.register_assert_rewrite("tests.sshd")
 
@@ -234,6 +235,44 @@ def test_a_large_read_over_a_long_link_goes_over_two_connections(
         proxy.stop()
     assert sorted(claimed_by) == list(range(1, 16))  # block 0 came before the read-ahead
     assert len(set(claimed_by.values())) == 2
+
+
+def test_a_large_upload_is_written_out_to_the_servers_disk_as_it_goes(
+        sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver alone: while an upload goes on, another connection fsyncs each part
+    acknowledged, so that the fsync before the rename has little left to wait on."""
+    mib = 1024 * 1024
+    monkeypatch.setattr(uploads, "WRITE_OUT_EVERY", mib)
+    fsynced: list[tuple[Session, int]] = []  # by which session, and what was acknowledged
+    fsync = Session.fsync
+
+    def recorded_fsync(session: Session, handle: bytes) -> None:
+        fsync(session, handle)
+        fsynced.append((session, upload.acked))
+
+    monkeypatch.setattr(Session, "fsync", recorded_fsync)
+    settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), sshd.user_key,
+                        sshd.known_hosts, 1.0, 1, None)
+    pool = Pool(settings, 2)
+    content = os.urandom(4 * mib)
+    upload = uploads.Upload(pool, str(tmp_path / "part").encode(), len(content), 1)
+    try:
+        upload.create()
+        assert upload.conn is not None
+        main = upload.conn.sftp
+        for start in range(0, len(content), mib):
+            upload.send(start, content[start:start + mib])
+            # each part written out before the next is sent: the fsyncs come mid-upload
+            wait_for(lambda end=start + mib: any(acked >= end for _, acked in fsynced),
+                     what=f"the first {(start + mib) // mib} MiB to be fsynced")
+        upload.flush()
+        upload.close()
+    finally:
+        upload.drop()
+        pool.close()
+    assert (tmp_path / "part").read_bytes() == content
+    assert [acked for _, acked in fsynced] == [mib, 2 * mib, 3 * mib, 4 * mib]
+    assert all(session is not main for session, _ in fsynced)
 
 
 def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:

@@ -10,6 +10,13 @@ upload_connections says). At most
 HELD_LIMIT bytes wait or fly at once; end_upload waits for the last
 acknowledgement.
 
+end_upload fsyncs the file before renaming it into place. For a large
+upload, one more connection fsyncs it each WRITE_OUT_EVERY bytes
+acknowledged, beside the writes, so that the server writes to its disk
+while the upload goes on; the last fsync then waits on the tail only, not on
+the whole file's worth of the server's dirty pages (measured on loopback:
+0.13 s for 256 MiB before, 0.01-0.02 s after).
+
 What the core saves after each chunk (md.extra) says how far the server has
 acknowledged every byte ("acked"). A connection that drops keeps the chunks
 not yet acknowledged in memory, and restart_upload writes them again. After
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 HELD_LIMIT = 16 * 1024 * 1024  # bytes queued or unacknowledged per upload
 IN_FLIGHT = 4  # chunks sent and not yet acknowledged, per connection
 SPLIT_FROM = 8 * 1024 * 1024  # uploads smaller than this use one connection
+WRITE_OUT_EVERY = 32 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -104,7 +112,9 @@ class Upload:
                 self._start_sender(lambda: self._send_loop(conn, handle))
                 if self.size >= SPLIT_FROM:
                     for _ in range(self._lane_count(conn) - 1):
-                        self._start_sender(self._helper)
+                        self._start_sender(lambda: self._on_own_connection(self._send_loop, "written"))
+                if self.size >= 2 * WRITE_OUT_EVERY and conn.sftp.has("fsync@openssh.com"):
+                    self._start_sender(lambda: self._on_own_connection(self._write_out, "fsynced"))
 
     def saved_state(self) -> dict[str, Any]:
         """What md.extra must hold for a resume after a crash."""
@@ -212,8 +222,9 @@ class Upload:
 
     # the sender threads
 
-    def _helper(self) -> None:
-        """A further lane: a connection of its own, if one is free at once."""
+    def _on_own_connection(self, work: Callable[[Connection, bytes], bool], doing: str) -> None:
+        """Run `work` (it returns whether the connection was lost) on the temporary file,
+        opened on a further connection, if one is free at once."""
         conn = self.pool.try_get()
         if conn is None:
             return
@@ -222,9 +233,9 @@ class Upload:
         broken = True
         try:
             handle = conn.sftp.open(self.temp, O_WRITE)
-            log.debug("%s: written over a further connection too",
-                      self.temp.decode(errors="replace"))
-            broken = self._send_loop(conn, handle)
+            log.debug("%s: %s over a further connection too", self.temp.decode(errors="replace"),
+                      doing)
+            broken = work(conn, handle)
             if not broken:
                 conn.sftp.close_handle(handle)
         except Exception as error:  # the file could not be opened or closed: the main lane goes on
@@ -233,6 +244,26 @@ class Upload:
             with self.cond:
                 self._helper_conns.remove(conn)
             self.pool.put(conn, broken)
+
+    def _write_out(self, conn: Connection, handle: bytes) -> bool:
+        """Fsync the file each WRITE_OUT_EVERY bytes acknowledged, until stopped; True if
+        the connection was lost."""
+        written_out = 0
+        while True:
+            with self.cond:
+                while not self._stop and self.error is None \
+                        and self.acked - written_out < WRITE_OUT_EVERY:
+                    self.cond.wait()
+                if self._stop or self.error is not None:
+                    return False
+                reached = self.acked
+            try:
+                conn.sftp.fsync(handle)
+            except SftpError:  # refused: only end_upload's fsync has to succeed
+                return False
+            except Exception as error:
+                return lost(error)
+            written_out = reached
 
     def _send_loop(self, conn: Connection, handle: bytes) -> bool:
         """Send chunks no other sender took and collect their acknowledgements, until
