@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -250,6 +251,9 @@ def test_a_large_upload_is_written_out_to_the_servers_disk_as_it_goes(
         fsync(session, handle)
         fsynced.append((session, upload.acked))
 
+    def written_out(end: int) -> bool:
+        return any(acked >= end for _, acked in fsynced)
+
     monkeypatch.setattr(Session, "fsync", recorded_fsync)
     settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), sshd.user_key,
                         sshd.known_hosts, 1.0, 1, None)
@@ -260,11 +264,10 @@ def test_a_large_upload_is_written_out_to_the_servers_disk_as_it_goes(
         upload.create()
         assert upload.conn is not None
         main = upload.conn.sftp
-        for start in range(0, len(content), mib):
-            upload.send(start, content[start:start + mib])
+        for end in range(mib, len(content) + 1, mib):
+            upload.send(end - mib, content[end - mib:end])
             # each part written out before the next is sent: the fsyncs come mid-upload
-            wait_for(lambda end=start + mib: any(acked >= end for _, acked in fsynced),
-                     what=f"the first {(start + mib) // mib} MiB to be fsynced")
+            wait_for(functools.partial(written_out, end), what=f"{end} bytes to be fsynced")
         upload.flush()
         upload.close()
     finally:
