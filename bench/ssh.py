@@ -12,8 +12,9 @@ sshfs and for onitufs with that server as its only remote:
 
 Each figure is the best of ROUNDS. Beside the speed, the CPU time each side
 spent per GiB (user + system, from /proc): the filesystem's own processes
-(sshfs and its ssh; the onitufs daemon) and the server's (sshd and
-sftp-server). On a machine with few cores, CPU time is what caps the speed.
+(sshfs and its ssh; the onitufs daemon) and the server's (sshd, whose
+built-in SFTP server, internal-sftp, serves both). On a machine with few
+cores, CPU time is what caps the speed.
 Then both once more through a proxy that makes the round trip LONG_LINK
 (delay.py), where what a connection may leave unacknowledged caps it.
 Everything lives in one temporary folder, removed at the end with every
@@ -53,7 +54,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Phase:
     seconds: float
     client_cpu: float  # CPU seconds of the filesystem's processes
-    server_cpu: float  # of sshd and sftp-server
+    server_cpu: float  # of sshd's processes
 
 
 def cpu_ticks(pids: list[int]) -> dict[int, int]:

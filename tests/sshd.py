@@ -26,7 +26,10 @@ import pytest
 from .conftest import Cloud
 
 SSHD = "/usr/sbin/sshd"
-SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+# sshd's own SFTP server (OpenSSH's sftp-server, built in): an external subsystem runs
+# through the user's login shell, and a shell's start-up files (a ~/.bashrc that runs
+# pyenv, which waits on a lock a killed session left) may stall or garble the session.
+SFTP_SERVER = "internal-sftp"
 HOST = "127.0.0.1"
 
 
