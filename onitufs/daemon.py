@@ -110,6 +110,7 @@ class Mount:
         self.tree = Tree(self.index, self.cache, self.replicator.schedule, config.upload_delay)
         self.changes = RemoteChanges(self.tree, self.replicator, self.remotes)
         self.replicator.on_conflict = self.changes.keep_both
+        self.replicator.on_changed = self.changes.update_file
         self.fs = Filesystem(self.tree, self.replicator, self.status, str(config.cache_path),
                              config.fsync_replicas)
         self.replicator.foreground_busy = self.fs.busy

@@ -108,6 +108,19 @@ class Conflict(DriverError):
         self.current = current
 
 
+class Changed(DriverError):
+    """get_chunk found another version of the file than the one asked for (the remote
+    changed it since it last reported it).
+
+    `current` describes what is there now, so the core takes it in at once rather
+    than at the driver's next report.
+    """
+
+    def __init__(self, message: str, current: Metadata) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 class RemoteUnavailable(DriverError):
     """The remote cannot be reached at all right now (offline, unmounted, refused)."""
 

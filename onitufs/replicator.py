@@ -31,7 +31,7 @@ import trio
 
 from .blockcache import BlockCache
 from .index import NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
-from .plug import Conflict, Kind, Metadata, RemoteUnavailable
+from .plug import Changed, Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class Replicator:
         self._flush_below: float = 0  # items queued before this sequence number go now
         # Set by the daemon: keeps a remote's unexpected version beside ours.
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
+        # Set by the daemon: takes in a version a remote holds that it has not reported yet.
+        self.on_changed: Callable[[str, Metadata], Awaitable[None]]
         # Set by the daemon: whether the mount is serving requests right now.
         self.foreground_busy: Callable[[], bool] = lambda: False
         for remote in self.writable:
@@ -510,13 +512,22 @@ class Replicator:
         """Bytes of the current revision from the first replica that has them right, and
         their SHA-256."""
         errors = []
-        for remote, path, entry in self.holders(inode):
+        holders = self.holders(inode)
+        taken_in = False
+        while holders:
+            remote, path, entry = holders.pop(0)
             md = metadata_for(inode, path)
             md.revision, md.file_id = entry.token, entry.fid
             try:
                 data: bytes = await remote.call("get_chunk", md, offset, size)
             except CallFailed as error:
                 errors.append(str(error))
+                if isinstance(error.__cause__, Changed) and not taken_in:
+                    # The remote moved on before reporting it: taken in now, as its report
+                    # would be, so that the path shows its version at once.
+                    taken_in = True
+                    await self.on_changed(remote.name, error.__cause__.current)
+                    holders = self.holders(inode)  # of the revision asked for, after that
                 continue
             if len(data) != size:
                 errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -45,6 +46,25 @@ def test_remote_edits_while_mounted(cloud: Cloud) -> None:
     wait_for(lambda: not any(os.path.lexists(p / "deep" / "er")
                              for p in [cloud.mountpoint, *cloud.remotes.values()]),
              what="c's rmdir")
+
+
+def test_a_read_takes_in_a_version_the_remote_has_not_reported_yet(
+        make_cloud: MakeCloud) -> None:
+    """The remote changed the file after its last listing: the read of the listed version
+    fails (no remote holds it any more), and the path opens the new version at once, not
+    after the next poll."""
+    cloud = make_cloud({"a": "rw"}, poll_interval="1h")
+    (cloud.remotes["a"] / "notes.txt").write_bytes(b"monday")
+    cloud.mount()
+    listed = cloud.mountpoint / "notes.txt"
+    wait_for(listed.exists, what="the first listing")
+    with listed.open("rb") as old:
+        (cloud.remotes["a"] / "notes.txt").write_bytes(b"tuesday, and more")
+        with pytest.raises(OSError) as failed:
+            old.read()
+    assert failed.value.errno == errno.EIO
+    assert listed.read_bytes() == b"tuesday, and more"
+    cloud.umount()
 
 
 def test_a_rename_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:

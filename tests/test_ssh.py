@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import threading
@@ -105,6 +106,28 @@ def big_upload_under_way(cloud: Cloud, server: Path, total_mib: int, seen_mib: i
         return bool(found) and found[0].stat().st_size > seen_mib * 1024 * 1024
     wait_for(partial, what="the upload to be under way", timeout=60)
     return content
+
+
+def test_a_file_changed_on_the_server_since_listed_is_taken_in_by_the_read(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """A read that finds the server holding another version than listed takes that version
+    in at once, without waiting for the next poll: the read of the old version fails (the
+    server has it no more), and the path then opens the server's version."""
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, poll_interval="1h")
+    server = cloud.remotes["s"]
+    (server / "report.txt").write_bytes(b"first draft")
+    cloud.mount()
+    listed = cloud.mountpoint / "report.txt"
+    wait_for(listed.exists, what="the first listing")
+    assert listed.stat().st_size == len(b"first draft")
+    with listed.open("rb") as old:
+        (server / "report.txt").write_bytes(b"the final version, longer")
+        with pytest.raises(OSError) as failed:
+            old.read()
+    assert failed.value.errno == errno.EIO
+    assert listed.read_bytes() == b"the final version, longer"
+    assert "changed on the remote since it was indexed" in cloud.log
+    cloud.umount()
 
 
 def test_chmod_and_times_reach_the_server_without_an_upload(make_ssh_cloud: MakeSshCloud,

@@ -22,6 +22,7 @@ import time
 from onitufs.config import ConfigError, Options
 from onitufs.plug import (
     TEMP_SUFFIX,
+    Changed,
     Conflict,
     DriverError,
     Kind,
@@ -113,8 +114,10 @@ def start(plug: Plug) -> None:
         except FileNotFoundError:
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
-            if md.revision is not None and token(os.fstat(fd)) != md.revision:
-                raise DriverError(f"{md.path}: changed on the remote since it was indexed")
+            st = os.fstat(fd)
+            if md.revision is not None and token(st) != md.revision:
+                raise Changed(f"{md.path}: changed on the remote since it was indexed",
+                              describe(md.path, st))
             return os.pread(fd, size, offset)
         finally:
             os.close(fd)

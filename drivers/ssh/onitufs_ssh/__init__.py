@@ -29,12 +29,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Conflict, DriverError, Metadata, Plug, RemoteUnavailable, upload_path
+from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, RemoteUnavailable, upload_path
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import describe, encode, token, walk
 from .pool import Pool, lost
-from .reading import Reads
+from .reading import OtherVersion, Reads
 from .settings import Settings, read
 from .sftp import Attrs, SftpError
 from .uploads import Upload
@@ -140,7 +140,10 @@ def start(plug: Plug) -> None:
         if not roots:
             with pool.use() as conn:
                 root(conn)
-        return reads.get(roots[0] + b"/" + encode(md.path), md.revision, offset, size)
+        try:
+            return reads.get(roots[0] + b"/" + encode(md.path), md.revision, offset, size)
+        except OtherVersion as error:
+            raise Changed(str(error), describe(md.path, error.attrs)) from None
 
     @plug.handler()
     @guarded

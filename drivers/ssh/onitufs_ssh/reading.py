@@ -40,6 +40,15 @@ HANDLES_PER_CONNECTION = 8
 Token = Callable[[Attrs], str]
 
 
+class OtherVersion(DriverError):
+    """The file on the server is not the version asked for; `attrs` are of the one there."""
+
+    def __init__(self, path: bytes, attrs: Attrs) -> None:
+        super().__init__(f"{path.decode(errors='replace')}: changed on the remote since it was "
+                         "indexed")
+        self.attrs = attrs
+
+
 class Stream:
     """Reads one file in order from `start`, ahead of the reader, on connections of its own:
     one, or Connection.lanes() on a long link, each lane taking the next block not taken."""
@@ -279,8 +288,7 @@ class Reads:
         attrs = conn.sftp.fstat(handle)
         if state.revision is not None and self.token(attrs) != state.revision:
             conn.sftp.close_handle(handle)
-            raise DriverError(f"{state.path.decode(errors='replace')}: changed on the remote "
-                              "since it was indexed")
+            raise OtherVersion(state.path, attrs)
         state.size = attrs.size
         return handle
 
@@ -303,8 +311,7 @@ class Reads:
         if state.revision is not None and self.token(attrs) != state.revision:
             handles.pop(key, None)
             conn.sftp.close_handle(handle)
-            raise DriverError(f"{state.path.decode(errors='replace')}: changed on the remote "
-                              "since it was indexed")
+            raise OtherVersion(state.path, attrs)
         state.size = attrs.size
         handles[key] = (handle, now)
         handles.move_to_end(key)
