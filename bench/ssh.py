@@ -43,7 +43,7 @@ from tests.sshd import Sshd, descendants
 from .targets import TargetError, lazy_unmount, make_workdir, mounted, remove_workdir, wait_gone
 from .workloads import MIB, drop_page_cache
 
-ROUNDS = 2
+ROUNDS = 3
 BAR = 1.0
 LONG_LINK = 0.05  # seconds of round trip through the proxy
 LONG_LINK_MIB = 64
