@@ -280,8 +280,14 @@ class Replicator:
                 while stale and missing:
                     old, new = stale.pop(), missing.pop()
                     await self._ensure_parent(remote, new, visiting)
+                    if old.startswith(new + "/"):
+                        # It takes the name of a folder it is in there (a/b -> a once the
+                        # folder a is gone): out of that folder first, so the folder can go.
+                        old = await self._step_aside(remote, ino, old, have[old],
+                                                     new.rpartition("/")[0])
+                        have = self._mirror(remote, ino)
                     if not await self._make_way(remote, ino, new, visiting):
-                        await self._step_aside(remote, ino, old, have[old])
+                        await self._step_aside(remote, ino, old, have[old], old.rpartition("/")[0])
                         raise Retry()
                     await self._move(remote, ino, old, new, have[old])
                 have = self._mirror(remote, ino)
@@ -327,11 +333,13 @@ class Replicator:
             raise Retry()
         return True
 
-    async def _step_aside(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
-        """Break a cycle of renames (a swap): move this inode's copy to a temporary name."""
-        folder = path.rpartition("/")[0]
+    async def _step_aside(self, remote: Remote, ino: int, path: str, entry: MirrorEntry,
+                          folder: str) -> str:
+        """Move this inode's copy to a temporary name in `folder`, out of the way of a cycle
+        of renames (a swap) or of a folder that must go; returns that name."""
         aside = f"{folder}/.onitufs-swap-{ino}" if folder else f".onitufs-swap-{ino}"
         await self._move(remote, ino, path, aside, entry)
+        return aside
 
     def _mirror(self, remote: Remote, ino: int) -> dict[str, MirrorEntry]:
         with self.index.begin() as txn:

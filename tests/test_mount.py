@@ -205,6 +205,28 @@ def test_rename_exchange_and_noreplace_reach_the_remotes(cloud: Cloud) -> None:
         assert snapshot(remote) == expected, name
 
 
+def test_a_file_takes_the_name_of_the_folder_it_was_in(cloud: Cloud) -> None:
+    """On the remotes the file is still inside that folder, which has to go before the file
+    can take its name: the file moves out first (a random-operations run found this)."""
+    root = cloud.mountpoint
+    (root / "d0" / "d2").mkdir(parents=True)
+    (root / "d0" / "f4").write_bytes(b"moves up")
+    (root / "d0" / "d2" / "f6").write_bytes(b"deep, moves up")
+    cloud.wait_synced()
+    (root / "d0" / "f4").rename(root / "f1")
+    (root / "d0" / "d2" / "f6").rename(root / "d0" / "d2.txt")
+    (root / "d0" / "d2").rmdir()
+    (root / "d0" / "d2.txt").rename(root / "d0" / "d2")
+    (root / "d0" / "d2").rename(root / "d2")
+    (root / "d0").rmdir()
+    (root / "f1").rename(root / "d0")
+    expected = {"d0": ("file", b"moves up"), "d2": ("file", b"deep, moves up")}
+    assert snapshot(root) == expected
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+
+
 def test_sequential_reads_come_a_cache_block_at_a_time(make_cloud: MakeCloud) -> None:
     # The kernel's default read-ahead would split every 2 MiB block into 16 requests.
     cloud = make_cloud({"a": "rw"}, block_size="2 MiB")
