@@ -79,7 +79,7 @@ class Upload:
     error_lost: bool = False  # the error was the connection's (not a refused write)
     cond: threading.Condition = field(default_factory=threading.Condition)
     _senders: list[threading.Thread] = field(default_factory=list)
-    _helper_conns: list[Connection] = field(default_factory=list)  # of the other lanes
+    _helper_conns: list[Connection] = field(default_factory=list)  # the further connections
     _stop: bool = False
 
     # the calling threads (one at a time: the core calls one transfer's handlers in order)
