@@ -5,16 +5,19 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from onitufs_ssh import reading, uploads
+from onitufs_ssh import listing, reading, uploads
 from onitufs_ssh.listing import token
 from onitufs_ssh.pool import Pool
 from onitufs_ssh.settings import Settings
 from onitufs_ssh.sftp import Session
+
+from onitufs.plug import TEMP_SUFFIX
 
 pytest.register_assert_rewrite("tests.sshd")
 
@@ -221,6 +224,47 @@ def test_read_ahead_goes_on_through_blocks_asked_for_out_of_order(
         for pool in pools:
             pool.close()
     assert (fetched, started) == ([0], [mib])
+
+
+def test_the_listing_reads_many_folders_at_once_and_misses_nothing(
+        sshd: Sshd, tmp_path: Path) -> None:
+    """The driver alone: more folders than it reads at once, a folder longer than one
+    READDIR answer, symlinks (one dangling), a name that is not UTF-8; left out: temporary
+    upload files and a fifo. What it lists is what os.lstat sees."""
+    root = tmp_path / "tree"
+    for top in range(listing.FOLDERS_AT_ONCE + 3):
+        for sub in range(2):
+            folder = root / f"d{top}" / f"s{sub}"
+            folder.mkdir(parents=True)
+            (folder / "file").write_bytes(b"x" * top)
+    crowded = root / "crowded"
+    crowded.mkdir()
+    for number in range(250):
+        (crowded / f"f{number}").write_bytes(b"")
+    (root / "d0" / "to-file").symlink_to("s0/file")
+    (root / "dangling").symlink_to("/nowhere/at/all")
+    (root / os.fsdecode(b"caf\xe9")).write_bytes(b"latin-1 name")
+    (root / f".big.bin.x{TEMP_SUFFIX}").write_bytes(b"half an upload")
+    os.mkfifo(root / "pipe")
+    expected = {}
+    for walked, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(walked) / name
+            if name.endswith(TEMP_SUFFIX) or stat.S_ISFIFO(path.lstat().st_mode):
+                continue
+            target = os.readlink(path) if path.is_symlink() else None
+            expected[str(path.relative_to(root))] = (path.lstat().st_size if path.is_file()
+                                                     and not path.is_symlink() else 0, target)
+    settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(root), sshd.user_key,
+                        sshd.known_hosts, 1.0, 1, None)
+    pool = Pool(settings, 1)
+    try:
+        with pool.use() as conn:
+            listed = listing.walk(conn.sftp, str(root).encode())
+    finally:
+        pool.close()
+    assert {md.path: (md.size, md.target) for md in listed} == expected
+    assert len(listed) == len(expected)  # each once
 
 
 def test_a_large_read_over_a_long_link_goes_over_two_connections(

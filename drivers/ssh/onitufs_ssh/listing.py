@@ -9,11 +9,14 @@ server shows by its new mtime or size.
 
 from __future__ import annotations
 
+import collections
 import stat
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
 
-from .sftp import Attrs, Session
+from .sftp import CLOSE, HANDLE, NAME, OPENDIR, READDIR, READLINK, Attrs, Session, SftpError, pack_string
+
+FOLDERS_AT_ONCE = 16  # folders the listing has open at once on the server
 
 
 def token(attrs: Attrs) -> str:
@@ -43,24 +46,71 @@ def encode(path: str) -> bytes:
 
 
 def walk(sftp: Session, root: bytes) -> list[Metadata]:
-    """Every file, folder and symlink below root (temporary upload files left out)."""
+    """Every file, folder and symlink below root (temporary upload files left out).
+
+    Up to FOLDERS_AT_ONCE folders are read at once, each request sent without
+    waiting for the others' answers, so that a listing costs a few round trips
+    per level of the tree rather than three for every folder.
+    """
     entries: list[Metadata] = []
-    folders = [""]
-    while folders:
-        folder = folders.pop()
-        where = root + b"/" + encode(folder) if folder else root
-        for raw, attrs in sftp.listdir(where):
-            name = raw.decode("utf-8", "surrogateescape")
-            if name.endswith(TEMP_SUFFIX) or "/" in name:
+    unread = collections.deque([""])  # folders found and not yet opened
+    # (request id, request type, the folder, or for READLINK the link; the folder's handle)
+    asked: collections.deque[tuple[int, int, str, bytes]] = collections.deque()
+    handles: set[bytes] = set()  # of the folders open
+    links: dict[str, Metadata] = {}  # whose targets are asked for
+    opened = 0  # folders asked to be opened and not closed yet
+    try:
+        while unread or asked:
+            while unread and opened < FOLDERS_AT_ONCE:
+                folder = unread.popleft()
+                asked.append((sftp.request(OPENDIR, pack_string(where(root, folder))), OPENDIR,
+                              folder, b""))
+                opened += 1
+            request_id, kind, folder, handle = asked.popleft()
+            what = where(root, folder).decode(errors="replace")
+            if kind == READLINK:
+                reader = sftp.check(request_id, NAME, what)
+                reader.u32()
+                links.pop(folder).target = reader.string().decode("utf-8", "surrogateescape")
                 continue
-            kind = kind_of(attrs)
-            if kind is None:
-                continue
-            path = f"{folder}/{name}" if folder else name
-            md = describe(path, attrs)
-            if kind == "dir":
-                folders.append(path)
-            elif kind == "symlink":
-                md.target = sftp.readlink(where + b"/" + raw).decode("utf-8", "surrogateescape")
-            entries.append(md)
+            if kind == OPENDIR:
+                handle = sftp.check(request_id, HANDLE, what).string()
+                handles.add(handle)
+            else:
+                found = sftp.names(request_id, what)
+                if found is None:
+                    handles.discard(handle)
+                    sftp.discard(sftp.request(CLOSE, pack_string(handle)))  # no use waiting
+                    opened -= 1
+                    continue
+                for raw, attrs in found:
+                    md = _entry(folder, raw, attrs)
+                    if md is None:
+                        continue
+                    entries.append(md)
+                    if md.kind == "dir":
+                        unread.append(md.path)
+                    elif md.kind == "symlink":
+                        links[md.path] = md
+                        asked.append((sftp.request(READLINK, pack_string(where(root, md.path))),
+                                      READLINK, md.path, b""))
+            asked.append((sftp.request(READDIR, pack_string(handle)), READDIR, folder, handle))
+    except SftpError:  # the session goes on serving: leave nothing of this listing in it
+        for request_id, _, _, _ in asked:
+            sftp.discard(request_id)
+        for handle in handles:
+            sftp.discard(sftp.request(CLOSE, pack_string(handle)))
+        raise
     return entries
+
+
+def where(root: bytes, folder: str) -> bytes:
+    return root + b"/" + encode(folder) if folder else root
+
+
+def _entry(folder: str, raw: bytes, attrs: Attrs) -> Metadata | None:
+    """The Metadata of one entry of a folder, or None for what the listing leaves out."""
+    name = raw.decode("utf-8", "surrogateescape")
+    if name.endswith(TEMP_SUFFIX) or "/" in name or kind_of(attrs) is None:
+        return None
+    return describe(f"{folder}/{name}" if folder else name, attrs)

@@ -17,7 +17,6 @@ import errno
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paramiko
@@ -57,6 +56,13 @@ class Attrs:
     atime: int | None = None
     uid: int | None = None
     gid: int | None = None
+
+
+def refusal(code: int, message: str, what: str) -> SftpError:
+    """The error for a status other than OK."""
+    text = f"{what}: {message or 'failed'}"
+    error = _ERRNO.get(code)
+    return SftpError(error, text) if error is not None else SftpError(text)
 
 
 def pack_string(value: bytes) -> bytes:
@@ -226,11 +232,7 @@ class Session:
                 return reader
             if code == EOF and expected == DATA:
                 return Reader(pack_string(b""))
-            error = _ERRNO.get(code)
-            text = f"{what}: {message or 'failed'}"
-            if error is not None:
-                raise SftpError(error, text)
-            raise SftpError(text)
+            raise refusal(code, message, what)
         if kind != expected:
             raise ConnectionLost(f"{what}: unexpected answer (type {kind})")
         return reader
@@ -302,29 +304,25 @@ class Session:
         self._call(SYMLINK, pack_string(target) + pack_string(path), STATUS,
                    path.decode(errors="replace"))
 
-    def listdir(self, path: bytes) -> Iterator[tuple[bytes, Attrs]]:
-        """(name, attributes) of every entry but . and .."""
-        handle = self._call(OPENDIR, pack_string(path), HANDLE, path.decode(errors="replace")).string()
-        try:
-            while True:
-                kind, reader = self.response(self.request(READDIR, pack_string(handle)))
-                if kind == STATUS:
-                    code = reader.u32()
-                    if code == EOF:
-                        return
-                    raise SftpError(_ERRNO.get(code, 0) or None,
-                                    f"{path.decode(errors='replace')}: "
-                                    f"{reader.string().decode(errors='replace')}")
-                if kind != NAME:
-                    raise ConnectionLost(f"readdir: unexpected answer (type {kind})")
-                for _ in range(reader.u32()):
-                    name = reader.string()
-                    reader.string()
-                    attrs = reader.attrs()
-                    if name not in (b".", b".."):
-                        yield name, attrs
-        finally:
-            self.close_handle(handle)
+    def names(self, request_id: int, what: str) -> list[tuple[bytes, Attrs]] | None:
+        """The entries a READDIR was answered with (but . and ..), or None at the folder's
+        end."""
+        kind, reader = self.response(request_id)
+        if kind == STATUS:
+            code = reader.u32()
+            if code == EOF:
+                return None
+            raise refusal(code, reader.string().decode("utf-8", "replace"), what)
+        if kind != NAME:
+            raise ConnectionLost(f"{what}: unexpected answer (type {kind})")
+        found = []
+        for _ in range(reader.u32()):
+            name = reader.string()
+            reader.string()  # the long name, as ls -l would print it
+            attrs = reader.attrs()
+            if name not in (b".", b".."):
+                found.append((name, attrs))
+        return found
 
     # bulk data
 
