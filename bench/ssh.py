@@ -16,7 +16,11 @@ spent per GiB (user + system, from /proc): the filesystem's own processes
 built-in SFTP server, internal-sftp, serves both). On a machine with few
 cores, CPU time is what caps the speed.
 Then both once more through a proxy that makes the round trip LONG_LINK
-(delay.py), where what a connection may leave unacknowledged caps it.
+(delay.py), where what a connection may leave unacknowledged caps it; and
+there, the time to see a whole tree of TREE_FOLDERS folders the server
+holds: from the mount command until `find -ls` is done through sshfs, and
+until onitufs's first listing shows in its mount (the poll that finds
+changes on the server reads the same listing).
 Everything lives in one temporary folder, removed at the end with every
 mount and process, also after an error.
 `python -m bench.ssh` runs it alone; `python -m bench` runs it after the rest.
@@ -47,6 +51,7 @@ ROUNDS = 3
 BAR = 1.0
 LONG_LINK = 0.05  # seconds of round trip through the proxy
 LONG_LINK_MIB = 64
+TREE_FOLDERS = (20, 10)  # 20 folders of 10 folders each, 5 files in each of those
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -204,6 +209,60 @@ def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: 
     return read, upload, write
 
 
+def make_tree(root: Path) -> Path:
+    """The tree to list; returns the file that comes last."""
+    top, sub = TREE_FOLDERS
+    for a in range(top):
+        for b in range(sub):
+            folder = root / f"a{a}" / f"b{b}"
+            folder.mkdir(parents=True)
+            for f in range(5):
+                (folder / f"f{f}").write_bytes(b"x")
+    return folder / "f4"
+
+
+def sshfs_sees_tree(server: Sshd, folder: Path, mnt: Path, port: int) -> float:
+    start = time.perf_counter()
+    subprocess.run(["sshfs", "-p", str(port), "-o",
+                    f"IdentityFile={server.user_key},UserKnownHostsFile="
+                    f"{server.known_hosts_for(port)},StrictHostKeyChecking=yes,BatchMode=yes",
+                    f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        subprocess.run(["find", str(mnt), "-ls"], check=True, stdout=subprocess.DEVNULL,
+                       timeout=600)
+        return time.perf_counter() - start
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+        lazy_unmount(mnt)
+
+
+def onitufs_sees_tree(server: Sshd, folder: Path, work: Path, port: int, last: Path) -> float:
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    config = work / "onitufs.toml"
+    config.write_text("\n".join([
+        "[cache]", f'path = "{work / "cache"}"', "",
+        *server.remote("server", folder, poll_interval="1h", port=port)]))
+    start = time.perf_counter()
+    result = onitufs("mount", mnt, config)
+    if result.returncode != 0:
+        raise TargetError(f"onitufs mount failed: {result.stderr.strip()}")
+    pid = json.loads(os.getxattr(mnt, "user.onitufs.status"))["pid"]
+    try:
+        shown = mnt / last.relative_to(folder)
+        while not shown.exists():
+            if time.perf_counter() - start > 600:
+                raise TargetError("onitufs: the server's tree did not show in 600s")
+            time.sleep(0.01)
+        return time.perf_counter() - start
+    finally:
+        onitufs("umount", mnt)
+        lazy_unmount(mnt)
+        wait_gone(pid, 30)
+        shutil.rmtree(work / "cache", ignore_errors=True)
+
+
 @dataclass
 class Results:
     """Best MiB/s [read, upload, writes into the mount] and least CPU seconds per GiB
@@ -269,6 +328,12 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
         near = compare(server, folder, work, size_mib, ROUNDS, server.port, "loopback")
         proxy = DelayProxy(server.port, LONG_LINK / 2)
         far = compare(server, folder, work, LONG_LINK_MIB, ROUNDS, proxy.port, "long link")
+        last = make_tree(folder)
+        sees_tree = {"sshfs": min(sshfs_sees_tree(server, folder, work / "sshfs", proxy.port)
+                                  for _ in range(ROUNDS)),
+                     "onitufs": min(onitufs_sees_tree(server, folder, work / "onitufs",
+                                                      proxy.port, last)
+                                    for _ in range(ROUNDS))}
     finally:
         if proxy is not None:
             proxy.stop()
@@ -289,6 +354,11 @@ def run(size_mib: int, workdir: Path | None = None) -> list[str]:
             f"  {who} {near.cpu[who][i][0]:.2f} / {near.cpu[who][i][1]:.2f}" for who in near.cpu))
     lines += [f"The same through a proxy that makes the round trip {LONG_LINK * 1000:.0f} ms "
               f"(a long link), {LONG_LINK_MIB} MiB, best of {ROUNDS}:", *speed_lines(far)]
+    top, sub = TREE_FOLDERS
+    lines.append(f"{'the whole tree seen':28}{'s':>6}{sees_tree['sshfs']:10.2f}"
+                 f"{sees_tree['onitufs']:10.2f}{sees_tree['sshfs'] / sees_tree['onitufs']:8.2f}"
+                 f"   ({top + top * sub} folders, {top * sub * 5} files; ratio: sshfs's time "
+                 "/ onitufs's)")
     met = [f"{label} {'met' if ratio >= BAR else 'NOT MET'} ({ratio:.2f})"
            for label, ratio in (("cold", near.speed["onitufs"][0] / near.speed["sshfs"][0]),
                                 ("upload", near.speed["onitufs"][1] / near.speed["sshfs"][1]))]
