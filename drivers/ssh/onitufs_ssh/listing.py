@@ -14,7 +14,7 @@ import stat
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
 
-from .sftp import CLOSE, HANDLE, NAME, OPENDIR, READDIR, READLINK, Attrs, Session, SftpError, pack_string
+from .sftp import CLOSE, HANDLE, OPENDIR, READDIR, READLINK, Attrs, Session, SftpError, pack_string
 
 FOLDERS_AT_ONCE = 16  # folders the listing has open at once on the server
 
@@ -69,9 +69,8 @@ def walk(sftp: Session, root: bytes) -> list[Metadata]:
             request_id, kind, folder, handle = asked.popleft()
             what = where(root, folder).decode(errors="replace")
             if kind == READLINK:
-                reader = sftp.check(request_id, NAME, what)
-                reader.u32()
-                links.pop(folder).target = reader.string().decode("utf-8", "surrogateescape")
+                target = sftp.link_target(request_id, what)
+                links.pop(folder).target = target.decode("utf-8", "surrogateescape")
                 continue
             if kind == OPENDIR:
                 handle = sftp.check(request_id, HANDLE, what).string()

@@ -294,7 +294,12 @@ class Session:
             self._call(RENAME, pack_string(old) + pack_string(new), STATUS, what)
 
     def readlink(self, path: bytes) -> bytes:
-        reader = self._call(READLINK, pack_string(path), NAME, path.decode(errors="replace"))
+        return self.link_target(self.request(READLINK, pack_string(path)),
+                                path.decode(errors="replace"))
+
+    def link_target(self, request_id: int, what: str) -> bytes:
+        """The target a READLINK was answered with."""
+        reader = self.check(request_id, NAME, what)
         reader.u32()
         return reader.string()
 
