@@ -28,6 +28,7 @@ mount and process, also after an error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -37,7 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +143,8 @@ def make_source(path: Path, size_mib: int) -> str:
     return digest.hexdigest()
 
 
-def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: bytes,
-                name: str, digest: str, port: int) -> tuple[Phase, Phase]:
+@contextlib.contextmanager
+def sshfs_mounted(server: Sshd, folder: Path, mnt: Path, port: int) -> Iterator[None]:
     known_hosts = server.known_hosts if port == server.port else server.known_hosts_for(port)
     subprocess.run(["sshfs", "-p", str(port), "-o",
                     f"IdentityFile={server.user_key},UserKnownHostsFile={known_hosts},"
@@ -151,19 +152,50 @@ def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: byt
                     f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
                    capture_output=True, timeout=60)
     try:
+        yield
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+        lazy_unmount(mnt)
+
+
+def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: bytes,
+                name: str, digest: str, port: int) -> tuple[Phase, Phase]:
+    with sshfs_mounted(server, folder, mnt, port):
         client = functools.partial(sshfs_processes, mnt, port)
         read = measure(client, server, lambda: read_file(mnt / name, digest))
         upload = measure(client, server, lambda: write_file(mnt / f"up-sshfs-{name}", block,
                                                              size_mib, fsync=True))
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
-        lazy_unmount(mnt)
     return read, upload
 
 
 def onitufs(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "onitufs", *map(str, args)], capture_output=True,
                           text=True, check=False, timeout=3600)
+
+
+@contextlib.contextmanager
+def onitufs_mounted(server: Sshd, folder: Path, work: Path, port: int, settings: list[str],
+                    poll_interval: str) -> Iterator[tuple[Path, int]]:
+    """onitufs mounted at WORK/mnt with the server as its only remote, its cache in WORK;
+    `settings`: config lines before the remote's table. Yields the mount and the daemon's
+    pid; the cache is removed afterwards."""
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    config = work / "onitufs.toml"
+    config.write_text("\n".join([
+        "[cache]", f'path = "{work / "cache"}"', *settings, "",
+        *server.remote("server", folder, poll_interval=poll_interval, port=port)]))
+    result = onitufs("mount", mnt, config)
+    if result.returncode != 0:
+        raise TargetError(f"onitufs mount failed: {result.stderr.strip()}")
+    pid = json.loads(os.getxattr(mnt, "user.onitufs.status"))["pid"]
+    try:
+        yield mnt, pid
+    finally:
+        onitufs("umount", mnt)
+        lazy_unmount(mnt)
+        wait_gone(pid, 30)
+        shutil.rmtree(work / "cache", ignore_errors=True)
 
 
 def wait_for_upload(target: Path, size: int) -> float:
@@ -179,18 +211,8 @@ def wait_for_upload(target: Path, size: int) -> float:
 
 def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: bytes,
                   name: str, digest: str, port: int) -> tuple[Phase, Phase, float]:
-    mnt = work / "mnt"
-    mnt.mkdir(exist_ok=True)
-    config = work / "onitufs.toml"
-    config.write_text("\n".join([
-        "[cache]", f'path = "{work / "cache"}"', f'size = "{max(1024, 4 * size_mib)} MiB"', "",
-        "[sync]", 'upload_delay = "0.1s"', "",
-        *server.remote("server", folder, poll_interval="1s", port=port)]))
-    result = onitufs("mount", mnt, config)
-    if result.returncode != 0:
-        raise TargetError(f"onitufs mount failed: {result.stderr.strip()}")
-    pid = json.loads(os.getxattr(mnt, "user.onitufs.status"))["pid"]
-    try:
+    settings = [f'size = "{max(1024, 4 * size_mib)} MiB"', "", "[sync]", 'upload_delay = "0.1s"']
+    with onitufs_mounted(server, folder, work, port, settings, "1s") as (mnt, pid):
         deadline = time.monotonic() + 60
         while not (mnt / name).exists():
             if time.monotonic() > deadline:
@@ -201,11 +223,6 @@ def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: 
         write = write_file(mnt / target.name, block, size_mib, fsync=False)
         upload = measure(lambda: [pid], server,
                          lambda: wait_for_upload(target, size_mib * MIB))
-    finally:
-        result = onitufs("umount", mnt)
-        lazy_unmount(mnt)
-        wait_gone(pid, 30)
-        shutil.rmtree(work / "cache", ignore_errors=True)
     return read, upload, write
 
 
@@ -223,44 +240,21 @@ def make_tree(root: Path) -> Path:
 
 def sshfs_sees_tree(server: Sshd, folder: Path, mnt: Path, port: int) -> float:
     start = time.perf_counter()
-    subprocess.run(["sshfs", "-p", str(port), "-o",
-                    f"IdentityFile={server.user_key},UserKnownHostsFile="
-                    f"{server.known_hosts_for(port)},StrictHostKeyChecking=yes,BatchMode=yes",
-                    f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
-                   capture_output=True, timeout=60)
-    try:
+    with sshfs_mounted(server, folder, mnt, port):
         subprocess.run(["find", str(mnt), "-ls"], check=True, stdout=subprocess.DEVNULL,
                        timeout=600)
         return time.perf_counter() - start
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
-        lazy_unmount(mnt)
 
 
 def onitufs_sees_tree(server: Sshd, folder: Path, work: Path, port: int, last: Path) -> float:
-    mnt = work / "mnt"
-    mnt.mkdir(exist_ok=True)
-    config = work / "onitufs.toml"
-    config.write_text("\n".join([
-        "[cache]", f'path = "{work / "cache"}"', "",
-        *server.remote("server", folder, poll_interval="1h", port=port)]))
     start = time.perf_counter()
-    result = onitufs("mount", mnt, config)
-    if result.returncode != 0:
-        raise TargetError(f"onitufs mount failed: {result.stderr.strip()}")
-    pid = json.loads(os.getxattr(mnt, "user.onitufs.status"))["pid"]
-    try:
+    with onitufs_mounted(server, folder, work, port, [], "1h") as (mnt, _):
         shown = mnt / last.relative_to(folder)
         while not shown.exists():
             if time.perf_counter() - start > 600:
                 raise TargetError("onitufs: the server's tree did not show in 600s")
             time.sleep(0.01)
         return time.perf_counter() - start
-    finally:
-        onitufs("umount", mnt)
-        lazy_unmount(mnt)
-        wait_gone(pid, 30)
-        shutil.rmtree(work / "cache", ignore_errors=True)
 
 
 @dataclass
