@@ -222,7 +222,7 @@ class RemoteChanges:
             log.warning("remote %s: %s changed both here and there; its version shows as %s",
                         remote.name, md.path, aside)
             return
-        if not remote.has("move_file"):
+        if not await remote.has("move_file"):
             log.error("remote %s: %s changed both here and there, and the driver cannot rename "
                       "files: resolve it by hand", remote.name, md.path)
             return

@@ -58,7 +58,10 @@ class Remote:
     def name(self) -> str:
         return self.config.name
 
-    def has(self, handler: str) -> bool:
+    async def has(self, handler: str) -> bool:
+        """Whether the driver offers this handler: known once it has registered them,
+        so this waits for that (after a restart, work is queued before the driver is)."""
+        await self.ready.wait()
         return self.plug is not None and self.plug.has(handler)
 
     async def call(self, handler: str, *args: Any) -> Any:

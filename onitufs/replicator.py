@@ -276,7 +276,7 @@ class Replicator:
                 wanted = []  # gone, or special files, which live in the index only
             stale = [path for path in have if path not in wanted]
             missing = [path for path in wanted if path not in have]
-            if remote.has("move_file"):
+            if await remote.has("move_file"):
                 while stale and missing:
                     old, new = stale.pop(), missing.pop()
                     await self._ensure_parent(remote, new, visiting)
@@ -304,7 +304,7 @@ class Replicator:
                 upload = inode.is_reg and (entry is None or entry.rev != inode.rev)
                 make = entry is None and (inode.is_dir or inode.is_symlink)
                 if not (upload or make):
-                    if entry is not None and not inode.is_symlink and remote.has("set_attrs"):
+                    if entry is not None and not inode.is_symlink and await remote.has("set_attrs"):
                         await self._set_attrs(remote, inode, path, entry)
                     continue
                 await self._ensure_parent(remote, path, visiting)
@@ -395,7 +395,7 @@ class Replicator:
     async def _make(self, remote: Remote, inode: Inode, path: str) -> None:
         md = self._describe(inode, path)
         handler = "make_dir" if inode.is_dir else "make_symlink"
-        if not remote.has(handler):
+        if not await remote.has(handler):
             return  # this remote cannot store it: it stays in the index only
         await remote.call(handler, md)
         remote.touch(path)
@@ -414,7 +414,7 @@ class Replicator:
         with self.index.begin() as txn:
             saved = self.index.transfer(remote.rid, inode.ino, txn)
         if saved is not None and saved.rev == rev and saved.path == path \
-                and remote.has("restart_upload"):
+                and await remote.has("restart_upload"):
             md.extra = saved.extra
             offset = saved.offset
             log.info("remote %s: resuming %s at byte %d", remote.name, path, offset)
@@ -490,7 +490,7 @@ class Replicator:
                 self.index.put_inode(txn, inode)
 
     async def _abort(self, remote: Remote, ino: int, transfer: Transfer) -> None:
-        if remote.has("abort_upload"):
+        if await remote.has("abort_upload"):
             await remote.call("abort_upload", Metadata(path=transfer.path, extra=transfer.extra))
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, ino, None)

@@ -1,0 +1,74 @@
+"""A remote on its own, with a driver module made here: what the core asks of it."""
+
+from __future__ import annotations
+
+import threading
+import types
+from pathlib import Path
+
+import trio
+
+from onitufs.config import Options, RemoteConfig
+from onitufs.plug import Metadata, Plug
+from onitufs.remotes import Remote
+
+
+class NoChanges:
+    """A sink for a driver that reports nothing."""
+
+    async def update_file(self, remote: str, metadata: Metadata) -> None:
+        raise AssertionError("not expected")
+
+    async def delete_file(self, remote: str, path: str) -> None:
+        raise AssertionError("not expected")
+
+    async def move_file(self, remote: str, old_path: str, new: Metadata) -> None:
+        raise AssertionError("not expected")
+
+    async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool:
+        raise AssertionError("not expected")
+
+    async def set_status(self, remote: str, error: str | None) -> None:
+        raise AssertionError("not expected")
+
+
+def test_what_a_driver_offers_is_asked_once_it_registered_its_handlers(tmp_path: Path) -> None:
+    # After a restart the replicator has work queued before the driver's thread has
+    # registered anything; taking "no restart_upload yet" for "none" started a saved
+    # upload over from byte 0.
+    registering = threading.Event()
+    driver = types.ModuleType("late_driver")
+
+    def start(plug: Plug) -> None:
+        registering.wait()
+
+        @plug.handler()
+        def restart_upload(md: Metadata, offset: int) -> None:
+            raise AssertionError("not called here")
+
+        plug.ready()
+        plug.stopping.wait()
+
+    driver.start = start  # type: ignore[attr-defined]
+    options = Options({}, "remotes.late", tmp_path)
+    remote = Remote(RemoteConfig("late", "late_driver", "rw", options), 1, driver)
+    answers: list[bool] = []
+
+    async def ask() -> None:
+        answers.append(await remote.has("restart_upload"))
+        answers.append(await remote.has("move_file"))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remote.run_driver, NoChanges())
+            nursery.start_soon(ask)
+            await trio.sleep(0.2)
+            assert answers == []  # still waiting for the driver
+            registering.set()
+            with trio.fail_after(10):
+                while len(answers) < 2:
+                    await trio.sleep(0.01)
+            remote.stop()
+
+    trio.run(main)
+    assert answers == [True, False]
