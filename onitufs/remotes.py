@@ -60,9 +60,16 @@ class Remote:
 
     async def has(self, handler: str) -> bool:
         """Whether the driver offers this handler: known once it has registered them,
-        so this waits for that (after a restart, work is queued before the driver is)."""
+        so this waits for that (after a restart, work is queued before the driver is).
+        A driver that never said so has not said what it lacks either: that is a
+        failure to retry, not a "no" that would leave work undone for good."""
         await self.ready.wait()
-        return self.plug is not None and self.plug.has(handler)
+        assert self.plug is not None
+        if not self.plug.wait_ready(0):
+            error = RemoteUnavailable("the driver has not registered its handlers")
+            self.failed(error)
+            raise CallFailed(f"{self.name}: {handler}: {self.health.last_error}") from error
+        return self.plug.has(handler)
 
     async def call(self, handler: str, *args: Any) -> Any:
         """Run a handler on a worker thread; failures are recorded and re-raised."""

@@ -6,11 +6,13 @@ import threading
 import types
 from pathlib import Path
 
+import pytest
 import trio
 
+from onitufs import remotes
 from onitufs.config import Options, RemoteConfig
 from onitufs.plug import Metadata, Plug
-from onitufs.remotes import Remote
+from onitufs.remotes import CallFailed, Remote
 
 
 class NoChanges:
@@ -72,3 +74,27 @@ def test_what_a_driver_offers_is_asked_once_it_registered_its_handlers(tmp_path:
 
     trio.run(main)
     assert answers == [True, False]
+
+
+def test_a_driver_that_never_registers_fails_what_is_asked_of_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "no such handler" would leave a folder unmade or an upload started over for good
+    monkeypatch.setattr(remotes, "READY_TIMEOUT", 0.2)
+    driver = types.ModuleType("mute_driver")
+
+    def start(plug: Plug) -> None:
+        plug.stopping.wait()  # never says it is ready
+
+    driver.start = start  # type: ignore[attr-defined]
+    options = Options({}, "remotes.mute", tmp_path)
+    remote = Remote(RemoteConfig("mute", "mute_driver", "rw", options), 1, driver)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remote.run_driver, NoChanges())
+            with trio.fail_after(10), pytest.raises(CallFailed, match="registered"):
+                await remote.has("make_dir")
+            remote.stop()
+
+    trio.run(main)
+    assert not remote.health.online
