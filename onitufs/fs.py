@@ -42,7 +42,9 @@ RELATIME_NS = 24 * 3600 * 10**9
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
 SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
-BUSY_WINDOW = 0.1  # a data operation this recent means someone is using the mount
+# A data operation this recent means someone is using the mount. A program at work (cp,
+# tar, a build) asks again well within it; any longer only delays every upload's start.
+BUSY_WINDOW = 0.02
 # What counts as using the mount; browsing (lookup, getattr, readdir, xattrs) does not.
 DATA_OPERATIONS = {"read", "write", "create", "mkdir", "mknod", "symlink", "link", "unlink",
                    "rmdir", "rename", "setattr"}

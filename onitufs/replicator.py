@@ -41,7 +41,7 @@ STALL_SECONDS = 60.0
 # The replicator yields to the user: while the mount is busy, new transfers wait, for
 # at most MAX_YIELD seconds past their time (uploads already running go on).
 MAX_YIELD = 3.0
-YIELD_STEP = 0.05  # with work queued and no progress this long, unmount stops waiting
+YIELD_STEP = 0.02  # how soon a worker that yielded looks again
 
 
 class FetchError(Exception):
