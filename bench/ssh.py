@@ -211,7 +211,8 @@ def wait_for_upload(target: Path, size: int) -> float:
 
 def onitufs_round(server: Sshd, folder: Path, work: Path, size_mib: int, block: bytes,
                   name: str, digest: str, port: int) -> tuple[Phase, Phase, float]:
-    settings = [f'size = "{max(1024, 4 * size_mib)} MiB"', "", "[sync]", 'upload_delay = "0.1s"']
+    # sshfs sends each write as it comes: onitufs starts its upload as soon as it may too
+    settings = [f'size = "{max(1024, 4 * size_mib)} MiB"', "", "[sync]", 'upload_delay = "0s"']
     with onitufs_mounted(server, folder, work, port, settings, "1s") as (mnt, pid):
         deadline = time.monotonic() + 60
         while not (mnt / name).exists():
