@@ -67,8 +67,7 @@ class Remote:
         assert self.plug is not None
         if not self.plug.wait_ready(0):
             error = RemoteUnavailable("the driver has not registered its handlers")
-            self.failed(error)
-            raise CallFailed(f"{self.name}: {handler}: {self.health.last_error}") from error
+            raise self._call_failed(handler, error) from error
         return self.plug.has(handler)
 
     async def call(self, handler: str, *args: Any) -> Any:
@@ -82,10 +81,14 @@ class Remote:
             result = await trio.to_thread.run_sync(self.plug.call, handler, *args,
                                                    limiter=self.limiter)
         except Exception as error:
-            self.failed(error)
-            raise CallFailed(f"{self.name}: {handler}: {self.health.last_error}") from error
+            raise self._call_failed(handler, error) from error
         self.succeeded()
         return result
+
+    def _call_failed(self, handler: str, error: Exception) -> CallFailed:
+        """Record the failure; returns what the caller raises for it."""
+        self.failed(error)
+        return CallFailed(f"{self.name}: {handler}: {self.health.last_error}")
 
     def touch(self, *paths: str) -> None:
         now = time.time()
