@@ -6,7 +6,10 @@ It has a ``start(plug)`` function that registers handlers with
 reporting what changed there through ``plug.update_file``,
 ``plug.delete_file``, ``plug.move_file`` or ``plug.report_tree``. It may have
 a ``check(options)`` function that validates its config table before the
-mount starts. See man/onitufs-drivers.7.
+mount starts, and a ``folder(options)`` function that names the folder on this
+machine where the remote keeps its files, if it keeps them in one, so that the
+core can refuse a remote at the mount point, inside it or around it, or in
+another remote's folder. See man/onitufs-drivers.7.
 
 Handlers run on worker threads and must be thread-safe; every method of the
 Plug is safe to call from any thread.
@@ -22,6 +25,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -272,3 +276,13 @@ def check_options(module: ModuleType, options: Options) -> None:
     check = getattr(module, "check", None)
     if check is not None:
         check(options)
+
+
+def remote_folder(module: ModuleType, options: Options) -> Path | None:
+    """The folder on this machine where the driver keeps this remote's files, as its
+    ``folder(options)`` names it; None for a driver without one (a server, a service)."""
+    folder = getattr(module, "folder", None)
+    if folder is None:
+        return None
+    found = folder(options)
+    return None if found is None else Path(found)

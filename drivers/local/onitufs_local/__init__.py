@@ -18,6 +18,7 @@ import os
 import stat
 import threading
 import time
+from pathlib import Path
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import (
@@ -39,6 +40,12 @@ def check(options: Options) -> None:
         raise ConfigError(f"{options.where}.path: {root} is not a directory "
                           "(create it, or fix the path)")
     options.duration("poll_interval", "2s")
+
+
+def folder(options: Options) -> Path:
+    """The directory, for the core to check against the mount point, the cache and the
+    other remotes (it resolves symbolic links itself)."""
+    return options.path("path")
 
 
 def token(st: os.stat_result) -> str:
