@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, overlaps
 from .config import ConfigError, load
 from .index import CacheError, Index
+from .plug import load_driver
 
 STATUS_XATTR = "user.onitufs.status"
 FLUSH_XATTR = "user.onitufs.flush"
@@ -89,6 +90,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint.expanduser().absolute()
     log_path = args.log or config.cache_path / "onitufs.log"
     if not args.foreground:
+        # The daemon checks again, but its log would make the cache folder first.
+        drivers = {remote.name: load_driver(remote.driver, remote.options.where)
+                   for remote in config.remotes}
+        overlaps.check(config, mountpoint, drivers)
         return spawn_daemon(args, mountpoint, log_path)
     from .daemon import Mount, MountError, check_mountpoint, describe_error
 
