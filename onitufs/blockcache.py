@@ -8,10 +8,19 @@ were evicted) are fetched on demand through the Fetcher; a file is made
 complete before its first change, so the content of every revision that
 still has to be uploaded is always local.
 
-Each full block written is stored with its SHA-256 (found by a worker
-thread, beside the mount), which becomes the checksum of that block of the
-next revision; files written in order get their whole checksum the same way
-(inorder.py). Uploads then need not hash what they send.
+Every block is stored behind its own SHA-256, and the first read of a block
+in the life of the daemon checks it: a damaged block is never served or
+uploaded, but read again from a remote that holds the revision it belongs
+to (checked against that revision's checksum); content that no remote
+holds yet is reported lost (EIO), never replaced by something else. The
+SHA-256 of each full block (found by a worker thread, beside the mount)
+also becomes the checksum of that block of the next revision; files written
+in order get their whole checksum the same way (inorder.py). Uploads then
+need not hash what they send.
+
+A cut of content (truncate, O_TRUNC) is written in the caller's
+transaction, with the inode's new size, so that a crash leaves the old
+content or the new, never the old size over missing blocks.
 
 The cache keeps to its size by evicting clean blocks least recently used,
 and only blocks of files whose current revision every writable remote holds.
@@ -27,7 +36,21 @@ from collections.abc import Awaitable, Callable
 import lmdb
 import trio
 
-from .index import FLAG_COMPLETE, NO_HASH, UNREVISED, Index, Inode, delete_range, q, scan, unq
+from .index import (
+    FLAG_COMPLETE,
+    NO_HASH,
+    SEAL,
+    UNREVISED,
+    Index,
+    Inode,
+    Value,
+    delete_range,
+    q,
+    scan,
+    seal,
+    unq,
+    unseal,
+)
 from .inorder import InOrderHashes
 
 log = logging.getLogger(__name__)
@@ -35,6 +58,10 @@ BlockKey = tuple[int, int]
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
 # the current revision, checked against the digest where one is known, and their SHA-256
 Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[tuple[bytes, bytes]]]
+
+
+class BlockLost(Exception):
+    """A cached block is damaged and no remote holds the content it stood for."""
 
 
 class BlockCache:
@@ -58,10 +85,14 @@ class BlockCache:
         self._lru: collections.OrderedDict[BlockKey, int] = collections.OrderedDict()
         self.stored_bytes = 0
         self._fetching: dict[BlockKey, trio.Event] = {}
+        # Blocks checked against their checksum (or stored) since the daemon started, and
+        # blocks found damaged, which stay stored until a good copy replaces them.
+        self._sound: set[BlockKey] = set()
+        self._damaged: set[BlockKey] = set()
         with index.env.begin(buffers=True) as txn:  # lengths only: no block is read
             for key, value in scan(txn, self._db, b""):
-                self._lru[(unq(key), unq(key[8:]))] = len(value)
-                self.stored_bytes += len(value)
+                self._lru[(unq(key), unq(key[8:]))] = len(value) - SEAL
+                self.stored_bytes += len(value) - SEAL
 
     @property
     def dirty_bytes(self) -> int:
@@ -94,12 +125,36 @@ class BlockCache:
         if dirty is not None:
             return bytes(dirty[start:end])
         with self.index.env.begin(buffers=True) as txn:
-            stored = txn.get(q(inode.ino) + q(blockno), db=self._db)
+            stored = self._stored(txn, key)
             if stored is not None:
                 if key in self._lru:
                     self._lru.move_to_end(key)
                 return bytes(stored[start:end])
-        return b"" if inode.complete else None
+        return b"" if inode.complete and key not in self._damaged else None
+
+    def _stored(self, txn: lmdb.Transaction, key: BlockKey) -> Value | None:
+        """The content of a stored block, checked on its first read since the start; None
+        if it is not stored or is damaged (then it is noted, and logged once)."""
+        if key in self._damaged:
+            return None
+        raw = txn.get(q(key[0]) + q(key[1]), db=self._db)
+        if raw is None:
+            return None
+        if key in self._sound:
+            return raw[SEAL:]
+        content, sound = unseal(raw)
+        if sound:
+            self._sound.add(key)
+            return content
+        self._damaged.add(key)
+        offset = key[1] * self.block_size
+        log.error("inode %d: the cached block at bytes %d-%d is damaged (it does not match its "
+                  "checksum); it is read again from a remote", key[0], offset,
+                  offset + len(content) - 1)
+        return None
+
+    def damaged(self, ino: int, blockno: int) -> bool:
+        return (ino, blockno) in self._damaged
 
     def cached_block(self, inode: Inode, blockno: int, length: int) -> bytes | None:
         """The block as the cache has it (holes as zeros), or None if it is not cached."""
@@ -111,9 +166,13 @@ class BlockCache:
         while key in self._fetching:
             await self._fetching[key].wait()
             with self.index.begin() as txn:
-                stored = txn.get(q(inode.ino) + q(blockno), db=self._db)
-            if stored is not None:
-                return bytes(stored)
+                stored = self._stored(txn, key)
+                if stored is not None:
+                    return bytes(stored)
+        if key in self._damaged and inode.dirty:
+            # What was stored there is newer than any revision a remote may hold.
+            raise BlockLost(f"the cached block at byte {blockno * self.block_size} is damaged, "
+                            "and it held changes no remote has yet")
         self._fetching[key] = done = trio.Event()
         rev = inode.rev
         try:
@@ -123,32 +182,53 @@ class BlockCache:
                 return b""
             expected = self.index.block_hash(inode.ino, blockno, rev)
             data, digest = await self._fetch(inode, offset, length, expected)
-            if inode.rev == rev and not inode.complete and not self.has_dirty(inode.ino):
-                with self.index.write() as txn:
-                    self._store(txn, key, data)
-                    if expected is None:  # first seen: later fetches are checked against it
-                        self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
+            self.take_fetched(inode, blockno, rev, data, digest, expected is None)
             return data
         finally:
             del self._fetching[key]
             done.set()
 
+    def take_fetched(self, inode: Inode, blockno: int, rev: int, data: bytes, digest: bytes,
+                     new_checksum: bool) -> None:
+        """Keep a block of revision `rev` read from a remote, where the cache lacks it or
+        holds it damaged; with `new_checksum`, `digest` becomes the block's checksum (the
+        first copy seen: later ones are checked against it)."""
+        key = (inode.ino, blockno)
+        if inode.rev != rev or not (key in self._damaged or not inode.complete) \
+                or self.has_dirty(inode.ino):
+            return
+        with self.index.write() as txn:
+            self._store(txn, key, data, digest)
+            if new_checksum:
+                self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
+
     async def make_complete(self, inode: Inode) -> None:
         """Fetch every block not cached, so the file can be changed locally."""
         if inode.complete:
             return
-        blocks = (inode.size + self.block_size - 1) // self.block_size
-        for blockno in range(blocks):
-            if self._cached_piece(inode, blockno, 0, 0) is None:
-                await self._fetch_block(inode, blockno)
+        await self.make_sound(inode, 0, inode.size)
         if not inode.complete:
             inode.flags |= FLAG_COMPLETE
             self.index.defer_inode(inode)
 
+    async def make_sound(self, inode: Inode, offset: int, length: int) -> None:
+        """Make the stored blocks from `offset` over `length` bytes fit to change: fetched
+        if missing or damaged (BlockLost where no remote can give them back)."""
+        if length <= 0:
+            return
+        for blockno in range(offset // self.block_size, (offset + length - 1) // self.block_size + 1):
+            if blockno * self.block_size >= inode.size:
+                break
+            key = (inode.ino, blockno)
+            if key in self._sound and key not in self._damaged:
+                continue
+            if self._cached_piece(inode, blockno, 0, 0) is None:
+                await self._fetch_block(inode, blockno)
+
     # writing (callers bump the inode's version and size)
 
     def write(self, inode: Inode, offset: int, data: bytes) -> None:
-        """Write into a complete inode's buffers."""
+        """Write into a complete inode's buffers (make_sound() the blocks first)."""
         assert inode.complete, "make_complete() before changing content"
         bs = self.block_size
         view = memoryview(data)
@@ -175,14 +255,19 @@ class BlockCache:
             buffer = bytearray(flying)
         else:
             with self.index.begin() as txn:
-                stored = txn.get(q(ino) + q(blockno), db=self._db)
+                stored = self._stored(txn, (ino, blockno))
+            if (ino, blockno) in self._damaged:
+                raise BlockLost(f"inode {ino}: the cached block at byte "
+                                f"{blockno * self.block_size} is damaged")
             buffer = bytearray(stored) if stored is not None else bytearray()
         buffers[blockno] = buffer
         self._dirty_bytes += len(buffer)
         return buffer
 
-    def truncate(self, inode: Inode, new_size: int) -> None:
-        """Cut the content of a complete inode at new_size (growing needs nothing: holes)."""
+    def truncate(self, txn: lmdb.Transaction, inode: Inode, new_size: int) -> None:
+        """Cut the content of a complete inode at new_size (growing needs nothing: holes),
+        in `txn`, which must also write the inode's new size. The block the cut goes
+        through must be sound (make_sound)."""
         assert inode.complete, "make_complete() before changing content"
         if new_size >= inode.size:
             return
@@ -192,16 +277,30 @@ class BlockCache:
         for blockno in [b for b in buffers if b >= keep_blocks]:
             self._dirty_bytes -= len(buffers.pop(blockno))
         self._ground(inode.ino, keep_blocks)
-        with self.index.write() as txn:
-            self._delete_blocks(txn, inode.ino, keep_blocks)
+        self._delete_blocks(txn, inode.ino, keep_blocks)
         if new_size % bs:
+            # The stored block is cut too, not only its buffer: bytes past the end must not
+            # come back if a crash comes before the buffer is stored and the file regrows.
             blockno = new_size // bs
             buffer = buffers.get(blockno) or self._load(inode.ino, blockno, buffers)
             cut = new_size % bs
             if len(buffer) > cut:
                 self._dirty_bytes -= len(buffer) - cut
                 del buffer[cut:]
+                self._store(txn, (inode.ino, blockno), buffer)
+                self.index.set_block_hash(txn, inode.ino, blockno, UNREVISED, None)
         self._in_order.cut(inode.ino, new_size // bs)
+
+    def trim(self, txn: lmdb.Transaction, inode: Inode) -> None:
+        """Drop what is stored past the inode's size: after a crash, blocks stored for
+        content whose new size never committed."""
+        bs = self.block_size
+        self._delete_blocks(txn, inode.ino, (inode.size + bs - 1) // bs)
+        key, tail = (inode.ino, inode.size // bs), inode.size % bs
+        stored = self._stored(txn, key) if tail else None
+        if stored is not None and len(stored) > tail:
+            self._store(txn, key, bytes(stored[:tail]))
+            self.index.set_block_hash(txn, inode.ino, key[1], UNREVISED, None)
 
     def drop(self, txn: lmdb.Transaction, ino: int) -> None:
         """Forget every block of an inode (deleted, or replaced by a remote's revision)."""
@@ -220,17 +319,23 @@ class BlockCache:
     def _delete_blocks(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
         """Cut content (not eviction): the blocks go, and their checksums with them."""
         for blockno in delete_range(txn, self._db, q(ino), q(from_block)):
-            self.stored_bytes -= self._lru.pop((ino, unq(blockno)), 0)
+            key = (ino, unq(blockno))
+            self.stored_bytes -= self._lru.pop(key, 0)
+            self._sound.discard(key)
+            self._damaged.discard(key)
         self.index.cut_block_hashes(txn, ino, from_block)
 
-    def _store(self, txn: lmdb.Transaction, key: BlockKey, data: bytes | bytearray) -> None:
-        txn.put(q(key[0]) + q(key[1]), data, db=self._db)
+    def _store(self, txn: lmdb.Transaction, key: BlockKey, data: bytes | bytearray,
+               digest: bytes | None = None) -> None:
+        txn.put(q(key[0]) + q(key[1]), seal(data, digest), db=self._db)
         self._account(key, len(data))
 
     def _account(self, key: BlockKey, length: int) -> None:
-        """A block of `length` bytes is now stored under `key`."""
+        """A block of `length` bytes is now stored under `key`, as it was written."""
         self.stored_bytes += length - self._lru.pop(key, 0)
         self._lru[key] = length
+        self._sound.add(key)
+        self._damaged.discard(key)
 
     # committing and evicting
 
@@ -245,8 +350,9 @@ class BlockCache:
         for ino, buffers in self._dirty.items():
             for blockno, buffer in sorted(buffers.items()):
                 digest = self._checksum((ino, blockno), buffer)
-                self._store(txn, (ino, blockno), buffer)
-                self.index.set_block_hash(txn, ino, blockno, UNREVISED, digest)
+                self._store(txn, (ino, blockno), buffer, digest)
+                self.index.set_block_hash(txn, ino, blockno, UNREVISED,
+                                          digest if len(buffer) == self.block_size else None)
         self._dirty.clear()
         self._dirty_bytes = 0
         self.index.write_deferred(txn)
@@ -287,22 +393,20 @@ class BlockCache:
         with self.index.env.begin(write=True) as txn:
             for (key, buffer), digest in zip(batch, digests, strict=True):
                 if key not in self._superseded:
-                    txn.put(q(key[0]) + q(key[1]), buffer, db=self._db)
+                    txn.put(q(key[0]) + q(key[1]), seal(buffer, digest), db=self._db)
                     self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
                     written.append((key, len(buffer)))
         return written
 
-    def _checksum(self, key: BlockKey, buffer: bytearray) -> bytes | None:
-        """The SHA-256 of a block about to be stored, if it is full (a piece may still
-        grow, or end in a hole); the in-order hash of its file learns of it."""
-        if len(buffer) < self.block_size:
-            with self._in_order.lock:
-                self._in_order.stored(key[0], key[1], buffer, full=False)
-            return None
+    def _checksum(self, key: BlockKey, buffer: bytearray) -> bytes:
+        """The SHA-256 of a block about to be stored; the in-order hash of its file learns
+        of it. Only a full block's is also the checksum of that block of the revision (a
+        piece may still grow, or end in a hole)."""
         digest = hashlib.sha256(buffer).digest()
         with self._in_order.lock:
             if key not in self._superseded:
-                self._in_order.stored(key[0], key[1], buffer, full=True)
+                self._in_order.stored(key[0], key[1], buffer,
+                                      full=len(buffer) == self.block_size)
         return digest
 
     def revision_made(self, txn: lmdb.Transaction, inode: Inode, old_rev: int) -> None:
@@ -311,11 +415,22 @@ class BlockCache:
         self.index.carry_block_hashes(txn, inode.ino, old_rev, inode.rev)
         tail_length = inode.size % self.block_size
         tail = b""
+        key = (inode.ino, inode.size // self.block_size)
         if tail_length:
-            stored = txn.get(q(inode.ino) + q(inode.size // self.block_size), db=self._db) or b""
+            stored = self._stored(txn, key) or b""
             tail = bytes(stored[:tail_length]).ljust(tail_length, b"\0")  # a hole reads as zeros
         digest = self._in_order.finish(inode.ino, inode.size, self.block_size, tail)
+        if tail_length and key in self._damaged:
+            digest = None
         inode.sha256 = NO_HASH if digest is None else digest
+
+    def discard(self, txn: lmdb.Transaction, key: BlockKey) -> None:
+        """Forget one stored block, keeping its checksum (eviction, or damage a remote
+        repairs): the caller marks its inode incomplete."""
+        txn.delete(q(key[0]) + q(key[1]), db=self._db)
+        self.stored_bytes -= self._lru.pop(key, 0)
+        self._sound.discard(key)
+        self._damaged.discard(key)
 
     def has_dirty(self, ino: int) -> bool:
         return bool(self._dirty.get(ino)) or any(key[0] == ino for key in self._flying)
@@ -343,8 +458,7 @@ class BlockCache:
             return 0
         with self.index.write() as txn:
             for key in victims:
-                txn.delete(q(key[0]) + q(key[1]), db=self._db)
-                self.stored_bytes -= self._lru.pop(key)
+                self.discard(txn, key)
             for ino in {key[0] for key in victims}:
                 inode = self.index.get_inode(ino, txn)
                 if inode is not None and inode.complete:

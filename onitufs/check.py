@@ -2,13 +2,15 @@
 
 fsck reads the index and the block cache alone, so it works with every
 remote offline: names that lead nowhere, wrong link counts, inodes without
-a name, blocks no file owns, and replicas that are neither up to date nor
-queued. What it can mend it mends; the rest it reports.
+a name, blocks no file owns, cached blocks that no longer match their
+checksum, and replicas that are neither up to date nor queued. What it can
+mend it mends; the rest it reports.
 
 verify reads back every copy each readable remote holds of the current
-revisions and compares it with the cached content or the SHA-256 the index
-keeps; a damaged copy is marked and uploaded again from a good one before
-the command ends.
+revisions and compares it with the cached content (only where that content
+is sound) or the SHA-256 the index keeps; a damaged copy is marked and
+uploaded again from a good one before the command ends, and a damaged
+cached block is replaced by a remote's copy that matches the checksum.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import lmdb
 
 from .daemon import Mount
-from .index import NO_HASH, ROOT_INO, Inode, MirrorEntry, keys, scan, unq
+from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Inode, MirrorEntry, keys, scan, unq, unseal
 from .remotes import CallFailed, Remote
 from .replicator import entry_metadata
 from .tree import NewNode
@@ -98,11 +100,35 @@ async def fsck(mount: Mount, show: Show) -> Report:
                 txn.delete(key, db=index.db["blocks"])
                 report.found(f"cached block {blockno} of inode {ino} belonged to no content",
                              True, show)
+            elif not unseal(txn.get(key, db=index.db["blocks"]) or b"")[1]:
+                _damaged_block(mount, txn, owner, blockno, report, show)
         for key in keys(txn, index.db["hashes"]):
             if unq(key) not in inodes:
                 txn.delete(key, db=index.db["hashes"])
     _queue_missing_replicas(mount, report, show)
     return report
+
+
+def _damaged_block(mount: Mount, txn: lmdb.Transaction, inode: Inode, blockno: int,
+                   report: Report, show: Show) -> None:
+    """A cached block no longer matches its checksum: dropped where a remote holds the
+    revision it belongs to (it is read from there when needed), else reported."""
+    index, size = mount.index, mount.cache.block_size
+    start = blockno * size
+    paths = index.paths_of(inode.ino, txn)
+    where = f"bytes {start}-{min(start + size, inode.size) - 1} of /{paths[0] if paths else inode.ino}"
+    held = not inode.dirty and any(
+        entry.rev == inode.rev for remote in mount.remotes if remote.config.readable
+        for entry in index.mirror(remote.rid, inode.ino, txn).values())
+    if held:
+        mount.cache.discard(txn, (inode.ino, blockno))
+        inode.flags &= ~FLAG_COMPLETE
+        index.put_inode(txn, inode)
+        report.found(f"the cached {where} were damaged: dropped, to be read again from a "
+                     "remote", True, show)
+    else:
+        report.found(f"the cached {where} are damaged, and no remote holds that content",
+                     False, show)
 
 
 def _to_lost_and_found(mount: Mount, txn: lmdb.Transaction, inode: Inode, report: Report, show: Show) -> None:
@@ -202,13 +228,26 @@ async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
         if len(data) != length:
             return f"{len(data)} bytes at byte {offset}, expected {length}", True
         whole.update(data)
-        expected = cache.cached_block(inode, blockno, length)
+        expected = cache.cached_block(inode, blockno, length)  # None where damaged
         digest = mount.index.block_hash(inode.ino, blockno, inode.rev)
         if expected is not None and data != expected:
-            return f"differs from the cached content at byte {offset}", True
-        if expected is None and digest is not None and hashlib.sha256(data).digest() != digest:
-            return f"does not match the SHA-256 of the block at byte {offset}", True
+            first, last = differing_range(data, expected)
+            return f"bytes {offset + first}-{offset + last} differ from the cached content", True
+        if expected is None and digest is not None:
+            if hashlib.sha256(data).digest() != digest:
+                return (f"bytes {offset}-{offset + length - 1} do not match the SHA-256 of that "
+                        "block"), True
+            if cache.damaged(inode.ino, blockno):
+                cache.take_fetched(inode, blockno, inode.rev, data, digest, new_checksum=False)
         unchecked += expected is None and digest is None
     if inode.sha256 != NO_HASH and whole.digest() != inode.sha256:
         return "does not match the SHA-256 of the revision", True
     return None, not unchecked or inode.sha256 != NO_HASH
+
+
+def differing_range(a: bytes, b: bytes) -> tuple[int, int]:
+    """The first and the last position at which two different byte strings of the same
+    length differ."""
+    first = next(i for i in range(len(a)) if a[i] != b[i])
+    last = next(i for i in range(len(a) - 1, -1, -1) if a[i] != b[i])
+    return first, last

@@ -118,10 +118,19 @@ class Mount:
         self.recover()
 
     def recover(self) -> None:
-        """Finish what a crash interrupted: orphaned inodes go, unsaved revisions are made."""
+        """Finish what a crash interrupted: orphaned inodes go, and content changed since
+        its last revision (the inode says so, or blocks were stored for it since) becomes
+        a revision of what is stored, so that the mount and the remotes agree again."""
+        with self.index.begin() as txn:
+            stored_since = self.index.unrevised(txn)
         for inode in self.tree.purge_orphans():
-            if inode.dirty:
+            if inode.dirty or inode.ino in stored_since:
                 log.info("inode %d changed before a crash: making its revision", inode.ino)
+                with self.index.write() as txn:
+                    self.cache.trim(txn, inode)
+                    if not inode.dirty:
+                        inode.version += 1
+                    self.index.put_inode(txn, inode)
                 self.tree.make_revision(inode.ino, delay=0)
 
     def status(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import lmdb
 import pyfuse3
 import trio
 
+from .blockcache import BlockLost
 from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Inode, now_ns
 from .replicator import FetchError, Replicator
 from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
@@ -210,14 +211,27 @@ class Filesystem(pyfuse3.Operations):
         return self.attributes(node)
 
     async def _truncate(self, node: Inode, size: int) -> None:
-        if size == 0 and not node.complete:  # nothing of the old content is needed
-            with self.index.write() as txn:
+        """Cut or extend the content; the cut and the new size commit together."""
+        if size or node.complete:  # (when cut to nothing, none of the old content is needed)
+            await self._fit_to_change(node, min(size, node.size), 1)
+        with self.index.write() as txn:
+            if not node.complete:
                 self.cache.drop(txn, node.ino)
-            node.flags |= FLAG_COMPLETE
-        await self.cache.make_complete(node)
-        self.cache.truncate(node, size)
-        node.size = size
-        self.tree.content_changed(node)
+                node.flags |= FLAG_COMPLETE
+            self.cache.truncate(txn, node, size)
+            node.size = size
+            self.tree.content_changed(node)
+            self.index.put_inode(txn, node)
+
+    async def _fit_to_change(self, node: Inode, offset: int, length: int) -> None:
+        """Have every block a change touches local and sound, or fail with EIO."""
+        try:
+            await self.cache.make_complete(node)
+            await self.cache.make_sound(node, offset, length)
+        except (FetchError, BlockLost) as error:
+            log.error("cannot change %s: its content cannot be fetched: %s",
+                      self._describe(node.ino), error)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     # names
 
@@ -368,20 +382,14 @@ class Filesystem(pyfuse3.Operations):
             self.index.defer_inode(node)
         try:
             return await self.cache.read(node, off, size)
-        except FetchError as error:
+        except (FetchError, BlockLost) as error:
             log.error("cannot read %s: %s", self._describe(node.ino), error)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self.tree.inode(self._handles[fh].ino)
-        if not node.complete:
-            try:
-                await self.cache.make_complete(node)
-            except FetchError as error:
-                log.error("cannot change %s: its content cannot be fetched: %s",
-                          self._describe(node.ino), error)
-                raise pyfuse3.FUSEError(errno.EIO) from None
+        await self._fit_to_change(node, off, len(buf))
         self.cache.write(node, off, buf)
         node.size = max(node.size, off + len(buf))
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr

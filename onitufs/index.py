@@ -14,7 +14,8 @@ Named databases (one environment, so one transaction can change several):
 - ``transfers`` remote id + ino -> JSON {rev, path, offset, extra}: uploads in flight
 - ``hashes``    ino + block number -> revision + SHA-256 of that block of that revision
                 (or UNREVISED: of the block as stored, content not yet a revision)
-- ``blocks``    ino + block number -> content (owned by blockcache.py)
+- ``blocks``    ino + block number -> SHA-256 of the content + content (owned by
+                blockcache.py): a block that no longer matches its checksum is damaged
 
 Inode records are decoded once and kept in an LRU; attribute changes that
 happen on every write are kept in memory and written with the next commit.
@@ -39,7 +40,7 @@ from typing import Any
 import cachetools
 import lmdb
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
@@ -49,6 +50,7 @@ _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "
         "todo", "transfers", "hashes", "blocks")
 NO_HASH = b"\0" * 32
 UNREVISED = (1 << 64) - 1  # no revision has this number
+SEAL = 32  # the SHA-256 that leads every stored block
 
 
 class CacheError(Exception):
@@ -96,6 +98,17 @@ def delete_range(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
     for key in keys:
         txn.delete(prefix + key, db=db)
     return keys
+
+
+def seal(content: bytes | bytearray | memoryview, digest: bytes | None = None) -> bytes:
+    """A block as stored: its SHA-256 (given, or computed here), then its content."""
+    return (digest or hashlib.sha256(content).digest()) + bytes(content)
+
+
+def unseal(stored: Value) -> tuple[Value, bool]:
+    """The content of a stored block and whether it still matches its SHA-256."""
+    content = stored[SEAL:]
+    return content, hashlib.sha256(content).digest() == bytes(stored[:SEAL])
 
 
 def encode_path(path: str) -> bytes:
@@ -260,10 +273,13 @@ class Index:
                              atime_ns=stamp, mtime_ns=stamp, ctime_ns=stamp)
                 txn.put(q(ROOT_INO), root.pack(), db=self.db["inodes"])
                 return
-            if unq(raw) == 1:
+            version = unq(raw)
+            if version not in (1, 2, SCHEMA_VERSION):
+                raise CacheError(f"index schema {version} is not the supported {SCHEMA_VERSION}")
+            if version == 1:
                 self._upgrade_from_1(txn)
-            elif unq(raw) != SCHEMA_VERSION:
-                raise CacheError(f"index schema {unq(raw)} is not the supported {SCHEMA_VERSION}")
+            if version in (1, 2):
+                self._upgrade_from_2(txn)
             stored = txn.get(b"block_size", db=self.db["meta"])
             if stored is not None and block_size and unq(stored) != block_size:
                 raise CacheError(f"cache.block_size: the cache {self.path} was made with blocks "
@@ -275,6 +291,13 @@ class Index:
         for inode in list(self.all_inodes(txn)):
             if inode.dirty:
                 delete_range(txn, self.db["hashes"], q(inode.ino))
+
+    def _upgrade_from_2(self, txn: lmdb.Transaction) -> None:
+        # Schema 2 stored blocks without the checksum that lets a read find damage.
+        for key in keys(txn, self.db["blocks"]):  # one block in memory at a time
+            content = txn.get(key, db=self.db["blocks"])
+            assert content is not None
+            txn.put(key, seal(content), db=self.db["blocks"])
         txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
 
     # counters
@@ -408,6 +431,10 @@ class Index:
             txn.delete(q(ino) + q(blockno), db=self.db["hashes"])
         else:
             txn.put(q(ino) + q(blockno), q(rev) + digest, db=self.db["hashes"])
+
+    def unrevised(self, txn: lmdb.Transaction) -> set[int]:
+        """Inodes with blocks stored since their last revision was made."""
+        return {unq(key) for key, raw in scan(txn, self.db["hashes"], b"") if unq(raw) == UNREVISED}
 
     def cut_block_hashes(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
         delete_range(txn, self.db["hashes"], q(ino), q(from_block))

@@ -77,7 +77,7 @@ def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
     os.utime(damaged, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     result = run("verify", cloud.config, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "remote b: /data.bin: differs from the cached content at byte 2097152" in result.stdout
+    assert "remote b: /data.bin: bytes 2097157-2097159 differ from the cached content" in result.stdout
     assert damaged.read_bytes() == content
     assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
 
