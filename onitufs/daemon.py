@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from . import overlaps
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
@@ -81,6 +82,7 @@ class Mount:
         self.mountpoint = mountpoint
         drivers = {remote.name: load_driver(remote.driver, remote.options.where)
                    for remote in config.remotes}
+        overlaps.check(config, mountpoint, drivers)  # before the cache folder is made
         self.index = Index(config.cache_path, MAP_SIZE, config.block_size)
         try:
             new_remotes = [remote.name for remote in config.remotes
