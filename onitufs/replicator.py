@@ -22,7 +22,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -70,6 +70,10 @@ def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None
                     xattrs=xattrs or {})
 
 
+def _at_or_below(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
+
+
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -110,6 +114,9 @@ class Replicator:
         self._busy: dict[int, set[int]] = {r.rid: set() for r in remotes}
         self._wake: dict[int, trio.Event] = {r.rid: trio.Event() for r in remotes}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
+        # The paths each remote's operations work on right now, and whether as a folder
+        # moved or deleted there (see _working_at).
+        self._working: dict[int, list[tuple[str, bool]]] = {r.rid: [] for r in remotes}
         self._flush_below: float = 0  # items queued before this sequence number go now
         # Set by the daemon: keeps a remote's unexpected version beside ours.
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
@@ -260,7 +267,10 @@ class Replicator:
 
     async def _sync(self, remote: Remote, ino: int, visiting: frozenset[int] = frozenset()) -> None:
         """Bring one inode up to date on one remote. `visiting`: the inodes whose sync
-        is waiting on this one (a parent to make, a path to free), to see cycles."""
+        is waiting on this one (a parent to make, a path to free), to see cycles.
+
+        What the remote holds is read again after every wait: meanwhile a folder above
+        may have moved there, taking this inode's copy with it."""
         if ino == ROOT_INO:
             return  # the remote's root is where it is configured; never made, moved or deleted
         lock = self._lock(remote, ino)
@@ -271,49 +281,130 @@ class Replicator:
             with self.index.begin() as txn:
                 inode = self.index.get_inode(ino, txn)
                 wanted = self.index.paths_of(ino, txn) if inode is not None else []
-                have = self.index.mirror(remote.rid, ino, txn)
             if inode is None or not (inode.is_dir or inode.is_reg or inode.is_symlink):
                 wanted = []  # gone, or special files, which live in the index only
+            if await remote.has("move_file"):
+                await self._move_held(remote, ino, wanted, visiting)
+            while True:
+                have = self._mirror(remote, ino)
+                stale = [path for path in have if path not in wanted]
+                if not stale:
+                    break
+                await self._remove_held(remote, ino, stale[0], have[stale[0]], visiting)
+            for path in wanted:
+                assert inode is not None
+                entry = self._mirror(remote, ino).get(path)
+                if entry is None or (inode.is_reg and entry.rev != inode.rev):
+                    await self._ensure_parent(remote, path, visiting)
+                    if entry is None and not await self._make_way(remote, ino, path, visiting):
+                        raise Retry()
+                    if self._mirror(remote, ino).get(path) != entry:
+                        raise Retry()  # changed there while we waited: look again
+                if inode.is_reg and (entry is None or entry.rev != inode.rev):
+                    with self._working_at(remote, path):
+                        await self._upload(remote, inode, path, entry.token if entry else None)
+                elif entry is None:
+                    with self._working_at(remote, path):
+                        await self._make(remote, inode, path)
+                elif not inode.is_symlink and await remote.has("set_attrs"):
+                    with self._working_at(remote, path):
+                        await self._set_attrs(remote, inode, path, entry)
+            with self.index.begin() as txn:
+                cut = self.index.transfer(remote.rid, ino, txn)
+            if cut is not None:
+                # An upload cut short (the remote went away, a fetch failed, a crash) that
+                # nothing will resume now: the inode is gone, or needs no upload there any
+                # more. Leave nothing of it there, where it may keep a folder from going;
+                # its temp file went along if a folder above it was renamed since.
+                elsewhere = [path for path in wanted if path != cut.path]
+                with self._working_at(remote, cut.path, *elsewhere):
+                    await self._abort(remote, ino, cut, *elsewhere)
+
+    async def _move_held(self, remote: Remote, ino: int, wanted: list[str],
+                         visiting: frozenset[int]) -> None:
+        """Move what the remote holds at paths the inode left to paths it has now."""
+        while True:
+            have = self._mirror(remote, ino)
             stale = [path for path in have if path not in wanted]
             missing = [path for path in wanted if path not in have]
-            if await remote.has("move_file"):
-                while stale and missing:
-                    old, new = stale.pop(), missing.pop()
-                    await self._ensure_parent(remote, new, visiting)
-                    if old.startswith(new + "/"):
-                        # It takes the name of a folder it is in there (a/b -> a once the
-                        # folder a is gone): out of that folder first, so the folder can go.
-                        old = await self._step_aside(remote, ino, old, have[old],
-                                                     new.rpartition("/")[0])
-                        have = self._mirror(remote, ino)
-                    if not await self._make_way(remote, ino, new, visiting):
-                        await self._step_aside(remote, ino, old, have[old], old.rpartition("/")[0])
-                        raise Retry()
-                    await self._move(remote, ino, old, new, have[old])
-                have = self._mirror(remote, ino)
-            for path in stale:
-                await self._delete(remote, ino, path, have[path])
-            if inode is None:
-                with self.index.begin() as txn:
-                    cut = self.index.transfer(remote.rid, ino, txn)
-                if cut is not None:  # an upload of it was cut short: leave nothing of it there,
-                    await self._abort(remote, ino, cut)  # where it may keep a folder from going
+            if not (stale and missing):
                 return
-            for path in wanted:
-                entry = have.get(path)
-                upload = inode.is_reg and (entry is None or entry.rev != inode.rev)
-                make = entry is None and (inode.is_dir or inode.is_symlink)
-                if not (upload or make):
-                    if entry is not None and not inode.is_symlink and await remote.has("set_attrs"):
-                        await self._set_attrs(remote, inode, path, entry)
-                    continue
-                await self._ensure_parent(remote, path, visiting)
-                if entry is None and not await self._make_way(remote, ino, path, visiting):
+            old, new = stale[-1], missing[-1]
+            await self._ensure_parent(remote, new, visiting)
+            entry = self._mirror(remote, ino).get(old)
+            if entry is None or new in self._mirror(remote, ino):
+                continue  # a folder above moved meanwhile, and this with it
+            folder = entry.kind == "dir"
+            if old.startswith(new + "/"):
+                # It takes the name of a folder it is in there (a/b -> a once the folder
+                # a is gone): out of that folder first, so the folder can go.
+                with self._working_at(remote, old, folder=folder):
+                    await self._step_aside(remote, ino, old, entry, new.rpartition("/")[0])
+                continue  # and from there to its new name
+            if not await self._make_way(remote, ino, new, visiting):
+                entry = self._mirror(remote, ino).get(old)
+                if entry is not None:
+                    with self._working_at(remote, old, folder=folder):
+                        await self._step_aside(remote, ino, old, entry, old.rpartition("/")[0])
+                raise Retry()
+            entry = self._mirror(remote, ino).get(old)
+            if entry is None or new in self._mirror(remote, ino):
+                continue
+            with self._working_at(remote, old, new, folder=folder):
+                await self._move(remote, ino, old, new, entry)
+
+    async def _remove_held(self, remote: Remote, ino: int, path: str, entry: MirrorEntry,
+                           visiting: frozenset[int]) -> None:
+        """Delete what the remote holds at a path the inode left. A folder that does not
+        go because the remote still holds other inodes in it (deleted here, or moved
+        elsewhere, and not done there yet) goes once they are done."""
+        folder = entry.kind == "dir"
+        try:
+            with self._working_at(remote, path, folder=folder):
+                await self._delete(remote, ino, path, entry)
+        except CallFailed as error:
+            if not folder or isinstance(error.__cause__, RemoteUnavailable) \
+                    or not await self._clear_below(remote, ino, path, visiting):
+                raise
+            with self._working_at(remote, path, folder=True):
+                await self._delete(remote, ino, path, entry)
+
+    async def _clear_below(self, remote: Remote, ino: int, folder: str,
+                           visiting: frozenset[int]) -> bool:
+        """Bring up to date the other inodes the remote holds below `folder`, deepest
+        first; False if it holds none there."""
+        prefix = folder + "/"
+        with self.index.begin() as txn:
+            below = {(path.count("/"), held) for held, path, _ in
+                     self.index.mirror_all(remote.rid, txn)
+                     if path.startswith(prefix) and held != ino}
+        for _, held in sorted(below, reverse=True):
+            await self._sync(remote, held, visiting)
+        return bool(below)
+
+    @contextlib.contextmanager
+    def _working_at(self, remote: Remote, *paths: str, folder: bool = False) -> Iterator[None]:
+        """Claim paths on a remote for one operation (or a whole upload, whose temp file
+        sits in the target's folder from start to end).
+
+        A folder moved or deleted there (`folder`) changes every path below it: it
+        waits (Retry) while another operation works below it, and those wait while it
+        runs. Otherwise one could work on a path that went away under it: a file would
+        land, or a temp file stay, in the folder at its new place, where nothing knows it.
+        """
+        working = self._working[remote.rid]
+        for path in paths:
+            for other, other_folder in working:
+                if (folder and _at_or_below(other, path)) \
+                        or (other_folder and _at_or_below(path, other)):
                     raise Retry()
-                if upload:
-                    await self._upload(remote, inode, path, entry.token if entry else None)
-                else:
-                    await self._make(remote, inode, path)
+        claims = [(path, folder) for path in paths]
+        working.extend(claims)
+        try:
+            yield
+        finally:
+            for claim in claims:
+                working.remove(claim)
 
     async def _make_way(self, remote: Remote, ino: int, path: str,
                         visiting: frozenset[int]) -> bool:
@@ -433,8 +524,8 @@ class Replicator:
                          remote.name, path, resumed)
                 offset = resumed
         else:
-            if saved is not None:
-                await self._abort(remote, inode.ino, saved)
+            if saved is not None:  # and its temp file where a folder renamed since took it
+                await self._abort(remote, inode.ino, saved, path)
             offset = 0
             # Saved before the remote sees anything, with a name for the upload that drivers
             # use for their temp file: after a crash, restart_upload or abort_upload finds it.
@@ -445,10 +536,20 @@ class Replicator:
         # A pass from the first byte also learns the SHA-256 of the whole revision.
         whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH else None
         while offset < md.size:
-            if inode.rev != rev or inode.dirty:
+            if inode.rev != rev or inode.dirty or not self._alive(inode.ino):
                 await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
-                raise Retry()
-            chunk = await self.cache.read(inode, offset, self.block_size)
+                raise Retry()  # changed, or deleted: the next look does what is needed now
+            try:
+                chunk = await self.cache.read(inode, offset, self.block_size)
+            except Exception as error:
+                # The content cannot be had (its source vanished with the file, a damaged
+                # block): what was sent goes, unless a remote holding it is only away.
+                if not (isinstance(error, FetchError) and any(
+                        not holder.health.online for holder, _, _ in self.holders(inode))):
+                    with contextlib.suppress(CallFailed):
+                        await self._abort(remote, inode.ino,
+                                          Transfer(rev, path, offset, md.extra))
+                raise
             if not chunk:
                 break
             blockno = offset // self.block_size  # chunks are whole blocks
@@ -489,11 +590,19 @@ class Replicator:
                 inode.sha256 = whole.digest()
                 self.index.put_inode(txn, inode)
 
-    async def _abort(self, remote: Remote, ino: int, transfer: Transfer) -> None:
+    async def _abort(self, remote: Remote, ino: int, transfer: Transfer, *elsewhere: str) -> None:
+        """Remove the temp file of an upload, at its path and at the other paths given (where
+        a folder renamed since may have taken it), and forget the upload."""
         if await remote.has("abort_upload"):
-            await remote.call("abort_upload", Metadata(path=transfer.path, extra=transfer.extra))
+            for path in dict.fromkeys((transfer.path, *elsewhere)):
+                await remote.call("abort_upload", Metadata(path=path, extra=transfer.extra))
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, ino, None)
+
+    def _alive(self, ino: int) -> bool:
+        """The inode still has a name in the tree."""
+        inode = self.index.get_inode(ino)
+        return inode is not None and inode.nlink > 0
 
     def _save_transfer(self, remote: Remote, ino: int, transfer: Transfer) -> None:
         with self.index.write() as txn:

@@ -171,9 +171,32 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def abort_upload(md: Metadata) -> None:
-        close_upload(md)
+        with open_uploads_lock:
+            fd = open_uploads.pop(upload_path(md), None)
+        if fd is not None:
+            try:
+                # where the temp file is now: a folder above it may have been renamed since
+                moved = os.readlink(f"/proc/self/fd/{fd}")
+                if moved != temp(md):
+                    remove_temp(moved, os.fstat(fd))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp(md))
+
+    def remove_temp(path: str, st: os.stat_result | None = None) -> None:
+        """Delete an upload's temp file inside the root (the file `st` if given), and
+        nothing else: the name is one of onitufs's temp files, and it is a file."""
+        inside = os.path.realpath(root) + "/"
+        if not path.startswith(inside) or not path.endswith(TEMP_SUFFIX):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            there = os.lstat(path)
+            if stat.S_ISREG(there.st_mode) and (st is None or (there.st_dev, there.st_ino)
+                                                == (st.st_dev, st.st_ino)):
+                os.unlink(path)
 
     @plug.handler()
     def delete_file(md: Metadata) -> None:
@@ -183,7 +206,24 @@ def start(plug: Plug) -> None:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            os.rmdir(path)  # never recursive: what is left inside was not ours to delete
+            try:
+                os.rmdir(path)
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Never recursive: only the temp files of uploads cut short in it go with
+                # the folder; anything else in it was not ours to delete.
+                with os.scandir(path) as scan:
+                    inside = [(item.name, item.is_file(follow_symlinks=False)) for item in scan]
+                if not all(is_file and name.endswith(TEMP_SUFFIX) for name, is_file in inside):
+                    raise
+                for name, _ in inside:
+                    with open_uploads_lock:
+                        fd = open_uploads.pop(f"{md.path}/{name}", None)
+                    if fd is not None:
+                        os.close(fd)
+                    remove_temp(os.path.join(os.path.realpath(path), name))
+                os.rmdir(path)
             return
         if md.revision is not None and not stat.S_ISLNK(st.st_mode) and token(st) != md.revision:
             raise DriverError(f"{md.path}: changed on the remote; not deleting it")

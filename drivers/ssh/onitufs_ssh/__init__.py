@@ -29,14 +29,23 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, RemoteUnavailable, upload_path
+from onitufs.plug import (
+    TEMP_SUFFIX,
+    Changed,
+    Conflict,
+    DriverError,
+    Metadata,
+    Plug,
+    RemoteUnavailable,
+    upload_path,
+)
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import describe, encode, token, walk
 from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import Settings, read
-from .sftp import Attrs, SftpError
+from .sftp import HANDLE, OPENDIR, READDIR, Attrs, SftpError, pack_string
 from .uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -229,6 +238,46 @@ def start(plug: Plug) -> None:
                 if error.errno != 2:
                     raise
 
+    def names_in(conn: Connection, folder: bytes) -> list[tuple[bytes, Attrs]]:
+        """The entries of one folder on the server."""
+        what = folder.decode(errors="replace")
+        sftp = conn.sftp
+        handle = sftp.check(sftp.request(OPENDIR, pack_string(folder)), HANDLE, what).string()
+        found: list[tuple[bytes, Attrs]] = []
+        try:
+            while (names := sftp.names(sftp.request(READDIR, pack_string(handle)), what)) \
+                    is not None:
+                found += names
+        finally:
+            sftp.close_handle(handle)
+        return found
+
+    def remove_folder(conn: Connection, md: Metadata, path: bytes) -> None:
+        """rmdir, never recursive: only the temp files of uploads cut short in the folder
+        go with it; anything else in it was not ours to delete."""
+        try:
+            conn.sftp.rmdir(path)
+            return
+        except SftpError as error:
+            if error.errno == 2:
+                return
+            inside = names_in(conn, path)
+            ours = [name for name, attrs in inside
+                    if stat.S_ISREG(attrs.mode or 0) and name.endswith(encode(TEMP_SUFFIX))]
+            if not inside or len(ours) != len(inside):
+                raise
+        for name in ours:
+            with uploads_lock:
+                upload = uploads.pop(f"{md.path}/{name.decode('utf-8', 'surrogateescape')}", None)
+            if upload is not None:
+                upload.drop()
+            try:
+                conn.sftp.remove(path + b"/" + name)
+            except SftpError as error:
+                if error.errno != 2:
+                    raise
+        conn.sftp.rmdir(path)
+
     @plug.handler()
     @guarded
     def delete_file(md: Metadata) -> None:
@@ -238,7 +287,7 @@ def start(plug: Plug) -> None:
             if there is None:
                 return
             if stat.S_ISDIR(there.mode or 0):
-                conn.sftp.rmdir(path)  # never recursive: what is left inside was not ours
+                remove_folder(conn, md, path)
                 return
             if md.revision is not None and not stat.S_ISLNK(there.mode or 0) \
                     and token(there) != md.revision:
