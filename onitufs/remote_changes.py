@@ -172,12 +172,12 @@ class RemoteChanges:
         name = encode_path(md.path.rpartition("/")[2])
         uid, gid = os.getuid(), os.getgid()
         if md.kind == "dir":
-            node = NewNode(stat.S_IFDIR | (md.mode & 0o7777 or 0o755), uid, gid)
+            node = NewNode(stat.S_IFDIR | (md.mode & 0o7777), uid, gid)  # 0 is a mode
         elif md.kind == "symlink":
             node = NewNode(stat.S_IFLNK | 0o777, uid, gid, target=encode_path(md.target or ""),
                            size=len(encode_path(md.target or "")))
         else:
-            node = NewNode(stat.S_IFREG | (md.mode & 0o7777 or 0o644), uid, gid, size=md.size,
+            node = NewNode(stat.S_IFREG | (md.mode & 0o7777), uid, gid, size=md.size,
                            mtime_ns=md.mtime_ns)
         inode = self.tree.create(txn, parent, name, node, source=remote.rid)
         if md.kind == "file" and md.size:

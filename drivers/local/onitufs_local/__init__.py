@@ -241,11 +241,20 @@ def start(plug: Plug) -> None:
     @plug.handler()
     def make_dir(md: Metadata) -> None:
         path = real(md.path)
+        mode = md.mode & 0o7777
         try:
-            os.mkdir(path, md.mode or 0o755)
+            os.mkdir(path, mode)
         except FileExistsError:
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
+        # The exact mode, zero included: mkdir applied the daemon's umask, and on Linux
+        # leaves out the setuid and setgid bits (or inherits setgid from the parent).
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
         apply_xattrs(path, md.xattrs)
         st = os.lstat(path)
         md.revision, md.file_id = token(st), file_id(st)

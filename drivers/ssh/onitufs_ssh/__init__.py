@@ -310,13 +310,16 @@ def start(plug: Plug) -> None:
     def make_dir(md: Metadata) -> None:
         with pool.use() as conn:
             path = inside(conn, md.path)
+            mode = md.mode & 0o7777
             try:
-                conn.sftp.mkdir(path, md.mode or 0o755)
+                conn.sftp.mkdir(path, mode)
             except SftpError:
                 there = lstat(conn, path)
                 if there is None or not stat.S_ISDIR(there.mode or 0):
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None
+            # the exact mode, zero included: the server applied its umask to mkdir's
+            conn.sftp.setstat(path, Attrs(mode=mode))
             record(conn, path, md)
 
     @plug.handler()
