@@ -163,6 +163,10 @@ class Plug:
         self._token = trio_token
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._ready = threading.Event()
+        # How many changes onitufs has made on the remote. A driver that skips a listing
+        # equal to the last one it reported must not skip it when this moved since that
+        # listing began: what onitufs changed may have been changed back there meanwhile.
+        self.writes = 0
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Register the decorated function as the handler of that name."""

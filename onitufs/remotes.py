@@ -91,6 +91,8 @@ class Remote:
         return CallFailed(f"{self.name}: {handler}: {self.health.last_error}")
 
     def touch(self, *paths: str) -> None:
+        if self.plug is not None:
+            self.plug.writes += 1
         now = time.time()
         for path in paths:
             self.touched[path] = now

@@ -309,9 +309,10 @@ def start(plug: Plug) -> None:
         return entries
 
     plug.ready()
-    last: dict[str, str | None] | None = None
+    # What the last listing reported held, and how many changes onitufs had made by then.
+    last: tuple[dict[str, tuple[str | None, str | None]], int] | None = None
     while not plug.stopping.is_set():
-        started = time.time()
+        started, writes = time.time(), plug.writes
         try:
             _require_root()
             entries = listing()
@@ -320,9 +321,9 @@ def start(plug: Plug) -> None:
             plug.offline(f"cannot list {root}: {reason}")
             last = None
         else:
-            seen = {md.path: md.revision for md in entries}
-            if seen != last:
+            seen = {md.path: (md.revision, md.file_id) for md in entries}
+            if (seen, writes) != last:
                 if last is None:
                     plug.online()
-                last = seen if plug.report_tree(entries, started) else None
+                last = (seen, writes) if plug.report_tree(entries, started) else None
         plug.stopping.wait(interval)

@@ -372,12 +372,13 @@ def start(plug: Plug) -> None:
 def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) -> None:
     """List the remote every poll_interval and report what changed, until the mount ends."""
     conn: Connection | None = None
-    last: dict[str, str | None] | None = None
+    # What the last listing reported held, and how many changes onitufs had made by then.
+    last: tuple[dict[str, str | None], int] | None = None
     backoff = 0.5
     reported_error: str | None = None
     try:
         while not plug.stopping.is_set():
-            started = time.time()
+            started, writes = time.time(), plug.writes
             try:
                 if conn is None or not conn.alive():
                     if conn is not None:
@@ -408,10 +409,10 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
             backoff = 0.5
             reported_error = None
             seen = {md.path: md.revision for md in entries}
-            if seen != last:
+            if (seen, writes) != last:
                 if last is None:
                     plug.online()
-                last = seen if plug.report_tree(entries, started) else None
+                last = (seen, writes) if plug.report_tree(entries, started) else None
             plug.stopping.wait(settings.poll_interval)
     finally:
         if conn is not None:
