@@ -252,8 +252,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
     finally:
         index.close()
     if queued:
+        reasons = {remote["name"]: remote["last_error"] for remote in status["remotes"]}
         for name, count in sorted(queued.items()):
-            print(f"onitufs: {name}: {count} changes still queued; they resume at the next "
+            why = f"{reasons[name]}; " if reasons.get(name) else ""
+            print(f"onitufs: {name}: {why}{count} changes still queued; they resume at the next "
                   "mount", file=sys.stderr)
         return 2
     return 0

@@ -49,6 +49,9 @@ HANDLERS = (
 )
 Kind = Literal["file", "dir", "symlink"]
 TEMP_SUFFIX = ".onitufs-part"  # uploads in progress on a remote; listings leave them out
+# The remote's identity marker at its root (see onitufs/identity.py): listed like any
+# file, written and read through the handlers, never shown in the mount.
+MARKER = ".onitufs-remote"
 
 
 @dataclass

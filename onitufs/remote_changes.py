@@ -4,14 +4,18 @@ This is the core's side of the Plug (its ChangeSink). A driver reports a
 file created, changed, deleted or moved on its remote, or a whole listing;
 here that becomes a change of the tree, queued for every other remote.
 
-Nothing a remote reports can destroy an edit onitufs has not replicated
-yet: a remote version that did not descend from ours is kept beside it
+Two contents are never taken for one: a file a remote holds that onitufs
+did not put there is the same as ours only if its SHA-256 is (size and time
+say nothing of content). Nothing a remote reports can destroy an edit
+onitufs has not replicated yet: a remote version that did not descend from ours is kept beside it
 under a conflict name, and a delete of content the remote never had leaves
-that content in place.
+that content in place. Nothing is taken from a remote before a listing of
+it has passed its identity check (identity.py), nor during an outage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -20,10 +24,12 @@ import time
 
 import lmdb
 
-from .index import FLAG_COMPLETE, Index, Inode, MirrorEntry, encode_path
-from .plug import Metadata
-from .remotes import Remote
-from .replicator import Replicator
+from .blockcache import BlockLost
+from .identity import Identity
+from .index import FLAG_COMPLETE, NO_HASH, Index, Inode, MirrorEntry, encode_path
+from .plug import MARKER, Metadata
+from .remotes import CallFailed, Remote
+from .replicator import FetchError, Replicator
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -54,14 +60,16 @@ def conflict_name(path: str, remote: str, when: float) -> str:
     return f"{folder}/{new}" if folder else new
 
 
+def is_version(entry: MirrorEntry, md: Metadata) -> bool:
+    """Whether the remote still holds the version it held: the same token, and the same file
+    where the remote tells files apart (two saves in one tick of a clock share a time)."""
+    return entry.token == md.revision and (entry.fid is None or md.file_id is None
+                                           or entry.fid == md.file_id)
+
+
 def entry_of(md: Metadata, rev: int) -> MirrorEntry:
     """What the remote holds, as it reported it, standing for revision `rev` of ours."""
     return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key())
-
-
-def same_content(inode: Inode, md: Metadata) -> bool:
-    """rsync's quick check: same size and same modification second."""
-    return inode.size == md.size and inode.mtime_ns // 10**9 == md.mtime_ns // 10**9
 
 
 class RemoteChanges:
@@ -70,19 +78,31 @@ class RemoteChanges:
         self.index: Index = tree.index
         self.replicator = replicator
         self.remotes = {remote.name: remote for remote in remotes}
+        self.identities = {remote.name: Identity(remote, self.index) for remote in remotes}
+        for remote in remotes:
+            remote.before_change = self.identities[remote.name].before_change
 
     async def set_status(self, remote: str, error: str | None) -> None:
         self.remotes[remote].set_status(error)
 
     async def update_file(self, remote: str, metadata: Metadata) -> None:
-        source = self.remotes[remote]
-        if not self._acceptable(source, metadata.path):
-            return
+        await self._take(self.remotes[remote], metadata)
+
+    async def _take(self, source: Remote, metadata: Metadata) -> bool:
+        """Apply a created or changed entry; False if that must wait (see keep_both)."""
+        if not (self._heeded(source) and self._acceptable(source, metadata.path)):
+            return True
         keep_both = self._update(source, metadata)
-        if keep_both is not None:
-            await self.keep_both(source, metadata, keep_both)
+        return keep_both is None or await self.keep_both(source, metadata, keep_both)
+
+    @staticmethod
+    def _heeded(remote: Remote) -> bool:
+        """Whether what the remote reports is taken in: its folder is known to be right."""
+        return remote.trusted.is_set() and remote.outage is None
 
     def _acceptable(self, remote: Remote, path: str) -> bool:
+        if path == MARKER:
+            return False  # the remote's own marker, never a file of the mount
         reason = bad_path_reason(path)
         if reason is not None:
             log.warning("remote %s: skipping %r: %s", remote.name, path, reason)
@@ -111,7 +131,7 @@ class RemoteChanges:
         if inode.is_symlink and md.kind == "symlink" and md.target is not None \
                 and encode_path(md.target) != inode.target:
             self._retarget(txn, remote, inode, md)
-        elif entry.token == md.revision or not (inode.is_reg and md.kind == "file"):
+        elif is_version(entry, md) or not (inode.is_reg and md.kind == "file"):
             entry.token, entry.fid = md.revision, md.file_id
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, entry)
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
@@ -131,11 +151,10 @@ class RemoteChanges:
             return None
         inode = self.tree.inode(existing, txn)
         same = (inode.is_dir and md.kind == "dir") \
-            or (inode.is_reg and md.kind == "file" and same_content(inode, md)) \
             or (inode.is_symlink and md.kind == "symlink" and md.target is not None
                 and encode_path(md.target) == inode.target)
         if not same:
-            return inode
+            return inode  # files too: whether their contents are one is for keep_both
         self.index.hold(txn, remote.rid, existing, md.path,
                         entry_of(md, 0 if inode.is_dir else inode.rev))
         return None
@@ -147,7 +166,7 @@ class RemoteChanges:
         there, or deleted here since, are left alone."""
         if ino is None or self.index.transfer(remote.rid, ino, txn) is not None:
             return None
-        if self.index.mirror(remote.rid, ino, txn)[md.path].token == md.revision:
+        if is_version(self.index.mirror(remote.rid, ino, txn)[md.path], md):
             return None
         inode = self.index.get_inode(ino, txn)
         if inode is None:
@@ -196,8 +215,9 @@ class RemoteChanges:
         created = self._create(txn, remote, Metadata(path=folder, kind="dir", mode=0o755))
         return created.ino
 
-    async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> None:
-        """The remote's version did not descend from ours: keep both.
+    async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+        """The remote's version did not descend from ours: keep both, unless it is the same
+        content; False when that cannot be told yet (then nothing was changed).
 
         The later of the two keeps the name; the other is kept beside it under
         a conflict name, and both go to every remote. A read-only remote is never
@@ -205,14 +225,18 @@ class RemoteChanges:
         the conflict name. A write-only remote is never read: its version is
         renamed there and stays there, and ours takes the name.
         """
-        if ours.is_reg and md.kind == "file" and same_content(ours, md):
-            with self.index.write() as txn:  # the same file, put there by someone else
-                self.index.hold(txn, remote.rid, ours.ino, md.path, entry_of(md, ours.rev))
-            return
+        if ours.is_reg and md.kind == "file":
+            same = await self._same_content(remote, md, ours)
+            if same is None:
+                return False
+            if same:
+                with self.index.write() as txn:  # the same file, put there by someone else
+                    self.index.hold(txn, remote.rid, ours.ino, md.path, entry_of(md, ours.rev))
+                return True
         if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
             try:
                 self._ours_aside(remote, md, ours)
-                return
+                return True
             except TreeError as error:  # ours moved meanwhile, or that name is taken
                 log.info("%s: keeping the remote's version aside instead (%s)", md.path, error)
         aside = conflict_name(md.path, remote.name, time.time())
@@ -221,11 +245,11 @@ class RemoteChanges:
                 self._create(txn, remote, md.copy(path=aside), held_at=md.path)
             log.warning("remote %s: %s changed both here and there; its version shows as %s",
                         remote.name, md.path, aside)
-            return
+            return True
         if not await remote.has("move_file"):
             log.error("remote %s: %s changed both here and there, and the driver cannot rename "
                       "files: resolve it by hand", remote.name, md.path)
-            return
+            return True
         moved = md.copy(path=aside)
         await remote.call("move_file", md.copy(), moved)
         remote.touch(md.path, aside)
@@ -237,6 +261,31 @@ class RemoteChanges:
             if remote.config.readable:
                 self._create(txn, remote, moved)
             self.replicator.requeue(txn, remote, ours.ino)
+        return True
+
+    async def _same_content(self, remote: Remote, md: Metadata, ours: Inode) -> bool | None:
+        """Whether the remote's file holds our current revision, by SHA-256; None when that
+        cannot be told now (a copy could not be read)."""
+        if ours.size != md.size or ours.dirty or self.tree.cache.has_dirty(ours.ino):
+            return False
+        rev, step = ours.rev, self.tree.cache.block_size
+        theirs, mine = hashlib.sha256(), hashlib.sha256()
+        try:
+            for offset in range(0, md.size, step):
+                chunk: bytes = await remote.call("get_chunk", md, offset,
+                                                 min(step, md.size - offset))
+                theirs.update(chunk)
+            if ours.sha256 != NO_HASH:
+                known = ours.sha256
+            else:
+                for offset in range(0, ours.size, step):
+                    mine.update(await self.tree.cache.read(ours, offset, step))
+                known = mine.digest()
+        except (CallFailed, FetchError, BlockLost) as error:
+            log.info("remote %s: %s: cannot compare it with ours yet: %s", remote.name, md.path,
+                     error)
+            return None
+        return ours.rev == rev and not ours.dirty and theirs.digest() == known
 
     def _ours_aside(self, remote: Remote, md: Metadata, ours: Inode) -> None:
         """The remote's version is the later one: it takes the name, ours moves aside."""
@@ -256,6 +305,8 @@ class RemoteChanges:
 
     async def delete_file(self, remote: str, path: str) -> None:
         source = self.remotes[remote]
+        if not self._heeded(source) or path == MARKER:
+            return
         rid = source.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, path, txn)
@@ -288,7 +339,7 @@ class RemoteChanges:
 
     async def move_file(self, remote: str, old_path: str, new: Metadata) -> None:
         source = self.remotes[remote]
-        if not self._acceptable(source, new.path):
+        if not (self._heeded(source) and self._acceptable(source, new.path)):
             return
         rid = source.rid
         with self.index.write() as txn:
@@ -320,8 +371,21 @@ class RemoteChanges:
         return True
 
     async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool:
-        """Apply what changed since the last listing; False if part of it was too old to use."""
+        """Apply what changed since the last listing; False if part of it was too old to use,
+        or if the listing cannot be trusted (then nothing of it is applied)."""
         source = self.remotes[remote]
+        marker = next((md for md in entries if md.path == MARKER), None)
+        entries = [md for md in entries if md.path != MARKER]
+        with self.index.begin() as txn:
+            held = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)
+                    if path}
+        judgement = await self.identities[remote].judge(marker, {md.path for md in entries},
+                                                        held)
+        if judgement.outage is not None or judgement.trusted:
+            source.set_outage(judgement.outage)
+        if not judgement.trusted:
+            return False
+        source.trusted.set()
         skipped = False
 
         def current(path: str) -> bool:
@@ -330,9 +394,7 @@ class RemoteChanges:
             skipped = skipped or not fresh
             return fresh
 
-        with self.index.begin() as txn:
-            known = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)
-                     if path and current(path)}
+        known = {path: entry for path, entry in held.items() if current(path)}
         listed = {md.path: md for md in entries
                   if md.path and current(md.path) and self._acceptable(source, md.path)}
         gone = [path for path in known if path not in listed]
@@ -347,13 +409,13 @@ class RemoteChanges:
             if old is not None and known[old].kind == md.kind:
                 gone.remove(old)
                 await self.move_file(remote, old, md)
-            else:
-                await self.update_file(remote, md)
+            elif not await self._take(source, md):
+                skipped = True  # tried again with the next listing
         for path, md in listed.items():
             entry = known.get(path)
-            if entry is not None and entry.token != md.revision and md.kind != "dir" \
-                    and current(path):
-                await self.update_file(remote, md)
+            if entry is not None and not is_version(entry, md) and md.kind != "dir" \
+                    and current(path) and not await self._take(source, md):
+                skipped = True
         for path in sorted(gone, key=_depth, reverse=True):
             if current(path):
                 await self.delete_file(remote, path)

@@ -3,12 +3,17 @@
 Handlers run on worker threads, at most `CONCURRENCY` at once per remote.
 Every failure is counted here, so status, backoff and the choice of a
 replica to read from all see the same picture.
+
+A remote whose folder is not the one onitufs synced with (identity.py) is
+in an outage: every call fails at once until a listing passes again, and
+nothing changes it before its first listing has passed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -23,9 +28,14 @@ log = logging.getLogger(__name__)
 
 class CallFailed(Exception):
     """A handler of a remote raised; the remote's health has recorded it."""
+
+
 CONCURRENCY = 4
 READY_TIMEOUT = 60.0
 MAX_BACKOFF = 60.0
+# The handlers that change a remote: they wait until its folder is known to be the right one.
+CHANGES = frozenset({"start_upload", "restart_upload", "upload_chunk", "end_upload", "delete_file",
+                     "move_file", "make_dir", "make_symlink", "set_attrs"})
 
 
 @dataclass
@@ -53,6 +63,12 @@ class Remote:
     # Paths onitufs changed on this remote, and when: a listing begun before
     # that time cannot tell what is there now.
     touched: dict[str, float] = field(default_factory=dict)
+    # Why the remote is treated as unavailable although it answers (identity.py), and
+    # whether a listing of it has passed since the start.
+    outage: str | None = None
+    trusted: trio.Event = field(default_factory=trio.Event)
+    # Set by the daemon: checks the remote is still the right folder before a change.
+    before_change: Callable[[], Awaitable[None]] | None = None
 
     @property
     def name(self) -> str:
@@ -71,7 +87,20 @@ class Remote:
         return self.plug.has(handler)
 
     async def call(self, handler: str, *args: Any) -> Any:
-        """Run a handler on a worker thread; failures are recorded and re-raised."""
+        """Run a handler on a worker thread; failures are recorded and re-raised. Changes
+        wait until the remote's folder is known to be the right one."""
+        if self.outage is not None:
+            raise self.refused(handler)
+        if handler in CHANGES:
+            await self.trusted.wait()
+            if self.before_change is not None:
+                await self.before_change()
+            if self.outage is not None:
+                raise self.refused(handler)
+        return await self.call_unguarded(handler, *args)
+
+    async def call_unguarded(self, handler: str, *args: Any) -> Any:
+        """Run a handler whatever is known of the remote's identity (to learn it)."""
         await self.ready.wait()
         assert self.plug is not None
         if log.isEnabledFor(logging.DEBUG):
@@ -84,6 +113,28 @@ class Remote:
             raise self._call_failed(handler, error) from error
         self.succeeded()
         return result
+
+    def refused(self, handler: str) -> CallFailed:
+        """What a call fails with during an outage (counted for backoff, not logged: the
+        outage was, once)."""
+        self.health.failures += 1
+        error = CallFailed(f"{self.name}: {handler}: {self.outage}")
+        error.__cause__ = RemoteUnavailable(self.outage or "unavailable")
+        return error
+
+    def set_outage(self, reason: str | None) -> None:
+        """The remote is (or, with None, no longer is) treated as unavailable."""
+        if reason == self.outage:
+            return
+        if reason is None:
+            log.warning("remote %s: its folder is the right one again", self.name)
+            self.outage = None
+            self.succeeded()
+            return
+        log.error("remote %s: %s", self.name, reason)
+        self.outage = reason
+        self.health.online = False
+        self.health.last_error = reason
 
     def _call_failed(self, handler: str, error: Exception) -> CallFailed:
         """Record the failure; returns what the caller raises for it."""
@@ -119,6 +170,8 @@ class Remote:
 
     def succeeded(self) -> None:
         health = self.health
+        if self.outage is not None:
+            return  # it answers, but it is not the folder onitufs synced with
         if not health.online:
             log.info("remote %s: back online", self.name)
         health.online = True

@@ -119,7 +119,7 @@ class Replicator:
         self._working: dict[int, list[tuple[str, bool]]] = {r.rid: [] for r in remotes}
         self._flush_below: float = 0  # items queued before this sequence number go now
         # Set by the daemon: keeps a remote's unexpected version beside ours.
-        self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[None]]
+        self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[bool]]
         # Set by the daemon: takes in a version a remote holds that it has not reported yet.
         self.on_changed: Callable[[str, Metadata], Awaitable[None]]
         # Set by the daemon: whether the mount is serving requests right now.
@@ -183,9 +183,11 @@ class Replicator:
         return ino in self._pending[remote.rid]
 
     def stalled(self, remote: Remote) -> bool:
-        """Work is queued for this remote and none of it got anywhere for STALL_SECONDS."""
-        return bool(self._pending[remote.rid]) and \
-            time.monotonic() - remote.health.last_progress > STALL_SECONDS
+        """Work is queued for this remote and none of it got anywhere for STALL_SECONDS, or
+        none can (its folder is not the one onitufs synced with)."""
+        return bool(self._pending[remote.rid]) and (
+            remote.outage is not None
+            or time.monotonic() - remote.health.last_progress > STALL_SECONDS)
 
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])

@@ -18,6 +18,7 @@ import lmdb
 
 from .blockcache import BlockCache
 from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Index, Inode, now_ns
+from .plug import MARKER
 
 NAME_MAX = 255
 # schedule(txn, ino, delay, source): queue the inode for every remote but `source`.
@@ -80,7 +81,7 @@ class Tree:
 
     def create(self, txn: lmdb.Transaction, parent: int, name: bytes, node: NewNode,
                source: int | None = None) -> Inode:
-        check_name(name)
+        check_name(name, parent)
         parent_inode = self.inode(parent, txn)
         if not parent_inode.is_dir:
             raise TreeError(errno.ENOTDIR)
@@ -159,7 +160,7 @@ class Tree:
                new_parent: int, new_name: bytes, noreplace: bool = False,
                source: int | None = None) -> Inode | None:
         """Move a name; returns the inode it replaced, if any."""
-        check_name(new_name)
+        check_name(new_name, new_parent)
         inode = self.child(old_parent, old_name, txn)
         target_parent = self.inode(new_parent, txn)
         if not target_parent.is_dir:
@@ -199,7 +200,7 @@ class Tree:
 
     def link(self, txn: lmdb.Transaction, inode: Inode, parent: int, name: bytes) -> None:
         """Give an inode one more name (a hard link)."""
-        check_name(name)
+        check_name(name, parent)
         parent_inode = self.inode(parent, txn)
         if not parent_inode.is_dir:
             raise TreeError(errno.ENOTDIR)
@@ -322,8 +323,10 @@ class Tree:
         return new
 
 
-def check_name(name: bytes) -> None:
+def check_name(name: bytes, parent: int) -> None:
     if len(name) > NAME_MAX:
         raise TreeError(errno.ENAMETOOLONG)
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise TreeError(errno.EINVAL)
+    if parent == ROOT_INO and name == MARKER.encode():
+        raise TreeError(errno.EPERM, f"{MARKER} is the name of each remote's identity marker")

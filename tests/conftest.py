@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from onitufs.config import parse_size
-from onitufs.plug import TEMP_SUFFIX
+from onitufs.plug import MARKER, TEMP_SUFFIX
 
 ONITUFS = [sys.executable, "-m", "onitufs"]
 
@@ -36,13 +36,14 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
-    """Every entry below root: kind and content (file bytes, or symlink target)."""
+    """Every entry below root: kind and content (file bytes, or symlink target); onitufs's
+    own files on a remote (uploads in progress, the identity marker) left out."""
     found: dict[str, tuple[str, bytes]] = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
             path = Path(folder) / name
             relative = str(path.relative_to(root))
-            if name.endswith(TEMP_SUFFIX):
+            if name.endswith(TEMP_SUFFIX) or relative == MARKER:
                 continue
             if path.is_symlink():
                 found[relative] = ("symlink", os.fsencode(os.readlink(path)))

@@ -1,4 +1,5 @@
-"""kill -9 of the daemon at random points: nothing closed or fsynced before it is lost."""
+"""kill -9 of the daemon at random points: nothing closed or fsynced before it is lost, and
+the mount and the remotes converge on one version of every file."""
 
 from __future__ import annotations
 
@@ -14,24 +15,51 @@ from .conftest import MakeCloud, is_mounted, snapshot
 ROUNDS = 6
 
 
-def writer(root: Path, rng: random.Random, done: dict[str, bytes], stop: threading.Event) -> None:
-    """Writes files until the mount dies; `done` gets each file once it is closed."""
-    number = 0
-    while not stop.is_set():
-        name = f"r{rng.randrange(10**9)}-{number}"
-        data = rng.randbytes(rng.choice([10, 5000, 300_000, 2_500_000]))
-        try:
-            fd = os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+class Writer:
+    """Changes files until the mount dies: new files, rewrites through O_TRUNC, cuts, and
+    saves by rename over a file. `done` holds each file's content once the change is
+    acknowledged (closed, or truncate returned); `unsure` the file a change was under way
+    on when the mount died, which may hold either version."""
+
+    def __init__(self, root: Path, rng: random.Random, known: dict[str, bytes]) -> None:
+        self.root, self.rng = root, rng
+        self.done: dict[str, bytes] = {}
+        self.known = dict(known)  # what each file holds, for choosing what to change
+        self.unsure: str | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        number = 0
+        while not stop.is_set():
+            kind = self.rng.choice(["new", "new", "trunc", "cut", "rename"]) if self.known \
+                else "new"
+            name = f"r{self.rng.randrange(10**9)}-{number}" if kind == "new" \
+                else self.rng.choice(sorted(self.known))
+            data = self.rng.randbytes(self.rng.choice([10, 5000, 300_000, 2_500_000]))
+            self.unsure = name
             try:
-                os.write(fd, data)
-                if number % 3 == 0:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            return  # the daemon is gone
-        done[name] = data
-        number += 1
+                if kind == "cut":
+                    data = self.known[name][:self.rng.randrange(len(self.known[name]) + 1)]
+                    os.truncate(self.root / name, len(data))
+                elif kind == "rename":
+                    self._write(f"{name}.tmp", data, os.O_CREAT | os.O_EXCL)
+                    os.rename(self.root / f"{name}.tmp", self.root / name)
+                else:
+                    self._write(name, data, os.O_CREAT | (os.O_EXCL if kind == "new" else
+                                                          os.O_TRUNC), fsync=number % 3 == 0)
+            except OSError:
+                return  # the daemon is gone
+            self.done[name] = self.known[name] = data
+            self.unsure = None
+            number += 1
+
+    def _write(self, name: str, data: bytes, flags: int, fsync: bool = False) -> None:
+        fd = os.open(self.root / name, os.O_WRONLY | flags, 0o644)
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def test_kill9_at_random_points(make_cloud: MakeCloud) -> None:
@@ -44,10 +72,9 @@ def test_kill9_at_random_points(make_cloud: MakeCloud) -> None:
         cloud.mount()
         for name, data in survivors.items():
             assert (cloud.mountpoint / name).read_bytes() == data, f"seed {seed}: {name} lost"
-        done: dict[str, bytes] = {}
+        writer = Writer(cloud.mountpoint, random.Random(rng.random()), survivors)
         stop = threading.Event()
-        thread = threading.Thread(target=writer,
-                                  args=(cloud.mountpoint, random.Random(rng.random()), done, stop))
+        thread = threading.Thread(target=writer.run, args=(stop,))
         thread.start()
         time.sleep(rng.uniform(0.2, 1.5))
         cloud.kill9()
@@ -56,8 +83,11 @@ def test_kill9_at_random_points(make_cloud: MakeCloud) -> None:
         assert not thread.is_alive()
         subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
         assert not is_mounted(cloud.mountpoint)
-        survivors.update(done)
-        print(f"round {round_number}: {len(done)} files closed before the kill")
+        survivors.update(writer.done)
+        if writer.unsure is not None:  # either version; neither is checked
+            survivors.pop(writer.unsure, None)
+            survivors.pop(f"{writer.unsure}.tmp", None)
+        print(f"round {round_number}: {len(writer.done)} changes acknowledged before the kill")
     cloud.mount()
     cloud.wait_synced(timeout=120)
     mounted = snapshot(cloud.mountpoint)

@@ -459,3 +459,24 @@ def test_an_upload_cut_by_a_crash_resumes_after_the_next_mount(
         assert " start_upload big.bin" not in cloud.log.split("resuming big.bin")[1]
         assert not parts(server)
     cloud.umount()
+
+
+def test_a_server_folder_emptied_at_once_is_an_outage(make_ssh_cloud: MakeSshCloud,
+                                                      sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    for number in range(5):
+        (cloud.mountpoint / f"f{number}").write_text(f"file {number}")
+    cloud.wait_synced()
+    server = cloud.remotes["s"]
+    expected = snapshot(cloud.mountpoint)
+    for entry in server.iterdir():  # the folder made anew: the marker goes too
+        entry.unlink()
+
+    def outage() -> bool:
+        remote = next(r for r in cloud.status()["remotes"] if r["name"] == "s")
+        return not remote["online"] and "its folder is empty but held 5 files" in str(
+            remote["last_error"])
+    wait_for(outage, what="the emptied server folder to be an outage")
+    assert snapshot(cloud.mountpoint) == expected
+    assert snapshot(cloud.remotes["a"]) == expected

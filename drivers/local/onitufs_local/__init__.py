@@ -56,6 +56,13 @@ def file_id(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
+def is_version(st: os.stat_result, md: Metadata) -> bool:
+    """Whether the file is the version md describes: the same time and size (the kernel's
+    clock ticks in milliseconds, so two saves can share them) and the same inode (a file
+    put in place by rename, as every upload is, is another inode)."""
+    return token(st) == md.revision and (md.file_id is None or file_id(st) == md.file_id)
+
+
 def describe(path: str, st: os.stat_result) -> Metadata:
     kind: Kind = "dir" if stat.S_ISDIR(st.st_mode) else \
         "symlink" if stat.S_ISLNK(st.st_mode) else "file"
@@ -122,7 +129,7 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
             st = os.fstat(fd)
-            if md.revision is not None and token(st) != md.revision:
+            if md.revision is not None and not is_version(st, md):
                 raise Changed(f"{md.path}: changed on the remote since it was indexed",
                               describe(md.path, st))
             return os.pread(fd, size, offset)
@@ -163,7 +170,7 @@ def start(plug: Plug) -> None:
             there: os.stat_result | None = os.lstat(target)
         except FileNotFoundError:
             there = None
-        if there is not None and token(there) != md.revision:
+        if there is not None and not is_version(there, md):
             raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                            describe(md.path, there))
         os.rename(path, target)
@@ -225,7 +232,7 @@ def start(plug: Plug) -> None:
                     remove_temp(os.path.join(os.path.realpath(path), name))
                 os.rmdir(path)
             return
-        if md.revision is not None and not stat.S_ISLNK(st.st_mode) and token(st) != md.revision:
+        if md.revision is not None and not stat.S_ISLNK(st.st_mode) and not is_version(st, md):
             raise DriverError(f"{md.path}: changed on the remote; not deleting it")
         os.unlink(path)
 
@@ -263,7 +270,7 @@ def start(plug: Plug) -> None:
     def set_attrs(md: Metadata) -> None:
         path = real(md.path)
         st = os.lstat(path)
-        if md.kind == "file" and token(st) != md.revision:
+        if md.kind == "file" and not is_version(st, md):
             raise DriverError(f"{md.path}: changed on the remote; its attributes are left alone")
         os.chmod(path, md.mode, follow_symlinks=False)
         apply_xattrs(path, md.xattrs)

@@ -1,0 +1,161 @@
+"""A remote's identity: knowing that a listing comes from the folder onitufs synced with.
+
+An unplugged disk leaves its empty mount point behind, an SSH folder can be
+swapped for another, a service can reset a folder: each looks like a remote
+on which everything was deleted. Applying such a listing would delete every
+file from the mount and from every other remote, so a listing is judged
+before it is applied:
+
+- Each writable remote carries a marker file at its root, MARKER, written
+  once with a random id and never changed; the index keeps the id and the
+  marker's revision token. A listing that holds the marker with that id
+  comes from the right folder, even an empty one: a person emptied it, and
+  those deletes travel. A marker with another id is another onitufs
+  remote's folder.
+- A listing without the marker (a remote where onitufs cannot write, or
+  one whose marker was lost) is trusted only while it still holds part of
+  what the remote held: a whole tree gone in one listing is an outage.
+
+A remote judged so goes offline with the reason, every call to it fails
+at once, and nothing it reports is applied until a listing passes again.
+Before changing a remote, the marker is read again if the last look is
+older than RECHECK, so an unplug between two listings is caught before
+anything is written into the empty folder left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import trio
+
+from .index import Index, MirrorEntry
+from .plug import MARKER, Conflict, Metadata
+from .remotes import CallFailed, Remote
+
+log = logging.getLogger(__name__)
+MARKER_MAX = 4096
+RECHECK = 1.0  # seconds: how old a look at the marker may be before a change is made
+
+
+@dataclass
+class Judgement:
+    trusted: bool
+    outage: str | None = None  # why the remote is treated as unavailable
+
+
+def marker_content(remote_id: str) -> bytes:
+    return json.dumps({"onitufs-remote": remote_id,
+                       "note": "onitufs recognises this folder by this file: keep it"}).encode()
+
+
+def marker_id(content: bytes) -> str | None:
+    try:
+        value = json.loads(content).get("onitufs-remote")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def count(entries: list[MirrorEntry]) -> str:
+    folders = sum(1 for entry in entries if entry.kind == "dir")
+    files = len(entries) - folders
+    parts = [f"{files} file{'s' * (files != 1)}" if files else "",
+             f"{folders} folder{'s' * (folders != 1)}" if folders else ""]
+    return " and ".join(part for part in parts if part)
+
+
+class Identity:
+    """The judge of one remote's listings, and the keeper of its marker."""
+
+    def __init__(self, remote: Remote, index: Index) -> None:
+        self.remote = remote
+        self.index = index
+        self._checked = 0.0  # when the marker was last found as it should be
+        self._lock = trio.Lock()
+
+    async def judge(self, marker: Metadata | None, listed: set[str],
+                    known: dict[str, MirrorEntry]) -> Judgement:
+        """Whether a listing (without the marker, which is `marker`) may be applied."""
+        recorded = self.index.identity(self.remote.name)
+        if marker is not None:
+            if recorded is not None and marker.revision is not None \
+                    and marker.revision == recorded[1]:
+                self._checked = time.monotonic()
+                return Judgement(True)
+            found = marker_id(await self._read(marker))
+            if found is None:
+                return Judgement(False, f"its marker {MARKER} is not one onitufs wrote; "
+                                 "treated as unavailable")
+            if recorded is not None and found != recorded[0]:
+                return Judgement(False, f"its folder belongs to another onitufs remote (marker "
+                                 f"{found}, expected {recorded[0]}); treated as unavailable")
+            self.index.set_identity(self.remote.name, found, marker.revision)
+            self._checked = time.monotonic()
+            return Judgement(True)
+        held = list(known.values())
+        if held and not listed.intersection(known):
+            what = count(held)
+            return Judgement(False, f"its folder is empty but held {what}; treated as "
+                             "unavailable (unmounted disk?)" if not listed else
+                             f"its folder holds none of the {what} it held, nor its marker; "
+                             "treated as unavailable (another folder?)")
+        if self.remote.config.writable:
+            if recorded is not None:
+                log.warning("remote %s: its marker %s was deleted; writing it again",
+                            self.remote.name, MARKER)
+            if not await self._write(recorded[0] if recorded else os.urandom(16).hex()):
+                return Judgement(False)
+        return Judgement(True)
+
+    async def before_change(self) -> None:
+        """Make sure the remote is still the folder onitufs synced with before it is
+        changed; raises CallFailed (and sets the outage) if it is not."""
+        recorded = self.index.identity(self.remote.name)
+        if recorded is None:
+            return  # a remote onitufs cannot mark: its listings alone are judged
+        async with self._lock:
+            if time.monotonic() - self._checked < RECHECK:
+                return
+            try:
+                content = await self._read(Metadata(path=MARKER, size=MARKER_MAX))
+            except CallFailed as error:
+                if self.remote.health.online:  # it is there, and the marker is not
+                    self.remote.set_outage(f"its marker {MARKER} is gone; treated as "
+                                           "unavailable (unmounted disk?)")
+                raise error
+            if marker_id(content) != recorded[0]:
+                self.remote.set_outage(f"its marker {MARKER} changed; treated as unavailable")
+                raise self.remote.refused("write")
+            self._checked = time.monotonic()
+
+    async def _read(self, marker: Metadata) -> bytes:
+        md = marker.copy(revision=None)  # whatever version is there
+        size = min(md.size or MARKER_MAX, MARKER_MAX)
+        content: bytes = await self.remote.call_unguarded("get_chunk", md, 0, size)
+        return content
+
+    async def _write(self, remote_id: str) -> bool:
+        """Put the marker on the remote; False if another one got there first (the next
+        listing shows it)."""
+        content = marker_content(remote_id)
+        md = Metadata(path=MARKER, size=len(content), mtime_ns=time.time_ns(), mode=0o644,
+                      extra={"upload": f"{self.index.cache_id}-marker"})
+        await self.remote.call_unguarded("start_upload", md)
+        await self.remote.call_unguarded("upload_chunk", md, 0, content)
+        try:
+            await self.remote.call_unguarded("end_upload", md)
+        except CallFailed as error:
+            await self.remote.call_unguarded("abort_upload", md)
+            if isinstance(error.__cause__, Conflict):
+                return False
+            raise
+        self.index.set_identity(self.remote.name, remote_id, md.revision)
+        self._checked = time.monotonic()
+        log.info("remote %s: marked as onitufs remote %s (%s)", self.remote.name, remote_id,
+                 MARKER)
+        return True

@@ -1,0 +1,200 @@
+"""A remote whose folder comes back empty (an unplugged disk) is an outage: nothing is deleted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from onitufs.plug import MARKER
+
+from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
+
+FILES = 21
+
+
+@contextlib.contextmanager
+def usb_disk(cloud: Cloud, name: str = "usb") -> Iterator[Path]:
+    """A small tmpfs (the disk) bound onto the remote's folder (its mount point); unmounted,
+    whatever the test does."""
+    disk = cloud.root / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        plug_in(disk, cloud.remotes[name])
+        yield disk
+    finally:
+        for folder in (cloud.remotes[name], disk):
+            while subprocess.run(["mountpoint", "-q", str(folder)]).returncode == 0:
+                subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def plug_in(disk: Path, folder: Path) -> None:
+    subprocess.run(["mount", "--bind", str(disk), str(folder)], check=True)
+
+
+def unplug(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+    assert list(folder.iterdir()) == []
+
+
+def write_files(root: Path) -> dict[str, tuple[str, bytes]]:
+    (root / "photos").mkdir()
+    for number in range(FILES):
+        folder = root / "photos" if number % 2 else root
+        (folder / f"file{number}.txt").write_bytes(f"content {number}\n".encode())
+    return snapshot(root)
+
+
+def usb_state(cloud: Cloud) -> dict[str, object]:
+    remote: dict[str, object] = next(r for r in cloud.status()["remotes"] if r["name"] == "usb")
+    return remote
+
+
+def outage_reason(cloud: Cloud) -> str:
+    def down() -> bool:
+        return not usb_state(cloud)["online"]
+    wait_for(down, what="the usb remote to be treated as unavailable")
+    return str(usb_state(cloud)["last_error"])
+
+
+def make(make_cloud: MakeCloud) -> Cloud:
+    return make_cloud({"home": "rw", "backup": "rw", "usb": "rw"})
+
+
+def test_an_unplugged_disk_deletes_nothing(make_cloud: MakeCloud) -> None:
+    cloud = make(make_cloud)
+    with usb_disk(cloud) as disk:
+        cloud.mount()
+        expected = write_files(cloud.mountpoint)
+        cloud.wait_synced()
+        unplug(cloud.remotes["usb"])
+        reason = outage_reason(cloud)
+        assert reason == ("its folder is empty but held 21 files and 1 folder; treated as "
+                          "unavailable (unmounted disk?)"), reason
+        status = run("status", cloud.mountpoint).stdout
+        assert "usb" in status and "its folder is empty but held 21 files" in status, status
+        assert "remote usb: its folder is empty but held 21 files" in cloud.log
+        # changes made meanwhile go to the others, and nothing lands in the empty folder
+        (cloud.mountpoint / "new.txt").write_bytes(b"written while unplugged")
+        (cloud.mountpoint / "file0.txt").unlink()
+        expected["new.txt"] = ("file", b"written while unplugged")
+        del expected["file0.txt"]
+        wait_for(lambda: (cloud.remotes["home"] / "new.txt").exists()
+                 and (cloud.remotes["backup"] / "new.txt").exists(), what="the others to catch up")
+        assert snapshot(cloud.mountpoint) == expected
+        for name in ("home", "backup"):
+            assert snapshot(cloud.remotes[name]) == expected, name
+        assert list(cloud.remotes["usb"].iterdir()) == []
+        # the disk comes back: the remote catches up, and nothing was lost on it either
+        plug_in(disk, cloud.remotes["usb"])
+        wait_for(lambda: bool(usb_state(cloud)["online"]), what="usb back online")
+        cloud.wait_synced()
+        cloud.umount()
+        for name, remote in cloud.remotes.items():
+            assert snapshot(remote) == expected, name
+
+
+def test_mounting_while_the_disk_is_absent_deletes_nothing(make_cloud: MakeCloud) -> None:
+    cloud = make(make_cloud)
+    with usb_disk(cloud) as disk:
+        cloud.mount()
+        expected = write_files(cloud.mountpoint)
+        cloud.umount()
+        unplug(cloud.remotes["usb"])
+        cloud.mount()
+        assert "its folder is empty but held" in outage_reason(cloud)
+        (cloud.mountpoint / "later.txt").write_bytes(b"later")
+        expected["later.txt"] = ("file", b"later")
+        wait_for(lambda: (cloud.remotes["backup"] / "later.txt").exists(), what="backup")
+        assert snapshot(cloud.mountpoint) == expected
+        result = run("umount", cloud.mountpoint, check=False)  # no wait for a remote not there
+        assert result.returncode == 2, result.stderr
+        assert "usb: its folder is empty but held" in result.stderr, result.stderr
+        cloud.wait_daemon_exit()
+        assert list(cloud.remotes["usb"].iterdir()) == []
+        for name in ("home", "backup"):
+            assert snapshot(cloud.remotes[name]) == expected, name
+        plug_in(disk, cloud.remotes["usb"])
+        cloud.mount()
+        cloud.wait_synced()
+        cloud.umount()
+        assert snapshot(cloud.remotes["usb"]) == expected
+
+
+def test_a_remote_folder_made_anew_deletes_nothing(make_cloud: MakeCloud) -> None:
+    cloud = make(make_cloud)
+    cloud.mount()
+    expected = write_files(cloud.mountpoint)
+    cloud.wait_synced()
+    shutil.rmtree(cloud.remotes["usb"])  # rm -rf R; mkdir R
+    cloud.remotes["usb"].mkdir()
+    assert "its folder is empty but held" in outage_reason(cloud)
+    assert snapshot(cloud.mountpoint) == expected
+    assert snapshot(cloud.remotes["home"]) == expected
+    # another folder holding other files is no better
+    (cloud.remotes["usb"] / "stranger.txt").write_bytes(b"not ours")
+    wait_for(lambda: "holds none of the" in str(usb_state(cloud)["last_error"]),
+             what="the reason to follow the folder")
+    assert not (cloud.mountpoint / "stranger.txt").exists()
+    assert snapshot(cloud.mountpoint) == expected
+
+
+def test_the_folder_of_another_onitufs_remote_is_not_taken_for_this_one(
+        make_cloud: MakeCloud) -> None:
+    cloud = make(make_cloud)
+    cloud.mount()
+    expected = write_files(cloud.mountpoint)
+    cloud.wait_synced()
+    stranger = json.dumps({"onitufs-remote": "0123456789abcdef"}).encode()
+    shutil.rmtree(cloud.remotes["usb"])
+    cloud.remotes["usb"].mkdir()
+    (cloud.remotes["usb"] / MARKER).write_bytes(stranger)
+    reason = outage_reason(cloud)
+    assert "belongs to another onitufs remote (marker 0123456789abcdef" in reason, reason
+    assert snapshot(cloud.mountpoint) == expected
+
+
+@pytest.mark.parametrize("how", ["one file", "everything but the marker"])
+def test_deletes_a_person_makes_on_a_remote_still_travel(make_cloud: MakeCloud, how: str) -> None:
+    cloud = make(make_cloud)
+    cloud.mount()
+    expected = write_files(cloud.mountpoint)
+    cloud.wait_synced()
+    usb = cloud.remotes["usb"]
+    if how == "one file":
+        (usb / "file0.txt").unlink()
+        del expected["file0.txt"]
+    else:  # rm -rf usb/*: the shell's * leaves dotfiles, and so the marker
+        for entry in usb.iterdir():
+            if entry.name != MARKER:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        expected = {}
+    wait_for(lambda: snapshot(cloud.mountpoint) == expected, what="the deletes to travel")
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+    assert "treated as unavailable" not in cloud.log
+
+
+def test_the_markers_name_is_not_a_name_in_the_mount(make_cloud: MakeCloud) -> None:
+    cloud = make(make_cloud)
+    cloud.mount()
+    with pytest.raises(PermissionError):
+        (cloud.mountpoint / MARKER).write_bytes(b"mine")
+    (cloud.mountpoint / "sub").mkdir()
+    (cloud.mountpoint / "sub" / MARKER).write_bytes(b"fine below the root")
+    (cloud.mountpoint / "x").write_bytes(b"x")
+    with pytest.raises(PermissionError):
+        (cloud.mountpoint / "x").rename(cloud.mountpoint / MARKER)
+    assert MARKER not in os.listdir(cloud.mountpoint)
+    cloud.wait_synced()
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert (remote / "sub" / MARKER).read_bytes() == b"fine below the root"
