@@ -181,10 +181,13 @@ class MirrorEntry:
     fid: str | None
     kind: str
     attrs: str | None = None  # Metadata.attrs_key() of the mode, time and xattrs it holds
+    # The token was recorded so soon after the file's time that a change within the same
+    # tick of the remote's clock would leave it as it is: the content is checked once later.
+    racy: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind,
-                "attrs": self.attrs}
+                "attrs": self.attrs, "racy": self.racy}
 
 
 @dataclass(slots=True)

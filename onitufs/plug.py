@@ -170,6 +170,10 @@ class Plug:
         # equal to the last one it reported must not skip it when this moved since that
         # listing began: what onitufs changed may have been changed back there meanwhile.
         self.writes = 0
+        # How coarse the remote's modification times are, in seconds (SFTP's: 1). A file
+        # changed within that long of a token onitufs recorded may keep the token: onitufs
+        # then checks its content once the time has passed.
+        self.mtime_granularity = 0.0
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Register the decorated function as the handler of that name."""

@@ -67,9 +67,10 @@ def is_version(entry: MirrorEntry, md: Metadata) -> bool:
                                            or entry.fid == md.file_id)
 
 
-def entry_of(md: Metadata, rev: int) -> MirrorEntry:
+def entry_of(md: Metadata, rev: int, remote: Remote) -> MirrorEntry:
     """What the remote holds, as it reported it, standing for revision `rev` of ours."""
-    return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key())
+    return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key(),
+                       racy=md.kind == "file" and remote.racy(md.mtime_ns))
 
 
 class RemoteChanges:
@@ -133,11 +134,12 @@ class RemoteChanges:
             self._retarget(txn, remote, inode, md)
         elif is_version(entry, md) or not (inode.is_reg and md.kind == "file"):
             entry.token, entry.fid = md.revision, md.file_id
+            entry.racy = entry.racy and md.kind == "file" and remote.racy(md.mtime_ns)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, entry)
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
-            self.index.set_mirror(txn, remote.rid, new.ino, md.path, entry_of(md, new.rev))
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path, entry_of(md, new.rev, remote))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
         else:
             return inode
@@ -156,7 +158,7 @@ class RemoteChanges:
         if not same:
             return inode  # files too: whether their contents are one is for keep_both
         self.index.hold(txn, remote.rid, existing, md.path,
-                        entry_of(md, 0 if inode.is_dir else inode.rev))
+                        entry_of(md, 0 if inode.is_dir else inode.rev, remote))
         return None
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
@@ -202,7 +204,8 @@ class RemoteChanges:
         if md.kind == "file" and md.size:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
-        self.index.hold(txn, remote.rid, inode.ino, held_at or md.path, entry_of(md, inode.rev))
+        self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
+                        entry_of(md, inode.rev, remote))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -231,7 +234,8 @@ class RemoteChanges:
                 return False
             if same:
                 with self.index.write() as txn:  # the same file, put there by someone else
-                    self.index.hold(txn, remote.rid, ours.ino, md.path, entry_of(md, ours.rev))
+                    self.index.hold(txn, remote.rid, ours.ino, md.path,
+                                    entry_of(md, ours.rev, remote))
                 return True
         if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
             try:
@@ -261,6 +265,38 @@ class RemoteChanges:
             if remote.config.readable:
                 self._create(txn, remote, moved)
             self.replicator.requeue(txn, remote, ours.ino)
+        return True
+
+    async def _settle_racy(self, remote: Remote, md: Metadata) -> bool:
+        """A file whose token was recorded within a tick of its time: once that tick has
+        passed, its content says whether it changed behind the same token. False while
+        that cannot be told yet (the next listing asks again)."""
+        if remote.racy(md.mtime_ns):
+            return False
+        with self.index.begin() as txn:
+            ino = self.index.mirror_ino(remote.rid, md.path, txn)
+            inode = self.index.get_inode(ino, txn) if ino is not None else None
+            entry = self.index.mirror(remote.rid, ino, txn).get(md.path) if ino else None
+        if ino is None or entry is None:
+            return True
+        if inode is not None and inode.is_reg and entry.rev == inode.rev:
+            if inode.dirty or self.tree.cache.has_dirty(inode.ino):
+                return False
+            # Content that only that remote ever gave us proves nothing against it.
+            known = inode.sha256 != NO_HASH or inode.complete
+            same = await self._same_content(remote, md, inode) if known else False
+            if same is None:
+                return False
+            if not same:
+                log.info("remote %s: %s changed there within a tick of its time; taking it in",
+                         remote.name, md.path)
+                with self.index.write() as txn:
+                    entry.token = None  # so that the listing's token reads as a change
+                    self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
+                return await self._take(remote, md)
+        with self.index.write() as txn:
+            entry.racy = False
+            self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return True
 
     async def _same_content(self, remote: Remote, md: Metadata, ours: Inode) -> bool | None:
@@ -413,8 +449,9 @@ class RemoteChanges:
                 skipped = True  # tried again with the next listing
         for path, md in listed.items():
             entry = known.get(path)
-            if entry is not None and not is_version(entry, md) and md.kind != "dir" \
-                    and current(path) and not await self._take(source, md):
+            if (entry is not None and not is_version(entry, md) and md.kind != "dir" \
+                    and current(path) and not await self._take(source, md)) or (entry is not None and entry.racy and is_version(entry, md) and current(path) \
+                    and not await self._settle_racy(source, md)):
                 skipped = True
         for path in sorted(gone, key=_depth, reverse=True):
             if current(path):

@@ -141,6 +141,12 @@ class Remote:
         self.failed(error)
         return CallFailed(f"{self.name}: {handler}: {self.health.last_error}")
 
+    def racy(self, mtime_ns: int) -> bool:
+        """Whether a token recorded now for a file of that time could hide a later change
+        (one within the same tick of the remote's clock): see MirrorEntry.racy."""
+        tick = self.plug.mtime_granularity if self.plug is not None else 0.0
+        return tick > 0 and time.time_ns() - mtime_ns < 2 * tick * 10**9
+
     def touch(self, *paths: str) -> None:
         if self.plug is not None:
             self.plug.writes += 1

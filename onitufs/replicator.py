@@ -477,7 +477,8 @@ class Replicator:
         with self.index.write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(entry.rev, md.revision, md.file_id, entry.kind,
-                                        md.attrs_key()))
+                                        md.attrs_key(),
+                                        racy=entry.kind == "file" and remote.racy(md.mtime_ns)))
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await remote.call("delete_file", entry_metadata(path, entry))
@@ -587,7 +588,8 @@ class Replicator:
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
-                            MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key()))
+                            MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key(),
+                                        racy=remote.racy(md.mtime_ns)))
             if whole is not None and inode.rev == rev and not inode.dirty:
                 inode.sha256 = whole.digest()
                 self.index.put_inode(txn, inode)

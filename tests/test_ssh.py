@@ -480,3 +480,29 @@ def test_a_server_folder_emptied_at_once_is_an_outage(make_ssh_cloud: MakeSshClo
     wait_for(outage, what="the emptied server folder to be an outage")
     assert snapshot(cloud.mountpoint) == expected
     assert snapshot(cloud.remotes["a"]) == expected
+
+
+def test_a_server_edit_in_the_second_of_an_upload_is_not_missed(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """SFTP's times are whole seconds: an edit of the same size on the server within the
+    second an upload landed keeps the file's token. Its content gives it away."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    on_server = cloud.remotes["s"] / "f"
+    for _ in range(10):  # until the edit falls in the second the upload landed in
+        time.sleep(1 - time.time() % 1)
+        (cloud.mountpoint / "f").write_bytes(b"MOUNT")
+        wait_for(lambda: on_server.exists() and on_server.read_bytes() == b"MOUNT",
+                 what="the upload", interval=0.002)
+        landed = on_server.stat().st_mtime_ns
+        on_server.write_bytes(b"REMOT")
+        if on_server.stat().st_mtime_ns // 10**9 == landed // 10**9:
+            break
+        cloud.wait_synced()
+    else:
+        raise AssertionError("the server edit never fell in the second of the upload")
+    wait_for(lambda: (cloud.mountpoint / "f").read_bytes() == b"REMOT", timeout=30,
+             what="the server's edit in the mount")
+    cloud.wait_synced()
+    assert (cloud.remotes["a"] / "f").read_bytes() == b"REMOT"
+    cloud.umount()

@@ -355,6 +355,7 @@ def start(plug: Plug) -> None:
     pool.warm(1)
     upload_pool.warm(1)
     reads.stream_pool.warm(Connection.lanes)  # one read's lanes
+    plug.mtime_granularity = 1.0  # SFTP's times are whole seconds
     plug.ready()
     try:
         poll(plug, settings, root)
