@@ -449,10 +449,15 @@ class RemoteChanges:
                 skipped = True  # tried again with the next listing
         for path, md in listed.items():
             entry = known.get(path)
-            if (entry is not None and not is_version(entry, md) and md.kind != "dir" \
-                    and current(path) and not await self._take(source, md)) or (entry is not None and entry.racy and is_version(entry, md) and current(path) \
-                    and not await self._settle_racy(source, md)):
-                skipped = True
+            if entry is None or md.kind == "dir" or not current(path):
+                continue
+            if not is_version(entry, md):
+                settled = await self._take(source, md)
+            elif entry.racy:
+                settled = await self._settle_racy(source, md)
+            else:
+                continue
+            skipped = skipped or not settled
         for path in sorted(gone, key=_depth, reverse=True):
             if current(path):
                 await self.delete_file(remote, path)
