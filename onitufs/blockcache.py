@@ -98,6 +98,11 @@ class BlockCache:
     def dirty_bytes(self) -> int:
         return self._dirty_bytes
 
+    @property
+    def unstored_bytes(self) -> int:
+        """Written and not in LMDB yet: buffered, or on their way from the worker thread."""
+        return self._dirty_bytes + sum(len(buffer) for buffer in self._flying.values())
+
     # reading
 
     async def read(self, inode: Inode, offset: int, size: int) -> bytes:
@@ -346,16 +351,20 @@ class BlockCache:
 
     def commit_in(self, txn: lmdb.Transaction) -> None:
         """Store every buffered block here (settle() first sends the full ones to the
-        worker thread, so these are mostly the last pieces of files)."""
+        worker thread, so these are mostly the last pieces of files). The buffers go once
+        the transaction has committed: if it fails (a full disk), they are kept."""
         for ino, buffers in self._dirty.items():
             for blockno, buffer in sorted(buffers.items()):
                 digest = self._checksum((ino, blockno), buffer)
                 self._store(txn, (ino, blockno), buffer, digest)
                 self.index.set_block_hash(txn, ino, blockno, UNREVISED,
                                           digest if len(buffer) == self.block_size else None)
+        self.index.after_commit(self._stored_all)
+        self.index.write_deferred(txn)
+
+    def _stored_all(self) -> None:
         self._dirty.clear()
         self._dirty_bytes = 0
-        self.index.write_deferred(txn)
 
     def over_dirty_limit(self) -> bool:
         return self._dirty_bytes > self.write_buffer
@@ -376,7 +385,11 @@ class BlockCache:
             if not batch:
                 return
             log.debug("writing %d full blocks from a worker thread", len(batch))
-            written = await trio.to_thread.run_sync(self._write_batch, sorted(batch))
+            try:
+                written = await trio.to_thread.run_sync(self._write_batch, sorted(batch))
+            except BaseException:
+                self._reclaim(batch)
+                raise
             for key, length in written:
                 if key not in self._superseded:  # a cut block was deleted after it landed
                     self._account(key, length)
@@ -384,6 +397,19 @@ class BlockCache:
                 if self._flying.get(key) is buffer:
                     del self._flying[key]
                 self._superseded.discard(key)
+
+    def _reclaim(self, batch: list[tuple[BlockKey, bytearray]]) -> None:
+        """A batch that did not land (a full disk) goes back to the buffers, where nothing
+        newer took its place."""
+        for key, buffer in batch:
+            if self._flying.get(key) is buffer:
+                del self._flying[key]
+                if key not in self._superseded:
+                    buffers = self._dirty.setdefault(key[0], {})
+                    if key[1] not in buffers:
+                        buffers[key[1]] = buffer
+                        self._dirty_bytes += len(buffer)
+            self._superseded.discard(key)
 
     def _write_batch(self, batch: list[tuple[BlockKey, bytearray]]) -> list[tuple[BlockKey, int]]:
         """On a worker thread, the blocks in order. Holding LMDB's writer lock, it skips

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import lmdb
 import pyfuse3
 import trio
 
@@ -25,7 +26,7 @@ from . import overlaps
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
-from .index import CacheError, Index
+from .index import FLAG_WRITE_FAILED, CacheError, Index
 from .plug import check_options, load_driver
 from .remote_changes import RemoteChanges
 from .remotes import Remote
@@ -126,6 +127,8 @@ class Mount:
         with self.index.begin() as txn:
             stored_since = self.index.unrevised(txn)
         for inode in self.tree.purge_orphans():
+            if inode.flags & FLAG_WRITE_FAILED:
+                continue  # cut short by a full disk: kept here, not made a revision
             if inode.dirty or inode.ino in stored_since:
                 log.info("inode %d changed before a crash: making its revision", inode.ino)
                 with self.index.write() as txn:
@@ -212,8 +215,12 @@ class Mount:
             for remote in self.remotes:
                 nursery.start_soon(remote.run_driver, self.changes)
             result = await job()
-            await self.cache.settle()
-            self.fs.finish()
+            try:
+                await self.cache.settle()
+                self.fs.finish()
+            except lmdb.Error as error:  # a full disk: what was never closed is not kept
+                log.error("cannot store what was written last to the cache (%s): %s",
+                          self.config.cache_path, error)
             complete = await self.replicator.flush()
             for remote in self.remotes:
                 remote.stop()

@@ -15,6 +15,7 @@ read it whole); on the mount's root,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -31,8 +32,9 @@ import pyfuse3
 import trio
 
 from .blockcache import BlockLost
-from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Inode, now_ns
+from .index import FLAG_COMPLETE, FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Inode, now_ns
 from .replicator import FetchError, Replicator
+from .space import CacheSpace
 from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,9 @@ def fuse_errors(
             log.error("the cache is full: no room for more data")
             raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except lmdb.Error as error:
-            if "No space left" in str(error):
-                log.error("the disk of the cache is full")
+            # A commit that finds the disk full says "Input/output error".
+            if "No space left" in str(error) or fs.space.full():
+                log.error("the disk of the cache is full: %s", error)
                 raise pyfuse3.FUSEError(errno.ENOSPC) from None
             log.exception("index error in %s", function.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -114,6 +117,7 @@ class Filesystem(pyfuse3.Operations):
         self.replicator = replicator
         self._status = status
         self._cache_dir = cache_dir
+        self.space = CacheSpace(self.index, cache_dir)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_fh = 1
@@ -206,8 +210,7 @@ class Filesystem(pyfuse3.Operations):
                 self.index.put_inode(txn, node)
                 self.tree.attributes_changed(txn, node)
         if fields.update_size and not self.tree.open_counts.get(inode):
-            await self.cache.settle()
-            self.tree.make_revision(inode)
+            await self._revise(inode)
         return self.attributes(node)
 
     async def _truncate(self, node: Inode, size: int) -> None:
@@ -218,6 +221,7 @@ class Filesystem(pyfuse3.Operations):
             if not node.complete:
                 self.cache.drop(txn, node.ino)
                 node.flags |= FLAG_COMPLETE
+            node.flags &= ~FLAG_WRITE_FAILED  # written anew from here on
             self.cache.truncate(txn, node, size)
             node.size = size
             self.tree.content_changed(node)
@@ -390,27 +394,63 @@ class Filesystem(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self.tree.inode(self._handles[fh].ino)
         await self._fit_to_change(node, off, len(buf))
+        if not self.space.room_for(len(buf), self.cache.unstored_bytes):
+            await self._make_room()
+            if not self.space.room_for(len(buf), self.cache.unstored_bytes):
+                self._write_failed(node, "no space left on the disk of the cache")
+                raise pyfuse3.FUSEError(errno.ENOSPC)
         self.cache.write(node, off, buf)
         node.size = max(node.size, off + len(buf))
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
         self._last_write[node.ino] = time.monotonic()
         if self.cache.over_dirty_limit():
-            await self.cache.settle()
-            if self.cache.over_dirty_limit():  # pieces of blocks: they go now, on this thread
-                self.cache.commit()
+            try:
+                await self.cache.settle()
+                if self.cache.over_dirty_limit():  # pieces of blocks: they go now, here
+                    self.cache.commit()
+            except lmdb.Error as error:  # kept buffered; this write is refused
+                self._write_failed(node, str(error))
+                raise
             self.cache.evict()
         return len(buf)
 
+    async def _make_room(self) -> None:
+        """Store what is buffered and evict what can go, to measure the room left anew."""
+        with contextlib.suppress(lmdb.Error):  # the disk may be full: measured below
+            await self.cache.settle()
+            self.cache.commit()
+        self.cache.evict()
+        self.space.forget()
+
+    def _write_failed(self, node: Inode, why: str) -> None:
+        """The content is cut short: the remotes keep the last whole revision."""
+        if not node.flags & FLAG_WRITE_FAILED:
+            log.error("%s: a write failed (%s); it is not uploaded until it is written anew "
+                      "(opened with O_TRUNC, or truncated) or deleted", self._describe(node.ino),
+                      why)
+        node.flags |= FLAG_WRITE_FAILED
+        self.index.defer_inode(node)
+
+    async def _revise(self, ino: int, delay: float | None = None) -> None:
+        """Store what was written and make it a revision; a full disk fails the call."""
+        node = self.index.get_inode(ino)
+        if node is None or not (node.dirty or self.cache.has_dirty(ino)):
+            return  # nothing written (a file only read)
+        try:
+            await self.cache.settle()
+            self.tree.make_revision(ino, delay)
+        except lmdb.Error as error:
+            self._write_failed(node, str(error))
+            raise
+
     @fuse_errors
     async def flush(self, fh: int) -> None:
-        await self.cache.settle()
-        self.tree.make_revision(self._handles[fh].ino)
+        await self._revise(self._handles[fh].ino)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         ino = self._handles[fh].ino
-        await self.cache.settle()
-        self.tree.make_revision(ino, delay=0 if self.fsync_replicas else None)
+        await self._revise(ino, delay=0 if self.fsync_replicas else None)
         self.index.sync()
         if self.fsync_replicas:
             self.replicator.expedite(ino)  # a revision made at an earlier close goes now too
@@ -435,8 +475,7 @@ class Filesystem(pyfuse3.Operations):
                 with self.index.write() as txn:
                     self.tree.purge(txn, node)
         elif node is not None:
-            await self.cache.settle()
-            self.tree.make_revision(ino)
+            await self._revise(ino)
             self.cache.evict()
 
     # file system
@@ -539,23 +578,38 @@ class Filesystem(pyfuse3.Operations):
         return "/" + paths[0] if paths else f"inode {ino}"
 
     async def upkeep(self) -> None:
-        """Commit buffered writes, give idle open files a revision, keep the cache in size."""
+        """Commit buffered writes, give idle open files a revision, keep the cache in size.
+        A full disk fails a round, never the mount: what is buffered stays buffered (the
+        writers meanwhile get ENOSPC), and the next round tries again."""
         last_sync = time.monotonic()
+        failing: str | None = None
         while True:
             await trio.sleep(COMMIT_INTERVAL)
-            if self.cache.dirty_bytes:
-                await self.cache.settle()
-                self.cache.commit()
-            if time.monotonic() - last_sync > SYNC_INTERVAL:
-                await trio.to_thread.run_sync(self.index.sync)
-                last_sync = time.monotonic()
-            now = time.monotonic()
-            for ino, last in list(self._last_write.items()):
-                if now - last > SETTLE_SECONDS:
-                    del self._last_write[ino]
-                    await self.cache.settle()
-                    self.tree.make_revision(ino)
-            self.cache.evict()
+            try:
+                last_sync = await self._upkeep_round(last_sync)
+            except (lmdb.Error, OSError) as error:
+                if str(error) != failing:
+                    log.error("cannot store to the cache (%s): %s", self._cache_dir, error)
+                failing = str(error)
+            else:
+                if failing is not None:
+                    log.info("the cache takes data again")
+                failing = None
+
+    async def _upkeep_round(self, last_sync: float) -> float:
+        if self.cache.dirty_bytes:
+            await self.cache.settle()
+            self.cache.commit()
+        if time.monotonic() - last_sync > SYNC_INTERVAL:
+            await trio.to_thread.run_sync(self.index.sync)
+            last_sync = time.monotonic()
+        now = time.monotonic()
+        for ino, last in list(self._last_write.items()):
+            if now - last > SETTLE_SECONDS:
+                del self._last_write[ino]
+                await self._revise(ino)
+        self.cache.evict()
+        return last_sync
 
     def busy(self) -> bool:
         """Whether users are working with the mount right now."""

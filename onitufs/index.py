@@ -32,7 +32,7 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
 _INODE = struct.Struct("<IIIIQQqqqQQQI32s")
 FLAG_COMPLETE = 1  # every block absent from the cache is a hole: nothing to fetch
+FLAG_WRITE_FAILED = 2  # a write was refused (a full disk): no revision until rewritten
 _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "rpaths",
         "todo", "transfers", "hashes", "blocks")
 NO_HASH = b"\0" * 32
@@ -228,6 +229,7 @@ class Index:
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
         # that comparing a listing with it costs no decoding
         self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
+        self._after_commit: list[Callable[[], None]] = []
         self._check_schema(block_size)
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
@@ -250,17 +252,28 @@ class Index:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction; on error it is aborted and the decoded inodes forgotten,
-        since they may hold changes that never reached LMDB."""
+        """A write transaction. On error, its commit's included (a full disk), it is aborted,
+        the decoded inodes forgotten, since they may hold changes that never reached LMDB,
+        and the inodes it was to write for defer_inode deferred again."""
         txn = self.env.begin(write=True)
+        deferred = dict(self._dirty)
+        self._after_commit = []
         try:
             yield txn
+            txn.commit()
         except BaseException:
-            txn.abort()
+            with contextlib.suppress(lmdb.Error):  # a failed commit has aborted already
+                txn.abort()
             self._inodes.clear()
             self._mirrors.clear()
+            self._dirty.update(deferred)
             raise
-        txn.commit()
+        for done in self._after_commit:
+            done()
+
+    def after_commit(self, done: Callable[[], None]) -> None:
+        """Call `done` once the write transaction under way has committed (never if not)."""
+        self._after_commit.append(done)
 
     def _check_schema(self, block_size: int) -> None:
         with self.write() as txn:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import lmdb
 
 from .blockcache import BlockCache
-from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Index, Inode, now_ns
+from .index import FLAG_COMPLETE, FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, now_ns
 from .plug import MARKER
 
 NAME_MAX = 255
@@ -272,14 +272,16 @@ class Tree:
             self.schedule(txn, inode.ino, self.upload_delay, None)
 
     def make_revision(self, ino: int, delay: float | None = None) -> bool:
-        """Commit buffered content and, if it changed, make it a new revision for the remotes."""
+        """Commit buffered content and, if it changed, make it a new revision for the remotes:
+        not content a write to which failed, which would reach them cut short."""
         inode = self.index.get_inode(ino)
         if inode is None or not inode.dirty:
             return False  # a close after reading: nothing to write
         with self.index.write() as txn:
             self.cache.commit_in(txn)
             inode = self.index.get_inode(ino, txn)
-            if inode is None or not inode.dirty or inode.nlink == 0:
+            if inode is None or not inode.dirty or inode.nlink == 0 \
+                    or inode.flags & FLAG_WRITE_FAILED:
                 return False
             old_rev, inode.rev = inode.rev, self.index.next_rev(txn)
             inode.rev_version = inode.version

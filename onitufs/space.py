@@ -1,0 +1,64 @@
+"""How much more the cache can take: its disk's free space and the pages LMDB freed inside
+its file.
+
+A commit that finds the disk full fails whole (LMDB says "Input/output error"), so a
+write that would leave less than RESERVE is refused with ENOSPC before it is taken,
+as a local filesystem would, rather than taken and then failing at the commit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .index import Index
+
+RESERVE = 8 * 1024**2  # for the index's own pages, the log, and LMDB's bookkeeping
+FRESH = 0.25  # seconds a measurement is used for
+
+
+class CacheSpace:
+    def __init__(self, index: Index, folder: str) -> None:
+        self.index = index
+        self.folder = folder
+        self._budget = 0  # bytes that could be taken at the last measurement
+        self._taken = 0  # bytes taken since
+        self._at = -FRESH
+
+    def room_for(self, size: int, pending: int) -> bool:
+        """Whether `size` more bytes fit, `pending` bytes being written but not stored yet;
+        if so they are counted as taken."""
+        if time.monotonic() - self._at > FRESH or self._taken + size > self._budget:
+            self._measure(pending)
+        if self._taken + size > self._budget:
+            return False
+        self._taken += size
+        return True
+
+    def full(self) -> bool:
+        """Whether the cache's disk has run out of room (a failed commit's likely cause)."""
+        self._measure(0)
+        return self._budget <= 0
+
+    def forget(self) -> None:
+        """Measure again before the next write (space was freed)."""
+        self._at = -FRESH
+
+    def _measure(self, pending: int) -> None:
+        disk = os.statvfs(self.folder)
+        # LMDB reuses a freed page only once later transactions have committed, and
+        # copies every page it changes: half of what it freed, twice what is pending.
+        self._budget = disk.f_bavail * disk.f_frsize + self._free_inside() // 2 \
+            - 2 * pending - RESERVE
+        self._taken = 0
+        self._at = time.monotonic()
+
+    def _free_inside(self) -> int:
+        """Pages of data.mdb that hold nothing now: LMDB reuses them before growing it."""
+        env = self.index.env
+        used = 2  # the meta pages
+        with env.begin() as txn:
+            stats = [env.stat()] + [txn.stat(db) for db in self.index.db.values()]
+        for stat in stats:
+            used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return max(0, env.info()["last_pgno"] + 1 - used) * stats[0]["psize"]

@@ -1,0 +1,110 @@
+"""A full cache disk gives ENOSPC and the mount lives on; nothing cut short is replicated."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cloud, MakeCloud, is_mounted, run, snapshot, wait_for
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def small_disk_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
+    """Two local remotes and a cache on a 64 MiB tmpfs, unmounted whatever happens."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 GiB", write_buffer="16 MiB")
+    cloud.cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(cloud.cache)],
+                   check=True)
+    try:
+        yield cloud
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(cloud.cache)], check=False)
+
+
+def mount(cloud: Cloud) -> None:
+    """Mount with the log beside the small disk, where it can still be written."""
+    run("mount", "--debug", "--log", cloud.root / "onitufs.log", cloud.mountpoint, cloud.config)
+    cloud.pid = int(cloud.status()["pid"])
+
+
+def log(cloud: Cloud) -> str:
+    return (cloud.root / "onitufs.log").read_text()
+
+
+def write_until_full(path: Path, size: int) -> tuple[int, OSError | None]:
+    """Write `size` bytes; returns how many went in and the error that stopped it."""
+    written = 0
+    try:
+        with open(path, "wb") as out:
+            while written < size:
+                out.write(os.urandom(MIB))
+                written += MIB
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as error:
+        return written, error
+    return written, None
+
+
+def test_a_full_cache_disk_gives_enospc_and_the_mount_lives_on(
+        small_disk_cloud: Cloud) -> None:
+    cloud = small_disk_cloud
+    mount(cloud)
+    (cloud.mountpoint / "before.txt").write_bytes(b"written before the disk filled")
+    cloud.wait_synced()
+    _, error = write_until_full(cloud.mountpoint / "big.bin", 200 * MIB)
+    assert error is not None and error.errno == errno.ENOSPC, error
+    # the daemon still serves: what it has reads back, status answers
+    assert (cloud.mountpoint / "before.txt").read_bytes() == b"written before the disk filled"
+    assert cloud.status()["pid"] == cloud.pid
+    cloud.wait_synced()
+    for name, remote in cloud.remotes.items():  # at most the empty file open(O_CREAT) made
+        copy = remote / "big.bin"
+        assert not copy.exists() or copy.stat().st_size == 0, f"{name} got the file cut short"
+    # space freed in the mount is usable again
+    (cloud.mountpoint / "big.bin").unlink()
+    content = os.urandom(8 * MIB)
+
+    def fits() -> bool:
+        try:
+            (cloud.mountpoint / "after.bin").write_bytes(content)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+            return False
+        return True
+    wait_for(fits, what="the freed space to be usable", interval=0.5)
+    cloud.wait_synced()
+    result = cloud.umount()
+    assert result.returncode == 0, result.stderr
+    assert not is_mounted(cloud.mountpoint)
+    for name, remote in cloud.remotes.items():
+        assert (remote / "after.bin").read_bytes() == content, name
+        assert not (remote / "big.bin").exists(), name
+    assert "big.bin: a write failed" in log(cloud)
+
+
+def test_a_file_cut_short_by_a_full_disk_is_not_replicated_after_a_remount(
+        small_disk_cloud: Cloud) -> None:
+    cloud = small_disk_cloud
+    mount(cloud)
+    _, error = write_until_full(cloud.mountpoint / "big.bin", 200 * MIB)
+    assert error is not None and error.errno == errno.ENOSPC, error
+    cloud.umount()
+    mount(cloud)
+    cloud.wait_synced()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote).get("big.bin", ("file", b""))[1] == b"", name
+    # written anew, it goes
+    (cloud.mountpoint / "big.bin").write_bytes(b"small now")
+    cloud.wait_synced()
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "big.bin").read_bytes() == b"small now", name
