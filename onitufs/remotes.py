@@ -32,10 +32,15 @@ class CallFailed(Exception):
 
 CONCURRENCY = 4
 READY_TIMEOUT = 60.0
-MAX_BACKOFF = 60.0
+MAX_BACKOFF = 300.0
 # The handlers that change a remote: they wait until its folder is known to be the right one.
 CHANGES = frozenset({"start_upload", "restart_upload", "upload_chunk", "end_upload", "delete_file",
                      "move_file", "make_dir", "make_symlink", "set_attrs"})
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait before trying again after `failures` failures in a row."""
+    return min(MAX_BACKOFF, 0.5 * 2.0 ** min(failures, 12))
 
 
 @dataclass
@@ -48,7 +53,7 @@ class Health:
     last_progress: float = field(default_factory=time.monotonic)  # a chunk or an item done
 
     def backoff(self) -> float:
-        return min(MAX_BACKOFF, 0.5 * 2.0 ** min(self.failures, 10))
+        return backoff(self.failures)
 
 
 @dataclass(eq=False)
@@ -69,6 +74,8 @@ class Remote:
     trusted: trio.Event = field(default_factory=trio.Event)
     # Set by the daemon: checks the remote is still the right folder before a change.
     before_change: Callable[[], Awaitable[None]] | None = None
+    # Set by the replicator: work that backed off goes at once when the remote is back.
+    on_back: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:
@@ -169,19 +176,25 @@ class Remote:
     def failed(self, error: BaseException) -> None:
         health = self.health
         health.failures += 1
+        said = health.last_error
         health.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if isinstance(error, RemoteUnavailable):
             health.online = False
-        log.warning("remote %s: %s", self.name, health.last_error)
+        # Each new trouble once; the same one again (retried with backoff) only in --debug.
+        log.log(logging.WARNING if health.last_error != said else logging.DEBUG,
+                "remote %s: %s", self.name, health.last_error)
 
     def succeeded(self) -> None:
         health = self.health
         if self.outage is not None:
             return  # it answers, but it is not the folder onitufs synced with
-        if not health.online:
-            log.info("remote %s: back online", self.name)
+        back = not health.online
         health.online = True
         health.failures = 0
+        if back:
+            log.info("remote %s: back online", self.name)
+            if self.on_back is not None:
+                self.on_back()
 
     def set_status(self, error: str | None) -> None:
         if error is None:

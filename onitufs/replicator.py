@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import heapq
 import itertools
@@ -32,12 +33,13 @@ import trio
 from .blockcache import BlockCache
 from .index import NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import Changed, Conflict, Kind, Metadata, RemoteUnavailable
-from .remotes import CallFailed, Remote
+from .remotes import CallFailed, Remote, backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PER_REMOTE_TASKS = 4
 STALL_SECONDS = 60.0
+STUCK_FAILURES = 3  # a change that failed this often in a row waits on something else
 # The replicator yields to the user: while the mount is busy, new transfers wait, for
 # at most MAX_YIELD seconds past their time (uploads already running go on).
 MAX_YIELD = 3.0
@@ -57,9 +59,17 @@ class Pending:
     due: float  # when the change has settled (upload_delay); a flush does not wait for it
     seq: int
     retry_at: float = 0.0  # backoff after a failure, which a flush respects too
+    # Failures in a row of this change on this remote: each one that fails again waits
+    # longer, even when the remote answers other calls (a full disk there takes the
+    # restart of an upload, and fails its next chunk).
+    failures: int = 0
 
     def ready_at(self, flush_below: float) -> float:
         return max(self.retry_at, -math.inf if self.seq < flush_below else self.due)
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.retry_at = time.time() + backoff(self.failures)
 
 
 def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None) -> Metadata:
@@ -125,6 +135,7 @@ class Replicator:
         # Set by the daemon: whether the mount is serving requests right now.
         self.foreground_busy: Callable[[], bool] = lambda: False
         for remote in self.writable:
+            remote.on_back = functools.partial(self.retry_now, remote)
             for ino, due in index.todo(remote.rid).items():
                 self._pending[remote.rid][ino] = ticket = Pending(due, next(self._seq))
                 self._ready[remote.rid].append((due, ticket.seq, ino))
@@ -171,6 +182,13 @@ class Replicator:
                 if inode.nlink and inode.ino != ROOT_INO:
                     self.requeue(txn, remote, inode.ino)
 
+    def retry_now(self, remote: Remote) -> None:
+        """The remote is back: what backed off while it was away goes at once."""
+        for ino, ticket in self._pending[remote.rid].items():
+            if ticket.failures:
+                ticket.failures, ticket.retry_at = 0, 0.0
+                self._push(remote, ino)
+
     def expedite(self, ino: int) -> None:
         """What is queued for this inode goes now, without waiting for upload_delay."""
         for remote in self.writable:
@@ -184,10 +202,13 @@ class Replicator:
 
     def stalled(self, remote: Remote) -> bool:
         """Work is queued for this remote and none of it got anywhere for STALL_SECONDS, or
-        none can (its folder is not the one onitufs synced with)."""
-        return bool(self._pending[remote.rid]) and (
+        none can (its folder is not the one onitufs synced with), or all of it keeps
+        failing (a full disk there)."""
+        pending = self._pending[remote.rid]
+        return bool(pending) and (
             remote.outage is not None
-            or time.monotonic() - remote.health.last_progress > STALL_SECONDS)
+            or time.monotonic() - remote.health.last_progress > STALL_SECONDS
+            or all(ticket.failures >= STUCK_FAILURES for ticket in pending.values()))
 
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])
@@ -241,15 +262,15 @@ class Replicator:
                 ticket.retry_at = time.time() + 0.2
                 return
             except CallFailed:
-                ticket.retry_at = time.time() + remote.health.backoff()
+                ticket.failed()
                 return
             except FetchError as error:
                 log.warning("remote %s: cannot copy inode %d yet: %s", remote.name, ino, error)
-                ticket.retry_at = time.time() + 5
+                ticket.failed()
                 return
             except Exception:
                 log.exception("remote %s: inode %d failed", remote.name, ino)
-                ticket.retry_at = time.time() + remote.health.backoff()
+                ticket.failed()
                 return
             remote.health.last_progress = time.monotonic()
             if pending.get(ino) is ticket:

@@ -150,7 +150,9 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
-        os.pwrite(upload_fd(md), chunk, offset)
+        fd, view, done = upload_fd(md), memoryview(chunk), 0
+        while done < len(view):  # a disk filling up writes part, then fails with ENOSPC
+            done += os.pwrite(fd, view[done:], offset + done)
 
     @plug.handler()
     def end_upload(md: Metadata) -> None:

@@ -1,0 +1,49 @@
+"""A remote that keeps failing backs off, says why once, and unmount names the reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import Cloud, MakeCloud, run, wait_for
+
+
+@pytest.fixture
+def full_remote_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
+    """Remotes a and b, and c on a 4 MiB tmpfs; unmounted whatever happens."""
+    cloud = make_cloud({"a": "rw", "b": "rw", "c": "rw"})
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(cloud.remotes["c"])],
+                   check=True)
+    try:
+        yield cloud
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(cloud.remotes["c"])], check=False)
+
+
+def test_a_full_remote_backs_off_and_unmount_says_why(full_remote_cloud: Cloud) -> None:
+    cloud = full_remote_cloud
+    cloud.mount()
+    content = os.urandom(8 * 1024 * 1024)
+    (cloud.mountpoint / "big.bin").write_bytes(content)
+    wait_for(lambda: (cloud.remotes["b"] / "big.bin").exists(), what="the others to get it")
+    time.sleep(12)
+    attempts = re.findall(r"remote c: (?:start_upload|restart_upload) big\.bin", cloud.log)
+    assert 1 <= len(attempts) <= 5, f"{len(attempts)} attempts in 12 s: no backoff"
+    warnings = re.findall(r"WARNING onitufs\.remotes: remote c: .*No space left", cloud.log)
+    assert len(warnings) == 1, warnings
+    state = next(r for r in cloud.status()["remotes"] if r["name"] == "c")
+    assert "No space left on device" in str(state["last_error"]), state
+    assert state["stalled"], state
+    result = run("umount", cloud.mountpoint, check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"onitufs: c: .*No space left on device.*; 1 changes still queued",
+                     result.stderr), result.stderr
+    cloud.wait_daemon_exit()
+    for name in ("a", "b"):
+        assert (cloud.remotes[name] / "big.bin").read_bytes() == content, name
