@@ -27,7 +27,7 @@ from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
 from .index import FLAG_WRITE_FAILED, CacheError, Index
-from .plug import check_options, load_driver
+from .plug import check_options, load_drivers
 from .remote_changes import RemoteChanges
 from .remotes import Remote
 from .replicator import Replicator
@@ -42,7 +42,9 @@ class MountError(Exception):
     """The mount cannot start; the message says why in one line."""
 
 
-def check_mountpoint(mountpoint: Path) -> None:
+def check_mountpoint(mountpoint: Path, nonempty: bool = False) -> None:
+    """Refuse a mount point that is missing, not a folder, already mounted, or (unless
+    `nonempty`, sshfs's -o nonempty) holding files, which the mount would hide."""
     try:
         os.stat(mountpoint)
     except OSError as error:
@@ -58,6 +60,16 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"{mountpoint}: not a folder")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint}: already a mount point (unmount it first)")
+    if nonempty:
+        return
+    try:
+        with os.scandir(mountpoint) as entries:
+            empty = next(entries, None) is None
+    except OSError as error:
+        raise MountError(f"{mountpoint}: {error.strerror}") from None
+    if not empty:
+        raise MountError(f"{mountpoint}: not empty: its files would be hidden while mounted "
+                         "(move them away, or mount over them with -o nonempty)")
 
 
 def widen_read_ahead(device: int, size: int) -> None:
@@ -81,8 +93,7 @@ class Mount:
     def __init__(self, config: Config, mountpoint: Path | None) -> None:
         self.config = config
         self.mountpoint = mountpoint
-        drivers = {remote.name: load_driver(remote.driver, remote.options.where)
-                   for remote in config.remotes}
+        drivers = load_drivers(config)  # every table's keys checked, at every mount
         overlaps.check(config, mountpoint, drivers)  # before the cache folder is made
         self.index = Index(config.cache_path, MAP_SIZE, config.block_size)
         try:

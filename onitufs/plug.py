@@ -5,7 +5,11 @@ It has a ``start(plug)`` function that registers handlers with
 ``@plug.handler()`` and then watches its remote for the life of the driver,
 reporting what changed there through ``plug.update_file``,
 ``plug.delete_file``, ``plug.move_file`` or ``plug.report_tree``. It may have
-a ``check(options)`` function that validates its config table before the
+an ``OPTIONS`` tuple naming the keys of its config table, which the core
+checks every table against at every mount (with its own ``driver`` and
+``mode``), so that a misspelt key stops the mount instead of passing
+silently; a driver without one gets its table unchecked. It may have a
+``check(options)`` function that validates its config table before the
 mount starts, and a ``folder(options)`` function that names the folder on this
 machine where the remote keeps its files, if it keeps them in one, so that the
 core can refuse a remote at the mount point, inside it or around it, or in
@@ -31,7 +35,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
-from .config import ConfigError, Options
+from .config import Config, ConfigError, Options
 
 ENTRY_POINT_GROUP = "onitufs.drivers"
 HANDLERS = (
@@ -280,6 +284,39 @@ def load_driver(name: str, where: str) -> ModuleType:
     known = sorted(entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     raise ConfigError(f"{where}.driver: no driver named '{name}' is installed "
                       f"(installed: {', '.join(known) or 'none'})")
+
+
+# The keys of every remote's table that the core reads itself (config.py), whatever the driver.
+CORE_KEYS = ("driver", "mode")
+
+
+def load_drivers(config: Config) -> dict[str, ModuleType]:
+    """Every remote's driver module, by remote name, each remote's table checked against
+    the keys its driver declares (see check_keys): what each mount does first."""
+    drivers = {}
+    for remote in config.remotes:
+        module = load_driver(remote.driver, remote.options.where)
+        check_keys(module, remote.options, remote.driver)
+        drivers[remote.name] = module
+    return drivers
+
+
+def check_keys(module: ModuleType, options: Options, name: str) -> None:
+    """Refuse a key of the table that neither the core nor the driver knows.
+
+    The driver names its keys in a module-level ``OPTIONS`` tuple. It costs
+    nothing and needs no remote, so it runs at every mount, unlike check().
+    A driver that declares no OPTIONS gets its table as it is: its own check
+    may refuse what it does not know (Options.only), the core cannot.
+    """
+    declared = getattr(module, "OPTIONS", None)
+    if declared is None:
+        return
+    if isinstance(declared, str | bytes) or not isinstance(declared, Iterable) \
+            or not all(isinstance(key, str) for key in declared):
+        raise ConfigError(f"{options.where}.driver: driver '{name}' ({module.__name__}) "
+                          "declares OPTIONS that are not a tuple of key names")
+    options.only(*CORE_KEYS, *(key for key in declared if key not in CORE_KEYS))
 
 
 def check_options(module: ModuleType, options: Options) -> None:

@@ -33,6 +33,9 @@ from onitufs.plug import (
     upload_path,
 )
 
+# The keys of the table besides the core's driver and mode: the core refuses any other.
+OPTIONS = ("path", "poll_interval")
+
 
 def check(options: Options) -> None:
     root = options.path("path")

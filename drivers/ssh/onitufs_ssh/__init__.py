@@ -44,6 +44,7 @@ from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import describe, encode, token, walk
 from .pool import Pool, lost
 from .reading import OtherVersion, Reads
+from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
 from .sftp import HANDLE, OPENDIR, READDIR, Attrs, SftpError, pack_string
 from .uploads import Upload

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from onitufs.config import ConfigError, Options
 
-KEYS = ("driver", "mode", "host", "port", "user", "path", "identity", "known_hosts",
-        "poll_interval", "connections", "upload_connections")
+# The keys of the table besides the core's driver and mode: the core refuses any other.
+OPTIONS = ("host", "port", "user", "path", "identity", "known_hosts", "poll_interval",
+           "connections", "upload_connections")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,6 @@ class Settings:
 
 
 def read(options: Options) -> Settings:
-    options.only(*KEYS)
     port = options.integer("port", 22)
     if not 0 < port < 65536:
         raise ConfigError(f"{options.where}.port: expected a port number from 1 to 65535")
