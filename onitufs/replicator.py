@@ -265,8 +265,9 @@ class Replicator:
                 ticket.failed()
                 return
             except FetchError as error:
+                # not this remote's doing: the content may come from another any moment
                 log.warning("remote %s: cannot copy inode %d yet: %s", remote.name, ino, error)
-                ticket.failed()
+                ticket.retry_at = time.time() + 5
                 return
             except Exception:
                 log.exception("remote %s: inode %d failed", remote.name, ino)
