@@ -40,6 +40,8 @@ from typing import Any
 import cachetools
 import lmdb
 
+from . import lmdbcheck
+
 SCHEMA_VERSION = 3
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
@@ -216,14 +218,30 @@ class Index:
         self._lock.truncate()
         self._lock.write(str(os.getpid()))
         self._lock.flush()
+        env = None
         try:
-            # sync=False: a commit survives a crash of this process at once, and a
-            # power loss after env.sync(), which fsync and a timer call.
-            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
-                                 metasync=False, max_readers=256)
-        except lmdb.Error as error:
-            raise CacheError(f"{path}: cannot open the index: {error}") from None
-        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+            try:
+                # LMDB maps the file and trusts it: a file cut short or a page overwritten
+                # would kill this process (SIGBUS, an assertion) at the first read of it.
+                lmdbcheck.check(path / "data.mdb")
+                # sync=False: a commit survives a crash of this process at once, and a
+                # power loss after env.sync(), which fsync and a timer call.
+                env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
+                                metasync=False, max_readers=256)
+                self.db = {name: env.open_db(name.encode()) for name in _DBS}
+            except (lmdbcheck.Damage, lmdb.CorruptedError, lmdb.InvalidError,
+                    lmdb.PageNotFoundError) as error:
+                raise CacheError(f"{path}: the index is damaged ({error}); move the folder aside "
+                                 "and mount again: the tree and the content are rebuilt from the "
+                                 "remotes") from None
+            except lmdb.Error as error:
+                raise CacheError(f"{path}: cannot open the index: {error}") from None
+        except CacheError:
+            if env is not None:
+                env.close()
+            self._lock.close()
+            raise
+        self.env = env
         self._inodes: cachetools.LRUCache[int, Inode] = cachetools.LRUCache(maxsize=65536)
         self._dirty: dict[int, Inode] = {}
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
