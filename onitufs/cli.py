@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -38,16 +41,37 @@ class CommandError(Exception):
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        try:
+            status = run_command(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not as Python exits
+    except BrokenPipeError:
+        # `onitufs status MNT | head -1`: the reader has what it wanted. End as a command
+        # that SIGPIPE kills does, without a traceback.
+        quiet_stdout()
+        sys.exit(128 + signal.SIGPIPE)
+    sys.exit(status)
+
+
+def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status = args.run(args)
+        status: int = args.run(args)
     except (CommandError, ConfigError, CacheError) as error:
         print(f"onitufs: {error}", file=sys.stderr)
-        sys.exit(error.status if isinstance(error, CommandError) else 1)
+        return error.status if isinstance(error, CommandError) else 1
     except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(status)
+        return 130
+    return status
+
+
+def quiet_stdout() -> None:
+    """Send what is still to be printed to /dev/null: the reader of the output is gone."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,7 +250,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     def show(line: str) -> None:
         progress("")
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:  # the reader went away (`| head`): the check goes on
+            quiet_stdout()
 
     if args.command == "fsck":
         report, complete = mount.run_job(lambda: fsck(mount, show))
@@ -236,8 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         report, complete = mount.run_job(lambda: verify(mount, show, progress))
         summary = (f"verify: {report.checked} copies read back, {len(report.problems)} damaged, "
                    f"{report.repaired} repaired, {report.unverified} with nothing to compare with")
-    progress("")
-    print(summary)
+    show(summary)
     if not complete:
         print("onitufs: some remotes could not be brought up to date; what they need stays "
               "queued for the next mount", file=sys.stderr)
@@ -246,13 +272,50 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # status and umount
 
+class DeadMount(CommandError):
+    """An onitufs mount whose daemon is gone (killed): the kernel answers ENOTCONN."""
+
+
 def read_status(mountpoint: Path) -> dict[str, Any]:
     try:
         raw = os.getxattr(mountpoint, STATUS_XATTR)
     except OSError as error:
-        raise CommandError(f"{mountpoint}: not an onitufs mount ({error.strerror})") from None
+        raise no_status(mountpoint, error) from None
     status: dict[str, Any] = json.loads(raw)
     return status
+
+
+def no_status(mountpoint: Path, error: OSError) -> CommandError:
+    """Why `mountpoint` has no status to give, said of the path."""
+    if error.errno == errno.ENOENT:
+        return CommandError(f"{mountpoint}: no such folder")
+    kind = mount_type(mountpoint)
+    if kind is None:
+        return CommandError(f"{mountpoint}: not a mount point")
+    if kind != "fuse.onitufs":
+        stopped = " whose daemon has stopped" if error.errno == errno.ENOTCONN else ""
+        return CommandError(f"{mountpoint}: not an onitufs mount (a {kind} mount{stopped})")
+    if error.errno == errno.ENOTCONN:
+        return DeadMount(f"{mountpoint}: the daemon of this mount has stopped ({error.strerror}); "
+                         f"`onitufs umount {mountpoint}` detaches it")
+    return CommandError(f"{mountpoint}: cannot read the status of this onitufs mount "
+                        f"({error.strerror})")
+
+
+def mount_type(path: Path) -> str | None:
+    """The type of the file system mounted at `path` (the last one mounted there), or None
+    when nothing is."""
+    target = os.path.realpath(os.path.abspath(path))  # a dead mount point resolves as it is
+    kind = None
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields, _, rest = line.partition(" - ")
+            point = fields.split(" ")[4]
+            # octal escapes of space, tab, newline and backslash
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+            if point == target:
+                kind = rest.split(" ")[0]
+    return kind
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -283,7 +346,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint.expanduser().absolute()
-    status = read_status(mountpoint)
+    try:
+        status = read_status(mountpoint)
+    except DeadMount:
+        return detach(mountpoint)
     os.setxattr(mountpoint, FLUSH_XATTR, b"1")
     show = sys.stderr.isatty()
     total = max(1, pending_of(status))
@@ -295,7 +361,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if all_stuck(status):
             break
         time.sleep(0.2)
-        status = read_status(mountpoint)
+        try:
+            status = read_status(mountpoint)
+        except DeadMount:  # killed while this waited
+            return detach(mountpoint)
         total = max(total, pending_of(status))
     if show:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
@@ -318,6 +387,19 @@ def cmd_umount(args: argparse.Namespace) -> int:
                   "mount", file=sys.stderr)
         return 2
     return 0
+
+
+def detach(mountpoint: Path) -> int:
+    """Take away the mount of a daemon that is gone. What it had queued is in the index,
+    which the next mount reads; whether there is any, only the cache can tell."""
+    result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise CommandError(f"{mountpoint}: the daemon of this mount has stopped, and it cannot "
+                           f"be detached: {result.stderr.strip() or 'fusermount3 failed'}")
+    print(f"onitufs: {mountpoint}: the daemon of this mount had stopped; detached it: the "
+          "changes it had queued resume at the next mount", file=sys.stderr)
+    return 2
 
 
 def pending_of(status: dict[str, Any]) -> int:

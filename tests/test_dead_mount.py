@@ -1,0 +1,96 @@
+"""A dead mount is easy to clean, a wrong path is named for what it is, and a reader that
+goes away early (`onitufs status MNT | head -1`) gets no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .conftest import ONITUFS, MakeCloud, is_mounted, run, wait_for
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_umount_detaches_a_mount_whose_daemon_died(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="60s")
+    cloud.mount()
+    (cloud.mountpoint / "queued").write_bytes(b"not uploaded yet")
+    wait_for(lambda: cloud.status()["unsaved_bytes"] == 0, what="the write to reach the index")
+    cloud.kill9()
+
+    status = run("status", cloud.mountpoint, check=False)
+    assert status.returncode == 1
+    line = one_line(status)
+    assert str(cloud.mountpoint) in line and "daemon" in line and "onitufs umount" in line, line
+    assert is_mounted(cloud.mountpoint), "status leaves the mount as it is"
+
+    result = run("umount", cloud.mountpoint, check=False)
+    assert result.returncode == 2, result.stderr
+    line = one_line(result)
+    assert str(cloud.mountpoint) in line and "detached" in line, line
+    assert "resume at the next mount" in line, line
+    assert not is_mounted(cloud.mountpoint)
+    assert cloud.mountpoint.is_dir() and not any(cloud.mountpoint.iterdir())
+
+    # what the daemon had queued goes out from the next mount
+    cloud.mount()
+    assert (cloud.mountpoint / "queued").read_bytes() == b"not uploaded yet"
+    assert cloud.umount().returncode == 0
+    for remote in cloud.remotes.values():
+        assert (remote / "queued").read_bytes() == b"not uploaded yet"
+
+
+def test_umount_and_status_name_a_wrong_path_for_what_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "file").write_text("x")
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(other)], check=True)
+    try:
+        for path, said in ((tmp_path / "missing", "no such folder"),
+                           (folder, "not a mount point"),
+                           (folder / "file", "not a mount point"),
+                           (other, "not an onitufs mount (a tmpfs mount)")):
+            for command in ("umount", "status"):
+                result = run(command, path, check=False)
+                assert result.returncode == 1, (command, path, result.stderr)
+                assert one_line(result) == f"onitufs: {path}: {said}", (command, result.stderr)
+        assert is_mounted(other)
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+
+
+def closed_stdout(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run onitufs with a standard output whose reader has already gone away."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([*ONITUFS, *map(str, args)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    for args in (("status", cloud.mountpoint), ("status", "--json", cloud.mountpoint)):
+        result = closed_stdout(*args)
+        assert result.stderr == "", result.stderr
+        assert result.returncode == 141, result.returncode  # as a command killed by SIGPIPE
+    # `onitufs status MNT | head -1`, as a shell runs it
+    piped = subprocess.run(["bash", "-c", f"{' '.join(ONITUFS)} status {cloud.mountpoint} | head -1"],
+                           capture_output=True, text=True, timeout=60)
+    assert piped.stderr == "" and piped.stdout.startswith(str(cloud.mountpoint)), piped
+    cloud.umount()
+    # fsck goes on to the end and exits as it would
+    result = closed_stdout("fsck", cloud.config)
+    assert result.stderr == "" and result.returncode == 0, (result.returncode, result.stderr)
+
