@@ -245,9 +245,9 @@ class BlockCache:
             buffer = buffers.get(blockno)
             if buffer is None:
                 buffer = self._load(inode.ino, blockno, buffers)
+            before = len(buffer)  # the zeros of a hole before `start` count, as they are held
             if len(buffer) < start:
                 buffer.extend(bytes(start - len(buffer)))
-            before = len(buffer)
             buffer[start:start + take] = view[pos:pos + take]
             self._dirty_bytes += len(buffer) - before
             pos += take

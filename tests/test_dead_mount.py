@@ -3,6 +3,7 @@ goes away early (`onitufs status MNT | head -1`) gets no traceback."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 from pathlib import Path
@@ -94,3 +95,28 @@ def test_a_reader_that_goes_away_gets_no_traceback(make_cloud: MakeCloud) -> Non
     result = closed_stdout("fsck", cloud.config)
     assert result.stderr == "" and result.returncode == 0, (result.returncode, result.stderr)
 
+
+def test_unsaved_bytes_count_the_hole_a_write_past_the_end_leaves(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, upload_delay="60s", write_buffer="2 MiB")
+    cloud.mount()
+    block = 1024 * 1024
+    content = mmap.mmap(-1, block)  # page-aligned, for O_DIRECT
+    content.write(os.urandom(block))
+    # O_DIRECT: each write reaches the daemon as it is made, not from the kernel's cache
+    fd = os.open(cloud.mountpoint / "holey", os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o644)
+    try:
+        os.pwrite(fd, memoryview(content)[:4096], 0)
+        os.pwrite(fd, memoryview(content)[:4096], block - 4096)  # a hole between, in block 0
+        assert cloud.status()["unsaved_bytes"] == block
+        # past the write buffer: the full blocks go to LMDB, the first with its hole
+        os.pwrite(fd, content, block)
+        os.pwrite(fd, content, 2 * block)
+        assert cloud.status()["unsaved_bytes"] >= 0
+    finally:
+        os.close(fd)
+    wait_for(lambda: cloud.status()["unsaved_bytes"] == 0, what="the buffers to be stored")
+    status = run("status", cloud.mountpoint)
+    assert "unsaved 0 B" in status.stdout.splitlines()[0], status.stdout
+    assert cloud.umount().returncode == 0
+    expected = bytes(content[:4096]) + bytes(block - 8192) + bytes(content[:4096]) + 2 * bytes(content)
+    assert (cloud.remotes["a"] / "holey").read_bytes() == expected
