@@ -190,3 +190,15 @@ def test_reading_with_no_replica_reachable_fails_with_eio(make_cloud: MakeCloud)
         assert (cloud.mountpoint / "far away").stat().st_size == 4 * 1024 * 1024
     finally:
         away.rename(cloud.remotes["a"])
+
+
+def test_a_read_only_mount_unmounts_cleanly(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    (cloud.remotes["a"] / "seen.txt").write_bytes(b"from the remote")
+    cloud.mount("ro")
+    wait_for(lambda: (cloud.mountpoint / "seen.txt").exists(), what="the remote's file")
+    with pytest.raises(OSError):
+        (cloud.mountpoint / "new.txt").write_bytes(b"refused")
+    result = cloud.umount()
+    assert result.returncode == 0, result.stderr
+    assert not result.stderr, result.stderr
