@@ -22,13 +22,18 @@ A cut of content (truncate, O_TRUNC) is written in the caller's
 transaction, with the inode's new size, so that a crash leaves the old
 content or the new, never the old size over missing blocks.
 
-The cache keeps to its size by evicting clean blocks least recently used,
-and only blocks of files whose current revision every writable remote holds.
+The cache keeps to its size by evicting clean blocks least recently used:
+blocks of files whose current revision every writable remote holds, and
+blocks fetched from a remote for a file not complete here (fetched again if
+needed), as soon as storing one takes the cache past its size. Blocks of
+zeros take no space: one is stored empty (it reads as zeros to its length),
+a hole, never counted nor evicted.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -58,6 +63,32 @@ BlockKey = tuple[int, int]
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
 # the current revision, checked against the digest where one is known, and their SHA-256
 Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[tuple[bytes, bytes]]]
+
+
+@functools.lru_cache(maxsize=4)  # a whole block's, a tail's, a read's
+def zero_bytes(length: int) -> bytes:
+    """`length` zero bytes, made once (untouched pages: they take no memory): what a hole
+    reads as."""
+    return bytes(length)
+
+
+def all_zero(data: bytes | bytearray) -> bool:
+    """Whether every byte is zero (a hole, or written zeros)."""
+    return not data or (data[0] == 0 and data == zero_bytes(len(data)))
+
+
+@functools.lru_cache(maxsize=8)
+def zeros_sha256(length: int) -> bytes:
+    """The SHA-256 of `length` zero bytes (the checksum of a block that is a hole)."""
+    return hashlib.sha256(bytes(length)).digest()
+
+
+def sealed(data: bytes | bytearray, digest: bytes | None) -> tuple[bytes, int]:
+    """What is stored for a block and how many bytes of content it keeps: nothing for
+    zeros (read() gives them back), or the content behind its SHA-256."""
+    if all_zero(data):
+        return seal(b""), 0
+    return seal(data, digest), len(data)
 
 
 class BlockLost(Exception):
@@ -91,8 +122,13 @@ class BlockCache:
         self._damaged: set[BlockKey] = set()
         with index.env.begin(buffers=True) as txn:  # lengths only: no block is read
             for key, value in scan(txn, self._db, b""):
-                self._lru[(unq(key), unq(key[8:]))] = len(value) - SEAL
-                self.stored_bytes += len(value) - SEAL
+                if len(value) > SEAL:  # zeros, stored empty, take no room and stay
+                    self._lru[(unq(key), unq(key[8:]))] = len(value) - SEAL
+                    self.stored_bytes += len(value) - SEAL
+        # Inodes being made complete (by how many callers): none of their blocks may go
+        # meanwhile, or the file would be complete without them.
+        self._completing: collections.Counter[int] = collections.Counter()
+        self._over_size = False  # and nothing could be evicted: said once in the log
 
     @property
     def dirty_bytes(self) -> int:
@@ -118,7 +154,9 @@ class BlockCache:
             piece = self._cached_piece(inode, blockno, start, end)
             if piece is None:
                 piece = (await self._fetch_block(inode, blockno))[start:end]
-            parts.append(piece if len(piece) == end - start else piece + bytes(end - start - len(piece)))
+            if len(piece) < end - start:  # a hole, or a block stored short of its end
+                piece = piece + bytes(end - start - len(piece)) if piece else zero_bytes(end - start)
+            parts.append(piece)
         return b"".join(parts)
 
     def _cached_piece(self, inode: Inode, blockno: int, start: int, end: int) -> bytes | None:
@@ -206,12 +244,22 @@ class BlockCache:
             self._store(txn, key, data, digest)
             if new_checksum:
                 self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
+        if self.stored_bytes > self.size_limit:
+            # A file streaming through (read, or uploaded to another remote) stays
+            # within the size: what it fetched before goes as it goes on.
+            self.evict()
 
     async def make_complete(self, inode: Inode) -> None:
         """Fetch every block not cached, so the file can be changed locally."""
         if inode.complete:
             return
-        await self.make_sound(inode, 0, inode.size)
+        self._completing[inode.ino] += 1
+        try:
+            await self.make_sound(inode, 0, inode.size)
+        finally:
+            self._completing[inode.ino] -= 1
+            if not self._completing[inode.ino]:
+                del self._completing[inode.ino]
         if not inode.complete:
             inode.flags |= FLAG_COMPLETE
             self.index.defer_inode(inode)
@@ -332,13 +380,16 @@ class BlockCache:
 
     def _store(self, txn: lmdb.Transaction, key: BlockKey, data: bytes | bytearray,
                digest: bytes | None = None) -> None:
-        txn.put(q(key[0]) + q(key[1]), seal(data, digest), db=self._db)
-        self._account(key, len(data))
+        value, length = sealed(data, digest)
+        txn.put(q(key[0]) + q(key[1]), value, db=self._db)
+        self._account(key, length)
 
     def _account(self, key: BlockKey, length: int) -> None:
-        """A block of `length` bytes is now stored under `key`, as it was written."""
+        """A block of `length` bytes is now stored under `key`, as it was written (0: a
+        hole, which takes no room and is never evicted)."""
         self.stored_bytes += length - self._lru.pop(key, 0)
-        self._lru[key] = length
+        if length:
+            self._lru[key] = length
         self._sound.add(key)
         self._damaged.discard(key)
 
@@ -419,16 +470,17 @@ class BlockCache:
         with self.index.env.begin(write=True) as txn:
             for (key, buffer), digest in zip(batch, digests, strict=True):
                 if key not in self._superseded:
-                    txn.put(q(key[0]) + q(key[1]), seal(buffer, digest), db=self._db)
+                    value, length = sealed(buffer, digest)
+                    txn.put(q(key[0]) + q(key[1]), value, db=self._db)
                     self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
-                    written.append((key, len(buffer)))
+                    written.append((key, length))
         return written
 
     def _checksum(self, key: BlockKey, buffer: bytearray) -> bytes:
         """The SHA-256 of a block about to be stored; the in-order hash of its file learns
         of it. Only a full block's is also the checksum of that block of the revision (a
         piece may still grow, or end in a hole)."""
-        digest = hashlib.sha256(buffer).digest()
+        digest = zeros_sha256(len(buffer)) if all_zero(buffer) else hashlib.sha256(buffer).digest()
         with self._in_order.lock:
             if key not in self._superseded:
                 self._in_order.stored(key[0], key[1], buffer,
@@ -461,10 +513,18 @@ class BlockCache:
     def has_dirty(self, ino: int) -> bool:
         return bool(self._dirty.get(ino)) or any(key[0] == ino for key in self._flying)
 
+    def _fetched_only(self, ino: int) -> bool:
+        """Whether the cache holds of this file only what it fetched from a remote: its
+        content is not complete here (a file is made complete before it changes), so
+        what goes can be fetched again, even before every remote holds it."""
+        inode = self.index.get_inode(ino)
+        return inode is not None and inode.nlink > 0 and not inode.complete
+
     def evict(self) -> int:
         """Drop clean blocks, least recently used first, until the cache fits; returns bytes freed."""
         excess = self.stored_bytes - self.size_limit
         if excess <= 0:
+            self._over_size = False
             return 0
         freed = 0
         verdicts: dict[int, bool] = {}
@@ -474,14 +534,18 @@ class BlockCache:
                 break
             ino = key[0]
             if ino not in verdicts:
-                verdicts[ino] = not self.has_dirty(ino) and self._evictable(ino)
+                verdicts[ino] = ino not in self._completing and not self.has_dirty(ino) \
+                    and (self._fetched_only(ino) or self._evictable(ino))
             if verdicts[ino]:
                 victims.append(key)
                 freed += length
         if not victims:
-            log.warning("cache over its size (%d > %d bytes) and nothing can be evicted yet: "
-                        "waiting for uploads", self.stored_bytes, self.size_limit)
+            if not self._over_size:  # once, not at every write until the uploads are done
+                log.warning("cache over its size (%d > %d bytes) and nothing can be evicted "
+                            "yet: waiting for uploads", self.stored_bytes, self.size_limit)
+            self._over_size = True
             return 0
+        self._over_size = False
         with self.index.write() as txn:
             for key in victims:
                 self.discard(txn, key)

@@ -178,6 +178,12 @@ class Plug:
         # changed within that long of a token onitufs recorded may keep the token: onitufs
         # then checks its content once the time has passed.
         self.mtime_granularity = 0.0
+        # Whether the remote keeps holes: an upload that leaves a range unwritten (no
+        # upload_chunk for it) gets zeros there, as a POSIX file written with pwrite past a
+        # gap, or extended by end_upload to md.size, does. Then onitufs skips chunks of
+        # zeros and the remote's copy stays sparse. A driver whose uploads need every byte
+        # (a session that counts them) leaves it False and gets the zeros sent.
+        self.keeps_holes = False
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Register the decorated function as the handler of that name."""

@@ -30,7 +30,7 @@ from typing import TypeVar
 import lmdb
 import trio
 
-from .blockcache import BlockCache
+from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
 from .index import NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import Changed, Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote, backoff
@@ -128,6 +128,9 @@ class Replicator:
         # moved or deleted there (see _working_at).
         self._working: dict[int, list[tuple[str, bool]]] = {r.rid: [] for r in remotes}
         self._flush_below: float = 0  # items queued before this sequence number go now
+        # (inode, revision) -> the remote whose upload learns that revision's SHA-256 now:
+        # uploads to the others leave it to that one (10 GiB are not hashed once a remote).
+        self._learning: dict[tuple[int, int], int] = {}
         # Set by the daemon: keeps a remote's unexpected version beside ours.
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[bool]]
         # Set by the daemon: takes in a version a remote holds that it has not reported yet.
@@ -522,6 +525,15 @@ class Replicator:
 
     async def _upload(self, remote: Remote, inode: Inode, path: str, replaces: str | None) -> None:
         """Upload the current revision to `path`, where the remote held `replaces` (a token)."""
+        learning = (inode.ino, inode.rev)
+        try:
+            await self._upload_revision(remote, inode, path, replaces)
+        finally:
+            if self._learning.get(learning) == remote.rid:
+                del self._learning[learning]
+
+    async def _upload_revision(self, remote: Remote, inode: Inode, path: str,
+                               replaces: str | None) -> None:
         rev = inode.rev
         if inode.dirty:
             raise Retry()  # its next revision is on the way; upload that one
@@ -558,8 +570,17 @@ class Replicator:
             self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
             await remote.call("start_upload", md)
             self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
-        # A pass from the first byte also learns the SHA-256 of the whole revision.
-        whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH else None
+        # A pass from the first byte also learns the SHA-256 of the whole revision, unless
+        # another one does already.
+        whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH \
+            and (inode.ino, rev) not in self._learning else None
+        if whole is not None:
+            self._learning[(inode.ino, rev)] = remote.rid
+        # Blocks of zeros are not sent to a remote that keeps holes: its copy stays sparse.
+        # What is saved for a resume is where the last chunk sent ends (the remote's file
+        # may end there), and the zeros after it are looked at again.
+        keeps_holes = remote.plug is not None and remote.plug.keeps_holes
+        behind = None  # the whole-file hash of the chunk before, still running
         while offset < md.size:
             if inode.rev != rev or inode.dirty or not self._alive(inode.ino):
                 await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
@@ -579,21 +600,37 @@ class Replicator:
                 break
             blockno = offset // self.block_size  # chunks are whole blocks
             known = self.index.block_hash(inode.ino, blockno, rev) is not None
-            # mostly nothing to hash: writing learnt the checksums of what it wrote
-            hashing = None if known and whole is None else \
-                _HASHER.submit(hash_chunk, chunk, whole, not known)
-            await remote.call("upload_chunk", md, offset, chunk)
-            digest = None if hashing is None else await settled(hashing)
+            zeros = all_zero(chunk)
+            hole = keeps_holes and zeros
+            # mostly nothing to hash: writing learnt the checksums of what it wrote, and
+            # zeros have theirs
+            block = not known and not zeros
+            hashing = None if not block and whole is None else \
+                _HASHER.submit(hash_chunk, zero_bytes(len(chunk)) if zeros else chunk, whole,
+                               block)
+            if hole:
+                await trio.lowlevel.checkpoint()  # the mount goes on between holes too
+            else:
+                await remote.call("upload_chunk", md, offset, chunk)
+                remote.health.bytes_sent += len(chunk)
+            if behind is not None:  # the whole-file hash runs one chunk behind at most
+                await settled(behind)
+            behind = hashing if hashing is not None and not block else None
+            digest = await settled(hashing) if hashing is not None and block else \
+                zeros_sha256(len(chunk)) if not known and zeros else None
             offset += len(chunk)
-            remote.health.bytes_sent += len(chunk)
             remote.health.last_progress = time.monotonic()
+            if digest is None and (hole or offset >= md.size):
+                continue  # nothing to note
             with self.index.write() as txn:
                 # a block changed meanwhile has its own checksum now, not this one
                 if digest is not None and inode.rev == rev and not inode.dirty:
                     self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
-                if offset < md.size:
+                if not hole and offset < md.size:
                     self.index.set_transfer(txn, remote.rid, inode.ino,
                                             Transfer(rev, path, offset, md.extra))
+        if behind is not None:
+            await settled(behind)
         try:
             await remote.call("end_upload", md)
         except CallFailed as error:
@@ -675,8 +712,9 @@ class Replicator:
             if len(data) != size:
                 errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
                 continue
-            # off the event loop, which serves the mount meanwhile
-            digest = await trio.to_thread.run_sync(sha256, data)
+            # off the event loop, which serves the mount meanwhile (zeros: a hole, known)
+            digest = zeros_sha256(size) if all_zero(data) else \
+                await trio.to_thread.run_sync(sha256, data)
             if expected is not None and digest != expected:
                 errors.append(f"{remote.name}: damaged copy")
                 self.mark_damaged(remote, inode, path, f"the block at byte {offset} does not "

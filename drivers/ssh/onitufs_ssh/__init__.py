@@ -184,6 +184,11 @@ def start(plug: Plug) -> None:
         md.extra.update(upload.saved_state())
         return resumed
 
+    # SFTP (v3 and on) writes zeros from the end of the file to the offset of a write
+    # past it, which a POSIX server keeps as a hole, and end_upload sets the size: chunks
+    # of zeros need not be sent.
+    plug.keeps_holes = True
+
     @plug.handler()
     @guarded
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:

@@ -18,9 +18,13 @@ the whole file's worth of the server's dirty pages (measured on loopback:
 0.13 s for 256 MiB before, 0.01-0.02 s after).
 
 What the core saves after each chunk (md.extra) says how far the server has
-acknowledged every byte ("acked"). A connection that drops keeps the chunks
-not yet acknowledged in memory, and restart_upload writes them again. After
-a crash the memory is gone: restart_upload then resumes at what was
+acknowledged every byte ("acked"). Chunks need not follow each other: the core
+leaves out chunks of zeros (plug.keeps_holes), which a write past the end of
+the file gives back as zeros (a hole, on a POSIX server), as end_upload's size
+does for a gap at the end; "acked" counts such a gap with the chunks around it.
+A connection that drops keeps the chunks not yet acknowledged in memory, and
+restart_upload writes them again. After a crash the memory is gone:
+restart_upload then resumes at what was
 acknowledged, at most HELD_LIMIT bytes before the offset the core saved, and
 the core sends again from there. (Checking what landed of the chunks in
 flight would mean a checksum of every byte sent, to save resending a few
