@@ -128,6 +128,7 @@ class Replicator:
         # moved or deleted there (see _working_at).
         self._working: dict[int, list[tuple[str, bool]]] = {r.rid: [] for r in remotes}
         self._flush_below: float = 0  # items queued before this sequence number go now
+        self._flushed_at = math.inf  # when that was said last
         # (inode, revision) -> the remote whose upload learns that revision's SHA-256 now:
         # uploads to the others leave it to that one (10 GiB are not hashed once a remote).
         self._learning: dict[tuple[int, int], int] = {}
@@ -204,14 +205,27 @@ class Replicator:
         return ino in self._pending[remote.rid]
 
     def stalled(self, remote: Remote) -> bool:
-        """Work is queued for this remote and none of it got anywhere for STALL_SECONDS, or
-        none can (its folder is not the one onitufs synced with), or all of it keeps
-        failing (a full disk there)."""
+        """Work is queued for this remote and none of it got anywhere for STALL_SECONDS
+        while some of it could (see _idle), or none can (its folder is not the one onitufs
+        synced with), or all of it keeps failing (a full disk there)."""
         pending = self._pending[remote.rid]
         return bool(pending) and (
             remote.outage is not None
-            or time.monotonic() - remote.health.last_progress > STALL_SECONDS
+            or self._idle(remote) > STALL_SECONDS
             or all(ticket.failures >= STUCK_FAILURES for ticket in pending.values()))
+
+    def _idle(self, remote: Remote) -> float:
+        """For how long the remote got nowhere with work it could do: since its last
+        progress, or since the first of its changes came due (settled, or flushed), if that
+        is later. A change not due yet (upload_delay), or a file still being written (see
+        _upload_revision), keeps no remote waiting."""
+        idle = time.monotonic() - remote.health.last_progress
+        if idle <= STALL_SECONDS:
+            return idle
+        first_due = min((min(ticket.due, self._flushed_at) if ticket.seq < self._flush_below
+                         else ticket.due for ticket in self._pending[remote.rid].values()),
+                        default=time.time())
+        return min(idle, time.time() - first_due)
 
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])
@@ -536,7 +550,11 @@ class Replicator:
                                replaces: str | None) -> None:
         rev = inode.rev
         if inode.dirty:
-            raise Retry()  # its next revision is on the way; upload that one
+            # Its next revision is on the way; upload that one. Meanwhile the remote waits
+            # for a writer, not the other way round: a copy that takes minutes is no stall.
+            if not remote.health.failures and remote.outage is None:
+                remote.health.last_progress = time.monotonic()
+            raise Retry()
         md = self._describe(inode, path)
         md.revision = replaces
         with self.index.begin() as txn:
@@ -770,12 +788,26 @@ class Replicator:
         """Upload what is queued now without waiting for it to settle; with `everything`,
         also all that is queued from now on (the mount is ending)."""
         self._flush_below = math.inf if everything else next(self._seq)
+        self._flushed_at = time.time()
         for remote in self.writable:
             line = self._ready[remote.rid]
             line[:] = [(self._pending[remote.rid][ino].ready_at(self._flush_below), seq, ino)
                        for _, seq, ino in line if ino in self._pending[remote.rid]]
             heapq.heapify(line)
             self._wake[remote.rid].set()
+
+    def stall_reason(self, remote: Remote) -> str:
+        """Why a remote with work queued got nowhere, in words (never None): its outage,
+        the error it fails with, or for how long nothing went there."""
+        health = remote.health
+        if remote.outage is not None:
+            return remote.outage
+        failing = health.failures or not health.online or any(
+            ticket.failures for ticket in self._pending[remote.rid].values())
+        if health.last_error and failing:
+            return health.last_error
+        idle = f"nothing done there for {self._idle(remote):.0f} s"
+        return f"{idle}; last error: {health.last_error}" if health.last_error else idle
 
     async def flush(self, report: Callable[[], None] | None = None) -> bool:
         """Upload everything now; True once every writable remote is up to date.
@@ -792,7 +824,7 @@ class Replicator:
                 for remote in waiting:
                     log.error("remote %s: %d changes still queued (%s); they resume at the "
                               "next mount", remote.name, len(self._pending[remote.rid]),
-                              remote.health.last_error)
+                              self.stall_reason(remote))
                 return False
             if report is not None:
                 report()
