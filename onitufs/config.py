@@ -143,6 +143,7 @@ class Config:
     block_size: int
     write_buffer: int  # written data held in memory before it goes to LMDB
     upload_delay: float
+    stall: float  # how long a remote may get nowhere before an unmount stops waiting for it
     fsync_replicas: int  # fsync returns once this many remotes hold the revision (0: local)
     remotes: list[RemoteConfig] = field(default_factory=list)
 
@@ -174,7 +175,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     cache = Options(_table(data, "cache", path), f"{path}: cache", base)
     cache.only("path", "size", "block_size", "write_buffer")
     sync = Options(_table(data, "sync", path), f"{path}: sync", base)
-    sync.only("upload_delay", "fsync")
+    sync.only("upload_delay", "fsync", "stall")
     block_size = cache.size("block_size", "1 MiB")
     if not 4096 <= block_size <= 64 * 1024**2 or block_size % 4096:
         raise ConfigError(f"{path}: cache.block_size: must be a multiple of 4 KiB "
@@ -217,6 +218,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         block_size=block_size,
         write_buffer=write_buffer,
         upload_delay=sync.duration("upload_delay", "2s"),
+        stall=sync.duration("stall", "60s"),
         fsync_replicas=int(match.group(1)) if match else 0,
         remotes=remotes,
     )

@@ -112,7 +112,7 @@ class Mount:
             raise
         self.remotes = [Remote(remote, self.index.remote_id(remote.name), drivers[remote.name])
                         for remote in config.remotes]
-        self.replicator = Replicator(self.index, self.remotes, config.block_size)
+        self.replicator = Replicator(self.index, self.remotes, config.block_size, config.stall)
         for remote in self.remotes:
             if remote.name in new_remotes or remote.name in returning:
                 self.replicator.fill(remote)

@@ -38,7 +38,6 @@ from .remotes import CallFailed, Remote, backoff
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PER_REMOTE_TASKS = 4
-STALL_SECONDS = 60.0
 STUCK_FAILURES = 3  # a change that failed this often in a row waits on something else
 # The replicator yields to the user: while the mount is busy, new transfers wait, for
 # at most MAX_YIELD seconds past their time (uploads already running go on).
@@ -111,12 +110,14 @@ def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
 
 
 class Replicator:
-    def __init__(self, index: Index, remotes: list[Remote], block_size: int) -> None:
+    def __init__(self, index: Index, remotes: list[Remote], block_size: int,
+                 stall: float) -> None:
         self.index = index
         self.cache: BlockCache  # set by the daemon once the cache exists
         self.remotes = remotes
         self.writable = [remote for remote in remotes if remote.config.writable]
         self.block_size = block_size
+        self.stall = stall  # seconds without progress that make a remote stalled (see stalled)
         self._seq = itertools.count()
         self._pending: dict[int, dict[int, Pending]] = {r.rid: {} for r in remotes}
         # (ready time, seq, ino) per remote; an entry whose ticket changed since is skipped
@@ -205,13 +206,13 @@ class Replicator:
         return ino in self._pending[remote.rid]
 
     def stalled(self, remote: Remote) -> bool:
-        """Work is queued for this remote and none of it got anywhere for STALL_SECONDS
+        """Work is queued for this remote and none of it got anywhere for `stall` seconds
         while some of it could (see _idle), or none can (its folder is not the one onitufs
         synced with), or all of it keeps failing (a full disk there)."""
         pending = self._pending[remote.rid]
         return bool(pending) and (
             remote.outage is not None
-            or self._idle(remote) > STALL_SECONDS
+            or self._idle(remote) > self.stall
             or all(ticket.failures >= STUCK_FAILURES for ticket in pending.values()))
 
     def _idle(self, remote: Remote) -> float:
@@ -220,7 +221,7 @@ class Replicator:
         is later. A change not due yet (upload_delay), or a file still being written (see
         _upload_revision), keeps no remote waiting."""
         idle = time.monotonic() - remote.health.last_progress
-        if idle <= STALL_SECONDS:
+        if idle <= self.stall:
             return idle
         first_due = min((min(ticket.due, self._flushed_at) if ticket.seq < self._flush_below
                          else ticket.due for ticket in self._pending[remote.rid].values()),

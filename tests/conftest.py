@@ -92,7 +92,8 @@ class Cloud:
         lines = ["[cache]", 'path = "cache"', f'size = "{s["cache_size"]}"',
                  f'block_size = "{s["block_size"]}"',
                  f'write_buffer = "{s.get("write_buffer", "64 MiB")}"', "", "[sync]",
-                 f'upload_delay = "{s["upload_delay"]}"', f'fsync = "{s.get("fsync", "local")}"', ""]
+                 f'upload_delay = "{s["upload_delay"]}"', f'fsync = "{s.get("fsync", "local")}"',
+                 f'stall = "{s.get("stall", "60s")}"', ""]
         for name, mode in self.modes.items():
             lines += [f"[remotes.{name}]", 'driver = "local"', f'path = "{name}"',
                       f'mode = "{mode}"', f'poll_interval = "{s["poll_interval"]}"', ""]

@@ -3,7 +3,8 @@
 `head -c 4G /dev/zero > MNT/z.bin` took a minute, and `onitufs umount` right after gave
 up at once ("a: 1 changes still queued (None)", exit 2) with one healthy local remote:
 the file was queued for upload when it was made, its upload waited for the writer all
-that minute, and the replicator took that minute without progress for a stall.
+that minute, and the replicator took that minute without progress for a stall (60 s).
+The test makes the stall time short ([sync] stall) and the copy last longer than it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from onitufs.config import Options, RemoteConfig
 from onitufs.index import Index
 from onitufs.remotes import Remote
-from onitufs.replicator import STALL_SECONDS, Replicator
+from onitufs.replicator import Replicator
 
 from .conftest import MakeCloud, run
 
@@ -24,29 +25,31 @@ MiB, GiB = 1024**2, 1024**3
 # The copy lasts longer than a stall, whatever the speed of the machine: it pauses (for
 # less than a second at a time, never long enough for an idle file to get a revision)
 # where it is ahead of this pace.
-COPY_SECONDS = STALL_SECONDS + 5
+STALL = 4.0
+COPY_SECONDS = STALL + 3
 
 
-def test_umount_at_once_after_a_4_gib_copy_waits_for_it(make_cloud: MakeCloud) -> None:
-    cloud = make_cloud({"a": "rw"}, cache_size="2 GiB", upload_delay="2s")
+def test_umount_at_once_after_a_long_copy_waits_for_it(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, cache_size="512 MiB", upload_delay="2s",
+                       stall=f"{STALL}s")  # a file twice the cache, written longer than a stall
     cloud.mount()
     zeros = bytes(MiB)
     started = time.monotonic()
-    with open(cloud.mountpoint / "z.bin", "wb") as copy:  # head -c 4G /dev/zero, paced
-        for written in range(1, 4 * 1024 + 1):
+    with open(cloud.mountpoint / "z.bin", "wb") as copy:  # head -c 1G /dev/zero, paced
+        for written in range(1, 1024 + 1):
             copy.write(zeros)
-            ahead = started + COPY_SECONDS * written / 4096 - time.monotonic()
+            ahead = started + COPY_SECONDS * written / 1024 - time.monotonic()
             if ahead > 0:
                 time.sleep(min(ahead, 0.5))
-    assert time.monotonic() - started >= STALL_SECONDS
+    assert time.monotonic() - started >= STALL
     result = run("umount", cloud.mountpoint, check=False)
     assert result.returncode == 0, result.stderr
     assert "still queued" not in result.stderr
     held = cloud.remotes["a"] / "z.bin"
-    assert held.stat().st_size == 4 * GiB
+    assert held.stat().st_size == GiB
     fd = os.open(held, os.O_RDONLY)
     try:
-        assert os.pread(fd, MiB, 3 * GiB) == zeros
+        assert os.pread(fd, MiB, GiB - MiB) == zeros
     finally:
         os.close(fd)
 
@@ -58,14 +61,14 @@ def test_a_change_that_is_not_due_yet_is_no_stall(tmp_path: Path) -> None:
     try:
         config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
         remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
-        replicator = Replicator(index, [remote], MiB)
+        replicator = Replicator(index, [remote], MiB, STALL)
         with index.write() as txn:
             replicator.schedule(txn, 5, 600.0, None)  # upload_delay = "10 min"
-        remote.health.last_progress = time.monotonic() - 2 * STALL_SECONDS
+        remote.health.last_progress = time.monotonic() - 2 * STALL
         assert not replicator.stalled(remote)  # due in 10 minutes
         replicator.start_flush(everything=True)  # the unmount: due now
         assert not replicator.stalled(remote)
-        replicator._flushed_at -= 2 * STALL_SECONDS  # flushed long ago, nothing done since
+        replicator._flushed_at -= 2 * STALL  # flushed long ago, nothing done since
         assert replicator.stalled(remote)
         assert "nothing done there for" in replicator.stall_reason(remote)
     finally:
