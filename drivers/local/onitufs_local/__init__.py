@@ -74,6 +74,20 @@ def describe(path: str, st: os.stat_result) -> Metadata:
                     revision=token(st), file_id=file_id(st))
 
 
+def in_hole(fd: int, offset: int, size: int, file_size: int) -> bool:
+    """Whether bytes offset to offset + size of the file are all a hole: read as zeros
+    without reading them (the kernel zeroes a page for every page of a hole it reads)."""
+    if offset >= file_size:
+        return False
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # no data from there to the end
+            return True
+        return False  # SEEK_DATA not supported: read
+    return data >= offset + size
+
+
 def apply_xattrs(target: int | str, wanted: dict[str, bytes]) -> None:
     """Make the user xattrs of a file (descriptor or path) what onitufs holds, where the
     disk keeps xattrs at all."""
@@ -135,6 +149,8 @@ def start(plug: Plug) -> None:
             if md.revision is not None and not is_version(st, md):
                 raise Changed(f"{md.path}: changed on the remote since it was indexed",
                               describe(md.path, st))
+            if in_hole(fd, offset, size, st.st_size):
+                return bytes(min(size, max(0, st.st_size - offset)))
             return os.pread(fd, size, offset)
         finally:
             os.close(fd)
