@@ -51,6 +51,13 @@ def folder(options: Options) -> Path:
     return options.path("path")
 
 
+LISTING_TRIES = 3
+
+
+class TreeMoved(Exception):
+    """Something in the tree went while it was listed."""
+
+
 def token(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_size}"
 
@@ -82,9 +89,8 @@ def in_hole(fd: int, offset: int, size: int, file_size: int) -> bool:
     try:
         data = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as error:
-        if error.errno == errno.ENXIO:  # no data from there to the end
-            return True
-        return False  # SEEK_DATA not supported: read
+        # ENXIO: no data from there to the end; anything else: no SEEK_DATA here, so read
+        return error.errno == errno.ENXIO
     return data >= offset + size
 
 
@@ -319,26 +325,47 @@ def start(plug: Plug) -> None:
             raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
 
     def listing() -> list[Metadata]:
+        """Everything below the root; TreeMoved if something in it went while it was read
+        (a build, git gc): that is no reason to call the remote unreachable."""
         entries: list[Metadata] = []
         folders = [""]
         while folders:
             folder = folders.pop()
-            with os.scandir(os.path.join(root, folder)) as scan:
+            try:
+                scan = os.scandir(os.path.join(root, folder))
+            except (FileNotFoundError, NotADirectoryError):
+                if not folder:
+                    raise  # the root itself: the remote is away
+                raise TreeMoved(folder) from None
+            with scan:
                 for item in scan:
                     if item.name.endswith(TEMP_SUFFIX):
                         continue
                     path = f"{folder}/{item.name}" if folder else item.name
-                    st = item.stat(follow_symlinks=False)
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                        target = os.readlink(item.path) if stat.S_ISLNK(st.st_mode) else None
+                    except (FileNotFoundError, NotADirectoryError):
+                        raise TreeMoved(path) from None
                     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
                             or stat.S_ISREG(st.st_mode)):
                         continue  # fifos, sockets, devices live in the index only
                     md = describe(path, st)
+                    md.target = target
                     if md.kind == "dir":
                         folders.append(path)
-                    elif md.kind == "symlink":
-                        md.target = os.readlink(item.path)
                     entries.append(md)
         return entries
+
+    def steady_listing() -> list[Metadata] | None:
+        """A listing taken while nothing went from under it, or None if the tree keeps
+        changing (the next poll tries again)."""
+        for _ in range(LISTING_TRIES):
+            try:
+                return listing()
+            except TreeMoved:
+                continue
+        return None
 
     plug.ready()
     # What the last listing reported held, and how many changes onitufs had made by then.
@@ -347,12 +374,15 @@ def start(plug: Plug) -> None:
         started, writes = time.time(), plug.writes
         try:
             _require_root()
-            entries = listing()
+            entries = steady_listing()
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             plug.offline(f"cannot list {root}: {reason}")
             last = None
         else:
+            if entries is None:
+                plug.stopping.wait(interval)
+                continue
             seen = {md.path: (md.revision, md.file_id) for md in entries}
             if (seen, writes) != last:
                 if last is None:
