@@ -31,7 +31,7 @@ import lmdb
 import trio
 
 from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
-from .index import NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
+from .index import FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import Changed, Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote, backoff
 
@@ -550,6 +550,10 @@ class Replicator:
     async def _upload_revision(self, remote: Remote, inode: Inode, path: str,
                                replaces: str | None) -> None:
         rev = inode.rev
+        if inode.flags & FLAG_WRITE_FAILED:
+            # Cut short by a full disk: no revision comes until it is written anew, which
+            # queues it again; the remote keeps the last whole one meanwhile.
+            return
         if inode.dirty:
             # Its next revision is on the way; upload that one. Meanwhile the remote waits
             # for a writer, not the other way round: a copy that takes minutes is no stall.

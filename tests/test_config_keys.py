@@ -140,7 +140,7 @@ CORE_TYPOS = {
     "cache": ('[cache]\nszie = "1 GiB"\n', "cache: unknown key 'szie' "
               "(known: path, size, block_size, write_buffer)"),
     "sync": ('[sync]\nupload_dealy = "1s"\n', "sync: unknown key 'upload_dealy' "
-             "(known: upload_delay, fsync)"),
+             "(known: upload_delay, fsync, stall)"),
 }
 
 
