@@ -54,6 +54,15 @@ def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
     return found
 
 
+def tree(root: Path) -> set[str]:
+    """Every path below root, symbolic links not followed."""
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            found.add(str((Path(folder) / name).relative_to(root)))
+    return found
+
+
 def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*ONITUFS, *map(str, args)], capture_output=True, text=True,
                             timeout=300)

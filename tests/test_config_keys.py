@@ -26,20 +26,11 @@ from onitufs.config import ConfigError, Options
 from onitufs.index import Index
 from onitufs.plug import check_keys
 
-from .conftest import MakeCloud, daemons_of, is_mounted, run, wait_for
+from .conftest import MakeCloud, daemons_of, is_mounted, run, tree, wait_for
 
 LOCAL_KEYS = "driver, mode, path, poll_interval"
 SSH_KEYS = ("driver, mode, host, port, user, path, identity, known_hosts, poll_interval, "
             "connections, upload_connections")
-
-
-def tree(root: Path) -> set[str]:
-    """Every path below root, symbolic links not followed."""
-    found = set()
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            found.add(str((Path(folder) / name).relative_to(root)))
-    return found
 
 
 def write_config(root: Path, *tables: str, cache: str = "cache") -> Path:

@@ -17,18 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import daemons_of, is_mounted, run, wait_for
+from .conftest import daemons_of, is_mounted, run, tree, wait_for
 
 MakeConfig = Callable[..., Path]
-
-
-def tree(root: Path) -> set[str]:
-    """Every path below root, symbolic links not followed."""
-    found = set()
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            found.add(str((Path(folder) / name).relative_to(root)))
-    return found
 
 
 @pytest.fixture
