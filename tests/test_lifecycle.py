@@ -56,25 +56,36 @@ def test_other_ways_to_unmount_flush_too(make_cloud: MakeCloud, how: str) -> Non
 
 def test_kill9_during_upload_resumes_from_saved_offset(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw"}, block_size="256 KiB")
-    cloud.mount()
-    content = os.urandom(400 * 1024 * 1024)
-    (cloud.mountpoint / "huge").write_bytes(content)
+    remote = cloud.remotes["a"]
+    # The remote's disk fills part way, so the upload stops there whatever the speed of
+    # the machine; the kill comes while it waits to try again, and the disk grows after.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(remote)],
+                   check=True)
+    try:
+        cloud.mount()
+        content = os.urandom(100 * 1024 * 1024)
+        (cloud.mountpoint / "huge").write_bytes(content)
 
-    def partial_upload() -> bool:
-        parts = [p for p in cloud.remotes["a"].iterdir() if p.name.endswith(TEMP_SUFFIX)]
-        return bool(parts) and parts[0].stat().st_size > 20 * 1024 * 1024
-
-    # looked at often: a local upload of the rest takes a few tenths of a second
-    wait_for(partial_upload, timeout=60, what="an upload half done", interval=0.002)
-    cloud.kill9()
-    assert not (cloud.remotes["a"] / "huge").exists()
-    cloud.mount()  # clears the dead mount and resumes
-    cloud.wait_synced(timeout=120)
-    offsets = [int(m) for m in re.findall(r"resuming huge at byte (\d+)", cloud.log)]
-    assert offsets and offsets[0] > 20 * 1024 * 1024 - 256 * 1024, cloud.log
-    assert (cloud.remotes["a"] / "huge").read_bytes() == content
-    assert (cloud.mountpoint / "huge").read_bytes() == content
-    assert not [p for p in cloud.remotes["a"].iterdir() if p.name.endswith(TEMP_SUFFIX)]
+        def partial_upload() -> bool:
+            parts = [p for p in remote.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+            return bool(parts) and parts[0].stat().st_size > 40 * 1024 * 1024
+        wait_for(partial_upload, timeout=60, what="an upload half done")
+        wait_for(lambda: "No space left on device" in cloud.log, what="the disk to fill")
+        cloud.kill9()
+        assert not (remote / "huge").exists()
+        subprocess.run(["mount", "-o", "remount,size=256m", str(remote)], check=True)
+        cloud.mount()  # clears the dead mount and resumes
+        cloud.wait_synced(timeout=120)
+        after_remount = cloud.log.rpartition("INFO onitufs.daemon: mounted")[2]
+        offsets = [int(m) for m in re.findall(r"resuming huge at byte (\d+)", after_remount)]
+        assert offsets and offsets[0] > 40 * 1024 * 1024 - 256 * 1024, cloud.log
+        assert (remote / "huge").read_bytes() == content
+        assert (cloud.mountpoint / "huge").read_bytes() == content
+        assert not [p for p in remote.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+        cloud.umount()
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(remote)], check=False)
 
 
 def test_fsynced_data_survives_kill9(make_cloud: MakeCloud) -> None:
