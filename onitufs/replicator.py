@@ -564,7 +564,8 @@ class Replicator:
         md.revision = replaces
         with self.index.begin() as txn:
             saved = self.index.transfer(remote.rid, inode.ino, txn)
-        if saved is not None and saved.rev == rev and saved.path == path \
+        # (an upload saved at byte 0 may never have started: nothing to resume, start over)
+        if saved is not None and saved.rev == rev and saved.path == path and saved.offset \
                 and await remote.has("restart_upload"):
             md.extra = saved.extra
             offset = saved.offset
