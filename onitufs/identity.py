@@ -115,12 +115,14 @@ class Identity:
     async def before_change(self) -> None:
         """Make sure the remote is still the folder onitufs synced with before it is
         changed; raises CallFailed (and sets the outage) if it is not."""
+        if time.monotonic() - self._checked < RECHECK:
+            return  # every chunk of an upload asks: most see a fresh look, and no index read
         recorded = self.index.identity(self.remote.name)
         if recorded is None:
             return  # a remote onitufs cannot mark: its listings alone are judged
         async with self._lock:
             if time.monotonic() - self._checked < RECHECK:
-                return
+                return  # another caller looked while this one waited
             try:
                 content = await self._read(Metadata(path=MARKER, size=MARKER_MAX))
             except CallFailed as error:
