@@ -36,7 +36,7 @@ import collections
 import functools
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import lmdb
 import trio
@@ -115,6 +115,7 @@ class BlockCache:
         self._dirty_bytes = 0
         self._lru: collections.OrderedDict[BlockKey, int] = collections.OrderedDict()
         self.stored_bytes = 0
+        self._held: collections.Counter[int] = collections.Counter()  # stored bytes by inode
         self._fetching: dict[BlockKey, trio.Event] = {}
         # Blocks checked against their checksum (or stored) since the daemon started, and
         # blocks found damaged, which stay stored until a good copy replaces them.
@@ -123,8 +124,7 @@ class BlockCache:
         with index.env.begin(buffers=True) as txn:  # lengths only: no block is read
             for key, value in scan(txn, self._db, b""):
                 if len(value) > SEAL:  # zeros, stored empty, take no room and stay
-                    self._lru[(unq(key), unq(key[8:]))] = len(value) - SEAL
-                    self.stored_bytes += len(value) - SEAL
+                    self._account((unq(key), unq(key[8:])), len(value) - SEAL, sound=False)
         # Inodes being made complete (by how many callers): none of their blocks may go
         # meanwhile, or the file would be complete without them.
         self._completing: collections.Counter[int] = collections.Counter()
@@ -373,7 +373,7 @@ class BlockCache:
         """Cut content (not eviction): the blocks go, and their checksums with them."""
         for blockno in delete_range(txn, self._db, q(ino), q(from_block)):
             key = (ino, unq(blockno))
-            self.stored_bytes -= self._lru.pop(key, 0)
+            self._unaccount(key)
             self._sound.discard(key)
             self._damaged.discard(key)
         self.index.cut_block_hashes(txn, ino, from_block)
@@ -384,14 +384,26 @@ class BlockCache:
         txn.put(q(key[0]) + q(key[1]), value, db=self._db)
         self._account(key, length)
 
-    def _account(self, key: BlockKey, length: int) -> None:
+    def _account(self, key: BlockKey, length: int, sound: bool = True) -> None:
         """A block of `length` bytes is now stored under `key`, as it was written (0: a
-        hole, which takes no room and is never evicted)."""
-        self.stored_bytes += length - self._lru.pop(key, 0)
+        hole, which takes no room and is never evicted); `sound` unless found at startup,
+        unchecked."""
+        self._unaccount(key)
         if length:
             self._lru[key] = length
-        self._sound.add(key)
-        self._damaged.discard(key)
+            self.stored_bytes += length
+            self._held[key[0]] += length
+        if sound:
+            self._sound.add(key)
+            self._damaged.discard(key)
+
+    def _unaccount(self, key: BlockKey) -> None:
+        length = self._lru.pop(key, 0)
+        if length:
+            self.stored_bytes -= length
+            self._held[key[0]] -= length
+            if not self._held[key[0]]:
+                del self._held[key[0]]
 
     # committing and evicting
 
@@ -416,6 +428,19 @@ class BlockCache:
     def _stored_all(self) -> None:
         self._dirty.clear()
         self._dirty_bytes = 0
+
+    def excess(self, writing: Iterable[int], size: int) -> int:
+        """By how many bytes `size` more would take the cache past its size (0 or less: it
+        fits), not counting the files being written (`writing`): a file larger than the
+        cache can still be written, to be uploaded once closed, but files waiting for
+        uploads cannot pile up past it."""
+        total = self.stored_bytes + self.unstored_bytes + size
+        if total <= self.size_limit:
+            return 0
+        for ino in set(writing):
+            total -= self._held[ino] + sum(len(b) for b in self._dirty.get(ino, {}).values()) \
+                + sum(len(b) for key, b in self._flying.items() if key[0] == ino)
+        return total - self.size_limit
 
     def over_dirty_limit(self) -> bool:
         return self._dirty_bytes > self.write_buffer
@@ -506,7 +531,7 @@ class BlockCache:
         """Forget one stored block, keeping its checksum (eviction, or damage a remote
         repairs): the caller marks its inode incomplete."""
         txn.delete(q(key[0]) + q(key[1]), db=self._db)
-        self.stored_bytes -= self._lru.pop(key, 0)
+        self._unaccount(key)
         self._sound.discard(key)
         self._damaged.discard(key)
 
@@ -520,9 +545,11 @@ class BlockCache:
         inode = self.index.get_inode(ino)
         return inode is not None and inode.nlink > 0 and not inode.complete
 
-    def evict(self) -> int:
-        """Drop clean blocks, least recently used first, until the cache fits; returns bytes freed."""
-        excess = self.stored_bytes - self.size_limit
+    def evict(self, excess: int | None = None) -> int:
+        """Drop clean blocks, least recently used first, until the cache fits (or `excess`
+        bytes went); returns bytes freed."""
+        if excess is None:
+            excess = self.stored_bytes - self.size_limit
         if excess <= 0:
             self._over_size = False
             return 0

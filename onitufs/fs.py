@@ -399,6 +399,8 @@ class Filesystem(pyfuse3.Operations):
             if not self.space.room_for(len(buf), self.cache.unstored_bytes):
                 self._write_failed(node, "no space left on the disk of the cache")
                 raise pyfuse3.FUSEError(errno.ENOSPC)
+        if self.cache.excess(self._being_written(), len(buf)) > 0:
+            await self._wait_for_room(node, len(buf))
         self.cache.write(node, off, buf)
         node.size = max(node.size, off + len(buf))
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
@@ -421,6 +423,41 @@ class Filesystem(pyfuse3.Operations):
             self.cache.commit()
         self.cache.evict()
         self.space.forget()
+
+    def _being_written(self) -> set[int]:
+        return {handle.ino for handle in self._handles.values()
+                if handle.flags & os.O_ACCMODE != os.O_RDONLY}
+
+    async def _wait_for_room(self, node: Inode, size: int) -> None:
+        """The cache is at its size and holds nothing it may drop: the writer waits while
+        uploads make room, as writers of a disk wait for its writeback, and gets ENOSPC
+        once they get nowhere for `stall` seconds (a remote down or full)."""
+        replicator = self.replicator
+        progress, since = replicator.last_progress(), time.monotonic()
+        waiting = False
+        while True:
+            excess = self.cache.excess(self._being_written(), size)
+            if excess > 0 and self.cache.evict(excess):
+                since = time.monotonic()
+                excess = self.cache.excess(self._being_written(), size)
+            if excess <= 0:
+                return
+            if not waiting:
+                waiting = True
+                replicator.start_flush()  # what waits for upload_delay goes now
+                log.info("%s: the cache is at its size (%d bytes) with nothing it may drop: "
+                         "the write waits for uploads", self._describe(node.ino),
+                         self.cache.size_limit)
+            if replicator.last_progress() != progress:
+                progress, since = replicator.last_progress(), time.monotonic()
+            stuck = None if replicator.can_make_room() else replicator.why_stuck()
+            if stuck is None and time.monotonic() - since > replicator.stall:
+                stuck = f"no upload got anywhere for {replicator.stall:.0f} s"
+            if stuck is not None:
+                self._write_failed(node, f"the cache is at its size ({self.cache.size_limit} "
+                                   f"bytes) and uploads make no room: {stuck}")
+                raise pyfuse3.FUSEError(errno.ENOSPC)
+            await trio.sleep(0.1)
 
     def _write_failed(self, node: Inode, why: str) -> None:
         """The content is cut short: the remotes keep the last whole revision."""

@@ -228,6 +228,21 @@ class Replicator:
                         default=time.time())
         return min(idle, time.time() - first_due)
 
+    def last_progress(self) -> float:
+        """When an upload last got somewhere, on any remote."""
+        return max((remote.health.last_progress for remote in self.writable), default=0.0)
+
+    def can_make_room(self) -> bool:
+        """Whether some remote has work queued that is getting somewhere: once it is
+        done, the cache may drop what it uploaded."""
+        return any(self._pending[r.rid] and not self.stalled(r) for r in self.writable)
+
+    def why_stuck(self) -> str:
+        """Why the uploads make no room, in words: each stalled remote and its reason."""
+        stuck = [f"{r.name}: {self.stall_reason(r)}" for r in self.writable
+                 if self._pending[r.rid] and self.stalled(r)]
+        return "; ".join(stuck) or "nothing is queued for upload"
+
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])
 
@@ -793,7 +808,8 @@ class Replicator:
     def start_flush(self, everything: bool = False) -> None:
         """Upload what is queued now without waiting for it to settle; with `everything`,
         also all that is queued from now on (the mount is ending)."""
-        self._flush_below = math.inf if everything else next(self._seq)
+        # a flush of everything (unmounting) stays one
+        self._flush_below = math.inf if everything else max(self._flush_below, next(self._seq))
         self._flushed_at = time.time()
         for remote in self.writable:
             line = self._ready[remote.rid]

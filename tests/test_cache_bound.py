@@ -1,0 +1,97 @@
+"""cache.size bounds what waits for uploads: writers wait while uploads make room, and get
+ENOSPC once they get nowhere; a single file larger than the cache is still written."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import Cloud, MakeCloud, wait_for
+
+MIB = 1024 * 1024
+CACHE = 4 * MIB  # 16 blocks of 256 KiB, the smallest cache there is
+
+
+@pytest.fixture
+def stuck_remote_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
+    """Remote a, and c on a 1 MiB tmpfs that fills with the first file; unmounted whatever
+    happens."""
+    cloud = make_cloud({"a": "rw", "c": "rw"}, cache_size="4 MiB", block_size="256 KiB",
+                       write_buffer="1 MiB", stall="3s")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cloud.remotes["c"])],
+                   check=True)
+    try:
+        yield cloud
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(cloud.remotes["c"])], check=False)
+
+
+def test_files_waiting_for_a_stuck_remote_fill_the_cache_then_enospc(
+        stuck_remote_cloud: Cloud) -> None:
+    cloud = stuck_remote_cloud
+    cloud.mount()
+    written: dict[str, bytes] = {}
+    error: OSError | None = None
+    started = time.monotonic()
+    for number in range(12):  # three times the cache
+        content = os.urandom(MIB)
+        try:
+            (cloud.mountpoint / f"f{number}.bin").write_bytes(content)
+        except OSError as failed:
+            error = failed
+            break
+        written[f"f{number}.bin"] = content
+    assert error is not None and error.errno == errno.ENOSPC, error
+    assert time.monotonic() - started < 60, "the writer waited past the stall"
+    assert 2 <= len(written) <= 5, f"{len(written)} files of 1 MiB went into a 4 MiB cache"
+    assert cloud.status()["cache_bytes"] <= CACHE + MIB, cloud.status()
+    assert "the cache is at its size" in cloud.log and "uploads make no room: c:" in cloud.log
+    # what was acknowledged stays readable, and deleting files in the mount makes room
+    for name, content in written.items():
+        assert (cloud.mountpoint / name).read_bytes() == content, name
+    for name in written:
+        (cloud.mountpoint / name).unlink()
+    (cloud.mountpoint / f"f{len(written)}.bin").unlink(missing_ok=True)
+    content = os.urandom(MIB)
+    (cloud.mountpoint / "after.bin").write_bytes(content)
+    wait_for(lambda: (cloud.remotes["a"] / "after.bin").exists()
+             and (cloud.remotes["a"] / "after.bin").read_bytes() == content,
+             what="a to get the file written after the room was made")
+
+
+def test_writers_wait_for_uploads_to_make_room(make_cloud: MakeCloud) -> None:
+    """With uploads held back for 30 s (upload_delay), a writer that meets the bound sends
+    them at once and waits for them rather than failing after the 3 s stall."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="4 MiB", block_size="256 KiB",
+                       write_buffer="1 MiB", stall="3s", upload_delay="30s")
+    cloud.mount()
+    contents = {f"f{number}.bin": os.urandom(MIB) for number in range(12)}
+    for name, content in contents.items():
+        (cloud.mountpoint / name).write_bytes(content)
+    assert cloud.status()["cache_bytes"] <= CACHE + MIB, cloud.status()
+    assert "the write waits for uploads" in cloud.log
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        for name, content in contents.items():
+            assert (remote / name).read_bytes() == content, (remote, name)
+
+
+def test_a_file_larger_than_the_cache_is_written_and_then_evicted(
+        make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="4 MiB", block_size="256 KiB",
+                       write_buffer="1 MiB", stall="3s")
+    cloud.mount()
+    content = os.urandom(12 * MIB)
+    (cloud.mountpoint / "big.bin").write_bytes(content)
+    cloud.wait_synced()
+    wait_for(lambda: cloud.status()["cache_bytes"] <= CACHE, what="the cache to evict")
+    assert (cloud.mountpoint / "big.bin").read_bytes() == content
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert (remote / "big.bin").read_bytes() == content, remote
