@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from onitufs.cli import NewPaths
+from onitufs.cli.mount import NewPaths
 from onitufs.config import ConfigError, Options
 from onitufs.index import Index
 from onitufs.plug import check_keys

@@ -1,0 +1,108 @@
+"""`onitufs umount`: wait until every queued upload is done (or stuck), then unmount and
+say what is still queued; a mount whose daemon is gone is detached."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..index import Index
+from .common import FLUSH_XATTR, CommandError, DeadMount, read_status
+
+
+def add_to(commands: Any) -> None:
+    umount = commands.add_parser(
+        "umount", help="upload everything queued, then unmount; returns when all is done")
+    umount.add_argument("mountpoint", type=Path)
+    umount.set_defaults(run=cmd_umount)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.expanduser().absolute()
+    try:
+        status = read_status(mountpoint)
+    except DeadMount:
+        return detach(mountpoint)
+    try:
+        os.setxattr(mountpoint, FLUSH_XATTR, b"1")
+    except OSError as error:
+        # A read-only mount (-o ro) takes no xattr: nothing was written through it, and
+        # what remotes changed goes out with the daemon's last flush at the unmount.
+        if error.errno != errno.EROFS:
+            raise
+    show = sys.stderr.isatty()
+    total = max(1, pending_of(status))
+    while pending_of(status):
+        if show:
+            left = pending_of(status)
+            bar = "#" * int(30 * (total - left) / total)
+            print(f"\ruploading: {bar:<30} {left} left ", end="", file=sys.stderr, flush=True)
+        if all_stuck(status):
+            break
+        time.sleep(0.2)
+        try:
+            status = read_status(mountpoint)
+        except DeadMount:  # killed while this waited
+            return detach(mountpoint)
+        total = max(total, pending_of(status))
+    if show:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CommandError(f"{mountpoint}: cannot unmount: "
+                           f"{result.stderr.strip() or 'fusermount3 failed'}")
+    wait_for_exit(status["pid"])
+    index = Index(Path(status["cache"]), 2**40, 0)
+    try:
+        configured = {remote["name"] for remote in status["remotes"] if "w" in remote["mode"]}
+        queued = {name: n for name, n in index.queued().items() if name in configured}
+    finally:
+        index.close()
+    if queued:
+        reasons = {remote["name"]: remote["last_error"] for remote in status["remotes"]}
+        for name, count in sorted(queued.items()):
+            why = f"{reasons[name]}; " if reasons.get(name) else ""
+            print(f"onitufs: {name}: {why}{count} changes still queued; they resume at the next "
+                  "mount", file=sys.stderr)
+        return 2
+    return 0
+
+
+def detach(mountpoint: Path) -> int:
+    """Take away the mount of a daemon that is gone. What it had queued is in the index,
+    which the next mount reads; whether there is any, only the cache can tell."""
+    result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise CommandError(f"{mountpoint}: the daemon of this mount has stopped, and it cannot "
+                           f"be detached: {result.stderr.strip() or 'fusermount3 failed'}")
+    print(f"onitufs: {mountpoint}: the daemon of this mount had stopped; detached it: the "
+          "changes it had queued resume at the next mount", file=sys.stderr)
+    return 2
+
+
+def pending_of(status: dict[str, Any]) -> int:
+    return sum(remote["pending"] for remote in status["remotes"] if "w" in remote["mode"])
+
+
+def all_stuck(status: dict[str, Any]) -> bool:
+    """Every remote with work left has stalled: waiting longer would not help."""
+    waiting = [r for r in status["remotes"] if r["pending"] and "w" in r["mode"]]
+    return bool(waiting) and all(r["stalled"] for r in waiting)
+
+
+def wait_for_exit(pid: int) -> None:
+    while Path(f"/proc/{pid}").exists():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
