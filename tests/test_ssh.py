@@ -378,7 +378,7 @@ def test_an_unknown_host_key_fails_the_mount_of_a_new_remote(
     assert f"the host key of {sshd.host_name} is not in {sshd.known_hosts}" in line
     fingerprint = run_keygen_fingerprint(sshd)
     assert f"offered ssh-ed25519 {fingerprint}" in line
-    assert f"ssh-keyscan -p {sshd.port} -t ed25519 127.0.0.1 >> {sshd.known_hosts}" in line
+    assert line.endswith(f"trust it with: onitufs trust {cloud.config} s")
     assert sshd.known_hosts.read_text() == ""  # never accepted by itself
 
 
@@ -407,7 +407,8 @@ def test_a_changed_host_key_takes_a_known_remote_offline(
     wait_for(lambda: "HOST KEY CHANGED for " + sshd.host_name in cloud.log, what="the log line")
     line = next(x for x in cloud.log.splitlines() if "HOST KEY CHANGED" in x)
     assert f"offered ssh-ed25519 {run_keygen_fingerprint(sshd)}" in line
-    assert f"ssh-keygen -R '{sshd.host_name}' -f {sshd.known_hosts}" in line
+    assert f"ssh-keygen -R '{sshd.host_name}' -f {sshd.known_hosts}, then trust the new one " \
+        f"with: onitufs trust {cloud.config} s" in line
     time.sleep(1)
     assert not (cloud.remotes["s"] / "after.txt").exists()
     assert (cloud.mountpoint / "after.txt").read_text() == "must not reach an impostor"

@@ -8,7 +8,8 @@ Config keys: ``host`` (required), ``port`` (22), ``user`` (the local user),
 its own) and ``upload_connections`` (1 to 4 per upload of 8 MiB or more;
 default: 2 on a link with a round trip of 10 ms or more, else 1).
 
-The server's host key must be in known_hosts (see connect.py). Uploads go
+The server's host key must be in known_hosts (see connect.py); `onitufs
+trust` shows it and adds it there once the user says yes (trust.py). Uploads go
 to a hidden temporary file beside the target, written in the background
 (uploads.py) and renamed into place when complete, atomically over the old
 version where the server has posix-rename@openssh.com. Reads pipeline their
@@ -47,6 +48,7 @@ from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
 from .sftp import HANDLE, OPENDIR, READDIR, Attrs, SftpError, pack_string
+from .trust import trust as trust  # the hook of `onitufs trust`
 from .uploads import Upload
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 The server's host key must already be in known_hosts: an unknown or a
 changed key raises HostKeyError, whose message is one line saying what the
-server offered and how to accept it. Nothing is ever added to known_hosts.
+server offered and how to accept it (`onitufs trust`, see trust.py). A
+connection never adds anything to known_hosts.
 Keys come from the configured identity file, or from the running ssh-agent
 (which is also where a key with a passphrase is used from). Nothing secret
 is logged; paramiko's own logging is kept to warnings.
@@ -13,18 +14,25 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import hmac
 import logging
+import shlex
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from .settings import Settings
 from .sftp import Session
 
 log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.WARNING)
+# Where the command has set up no logging (`onitufs trust`), what paramiko logs of a failed
+# handshake (a traceback) would reach stderr beside the one line that says it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 15.0
 IO_TIMEOUT = 120.0  # a request unanswered this long is a dead connection
@@ -39,7 +47,6 @@ LANES_ON_LONG_LINKS = 2
 # Fast authenticated ciphers first: AES-GCM is what keeps one connection near the wire's speed.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr",
                      "aes256-ctr")
-KEYSCAN_TYPES = {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa", "ssh-dss": "dsa"}
 RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
 
 
@@ -73,40 +80,90 @@ class Connection:
             self.transport.close()
 
 
-def keyscan_type(key_name: str) -> str:
-    return "ecdsa" if key_name.startswith("ecdsa-") else KEYSCAN_TYPES.get(key_name, key_name)
+@dataclass(frozen=True)
+class KnownKey:
+    """A key known_hosts has for the server, and the line it is on (counted from 1)."""
+
+    line: int
+    key: paramiko.PKey
 
 
-def known_keys(settings: Settings) -> dict[str, paramiko.PKey]:
-    """The keys known_hosts has for the server, by type (empty when none or no file)."""
+def _names(name: str, host: str) -> bool:
+    """Whether a host name of known_hosts is `host`: as written, or hashed (|1|SALT|HASH, as
+    ssh's HashKnownHosts writes it). Patterns are not names, as for paramiko's HostKeys."""
+    if not name.startswith("|1|"):
+        return name == host
     try:
-        hostkeys = paramiko.HostKeys(str(settings.known_hosts))
+        salt, digest = (base64.b64decode(part, validate=True) for part in name[3:].split("|"))
+    except ValueError:
+        return False
+    return hmac.compare_digest(hmac.new(salt, host.encode(), "sha1").digest(), digest)
+
+
+def known_keys(settings: Settings) -> list[KnownKey]:
+    """The keys known_hosts has for the server, in file order (none when there is no file).
+
+    Read line by line rather than through paramiko's HostKeys, to name the line
+    of a key that changed; a line paramiko cannot read names no key, as in
+    HostKeys.load."""
+    try:
+        text = settings.known_hosts.read_text(errors="replace")
     except FileNotFoundError:
-        return {}
-    except (OSError, paramiko.SSHException) as error:
+        return []
+    except OSError as error:
         raise ConnectError(f"{settings.where}.known_hosts: cannot read "
-                           f"{settings.known_hosts}: {error}") from None
-    found = hostkeys.lookup(settings.host_name)
-    return {name: found[name] for name in found} if found is not None else {}
+                           f"{settings.known_hosts}: {error.strerror or error}") from None
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (paramiko.SSHException, InvalidHostKey, ValueError):
+            continue
+        if entry is not None and any(_names(name, settings.host_name)
+                                     for name in entry.hostnames):
+            found.append(KnownKey(number, entry.key))
+    return found
 
 
-def check_host_key(settings: Settings, offered: paramiko.PKey, known: dict[str, paramiko.PKey]) -> None:
+def trust_command(settings: Settings) -> str:
+    """The `onitufs trust` command line that accepts this remote's host key."""
+    # where is "CONFIG: remotes.NAME" (onitufs.config)
+    config, _, name = settings.where.rpartition(": remotes.")
+    return f"onitufs trust {shlex.quote(config)} {shlex.quote(name)}"
+
+
+def check_host_key(settings: Settings, offered: paramiko.PKey, known: list[KnownKey]) -> None:
+    if any(entry.key == offered for entry in known):
+        return
     kind = offered.get_name()
-    keyscan = (f"ssh-keyscan -p {settings.port} -t {keyscan_type(kind)} {settings.host} "
-               f">> {settings.known_hosts}")
-    if not known:
+    changed = [entry for entry in known if entry.key.get_name() == kind]
+    if not changed:
+        others = ", ".join(sorted({entry.key.get_name() for entry in known}))
+        only = f" (it has only {others} keys for it)" if others else ""
         raise HostKeyError(
             f"{settings.where}: the host key of {settings.host_name} is not in "
-            f"{settings.known_hosts}; the server offered {kind} {offered.fingerprint}. If that "
-            f"is the server's key, accept it with: {keyscan}")
-    if known.get(kind) == offered:
-        return
-    have = ", ".join(f"{name} {key.fingerprint}" for name, key in known.items())
+            f"{settings.known_hosts}{only}; the server offered {kind} {offered.fingerprint}. If "
+            f"that is the server's key, trust it with: {trust_command(settings)}")
+    have = ", ".join(f"{kind} {entry.key.fingerprint} (line {entry.line})" for entry in changed)
     raise HostKeyError(
         f"{settings.where}: HOST KEY CHANGED for {settings.host_name}: the server offered {kind} "
         f"{offered.fingerprint} but {settings.known_hosts} has {have}; not connecting (someone "
-        f"may be impersonating the server). If its key was really replaced, accept the new one "
-        f"with: ssh-keygen -R '{settings.host_name}' -f {settings.known_hosts} && {keyscan}")
+        f"may be impersonating the server). If its key was really replaced, remove the old one "
+        f"with: ssh-keygen -R '{settings.host_name}' -f {settings.known_hosts}, then trust the "
+        f"new one with: {trust_command(settings)}")
+
+
+def key_types(available: Sequence[str], known: list[KnownKey]) -> tuple[str, ...]:
+    """The host key types to ask the server for: those known_hosts has for it first, as ssh
+    does, so that a server with several keys offers the one that can be checked."""
+    wanted = {entry.key.get_name() for entry in known}
+    if "ssh-rsa" in wanted:
+        wanted.update(RSA_SIGNATURES)
+    return (tuple(name for name in available if name in wanted)
+            + tuple(name for name in available if name not in wanted))
 
 
 def _public_blob(identity: Path) -> bytes | None:
@@ -159,9 +216,9 @@ def login_keys(settings: Settings) -> list[paramiko.PKey]:
                            f"{error}") from None
 
 
-def connect(settings: Settings) -> Connection:
-    """A logged-in connection with an SFTP session, or ConnectError."""
-    known = known_keys(settings)
+def open_transport(settings: Settings, known: list[KnownKey]) -> paramiko.Transport:
+    """TCP and the SSH handshake, up to the server's host key (not checked yet, nor logged
+    in), or ConnectError."""
     try:
         sock = socket.create_connection((settings.host, settings.port), timeout=CONNECT_TIMEOUT)
     except OSError as error:
@@ -175,12 +232,20 @@ def connect(settings: Settings) -> Connection:
         options.ciphers = tuple(
             [c for c in PREFERRED_CIPHERS if c in options.ciphers]
             + [c for c in options.ciphers if c not in PREFERRED_CIPHERS])
-        if known:  # ask for the kind of key we know, as ssh does
-            wanted = set(known) | (set(RSA_SIGNATURES) if "ssh-rsa" in known else set())
-            types = [t for t in options.key_types if t in wanted]
-            if types:
-                options.key_types = tuple(types)
+        options.key_types = key_types(options.key_types, known)
         transport.start_client(timeout=CONNECT_TIMEOUT)
+    except Exception as error:
+        transport.close()
+        raise ConnectError(f"{settings.host} port {settings.port}: "
+                           f"{error or type(error).__name__}") from None
+    return transport
+
+
+def connect(settings: Settings) -> Connection:
+    """A logged-in connection with an SFTP session, or ConnectError."""
+    known = known_keys(settings)
+    transport = open_transport(settings, known)
+    try:
         check_host_key(settings, transport.get_remote_server_key(), known)
         refused = []
         for key in login_keys(settings):
