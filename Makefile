@@ -1,27 +1,54 @@
-# onitufs: `make demo` mounts a working example at ./Cloud, `make test` runs every test.
-# Both install what they need (Debian packages, a virtualenv) and are safe to run twice.
+# onitufs: `make demo` mounts a working example at ./Cloud, `make test` runs every test,
+# `make install` installs the command, its man pages, the systemd user unit and the shell
+# completions under PREFIX (/usr/local; DESTDIR stages them elsewhere), `make uninstall`
+# removes them. Each installs what it needs (Debian packages, a virtualenv) and is safe to
+# run twice.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr man-db rsync \
-	openssh-server openssh-client sshfs
+# What building onitufs needs (pyfuse3 is compiled against libfuse3) and running it.
+PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv
+# What the tests and the demo need besides.
+DEV_PACKAGES := attr man-db rsync openssh-server openssh-client sshfs
 DEMO_MOUNT := Cloud
 
-.PHONY: deps venv demo demo-stop test lint bench clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+# DESTDIR made absolute, so that it can be taken out of the paths the installed files hold.
+ROOT := $(if $(DESTDIR),$(abspath $(DESTDIR)))
+# The command gets a virtualenv of its own, as pipx gives one, linked into PREFIX/bin:
+# Debian's Python is externally managed, its site-packages are not pip's to change.
+APP := $(PREFIX)/lib/onitufs
+MAN_PAGES := $(wildcard man/*.1 man/*.5 man/*.7)
+UNIT := systemd/onitufs@.service
+UNIT_DIR := $(PREFIX)/lib/systemd/user
+BASH_COMPLETION := $(PREFIX)/share/bash-completion/completions/onitufs
+ZSH_COMPLETION := $(PREFIX)/share/zsh/site-functions/_onitufs
+# The installed command, run where it is now (staged, its #! names where it will be).
+INSTALLED := $(ROOT)$(APP)/bin/python $(ROOT)$(APP)/bin/onitufs
+# Where the man page man/NAME.N goes.
+man_path = $(PREFIX)/share/man/man$(subst .,,$(suffix $(1)))/$(notdir $(1))
+
+.PHONY: deps venv demo demo-stop test lint bench clean install uninstall
+
+# Installs those of the Debian packages $(1) that are missing.
+define apt_get
+@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+	echo "installing Debian packages: $$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+fi
+endef
 
 deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_get,$(PACKAGES) $(DEV_PACKAGES))
 
-$(BIN)/.installed: pyproject.toml drivers/local/pyproject.toml drivers/ssh/pyproject.toml
+$(BIN)/.installed: pyproject.toml
 	$(MAKE) deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e drivers/local -e 'drivers/ssh[dev]'
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 venv: deps $(BIN)/.installed
@@ -49,5 +76,29 @@ test: lint
 bench: venv
 	$(BIN)/python -m bench
 
+install:
+	$(call apt_get,$(PACKAGES))
+	$(PYTHON) -m venv $(ROOT)$(APP)
+# setuptools builds in ./build, and would ship what an earlier build left there
+	rm -rf build
+	$(ROOT)$(APP)/bin/python -m pip install -q --disable-pip-version-check --no-compile .
+# staged: the scripts name the virtualenv where it will be, not where it is now
+	$(if $(ROOT),grep -rlIF '$(ROOT)$(APP)' $(ROOT)$(APP)/bin $(ROOT)$(APP)/pyvenv.cfg \
+		| xargs -r sed -i 's|$(ROOT)$(APP)|$(APP)|g')
+	$(ROOT)$(APP)/bin/python -m compileall -q -j 0 $(if $(ROOT),-s $(ROOT) -p /) $(ROOT)$(APP)/lib
+	install -d $(ROOT)$(PREFIX)/bin
+	ln -sfn ../lib/onitufs/bin/onitufs $(ROOT)$(PREFIX)/bin/onitufs
+	$(foreach page,$(MAN_PAGES),install -D -m 644 $(page) $(ROOT)$(call man_path,$(page)) &&) true
+	install -D -m 644 $(UNIT) $(ROOT)$(UNIT_DIR)/$(notdir $(UNIT))
+# the completions come from the command installed above, so that they match it
+	install -d $(dir $(ROOT)$(BASH_COMPLETION)) $(dir $(ROOT)$(ZSH_COMPLETION))
+	$(INSTALLED) completion bash > $(ROOT)$(BASH_COMPLETION)
+	$(INSTALLED) completion zsh > $(ROOT)$(ZSH_COMPLETION)
+
+uninstall:
+	rm -rf $(ROOT)$(APP)
+	rm -f $(ROOT)$(PREFIX)/bin/onitufs $(foreach page,$(MAN_PAGES),$(ROOT)$(call man_path,$(page))) \
+		$(ROOT)$(UNIT_DIR)/$(notdir $(UNIT)) $(ROOT)$(BASH_COMPLETION) $(ROOT)$(ZSH_COMPLETION)
+
 clean:
-	rm -rf $(VENV) build *.egg-info drivers/*/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

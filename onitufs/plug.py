@@ -26,6 +26,8 @@ import hashlib
 import importlib.metadata
 import os
 import re
+import shlex
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -283,13 +285,45 @@ def load_driver(name: str, where: str) -> ModuleType:
     """The driver module registered under `name` in the entry-point group."""
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name == name:
-            module = entry.load()
+            try:
+                module = entry.load()
+            except ModuleNotFoundError as missing:
+                raise ConfigError(f"{where}: {missing_library(entry, missing)}") from None
             if not isinstance(module, ModuleType) or not callable(getattr(module, "start", None)):
                 raise ConfigError(f"{where}: driver '{name}' ({entry.value}) has no start(plug)")
             return module
     known = sorted(entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     raise ConfigError(f"{where}.driver: no driver named '{name}' is installed "
-                      f"(installed: {', '.join(known) or 'none'})")
+                      f"(installed: {', '.join(known) or 'none'}); the drivers of onitufs come "
+                      f"with it, a third-party one is a package of its own: {PIP} install PACKAGE "
+                      "(see onitufs-drivers(7))")
+
+
+# The pip of the Python that runs onitufs: what it installs, this onitufs finds, wherever
+# onitufs was installed (a virtualenv, pipx's, make install's own), unlike a bare `pip`.
+PIP = f"{shlex.quote(sys.executable)} -m pip"
+
+
+def missing_library(entry: importlib.metadata.EntryPoint, missing: ModuleNotFoundError) -> str:
+    """What a driver whose import failed for want of a module needs, and the command that
+    adds it: the extra named after the driver if its distribution declares one (its library
+    is optional there), the module itself otherwise."""
+    package = (missing.name or "").partition(".")[0]
+    if not package or package == entry.module.partition(".")[0]:
+        return f"driver '{entry.name}' ({entry.value}) cannot be imported: {missing}"
+    command = f"{PIP} install {shlex.quote(package)}"
+    if entry.dist is not None:
+        extras = entry.dist.metadata.get_all("Provides-Extra") or []
+        if normalized(entry.name) in map(normalized, extras):
+            extra = f"{entry.dist.name}[{normalized(entry.name)}]"
+            command = f"{PIP} install {shlex.quote(extra)}"
+    return (f"the driver '{entry.name}' needs the Python package '{package}', which is not "
+            f"installed: {command}")
+
+
+def normalized(name: str) -> str:
+    """A distribution's or extra's name as packaging compares them (PEP 503, PEP 685)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 # The keys of every remote's table that the core reads itself (config.py), whatever the driver.
