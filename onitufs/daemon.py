@@ -35,6 +35,7 @@ from .tree import Tree
 
 log = logging.getLogger(__name__)
 MAP_SIZE = 2**40  # address space only: the file grows as it is used
+STATUS_SCHEMA = 1  # of status(): raised when a field changes meaning or goes
 T = TypeVar("T")
 
 
@@ -150,7 +151,11 @@ class Mount:
                 self.tree.make_revision(inode.ino, delay=0)
 
     def status(self) -> dict[str, Any]:
+        """What `onitufs status` shows: schema STATUS_SCHEMA, described field by field in
+        onitufs(1) under status. Fields are only ever added; a change of meaning, or one
+        taken away, raises the schema number."""
         return {
+            "schema": STATUS_SCHEMA,
             "pid": os.getpid(),
             "mountpoint": str(self.mountpoint or ""),
             "config": str(self.config.source),
@@ -158,19 +163,32 @@ class Mount:
             "cache_bytes": self.cache.stored_bytes,
             "cache_limit": self.config.cache_size,
             "unsaved_bytes": self.cache.dirty_bytes,
-            "remotes": [{
-                "name": remote.name,
-                "driver": remote.config.driver,
-                "mode": remote.config.mode,
-                "online": remote.health.online,
-                "last_error": remote.health.last_error,
-                "failures": remote.health.failures,
-                "pending": self.replicator.pending_count(remote),
-                "stalled": self.replicator.stalled(remote),
-                "in_flight": self.replicator.in_flight(remote),
-                "done": remote.health.done,
-                "bytes_sent": remote.health.bytes_sent,
-            } for remote in self.remotes],
+            "remotes": [self._remote_status(remote) for remote in self.remotes],
+        }
+
+    def _remote_status(self, remote: Remote) -> dict[str, Any]:
+        state, reason = self.replicator.state(remote)
+        pending_bytes = self.replicator.pending_bytes(remote)
+        rate = remote.health.throughput.per_second()
+        return {
+            "name": remote.name,
+            "driver": remote.config.driver,
+            "mode": remote.config.mode,
+            "state": state,
+            "reason": reason,
+            "online": remote.health.online,
+            "last_error": remote.health.last_error,
+            "failures": remote.health.failures,
+            "pending": self.replicator.pending_count(remote),
+            "pending_bytes": pending_bytes,
+            "stalled": self.replicator.stalled(remote),
+            "in_flight": self.replicator.in_flight(remote),
+            "done": remote.health.done,
+            "bytes_sent": remote.health.bytes_sent,
+            "bytes_per_second": round(rate),
+            # at the rate of the last seconds; None while bytes are queued and none move
+            "eta_seconds": 0 if not pending_bytes else round(pending_bytes / rate) if rate
+            else None,
         }
 
     def run(self, options: set[str], ready: Callable[[], None]) -> bool:

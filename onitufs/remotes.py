@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -33,6 +34,7 @@ class CallFailed(Exception):
 CONCURRENCY = 4
 READY_TIMEOUT = 60.0
 MAX_BACKOFF = 300.0
+RATE_WINDOW = 10.0  # seconds of sending that the throughput of a remote is measured over
 # The handlers that change a remote: they wait until its folder is known to be the right one.
 CHANGES = frozenset({"start_upload", "restart_upload", "upload_chunk", "end_upload", "delete_file",
                      "move_file", "make_dir", "make_symlink", "set_attrs"})
@@ -44,6 +46,34 @@ def backoff(failures: int) -> float:
 
 
 @dataclass
+class Throughput:
+    """Bytes per second sent lately: what the last RATE_WINDOW seconds carried, over the
+    part of them spent sending (a run of uploads that began 2 s ago is not averaged over 10)."""
+
+    chunks: deque[tuple[float, int]] = field(default_factory=deque)  # (when sent, bytes)
+    since: float = 0.0  # when the current run of sending began
+
+    def add(self, size: int, started: float) -> None:
+        now = time.monotonic()
+        self._forget(now)
+        if not self.chunks:
+            self.since = started
+        self.chunks.append((now, size))
+
+    def per_second(self) -> float:
+        now = time.monotonic()
+        self._forget(now)
+        if not self.chunks:
+            return 0.0
+        span = now - max(now - RATE_WINDOW, self.since)
+        return sum(size for _, size in self.chunks) / max(span, 1e-3)
+
+    def _forget(self, now: float) -> None:
+        while self.chunks and self.chunks[0][0] < now - RATE_WINDOW:
+            self.chunks.popleft()
+
+
+@dataclass
 class Health:
     online: bool = True
     last_error: str | None = None
@@ -51,9 +81,15 @@ class Health:
     done: int = 0
     bytes_sent: int = 0
     last_progress: float = field(default_factory=time.monotonic)  # a chunk or an item done
+    throughput: Throughput = field(default_factory=Throughput)
 
     def backoff(self) -> float:
         return backoff(self.failures)
+
+    def sent(self, size: int, started: float) -> None:
+        """A chunk of `size` bytes went out, its sending begun at `started` (monotonic)."""
+        self.bytes_sent += size
+        self.throughput.add(size, started)
 
 
 @dataclass(eq=False)

@@ -62,6 +62,9 @@ class Pending:
     # longer, even when the remote answers other calls (a full disk there takes the
     # restart of an upload, and fails its next chunk).
     failures: int = 0
+    # (revision, its size) when the remote lacks that revision, else (revision, 0): what
+    # the status counts as queued bytes, looked up once (see pending_bytes).
+    upload: tuple[int, int] | None = None
 
     def ready_at(self, flush_below: float) -> float:
         return max(self.retry_at, -math.inf if self.seq < flush_below else self.due)
@@ -130,6 +133,9 @@ class Replicator:
         self._working: dict[int, list[tuple[str, bool]]] = {r.rid: [] for r in remotes}
         self._flush_below: float = 0  # items queued before this sequence number go now
         self._flushed_at = math.inf  # when that was said last
+        # Per remote, inode -> (revision, bytes of it sent): where its upload has got to in
+        # this run, for the status; forgotten when the upload ends or starts over.
+        self._reached: dict[int, dict[int, tuple[int, int]]] = {r.rid: {} for r in remotes}
         # (inode, revision) -> the remote whose upload learns that revision's SHA-256 now:
         # uploads to the others leave it to that one (10 GiB are not hashed once a remote).
         self._learning: dict[tuple[int, int], int] = {}
@@ -245,6 +251,47 @@ class Replicator:
 
     def pending_count(self, remote: Remote) -> int:
         return len(self._pending[remote.rid])
+
+    def pending_bytes(self, remote: Remote) -> int:
+        """Bytes still to upload for what is queued: the size of each queued file's current
+        revision where the remote lacks it, less what an upload of it has sent so far.
+        Looked up once per ticket (a new revision queues a new one), so that the status of
+        a long queue stays cheap."""
+        total = 0
+        reached = self._reached[remote.rid]
+        with self.index.begin() as txn:
+            for ino, ticket in self._pending[remote.rid].items():
+                if ticket.upload is None:
+                    inode = self.index.get_inode(ino, txn)
+                    if inode is None or not inode.is_reg:
+                        ticket.upload = (0, 0)
+                    elif inode.dirty:
+                        total += inode.size  # its next revision, still growing
+                        continue
+                    else:
+                        held = any(entry.rev == inode.rev for entry in
+                                   self.index.mirror(remote.rid, ino, txn).values())
+                        ticket.upload = (inode.rev, 0 if held else inode.size)
+                rev, size = ticket.upload
+                sent = reached.get(ino)
+                total += max(0, size - sent[1]) if sent is not None and sent[0] == rev else size
+        return total
+
+    def state(self, remote: Remote) -> tuple[str, str | None]:
+        """The remote's state in a word, and why it is not online (None when it is):
+        offline (unreachable, or not the folder onitufs synced with), stalled (work queued
+        that gets nowhere, see stalled), failing (calls fail, and are retried), listing
+        (its first listing of this run has not come yet), or online."""
+        health = remote.health
+        if not health.online or remote.outage is not None:
+            return "offline", remote.outage or health.last_error
+        if self.stalled(remote):
+            return "stalled", self.stall_reason(remote)
+        if health.failures:
+            return "failing", health.last_error
+        if not remote.trusted.is_set():
+            return "listing", None
+        return "online", None
 
     def in_flight(self, remote: Remote) -> int:
         return len(self._busy[remote.rid])
@@ -620,6 +667,7 @@ class Replicator:
         # may end there), and the zeros after it are looked at again.
         keeps_holes = remote.plug is not None and remote.plug.keeps_holes
         behind = None  # the whole-file hash of the chunk before, still running
+        self._reached[remote.rid][inode.ino] = (rev, offset)
         while offset < md.size:
             if inode.rev != rev or inode.dirty or not self._alive(inode.ino):
                 await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
@@ -650,14 +698,16 @@ class Replicator:
             if hole:
                 await trio.lowlevel.checkpoint()  # the mount goes on between holes too
             else:
+                sending = time.monotonic()
                 await remote.call("upload_chunk", md, offset, chunk)
-                remote.health.bytes_sent += len(chunk)
+                remote.health.sent(len(chunk), sending)
             if behind is not None:  # the whole-file hash runs one chunk behind at most
                 await settled(behind)
             behind = hashing if hashing is not None and not block else None
             digest = await settled(hashing) if hashing is not None and block else \
                 zeros_sha256(len(chunk)) if not known and zeros else None
             offset += len(chunk)
+            self._reached[remote.rid][inode.ino] = (rev, offset)
             remote.health.last_progress = time.monotonic()
             if digest is None and (hole or offset >= md.size):
                 continue  # nothing to note
@@ -683,6 +733,7 @@ class Replicator:
             raise
         remote.touch(path)
         remote.health.done += 1
+        self._reached[remote.rid].pop(inode.ino, None)
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
@@ -698,6 +749,7 @@ class Replicator:
         if await remote.has("abort_upload"):
             for path in dict.fromkeys((transfer.path, *elsewhere)):
                 await remote.call("abort_upload", Metadata(path=path, extra=transfer.extra))
+        self._reached[remote.rid].pop(ino, None)
         with self.index.write() as txn:
             self.index.set_transfer(txn, remote.rid, ino, None)
 

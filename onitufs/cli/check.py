@@ -12,6 +12,7 @@ from typing import Any
 from ..config import ConfigError, load
 from ..index import CacheError
 from .common import LOG_FORMAT, CommandError, quiet_stdout
+from .progress import Display
 
 
 def add_to(commands: Any) -> None:
@@ -22,7 +23,9 @@ def add_to(commands: Any) -> None:
         check.set_defaults(run=cmd_check, command=name)
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..check import fsck, verify
+    import trio
+
+    from ..check import Report, fsck, verify
     from ..daemon import Mount
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
@@ -30,25 +33,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         mount = Mount(load(args.config), None)
     except (ConfigError, CacheError) as error:
         raise CommandError(str(error), status=8) from None  # fsck(8): an operational error
-    tty = sys.stderr.isatty()
-
-    def progress(line: str) -> None:
-        if tty:
-            print(f"\r\033[K{line[:100]}", end="", file=sys.stderr, flush=True)
 
     def show(line: str) -> None:
-        progress("")
         try:
             print(line, flush=True)
         except BrokenPipeError:  # the reader went away (`| head`): the check goes on
             quiet_stdout()
 
+    with Display() as display:
+
+        async def follow_uploads() -> None:
+            while True:
+                display.uploads(mount.status())
+                await trio.sleep(0.2)
+
+        async def job() -> Report:
+            if display.shown:
+                # the uploads, beside the check and through the flush that ends the run
+                trio.lowlevel.spawn_system_task(follow_uploads)
+            if args.command == "fsck":
+                task = display.activity("fsck", "checking the index and every cached block")
+                check = fsck(mount, show)
+            else:
+                task = display.activity("verify", "waiting for the remotes")
+                check = verify(mount, show, lambda line: display.describe(task, line))
+            try:
+                return await check
+            finally:
+                display.finished(task)
+
+        report, complete = mount.run_job(job)
     if args.command == "fsck":
-        report, complete = mount.run_job(lambda: fsck(mount, show))
         summary = (f"fsck: {report.checked} inodes checked, {len(report.problems)} problems, "
                    f"{report.repaired} repaired, {report.left} left")
     else:
-        report, complete = mount.run_job(lambda: verify(mount, show, progress))
         summary = (f"verify: {report.checked} copies read back, {len(report.problems)} damaged, "
                    f"{report.repaired} repaired, {report.unverified} with nothing to compare with")
     show(summary)

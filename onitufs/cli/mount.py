@@ -18,6 +18,7 @@ from ..config import ConfigError, load
 from ..index import CacheError
 from ..plug import load_drivers
 from .common import LOG_FORMAT, CommandError
+from .progress import follow_listing
 
 
 def add_to(commands: Any) -> None:
@@ -146,6 +147,7 @@ def spawn_daemon(args: argparse.Namespace, mountpoint: Path, log_path: Path,
     with os.fdopen(read_end) as pipe:
         answer = pipe.readline().strip()
     if answer == "ready":
+        follow_listing(mountpoint)  # on a terminal: each remote's first listing, until it came
         return 0
     code = process.wait()
     if answer.startswith("error: "):

@@ -1,5 +1,6 @@
-"""`onitufs umount`: wait until every queued upload is done (or stuck), then unmount and
-say what is still queued; a mount whose daemon is gone is detached."""
+"""`onitufs umount`: wait until every queued upload is done (or stuck), with a bar per
+remote on a terminal, then unmount and say what is still queued; a mount whose daemon is
+gone is detached."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..index import Index
 from .common import FLUSH_XATTR, CommandError, DeadMount, read_status
+from .progress import Display
 
 
 def add_to(commands: Any) -> None:
@@ -36,23 +38,16 @@ def cmd_umount(args: argparse.Namespace) -> int:
         # what remotes changed goes out with the daemon's last flush at the unmount.
         if error.errno != errno.EROFS:
             raise
-    show = sys.stderr.isatty()
-    total = max(1, pending_of(status))
-    while pending_of(status):
-        if show:
-            left = pending_of(status)
-            bar = "#" * int(30 * (total - left) / total)
-            print(f"\ruploading: {bar:<30} {left} left ", end="", file=sys.stderr, flush=True)
-        if all_stuck(status):
-            break
-        time.sleep(0.2)
-        try:
-            status = read_status(mountpoint)
-        except DeadMount:  # killed while this waited
-            return detach(mountpoint)
-        total = max(total, pending_of(status))
-    if show:
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    with Display() as display:
+        while pending_of(status):
+            display.uploads(status)
+            if all_stuck(status):
+                break
+            time.sleep(0.2)
+            try:
+                status = read_status(mountpoint)
+            except DeadMount:  # killed while this waited
+                return detach(mountpoint)
     result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
         raise CommandError(f"{mountpoint}: cannot unmount: "
