@@ -234,7 +234,7 @@ class Filesystem(pyfuse3.Operations):
             await self.cache.make_sound(node, offset, length)
         except (FetchError, BlockLost) as error:
             log.error("cannot change %s: its content cannot be fetched: %s",
-                      self._describe(node.ino), error)
+                      self.index.describe(node.ino), error)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     # names
@@ -387,7 +387,7 @@ class Filesystem(pyfuse3.Operations):
         try:
             return await self.cache.read(node, off, size)
         except (FetchError, BlockLost) as error:
-            log.error("cannot read %s: %s", self._describe(node.ino), error)
+            log.error("cannot read %s: %s", self.index.describe(node.ino), error)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @fuse_errors
@@ -446,7 +446,7 @@ class Filesystem(pyfuse3.Operations):
                 waiting = True
                 replicator.start_flush()  # what waits for upload_delay goes now
                 log.info("%s: the cache is at its size (%d bytes) with nothing it may drop: "
-                         "the write waits for uploads", self._describe(node.ino),
+                         "the write waits for uploads", self.index.describe(node.ino),
                          self.cache.size_limit)
             if replicator.last_progress() != progress:
                 progress, since = replicator.last_progress(), time.monotonic()
@@ -463,7 +463,7 @@ class Filesystem(pyfuse3.Operations):
         """The content is cut short: the remotes keep the last whole revision."""
         if not node.flags & FLAG_WRITE_FAILED:
             log.error("%s: a write failed (%s); it is not uploaded until it is written anew "
-                      "(opened with O_TRUNC, or truncated) or deleted", self._describe(node.ino),
+                      "(opened with O_TRUNC, or truncated) or deleted", self.index.describe(node.ino),
                       why)
         node.flags |= FLAG_WRITE_FAILED
         self.index.defer_inode(node)
@@ -492,7 +492,7 @@ class Filesystem(pyfuse3.Operations):
         if self.fsync_replicas:
             self.replicator.expedite(ino)  # a revision made at an earlier close goes now too
         if self.fsync_replicas and not await self.replicator.wait_held(ino, self.fsync_replicas):
-            log.error("fsync of %s: fewer than %d remotes can hold it now", self._describe(ino),
+            log.error("fsync of %s: fewer than %d remotes can hold it now", self.index.describe(ino),
                       self.fsync_replicas)
             raise pyfuse3.FUSEError(errno.EIO)
 
@@ -608,11 +608,6 @@ class Filesystem(pyfuse3.Operations):
             self.tree.attributes_changed(txn, node)
 
     # upkeep
-
-    def _describe(self, ino: int) -> str:
-        with self.index.begin() as txn:
-            paths = self.index.paths_of(ino, txn)
-        return "/" + paths[0] if paths else f"inode {ino}"
 
     async def upkeep(self) -> None:
         """Commit buffered writes, give idle open files a revision, keep the cache in size.

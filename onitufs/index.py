@@ -439,6 +439,12 @@ class Index:
                 paths.append(joined)
         return paths
 
+    def describe(self, ino: int) -> str:
+        """An inode for a log line: "/PATH" (its first name), or "inode N" when it has none."""
+        with self.begin() as txn:
+            paths = self.paths_of(ino, txn)
+        return "/" + paths[0] if paths else f"inode {ino}"
+
     def resolve(self, path: str, txn: lmdb.Transaction) -> int | None:
         ino: int | None = ROOT_INO
         for part in path.split("/") if path else []:

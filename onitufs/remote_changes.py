@@ -242,7 +242,8 @@ class RemoteChanges:
                 self._ours_aside(remote, md, ours)
                 return True
             except TreeError as error:  # ours moved meanwhile, or that name is taken
-                log.info("%s: keeping the remote's version aside instead (%s)", md.path, error)
+                log.info("remote %s: %s: keeping the remote's version aside instead (%s)",
+                         remote.name, md.path, error)
         aside = conflict_name(md.path, remote.name, time.time())
         if not remote.config.writable:
             with self.index.write() as txn:

@@ -153,7 +153,7 @@ class Remote:
             result = await trio.to_thread.run_sync(self.plug.call, handler, *args,
                                                    limiter=self.limiter)
         except Exception as error:
-            raise self._call_failed(handler, error) from error
+            raise self._call_failed(handler, error, args) from error
         self.succeeded()
         return result
 
@@ -179,9 +179,11 @@ class Remote:
         self.health.online = False
         self.health.last_error = reason
 
-    def _call_failed(self, handler: str, error: Exception) -> CallFailed:
+    def _call_failed(self, handler: str, error: Exception,
+                     args: tuple[Any, ...] = ()) -> CallFailed:
         """Record the failure; returns what the caller raises for it."""
-        self.failed(error)
+        paths = [arg.path for arg in args if isinstance(getattr(arg, "path", None), str)]
+        self.failed(error, " ".join([handler, *paths]))
         return CallFailed(f"{self.name}: {handler}: {self.health.last_error}")
 
     def racy(self, mtime_ns: int) -> bool:
@@ -209,16 +211,18 @@ class Remote:
     def forget_touched_before(self, started: float) -> None:
         self.touched = {path: when for path, when in self.touched.items() if when >= started}
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException, doing: str = "") -> None:
+        """Count a failure; `doing` (the handler, and the files it was called for) goes
+        into the log line, not into the last error that status shows."""
         health = self.health
         health.failures += 1
         said = health.last_error
         health.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if isinstance(error, RemoteUnavailable):
             health.online = False
-        # Each new trouble once; the same one again (retried with backoff) only in --debug.
+        # Each new trouble once; the same one again (retried with backoff) only at --log-level debug.
         log.log(logging.WARNING if health.last_error != said else logging.DEBUG,
-                "remote %s: %s", self.name, health.last_error)
+                "remote %s: %s%s", self.name, f"{doing}: " if doing else "", health.last_error)
 
     def succeeded(self) -> None:
         health = self.health

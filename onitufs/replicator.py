@@ -346,11 +346,12 @@ class Replicator:
                 return
             except FetchError as error:
                 # not this remote's doing: the content may come from another any moment
-                log.warning("remote %s: cannot copy inode %d yet: %s", remote.name, ino, error)
+                log.warning("remote %s: cannot copy %s yet: %s", remote.name,
+                            self.index.describe(ino), error)
                 ticket.retry_at = time.time() + 5
                 return
             except Exception:
-                log.exception("remote %s: inode %d failed", remote.name, ino)
+                log.exception("remote %s: %s failed", remote.name, self.index.describe(ino))
                 ticket.failed()
                 return
             remote.health.last_progress = time.monotonic()

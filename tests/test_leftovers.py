@@ -177,7 +177,8 @@ def test_the_ssh_driver_deletes_a_folder_with_only_temp_files_and_nothing_else(
     wait_for(lambda: not (server / "mixed" / "x").exists(), what="mixed/x gone from the server")
     # a file the folder holds that is not onitufs's keeps it, and the temp file, there
     wait_for(lambda: "remote s: delete_file mixed\n" in cloud.log, what="the delete of mixed")
-    wait_for(lambda: "remote s: DriverError" in cloud.log, what="the delete to fail")
+    wait_for(lambda: "remote s: delete_file mixed: DriverError" in cloud.log,
+             what="the delete to fail")
     assert (server / "mixed" / "theirs.txt").read_bytes() == b"made on the server"
     assert (server / "mixed" / f".x.something{TEMP_SUFFIX}").exists()
     (server / "mixed" / "theirs.txt").unlink()
