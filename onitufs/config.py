@@ -58,13 +58,24 @@ class Options:
     """The keys of one config table, with typed getters that name the key on error.
 
     Drivers receive their table as an Options object, so that every driver
-    reports a bad value in the same words.
+    reports a bad value in the same words. `origins` names where a key came from when
+    that is not this table of the file (a mount option, say).
     """
 
-    def __init__(self, table: Mapping[str, Any], where: str, base_dir: Path) -> None:
+    def __init__(self, table: Mapping[str, Any], where: str, base_dir: Path,
+                 origins: Mapping[str, str] | None = None) -> None:
         self._table = dict(table)
         self.where = where
         self.base_dir = base_dir
+        self._origins = dict(origins or {})
+
+    def __repr__(self) -> str:
+        # The keys only: a value may be a secret (a token, a password) that no log may show.
+        return f"Options({self.where}: {', '.join(self._table)})"
+
+    def where_of(self, key: str) -> str:
+        """Where `key` was set, for an error message."""
+        return self._origins.get(key, f"{self.where}.{key}")
 
     def __contains__(self, key: str) -> bool:
         return key in self._table
@@ -73,7 +84,7 @@ class Options:
         """Refuse keys this table does not have: a typo must not pass silently."""
         for key in self._table:
             if key not in allowed:
-                raise ConfigError(f"{self.where}: unknown key '{key}' "
+                raise ConfigError(f"{self._origins.get(key, self.where)}: unknown key '{key}' "
                                   f"(known: {', '.join(allowed)})")
 
     def _get(self, key: str, default: object) -> object:
@@ -86,7 +97,7 @@ class Options:
     def string(self, key: str, default: object = None) -> str:
         value = self._get(key, default if default is not None else _REQUIRED)
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.where}.{key}: expected a non-empty string")
+            raise ConfigError(f"{self.where_of(key)}: expected a non-empty string")
         return value
 
     def optional_string(self, key: str) -> str | None:
@@ -95,20 +106,20 @@ class Options:
     def integer(self, key: str, default: int | None = None) -> int:
         value = self._get(key, _REQUIRED if default is None else default)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{self.where}.{key}: expected a whole number")
+            raise ConfigError(f"{self.where_of(key)}: expected a whole number")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise ConfigError(f"{self.where}.{key}: expected true or false")
+            raise ConfigError(f"{self.where_of(key)}: expected true or false")
         return value
 
     def size(self, key: str, default: int | str) -> int:
-        return parse_size(self._get(key, default), f"{self.where}.{key}")
+        return parse_size(self._get(key, default), self.where_of(key))
 
     def duration(self, key: str, default: float | str) -> float:
-        return parse_duration(self._get(key, default), f"{self.where}.{key}")
+        return parse_duration(self._get(key, default), self.where_of(key))
 
     def path(self, key: str, default: str | None = None) -> Path:
         """A path; '~' is expanded and a relative one is taken from the config's folder."""
@@ -146,14 +157,17 @@ class Config:
     stall: float  # how long a remote may get nowhere before an unmount stops waiting for it
     fsync_replicas: int  # fsync returns once this many remotes hold the revision (0: local)
     remotes: list[RemoteConfig] = field(default_factory=list)
+    mountpoint: Path | None = None  # where `onitufs mount CONFIG` mounts it
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_TOP_LEVEL = {"cache", "sync", "remotes"}
+_TOP_LEVEL = {"mountpoint", "cache", "sync", "remotes"}
+OPTION_TABLES = ("cache", "sync")  # whose keys a mount option can set
 
 
-def load(path: Path) -> Config:
-    """Read and check the config file at `path`."""
+def load(path: Path, options: Mapping[str, str] | None = None) -> Config:
+    """Read and check the config file at `path`, with `options` ("TABLE.KEY" to a value,
+    from `-o TABLE.KEY=VALUE`) set over the file's keys."""
     path = path.expanduser().resolve()
     try:
         with path.open("rb") as handle:
@@ -164,29 +178,29 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return parse(data, path)
+    return parse(data, path, options or {})
 
 
-def parse(data: Mapping[str, Any], path: Path) -> Config:
+def parse(data: Mapping[str, Any], path: Path,
+          mount_options: Mapping[str, str] | None = None) -> Config:
     base = path.parent
     unknown = set(data) - _TOP_LEVEL
     if unknown:
         raise ConfigError(f"{path}: unknown table or key '{sorted(unknown)[0]}'")
-    cache = Options(_table(data, "cache", path), f"{path}: cache", base)
+    cache, sync = _with_options(data, path, mount_options or {})
     cache.only("path", "size", "block_size", "write_buffer")
-    sync = Options(_table(data, "sync", path), f"{path}: sync", base)
     sync.only("upload_delay", "fsync", "stall")
     block_size = cache.size("block_size", "1 MiB")
     if not 4096 <= block_size <= 64 * 1024**2 or block_size % 4096:
-        raise ConfigError(f"{path}: cache.block_size: must be a multiple of 4 KiB "
+        raise ConfigError(f"{cache.where_of('block_size')}: must be a multiple of 4 KiB "
                           "between 4 KiB and 64 MiB")
     cache_size = cache.size("size", "4 GiB")
     if cache_size < 16 * block_size:
-        raise ConfigError(f"{path}: cache.size: must hold at least 16 blocks "
+        raise ConfigError(f"{cache.where_of('size')}: must hold at least 16 blocks "
                           f"({16 * block_size} bytes)")
     write_buffer = cache.size("write_buffer", "64 MiB")
     if write_buffer < 2 * block_size:
-        raise ConfigError(f"{path}: cache.write_buffer: must hold at least 2 blocks "
+        raise ConfigError(f"{cache.where_of('write_buffer')}: must hold at least 2 blocks "
                           f"({2 * block_size} bytes)")
     remotes_table = _table(data, "remotes", path)
     if not remotes_table:
@@ -209,7 +223,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     match = re.fullmatch(r"replicas:(\d+)", fsync)
     writable = sum(remote.writable for remote in remotes)
     if fsync != "local" and not (match and 1 <= int(match.group(1)) <= writable):
-        raise ConfigError(f"{path}: sync.fsync: expected \"local\" or \"replicas:K\" with K "
+        raise ConfigError(f"{sync.where_of('fsync')}: expected \"local\" or \"replicas:K\" with K "
                           f"from 1 to {writable} (the writable remotes)")
     return Config(
         source=path,
@@ -221,7 +235,34 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         stall=sync.duration("stall", "60s"),
         fsync_replicas=int(match.group(1)) if match else 0,
         remotes=remotes,
+        mountpoint=_mountpoint(data, path),
     )
+
+
+def _with_options(data: Mapping[str, Any], path: Path,
+                  options: Mapping[str, str]) -> tuple[Options, Options]:
+    """The [cache] and [sync] tables with the mount options' keys set over the file's; an
+    error in one of those names the option, not the file."""
+    tables = {name: _table(data, name, path) for name in OPTION_TABLES}
+    origins: dict[str, dict[str, str]] = {name: {} for name in OPTION_TABLES}
+    for dotted, value in options.items():
+        table, _, key = dotted.partition(".")
+        if table not in OPTION_TABLES or not key:
+            raise ConfigError(f"-o {dotted}={value}: only the keys of [cache] and [sync] can "
+                              "be mount options (as cache.size=8GiB)")
+        tables[table] = {**tables[table], key: value}
+        origins[table][key] = f"-o {dotted}"
+    cache, sync = (Options(tables[name], f"{path}: {name}", path.parent, origins[name])
+                   for name in OPTION_TABLES)
+    return cache, sync
+
+
+def _mountpoint(data: Mapping[str, Any], path: Path) -> Path | None:
+    """The top-level `mountpoint` key: a path, resolved as the other local paths are."""
+    if "mountpoint" not in data:
+        return None
+    return Options(data, str(path), path.parent,
+                   {"mountpoint": f"{path}: mountpoint"}).path("mountpoint")
 
 
 def _cache_home() -> Path:

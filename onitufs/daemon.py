@@ -27,6 +27,7 @@ from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
 from .index import FLAG_WRITE_FAILED, CacheError, Index
+from .notify import notify
 from .plug import check_options, load_drivers
 from .remote_changes import RemoteChanges
 from .remotes import Remote
@@ -225,6 +226,7 @@ class Mount:
                 nursery.cancel_scope.cancel()
             log.info("unmounted %s: uploading what is still queued", self.mountpoint)
 
+            notify("STOPPING=1", "STATUS=unmounted: uploading what is still queued")
         _, complete = await self._engine(serve)
         return complete
 

@@ -115,8 +115,8 @@ class Cloud:
 
     def mount(self, *options: str) -> None:
         """Mount; each option is passed as -o OPTION."""
-        run("mount", "--debug", *[arg for option in options for arg in ("-o", option)],
-            self.mountpoint, self.config)
+        run("mount", "--log-level", "debug",
+            *[arg for option in options for arg in ("-o", option)], self.mountpoint, self.config)
         assert is_mounted(self.mountpoint)
         self.pid = int(self.status()["pid"])
 

@@ -31,7 +31,8 @@ def small_disk_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
 
 def mount(cloud: Cloud) -> None:
     """Mount with the log beside the small disk, where it can still be written."""
-    run("mount", "--debug", "--log", cloud.root / "onitufs.log", cloud.mountpoint, cloud.config)
+    run("mount", "--log-level", "debug", "--log", cloud.root / "onitufs.log", cloud.mountpoint,
+        cloud.config)
     cloud.pid = int(cloud.status()["pid"])
 
 

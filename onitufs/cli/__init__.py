@@ -3,6 +3,9 @@
 `onitufs mount` starts the daemon in the background and returns once the
 mount is ready, or prints the one line that says why it is not. The daemon
 is this same program run with -f and a pipe to report readiness on.
+
+For an fstab line of type fuse.onitufs, mount(8) runs mount.fuse3, which runs
+`onitufs CONFIG MOUNTPOINT -o OPTIONS`: that is read as `onitufs mount`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(as_mount_helper(sys.argv[1:] if argv is None else argv))
     try:
         status: int = args.run(args)
     except (CommandError, ConfigError, CacheError) as error:
@@ -43,6 +46,14 @@ def run_command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def as_mount_helper(argv: list[str]) -> list[str]:
+    """`onitufs CONFIG MOUNTPOINT [-o OPTIONS]`, as mount.fuse3 runs it, as the `onitufs
+    mount` command line it means. A CONFIG is told from a command by its '/' or '.toml'."""
+    if len(argv) >= 2 and ("/" in argv[0] or argv[0].endswith(".toml")):
+        return ["mount", *argv[2:], argv[1], argv[0]]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,51 +1,89 @@
 """`onitufs mount`: check what can be checked, then start the daemon and wait until the
-mount is ready, or run it in the foreground (-f), which is what the daemon is."""
+mount is ready, or run it in the foreground (-f), which is what the daemon is.
+
+The mount options come from the command line or, through mount(8) and mount.fuse3, from
+an fstab line: FUSE's own pass on to FUSE, `TABLE.KEY=VALUE` sets a [cache] or [sync]
+key of the config, and those meant for mount(8) or systemd are accepted and left unused.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import fcntl
-import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from .. import overlaps
+from .. import logs, overlaps
 from ..config import ConfigError, load
 from ..index import CacheError
+from ..notify import notify
 from ..plug import load_drivers
 from .common import LOG_FORMAT, CommandError
 from .progress import follow_listing
 
+# What an fstab line holds for mount(8) or systemd rather than for the file system.
+# mount.fuse3 drops some of them itself, but `onitufs mount -o` may be given any.
+# relatime is how the kernel mounts FUSE anyway, and libfuse would refuse the word.
+FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
+              "relatime"}
+FSTAB_ONLY_PREFIXES = ("x-", "comment=")
+
 
 def add_to(commands: Any) -> None:
-    mount = commands.add_parser("mount", help="mount the remotes of CONFIG at MOUNTPOINT")
-    mount.add_argument("mountpoint", type=Path)
+    mount = commands.add_parser(
+        "mount", help="mount the remotes of CONFIG at MOUNTPOINT (by default at the "
+                      "config's mountpoint key)")
+    mount.add_argument("mountpoint", type=Path, nargs="?")
     mount.add_argument("config", type=Path)
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="stay in the foreground and log to standard error")
     mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
-                       help="mount option: allow_other, default_permissions, nonempty, ... "
-                            "(repeatable)")
-    mount.add_argument("--log", type=Path, help="log file (default: onitufs.log in the cache)")
-    mount.add_argument("--debug", action="store_true", help="log every remote operation")
+                       help="mount option: allow_other, ro, nonempty, cache.size=8GiB, "
+                            "sync.upload_delay=5s, ... (repeatable)")
+    mount.add_argument("--log", type=Path,
+                       help="the background daemon's log file (default: onitufs.log in the "
+                            "cache)")
+    mount.add_argument("--log-level", choices=logs.LEVELS, default="info",
+                       help="log this and worse (default: info; debug adds every remote "
+                            "operation)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(run=cmd_mount)
+
+
+def sort_options(values: list[str]) -> tuple[set[str], dict[str, str], bool]:
+    """From the -o values: the FUSE options, the config keys they set ("cache.size" to
+    "8GiB"), and whether nonempty was given."""
+    fuse: set[str] = set()
+    keys: dict[str, str] = {}
+    for option in (option for value in values for option in value.split(",") if option):
+        name, equals, value = option.partition("=")
+        if equals and "." in name:
+            keys[name] = value
+        elif option not in FSTAB_ONLY and not option.startswith(FSTAB_ONLY_PREFIXES):
+            fuse.add(option)
+    # nonempty is onitufs's own, as sshfs's: libfuse3 has no such option and would refuse it.
+    return fuse - {"nonempty"}, keys, "nonempty" in fuse
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from ..daemon import Mount, MountError, check_mountpoint, describe_error
 
-    config = load(args.config)
-    mountpoint = args.mountpoint.expanduser().absolute()
+    given, keys, nonempty = sort_options(args.options)
+    config = load(args.config, keys)
+    mountpoint = args.mountpoint or config.mountpoint
+    if mountpoint is None:
+        raise CommandError(f"{config.source}: no mount point: name one (onitufs mount "
+                           "MOUNTPOINT CONFIG), or set mountpoint = \"~/Cloud\" in the config")
+    mountpoint = mountpoint.expanduser().absolute()
     log_path = args.log or config.cache_path / "onitufs.log"
-    given = {option for value in args.options for option in value.split(",") if option}
-    # nonempty is onitufs's own, as sshfs's: libfuse3 has no such option and would refuse it.
-    nonempty = "nonempty" in given
-    options = {"fsname=onitufs", "subtype=onitufs", "default_permissions", *given} - {"nonempty"}
+    # The config as the source, as in an fstab line: mount(8) then knows the line is
+    # mounted (`mount -a` twice), and df and findmnt show which config is.
+    fsname = str(config.source).replace("\\", "\\\\").replace(",", "\\,")
+    options = {f"fsname={fsname}", "subtype=onitufs", "default_permissions", *given}
 
     def check() -> None:
         """What needs neither the cache nor a remote (Mount checks keys and folders again)."""
@@ -59,12 +97,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
             raise CommandError(str(error)) from None
         return spawn_daemon(args, mountpoint, log_path, NewPaths(config.cache_path, log_path))
 
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=LOG_FORMAT)
+    # The daemon `onitufs mount` started logs to its file; -f run by hand or by systemd,
+    # to standard error.
+    logs.setup(args.log_level, log_path if args.ready_fd is not None else None, LOG_FORMAT)
     ready_pipe = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
     # What a failed mount made goes again; for a daemon, `onitufs mount` takes it away.
     made = NewPaths(config.cache_path, None) if ready_pipe is None else None
 
     def ready() -> None:
+        notify("READY=1", f"STATUS=mounted at {mountpoint}")
         if ready_pipe is not None:
             ready_pipe.write("ready\n")
             ready_pipe.close()
@@ -134,11 +175,12 @@ def spawn_daemon(args: argparse.Namespace, mountpoint: Path, log_path: Path,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "onitufs", "mount", "-f", "--ready-fd", str(write_end),
-               str(mountpoint), str(args.config.expanduser().absolute())]
+               "--log", str(log_path), "--log-level", args.log_level]
     for option in args.options:
         command += ["-o", option]
-    if args.debug:
-        command.append("--debug")
+    command += [str(mountpoint), str(args.config.expanduser().absolute())]
+    # Until the daemon's logging takes over its standard output and error, anything printed
+    # (a traceback, say) goes to the log as well.
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=log_file, pass_fds=(write_end,),
