@@ -10,7 +10,9 @@ BIN := $(VENV)/bin
 # What building onitufs needs (pyfuse3 is compiled against libfuse3) and running it.
 PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv
 # What the tests and the demo need besides.
-DEV_PACKAGES := attr man-db rsync openssh-server openssh-client sshfs
+# systemd for systemd-analyze; libsystemd-dev to build systemd-python (the journal extra);
+# zsh to check its completion.
+DEV_PACKAGES := attr man-db rsync openssh-server openssh-client sshfs systemd libsystemd-dev zsh
 DEMO_MOUNT := Cloud
 
 PREFIX ?= /usr/local
@@ -48,7 +50,7 @@ $(BIN)/.installed: pyproject.toml
 	$(MAKE) deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,journal]'
 	touch $@
 
 venv: deps $(BIN)/.installed
@@ -89,7 +91,9 @@ install:
 	install -d $(ROOT)$(PREFIX)/bin
 	ln -sfn ../lib/onitufs/bin/onitufs $(ROOT)$(PREFIX)/bin/onitufs
 	$(foreach page,$(MAN_PAGES),install -D -m 644 $(page) $(ROOT)$(call man_path,$(page)) &&) true
+# systemd looks for the command only in its own folders (/usr/local/bin, /usr/bin, ...)
 	install -D -m 644 $(UNIT) $(ROOT)$(UNIT_DIR)/$(notdir $(UNIT))
+	sed -i 's|^ExecStart=onitufs |ExecStart=$(PREFIX)/bin/onitufs |' $(ROOT)$(UNIT_DIR)/$(notdir $(UNIT))
 # the completions come from the command installed above, so that they match it
 	install -d $(dir $(ROOT)$(BASH_COMPLETION)) $(dir $(ROOT)$(ZSH_COMPLETION))
 	$(INSTALLED) completion bash > $(ROOT)$(BASH_COMPLETION)
