@@ -174,8 +174,9 @@ def spawn_daemon(args: argparse.Namespace, mountpoint: Path, log_path: Path,
                  made: NewPaths) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "onitufs", "mount", "-f", "--ready-fd", str(write_end),
-               "--log", str(log_path), "--log-level", args.log_level]
+    # -P: the daemon imports the installed onitufs, never one in the current folder
+    command = [sys.executable, "-P", "-m", "onitufs", "mount", "-f", "--ready-fd",
+               str(write_end), "--log", str(log_path), "--log-level", args.log_level]
     for option in args.options:
         command += ["-o", option]
     command += [str(mountpoint), str(args.config.expanduser().absolute())]
