@@ -126,6 +126,14 @@ class Options:
         raw = self.string(key, default)
         return (self.base_dir / Path(raw).expanduser()).absolute()
 
+    def table(self, key: str) -> dict[str, Any]:
+        """A table of its own (`key = { name = "value" }`); empty when the key is absent."""
+        value = self._get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where_of(key)}: expected a table, as "
+                              f"{key} = {{ name = \"value\" }}")
+        return dict(value)
+
 
 _REQUIRED = object()
 

@@ -112,7 +112,8 @@ class Mount:
         except BaseException:
             self.index.close()
             raise
-        self.remotes = [Remote(remote, self.index.remote_id(remote.name), drivers[remote.name])
+        self.remotes = [Remote(remote, self.index.remote_id(remote.name), drivers[remote.name],
+                               folder=config.cache_path / "drivers" / remote.name)
                         for remote in config.remotes]
         self.replicator = Replicator(self.index, self.remotes, config.block_size, config.stall)
         for remote in self.remotes:

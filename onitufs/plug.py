@@ -164,9 +164,13 @@ class Plug:
     """
 
     def __init__(self, name: str, options: Options, sink: ChangeSink,
-                 trio_token: trio.lowlevel.TrioToken) -> None:
+                 trio_token: trio.lowlevel.TrioToken, folder: Path | None = None) -> None:
         self.name = name
         self.options = options
+        # A folder on this machine for the driver's own files of this remote (its state,
+        # temporary files), inside the cache folder: it lasts as long as the cache does.
+        # None where onitufs gives none (a driver run outside a mount).
+        self.folder = folder
         self.stopping = threading.Event()
         self._sink = sink
         self._token = trio_token

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -98,6 +99,7 @@ class Remote:
     rid: int
     driver: ModuleType
     plug: Plug | None = None
+    folder: Path | None = None  # the driver's own folder for this remote (Plug.folder)
     health: Health = field(default_factory=Health)
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(CONCURRENCY))
     ready: trio.Event = field(default_factory=trio.Event)
@@ -244,7 +246,10 @@ class Remote:
 
     async def run_driver(self, sink: ChangeSink) -> None:
         """Run the driver's start(plug) on its own thread for the life of the mount."""
-        self.plug = Plug(self.name, self.config.options, sink, trio.lowlevel.current_trio_token())
+        if self.folder is not None:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.plug = Plug(self.name, self.config.options, sink, trio.lowlevel.current_trio_token(),
+                         self.folder)
         plug = self.plug
 
         def start() -> None:
