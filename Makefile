@@ -12,7 +12,7 @@ PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv
 # What the tests and the demo need besides.
 # systemd for systemd-analyze; libsystemd-dev to build systemd-python (the journal extra);
 # zsh to check its completion.
-DEV_PACKAGES := attr man-db rsync openssh-server openssh-client sshfs systemd libsystemd-dev zsh
+DEV_PACKAGES := attr man-db rsync openssh-server openssh-client sshfs systemd libsystemd-dev zsh git-annex
 DEMO_MOUNT := Cloud
 
 PREFIX ?= /usr/local

@@ -1,0 +1,95 @@
+"""onitufs driver for any git-annex special remote: a program that speaks git-annex's
+external special remote protocol (git-annex-remote-NAME) becomes an onitufs remote.
+
+onitufs plays git-annex's part: it runs the program (pool.py, program.py),
+answers what it asks (host.py) and asks it to store, retrieve, check and
+remove keys (transfers.py). Each revision is stored under its content key,
+so the same content is stored once. A special remote cannot list what it
+holds, so the driver keeps the tree itself (journal.py) and stores it on the
+remote as a manifest (manifest.py, sync.py): a new machine with nothing but
+this table rebuilds the mount from the remote, and machines that share the
+remote see each other's changes at the next poll.
+
+Config keys: ``program`` (required: a program on PATH, or a path), ``config``
+(a table: what GETCONFIG answers), ``poll_interval`` ("30s": how often the
+remote's manifest is looked at), ``timeout`` ("60s": how long a program may
+stay silent; a transfer gets one second more per MiB), ``remove_after``
+("1h": how long content that no file uses any more stays on the remote).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from onitufs.plug import DriverError, Plug
+
+from .fetched import Fetched
+from .handlers import register
+from .host import Host
+from .journal import Journal
+from .pool import Pool
+from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
+from .settings import check as check  # on first use: the program can be run
+from .settings import read, work_folder
+from .state import ProgramState
+from .sync import Sync
+from .transfers import Special
+
+# Programs run at once for one remote: as many as the core runs handlers (4); the poll
+# waits its turn.
+PROGRAMS = 4
+
+
+def start(plug: Plug) -> None:
+    settings = read(plug.options)
+    if plug.folder is None:
+        raise DriverError("the annex driver keeps its state in a folder of the cache, and "
+                          "was given none")
+    work = work_folder(plug.folder)
+    for name in ("spool", "git"):
+        (work / name).mkdir(mode=0o700, exist_ok=True)
+    host = Host(plug.name, ProgramState(plug.folder, settings.config), work / "git",
+                settings.timeout)
+    pool = Pool([settings.program], work, host, PROGRAMS,
+                f"remote {plug.name}: {Path(settings.program).name}")
+    try:
+        special = Special(pool, host)
+        journal = Journal(plug.folder / "tree.json")
+        fetched = Fetched(work / "fetched", special.retrieve)
+        sync = Sync(special, journal, fetched, work, settings.remove_after)
+        register(plug, journal, sync, special, fetched, work / "spool")
+        plug.ready()
+        watch(plug, sync, settings.poll_interval)
+    finally:
+        pool.close()
+
+
+def watch(plug: Plug, sync: Sync, interval: float) -> None:
+    """Every poll_interval, or at once when a handler took in another machine's tree:
+    take in the remote's manifest, send ours, remove unused keys, and report the tree when
+    it differs from the last one reported."""
+    journal = sync.journal
+    last: tuple[dict[str, tuple[str, str | None]], int] | None = None
+    while not plug.stopping.is_set():
+        writes = plug.writes
+        sync.updated.clear()
+        try:
+            sync.poll()
+            sync.collect()
+        except DriverError as error:
+            plug.offline(str(error))
+            last = None
+        else:
+            started = time.time()
+            with journal.lock:
+                entries = [entry.describe(path) for path, entry in journal.tree.items()]
+            seen = {md.path: (md.revision or "", md.file_id) for md in entries}
+            if (seen, writes) != last:
+                if last is None:
+                    plug.online()
+                last = (seen, writes) if plug.report_tree(entries, started) else None
+        deadline = time.monotonic() + interval
+        while not sync.updated.is_set() and time.monotonic() < deadline:
+            if plug.stopping.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                return

@@ -1,0 +1,238 @@
+"""The driver API's handlers, on a special remote and the tree the driver keeps of it.
+
+An upload is spooled to a file of its own in the driver's folder (named
+after the transfer, so that a resume after a crash finds it), and stored
+whole at end_upload under its content key: content that the remote holds
+already is not sent again. Every change of the tree (an upload in place, a
+delete, a move, a folder, a link, attributes) is on disk when the handler
+returns and in the remote's manifest too (sync.py): the core counts a change
+as the remote's only then. A read retrieves the revision's key once and is
+served from the local copy (fetched.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from onitufs.gitannex.keys import content_key
+from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, RemoteUnavailable
+
+from .fetched import Fetched
+from .journal import Journal
+from .manifest import Entry, new_id, referenced
+from .sync import Sync
+from .transfers import Special
+
+
+def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched: Fetched,
+             spool: Path) -> None:
+    label = special.label
+    uploads: dict[Path, int] = {}  # spool file -> its descriptor, while an upload runs
+    uploads_lock = threading.Lock()
+
+    def reached() -> None:
+        if not sync.reached:
+            raise RemoteUnavailable(f"{label}: its tree has not been read yet"
+                                    + (f" ({special.pool.last_words})"
+                                       if special.pool.last_words else ""))
+
+    def spooled(md: Metadata) -> Path:
+        name = str(md.extra["upload"])
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        return spool / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)[:80]}-{digest}"
+
+    def upload_fd(md: Metadata, flags: int = os.O_RDWR) -> int:
+        path = spooled(md)
+        with uploads_lock:
+            fd = uploads.get(path)
+            if fd is None:
+                try:
+                    fd = uploads[path] = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+                except FileNotFoundError:
+                    raise DriverError(f"{md.path}: nothing spooled of this upload") from None
+            return fd
+
+    def close_upload(md: Metadata) -> None:
+        with uploads_lock:
+            fd = uploads.pop(spooled(md), None)
+        if fd is not None:
+            os.close(fd)
+
+    @plug.handler()
+    def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+        reached()
+        with journal.lock:
+            entry = journal.tree.get(md.path)
+        if entry is None or entry.kind != "file" or entry.key is None:
+            raise DriverError(f"{md.path}: no longer on the remote")
+        if md.revision is not None and (entry.revision() != md.revision
+                                        or md.file_id not in (None, entry.id)):
+            raise Changed(f"{md.path}: changed on the remote since it was indexed",
+                          entry.describe(md.path))
+        return fetched.read(entry.key, offset, size)
+
+    @plug.handler()
+    def start_upload(md: Metadata) -> None:
+        reached()
+        upload_fd(md, os.O_RDWR | os.O_CREAT | os.O_TRUNC)  # the name is this upload's alone
+
+    @plug.handler()
+    def restart_upload(md: Metadata, offset: int) -> None:
+        fd = upload_fd(md)
+        if os.fstat(fd).st_size < offset:
+            raise DriverError(f"{md.path}: the spooled upload is shorter than {offset} bytes")
+        os.ftruncate(fd, offset)
+
+    # A chunk written past a gap leaves a hole in the spool, and end_upload's ftruncate one
+    # at the end: chunks of zeros need not come.
+    plug.keeps_holes = True
+
+    @plug.handler()
+    def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
+        fd, view, done = upload_fd(md), memoryview(chunk), 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+
+    def in_conflict(there: Entry | None, md: Metadata, key: str) -> bool:
+        """Whether the remote holds, at md.path, something that is not what the upload
+        replaces (nor this very upload, put in place by an earlier try)."""
+        if there is None or (there.key == key and there.mtime_ns == md.mtime_ns):
+            return False
+        return md.revision is None or there.revision() != md.revision \
+            or md.file_id not in (None, there.id)
+
+    def store(key: str, path: Path, size: int) -> None:
+        """The remote holds the content: stored now unless it was already there."""
+        with journal.lock:
+            while key in sync.removing:  # removed as unused right now: store it after
+                sync.removed.wait()
+            journal.garbage.pop(key, None)
+            known = key in referenced(journal.tree)
+        if not (known and special.present(key)):
+            special.store(key, path, size)
+
+    @plug.handler()
+    def end_upload(md: Metadata) -> None:
+        reached()
+        path, fd = spooled(md), upload_fd(md)
+        try:
+            os.ftruncate(fd, md.size)
+            digest = hashlib.sha256()
+            for offset in range(0, md.size, 1 << 20):
+                digest.update(os.pread(fd, 1 << 20, offset))
+        finally:
+            close_upload(md)
+        key = content_key(digest.digest(), md.size)
+        with journal.lock:
+            there = journal.tree.get(md.path)
+        if in_conflict(there, md, key):  # looked at before sending anything
+            assert there is not None
+            raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
+                           there.describe(md.path))
+        store(key, path, md.size)
+        with journal.lock:
+            there = journal.tree.get(md.path)
+            if in_conflict(there, md, key):
+                assert there is not None
+                journal.drop(key)
+                raise Conflict(f"{md.path}: changed on the remote while it was uploaded",
+                               there.describe(md.path))
+            entry = Entry(kind="file", id=there.id if there is not None else new_id(),
+                          mode=md.mode & 0o7777, mtime_ns=md.mtime_ns, key=key, size=md.size,
+                          xattrs=dict(md.xattrs))
+            journal.tree[md.path] = entry
+            if there is not None:
+                journal.drop(there.key)
+            generation = journal.changed()
+        sync.send(generation)  # a failure keeps the spool: the upload resumes from it
+        fetched.adopt(key, path)
+        md.revision, md.file_id = entry.revision(), entry.id
+
+    @plug.handler()
+    def abort_upload(md: Metadata) -> None:
+        close_upload(md)
+        with contextlib.suppress(FileNotFoundError):
+            spooled(md).unlink()
+
+    @plug.handler()
+    def delete_file(md: Metadata) -> None:
+        reached()
+        with journal.lock:
+            there = journal.tree.get(md.path)
+            if there is not None:
+                if there.kind == "dir" and any(path.startswith(md.path + "/")
+                                               for path in journal.tree):
+                    raise DriverError(f"{md.path}: not empty on the remote")
+                if there.kind == "file" and md.revision is not None \
+                        and there.revision() != md.revision:
+                    raise DriverError(f"{md.path}: changed on the remote; not deleting it")
+                del journal.tree[md.path]
+                journal.drop(there.key)
+                journal.changed()
+            generation = journal.generation
+        sync.send(generation)
+
+    @plug.handler()
+    def move_file(old: Metadata, new: Metadata) -> None:
+        reached()
+        with journal.lock:
+            entry = journal.tree.get(old.path)
+            if entry is None:
+                raise DriverError(f"{old.path}: not on the remote")
+            if new.path in journal.tree:
+                raise DriverError(f"{new.path}: already exists on the remote")
+            below = old.path + "/"
+            for path in [path for path in journal.tree
+                         if path == old.path or path.startswith(below)]:
+                journal.tree[new.path + path[len(old.path):]] = journal.tree.pop(path)
+            generation = journal.changed()
+        sync.send(generation)
+        new.revision, new.file_id = entry.revision(), entry.id
+
+    def put(md: Metadata, entry: Entry) -> None:
+        """Make the entry md.path's, and the remote's, and tell its token back."""
+        with journal.lock:
+            if journal.tree.get(md.path) != entry:
+                journal.tree[md.path] = entry
+                journal.changed()
+            generation = journal.generation
+        sync.send(generation)
+        md.revision, md.file_id = entry.revision(), entry.id
+
+    @plug.handler()
+    def make_dir(md: Metadata) -> None:
+        reached()
+        with journal.lock:
+            there = journal.tree.get(md.path)
+        if there is not None and there.kind != "dir":
+            raise DriverError(f"{md.path}: exists on the remote and is not a folder")
+        put(md, Entry(kind="dir", id=there.id if there is not None else new_id(),
+                      mode=md.mode & 0o7777, xattrs=dict(md.xattrs)))
+
+    @plug.handler()
+    def make_symlink(md: Metadata) -> None:
+        reached()
+        with journal.lock:
+            there = journal.tree.get(md.path)
+        if there is not None and (there.kind, there.target) != ("symlink", md.target or ""):
+            raise DriverError(f"{md.path}: already exists on the remote")
+        put(md, there or Entry(kind="symlink", id=new_id(), mode=0o777, mtime_ns=md.mtime_ns,
+                               target=md.target or ""))
+
+    @plug.handler()
+    def set_attrs(md: Metadata) -> None:
+        reached()
+        with journal.lock:
+            there = journal.tree.get(md.path)
+        if there is None:
+            raise DriverError(f"{md.path}: not on the remote")
+        if there.kind == "file" and there.revision() != md.revision:
+            raise DriverError(f"{md.path}: changed on the remote; its attributes are left alone")
+        put(md, replace(there, mode=md.mode & 0o7777, xattrs=dict(md.xattrs),
+                        mtime_ns=md.mtime_ns if there.kind == "file" else there.mtime_ns))

