@@ -117,8 +117,15 @@ def start(plug: Plug) -> None:
     open_uploads: dict[str, int] = {}  # temp path -> its descriptor, while an upload runs
     open_uploads_lock = threading.Lock()
 
+    def _require_root() -> None:
+        if not os.path.isdir(root):
+            raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
+
     def real(path: str) -> str:
-        """The local path of a remote path, refusing any that leads outside the root."""
+        """The local path of a remote path, refusing any that leads outside the root, and
+        every one while the root is missing: the remote is away, so nothing is "not there"
+        (a delete would pass) and nothing can be made in it."""
+        _require_root()
         full = os.path.join(root, path)
         parent = os.path.realpath(os.path.dirname(full))
         inside = os.path.realpath(root)
@@ -319,10 +326,6 @@ def start(plug: Plug) -> None:
             os.symlink(md.target or "", path)
         st = os.lstat(path)
         md.revision, md.file_id = token(st), file_id(st)
-
-    def _require_root() -> None:
-        if not os.path.isdir(root):
-            raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
 
     def listing() -> list[Metadata]:
         """Everything below the root; TreeMoved if something in it went while it was read
