@@ -164,7 +164,11 @@ def test_make_install_and_uninstall(checkout: Path, tmp_path: Path) -> None:
         installed = prefix / "share" / "man" / f"man{page.suffix[1:]}" / page.name
         assert installed.read_bytes() == page.read_bytes()
     unit = checkout / "systemd" / "onitufs@.service"
-    assert (prefix / "lib" / "systemd" / "user" / unit.name).read_bytes() == unit.read_bytes()
+    # the same unit, but for the command named by its installed path: systemd looks nowhere else
+    installed_unit = (prefix / "lib" / "systemd" / "user" / unit.name).read_text()
+    assert "\nExecStart=/usr/local/bin/onitufs mount " in installed_unit
+    assert installed_unit == unit.read_text().replace("ExecStart=onitufs ",
+                                                      "ExecStart=/usr/local/bin/onitufs ")
     for shell, completion in [("bash", "bash-completion/completions/onitufs"),
                               ("zsh", "zsh/site-functions/_onitufs")]:
         made = sh(python, command, "completion", shell, cwd=tmp_path).stdout
