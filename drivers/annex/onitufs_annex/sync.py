@@ -88,14 +88,17 @@ class Sync:
                    if now - since >= self.remove_after]
             self.removing.update(due)
         for key in due:
+            removed = False
             try:
                 self.special.remove(key)
+                removed = True
                 log.debug("%s: removed %s, which nothing uses", self.label, key)
             finally:
                 with self.journal.lock:
                     self.removing.discard(key)
-                    self.journal.garbage.pop(key, None)
-                    self.journal.save()
+                    if removed:  # else it is tried again at the next look
+                        self.journal.garbage.pop(key, None)
+                        self.journal.save()
                     self.removed.notify_all()
 
     def _pull(self) -> None:
