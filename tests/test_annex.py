@@ -248,11 +248,21 @@ def test_example_directory_remote(make_cloud: MakeCloud, programs: Path, tmp_pat
     folder = tmp_path / "annexdir"
     table = annex_table("vault", "git-annex-remote-directory", {"directory": str(folder)})
     cloud = with_remotes(make_cloud({"a": "rw"}), table)
+    # a cache path with a space: this program splits lines on every space, so the files it
+    # is given must be named without (as git-annex names its own)
+    cloud.config.write_text(cloud.config.read_text().replace('path = "cache"',
+                                                             'path = "the cache"'))
+    cloud.cache = cloud.root / "the cache"
     cloud.mount()
     write_tree(cloud.mountpoint, content)
     cloud.wait_synced(60)
     wanted = files_of(cloud.remotes["a"])
+    work = Path("/tmp") / (f"onitufs-annex-{os.getuid()}-"
+                           + hashlib.sha256(bytes(cloud.cache / "drivers" / "vault")).hexdigest()[:16])
+    assert (work / "spool").is_dir()
     cloud.umount()
+    # nothing left to resume: the folder under /tmp goes as the daemon exits
+    wait_for(lambda: not work.exists(), what=f"{work} to go")
     creds = cloud.cache / "drivers" / "vault" / "creds.json"
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
     assert json.loads(creds.read_text()) == {"mycreds": ["ann", "not-to-be-logged"]}

@@ -19,6 +19,9 @@ stay silent; a transfer gets one second more per MiB), ``remove_after``
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -47,12 +50,28 @@ def start(plug: Plug) -> None:
         raise DriverError("the annex driver keeps its state in a folder of the cache, and "
                           "was given none")
     work = work_folder(plug.folder)
-    for name in ("spool", "git"):
-        (work / name).mkdir(mode=0o700, exist_ok=True)
-    host = Host(plug.name, ProgramState(plug.folder, settings.config), work / "git",
+    (work / "spool").mkdir(mode=0o700, exist_ok=True)
+    # the program's git folder lasts as long as the cache: some keep tokens there
+    (plug.folder / "git").mkdir(mode=0o700, exist_ok=True)
+    host = Host(plug.name, ProgramState(plug.folder, settings.config), plug.folder / "git",
                 settings.timeout)
     pool = Pool([settings.program], work, host, PROGRAMS,
                 f"remote {plug.name}: {Path(settings.program).name}")
+
+    ending = threading.Lock()
+
+    def end() -> None:
+        """End the programs, and drop a work folder under /tmp that nothing needs. The core
+        may leave this thread behind when the mount ends: then the process's exit does it,
+        or waits until this thread has."""
+        with ending:
+            if pool.closed:
+                return
+            pool.close()
+            if work != plug.folder and not any((work / "spool").iterdir()):
+                shutil.rmtree(work, ignore_errors=True)
+
+    atexit.register(end)
     try:
         special = Special(pool, host)
         journal = Journal(plug.folder / "tree.json")
@@ -62,7 +81,8 @@ def start(plug: Plug) -> None:
         plug.ready()
         watch(plug, sync, settings.poll_interval)
     finally:
-        pool.close()
+        end()
+        atexit.unregister(end)
 
 
 def watch(plug: Plug, sync: Sync, interval: float) -> None:

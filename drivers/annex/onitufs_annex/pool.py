@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from .program import Fault, Lane, Program
 
 log = logging.getLogger(__name__)
 OFFERED = ("INFO", "ASYNC", "GETGITREMOTENAME")
+CLOSE_GRACE = 2.0  # seconds the programs get to exit once hung up on
 
 
 class Pool:
@@ -48,7 +50,7 @@ class Pool:
         self._programs: list[Program] = []
         self._offer_extensions = True
         self._init_lock = threading.Lock()
-        self._closed = False
+        self.closed = False
 
     @contextmanager
     def lane(self) -> Iterator[Lane]:
@@ -71,16 +73,19 @@ class Pool:
     def close(self) -> None:
         """End every program as git-annex does: close its input, let it exit."""
         with self._cond:
-            self._closed = True
+            self.closed = True
             programs, self._programs, self._idle = self._programs, [], []
             self._cond.notify_all()
         for program in programs:
-            program.close()
+            program.hang_up()
+        deadline = time.monotonic() + CLOSE_GRACE
+        for program in programs:
+            program.close(deadline - time.monotonic())
 
     def _acquire(self) -> Lane:
         with self._cond:
             while True:
-                if self._closed:
+                if self.closed:
                     raise RemoteUnavailable(f"{self.label}: the mount is ending")
                 while self._idle:
                     lane = self._idle.pop()

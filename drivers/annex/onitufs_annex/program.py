@@ -122,13 +122,16 @@ class Program:
             os.killpg(self.process.pid, signal.SIGKILL)
         self._reap()
 
-    def close(self, grace: float = 2.0) -> None:
-        """End the conversation as git-annex does: close its input and let it exit."""
+    def hang_up(self) -> None:
+        """End the conversation as git-annex does: close its input, so that it exits."""
         if self.process.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
+            with self._write_lock, contextlib.suppress(OSError, ValueError):
                 self.process.stdin.close()
+
+    def close(self, grace: float) -> None:
+        """Hung up on: let it exit within `grace` seconds, or kill it."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace)
+            self.process.wait(max(0.0, grace))
         self.kill()
 
     def _reap(self) -> None:

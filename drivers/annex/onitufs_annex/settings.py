@@ -52,9 +52,10 @@ def check(options: Options) -> None:
 
 
 def work_folder(state: Path) -> Path:
-    """Where files handed to the program go: the remote's own folder of the cache, unless
-    its path holds whitespace (some programs split lines on it); then a folder of ours
-    under the temporary folder."""
+    """Where files handed to the program go (uploads spooled, content retrieved): the
+    remote's own folder of the cache, unless its path holds whitespace (some programs split
+    lines on it); then a private folder under /tmp, removed when a mount ends with no
+    upload left to resume."""
     if not any(byte in WHITESPACE for byte in bytes(state)):
         return state
     digest = hashlib.sha256(bytes(state)).hexdigest()[:16]
