@@ -236,6 +236,31 @@ def test_rclone_killed_mid_transfer(make_cloud: MakeCloud, programs: Path, tmp_p
     cloud.umount()
 
 
+def test_a_crash_mid_upload_resumes_from_the_spool(make_cloud: MakeCloud, programs: Path,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANNEX_TEST_FLAGS", "--bwlimit 4M")
+    store = tmp_path / "store"
+    cloud = with_remotes(make_cloud({"a": "rw"}), rclone_table(store))
+    cloud.mount()
+    data = os.urandom(10 * 2**20)
+    key = content_key(hashlib.sha256(data).digest(), len(data))
+    (cloud.mountpoint / "crash.bin").write_bytes(data)
+    wait_for(lambda: f"TRANSFER STORE {key}" in cloud.log, what="the transfer to start")
+    cloud.kill9()
+    cloud.cleanup()  # the mount the daemon left
+    monkeypatch.setenv("ANNEX_TEST_FLAGS", "")
+    cloud.mount()
+    cloud.wait_synced(60)
+    assert "resuming crash.bin at byte" in cloud.log  # from the spool in the cache
+    cloud.umount()
+    fresh = with_remotes(make_cloud({"a": "rw"}), rclone_table(store), local=False)
+    fresh.mount()
+    wait_for(lambda: (fresh.mountpoint / "crash.bin").exists(), what="the tree from the remote")
+    assert (fresh.mountpoint / "crash.bin").read_bytes() == data
+    fresh.umount()
+
+
 def test_example_directory_remote(make_cloud: MakeCloud, programs: Path, tmp_path: Path,
                                   content: dict[str, bytes],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
