@@ -72,7 +72,8 @@ def test_kill9_during_upload_resumes_from_saved_offset(make_cloud: MakeCloud) ->
         wait_for(partial_upload, timeout=60, what="an upload half done")
         wait_for(lambda: "No space left on device" in cloud.log, what="the disk to fill")
         cloud.kill9()
-        assert not (remote / "huge").exists()
+        # at most the empty file that open(O_CREAT) made, when the machine is slow
+        assert not (remote / "huge").exists() or not (remote / "huge").stat().st_size
         subprocess.run(["mount", "-o", "remount,size=256m", str(remote)], check=True)
         cloud.mount()  # clears the dead mount and resumes
         cloud.wait_synced(timeout=120)
