@@ -101,7 +101,7 @@ def test_verify_names_the_bytes_that_differ(make_cloud: MakeCloud) -> None:
 
 
 def test_damaged_content_that_no_remote_holds_is_an_error_not_zeros(make_cloud: MakeCloud) -> None:
-    cloud = make_cloud({"a": "rw"}, upload_delay="1h")
+    cloud = make_cloud({"a": "rw"}, upload_delay="1h", stall="5s")  # fsck stops waiting soon
     cloud.mount()
     content = os.urandom(2 * BLOCK)
     (cloud.mountpoint / "f").write_bytes(content)
