@@ -87,7 +87,7 @@ class Metadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def copy(self, **changes: Any) -> Metadata:
-        return dataclasses.replace(self, extra=dict(self.extra), **changes)
+        return dataclasses.replace(self, **{"extra": dict(self.extra), **changes})
 
     def attrs_key(self) -> str:
         """A short fingerprint of what set_attrs sets (a folder's time changes by itself)."""

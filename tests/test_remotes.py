@@ -98,3 +98,11 @@ def test_a_driver_that_never_registers_fails_what_is_asked_of_it(
 
     trio.run(main)
     assert not remote.health.online
+
+
+def test_a_metadata_copy_takes_a_new_extra_and_never_shares_the_old() -> None:
+    md = Metadata(path="a", extra={"upload": "1"})
+    assert md.copy(extra={"session": "2"}, size=3).extra == {"session": "2"}
+    plain = md.copy()
+    plain.extra["upload"] = "changed"
+    assert md.extra == {"upload": "1"}
