@@ -4,10 +4,13 @@ An upload is spooled to a file of its own in the driver's folder (named
 after the transfer, so that a resume after a crash finds it), and stored
 whole at end_upload under its content key: content that the remote holds
 already is not sent again. Every change of the tree (an upload in place, a
-delete, a move, a folder, a link, attributes) is on disk when the handler
-returns and in the remote's manifest too (sync.py): the core counts a change
-as the remote's only then. A read retrieves the revision's key once and is
-served from the local copy (fetched.py).
+delete, a move, a folder, a link, attributes) is made to the tree as the
+remote holds it right then (its manifest read again first, so that what
+another machine changed meanwhile is a conflict, or a change left alone,
+as for any remote), and is on disk and in the remote's manifest when the
+handler returns (sync.py): the core counts a change as the remote's only
+then. A read retrieves the revision's key once and is served from the
+local copy (fetched.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,12 +135,13 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
         key = content_key(digest.digest(), md.size)
         with journal.lock:
             there = journal.tree.get(md.path)
-        if in_conflict(there, md, key):  # looked at before sending anything
+        if in_conflict(there, md, key):  # as last seen: no need to send anything
             assert there is not None
             raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                            there.describe(md.path))
         store(key, path, md.size)
-        with journal.lock:
+
+        def put_in_place() -> Entry:
             there = journal.tree.get(md.path)
             if in_conflict(there, md, key):
                 assert there is not None
@@ -146,11 +151,14 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
             entry = Entry(kind="file", id=there.id if there is not None else new_id(),
                           mode=md.mode & 0o7777, mtime_ns=md.mtime_ns, key=key, size=md.size,
                           xattrs=dict(md.xattrs))
-            journal.tree[md.path] = entry
-            if there is not None:
-                journal.drop(there.key)
-            generation = journal.changed()
-        sync.send(generation)  # a failure keeps the spool: the upload resumes from it
+            if there != entry:
+                journal.tree[md.path] = entry
+                if there is not None:
+                    journal.drop(there.key)
+                journal.changed()
+            return entry
+
+        entry = sync.change(put_in_place)  # a failure keeps the spool: a resume uses it
         fetched.adopt(key, path)
         md.revision, md.file_id = entry.revision(), entry.id
 
@@ -163,25 +171,28 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
     @plug.handler()
     def delete_file(md: Metadata) -> None:
         reached()
-        with journal.lock:
+
+        def delete() -> None:
             there = journal.tree.get(md.path)
-            if there is not None:
-                if there.kind == "dir" and any(path.startswith(md.path + "/")
-                                               for path in journal.tree):
-                    raise DriverError(f"{md.path}: not empty on the remote")
-                if there.kind == "file" and md.revision is not None \
-                        and there.revision() != md.revision:
-                    raise DriverError(f"{md.path}: changed on the remote; not deleting it")
-                del journal.tree[md.path]
-                journal.drop(there.key)
-                journal.changed()
-            generation = journal.generation
-        sync.send(generation)
+            if there is None:
+                return  # nothing there is success
+            if there.kind == "dir" and any(path.startswith(md.path + "/")
+                                           for path in journal.tree):
+                raise DriverError(f"{md.path}: not empty on the remote")
+            if there.kind == "file" and md.revision is not None \
+                    and (there.revision() != md.revision or md.file_id not in (None, there.id)):
+                raise DriverError(f"{md.path}: changed on the remote; not deleting it")
+            del journal.tree[md.path]
+            journal.drop(there.key)
+            journal.changed()
+
+        sync.change(delete)
 
     @plug.handler()
     def move_file(old: Metadata, new: Metadata) -> None:
         reached()
-        with journal.lock:
+
+        def move() -> Entry:
             entry = journal.tree.get(old.path)
             if entry is None:
                 raise DriverError(f"{old.path}: not on the remote")
@@ -191,48 +202,64 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
             for path in [path for path in journal.tree
                          if path == old.path or path.startswith(below)]:
                 journal.tree[new.path + path[len(old.path):]] = journal.tree.pop(path)
-            generation = journal.changed()
-        sync.send(generation)
+            journal.changed()
+            return entry
+
+        entry = sync.change(move)
         new.revision, new.file_id = entry.revision(), entry.id
 
-    def put(md: Metadata, entry: Entry) -> None:
-        """Make the entry md.path's, and the remote's, and tell its token back."""
-        with journal.lock:
-            if journal.tree.get(md.path) != entry:
+    def put(md: Metadata, make: Callable[[Entry | None], Entry]) -> None:
+        """Put at md.path the entry `make` makes of what is there (it raises DriverError
+        when that cannot be), and tell its token back."""
+        def apply() -> Entry:
+            there = journal.tree.get(md.path)
+            entry = make(there)
+            if there != entry:
                 journal.tree[md.path] = entry
                 journal.changed()
-            generation = journal.generation
-        sync.send(generation)
+            return entry
+
+        entry = sync.change(apply)
         md.revision, md.file_id = entry.revision(), entry.id
 
     @plug.handler()
     def make_dir(md: Metadata) -> None:
         reached()
-        with journal.lock:
-            there = journal.tree.get(md.path)
-        if there is not None and there.kind != "dir":
-            raise DriverError(f"{md.path}: exists on the remote and is not a folder")
-        put(md, Entry(kind="dir", id=there.id if there is not None else new_id(),
-                      mode=md.mode & 0o7777, xattrs=dict(md.xattrs)))
+
+        def folder(there: Entry | None) -> Entry:
+            if there is not None and there.kind != "dir":
+                raise DriverError(f"{md.path}: exists on the remote and is not a folder")
+            return Entry(kind="dir", id=there.id if there is not None else new_id(),
+                         mode=md.mode & 0o7777, xattrs=dict(md.xattrs))
+
+        put(md, folder)
 
     @plug.handler()
     def make_symlink(md: Metadata) -> None:
         reached()
-        with journal.lock:
-            there = journal.tree.get(md.path)
-        if there is not None and (there.kind, there.target) != ("symlink", md.target or ""):
-            raise DriverError(f"{md.path}: already exists on the remote")
-        put(md, there or Entry(kind="symlink", id=new_id(), mode=0o777, mtime_ns=md.mtime_ns,
-                               target=md.target or ""))
+
+        def link(there: Entry | None) -> Entry:
+            if there is None:
+                return Entry(kind="symlink", id=new_id(), mode=0o777, mtime_ns=md.mtime_ns,
+                             target=md.target or "")
+            if (there.kind, there.target) != ("symlink", md.target or ""):
+                raise DriverError(f"{md.path}: already exists on the remote")
+            return there
+
+        put(md, link)
 
     @plug.handler()
     def set_attrs(md: Metadata) -> None:
         reached()
-        with journal.lock:
-            there = journal.tree.get(md.path)
-        if there is None:
-            raise DriverError(f"{md.path}: not on the remote")
-        if there.kind == "file" and there.revision() != md.revision:
-            raise DriverError(f"{md.path}: changed on the remote; its attributes are left alone")
-        put(md, replace(there, mode=md.mode & 0o7777, xattrs=dict(md.xattrs),
-                        mtime_ns=md.mtime_ns if there.kind == "file" else there.mtime_ns))
+
+        def attributes(there: Entry | None) -> Entry:
+            if there is None:
+                raise DriverError(f"{md.path}: not on the remote")
+            if there.kind == "file" and (there.revision() != md.revision
+                                         or md.file_id not in (None, there.id)):
+                raise DriverError(f"{md.path}: changed on the remote; its attributes are "
+                                  "left alone")
+            return replace(there, mode=md.mode & 0o7777, xattrs=dict(md.xattrs),
+                           mtime_ns=md.mtime_ns if there.kind == "file" else there.mtime_ns)
+
+        put(md, attributes)

@@ -43,12 +43,11 @@ class Journal:
         self.generation = int(saved.get("generation", 0))  # changes made so far
         self.sent = int(saved.get("sent", 0))  # changes that reached the remote's manifest
 
-    def changed(self) -> int:
-        """Record a change of the tree (the caller holds the lock): on disk now; returns its
-        generation, which the manifest must reach before the change is the remote's."""
+    def changed(self) -> None:
+        """Record a change of the tree (the caller holds the lock): on disk now, and unsent
+        until the remote's manifest holds it."""
         self.generation += 1
         self.save()
-        return self.generation
 
     def drop(self, key: str | None) -> None:
         """A key the tree may no longer use: garbage once no path does (lock held)."""

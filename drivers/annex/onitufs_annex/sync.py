@@ -26,7 +26,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from onitufs.gitannex.keys import content_key
 from onitufs.plug import DriverError, RemoteUnavailable
@@ -39,6 +41,7 @@ from .transfers import Special
 log = logging.getLogger(__name__)
 POINTER = "WORM--onitufs-manifest-pointer"
 MANIFEST_EXTENSION = ".onitufs-manifest"
+T = TypeVar("T")
 
 
 class Sync:
@@ -61,21 +64,23 @@ class Sync:
 
     def poll(self) -> None:
         """Take in what other machines wrote, and write what this one has not yet."""
+        self.change(lambda: None)
+
+    def change(self, apply: Callable[[], T]) -> T:
+        """Change the tree with `apply` (which calls journal.changed() if it changes it) as
+        the remote's tree is now, and return once the remote holds the change. `apply` runs
+        with the journal locked, right after the remote's manifest was read: what it checks
+        (the version at a path, a name in use) is what the remote holds, not what the last
+        poll found; what it raises changes nothing."""
         with self._lock:
             self._pull()
             with self.journal.lock:
+                result = apply()
                 unsent = self._behind or self.journal.sent < self.journal.generation \
                     or self.journal.tree != self.journal.base.entries
             if unsent:
                 self._push()
-
-    def send(self, generation: int) -> None:
-        """Return once the remote's manifest holds change `generation` of the tree."""
-        with self._lock:
-            if self.journal.sent >= generation:
-                return  # written by whoever went first
-            self._pull()
-            self._push()
+            return result
 
     def collect(self) -> None:
         """Remove the keys that no path has used for `remove_after`."""
