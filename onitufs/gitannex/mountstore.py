@@ -1,0 +1,281 @@
+"""Content in an onitufs mount, for git-annex: stored durably, read back, checked, removed.
+
+A file is stored under a temporary name, fsynced and renamed into place, then the mount is
+asked to upload at once (user.onitufs.flush) and the file's user.onitufs.replicas is
+polled until the remotes hold its revision as `durable` asks: every writable remote (None)
+or that many. The status of the mount (user.onitufs.status) says whether a remote still
+waited for cannot get it (offline, or stalled): then the store fails with the reason, it
+is never reported stored before it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cli.common import FLUSH_XATTR, CommandError, read_status
+from .keys import parse_key
+
+REPLICAS_XATTR = "user.onitufs.replicas"
+SHA256_XATTR = "user.onitufs.sha256"
+KEYS_FOLDER = ".git-annex"
+TEMP_FOLDER = ".git-annex/tmp"
+POLL = 0.1  # seconds between two looks at the replicas of a file being stored
+CHUNK = 1 << 20
+
+
+class Unavailable(Exception):
+    """The mount cannot answer: not mounted, not onitufs, another config, or its daemon
+    stopped. The message says which, of the path."""
+
+
+class Failed(Exception):
+    """An operation that failed, with why in one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    mount: Path
+    prefix: Path  # relative to the mount; Path(".") for its root
+    durable: int | None  # how many remotes must hold a file; None: every writable one
+    config: str | None  # the config file of the mount this remote was set up on
+
+
+def parse_settings(mount: str, prefix: str, durable: str, config: str | None) -> Settings:
+    """Settings from git-annex's config values; ValueError naming what is wrong."""
+    if not mount:
+        raise ValueError("mount= is needed: the mount point of an onitufs mount")
+    relative = Path(prefix.strip("/") or ".")
+    if ".." in relative.parts:
+        raise ValueError(f"prefix={prefix}: must not go above the mount (no ..)")
+    if durable in ("", "all"):
+        count = None
+    elif durable.isdigit() and int(durable) > 0:
+        count = int(durable)
+    else:
+        raise ValueError(f"durable={durable}: expected all or a number of remotes from 1")
+    return Settings(Path(mount).expanduser().absolute(), relative, count, config or None)
+
+
+@dataclass
+class Replicas:
+    """Who holds a file's current revision, of the remotes that count."""
+
+    held: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # writable, and can still get it
+    blocked: dict[str, str] = field(default_factory=dict)  # writable, cannot now: why
+
+
+class MountStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.mount / settings.prefix
+
+    # the mount
+
+    def status(self) -> dict[str, Any]:
+        """The mount's status, once it is known to be the mount this remote was set up on."""
+        try:
+            status = read_status(self.settings.mount)
+        except CommandError as error:
+            raise Unavailable(str(error)) from None
+        if self.settings.config is not None and status["config"] != self.settings.config:
+            raise Unavailable(f"{self.settings.mount}: an onitufs mount of {status['config']}, "
+                              f"not of {self.settings.config} as when this remote was set up")
+        if self.needed(status) > len(writable(status)):
+            raise Unavailable(f"durable={self.settings.durable}, but the mount at "
+                              f"{self.settings.mount} has {len(writable(status))} writable remotes")
+        return status
+
+    def needed(self, status: dict[str, Any]) -> int:
+        return len(writable(status)) if self.settings.durable is None else self.settings.durable
+
+    def replicas(self, path: Path, status: dict[str, Any]) -> Replicas:
+        lines = os.getxattr(path, REPLICAS_XATTR).decode().splitlines()
+        states = dict(entry.split(": ", 1) for entry in lines if ": " in entry)
+        remotes = {remote["name"]: remote for remote in status["remotes"]}
+        found = Replicas()
+        for name, state in states.items():
+            remote = remotes.get(name, {})
+            if state == "held":
+                found.held.append(name)
+            elif "w" in remote.get("mode", ""):
+                if remote.get("state") in ("offline", "stalled"):
+                    found.blocked[name] = f"{remote['state']}: {remote.get('reason') or 'no reason given'}"
+                else:
+                    found.waiting.append(name)
+        return found
+
+    def durable(self, replicas: Replicas, status: dict[str, Any]) -> bool:
+        if self.settings.durable is None:
+            return set(writable(status)) <= set(replicas.held)
+        return len(replicas.held) >= self.settings.durable
+
+    def _hopeless(self, replicas: Replicas, status: dict[str, Any]) -> str | None:
+        """Why the file cannot become durable now, or None while it still can."""
+        if self.settings.durable is None:
+            can = not replicas.blocked
+        else:
+            can = len(replicas.held) + len(replicas.waiting) >= self.settings.durable
+        if can:
+            return None
+        why = "; ".join(f"{name} is {reason}" for name, reason in sorted(replicas.blocked.items()))
+        return (f"held by {len(replicas.held)} of the {self.needed(status)} remotes it must be on "
+                f"({', '.join(replicas.held) or 'none'}): {why}")
+
+    # paths
+
+    def key_path(self, key: str, dirhash_lower: str) -> Path:
+        return self.root / KEYS_FOLDER / dirhash_lower / key
+
+    def export_path(self, name: bytes) -> Path:
+        relative = Path(os.fsdecode(name).strip("/"))
+        if ".." in relative.parts or not relative.parts:
+            raise Failed(f"{os.fsdecode(name)!r}: not a name below the export")
+        return self.root / relative
+
+    # operations
+
+    def store(self, source: Path, target: Path, key: str, progress: Callable[[int], None]) -> None:
+        """Copy `source` to `target` in the mount and return once it is durable."""
+        status = self.status()
+        size = source.stat().st_size
+        share = len(writable(status)) + 1  # the copy into the mount, then each replica
+        temp = self.root / TEMP_FOLDER / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            with source.open("rb") as reader, temp.open("wb") as writer:
+                done = 0
+                while chunk := reader.read(CHUNK):
+                    writer.write(chunk)
+                    done += len(chunk)
+                    progress(done // share)
+                writer.flush()
+                os.fsync(writer.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(temp, target)
+            os.setxattr(self.settings.mount, FLUSH_XATTR, b"1")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise Failed(self._why(error, f"cannot write {target}")) from None
+        self._wait_durable(target, size, share, progress)
+
+    def _wait_durable(self, target: Path, size: int, share: int,
+                      progress: Callable[[int], None]) -> None:
+        first = self.status()
+        sent_before = {remote["name"]: remote["bytes_sent"] for remote in first["remotes"]}
+        while True:
+            status = self.status()
+            try:
+                replicas = self.replicas(target, status)
+            except OSError as error:
+                raise Failed(self._why(error, f"cannot read the replicas of {target}")) from None
+            if self.durable(replicas, status):
+                progress(size)
+                return
+            why = self._hopeless(replicas, status)
+            if why is not None:
+                raise Failed(f"not durable: {why}")
+            # the bytes each remote sent since, bounded by the file: a rough share of them
+            # may be other files', but they move while this one does
+            sent = {remote["name"]: min(size, remote["bytes_sent"] - sent_before.get(remote["name"], 0))
+                    for remote in status["remotes"] if remote["name"] in replicas.waiting}
+            progress((size + size * len(replicas.held) + sum(sent.values())) // share)
+            time.sleep(POLL)
+
+    def retrieve(self, source: Path, target: Path, progress: Callable[[int], None]) -> None:
+        self.status()
+        try:
+            with source.open("rb") as reader, target.open("wb") as writer:
+                done = 0
+                while chunk := reader.read(CHUNK):
+                    writer.write(chunk)
+                    done += len(chunk)
+                    progress(done)
+        except OSError as error:
+            raise Failed(self._why(error, f"cannot read {source}")) from None
+
+    def present(self, path: Path, key: str) -> bool:
+        """Whether `path` holds the content of `key`, durably. Unavailable when the mount
+        cannot tell."""
+        status = self.status()
+        try:
+            replicas = self.replicas(path, status)
+            size = path.stat().st_size
+        except OSError as error:
+            if error.errno == errno.ENOENT:
+                return False
+            raise Unavailable(self._why(error, f"cannot look at {path}")) from None
+        return self.durable(replicas, status) and _matches(path, key, size)
+
+    def where(self, path: Path) -> list[str]:
+        return self.replicas(path, self.status()).held
+
+    def remove(self, path: Path) -> None:
+        """Delete `path` in the mount, so on every remote; nothing to do when absent."""
+        self.status()
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise Failed(self._why(error, f"cannot remove {path}")) from None
+        # the empty hash folders of a key go too; ones that hold others stay
+        for folder in (path.parent, path.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            os.setxattr(self.settings.mount, FLUSH_XATTR, b"1")
+
+    def rename(self, source: Path, target: Path) -> None:
+        self.status()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(source, target)
+        except OSError as error:
+            raise Failed(self._why(error, f"cannot rename {source} to {target}")) from None
+
+    def remove_folder(self, path: Path) -> None:
+        self.status()
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise Failed(self._why(error, f"cannot remove {path}")) from None
+
+    def _why(self, error: OSError, doing: str) -> str:
+        if error.errno == errno.ENOSPC:
+            return f"{doing}: the mount at {self.settings.mount} is full ({error.strerror})"
+        if error.errno == errno.ENOTCONN:
+            return f"{doing}: the daemon of the mount at {self.settings.mount} has stopped"
+        return f"{doing}: {error.strerror or error}"
+
+
+def writable(status: dict[str, Any]) -> list[str]:
+    return [remote["name"] for remote in status["remotes"] if "w" in remote["mode"]]
+
+
+def _matches(path: Path, key: str, size: int) -> bool:
+    """What the key says of its content (its size, its SHA-256) holds of the file."""
+    parsed = parse_key(key)
+    if parsed.size is not None and parsed.size != size:
+        return False
+    if parsed.backend in ("SHA256", "SHA256E") and parsed.chunk_number is None:
+        try:
+            digest = os.getxattr(path, SHA256_XATTR).decode()
+        except OSError:
+            return True  # not known yet (written out of order): the size has to do
+        return parsed.name.startswith(digest)
+    return True
+

@@ -1,0 +1,98 @@
+"""git-annex-remote-onitufs with the real git-annex: a repository stores into a real mount,
+and content counts as stored only once the mount's remotes hold it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cloud, MakeCloud
+
+BIN = Path(sys.executable).parent
+Annex = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_in(repo: Path, *args: str | Path, check: bool = True,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([*map(str, args)], cwd=repo, capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git-annex repository."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    run_in(path, "git", "init", "-q", "-b", "main")
+    run_in(path, "git", "config", "user.name", "Test")
+    run_in(path, "git", "config", "user.email", "test@example.com")
+    run_in(path, "git", "annex", "init", "-q", "test")
+    return path
+
+
+def initremote(repo: Path, cloud: Cloud, *extra: str) -> None:
+    run_in(repo, "git", "annex", "initremote", "cloud", "type=external", "externaltype=onitufs",
+           f"mount={cloud.mountpoint}", "encryption=none", *extra)
+
+
+def add_files(repo: Path, count: int, size: int = 3000) -> dict[str, bytes]:
+    files = {f"file{n}.bin": os.urandom(size + n) for n in range(count)}
+    for name, content in files.items():
+        (repo / name).write_bytes(content)
+    run_in(repo, "git", "annex", "add", "-q", ".")
+    run_in(repo, "git", "commit", "-q", "-m", "files")
+    return files
+
+
+def key_of(repo: Path, name: str) -> str:
+    return run_in(repo, "git", "annex", "lookupkey", name).stdout.strip()
+
+
+def held_by(folder: Path, key: str) -> bytes | None:
+    """The content of `key` in a remote's folder, where git-annex's layout puts it."""
+    found = list((folder / ".git-annex").glob(f"*/*/{key}"))
+    return found[0].read_bytes() if found else None
+
+
+def test_copy_jobs_durable_then_drop_and_get(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    initremote(repo, cloud)
+    files = add_files(repo, 12)
+    run_in(repo, "git", "annex", "copy", "--to", "cloud", "-J4", ".")
+    # durable when copy returned: both remotes hold every file, no waiting
+    for name, content in files.items():
+        for remote in cloud.remotes.values():
+            assert held_by(remote, key_of(repo, name)) == content, (name, remote)
+    whereis = run_in(repo, "git", "annex", "whereis", "file0.bin").stdout
+    assert "cloud" in whereis and "onitufs remotes a, b" in whereis
+    run_in(repo, "git", "annex", "fsck", "-q", "--from", "cloud", "-J4")
+    run_in(repo, "git", "annex", "drop", "-q", ".")
+    assert not (repo / "file0.bin").exists()
+    run_in(repo, "git", "annex", "get", "-q", "-J4", ".")
+    for name, content in files.items():
+        assert (repo / name).read_bytes() == content
+    # a drop from the remote deletes on every remote
+    run_in(repo, "git", "annex", "drop", "-q", "--from", "cloud", "file1.bin")
+    cloud.wait_synced()
+    assert all(held_by(remote, key_of(repo, "file1.bin")) is None
+               for remote in cloud.remotes.values())
+
+
+def test_testremote(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    initremote(repo, cloud)
+    result = run_in(repo, "git", "annex", "testremote", "cloud", "--fast", timeout=120)
+    assert re.search(r"All \d+ tests passed", result.stdout), result.stdout[-2000:]
