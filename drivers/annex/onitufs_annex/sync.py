@@ -55,6 +55,7 @@ class Sync:
         self.label = special.label
         self.host = socket.gethostname()
         self.reached = False  # the pointer was read once: the tree is the remote's
+        self.unreachable: str | None = None  # why the last look at the pointer failed
         self.updated = threading.Event()  # the tree took in another machine's changes
         self._lock = threading.Lock()  # one look at the pointer, or one write, at a time
         self._behind = False  # the pointer names a manifest older than ours
@@ -65,6 +66,11 @@ class Sync:
     def poll(self) -> None:
         """Take in what other machines wrote, and write what this one has not yet."""
         self.change(lambda: None)
+
+    def look(self) -> None:
+        """Take in the tree as the remote holds it now."""
+        with self._lock:
+            self._pull()
 
     def change(self, apply: Callable[[], T]) -> T:
         """Change the tree with `apply` (which calls journal.changed() if it changes it) as
@@ -107,13 +113,19 @@ class Sync:
                     self.removed.notify_all()
 
     def _pull(self) -> None:
-        pointer = self._read_pointer()
+        try:
+            pointer = self._read_pointer()
+        except RemoteUnavailable as error:
+            self.unreachable = str(error)
+            raise
+        self.unreachable = None
         base = self.journal.base
         if pointer is None:
             if base.id is not None:
-                raise RemoteUnavailable(f"{self.label}: the remote no longer holds the "
-                                        "manifest of onitufs's tree (emptied, or another "
-                                        "place?); treated as unavailable")
+                self.unreachable = (f"{self.label}: the remote no longer holds the manifest "
+                                    "of onitufs's tree (emptied, or another place?); treated "
+                                    "as unavailable")
+                raise RemoteUnavailable(self.unreachable)
             self.reached = True
             return
         if pointer == base.id:
