@@ -96,3 +96,44 @@ def test_testremote(make_cloud: MakeCloud, repo: Path) -> None:
     initremote(repo, cloud)
     result = run_in(repo, "git", "annex", "testremote", "cloud", "--fast", timeout=120)
     assert re.search(r"All \d+ tests passed", result.stdout), result.stdout[-2000:]
+
+
+def test_store_with_a_remote_down_fails(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    initremote(repo, cloud)
+    add_files(repo, 2)
+    cloud.remotes["b"].rename(cloud.root / "b-unplugged")
+    result = run_in(repo, "git", "annex", "copy", "--to", "cloud", "-J2", ".", check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr  # with -J git-annex writes to stderr
+    assert "not durable" in said and "b is offline" in said, said
+    for name in ("file0.bin", "file1.bin"):
+        assert "cloud" not in run_in(repo, "git", "annex", "whereis", name).stdout
+    # durable=1 is content on one remote: a is enough
+    run_in(repo, "git", "annex", "enableremote", "cloud", "durable=1")
+    run_in(repo, "git", "annex", "copy", "-q", "--to", "cloud", "file0.bin")
+    assert "cloud" in run_in(repo, "git", "annex", "whereis", "file0.bin").stdout
+
+
+def test_not_mounted_wrong_mount_other_config(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud, other = make_cloud({"a": "rw"}), make_cloud({"a": "rw"})
+    result = run_in(repo, "git", "annex", "initremote", "cloud", "type=external",
+                    "externaltype=onitufs", f"mount={cloud.mountpoint}", "encryption=none",
+                    check=False)
+    assert result.returncode != 0 and f"{cloud.mountpoint}: not a mount point" in result.stderr
+    cloud.mount()
+    initremote(repo, cloud)
+    add_files(repo, 1)
+    cloud.umount()
+    for command in (("copy", "--to", "cloud"), ("fsck", "--from", "cloud")):
+        result = run_in(repo, "git", "annex", *command, "file0.bin", check=False)
+        assert result.returncode != 0
+        assert f"({cloud.mountpoint}: not a mount point) failed" in result.stdout, result.stdout
+    # a mount of another config at the same mount point: not the remote that was set up
+    subprocess.run([sys.executable, "-m", "onitufs", "mount", str(cloud.mountpoint),
+                    str(other.config)], check=True, capture_output=True)
+    result = run_in(repo, "git", "annex", "copy", "--to", "cloud", "file0.bin", check=False)
+    assert result.returncode != 0
+    assert f"an onitufs mount of {other.config}, not of {cloud.config}" in result.stdout
+    assert not any((other.root / "a").rglob("SHA256E-*"))
