@@ -41,15 +41,16 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
     uploads_lock = threading.Lock()
 
     def reached() -> None:
-        """RemoteUnavailable until the remote's tree was read, and while the last look at
-        it failed: what the driver holds of it here (spools, content read before) is not
-        the remote, and a program may well make a store anew where it went missing."""
+        """RemoteUnavailable until the remote's tree was read, and while it cannot be: what
+        the driver holds of it here (spools, content read before) is not the remote, and a
+        program may well make a store anew where it went missing. After a failed look, the
+        remote is looked at again (it may have been a program's hiccup)."""
         if not sync.reached:
             raise RemoteUnavailable(f"{label}: its tree has not been read yet"
                                     + (f" ({special.pool.last_words})"
                                        if special.pool.last_words else ""))
         if sync.unreachable is not None:
-            raise RemoteUnavailable(sync.unreachable)
+            sync.look()
 
     def spooled(md: Metadata) -> Path:
         name = str(md.extra["upload"])
