@@ -137,3 +137,40 @@ def test_not_mounted_wrong_mount_other_config(make_cloud: MakeCloud, repo: Path)
     assert result.returncode != 0
     assert f"an onitufs mount of {other.config}, not of {cloud.config}" in result.stdout
     assert not any((other.root / "a").rglob("SHA256E-*"))
+
+
+def test_export_tree_changes_reach_every_remote(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
+           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
+           "exporttree=yes", "encryption=none")
+    files = add_files(repo, 3)
+    (repo / "sub").mkdir()
+    (repo / "sub" / "deep.bin").write_bytes(deep := os.urandom(5000))
+    run_in(repo, "git", "annex", "add", "-q", "sub")
+    run_in(repo, "git", "commit", "-q", "-m", "sub")
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    expected = {**files, "sub/deep.bin": deep}
+
+    def check() -> None:
+        cloud.wait_synced()
+        for remote in cloud.remotes.values():
+            tree = remote / "photos"
+            held = {str(path.relative_to(tree)): path.read_bytes()
+                    for path in tree.rglob("*") if path.is_file() and ".git-annex" not in path.parts}
+            assert held == expected, remote
+
+    check()
+    # a change, a rename and a delete, exported again
+    run_in(repo, "git", "annex", "unlock", "file0.bin")
+    (repo / "file0.bin").write_bytes(changed := os.urandom(4000))
+    run_in(repo, "git", "mv", "file1.bin", "renamed.bin")
+    run_in(repo, "git", "rm", "-q", "sub/deep.bin")
+    run_in(repo, "git", "annex", "add", "-q", "file0.bin")
+    run_in(repo, "git", "commit", "-q", "-a", "-m", "changes")
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    expected = {"file0.bin": changed, "renamed.bin": files["file1.bin"],
+                "file2.bin": files["file2.bin"]}
+    check()
+    assert not (cloud.remotes["a"] / "photos" / "sub").exists()
