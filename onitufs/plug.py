@@ -164,9 +164,11 @@ class Plug:
     """
 
     def __init__(self, name: str, options: Options, sink: ChangeSink,
-                 trio_token: trio.lowlevel.TrioToken, folder: Path | None = None) -> None:
+                 trio_token: trio.lowlevel.TrioToken, folder: Path | None = None,
+                 moving: Callable[[], None] = lambda: None) -> None:
         self.name = name
         self.options = options
+        self._moving = moving
         # A folder on this machine for the driver's own files of this remote (its state,
         # temporary files), inside the cache folder: it lasts as long as the cache does.
         # None where onitufs gives none (a driver run outside a mount).
@@ -213,6 +215,12 @@ class Plug:
     def ready(self) -> None:
         """Say that every handler is registered; the core waits for this before using them."""
         self._ready.set()
+
+    def progress(self) -> None:
+        """A handler's transfer is moving where the core cannot see it (a store that runs
+        long after the last chunk): the remote is not stalled. Call it from the handler,
+        as often as its transfer moves; it costs nothing."""
+        self._moving()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

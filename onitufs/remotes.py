@@ -226,6 +226,10 @@ class Remote:
         log.log(logging.WARNING if health.last_error != said else logging.DEBUG,
                 "remote %s: %s%s", self.name, f"{doing}: " if doing else "", health.last_error)
 
+    def moving(self) -> None:
+        """A handler's transfer moved (Plug.progress, from its thread): no stall."""
+        self.health.last_progress = time.monotonic()
+
     def succeeded(self) -> None:
         health = self.health
         if self.outage is not None:
@@ -249,7 +253,7 @@ class Remote:
         if self.folder is not None:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.plug = Plug(self.name, self.config.options, sink, trio.lowlevel.current_trio_token(),
-                         self.folder)
+                         self.folder, self.moving)
         plug = self.plug
 
         def start() -> None:
