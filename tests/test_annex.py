@@ -213,6 +213,22 @@ def test_rclone_killed_mid_transfer(make_cloud: MakeCloud, programs: Path, tmp_p
     cloud.umount()
 
 
+def test_a_long_store_is_no_stall(make_cloud: MakeCloud, programs: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store runs whole at end_upload, after the last chunk: unmount waits for it."""
+    monkeypatch.setenv("ANNEX_TEST_FLAGS", "--bwlimit 1M")
+    store = tmp_path / "store"
+    cloud = with_remotes(make_cloud({"a": "rw"}, stall="2s"), rclone_table(store))
+    cloud.mount()
+    data = os.urandom(5 * 2**20)
+    key = content_key(hashlib.sha256(data).digest(), len(data))
+    (cloud.mountpoint / "slow.bin").write_bytes(data)
+    wait_for(lambda: f"TRANSFER STORE {key}" in cloud.log, what="the transfer to start")
+    cloud.umount()  # exits 0 only once every remote holds every version
+    stored = next(path for path in store.rglob(key) if path.is_file())
+    assert stored.read_bytes() == data
+
+
 def test_a_crash_mid_upload_resumes_from_the_spool(make_cloud: MakeCloud, programs: Path,
                                                   tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:

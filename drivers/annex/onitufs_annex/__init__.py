@@ -73,7 +73,7 @@ def start(plug: Plug) -> None:
 
     atexit.register(end)
     try:
-        special = Special(pool, host)
+        special = Special(pool, host, plug.progress)
         journal = Journal(plug.folder / "tree.json")
         fetched = Fetched(work / "fetched", special.retrieve)
         sync = Sync(special, journal, fetched, work, settings.remove_after)

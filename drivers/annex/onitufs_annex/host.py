@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from onitufs.gitannex.keys import dirhash_lower, dirhash_mixed
@@ -56,11 +57,13 @@ class Host:
 
     def ask(self, lane: Lane, request: bytes, replies: frozenset[str], *,
             allowed: float | None = None, watch: Path | None = None,
-            settings: dict[str, str] | None = None) -> Message:
+            settings: dict[str, str] | None = None,
+            moving: Callable[[], None] = lambda: None) -> Message:
         """Send `request` and answer the program until it replies with one of `replies` (or
         UNSUPPORTED-REQUEST). It may stay silent `allowed` seconds at a time (default: the
         timeout); a file `watch` that grows counts as speaking. `settings` collects what
-        it sets with SETCONFIG during INITREMOTE."""
+        it sets with SETCONFIG during INITREMOTE. `moving` is called every TICK while it
+        is not taken for hung (a transfer is under way)."""
         label = lane.program.label
         log.debug("%s <- %s", label, shown(request))
         lane.send(request)
@@ -78,8 +81,10 @@ class Host:
                 elif now - heard > limit:
                     raise Fault(f"{label} answered nothing for {limit:.0f} s "
                                 f"(to {shown(request).split(' ', 1)[0]})") from None
+                moving()
                 continue
             heard = time.monotonic()
+            moving()
             if message.command in replies or message.command == "UNSUPPORTED-REQUEST":
                 log.debug("%s -> %s %s", label, message.command,
                           b" ".join(message.params).decode("utf-8", "backslashreplace"))

@@ -4,10 +4,13 @@ A file handed to the program is named without whitespace, as git-annex
 names its own (some programs split the line on every space). A transfer may
 stay silent for the timeout plus one second per MiB it moves before the
 program is taken for hung; a retrieve whose file grows is not silent.
+Meanwhile the core is told the transfer moves (Plug.progress), so that a
+store that takes minutes after the last chunk is no stall.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from onitufs.gitannex.protocol import WHITESPACE, Message, line
@@ -27,10 +30,11 @@ def _why(reply: Message, index: int) -> str:
 
 
 class Special:
-    def __init__(self, pool: Pool, host: Host) -> None:
+    def __init__(self, pool: Pool, host: Host, moving: Callable[[], None]) -> None:
         self.pool = pool
         self.host = host
         self.label = pool.label
+        self.moving = moving  # told while a transfer runs (Plug.progress): no stall
 
     def store(self, key: str, path: Path, size: int) -> None:
         self._transfer("STORE", key, path, size)
@@ -45,7 +49,8 @@ class Special:
         with self.pool.lane() as lane:
             reply = self.host.ask(lane, line("TRANSFER", direction, key, name), TRANSFER_REPLIES,
                                   allowed=self.host.timeout + size / MIB,
-                                  watch=path if direction == "RETRIEVE" else None)
+                                  watch=path if direction == "RETRIEVE" else None,
+                                  moving=self.moving)
             self._check(reply, "TRANSFER", direction.encode(), key.encode())
         if reply.command == "TRANSFER-FAILURE":
             raise DriverError(f"{self.label}: {direction} {key} failed: {_why(reply, 2)}")
