@@ -7,11 +7,11 @@ it is asked to store again (every one tried does). A machine with nothing
 but the remote's configuration reads the pointer and the manifest, and has
 the whole tree; a machine that finds the pointer moved on merges that
 manifest into its own tree (manifest.merge), from the manifest both descend
-from. Writing goes the same way round: the pointer is read again right
-before a new manifest is stored and named by it, so another machine's
-manifest written since is merged first, not overwritten (two machines
-writing within that moment are merged by whichever looks next: a
-manifest names those it descends from).
+from. Every change goes the same way round: the pointer is read, another
+machine's manifest written since is merged first (not overwritten), the
+change is made to that tree, and the new manifest is stored and named by
+the pointer (two machines writing within that moment are merged by
+whichever looks next: a manifest names those it descends from).
 
 A key that no path uses any more is removed after `remove_after`, unless a
 path uses it again by then; so is a manifest replaced by a newer one, which
