@@ -174,3 +174,25 @@ def test_export_tree_changes_reach_every_remote(make_cloud: MakeCloud, repo: Pat
                 "file2.bin": files["file2.bin"]}
     check()
     assert not (cloud.remotes["a"] / "photos" / "sub").exists()
+
+
+def test_a_full_cache_disk_fails_the_store(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 GiB", write_buffer="4 MiB")
+    cloud.cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(cloud.cache)],
+                   check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "onitufs", "mount", "--log",
+                        str(cloud.root / "onitufs.log"), str(cloud.mountpoint), str(cloud.config)],
+                       check=True, capture_output=True)
+        initremote(repo, cloud)
+        (repo / "big.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+        run_in(repo, "git", "annex", "add", "-q", "big.bin")
+        result = run_in(repo, "git", "annex", "copy", "--to", "cloud", "big.bin", check=False)
+        assert result.returncode != 0
+        said = result.stdout + result.stderr
+        assert f"the mount at {cloud.mountpoint} is full" in said, said
+        assert "cloud" not in run_in(repo, "git", "annex", "whereis", "big.bin").stdout
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(cloud.cache)], check=False)

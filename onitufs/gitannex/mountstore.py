@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,10 @@ class MountStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.mount / settings.prefix
+        # Held from a temporary file's revision to its rename, and by each flush: a flush
+        # asked by another job must not upload a file under its temporary name, for the
+        # replicas of a revision count it held wherever the remote has it.
+        self._naming = threading.Lock()
 
     # the mount
 
@@ -145,11 +150,11 @@ class MountStore:
 
     def store(self, source: Path, target: Path, key: str, progress: Callable[[int], None]) -> None:
         """Copy `source` to `target` in the mount and return once it is durable."""
-        status = self.status()
-        size = source.stat().st_size
-        share = len(writable(status)) + 1  # the copy into the mount, then each replica
+        share = len(writable(self.status())) + 1  # the copy into the mount, then each replica
         temp = self.root / TEMP_FOLDER / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
+        size = 0
         try:
+            size = source.stat().st_size
             temp.parent.mkdir(parents=True, exist_ok=True)
             with source.open("rb") as reader, temp.open("wb") as writer:
                 done = 0
@@ -158,10 +163,12 @@ class MountStore:
                     done += len(chunk)
                     progress(done // share)
                 writer.flush()
-                os.fsync(writer.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(temp, target)
-            os.setxattr(self.settings.mount, FLUSH_XATTR, b"1")
+                with self._naming:
+                    os.fsync(writer.fileno())
+                    writer.close()
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(temp, target)
+            self.flush()
         except OSError as error:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -235,7 +242,7 @@ class MountStore:
             except OSError:
                 break
         with contextlib.suppress(OSError):
-            os.setxattr(self.settings.mount, FLUSH_XATTR, b"1")
+            self.flush()
 
     def rename(self, source: Path, target: Path) -> None:
         self.status()
@@ -253,6 +260,11 @@ class MountStore:
             return
         except OSError as error:
             raise Failed(self._why(error, f"cannot remove {path}")) from None
+
+    def flush(self) -> None:
+        """Ask the mount to upload what is queued now, not after its upload_delay."""
+        with self._naming:
+            os.setxattr(self.settings.mount, FLUSH_XATTR, b"1")
 
     def _why(self, error: OSError, doing: str) -> str:
         if error.errno == errno.ENOSPC:
