@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cloud, MakeCloud
+from .conftest import Cloud, MakeCloud, wait_for
 
 BIN = Path(sys.executable).parent
 Annex = Callable[..., subprocess.CompletedProcess[str]]
@@ -196,3 +196,19 @@ def test_a_full_cache_disk_fails_the_store(make_cloud: MakeCloud, repo: Path) ->
     finally:
         cloud.cleanup()
         subprocess.run(["umount", "-l", str(cloud.cache)], check=False)
+
+
+def test_get_of_content_no_longer_cached(make_cloud: MakeCloud, repo: Path) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 MiB", block_size="64 KiB",
+                       write_buffer="512 KiB")
+    cloud.mount()
+    initremote(repo, cloud)
+    files = add_files(repo, 4, size=700_000)
+    run_in(repo, "git", "annex", "copy", "-q", "--to", "cloud", "-J4", ".")
+    wait_for(lambda: cloud.status()["cache_bytes"] <= 1024 * 1024, what="the cache to evict")
+    run_in(repo, "git", "annex", "drop", "-q", ".")
+    run_in(repo, "git", "annex", "get", "-q", "-J4", ".")
+    for name, content in files.items():
+        assert (repo / name).read_bytes() == content
+    info = run_in(repo, "git", "annex", "info", "cloud").stdout
+    assert f"mount: {cloud.mountpoint}" in info and f"onitufs config: {cloud.config}" in info
