@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 from .conftest import Cloud, MakeCloud, wait_for
 
 BIN = Path(sys.executable).parent
-Annex = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def run_in(repo: Path, *args: str | Path, check: bool = True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 from .lanes import Fatal, Lane, Output, serve
@@ -41,7 +40,6 @@ class SpecialRemote:
 
     def __init__(self) -> None:
         self._store: MountStore | None = None
-        self._lock = threading.Lock()
         self._export_names: dict[bytes | None, bytes] = {}
 
     def handle(self, lane: Lane, message: Message) -> None:
@@ -87,8 +85,7 @@ class SpecialRemote:
             return
         # Whether the mount is there is checked at each request, which then fails with the
         # reason (a mount may come and go while git-annex runs).
-        with self._lock:
-            self._store = store
+        self._store = store  # for every job: git-annex prepares only the first
         lane.send("PREPARE-SUCCESS")
 
     def do_listconfigs(self, lane: Lane, message: Message) -> None:
