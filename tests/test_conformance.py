@@ -105,12 +105,7 @@ def conformance_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]
 
 # What onitufs-drivers(7) promises that the ssh driver does not do yet: its test is marked
 # to fail for it (strictly: once the driver does it, the mark must go).
-SSH_DEVIATIONS = {
-    "test_get_chunk_of_a_file_changed_while_it_is_read_gives_no_byte_of_it":
-        "reads keep a file open for a second (reading.CHECK_EVERY), and a read-ahead for its "
-        "whole life, looking at its version only when opened: an edit in place on the server "
-        "meanwhile is read as the version asked for",
-}
+SSH_DEVIATIONS: dict[str, str] = {}
 
 
 @pytest.fixture

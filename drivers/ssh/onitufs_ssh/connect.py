@@ -62,8 +62,8 @@ class HostKeyError(ConnectError):
 class Connection:
     transport: paramiko.Transport
     sftp: Session
-    # files kept open for reading: (path, revision) -> (handle, when last checked)
-    handles: collections.OrderedDict[tuple[bytes, str | None], tuple[bytes, float]] = field(
+    # files kept open for reading: (path, revision) -> handle
+    handles: collections.OrderedDict[tuple[bytes, str | None], bytes] = field(
         default_factory=collections.OrderedDict)
 
     def alive(self) -> bool:

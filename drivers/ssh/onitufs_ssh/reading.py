@@ -7,9 +7,16 @@ threads on connections of their own (one, or two on a long link, each
 taking the next block no other took) that keep READ requests in flight over
 the rest of the file, at most AHEAD_BYTES past the reader, so the pipe never
 drains between blocks and the core finds each block waiting. A file open
-for reading is kept open per connection (its version checked when opened
-and again at most every CHECK_EVERY seconds), so a block costs no open or
-stat of its own.
+for reading is kept open per connection, so a block costs no open of its
+own.
+
+Every block is proven to be of the version asked for: an FSTAT on the handle
+is sent right after the block's last READ, pipelined with the reads (no round
+trip of its own), and the block is given only if the size and mtime it
+answers still make the revision's token. The server answers the requests on
+a handle in the order sent, so an edit made on the server before any of the
+block's reads shows in that FSTAT (to the second: an edit in the same second
+that keeps the size is the racy case the core settles, remote_changes.py).
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from __future__ import annotations
 import collections
 import struct
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +31,7 @@ from onitufs.plug import DriverError
 
 from .connect import Connection
 from .pool import Pool, lost
-from .sftp import DATA, O_READ, READ, Attrs, SftpError, pack_string
+from .sftp import ATTRS, DATA, FSTAT, O_READ, READ, Attrs, Session, SftpError, pack_string
 
 AHEAD_BYTES = 8 * 1024 * 1024  # read ahead of the reader, at most
 # Blocks kept below the furthest one asked for: the kernel reads ahead with several
@@ -34,7 +40,6 @@ BEHIND = 4
 WINDOW = 16  # read requests in flight
 IDLE_STOP = 10.0  # a stream whose reader stopped reading ends after this long
 MAX_FILES = 16  # files read at once whose read-ahead is kept
-CHECK_EVERY = 1.0
 HANDLES_PER_CONNECTION = 8
 
 Token = Callable[[Attrs], str]
@@ -157,15 +162,36 @@ class Stream:
         return at
 
     def _read(self, conn: Connection) -> None:
-        """One lane: keep WINDOW requests in flight over the blocks it takes."""
+        """One lane, on a handle of its own."""
         sftp = conn.sftp
-        handle = self.reads.open_checked(conn, self.state)
-        size = self.state.size or 0
+        handle = open_file(conn, self.state.path)
+        # (id, block, offset, length): a READ, or with length 0 the FSTAT after a block's READs
         flying: collections.deque[tuple[int, int, int, int]] = collections.deque()
+        try:
+            self._pump(sftp, handle, flying)
+        except (DriverError, SftpError):  # this file failed, not the session: it goes on
+            self._close(sftp, handle, flying)
+            raise
+        self._close(sftp, handle, flying)
+
+    @staticmethod
+    def _close(sftp: Session, handle: bytes,
+               flying: collections.deque[tuple[int, int, int, int]]) -> None:
+        for request_id, _, _, _ in flying:
+            sftp.discard(request_id)
+        sftp.close_handle(handle)
+
+    def _pump(self, sftp: Session, handle: bytes,
+              flying: collections.deque[tuple[int, int, int, int]]) -> None:
+        """Keep WINDOW READs in flight over the blocks this lane takes, each block's READs
+        followed by an FSTAT that proves them of the version wanted."""
+        size = self.state.size or 0
         parts: list[bytes | memoryview] = []
+        whole = b""  # the block read whole, until its FSTAT answers
         block_at = issued = end = 0  # the block being requested, and how far
+        stats = 0  # FSTATs in flying: the window counts READs, the bytes on their way
         while True:
-            while len(flying) < WINDOW:
+            while len(flying) - stats < WINDOW:
                 if issued >= end:
                     with self.cond:
                         claimed = self._claim()
@@ -177,6 +203,9 @@ class Stream:
                                             + struct.pack(">QI", issued, length)),
                                block_at, issued, length))
                 issued += length
+                if issued >= end:
+                    flying.append((sftp.request(FSTAT, pack_string(handle)), block_at, end, 0))
+                    stats += 1
             if not flying:
                 with self.cond:
                     if self.stopped:
@@ -185,9 +214,20 @@ class Stream:
                         self.stopped = True  # the reader went away: free the connections
                 continue
             request_id, at_block, at, length = flying.popleft()
+            if not length:
+                stats -= 1
+                self.reads.check(self.state, sftp.check(request_id, ATTRS, "fstat").attrs())
+                with self.cond:
+                    self.reading.discard(at_block)
+                    if at_block >= self.reader_at:
+                        self.blocks[at_block] = whole
+                    self.cond.notify_all()
+                continue
             data: bytes | memoryview = sftp.check(request_id, DATA, "read").view()
-            if len(data) < length:  # short: the rest at once, synchronously
-                data = bytes(data) + sftp.read(handle, at + len(data), length - len(data))
+            if len(data) < length:  # short: the rest at once, synchronously, and checked
+                rest, attrs = sftp.read(handle, at + len(data), length - len(data))
+                self.reads.check(self.state, attrs)
+                data = bytes(data) + rest
                 if len(data) < length:
                     raise DriverError(f"{self.state.path.decode(errors='replace')}: "
                                       "shorter than when it was listed")
@@ -195,14 +235,6 @@ class Stream:
             if at + length >= min(size, at_block + self.block):
                 whole = b"".join(parts)
                 parts = []
-                with self.cond:
-                    self.reading.discard(at_block)
-                    if at_block >= self.reader_at:
-                        self.blocks[at_block] = whole
-                    self.cond.notify_all()
-        for request_id, _, _, _ in flying:
-            sftp.discard(request_id)
-        sftp.close_handle(handle)
 
 
 @dataclass
@@ -276,47 +308,34 @@ class Reads:
 
     def fetch(self, state: FileState, offset: int, size: int) -> bytes:
         with self.pool.use() as conn:
-            handle = self._open(conn, state)
-            return conn.sftp.read(handle, offset, size)
-
-    def open_checked(self, conn: Connection, state: FileState) -> bytes:
-        """A handle of its own on the file, checked to be the version wanted."""
-        try:
-            handle = conn.sftp.open(state.path, O_READ)
-        except SftpError as error:
-            raise DriverError(f"{error}: no longer on the remote") from None
-        attrs = conn.sftp.fstat(handle)
-        if state.revision is not None and self.token(attrs) != state.revision:
-            conn.sftp.close_handle(handle)
-            raise OtherVersion(state.path, attrs)
-        state.size = attrs.size
-        return handle
-
-    def _open(self, conn: Connection, state: FileState) -> bytes:
-        """This connection's handle on the file, checked to be the version wanted."""
-        key = (state.path, state.revision)
-        handles = conn.handles
-        known = handles.get(key)
-        now = time.monotonic()
-        if known is not None and now - known[1] < CHECK_EVERY:
-            return known[0]
-        if known is None:
+            key = (state.path, state.revision)
+            handle = self._open(conn, key)
+            data, attrs = conn.sftp.read(handle, offset, size)
             try:
-                handle = conn.sftp.open(state.path, O_READ)
-            except SftpError as error:
-                raise DriverError(f"{error}: no longer on the remote") from None
-        else:
-            handle = known[0]
-        attrs = conn.sftp.fstat(handle)
+                self.check(state, attrs)
+            except OtherVersion:
+                del conn.handles[key]
+                conn.sftp.close_handle(handle)
+                raise
+            state.size = attrs.size
+            return data
+
+    def check(self, state: FileState, attrs: Attrs) -> None:
+        """Raise OtherVersion unless attrs, answered after some reads, are of the version
+        wanted: then so were the bytes read."""
         if state.revision is not None and self.token(attrs) != state.revision:
-            handles.pop(key, None)
-            conn.sftp.close_handle(handle)
             raise OtherVersion(state.path, attrs)
-        state.size = attrs.size
-        handles[key] = (handle, now)
+
+    @staticmethod
+    def _open(conn: Connection, key: tuple[bytes, str | None]) -> bytes:
+        """This connection's handle on the file, opened once for every read of the version."""
+        handles = conn.handles
+        handle = handles.get(key)
+        if handle is None:
+            handle = handles[key] = open_file(conn, key[0])
+            while len(handles) > HANDLES_PER_CONNECTION:
+                conn.sftp.close_handle(handles.popitem(last=False)[1])
         handles.move_to_end(key)
-        while len(handles) > HANDLES_PER_CONNECTION:
-            conn.sftp.close_handle(handles.popitem(last=False)[1][0])
         return handle
 
     def forget(self, path: bytes) -> None:
@@ -326,3 +345,11 @@ class Reads:
                 stream = self._files.pop(key).stream
                 if stream is not None:
                     stream.stop()
+
+
+def open_file(conn: Connection, path: bytes) -> bytes:
+    """A handle to read the file at path."""
+    try:
+        return conn.sftp.open(path, O_READ)
+    except SftpError as error:
+        raise DriverError(f"{error}: no longer on the remote") from None

@@ -331,8 +331,10 @@ class Session:
 
     # bulk data
 
-    def read(self, handle: bytes, offset: int, size: int) -> bytes:
-        """`size` bytes from `offset`, fewer only at the end of the file; requests pipelined."""
+    def read(self, handle: bytes, offset: int, size: int) -> tuple[bytes, Attrs]:
+        """`size` bytes from `offset`, fewer only at the end of the file, and the file's
+        attributes as they were when read: an FSTAT sent after every READ, pipelined with
+        them (a server answers requests on one handle as if one at a time, in order)."""
         parts: dict[int, bytes] = {}
         todo: deque[tuple[int, int]] = deque()
         position, end = offset, offset + size
@@ -340,19 +342,28 @@ class Session:
             length = min(self.read_limit, end - position)
             todo.append((position, length))
             position += length
-        flying: deque[tuple[int, int, int]] = deque()
+        flying: deque[tuple[int, int, int]] = deque()  # (id, offset, length); length 0: FSTAT
         eof_at = end
+        attrs = Attrs()
+        unchecked = True  # an FSTAT is owed: none was sent since the last READ
         try:
-            while todo or flying:
+            while todo or flying or unchecked:
                 while todo and len(flying) < WINDOW:
                     at, length = todo.popleft()
                     if at >= eof_at:
                         continue
                     flying.append((self.request(READ, pack_string(handle)
                                                 + struct.pack(">QI", at, length)), at, length))
+                    unchecked = True
+                if not todo and unchecked:
+                    flying.append((self.request(FSTAT, pack_string(handle)), 0, 0))
+                    unchecked = False
                 if not flying:
                     break
                 request_id, at, length = flying.popleft()
+                if not length:
+                    attrs = self.check(request_id, ATTRS, "fstat").attrs()
+                    continue
                 data = self.check(request_id, DATA, "read").string()
                 if not data:
                     eof_at = min(eof_at, at)
@@ -368,7 +379,7 @@ class Session:
             if at != offset + len(out) or at >= eof_at:
                 break
             out += parts[at]
-        return bytes(out[:max(0, eof_at - offset)])
+        return bytes(out[:max(0, eof_at - offset)]), attrs
 
     def write_requests(self, handle: bytes, offset: int, data: bytes | memoryview) -> list[int]:
         """Send the writes of `data` at `offset` without waiting; the ids to `check`."""
