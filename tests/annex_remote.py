@@ -5,7 +5,8 @@ Settings (GETCONFIG): `directory` (where keys go), `fault`: "" (none), "error" (
 ERROR mid-transfer), "hang" (stops answering), "garbage" (sends a line that is no
 message), "exit" (dies mid-transfer, a last word on standard error). The fault comes
 once: a file in the directory remembers it. `extensions`: "async" takes the ASYNC
-extension and speaks in jobs; "refuse" answers EXTENSIONS with ERROR and exits.
+extension and speaks in jobs; "refuse" answers EXTENSIONS with ERROR and exits. Keys go
+below `.keys` in the directory; the export interface keeps its tree in the directory.
 Written apart from onitufs's protocol code on purpose: the driver is tested against
 another reading of the protocol.
 """
@@ -49,9 +50,23 @@ def ask(*words: bytes | str) -> bytes:
     return rest
 
 
+EXPORTS = (b"TRANSFEREXPORT", b"CHECKPRESENTEXPORT", b"REMOVEEXPORT", b"RENAMEEXPORT")
+
+
+def folder() -> Path:
+    return Path(os.fsdecode(ask("GETCONFIG", "directory")))
+
+
 def location(key: bytes) -> Path:
-    return Path(os.fsdecode(ask("GETCONFIG", "directory"))) / os.fsdecode(
-        ask("DIRHASH-LOWER", key)) / os.fsdecode(key)
+    """Where a key goes: apart from the tree the export interface keeps."""
+    return folder() / ".keys" / os.fsdecode(ask("DIRHASH-LOWER", key)) / os.fsdecode(key)
+
+
+def copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, temp)
+    temp.replace(target)
 
 
 def fault_now(key: bytes, size: int) -> str:
@@ -82,17 +97,39 @@ def store(key: bytes, file: bytes) -> None:
         sys.stderr.write("annex_remote: disk on fire\n")
         sys.stderr.flush()
         os._exit(3)
-    target = location(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, temp)
-    temp.replace(target)
+    copy(source, location(key))
     send("PROGRESS", str(size))
     send("TRANSFER-SUCCESS", "STORE", key)
 
 
+def export(command: bytes, rest: bytes, exported: Path) -> None:
+    """A request of the export interface, about the file `exported`."""
+    if command == b"TRANSFEREXPORT":
+        direction, key, file = rest.split(b" ", 2)
+        if direction == b"STORE":
+            copy(Path(os.fsdecode(file)), exported)
+            send("TRANSFER-SUCCESS", "STORE", key)
+        elif exported.is_file():
+            copy(exported, Path(os.fsdecode(file)))
+            send("TRANSFER-SUCCESS", "RETRIEVE", key)
+        else:
+            send("TRANSFER-FAILURE", "RETRIEVE", key, "not exported")
+    elif command == b"CHECKPRESENTEXPORT":
+        send("CHECKPRESENT-SUCCESS" if exported.is_file() else "CHECKPRESENT-FAILURE", rest)
+    elif command == b"REMOVEEXPORT":
+        exported.unlink(missing_ok=True)
+        send("REMOVE-SUCCESS", rest)
+    else:  # RENAMEEXPORT
+        key, new = rest.split(b" ", 1)
+        target = folder() / os.fsdecode(new)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        exported.rename(target)
+        send("RENAMEEXPORT-SUCCESS", key)
+
+
 def main() -> None:
     global jobs, job
+    named = b""  # by the last EXPORT
     send("VERSION", "2")
     while True:
         command, rest = receive()[:2]
@@ -124,6 +161,16 @@ def main() -> None:
         elif command == b"REMOVE":
             location(rest).unlink(missing_ok=True)
             send("REMOVE-SUCCESS", rest)
+        elif command == b"EXPORTSUPPORTED":
+            send("EXPORTSUPPORTED-SUCCESS")
+        elif command == b"EXPORT":
+            named = rest  # no reply, nor a question: the next request comes at once
+            continue
+        elif command in EXPORTS:
+            export(command, rest, folder() / os.fsdecode(named))
+        elif command == b"REMOVEEXPORTDIRECTORY":
+            shutil.rmtree(folder() / os.fsdecode(rest), ignore_errors=True)
+            send("REMOVEEXPORTDIRECTORY-SUCCESS")
         else:
             send("UNSUPPORTED-REQUEST")
         job = None

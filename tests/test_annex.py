@@ -31,7 +31,7 @@ def programs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return on_path(tmp_path / "bin", monkeypatch)
 
 
-def annex_table(name: str, program: str, config: dict[str, str], **keys: str) -> str:
+def annex_table(name: str, program: str, config: dict[str, str], **keys: str | bool) -> str:
     settings = ", ".join(f"{key} = {json.dumps(value)}" for key, value in config.items())
     keys = {"poll_interval": "0.3s", **keys}
     lines = [f"[remotes.{name}]", 'driver = "annex"', f"program = {json.dumps(program)}",
@@ -40,7 +40,7 @@ def annex_table(name: str, program: str, config: dict[str, str], **keys: str) ->
     return "\n".join(lines) + "\n\n"
 
 
-def rclone_table(store: Path, name: str = "vault", **keys: str) -> str:
+def rclone_table(store: Path, name: str = "vault", **keys: str | bool) -> str:
     return annex_table(name, "git-annex-remote-rclone-builtin", rclone_config(store), **keys)
 
 
@@ -330,3 +330,93 @@ def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: P
     assert {path for path in os.listdir(fresh.mountpoint)} == {"f.bin"}
     assert MARKER not in os.listdir(fresh.mountpoint)
     fresh.umount()
+
+
+def exported_tree(folder: Path) -> dict[str, tuple[str, bytes]]:
+    """What a browsing user sees in an exporting remote's folder: onitufs's marker, and the
+    folders where the program keeps keys (the manifest's) and uploads not yet in place,
+    left out."""
+    return {path: value for path, value in files_of(folder).items()
+            if path.partition("/")[0] not in (MARKER, ".keys", ".onitufs-annex", "tmp")
+            and not (len(path.partition("/")[0]) == 2 and value[0] == "dir")}
+
+
+def test_export_keeps_a_browsable_tree(make_cloud: MakeCloud, programs: Path,
+                                       tmp_path: Path) -> None:
+    folder = tmp_path / "exported"
+    table = annex_table("vault", "git-annex-remote-test", {"directory": str(folder)},
+                        export=True)
+    cloud = with_remotes(make_cloud({"a": "rw"}), table)
+    cloud.mount()
+    deep = os.urandom(2**20 + 3)
+    files = {"top.txt": b"top\n", "d/inner  file.txt": b"two spaces\n", "d/e/deep.bin": deep,
+             "d/again.txt": b"top\n"}  # the same content as top.txt: exported twice
+    for path, data in files.items():
+        (cloud.mountpoint / path).parent.mkdir(parents=True, exist_ok=True)
+        (cloud.mountpoint / path).write_bytes(data)
+    os.symlink("top.txt", cloud.mountpoint / "link")  # in the manifest only
+    cloud.wait_synced(60)
+    as_files = {path: ("file", data) for path, data in files.items()}
+    wait_for(lambda: {path: value for path, value in exported_tree(folder).items()
+                      if value[0] == "file"} == as_files, what="the tree exported")
+    (cloud.mountpoint / "d").rename(cloud.mountpoint / "moved")
+    (cloud.mountpoint / "top.txt").unlink()
+    cloud.wait_synced(60)
+    moved = {path.replace("d/", "moved/", 1): value for path, value in as_files.items()
+             if path != "top.txt"}
+    wait_for(lambda: {path: value for path, value in exported_tree(folder).items()
+                      if value[0] == "file"} == moved, what="the rename and delete exported")
+    assert not any((folder / ".onitufs-annex").iterdir())  # every upload in place
+    wanted = files_of(cloud.remotes["a"])
+    cloud.umount()
+    # a new machine reads the files back from their paths (TRANSFEREXPORT RETRIEVE)
+    fresh = with_remotes(make_cloud({"a": "rw"}), table, local=False)
+    fresh.mount()
+    wait_for(lambda: files_of(fresh.mountpoint) == wanted, what="the tree from the remote")
+    fresh.umount()
+
+
+def test_export_through_the_example_remote(make_cloud: MakeCloud, programs: Path,
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """git-annex's example directory remote exports too (its TRANSFEREXPORT RETRIEVE swaps
+    its arguments, so this remote is written to, not read back from)."""
+    assert EXAMPLE.exists(), f"{EXAMPLE}: missing; make test installs Debian's git-annex"
+    program = programs / "git-annex-remote-directory"
+    program.write_bytes(gzip.decompress(EXAMPLE.read_bytes()))
+    program.chmod(0o755)
+    monkeypatch.setenv("MYLOGIN", "ann")
+    monkeypatch.setenv("MYPASSWORD", "secret")
+    folder = tmp_path / "annexdir"
+    table = annex_table("vault", "git-annex-remote-directory", {"directory": str(folder)},
+                        export=True)
+    cloud = with_remotes(make_cloud({"a": "rw"}), table)
+    cloud.mount()
+    (cloud.mountpoint / "docs").mkdir()
+    (cloud.mountpoint / "docs" / "a.txt").write_bytes(b"a\n")
+    (cloud.mountpoint / "b.bin").write_bytes(os.urandom(100_000))
+    cloud.wait_synced(60)
+    (cloud.mountpoint / "docs" / "a.txt").rename(cloud.mountpoint / "docs" / "c.txt")
+    (cloud.mountpoint / "b.bin").unlink()
+    cloud.wait_synced(60)
+    assert (folder / "docs" / "c.txt").read_bytes() == b"a\n"
+    assert not (folder / "docs" / "a.txt").exists() and not (folder / "b.bin").exists()
+    assert not any((folder / ".onitufs-annex").iterdir())
+    cloud.umount()
+
+
+def test_export_with_a_program_that_cannot(make_cloud: MakeCloud, programs: Path,
+                                           tmp_path: Path) -> None:
+    """rclone gitannex answers EXPORTSUPPORTED-FAILURE: the remote is offline, saying so."""
+    cloud = with_remotes(make_cloud({"a": "rw"}, stall="2s"),
+                         rclone_table(tmp_path / "store", export=True))
+    cloud.mount()
+
+    def reason() -> str:
+        vault = next(r for r in cloud.status()["remotes"] if r["name"] == "vault")
+        return str(vault["last_error"] or "")
+
+    wait_for(lambda: "cannot export (export = true)" in reason(), what="the reason")
+    (cloud.mountpoint / "f.txt").write_bytes(b"f")  # the other remote goes on
+    wait_for(lambda: (cloud.remotes["a"] / "f.txt").exists(), what="the local remote")
+    assert run("umount", cloud.mountpoint, check=False).returncode == 2  # work left for it

@@ -14,7 +14,9 @@ Config keys: ``program`` (required: a program on PATH, or a path), ``config``
 (a table: what GETCONFIG answers), ``poll_interval`` ("30s": how often the
 remote's manifest is looked at), ``timeout`` ("60s": how long a program may
 stay silent; a transfer gets one second more per MiB), ``remove_after``
-("1h": how long content that no file uses any more stays on the remote).
+("1h": how long content that no file uses any more stays on the remote),
+``export`` (false: store each file under its own path with the export
+interface instead, so that the remote holds a browsable tree; content.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from onitufs.plug import DriverError, Plug
 
+from .content import Content
 from .fetched import Fetched
 from .handlers import register
 from .host import Host
@@ -56,7 +59,7 @@ def start(plug: Plug) -> None:
     host = Host(plug.name, ProgramState(plug.folder, settings.config), plug.folder / "git",
                 settings.timeout)
     pool = Pool([settings.program], work, host, PROGRAMS,
-                f"remote {plug.name}: {Path(settings.program).name}")
+                f"remote {plug.name}: {Path(settings.program).name}", settings.export)
 
     ending = threading.Lock()
 
@@ -75,9 +78,14 @@ def start(plug: Plug) -> None:
     try:
         special = Special(pool, host, plug.progress)
         journal = Journal(plug.folder / "tree.json")
-        fetched = Fetched(work / "fetched", special.retrieve)
+
+        def retrieve(key: str, where: str | None, file: Path, size: int) -> None:
+            content.retrieve(key, where, file, size)
+
+        fetched = Fetched(work / "fetched", retrieve)
         sync = Sync(special, journal, fetched, work, settings.remove_after)
-        register(plug, journal, sync, special, fetched, work / "spool")
+        content = Content(special, journal, sync, fetched, settings.export)
+        register(plug, journal, sync, content, fetched, work / "spool")
         plug.ready()
         watch(plug, sync, settings.poll_interval)
     finally:

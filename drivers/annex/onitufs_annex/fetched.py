@@ -41,7 +41,7 @@ def check_content(key: str, path: Path) -> None:
 
 
 class Fetched:
-    def __init__(self, folder: Path, retrieve: Callable[[str, Path, int], None],
+    def __init__(self, folder: Path, retrieve: Callable[[str, str | None, Path, int], None],
                  budget: int = BUDGET) -> None:
         self.folder = folder
         self.budget = budget
@@ -56,10 +56,11 @@ class Fetched:
     def path(self, key: str) -> Path:
         return self.folder / hashlib.sha256(key.encode()).hexdigest()[:40]
 
-    def read(self, key: str, offset: int, size: int) -> bytes:
-        """Bytes of the key's content, retrieved first if they are not here."""
+    def read(self, key: str, offset: int, size: int, where: str | None = None) -> bytes:
+        """Bytes of the key's content, retrieved first if they are not here (from the file
+        at `where` on a remote that exports)."""
         for _ in range(3):  # evicted between finding and opening it: retrieved again
-            path = self.get(key)
+            path = self.get(key, where)
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -70,7 +71,7 @@ class Fetched:
                 os.close(fd)
         raise DriverError(f"{key}: retrieved, then gone from {self.folder} at once")
 
-    def get(self, key: str) -> Path:
+    def get(self, key: str, where: str | None = None) -> Path:
         """The file of the key's content, retrieved and checked once by one caller."""
         path = self.path(key)
         with self._lock:
@@ -86,7 +87,7 @@ class Fetched:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             try:
-                self._retrieve(key, part, parse_key(key).size or 0)
+                self._retrieve(key, where, part, parse_key(key).size or 0)
                 check_content(key, part)
                 part.rename(path)
                 self._keep(key, path)

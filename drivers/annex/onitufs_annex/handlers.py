@@ -27,15 +27,16 @@ from pathlib import Path
 from onitufs.gitannex.keys import content_key
 from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, RemoteUnavailable
 
+from .content import Content
 from .fetched import Fetched
 from .journal import Journal
-from .manifest import Entry, new_id, referenced
+from .manifest import Entry, new_id
 from .sync import Sync
-from .transfers import Special
 
 
-def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched: Fetched,
+def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched: Fetched,
              spool: Path) -> None:
+    special = content.special
     label = special.label
     uploads: dict[Path, int] = {}  # spool file -> its descriptor, while an upload runs
     uploads_lock = threading.Lock()
@@ -87,7 +88,7 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
                                         or md.file_id not in (None, entry.id)):
             raise Changed(f"{md.path}: changed on the remote since it was indexed",
                           entry.describe(md.path))
-        return fetched.read(entry.key, offset, size)
+        return fetched.read(entry.key, offset, size, md.path)
 
     @plug.handler()
     def start_upload(md: Metadata) -> None:
@@ -120,16 +121,6 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
         return md.revision is None or there.revision() != md.revision \
             or md.file_id not in (None, there.id)
 
-    def store(key: str, path: Path, size: int) -> None:
-        """The remote holds the content: stored now unless it was already there."""
-        with journal.lock:
-            while key in sync.removing:  # removed as unused right now: store it after
-                sync.removed.wait()
-            journal.garbage.pop(key, None)
-            known = key in referenced(journal.tree)
-        if not (known and special.present(key)):
-            special.store(key, path, size)
-
     @plug.handler()
     def end_upload(md: Metadata) -> None:
         reached()
@@ -148,22 +139,24 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
             assert there is not None
             raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                            there.describe(md.path))
-        store(key, path, md.size)
+        content.send(key, path, md.size)
 
         def put_in_place() -> Entry:
             there = journal.tree.get(md.path)
             if in_conflict(there, md, key):
                 assert there is not None
-                journal.drop(key)
+                content.unsent(key)
                 raise Conflict(f"{md.path}: changed on the remote while it was uploaded",
                                there.describe(md.path))
             entry = Entry(kind="file", id=there.id if there is not None else new_id(),
                           mode=md.mode & 0o7777, mtime_ns=md.mtime_ns, key=key, size=md.size,
                           xattrs=dict(md.xattrs))
             if there != entry:
+                if there is None or there.key != key:
+                    content.place(md.path, key, path, md.size)
                 journal.tree[md.path] = entry
                 if there is not None:
-                    journal.drop(there.key)
+                    content.release(there.key)
                 journal.changed()
             return entry
 
@@ -191,8 +184,9 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
             if there.kind == "file" and md.revision is not None \
                     and (there.revision() != md.revision or md.file_id not in (None, there.id)):
                 raise DriverError(f"{md.path}: changed on the remote; not deleting it")
+            content.gone(md.path, there)
             del journal.tree[md.path]
-            journal.drop(there.key)
+            content.release(there.key)
             journal.changed()
 
         sync.change(delete)
@@ -208,8 +202,10 @@ def register(plug: Plug, journal: Journal, sync: Sync, special: Special, fetched
             if new.path in journal.tree:
                 raise DriverError(f"{new.path}: already exists on the remote")
             below = old.path + "/"
-            for path in [path for path in journal.tree
-                         if path == old.path or path.startswith(below)]:
+            moving = {path: there for path, there in journal.tree.items()
+                      if path == old.path or path.startswith(below)}
+            content.moved(old.path, new.path, moving)
+            for path in moving:
                 journal.tree[new.path + path[len(old.path):]] = journal.tree.pop(path)
             journal.changed()
             return entry

@@ -5,7 +5,8 @@ its own, or a job of one program that took the ASYNC extension. A new
 program says VERSION, is offered the extensions onitufs speaks (a program
 that answers that with ERROR, or by exiting, is started again and never
 offered them after), runs INITREMOTE if the remote has not been set up with
-its present configuration, and PREPARE before its first request.
+its present configuration, and PREPARE before its first request (and, for a
+remote that exports, EXPORTSUPPORTED, which it must answer with success).
 
 When a request ends in a Fault the program is killed, with whatever it
 started, its last words are kept (what went wrong and the last line of its
@@ -37,8 +38,10 @@ CLOSE_GRACE = 2.0  # seconds the programs get to exit once hung up on
 
 
 class Pool:
-    def __init__(self, argv: list[str], cwd: Path, host: Host, size: int, label: str) -> None:
+    def __init__(self, argv: list[str], cwd: Path, host: Host, size: int, label: str,
+                 export: bool = False) -> None:
         self.argv = argv
+        self.export = export  # every program must support the export interface
         self.cwd = cwd
         self.host = host
         self.size = size
@@ -187,6 +190,12 @@ class Pool:
             if reply.command != "PREPARE-SUCCESS":
                 raise Fault(f"{self.label}: PREPARE failed: "
                             f"{reply.text(0) if reply.params else reply.command}")
+            if self.export:
+                reply = self.host.ask(lane, line("EXPORTSUPPORTED"), frozenset(
+                    {"EXPORTSUPPORTED-SUCCESS", "EXPORTSUPPORTED-FAILURE"}))
+                if reply.command != "EXPORTSUPPORTED-SUCCESS":
+                    raise Fault(f"{self.label} cannot export (export = true): it answers "
+                                f"EXPORTSUPPORTED with {reply.command}")
             program.prepared = True
 
     def _lost(self, program: Program, fault: Fault) -> str:

@@ -13,7 +13,7 @@ from onitufs.config import ConfigError, Options
 from onitufs.gitannex.protocol import WHITESPACE
 
 # The table's keys besides the core's driver and mode: the core refuses any other.
-OPTIONS = ("program", "config", "poll_interval", "timeout", "remove_after")
+OPTIONS = ("program", "config", "poll_interval", "timeout", "remove_after", "export")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Settings:
     poll_interval: float
     timeout: float
     remove_after: float
+    export: bool  # files under their own paths (the export interface), not their keys
 
 
 def read(options: Options) -> Settings:
@@ -38,7 +39,8 @@ def read(options: Options) -> Settings:
     return Settings(where=options.where, program=program, config=config,
                     poll_interval=options.duration("poll_interval", "30s"),
                     timeout=options.duration("timeout", "60s"),
-                    remove_after=options.duration("remove_after", "1h"))
+                    remove_after=options.duration("remove_after", "1h"),
+                    export=options.boolean("export", False))
 
 
 def check(options: Options) -> None:

@@ -24,6 +24,14 @@ MIB = 1 << 20
 TRANSFER_REPLIES = frozenset({"TRANSFER-SUCCESS", "TRANSFER-FAILURE"})
 
 
+def _exportable(path: str) -> bytes:
+    """A path of the mount as the protocol names it: its bytes, any but a newline."""
+    name = path.encode("utf-8", "surrogateescape")
+    if b"\n" in name:
+        raise DriverError(f"{path!r}: a name with a newline cannot be exported")
+    return name
+
+
 def _why(reply: Message, index: int) -> str:
     return reply.text(index) if len(reply.params) > index and reply.params[index] \
         else "no reason given"
@@ -42,18 +50,61 @@ class Special:
     def retrieve(self, key: str, path: Path, size: int) -> None:
         self._transfer("RETRIEVE", key, path, size)
 
-    def _transfer(self, direction: str, key: str, path: Path, size: int) -> None:
+    def _transfer(self, direction: str, key: str, path: Path, size: int,
+                  exported: bytes | None = None) -> None:
+        """TRANSFER, or with `exported` (a path on the remote) EXPORT and TRANSFEREXPORT."""
         name = bytes(path)
         if any(byte in WHITESPACE for byte in name):
             raise ValueError(f"{path}: a file handed to a program holds whitespace")
+        request = "TRANSFER" if exported is None else "TRANSFEREXPORT"
         with self.pool.lane() as lane:
-            reply = self.host.ask(lane, line("TRANSFER", direction, key, name), TRANSFER_REPLIES,
+            if exported is not None:
+                lane.send(line("EXPORT", exported))
+            reply = self.host.ask(lane, line(request, direction, key, name), TRANSFER_REPLIES,
                                   allowed=self.host.timeout + size / MIB,
                                   watch=path if direction == "RETRIEVE" else None,
                                   moving=self.moving)
-            self._check(reply, "TRANSFER", direction.encode(), key.encode())
+            self._check(reply, request, direction.encode(), key.encode())
         if reply.command == "TRANSFER-FAILURE":
-            raise DriverError(f"{self.label}: {direction} {key} failed: {_why(reply, 2)}")
+            where = f" as {exported.decode('utf-8', 'surrogateescape')}" if exported else ""
+            raise DriverError(f"{self.label}: {direction} {key}{where} failed: "
+                              f"{_why(reply, 2)}")
+
+    # The export interface: files under their own paths (`exported`, as the mount names them)
+
+    def export_store(self, exported: str, key: str, path: Path, size: int) -> None:
+        self._transfer("STORE", key, path, size, _exportable(exported))
+
+    def export_retrieve(self, exported: str, key: str, path: Path, size: int) -> None:
+        self._transfer("RETRIEVE", key, path, size, _exportable(exported))
+
+    def export_remove(self, exported: str, key: str) -> None:
+        with self.pool.lane() as lane:
+            lane.send(line("EXPORT", _exportable(exported)))
+            reply = self.host.ask(lane, line("REMOVEEXPORT", key),
+                                  frozenset({"REMOVE-SUCCESS", "REMOVE-FAILURE"}))
+            self._check(reply, "REMOVEEXPORT", key.encode())
+        if reply.command == "REMOVE-FAILURE":
+            raise DriverError(f"{self.label}: removing {exported} failed: {_why(reply, 1)}")
+
+    def export_rename(self, exported: str, key: str, new: str) -> bool:
+        """Whether the program renamed it (False: it cannot rename, or failed to)."""
+        with self.pool.lane() as lane:
+            lane.send(line("EXPORT", _exportable(exported)))
+            reply = self.host.ask(lane, line("RENAMEEXPORT", key, _exportable(new)),
+                                  frozenset({"RENAMEEXPORT-SUCCESS", "RENAMEEXPORT-FAILURE"}))
+            if reply.command != "UNSUPPORTED-REQUEST":
+                self._check(reply, "RENAMEEXPORT", key.encode())
+        return reply.command == "RENAMEEXPORT-SUCCESS"
+
+    def export_remove_folder(self, exported: str) -> None:
+        """Remove an exported folder, where the program has folders to remove."""
+        with self.pool.lane() as lane:
+            reply = self.host.ask(lane, line("REMOVEEXPORTDIRECTORY", _exportable(exported)),
+                                  frozenset({"REMOVEEXPORTDIRECTORY-SUCCESS",
+                                             "REMOVEEXPORTDIRECTORY-FAILURE"}))
+        if reply.command == "REMOVEEXPORTDIRECTORY-FAILURE":
+            raise DriverError(f"{self.label}: removing the folder {exported} failed")
 
     def present(self, key: str) -> bool:
         """Whether the remote holds the key; RemoteUnavailable when it cannot tell."""
