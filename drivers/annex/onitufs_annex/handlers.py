@@ -2,8 +2,9 @@
 
 An upload is spooled to a file of its own in the driver's folder (named
 after the transfer, so that a resume after a crash finds it), and stored
-whole at end_upload under its content key: content that the remote holds
-already is not sent again. Every change of the tree (an upload in place, a
+whole at end_upload, under its content key (content that the remote holds
+already is not sent again) or exported under its path (content.py). Every
+change of the tree (an upload in place, a
 delete, a move, a folder, a link, attributes) is made to the tree as the
 remote holds it right then (its manifest read again first, so that what
 another machine changed meanwhile is a conflict, or a change left alone,
