@@ -350,7 +350,8 @@ def test_export_keeps_a_browsable_tree(make_cloud: MakeCloud, programs: Path,
     cloud.mount()
     deep = os.urandom(2**20 + 3)
     files = {"top.txt": b"top\n", "d/inner  file.txt": b"two spaces\n", "d/e/deep.bin": deep,
-             "d/again.txt": b"top\n"}  # the same content as top.txt: exported twice
+             "d/again.txt": b"top\n",  # the same content as top.txt: exported twice
+             os.fsdecode(b"d/caf\xe9 latin-1.txt"): b"a name that is not UTF-8\n"}
     for path, data in files.items():
         (cloud.mountpoint / path).parent.mkdir(parents=True, exist_ok=True)
         (cloud.mountpoint / path).write_bytes(data)
