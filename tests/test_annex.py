@@ -292,6 +292,37 @@ def test_example_directory_remote(make_cloud: MakeCloud, programs: Path, tmp_pat
     fresh.umount()
 
 
+def test_a_failed_initremote_is_the_remote_s_reason(make_cloud: MakeCloud, programs: Path,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example remote wants MYLOGIN and MYPASSWORD at INITREMOTE: without them, the
+    remote is offline with its words, the mount goes on, and with them it gets going."""
+    program = programs / "git-annex-remote-directory"
+    program.write_bytes(gzip.decompress(EXAMPLE.read_bytes()))
+    program.chmod(0o755)
+    monkeypatch.delenv("MYLOGIN", raising=False)
+    monkeypatch.delenv("MYPASSWORD", raising=False)
+    table = annex_table("vault", "git-annex-remote-directory",
+                        {"directory": str(tmp_path / "annexdir")})
+    cloud = with_remotes(make_cloud({"a": "rw"}, stall="2s"), table)
+    cloud.mount()
+
+    def reason() -> str:
+        vault = next(r for r in cloud.status()["remotes"] if r["name"] == "vault")
+        return str(vault["last_error"] or "")
+
+    wait_for(lambda: "INITREMOTE failed: You need to set MYPASSWORD and MYLOGIN" in reason(),
+             what="the program's words")
+    (cloud.mountpoint / "f.txt").write_bytes(b"f")
+    wait_for(lambda: (cloud.remotes["a"] / "f.txt").exists(), what="the local remote")
+    assert run("umount", cloud.mountpoint, check=False).returncode == 2
+    monkeypatch.setenv("MYLOGIN", "ann")
+    monkeypatch.setenv("MYPASSWORD", "secret")
+    cloud.mount()
+    cloud.wait_synced()
+    cloud.umount()
+
+
 def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: Path) -> None:
     faults = {"err": "error", "hang": "hang", "garbage": "garbage", "gone": "exit"}
     tables = [annex_table(name, "git-annex-remote-test",
