@@ -23,6 +23,8 @@ ROOT := $(if $(DESTDIR),$(abspath $(DESTDIR)))
 # Debian's Python is externally managed, its site-packages are not pip's to change.
 APP := $(PREFIX)/lib/onitufs
 MAN_PAGES := $(wildcard man/*.1 man/*.5 man/*.7)
+# The programs linked into PREFIX/bin: git-annex finds its special remote on PATH.
+COMMANDS := onitufs git-annex-remote-onitufs
 UNIT := systemd/onitufs@.service
 UNIT_DIR := $(PREFIX)/lib/systemd/user
 BASH_COMPLETION := $(PREFIX)/share/bash-completion/completions/onitufs
@@ -89,7 +91,7 @@ install:
 		| xargs -r sed -i 's|$(ROOT)$(APP)|$(APP)|g')
 	$(ROOT)$(APP)/bin/python -m compileall -q -j 0 $(if $(ROOT),-s $(ROOT) -p /) $(ROOT)$(APP)/lib
 	install -d $(ROOT)$(PREFIX)/bin
-	ln -sfn ../lib/onitufs/bin/onitufs $(ROOT)$(PREFIX)/bin/onitufs
+	$(foreach command,$(COMMANDS),ln -sfn ../lib/onitufs/bin/$(command) $(ROOT)$(PREFIX)/bin/$(command) &&) true
 	$(foreach page,$(MAN_PAGES),install -D -m 644 $(page) $(ROOT)$(call man_path,$(page)) &&) true
 # systemd looks for the command only in its own folders (/usr/local/bin, /usr/bin, ...)
 	install -D -m 644 $(UNIT) $(ROOT)$(UNIT_DIR)/$(notdir $(UNIT))
@@ -101,7 +103,7 @@ install:
 
 uninstall:
 	rm -rf $(ROOT)$(APP)
-	rm -f $(ROOT)$(PREFIX)/bin/onitufs $(foreach page,$(MAN_PAGES),$(ROOT)$(call man_path,$(page))) \
+	rm -f $(foreach command,$(COMMANDS),$(ROOT)$(PREFIX)/bin/$(command)) $(foreach page,$(MAN_PAGES),$(ROOT)$(call man_path,$(page))) \
 		$(ROOT)$(UNIT_DIR)/$(notdir $(UNIT)) $(ROOT)$(BASH_COMPLETION) $(ROOT)$(ZSH_COMPLETION)
 
 clean:

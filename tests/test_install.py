@@ -150,6 +150,8 @@ def test_make_install_and_uninstall(checkout: Path, tmp_path: Path) -> None:
     sh(*make, "install", cwd=tmp_path)  # safe to run twice
     command = prefix / "bin" / "onitufs"
     assert os.readlink(command) == "../lib/onitufs/bin/onitufs"
+    assert os.readlink(prefix / "bin" / "git-annex-remote-onitufs") \
+        == "../lib/onitufs/bin/git-annex-remote-onitufs"
     # staged, the virtualenv already names where it will be, never the stage
     assert command.read_text().startswith("#!/usr/local/lib/onitufs/bin/python")
     for script in (prefix / "lib" / "onitufs" / "bin").iterdir():
