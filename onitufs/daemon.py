@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from .tree import Tree
 log = logging.getLogger(__name__)
 MAP_SIZE = 2**40  # address space only: the file grows as it is used
 STATUS_SCHEMA = 1  # of status(): raised when a field changes meaning or goes
+TRANSFER_SHOWN = 5.0  # seconds a driver's word on its transfer stays in the status
 T = TypeVar("T")
 
 
@@ -191,7 +193,16 @@ class Mount:
             # at the rate of the last seconds; None while bytes are queued and none move
             "eta_seconds": 0 if not pending_bytes else round(pending_bytes / rate) if rate
             else None,
+            "transfer": self._transfer_status(remote),
         }
+
+    @staticmethod
+    def _transfer_status(remote: Remote) -> dict[str, int | None] | None:
+        """How far the driver's own transfer is, if it said so in the last seconds."""
+        said = remote.health.transfer
+        if said is None or time.monotonic() - said[2] > TRANSFER_SHOWN:
+            return None
+        return {"done": said[0], "size": said[1]}
 
     def run(self, options: set[str], ready: Callable[[], None]) -> bool:
         """Mount, serve until unmounted, flush; True when every remote got everything."""

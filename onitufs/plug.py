@@ -165,7 +165,8 @@ class Plug:
 
     def __init__(self, name: str, options: Options, sink: ChangeSink,
                  trio_token: trio.lowlevel.TrioToken, folder: Path | None = None,
-                 moving: Callable[[], None] = lambda: None) -> None:
+                 moving: Callable[[int | None, int | None], None] = lambda done, size: None
+                 ) -> None:
         self.name = name
         self.options = options
         self._moving = moving
@@ -216,11 +217,12 @@ class Plug:
         """Say that every handler is registered; the core waits for this before using them."""
         self._ready.set()
 
-    def progress(self) -> None:
+    def progress(self, done: int | None = None, size: int | None = None) -> None:
         """A handler's transfer is moving where the core cannot see it (a store that runs
         long after the last chunk): the remote is not stalled. Call it from the handler,
-        as often as its transfer moves; it costs nothing."""
-        self._moving()
+        as often as its transfer moves; it costs nothing. `done` bytes of `size`, where the
+        driver knows them (a program's PROGRESS), show in `onitufs status`."""
+        self._moving(done, size)
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

@@ -83,6 +83,8 @@ class Health:
     bytes_sent: int = 0
     last_progress: float = field(default_factory=time.monotonic)  # a chunk or an item done
     throughput: Throughput = field(default_factory=Throughput)
+    # How far the driver's own transfer is (Plug.progress): bytes done, of how many, when said.
+    transfer: tuple[int, int | None, float] | None = None
 
     def backoff(self) -> float:
         return backoff(self.failures)
@@ -226,9 +228,12 @@ class Remote:
         log.log(logging.WARNING if health.last_error != said else logging.DEBUG,
                 "remote %s: %s%s", self.name, f"{doing}: " if doing else "", health.last_error)
 
-    def moving(self) -> None:
-        """A handler's transfer moved (Plug.progress, from its thread): no stall."""
+    def moving(self, done: int | None, size: int | None) -> None:
+        """A handler's transfer moved (Plug.progress, from its thread): no stall; how far,
+        where the driver says."""
         self.health.last_progress = time.monotonic()
+        if done is not None:
+            self.health.transfer = (done, size, self.health.last_progress)
 
     def succeeded(self) -> None:
         health = self.health

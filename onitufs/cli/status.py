@@ -105,6 +105,9 @@ def render(status: dict[str, Any]) -> Group:
     for remote in status["remotes"]:
         state = remote["state"] + (f" x{remote['failures']}" if remote["state"] == "failing"
                                    else "")
+        transfer = remote.get("transfer")
+        if transfer and transfer["size"]:  # the driver's own transfer, past the last chunk
+            state += f", {100 * transfer['done'] // transfer['size']}% sent"
         table.add_row(
             Text(remote["name"]), Text(remote["driver"]), remote["mode"],
             Text(state, style=STATE_STYLES.get(remote["state"], "")),

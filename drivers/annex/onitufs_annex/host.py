@@ -58,12 +58,13 @@ class Host:
     def ask(self, lane: Lane, request: bytes, replies: frozenset[str], *,
             allowed: float | None = None, watch: Path | None = None,
             settings: dict[str, str] | None = None,
-            moving: Callable[[], None] = lambda: None) -> Message:
+            moving: Callable[[int | None], None] = lambda done: None) -> Message:
         """Send `request` and answer the program until it replies with one of `replies` (or
         UNSUPPORTED-REQUEST). It may stay silent `allowed` seconds at a time (default: the
         timeout); a file `watch` that grows counts as speaking. `settings` collects what
         it sets with SETCONFIG during INITREMOTE. `moving` is called every TICK while it
-        is not taken for hung (a transfer is under way)."""
+        is not taken for hung (a transfer is under way), and with the bytes done at each
+        PROGRESS."""
         label = lane.program.label
         log.debug("%s <- %s", label, shown(request))
         lane.send(request)
@@ -81,10 +82,16 @@ class Host:
                 elif now - heard > limit:
                     raise Fault(f"{label} answered nothing for {limit:.0f} s "
                                 f"(to {shown(request).split(' ', 1)[0]})") from None
-                moving()
+                moving(None)
                 continue
             heard = time.monotonic()
-            moving()
+            if message.command == "PROGRESS":
+                try:
+                    moving(message.number(0))
+                except ProtocolError as error:
+                    raise Fault(f"{label} sent a bad PROGRESS: {error}") from None
+                continue
+            moving(None)
             if message.command in replies or message.command == "UNSUPPORTED-REQUEST":
                 log.debug("%s -> %s %s", label, message.command,
                           b" ".join(message.params).decode("utf-8", "backslashreplace"))
@@ -97,9 +104,6 @@ class Host:
     def _answer(self, label: str, message: Message, settings: dict[str, str] | None) -> bytes | None:
         command = message.command
         try:
-            if command == "PROGRESS":
-                message.number(0)
-                return None
             if command in ("DEBUG", "INFO"):
                 log.log(logging.DEBUG if command == "DEBUG" else logging.INFO, "%s: %s", label,
                         message.text(0))

@@ -38,7 +38,8 @@ def _why(reply: Message, index: int) -> str:
 
 
 class Special:
-    def __init__(self, pool: Pool, host: Host, moving: Callable[[], None]) -> None:
+    def __init__(self, pool: Pool, host: Host,
+                 moving: Callable[[int | None, int | None], None]) -> None:
         self.pool = pool
         self.host = host
         self.label = pool.label
@@ -63,7 +64,7 @@ class Special:
             reply = self.host.ask(lane, line(request, direction, key, name), TRANSFER_REPLIES,
                                   allowed=self.host.timeout + size / MIB,
                                   watch=path if direction == "RETRIEVE" else None,
-                                  moving=self.moving)
+                                  moving=lambda done: self.moving(done, size))
             self._check(reply, request, direction.encode(), key.encode())
         if reply.command == "TRANSFER-FAILURE":
             where = f" as {exported.decode('utf-8', 'surrogateescape')}" if exported else ""
