@@ -170,6 +170,20 @@ class Cloud:
                      what="the daemon to die")
 
 
+@contextlib.contextmanager
+def small_disk(cloud: Cloud, folder: Path, size: str) -> Iterator[Cloud]:
+    """`folder` (a remote's, or the cache) on a tmpfs of `size`, to fill; the cloud's mount
+    and daemons go first, then the tmpfs, whatever happens."""
+    folder.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                   check=True)
+    try:
+        yield cloud
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 def daemons_of(config: Path) -> list[int]:
     """Every process whose command line names this config (the daemons of a test)."""
     found = []

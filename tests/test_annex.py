@@ -340,7 +340,7 @@ def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: P
 
     def halfway() -> bool:  # the PROGRESS of the program that then hangs, in the status
         hang = next(r for r in cloud.status()["remotes"] if r["name"] == "hang")
-        return hang["transfer"] == {"done": len(data) // 2, "size": len(data)}
+        return bool(hang["transfer"] == {"done": len(data) // 2, "size": len(data)})
     wait_for(halfway, what="the hanging store's progress in the status", interval=0.05)
     cloud.wait_synced(60)
     for name in [*faults, "jobs", "old"]:

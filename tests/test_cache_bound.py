@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Cloud, MakeCloud, wait_for
+from .conftest import Cloud, MakeCloud, small_disk, wait_for
 
 MIB = 1024 * 1024
 CACHE = 4 * MIB  # 16 blocks of 256 KiB, the smallest cache there is
@@ -23,13 +22,8 @@ def stuck_remote_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
     happens."""
     cloud = make_cloud({"a": "rw", "c": "rw"}, cache_size="4 MiB", block_size="256 KiB",
                        write_buffer="1 MiB", stall="3s")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cloud.remotes["c"])],
-                   check=True)
-    try:
+    with small_disk(cloud, cloud.remotes["c"], "1m"):
         yield cloud
-    finally:
-        cloud.cleanup()
-        subprocess.run(["umount", "-l", str(cloud.remotes["c"])], check=False)
 
 
 def test_files_waiting_for_a_stuck_remote_fill_the_cache_then_enospc(

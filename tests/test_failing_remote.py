@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Cloud, MakeCloud, run, wait_for
+from .conftest import Cloud, MakeCloud, run, small_disk, wait_for
 
 
 @pytest.fixture
 def full_remote_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
     """Remotes a and b, and c on a 4 MiB tmpfs; unmounted whatever happens."""
     cloud = make_cloud({"a": "rw", "b": "rw", "c": "rw"})
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(cloud.remotes["c"])],
-                   check=True)
-    try:
+    with small_disk(cloud, cloud.remotes["c"], "4m"):
         yield cloud
-    finally:
-        cloud.cleanup()
-        subprocess.run(["umount", "-l", str(cloud.remotes["c"])], check=False)
 
 
 def test_a_full_remote_backs_off_and_unmount_says_why(full_remote_cloud: Cloud) -> None:

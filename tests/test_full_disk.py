@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import Cloud, MakeCloud, is_mounted, run, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
 
 MIB = 1024 * 1024
 
@@ -19,14 +18,8 @@ MIB = 1024 * 1024
 def small_disk_cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
     """Two local remotes and a cache on a 64 MiB tmpfs, unmounted whatever happens."""
     cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 GiB", write_buffer="16 MiB")
-    cloud.cache.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(cloud.cache)],
-                   check=True)
-    try:
+    with small_disk(cloud, cloud.cache, "64m"):
         yield cloud
-    finally:
-        cloud.cleanup()
-        subprocess.run(["umount", "-l", str(cloud.cache)], check=False)
 
 
 def mount(cloud: Cloud) -> None:

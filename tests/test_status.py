@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, wait_for
+from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, small_disk, wait_for
 from .terminal import terminal
 
 MiB = 1024 * 1024
@@ -72,13 +72,8 @@ def test_every_json_field_is_in_the_manual(cloud: Cloud) -> None:
 def small_remote(make_cloud: MakeCloud) -> Iterator[Cloud]:
     """Remote a on a 3 MiB tmpfs (b as usual), unmounted whatever happens."""
     cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(cloud.remotes["a"])],
-                   check=True)
-    try:
+    with small_disk(cloud, cloud.remotes["a"], "3m"):
         yield cloud
-    finally:
-        cloud.cleanup()
-        subprocess.run(["umount", "-l", str(cloud.remotes["a"])], check=False)
 
 
 def test_queued_bytes_leave_out_what_an_upload_cut_short_sent(small_remote: Cloud) -> None:
