@@ -43,6 +43,10 @@ STUCK_FAILURES = 3  # a change that failed this often in a row waits on somethin
 # at most MAX_YIELD seconds past their time (uploads already running go on).
 MAX_YIELD = 3.0
 YIELD_STEP = 0.02  # how soon a worker that yielded looks again
+# A change that waits on another inode's (Retry) goes again as soon as some change on the
+# remote ends, or after this at the latest; a fixed wait each time would add up down a tree
+# (a file in two new folders waited for each in turn).
+RETRY_WAIT = 0.2
 
 
 class FetchError(Exception):
@@ -126,6 +130,8 @@ class Replicator:
         # (ready time, seq, ino) per remote; an entry whose ticket changed since is skipped
         self._ready: dict[int, list[tuple[float, int, int]]] = {r.rid: [] for r in remotes}
         self._busy: dict[int, set[int]] = {r.rid: set() for r in remotes}
+        # inodes whose change waits on another's (Retry), see RETRY_WAIT
+        self._waiting: dict[int, set[int]] = {r.rid: set() for r in remotes}
         self._wake: dict[int, trio.Event] = {r.rid: trio.Event() for r in remotes}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
         # The paths each remote's operations work on right now, and whether as a folder
@@ -335,11 +341,13 @@ class Replicator:
     async def _process(self, remote: Remote, ino: int, slots: trio.Semaphore) -> None:
         pending = self._pending[remote.rid]
         ticket = pending[ino]
+        self._waiting[remote.rid].discard(ino)
         try:
             try:
                 await self._sync(remote, ino)
             except Retry:
-                ticket.retry_at = time.time() + 0.2
+                ticket.retry_at = time.time() + RETRY_WAIT
+                self._waiting[remote.rid].add(ino)
                 return
             except CallFailed:
                 ticket.failed()
@@ -364,6 +372,18 @@ class Replicator:
             slots.release()
             if ino in pending:
                 self._push(remote, ino)  # retried, or changed while it ran
+            if ino not in self._waiting[remote.rid]:
+                self._wake_waiting(remote)
+
+    def _wake_waiting(self, remote: Remote) -> None:
+        """A change on the remote ended: those that waited on another inode look again now
+        (only an end wakes them, so two that wait do not wake each other in turn)."""
+        waiting, self._waiting[remote.rid] = self._waiting[remote.rid], set()
+        for ino in waiting:
+            ticket = self._pending[remote.rid].get(ino)
+            if ticket is not None and ino not in self._busy[remote.rid]:
+                ticket.retry_at = 0.0
+                self._push(remote, ino)
 
     def _lock(self, remote: Remote, ino: int) -> trio.Lock:
         return self._locks.setdefault((remote.rid, ino), trio.Lock())
