@@ -28,7 +28,10 @@ REPLICAS_XATTR = "user.onitufs.replicas"
 SHA256_XATTR = "user.onitufs.sha256"
 KEYS_FOLDER = ".git-annex"
 TEMP_FOLDER = ".git-annex/tmp"
-POLL = 0.1  # seconds between two looks at the replicas of a file being stored
+# Seconds between two looks at the replicas of a file being stored: the first soon (a
+# small file on a local remote is there in about 10 ms), then less often, up to POLL.
+FIRST_POLL = 0.005
+POLL = 0.1
 CHUNK = 1 << 20
 
 
@@ -179,6 +182,7 @@ class MountStore:
                       progress: Callable[[int], None]) -> None:
         first = self.status()
         sent_before = {remote["name"]: remote["bytes_sent"] for remote in first["remotes"]}
+        wait = FIRST_POLL
         while True:
             status = self.status()
             try:
@@ -196,7 +200,8 @@ class MountStore:
             sent = {remote["name"]: min(size, remote["bytes_sent"] - sent_before.get(remote["name"], 0))
                     for remote in status["remotes"] if remote["name"] in replicas.waiting}
             progress((size + size * len(replicas.held) + sum(sent.values())) // share)
-            time.sleep(POLL)
+            time.sleep(wait)
+            wait = min(POLL, wait * 2)
 
     def retrieve(self, source: Path, target: Path, progress: Callable[[int], None]) -> None:
         self.status()
