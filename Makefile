@@ -34,7 +34,7 @@ INSTALLED := $(ROOT)$(APP)/bin/python $(ROOT)$(APP)/bin/onitufs
 # Where the man page man/NAME.N goes.
 man_path = $(PREFIX)/share/man/man$(subst .,,$(suffix $(1)))/$(notdir $(1))
 
-.PHONY: deps venv demo demo-stop test lint bench clean install uninstall
+.PHONY: deps venv demo demo-stop test slow lint bench clean install uninstall
 
 # Installs those of the Debian packages $(1) that are missing.
 define apt_get
@@ -76,6 +76,10 @@ lint: venv
 
 test: lint
 	$(BIN)/pytest
+
+# The tests marked slow (minutes each), which `make test` leaves out; one at a time.
+slow: venv
+	$(BIN)/pytest -m slow -n 0
 
 bench: venv
 	$(BIN)/python -m bench

@@ -67,12 +67,15 @@ def test_copy_jobs_durable_then_drop_and_get(make_cloud: MakeCloud, repo: Path) 
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
     initremote(repo, cloud)
-    files = add_files(repo, 12)
+    files = add_files(repo, 50)
     run_in(repo, "git", "annex", "copy", "--to", "cloud", "-J4", ".")
     # durable when copy returned: both remotes hold every file, no waiting
+    keys = dict(line.split(" ", 1) for line in run_in(
+        repo, "git", "annex", "find", "--format", "${file} ${key}\\n").stdout.splitlines())
+    assert keys.keys() == files.keys()
     for name, content in files.items():
         for remote in cloud.remotes.values():
-            assert held_by(remote, key_of(repo, name)) == content, (name, remote)
+            assert held_by(remote, keys[name]) == content, (name, remote)
     whereis = run_in(repo, "git", "annex", "whereis", "file0.bin").stdout
     assert "cloud" in whereis and "onitufs remotes a, b" in whereis
     run_in(repo, "git", "annex", "fsck", "-q", "--from", "cloud", "-J4")
@@ -93,6 +96,17 @@ def test_testremote(make_cloud: MakeCloud, repo: Path) -> None:
     cloud.mount()
     initremote(repo, cloud)
     result = run_in(repo, "git", "annex", "testremote", "cloud", "--fast", timeout=120)
+    assert re.search(r"All \d+ tests passed", result.stdout), result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_full_testremote(make_cloud: MakeCloud, repo: Path) -> None:
+    """Every check of git-annex's testremote (some 570), not only the --fast ones."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    initremote(repo, cloud)
+    result = run_in(repo, "git", "annex", "testremote", "cloud", timeout=1700)
     assert re.search(r"All \d+ tests passed", result.stdout), result.stdout[-2000:]
 
 
