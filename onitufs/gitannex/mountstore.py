@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.common import FLUSH_XATTR, CommandError, read_status
-from .keys import parse_key
+from .keys import Key, parse_key
 
 REPLICAS_XATTR = "user.onitufs.replicas"
 SHA256_XATTR = "user.onitufs.sha256"
@@ -286,7 +286,7 @@ def writable(status: dict[str, Any]) -> list[str]:
 def _matches(path: Path, key: str, size: int) -> bool:
     """What the key says of its content (its size, its SHA-256) holds of the file."""
     parsed = parse_key(key)
-    if parsed.size is not None and parsed.size != size:
+    if parsed.size is not None and _size_of(parsed) != size:
         return False
     if parsed.backend in ("SHA256", "SHA256E") and parsed.chunk_number is None:
         try:
@@ -296,3 +296,11 @@ def _matches(path: Path, key: str, size: int) -> bool:
         return parsed.name.startswith(digest)
     return True
 
+
+
+def _size_of(key: Key) -> int | None:
+    """The size of what `key` names: a chunk key's size field is the whole key's, of which
+    it holds chunk_size bytes (the last one, what is left)."""
+    if key.size is None or key.chunk_size is None or key.chunk_number is None:
+        return key.size
+    return min(key.chunk_size, key.size - key.chunk_size * (key.chunk_number - 1))
