@@ -297,7 +297,6 @@ def _matches(path: Path, key: str, size: int) -> bool:
     return True
 
 
-
 def _size_of(key: Key) -> int | None:
     """The size of what `key` names: a chunk key's size field is the whole key's, of which
     it holds chunk_size bytes (the last one, what is left)."""
