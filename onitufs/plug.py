@@ -110,6 +110,25 @@ class DriverError(Exception):
     """A handler failed; onitufs retries it later with backoff."""
 
 
+# For drivers that write an upload into a local file (the remote's own, or a spool)
+
+
+def write_chunk(fd: int, offset: int, chunk: bytes) -> None:
+    """upload_chunk into the file `fd`: all of `chunk` at `offset` (a disk filling up
+    writes part, then fails with ENOSPC)."""
+    view, done = memoryview(chunk), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def resume_at(fd: int, offset: int, md: Metadata) -> None:
+    """restart_upload into the file `fd`: what was written past `offset` goes; a file
+    shorter than that cannot be resumed."""
+    if os.fstat(fd).st_size < offset:
+        raise DriverError(f"{md.path}: the partial upload is shorter than {offset} bytes")
+    os.ftruncate(fd, offset)
+
+
 class Conflict(DriverError):
     """The remote's file is not the one onitufs expected to replace (someone wrote there).
 

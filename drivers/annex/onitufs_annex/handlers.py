@@ -26,7 +26,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from onitufs.gitannex.keys import content_key
-from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, RemoteUnavailable
+from onitufs.plug import (
+    Changed,
+    Conflict,
+    DriverError,
+    Metadata,
+    Plug,
+    RemoteUnavailable,
+    resume_at,
+    write_chunk,
+)
 
 from .content import Content
 from .fetched import Fetched
@@ -99,10 +108,7 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
         reached()
-        fd = upload_fd(md)
-        if os.fstat(fd).st_size < offset:
-            raise DriverError(f"{md.path}: the spooled upload is shorter than {offset} bytes")
-        os.ftruncate(fd, offset)
+        resume_at(upload_fd(md), offset, md)
 
     # A chunk written past a gap leaves a hole in the spool, and end_upload's ftruncate one
     # at the end: chunks of zeros need not come.
@@ -110,9 +116,7 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
 
     @plug.handler()
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
-        fd, view, done = upload_fd(md), memoryview(chunk), 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
+        write_chunk(upload_fd(md), offset, chunk)
 
     def in_conflict(there: Entry | None, md: Metadata, key: str) -> bool:
         """Whether the remote holds, at md.path, something that is not what the upload

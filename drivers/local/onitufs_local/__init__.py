@@ -30,7 +30,9 @@ from onitufs.plug import (
     Metadata,
     Plug,
     RemoteUnavailable,
+    resume_at,
     upload_path,
+    write_chunk,
 )
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.
@@ -175,10 +177,7 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
-        fd = upload_fd(md)
-        if os.fstat(fd).st_size < offset:
-            raise DriverError(f"{md.path}: the partial upload is shorter than {offset} bytes")
-        os.ftruncate(fd, offset)
+        resume_at(upload_fd(md), offset, md)
 
     # A chunk written past a gap leaves a hole, and end_upload's ftruncate makes one of a
     # gap at the end: onitufs need not send chunks of zeros, and copies stay sparse.
@@ -186,9 +185,7 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
-        fd, view, done = upload_fd(md), memoryview(chunk), 0
-        while done < len(view):  # a disk filling up writes part, then fails with ENOSPC
-            done += os.pwrite(fd, view[done:], offset + done)
+        write_chunk(upload_fd(md), offset, chunk)
 
     @plug.handler()
     def end_upload(md: Metadata) -> None:
