@@ -65,7 +65,7 @@ def tree(root: Path) -> set[str]:
 
 def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*ONITUFS, *map(str, args)], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=240)  # within pytest's 300 s, so that callers can say why
     if check and result.returncode != 0:
         raise AssertionError(f"onitufs {' '.join(map(str, args))} failed ({result.returncode}): "
                              f"{result.stderr}")
@@ -125,7 +125,11 @@ class Cloud:
         return status
 
     def umount(self) -> subprocess.CompletedProcess[str]:
-        result = run("umount", self.mountpoint)
+        try:
+            result = run("umount", self.mountpoint)
+        except subprocess.TimeoutExpired:  # what the daemon was doing, for the failure
+            raise AssertionError("onitufs umount hung; the log ends with:\n"
+                                 + "\n".join(self.log.splitlines()[-60:])) from None
         assert not is_mounted(self.mountpoint)
         self.pid = None
         return result
