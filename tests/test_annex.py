@@ -54,6 +54,14 @@ def with_remotes(cloud: Cloud, *tables: str, local: bool = True) -> Cloud:
     return cloud
 
 
+def fresh_machine(make_cloud: MakeCloud, *tables: str) -> Cloud:
+    """A new machine whose only remotes are these annex ones, mounted: what it shows comes
+    from them alone."""
+    fresh = with_remotes(make_cloud({"a": "rw"}), *tables, local=False)
+    fresh.mount()
+    return fresh
+
+
 def keys_in(store: Path) -> set[str]:
     return {path.name for path in store.rglob("*") if path.is_file()}
 
@@ -247,8 +255,7 @@ def test_a_crash_mid_upload_resumes_from_the_spool(make_cloud: MakeCloud, progra
     cloud.wait_synced(60)
     assert "resuming crash.bin at byte" in cloud.log  # from the spool in the cache
     cloud.umount()
-    fresh = with_remotes(make_cloud({"a": "rw"}), rclone_table(store), local=False)
-    fresh.mount()
+    fresh = fresh_machine(make_cloud, rclone_table(store))
     wait_for(lambda: (fresh.mountpoint / "crash.bin").exists(), what="the tree from the remote")
     assert (fresh.mountpoint / "crash.bin").read_bytes() == data
     fresh.umount()
@@ -286,8 +293,7 @@ def test_example_directory_remote(make_cloud: MakeCloud, programs: Path, tmp_pat
     assert json.loads(creds.read_text()) == {"mycreds": ["ann", "not-to-be-logged"]}
     assert "not-to-be-logged" not in cloud.log
 
-    fresh = with_remotes(make_cloud({"a": "rw"}), table, local=False)
-    fresh.mount()
+    fresh = fresh_machine(make_cloud, table)
     wait_for(lambda: files_of(fresh.mountpoint) == wanted, what="the tree from the remote")
     fresh.umount()
 
@@ -359,8 +365,7 @@ def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: P
     assert "-> EXTENSIONS INFO ASYNC" in log
     assert "does not take EXTENSIONS" in log
     cloud.umount()
-    fresh = with_remotes(make_cloud({"a": "rw"}), *tables, local=False)
-    fresh.mount()
+    fresh = fresh_machine(make_cloud, *tables)
     wait_for(lambda: (fresh.mountpoint / "f.bin").exists(), what="the tree from the remote")
     assert (fresh.mountpoint / "f.bin").read_bytes() == data
     assert {path for path in os.listdir(fresh.mountpoint)} == {"f.bin"}
@@ -407,8 +412,7 @@ def test_export_keeps_a_browsable_tree(make_cloud: MakeCloud, programs: Path,
     wanted = files_of(cloud.remotes["a"])
     cloud.umount()
     # a new machine reads the files back from their paths (TRANSFEREXPORT RETRIEVE)
-    fresh = with_remotes(make_cloud({"a": "rw"}), table, local=False)
-    fresh.mount()
+    fresh = fresh_machine(make_cloud, table)
     wait_for(lambda: files_of(fresh.mountpoint) == wanted, what="the tree from the remote")
     fresh.umount()
 
