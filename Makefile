@@ -89,7 +89,7 @@ install:
 	$(PYTHON) -m venv $(ROOT)$(APP)
 # setuptools builds in ./build, and would ship what an earlier build left there
 	rm -rf build
-	$(ROOT)$(APP)/bin/python -m pip install -q --disable-pip-version-check --no-compile .
+	$(ROOT)$(APP)/bin/python -m pip install -q --disable-pip-version-check --no-compile '.[dropbox]'
 # staged: the scripts name the virtualenv where it will be, not where it is now
 	$(if $(ROOT),grep -rlIF '$(ROOT)$(APP)' $(ROOT)$(APP)/bin $(ROOT)$(APP)/pyvenv.cfg \
 		| xargs -r sed -i 's|$(ROOT)$(APP)|$(APP)|g')

@@ -1,0 +1,1 @@
+"""onitufs driver for a folder in a Dropbox account, through the official SDK."""
