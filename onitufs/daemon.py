@@ -228,14 +228,16 @@ class Mount:
 
     async def _serve(self, ready: Callable[[], None]) -> bool:
         async def serve() -> None:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._signals)
-                nursery.start_soon(self._connected, ready)
-                try:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._signals)
+                    nursery.start_soon(self._connected, ready)
+                    nursery.start_soon(self.fs.kernel.run)
                     await pyfuse3.main()
-                finally:
-                    pyfuse3.close(unmount=self._unmounted_by_us)
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
+            finally:
+                # only once no task writes to the session any more
+                pyfuse3.close(unmount=self._unmounted_by_us)
             log.info("unmounted %s: uploading what is still queued", self.mountpoint)
 
             notify("STOPPING=1", "STATUS=unmounted: uploading what is still queued")

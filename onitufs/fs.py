@@ -20,6 +20,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import stat
 import time
@@ -98,10 +99,42 @@ class Handle:
 
 
 class Kernel(KernelNotifier):
-    """Tells the kernel about names a remote changed, off the request path."""
+    """Tells the kernel about names a remote changed, off the request path, and only while
+    the session is open.
+
+    pyfuse3's invalidate_entry_async hands them to a thread that nobody waits for: one that
+    wrote after pyfuse3.close() would write into whatever file took the session's
+    descriptor, and one blocked in the kernel keeps the daemon from exiting. Here the
+    notifications run in a task of the serving nursery, which ends, the one in flight
+    done, before the session closes; later ones are dropped, as there is no kernel cache
+    left to correct.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[tuple[int, bytes]](math.inf)
 
     def entry_changed(self, parent: int, name: bytes) -> None:
-        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        with contextlib.suppress(trio.ClosedResourceError):
+            self._send.send_nowait((parent, name))
+
+    async def run(self) -> None:
+        """Send the notifications until cancelled."""
+        try:
+            async for parent, name in self._receive:
+                await trio.to_thread.run_sync(invalidate, parent, name)
+        finally:
+            self._send.close()
+
+
+def invalidate(parent: int, name: bytes) -> None:
+    # May block until the kernel has the folder's lock, which a request we answer may hold:
+    # hence a thread of its own.
+    try:
+        pyfuse3.invalidate_entry(parent, name)
+    except FileNotFoundError:
+        pass  # the kernel had not cached that name
+    except OSError as error:
+        log.warning("cannot tell the kernel that %r changed: %s", name, error)
 
 
 class Filesystem(pyfuse3.Operations):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -15,7 +16,7 @@ import pytest
 from onitufs.plug import MARKER, TEMP_SUFFIX
 from onitufs.remote_changes import bad_path_reason
 
-from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, snapshot, wait_for
 
 
 def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
@@ -330,3 +331,32 @@ def test_a_name_never_vanishes_while_a_remote_replaces_its_file(cloud: Cloud) ->
         else:
             failures.append(f"version {version} never showed")
     assert not failures
+
+
+def test_unmount_while_a_remote_renames_names_the_kernel_has_cached(
+        make_cloud: MakeCloud) -> None:
+    """Every name a remote renames is invalidated in the kernel's cache, from a thread: an
+    unmount in the middle of that stream returns, and the daemon exits, each time."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="0.05s")
+    a = cloud.remotes["a"]
+    for n in range(40):
+        (a / f"f{n}").write_bytes(b"x")
+    for _ in range(3):
+        cloud.mount()
+        wait_for(lambda: len(os.listdir(cloud.mountpoint)) >= 40, what="the first listing")
+        stop = time.monotonic() + 1.5
+        flip = 0
+        while time.monotonic() < stop:  # names renamed on a while the kernel looks them up
+            for n in range(40):
+                old, new = (f"f{n}", f"g{n}") if flip % 2 == 0 else (f"g{n}", f"f{n}")
+                with contextlib.suppress(FileNotFoundError):
+                    (a / old).rename(a / new)
+            flip += 1
+            for name in os.listdir(cloud.mountpoint):
+                with contextlib.suppress(FileNotFoundError):
+                    os.stat(cloud.mountpoint / name)
+        pid = cloud.pid
+        cloud.umount()  # returns once the daemon has exited
+        assert not is_mounted(cloud.mountpoint)
+        with contextlib.suppress(FileNotFoundError):  # gone, or a zombie for init to reap
+            assert Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
