@@ -113,6 +113,33 @@ class DriverError(Exception):
 # For drivers that write an upload into a local file (the remote's own, or a spool)
 
 
+class UploadFiles:
+    """The descriptors of the local files that running uploads write into: each opened by
+    its upload's first handler and kept, under a key naming the upload, until it ends."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()  # handlers of different uploads run in parallel
+
+    def fd(self, key: str, open_file: Callable[[], int]) -> int:
+        """The upload's descriptor, from open_file() the first time."""
+        with self._lock:
+            fd = self._fds.get(key)
+            if fd is None:
+                fd = self._fds[key] = open_file()
+            return fd
+
+    def take(self, key: str) -> int | None:
+        """The upload's descriptor, forgotten here: the caller closes it."""
+        with self._lock:
+            return self._fds.pop(key, None)
+
+    def close(self, key: str) -> None:
+        fd = self.take(key)
+        if fd is not None:
+            os.close(fd)
+
+
 def write_chunk(fd: int, offset: int, chunk: bytes) -> None:
     """upload_chunk into the file `fd`: all of `chunk` at `offset` (a disk filling up
     writes part, then fails with ENOSPC)."""

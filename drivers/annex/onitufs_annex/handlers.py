@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import os
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from onitufs.plug import (
     Metadata,
     Plug,
     RemoteUnavailable,
+    UploadFiles,
     resume_at,
     write_chunk,
 )
@@ -48,8 +48,7 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
              spool: Path) -> None:
     special = content.special
     label = special.label
-    uploads: dict[Path, int] = {}  # spool file -> its descriptor, while an upload runs
-    uploads_lock = threading.Lock()
+    uploads = UploadFiles()  # by spool file
 
     def reached() -> None:
         """RemoteUnavailable until the remote's tree was read, and while it cannot be: what
@@ -70,20 +69,13 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
 
     def upload_fd(md: Metadata, flags: int = os.O_RDWR) -> int:
         path = spooled(md)
-        with uploads_lock:
-            fd = uploads.get(path)
-            if fd is None:
-                try:
-                    fd = uploads[path] = os.open(path, flags | os.O_NOFOLLOW, 0o600)
-                except FileNotFoundError:
-                    raise DriverError(f"{md.path}: nothing spooled of this upload") from None
-            return fd
+        try:
+            return uploads.fd(str(path), lambda: os.open(path, flags | os.O_NOFOLLOW, 0o600))
+        except FileNotFoundError:
+            raise DriverError(f"{md.path}: nothing spooled of this upload") from None
 
     def close_upload(md: Metadata) -> None:
-        with uploads_lock:
-            fd = uploads.pop(spooled(md), None)
-        if fd is not None:
-            os.close(fd)
+        uploads.close(str(spooled(md)))
 
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import stat
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from onitufs.plug import (
     Metadata,
     Plug,
     RemoteUnavailable,
+    UploadFiles,
     resume_at,
     upload_path,
     write_chunk,
@@ -116,8 +116,7 @@ def start(plug: Plug) -> None:
     root = str(plug.options.path("path"))
     interval = plug.options.duration("poll_interval", "2s")
 
-    open_uploads: dict[str, int] = {}  # temp path -> its descriptor, while an upload runs
-    open_uploads_lock = threading.Lock()
+    open_uploads = UploadFiles()  # by upload_path()
 
     def _require_root() -> None:
         if not os.path.isdir(root):
@@ -140,18 +139,8 @@ def start(plug: Plug) -> None:
 
     def upload_fd(md: Metadata, flags: int = os.O_WRONLY) -> int:
         """The descriptor of this upload's temp file, opened once per upload."""
-        key = upload_path(md)
-        with open_uploads_lock:
-            fd = open_uploads.get(key)
-            if fd is None:
-                fd = open_uploads[key] = os.open(temp(md), flags | os.O_NOFOLLOW, 0o600)
-            return fd
-
-    def close_upload(md: Metadata) -> None:
-        with open_uploads_lock:
-            fd = open_uploads.pop(upload_path(md), None)
-        if fd is not None:
-            os.close(fd)
+        return open_uploads.fd(upload_path(md),
+                               lambda: os.open(temp(md), flags | os.O_NOFOLLOW, 0o600))
 
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
@@ -199,7 +188,7 @@ def start(plug: Plug) -> None:
             os.fsync(fd)  # the remote copy must outlive a power loss: the cache may evict ours
             st = os.fstat(fd)
         finally:
-            close_upload(md)
+            open_uploads.close(upload_path(md))
         target = real(md.path)
         try:
             there: os.stat_result | None = os.lstat(target)
@@ -213,8 +202,7 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def abort_upload(md: Metadata) -> None:
-        with open_uploads_lock:
-            fd = open_uploads.pop(upload_path(md), None)
+        fd = open_uploads.take(upload_path(md))
         if fd is not None:
             try:
                 # where the temp file is now: a folder above it may have been renamed since
@@ -260,10 +248,7 @@ def start(plug: Plug) -> None:
                 if not all(is_file and name.endswith(TEMP_SUFFIX) for name, is_file in inside):
                     raise
                 for name, _ in inside:
-                    with open_uploads_lock:
-                        fd = open_uploads.pop(f"{md.path}/{name}", None)
-                    if fd is not None:
-                        os.close(fd)
+                    open_uploads.close(f"{md.path}/{name}")
                     remove_temp(os.path.join(os.path.realpath(path), name))
                 os.rmdir(path)
             return
