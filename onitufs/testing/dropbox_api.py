@@ -420,7 +420,10 @@ class FakeDropbox:
         self._port = server.server_address[1]
         with self._lock:
             self._server, self._online = server, True
-        self._thread = threading.Thread(target=server.serve_forever, name="FakeDropbox", daemon=True)
+        # a short poll interval: go_offline() and stop() wait for the loop to notice
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="FakeDropbox", daemon=True
+        )
         self._thread.start()
 
     def _track(self, conn: Any, opened: bool) -> None:
