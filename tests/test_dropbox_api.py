@@ -296,11 +296,13 @@ def test_paths_fold_case_and_unicode_and_refuse_bad_names(fake: FakeDropbox) -> 
         clash = error(dbx.files_upload, b"two", "/Cloud/report.txt")
         dbx.files_upload(b"nfc", "/Cloud/{nfc}")
         nfd = dbx.files_get_metadata("/Cloud/{nfd}")
+        dbx.files_upload(b"nfd", "/Cloud/New-{nfd.upper()}")
+        upper = dbx.files_get_metadata("/Cloud/new-{nfc}")
         folder = error(dbx.files_create_folder_v2, "/cloud/REPORT.txt")
         def why(path):
             return repr(error(dbx.files_upload, b"x", path))
         out({{"display": meta.path_display, "lower": meta.path_lower, "clash": repr(clash),
-             "nfd": [nfd.name, nfd.path_display],
+             "nfd": [nfd.name, nfd.path_display], "upper": upper.name,
              "folder": folder.get_path().get_conflict().is_file(),
              "backslash": why("/Cloud/a\\\\b"), "space": why("/Cloud/trailing "),
              "long": why("/Cloud/" + "x" * 256),
@@ -311,6 +313,7 @@ def test_paths_fold_case_and_unicode_and_refuse_bad_names(fake: FakeDropbox) -> 
     assert found["display"] == "/Cloud/Report.txt" and found["lower"] == "/cloud/report.txt"
     assert "conflict" in found["clash"]
     assert found["nfd"] == [nfc, f"/Cloud/{nfc}"] and found["folder"]
+    assert found["upper"] == f"New-{nfd.upper()}"  # the case and form of its first creation, kept
     for name in ["backslash", "long", "too_long", "dots"]:
         assert "malformed_path" in found[name], name
     for name in ["space", "ds_store"]:

@@ -26,11 +26,12 @@ Implemented (documented Dropbox behaviour):
   Notify: files/list_folder/longpoll (no auth; answers changes=true as soon as something
     under the cursor's folder changes, changes=false after `timeout` seconds; reset).
   Web: GET /oauth2/authorize, a page that shows the code (as if the user clicked Allow).
-  Paths: case-insensitive and Unicode-normalised (NFC), a name keeps the case of its first
-    creation, path_lower; names Dropbox refuses answer malformed_path (backslash, NUL,
-    DEL, unpaired surrogates, empty, "." or ".." components, over 255 UTF-16 units) or
-    disallowed_name (a trailing space; the names Dropbox never syncs: desktop.ini,
-    thumbs.db, .ds_store, icon\\r, .dropbox, .dropbox.attr).
+  Paths: case-insensitive and Unicode-normalised (NFC and NFD forms are one name); a name
+    keeps the case and the form of its first creation (path_display), path_lower is its
+    lower case. Names Dropbox refuses answer malformed_path (backslash, NUL, DEL, unpaired
+    surrogates, empty, "." or ".." components, over 255 UTF-16 units) or disallowed_name
+    (a trailing space; the names Dropbox never syncs: desktop.ini, thumbs.db, .ds_store,
+    icon\\r, .dropbox, .dropbox.attr). A trailing dot is accepted, as Dropbox does.
   Content hash: SHA-256 of the concatenated SHA-256 digests of each 4 MiB block (the
     empty file hashes the empty string). rev: 16 lowercase hex digits, new for each
     version; id: "id:" and 22 characters, kept across moves and edits.
@@ -43,21 +44,36 @@ reset_cursors(), go_offline()/go_online(); `calls` records every request's route
 argument (for upload-style routes the argument also carries "_data_len", the size of the
 body: a key of the fake's own).
 
-Known deviations from Dropbox (kept small, and none a client could come to rely on):
+Use:
+    with FakeDropbox() as dbx:
+        env = {**os.environ, **dbx.env}  # for the process that will import dropbox
+        token = dbx.refresh_token()      # or approve() the URL an OAuth flow prints
+        dbx.write("/Cloud/a.txt", b"made on the website")
+        ...                              # the client under test runs with env and token
+        assert dbx.tree()["/Cloud/b.txt"] == b"uploaded by the client"
+
+Known deviations from Dropbox:
   - all four hosts are one port, so a route also answers on a host Dropbox would not serve
     it on (the SDK never does that);
-  - uploading content identical to the file's current content changes nothing (same rev,
-    same client_modified), as Dropbox does; a move keeps the files' revs;
-  - a deleted folder shows up in list_folder/continue as one DeletedMetadata for the folder
-    (Dropbox's documentation: the client deletes the children too); in a batch, deletes
-    come first, then files and folders, parents before children;
-  - longpoll answers after exactly `timeout` seconds (Dropbox adds up to 90 s of jitter)
-    and never asks for a backoff; cursors stay valid until reset_cursors();
+  - longpoll answers after exactly `timeout` seconds (Dropbox adds up to 90 s of jitter),
+    never asks for a backoff, and accepts any timeout (the SDK enforces 30..480);
+    cursors and upload sessions stay valid until reset_cursors()/expire_upload_sessions();
   - no sharing, teams, namespaces (Dropbox-API-Path-Root), properties, tags, media info,
-    locks, batch routes, revisions listing, search, thumbnails, app (Basic) auth, scopes
-    (every token has all scopes); other routes answer 400 "Unknown API function".
-  - autorename names are "name (1).ext" ("name (conflicted copy).ext" for a failed update);
-    Dropbox words them slightly differently.
+    locks, batch routes, copy, revisions listing, restore, search, thumbnails, app (Basic)
+    auth, scopes (every token has all scopes); other routes answer 400 "Unknown API
+    function";
+  - autorename names are "name (1).ext", and "name (conflicted copy).ext" for a failed
+    update; Dropbox words them slightly differently.
+Where Dropbox does not document its answer the fake picks one; a client should not depend
+on either: an upload of the content the file already has changes nothing (same rev,
+same client_modified; strict_conflict still reports a stale rev); a move keeps the files'
+revs; a deleted folder shows up in list_folder/continue as one DeletedMetadata for the
+folder (the documentation tells clients to delete the children too); in one batch of
+changes deletes come first, then files and folders, parents before children; delete_v2
+with a parent_rev that is not the file's answers path_write/conflict/file; a Range on an
+empty file answers 416. The test's side raises ApiFailure (the error JSON Dropbox would
+answer) when it asks for something Dropbox would refuse, FileNotFoundError for a path
+that is not there.
 """
 
 from __future__ import annotations
@@ -568,10 +584,14 @@ class FakeDropbox:
 
     def delete(self, path: str) -> None:
         with self._changed:
+            if _key(path) not in self._entries:
+                raise FileNotFoundError(path)
             self._delete(path, None)
 
     def move(self, src: str, dst: str) -> None:
         with self._changed:
+            if _key(src) not in self._entries:
+                raise FileNotFoundError(src)
             self._move(src, dst, False)
 
     def tree(self) -> dict[str, bytes | None]:
@@ -673,9 +693,7 @@ class FakeDropbox:
             above = _key("/".join(names[:depth]))
             entry = self._entries.get(above)
             if entry is None:
-                self._entries[above] = _Entry(
-                    self._new_id(), unicodedata.normalize("NFC", names[depth - 1]), True
-                )
+                self._entries[above] = _Entry(self._new_id(), names[depth - 1], True)
                 self._deleted.pop(above, None)
                 self._note(above, False)
             elif not entry.folder:
@@ -743,7 +761,7 @@ class FakeDropbox:
         old = self._entries.get(key)
         entry = _Entry(
             old.id if old is not None else self._new_id(),
-            old.name if old is not None else unicodedata.normalize("NFC", path.rsplit("/", 1)[1]),
+            old.name if old is not None else path.rsplit("/", 1)[1],
             False,
             data,
             self._new_rev(),
@@ -769,9 +787,7 @@ class FakeDropbox:
                 raise ApiFailure(_conflict("folder" if existing.folder else "file"))
             key, path = self._free_name(path, "")
         self._make_parents(key, path)
-        self._entries[key] = _Entry(
-            self._new_id(), unicodedata.normalize("NFC", path.rsplit("/", 1)[1]), True
-        )
+        self._entries[key] = _Entry(self._new_id(), path.rsplit("/", 1)[1], True)
         self._deleted.pop(key, None)
         self._note(key, False)
         return key
@@ -805,7 +821,7 @@ class FakeDropbox:
             raise ApiFailure({".tag": "to", "to": failure.error}) from None
         if to.startswith(key + "/"):
             raise ApiFailure({".tag": "cant_move_folder_into_itself"})
-        new_name = unicodedata.normalize("NFC", dst.rsplit("/", 1)[1])
+        new_name = dst.rsplit("/", 1)[1]
         if to == key:  # a change of case (or of Unicode form) only
             entry.name = new_name
             self._note(key, False)
