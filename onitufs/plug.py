@@ -106,6 +106,11 @@ def upload_path(md: Metadata) -> str:
     return f"{folder}/{hidden}" if folder else hidden
 
 
+# Read costs, as git-annex counts them
+CHEAP = 100
+EXPENSIVE = 200
+
+
 class DriverError(Exception):
     """A handler failed; onitufs retries it later with backoff."""
 
@@ -239,6 +244,10 @@ class Plug:
         # zeros and the remote's copy stays sparse. A driver whose uploads need every byte
         # (a session that counts them) leaves it False and gets the zeros sent.
         self.keeps_holes = False
+        # What reading from the remote costs, on git-annex's scale (100: a disk here, 200:
+        # across a network, 1000: very slow or priced per request): of the remotes that
+        # hold a revision and work, onitufs reads from the cheapest.
+        self.cost = EXPENSIVE
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Register the decorated function as the handler of that name."""

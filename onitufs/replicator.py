@@ -32,7 +32,7 @@ import trio
 
 from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
 from .index import FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
-from .plug import Changed, Conflict, Kind, Metadata, RemoteUnavailable
+from .plug import EXPENSIVE, Changed, Conflict, Kind, Metadata, RemoteUnavailable
 from .remotes import CallFailed, Remote, backoff
 
 log = logging.getLogger(__name__)
@@ -786,7 +786,8 @@ class Replicator:
     # reading from remotes
 
     def holders(self, inode: Inode) -> list[tuple[Remote, str, MirrorEntry]]:
-        """Readable remotes holding the current revision, those online first."""
+        """Readable remotes holding the current revision: those online first, then those that
+        failed least, then the cheapest to read from."""
         found = []
         with self.index.begin() as txn:
             for remote in self.remotes:
@@ -796,7 +797,8 @@ class Replicator:
                     if entry.rev == inode.rev:
                         found.append((remote, path, entry))
                         break
-        found.sort(key=lambda item: (not item[0].health.online, item[0].health.failures))
+        found.sort(key=lambda item: (not item[0].health.online, item[0].health.failures,
+                                     item[0].plug.cost if item[0].plug else EXPENSIVE))
         return found
 
     async def fetch(self, inode: Inode, offset: int, size: int,

@@ -5,7 +5,9 @@ Settings (GETCONFIG): `directory` (where keys go), `fault`: "" (none), "error" (
 ERROR mid-transfer), "hang" (stops answering), "garbage" (sends a line that is no
 message), "exit" (dies mid-transfer, a last word on standard error). The fault comes
 once: a file in the directory remembers it. `extensions`: "async" takes the ASYNC
-extension and speaks in jobs; "refuse" answers EXTENSIONS with ERROR and exits. Keys go
+extension and speaks in jobs; "refuse" answers EXTENSIONS, and GETCOST, with ERROR and
+exits. `cost`: the answer to GETCOST (none: UNSUPPORTED-REQUEST). GETAVAILABILITY is answered
+with what the file `.availability` in the directory says, while there is one. Keys go
 below `.keys` in the directory; the export interface keeps its tree in the directory.
 Written apart from onitufs's protocol code on purpose: the driver is tested against
 another reading of the protocol.
@@ -140,6 +142,16 @@ def main() -> None:
                 sys.exit(1)
             send("EXTENSIONS", "INFO ASYNC" if wanted == b"async" else "INFO")
             jobs = wanted == b"async"
+        elif command == b"GETCOST":
+            if ask("GETCONFIG", "extensions") == b"refuse":
+                send("ERROR", "unexpected message GETCOST")
+                sys.exit(1)
+            cost = ask("GETCONFIG", "cost")
+            send(*(("COST", cost) if cost else ("UNSUPPORTED-REQUEST",)))
+        elif command == b"GETAVAILABILITY":
+            said = folder() / ".availability"
+            send(*(("AVAILABILITY", said.read_text().strip()) if said.exists()
+                   else ("UNSUPPORTED-REQUEST",)))
         elif command == b"INITREMOTE":
             Path(os.fsdecode(ask("GETCONFIG", "directory"))).mkdir(exist_ok=True)
             send("INITREMOTE-SUCCESS")

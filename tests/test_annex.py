@@ -11,8 +11,10 @@ import json
 import os
 import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -364,6 +366,7 @@ def test_misbehaving_programs(make_cloud: MakeCloud, programs: Path, tmp_path: P
     assert "remote err: back online" in log
     assert "-> EXTENSIONS INFO ASYNC" in log
     assert "does not take EXTENSIONS" in log
+    assert "does not take GETCOST or GETAVAILABILITY" in log
     cloud.umount()
     fresh = fresh_machine(make_cloud, *tables)
     wait_for(lambda: (fresh.mountpoint / "f.bin").exists(), what="the tree from the remote")
@@ -461,3 +464,51 @@ def test_export_with_a_program_that_cannot(make_cloud: MakeCloud, programs: Path
     (cloud.mountpoint / "f.txt").write_bytes(b"f")  # the other remote goes on
     wait_for(lambda: (cloud.remotes["a"] / "f.txt").exists(), what="the local remote")
     assert run("umount", cloud.mountpoint, check=False).returncode == 2  # work left for it
+
+
+@pytest.mark.parametrize("cost", [10, 500])
+def test_reads_come_from_the_cheapest_remote(make_cloud: MakeCloud, programs: Path,
+                                             tmp_path: Path, cost: int) -> None:
+    """The program's answer to GETCOST against the local remote's 100: content no longer
+    cached is read from the annex remote only when that is the cheaper."""
+    table = annex_table("vault", "git-annex-remote-test",
+                        {"directory": str(tmp_path / "vault"), "cost": str(cost)})
+    cloud = with_remotes(make_cloud({"a": "rw"}, cache_size="16 MiB"), table)
+    cloud.mount()
+    data = os.urandom(200_000)
+    (cloud.mountpoint / "f.bin").write_bytes(data)
+    cloud.wait_synced(60)
+    (cloud.mountpoint / "filler").write_bytes(os.urandom(24 * 2**20))  # f.bin out of the cache
+    cloud.wait_synced(60)
+    before = len(cloud.log)
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
+    assert (cloud.mountpoint / "f.bin").read_bytes() == data
+    read = cloud.log[before:]
+    cheaper, dearer = ("vault", "a") if cost < 100 else ("a", "vault")
+    assert f"remote {cheaper}: get_chunk f.bin" in read
+    assert f"remote {dearer}: get_chunk f.bin" not in read
+    assert "<- GETCOST" in cloud.log
+    cloud.umount()
+
+
+def test_a_program_that_says_unavailable_keeps_its_remote_offline(
+        make_cloud: MakeCloud, programs: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "vault"
+    folder.mkdir()
+    (folder / ".availability").write_text("UNAVAILABLE\n")
+    cloud = with_remotes(make_cloud({"a": "rw"}),
+                         annex_table("vault", "git-annex-remote-test", {"directory": str(folder)}))
+    cloud.mount()
+    (cloud.mountpoint / "f.txt").write_bytes(b"kept for later")
+
+    def vault() -> dict[str, Any]:
+        return next(r for r in cloud.status()["remotes"] if r["name"] == "vault")
+    wait_for(lambda: "AVAILABILITY UNAVAILABLE" in str(vault()["reason"]),
+             what="the remote offline with the program's word")
+    assert vault()["state"] == "offline"
+    wait_for(lambda: (cloud.remotes["a"] / "f.txt").exists(), what="the local remote's copy")
+    assert keys_in(folder) == {".availability"}
+    (folder / ".availability").write_text("GLOBAL\n")
+    cloud.wait_synced(60)  # a new program is asked again, and takes the file
+    assert len(keys_in(folder / ".keys")) >= 2  # the content, and the manifest
+    cloud.umount()

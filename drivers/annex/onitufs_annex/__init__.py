@@ -59,7 +59,8 @@ def start(plug: Plug) -> None:
     host = Host(plug.name, ProgramState(plug.folder, settings.config), plug.folder / "git",
                 settings.timeout)
     pool = Pool([settings.program], work, host, PROGRAMS,
-                f"remote {plug.name}: {Path(settings.program).name}", settings.export)
+                f"remote {plug.name}: {Path(settings.program).name}", settings.export,
+                on_cost=lambda cost: setattr(plug, "cost", cost))
 
     ending = threading.Lock()
 

@@ -7,6 +7,9 @@ that answers that with ERROR, or by exiting, is started again and never
 offered them after), runs INITREMOTE if the remote has not been set up with
 its present configuration, and PREPARE before its first request (and, for a
 remote that exports, EXPORTSUPPORTED, which it must answer with success).
+The first program is asked GETCOST (the remote's read cost, for the core to
+read from the cheapest remote) and GETAVAILABILITY: while the program says
+UNAVAILABLE, the remote is offline, and each new program is asked again.
 
 When a request ends in a Fault the program is killed, with whatever it
 started, its last words are kept (what went wrong and the last line of its
@@ -22,24 +25,26 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from onitufs.gitannex.protocol import line
-from onitufs.plug import RemoteUnavailable
+from onitufs.plug import EXPENSIVE, RemoteUnavailable
 
 from .host import Host
 from .program import Fault, Lane, Program
 
 log = logging.getLogger(__name__)
 OFFERED = ("INFO", "ASYNC", "GETGITREMOTENAME")
+AVAILABILITIES = ("GLOBAL", "LOCAL", "UNAVAILABLE")
 CLOSE_GRACE = 2.0  # seconds the programs get to exit once hung up on
 
 
 class Pool:
     def __init__(self, argv: list[str], cwd: Path, host: Host, size: int, label: str,
-                 export: bool = False) -> None:
+                 export: bool = False,
+                 on_cost: Callable[[int], None] = lambda cost: None) -> None:
         self.argv = argv
         self.export = export  # every program must support the export interface
         self.cwd = cwd
@@ -52,6 +57,11 @@ class Pool:
         self._busy = 0
         self._programs: list[Program] = []
         self._offer_extensions = True
+        self._ask_optional = True
+        # What the program answered to GETCOST and GETAVAILABILITY (None: not asked yet)
+        self.cost: int | None = None
+        self.on_cost = on_cost
+        self.availability: str | None = None
         self._init_lock = threading.Lock()
         self.closed = False
 
@@ -162,11 +172,37 @@ class Pool:
                     return self._start()
                 if reply.command == "EXTENSIONS":
                     program.extensions = set(reply.text(0).split()).intersection(OFFERED)
+            if self._ask_optional:
+                try:
+                    self._ask_cost_and_availability(first)
+                except Fault as fault:
+                    log.info("%s: does not take GETCOST or GETAVAILABILITY (%s): starting it "
+                             "again without", self.label, fault)
+                    program.kill()
+                    self._ask_optional = False
+                    return self._start()
+            if self.availability == "UNAVAILABLE":
+                raise Fault(f"{self.label} says the remote is unavailable (AVAILABILITY "
+                            "UNAVAILABLE)")
         except Fault as fault:
             program.failed(fault)
             program.kill()
             raise Fault(program.last_words()) from None
         return program
+
+    def _ask_cost_and_availability(self, lane: Lane) -> None:
+        """GETCOST once, GETAVAILABILITY until the answer is not UNAVAILABLE: optional
+        requests, which a program may answer UNSUPPORTED-REQUEST (or, as some do, with ERROR
+        and an exit: then they are never sent again)."""
+        if self.cost is None:
+            reply = self.host.ask(lane, line("GETCOST"), frozenset({"COST"}))
+            cost = reply.text(0) if reply.command == "COST" and reply.params else ""
+            self.cost = int(cost) if cost.isdigit() else EXPENSIVE
+            self.on_cost(self.cost)
+        if self.availability in (None, "UNAVAILABLE"):
+            reply = self.host.ask(lane, line("GETAVAILABILITY"), frozenset({"AVAILABILITY"}))
+            said = reply.text(0) if reply.command == "AVAILABILITY" and reply.params else ""
+            self.availability = said if said in AVAILABILITIES else "GLOBAL"
 
     def _prepare(self, lane: Lane) -> None:
         """INITREMOTE once for the remote's configuration, PREPARE once per program."""

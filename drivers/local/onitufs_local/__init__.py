@@ -21,6 +21,7 @@ from pathlib import Path
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import (
+    CHEAP,
     TEMP_SUFFIX,
     Changed,
     Conflict,
@@ -117,6 +118,7 @@ def start(plug: Plug) -> None:
     interval = plug.options.duration("poll_interval", "2s")
 
     open_uploads = UploadFiles()  # by upload_path()
+    plug.cost = CHEAP
 
     def _require_root() -> None:
         if not os.path.isdir(root):
