@@ -50,16 +50,32 @@ dbx = client()
 """
 
 
+Children = list[subprocess.Popen[str]]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeDropbox]:
     with FakeDropbox() as dropbox_api:
         yield dropbox_api
 
 
-def child(fake: FakeDropbox, code: str, token: str | None = None) -> subprocess.Popen[str]:
+@pytest.fixture
+def children() -> Iterator[Children]:
+    """The SDK programs a test starts: none outlives it, even when it fails."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def child(
+    fake: FakeDropbox, children: Children, code: str, token: str | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, **fake.env, "FAKE_APP_KEY": fake.app_key}
     env["FAKE_REFRESH_TOKEN"] = token or fake.refresh_token()
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
         env=env,
         stdin=subprocess.PIPE,
@@ -67,11 +83,13 @@ def child(fake: FakeDropbox, code: str, token: str | None = None) -> subprocess.
         stderr=subprocess.PIPE,
         text=True,
     )
+    children.append(proc)
+    return proc
 
 
-def sdk(fake: FakeDropbox, code: str, token: str | None = None) -> Any:
+def sdk(fake: FakeDropbox, children: Children, code: str) -> Any:
     """Run `code` with the SDK against the fake; what it last printed with out()."""
-    proc = child(fake, code, token)
+    proc = child(fake, children, code)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     return json.loads(stdout.splitlines()[-1])
@@ -87,10 +105,10 @@ def routes(fake: FakeDropbox) -> list[str]:
     return [route for route, _ in fake.calls]
 
 
-def test_upload_ranged_download_revisions_and_content_hash(fake: FakeDropbox) -> None:
+def test_upload_ranged_download_revisions_and_content_hash(fake: FakeDropbox, children: Children) -> None:
     data = os.urandom(4 * 1024 * 1024 + 1000)  # two content_hash blocks
     fake.write("/Cloud/big.bin", data)
-    found = sdk(fake, """
+    found = sdk(fake, children, """
         first = dbx.files_upload(b"version one", "/Cloud/a.txt")
         second = dbx.files_upload(b"version two", "/Cloud/a.txt", mode=files.WriteMode.overwrite)
         meta, whole = dbx.files_download("/Cloud/big.bin")
@@ -123,8 +141,8 @@ def test_upload_ranged_download_revisions_and_content_hash(fake: FakeDropbox) ->
     assert found["missing"] and found["not_file"]
 
 
-def test_upload_session_offsets_closed_and_expired(fake: FakeDropbox) -> None:
-    found = sdk(fake, """
+def test_upload_session_offsets_closed_and_expired(fake: FakeDropbox, children: Children) -> None:
+    found = sdk(fake, children, """
         session = dbx.files_upload_session_start(b"abc").session_id
         cursor = lambda offset: files.UploadSessionCursor(session, offset)
         wrong = error(dbx.files_upload_session_append_v2, b"def", cursor(5))
@@ -146,17 +164,17 @@ def test_upload_session_offsets_closed_and_expired(fake: FakeDropbox) -> None:
     appends = [args for route, args in fake.calls if route == "files/upload_session/append_v2"]
     assert [(a["cursor"]["offset"], a["_data_len"]) for a in appends] == [(5, 3), (3, 3), (1, 1)]
     fake.expire_upload_sessions()
-    expired = sdk(fake, f"""
+    expired = sdk(fake, children, f"""
         cursor = files.UploadSessionCursor({found["kept"]!r}, 1)
         out(error(dbx.files_upload_session_append_v2, b"more", cursor).is_not_found())
     """)
     assert expired
 
 
-def test_update_conflicts_keep_both_versions(fake: FakeDropbox) -> None:
+def test_update_conflicts_keep_both_versions(fake: FakeDropbox, children: Children) -> None:
     first = fake.write("/Cloud/doc.txt", b"base")
     fake.write("/Cloud/doc.txt", b"changed on dropbox")  # meanwhile, another client
-    found = sdk(fake, f"""
+    found = sdk(fake, children, f"""
         stale = files.WriteMode.update({first["rev"]!r})
         conflict = error(dbx.files_upload, b"my edit", "/Cloud/doc.txt", mode=stale)
         same = dbx.files_upload(b"changed on dropbox", "/Cloud/doc.txt", mode=stale)
@@ -187,11 +205,11 @@ def test_update_conflicts_keep_both_versions(fake: FakeDropbox) -> None:
     }
 
 
-def test_list_folder_pages_and_longpoll_wakes_on_change(fake: FakeDropbox) -> None:
+def test_list_folder_pages_and_longpoll_wakes_on_change(fake: FakeDropbox, children: Children) -> None:
     for name in ["a", "b", "sub/c", "sub/deeper/d"]:
         fake.write(f"/Cloud/{name}", name.encode())
     fake.write("/Elsewhere/e", b"not under /Cloud")
-    proc = child(fake, """
+    proc = child(fake, children, """
         page = dbx.files_list_folder("/Cloud", recursive=True, limit=2)
         seen = [e.path_display for e in page.entries]
         pages = 1
@@ -225,11 +243,11 @@ def test_list_folder_pages_and_longpoll_wakes_on_change(fake: FakeDropbox) -> No
     assert woke["news"] == [["FileMetadata", "/Cloud/sub/new"]]
 
 
-def test_continue_reports_moves_deletes_and_keeps_ids(fake: FakeDropbox) -> None:
+def test_continue_reports_moves_deletes_and_keeps_ids(fake: FakeDropbox, children: Children) -> None:
     fake.write("/Cloud/dir/x", b"x")
     fake.write("/Cloud/gone", b"g")
     ids = {path: fake.metadata(path)["id"] for path in ["/Cloud/dir", "/Cloud/dir/x"]}
-    proc = child(fake, """
+    proc = child(fake, children, """
         cursor = dbx.files_list_folder_get_latest_cursor("/Cloud", recursive=True).cursor
         out("ready")
         sys.stdin.readline()  # the test changes the Dropbox meanwhile
@@ -268,9 +286,9 @@ def test_continue_reports_moves_deletes_and_keeps_ids(fake: FakeDropbox) -> None
     assert fake.tree() == {"/Cloud": None, "/Cloud/made": None, "/Cloud/moved": None, "/Cloud/moved/X": b"x"}
 
 
-def test_reset_cursor(fake: FakeDropbox) -> None:
+def test_reset_cursor(fake: FakeDropbox, children: Children) -> None:
     fake.mkdir("/Cloud")
-    proc = child(fake, """
+    proc = child(fake, children, """
         cursor = dbx.files_list_folder("/Cloud", recursive=True).cursor
         out("ready")
         sys.stdin.readline()
@@ -288,9 +306,9 @@ def test_reset_cursor(fake: FakeDropbox) -> None:
     assert json.loads(stdout.splitlines()[-1]) == {"continue": True, "longpoll": True, "fresh": "/Cloud"}
 
 
-def test_paths_fold_case_and_unicode_and_refuse_bad_names(fake: FakeDropbox) -> None:
+def test_paths_fold_case_and_unicode_and_refuse_bad_names(fake: FakeDropbox, children: Children) -> None:
     nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
-    found = sdk(fake, f"""
+    found = sdk(fake, children, f"""
         dbx.files_upload(b"one", "/Cloud/Report.txt")
         meta = dbx.files_get_metadata("/CLOUD/report.TXT")
         clash = error(dbx.files_upload, b"two", "/Cloud/report.txt")
@@ -322,9 +340,9 @@ def test_paths_fold_case_and_unicode_and_refuse_bad_names(fake: FakeDropbox) -> 
     assert fake.read(f"/cloud/{nfd.upper()}") == b"nfc"
 
 
-def test_expired_token_is_refreshed_and_revoked_one_refused(fake: FakeDropbox) -> None:
+def test_expired_token_is_refreshed_and_revoked_one_refused(fake: FakeDropbox, children: Children) -> None:
     fake.write("/Cloud/a", b"a")
-    proc = child(fake, """
+    proc = child(fake, children, """
         dbx.files_get_metadata("/Cloud/a")
         out("ready")
         sys.stdin.readline()
@@ -356,12 +374,12 @@ def test_expired_token_is_refreshed_and_revoked_one_refused(fake: FakeDropbox) -
     assert json.loads(stdout.splitlines()[-1]) == {"refused": True, "refresh": True}
 
 
-def test_rate_limits_and_server_errors(fake: FakeDropbox) -> None:
+def test_rate_limits_and_server_errors(fake: FakeDropbox, children: Children) -> None:
     fake.write("/Cloud/a", b"a")
     fake.fail("files/get_metadata", 429, retry_after=3)
     fake.fail("files/upload_session/append_v2", 500)
     fake.fail("files/download", 503)
-    found = sdk(fake, """
+    found = sdk(fake, children, """
         try:
             dbx.files_get_metadata("/Cloud/a")
         except exceptions.RateLimitError as e:
@@ -380,7 +398,7 @@ def test_rate_limits_and_server_errors(fake: FakeDropbox) -> None:
     """)
     assert found == {"limited": [3, True], "failed": 500, "unavailable": 503}
     fake.fail("files/get_metadata", 429, times=2, retry_after=1)
-    waited = sdk(fake, """
+    waited = sdk(fake, children, """
         started = time.monotonic()
         patient = client(max_retries_on_rate_limit=None)  # the SDK's own retry honours retry_after
         patient.files_get_metadata("/Cloud/a")
@@ -389,8 +407,8 @@ def test_rate_limits_and_server_errors(fake: FakeDropbox) -> None:
     assert 2 <= waited < 10
 
 
-def test_pkce_flow_gives_a_working_refresh_token(fake: FakeDropbox) -> None:
-    proc = child(fake, """
+def test_pkce_flow_gives_a_working_refresh_token(fake: FakeDropbox, children: Children) -> None:
+    proc = child(fake, children, """
         flow = dropbox.DropboxOAuth2FlowNoRedirect(os.environ["FAKE_APP_KEY"], use_pkce=True,
                                                    token_access_type="offline")
         out(flow.start())
@@ -426,9 +444,9 @@ def test_pkce_flow_gives_a_working_refresh_token(fake: FakeDropbox) -> None:
         fake.approve(url.replace(f"client_id={fake.app_key}", "client_id=another"))
 
 
-def test_offline_refuses_connections_and_keeps_state(fake: FakeDropbox) -> None:
+def test_offline_refuses_connections_and_keeps_state(fake: FakeDropbox, children: Children) -> None:
     fake.write("/Cloud/a", b"kept")
-    proc = child(fake, """
+    proc = child(fake, children, """
         dbx.files_get_metadata("/Cloud/a")
         out("ready")
         sys.stdin.readline()
