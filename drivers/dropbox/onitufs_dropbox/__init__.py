@@ -1,1 +1,339 @@
-"""onitufs driver for a folder in a Dropbox account, through the official SDK."""
+"""onitufs driver for a folder in a Dropbox account, through the official SDK.
+
+Config keys: ``app_key`` (required: the user's own Dropbox app, which needs
+no secret: PKCE), ``token_file`` (required: where `onitufs auth` stores the
+refresh token, mode 0600; auth.py) and ``path`` ("/": the folder in the
+Dropbox, such as "/Cloud").
+
+Uploads go in one request or through an upload session (uploads.py) and are
+committed with mode=update and the revision onitufs last saw, or add for a
+new file: a file changed on Dropbox meanwhile is a Conflict, never
+overwritten; the content_hash Dropbox computes must be ours. Reads are
+ranged downloads of the path, whose rev must be the revision asked for
+(else Changed). Changes made on Dropbox come through list_folder, longpoll
+and continue (changes.py). Names Dropbox would fold together or refuse are
+stored under an escape (names.py, tree.py). Dropbox keeps no modes, no
+extended attributes and no symbolic links, and times in whole seconds
+(client_modified). Failures: client.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from dropbox import files  # type: ignore[import-untyped]
+from dropbox.exceptions import ApiError, HttpError  # type: ignore[import-untyped]
+
+from onitufs.config import ConfigError, Options
+from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
+
+from .auth import auth as auth  # the hook of `onitufs auth`
+from .auth import load_token
+from .changes import Watcher
+from .client import Api, block_hashes, content_hash, make_client
+from .names import mount_name
+from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
+from .settings import Settings, read
+from .tree import Node, Tree, node_of
+from .uploads import Upload, Uploads
+
+log = logging.getLogger(__name__)
+TOKEN_RETRY = 5.0  # seconds between looks at a token file that could not be used
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check(options: Options) -> None:
+    """The token works and the path is a folder of the Dropbox."""
+    settings = read(options)
+    api = Api(settings, make_client(settings, load_token(settings)), threading.Event())
+    if not settings.root:
+        return
+    try:
+        found = api.call(api.client.files_get_metadata, settings.root)
+    except ApiError:
+        found = None
+    except DriverError as error:
+        raise ConfigError(f"{settings.where}: {error}") from None
+    if not isinstance(found, files.FolderMetadata):
+        raise ConfigError(f"{settings.where}.path: {settings.root} is not a folder in the "
+                          "Dropbox (create it, or fix the path)")
+
+
+def write_error(error: ApiError) -> files.WriteError | None:
+    """The WriteError inside an upload's, a finish's, a folder's or a move's error."""
+    value = error.error
+    if isinstance(value, files.UploadError) and value.is_path():
+        return value.get_path().reason
+    if isinstance(value, files.UploadSessionFinishError) and value.is_path():
+        return value.get_path()
+    if isinstance(value, files.CreateFolderError) and value.is_path():
+        return value.get_path()
+    if isinstance(value, files.RelocationError) and value.is_to():
+        return value.get_to()
+    return None
+
+
+def not_found(error: ApiError) -> bool:
+    value = error.error
+    for kind, getter in ((files.GetMetadataError, "get_path"), (files.DownloadError, "get_path"),
+                         (files.ListFolderError, "get_path"),
+                         (files.DeleteError, "get_path_lookup"),
+                         (files.RelocationError, "get_from_lookup")):
+        if isinstance(value, kind):
+            try:
+                lookup = getattr(value, getter)()
+            except AttributeError:
+                return False
+            return isinstance(lookup, files.LookupError) and bool(lookup.is_not_found())
+    return False
+
+
+def start(plug: Plug) -> None:
+    settings = read(plug.options)
+    token = wait_for_token(plug, settings)
+    api = Api(settings, make_client(settings, token), plug.stopping)
+    tree = Tree(settings.root)
+    uploads = Uploads(api)
+
+    def client() -> Any:
+        return api.client  # a new one after `onitufs auth`
+
+    def reconnect() -> bool:
+        nonlocal token
+        try:
+            fresh = load_token(settings)
+        except ConfigError:
+            return False
+        if fresh == token:
+            return False
+        token = fresh
+        api.client = make_client(settings, token)
+        return True
+
+    def guarded(function: F) -> F:
+        """A name Dropbox refuses outright is a failure of this file, not of the remote."""
+        @functools.wraps(function)
+        def wrapper(*args: Any) -> Any:
+            try:
+                return function(*args)
+            except ApiError as error:
+                raise DriverError(f"Dropbox: {error.error}") from None
+        return wrapper  # type: ignore[return-value]
+
+    def lookup(stored: str) -> files.Metadata | None:
+        try:
+            return api.call(client().files_get_metadata, tree.api_path(stored))
+        except ApiError as error:
+            if not_found(error):
+                return None
+            raise
+
+    def learn(stored: str, entry: files.Metadata) -> Node:
+        node = node_of(entry, stored)
+        if node is None:
+            raise DriverError(f"{stored}: Dropbox reported it deleted")
+        tree.put(stored, node)
+        return node
+
+    def described(path: str, stored: str, entry: files.Metadata) -> Metadata:
+        node = learn(stored, entry)
+        if node.kind == "dir":
+            return Metadata(path=path, kind="dir", mode=0o755, file_id=node.id)
+        return Metadata(path=path, size=node.size, mtime_ns=node.mtime * 10**9,
+                        revision=node.rev, file_id=node.id)
+
+    @plug.handler()
+    @guarded
+    def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+        stored = tree.stored_path(md.path)
+
+        def download() -> tuple[files.FileMetadata | None, bytes]:
+            try:
+                entry, response = client().files_download(
+                    tree.api_path(stored),
+                    extra_headers={"Range": f"bytes={offset}-{offset + size - 1}"})
+            except HttpError as error:
+                if error.status_code == 416:  # the range starts past the end: no bytes
+                    return None, b""
+                raise
+            with response:
+                return entry, response.content
+
+        try:
+            entry, data = api.call(download)
+            if entry is None:
+                entry = lookup(stored)
+        except ApiError as error:
+            if not_found(error):
+                raise DriverError(f"{md.path}: no longer on Dropbox") from None
+            raise
+        if not isinstance(entry, files.FileMetadata):
+            raise DriverError(f"{md.path}: no longer a file on Dropbox")
+        if md.revision is not None and entry.rev != md.revision:
+            raise Changed(f"{md.path}: changed on Dropbox", described(md.path, stored, entry))
+        return data
+
+    def clash(path: str) -> str:
+        """The stored path for `path`, once Dropbox was asked what is there: a name made
+        meanwhile that it folds onto this one sends this one to its escape."""
+        stored = tree.stored_path(path)
+        there = lookup(stored)
+        if there is not None and mount_name(there.name) != path.rpartition("/")[2]:
+            learn(stored, there)
+            stored = tree.stored_path(path)
+        return stored
+
+    @plug.handler()
+    @guarded
+    def start_upload(md: Metadata) -> None:
+        clash(md.path)  # and Dropbox can be reached: the upload can go
+        md.extra.update(uploads.start(md.extra["upload"]).state())
+
+    @plug.handler()
+    @guarded
+    def restart_upload(md: Metadata, offset: int) -> int:
+        resumed = uploads.resume(md.extra["upload"], md.extra, offset)
+        md.extra.update(uploads.get(md.extra["upload"]).state())
+        return resumed
+
+    @plug.handler()
+    @guarded
+    def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
+        upload = uploads.get(md.extra["upload"])
+        uploads.add(upload, offset, bytes(chunk), md.size)
+        md.extra.update(upload.state())
+
+    @plug.handler()
+    @guarded
+    def end_upload(md: Metadata) -> None:
+        upload = uploads.get(md.extra["upload"])
+        if upload.end != md.size:
+            raise DriverError(f"{md.path}: {upload.end} bytes uploaded of {md.size}")
+        stored = clash(md.path)
+        there = lookup(stored)
+        if isinstance(there, files.FolderMetadata) or (isinstance(there, files.FileMetadata) \
+                and there.rev != md.revision):
+            raise Conflict(f"{md.path}: changed on Dropbox since onitufs last saw it",
+                           described(md.path, stored, there))
+        entry = commit(md, upload, stored, there.rev if there is not None else None)
+        uploads.drop(md.extra["upload"])
+        if entry.content_hash != content_hash(upload.hashes + block_hashes(upload.buffer)):
+            raise DriverError(f"{md.path}: Dropbox holds other bytes than those sent "
+                              "(content_hash); uploading again")
+        learn(stored, entry)
+        md.revision, md.file_id = entry.rev, entry.id
+
+    def commit(md: Metadata, upload: Upload, stored: str, rev: str | None) -> files.FileMetadata:
+        mode = files.WriteMode.update(rev) if rev is not None else files.WriteMode.add
+        modified = datetime.datetime.fromtimestamp(md.mtime_ns // 10**9, datetime.UTC) \
+            .replace(tzinfo=None)
+        expected = content_hash(upload.hashes + block_hashes(upload.buffer))
+        try:
+            if upload.session is None:
+                return api.call(client().files_upload, bytes(upload.buffer),
+                                tree.api_path(stored), mode=mode, client_modified=modified,
+                                mute=True, strict_conflict=True, content_hash=expected)
+            info = files.CommitInfo(tree.api_path(stored), mode=mode, client_modified=modified,
+                                    mute=True, strict_conflict=True)
+            return api.call(client().files_upload_session_finish, bytes(upload.buffer),
+                            files.UploadSessionCursor(upload.session, upload.sent), info)
+        except ApiError as error:
+            write = write_error(error)
+            if write is not None and write.is_conflict():
+                now = lookup(stored)
+                if now is not None:
+                    raise Conflict(f"{md.path}: changed on Dropbox since onitufs last saw it",
+                                   described(md.path, stored, now)) from None
+            if write is not None and write.is_insufficient_space():
+                raise DriverError("the Dropbox is full") from None
+            raise DriverError(f"{md.path}: Dropbox refused the upload: {error.error}") from None
+
+    @plug.handler()
+    def abort_upload(md: Metadata) -> None:
+        # an upload session Dropbox holds expires by itself (after 7 days)
+        uploads.drop(md.extra["upload"])
+
+    @plug.handler()
+    @guarded
+    def delete_file(md: Metadata) -> None:
+        stored = tree.stored_path(md.path)
+        there = lookup(stored)
+        if there is None:
+            tree.remove(stored)
+            return
+        if isinstance(there, files.FolderMetadata):
+            inside = api.call(client().files_list_folder, tree.api_path(stored), limit=1)
+            if inside.entries:  # delete_v2 would take them all: never recursive
+                raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
+            api.call(client().files_delete_v2, tree.api_path(stored))
+        else:
+            if md.revision is not None and there.rev != md.revision:
+                raise DriverError(f"{md.path}: changed on Dropbox; not deleting it")
+            try:
+                api.call(client().files_delete_v2, tree.api_path(stored), there.rev)
+            except ApiError as error:
+                if not not_found(error):
+                    raise DriverError(f"{md.path}: changed on Dropbox; not deleting it") \
+                        from None
+        tree.remove(stored)
+
+    @plug.handler()
+    @guarded
+    def move_file(old: Metadata, new: Metadata) -> None:
+        source = tree.stored_path(old.path)
+        target = tree.stored_path(new.path, moving=old.path)
+        try:
+            result = api.call(client().files_move_v2, tree.api_path(source),
+                              tree.api_path(target), autorename=False)
+        except ApiError as error:
+            write = write_error(error)
+            if write is not None and write.is_conflict():
+                raise DriverError(f"{new.path}: already exists on Dropbox") from None
+            raise
+        node = node_of(result.metadata, target)
+        if node is None:
+            raise DriverError(f"{new.path}: Dropbox reported the move as a delete")
+        tree.move(source, target, node)
+        new.revision, new.file_id = node.rev, node.id
+
+    @plug.handler()
+    @guarded
+    def make_dir(md: Metadata) -> None:
+        stored = tree.stored_path(md.path)
+        try:
+            entry = api.call(client().files_create_folder_v2, tree.api_path(stored)).metadata
+        except ApiError as error:
+            write = write_error(error)
+            entry = lookup(stored) if write is not None and write.is_conflict() else None
+            if not isinstance(entry, files.FolderMetadata):
+                raise DriverError(f"{md.path}: cannot create the folder on Dropbox, or "
+                                  "something else is there") from None
+        learn(stored, entry)
+        md.revision, md.file_id = None, entry.id
+
+    plug.mtime_granularity = 1.0  # client_modified: whole seconds
+    plug.ready()
+    state = plug.folder / "listing.json" if plug.folder is not None else None
+    Watcher(plug, api, tree, state, reconnect).run()
+
+
+def wait_for_token(plug: Plug, settings: Settings) -> str:
+    """The refresh token; while the file is missing or refused, the remote is offline with
+    the line that says why, and the file is looked at again every TOKEN_RETRY seconds."""
+    reported = None
+    while True:
+        try:
+            return load_token(settings)
+        except ConfigError as error:
+            if str(error) != reported:
+                log.error("remote %s: %s", plug.name, error)
+                reported = str(error)
+            plug.offline(str(error))
+        plug.stopping.wait(TOKEN_RETRY)
+        if plug.stopping.is_set():
+            raise Stopped()

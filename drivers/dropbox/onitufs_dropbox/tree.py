@@ -1,0 +1,183 @@
+"""What the remote folder holds, as the driver last learnt it, and how mount paths map to it.
+
+Each entry is keyed by its folded path (names.fold of each component), as
+Dropbox compares them, and keeps its name as stored there. A mount path maps
+to a Dropbox path one component at a time: a name the folder already holds
+for it keeps its stored name; a new one is stored as it is, unless Dropbox
+would refuse it, fold it onto another name of the folder, or read it as an
+escape: then as its escape (names.py), said once in the log.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dropbox import files  # type: ignore[import-untyped]
+
+from onitufs.plug import DriverError, Metadata
+
+from .names import MAX_UNITS, escape, fold, mount_name, needs_escape, units
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    name: str  # as stored on Dropbox
+    kind: str  # "file" or "dir"
+    id: str
+    rev: str | None = None
+    size: int = 0
+    mtime: int = 0  # client_modified, in whole seconds
+    display: str = ""  # the path relative to the root as Dropbox last showed it
+
+
+def node_of(entry: files.Metadata, relative: str) -> Node | None:
+    """A listing's entry as a Node (None for a deleted one)."""
+    if isinstance(entry, files.FileMetadata):
+        return Node(entry.name, "file", entry.id, entry.rev, entry.size,
+                    calendar.timegm(entry.client_modified.utctimetuple()), relative)
+    if isinstance(entry, files.FolderMetadata):
+        return Node(entry.name, "dir", entry.id, display=relative)
+    return None
+
+
+class Tree:
+    """Thread-safe: the handlers and the watcher share it."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root  # "" or "/Folder"
+        self._nodes: dict[str, Node] = {}
+        self._lock = threading.Lock()
+        self._escaped: set[str] = set()  # mount paths already reported in the log
+
+    # keys and paths
+
+    def relative(self, path_lower: str) -> str:
+        """A path Dropbox gives, relative to the root ("" for the root itself)."""
+        root = self.root.lower()
+        if path_lower.lower() == root:
+            return ""
+        return path_lower[len(root) + 1:] if path_lower.lower().startswith(root + "/") \
+            else path_lower
+
+    def api_path(self, stored: str) -> str:
+        """A stored path relative to the root as the API takes it."""
+        return f"{self.root}/{stored}" if stored else self.root
+
+    # what the driver learns
+
+    def put(self, relative: str, node: Node) -> None:
+        with self._lock:
+            self._nodes[fold(relative)] = node
+
+    def remove(self, relative: str) -> None:
+        key = fold(relative)
+        with self._lock:
+            for other in [k for k in self._nodes if k == key or k.startswith(key + "/")]:
+                del self._nodes[other]
+
+    def move(self, old_relative: str, new_relative: str, node: Node) -> None:
+        old, new = fold(old_relative), fold(new_relative)
+        with self._lock:
+            moved = {k: n for k, n in self._nodes.items() if k.startswith(old + "/")}
+            for k in [old, *moved]:
+                self._nodes.pop(k, None)
+            self._nodes[new] = node
+            for k, n in moved.items():
+                self._nodes[new + k[len(old):]] = n
+
+    def clear(self) -> None:
+        with self._lock:
+            self._nodes.clear()
+
+    # mount paths
+
+    def mount_path(self, key: str) -> str:
+        with self._lock:
+            return self._mount_path(key)
+
+    def _mount_path(self, key: str) -> str:
+        parts = key.split("/")
+        node = self._nodes[key]
+        shown = node.display.split("/") if node.display.count("/") == key.count("/") else parts
+        names = []
+        for depth in range(1, len(parts) + 1):
+            found = self._nodes.get("/".join(parts[:depth]))
+            names.append(mount_name(found.name if found is not None else shown[depth - 1]))
+        return "/".join(names)
+
+    def stored_path(self, path: str, moving: str | None = None) -> str:
+        """The Dropbox path (relative to the root) that holds, or is to hold, `path` of the
+        mount. `moving` is a mount path whose entry does not count as taking a name (a
+        rename of a name in case only)."""
+        with self._lock:
+            key, stored = "", []
+            for name in path.split("/"):
+                child = self._child(key, name, moving)
+                stored_name = child if child is not None else self._new_name(key, name, path)
+                stored.append(stored_name)
+                key = f"{key}/{fold(stored_name)}" if key else fold(stored_name)
+            return "/".join(stored)
+
+    def _child(self, key: str, name: str, moving: str | None) -> str | None:
+        """The stored name of the entry of folder `key` whose mount name is `name`."""
+        for candidate in (name, escape(name)):
+            found = self._nodes.get(f"{key}/{fold(candidate)}" if key else fold(candidate))
+            if found is not None and mount_name(found.name) == name:
+                return found.name
+        return None
+
+    def _new_name(self, key: str, name: str, path: str) -> str:
+        stored = name
+        taken = self._nodes.get(f"{key}/{fold(name)}" if key else fold(name))
+        if needs_escape(name) or taken is not None:
+            stored = escape(name)
+            if units(stored) > MAX_UNITS:
+                raise DriverError(f"{path}: Dropbox cannot hold this name, nor its escape "
+                                  f"(over {MAX_UNITS} UTF-16 units)")
+            if self._nodes.get(f"{key}/{fold(stored)}" if key else fold(stored)) is not None:
+                raise DriverError(f"{path}: both this name and its escape {stored!r} are "
+                                  "taken on Dropbox")
+            if path not in self._escaped:
+                self._escaped.add(path)
+                why = f"Dropbox holds {taken.name!r} there, the same name to it" \
+                    if taken is not None else "Dropbox refuses the name as it is"
+                log.warning("%r: stored on Dropbox as %r: %s", path, stored, why)
+        return stored
+
+    # reports
+
+    def describe(self, key: str) -> Metadata:
+        with self._lock:
+            return self._describe(key)
+
+    def _describe(self, key: str) -> Metadata:
+        node = self._nodes[key]
+        path = self._mount_path(key)
+        if node.kind == "dir":
+            return Metadata(path=path, kind="dir", mode=0o755, file_id=node.id)
+        return Metadata(path=path, kind="file", size=node.size, mtime_ns=node.mtime * 10**9,
+                        mode=0o644, revision=node.rev, file_id=node.id)
+
+    def listing(self) -> list[Metadata]:
+        with self._lock:
+            return [self._describe(key) for key in sorted(self._nodes)]
+
+    def find(self, relative: str) -> Node | None:
+        with self._lock:
+            return self._nodes.get(fold(relative))
+
+    # saved between mounts
+
+    def dump(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"key": key, **asdict(node)} for key, node in self._nodes.items()]
+
+    def load(self, saved: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._nodes = {item.pop("key"): Node(**item) for item in map(dict, saved)}
