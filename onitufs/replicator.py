@@ -674,9 +674,11 @@ class Replicator:
             # Saved before the remote sees anything, with a name for the upload that drivers
             # use for their temp file: after a crash, restart_upload or abort_upload finds it.
             md.extra = {"upload": f"{self.index.cache_id}-{inode.ino:x}-{rev:x}"}
-            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
+            named = dict(md.extra)
+            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, named))
             await remote.call("start_upload", md)
-            self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
+            if md.extra != named:  # what the driver noted there for a resume (its session)
+                self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, md.extra))
         # A pass from the first byte also learns the SHA-256 of the whole revision, unless
         # another one does already.
         whole = hashlib.sha256() if offset == 0 and inode.sha256 == NO_HASH \
