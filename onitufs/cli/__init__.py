@@ -17,7 +17,7 @@ import sys
 from .. import __version__
 from ..config import ConfigError
 from ..index import CacheError
-from . import check, completion, mount, status, trust, umount
+from . import auth, check, completion, mount, status, trust, umount
 from .common import CommandError, quiet_stdout
 
 
@@ -61,6 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="onitufs", description="Keep one folder on many storage services at once.")
     parser.add_argument("--version", action="version", version=f"onitufs {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for command in (mount, umount, status, check, trust, completion):
+    for command in (mount, umount, status, check, trust, auth, completion):
         command.add_to(commands)
     return parser
