@@ -1,0 +1,224 @@
+"""The dropbox driver through a real mount, against FakeDropbox on loopback, with a local
+remote beside it: what reaches Dropbox, what comes back from it, and its faults.
+
+The daemon is started with the fake's environment (the SDK reads the hosts when it is
+imported): `onitufs mount` runs with this process's environment, which the `fake` fixture
+sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from onitufs_dropbox.auth import save_token
+
+from onitufs.testing.dropbox_api import FakeDropbox
+
+from .conftest import ONITUFS, Cloud, MakeCloud, run, wait_for
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDropbox]:
+    with FakeDropbox() as dropbox:
+        for name, value in dropbox.env.items():
+            monkeypatch.setenv(name, value)
+        dropbox.mkdir("/Cloud")
+        yield dropbox
+
+
+def dropbox_table(fake: FakeDropbox, token_file: Path, write_token: bool = True) -> str:
+    if write_token:
+        save_token(token_file, fake.refresh_token())
+    return ("[remotes.dropbox]\ndriver = \"dropbox\"\n"
+            f"app_key = {json.dumps(fake.app_key)}\ntoken_file = {json.dumps(str(token_file))}\n"
+            'path = "/Cloud"\n\n')
+
+
+def with_dropbox(cloud: Cloud, fake: FakeDropbox, local: bool = True,
+                 write_token: bool = True) -> Cloud:
+    """The cloud's config with the Dropbox remote besides (or, local=False, instead of) its
+    local ones."""
+    if not local:
+        cloud.modes = {}
+        cloud.write_config()
+    cloud.config.write_text(cloud.config.read_text()
+                            + dropbox_table(fake, cloud.root / "dropbox.token", write_token))
+    return cloud
+
+
+@pytest.fixture
+def cloud(make_cloud: MakeCloud, fake: FakeDropbox) -> Cloud:
+    """A local remote `a` and the Dropbox folder /Cloud, mounted."""
+    mounted = with_dropbox(make_cloud({"a": "rw"}), fake)
+    mounted.mount()
+    return mounted
+
+
+def on_dropbox(fake: FakeDropbox, path: str) -> bytes | None:
+    try:
+        return fake.read(f"/Cloud/{path}")
+    except FileNotFoundError:
+        return None
+
+
+def remote(cloud: Cloud, name: str = "dropbox") -> dict[str, object]:
+    state: dict[str, object] = next(r for r in cloud.status()["remotes"] if r["name"] == name)
+    return state
+
+
+def test_written_read_back_cold_edited_on_dropbox_and_a_case_clash(
+        cloud: Cloud, fake: FakeDropbox, make_cloud: MakeCloud) -> None:
+    (cloud.mountpoint / "docs").mkdir()
+    (cloud.mountpoint / "docs" / "notes.txt").write_bytes(b"first")
+    (cloud.mountpoint / "Report.txt").write_bytes(b"upper")
+    (cloud.mountpoint / "report.txt").write_bytes(b"lower")
+    cloud.wait_synced()
+    assert on_dropbox(fake, "docs/notes.txt") == b"first"
+    stored = {path.removeprefix("/Cloud/"): data for path, data in fake.tree().items()
+              if path.startswith("/Cloud/") and "eport" in path and data is not None}
+    assert sorted(stored.values()) == [b"lower", b"upper"], stored  # neither clobbered
+    escaped = "report.txt~onitufs" if stored.get("Report.txt") == b"upper" \
+        else "%52eport.txt~onitufs"
+    assert escaped in stored, stored
+    assert cloud.log.count("stored on Dropbox as") == 1, "said once in the log"
+    # an edit made on Dropbox reaches the mount at once (longpoll), and the local remote
+    fake.write("/Cloud/docs/notes.txt", b"edited on Dropbox")
+    began = time.monotonic()
+    wait_for(lambda: (cloud.mountpoint / "docs" / "notes.txt").read_bytes()
+             == b"edited on Dropbox", 10, "the edit made on Dropbox")
+    assert time.monotonic() - began < 3, "not pushed by the longpoll"
+    cloud.wait_synced()
+    assert (cloud.remotes["a"] / "docs" / "notes.txt").read_bytes() == b"edited on Dropbox"
+    cloud.umount()
+    # a new machine with Dropbox alone: every name as it was, read from Dropbox
+    fresh = with_dropbox(make_cloud({"a": "rw"}), fake, local=False)
+    fresh.mount()
+    wait_for(lambda: (fresh.mountpoint / "report.txt").exists(), 10, "the listing")
+    assert (fresh.mountpoint / "Report.txt").read_bytes() == b"upper"
+    assert (fresh.mountpoint / "report.txt").read_bytes() == b"lower"
+    assert (fresh.mountpoint / "docs" / "notes.txt").read_bytes() == b"edited on Dropbox"
+    assert sorted(os.listdir(fresh.mountpoint)) == ["Report.txt", "docs", "report.txt"]
+    fresh.umount()
+
+
+def test_a_file_changed_on_both_sides_keeps_both(cloud: Cloud, fake: FakeDropbox) -> None:
+    (cloud.mountpoint / "both.txt").write_bytes(b"the start")
+    cloud.wait_synced()
+    fake.go_offline()  # no network: the two edits cannot see each other
+    try:
+        (cloud.mountpoint / "both.txt").write_bytes(b"edited in the mount")
+        fake.write("/Cloud/both.txt", b"edited on Dropbox")
+        wait_for(lambda: remote(cloud)["state"] == "offline", 20, "dropbox offline")
+    finally:
+        fake.go_online()
+
+    def both_kept() -> bool:
+        contents = {p.read_bytes() for p in cloud.mountpoint.iterdir()}
+        return {b"edited in the mount", b"edited on Dropbox"} <= contents
+    wait_for(both_kept, 30, "both versions in the mount")
+    cloud.wait_synced()
+    on_fake = {data for path, data in fake.tree().items() if path.startswith("/Cloud/both")}
+    assert on_fake == {b"edited in the mount", b"edited on Dropbox"}, "one overwrote the other"
+    assert any("conflict" in name for name in os.listdir(cloud.mountpoint))
+
+
+def test_an_upload_resumes_after_kill9(cloud: Cloud, fake: FakeDropbox) -> None:
+    """A large file goes through a session; killed in the middle, the daemon's next mount
+    goes on in the same session from what Dropbox holds."""
+    fake.fail("files/upload_session/append_v2", 503, times=4)  # holds it after the start
+    data = os.urandom(20 * MIB)
+    (cloud.mountpoint / "big.bin").write_bytes(data)
+    wait_for(lambda: any(route == "files/upload_session/append_v2" for route, _ in fake.calls),
+             20, "the upload session under way")
+    cloud.kill9()
+    starts = [args for route, args in fake.calls if route == "files/upload_session/start"]
+    assert len(starts) == 1
+    cloud.cleanup()
+    cloud.mount()
+    cloud.wait_synced(60)
+    assert on_dropbox(fake, "big.bin") == data
+    assert [route for route, _ in fake.calls].count("files/upload_session/start") == 1, \
+        "started over instead of resuming"
+    offsets = [args["cursor"]["offset"] for route, args in fake.calls
+               if route == "files/upload_session/finish"]
+    assert offsets == [16 * MIB], offsets
+
+
+def test_an_expired_token_and_a_storm_of_429_mid_upload(cloud: Cloud, fake: FakeDropbox) -> None:
+    data = os.urandom(20 * MIB)
+    fake.fail("files/upload_session/append_v2", 429, times=3, retry_after=1)
+    fake.expire_access_tokens()
+    (cloud.mountpoint / "stormy.bin").write_bytes(data)
+    cloud.wait_synced(60)
+    assert on_dropbox(fake, "stormy.bin") == data
+    routes = [route for route, _ in fake.calls]
+    assert routes.count("oauth2/token") >= 1, "the access token was not refreshed"
+    assert routes.count("files/upload_session/append_v2") >= 4  # 3 refused, then through
+    assert routes.count("files/upload_session/start") == 1, "a 429 made it start over"
+    assert "rt-" not in cloud.log, "a refresh token in the log"
+
+
+def test_a_revoked_token_is_offline_with_the_command_to_run(cloud: Cloud, fake: FakeDropbox) -> None:
+    (cloud.mountpoint / "before.txt").write_bytes(b"x")
+    cloud.wait_synced()
+    fake.revoke()
+    fake.expire_access_tokens()
+    (cloud.mountpoint / "after.txt").write_bytes(b"y")
+    wait_for(lambda: "onitufs auth" in str(remote(cloud)["reason"]), 30, "the auth hint")
+    reason = str(remote(cloud)["reason"])
+    assert remote(cloud)["state"] == "offline"
+    assert f"onitufs auth {cloud.config} dropbox" in reason, reason
+    assert (cloud.mountpoint / "before.txt").read_bytes() == b"x"  # the mount works on
+    save_token(cloud.root / "dropbox.token", fake.refresh_token())  # as onitufs auth does
+    wait_for(lambda: on_dropbox(fake, "after.txt") == b"y", 60, "the remote back")
+
+
+def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: FakeDropbox) -> None:
+    cloud = with_dropbox(make_cloud({"a": "rw"}), fake, write_token=False)
+    token_file = cloud.root / "dropbox.token"
+    auth = subprocess.Popen([*ONITUFS, "auth", str(cloud.config), "dropbox"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert auth.stderr is not None and auth.stdin is not None
+        shown = ""
+        while "Enter the authorization code here: " not in shown:
+            char = auth.stderr.read(1)
+            assert char, f"onitufs auth ended first: {shown}"
+            shown += char
+        url = re.search(r"Go to: (\S+)", shown)
+        assert url is not None, shown
+        out, err = auth.communicate(fake.approve(url.group(1)) + "\n", timeout=30)
+    finally:
+        if auth.poll() is None:
+            auth.kill()
+            auth.wait()
+    assert auth.returncode == 0, err
+    assert out == f"{token_file}: refresh token saved (mode 0600)\n"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = json.loads(token_file.read_text())["refresh_token"]
+    assert token not in out + err + shown
+    cloud.mount()  # the token works
+    (cloud.mountpoint / "hello.txt").write_bytes(b"hello")
+    cloud.wait_synced()
+    assert on_dropbox(fake, "hello.txt") == b"hello"
+    cloud.umount()
+    token_file.chmod(0o644)  # others could read it: refused, before anything is mounted
+    other = with_dropbox(make_cloud({"a": "rw"}), fake, write_token=False)
+    other.config.write_text(other.config.read_text().replace(
+        str(other.root / "dropbox.token"), str(token_file)))
+    refused = run("mount", other.mountpoint, other.config, check=False)
+    assert refused.returncode != 0
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "can be read by others (mode 0644): chmod 600 it" in refused.stderr
+    assert token not in refused.stderr
