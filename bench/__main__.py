@@ -1,14 +1,17 @@
-"""`python -m bench` (and `make bench`): onitufs against an in-memory FUSE baseline.
+"""`python -m bench` (and `make bench`): onitufs measured against others, in three suites.
 
-Mounts, one after the other, a tmpfs folder (the kernel alone, as a
+fuse: mounts, one after the other, a tmpfs folder (the kernel alone, as a
 reference), the minimal in-memory pyfuse3 filesystem of bench/memfs.py (the
 baseline: what pyfuse3 on trio costs by itself) and onitufs with three
 local-directory remotes; runs the same workloads in each; prints one table
 with onitufs/memfs ratios and whether the bars are met; and ends with how
-long `onitufs umount` took to upload what was still queued. Nothing is
-written into the repository: everything lives in temporary folders, removed
-at the end, as every mount and process is, also after an error or Ctrl-C.
-"""
+long `onitufs umount` took to upload what was still queued.
+programs: real programs (tar, git, find, rm, make) on onitufs, rclone mount,
+sshfs and plain disk (bench/programs.py). ssh: onitufs's SSH driver against
+sshfs (bench/ssh.py). `python -m bench SUITE...` runs only those named.
+Nothing is written into the repository: everything lives in temporary
+folders, removed at the end, as every mount and process is, also after an
+error or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -24,22 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import workloads
+from . import programs, workloads
 from .targets import (
     GIB,
     REMOTES,
+    UPLOAD_DELAY,
     MemFS,
     Onitufs,
     Target,
     TargetError,
     Tmpfs,
+    clean_up,
     make_workdir,
-    remove_workdir,
 )
 from .workloads import MIB, SMALL, Data, WrongData
 
 FILESYSTEMS = ("tmpfs", "memfs", "onitufs")
-UPLOAD_DELAY = "2s"
+SUITES = ("fuse", "programs", "ssh")
 BUSY_WARNING = 0.15  # CPU busy before the run above which the figures are flagged
 
 
@@ -90,7 +94,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "file (default 256; 0 leaves it out); see bench/ssh.py")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 3 when a bar is not met")
+    parser.add_argument("--targets", default=",".join(programs.TARGETS), metavar="LIST",
+                        help="programs: comma-separated targets, in this order "
+                             f"(default {','.join(programs.TARGETS)})")
+    parser.add_argument("--tree", type=Path, default=None, metavar="DIR",
+                        help="programs: the tree for tar and git (default the system Python's "
+                             "standard library)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="programs: where its figures go as JSON (default a new temporary "
+                             "file, whose path is printed)")
+    parser.add_argument("suites", nargs="*", metavar="SUITE",
+                        help=f"which suites to run, of {', '.join(SUITES)} (default all): fuse "
+                             "(tmpfs, memfs, onitufs), programs (bench/programs.py), ssh "
+                             "(bench/ssh.py)")
     args = parser.parse_args(argv)
+    args.suites = args.suites or list(SUITES)
+    if any(suite not in SUITES for suite in args.suites):
+        parser.error(f"SUITE: choose from {', '.join(SUITES)}")
+    args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if not args.targets or any(name not in programs.TARGETS for name in args.targets):
+        parser.error(f"--targets: choose from {', '.join(programs.TARGETS)}")
+    if args.tree is not None and not args.tree.is_dir():
+        parser.error(f"--tree: {args.tree} is not a folder")
     if args.size_mib < 1 or args.files < 1:
         parser.error("--size-mib and --files must be at least 1")
     args.fs = [name.strip() for name in args.fs.split(",") if name.strip()]
@@ -238,22 +263,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+def fuse_suite(args: argparse.Namespace, lines: list[str]) -> int:
+    """tmpfs, memfs and onitufs through the four workloads; prints their table. The exit
+    status: 0, 1 for an error, 3 for a bar not met under --strict, 130 when interrupted."""
     data = Data()
     results: Results = {}
     targets: list[Target] = []
     workdirs: list[tuple[Path, list[Path]]] = []  # folder, mount points inside it
-    lines: list[str] = []
     status = 0
-    say(header(args))
-    busy = cpu_busy()
-    if busy > BUSY_WARNING:
-        lines.append(f"warning: the machine was {busy:.0%} busy with other work before the run: "
-                     "the figures may be low and the ratios off")
-        say(lines[-1])
     try:
         for name in args.fs:
             target: Target
@@ -291,22 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"bench: {type(error).__name__}: {error}")
         status = 1
     finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
-        try:
-            for target in targets:
-                try:
-                    if isinstance(target, Onitufs):
-                        lines += log_report(target)
-                    target.cleanup()
-                except Exception as error:  # go on: the other targets need cleaning up too
-                    say(f"bench: cleaning up {target.name}: {type(error).__name__}: {error}")
-                    status = status or 1
-            for folder, points in workdirs:
-                kept = remove_workdir(folder, points)
-                if kept:
-                    say(f"bench: {kept}")
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        for target in targets:
+            if isinstance(target, Onitufs):
+                lines += log_report(target)
+        if not clean_up(targets, workdirs):
+            status = status or 1
     if results:
         print()
         print(header(args))
@@ -320,7 +326,31 @@ def main(argv: list[str] | None = None) -> int:
                   "memory copies (a reference, not a bar)")
         if args.strict and not all_met and status == 0:
             status = 3
-    if args.ssh_mib > 0 and status in (0, 3):
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    lines: list[str] = []
+    status = 0
+    say(header(args))
+    busy = cpu_busy()
+    if busy > BUSY_WARNING:
+        lines.append(f"warning: the machine was {busy:.0%} busy with other work before the run: "
+                     "the figures may be low and the ratios off")
+        say(lines[-1])
+    if "fuse" in args.suites:
+        status = fuse_suite(args, lines)
+    if "programs" in args.suites and status in (0, 3):
+        report, result = programs.suite(args.targets, args.workdir, args.tree, args.json,
+                                        args.strict)
+        print("\n".join(["", *report]))
+        if "fuse" not in args.suites:
+            print("\n".join(lines))
+        status = max(status, result)
+    if "ssh" in args.suites and args.ssh_mib > 0 and status in (0, 3):
         from . import ssh
         try:
             print("\n".join(["", *ssh.run(args.ssh_mib, args.workdir)]))

@@ -27,6 +27,7 @@ MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 30.0
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # so the memfs process finds `bench`
 REMOTES = ("a", "b", "c")
+UPLOAD_DELAY = "2s"  # onitufs's, in the bench's configs
 
 
 class TargetError(Exception):
@@ -302,3 +303,25 @@ def remove_workdir(path: Path, mountpoints: list[Path]) -> str | None:
         return f"{path} kept: {', '.join(map(str, still))} still mounted"
     shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def clean_up(targets: list[Target], workdirs: list[tuple[Path, list[Path]]]) -> bool:
+    """Clean up every target, then remove the temporary folders (folder, mount points inside
+    it) that nothing is mounted in; Ctrl-C waits meanwhile. Whether all went well."""
+    well = True
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
+    try:
+        for target in targets:
+            try:
+                target.cleanup()
+            except Exception as error:  # go on: the other targets need cleaning up too
+                print(f"bench: cleaning up {target.name}: {type(error).__name__}: {error}",
+                      file=sys.stderr, flush=True)
+                well = False
+        for folder, points in workdirs:
+            kept = remove_workdir(folder, points)
+            if kept:
+                print(f"bench: {kept}", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return well
