@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         status = fuse_suite(args, lines)
     if "programs" in args.suites and status in (0, 3):
         report, result = programs.suite(args.targets, args.workdir, args.tree, args.json,
-                                        args.strict)
+                                        args.strict, busy)
         print("\n".join(["", *report]))
         if "fuse" not in args.suites:
             print("\n".join(lines))

@@ -316,13 +316,14 @@ def verdict(value: float | None, bar: float) -> dict[str, object]:
     return {"onitufs_to_best": value, "bar": bar, "met": None if value is None else value <= bar}
 
 
-def figures(seconds: Seconds, source: Source | None, started: float) -> dict[str, object]:
+def figures(seconds: Seconds, source: Source | None, started: float,
+            busy: float) -> dict[str, object]:
     """What the JSON file holds."""
     return {
         "suite": "programs",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "machine": {"cores": os.cpu_count(), "linux": platform.release(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "busy_before": round(busy, 3)},
         "tree": None if source is None else {"path": str(source.tree), "files": source.files,
                                              "folders": source.folders, "bytes": source.size},
         "c_files": C_FILES,
@@ -355,9 +356,10 @@ def json_path(option: Path | None) -> Path:
 
 
 def suite(names: list[str], workdir: Path | None, tree: Path | None, json_option: Path | None,
-          strict: bool) -> tuple[list[str], int]:
+          strict: bool, busy: float) -> tuple[list[str], int]:
     """Run the steps in each named target; the report's lines and an exit status
-    (0, 1 for an error, 3 for a bar not met under `strict`, 130 when interrupted)."""
+    (0, 1 for an error, 3 for a bar not met under `strict`, 130 when interrupted).
+    `busy`: how busy the machine was before the run (0 to 1), kept with the figures."""
     started = time.time()
     seconds: Seconds = {}
     targets: list[Target] = []
@@ -396,7 +398,7 @@ def suite(names: list[str], workdir: Path | None, tree: Path | None, json_option
     if not seconds:
         return lines, status
     path = json_path(json_option)
-    path.write_text(json.dumps(figures(seconds, source, started), indent=2) + "\n")
+    path.write_text(json.dumps(figures(seconds, source, started, busy), indent=2) + "\n")
     title = "real programs" + ("" if source is None else f", {source.describe()}")
     met = all(ratio(seconds, step.key) is not None and (ratio(seconds, step.key) or 0.0) <= step.bar
               for step in STEPS)
