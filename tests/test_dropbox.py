@@ -132,17 +132,18 @@ def test_a_file_changed_on_both_sides_keeps_both(cloud: Cloud, fake: FakeDropbox
     assert any("conflict" in name for name in os.listdir(cloud.mountpoint))
 
 
-def test_an_upload_resumes_after_kill9(cloud: Cloud, fake: FakeDropbox) -> None:
+def test_an_upload_resumes_after_kill9_and_starts_over_once_its_session_expired(
+        cloud: Cloud, fake: FakeDropbox) -> None:
     """A large file goes through a session; killed in the middle, the daemon's next mount
-    goes on in the same session from what Dropbox holds."""
-    fake.fail("files/upload_session/append_v2", 503, times=4)  # holds it after the start
+    goes on in the same session from what Dropbox holds. A session Dropbox dropped while
+    the daemon was away starts over."""
+    fake.fail("files/upload_session/append_v2", 503, times=3)  # holds it after the start
     data = os.urandom(20 * MIB)
     (cloud.mountpoint / "big.bin").write_bytes(data)
     wait_for(lambda: any(route == "files/upload_session/append_v2" for route, _ in fake.calls),
              20, "the upload session under way")
     cloud.kill9()
-    starts = [args for route, args in fake.calls if route == "files/upload_session/start"]
-    assert len(starts) == 1
+    assert [route for route, _ in fake.calls].count("files/upload_session/start") == 1
     cloud.cleanup()
     cloud.mount()
     cloud.wait_synced(60)
@@ -153,17 +154,30 @@ def test_an_upload_resumes_after_kill9(cloud: Cloud, fake: FakeDropbox) -> None:
                if route == "files/upload_session/finish"]
     assert offsets == [16 * MIB], offsets
 
+    fake.fail("files/upload_session/finish", 503, times=3)  # holds it before the commit
+    late = os.urandom(9 * MIB)
+    (cloud.mountpoint / "late.bin").write_bytes(late)
+    wait_for(lambda: len([r for r, _ in fake.calls if r == "files/upload_session/finish"]) > 1,
+             20, "the second upload at its end")
+    cloud.kill9()
+    fake.expire_upload_sessions()  # days went by
+    cloud.cleanup()
+    cloud.mount()
+    cloud.wait_synced(60)
+    assert on_dropbox(fake, "late.bin") == late
+    assert [route for route, _ in fake.calls].count("files/upload_session/start") == 3
+
 
 def test_an_expired_token_and_a_storm_of_429_mid_upload(cloud: Cloud, fake: FakeDropbox) -> None:
     data = os.urandom(20 * MIB)
-    fake.fail("files/upload_session/append_v2", 429, times=3, retry_after=1)
+    fake.fail("files/upload_session/append_v2", 429, times=2, retry_after=1)
     fake.expire_access_tokens()
     (cloud.mountpoint / "stormy.bin").write_bytes(data)
     cloud.wait_synced(60)
     assert on_dropbox(fake, "stormy.bin") == data
     routes = [route for route, _ in fake.calls]
     assert routes.count("oauth2/token") >= 1, "the access token was not refreshed"
-    assert routes.count("files/upload_session/append_v2") >= 4  # 3 refused, then through
+    assert routes.count("files/upload_session/append_v2") >= 3  # 2 refused, then through
     assert routes.count("files/upload_session/start") == 1, "a 429 made it start over"
     assert "rt-" not in cloud.log, "a refresh token in the log"
 
@@ -222,3 +236,38 @@ def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: Fa
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "can be read by others (mode 0644): chmod 600 it" in refused.stderr
     assert token not in refused.stderr
+
+
+def test_a_remount_catches_up_from_the_cursor_and_a_reset_loses_nothing(
+        cloud: Cloud, fake: FakeDropbox) -> None:
+    for name in ("keep.txt", "edit.txt", "gone.txt", "old.txt"):
+        (cloud.mountpoint / name).write_bytes(name.encode())
+    cloud.wait_synced()
+    cloud.umount()
+    fake.write("/Cloud/edit.txt", b"edited while away")
+    fake.delete("/Cloud/gone.txt")
+    fake.move("/Cloud/old.txt", "/Cloud/new.txt")
+    fake.write("/Cloud/made.txt", b"made while away")
+    since = len(fake.calls)
+    cloud.mount()
+    expected = {"edit.txt": b"edited while away", "keep.txt": b"keep.txt",
+                "made.txt": b"made while away", "new.txt": b"old.txt"}
+
+    def shown() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in cloud.mountpoint.iterdir()}
+    wait_for(lambda: shown() == expected, 10, "the changes made while unmounted")
+    cloud.wait_synced()
+    assert {p.name: p.read_bytes() for p in cloud.remotes["a"].iterdir()
+            if not p.name.startswith(".")} == expected
+    routes = [route for route, _ in fake.calls[since:]]
+    assert "files/list_folder/continue" in routes
+    assert "files/list_folder" not in routes, "listed everything instead of catching up"
+    # Dropbox forgets the cursor: the whole listing again, nothing lost or doubled
+    fake.reset_cursors()
+    since = len(fake.calls)
+    fake.write("/Cloud/after.txt", b"after the reset")
+    expected["after.txt"] = b"after the reset"
+    wait_for(lambda: shown() == expected, 10, "the change after the reset")
+    assert "files/list_folder" in [route for route, _ in fake.calls[since:]]
+    time.sleep(1)  # a listing that doubled or lost something would show by now
+    assert shown() == expected

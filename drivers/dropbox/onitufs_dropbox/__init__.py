@@ -14,7 +14,8 @@ ranged downloads of the path, whose rev must be the revision asked for
 and continue (changes.py). Names Dropbox would fold together or refuse are
 stored under an escape (names.py, tree.py). Dropbox keeps no modes, no
 extended attributes and no symbolic links, and times in whole seconds
-(client_modified). Failures: client.py.
+(client_modified): the token is the rev, so a time shared by two versions
+hides no change. Failures: client.py.
 """
 
 from __future__ import annotations
@@ -316,7 +317,9 @@ def start(plug: Plug) -> None:
         learn(stored, entry)
         md.revision, md.file_id = None, entry.id
 
-    plug.mtime_granularity = 1.0  # client_modified: whole seconds
+    # client_modified keeps whole seconds, but the token is the rev, which every change of
+    # content changes: a time shared by two versions hides nothing, and the core need not
+    # read back each file uploaded within a second of its time (plug.mtime_granularity).
     plug.ready()
     state = plug.folder / "listing.json" if plug.folder is not None else None
     Watcher(plug, api, tree, state, reconnect).run()

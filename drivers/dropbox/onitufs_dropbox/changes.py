@@ -36,7 +36,7 @@ from .tree import Tree, node_of
 
 log = logging.getLogger(__name__)
 LONGPOLL_TIMEOUT = 30  # seconds: Dropbox's shortest
-WAKE_EVERY = 0.5  # seconds: how often a wait looks at plug.writes and plug.stopping
+WAKE_EVERY = 0.2  # seconds: how often a wait looks at plug.writes and plug.stopping
 MAX_BACKOFF = 30.0
 
 
