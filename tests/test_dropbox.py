@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from onitufs_dropbox.auth import save_token
+from onitufs_dropbox.names import mount_name
 
 from onitufs.testing.dropbox_api import FakeDropbox
 
@@ -81,16 +82,21 @@ def test_written_read_back_cold_edited_on_dropbox_and_a_case_clash(
     (cloud.mountpoint / "docs").mkdir()
     (cloud.mountpoint / "docs" / "notes.txt").write_bytes(b"first")
     (cloud.mountpoint / "Report.txt").write_bytes(b"upper")
-    (cloud.mountpoint / "report.txt").write_bytes(b"lower")
+    wait_for(lambda: on_dropbox(fake, "Report.txt") == b"upper", 10, "Report.txt on Dropbox")
+    (cloud.mountpoint / "report.txt").write_bytes(b"lower")  # the same name, to Dropbox
     cloud.wait_synced()
     assert on_dropbox(fake, "docs/notes.txt") == b"first"
-    stored = {path.removeprefix("/Cloud/"): data for path, data in fake.tree().items()
-              if path.startswith("/Cloud/") and "eport" in path and data is not None}
-    assert sorted(stored.values()) == [b"lower", b"upper"], stored  # neither clobbered
-    escaped = "report.txt~onitufs" if stored.get("Report.txt") == b"upper" \
-        else "%52eport.txt~onitufs"
-    assert escaped in stored, stored
-    assert cloud.log.count("stored on Dropbox as") == 1, "said once in the log"
+    stored = {path: data for path, data in fake.tree().items() if "eport" in path}
+    assert stored == {"/Cloud/Report.txt": b"upper", "/Cloud/report.txt~onitufs": b"lower"}
+    (cloud.mountpoint / "Notes.md").write_bytes(b"upper")  # both at once: either wins
+    (cloud.mountpoint / "notes.md").write_bytes(b"lower")
+    cloud.wait_synced()
+    raced = {mount_name(path.rpartition("/")[2]): data
+             for path, data in fake.tree().items() if "otes.md" in path}
+    assert raced == {"Notes.md": b"upper", "notes.md": b"lower"}, fake.tree()
+    assert cloud.log.count("stored on Dropbox as") == 2, "each said once in the log"
+    (cloud.mountpoint / "Report.txt").rename(cloud.mountpoint / "REPORT.TXT")  # case only
+    wait_for(lambda: "/Cloud/REPORT.TXT" in fake.tree(), 10, "the rename on Dropbox")
     # an edit made on Dropbox reaches the mount at once (longpoll), and the local remote
     fake.write("/Cloud/docs/notes.txt", b"edited on Dropbox")
     began = time.monotonic()
@@ -104,10 +110,13 @@ def test_written_read_back_cold_edited_on_dropbox_and_a_case_clash(
     fresh = with_dropbox(make_cloud({"a": "rw"}), fake, local=False)
     fresh.mount()
     wait_for(lambda: (fresh.mountpoint / "report.txt").exists(), 10, "the listing")
-    assert (fresh.mountpoint / "Report.txt").read_bytes() == b"upper"
+    assert (fresh.mountpoint / "REPORT.TXT").read_bytes() == b"upper"
     assert (fresh.mountpoint / "report.txt").read_bytes() == b"lower"
     assert (fresh.mountpoint / "docs" / "notes.txt").read_bytes() == b"edited on Dropbox"
-    assert sorted(os.listdir(fresh.mountpoint)) == ["Report.txt", "docs", "report.txt"]
+    assert (fresh.mountpoint / "Notes.md").read_bytes() == b"upper"
+    assert (fresh.mountpoint / "notes.md").read_bytes() == b"lower"
+    assert sorted(os.listdir(fresh.mountpoint)) == ["Notes.md", "REPORT.TXT", "docs", "notes.md",
+                                                    "report.txt"]
     fresh.umount()
 
 

@@ -96,6 +96,8 @@ def not_found(error: ApiError) -> bool:
 
 def start(plug: Plug) -> None:
     settings = read(plug.options)
+    if not log.isEnabledFor(logging.DEBUG):  # the SDK logs every request at INFO
+        logging.getLogger("dropbox").setLevel(logging.WARNING)
     token = wait_for_token(plug, settings)
     api = Api(settings, make_client(settings, token), plug.stopping)
     tree = Tree(settings.root)
@@ -247,6 +249,10 @@ def start(plug: Plug) -> None:
             write = write_error(error)
             if write is not None and write.is_conflict():
                 now = lookup(stored)
+                if now is not None and mount_name(now.name) != md.path.rpartition("/")[2]:
+                    learn(stored, now)  # the next attempt stores ours under its escape
+                    raise DriverError(f"{md.path}: {now.name!r}, which Dropbox takes for the "
+                                      "same name, appeared there meanwhile") from None
                 if now is not None:
                     raise Conflict(f"{md.path}: changed on Dropbox since onitufs last saw it",
                                    described(md.path, stored, now)) from None

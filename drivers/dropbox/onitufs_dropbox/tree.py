@@ -113,18 +113,22 @@ class Tree:
 
     def stored_path(self, path: str, moving: str | None = None) -> str:
         """The Dropbox path (relative to the root) that holds, or is to hold, `path` of the
-        mount. `moving` is a mount path whose entry does not count as taking a name (a
-        rename of a name in case only)."""
+        mount. `moving` is a mount path whose entry does not count as taking a name: a
+        rename in case only keeps the plain name."""
         with self._lock:
-            key, stored = "", []
-            for name in path.split("/"):
-                child = self._child(key, name, moving)
-                stored_name = child if child is not None else self._new_name(key, name, path)
-                stored.append(stored_name)
-                key = f"{key}/{fold(stored_name)}" if key else fold(stored_name)
-            return "/".join(stored)
+            freed = fold(self._stored(moving, None)) if moving is not None else None
+            return self._stored(path, freed)
 
-    def _child(self, key: str, name: str, moving: str | None) -> str | None:
+    def _stored(self, path: str, freed: str | None) -> str:
+        key, stored = "", []
+        for name in path.split("/"):
+            child = self._child(key, name)
+            stored_name = child if child is not None else self._new_name(key, name, path, freed)
+            stored.append(stored_name)
+            key = f"{key}/{fold(stored_name)}" if key else fold(stored_name)
+        return "/".join(stored)
+
+    def _child(self, key: str, name: str) -> str | None:
         """The stored name of the entry of folder `key` whose mount name is `name`."""
         for candidate in (name, escape(name)):
             found = self._nodes.get(f"{key}/{fold(candidate)}" if key else fold(candidate))
@@ -132,9 +136,10 @@ class Tree:
                 return found.name
         return None
 
-    def _new_name(self, key: str, name: str, path: str) -> str:
+    def _new_name(self, key: str, name: str, path: str, freed: str | None) -> str:
         stored = name
-        taken = self._nodes.get(f"{key}/{fold(name)}" if key else fold(name))
+        plain = f"{key}/{fold(name)}" if key else fold(name)
+        taken = self._nodes.get(plain) if plain != freed else None
         if needs_escape(name) or taken is not None:
             stored = escape(name)
             if units(stored) > MAX_UNITS:
