@@ -209,6 +209,17 @@ def test_a_revoked_token_is_offline_with_the_command_to_run(cloud: Cloud, fake: 
 def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: FakeDropbox) -> None:
     cloud = with_dropbox(make_cloud({"a": "rw"}), fake, write_token=False)
     token_file = cloud.root / "dropbox.token"
+    for remote_name, answer, said in (
+            ("dropbox", "\n", "no authorization code given; nothing written"),
+            ("dropbox", "not-a-code\n", "Dropbox did not accept the code"),
+            ("a", "", "remote a (driver local) needs no authorization"),
+            ("nas", "", "no remote named 'nas' (remotes: a, dropbox)")):
+        refused = subprocess.run([*ONITUFS, "auth", str(cloud.config), remote_name],
+                                 input=answer, capture_output=True, text=True, timeout=60)
+        last = refused.stderr.splitlines()[-1]
+        assert refused.returncode == 1 and said in last and last.startswith("onitufs: "), \
+            refused.stderr
+        assert not token_file.exists()
     auth = subprocess.Popen([*ONITUFS, "auth", str(cloud.config), "dropbox"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
