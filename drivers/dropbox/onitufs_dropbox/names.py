@@ -1,17 +1,18 @@
 """Names in the mount as Dropbox can keep them: folding, refused names and their escape.
 
-Dropbox compares names with case folded and Unicode normalised, stores them
-in NFC, and refuses some (see `refused`). A name it would fold onto another name of the same
-folder, or refuse, is stored under its escape instead: every character but
-lower-case ASCII letters, digits, safe punctuation and lower-case non-ASCII
-letters of a name in NFC becomes %HH (ASCII, two upper-case hex digits) or
-%{H...} (any other code point, a lone surrogate of a name that is not UTF-8
-included), and "~onitufs" ends it. `Report.txt` beside `report.txt` is
-stored as `%52eport.txt~onitufs`, `cafe\u0301` (NFD, which Dropbox would turn into
-NFC) as `cafe%{301}~onitufs`. An escape is read back only when it is exactly what
-`escape` makes of the name it decodes to (canonical); any other name, one
-that merely looks like an escape included, is its own name. A mount name
-that is itself a canonical escape is escaped again, so every name round-trips.
+Dropbox compares names with case folded and Unicode normalised (keeping each
+in the form it was made in), and refuses some (see `refused`). A name it
+would fold onto another name of the same folder, or refuse, is stored under
+its escape instead: every character but lower-case ASCII letters, digits,
+safe punctuation and lower-case non-ASCII letters of a name in NFC becomes
+%HH (ASCII, two upper-case hex digits) or %{H...} (any other code point, a
+lone surrogate of a name that is not UTF-8 included), and "~onitufs" ends
+it. `Report.txt` beside `report.txt` is stored as `%52eport.txt~onitufs`,
+`cafe\u0301` (NFD) beside `caf\u00e9` (NFC) as `cafe%{301}~onitufs`. An
+escape is read back only when it is exactly what `escape` makes of the name
+it decodes to (canonical); any other name, one that merely looks like an
+escape included, is its own name. A mount name that is itself a canonical
+escape is escaped again, so every name round-trips.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ def units(name: str) -> int:
 
 
 def refused(name: str) -> bool:
-    """Whether Dropbox would refuse the name as it is, or change it (to NFC)."""
+    """Whether Dropbox would refuse the name as it is."""
     return (name in ("", ".", "..") or name.endswith((" ", ".")) or units(name) > MAX_UNITS
-            or bool(_REFUSED_CHARS.search(name)) or name.lower() in _IGNORED
-            or not unicodedata.is_normalized("NFC", name))
+            or bool(_REFUSED_CHARS.search(name)) or name.lower() in _IGNORED)
 
 
 def escape(name: str) -> str:
