@@ -26,7 +26,7 @@ def known_keys(table: str) -> list[str]:
 def config_keys() -> dict[str, list[str]]:
     keys = {"": sorted(_TOP_LEVEL - {"cache", "sync", "remotes"}),
             "cache": known_keys("cache"), "sync": known_keys("sync")}
-    for driver in ("local", "ssh", "annex"):
+    for driver in ("local", "ssh", "annex", "dropbox"):
         keys[f"remotes ({driver})"] = [*CORE_KEYS, *load_driver(driver, "test").OPTIONS]
     return keys
 
