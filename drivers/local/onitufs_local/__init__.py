@@ -2,18 +2,22 @@
 
 Uploads go to a hidden temporary file beside the target and are renamed
 into place when complete, so the directory never shows a half-written
-file. Changes made directly in the directory are found by polling it every
-``poll_interval``; each poll reports a full listing, and the core works out
-what was created, changed, deleted or renamed.
+file. Changes made directly in the directory are found by the kernel's
+change notices (watch.py), with a full listing at the start and every
+``poll_interval`` as a safety net; where the folder cannot be watched, it is
+listed every POLL seconds (or poll_interval, if shorter). Each report is a
+full listing, and the core works out what was created, changed, deleted or
+renamed.
 
 Config keys: ``path`` (the directory, required), ``poll_interval``
-(default "2s").
+(default "10m").
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import time
@@ -26,7 +30,6 @@ from onitufs.plug import (
     Changed,
     Conflict,
     DriverError,
-    Kind,
     Metadata,
     Plug,
     RemoteUnavailable,
@@ -36,8 +39,15 @@ from onitufs.plug import (
     write_chunk,
 )
 
+from .listing import describe, file_id, steady_listing, token
+from .watch import OutOfWatches, follow
+
 # The keys of the table besides the core's driver and mode: the core refuses any other.
 OPTIONS = ("path", "poll_interval")
+POLL_INTERVAL = "10m"  # the full listing of a watched folder: a safety net
+POLL = 2.0  # how often a folder that cannot be watched is listed, at most
+
+log = logging.getLogger(__name__)
 
 
 def check(options: Options) -> None:
@@ -45,7 +55,7 @@ def check(options: Options) -> None:
     if not root.is_dir():
         raise ConfigError(f"{options.where}.path: {root} is not a directory "
                           "(create it, or fix the path)")
-    options.duration("poll_interval", "2s")
+    options.duration("poll_interval", POLL_INTERVAL)
 
 
 def folder(options: Options) -> Path:
@@ -54,34 +64,11 @@ def folder(options: Options) -> Path:
     return options.path("path")
 
 
-LISTING_TRIES = 3
-
-
-class TreeMoved(Exception):
-    """Something in the tree went while it was listed."""
-
-
-def token(st: os.stat_result) -> str:
-    return f"{st.st_mtime_ns}:{st.st_size}"
-
-
-def file_id(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
-
-
 def is_version(st: os.stat_result, md: Metadata) -> bool:
     """Whether the file is the version md describes: the same time and size (the kernel's
     clock ticks in milliseconds, so two saves can share them) and the same inode (a file
     put in place by rename, as every upload is, is another inode)."""
     return token(st) == md.revision and (md.file_id is None or file_id(st) == md.file_id)
-
-
-def describe(path: str, st: os.stat_result) -> Metadata:
-    kind: Kind = "dir" if stat.S_ISDIR(st.st_mode) else \
-        "symlink" if stat.S_ISLNK(st.st_mode) else "file"
-    return Metadata(path=path, kind=kind, size=st.st_size if kind == "file" else 0,
-                    mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode),
-                    revision=token(st), file_id=file_id(st))
 
 
 def in_hole(fd: int, offset: int, size: int, file_size: int) -> bool:
@@ -115,7 +102,7 @@ def apply_xattrs(target: int | str, wanted: dict[str, bytes]) -> None:
 
 def start(plug: Plug) -> None:
     root = str(plug.options.path("path"))
-    interval = plug.options.duration("poll_interval", "2s")
+    interval = plug.options.duration("poll_interval", POLL_INTERVAL)
 
     open_uploads = UploadFiles()  # by upload_path()
     plug.cost = CHEAP
@@ -311,57 +298,27 @@ def start(plug: Plug) -> None:
         st = os.lstat(path)
         md.revision, md.file_id = token(st), file_id(st)
 
-    def listing() -> list[Metadata]:
-        """Everything below the root; TreeMoved if something in it went while it was read
-        (a build, git gc): that is no reason to call the remote unreachable."""
-        entries: list[Metadata] = []
-        folders = [""]
-        while folders:
-            folder = folders.pop()
-            try:
-                scan = os.scandir(os.path.join(root, folder))
-            except (FileNotFoundError, NotADirectoryError):
-                if not folder:
-                    raise  # the root itself: the remote is away
-                raise TreeMoved(folder) from None
-            with scan:
-                for item in scan:
-                    if item.name.endswith(TEMP_SUFFIX):
-                        continue
-                    path = f"{folder}/{item.name}" if folder else item.name
-                    try:
-                        st = item.stat(follow_symlinks=False)
-                        target = os.readlink(item.path) if stat.S_ISLNK(st.st_mode) else None
-                    except (FileNotFoundError, NotADirectoryError):
-                        raise TreeMoved(path) from None
-                    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
-                            or stat.S_ISREG(st.st_mode)):
-                        continue  # fifos, sockets, devices live in the index only
-                    md = describe(path, st)
-                    md.target = target
-                    if md.kind == "dir":
-                        folders.append(path)
-                    entries.append(md)
-        return entries
-
-    def steady_listing() -> list[Metadata] | None:
-        """A listing taken while nothing went from under it, or None if the tree keeps
-        changing (the next poll tries again)."""
-        for _ in range(LISTING_TRIES):
-            try:
-                return listing()
-            except TreeMoved:
-                continue
-        return None
-
     plug.ready()
+    try:
+        follow(plug, root, interval)
+    except OutOfWatches as error:
+        log.warning("remote %s: %s; listing %s every %gs instead (raise the limit: "
+                    "sysctl fs.inotify.max_user_watches, max_user_instances)",
+                    plug.name, error, root, min(interval, POLL))
+        poll(plug, root, min(interval, POLL))
+
+
+def poll(plug: Plug, root: str, interval: float) -> None:
+    """List the root folder every interval and report it, for a folder that cannot be
+    watched."""
     # What the last listing reported held, and how many changes onitufs had made by then.
     last: tuple[dict[str, tuple[str | None, str | None]], int] | None = None
     while not plug.stopping.is_set():
         started, writes = time.time(), plug.writes
         try:
-            _require_root()
-            entries = steady_listing()
+            if not os.path.isdir(root):
+                raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
+            entries = steady_listing(root)
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             plug.offline(f"cannot list {root}: {reason}")

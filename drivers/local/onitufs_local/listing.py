@@ -1,0 +1,114 @@
+"""What a local remote's folder holds, as the driver reports it: one walk of the tree.
+
+Uploads in progress (their temp files) are left out, and so are fifos, sockets
+and devices, which live in the index only. Both the watched folder (watch.py)
+and the polled one list it this way, so both report the same things.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+
+from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
+
+LISTING_TRIES = 3
+
+
+class TreeMoved(Exception):
+    """Something in the tree went while it was listed."""
+
+
+def token(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def file_id(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def describe(path: str, st: os.stat_result) -> Metadata:
+    kind: Kind = "dir" if stat.S_ISDIR(st.st_mode) else \
+        "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+    return Metadata(path=path, kind=kind, size=st.st_size if kind == "file" else 0,
+                    mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode),
+                    revision=token(st), file_id=file_id(st))
+
+
+def reported(st: os.stat_result) -> bool:
+    """Whether an entry of this type is reported: folders, links and files."""
+    return stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)
+
+
+def entry(root: str, path: str) -> Metadata | None:
+    """The entry at path as the listing reports it; None if nothing reported is there
+    (gone, a temp file of an upload, a fifo)."""
+    if path.rpartition("/")[2].endswith(TEMP_SUFFIX):
+        return None
+    full = os.path.join(root, path)
+    try:
+        st = os.lstat(full)
+        target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not reported(st):
+        return None
+    md = describe(path, st)
+    md.target = target
+    return md
+
+
+def listing(root: str, top: str = "", watch: Callable[[str], None] | None = None) -> list[Metadata]:
+    """Everything below the folder `top` of the root ("": all of it).
+
+    Without `watch`, TreeMoved if something in it went while it was read (a build, git
+    gc): that is no reason to call the remote unreachable. With it, watch(folder) is
+    called before each folder is read, and what goes meanwhile is left out: the kernel
+    then tells of it.
+    """
+    entries: list[Metadata] = []
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        try:
+            if watch is not None:
+                watch(folder)
+            scan = os.scandir(os.path.join(root, folder))
+        except (FileNotFoundError, NotADirectoryError):
+            if not folder:
+                raise  # the root itself: the remote is away
+            if watch is not None:
+                continue
+            raise TreeMoved(folder) from None
+        with scan:
+            for item in scan:
+                if item.name.endswith(TEMP_SUFFIX):
+                    continue
+                path = f"{folder}/{item.name}" if folder else item.name
+                try:
+                    st = item.stat(follow_symlinks=False)
+                    target = os.readlink(item.path) if stat.S_ISLNK(st.st_mode) else None
+                except (FileNotFoundError, NotADirectoryError):
+                    if watch is not None:
+                        continue
+                    raise TreeMoved(path) from None
+                if not reported(st):
+                    continue  # fifos, sockets, devices live in the index only
+                md = describe(path, st)
+                md.target = target
+                if md.kind == "dir":
+                    folders.append(path)
+                entries.append(md)
+    return entries
+
+
+def steady_listing(root: str) -> list[Metadata] | None:
+    """A listing taken while nothing went from under it, or None if the tree keeps
+    changing (the next poll tries again)."""
+    for _ in range(LISTING_TRIES):
+        try:
+            return listing(root)
+        except TreeMoved:
+            continue
+    return None

@@ -1,0 +1,296 @@
+"""The local driver's watch on its folder: the kernel tells it of changes (inotify).
+
+Every folder of the remote is watched; a folder that appears is watched, then
+read, since files may have been made in it before the watch was. The driver
+keeps the listing in memory and brings the entries that events name up to
+date once the events settle, then hands the core the whole listing
+(plug.report_tree), so that the core applies to it exactly the rules it
+applies to a polled one. A full listing is taken at the start, when the
+kernel's queue of events overflowed, when the root folder is another one
+(a disk unplugged or plugged in), and every poll_interval as a safety net.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import time
+
+from asyncinotify import Inotify, Mask, Watch
+
+from onitufs.plug import TEMP_SUFFIX, Metadata, Plug, RemoteUnavailable
+
+from .listing import entry, listing
+
+# No CLOSE_WRITE: a write already says MODIFY. The root's own DELETE_SELF and MOVE_SELF
+# (and the UNMOUNT and IGNORED the kernel always sends) call for a look at the root.
+MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.MOVED_FROM | Mask.MOVED_TO
+        | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR | Mask.DONT_FOLLOW | Mask.EXCL_UNLINK)
+ROOT_GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT | Mask.IGNORED
+
+# How often the root folder is looked at: a disk unmounted from under it (umount -l of a
+# bind mount) raises no event there. Also how often a move of plug.writes is looked for.
+TICK = 2.0
+# Events are applied once none came for SETTLE (a file being written fires many), or MOST
+# after the first of them (a file that keeps changing still shows); and a listing goes to
+# the core at most every GAP, so that a burst of uploads does not have it compare the
+# whole tree for each.
+SETTLE = 0.1
+MOST = 2.0
+GAP = 0.5
+EVENTS_READ = 1024  # the most events read at once (in full-length names: 270 KiB)
+
+log = logging.getLogger(__name__)
+
+
+class OutOfWatches(Exception):
+    """The kernel cannot watch one more folder (fs.inotify.max_user_watches, or
+    max_user_instances, is reached)."""
+
+
+def depth(path: str) -> int:
+    return path.count("/") + 1 if path else 0
+
+
+def parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+class Tree:
+    """What the root folder holds, kept up to date from the kernel's events."""
+
+    def __init__(self, name: str, root: str) -> None:
+        self.name, self.root = name, root
+        try:
+            self.inotify = Inotify(cache_size=EVENTS_READ)
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise OutOfWatches(f"no inotify instance: {error.strerror}") from error
+            raise
+        self.entries: dict[str, Metadata] = {}
+        self.children: dict[str, set[str]] = {"": set()}  # by folder ("": the root)
+        self.watches: dict[str, Watch] = {}  # by folder
+        self.folders: dict[int, str] = {}  # the folder of each watch descriptor
+        self.dropped: list[Watch] = []  # watches of folders no longer in the tree
+        self.dirty: set[str] = set()  # paths events named since they were last applied
+        self.stale = True  # only a full listing can tell (the start, an overflow)
+        self.root_id: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        self.inotify.close()
+
+    def holds_root(self) -> bool:
+        """Whether the root folder is still the one that was listed."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.root_id
+
+    def listing(self) -> list[Metadata]:
+        # Entries are replaced, never changed, so the core may keep what it is given.
+        return list(self.entries.values())
+
+    def _watch(self, folder: str) -> None:
+        try:
+            # The root may be a symbolic link to the folder, as the listing takes it.
+            mask = MASK if folder else MASK & ~Mask.DONT_FOLLOW
+            watch = self.inotify.add_watch(os.path.join(self.root, folder), mask)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.ENOMEM):
+                raise OutOfWatches(f"cannot watch {os.path.join(self.root, folder)}: "
+                                   f"{error.strerror}") from error
+            raise
+        # The same folder watched again (moved, or listed anew) keeps its descriptor.
+        self.folders[watch.wd] = folder
+        self.watches[folder] = watch
+
+    def _add(self, md: Metadata) -> None:
+        self.entries[md.path] = md
+        self.children.setdefault(parent(md.path), set()).add(md.path)
+        if md.kind == "dir":
+            self.children.setdefault(md.path, set())
+
+    def _drop(self, path: str) -> None:
+        """Forget path and everything below it."""
+        self.children.get(parent(path), set()).discard(path)
+        below = [path]
+        while below:
+            gone = below.pop()
+            self.entries.pop(gone, None)
+            below.extend(self.children.pop(gone, ()))
+            watch = self.watches.pop(gone, None)
+            if watch is not None and self.folders.get(watch.wd) == gone:
+                del self.folders[watch.wd]
+                self.dropped.append(watch)
+
+    def _forget_dropped(self) -> None:
+        """Stop watching folders that left the tree (a folder moved out of it); one moved
+        within it was watched again under its new name."""
+        for watch in self.dropped:
+            if watch.wd not in self.folders:
+                with contextlib.suppress(OSError):  # gone with its folder
+                    self.inotify.rm_watch(watch)
+        self.dropped.clear()
+
+    def list_all(self) -> bool:
+        """Watch and list the whole tree anew; whether it differs from what was held.
+        OSError or RemoteUnavailable if the root cannot be listed."""
+        self.stale = False
+        self.dirty.clear()
+        if not os.path.isdir(self.root):
+            raise RemoteUnavailable(f"{self.root} is missing (unmounted disk?)")
+        st = os.stat(self.root)
+        self.root_id = (st.st_dev, st.st_ino)
+        before = {path: (md.revision, md.file_id) for path, md in self.entries.items()}
+        self.dropped.extend(self.watches.values())
+        self.watches, self.folders = {}, {}
+        listed = listing(self.root, watch=self._watch)
+        self.entries, self.children = {}, {"": set()}
+        for md in listed:
+            self._add(md)
+        self._forget_dropped()
+        return before != {path: (md.revision, md.file_id) for path, md in self.entries.items()}
+
+    def read(self, timeout: float) -> bool:
+        """Take in the events the kernel holds, waiting up to timeout for the first;
+        whether any came."""
+        self.inotify.sync_timeout = timeout
+        came = False
+        while (event := self.inotify.sync_get()) is not None:
+            came = True
+            self.inotify.sync_timeout = 0
+            if Mask.Q_OVERFLOW in event.mask:
+                log.info("remote %s: the kernel's queue of change notices overflowed; "
+                         "listing %s in full", self.name, self.root)
+                self.stale = True
+                continue
+            watch = event.watch
+            folder = self.folders.get(watch.wd) if watch is not None else None
+            if watch is None or folder is None:
+                continue  # a folder no longer in the tree
+            if event.name is None:  # the watched folder itself
+                if not folder and event.mask & ROOT_GONE:
+                    self.stale = True
+                elif Mask.IGNORED in event.mask:
+                    del self.folders[watch.wd]  # it went; its parent's event says so
+                continue
+            name = str(event.name)
+            if not name.endswith(TEMP_SUFFIX):  # uploads in progress are not reported
+                self.dirty.add(f"{folder}/{name}" if folder else name)
+        return came
+
+    def apply(self) -> bool:
+        """Bring the entries the events named up to date; whether any changed. OSError
+        if a new folder cannot be read."""
+        changed = False
+        listed: set[str] = set()  # folders read in full here
+        for path in sorted(self.dirty, key=depth):
+            up = parent(path)
+            if any(folder in listed for folder in ancestors(path)):
+                continue  # read with its folder
+            if up and (self.entries.get(up) is None or self.entries[up].kind != "dir"):
+                continue  # its folder went, or is new and gets read in full
+            md = entry(self.root, path)
+            old = self.entries.get(path)
+            if md is None:
+                if old is not None:
+                    self._drop(path)
+                    changed = True
+                continue
+            if md.kind == "dir" and (old is None or old.kind != "dir"
+                                     or old.file_id != md.file_id):
+                # A folder made, moved in, or put in place of another: watched, then read.
+                if old is not None:
+                    self._drop(path)
+                self._add(md)
+                for inside in listing(self.root, path, watch=self._watch):
+                    self._add(inside)
+                listed.add(path)
+                changed = True
+                continue
+            if old is not None and old.kind == "dir" and md.kind != "dir":
+                self._drop(path)
+            changed = changed or old is None or (old.revision, old.file_id) != (md.revision,
+                                                                                 md.file_id)
+            self._add(md)
+        self.dirty.clear()
+        self._forget_dropped()
+        return changed
+
+
+def ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
+def follow(plug: Plug, root: str, interval: float) -> None:
+    """Watch the root folder and report what it holds until the mount ends. Raises
+    OutOfWatches when the kernel cannot watch all of it: then it must be polled."""
+    tree: Tree | None = None
+    taken = False  # whether the core took the last listing sent (none yet: no)
+    online = False
+    reported = -1  # plug.writes when that listing began
+    full_at = 0.0  # when the next full listing is due (time.monotonic)
+    first = last = 0.0  # when the first and the last events not yet applied came (0: none)
+    sent = 0.0  # when the last listing went to the core
+    try:
+        while not plug.stopping.is_set():
+            now = time.monotonic()
+            # (While events come, the folder is let settle first: rm -rf of it, then mkdir.)
+            if tree is None or now >= full_at or (
+                    not first and (tree.stale or not tree.holds_root())):
+                started, writes = time.time(), plug.writes
+                try:
+                    if tree is None or not tree.holds_root():
+                        if tree is not None:
+                            tree.close()
+                        tree, taken = Tree(plug.name, root), False  # its listing goes out
+                    changed = tree.list_all()
+                except OutOfWatches:
+                    raise
+                except (OSError, RemoteUnavailable) as error:
+                    if tree is not None:
+                        tree.close()
+                    tree, taken, online = None, False, False
+                    reason = error.strerror if isinstance(error, OSError) and error.strerror \
+                        else error
+                    plug.offline(f"cannot list {root}: {reason}")
+                    plug.stopping.wait(min(interval, TICK))
+                    continue
+                full_at, first = time.monotonic() + interval, 0.0
+            else:
+                due = min(max(last + SETTLE, sent + GAP), first + MOST) if first else now + TICK
+                if tree.read(max(0.0, min(due, full_at) - now)):
+                    last = time.monotonic()
+                    first = first or last
+                    if last - first < MOST:
+                        continue
+                if not first and plug.writes == reported and taken:
+                    continue  # a quiet tick
+                started, writes = time.time(), plug.writes
+                tree.read(0)  # what changed before `started`, for the listing to hold
+                first = 0.0
+                if tree.stale:
+                    continue
+                try:
+                    changed = tree.apply()
+                except OSError:
+                    tree.stale = True  # the full listing says what is wrong
+                    continue
+            if not tree.holds_root():
+                # A disk unmounted meanwhile: what was read after that came from the folder
+                # under it, and would read as deletions. The next full listing says.
+                tree.stale = True
+                continue
+            if changed or writes != reported or not taken:
+                if not online:
+                    plug.online()
+                    online = True
+                taken, reported, sent = plug.report_tree(tree.listing(), started), writes, \
+                    time.monotonic()
+    finally:
+        if tree is not None:
+            tree.close()

@@ -1,0 +1,186 @@
+"""The local driver learns of changes in its folder from the kernel (inotify), not by polling.
+
+Every mount here has poll_interval = "1h": a change that shows within seconds was
+told by the kernel. Where the kernel cannot tell (its queue overflowed, it is out of
+watches), the folder is listed in full instead; an unplugged disk stays an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
+
+SOON = 10.0  # far below the hour of poll_interval, and room for a loaded machine
+
+
+def soon(condition: Callable[[], bool], what: str) -> None:
+    wait_for(condition, timeout=SOON, what=what)
+
+
+def watched(make_cloud: MakeCloud, remotes: dict[str, str] | None = None) -> Cloud:
+    cloud = make_cloud(remotes or {"a": "rw", "b": "rw"}, poll_interval="1h")
+    cloud.mount()
+    return cloud
+
+
+def holds(root: Path, path: str, content: bytes | None) -> bool:
+    """Whether root holds content at path (None: nothing there)."""
+    target = root / path
+    if content is None:
+        return not os.path.lexists(target)
+    return target.is_file() and target.read_bytes() == content
+
+
+def everywhere(cloud: Cloud, path: str, content: bytes | None) -> bool:
+    return all(holds(root, path, content) for root in [cloud.mountpoint, *cloud.remotes.values()])
+
+
+def inotify_watches(pid: int) -> list[int]:
+    """How many folders each inotify instance of the process watches."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                found.append(sum(line.startswith("inotify wd:") for line in info.splitlines()))
+    return found
+
+
+@contextlib.contextmanager
+def inotify_limit(name: str, value: int) -> Iterator[None]:
+    """One of the kernel's inotify limits lowered, and put back whatever happens."""
+    path = Path("/proc/sys/fs/inotify") / name
+    old = path.read_text()
+    path.write_text(f"{value}\n")
+    try:
+        yield
+    finally:
+        path.write_text(old)
+
+
+def test_changes_in_a_remote_folder_show_at_once(make_cloud: MakeCloud) -> None:
+    cloud = watched(make_cloud)
+    a = cloud.remotes["a"]
+    (a / "new.txt").write_bytes(b"made on a")
+    soon(lambda: everywhere(cloud, "new.txt", b"made on a"), "the new file everywhere")
+    with (a / "new.txt").open("ab") as growing:  # a file written in many steps
+        for _ in range(50):
+            growing.write(b" and more")
+            growing.flush()
+    soon(lambda: everywhere(cloud, "new.txt", b"made on a" + b" and more" * 50),
+         "the change everywhere")
+    (a / "new.txt").unlink()
+    soon(lambda: everywhere(cloud, "new.txt", None), "the delete everywhere")
+    assert inotify_watches(cloud.pid or 0) == [1, 1]  # each remote's root folder
+    assert cloud.umount().returncode == 0
+
+
+def test_a_new_folder_is_watched_and_what_it_held_already_is_seen(
+        make_cloud: MakeCloud, tmp_path: Path) -> None:
+    cloud = watched(make_cloud)
+    a = cloud.remotes["a"]
+    # made in one go: files land before the driver can watch the folders
+    for number in range(30):
+        folder = a / "new" / f"sub{number % 3}" / "deeper"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{number}").write_bytes(f"content {number}".encode())
+    # and a tree made elsewhere, moved in whole
+    outside = tmp_path / "outside"
+    (outside / "x" / "y").mkdir(parents=True)
+    (outside / "x" / "y" / "z.txt").write_bytes(b"moved in")
+    os.rename(outside / "x", a / "moved-in")
+    expected = snapshot(a)
+    soon(lambda: snapshot(cloud.mountpoint) == expected, "every new file in the mount")
+    soon(lambda: snapshot(cloud.remotes["b"]) == expected, "every new file on b")
+    # the new folders are watched: a change deep inside shows too
+    (a / "moved-in" / "y" / "late.txt").write_bytes(b"late")
+    soon(lambda: everywhere(cloud, "moved-in/y/late.txt", b"late"), "a file in a moved-in folder")
+    assert cloud.umount().returncode == 0
+
+
+def test_renames_in_a_remote_folder_travel_as_renames(make_cloud: MakeCloud) -> None:
+    cloud = watched(make_cloud)
+    (cloud.mountpoint / "folder" / "inner").mkdir(parents=True)
+    (cloud.mountpoint / "folder" / "inner" / "doc.txt").write_bytes(b"doc")
+    (cloud.mountpoint / "loose.txt").write_bytes(b"loose")
+    cloud.wait_synced()
+    soon(lambda: everywhere(cloud, "folder/inner/doc.txt", b"doc"), "the uploads")
+    b_inode = os.stat(cloud.remotes["b"] / "folder" / "inner" / "doc.txt").st_ino
+    a = cloud.remotes["a"]
+    os.rename(a / "loose.txt", a / "renamed.txt")
+    os.rename(a / "folder", a / "renamed-folder")
+    soon(lambda: everywhere(cloud, "renamed-folder/inner/doc.txt", b"doc")
+         and everywhere(cloud, "renamed.txt", b"loose") and everywhere(cloud, "loose.txt", None)
+         and not os.path.lexists(cloud.mountpoint / "folder"), "the renames everywhere")
+    # a rename, not a copy: b's file was moved
+    assert os.stat(cloud.remotes["b"] / "renamed-folder" / "inner" / "doc.txt").st_ino == b_inode
+    # the renamed folder is still watched, under its new name
+    (a / "renamed-folder" / "inner" / "after.txt").write_bytes(b"after the rename")
+    soon(lambda: everywhere(cloud, "renamed-folder/inner/after.txt", b"after the rename"),
+         "a file made in the renamed folder")
+    shutil.rmtree(a / "renamed-folder")
+    soon(lambda: everywhere(cloud, "renamed-folder", None), "the folder deleted everywhere")
+    assert cloud.umount().returncode == 0
+
+
+def test_an_overflowing_queue_of_events_falls_back_to_a_listing(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
+    # The limit holds for the instances made while it is set: the daemon's, at its mount.
+    with inotify_limit("max_queued_events", 1):
+        cloud.mount()
+        soon(lambda: len(inotify_watches(cloud.pid or 0)) == 2, "the drivers' watches")
+    overflows = cloud.log.count("queue of change notices overflowed")
+    a = cloud.remotes["a"]
+    for number in range(20):  # each file fires two events, where one fits
+        (a / f"file{number}").write_bytes(f"content {number}".encode())
+    expected = snapshot(a)
+    soon(lambda: snapshot(cloud.mountpoint) == expected, "every file in the mount")
+    soon(lambda: snapshot(cloud.remotes["b"]) == expected, "every file on b")
+    assert cloud.log.count("queue of change notices overflowed") > overflows, cloud.log[-3000:]
+    assert cloud.umount().returncode == 0
+
+
+def test_out_of_watches_the_folder_is_polled(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
+    (cloud.remotes["a"] / "folder").mkdir()
+    with inotify_limit("max_user_watches", 1):
+        cloud.mount()
+        soon(lambda: "cannot watch" in cloud.log, "the driver to give up watching")
+    assert "listing" in cloud.log and "every 2s instead" in cloud.log, cloud.log[-3000:]
+    pid = cloud.pid or 0
+    a = cloud.remotes["a"]
+    (a / "folder" / "polled.txt").write_bytes(b"found by a listing")
+    soon(lambda: everywhere(cloud, "folder/polled.txt", b"found by a listing"), "the new file")
+    assert "remote a: cannot watch" in cloud.log, cloud.log[-3000:]
+    assert len(inotify_watches(pid)) <= 1  # a's is closed (b's root may have had a watch)
+    assert cloud.umount().returncode == 0
+
+
+def test_an_unplugged_disk_is_an_outage_and_comes_back_watched(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"home": "rw", "usb": "rw"}, poll_interval="1h")
+    with usb_disk(cloud) as disk:
+        cloud.mount()
+        (cloud.mountpoint / "photos").mkdir()
+        for number in range(5):
+            (cloud.mountpoint / "photos" / f"p{number}.jpg").write_bytes(bytes([number]) * 100)
+        cloud.wait_synced()
+        expected = snapshot(cloud.mountpoint)
+        soon(lambda: snapshot(cloud.remotes["usb"]) == expected, "the files on the disk")
+        unplug(cloud.remotes["usb"])  # no event comes of it: the driver looks at its root
+        reason = outage_reason(cloud)
+        assert "its folder is empty but held 5 files and 1 folder" in reason, reason
+        assert snapshot(cloud.mountpoint) == expected
+        assert snapshot(cloud.remotes["home"]) == expected
+        plug_in(disk, cloud.remotes["usb"])
+        soon(lambda: bool(usb_state(cloud)["online"]), "the disk back online")
+        # the disk is watched again: a change made on it shows
+        (cloud.remotes["usb"] / "photos" / "p9.jpg").write_bytes(b"added on the disk")
+        soon(lambda: everywhere(cloud, "photos/p9.jpg", b"added on the disk"),
+             "a file added on the disk once back")
+        assert cloud.umount().returncode == 0
