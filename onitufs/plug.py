@@ -127,12 +127,18 @@ class UploadFiles:
         self._lock = threading.Lock()  # handlers of different uploads run in parallel
 
     def fd(self, key: str, open_file: Callable[[], int]) -> int:
-        """The upload's descriptor, from open_file() the first time."""
+        """The upload's descriptor, from open_file() the first time (outside the lock: an
+        open on a slow disk must not hold up the other uploads)."""
         with self._lock:
             fd = self._fds.get(key)
-            if fd is None:
-                fd = self._fds[key] = open_file()
+        if fd is not None:
             return fd
+        fd = open_file()
+        with self._lock:
+            kept = self._fds.setdefault(key, fd)
+        if kept != fd:  # another handler of this upload opened it meanwhile
+            os.close(fd)
+        return kept
 
     def take(self, key: str) -> int | None:
         """The upload's descriptor, forgotten here: the caller closes it."""

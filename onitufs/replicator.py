@@ -23,7 +23,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -385,8 +385,24 @@ class Replicator:
                 ticket.retry_at = 0.0
                 self._push(remote, ino)
 
-    def _lock(self, remote: Remote, ino: int) -> trio.Lock:
-        return self._locks.setdefault((remote.rid, ino), trio.Lock())
+    @contextlib.asynccontextmanager
+    async def _locked(self, remote: Remote, ino: int, visiting: frozenset[int]
+                      ) -> AsyncIterator[None]:
+        """The inode's lock on the remote, dropped once nobody holds or waits for it.
+        `visiting`: another sync waits on this one, and must not wait on a task that
+        might wait on it in turn."""
+        key = (remote.rid, ino)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = trio.Lock()
+        elif visiting and lock.locked():
+            raise Retry()
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(key, None)
 
     # bringing one inode up to date on one remote
 
@@ -398,10 +414,7 @@ class Replicator:
         may have moved there, taking this inode's copy with it."""
         if ino == ROOT_INO:
             return  # the remote's root is where it is configured; never made, moved or deleted
-        lock = self._lock(remote, ino)
-        if visiting and lock.locked():
-            raise Retry()  # another task has it: waiting here could wait on ourselves
-        async with lock:
+        async with self._locked(remote, ino, visiting):
             visiting = visiting | {ino}
             with self.index.begin() as txn:
                 inode = self.index.get_inode(ino, txn)
