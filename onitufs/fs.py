@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 ATTR_TIMEOUT = 1.0
+SETTLE_WAIT = 1.0  # seconds an EIO waits for the kernel to hear of names changed
 RELATIME_NS = 24 * 3600 * 10**9
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
@@ -112,18 +113,33 @@ class Kernel(KernelNotifier):
 
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[tuple[int, bytes]](math.inf)
+        self._queued = self._sent = 0
+        self._moved = trio.Event()  # set, and replaced, at each notification sent
 
     def entry_changed(self, parent: int, name: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError):
             self._send.send_nowait((parent, name))
+            self._queued += 1
 
     async def run(self) -> None:
         """Send the notifications until cancelled."""
         try:
             async for parent, name in self._receive:
                 await trio.to_thread.run_sync(invalidate, parent, name)
+                self._sent += 1
+                self._moved.set()
+                self._moved = trio.Event()
         finally:
             self._send.close()
+
+    async def settled(self) -> None:
+        """Until the notifications queued so far are sent: an error answered after a name was
+        taken to a new version must not leave the kernel showing the old one to the next
+        open. At most SETTLE_WAIT seconds: the kernel may be waiting for a folder's lock."""
+        target = self._queued
+        with trio.move_on_after(SETTLE_WAIT):
+            while self._sent < target:
+                await self._moved.wait()
 
 
 def invalidate(parent: int, name: bytes) -> None:
@@ -268,6 +284,7 @@ class Filesystem(pyfuse3.Operations):
         except (FetchError, BlockLost) as error:
             log.error("cannot change %s: its content cannot be fetched: %s",
                       self.index.describe(node.ino), error)
+            await self.kernel.settled()
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     # names
@@ -421,6 +438,7 @@ class Filesystem(pyfuse3.Operations):
             return await self.cache.read(node, off, size)
         except (FetchError, BlockLost) as error:
             log.error("cannot read %s: %s", self.index.describe(node.ino), error)
+            await self.kernel.settled()  # a remote's newer version taken in meanwhile
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @fuse_errors
