@@ -174,7 +174,7 @@ DROPBOX_DEVIATIONS = {
 def dropbox_driver(request: pytest.FixtureRequest, tmp_path: Path,
                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     """The driver against a FakeDropbox on loopback, in a folder /Cloud of its own."""
-    import dropbox  # type: ignore[import-untyped]
+    import dropbox
 
     from onitufs.testing.dropbox_api import FakeDropbox
 

@@ -136,8 +136,8 @@ def test_a_driver_missing_its_library_names_the_command_that_adds_it(
     assert "the driver 'crow' needs the Python package 'onitufs_test_crow_call'" in line
     assert command[1:] == ["-m", "pip", "install", "onitufs_test_crow_call"]
     line, command = refusal("carrier-pigeon")
-    assert "no driver named 'carrier-pigeon' is installed (installed: annex, crow, dropbox, local, pigeon, ssh)" \
-        in line
+    assert ("no driver named 'carrier-pigeon' is installed (installed: annex, crow, dropbox, "
+            "local, pigeon, ssh)") in line
     assert "a third-party one is a package of its own" in line
 
 

@@ -27,8 +27,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from dropbox import files  # type: ignore[import-untyped]
-from dropbox.exceptions import ApiError, HttpError  # type: ignore[import-untyped]
+from dropbox import files
+from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from dropbox.oauth import DropboxOAuth2FlowNoRedirect  # type: ignore[import-untyped]
+from dropbox.oauth import DropboxOAuth2FlowNoRedirect
 
 from onitufs.config import ConfigError, Options
 

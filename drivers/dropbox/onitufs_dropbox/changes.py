@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dropbox import files  # type: ignore[import-untyped]
-from dropbox.exceptions import ApiError  # type: ignore[import-untyped]
+from dropbox import files
+from dropbox.exceptions import ApiError
 
 from onitufs.plug import Plug, RemoteUnavailable
 

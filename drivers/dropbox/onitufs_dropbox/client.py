@@ -19,9 +19,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import dropbox  # type: ignore[import-untyped]
+import dropbox
 import requests
-from dropbox.exceptions import (  # type: ignore[import-untyped]
+from dropbox.exceptions import (
     ApiError,
     AuthError,
     BadInputError,

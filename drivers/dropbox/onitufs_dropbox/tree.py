@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dropbox import files  # type: ignore[import-untyped]
+from dropbox import files
 
 from onitufs.plug import DriverError, Metadata
 

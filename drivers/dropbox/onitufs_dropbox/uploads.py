@@ -24,8 +24,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dropbox import files  # type: ignore[import-untyped]
-from dropbox.exceptions import ApiError  # type: ignore[import-untyped]
+from dropbox import files
+from dropbox.exceptions import ApiError
 
 from onitufs.plug import DriverError
 
