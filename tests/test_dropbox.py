@@ -206,6 +206,23 @@ def test_a_revoked_token_is_offline_with_the_command_to_run(cloud: Cloud, fake: 
     wait_for(lambda: on_dropbox(fake, "after.txt") == b"y", 60, "the remote back")
 
 
+def test_no_network_is_an_outage_and_the_mount_works_on(cloud: Cloud,
+                                                       fake: FakeDropbox) -> None:
+    (cloud.mountpoint / "before.txt").write_bytes(b"seen by Dropbox")
+    cloud.wait_synced()
+    fake.go_offline()
+    (cloud.mountpoint / "during.txt").write_bytes(b"written offline")
+    (cloud.mountpoint / "before.txt").unlink()
+    wait_for(lambda: remote(cloud)["state"] == "offline", 30, "the remote offline")
+    wait_for(lambda: (cloud.remotes["a"] / "during.txt").exists(), what="the local copy")
+    assert os.listdir(cloud.mountpoint) == ["during.txt"]
+    assert on_dropbox(fake, "before.txt") == b"seen by Dropbox"  # nothing reached it
+    fake.go_online()
+    wait_for(lambda: on_dropbox(fake, "during.txt") == b"written offline"
+             and on_dropbox(fake, "before.txt") is None, 60, "the remote caught up")
+    assert remote(cloud)["state"] == "online"
+
+
 def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: FakeDropbox) -> None:
     cloud = with_dropbox(make_cloud({"a": "rw"}), fake, write_token=False)
     token_file = cloud.root / "dropbox.token"
