@@ -423,6 +423,15 @@ class RemoteChanges:
         if not judgement.trusted:
             return False
         source.trusted.set()
+        try:
+            return await self._apply(source, entries, held, started)
+        finally:
+            source.listed.set()  # even if cut short: the rest comes with the next one
+
+    async def _apply(self, source: Remote, entries: list[Metadata],
+                     held: dict[str, MirrorEntry], started: float) -> bool:
+        """report_tree's changes, from a listing that can be trusted."""
+        remote = source.name
         skipped = False
 
         def current(path: str) -> bool:

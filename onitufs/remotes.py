@@ -112,6 +112,9 @@ class Remote:
     # whether a listing of it has passed since the start.
     outage: str | None = None
     trusted: trio.Event = field(default_factory=trio.Event)
+    # Set once a first listing of this run has been taken in whole: what the remote holds
+    # already (files compared with ours by content) is known before anything is sent.
+    listed: trio.Event = field(default_factory=trio.Event)
     # Set by the daemon: checks the remote is still the right folder before a change.
     before_change: Callable[[], Awaitable[None]] | None = None
     # Set by the replicator: work that backed off goes at once when the remote is back.

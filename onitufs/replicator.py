@@ -313,6 +313,9 @@ class Replicator:
         pending = self._pending[remote.rid]
         busy = self._busy[remote.rid]
         line = self._ready[remote.rid]
+        # Not before the remote's first listing is in: a file it holds already, which is
+        # being compared with ours, would be sent again, to end in a conflict there.
+        await remote.listed.wait()
         async with trio.open_nursery() as nursery:
             slots = trio.Semaphore(PER_REMOTE_TASKS)
             while True:

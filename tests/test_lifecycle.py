@@ -214,3 +214,26 @@ def test_a_read_only_mount_unmounts_cleanly(make_cloud: MakeCloud) -> None:
     result = cloud.umount()
     assert result.returncode == 0, result.stderr
     assert not result.stderr, result.stderr
+
+
+def test_a_first_mount_of_remotes_holding_the_same_files_sends_nothing(
+        make_cloud: MakeCloud) -> None:
+    """Each remote's first listing is taken in whole (its files compared with those another
+    remote listed first) before anything is sent to it: nothing goes twice, no conflict."""
+    cloud = make_cloud({"a": "rw", "b": "rw", "c": "rw"})
+    tree = {f"d{n % 7}/f{n}.txt": os.urandom(n * 97 % 5000) for n in range(150)}
+    for remote in cloud.remotes.values():
+        for path, data in tree.items():
+            (remote / path).parent.mkdir(exist_ok=True)
+            (remote / path).write_bytes(data)
+            os.utime(remote / path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    cloud.mount()
+    wait_for(lambda: all(r["state"] == "online" for r in cloud.status()["remotes"]),
+             what="every remote's first listing")
+    cloud.wait_synced()
+    assert {(cloud.mountpoint / path).read_bytes() == data for path, data in tree.items()} \
+        == {True}
+    assert [(r["name"], r["bytes_sent"], r["done"]) for r in cloud.status()["remotes"]] \
+        == [("a", 0, 0), ("b", 0, 0), ("c", 0, 0)]
+    assert "Conflict" not in cloud.log
+    cloud.umount()
