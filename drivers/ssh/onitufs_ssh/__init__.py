@@ -14,7 +14,8 @@ to a hidden temporary file beside the target, written in the background
 (uploads.py) and renamed into place when complete, atomically over the old
 version where the server has posix-rename@openssh.com. Reads pipeline their
 requests and read ahead on several connections (reading.py). Changes made
-on the server are found by listing it every poll_interval (listing.py).
+on the server are found by listing it (listing.py): every 2 s after a change,
+backing off to poll_interval while nothing changes (poll).
 While the server cannot be reached, handlers raise RemoteUnavailable and the
 poll reports the remote offline, retrying with backoff.
 """
@@ -42,7 +43,7 @@ from onitufs.plug import (
 )
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
-from .listing import describe, encode, token, walk
+from .listing import Tree, describe, encode, token
 from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 UPLOAD_CONNECTIONS = 8
 READ_STREAMS = 2  # files read ahead at once, each on connections of its own
 MAX_POLL_BACKOFF = 30.0
+FASTEST_POLL = 2.0  # seconds between listings while changes come
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -379,11 +381,15 @@ def start(plug: Plug) -> None:
 
 
 def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) -> None:
-    """List the remote every poll_interval and report what changed, until the mount ends."""
+    """List the remote and report what changed, until the mount ends: every FASTEST_POLL
+    seconds right after a change was seen, twice as long after each listing that found
+    none, up to poll_interval (see wait)."""
     conn: Connection | None = None
+    tree = Tree()
     # What the last listing reported held, and how many changes onitufs had made by then.
     last: tuple[dict[str, str | None], int] | None = None
     backoff = 0.5
+    interval = settings.poll_interval
     reported_error: str | None = None
     try:
         while not plug.stopping.is_set():
@@ -394,7 +400,8 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
                         conn.close()
                     conn = None
                     conn = connect(settings)
-                entries = walk(conn.sftp, root(conn))
+                entries = tree.walk(conn.sftp, root(conn),
+                                    wanted=last is None or last[1] != writes)
             except Exception as error:
                 if isinstance(error, ConnectError):
                     reason = _located(settings, str(error))
@@ -417,12 +424,28 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
                 continue
             backoff = 0.5
             reported_error = None
-            seen = {md.path: md.revision for md in entries}
-            if (seen, writes) != last:
-                if last is None:
-                    plug.online()
-                last = (seen, writes) if plug.report_tree(entries, started) else None
-            plug.stopping.wait(settings.poll_interval)
+            changed = False
+            if entries is not None:  # else the server answered as at the last listing
+                seen = {md.path: md.revision for md in entries}
+                if (seen, writes) != last:
+                    if last is None:
+                        plug.online()
+                    last = (seen, writes) if plug.report_tree(entries, started) else None
+                    changed = True
+            interval = wait(settings.poll_interval, interval, changed)
+            log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
+                      time.time() - started, "changes reported" if changed else "no change",
+                      interval)
+            plug.stopping.wait(interval)
     finally:
         if conn is not None:
             conn.close()
+
+
+def wait(poll_interval: float, last: float, changed: bool) -> float:
+    """Seconds until the next listing: FASTEST_POLL (or poll_interval, if shorter) after a
+    listing that found a change, since changes come in bursts; twice the last wait after
+    one that found none, never more than poll_interval, so that a change made on the
+    server at any time is still found within poll_interval."""
+    fastest = min(FASTEST_POLL, poll_interval)
+    return fastest if changed else min(poll_interval, max(fastest, last * 2))

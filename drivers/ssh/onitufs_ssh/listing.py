@@ -1,4 +1,5 @@
-"""What is on the server: Metadata from SFTP attributes, and the full listing the poll reports.
+"""What is on the server: Metadata from SFTP attributes, and the full listing the poll reports,
+decoded only when the server's answers changed (Tree).
 
 SFTP (version 3) gives sizes, permissions and modification times in whole
 seconds, and no inode numbers: a version's token is "MTIME:SIZE" and
@@ -10,11 +11,24 @@ server shows by its new mtime or size.
 from __future__ import annotations
 
 import collections
+import hashlib
 import stat
+from dataclasses import dataclass
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
 
-from .sftp import CLOSE, HANDLE, OPENDIR, READDIR, READLINK, Attrs, Session, SftpError, pack_string
+from .sftp import (
+    CLOSE,
+    HANDLE,
+    OPENDIR,
+    READDIR,
+    READLINK,
+    Attrs,
+    Session,
+    SftpError,
+    decode_names,
+    pack_string,
+)
 
 FOLDERS_AT_ONCE = 16  # folders the listing has open at once on the server
 
@@ -45,66 +59,126 @@ def encode(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
-def walk(sftp: Session, root: bytes) -> list[Metadata]:
-    """Every file, folder and symlink below root (temporary upload files left out).
+@dataclass(frozen=True)
+class _Folder:
+    """What a walk found in one folder."""
 
-    Up to FOLDERS_AT_ONCE folders are read at once, each request sent without
-    waiting for the others' answers, so that a listing costs a few round trips
-    per level of the tree rather than three for every folder.
+    digest: bytes  # of the server's READDIR answers, as they came
+    folders: tuple[str, ...]  # the paths of its subfolders
+    links: tuple[str, ...]  # of its symbolic links
+
+
+class Tree:
+    """The remote's tree, walked again and again.
+
+    A folder's READDIR answers hold the names and attributes of its entries,
+    so a folder in which nothing was added, removed, renamed or changed
+    (size, times, mode) gives the same bytes as at the last walk: a hash of
+    them tells so for far less than decoding each entry into Metadata, which
+    is most of what a walk of a large tree costs here. A walk decodes the
+    folders whose answers differ (to find their subfolders and links), and
+    the rest only when it lists.
     """
-    entries: list[Metadata] = []
-    unread = collections.deque([""])  # folders found and not yet opened
-    # (request id, request type, the folder, or for READLINK the link; the folder's handle)
-    asked: collections.deque[tuple[int, int, str, bytes]] = collections.deque()
-    handles: set[bytes] = set()  # of the folders open
-    links: dict[str, Metadata] = {}  # whose targets are asked for
-    opened = 0  # folders asked to be opened and not closed yet
-    try:
-        while unread or asked:
-            while unread and opened < FOLDERS_AT_ONCE:
-                folder = unread.popleft()
-                asked.append((sftp.request(OPENDIR, pack_string(where(root, folder))), OPENDIR,
-                              folder, b""))
-                opened += 1
-            request_id, kind, folder, handle = asked.popleft()
-            what = where(root, folder).decode(errors="replace")
-            if kind == READLINK:
-                target = sftp.link_target(request_id, what)
-                links.pop(folder).target = target.decode("utf-8", "surrogateescape")
-                continue
-            if kind == OPENDIR:
-                handle = sftp.check(request_id, HANDLE, what).string()
-                handles.add(handle)
-            else:
-                found = sftp.names(request_id, what)
-                if found is None:
-                    handles.discard(handle)
-                    sftp.discard(sftp.request(CLOSE, pack_string(handle)))  # no use waiting
-                    opened -= 1
+
+    def __init__(self) -> None:
+        self._folders: dict[str, _Folder] = {}  # as the last complete walk found them
+        self._targets: dict[str, bytes] = {}  # every symbolic link's target, the same
+
+    def walk(self, sftp: Session, root: bytes, wanted: bool = True) -> list[Metadata] | None:
+        """Every file, folder and symlink below root (temporary upload files left out), or
+        None when the server answered exactly as at the last walk, unless `wanted`.
+
+        Up to FOLDERS_AT_ONCE folders are read at once, each request sent without
+        waiting for the others' answers, so that a listing costs a few round trips
+        per level of the tree rather than three for every folder.
+        """
+        answers: dict[str, list[memoryview]] = {}  # of each folder, kept until the end
+        hashes: dict[str, hashlib.blake2b] = {}  # of the folders being read
+        folders: dict[str, _Folder] = {}  # read to the end
+        decoded: dict[str, list[Metadata]] = {}  # of the folders that changed
+        targets: dict[str, bytes] = {}
+        unread = collections.deque([""])  # folders found and not yet opened
+        # (request id, request type, the folder, or for READLINK the link; the folder's handle)
+        asked: collections.deque[tuple[int, int, str, bytes]] = collections.deque()
+        handles: set[bytes] = set()  # of the folders open
+        opened = 0  # folders asked to be opened and not closed yet
+        try:
+            while unread or asked:
+                while unread and opened < FOLDERS_AT_ONCE:
+                    folder = unread.popleft()
+                    asked.append((sftp.request(OPENDIR, pack_string(where(root, folder))),
+                                  OPENDIR, folder, b""))
+                    answers[folder], hashes[folder] = [], hashlib.blake2b(digest_size=16)
+                    opened += 1
+                request_id, kind, folder, handle = asked.popleft()
+                what = where(root, folder).decode(errors="replace")
+                if kind == READLINK:
+                    targets[folder] = sftp.link_target(request_id, what)
                     continue
-                for raw, attrs in found:
-                    md = _entry(folder, raw, attrs)
-                    if md is None:
+                if kind == OPENDIR:
+                    handle = sftp.check(request_id, HANDLE, what).string()
+                    handles.add(handle)
+                else:
+                    answer = sftp.name_answer(request_id, what)
+                    if answer is None:
+                        handles.discard(handle)
+                        sftp.discard(sftp.request(CLOSE, pack_string(handle)))  # no use waiting
+                        opened -= 1
+                        found = folders[folder] = self._read(folder, answers[folder],
+                                                             hashes.pop(folder).digest(), decoded)
+                        unread.extend(found.folders)
+                        for link in found.links:
+                            asked.append((sftp.request(READLINK, pack_string(where(root, link))),
+                                          READLINK, link, b""))
                         continue
-                    entries.append(md)
-                    if md.kind == "dir":
-                        unread.append(md.path)
-                    elif md.kind == "symlink":
-                        links[md.path] = md
-                        asked.append((sftp.request(READLINK, pack_string(where(root, md.path))),
-                                      READLINK, md.path, b""))
-            asked.append((sftp.request(READDIR, pack_string(handle)), READDIR, folder, handle))
-    except SftpError:  # the session goes on serving: leave nothing of this listing in it
-        for request_id, _, _, _ in asked:
-            sftp.discard(request_id)
-        for handle in handles:
-            sftp.discard(sftp.request(CLOSE, pack_string(handle)))
-        raise
+                    answers[folder].append(answer)
+                    hashes[folder].update(answer)
+                asked.append((sftp.request(READDIR, pack_string(handle)), READDIR, folder, handle))
+        except SftpError:  # the session goes on serving: leave nothing of this walk in it
+            for request_id, _, _, _ in asked:
+                sftp.discard(request_id)
+            for handle in handles:
+                sftp.discard(sftp.request(CLOSE, pack_string(handle)))
+            raise
+        same = folders == self._folders and targets == self._targets
+        self._folders, self._targets = folders, targets
+        if same and not wanted:
+            return None
+        entries = []
+        for folder, raw in answers.items():
+            entries += decoded[folder] if folder in decoded else _decode(folder, raw)
+        for md in entries:
+            if md.kind == "symlink":
+                md.target = targets[md.path].decode("utf-8", "surrogateescape")
+        return entries
+
+    def _read(self, folder: str, raw: list[memoryview], digest: bytes,
+              decoded: dict[str, list[Metadata]]) -> _Folder:
+        """What the folder holds: as at the last walk when its answers were the same, else
+        decoded from them (and kept in `decoded`)."""
+        before = self._folders.get(folder)
+        if before is not None and before.digest == digest:
+            return before
+        entries = decoded[folder] = _decode(folder, raw)
+        return _Folder(digest, tuple(md.path for md in entries if md.kind == "dir"),
+                       tuple(md.path for md in entries if md.kind == "symlink"))
+
+
+def walk(sftp: Session, root: bytes) -> list[Metadata]:
+    """Every file, folder and symlink below root, listed once."""
+    entries = Tree().walk(sftp, root)
+    assert entries is not None  # a first walk always lists
     return entries
 
 
 def where(root: bytes, folder: str) -> bytes:
     return root + b"/" + encode(folder) if folder else root
+
+
+def _decode(folder: str, answers: list[memoryview]) -> list[Metadata]:
+    """The entries of a folder the listing reports, from its READDIR answers."""
+    return [md for answer in answers for raw, attrs in decode_names(answer)
+            if (md := _entry(folder, raw, attrs)) is not None]
 
 
 def _entry(folder: str, raw: bytes, attrs: Attrs) -> Metadata | None:

@@ -312,6 +312,12 @@ class Session:
     def names(self, request_id: int, what: str) -> list[tuple[bytes, Attrs]] | None:
         """The entries a READDIR was answered with (but . and ..), or None at the folder's
         end."""
+        answer = self.name_answer(request_id, what)
+        return None if answer is None else decode_names(answer)
+
+    def name_answer(self, request_id: int, what: str) -> memoryview | None:
+        """A READDIR's answer as the server sent it (what `decode_names` decodes), or None at the
+        folder's end."""
         kind, reader = self.response(request_id)
         if kind == STATUS:
             code = reader.u32()
@@ -320,14 +326,7 @@ class Session:
             raise refusal(code, reader.string().decode("utf-8", "replace"), what)
         if kind != NAME:
             raise ConnectionLost(f"{what}: unexpected answer (type {kind})")
-        found = []
-        for _ in range(reader.u32()):
-            name = reader.string()
-            reader.string()  # the long name, as ls -l would print it
-            attrs = reader.attrs()
-            if name not in (b".", b".."):
-                found.append((name, attrs))
-        return found
+        return reader.data[reader.pos:]
 
     # bulk data
 
@@ -395,3 +394,16 @@ class Session:
     def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> None:
         for request_id in self.write_requests(handle, offset, data):
             self.check(request_id, STATUS, "write")
+
+
+def decode_names(answer: memoryview) -> list[tuple[bytes, Attrs]]:
+    """The names and attributes in a READDIR's answer (but . and ..)."""
+    reader = Reader(answer)
+    found = []
+    for _ in range(reader.u32()):
+        name = reader.string()
+        reader.view()  # the long name, as ls -l would print it
+        attrs = reader.attrs()
+        if name not in (b".", b".."):
+            found.append((name, attrs))
+    return found

@@ -1,0 +1,141 @@
+"""The SSH driver's poll: cheap when nothing changed, quick after a change, and blind to none.
+
+A walk of the server decodes nothing when every folder answered as at the
+last walk (a hash of the raw READDIR answers tells), yet finds an edit in
+place that leaves its folder's time alone and a link given another target
+of the same length. Mounted, the poll lists every 2 s after a change and
+backs off to poll_interval while nothing changes, as its debug log says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from onitufs_ssh import listing
+from onitufs_ssh.pool import Pool
+from onitufs_ssh.settings import Settings
+from onitufs_ssh.sftp import Session
+
+from onitufs.plug import Metadata
+
+pytest.register_assert_rewrite("tests.sshd")
+
+from .conftest import wait_for  # noqa: E402  (after the rewrite hook)
+from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+
+pytest_plugins = ["tests.sshd"]
+
+
+@pytest.fixture
+def session(sshd: Sshd, tmp_path: Path) -> Iterator[Session]:
+    """An SFTP session on the test's server, as the driver opens one."""
+    settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), sshd.user_key,
+                        sshd.known_hosts, 1.0, 1, None)
+    pool = Pool(settings, 1)
+    try:
+        with pool.use() as conn:
+            yield conn.sftp
+    finally:
+        pool.close()
+
+
+def revisions(entries: list[Metadata] | None) -> dict[str, tuple[str | None, str | None]]:
+    assert entries is not None
+    return {md.path: (md.revision, md.target) for md in entries}
+
+
+def test_an_unchanged_tree_is_not_decoded_and_every_change_is_found(
+        session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "tree"
+    for top in range(listing.FOLDERS_AT_ONCE + 2):
+        (root / f"d{top}").mkdir(parents=True)
+        for number in range(120):  # more than one READDIR answer in a folder
+            (root / f"d{top}" / f"f{number}").write_bytes(b"x" * number)
+    (root / "d0" / "link").symlink_to("f1")
+    decoded: list[str] = []
+    decode = listing._decode
+
+    def counted(folder: str, answers: list[memoryview]) -> list[Metadata]:
+        decoded.append(folder)
+        return decode(folder, answers)
+
+    monkeypatch.setattr(listing, "_decode", counted)
+    tree = listing.Tree()
+    path = str(root).encode()
+    first = revisions(tree.walk(session, path, wanted=False))  # a first walk always lists
+    assert len(first) == (listing.FOLDERS_AT_ONCE + 2) * 121 + 1
+    decoded.clear()
+    assert tree.walk(session, path, wanted=False) is None
+    assert decoded == []  # nothing changed: nothing decoded
+    assert revisions(tree.walk(session, path)) == first  # unless the listing is wanted
+
+    # an edit in place, same size: only the file's own time says so, not its folder's
+    edited = root / "d3" / "f7"
+    folder_time = (root / "d3").stat().st_mtime_ns
+    with edited.open("r+b") as out:
+        out.write(b"y" * 7)
+    os.utime(edited, (time.time() + 5, time.time() + 5))  # another second, whenever it runs
+    assert (root / "d3").stat().st_mtime_ns == folder_time
+    after = revisions(tree.walk(session, path, wanted=False))
+    assert after.pop("d3/f7") != first.pop("d3/f7")
+    assert after == first
+    # a link given another target of the same length, its time and its folder's kept
+    link = root / "d0" / "link"
+    then = link.lstat().st_mtime_ns
+    folder_then = (root / "d0").stat().st_mtime_ns
+    link.unlink()
+    link.symlink_to("f2")
+    os.utime(link, ns=(then, then), follow_symlinks=False)
+    os.utime(root / "d0", ns=(folder_then, folder_then))
+    relinked = revisions(tree.walk(session, path, wanted=False))
+    assert relinked["d0/link"][1] == "f2"
+    # a new file in a folder, and nothing after
+    (root / "d5" / "new").write_bytes(b"new")
+    grown = revisions(tree.walk(session, path, wanted=False))
+    assert "d5/new" in grown
+    # reading d5 may have set its access time, which its entry in the root's answers shows
+    again = tree.walk(session, path, wanted=False)
+    assert again is None or revisions(again) == grown
+    assert tree.walk(session, path, wanted=False) is None
+
+
+LISTED = re.compile(r"remote s: listed in \S+, (changes reported|no change); "
+                    r"next listing in (\S+)s")
+
+
+def listings(log: str) -> list[tuple[bool, float]]:
+    """Each poll of remote s in the log: whether it reported a change, and the wait after."""
+    return [(found == "changes reported", float(wait)) for found, wait in LISTED.findall(log)]
+
+
+def test_the_poll_speeds_up_after_a_change_and_backs_off_to_poll_interval(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, poll_interval="5s")
+    server = cloud.remotes["s"]
+    (server / "docs").mkdir()
+    (server / "docs" / "note.txt").write_text("first")
+    cloud.mount()
+    mnt = cloud.mountpoint
+    assert (mnt / "docs" / "note.txt").read_text() == "first"
+    wait_for(lambda: listings(cloud.log)[-3:] == [(True, 2.0), (False, 4.0), (False, 5.0)],
+             what="the poll to back off from 2 s to poll_interval", timeout=15)
+    # the same size, in place: the folder's time stays as it was
+    folder_time = (server / "docs").stat().st_mtime_ns
+    polls = len(listings(cloud.log))
+    with (server / "docs" / "note.txt").open("r+") as out:
+        out.write("again")
+    edited = time.monotonic()
+    assert (server / "docs").stat().st_mtime_ns == folder_time
+    wait_for(lambda: any(found for found, _ in listings(cloud.log)[polls:]),
+             what="a listing to find the edit made on the server", timeout=15)
+    # found at most poll_interval (5 s) after the edit, plus the listing's own time
+    assert time.monotonic() - edited < 5 + 2
+    wait_for(lambda: listings(cloud.log)[polls:][-3:] == [(True, 2.0), (False, 4.0), (False, 5.0)],
+             what="the poll to speed up, then back off again", timeout=15)
+    assert (mnt / "docs" / "note.txt").read_text() == "again"
+    cloud.umount()
