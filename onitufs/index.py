@@ -242,6 +242,7 @@ class Index:
             self._lock.close()
             raise
         self.env = env
+        self._synced_txn = -1  # the last transaction made durable by sync()
         self._inodes: cachetools.LRUCache[int, Inode] = cachetools.LRUCache(maxsize=65536)
         self._dirty: dict[int, Inode] = {}
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
@@ -261,8 +262,12 @@ class Index:
         self._lock.close()
 
     def sync(self) -> None:
-        """Make every committed transaction survive a power loss."""
-        self.env.sync(True)
+        """Make every committed transaction survive a power loss; nothing to do (no disk
+        flush, which an idle mount would pay every few seconds) if none came since."""
+        last = self.env.info()["last_txnid"]
+        if last != self._synced_txn:
+            self.env.sync(True)
+            self._synced_txn = last
 
     def begin(self) -> lmdb.Transaction:
         """A read-only transaction."""
