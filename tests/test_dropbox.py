@@ -206,6 +206,18 @@ def test_a_revoked_token_is_offline_with_the_command_to_run(cloud: Cloud, fake: 
     wait_for(lambda: on_dropbox(fake, "after.txt") == b"y", 60, "the remote back")
 
 
+def test_a_damaged_download_is_refused_by_its_content_hash(cloud: Cloud,
+                                                           fake: FakeDropbox) -> None:
+    fake.write("/Cloud/bad.txt", b"what Dropbox holds")
+    fake.damage("/Cloud/bad.txt")
+    fake.write("/Cloud/good.txt", b"what Dropbox holds too")
+    wait_for(lambda: (cloud.remotes["a"] / "good.txt").exists(), what="the good file")
+    wait_for(lambda: "do not match Dropbox's content_hash" in cloud.log, what="the refusal")
+    with pytest.raises(OSError):
+        (cloud.mountpoint / "bad.txt").read_bytes()
+    assert not (cloud.remotes["a"] / "bad.txt").exists()  # nothing damaged spread
+
+
 def test_no_network_is_an_outage_and_the_mount_works_on(cloud: Cloud,
                                                        fake: FakeDropbox) -> None:
     (cloud.mountpoint / "before.txt").write_bytes(b"seen by Dropbox")

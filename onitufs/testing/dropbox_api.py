@@ -40,7 +40,8 @@ Implemented (documented Dropbox behaviour):
 The test's side (the Dropbox website, another client): write/read/mkdir/delete/move/tree/
 metadata act on the same store and wake longpolls; faults: fail() (the next calls of a
 route answer 429/500/503...), expire_access_tokens(), revoke(), expire_upload_sessions(),
-reset_cursors(), go_offline()/go_online(); `calls` records every request's route and
+reset_cursors(), go_offline()/go_online(), damage() (downloads of a file serve a flipped
+byte under its rev and content_hash); `calls` records every request's route and
 argument (for upload-style routes the argument also carries "_data_len", the size of the
 body: a key of the fake's own).
 
@@ -577,6 +578,15 @@ class FakeDropbox:
             if entry is None or entry.folder:
                 raise FileNotFoundError(path)
             return entry.data
+
+    def damage(self, path: str) -> None:
+        """Flip the first byte of a file's stored content, its rev and content_hash kept:
+        what every download of it then serves is damaged, as on a bad link."""
+        with self._lock:
+            entry = self._entries.get(_key(path))
+            if entry is None or entry.folder or not entry.data:
+                raise FileNotFoundError(path)
+            entry.data = bytes([entry.data[0] ^ 0xFF]) + entry.data[1:]
 
     def mkdir(self, path: str) -> None:
         with self._changed:

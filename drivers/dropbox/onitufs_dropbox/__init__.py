@@ -10,8 +10,9 @@ committed with mode=update and the revision onitufs last saw, or add for a
 new file: a file changed on Dropbox meanwhile is a Conflict, never
 overwritten; the content_hash Dropbox computes must be ours. Reads are
 ranged downloads of the path, whose rev must be the revision asked for
-(else Changed). Changes made on Dropbox come through list_folder, longpoll
-and continue (changes.py). Names Dropbox would fold together or refuse are
+(else Changed); a read of a whole file must match its content_hash.
+Changes made on Dropbox come through list_folder, longpoll and continue
+(changes.py). Names Dropbox would fold together or refuse are
 stored under an escape (names.py, tree.py). Dropbox keeps no modes, no
 extended attributes and no symbolic links, and times in whole seconds
 (client_modified): the token is the rev, so a time shared by two versions
@@ -179,6 +180,12 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{md.path}: no longer a file on Dropbox")
         if md.revision is not None and entry.rev != md.revision:
             raise Changed(f"{md.path}: changed on Dropbox", described(md.path, stored, entry))
+        # A read of the whole file is checked against Dropbox's content_hash (most files
+        # come in one read); a range of a larger one cannot be, and gets the core's
+        # checksums from then on.
+        if offset == 0 and len(data) == entry.size \
+                and content_hash(block_hashes(data)) != entry.content_hash:
+            raise DriverError(f"{md.path}: the bytes read do not match Dropbox's content_hash")
         return data
 
     def clash(path: str) -> str:
