@@ -90,10 +90,10 @@ class Tree:
 
         Up to FOLDERS_AT_ONCE folders are read at once, each request sent without
         waiting for the others' answers, so that a listing costs a few round trips
-        per level of the tree rather than three for every folder.
+        per level of the tree rather than three for every folder; the requests made
+        while answers are at hand go out together, in one SSH packet.
         """
         answers: dict[str, list[memoryview]] = {}  # of each folder, kept until the end
-        hashes: dict[str, hashlib.blake2b] = {}  # of the folders being read
         folders: dict[str, _Folder] = {}  # read to the end
         decoded: dict[str, list[Metadata]] = {}  # of the folders that changed
         targets: dict[str, bytes] = {}
@@ -106,9 +106,9 @@ class Tree:
             while unread or asked:
                 while unread and opened < FOLDERS_AT_ONCE:
                     folder = unread.popleft()
-                    asked.append((sftp.request(OPENDIR, pack_string(where(root, folder))),
-                                  OPENDIR, folder, b""))
-                    answers[folder], hashes[folder] = [], hashlib.blake2b(digest_size=16)
+                    asked.append((sftp.request(OPENDIR, pack_string(where(root, folder)),
+                                               later=True), OPENDIR, folder, b""))
+                    answers[folder] = []
                     opened += 1
                 request_id, kind, folder, handle = asked.popleft()
                 what = where(root, folder).decode(errors="replace")
@@ -122,24 +122,25 @@ class Tree:
                     answer = sftp.name_answer(request_id, what)
                     if answer is None:
                         handles.discard(handle)
-                        sftp.discard(sftp.request(CLOSE, pack_string(handle)))  # no use waiting
+                        sftp.discard(sftp.request(CLOSE, pack_string(handle), later=True))
                         opened -= 1
-                        found = folders[folder] = self._read(folder, answers[folder],
-                                                             hashes.pop(folder).digest(), decoded)
+                        found = folders[folder] = self._read(folder, answers[folder], decoded)
                         unread.extend(found.folders)
                         for link in found.links:
-                            asked.append((sftp.request(READLINK, pack_string(where(root, link))),
-                                          READLINK, link, b""))
+                            asked.append((sftp.request(READLINK, pack_string(where(root, link)),
+                                                       later=True), READLINK, link, b""))
                         continue
                     answers[folder].append(answer)
-                    hashes[folder].update(answer)
-                asked.append((sftp.request(READDIR, pack_string(handle)), READDIR, folder, handle))
+                asked.append((sftp.request(READDIR, pack_string(handle), later=True), READDIR,
+                              folder, handle))
         except SftpError:  # the session goes on serving: leave nothing of this walk in it
             for request_id, _, _, _ in asked:
                 sftp.discard(request_id)
             for handle in handles:
-                sftp.discard(sftp.request(CLOSE, pack_string(handle)))
+                sftp.discard(sftp.request(CLOSE, pack_string(handle), later=True))
             raise
+        finally:
+            sftp.flush()  # the last CLOSEs, whose answers no one waits for
         same = folders == self._folders and targets == self._targets
         self._folders, self._targets = folders, targets
         if same and not wanted:
@@ -152,10 +153,14 @@ class Tree:
                 md.target = targets[md.path].decode("utf-8", "surrogateescape")
         return entries
 
-    def _read(self, folder: str, raw: list[memoryview], digest: bytes,
+    def _read(self, folder: str, raw: list[memoryview],
               decoded: dict[str, list[Metadata]]) -> _Folder:
         """What the folder holds: as at the last walk when its answers were the same, else
         decoded from them (and kept in `decoded`)."""
+        hashed = hashlib.sha256()  # of the fast ones here (SHA extensions), and sound
+        for answer in raw:
+            hashed.update(answer)
+        digest = hashed.digest()
         before = self._folders.get(folder)
         if before is not None and before.digest == digest:
             return before

@@ -138,6 +138,7 @@ class Session:
         self._next_id = 1
         self._waiting: set[int] = set()
         self._arrived: dict[int, tuple[int, Reader]] = {}
+        self._held: list[bytes] = []  # requests sent later (see request)
         self.extensions: dict[bytes, bytes] = {}
         self._send(INIT, struct.pack(">I", 3))
         kind, reader = self._read_packet()
@@ -170,18 +171,30 @@ class Session:
 
     # the wire
 
-    def _send(self, kind: int, payload: bytes, data: bytes | memoryview = b"") -> None:
-        packet = b"".join((struct.pack(">IB", len(payload) + len(data) + 1, kind), payload, data))
+    def _send(self, kind: int, payload: bytes, data: bytes | memoryview = b"",
+              later: bool = False) -> None:
+        self._held.append(b"".join((struct.pack(">IB", len(payload) + len(data) + 1, kind),
+                                    payload, data)))
+        if not later:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the requests held back (see request), in the order they were made."""
+        if not self._held:
+            return
+        packets = b"".join(self._held)  # one alone is not copied
+        self._held.clear()
         try:
             # paramiko's sendall slices off what each SSH packet took: a slice of bytes copies
             # the rest every time (0.6 s of CPU per GiB in 255 KiB writes), one of a view
             # copies nothing. Its stubs say bytes; its code passes any buffer through.
-            self.channel.sendall(memoryview(packet))  # type: ignore[arg-type]
+            self.channel.sendall(memoryview(packets))  # type: ignore[arg-type]
         except (OSError, EOFError, paramiko.SSHException) as error:
             raise ConnectionLost(f"connection lost: {error}") from None
 
     def _fill(self, wanted: int) -> None:
         while len(self._buffer) < wanted:
+            self.flush()  # what is held back may be what the server's answer waits on
             try:
                 # all there is: paramiko's buffer copies what stays behind a partial read
                 chunk = self.channel.recv(1 << 30)
@@ -200,12 +213,18 @@ class Session:
         del self._buffer[:4 + length]
         return body[0], Reader(body, 1)
 
-    def request(self, kind: int, payload: bytes, data: bytes | memoryview = b"") -> int:
-        """Send a request (payload, then data) without waiting; returns its id for `response`."""
+    def request(self, kind: int, payload: bytes, data: bytes | memoryview = b"",
+                later: bool = False) -> int:
+        """Send a request (payload, then data) without waiting; returns its id for `response`.
+
+        `later`: hold it back, to go with the next request sent, or before waiting for an
+        answer that has not come, or at `flush`: many small requests in one SSH packet
+        cost the client and the server far less than one packet each.
+        """
         request_id = self._next_id
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
         self._waiting.add(request_id)
-        self._send(kind, struct.pack(">I", request_id) + payload, data)
+        self._send(kind, struct.pack(">I", request_id) + payload, data, later)
         return request_id
 
     def response(self, request_id: int) -> tuple[int, Reader]:
