@@ -1,4 +1,4 @@
-"""`python -m bench` (and `make bench`): onitufs measured against others, in three suites.
+"""`python -m bench` (and `make bench`): onitufs measured against others, in four suites.
 
 fuse: mounts, one after the other, a tmpfs folder (the kernel alone, as a
 reference), the minimal in-memory pyfuse3 filesystem of bench/memfs.py (the
@@ -8,7 +8,8 @@ with onitufs/memfs ratios and whether the bars are met; and ends with how
 long `onitufs umount` took to upload what was still queued.
 programs: real programs (tar, git, find, rm, make) on onitufs, rclone mount,
 sshfs and plain disk (bench/programs.py). ssh: onitufs's SSH driver against
-sshfs (bench/ssh.py). `python -m bench SUITE...` runs only those named.
+sshfs (bench/ssh.py). scale: fan-out, memory and a 100,000-file index
+(bench/scale.py). `python -m bench SUITE...` runs only those named.
 Nothing is written into the repository: everything lives in temporary
 folders, removed at the end, as every mount and process is, also after an
 error or Ctrl-C."""
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import programs, workloads
+from . import programs, scale, workloads
 from .targets import (
     GIB,
     REMOTES,
@@ -43,7 +44,7 @@ from .targets import (
 from .workloads import MIB, SMALL, Data, WrongData
 
 FILESYSTEMS = ("tmpfs", "memfs", "onitufs")
-SUITES = ("fuse", "programs", "ssh")
+SUITES = ("fuse", "programs", "ssh", "scale")
 BUSY_WARNING = 0.15  # CPU busy before the run above which the figures are flagged
 
 
@@ -101,12 +102,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="programs: the tree for tar and git (default the system Python's "
                              "standard library)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
-                        help="programs: where its figures go as JSON (default a new temporary "
-                             "file, whose path is printed)")
+                        help="programs or scale (one of them): where its figures go as JSON "
+                             "(default a new temporary file, whose path is printed)")
+    # scale (bench/scale.py)
+    parser.add_argument("--big-gib", type=float, default=4.0, metavar="N",
+                        help="scale: the big file copied in, in GiB (default 4; less on a small "
+                             "disk)")
+    parser.add_argument("--fanout-mib", type=int, default=1024, metavar="N",
+                        help="scale: the file fanned out to three remotes, in MiB (default 1024)")
+    parser.add_argument("--index-files", type=int, default=100_000, metavar="N",
+                        help="scale: the files of the remounted index (default 100000)")
     parser.add_argument("suites", nargs="*", metavar="SUITE",
                         help=f"which suites to run, of {', '.join(SUITES)} (default all): fuse "
                              "(tmpfs, memfs, onitufs), programs (bench/programs.py), ssh "
-                             "(bench/ssh.py)")
+                             "(bench/ssh.py), scale (bench/scale.py)")
     args = parser.parse_args(argv)
     args.suites = args.suites or list(SUITES)
     if any(suite not in SUITES for suite in args.suites):
@@ -116,6 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--targets: choose from {', '.join(programs.TARGETS)}")
     if args.tree is not None and not args.tree.is_dir():
         parser.error(f"--tree: {args.tree} is not a folder")
+    if args.json is not None and {"programs", "scale"} <= set(args.suites):
+        parser.error("--json: name one suite with it, programs or scale")
+    if args.big_gib * 1024 < 1 or args.fanout_mib < 1 or args.index_files < 1:
+        parser.error("--big-gib must be at least 1/1024, --fanout-mib and --index-files at "
+                     "least 1")
     if args.size_mib < 1 or args.files < 1:
         parser.error("--size-mib and --files must be at least 1")
     args.fs = [name.strip() for name in args.fs.split(",") if name.strip()]
@@ -357,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         except (TargetError, WrongData, OSError, subprocess.SubprocessError) as error:
             say(f"bench: ssh: {type(error).__name__}: {error}")
             status = 1
+    if "scale" in args.suites and status in (0, 3):
+        report, result = scale.suite(args.workdir, args.big_gib, args.fanout_mib,
+                                     args.index_files, args.json, args.strict, busy)
+        print("\n".join(["", *report]))
+        status = max(status, result)
     return status
 
 
