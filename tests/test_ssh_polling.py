@@ -134,9 +134,12 @@ def test_the_poll_speeds_up_after_a_change_and_backs_off_to_poll_interval(
     assert (server / "docs").stat().st_mtime_ns == folder_time
     wait_for(lambda: any(found for found, _ in listings(cloud.log)[polls:]),
              what="a listing to find the edit made on the server", timeout=15)
-    # found at most poll_interval (5 s) after the edit, plus the listing's own time
-    assert time.monotonic() - edited < 5 + 2
-    wait_for(lambda: listings(cloud.log)[polls:][-3:] == [(True, 2.0), (False, 4.0), (False, 5.0)],
+    assert time.monotonic() - edited < 5 + 5  # poll_interval, and room for a loaded machine
+    found_by = [found for found, _ in listings(cloud.log)[polls:]].index(True)
+    # the next listing found it, or the one after if one was under way when it was made
+    assert found_by <= 1
+    wait_for(lambda: listings(cloud.log)[polls + found_by:][:3]
+             == [(True, 2.0), (False, 4.0), (False, 5.0)],
              what="the poll to speed up, then back off again", timeout=15)
     assert (mnt / "docs" / "note.txt").read_text() == "again"
     cloud.umount()

@@ -36,6 +36,10 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 15.0
 IO_TIMEOUT = 120.0  # a request unanswered this long is a dead connection
+# How often a logged-in connection's paramiko thread wakes when nothing comes. paramiko's
+# 0.1 s, on each of the connections a mount keeps, was most of an idle mount's CPU; it
+# wakes to see whether the connection was closed, which close() now tells it at once.
+IDLE_WAKE = 5.0
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 32768
 KEEPALIVE = 15
@@ -76,6 +80,9 @@ class Connection:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sftp.close()
+        with contextlib.suppress(Exception):
+            # ends the paramiko thread's wait for data now, not at its next wake
+            self.transport.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             self.transport.close()
 
@@ -258,6 +265,7 @@ def connect(settings: Settings) -> Connection:
             raise ConnectError(f"{settings.where}: {settings.user}@{settings.host} refused every "
                                f"key offered ({', '.join(refused) or 'none'})")
         transport.set_keepalive(KEEPALIVE)
+        transport.sock.settimeout(IDLE_WAKE)
         channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET)
         channel.settimeout(IO_TIMEOUT)
         channel.invoke_subsystem("sftp")
