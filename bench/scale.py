@@ -286,8 +286,10 @@ def memory(stream: Stream, big_mib: int, small_mib: int, workdir: Path | None,
             say(f"  umount (uploads the rest) {figures['memory_umount_seconds']:7.2f} s")
             wait_gone(target.pid, 30)
         finally:
-            figures["rss_anon_peak_mib"] = sampler.stop() / MIB
-            figures["rss_samples"] = sampler.samples
+            peak = sampler.stop()
+        # only now: the peak of a part cut short says nothing of the bar
+        figures["rss_anon_peak_mib"] = peak / MIB
+        figures["rss_samples"] = sampler.samples
         say(f"  daemon's peak RssAnon    {figures['rss_anon_peak_mib']:8.0f} MiB "
             f"({sampler.samples} samples)")
         figures["big_to_small_speed"] = (figures["big_mib_per_second"]
@@ -370,7 +372,8 @@ def index(files: int, workdir: Path | None, figures: Figures, problems: list[str
         try:
             figures["onitufs_find_seconds"] = find_ls(target.root, least, "onitufs")
         finally:
-            figures["index_rss_anon_peak_mib"] = sampler.stop() / MIB
+            peak = sampler.stop()
+        figures["index_rss_anon_peak_mib"] = peak / MIB
         say(f"  onitufs remount {figures['remount_seconds']:.2f} s, find -ls "
             f"{figures['onitufs_find_seconds']:.2f} s")
         umount(target)
