@@ -452,7 +452,7 @@ class RemoteChanges:
             if not current(path):
                 continue
             old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
-            if old is not None and known[old].kind == md.kind:
+            if old is not None and renamed(known, listed, old, md):
                 gone.remove(old)
                 await self.move_file(remote, old, md)
             elif not await self._take(source, md):
@@ -473,6 +473,25 @@ class RemoteChanges:
                 await self.delete_file(remote, path)
         source.forget_touched_before(started)
         return not skipped
+
+
+def renamed(known: dict[str, MirrorEntry], listed: dict[str, Metadata], old: str,
+            md: Metadata) -> bool:
+    """Whether `md`, which has the file id of what the remote held at `old` (now gone), is
+    that entry renamed. A file system gives the number of a file just deleted to the next
+    one made, so the id alone does not tell: a renamed file keeps its version (token),
+    and a renamed folder that held anything holds one of those things still, unchanged
+    under the new name."""
+    entry = known[old]
+    if entry.kind != md.kind:
+        return False
+    if md.kind != "dir":
+        return entry.token is None or md.revision is None or entry.token == md.revision
+    prefix = old + "/"
+    below = [path for path in known if path.startswith(prefix)]
+    return not below or any(
+        (moved := md.path + path[len(old):]) in listed and is_version(known[path], listed[moved])
+        for path in below)
 
 
 def _depth(path: str) -> int:
