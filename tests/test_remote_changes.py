@@ -364,3 +364,35 @@ def test_unmount_while_a_remote_renames_names_the_kernel_has_cached(
         assert not is_mounted(cloud.mountpoint)
         with contextlib.suppress(FileNotFoundError):  # gone, or a zombie for init to reap
             assert Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_folder_deleted_and_another_made_with_its_number_is_no_rename(
+        make_cloud: MakeCloud) -> None:
+    """The file system gives the new folder the number of the one just deleted: the same
+    file id, yet no rename (its file differs), so the delete and the creation travel."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    a = cloud.remotes["a"]
+    (a / "old").mkdir()
+    (a / "old" / "f.txt").write_bytes(b"old content")
+    cloud.mount()
+    wait_for(lambda: everywhere(cloud, "old/f.txt", b"old content"), what="the first copy")
+    cloud.wait_synced()
+    number = os.stat(a / "old").st_ino
+    for _ in range(50):  # until the new folder gets the old one's number
+        shutil.rmtree(a / "old")
+        (a / "new").mkdir()
+        if os.stat(a / "new").st_ino == number:
+            break
+        (a / "new").rmdir()
+        (a / "old").mkdir()
+        (a / "old" / "f.txt").write_bytes(b"old content")
+        number = os.stat(a / "old").st_ino
+    assert os.stat(a / "new").st_ino == number, "the file system never reused the number"
+    (a / "new" / "g.txt").write_bytes(b"new content, longer")
+    wait_for(lambda: everywhere(cloud, "new/g.txt", b"new content, longer")
+             and not any(os.path.lexists(place / "old")
+                         for place in [cloud.mountpoint, *cloud.remotes.values()]),
+             what="the delete and the creation everywhere")
+    assert sorted(os.listdir(cloud.mountpoint / "new")) == ["g.txt"]
+    assert "conflict" not in cloud.log.lower()
+    cloud.umount()
