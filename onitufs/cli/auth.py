@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import load
-from ..plug import check_keys, load_driver
-from .common import CommandError
+from .common import remote_hook
 
 
 def add_to(commands: Any) -> None:
@@ -29,20 +27,8 @@ def add_to(commands: Any) -> None:
 
 
 def cmd_auth(args: argparse.Namespace) -> int:
-    config = load(args.config)
-    remote = next((r for r in config.remotes if r.name == args.remote), None)
-    if remote is None:
-        names = ", ".join(r.name for r in config.remotes)
-        raise CommandError(f"{config.source}: no remote named '{args.remote}' "
-                           f"(remotes: {names})")
-    driver = load_driver(remote.driver, remote.options.where)
-    # a misspelt token_file key must not send the token to a default place
-    check_keys(driver, remote.options, remote.driver)
-    hook = getattr(driver, "auth", None)
-    if hook is None:
-        raise CommandError(f"remote {remote.name} (driver {remote.driver}) needs no "
-                           "authorization")
-    print(hook(remote.options, ask))
+    hook, options = remote_hook(args.config, args.remote, "auth", "needs no authorization")
+    print(hook(options, ask))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What the subcommands share: their error, the status a mount gives, and sizes in words."""
+"""What the subcommands share: their error, the status a mount gives, a driver's hook for
+one remote, and sizes in words."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from ..config import Options, load
+from ..plug import check_keys, load_driver
 
 STATUS_XATTR = "user.onitufs.status"
 FLUSH_XATTR = "user.onitufs.flush"
@@ -28,6 +32,25 @@ def quiet_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def remote_hook(config_path: Path, name: str, hook_name: str,
+                lacking: str) -> tuple[Any, Options]:
+    """The driver's hook `hook_name` for the remote `name` of the config, and the remote's
+    options; `lacking` ends the command where its driver has none (say "needs no ...",
+    after "remote R (driver D)")."""
+    config = load(config_path)
+    remote = next((r for r in config.remotes if r.name == name), None)
+    if remote is None:
+        names = ", ".join(r.name for r in config.remotes)
+        raise CommandError(f"{config.source}: no remote named '{name}' (remotes: {names})")
+    driver = load_driver(remote.driver, remote.options.where)
+    # a misspelt key must not send a secret or a host key to a default place
+    check_keys(driver, remote.options, remote.driver)
+    hook = getattr(driver, hook_name, None)
+    if hook is None:
+        raise CommandError(f"remote {remote.name} (driver {remote.driver}) {lacking}")
+    return hook, remote.options
 
 
 class DeadMount(CommandError):

@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import load
-from ..plug import check_keys, load_driver
-from .common import CommandError
+from .common import remote_hook
 
 
 def add_to(commands: Any) -> None:
@@ -28,20 +26,8 @@ def add_to(commands: Any) -> None:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    config = load(args.config)
-    remote = next((r for r in config.remotes if r.name == args.remote), None)
-    if remote is None:
-        names = ", ".join(r.name for r in config.remotes)
-        raise CommandError(f"{config.source}: no remote named '{args.remote}' "
-                           f"(remotes: {names})")
-    driver = load_driver(remote.driver, remote.options.where)
-    # a misspelt known_hosts key must not send the key to the default file
-    check_keys(driver, remote.options, remote.driver)
-    hook = getattr(driver, "trust", None)
-    if hook is None:
-        raise CommandError(f"remote {remote.name} (driver {remote.driver}) has no host key "
-                           "to trust")
-    print(hook(remote.options, confirm))
+    hook, options = remote_hook(args.config, args.remote, "trust", "has no host key to trust")
+    print(hook(options, confirm))
     return 0
 
 
