@@ -272,6 +272,12 @@ class Remote:
                 except Stopped:
                     return
                 except Exception as error:
+                    if plug.stopping.is_set():
+                        # The mount is ending, and the process's exit closes what the driver
+                        # still used (a library's finalizer): nothing was lost.
+                        log.debug("remote %s: driver ended as the mount did: %s", self.name,
+                                  error)
+                        return
                     log.exception("remote %s: driver stopped: %s", self.name, error)
                     try:
                         plug.offline(f"driver stopped: {error}")
