@@ -462,7 +462,10 @@ class RemoteChanges:
             if entry is None or md.kind == "dir" or not current(path):
                 continue
             if not is_version(entry, md):
-                settled = await self._take(source, md)
+                # A new version replaces our inode there: not while a copy of that inode is
+                # on its way to another remote, whose record would land on the inode
+                # replaced (and its copy then read as a conflict). The next listing says.
+                settled = not self._sending(source, path) and await self._take(source, md)
             elif entry.racy:
                 settled = await self._settle_racy(source, md)
             else:
@@ -473,6 +476,11 @@ class RemoteChanges:
                 await self.delete_file(remote, path)
         source.forget_touched_before(started)
         return not skipped
+
+    def _sending(self, source: Remote, path: str) -> bool:
+        """Whether onitufs is changing `path` on a remote other than `source` now."""
+        return any(path in remote.changing for remote in self.remotes.values()
+                   if remote is not source)
 
 
 def renamed(known: dict[str, MirrorEntry], listed: dict[str, Metadata], old: str,

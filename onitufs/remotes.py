@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from .config import RemoteConfig
-from .plug import ChangeSink, Plug, RemoteUnavailable, Stopped
+from .plug import ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ class Remote:
     # Paths onitufs changed on this remote, and when: a listing begun before
     # that time cannot tell what is there now.
     touched: dict[str, float] = field(default_factory=dict)
+    # Paths a change onitufs sent is under way at (how many): a listing taken meanwhile
+    # may show it done while nothing has noted it yet (touched comes once it returned).
+    changing: Counter[str] = field(default_factory=Counter)
     # Why the remote is treated as unavailable although it answers (identity.py), and
     # whether a listing of it has passed since the start.
     outage: str | None = None
@@ -147,7 +150,13 @@ class Remote:
                 await self.before_change()
             if self.outage is not None:
                 raise self.refused(handler)
-        return await self.call_unguarded(handler, *args)
+        paths = Counter(arg.path for arg in args if isinstance(arg, Metadata)) \
+            if handler in CHANGES else Counter()
+        self.changing += paths
+        try:
+            return await self.call_unguarded(handler, *args)
+        finally:
+            self.changing -= paths
 
     async def call_unguarded(self, handler: str, *args: Any) -> Any:
         """Run a handler whatever is known of the remote's identity (to learn it)."""
@@ -207,9 +216,10 @@ class Remote:
             self.touched[path] = now
 
     def touched_since(self, path: str, started: float) -> bool:
-        """Whether onitufs changed this path, or a folder above it, after `started`."""
+        """Whether onitufs changed this path, or a folder above it, after `started`, or is
+        changing it now."""
         while True:
-            if self.touched.get(path, 0.0) >= started:
+            if self.touched.get(path, 0.0) >= started or path in self.changing:
                 return True
             if not path:
                 return False

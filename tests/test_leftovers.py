@@ -17,9 +17,12 @@ from pathlib import Path
 
 import onitufs_local
 import pytest
+import trio
+import trio.testing
 
-from onitufs.config import Options
+from onitufs.config import Options, RemoteConfig
 from onitufs.plug import TEMP_SUFFIX, Metadata, Plug, upload_path
+from onitufs.remotes import Remote
 
 pytest.register_assert_rewrite("tests.sshd")
 
@@ -110,6 +113,33 @@ def local_driver(root: Path) -> Plug:
     plug.stopping.set()
     onitufs_local.start(plug)
     return plug
+
+
+def test_a_change_done_on_a_remote_but_not_yet_returned_counts_as_touched(
+        tmp_path: Path) -> None:
+    """A listing taken while a change onitufs sent is under way may show it done before
+    onitufs has noted it: then it must not read as the remote's own new file (it was taken
+    into the mount, and the next listing that showed onitufs's delete left a ghost there)."""
+    remote = Remote(RemoteConfig("a", "local", "rw", Options({}, "remotes.a", tmp_path)),
+                    1, onitufs_local)
+    remote.plug = local_driver(tmp_path)
+    remote.ready.set()
+    remote.trusted.set()
+    made = tmp_path / "made"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remote.call, "make_dir", Metadata(path="made", kind="dir"))
+            await trio.testing.wait_all_tasks_blocked()  # the call is on its worker thread
+            while not made.is_dir():  # blocking: the call cannot return meanwhile
+                time.sleep(0.001)
+            listed = time.time()  # a listing begun now shows the folder
+            assert remote.touched_since("made", listed)
+            assert remote.touched_since("made/inside", listed)
+            assert not remote.touched_since("other", listed)
+        assert not remote.touched_since("made", time.time())  # returned: the caller notes it
+
+    trio.run(main)
 
 
 def test_the_local_driver_deletes_a_folder_with_only_temp_files_and_nothing_else(
