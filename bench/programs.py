@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +42,16 @@ from pathlib import Path
 from onitufs.plug import MARKER
 
 from .baselines import PlainDisk, RcloneMount, Sshfs
-from .targets import GIB, UPLOAD_DELAY, Onitufs, Target, TargetError, clean_up, make_workdir
+from .targets import (
+    GIB,
+    UPLOAD_DELAY,
+    Onitufs,
+    Target,
+    TargetError,
+    clean_up,
+    json_path,
+    make_workdir,
+)
 from .workloads import MIB, WrongData
 
 TARGETS = ("plain", "onitufs", "rclone", "sshfs")
@@ -347,14 +355,6 @@ def make_target(name: str, workdir: Path | None) -> Target:
         raise
 
 
-def json_path(option: Path | None) -> Path:
-    if option is not None:
-        return option
-    fd, path = tempfile.mkstemp(prefix="onitufs-bench-programs-", suffix=".json")
-    os.close(fd)
-    return Path(path)
-
-
 def suite(names: list[str], workdir: Path | None, tree: Path | None, json_option: Path | None,
           strict: bool, busy: float) -> tuple[list[str], int]:
     """Run the steps in each named target; the report's lines and an exit status
@@ -397,7 +397,7 @@ def suite(names: list[str], workdir: Path | None, tree: Path | None, json_option
             status = status or 1
     if not seconds:
         return lines, status
-    path = json_path(json_option)
+    path = json_path(json_option, "programs")
     path.write_text(json.dumps(figures(seconds, source, started, busy), indent=2) + "\n")
     title = "real programs" + ("" if source is None else f", {source.describe()}")
     met = all(ratio(seconds, step.key) is not None and (ratio(seconds, step.key) or 0.0) <= step.bar

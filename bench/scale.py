@@ -54,6 +54,7 @@ from .targets import (
     Target,
     TargetError,
     clean_up,
+    json_path,
     make_workdir,
     wait_gone,
 )
@@ -432,14 +433,6 @@ def details(figures: Figures) -> list[str]:
     ]
 
 
-def json_path(option: Path | None) -> Path:
-    if option is not None:
-        return option
-    fd, path = tempfile.mkstemp(prefix="onitufs-bench-scale-", suffix=".json")
-    os.close(fd)
-    return Path(path)
-
-
 def load() -> list[float]:
     with open("/proc/loadavg") as loadavg:
         return [float(value) for value in loadavg.read().split()[:3]]
@@ -485,7 +478,7 @@ def suite(workdir: Path | None, big_gib: float, fanout_mib: int, files: int,
         status = 1
     load_after = load()
     met = all(bar.key in figures and bar.met(figures[bar.key]) for bar in BARS)
-    path = json_path(json_option)
+    path = json_path(json_option, "scale")
     path.write_text(json.dumps({
         "suite": "scale",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

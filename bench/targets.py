@@ -325,3 +325,12 @@ def clean_up(targets: list[Target], workdirs: list[tuple[Path, list[Path]]]) -> 
     finally:
         signal.signal(signal.SIGINT, previous)
     return well
+
+
+def json_path(option: Path | None, suite: str) -> Path:
+    """Where a suite writes its figures: the --json option, or a new temporary file."""
+    if option is not None:
+        return option
+    fd, path = tempfile.mkstemp(prefix=f"onitufs-bench-{suite}-", suffix=".json")
+    os.close(fd)
+    return Path(path)
