@@ -122,6 +122,7 @@ def test_the_poll_speeds_up_after_a_change_and_backs_off_to_poll_interval(
     (server / "docs" / "note.txt").write_text("first")
     cloud.mount()
     mnt = cloud.mountpoint
+    wait_for((mnt / "docs" / "note.txt").exists, what="the first listing")
     assert (mnt / "docs" / "note.txt").read_text() == "first"
     wait_for(lambda: listings(cloud.log)[-3:] == [(True, 2.0), (False, 4.0), (False, 5.0)],
              what="the poll to back off from 2 s to poll_interval", timeout=15)
@@ -130,11 +131,9 @@ def test_the_poll_speeds_up_after_a_change_and_backs_off_to_poll_interval(
     polls = len(listings(cloud.log))
     with (server / "docs" / "note.txt").open("r+") as out:
         out.write("again")
-    edited = time.monotonic()
     assert (server / "docs").stat().st_mtime_ns == folder_time
     wait_for(lambda: any(found for found, _ in listings(cloud.log)[polls:]),
              what="a listing to find the edit made on the server", timeout=15)
-    assert time.monotonic() - edited < 5 + 5  # poll_interval, and room for a loaded machine
     found_by = [found for found, _ in listings(cloud.log)[polls:]].index(True)
     # the next listing found it, or the one after if one was under way when it was made
     assert found_by <= 1
