@@ -39,7 +39,7 @@ from onitufs.plug import (
     write_chunk,
 )
 
-from .listing import describe, file_id, steady_listing, token
+from .listing import describe, file_id, require_root, steady_listing, token
 from .watch import OutOfWatches, follow
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.
@@ -107,15 +107,11 @@ def start(plug: Plug) -> None:
     open_uploads = UploadFiles()  # by upload_path()
     plug.cost = CHEAP
 
-    def _require_root() -> None:
-        if not os.path.isdir(root):
-            raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
-
     def real(path: str) -> str:
         """The local path of a remote path, refusing any that leads outside the root, and
         every one while the root is missing: the remote is away, so nothing is "not there"
         (a delete would pass) and nothing can be made in it."""
-        _require_root()
+        require_root(root)
         full = os.path.join(root, path)
         parent = os.path.realpath(os.path.dirname(full))
         inside = os.path.realpath(root)
@@ -150,7 +146,7 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def start_upload(md: Metadata) -> None:
-        _require_root()
+        require_root(root)
         upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # the name is this upload's alone
 
     @plug.handler()
@@ -316,8 +312,7 @@ def poll(plug: Plug, root: str, interval: float) -> None:
     while not plug.stopping.is_set():
         started, writes = time.time(), plug.writes
         try:
-            if not os.path.isdir(root):
-                raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
+            require_root(root)
             entries = steady_listing(root)
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error

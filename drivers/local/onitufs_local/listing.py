@@ -11,9 +11,16 @@ import os
 import stat
 from collections.abc import Callable
 
-from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
+from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, RemoteUnavailable
 
 LISTING_TRIES = 3
+
+
+def require_root(root: str) -> None:
+    """RemoteUnavailable while the root folder is missing: the remote is away, so nothing in
+    it is "not there"."""
+    if not os.path.isdir(root):
+        raise RemoteUnavailable(f"{root} is missing (unmounted disk?)")
 
 
 class TreeMoved(Exception):

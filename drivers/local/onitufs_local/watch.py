@@ -22,7 +22,7 @@ from asyncinotify import Inotify, Mask, Watch
 
 from onitufs.plug import TEMP_SUFFIX, Metadata, Plug, RemoteUnavailable
 
-from .listing import entry, listing
+from .listing import entry, listing, require_root
 
 # No CLOSE_WRITE: a write already says MODIFY. The root's own DELETE_SELF and MOVE_SELF
 # (and the UNMOUNT and IGNORED the kernel always sends) call for a look at the root.
@@ -140,8 +140,7 @@ class Tree:
         OSError or RemoteUnavailable if the root cannot be listed."""
         self.stale = False
         self.dirty.clear()
-        if not os.path.isdir(self.root):
-            raise RemoteUnavailable(f"{self.root} is missing (unmounted disk?)")
+        require_root(self.root)
         st = os.stat(self.root)
         self.root_id = (st.st_dev, st.st_ino)
         before = {path: (md.revision, md.file_id) for path, md in self.entries.items()}
