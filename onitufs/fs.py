@@ -41,7 +41,11 @@ from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-ATTR_TIMEOUT = 1.0
+# How long the kernel may answer lookups and stats from its own cache. Every change the
+# mount does not make itself (a remote's) is told to the kernel (see Kernel), so this only
+# bounds how long a notice the kernel refused leaves it wrong; a long one lets git status,
+# find and make stat a tree the kernel knows without asking the daemon.
+ATTR_TIMEOUT = 60.0
 SETTLE_WAIT = 1.0  # seconds an EIO waits for the kernel to hear of names changed
 RELATIME_NS = 24 * 3600 * 10**9
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
@@ -143,14 +147,17 @@ class Kernel(KernelNotifier):
 
 
 def invalidate(parent: int, name: bytes) -> None:
-    # May block until the kernel has the folder's lock, which a request we answer may hold:
-    # hence a thread of its own.
-    try:
-        pyfuse3.invalidate_entry(parent, name)
-    except FileNotFoundError:
-        pass  # the kernel had not cached that name
-    except OSError as error:
-        log.warning("cannot tell the kernel that %r changed: %s", name, error)
+    """Drop the name, and the folder's attributes (its times and link count changed with
+    it), from the kernel's cache. May block until the kernel has the folder's lock, which
+    a request we answer may hold: hence a thread of its own."""
+    for notice in (lambda: pyfuse3.invalidate_entry(parent, name),
+                   lambda: pyfuse3.invalidate_inode(parent, attr_only=True)):
+        try:
+            notice()
+        except FileNotFoundError:
+            pass  # the kernel had not cached that name, or that folder
+        except OSError as error:
+            log.warning("cannot tell the kernel that %r changed: %s", name, error)
 
 
 class Filesystem(pyfuse3.Operations):

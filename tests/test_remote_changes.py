@@ -49,6 +49,24 @@ def test_remote_edits_while_mounted(cloud: Cloud) -> None:
              what="c's rmdir")
 
 
+def test_the_kernel_forgets_what_a_remote_changed_at_once(cloud: Cloud) -> None:
+    """The kernel may keep names and attributes for a minute (fs.ATTR_TIMEOUT); what a
+    remote changes, the folder's link count and the file's new version, shows well
+    before that, as the kernel is told."""
+    box = cloud.mountpoint / "box"
+    box.mkdir()
+    (box / "note").write_bytes(b"old")
+    wait_for(lambda: everywhere(cloud, "box/note", b"old"), what="the note everywhere")
+    before = os.stat(box)
+    assert os.stat(box / "note").st_size == 3  # both now in the kernel's cache
+    a = cloud.remotes["a"]
+    (a / "box" / "inner").mkdir()  # a name the kernel never saw
+    wait_for(lambda: os.stat(box).st_nlink == before.st_nlink + 1, timeout=10,
+             what="the folder's new link count")
+    (a / "box" / "note").write_bytes(b"new and longer")
+    wait_for(lambda: os.stat(box / "note").st_size == 14, timeout=10, what="the new version")
+
+
 def test_a_read_takes_in_a_version_the_remote_has_not_reported_yet(
         make_cloud: MakeCloud) -> None:
     """The remote changed the file after its last listing: the read of the listed version
