@@ -33,7 +33,7 @@ import trio
 from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
 from .index import FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import EXPENSIVE, Changed, Conflict, Kind, Metadata, RemoteUnavailable
-from .remotes import CallFailed, Remote, backoff
+from .remotes import CallFailed, Remote, Step, backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +47,9 @@ YIELD_STEP = 0.02  # how soon a worker that yielded looks again
 # remote ends, or after this at the latest; a fixed wait each time would add up down a tree
 # (a file in two new folders waited for each in turn).
 RETRY_WAIT = 0.2
+# Chunks up to this size are hashed on the thread that serves the mount: quicker than the
+# trip to a worker thread and back.
+INLINE_HASH = 64 * 1024
 
 
 class FetchError(Exception):
@@ -691,6 +694,9 @@ class Replicator:
             # use for their temp file: after a crash, restart_upload or abort_upload finds it.
             md.extra = {"upload": f"{self.index.cache_id}-{inode.ino:x}-{rev:x}"}
             named = dict(md.extra)
+            if md.size <= self.block_size:
+                await self._upload_whole(remote, inode, path, md)
+                return
             self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, named))
             await remote.call("start_upload", md)
             if md.extra != named:  # what the driver noted there for a resume (its session)
@@ -759,8 +765,42 @@ class Replicator:
                                             Transfer(rev, path, offset, md.extra))
         if behind is not None:
             await settled(behind)
+        await self._end(remote, inode, rev, md, offset,
+                        whole.digest() if whole is not None else None)
+
+    async def _upload_whole(self, remote: Remote, inode: Inode, path: str, md: Metadata) -> None:
+        """Upload a revision that fits in one chunk: started, sent and ended in one trip to
+        the driver's thread. Nothing to resume, so the transfer is saved once, before."""
+        rev = inode.rev
+        chunk = await self.cache.read(inode, 0, self.block_size)
+        if inode.rev != rev or inode.dirty or not self._alive(inode.ino):
+            raise Retry()  # changed, or deleted, while it was read
+        known = self.index.block_hash(inode.ino, 0, rev) if chunk else None
+        zeros = all_zero(chunk)
+        if known is not None or zeros:
+            digest = known or zeros_sha256(len(chunk))
+        elif len(chunk) <= INLINE_HASH:
+            digest = sha256(chunk)
+        else:
+            digest = await trio.to_thread.run_sync(sha256, chunk)
+        self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, dict(md.extra)))
+        steps: list[Step] = [("start_upload", (md,))]
+        if chunk and not (zeros and remote.plug is not None and remote.plug.keeps_holes):
+            steps.append(("upload_chunk", (md, 0, chunk)))
+        sending = time.monotonic()
+        await self._end(remote, inode, rev, md, 0, digest if len(chunk) == md.size else None,
+                        *steps, learnt=None if known is not None or zeros else digest)
+        remote.health.sent(len(chunk), sending)
+
+    async def _end(self, remote: Remote, inode: Inode, rev: int, md: Metadata, offset: int,
+                   whole: bytes | None, *before: Step, learnt: bytes | None = None) -> None:
+        """end_upload, after the steps `before` in the same trip, then the record that the
+        remote holds revision `rev`, with the SHA-256 of the whole file and of its one block
+        (`learnt`) if they were learnt on the way. Nothing of a failed upload stays there,
+        unless the remote is only away (the upload resumes)."""
+        path = md.path
         try:
-            await remote.call("end_upload", md)
+            await remote.call_each(*before, ("end_upload", (md,)))
         except CallFailed as error:
             if isinstance(error.__cause__, Conflict):
                 await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
@@ -778,9 +818,12 @@ class Replicator:
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key(),
                                         racy=remote.racy(md.mtime_ns)))
-            if whole is not None and inode.rev == rev and not inode.dirty:
-                inode.sha256 = whole.digest()
-                self.index.put_inode(txn, inode)
+            if inode.rev == rev and not inode.dirty:
+                if learnt is not None:
+                    self.index.set_block_hash(txn, inode.ino, 0, rev, learnt)
+                if whole is not None and inode.sha256 == NO_HASH:
+                    inode.sha256 = whole
+                    self.index.put_inode(txn, inode)
 
     async def _abort(self, remote: Remote, ino: int, transfer: Transfer, *elsewhere: str) -> None:
         """Remove the temp file of an upload, at its path and at the other paths given (where
