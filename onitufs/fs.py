@@ -51,12 +51,13 @@ RELATIME_NS = 24 * 3600 * 10**9
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
 SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
-# A data operation this recent means someone is using the mount. A program at work (cp,
-# tar, a build) asks again well within it; any longer only delays every upload's start.
-BUSY_WINDOW = 0.02
-# What counts as using the mount; browsing (lookup, getattr, readdir, xattrs) does not.
-DATA_OPERATIONS = {"read", "write", "create", "mkdir", "mknod", "symlink", "link", "unlink",
-                   "rmdir", "rename", "setattr"}
+# A request this recent means someone is using the mount: uploads then go one at a time
+# (see Replicator._yield_to_foreground). A program at work (cp, tar, git, a build) asks
+# again well within it.
+BUSY_WINDOW = 0.25
+# What programs that only watch the mount ask (onitufs status, df, a desktop's free-space
+# applet): no use of it, and a wait for uploads must not slow them down.
+WATCHING_OPERATIONS = {"getxattr", "listxattr", "statfs"}
 XATTR_PREFIX = b"user.onitufs."
 XATTR_SIZE_MAX = 65536
 # ACLs and security labels are not kept: the kernel checks permissions from the mode bits.
@@ -67,8 +68,8 @@ def fuse_errors(
     function: Callable[Concatenate[Filesystem, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[Filesystem, P], Coroutine[Any, Any, R]]:
     """Turn every failure into an errno: pyfuse3 stops the mount on anything but FUSEError.
-    Also notes when data was last read or changed, so background work can yield to users."""
-    busy = function.__name__ in DATA_OPERATIONS
+    Also notes when the mount was last used, so background work can yield to users."""
+    busy = function.__name__ not in WATCHING_OPERATIONS
 
     @functools.wraps(function)
     async def wrapper(fs: Filesystem, /, *args: P.args, **kwargs: P.kwargs) -> R:

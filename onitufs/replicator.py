@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PER_REMOTE_TASKS = 4
 STUCK_FAILURES = 3  # a change that failed this often in a row waits on something else
-# The replicator yields to the user: while the mount is busy, new transfers wait, for
-# at most MAX_YIELD seconds past their time (uploads already running go on).
+# The replicator yields to the user: while the mount is busy, a remote's changes go one at a
+# time, and none before it has waited MAX_YIELD seconds past its time (what runs goes on).
 MAX_YIELD = 3.0
 YIELD_STEP = 0.02  # how soon a worker that yielded looks again
 # A change that waits on another inode's (Retry) goes again as soon as some change on the
@@ -324,7 +324,7 @@ class Replicator:
             while True:
                 self._wake[remote.rid] = wake = trio.Event()
                 while line and line[0][0] <= time.time():
-                    if self._yield_to_foreground(line[0]):
+                    if self._yield_to_foreground(line[0], len(busy)):
                         await trio.sleep(YIELD_STEP)
                         continue
                     _, seq, ino = heapq.heappop(line)
@@ -339,10 +339,13 @@ class Replicator:
                 with trio.move_on_after(timeout):
                     await wake.wait()
 
-    def _yield_to_foreground(self, first: tuple[float, int, int]) -> bool:
+    def _yield_to_foreground(self, first: tuple[float, int, int], running: int) -> bool:
+        """Whether the first change in line waits for the mount to be idle: each trip of
+        the replicator takes the thread that serves it, and a git clone into three remotes
+        that replicated alongside at full pace ran nine times slower. A flush goes at once."""
         ready_at, seq, _ = first
-        return seq >= self._flush_below and time.time() - ready_at < MAX_YIELD \
-            and self.foreground_busy()
+        return seq >= self._flush_below and self.foreground_busy() \
+            and (running > 0 or time.time() - ready_at < MAX_YIELD)
 
     async def _process(self, remote: Remote, ino: int, slots: trio.Semaphore) -> None:
         pending = self._pending[remote.rid]
