@@ -136,6 +136,10 @@ class Replicator:
         # inodes whose change waits on another's (Retry), see RETRY_WAIT
         self._waiting: dict[int, set[int]] = {r.rid: set() for r in remotes}
         self._wake: dict[int, trio.Event] = {r.rid: trio.Event() for r in remotes}
+        # When each worker wakes by itself (the first of its line is ready): a change queued
+        # for later than that need not wake it. A remove of a thousand files queued three
+        # thousand changes, all for upload_delay later, and each woke a worker for nothing.
+        self._sleeps_until: dict[int, float] = {r.rid: -math.inf for r in remotes}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
         # The paths each remote's operations work on right now, and whether as a folder
         # moved or deleted there (see _working_at).
@@ -191,9 +195,10 @@ class Replicator:
     def _push(self, remote: Remote, ino: int) -> None:
         """Put the inode's ticket in line for when it is ready."""
         ticket = self._pending[remote.rid][ino]
-        heapq.heappush(self._ready[remote.rid],
-                       (ticket.ready_at(self._flush_below), ticket.seq, ino))
-        self._wake[remote.rid].set()
+        ready_at = ticket.ready_at(self._flush_below)
+        heapq.heappush(self._ready[remote.rid], (ready_at, ticket.seq, ino))
+        if ready_at < self._sleeps_until[remote.rid]:
+            self._wake[remote.rid].set()
 
     def fill(self, remote: Remote) -> None:
         """Queue the whole tree for a remote that was added (or is back) in the config."""
@@ -335,8 +340,8 @@ class Replicator:
                     await slots.acquire()
                     busy.add(ino)
                     nursery.start_soon(self._process, remote, ino, slots)
-                timeout = max(0.0, line[0][0] - time.time()) if line else math.inf
-                with trio.move_on_after(timeout):
+                self._sleeps_until[remote.rid] = line[0][0] if line else math.inf
+                with trio.move_on_after(max(0.0, self._sleeps_until[remote.rid] - time.time())):
                     await wake.wait()
 
     def _yield_to_foreground(self, first: tuple[float, int, int], running: int) -> bool:
