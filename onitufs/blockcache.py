@@ -36,6 +36,7 @@ import collections
 import functools
 import hashlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Iterable
 
 import lmdb
@@ -51,7 +52,6 @@ from .index import (
     Value,
     delete_range,
     q,
-    scan,
     seal,
     unq,
     unseal,
@@ -60,6 +60,8 @@ from .inorder import InOrderHashes
 
 log = logging.getLogger(__name__)
 BlockKey = tuple[int, int]
+_KEY = struct.Struct(">QQ")  # a block's key in LMDB: inode, block number
+BATCH_TRANSACTION = 8 * 1024**2  # bytes of blocks the worker thread writes in one transaction
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
 # the current revision, checked against the digest where one is known, and their SHA-256
 Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[tuple[bytes, bytes]]]
@@ -121,14 +123,26 @@ class BlockCache:
         # blocks found damaged, which stay stored until a good copy replaces them.
         self._sound: set[BlockKey] = set()
         self._damaged: set[BlockKey] = set()
-        with index.env.begin(buffers=True) as txn:  # lengths only: no block is read
-            for key, value in scan(txn, self._db, b""):
-                if len(value) > SEAL:  # zeros, stored empty, take no room and stay
-                    self._account((unq(key), unq(key[8:])), len(value) - SEAL, sound=False)
+        self._take_stock()
         # Inodes being made complete (by how many callers): none of their blocks may go
         # meanwhile, or the file would be complete without them.
         self._completing: collections.Counter[int] = collections.Counter()
         self._over_size = False  # and nothing could be evicted: said once in the log
+
+    def _take_stock(self) -> None:
+        """Account for the blocks stored when the daemon starts, none of them checked yet.
+
+        In bulk rather than through _account: it runs before the mount is served and
+        sees every block of the cache (100,000 in an index of as many small files)."""
+        with self.index.env.begin(buffers=True) as txn:  # lengths only: no block is read
+            stored = [(_KEY.unpack(key), len(value) - SEAL) for key, value
+                      in txn.cursor(db=self._db).iternext()
+                      if len(value) > SEAL]  # zeros, stored empty, take no room and stay
+        self._lru.update(stored)
+        self.stored_bytes = sum(length for _, length in stored)
+        held = self._held
+        for (ino, _), length in stored:
+            held[ino] += length
 
     @property
     def dirty_bytes(self) -> int:
@@ -443,7 +457,10 @@ class BlockCache:
         return total - self.size_limit
 
     def over_dirty_limit(self) -> bool:
-        return self._dirty_bytes > self.write_buffer
+        """Whether the buffers are to go to LMDB (settle): past half the write buffer, so
+        that the half on its way there and the half filled meanwhile make the write buffer
+        between them, not twice it."""
+        return self._dirty_bytes > self.write_buffer // 2
 
     async def settle(self) -> None:
         """Hand every full buffered block to a worker thread that hashes it and writes
@@ -489,16 +506,24 @@ class BlockCache:
 
     def _write_batch(self, batch: list[tuple[BlockKey, bytearray]]) -> list[tuple[BlockKey, int]]:
         """On a worker thread, the blocks in order. Holding LMDB's writer lock, it skips
-        what was superseded: the newer content is written after it, or was already."""
-        digests = [self._checksum(key, buffer) for key, buffer in batch]
+        what was superseded: the newer content is written after it, or was already.
+
+        A few blocks to a transaction: LMDB holds what a transaction writes in memory of
+        its own until the commit, a copy of the whole batch (the write buffer, 64 MiB)
+        if it were one. Each block lands with its checksum, so a crash between two
+        leaves blocks stored that recovery makes a revision of, as any crash does."""
         written = []
-        with self.index.env.begin(write=True) as txn:
-            for (key, buffer), digest in zip(batch, digests, strict=True):
-                if key not in self._superseded:
-                    value, length = sealed(buffer, digest)
-                    txn.put(q(key[0]) + q(key[1]), value, db=self._db)
-                    self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
-                    written.append((key, length))
+        step = max(1, BATCH_TRANSACTION // self.block_size)
+        for first in range(0, len(batch), step):
+            part = batch[first:first + step]
+            digests = [self._checksum(key, buffer) for key, buffer in part]
+            with self.index.env.begin(write=True) as txn:
+                for (key, buffer), digest in zip(part, digests, strict=True):
+                    if key not in self._superseded:
+                        value, length = sealed(buffer, digest)
+                        txn.put(q(key[0]) + q(key[1]), value, db=self._db)
+                        self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
+                        written.append((key, length))
         return written
 
     def _checksum(self, key: BlockKey, buffer: bytearray) -> bytes:

@@ -9,6 +9,7 @@ each way ends with the replicator flushing what is queued.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -27,7 +28,7 @@ from . import overlaps
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
-from .index import FLAG_WRITE_FAILED, CacheError, Index
+from .index import FLAG_WRITE_FAILED, CacheError, Index, Inode
 from .notify import notify
 from .plug import check_options, load_drivers
 from .remote_changes import RemoteChanges
@@ -134,7 +135,12 @@ class Mount:
                              config.fsync_replicas)
         self.replicator.foreground_busy = self.fs.busy
         self._unmounted_by_us = False
-        self.recover()
+        # Before anything is served: recovery changes inodes that the mount would show. It
+        # reads the whole index, so it runs only when the last stop left it something to do
+        # (a crash, a full disk, an older onitufs): a clean stop says there is nothing.
+        if not self.index.stopped_cleanly:
+            log.info("the last stop was not a clean one: looking for what it left undone")
+            self.recover()
 
     def recover(self) -> None:
         """Finish what a crash interrupted: orphaned inodes go, and content changed since
@@ -143,9 +149,7 @@ class Mount:
         with self.index.begin() as txn:
             stored_since = self.index.unrevised(txn)
         for inode in self.tree.purge_orphans():
-            if inode.flags & FLAG_WRITE_FAILED:
-                continue  # cut short by a full disk: kept here, not made a revision
-            if inode.dirty or inode.ino in stored_since:
+            if unrevised(inode, stored_since):
                 log.info("inode %d changed before a crash: making its revision", inode.ino)
                 with self.index.write() as txn:
                     self.cache.trim(txn, inode)
@@ -153,6 +157,13 @@ class Mount:
                         inode.version += 1
                     self.index.put_inode(txn, inode)
                 self.tree.make_revision(inode.ino, delay=0)
+
+    def recovery_needed(self) -> bool:
+        """Whether recover() would find anything to do."""
+        with self.index.begin() as txn:
+            stored_since = self.index.unrevised(txn)
+            return any(inode.nlink == 0 or unrevised(inode, stored_since)
+                       for inode in self.index.all_inodes(txn))
 
     def status(self) -> dict[str, Any]:
         """What `onitufs status` shows: schema STATUS_SCHEMA, described field by field in
@@ -260,9 +271,11 @@ class Mount:
             for remote in self.remotes:
                 nursery.start_soon(remote.run_driver, self.changes)
             result = await job()
+            finished = False
             try:
                 await self.cache.settle()
                 self.fs.finish()
+                finished = True
             except lmdb.Error as error:  # a full disk: what was never closed is not kept
                 log.error("cannot store what was written last to the cache (%s): %s",
                           self.config.cache_path, error)
@@ -270,6 +283,11 @@ class Mount:
             for remote in self.remotes:
                 remote.stop()
             nursery.cancel_scope.cancel()
+        # Nothing writes any more: the next start may skip recovery if there is none to do.
+        # Checked rather than assumed, at the cost of one read of the index on the way out.
+        if finished and not self.recovery_needed():
+            with contextlib.suppress(lmdb.Error):  # a full disk: the next start recovers
+                self.index.mark_clean_stop()
         log.info("all remotes up to date" if complete else "stopped with uploads still queued")
         return result, complete
 
@@ -284,6 +302,13 @@ class Mount:
                     log.warning("unmount: %s; detaching instead", result.stderr.strip())
                     self._unmounted_by_us = True
                     pyfuse3.terminate()
+
+
+def unrevised(inode: Inode, stored_since: set[int]) -> bool:
+    """Whether the content of a named inode changed since its last revision (the inode says
+    so, or blocks were stored for it since), and is to become one: not content cut short by
+    a full disk, which is kept here only."""
+    return not inode.flags & FLAG_WRITE_FAILED and (inode.dirty or inode.ino in stored_since)
 
 
 def describe_error(error: BaseException) -> str:

@@ -249,6 +249,9 @@ class Index:
         # that comparing a listing with it costs no decoding
         self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
         self._after_commit: list[Callable[[], None]] = []
+        # Read before anything is written: whether the index is as the last process left it
+        # when it stopped cleanly (see mark_clean_stop).
+        self.stopped_cleanly = self._clean_stop_mark() == env.info()["last_txnid"]
         self._check_schema(block_size)
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
@@ -260,6 +263,20 @@ class Index:
         self.env.sync(True)
         self.env.close()
         self._lock.close()
+
+    def mark_clean_stop(self) -> None:
+        """Say that nothing is left for a crash recovery to do, as the last thing written.
+
+        The mark holds the number of its own transaction: it only counts while that is
+        the last one committed, so that any change made after it (by a process that
+        crashed, or by a version of onitufs that knows no mark) voids it."""
+        with self.write() as txn:
+            txn.put(b"clean_stop", q(txn.id()), db=self.db["meta"])
+
+    def _clean_stop_mark(self) -> int | None:
+        with self.begin() as txn:
+            raw = txn.get(b"clean_stop", db=self.db["meta"])
+        return None if raw is None else unq(raw)
 
     def sync(self) -> None:
         """Make every committed transaction survive a power loss; nothing to do (no disk
@@ -604,7 +621,7 @@ class Index:
             if entry is None:
                 known.pop(path, None)
             else:
-                known[path] = (ino, dataclasses.replace(entry))
+                known[path] = (ino, dataclasses.replace(entry))  # never changed in place
 
     def hold(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
              entry: MirrorEntry) -> None:
@@ -634,13 +651,28 @@ class Index:
 
     def mirror_all(self, rid: int, txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
         """Everything the remote holds: (ino, path, entry)."""
+        known = self._known(rid, txn)
+        return [(ino, path, dataclasses.replace(entry)) for path, (ino, entry) in known.items()]
+
+    def mirror_entries(self, rid: int, txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
+        """Everything the remote holds by path, as mirror_all but not copied, for reading
+        only: what a listing of the whole tree is compared with."""
+        return {path: entry for path, (_, entry) in self._known(rid, txn).items()}
+
+    def _known(self, rid: int, txn: lmdb.Transaction) -> dict[str, tuple[int, MirrorEntry]]:
         known = self._mirrors.get(rid)
         if known is None:
-            known = self._mirrors[rid] = {}
-            for key, value in scan(txn, self.db["mirror"], _I.pack(rid)):
-                for path, entry in json.loads(bytes(value)).items():
-                    known[path] = (unq(key), MirrorEntry(**entry))
-        return [(ino, path, dataclasses.replace(entry)) for path, (ino, entry) in known.items()]
+            known = self._mirrors[rid] = self._load_mirror(rid, txn)
+        return known
+
+    def _load_mirror(self, rid: int, txn: lmdb.Transaction) -> dict[str, tuple[int, MirrorEntry]]:
+        """What the remote holds, decoded: at the first listing of a remote after the start,
+        for every file of the tree, so in bulk (one JSON document of all the records)."""
+        rows = list(scan(txn, self.db["mirror"], _I.pack(rid)))
+        records = json.loads(b"[" + b",".join(bytes(value) for _, value in rows) + b"]")
+        return {path: (unq(key), MirrorEntry(**entry))
+                for (key, _), entries in zip(rows, records, strict=True)
+                for path, entry in entries.items()}
 
     @staticmethod
     def _rpath_key(rid: int, path: str) -> bytes:

@@ -414,8 +414,8 @@ class RemoteChanges:
         marker = next((md for md in entries if md.path == MARKER), None)
         entries = [md for md in entries if md.path != MARKER]
         with self.index.begin() as txn:
-            held = {path: entry for _, path, entry in self.index.mirror_all(source.rid, txn)
-                    if path}
+            held = self.index.mirror_entries(source.rid, txn)
+        held.pop("", None)  # the root, which every remote holds
         judgement = await self.identities[remote].judge(marker, {md.path for md in entries},
                                                         held)
         if judgement.outage is not None or judgement.trusted:
@@ -441,8 +441,9 @@ class RemoteChanges:
             return fresh
 
         known = {path: entry for path, entry in held.items() if current(path)}
-        listed = {md.path: md for md in entries
-                  if md.path and current(md.path) and self._acceptable(source, md.path)}
+        # A path the remote is known to hold was found acceptable when it was taken in.
+        listed = {md.path: md for md in entries if md.path and current(md.path)
+                  and (md.path in held or self._acceptable(source, md.path))}
         gone = [path for path in known if path not in listed]
         gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
         # Each step may await a remote, during which the replicator may touch more

@@ -1,0 +1,94 @@
+"""A clean stop marks the index so that the next start skips the crash recovery, which
+reads the whole index; any other stop, or a change made after the mark, leaves the
+recovery to run; a remote changed while unmounted is still caught at the next mount."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from onitufs.daemon import MAP_SIZE
+from onitufs.index import Index
+
+from .conftest import Cloud, MakeCloud, is_mounted, wait_for
+
+UNCLEAN = "the last stop was not a clean one"
+
+
+def stopped_cleanly(cloud: Cloud) -> bool:
+    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
+    try:
+        return index.stopped_cleanly
+    finally:
+        index.close()
+
+
+def test_a_clean_stop_is_marked_and_the_next_start_skips_recovery(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    assert UNCLEAN in cloud.log  # a new cache: nothing said it stopped cleanly
+    (cloud.mountpoint / "F").write_bytes(b"one")
+    cloud.umount()
+    assert stopped_cleanly(cloud)
+    before = len(cloud.log)
+    cloud.mount()
+    assert UNCLEAN not in cloud.log[before:]
+    assert (cloud.mountpoint / "F").read_bytes() == b"one"
+    cloud.umount()
+
+
+def test_a_change_after_the_mark_voids_it(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    cloud.umount()
+    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
+    try:
+        assert index.stopped_cleanly
+        index.set_identity("a", "someone else's write", None)  # as an older onitufs would
+    finally:
+        index.close()
+    assert not stopped_cleanly(cloud)
+
+
+def test_a_kill_after_a_clean_start_leaves_the_recovery_to_run(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")
+    cloud.mount()
+    cloud.umount()
+    cloud.mount()  # starts from a clean stop
+    content = os.urandom(3 * 1024 * 1024)
+    with open(cloud.mountpoint / "G", "wb") as file:
+        file.write(content)
+        os.fsync(file.fileno())  # stored in the cache; its upload waits an hour
+    cloud.kill9()
+    subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
+    assert not is_mounted(cloud.mountpoint)
+    assert not stopped_cleanly(cloud)
+    before = len(cloud.log)
+    cloud.mount()
+    assert UNCLEAN in cloud.log[before:]
+    assert (cloud.mountpoint / "G").read_bytes() == content
+    cloud.umount()  # uploads what the recovery queued
+    for remote in cloud.remotes.values():
+        assert (remote / "G").read_bytes() == content
+
+
+def test_a_remote_changed_while_unmounted_is_caught_after_a_clean_stop(
+        make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "F").write_bytes(b"old")
+    (cloud.mountpoint / "H").write_bytes(b"gone soon")
+    cloud.wait_synced()
+    cloud.umount()
+    (cloud.remotes["a"] / "F").write_bytes(b"changed on a")
+    (cloud.remotes["a"] / "H").unlink()
+    (cloud.remotes["a"] / "N").write_bytes(b"new on a")
+    cloud.mount()
+    wait_for(lambda: (cloud.mountpoint / "F").read_bytes() == b"changed on a"
+             and not (cloud.mountpoint / "H").exists()
+             and (cloud.mountpoint / "N").exists(), what="the changes of a to show")
+    cloud.umount()
+    remote_b = cloud.remotes["b"]
+    assert (remote_b / "F").read_bytes() == b"changed on a"
+    assert (remote_b / "N").read_bytes() == b"new on a"
+    assert not (remote_b / "H").exists()
