@@ -637,9 +637,7 @@ class Index:
         self.set_mirror(txn, rid, ino, old, None)
         self.hold(txn, rid, ino, new, entry)
         if entry.kind == "dir":
-            prefix = old + "/"
-            below = [item for item in self.mirror_all(rid, txn) if item[1].startswith(prefix)]
-            for child, path, child_entry in below:
+            for child, path, child_entry in self.mirror_below(rid, old, txn):
                 self.set_mirror(txn, rid, child, path, None)
                 self.set_mirror(txn, rid, child, new + path[len(old):], child_entry)
 
@@ -653,6 +651,14 @@ class Index:
         """Everything the remote holds: (ino, path, entry)."""
         known = self._known(rid, txn)
         return [(ino, path, dataclasses.replace(entry)) for path, (ino, entry) in known.items()]
+
+    def mirror_below(self, rid: int, folder: str,
+                     txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
+        """What the remote holds below `folder`: (ino, path, entry), not copied, for
+        reading only."""
+        prefix = folder + "/"
+        return [(ino, path, entry) for path, (ino, entry) in self._known(rid, txn).items()
+                if path.startswith(prefix)]
 
     def mirror_entries(self, rid: int, txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
         """Everything the remote holds by path, as mirror_all but not copied, for reading

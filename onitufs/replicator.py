@@ -507,32 +507,25 @@ class Replicator:
 
     async def _remove_held(self, remote: Remote, ino: int, path: str, entry: MirrorEntry,
                            visiting: frozenset[int]) -> None:
-        """Delete what the remote holds at a path the inode left. A folder that does not
-        go because the remote still holds other inodes in it (deleted here, or moved
-        elsewhere, and not done there yet) goes once they are done."""
+        """Delete what the remote holds at a path the inode left. What the remote still
+        holds in a folder (other inodes deleted here, or moved elsewhere, and not done
+        there yet) goes first: the folder could not go before (rm -rf queues a folder's
+        delete beside those of its files)."""
         folder = entry.kind == "dir"
-        try:
-            with self._working_at(remote, path, folder=folder):
-                await self._delete(remote, ino, path, entry)
-        except CallFailed as error:
-            if not folder or isinstance(error.__cause__, RemoteUnavailable) \
-                    or not await self._clear_below(remote, ino, path, visiting):
-                raise
-            with self._working_at(remote, path, folder=True):
-                await self._delete(remote, ino, path, entry)
+        if folder:
+            await self._clear_below(remote, ino, path, visiting)
+        with self._working_at(remote, path, folder=folder):
+            await self._delete(remote, ino, path, entry)
 
     async def _clear_below(self, remote: Remote, ino: int, folder: str,
-                           visiting: frozenset[int]) -> bool:
+                           visiting: frozenset[int]) -> None:
         """Bring up to date the other inodes the remote holds below `folder`, deepest
-        first; False if it holds none there."""
-        prefix = folder + "/"
+        first."""
         with self.index.begin() as txn:
             below = {(path.count("/"), held) for held, path, _ in
-                     self.index.mirror_all(remote.rid, txn)
-                     if path.startswith(prefix) and held != ino}
+                     self.index.mirror_below(remote.rid, folder, txn) if held != ino}
         for _, held in sorted(below, reverse=True):
             await self._sync(remote, held, visiting)
-        return bool(below)
 
     @contextlib.contextmanager
     def _working_at(self, remote: Remote, *paths: str, folder: bool = False) -> Iterator[None]:
