@@ -660,6 +660,19 @@ class Index:
         return [(ino, path, entry) for path, (ino, entry) in self._known(rid, txn).items()
                 if path.startswith(prefix)]
 
+    def mirror_part(self, rid: int, scope: list[str], below: bool,
+                    txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
+        """What the remote holds at the paths of `scope` by path, and with `below` what
+        it holds under them too, not copied, for reading only: what part of a listing is
+        compared with (a lookup per path, unless folders are in it)."""
+        known = self._known(rid, txn)
+        part = {path: known[path][1] for path in scope if path in known}
+        if below:
+            folders = tuple(f"{path}/" for path in scope)
+            part.update((path, entry) for path, (_, entry) in known.items()
+                        if path.startswith(folders))
+        return part
+
     def mirror_entries(self, rid: int, txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
         """Everything the remote holds by path, as mirror_all but not copied, for reading
         only: what a listing of the whole tree is compared with."""

@@ -199,6 +199,12 @@ class Stopped(Exception):
     """Raised in a driver thread by Plug methods once the mount is shutting down."""
 
 
+class ListingNeeded(Exception):
+    """Raised by plug.report_part when the core takes no part of a listing now (it is
+    judging the remote's folder, or the part names the remote's marker): report the
+    whole tree with report_tree instead."""
+
+
 class ChangeSink(Protocol):
     """The core's side of the Plug: where reported changes are applied."""
 
@@ -206,6 +212,8 @@ class ChangeSink(Protocol):
     async def delete_file(self, remote: str, path: str) -> None: ...
     async def move_file(self, remote: str, old_path: str, new: Metadata) -> None: ...
     async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool: ...
+    async def report_part(self, remote: str, entries: list[Metadata], scope: list[str],
+                          started: float) -> bool: ...
     async def set_status(self, remote: str, error: str | None) -> None: ...
 
 
@@ -312,6 +320,18 @@ class Plug:
         that is complete: a partial one would read as deletions.
         """
         return bool(self._to_core(self._sink.report_tree, self.name, list(entries), started))
+
+    def report_part(self, entries: Iterable[Metadata], scope: Iterable[str],
+                    started: float) -> bool:
+        """Part of a listing, for a driver that learns which paths changed (the kernel's
+        events): what the remote holds at each path of `scope` and below it, all of it. A
+        path there that `entries` lacks is gone; nothing outside is looked at, so the
+        core's work grows with the part, not with the tree. Only after a report_tree the
+        core took (it returned True); returns as report_tree does, and then the paths of
+        a part not taken go again with the next. Raises ListingNeeded when the core wants
+        the whole tree instead."""
+        return bool(self._to_core(self._sink.report_part, self.name, list(entries),
+                                  list(scope), started))
 
     def online(self) -> None:
         self._to_core(self._sink.set_status, self.name, None)

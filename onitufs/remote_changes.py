@@ -27,7 +27,7 @@ import lmdb
 from .blockcache import BlockLost
 from .identity import Identity
 from .index import FLAG_COMPLETE, NO_HASH, Index, Inode, MirrorEntry, encode_path
-from .plug import MARKER, Metadata
+from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
 from .replicator import FetchError, Replicator
 from .tree import NAME_MAX, NewNode, Tree, TreeError
@@ -428,9 +428,24 @@ class RemoteChanges:
         finally:
             source.listed.set()  # even if cut short: the rest comes with the next one
 
+    async def report_part(self, remote: str, entries: list[Metadata], scope: list[str],
+                          started: float) -> bool:
+        """Apply part of a listing: what the remote holds at and below the paths of
+        `scope` (see Plug.report_part). The marker, and a remote whose folder is not
+        known to be right, are judged on whole listings only."""
+        source = self.remotes[remote]
+        if MARKER in scope or not (source.listed.is_set() and self._heeded(source)):
+            raise ListingNeeded()
+        with self.index.begin() as txn:
+            held = self.index.mirror_part(source.rid, scope, False, txn)
+            if any(md.kind == "dir" for md in entries) \
+                    or any(entry.kind == "dir" for entry in held.values()):
+                held = self.index.mirror_part(source.rid, scope, True, txn)
+        return await self._apply(source, entries, held, started)
+
     async def _apply(self, source: Remote, entries: list[Metadata],
                      held: dict[str, MirrorEntry], started: float) -> bool:
-        """report_tree's changes, from a listing that can be trusted."""
+        """The changes of a listing (or part of one, see report_part) that can be trusted."""
         remote = source.name
         skipped = False
 

@@ -13,6 +13,11 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import onitufs_local
+
+from onitufs.testing.backdoor import FolderBackdoor
+from onitufs.testing.harness import started
+
 from .conftest import Cloud, MakeCloud, snapshot, wait_for
 from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
 
@@ -184,3 +189,26 @@ def test_an_unplugged_disk_is_an_outage_and_comes_back_watched(make_cloud: MakeC
         soon(lambda: everywhere(cloud, "photos/p9.jpg", b"added on the disk"),
              "a file added on the disk once back")
         assert cloud.umount().returncode == 0
+
+
+def test_what_events_name_goes_to_the_core_as_a_part_of_the_listing(tmp_path: Path) -> None:
+    """The core compares the paths that changed, not the whole tree at each change."""
+    root = tmp_path / "remote"
+    (root / "big").mkdir(parents=True)
+    for number in range(200):
+        (root / "big" / f"f{number}").write_bytes(b"x")
+    table = {"driver": "local", "path": str(root), "poll_interval": "1h"}
+    with started(onitufs_local, table, FolderBackdoor(root, tmp_path / "ballast"),
+                 base_dir=tmp_path) as harness:
+        sink = harness.sink
+        wholes = len(sink.listings)
+        (root / "new").write_bytes(b"news")
+        sink.wait(lambda: "new" in sink.view, SOON, "the new file")
+        (root / "big").rename(root / "moved")
+        sink.wait(lambda: "moved/f7" in sink.view and "big/f7" not in sink.view, SOON,
+                  "the folder renamed, with what it holds")
+        with sink.cond:
+            assert len(sink.listings) == wholes  # no whole listing since the first
+            assert ["new"] in sink.parts
+            assert any(set(scope) == {"big", "moved"} for scope in sink.parts)
+            assert sink.view["moved/f199"].size == 1

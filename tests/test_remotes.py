@@ -30,6 +30,10 @@ class NoChanges:
     async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool:
         raise AssertionError("not expected")
 
+    async def report_part(self, remote: str, entries: list[Metadata], scope: list[str],
+                          started: float) -> bool:
+        raise AssertionError("not expected")
+
     async def set_status(self, remote: str, error: str | None) -> None:
         raise AssertionError("not expected")
 

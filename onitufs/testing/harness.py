@@ -30,7 +30,7 @@ import pytest
 import trio
 
 from onitufs.config import Options
-from onitufs.plug import Metadata, Plug, Stopped, check_keys, check_options
+from onitufs.plug import ListingNeeded, Metadata, Plug, Stopped, check_keys, check_options
 from onitufs.remote_changes import bad_path_reason
 from onitufs.remotes import CHANGES
 
@@ -89,6 +89,7 @@ class RecordingSink:
     cond: threading.Condition = field(default_factory=threading.Condition)
     view: dict[str, Metadata] = field(default_factory=dict)
     listings: list[Listing] = field(default_factory=list)
+    parts: list[list[str]] = field(default_factory=list)  # the scope of each report_part
     statuses: list[str | None] = field(default_factory=list)  # plug.offline's reasons, None: online
     problems: list[str] = field(default_factory=list)  # reports no driver may make
     upload_names: set[str] = field(default_factory=set)  # every md.extra["upload"] given out
@@ -177,6 +178,32 @@ class RecordingSink:
 
             self.view = {path: md for path, md in listed.items() if not left_out(path)} \
                 | {path: md for path, md in self.view.items() if left_out(path)}
+            self.cond.notify_all()
+            return not later
+
+    async def report_part(self, remote: str, entries: list[Metadata], scope: list[str],
+                          started: float) -> bool:
+        with self.cond:
+            if not self.listings:
+                raise ListingNeeded()  # as the core: a whole listing comes first
+            for md in entries:
+                self._check(md, "report_part")
+                if not any(below(md.path, top) for top in scope):
+                    self.problems.append(f"report_part reported {md.path!r}, outside its "
+                                         f"scope {scope!r}")
+            later = [path for path, when in self.touched.items() if when >= started
+                     and any(below(path, top) or below(top, path) for top in scope)]
+
+            def left_out(path: str) -> bool:
+                return any(below(path, changed) for changed in later)
+
+            def inside(path: str) -> bool:
+                return any(below(path, top) for top in scope)
+
+            self.parts.append(list(scope))
+            self.view = {path: md for path, md in self.view.items()
+                         if not inside(path) or left_out(path)} \
+                | {md.path: md.copy() for md in entries if not left_out(md.path)}
             self.cond.notify_all()
             return not later
 

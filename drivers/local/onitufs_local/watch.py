@@ -3,11 +3,13 @@
 Every folder of the remote is watched; a folder that appears is watched, then
 read, since files may have been made in it before the watch was. The driver
 keeps the listing in memory and brings the entries that events name up to
-date once the events settle, then hands the core the whole listing
-(plug.report_tree), so that the core applies to it exactly the rules it
-applies to a polled one. A full listing is taken at the start, when the
-kernel's queue of events overflowed, when the root folder is another one
-(a disk unplugged or plugged in), and every poll_interval as a safety net.
+date once the events settle, then hands the core that part of the listing
+(plug.report_part), to which the core applies exactly the rules it applies to
+a polled listing, over those paths only. A full listing is taken at the start,
+when the kernel's queue of events overflowed, when the root folder is another
+one (a disk unplugged or plugged in), and every poll_interval as a safety net;
+the whole listing goes to the core then, and once things are quiet after
+onitufs changed the folder.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 from asyncinotify import Inotify, Mask, Watch
 
-from onitufs.plug import TEMP_SUFFIX, Metadata, Plug, RemoteUnavailable
+from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnavailable
 
 from .listing import entry, listing, require_root
 
@@ -181,10 +183,12 @@ class Tree:
                 self.dirty.add(f"{folder}/{name}" if folder else name)
         return came
 
-    def apply(self) -> bool:
-        """Bring the entries the events named up to date; whether any changed. OSError
-        if a new folder cannot be read."""
+    def apply(self) -> tuple[bool, set[str]]:
+        """Bring the entries the events named up to date; whether any changed, and the
+        paths looked at, as a scope for plug.report_part. OSError if a new folder cannot
+        be read."""
         changed = False
+        scope = set(self.dirty)
         listed: set[str] = set()  # folders read in full here
         for path in sorted(self.dirty, key=depth):
             up = parent(path)
@@ -217,7 +221,21 @@ class Tree:
             self._add(md)
         self.dirty.clear()
         self._forget_dropped()
-        return changed
+        return changed, scope
+
+    def part(self, scope: set[str]) -> tuple[list[Metadata], list[str]]:
+        """What is held at and below the paths of `scope`, and those of its paths that
+        are not below another: a part of the listing for plug.report_part."""
+        tops = [path for path in scope if not any(up in scope for up in ancestors(path))]
+        found = []
+        below = list(tops)
+        while below:
+            path = below.pop()
+            md = self.entries.get(path)
+            if md is not None:
+                found.append(md)
+            below.extend(self.children.get(path, ()))
+        return found, tops
 
 
 def ancestors(path: str) -> list[str]:
@@ -227,17 +245,24 @@ def ancestors(path: str) -> list[str]:
 
 def follow(plug: Plug, root: str, interval: float) -> None:
     """Watch the root folder and report what it holds until the mount ends. Raises
-    OutOfWatches when the kernel cannot watch all of it: then it must be polled."""
+    OutOfWatches when the kernel cannot watch all of it: then it must be polled.
+
+    The paths events named go to the core as a part of the listing (report_part), so that
+    its work follows the changes, not the size of the tree; the whole listing goes at the
+    start, at each full listing, and once events stop for a TICK after onitufs changed the
+    folder (plug.writes moved), as the core asks of every driver."""
     tree: Tree | None = None
     taken = False  # whether the core took the last listing sent (none yet: no)
     online = False
     reported = -1  # plug.writes when that listing began
     full_at = 0.0  # when the next full listing is due (time.monotonic)
     first = last = 0.0  # when the first and the last events not yet applied came (0: none)
-    sent = 0.0  # when the last listing went to the core
+    sent = 0.0  # when the last listing, or part, went to the core
+    retry: set[str] = set()  # the paths of a part the core did not take: they go again
     try:
         while not plug.stopping.is_set():
             now = time.monotonic()
+            part: set[str] | None = None  # None: the whole listing goes, if anything changed
             # (While events come, the folder is let settle first: rm -rf of it, then mkdir.)
             if tree is None or now >= full_at or (
                     not first and (tree.stale or not tree.holds_root())):
@@ -259,37 +284,51 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                     plug.offline(f"cannot list {root}: {reason}")
                     plug.stopping.wait(min(interval, TICK))
                     continue
-                full_at, first = time.monotonic() + interval, 0.0
+                full_at, first, retry = time.monotonic() + interval, 0.0, set()
             else:
-                due = min(max(last + SETTLE, sent + GAP), first + MOST) if first else now + TICK
+                due = min(max(last + SETTLE, sent + GAP), first + MOST) if first \
+                    else now + (GAP if retry else TICK)
                 if tree.read(max(0.0, min(due, full_at) - now)):
                     last = time.monotonic()
                     first = first or last
                     if last - first < MOST:
                         continue
-                if not first and plug.writes == reported and taken:
+                if not first and not retry and plug.writes == reported and taken:
                     continue  # a quiet tick
                 started, writes = time.time(), plug.writes
                 tree.read(0)  # what changed before `started`, for the listing to hold
-                first = 0.0
+                events, first = bool(first), 0.0
                 if tree.stale:
                     continue
                 try:
-                    changed = tree.apply()
+                    changed, scope = tree.apply()
                 except OSError:
                     tree.stale = True  # the full listing says what is wrong
                     continue
+                if taken and (events or retry):
+                    part = scope | retry
             if not tree.holds_root():
                 # A disk unmounted meanwhile: what was read after that came from the folder
                 # under it, and would read as deletions. The next full listing says.
                 tree.stale = True
                 continue
+            if not online:
+                plug.online()
+                online = True
+            if part:
+                entries, tops = tree.part(part)
+                try:
+                    retry = set() if plug.report_part(entries, tops, started) else part
+                    sent = time.monotonic()
+                    continue
+                except ListingNeeded:
+                    taken = False
+            elif part is not None:
+                continue  # events of temp files only: nothing to report
             if changed or writes != reported or not taken:
-                if not online:
-                    plug.online()
-                    online = True
                 taken, reported, sent = plug.report_tree(tree.listing(), started), writes, \
                     time.monotonic()
+                retry = set()
     finally:
         if tree is not None:
             tree.close()
