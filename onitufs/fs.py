@@ -151,8 +151,10 @@ def invalidate(parent: int, name: bytes) -> None:
     """Drop the name, and the folder's attributes (its times and link count changed with
     it), from the kernel's cache. May block until the kernel has the folder's lock, which
     a request we answer may hold: hence a thread of its own."""
-    for notice in (lambda: pyfuse3.invalidate_entry(parent, name),
-                   lambda: pyfuse3.invalidate_inode(parent, attr_only=True)):
+    notices: tuple[Callable[[], None], ...] = (
+        functools.partial(pyfuse3.invalidate_entry, parent, name),
+        functools.partial(pyfuse3.invalidate_inode, parent, attr_only=True))
+    for notice in notices:
         try:
             notice()
         except FileNotFoundError:
