@@ -224,18 +224,24 @@ class Filesystem(pyfuse3.Operations):
         return self.attributes(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        gone = []
         for ino, count in inode_list:
             left = self.tree.lookups.pop(ino, 0) - count
             if left > 0:
                 self.tree.lookups[ino] = left
-                continue
-            try:
-                node = self.index.get_inode(ino)
-                if node is not None and node.nlink == 0 and not self.tree.in_use(ino):
-                    with self.index.write() as txn:
+            else:
+                gone.append(ino)
+        try:
+            unlinked = [node for node in map(self.index.get_inode, gone) if node is not None
+                        and node.nlink == 0 and not self.tree.in_use(node.ino)]
+            if unlinked:
+                # One transaction for what the kernel forgets at once (rm -rf: hundreds of
+                # inodes), whose commit is paid on the thread that serves the mount.
+                with self.index.write() as txn:
+                    for node in unlinked:
                         self.tree.purge(txn, node)
-            except lmdb.Error as error:  # forget has no reply: the next mount purges it
-                log.error("cannot drop unlinked inode %d: %s", ino, error)
+        except lmdb.Error as error:  # forget has no reply: the next mount purges them
+            log.error("cannot drop unlinked inodes: %s", error)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
