@@ -268,7 +268,12 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
         node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now_ns()
-        if node.dirty:
+        # With the writeback cache the kernel keeps the times itself and hands them back
+        # (a ctime after an unlink, by thousands in rm -rf): times but the mtime concern
+        # no remote, and are written with the next commit.
+        times_only = not (fields.update_size or fields.update_mode or fields.update_uid
+                          or fields.update_gid or fields.update_mtime)
+        if node.dirty or times_only:
             self.index.defer_inode(node)  # written with the next commit, like its data
         else:
             with self.index.write() as txn:
