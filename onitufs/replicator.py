@@ -140,6 +140,10 @@ class Replicator:
         # for later than that need not wake it. A remove of a thousand files queued three
         # thousand changes, all for upload_delay later, and each woke a worker for nothing.
         self._sleeps_until: dict[int, float] = {r.rid: -math.inf for r in remotes}
+        # Per remote, inodes brought up to date whose mark in the index's queue is still to
+        # go: it goes with the replicator's next transaction (see _write), not in one of its
+        # own. A crash before leaves the mark, and the next start looks at the inode again.
+        self._done: dict[int, set[int]] = {r.rid: set() for r in remotes}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
         # The paths each remote's operations work on right now, and whether as a folder
         # moved or deleted there (see _working_at).
@@ -186,6 +190,7 @@ class Replicator:
             self.index.mark(txn, remote.rid, ino, time.time())
 
     def _add(self, remote: Remote, ino: int, due: float) -> None:
+        self._done[remote.rid].discard(ino)  # its mark in the index is a new one, to keep
         pending = self._pending[remote.rid]
         if not pending:
             remote.health.last_progress = time.monotonic()  # the clock of a stall starts now
@@ -202,7 +207,7 @@ class Replicator:
 
     def fill(self, remote: Remote) -> None:
         """Queue the whole tree for a remote that was added (or is back) in the config."""
-        with self.index.write() as txn:
+        with self._write() as txn:
             for inode in list(self.index.all_inodes(txn)):
                 if inode.nlink and inode.ino != ROOT_INO:
                     self.requeue(txn, remote, inode.ino)
@@ -379,8 +384,7 @@ class Replicator:
             remote.health.last_progress = time.monotonic()
             if pending.get(ino) is ticket:
                 del pending[ino]
-                with self.index.write() as txn:
-                    self.index.unmark(txn, remote.rid, ino)
+                self._done[remote.rid].add(ino)
         finally:
             self._busy[remote.rid].discard(ino)
             slots.release()
@@ -577,6 +581,23 @@ class Replicator:
         await self._move(remote, ino, path, aside, entry)
         return aside
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction of the index that also takes the marks of what is done out
+        of the queue: a small file's upload paid a commit of its own for that."""
+        with self.index.write() as txn:
+            done = [(rid, set(inodes)) for rid, inodes in self._done.items() if inodes]
+            for rid, inodes in done:
+                for ino in inodes:
+                    self.index.unmark(txn, rid, ino)
+
+            def unmarked() -> None:
+                for rid, inodes in done:
+                    self._done[rid] -= inodes
+
+            self.index.after_commit(unmarked)
+            yield txn
+
     def _mirror(self, remote: Remote, ino: int) -> dict[str, MirrorEntry]:
         with self.index.begin() as txn:
             return self.index.mirror(remote.rid, ino, txn)
@@ -599,7 +620,7 @@ class Replicator:
         new_md = old_md.copy(path=new)
         await remote.call("move_file", old_md, new_md)
         remote.touch(old, new)
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,
                                    MirrorEntry(entry.rev, new_md.revision, new_md.file_id,
                                                entry.kind, entry.attrs))
@@ -617,7 +638,7 @@ class Replicator:
         md.revision, md.file_id = entry.token, entry.fid
         await remote.call("set_attrs", md)
         remote.touch(path)
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(entry.rev, md.revision, md.file_id, entry.kind,
                                         md.attrs_key(),
@@ -626,7 +647,7 @@ class Replicator:
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await remote.call("delete_file", entry_metadata(path, entry))
         remote.touch(path)
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.set_mirror(txn, remote.rid, ino, path, None)
 
     async def _make(self, remote: Remote, inode: Inode, path: str) -> None:
@@ -636,7 +657,7 @@ class Replicator:
             return  # this remote cannot store it: it stays in the index only
         await remote.call(handler, md)
         remote.touch(path)
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(inode.rev, md.revision, md.file_id, md.kind,
                                         md.attrs_key()))
@@ -757,7 +778,7 @@ class Replicator:
             remote.health.last_progress = time.monotonic()
             if digest is None and (hole or offset >= md.size):
                 continue  # nothing to note
-            with self.index.write() as txn:
+            with self._write() as txn:
                 # a block changed meanwhile has its own checksum now, not this one
                 if digest is not None and inode.rev == rev and not inode.dirty:
                     self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
@@ -814,7 +835,7 @@ class Replicator:
         remote.touch(path)
         remote.health.done += 1
         self._reached[remote.rid].pop(inode.ino, None)
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key(),
@@ -833,7 +854,7 @@ class Replicator:
             for path in dict.fromkeys((transfer.path, *elsewhere)):
                 await remote.call("abort_upload", Metadata(path=path, extra=transfer.extra))
         self._reached[remote.rid].pop(ino, None)
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, ino, None)
 
     def _alive(self, ino: int) -> bool:
@@ -842,7 +863,7 @@ class Replicator:
         return inode is not None and inode.nlink > 0
 
     def _save_transfer(self, remote: Remote, ino: int, transfer: Transfer) -> None:
-        with self.index.write() as txn:
+        with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, ino, transfer)
 
     # reading from remotes
@@ -903,7 +924,7 @@ class Replicator:
         """A replica is not what it should be: never read it again, upload it anew."""
         log.error("remote %s: %s is damaged there (%s); reading another replica, and "
                   "repairing it", remote.name, path, why)
-        with self.index.write() as txn:
+        with self._write() as txn:
             entry = self.index.mirror(remote.rid, inode.ino, txn).get(path)
             if entry is not None:
                 entry.rev = 0  # holds no revision of ours
@@ -977,6 +998,9 @@ class Replicator:
         self.start_flush(everything=True)
         while True:
             waiting = [r for r in self.writable if self._pending[r.rid]]
+            if any(self._done.values()):
+                with self._write():
+                    pass  # the marks of what was done last go
             if not waiting:
                 return True
             if all(self.stalled(remote) for remote in waiting):
