@@ -32,7 +32,7 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -637,7 +637,7 @@ class Index:
         self.set_mirror(txn, rid, ino, old, None)
         self.hold(txn, rid, ino, new, entry)
         if entry.kind == "dir":
-            for child, path, child_entry in self.mirror_below(rid, old, txn):
+            for child, path, child_entry in self.mirror_below(rid, [old], txn):
                 self.set_mirror(txn, rid, child, path, None)
                 self.set_mirror(txn, rid, child, new + path[len(old):], child_entry)
 
@@ -652,26 +652,19 @@ class Index:
         known = self._known(rid, txn)
         return [(ino, path, dataclasses.replace(entry)) for path, (ino, entry) in known.items()]
 
-    def mirror_below(self, rid: int, folder: str,
+    def mirror_below(self, rid: int, folders: Sequence[str],
                      txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
-        """What the remote holds below `folder`: (ino, path, entry), not copied, for
-        reading only."""
-        prefix = folder + "/"
+        """What the remote holds below any of `folders`: (ino, path, entry), not copied,
+        for reading only."""
+        prefixes = tuple(f"{folder}/" for folder in folders)
         return [(ino, path, entry) for path, (ino, entry) in self._known(rid, txn).items()
-                if path.startswith(prefix)]
+                if path.startswith(prefixes)]
 
-    def mirror_part(self, rid: int, scope: list[str], below: bool,
-                    txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
-        """What the remote holds at the paths of `scope` by path, and with `below` what
-        it holds under them too, not copied, for reading only: what part of a listing is
-        compared with (a lookup per path, unless folders are in it)."""
+    def mirror_at(self, rid: int, paths: Iterable[str],
+                  txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
+        """What the remote holds at these paths, by path, not copied, for reading only."""
         known = self._known(rid, txn)
-        part = {path: known[path][1] for path in scope if path in known}
-        if below:
-            folders = tuple(f"{path}/" for path in scope)
-            part.update((path, entry) for path, (_, entry) in known.items()
-                        if path.startswith(folders))
-        return part
+        return {path: known[path][1] for path in paths if path in known}
 
     def mirror_entries(self, rid: int, txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
         """Everything the remote holds by path, as mirror_all but not copied, for reading

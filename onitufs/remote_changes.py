@@ -437,10 +437,13 @@ class RemoteChanges:
         if MARKER in scope or not (source.listed.is_set() and self._heeded(source)):
             raise ListingNeeded()
         with self.index.begin() as txn:
-            held = self.index.mirror_part(source.rid, scope, False, txn)
+            held = self.index.mirror_at(source.rid, scope, txn)
+            # what is below a folder of the part is in it too: looked for only then, as
+            # that means going through all the remote holds
             if any(md.kind == "dir" for md in entries) \
                     or any(entry.kind == "dir" for entry in held.values()):
-                held = self.index.mirror_part(source.rid, scope, True, txn)
+                held.update((path, entry) for _, path, entry in
+                            self.index.mirror_below(source.rid, scope, txn))
         return await self._apply(source, entries, held, started)
 
     async def _apply(self, source: Remote, entries: list[Metadata],

@@ -97,6 +97,16 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+async def chunk_sha256(data: bytes) -> bytes:
+    """The SHA-256 of a chunk: known for zeros (a hole), computed here when small, else on
+    a worker thread, off the event loop that serves the mount meanwhile."""
+    if all_zero(data):
+        return zeros_sha256(len(data))
+    if len(data) <= INLINE_HASH:
+        return sha256(data)
+    return await trio.to_thread.run_sync(sha256, data)
+
+
 def hash_chunk(chunk: bytes, whole: hashlib._Hash | None, block: bool) -> bytes | None:
     """Feed the whole-file hash, and return the chunk's own SHA-256 if asked."""
     if whole is not None:
@@ -527,7 +537,7 @@ class Replicator:
         first."""
         with self.index.begin() as txn:
             below = {(path.count("/"), held) for held, path, _ in
-                     self.index.mirror_below(remote.rid, folder, txn) if held != ino}
+                     self.index.mirror_below(remote.rid, [folder], txn) if held != ino}
         for _, held in sorted(below, reverse=True):
             await self._sync(remote, held, visiting)
 
@@ -715,10 +725,10 @@ class Replicator:
             # Saved before the remote sees anything, with a name for the upload that drivers
             # use for their temp file: after a crash, restart_upload or abort_upload finds it.
             md.extra = {"upload": f"{self.index.cache_id}-{inode.ino:x}-{rev:x}"}
-            named = dict(md.extra)
             if md.size <= self.block_size:
                 await self._upload_whole(remote, inode, path, md)
                 return
+            named = dict(md.extra)
             self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, named))
             await remote.call("start_upload", md)
             if md.extra != named:  # what the driver noted there for a resume (its session)
@@ -799,12 +809,7 @@ class Replicator:
             raise Retry()  # changed, or deleted, while it was read
         known = self.index.block_hash(inode.ino, 0, rev) if chunk else None
         zeros = all_zero(chunk)
-        if known is not None or zeros:
-            digest = known or zeros_sha256(len(chunk))
-        elif len(chunk) <= INLINE_HASH:
-            digest = sha256(chunk)
-        else:
-            digest = await trio.to_thread.run_sync(sha256, chunk)
+        digest = known or await chunk_sha256(chunk)
         self._save_transfer(remote, inode.ino, Transfer(rev, path, 0, dict(md.extra)))
         steps: list[Step] = [("start_upload", (md,))]
         if chunk and not (zeros and remote.plug is not None and remote.plug.keeps_holes):
@@ -909,9 +914,7 @@ class Replicator:
             if len(data) != size:
                 errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
                 continue
-            # off the event loop, which serves the mount meanwhile (zeros: a hole, known)
-            digest = zeros_sha256(size) if all_zero(data) else \
-                await trio.to_thread.run_sync(sha256, data)
+            digest = await chunk_sha256(data)
             if expected is not None and digest != expected:
                 errors.append(f"{remote.name}: damaged copy")
                 self.mark_damaged(remote, inode, path, f"the block at byte {offset} does not "
