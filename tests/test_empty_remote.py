@@ -15,6 +15,7 @@ import pytest
 from onitufs.plug import MARKER
 
 from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
+from .test_mount import RENAME_EXCHANGE, renameat2
 
 FILES = 21
 
@@ -133,8 +134,14 @@ def test_a_remote_folder_made_anew_deletes_nothing(make_cloud: MakeCloud) -> Non
     cloud.mount()
     expected = write_files(cloud.mountpoint)
     cloud.wait_synced()
-    shutil.rmtree(cloud.remotes["usb"])  # rm -rf R; mkdir R
-    cloud.remotes["usb"].mkdir()
+    # An empty folder takes the remote's place in one step, and the old one is emptied after:
+    # the kernel's events from the old folder must not travel as deletes. (rm -rf R; mkdir R
+    # would race the rewrite of the marker, deleted among the first, and its deletes travel.)
+    usb = cloud.remotes["usb"]
+    old = usb.with_name("usb-old")
+    old.mkdir()
+    renameat2(old, usb, RENAME_EXCHANGE)
+    shutil.rmtree(old)
     assert "its folder is empty but held" in outage_reason(cloud)
     assert snapshot(cloud.mountpoint) == expected
     assert snapshot(cloud.remotes["home"]) == expected
@@ -152,13 +159,18 @@ def test_the_folder_of_another_onitufs_remote_is_not_taken_for_this_one(
     cloud.mount()
     expected = write_files(cloud.mountpoint)
     cloud.wait_synced()
-    stranger = json.dumps({"onitufs-remote": "0123456789abcdef"}).encode()
-    shutil.rmtree(cloud.remotes["usb"])
-    cloud.remotes["usb"].mkdir()
-    (cloud.remotes["usb"] / MARKER).write_bytes(stranger)
-    reason = outage_reason(cloud)
-    assert "belongs to another onitufs remote (marker 0123456789abcdef" in reason, reason
-    assert snapshot(cloud.mountpoint) == expected
+    # Another onitufs remote's disk, mounted where this one's folder was: in one step, as
+    # the kernel does it (emptying the folder first would race the rewrite of its marker).
+    other = cloud.root / "other-disk"
+    other.mkdir()
+    (other / MARKER).write_bytes(json.dumps({"onitufs-remote": "0123456789abcdef"}).encode())
+    plug_in(other, cloud.remotes["usb"])
+    try:
+        reason = outage_reason(cloud)
+        assert "belongs to another onitufs remote (marker 0123456789abcdef" in reason, reason
+        assert snapshot(cloud.mountpoint) == expected
+    finally:
+        subprocess.run(["umount", "-l", str(cloud.remotes["usb"])], check=True)
 
 
 @pytest.mark.parametrize("how", ["one file", "everything but the marker"])
