@@ -457,10 +457,23 @@ class BlockCache:
         return total - self.size_limit
 
     def over_dirty_limit(self) -> bool:
-        """Whether the buffers are to go to LMDB (settle): past half the write buffer, so
+        """Whether the buffers are to go to LMDB (relieve): past half the write buffer, so
         that the half on its way there and the half filled meanwhile make the write buffer
         between them, not twice it."""
         return self._dirty_bytes > self.write_buffer // 2
+
+    async def relieve(self) -> None:
+        """Bring the buffers back under half the write buffer (over_dirty_limit). The
+        full blocks go to the worker thread (settle); while it writes a batch, writes
+        go on filling the other half without waiting for it, as long as the two halves
+        stay within the write buffer. Pieces of blocks too many to wait go here."""
+        if self._flight.locked() and self.unstored_bytes <= self.write_buffer:
+            return
+        await self.settle()
+        if self.over_dirty_limit() and not any(
+                len(buffer) == self.block_size
+                for buffers in self._dirty.values() for buffer in buffers.values()):
+            self.commit()
 
     async def settle(self) -> None:
         """Hand every full buffered block to a worker thread that hashes it and writes

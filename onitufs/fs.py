@@ -479,9 +479,7 @@ class Filesystem(pyfuse3.Operations):
         self._last_write[node.ino] = time.monotonic()
         if self.cache.over_dirty_limit():
             try:
-                await self.cache.settle()
-                if self.cache.over_dirty_limit():  # pieces of blocks: they go now, here
-                    self.cache.commit()
+                await self.cache.relieve()
             except lmdb.Error as error:  # kept buffered; this write is refused
                 self._write_failed(node, str(error))
                 raise

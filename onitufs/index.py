@@ -105,7 +105,7 @@ def delete_range(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes,
 
 def seal(content: bytes | bytearray | memoryview, digest: bytes | None = None) -> bytes:
     """A block as stored: its SHA-256 (given, or computed here), then its content."""
-    return (digest or hashlib.sha256(content).digest()) + bytes(content)
+    return b"".join((digest or hashlib.sha256(content).digest(), content))  # one copy
 
 
 def unseal(stored: Value) -> tuple[Value, bool]:
