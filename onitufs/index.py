@@ -2,7 +2,7 @@
 
 Named databases (one environment, so one transaction can change several):
 
-- ``meta``      counters and the schema version
+- ``meta``      counters, the schema version, the clean-stop mark and what it vouches for
 - ``inodes``    ino -> packed Inode (full POSIX attributes, content version, revision)
 - ``dirents``   parent ino + name -> child ino
 - ``parents``   child ino + parent ino + name -> b"" (the names of an inode, for paths)
@@ -46,6 +46,8 @@ SCHEMA_VERSION = 3
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
+MIRROR_SUM = b"mirror_sum:"  # + remote id, in meta: see mark_clean_stop
+SUM_MOD = 2**128
 _INODE = struct.Struct("<IIIIQQqqqQQQI32s")
 FLAG_COMPLETE = 1  # every block absent from the cache is a hole: nothing to fetch
 FLAG_WRITE_FAILED = 2  # a write was refused (a full disk): no revision until rewritten
@@ -112,6 +114,17 @@ def unseal(stored: Value) -> tuple[Value, bool]:
     """The content of a stored block and whether it still matches its SHA-256."""
     content = stored[SEAL:]
     return content, hashlib.sha256(content).digest() == bytes(stored[:SEAL])
+
+
+def listed_digest(path: str, kind: str, token: str | None, fid: str | None) -> int:
+    """A 128-bit fingerprint of a path as a remote lists it: the kind, and for a file the
+    revision token and file id (a folder's token changes by itself). Added up (mod
+    2**128), they make a fingerprint of a whole listing that two different listings share
+    only by chance: see Index.unchanged_since_clean_stop."""
+    fields = f"{len(path)}:{path}:{kind}" if kind == "dir" else \
+        f"{len(path)}:{path}:{kind}:{token!r}:{fid!r}"
+    return int.from_bytes(hashlib.blake2b(fields.encode("utf-8", "surrogateescape"),
+                                          digest_size=16).digest())
 
 
 def encode_path(path: str) -> bytes:
@@ -248,10 +261,14 @@ class Index:
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
         # that comparing a listing with it costs no decoding
         self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
+        self.mirror_writes = 0  # changes made to any mirror: see keep_mirror
         self._after_commit: list[Callable[[], None]] = []
         # Read before anything is written: whether the index is as the last process left it
         # when it stopped cleanly (see mark_clean_stop).
         self.stopped_cleanly = self._clean_stop_mark() == env.info()["last_txnid"]
+        # remote id -> the fingerprint of what it held at the last clean stop, while its
+        # mirror has not changed since (see unchanged_since_clean_stop)
+        self._clean_sums = self._mirror_sums() if self.stopped_cleanly else {}
         self._check_schema(block_size)
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
@@ -271,7 +288,27 @@ class Index:
         the last one committed, so that any change made after it (by a process that
         crashed, or by a version of onitufs that knows no mark) voids it."""
         with self.write() as txn:
+            delete_range(txn, self.db["meta"], MIRROR_SUM)
+            sums = dict(self._clean_sums)
+            for rid, known in self._mirrors.items():
+                if not any(entry.racy for _, entry in known.values()):  # checked again later
+                    sums[rid] = sum(listed_digest(path, entry.kind, entry.token, entry.fid)
+                                    for path, (_, entry) in known.items() if path) % SUM_MOD
+            for rid, total in sums.items():
+                txn.put(MIRROR_SUM + _I.pack(rid), total.to_bytes(16), db=self.db["meta"])
             txn.put(b"clean_stop", q(txn.id()), db=self.db["meta"])
+
+    def _mirror_sums(self) -> dict[int, int]:
+        with self.begin() as txn:
+            return {_I.unpack(key)[0]: int.from_bytes(value)
+                    for key, value in scan(txn, self.db["meta"], MIRROR_SUM)}
+
+    def unchanged_since_clean_stop(self, rid: int, listed: int) -> bool:
+        """Whether a remote's listing, fingerprinted as the sum of its listed_digest mod
+        SUM_MOD, is what the remote held at the last clean stop, its mirror unchanged
+        since: comparing it path by path would then change nothing. The fingerprint was
+        written with the clean stop's mark, so it counts only while that does."""
+        return self._clean_sums.get(rid) == listed
 
     def _clean_stop_mark(self) -> int | None:
         with self.begin() as txn:
@@ -306,6 +343,8 @@ class Index:
                 txn.abort()
             self._inodes.clear()
             self._mirrors.clear()
+            self._clean_sums.clear()
+            self.mirror_writes += 1
             self._dirty.update(deferred)
             raise
         for done in self._after_commit:
@@ -616,6 +655,8 @@ class Index:
                     db=self.db["mirror"])
         else:
             txn.delete(key, db=self.db["mirror"])
+        self.mirror_writes += 1
+        self._clean_sums.pop(rid, None)
         known = self._mirrors.get(rid)
         if known is not None:
             if entry is None:
@@ -676,6 +717,23 @@ class Index:
         if known is None:
             known = self._mirrors[rid] = self._load_mirror(rid, txn)
         return known
+
+    def mirror_in_memory(self, rid: int) -> bool:
+        return rid in self._mirrors
+
+    def decode_mirror(self, rid: int) -> dict[str, tuple[int, MirrorEntry]]:
+        """What the remote holds, decoded in a read transaction of its own: safe on a worker
+        thread, as decoding 100,000 entries would hold up the mount for a second."""
+        with self.begin() as txn:
+            return self._load_mirror(rid, txn)
+
+    def keep_mirror(self, rid: int, known: dict[str, tuple[int, MirrorEntry]],
+                    writes: int) -> None:
+        """Keep what decode_mirror gave, if no mirror changed since `mirror_writes` was
+        `writes` (read before it started): a change it may have missed is never kept,
+        the next use decodes the mirror again."""
+        if writes == self.mirror_writes and rid not in self._mirrors:
+            self._mirrors[rid] = known
 
     def _load_mirror(self, rid: int, txn: lmdb.Transaction) -> dict[str, tuple[int, MirrorEntry]]:
         """What the remote holds, decoded: at the first listing of a remote after the start,

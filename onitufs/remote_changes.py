@@ -23,16 +23,27 @@ import stat
 import time
 
 import lmdb
+import trio
 
 from .blockcache import BlockLost
 from .identity import Identity
-from .index import FLAG_COMPLETE, NO_HASH, Index, Inode, MirrorEntry, encode_path
+from .index import (
+    FLAG_COMPLETE,
+    NO_HASH,
+    SUM_MOD,
+    Index,
+    Inode,
+    MirrorEntry,
+    encode_path,
+    listed_digest,
+)
 from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
 from .replicator import FetchError, Replicator
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
+CHECKPOINT_EVERY = 1000  # entries of a listing compared between two turns of the mount
 
 
 def bad_path_reason(path: str) -> str | None:
@@ -413,9 +424,19 @@ class RemoteChanges:
         source = self.remotes[remote]
         marker = next((md for md in entries if md.path == MARKER), None)
         entries = [md for md in entries if md.path != MARKER]
-        with self.index.begin() as txn:
-            held = self.index.mirror_entries(source.rid, txn)
-        held.pop("", None)  # the root, which every remote holds
+        # The first listing after a clean stop mostly finds what the remote held then: known
+        # by its fingerprint, it is not compared path by path (a judge needs no paths where
+        # the marker is listed), nor is the mirror decoded for it.
+        unchanged = marker is not None and not self.index.mirror_in_memory(source.rid) \
+            and self.index.unchanged_since_clean_stop(source.rid, sum(
+                listed_digest(md.path, md.kind, md.revision, md.file_id)
+                for md in entries) % SUM_MOD)
+        held: dict[str, MirrorEntry] = {}
+        if not unchanged:
+            await self._decode_mirror(source)
+            with self.index.begin() as txn:
+                held = self.index.mirror_entries(source.rid, txn)
+            held.pop("", None)  # the root, which every remote holds
         judgement = await self.identities[remote].judge(marker, {md.path for md in entries},
                                                         held)
         if judgement.outage is not None or judgement.trusted:
@@ -424,6 +445,11 @@ class RemoteChanges:
             return False
         source.trusted.set()
         try:
+            if unchanged:
+                log.info("remote %s: holds what it held at the last clean stop (%d entries)",
+                         remote, len(entries))
+                source.forget_touched_before(started)
+                return True
             return await self._apply(source, entries, held, started)
         finally:
             source.listed.set()  # even if cut short: the rest comes with the next one
@@ -436,6 +462,7 @@ class RemoteChanges:
         source = self.remotes[remote]
         if MARKER in scope or not (source.listed.is_set() and self._heeded(source)):
             raise ListingNeeded()
+        await self._decode_mirror(source)
         with self.index.begin() as txn:
             held = self.index.mirror_at(source.rid, scope, txn)
             # what is below a folder of the part is in it too: looked for only then, as
@@ -445,6 +472,14 @@ class RemoteChanges:
                 held.update((path, entry) for _, path, entry in
                             self.index.mirror_below(source.rid, scope, txn))
         return await self._apply(source, entries, held, started)
+
+    async def _decode_mirror(self, source: Remote) -> None:
+        """What the remote holds, decoded on a worker thread if it is not in memory yet (at
+        its first listing after the start): the mount goes on being served meanwhile."""
+        if not self.index.mirror_in_memory(source.rid):
+            writes = self.index.mirror_writes
+            known = await trio.to_thread.run_sync(self.index.decode_mirror, source.rid)
+            self.index.keep_mirror(source.rid, known, writes)
 
     async def _apply(self, source: Remote, entries: list[Metadata],
                      held: dict[str, MirrorEntry], started: float) -> bool:
@@ -476,7 +511,9 @@ class RemoteChanges:
                 await self.move_file(remote, old, md)
             elif not await self._take(source, md):
                 skipped = True  # tried again with the next listing
-        for path, md in listed.items():
+        for number, (path, md) in enumerate(listed.items()):
+            if number % CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()  # the mount is served between the steps
             entry = known.get(path)
             if entry is None or md.kind == "dir" or not current(path):
                 continue

@@ -1,6 +1,10 @@
 """A clean stop marks the index so that the next start skips the crash recovery, which
 reads the whole index; any other stop, or a change made after the mark, leaves the
-recovery to run; a remote changed while unmounted is still caught at the next mount."""
+recovery to run; a remote changed while unmounted is still caught at the next mount.
+
+The mark also vouches for a fingerprint of what each remote held: a first listing
+that matches it is not compared path by path; one that does not, or one after any
+other stop, is."""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from onitufs.index import Index
 from .conftest import Cloud, MakeCloud, is_mounted, wait_for
 
 UNCLEAN = "the last stop was not a clean one"
+
+
+def unchanged(remote: str) -> str:
+    return f"remote {remote}: holds what it held at the last clean stop"
 
 
 def stopped_cleanly(cloud: Cloud) -> bool:
@@ -34,6 +42,18 @@ def test_a_clean_stop_is_marked_and_the_next_start_skips_recovery(make_cloud: Ma
     cloud.mount()
     assert UNCLEAN not in cloud.log[before:]
     assert (cloud.mountpoint / "F").read_bytes() == b"one"
+    for remote in ("a", "b"):
+        wait_for(lambda remote=remote: unchanged(remote) in cloud.log[before:],  # type: ignore[misc]
+                 what=f"the first listing of {remote} to be found as it was")
+    (cloud.mountpoint / "F2").write_bytes(b"two")  # a change made after a quick start
+    cloud.umount()
+    before = len(cloud.log)
+    cloud.mount()
+    assert (cloud.mountpoint / "F2").read_bytes() == b"two"
+    for remote in ("a", "b"):
+        wait_for(lambda remote=remote: unchanged(remote) in cloud.log[before:],  # type: ignore[misc]
+                 what=f"the first listing of {remote} to be found as it was")
+        assert (cloud.remotes[remote] / "F2").read_bytes() == b"two"
     cloud.umount()
 
 
@@ -67,6 +87,11 @@ def test_a_kill_after_a_clean_start_leaves_the_recovery_to_run(make_cloud: MakeC
     cloud.mount()
     assert UNCLEAN in cloud.log[before:]
     assert (cloud.mountpoint / "G").read_bytes() == content
+    # a remote's state stays "listing" until its first listing is judged, and a listing found
+    # as it was at a clean stop is logged so at once
+    wait_for(lambda: all(remote["state"] != "listing" for remote in cloud.status()["remotes"]),
+             what="the first listings")
+    assert "holds what it held at the last clean stop" not in cloud.log[before:]
     cloud.umount()  # uploads what the recovery queued
     for remote in cloud.remotes.values():
         assert (remote / "G").read_bytes() == content
@@ -83,10 +108,12 @@ def test_a_remote_changed_while_unmounted_is_caught_after_a_clean_stop(
     (cloud.remotes["a"] / "F").write_bytes(b"changed on a")
     (cloud.remotes["a"] / "H").unlink()
     (cloud.remotes["a"] / "N").write_bytes(b"new on a")
+    before = len(cloud.log)
     cloud.mount()
     wait_for(lambda: (cloud.mountpoint / "F").read_bytes() == b"changed on a"
              and not (cloud.mountpoint / "H").exists()
              and (cloud.mountpoint / "N").exists(), what="the changes of a to show")
+    assert unchanged("a") not in cloud.log[before:]
     cloud.umount()
     remote_b = cloud.remotes["b"]
     assert (remote_b / "F").read_bytes() == b"changed on a"
