@@ -237,3 +237,34 @@ def test_a_first_mount_of_remotes_holding_the_same_files_sends_nothing(
         == [("a", 0, 0), ("b", 0, 0), ("c", 0, 0)]
     assert "Conflict" not in cloud.log
     cloud.umount()
+
+
+def test_the_daemon_holds_nothing_of_its_caller_open(make_cloud: MakeCloud) -> None:
+    """The daemon is a fork of `onitufs mount`: a pipe its caller passed down (a shell's
+    other descriptors, make's jobserver) is not held for as long as the mount lasts, nor
+    is the caller's terminal or output ($(onitufs mount ...) returns)."""
+    cloud = make_cloud()
+    read_end, write_end = os.pipe()
+    try:
+        result = subprocess.run([*ONITUFS, "mount", cloud.mountpoint, cloud.config],
+                                stdin=subprocess.PIPE, capture_output=True, text=True,
+                                pass_fds=(write_end,), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert is_mounted(cloud.mountpoint)
+        daemon = int(cloud.status()["pid"])
+        held = {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon}/fd")}
+        os.close(write_end)
+        write_end = -1
+        os.set_blocking(read_end, False)  # held open elsewhere, a read fails at once
+        try:
+            assert os.read(read_end, 1) == b""
+        except BlockingIOError:
+            raise AssertionError("the daemon holds the caller's pipe open") from None
+        assert os.readlink(f"/proc/{daemon}/fd/0") == os.devnull
+        assert os.readlink(f"/proc/{daemon}/fd/1") == str(cloud.cache / "onitufs.log"), held
+        assert os.getsid(daemon) == daemon  # a session of its own: no terminal's signals
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    cloud.umount()

@@ -2,7 +2,7 @@
 
 `onitufs mount` starts the daemon in the background and returns once the
 mount is ready, or prints the one line that says why it is not. The daemon
-is this same program run with -f and a pipe to report readiness on.
+is a fork of it that goes on as -f would, with a pipe to report readiness on.
 
 For an fstab line of type fuse.onitufs, mount(8) runs mount.fuse3, which runs
 `onitufs CONFIG MOUNTPOINT -o OPTIONS`: that is read as `onitufs mount`.

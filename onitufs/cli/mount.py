@@ -1,5 +1,5 @@
-"""`onitufs mount`: check what can be checked, then start the daemon and wait until the
-mount is ready, or run it in the foreground (-f), which is what the daemon is.
+"""`onitufs mount`: check what can be checked, then fork the daemon and wait until the
+mount is ready, or run it in the foreground (-f), which is what the daemon does.
 
 The mount options come from the command line or, through mount(8) and mount.fuse3, from
 an fstab line: FUSE's own pass on to FUSE, `TABLE.KEY=VALUE` sets a [cache] or [sync]
@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import logging
 import os
-import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import logs, overlaps
 from ..config import ConfigError, load
@@ -50,7 +52,6 @@ def add_to(commands: Any) -> None:
     mount.add_argument("--log-level", choices=logs.LEVELS, default="info",
                        help="log this and worse (default: info; debug adds every remote "
                             "operation)")
-    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(run=cmd_mount)
 
 
@@ -90,44 +91,47 @@ def cmd_mount(args: argparse.Namespace) -> int:
         overlaps.check(config, mountpoint, load_drivers(config))
         check_mountpoint(mountpoint, nonempty)
 
-    if not args.foreground:
+    def serve(ready_fd: int | None) -> int:
+        """Mount and serve until unmounted: -f, or the daemon `onitufs mount` forked."""
+        # The daemon `onitufs mount` started logs to its file; -f run by hand or by
+        # systemd, to standard error.
+        logs.setup(args.log_level, log_path if ready_fd is not None else None, LOG_FORMAT)
+        ready_pipe = os.fdopen(ready_fd, "w") if ready_fd is not None else None
+        # What a failed mount made goes again; for a daemon, `onitufs mount` takes it away.
+        made = NewPaths(config.cache_path, None) if ready_pipe is None else None
+
+        def ready() -> None:
+            notify("READY=1", f"STATUS=mounted at {mountpoint}")
+            if ready_pipe is not None:
+                ready_pipe.write("ready\n")
+                ready_pipe.close()
+
+        def failed(message: str) -> CommandError:
+            if ready_pipe is not None and not ready_pipe.closed:
+                ready_pipe.write(f"error: {message}\n")
+                ready_pipe.close()
+            if made is not None:
+                made.remove()
+            return CommandError(message)
+
         try:
-            check()  # before the daemon's log makes the cache folder
+            check()
+            mount = Mount(config, mountpoint)
+        except (ConfigError, MountError, CacheError) as error:
+            raise failed(describe_error(error)) from None
+        try:
+            complete = mount.run(options, ready)
         except MountError as error:
-            raise CommandError(str(error)) from None
-        return spawn_daemon(args, mountpoint, log_path, NewPaths(config.cache_path, log_path))
+            raise failed(str(error)) from None
+        return 0 if complete else 2
 
-    # The daemon `onitufs mount` started logs to its file; -f run by hand or by systemd,
-    # to standard error.
-    logs.setup(args.log_level, log_path if args.ready_fd is not None else None, LOG_FORMAT)
-    ready_pipe = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
-    # What a failed mount made goes again; for a daemon, `onitufs mount` takes it away.
-    made = NewPaths(config.cache_path, None) if ready_pipe is None else None
-
-    def ready() -> None:
-        notify("READY=1", f"STATUS=mounted at {mountpoint}")
-        if ready_pipe is not None:
-            ready_pipe.write("ready\n")
-            ready_pipe.close()
-
-    def failed(message: str) -> CommandError:
-        if ready_pipe is not None and not ready_pipe.closed:
-            ready_pipe.write(f"error: {message}\n")
-            ready_pipe.close()
-        if made is not None:
-            made.remove()
-        return CommandError(message)
-
+    if args.foreground:
+        return serve(None)
     try:
-        check()
-        mount = Mount(config, mountpoint)
-    except (ConfigError, MountError, CacheError) as error:
-        raise failed(describe_error(error)) from None
-    try:
-        complete = mount.run(options, ready)
+        check()  # before the daemon's log makes the cache folder
     except MountError as error:
-        raise failed(str(error)) from None
-    return 0 if complete else 2
+        raise CommandError(str(error)) from None
+    return spawn_daemon(mountpoint, log_path, NewPaths(config.cache_path, log_path), serve)
 
 
 # What Index makes in the cache folder (see index.py), besides the log.
@@ -170,30 +174,64 @@ class NewPaths:
                     folder.rmdir()
 
 
-def spawn_daemon(args: argparse.Namespace, mountpoint: Path, log_path: Path,
-                 made: NewPaths) -> int:
+def spawn_daemon(mountpoint: Path, log_path: Path, made: NewPaths,
+                 serve: Callable[[int], int]) -> int:
+    """Fork the daemon, which runs serve(fd of a pipe to say "ready" or why not on), and wait
+    for its word. A fork, not a new interpreter: what this process imported and checked
+    is the daemon's at once, a third of the time a mount takes to be ready."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    read_end, write_end = os.pipe()
-    # -P: the daemon imports the installed onitufs, never one in the current folder
-    command = [sys.executable, "-P", "-m", "onitufs", "mount", "-f", "--ready-fd",
-               str(write_end), "--log", str(log_path), "--log-level", args.log_level]
-    for option in args.options:
-        command += ["-o", option]
-    command += [str(mountpoint), str(args.config.expanduser().absolute())]
-    # Until the daemon's logging takes over its standard output and error, anything printed
-    # (a traceback, say) goes to the log as well.
+    # above 0-2, which the daemon points at /dev/null and the log (a command run with one
+    # of them closed would get it from os.pipe)
+    read_end, write_end = (above_std(fd) for fd in os.pipe())
+    sys.stdout.flush()
+    sys.stderr.flush()
     with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=log_file, pass_fds=(write_end,),
-                                   start_new_session=True)
+        pid = os.fork()
+        if pid == 0:
+            daemon(read_end, write_end, log_file.fileno(), serve)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
         answer = pipe.readline().strip()
     if answer == "ready":
         follow_listing(mountpoint)  # on a terminal: each remote's first listing, until it came
         return 0
-    code = process.wait()
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if answer.startswith("error: "):
         made.remove()  # the daemon said why, in the line printed: its log has nothing more
         raise CommandError(answer[len("error: "):])
     raise CommandError(f"the daemon stopped before mounting (exit {code}); see {log_path}")
+
+
+def above_std(fd: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
+    os.close(fd)
+    return moved
+
+
+def daemon(read_end: int, ready_fd: int, log_fd: int, serve: Callable[[int], int]) -> NoReturn:
+    """The forked daemon: a session of its own, no terminal, its output to the log (until
+    its logging takes over, a traceback too). It never returns into the command."""
+    code = 1
+    try:
+        os.close(read_end)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        # nothing else of whoever ran the command (a caller's pipe, make's jobserver) is
+        # held open for as long as the mount lasts
+        os.closerange(3, ready_fd)
+        os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        code = serve(ready_fd)
+    except CommandError as error:
+        print(f"onitufs: {error}", file=sys.stderr)
+        code = error.status
+    except BaseException:  # whatever it was: the log says, and the daemon ends
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
