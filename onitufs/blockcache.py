@@ -60,6 +60,7 @@ from .inorder import InOrderHashes
 
 log = logging.getLogger(__name__)
 BlockKey = tuple[int, int]
+Buffer = bytes | bytearray  # a block written: a whole one may be the bytes a write brought
 _KEY = struct.Struct(">QQ")  # a block's key in LMDB: inode, block number
 BATCH_TRANSACTION = 8 * 1024**2  # bytes of blocks the worker thread writes in one transaction
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
@@ -107,10 +108,10 @@ class BlockCache:
         self._fetch = fetch
         self._evictable = evictable
         self._db = index.db["blocks"]
-        self._dirty: dict[int, dict[int, bytearray]] = {}  # ino -> block number -> content
+        self._dirty: dict[int, dict[int, Buffer]] = {}  # ino -> block number -> content
         # Full blocks a worker thread is writing to LMDB while the mount goes on; a block
         # changed or cut meanwhile is superseded, and the worker leaves it out.
-        self._flying: dict[BlockKey, bytearray] = {}
+        self._flying: dict[BlockKey, Buffer] = {}
         self._superseded: set[BlockKey] = set()
         self._flight = trio.Lock()
         self._in_order = InOrderHashes()
@@ -300,13 +301,21 @@ class BlockCache:
         bs = self.block_size
         view = memoryview(data)
         buffers = self._dirty.setdefault(inode.ino, {})
+        if offset % bs == 0 and len(data) == bs:
+            # A whole block (cp, dd and the kernel's writeback write 1 MiB at a time): kept
+            # as the kernel's request brought it, and copied only if written into again.
+            blockno = offset // bs
+            if (inode.ino, blockno) in self._flying:
+                self._superseded.add((inode.ino, blockno))
+            replaced = buffers.get(blockno)
+            self._dirty_bytes += bs - (len(replaced) if replaced is not None else 0)
+            buffers[blockno] = data
+            return
         pos = 0
         while pos < len(data):
             blockno, start = divmod(offset + pos, bs)
             take = min(bs - start, len(data) - pos)
-            buffer = buffers.get(blockno)
-            if buffer is None:
-                buffer = self._load(inode.ino, blockno, buffers)
+            buffer = self._changeable(inode.ino, blockno, buffers)
             before = len(buffer)  # the zeros of a hole before `start` count, as they are held
             if len(buffer) < start:
                 buffer.extend(bytes(start - len(buffer)))
@@ -314,7 +323,16 @@ class BlockCache:
             self._dirty_bytes += len(buffer) - before
             pos += take
 
-    def _load(self, ino: int, blockno: int, buffers: dict[int, bytearray]) -> bytearray:
+    def _changeable(self, ino: int, blockno: int, buffers: dict[int, Buffer]) -> bytearray:
+        """The block's buffer, to be changed in place."""
+        buffer = buffers.get(blockno)
+        if buffer is None:
+            return self._load(ino, blockno, buffers)
+        if not isinstance(buffer, bytearray):  # a whole block as a write brought it
+            buffer = buffers[blockno] = bytearray(buffer)
+        return buffer
+
+    def _load(self, ino: int, blockno: int, buffers: dict[int, Buffer]) -> bytearray:
         """A buffer for changing a block, holding what the cache has of it."""
         flying = self._flying.get((ino, blockno))
         if flying is not None:
@@ -349,7 +367,7 @@ class BlockCache:
             # The stored block is cut too, not only its buffer: bytes past the end must not
             # come back if a crash comes before the buffer is stored and the file regrows.
             blockno = new_size // bs
-            buffer = buffers.get(blockno) or self._load(inode.ino, blockno, buffers)
+            buffer = self._changeable(inode.ino, blockno, buffers)
             cut = new_size % bs
             if len(buffer) > cut:
                 self._dirty_bytes -= len(buffer) - cut
@@ -504,7 +522,7 @@ class BlockCache:
                     del self._flying[key]
                 self._superseded.discard(key)
 
-    def _reclaim(self, batch: list[tuple[BlockKey, bytearray]]) -> None:
+    def _reclaim(self, batch: list[tuple[BlockKey, Buffer]]) -> None:
         """A batch that did not land (a full disk) goes back to the buffers, where nothing
         newer took its place."""
         for key, buffer in batch:
@@ -517,7 +535,7 @@ class BlockCache:
                         self._dirty_bytes += len(buffer)
             self._superseded.discard(key)
 
-    def _write_batch(self, batch: list[tuple[BlockKey, bytearray]]) -> list[tuple[BlockKey, int]]:
+    def _write_batch(self, batch: list[tuple[BlockKey, Buffer]]) -> list[tuple[BlockKey, int]]:
         """On a worker thread, the blocks in order. Holding LMDB's writer lock, it skips
         what was superseded: the newer content is written after it, or was already.
 
@@ -539,7 +557,7 @@ class BlockCache:
                         written.append((key, length))
         return written
 
-    def _checksum(self, key: BlockKey, buffer: bytearray) -> bytes:
+    def _checksum(self, key: BlockKey, buffer: Buffer) -> bytes:
         """The SHA-256 of a block about to be stored; the in-order hash of its file learns
         of it. Only a full block's is also the checksum of that block of the revision (a
         piece may still grow, or end in a hole)."""

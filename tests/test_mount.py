@@ -234,3 +234,35 @@ def test_sequential_reads_come_a_cache_block_at_a_time(make_cloud: MakeCloud) ->
     device = os.stat(cloud.mountpoint).st_dev
     read_ahead = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
     assert read_ahead.read_text().strip() == "2048"
+
+
+def test_whole_blocks_written_then_changed_in_place_and_cut(cloud: Cloud) -> None:
+    """1 MiB writes at block boundaries (the cache's block size) are kept as the kernel
+    brought them: written into again, cut, or rewritten while the previous ones are on
+    their way to LMDB, the file holds what was written last, here and on every remote."""
+    mib = 1024 * 1024
+    path = cloud.mountpoint / "blocks"
+    expected = bytearray()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for number in range(80):  # past half the write buffer: some blocks are in flight
+            block = os.urandom(mib)
+            os.pwrite(fd, block, number * mib)
+            expected[number * mib:(number + 1) * mib] = block
+        for offset in (5, mib - 3, 40 * mib + 1000):  # into whole blocks, and across two
+            patch = os.urandom(7)
+            os.pwrite(fd, patch, offset)
+            expected[offset:offset + 7] = patch
+        for number in (0, 1, 79):  # whole blocks again, over buffered or stored ones
+            block = os.urandom(mib)
+            os.pwrite(fd, block, number * mib)
+            expected[number * mib:(number + 1) * mib] = block
+        os.ftruncate(fd, 60 * mib + 12345)  # through a whole block
+        del expected[60 * mib + 12345:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == expected
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert (remote / "blocks").read_bytes() == expected
