@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from .. import logs, overlaps
 from ..config import ConfigError, load
@@ -185,10 +183,13 @@ def spawn_daemon(mountpoint: Path, log_path: Path, made: NewPaths,
     read_end, write_end = (above_std(fd) for fd in os.pipe())
     sys.stdout.flush()
     sys.stderr.flush()
-    with open(log_path, "ab") as log_file:
-        pid = os.fork()
-        if pid == 0:
-            daemon(read_end, write_end, log_file.fileno(), serve)
+    log_fd = above_std(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    pid = os.fork()
+    if pid == 0:
+        # The daemon returns from here, to end as the command does: its exit handlers
+        # (a driver's clean-up) run then, as they would in -f.
+        return daemon(read_end, write_end, log_fd, serve)
+    os.close(log_fd)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
         answer = pipe.readline().strip()
@@ -208,30 +209,18 @@ def above_std(fd: int) -> int:
     return moved
 
 
-def daemon(read_end: int, ready_fd: int, log_fd: int, serve: Callable[[int], int]) -> NoReturn:
+def daemon(read_end: int, ready_fd: int, log_fd: int, serve: Callable[[int], int]) -> int:
     """The forked daemon: a session of its own, no terminal, its output to the log (until
-    its logging takes over, a traceback too). It never returns into the command."""
-    code = 1
-    try:
-        os.close(read_end)
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        # nothing else of whoever ran the command (a caller's pipe, make's jobserver) is
-        # held open for as long as the mount lasts
-        os.closerange(3, ready_fd)
-        os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
-        code = serve(ready_fd)
-    except CommandError as error:
-        print(f"onitufs: {error}", file=sys.stderr)
-        code = error.status
-    except BaseException:  # whatever it was: the log says, and the daemon ends
-        traceback.print_exc()
-    finally:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    its logging takes over, a traceback too); then serve(ready_fd)."""
+    os.close(read_end)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    # nothing else of whoever ran the command (a caller's pipe, make's jobserver) is held
+    # open for as long as the mount lasts
+    os.closerange(3, ready_fd)
+    os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    return serve(ready_fd)
