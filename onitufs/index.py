@@ -120,7 +120,7 @@ def listed_digest(path: str, kind: str, token: str | None, fid: str | None) -> i
     """A 128-bit fingerprint of a path as a remote lists it: the kind, and for a file the
     revision token and file id (a folder's token changes by itself). Added up (mod
     2**128), they make a fingerprint of a whole listing that two different listings share
-    only by chance: see Index.unchanged_since_clean_stop."""
+    only by chance: see Index.matches_mirror."""
     fields = f"{len(path)}:{path}:{kind}" if kind == "dir" else \
         f"{len(path)}:{path}:{kind}:{token!r}:{fid!r}"
     return int.from_bytes(hashlib.blake2b(fields.encode("utf-8", "surrogateescape"),
@@ -266,9 +266,9 @@ class Index:
         # Read before anything is written: whether the index is as the last process left it
         # when it stopped cleanly (see mark_clean_stop).
         self.stopped_cleanly = self._clean_stop_mark() == env.info()["last_txnid"]
-        # remote id -> the fingerprint of what it held at the last clean stop, while its
-        # mirror has not changed since (see unchanged_since_clean_stop)
-        self._clean_sums = self._mirror_sums() if self.stopped_cleanly else {}
+        # remote id -> the fingerprint of its mirror and how many racy entries it has, where
+        # known: written at the last clean stop, kept up to date since (see matches_mirror)
+        self._sums = self._mirror_sums() if self.stopped_cleanly else {}
         self._check_schema(block_size)
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
@@ -289,26 +289,29 @@ class Index:
         crashed, or by a version of onitufs that knows no mark) voids it."""
         with self.write() as txn:
             delete_range(txn, self.db["meta"], MIRROR_SUM)
-            sums = dict(self._clean_sums)
-            for rid, known in self._mirrors.items():
-                if not any(entry.racy for _, entry in known.values()):  # checked again later
+            # A mirror with racy entries (checked again later) gets none.
+            sums = {rid: total for rid, (total, racy) in self._sums.items() if not racy}
+            for rid, known in self._mirrors.items():  # decoded: made anew, from what it holds
+                sums.pop(rid, None)
+                if not any(entry.racy for _, entry in known.values()):
                     sums[rid] = sum(listed_digest(path, entry.kind, entry.token, entry.fid)
                                     for path, (_, entry) in known.items() if path) % SUM_MOD
             for rid, total in sums.items():
                 txn.put(MIRROR_SUM + _I.pack(rid), total.to_bytes(16), db=self.db["meta"])
             txn.put(b"clean_stop", q(txn.id()), db=self.db["meta"])
 
-    def _mirror_sums(self) -> dict[int, int]:
+    def _mirror_sums(self) -> dict[int, tuple[int, int]]:
         with self.begin() as txn:
-            return {_I.unpack(key)[0]: int.from_bytes(value)
+            return {_I.unpack(key)[0]: (int.from_bytes(value), 0)
                     for key, value in scan(txn, self.db["meta"], MIRROR_SUM)}
 
-    def unchanged_since_clean_stop(self, rid: int, listed: int) -> bool:
+    def matches_mirror(self, rid: int, listed: int) -> bool:
         """Whether a remote's listing, fingerprinted as the sum of its listed_digest mod
-        SUM_MOD, is what the remote held at the last clean stop, its mirror unchanged
-        since: comparing it path by path would then change nothing. The fingerprint was
-        written with the clean stop's mark, so it counts only while that does."""
-        return self._clean_sums.get(rid) == listed
+        SUM_MOD, holds what its mirror holds, so that comparing the two path by path would
+        change nothing; False where the mirror's fingerprint is not known. It is known
+        from the last clean stop on (written with its mark, so counting only while that
+        does) and kept up to date by every change of the mirror since."""
+        return self._sums.get(rid) == (listed, 0)  # and no racy entry to check
 
     def _clean_stop_mark(self) -> int | None:
         with self.begin() as txn:
@@ -343,7 +346,7 @@ class Index:
                 txn.abort()
             self._inodes.clear()
             self._mirrors.clear()
-            self._clean_sums.clear()
+            self._sums.clear()
             self.mirror_writes += 1
             self._dirty.update(deferred)
             raise
@@ -643,6 +646,7 @@ class Index:
     def set_mirror(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
                    entry: MirrorEntry | None) -> None:
         entries = self.mirror(rid, ino, txn)
+        self._update_sum(rid, path, entries.get(path), entry)
         key = _I.pack(rid) + q(ino)
         if entry is None:
             entries.pop(path, None)
@@ -656,13 +660,29 @@ class Index:
         else:
             txn.delete(key, db=self.db["mirror"])
         self.mirror_writes += 1
-        self._clean_sums.pop(rid, None)
         known = self._mirrors.get(rid)
         if known is not None:
             if entry is None:
                 known.pop(path, None)
             else:
                 known[path] = (ino, dataclasses.replace(entry))  # never changed in place
+
+    def _update_sum(self, rid: int, path: str, old: MirrorEntry | None,
+                    new: MirrorEntry | None) -> None:
+        """Keep the remote's fingerprint (see matches_mirror) that of its mirror as one of
+        its entries changes, and the count of its racy entries (their content is to be
+        checked once later, which no fingerprint of a listing would do)."""
+        known = self._sums.get(rid)
+        if known is None or not path:  # unknown, or the root, which it leaves out
+            return
+        total, racy = known
+        if old is not None:
+            total -= listed_digest(path, old.kind, old.token, old.fid)
+            racy -= old.racy
+        if new is not None:
+            total += listed_digest(path, new.kind, new.token, new.fid)
+            racy += new.racy
+        self._sums[rid] = (total % SUM_MOD, racy)
 
     def hold(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
              entry: MirrorEntry) -> None:

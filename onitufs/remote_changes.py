@@ -424,11 +424,11 @@ class RemoteChanges:
         source = self.remotes[remote]
         marker = next((md for md in entries if md.path == MARKER), None)
         entries = [md for md in entries if md.path != MARKER]
-        # The first listing after a clean stop mostly finds what the remote held then: known
-        # by its fingerprint, it is not compared path by path (a judge needs no paths where
-        # the marker is listed), nor is the mirror decoded for it.
+        # The first listing after a start mostly finds what the remote held: known by its
+        # fingerprint, it is not compared path by path (a judge needs no paths where the
+        # marker is listed), nor is the mirror decoded for it.
         unchanged = marker is not None and not self.index.mirror_in_memory(source.rid) \
-            and self.index.unchanged_since_clean_stop(source.rid, sum(
+            and self.index.matches_mirror(source.rid, sum(
                 listed_digest(md.path, md.kind, md.revision, md.file_id)
                 for md in entries) % SUM_MOD)
         held: dict[str, MirrorEntry] = {}
@@ -446,8 +446,8 @@ class RemoteChanges:
         source.trusted.set()
         try:
             if unchanged:
-                log.info("remote %s: holds what it held at the last clean stop (%d entries)",
-                         remote, len(entries))
+                log.info("remote %s: its listing holds what the index says it holds (%d "
+                         "entries): not compared path by path", remote, len(entries))
                 source.forget_touched_before(started)
                 return True
             return await self._apply(source, entries, held, started)

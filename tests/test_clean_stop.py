@@ -20,7 +20,7 @@ UNCLEAN = "the last stop was not a clean one"
 
 
 def unchanged(remote: str) -> str:
-    return f"remote {remote}: holds what it held at the last clean stop"
+    return f"remote {remote}: its listing holds what the index says it holds"
 
 
 def stopped_cleanly(cloud: Cloud) -> bool:
@@ -91,7 +91,7 @@ def test_a_kill_after_a_clean_start_leaves_the_recovery_to_run(make_cloud: MakeC
     # as it was at a clean stop is logged so at once
     wait_for(lambda: all(remote["state"] != "listing" for remote in cloud.status()["remotes"]),
              what="the first listings")
-    assert "holds what it held at the last clean stop" not in cloud.log[before:]
+    assert "its listing holds what the index says it holds" not in cloud.log[before:]
     cloud.umount()  # uploads what the recovery queued
     for remote in cloud.remotes.values():
         assert (remote / "G").read_bytes() == content
