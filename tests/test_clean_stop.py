@@ -2,9 +2,9 @@
 reads the whole index; any other stop, or a change made after the mark, leaves the
 recovery to run; a remote changed while unmounted is still caught at the next mount.
 
-The mark also vouches for a fingerprint of what each remote held: a first listing
-that matches it is not compared path by path; one that does not, or one after any
-other stop, is."""
+The mark also vouches for a fingerprint of what each remote holds, kept up to date
+through the next session: a first listing that matches it is not compared path by
+path; one that does not, or one after any other stop, is."""
 
 from __future__ import annotations
 
