@@ -206,6 +206,11 @@ class MirrorEntry:
                 "attrs": self.attrs, "racy": self.racy}
 
 
+def mirror_digest(path: str, entry: MirrorEntry) -> int:
+    """listed_digest of what a remote is known to hold at `path`."""
+    return listed_digest(path, entry.kind, entry.token, entry.fid)
+
+
 @dataclass(slots=True)
 class Transfer:
     rev: int
@@ -289,12 +294,12 @@ class Index:
         crashed, or by a version of onitufs that knows no mark) voids it."""
         with self.write() as txn:
             delete_range(txn, self.db["meta"], MIRROR_SUM)
-            # A mirror with racy entries (checked again later) gets none.
+            # Known fingerprints are up to date (set_mirror); the others are made from the
+            # mirrors decoded. A mirror with racy entries (checked again later) gets none.
             sums = {rid: total for rid, (total, racy) in self._sums.items() if not racy}
-            for rid, known in self._mirrors.items():  # decoded: made anew, from what it holds
-                sums.pop(rid, None)
-                if not any(entry.racy for _, entry in known.values()):
-                    sums[rid] = sum(listed_digest(path, entry.kind, entry.token, entry.fid)
+            for rid, known in self._mirrors.items():
+                if rid not in self._sums and not any(e.racy for _, e in known.values()):
+                    sums[rid] = sum(mirror_digest(path, entry)
                                     for path, (_, entry) in known.items() if path) % SUM_MOD
             for rid, total in sums.items():
                 txn.put(MIRROR_SUM + _I.pack(rid), total.to_bytes(16), db=self.db["meta"])
@@ -677,10 +682,10 @@ class Index:
             return
         total, racy = known
         if old is not None:
-            total -= listed_digest(path, old.kind, old.token, old.fid)
+            total -= mirror_digest(path, old)
             racy -= old.racy
         if new is not None:
-            total += listed_digest(path, new.kind, new.token, new.fid)
+            total += mirror_digest(path, new)
             racy += new.racy
         self._sums[rid] = (total % SUM_MOD, racy)
 
