@@ -4,7 +4,8 @@ and, where its `fault` setting says so, one fault in the first STORE of a file's
 Settings (GETCONFIG): `directory` (where keys go), `fault`: "" (none), "error" (sends
 ERROR mid-transfer), "hang" (stops answering), "garbage" (sends a line that is no
 message), "exit" (dies mid-transfer, a last word on standard error). The fault comes
-once: a file in the directory remembers it. `extensions`: "async" takes the ASYNC
+once: a file in the directory remembers it. `fault_at`: "store" (the default) or "rename"
+(the fault comes in the first RENAMEEXPORT of a file's content instead). `extensions`: "async" takes the ASYNC
 extension and speaks in jobs; "refuse" answers EXTENSIONS, and GETCOST, with ERROR and
 exits. `cost`: the answer to GETCOST (none: UNSUPPORTED-REQUEST). GETAVAILABILITY is answered
 with what the file `.availability` in the directory says, while there is one. Keys go
@@ -18,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 stdin = sys.stdin.buffer
@@ -71,27 +71,27 @@ def copy(source: Path, target: Path) -> None:
     temp.replace(target)
 
 
-def fault_now(key: bytes, size: int) -> str:
-    """The fault to make in this STORE, if any (once, for a file's content)."""
+def fault_now(key: bytes, size: int, at: str) -> str:
+    """The fault to make in this request (a STORE or a RENAMEEXPORT: `at`), if any (once,
+    for a file's content)."""
     fault = ask("GETCONFIG", "fault").decode()
     mark = Path(os.fsdecode(ask("GETCONFIG", "directory"))) / ".faulted"
-    if not fault or not key.startswith(b"SHA256E-") or key.endswith(b".onitufs-manifest") \
+    if not fault or (ask("GETCONFIG", "fault_at").decode() or "store") != at \
+            or not key.startswith(b"SHA256E-") or key.endswith(b".onitufs-manifest") \
             or size < 1000 or mark.exists():
         return ""
     mark.touch()
     return fault
 
 
-def store(key: bytes, file: bytes) -> None:
-    source = Path(os.fsdecode(file))
-    size = source.stat().st_size
-    fault = fault_now(key, size)
-    send("PROGRESS", str(size // 2))
+def misbehave(fault: str) -> None:
+    """The fault, as far as it goes before the request could be answered."""
     if fault == "error":
         send("ERROR", "the disk went away")
         sys.exit(1)
-    if fault == "hang":
-        time.sleep(3600)
+    if fault == "hang":  # until onitufs kills it, or its input ends (onitufs died)
+        stdin.read()
+        sys.exit(1)
     if fault == "garbage":
         stdout.write(b"\xffthis is not a message\n")
         stdout.flush()
@@ -99,6 +99,14 @@ def store(key: bytes, file: bytes) -> None:
         sys.stderr.write("annex_remote: disk on fire\n")
         sys.stderr.flush()
         os._exit(3)
+
+
+def store(key: bytes, file: bytes) -> None:
+    source = Path(os.fsdecode(file))
+    size = source.stat().st_size
+    fault = fault_now(key, size, "store")
+    send("PROGRESS", str(size // 2))
+    misbehave(fault)
     copy(source, location(key))
     send("PROGRESS", str(size))
     send("TRANSFER-SUCCESS", "STORE", key)
@@ -123,6 +131,7 @@ def export(command: bytes, rest: bytes, exported: Path) -> None:
         send("REMOVE-SUCCESS", rest)
     else:  # RENAMEEXPORT
         key, new = rest.split(b" ", 1)
+        misbehave(fault_now(key, int(key.split(b"-s", 1)[1].split(b"-", 1)[0]), "rename"))
         target = folder() / os.fsdecode(new)
         target.parent.mkdir(parents=True, exist_ok=True)
         exported.rename(target)

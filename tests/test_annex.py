@@ -420,6 +420,61 @@ def test_export_keeps_a_browsable_tree(make_cloud: MakeCloud, programs: Path,
     fresh.umount()
 
 
+def test_an_export_leaves_nothing_aside(make_cloud: MakeCloud, programs: Path,
+                                        tmp_path: Path) -> None:
+    """Each upload exported aside goes in place, or away: also when the path holds that very
+    content already (the same bytes written again), and when the program dies while it
+    renames and a newer revision overtakes the upload (swept at the next poll)."""
+    folder = tmp_path / "exported"
+    table = annex_table("vault", "git-annex-remote-test",
+                        {"directory": str(folder), "fault": "hang", "fault_at": "rename"},
+                        export=True, timeout="2s")
+    cloud = with_remotes(make_cloud({"a": "rw"}), table)
+    cloud.mount()
+    same = os.urandom(5000)
+    (cloud.mountpoint / "small.txt").write_bytes(b"under the fault's size\n")
+    cloud.wait_synced(60)
+    (cloud.mountpoint / "small.txt").write_bytes(b"under the fault's size\n")
+    cloud.wait_synced(60)
+    assert not any((folder / ".onitufs-annex").iterdir())
+    (cloud.mountpoint / "f.bin").write_bytes(same)
+    wait_for(lambda: (folder / ".faulted").exists(), what="the rename to hang")
+    newer = os.urandom(6000)
+    (cloud.mountpoint / "f.bin").write_bytes(newer)
+    cloud.wait_synced(60)
+    assert (folder / "f.bin").read_bytes() == newer
+    wait_for(lambda: not any((folder / ".onitufs-annex").iterdir()),
+             what="the overtaken upload's content swept")
+    assert (folder / "small.txt").read_bytes() == b"under the fault's size\n"
+    cloud.umount()
+
+
+def test_what_a_crash_left_aside_is_removed(make_cloud: MakeCloud, programs: Path,
+                                            tmp_path: Path) -> None:
+    """kill -9 while the program renames an upload into place, and the file deleted on the
+    local remote before the next mount: what was exported aside is removed at its first
+    poll, though no upload of it resumes."""
+    folder = tmp_path / "exported"
+    table = annex_table("vault", "git-annex-remote-test",
+                        {"directory": str(folder), "fault": "hang", "fault_at": "rename"},
+                        export=True)
+    cloud = with_remotes(make_cloud({"a": "rw"}), table)
+    cloud.mount()
+    (cloud.mountpoint / "f.bin").write_bytes(os.urandom(5000))
+    wait_for(lambda: (folder / ".faulted").exists(), what="the rename to hang")
+    wait_for(lambda: (cloud.remotes["a"] / "f.bin").exists(), what="the local remote")
+    assert any((folder / ".onitufs-annex").iterdir())
+    cloud.kill9()
+    cloud.cleanup()  # the mount the daemon left
+    (cloud.remotes["a"] / "f.bin").unlink()
+    cloud.mount()
+    wait_for(lambda: not any((folder / ".onitufs-annex").iterdir()),
+             what="what the crash left aside removed")
+    cloud.wait_synced(60)
+    assert not (cloud.mountpoint / "f.bin").exists() and not (folder / "f.bin").exists()
+    cloud.umount()
+
+
 def test_export_through_the_example_remote(make_cloud: MakeCloud, programs: Path,
                                            tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,16 +88,16 @@ def start(plug: Plug) -> None:
         content = Content(special, journal, sync, fetched, settings.export)
         register(plug, journal, sync, content, fetched, work / "spool")
         plug.ready()
-        watch(plug, sync, settings.poll_interval)
+        watch(plug, sync, content, settings.poll_interval)
     finally:
         end()
         atexit.unregister(end)
 
 
-def watch(plug: Plug, sync: Sync, interval: float) -> None:
+def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
     """Every poll_interval, or at once when a handler took in another machine's tree:
-    take in the remote's manifest, send ours, remove unused keys, and report the tree when
-    it differs from the last one reported."""
+    take in the remote's manifest, send ours, remove unused keys and what uploads left
+    aside, and report the tree when it differs from the last one reported."""
     journal = sync.journal
     last: tuple[dict[str, tuple[str, str | None]], int] | None = None
     while not plug.stopping.is_set():
@@ -106,6 +106,7 @@ def watch(plug: Plug, sync: Sync, interval: float) -> None:
         try:
             sync.poll()
             sync.collect()
+            content.sweep()
         except DriverError as error:
             plug.offline(str(error))
             last = None

@@ -136,28 +136,33 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
             assert there is not None
             raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                            there.describe(md.path))
-        content.send(key, path, md.size)
 
         def put_in_place() -> Entry:
             there = journal.tree.get(md.path)
             if in_conflict(there, md, key):
                 assert there is not None
-                content.unsent(key)
+                content.unsent(key, path)
                 raise Conflict(f"{md.path}: changed on the remote while it was uploaded",
                                there.describe(md.path))
             entry = Entry(kind="file", id=there.id if there is not None else new_id(),
                           mode=md.mode & 0o7777, mtime_ns=md.mtime_ns, key=key, size=md.size,
                           xattrs=dict(md.xattrs))
+            if there is None or there.key != key:
+                content.place(md.path, key, path, md.size)
+            else:  # the same content: written again, or put in place by an earlier try
+                content.unsent(key, path)
             if there != entry:
-                if there is None or there.key != key:
-                    content.place(md.path, key, path, md.size)
                 journal.tree[md.path] = entry
                 if there is not None:
                     content.release(there.key)
                 journal.changed()
             return entry
 
-        entry = sync.change(put_in_place)  # a failure keeps the spool: a resume uses it
+        try:
+            content.send(key, path, md.size)
+            entry = sync.change(put_in_place)  # a failure keeps the spool: a resume uses it
+        finally:
+            content.sent(path)
         fetched.adopt(key, path)
         md.revision, md.file_id = entry.revision(), entry.id
 

@@ -4,7 +4,9 @@ Besides the tree itself (what the handlers made of the remote, and what
 came from other machines' manifests), it keeps the manifest it last took
 from the remote or wrote there, its base for the next merge, and the keys
 no path uses any more, with when they stopped being used, until they are
-removed from the remote. Every change is on disk before the handler that
+removed from the remote, and (exporting) the uploads exported aside and not
+yet put in place or removed, so that what a failure or a crash left there
+is removed later (content.py). Every change is on disk before the handler that
 made it returns, so a crash before the manifest reached the remote loses
 nothing: the next mount sends it.
 """
@@ -42,6 +44,7 @@ class Journal:
         self.garbage: dict[str, float] = saved.get("garbage", {})
         self.generation = int(saved.get("generation", 0))  # changes made so far
         self.sent = int(saved.get("sent", 0))  # changes that reached the remote's manifest
+        self.asides: dict[str, str] = saved.get("asides", {})  # exported name -> its key
 
     def changed(self) -> None:
         """Record a change of the tree (the caller holds the lock): on disk now, and unsent
@@ -59,5 +62,5 @@ class Journal:
             data = {"tree": tree_to_json(self.tree), "garbage": self.garbage,
                     "base": {"id": self.base.id, "history": self.base.history,
                              "entries": tree_to_json(self.base.entries)},
-                    "generation": self.generation, "sent": self.sent}
+                    "generation": self.generation, "sent": self.sent, "asides": self.asides}
             write_atomically(self._path, json.dumps(data).encode())
