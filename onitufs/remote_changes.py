@@ -39,7 +39,7 @@ from .index import (
 )
 from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
-from .replicator import FetchError, Replicator
+from .replicator import FetchError, Replicator, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -294,9 +294,7 @@ class RemoteChanges:
         if inode is not None and inode.is_reg and entry.rev == inode.rev:
             if inode.dirty or self.tree.cache.has_dirty(inode.ino):
                 return False
-            # Content that only that remote ever gave us proves nothing against it.
-            known = inode.sha256 != NO_HASH or inode.complete
-            same = await self._same_content(remote, md, inode) if known else False
+            same = await self._same_content(remote, md, inode)
             if same is None:
                 return False
             if not same:
@@ -316,24 +314,44 @@ class RemoteChanges:
         cannot be told now (a copy could not be read)."""
         if ours.size != md.size or ours.dirty or self.tree.cache.has_dirty(ours.ino):
             return False
-        rev, step = ours.rev, self.tree.cache.block_size
-        theirs, mine = hashlib.sha256(), hashlib.sha256()
+        rev = ours.rev
         try:
-            for offset in range(0, md.size, step):
-                chunk: bytes = await remote.call("get_chunk", md, offset,
-                                                 min(step, md.size - offset))
-                theirs.update(chunk)
-            if ours.sha256 != NO_HASH:
-                known = ours.sha256
+            if ours.sha256 != NO_HASH or ours.complete:
+                same = await self._same_whole(remote, md, ours)
             else:
-                for offset in range(0, ours.size, step):
-                    mine.update(await self.tree.cache.read(ours, offset, step))
-                known = mine.digest()
+                same = await self._same_blocks_read(remote, md, ours)
         except (CallFailed, FetchError, BlockLost) as error:
             log.info("remote %s: %s: cannot compare it with ours yet: %s", remote.name, md.path,
                      error)
             return None
-        return ours.rev == rev and not ours.dirty and theirs.digest() == known
+        return same and ours.rev == rev and not ours.dirty
+
+    async def _same_whole(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+        step = self.tree.cache.block_size
+        theirs = hashlib.sha256()
+        for offset in range(0, md.size, step):
+            theirs.update(await remote.call("get_chunk", md, offset,
+                                            min(step, md.size - offset)))
+        if ours.sha256 != NO_HASH:
+            return theirs.digest() == ours.sha256
+        mine = hashlib.sha256()
+        for offset in range(0, ours.size, step):
+            mine.update(await self.tree.cache.read(ours, offset, step))
+        return theirs.digest() == mine.digest()
+
+    async def _same_blocks_read(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+        """A revision known only in part (a file that remote alone gave us, read in part or
+        not at all): what of it was read (by a program, or to copy it to another remote)
+        must not have changed; each block's checksum was kept as it came, and a block
+        never read went nowhere."""
+        step = self.tree.cache.block_size
+        for blockno, offset in enumerate(range(0, md.size, step)):
+            seen = self.index.block_hash(ours.ino, blockno, ours.rev)
+            if seen is not None:
+                chunk = await remote.call("get_chunk", md, offset, min(step, md.size - offset))
+                if await chunk_sha256(chunk) != seen:
+                    return False
+        return True
 
     def _ours_aside(self, remote: Remote, md: Metadata, ours: Inode) -> None:
         """The remote's version is the later one: it takes the name, ours moves aside."""

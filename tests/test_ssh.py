@@ -507,3 +507,46 @@ def test_a_server_edit_in_the_second_of_an_upload_is_not_missed(
     cloud.wait_synced()
     assert (cloud.remotes["a"] / "f").read_bytes() == b"REMOT"
     cloud.umount()
+
+
+def test_a_file_new_on_the_server_reads_whole_while_its_second_settles(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """A file written on the server just before the mount is listed within the second of
+    its time; once that second has passed, the blocks read of it are checked against the
+    server, and a read under way goes on: unchanged content is not a new version."""
+    data = os.urandom(12 * 2**20)
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)})
+    (cloud.remotes["s"] / "new.bin").write_bytes(data)
+    cloud.mount()
+    wait_for(lambda: (cloud.mountpoint / "new.bin").exists(), what="the server's file")
+    read = bytearray()
+    with open(cloud.mountpoint / "new.bin", "rb", buffering=0) as handle:
+        while chunk := handle.read(2**20):  # over the seconds the settling takes
+            read += chunk
+            time.sleep(0.25)
+    assert read == data
+    assert "changed there within a tick" not in cloud.log
+    cloud.umount()
+
+
+def test_a_server_edit_in_the_second_of_a_partial_read_is_taken_in(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """Only the start of a new server file was read when the server rewrote it within the
+    same second, at the same size: the part read does not match any more, so the rewrite
+    is a new version, and the mount comes to show it whole (not the old start with the
+    new rest)."""
+    old, new = os.urandom(3 * 2**20), os.urandom(3 * 2**20)
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)})
+    on_server = cloud.remotes["s"] / "f.bin"
+    on_server.write_bytes(old)
+    listed = on_server.stat().st_mtime_ns
+    cloud.mount()
+    wait_for(lambda: (cloud.mountpoint / "f.bin").exists(), what="the server's file")
+    with open(cloud.mountpoint / "f.bin", "rb") as handle:
+        assert handle.read(4096) == old[:4096]
+    on_server.write_bytes(new)
+    os.utime(on_server, ns=(listed, listed))  # the same time and size: the same token
+    wait_for(lambda: (cloud.mountpoint / "f.bin").read_bytes() == new, timeout=30,
+             what="the server's rewrite in the mount")
+    assert "f.bin changed there within a tick of its time" in cloud.log
+    cloud.umount()
