@@ -294,7 +294,9 @@ class RemoteChanges:
         if inode is not None and inode.is_reg and entry.rev == inode.rev:
             if inode.dirty or self.tree.cache.has_dirty(inode.ino):
                 return False
-            same = await self._same_content(remote, md, inode)
+            # Its mirror entry names our revision: where we do not know all of it, what
+            # was read of it is what must not have changed.
+            same = await self._same_content(remote, md, inode, read_part=True)
             if same is None:
                 return False
             if not same:
@@ -309,14 +311,16 @@ class RemoteChanges:
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return True
 
-    async def _same_content(self, remote: Remote, md: Metadata, ours: Inode) -> bool | None:
+    async def _same_content(self, remote: Remote, md: Metadata, ours: Inode,
+                            read_part: bool = False) -> bool | None:
         """Whether the remote's file holds our current revision, by SHA-256; None when that
-        cannot be told now (a copy could not be read)."""
+        cannot be told now (a copy could not be read). With `read_part`, a revision not
+        known whole is compared by the blocks of it that were read."""
         if ours.size != md.size or ours.dirty or self.tree.cache.has_dirty(ours.ino):
             return False
         rev = ours.rev
         try:
-            if ours.sha256 != NO_HASH or ours.complete:
+            if ours.sha256 != NO_HASH or ours.complete or not read_part:
                 same = await self._same_whole(remote, md, ours)
             else:
                 same = await self._same_blocks_read(remote, md, ours)
