@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import onitufs_local
 import pytest
@@ -116,21 +117,33 @@ def local_driver(root: Path) -> Plug:
 
 
 def test_a_change_done_on_a_remote_but_not_yet_returned_counts_as_touched(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A listing taken while a change onitufs sent is under way may show it done before
     onitufs has noted it: then it must not read as the remote's own new file (it was taken
     into the mount, and the next listing that showed onitufs's delete left a ghost there)."""
     remote = Remote(RemoteConfig("a", "local", "rw", Options({}, "remotes.a", tmp_path)),
                     1, onitufs_local)
-    remote.plug = local_driver(tmp_path)
+    plug = local_driver(tmp_path)
+    remote.plug = plug
     remote.ready.set()
     remote.trusted.set()
     made = tmp_path / "made"
+    # The handler waits on its thread until this thread blocks: a quick make_dir must not
+    # return (and be noted) before the listing below begins.
+    go = threading.Event()
+    call = plug.call
+
+    def held(handler: str, *args: Any) -> Any:
+        go.wait()
+        return call(handler, *args)
+
+    monkeypatch.setattr(plug, "call", held)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(remote.call, "make_dir", Metadata(path="made", kind="dir"))
             await trio.testing.wait_all_tasks_blocked()  # the call is on its worker thread
+            go.set()
             while not made.is_dir():  # blocking: the call cannot return meanwhile
                 time.sleep(0.001)
             listed = time.time()  # a listing begun now shows the folder
