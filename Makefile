@@ -8,11 +8,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # What building onitufs needs (pyfuse3 is compiled against libfuse3) and running it.
-PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv
+PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssh-client
 # What the tests and the demo need besides.
 # systemd for systemd-analyze; libsystemd-dev to build systemd-python (the journal extra);
 # zsh to check its completion.
-DEV_PACKAGES := attr man-db rsync openssh-server openssh-client sshfs systemd libsystemd-dev zsh git-annex
+DEV_PACKAGES := attr man-db rsync openssh-server sshfs systemd libsystemd-dev zsh git-annex
 DEMO_MOUNT := Cloud
 
 PREFIX ?= /usr/local

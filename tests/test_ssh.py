@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
 import stat
 import threading
 import time
@@ -364,6 +365,108 @@ def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, ssh
     assert "resuming big.bin" in cloud.log
     assert cloud.status()["remotes"][0]["online"]
     cloud.umount()
+
+
+def ssh_children(pid: int) -> list[int]:
+    """The ssh clients the daemon `pid` runs (one per connection)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and argv[0] == b"ssh":
+            found.append(int(entry.name))
+    return found
+
+
+def test_an_ssh_client_killed_mid_upload_is_a_lost_connection_and_the_upload_resumes(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
+    server = cloud.remotes["s"]
+    cloud.mount()
+    assert cloud.pid is not None
+    content = big_upload_under_way(cloud, server, 160, 16)
+    killed = ssh_children(cloud.pid)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert parts(server)[0].stat().st_size < len(content), "the upload ended before the kill"
+    cloud.wait_synced(timeout=120)
+    assert (server / "big.bin").read_bytes() == content
+    assert not parts(server)
+    assert "connection lost" in cloud.log
+    assert (cloud.mountpoint / "big.bin").read_bytes() == content
+    cloud.umount()
+
+
+def test_no_ssh_client_outlives_its_daemon(make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """Unmounted or killed, the daemon leaves no ssh behind: a killed one's ssh reads the end
+    of its input, and closes the connection."""
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)})
+    for stop in (cloud.umount, cloud.kill9):
+        cloud.mount()
+        pid = cloud.pid
+        assert pid is not None
+        (cloud.mountpoint / "f.txt").write_text(stop.__name__)
+        cloud.wait_synced()
+        clients = ssh_children(pid)
+        assert clients, "the daemon runs no ssh"
+        stop()
+        wait_for(lambda: not any(Path(f"/proc/{c}").exists() for c in clients),  # noqa: B023
+                 timeout=15, what=f"the ssh clients to end after {stop.__name__}")
+        assert (cloud.remotes["s"] / "f.txt").read_text() == stop.__name__
+
+
+def mount_refused(cloud: Cloud) -> str:
+    """The one line a mount of a new remote that cannot log in fails with."""
+    result = run("mount", cloud.mountpoint, cloud.config, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_key_the_server_refuses_fails_the_mount_of_a_new_remote_in_one_line(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    stranger = sshd.root / "id_stranger"
+    keygen(stranger)  # not in authorized_keys
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd, identity=stranger)})
+    line = mount_refused(cloud)
+    assert line.endswith(f"remotes.s: {sshd.user}@127.0.0.1 refused every key offered "
+                         "(ssh-ed25519)"), line
+
+
+def test_a_key_others_may_read_fails_the_mount_of_a_new_remote_in_one_line(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    sshd.user_key.chmod(0o644)
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    line = mount_refused(cloud)
+    assert line.endswith(f"remotes.s.identity: ssh will not use {sshd.user_key}: others may "
+                         f"read it (chmod 600 {sshd.user_key})"), line
+
+
+def test_a_key_with_a_passphrase_and_no_agent_fails_the_mount_in_one_line(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = sshd.root / "id_locked"
+    keygen(key, "a passphrase")
+    sshd.authorize(key)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd, identity=key)})
+    line = mount_refused(cloud)
+    assert line.endswith(f"remotes.s.identity: {key} needs a passphrase and ssh-agent does not "
+                         f"hold it: add it with ssh-add {key}"), line
+
+
+def test_a_server_not_listening_fails_the_mount_of_a_new_remote_in_one_line(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    sshd.stop()
+    line = mount_refused(cloud)
+    assert line.endswith(f"cannot connect to 127.0.0.1 port {sshd.port}: Connection refused"), line
 
 
 def test_an_unknown_host_key_fails_the_mount_of_a_new_remote(

@@ -1,11 +1,13 @@
-"""Opening one SSH connection: TCP, the host key checked against known_hosts, a key to log in.
+"""Opening one SSH connection (OpenSSH's client, openssh.py), and saying why one failed.
 
 The server's host key must already be in known_hosts: an unknown or a
 changed key raises HostKeyError, whose message is one line saying what the
 server offered and how to accept it (`onitufs trust`, see trust.py). A
 connection never adds anything to known_hosts.
 Keys come from the configured identity file, or from the running ssh-agent
-(which is also where a key with a passphrase is used from). Nothing secret
+(which is also where a key with a passphrase is used from). ssh decides;
+when it refuses, paramiko looks again (the key the server offers, the keys
+there are to offer) to say exactly why, in onitufs's words. Nothing secret
 is logged; paramiko's own logging is kept to warnings.
 """
 
@@ -16,6 +18,7 @@ import collections
 import contextlib
 import hmac
 import logging
+import re
 import shlex
 import socket
 from collections.abc import Sequence
@@ -25,8 +28,9 @@ from pathlib import Path
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
+from .openssh import CONNECT_TIMEOUT, IO_TIMEOUT, Link
 from .settings import Settings
-from .sftp import Session
+from .sftp import ConnectionLost, Session, SftpError
 
 log = logging.getLogger(__name__)
 logging.getLogger("paramiko").setLevel(logging.WARNING)
@@ -34,24 +38,14 @@ logging.getLogger("paramiko").setLevel(logging.WARNING)
 # handshake (a traceback) would reach stderr beside the one line that says it.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-CONNECT_TIMEOUT = 15.0
-IO_TIMEOUT = 120.0  # a request unanswered this long is a dead connection
-# How often a logged-in connection's paramiko thread wakes when nothing comes. paramiko's
-# 0.1 s, on each of the connections a mount keeps, was most of an idle mount's CPU; it
-# wakes to see whether the connection was closed, which close() now tells it at once.
-IDLE_WAKE = 5.0
-WINDOW = 8 * 1024 * 1024
-MAX_PACKET = 32768
-KEEPALIVE = 15
 # From this round trip on, what one connection may leave unacknowledged caps a large
 # transfer (OpenSSH's window for an upload, the requests in flight for a read): it then
 # goes over LANES_ON_LONG_LINKS connections. Close by, a second one only adds work.
 LONG_LINK = 0.01
 LANES_ON_LONG_LINKS = 2
-# Fast authenticated ciphers first: AES-GCM is what keeps one connection near the wire's speed.
-PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr",
-                     "aes256-ctr")
 RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+# what ssh says when it could not reach the server: the reason is the part after the colon
+UNREACHABLE = re.compile(r"(?:connect to host .* port \d+|Could not resolve hostname .*): (.+)$")
 
 
 class ConnectError(Exception):
@@ -64,27 +58,21 @@ class HostKeyError(ConnectError):
 
 @dataclass
 class Connection:
-    transport: paramiko.Transport
+    link: Link
     sftp: Session
     # files kept open for reading: (path, revision) -> handle
     handles: collections.OrderedDict[tuple[bytes, str | None], bytes] = field(
         default_factory=collections.OrderedDict)
 
     def alive(self) -> bool:
-        return self.transport.is_active() and not self.sftp.channel.closed
+        return self.link.alive()
 
     def lanes(self) -> int:
         """Connections a large transfer should use."""
         return LANES_ON_LONG_LINKS if self.sftp.round_trip >= LONG_LINK else 1
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sftp.close()
-        with contextlib.suppress(Exception):
-            # ends the paramiko thread's wait for data now, not at its next wake
-            self.transport.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(Exception):
-            self.transport.close()
+        self.link.close()
 
 
 @dataclass(frozen=True)
@@ -231,14 +219,9 @@ def open_transport(settings: Settings, known: list[KnownKey]) -> paramiko.Transp
     except OSError as error:
         raise ConnectError(f"cannot connect to {settings.host} port {settings.port}: "
                            f"{error.strerror or error}") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out at once
-    transport = paramiko.Transport(sock, default_window_size=WINDOW,
-                                   default_max_packet_size=MAX_PACKET)
+    transport = paramiko.Transport(sock)
     try:
         options = transport.get_security_options()
-        options.ciphers = tuple(
-            [c for c in PREFERRED_CIPHERS if c in options.ciphers]
-            + [c for c in options.ciphers if c not in PREFERRED_CIPHERS])
         options.key_types = key_types(options.key_types, known)
         transport.start_client(timeout=CONNECT_TIMEOUT)
     except Exception as error:
@@ -251,32 +234,47 @@ def open_transport(settings: Settings, known: list[KnownKey]) -> paramiko.Transp
 def connect(settings: Settings) -> Connection:
     """A logged-in connection with an SFTP session, or ConnectError."""
     known = known_keys(settings)
-    transport = open_transport(settings, known)
     try:
-        check_host_key(settings, transport.get_remote_server_key(), known)
-        refused = []
-        for key in login_keys(settings):
-            try:
-                transport.auth_publickey(settings.user, key)
-                break
-            except paramiko.AuthenticationException:
-                refused.append(key.get_name())
-        if not transport.is_authenticated():
-            raise ConnectError(f"{settings.where}: {settings.user}@{settings.host} refused every "
-                               f"key offered ({', '.join(refused) or 'none'})")
-        transport.set_keepalive(KEEPALIVE)
-        transport.sock.settimeout(IDLE_WAKE)
-        channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET)
-        channel.settimeout(IO_TIMEOUT)
-        channel.invoke_subsystem("sftp")
-        session = Session(channel)
-        log.debug("%s: logged in to %s, round trip %.1f ms", settings.where, settings.host_name,
-                  session.round_trip * 1000)
-        return Connection(transport, session)
-    except ConnectError:
-        transport.close()
-        raise
-    except Exception as error:
-        transport.close()
-        raise ConnectError(f"{settings.host} port {settings.port}: "
-                           f"{error or type(error).__name__}") from None
+        link = Link(settings)
+    except OSError as error:
+        raise ConnectError(f"cannot run ssh: {error.strerror or error}") from None
+    try:
+        session = Session(link)
+    except (ConnectionLost, SftpError) as error:
+        said = link.said() or [str(error)]
+        link.close()
+        raise refusal(settings, known, said) from None
+    link.timeout = IO_TIMEOUT
+    log.debug("%s: logged in to %s, round trip %.1f ms", settings.where, settings.host_name,
+              session.round_trip * 1000)
+    return Connection(link, session)
+
+
+def refusal(settings: Settings, known: list[KnownKey], said: list[str]) -> ConnectError:
+    """Why ssh could not open the session, from what it said (its last line says why)."""
+    where = f"{settings.host} port {settings.port}"
+    if unreachable := UNREACHABLE.search(said[-1]):
+        return ConnectError(f"cannot connect to {where}: {unreachable.group(1)}")
+    if "Host key verification failed" in said[-1]:
+        try:
+            transport = open_transport(settings, known)
+        except ConnectError as error:
+            return error
+        try:
+            check_host_key(settings, transport.get_remote_server_key(), known)
+        except HostKeyError as error:
+            return error
+        finally:
+            transport.close()
+    if "Permission denied" in said[-1]:
+        if settings.identity is not None and any("UNPROTECTED PRIVATE KEY" in line
+                                                 for line in said):
+            return ConnectError(f"{settings.where}.identity: ssh will not use {settings.identity}: "
+                                f"others may read it (chmod 600 {settings.identity})")
+        try:
+            keys = login_keys(settings)
+        except ConnectError as error:
+            return error
+        return ConnectError(f"{settings.where}: {settings.user}@{settings.host} refused every "
+                            f"key offered ({', '.join(key.get_name() for key in keys)})")
+    return ConnectError(f"{where}: {said[-1]}")

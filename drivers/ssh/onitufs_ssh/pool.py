@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import paramiko
-
 from onitufs.plug import DriverError, RemoteUnavailable
 
 from .connect import ConnectError, Connection, HostKeyError, connect
@@ -31,7 +29,7 @@ WAIT_FOR_CONNECTION = 300.0
 def lost(error: BaseException) -> bool:
     """Whether an exception means the connection is gone (not a refused request)."""
     return not isinstance(error, SftpError | DriverError) and isinstance(
-        error, ConnectionLost | paramiko.SSHException | EOFError | OSError)
+        error, ConnectionLost | OSError)
 
 
 class Pool:
