@@ -12,9 +12,9 @@ sshfs and for onitufs with that server as its only remote:
 
 Each figure is the best of ROUNDS. Beside the speed, the CPU time each side
 spent per GiB (user + system, from /proc): the filesystem's own processes
-(sshfs and its ssh; the onitufs daemon and its ssh clients) and the server's (sshd, whose
-built-in SFTP server, internal-sftp, serves both). On a machine with few
-cores, CPU time is what caps the speed.
+(sshfs and its ssh; the onitufs daemon and its ssh clients) and the
+server's (sshd, whose built-in SFTP server, internal-sftp, serves both). On
+a machine with few cores, CPU time is what caps the speed.
 Then both once more through a proxy that makes the round trip LONG_LINK
 (delay.py), where what a connection may leave unacknowledged caps it; and
 there, the time to see a whole tree of TREE_FOLDERS folders the server
