@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onitufs_local
+import pytest
+from onitufs_local import listing
 
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
@@ -212,3 +216,32 @@ def test_what_events_name_goes_to_the_core_as_a_part_of_the_listing(tmp_path: Pa
             assert ["new"] in sink.parts
             assert any(set(scope) == {"big", "moved"} for scope in sink.parts)
             assert sink.view["moved/f199"].size == 1
+
+
+def test_a_walk_that_hangs_holds_another_remote_s_walk_back_only_so_long(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local remotes walk their trees one at a time (listing.py), but a disk that stopped
+    answering does not stop the others from being listed."""
+    monkeypatch.setattr(listing, "WALK_WAIT", 0.3)
+    for name in ("stuck", "fine"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub" / "f.txt").write_text(name)
+    hung, release = threading.Event(), threading.Event()
+
+    def stuck_disk(folder: str) -> None:
+        hung.set()
+        release.wait(30)
+
+    stuck = threading.Thread(target=listing.listing, args=(str(tmp_path / "stuck"),),
+                             kwargs={"watch": stuck_disk})
+    stuck.start()
+    try:
+        assert hung.wait(10)
+        began = time.monotonic()
+        listed = listing.listing(str(tmp_path / "fine"))
+        waited = time.monotonic() - began
+        assert sorted(md.path for md in listed) == ["sub", "sub/f.txt"]
+        assert 0.3 <= waited < 5, waited  # held back while the other walked, then listed
+    finally:
+        release.set()
+        stuck.join()
