@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import os
 import signal
 import stat
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from onitufs_ssh import listing, reading, uploads
+from onitufs_ssh import listing, reading, sftp, uploads
 from onitufs_ssh.listing import token
 from onitufs_ssh.pool import Pool
 from onitufs_ssh.settings import Settings
@@ -419,6 +420,33 @@ def test_no_ssh_client_outlives_its_daemon(make_ssh_cloud: MakeSshCloud, sshd: S
         wait_for(lambda: not any(Path(f"/proc/{c}").exists() for c in clients),  # noqa: B023
                  timeout=15, what=f"the ssh clients to end after {stop.__name__}")
         assert (cloud.remotes["s"] / "f.txt").read_text() == stop.__name__
+
+
+def test_an_ssh_client_that_stops_is_a_lost_connection_both_ways(
+        sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ssh that stops taking what is sent, or stops giving the answer waited for, fails
+    the connection after the timeout (not never), and is ended with it."""
+    connecting = importlib.import_module("onitufs_ssh.connect")  # the package's name is its function
+    monkeypatch.setattr(connecting, "IO_TIMEOUT", 1.0)
+    settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), sshd.user_key,
+                        sshd.known_hosts, 1.0, 1, None)
+    for way in ("send", "answer"):
+        conn = connecting.connect(settings)
+        process = conn.link.process
+        try:
+            handle = conn.sftp.open(str(tmp_path / "f").encode(),
+                                    sftp.O_WRITE | sftp.O_CREAT | sftp.O_TRUNC)
+            os.kill(process.pid, signal.SIGSTOP)
+            began = time.monotonic()
+            with pytest.raises(sftp.ConnectionLost):
+                if way == "send":  # far more than the pipes and ssh's buffers hold
+                    conn.sftp.write(handle, 0, b"x" * (64 * 2**20))
+                else:
+                    conn.sftp.stat(str(tmp_path).encode())
+            assert time.monotonic() - began < 20
+        finally:
+            conn.close()
+        assert process.poll() is not None  # a stopped ssh is killed and reaped all the same
 
 
 def mount_refused(cloud: Cloud) -> str:

@@ -94,8 +94,13 @@ class Link:
         for fd in (self._out, self._in):
             with contextlib.suppress(OSError):  # a smaller pipe is only slower
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        self._poll = select.poll()
-        self._poll.register(self._in, select.POLLIN)
+        # Neither way waits longer than `timeout`: an ssh that stopped taking or giving
+        # (stopped, hung) is a lost connection, as a silent server is.
+        os.set_blocking(self._out, False)
+        self._readable = select.poll()
+        self._readable.register(self._in, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(self._out, select.POLLOUT)
         self.timeout = float(CONNECT_TIMEOUT)  # until logged in (see connect.py)
         self.closed = False
         # A thread may close the link while another waits on it (an aborted upload wakes its
@@ -124,7 +129,12 @@ class Link:
         with self._using():
             try:
                 while view:
-                    view = view[os.write(self._out, view):]
+                    try:
+                        view = view[os.write(self._out, view):]
+                    except BlockingIOError:
+                        if not self._writable.poll(self.timeout * 1000):
+                            raise ConnectionLost(f"ssh took nothing in {self.timeout:.0f}s") \
+                                from None
             except OSError as error:
                 raise ConnectionLost(self.why(str(error))) from None
 
@@ -132,7 +142,7 @@ class Link:
         """What has come, at least one byte; ConnectionLost at the end."""
         with self._using():
             try:
-                if not self._poll.poll(self.timeout * 1000):
+                if not self._readable.poll(self.timeout * 1000):
                     raise ConnectionLost(f"no answer in {self.timeout:.0f}s")
                 chunk = os.read(self._in, READ_SIZE)
             except OSError as error:
