@@ -579,10 +579,12 @@ def test_an_upload_cut_by_a_crash_resumes_after_the_next_mount(
                            cache_size="512 MiB")
     server = cloud.remotes["s"]
     cloud.mount()
-    content = big_upload_under_way(cloud, server, 128, 24)
+    content = big_upload_under_way(cloud, server, 256, 24)
+    # the second connection logs in while the first writes (the first can be quicker)
+    wait_for(lambda: "written over a further connection too" in cloud.log,
+             what="the upload's second connection", interval=0.01)
     cloud.kill9()
     assert parts(server) and not (server / "big.bin").exists()
-    assert "written over a further connection too" in cloud.log
     cloud.mount()
     cloud.wait_synced(timeout=120)
     assert (server / "big.bin").read_bytes() == content
@@ -621,8 +623,10 @@ def test_a_server_edit_in_the_second_of_an_upload_is_not_missed(
     cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
     cloud.mount()
     on_server = cloud.remotes["s"] / "f"
-    for _ in range(30):  # until the edit falls in the second the upload landed in (a busy
-        # machine may take most of a second to upload, many times over)
+    deadline = time.monotonic() + 120
+    # until the edit falls in the second the upload landed in (on a machine busy with other
+    # tests, an upload may take longer than a second many times over)
+    while time.monotonic() < deadline:
         time.sleep(1 - time.time() % 1)
         (cloud.mountpoint / "f").write_bytes(b"MOUNT")
         wait_for(lambda: on_server.exists() and on_server.read_bytes() == b"MOUNT",
