@@ -675,13 +675,17 @@ def test_a_server_edit_in_the_second_of_a_partial_read_is_taken_in(
     cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)})
     on_server = cloud.remotes["s"] / "f.bin"
     on_server.write_bytes(old)
-    listed = on_server.stat().st_mtime_ns
+    # Dated a little ahead (a server clock ahead of ours), so that the file is still within
+    # its tick when listed, read and rewritten, however long a busy machine takes to mount.
+    listed = (time.time_ns() // 10**9 + 8) * 10**9
+    os.utime(on_server, ns=(listed, listed))
     cloud.mount()
     wait_for(lambda: (cloud.mountpoint / "f.bin").exists(), what="the server's file")
     with open(cloud.mountpoint / "f.bin", "rb") as handle:
         assert handle.read(4096) == old[:4096]
     on_server.write_bytes(new)
     os.utime(on_server, ns=(listed, listed))  # the same time and size: the same token
+    assert time.time_ns() < listed + 10**9, "the test was too slow: the tick had passed"
     wait_for(lambda: (cloud.mountpoint / "f.bin").read_bytes() == new, timeout=30,
              what="the server's rewrite in the mount")
     assert "f.bin changed there within a tick of its time" in cloud.log

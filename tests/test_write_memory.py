@@ -49,6 +49,8 @@ def test_a_long_write_holds_about_the_write_buffer(make_cloud: MakeCloud) -> Non
     grown = peak - before
     # The buffers, half on their way to LMDB and half filling, make WRITE_BUFFER; LMDB's
     # transactions, the checksums and the upload take a few MiB each. Before, it was 3x.
-    assert grown < 1.75 * WRITE_BUFFER, f"grew by {grown // MIB} MiB while writing"
+    # Alone it grows by 0.75-1.05x; once in a full run, beside other tests, by 1.84x (freed
+    # buffers the allocator kept), so the bound is 2x: still well below the 3x it was.
+    assert grown < 2 * WRITE_BUFFER, f"grew by {grown // MIB} MiB while writing"
     cloud.umount()
     assert (cloud.remotes["a"] / "big").stat().st_size == 3 * WRITE_BUFFER
