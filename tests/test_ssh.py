@@ -449,6 +449,27 @@ def test_an_ssh_client_that_stops_is_a_lost_connection_both_ways(
         assert process.poll() is not None  # a stopped ssh is killed and reaped all the same
 
 
+def test_key_and_known_hosts_paths_with_spaces_quotes_and_percents_reach_ssh_as_they_are(
+        sshd: Sshd, tmp_path: Path) -> None:
+    odd = tmp_path / 'my "keys" %d and %u\\ here'
+    odd.mkdir()
+    identity, known_hosts = odd / "id ed25519", odd / "known hosts"
+    identity.write_bytes(sshd.user_key.read_bytes())
+    identity.chmod(0o600)
+    known_hosts.write_bytes(sshd.known_hosts.read_bytes())
+    settings = Settings("test", "127.0.0.1", sshd.port, sshd.user, str(tmp_path), identity,
+                        known_hosts, 1.0, 1, None)
+    connecting = importlib.import_module("onitufs_ssh.connect")
+    conn = connecting.connect(settings)
+    try:
+        assert conn.sftp.stat(str(tmp_path).encode()).mode is not None
+    finally:
+        conn.close()
+    known_hosts.write_text("")  # the very file is the one ssh reads
+    with pytest.raises(connecting.HostKeyError):
+        connecting.connect(settings)
+
+
 def mount_refused(cloud: Cloud) -> str:
     """The one line a mount of a new remote that cannot log in fails with."""
     result = run("mount", cloud.mountpoint, cloud.config, check=False)
