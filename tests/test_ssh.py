@@ -510,6 +510,16 @@ def test_a_key_with_a_passphrase_and_no_agent_fails_the_mount_in_one_line(
                          f"hold it: add it with ssh-add {key}"), line
 
 
+def test_a_known_hosts_that_cannot_be_read_fails_the_mount_in_one_line(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    sshd.known_hosts.unlink()
+    sshd.known_hosts.mkdir()  # root reads any file: a folder is what cannot be read
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    line = mount_refused(cloud)
+    assert line.endswith(f"remotes.s.known_hosts: cannot read {sshd.known_hosts}: "
+                         "Is a directory"), line
+
+
 def test_a_server_not_listening_fails_the_mount_of_a_new_remote_in_one_line(
         make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
     cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})

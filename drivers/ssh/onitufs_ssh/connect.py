@@ -233,7 +233,6 @@ def open_transport(settings: Settings, known: list[KnownKey]) -> paramiko.Transp
 
 def connect(settings: Settings) -> Connection:
     """A logged-in connection with an SFTP session, or ConnectError."""
-    known = known_keys(settings)
     try:
         link = Link(settings)
     except OSError as error:
@@ -243,20 +242,21 @@ def connect(settings: Settings) -> Connection:
     except (ConnectionLost, SftpError) as error:
         said = link.said() or [str(error)]
         link.close()
-        raise refusal(settings, known, said) from None
+        raise refusal(settings, said) from None
     link.timeout = IO_TIMEOUT
     log.debug("%s: logged in to %s, round trip %.1f ms", settings.where, settings.host_name,
               session.round_trip * 1000)
     return Connection(link, session)
 
 
-def refusal(settings: Settings, known: list[KnownKey], said: list[str]) -> ConnectError:
+def refusal(settings: Settings, said: list[str]) -> ConnectError:
     """Why ssh could not open the session, from what it said (its last line says why)."""
     where = f"{settings.host} port {settings.port}"
     if unreachable := UNREACHABLE.search(said[-1]):
         return ConnectError(f"cannot connect to {where}: {unreachable.group(1)}")
     if "Host key verification failed" in said[-1]:
         try:
+            known = known_keys(settings)
             transport = open_transport(settings, known)
         except ConnectError as error:
             return error
