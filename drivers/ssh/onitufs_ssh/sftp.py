@@ -49,14 +49,13 @@ class ConnectionLost(Exception):
 
 
 class Pipe(Protocol):
-    """Both ways of one connection to the server's SFTP subsystem."""
+    """Both ways of one connection to the server's SFTP subsystem (whoever opened it
+    closes it)."""
 
     def sendall(self, data: bytes | memoryview) -> None: ...
 
     def recv(self) -> bytes:
         """What has come, at least one byte; ConnectionLost when nothing more will."""
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -176,9 +175,6 @@ class Session:
 
     def has(self, extension: str) -> bool:
         return extension.encode() in self.extensions
-
-    def close(self) -> None:
-        self.pipe.close()
 
     # the wire
 
