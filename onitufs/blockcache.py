@@ -33,6 +33,7 @@ a hole, never counted nor evicted.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import hashlib
 import logging
@@ -63,6 +64,7 @@ BlockKey = tuple[int, int]
 Buffer = bytes | bytearray  # a block written: a whole one may be the bytes a write brought
 _KEY = struct.Struct(">QQ")  # a block's key in LMDB: inode, block number
 BATCH_TRANSACTION = 8 * 1024**2  # bytes of blocks the worker thread writes in one transaction
+_HASHING = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onitufs-block-hash")
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
 # the current revision, checked against the digest where one is known, and their SHA-256
 Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[tuple[bytes, bytes]]]
@@ -545,17 +547,30 @@ class BlockCache:
         leaves blocks stored that recovery makes a revision of, as any crash does."""
         written = []
         step = max(1, BATCH_TRANSACTION // self.block_size)
-        for first in range(0, len(batch), step):
-            part = batch[first:first + step]
-            digests = [self._checksum(key, buffer) for key, buffer in part]
-            with self.index.env.begin(write=True) as txn:
-                for (key, buffer), digest in zip(part, digests, strict=True):
-                    if key not in self._superseded:
-                        value, length = sealed(buffer, digest)
-                        txn.put(q(key[0]) + q(key[1]), value, db=self._db)
-                        self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
-                        written.append((key, length))
+        parts = [batch[first:first + step] for first in range(0, len(batch), step)]
+        # Hashing a block takes about as long as LMDB's copies of it: the next part is
+        # hashed on a thread of its own while this one is written.
+        hashing = _HASHING.submit(self._checksums, parts[0])
+        try:
+            for number, part in enumerate(parts):
+                digests = hashing.result()
+                if number + 1 < len(parts):
+                    hashing = _HASHING.submit(self._checksums, parts[number + 1])
+                with self.index.env.begin(write=True) as txn:
+                    for (key, buffer), digest in zip(part, digests, strict=True):
+                        if key not in self._superseded:
+                            value, length = sealed(buffer, digest)
+                            txn.put(q(key[0]) + q(key[1]), value, db=self._db)
+                            self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
+                            written.append((key, length))
+        finally:
+            # a batch that failed goes back to the buffers, where writes may change it:
+            # not while it is being hashed
+            concurrent.futures.wait([hashing])
         return written
+
+    def _checksums(self, part: list[tuple[BlockKey, Buffer]]) -> list[bytes]:
+        return [self._checksum(key, buffer) for key, buffer in part]
 
     def _checksum(self, key: BlockKey, buffer: Buffer) -> bytes:
         """The SHA-256 of a block about to be stored; the in-order hash of its file learns
