@@ -268,3 +268,28 @@ def test_the_daemon_holds_nothing_of_its_caller_open(make_cloud: MakeCloud) -> N
         if write_end >= 0:
             os.close(write_end)
     cloud.umount()
+
+
+def test_the_daemon_keeps_no_folder_of_its_caller_busy(make_cloud: MakeCloud,
+                                                        tmp_path: Path) -> None:
+    """A mount made from a folder on another disk (a USB stick, say) leaves that disk free
+    to be unmounted while the mount lasts: the daemon works from / , as daemons do."""
+    cloud = make_cloud()
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(stick)], check=True)
+    try:
+        result = subprocess.run([*ONITUFS, "mount", cloud.mountpoint, cloud.config],
+                                cwd=stick, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        daemon = int(cloud.status()["pid"])
+        assert os.readlink(f"/proc/{daemon}/cwd") == "/"
+        gone = subprocess.run(["umount", str(stick)], capture_output=True, text=True)
+        assert gone.returncode == 0, f"the stick stays busy: {gone.stderr}"
+        (cloud.mountpoint / "after.txt").write_text("still here")
+        cloud.umount()
+        assert (cloud.remotes["a"] / "after.txt").read_text() == "still here"
+    finally:
+        cloud.cleanup()
+        subprocess.run(["umount", "-l", str(stick)], check=False, capture_output=True)
+

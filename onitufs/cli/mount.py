@@ -210,10 +210,12 @@ def above_std(fd: int) -> int:
 
 
 def daemon(read_end: int, ready_fd: int, log_fd: int, serve: Callable[[int], int]) -> int:
-    """The forked daemon: a session of its own, no terminal, its output to the log (until
-    its logging takes over, a traceback too); then serve(ready_fd)."""
+    """The forked daemon: a session of its own, no terminal, no working folder of the
+    caller's, its output to the log (until its logging takes over, a traceback too); then
+    serve(ready_fd)."""
     os.close(read_end)
     os.setsid()
+    os.chdir("/")  # the folder the command ran in (on a USB stick, say) is not kept busy
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
