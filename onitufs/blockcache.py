@@ -455,7 +455,7 @@ class BlockCache:
                 digest = self._checksum((ino, blockno), buffer)
                 self._store(txn, (ino, blockno), buffer, digest)
                 self.index.set_block_hash(txn, ino, blockno, UNREVISED,
-                                          digest if len(buffer) == self.block_size else None)
+                                          digest if self._whole(buffer) else None)
         self.index.after_commit(self._stored_all)
         self.index.write_deferred(txn)
 
@@ -476,6 +476,11 @@ class BlockCache:
                 + sum(len(b) for key, b in self._flying.items() if key[0] == ino)
         return total - self.size_limit
 
+    def _whole(self, buffer: Buffer) -> bool:
+        """Whether a buffer holds a full block (settled beside the mount, its checksum that
+        of the revision's block), not a piece of one."""
+        return len(buffer) == self.block_size
+
     def over_dirty_limit(self) -> bool:
         """Whether the buffers are to go to LMDB (relieve): past half the write buffer, so
         that the half on its way there and the half filled meanwhile make the write buffer
@@ -491,7 +496,7 @@ class BlockCache:
             return
         await self.settle()
         if self.over_dirty_limit() and not any(
-                len(buffer) == self.block_size
+                self._whole(buffer)
                 for buffers in self._dirty.values() for buffer in buffers.values()):
             self.commit()
 
@@ -503,7 +508,7 @@ class BlockCache:
         async with self._flight:
             batch = []
             for ino, buffers in self._dirty.items():
-                for blockno in [b for b, buffer in buffers.items() if len(buffer) == self.block_size]:
+                for blockno in [b for b, buffer in buffers.items() if self._whole(buffer)]:
                     buffer = buffers.pop(blockno)
                     self._dirty_bytes -= len(buffer)
                     self._flying[(ino, blockno)] = buffer
@@ -580,7 +585,7 @@ class BlockCache:
         with self._in_order.lock:
             if key not in self._superseded:
                 self._in_order.stored(key[0], key[1], buffer,
-                                      full=len(buffer) == self.block_size)
+                                      full=self._whole(buffer))
         return digest
 
     def revision_made(self, txn: lmdb.Transaction, inode: Inode, old_rev: int) -> None:
