@@ -275,7 +275,7 @@ class Mount:
             nursery.start_soon(self.fs.upkeep)
             nursery.start_soon(self.replicator.run)
             for remote in self.remotes:
-                nursery.start_soon(remote.run_driver, self.changes)
+                nursery.start_soon(remote.run_driver, self.changes, self.fs.busy)
             result = await job()
             finished = False
             try:

@@ -29,6 +29,7 @@ import re
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ TEMP_SUFFIX = ".onitufs-part"  # uploads in progress on a remote; listings leave
 # The remote's identity marker at its root (see onitufs/identity.py): listed like any
 # file, written and read through the handlers, never shown in the mount.
 MARKER = ".onitufs-remote"
+# Plug.give_way: the longest one call waits while people use the mount, and how often it
+# looks again.
+GIVE_WAY_LIMIT = 0.05
+GIVE_WAY_STEP = 0.01
 
 
 @dataclass
@@ -230,11 +235,12 @@ class Plug:
 
     def __init__(self, name: str, options: Options, sink: ChangeSink,
                  trio_token: trio.lowlevel.TrioToken, folder: Path | None = None,
-                 moving: Callable[[int | None, int | None], None] = lambda done, size: None
-                 ) -> None:
+                 moving: Callable[[int | None, int | None], None] = lambda done, size: None,
+                 users_busy: Callable[[], bool] = lambda: False) -> None:
         self.name = name
         self.options = options
         self._moving = moving
+        self._users_busy = users_busy  # whether people are using the mount right now
         # A folder on this machine for the driver's own files of this remote (its state,
         # temporary files), inside the cache folder: it lasts as long as the cache does.
         # None where onitufs gives none (a driver run outside a mount).
@@ -292,6 +298,19 @@ class Plug:
         as often as its transfer moves; it costs nothing. `done` bytes of `size`, where the
         driver knows them (a program's PROGRESS), show in `onitufs status`."""
         self._moving(done, size)
+
+    def give_way(self) -> None:
+        """Call it between two steps of long background work (a whole listing of a big
+        tree): while people are using the mount, it waits a moment, GIVE_WAY_LIMIT at
+        most, so that the work takes the time they leave rather than theirs. On two
+        cores, the first listings of three remotes of 100,000 files after a remount
+        made a `find -ls` in the mount twice as slow. The work still moves meanwhile,
+        at a slower pace; stopping the mount ends the wait."""
+        deadline = time.monotonic() + GIVE_WAY_LIMIT
+        while self._users_busy():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.wait(min(GIVE_WAY_STEP, left)):
+                return
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

@@ -293,12 +293,13 @@ class Remote:
         else:
             self.failed(RemoteUnavailable(error))
 
-    async def run_driver(self, sink: ChangeSink) -> None:
-        """Run the driver's start(plug) on its own thread for the life of the mount."""
+    async def run_driver(self, sink: ChangeSink, users_busy: Callable[[], bool]) -> None:
+        """Run the driver's start(plug) on its own thread for the life of the mount;
+        `users_busy` says whether people are using the mount (Plug.give_way)."""
         if self.folder is not None:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.plug = Plug(self.name, self.config.options, sink, trio.lowlevel.current_trio_token(),
-                         self.folder, self.moving)
+                         self.folder, self.moving, users_busy)
         plug = self.plug
 
         def start() -> None:

@@ -19,6 +19,8 @@ import onitufs_local
 import pytest
 from onitufs_local import listing
 
+from onitufs.config import Options
+from onitufs.plug import GIVE_WAY_LIMIT, Plug
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
@@ -232,16 +234,91 @@ def test_a_walk_that_hangs_holds_another_remote_s_walk_back_only_so_long(
         hung.set()
         release.wait(30)
 
-    stuck = threading.Thread(target=listing.listing, args=(str(tmp_path / "stuck"),),
+    stuck = threading.Thread(target=listing.listing, args=(str(tmp_path / "stuck"), lambda: None),
                              kwargs={"watch": stuck_disk})
     stuck.start()
     try:
         assert hung.wait(10)
         began = time.monotonic()
-        listed = listing.listing(str(tmp_path / "fine"))
+        listed = listing.listing(str(tmp_path / "fine"), lambda: None)
         waited = time.monotonic() - began
         assert sorted(md.path for md in listed) == ["sub", "sub/f.txt"]
         assert 0.3 <= waited < 5, waited  # held back while the other walked, then listed
     finally:
         release.set()
         stuck.join()
+
+
+def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:
+    """Plug.give_way() comes before each folder is read: a walk of a big tree takes the
+    time people using the mount leave it."""
+    for folder in ("one/two", "three"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "f.txt").write_text(folder)
+    read: list[str] = []
+
+    def give_way() -> None:
+        read.append("give way")
+
+    listing.listing(str(tmp_path), give_way, watch=lambda folder: read.append(folder))
+    assert read[0::2] == ["give way"] * 4  # before each folder (in the order read)
+    assert sorted(read[1::2]) == ["", "one", "one/two", "three"]
+
+
+def test_give_way_waits_while_the_mount_is_used_but_never_long(tmp_path: Path) -> None:
+    looks: list[bool] = []
+    busy = True
+
+    def users_busy() -> bool:
+        looks.append(busy)
+        return busy
+
+    plug = Plug("a", Options({}, "remotes.a", tmp_path), None, None,  # type: ignore[arg-type]
+                users_busy=users_busy)
+    began = time.monotonic()
+    plug.give_way()
+    assert GIVE_WAY_LIMIT <= time.monotonic() - began < 5  # waited, then went on anyway
+    assert len(looks) > 1
+    busy = False
+    looks.clear()
+    plug.give_way()
+    assert looks == [False]  # an idle mount: on at once
+    busy = True
+    looks.clear()
+    plug.stopping.set()
+    plug.give_way()
+    assert looks == [True]  # the mount is ending: no waiting
+
+
+def test_the_first_listing_completes_while_the_mount_is_in_use(make_cloud: MakeCloud) -> None:
+    """A remount's full listing gives way to people using the mount, but is never
+    starved by them: a file added to a remote while unmounted shows up, and travels, while
+    the mount is kept busy the whole time."""
+    cloud = watched(make_cloud)
+    for number in range(40):
+        (cloud.mountpoint / f"folder{number}").mkdir()
+        (cloud.mountpoint / f"folder{number}" / "f.txt").write_text(str(number))
+    cloud.wait_synced()
+    cloud.umount()
+    (cloud.remotes["a"] / "folder39" / "new.txt").write_text("added while unmounted")
+    cloud.mount()
+    stop = threading.Event()
+
+    def use_the_mount() -> None:
+        while not stop.is_set():
+            os.stat(cloud.mountpoint / "folder0" / "f.txt")
+            os.listdir(cloud.mountpoint)
+
+    user = threading.Thread(target=use_the_mount)
+    user.start()
+    try:
+        wait_for(lambda: (cloud.mountpoint / "folder39" / "new.txt").exists(), 60,
+                 "the new file in the mount while it is in use")
+        wait_for(lambda: (cloud.remotes["b"] / "folder39" / "new.txt").exists(), 60,
+                 "the new file on remote b while the mount is in use")
+    finally:
+        stop.set()
+        user.join()
+    assert (cloud.mountpoint / "folder39" / "new.txt").read_text() == "added while unmounted"
+    cloud.umount()
+

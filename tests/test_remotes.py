@@ -66,7 +66,7 @@ def test_what_a_driver_offers_is_asked_once_it_registered_its_handlers(tmp_path:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(remote.run_driver, NoChanges())
+            nursery.start_soon(remote.run_driver, NoChanges(), lambda: False)
             nursery.start_soon(ask)
             await trio.sleep(0.2)
             assert answers == []  # still waiting for the driver
@@ -95,7 +95,7 @@ def test_a_driver_that_never_registers_fails_what_is_asked_of_it(
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(remote.run_driver, NoChanges())
+            nursery.start_soon(remote.run_driver, NoChanges(), lambda: False)
             with trio.fail_after(10), pytest.raises(CallFailed, match="registered"):
                 await remote.has("make_dir")
             remote.stop()

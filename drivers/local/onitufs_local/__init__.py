@@ -313,7 +313,7 @@ def poll(plug: Plug, root: str, interval: float) -> None:
         started, writes = time.time(), plug.writes
         try:
             require_root(root)
-            entries = steady_listing(root)
+            entries = steady_listing(root, plug.give_way)
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             plug.offline(f"cannot list {root}: {reason}")

@@ -10,6 +10,10 @@ mostly Python work per entry, under the GIL: on two cores, three remotes of
 after the other (2.4-3.2 s) and starved the thread that serves the mount,
 so that the first `find -ls` took 4.7 s instead of 2.0. A walk that hangs
 (a disk that stopped answering) holds the others back for WALK_WAIT only.
+Before each folder, a walk gives way to people using the mount
+(Plug.give_way): after a remount, the first `find -ls` of 100,000 files
+there took 2.4-3.3 s beside three such walks, and 1.2-1.35 s with them
+giving way (1.2 s with no walk at all).
 """
 
 from __future__ import annotations
@@ -76,8 +80,10 @@ def entry(root: str, path: str) -> Metadata | None:
     return md
 
 
-def listing(root: str, top: str = "", watch: Callable[[str], None] | None = None) -> list[Metadata]:
-    """Everything below the folder `top` of the root ("": all of it).
+def listing(root: str, give_way: Callable[[], None], top: str = "",
+            watch: Callable[[str], None] | None = None) -> list[Metadata]:
+    """Everything below the folder `top` of the root ("": all of it). give_way() is called
+    before each folder is read (Plug.give_way: people using the mount come first).
 
     Without `watch`, TreeMoved if something in it went while it was read (a build, git
     gc): that is no reason to call the remote unreachable. With it, watch(folder) is
@@ -86,17 +92,19 @@ def listing(root: str, top: str = "", watch: Callable[[str], None] | None = None
     """
     waited = _walking.acquire(timeout=WALK_WAIT)
     try:
-        return _walk(root, top, watch)
+        return _walk(root, give_way, top, watch)
     finally:
         if waited:
             _walking.release()
 
 
-def _walk(root: str, top: str, watch: Callable[[str], None] | None) -> list[Metadata]:
+def _walk(root: str, give_way: Callable[[], None], top: str,
+          watch: Callable[[str], None] | None) -> list[Metadata]:
     entries: list[Metadata] = []
     folders = [top]
     while folders:
         folder = folders.pop()
+        give_way()
         try:
             if watch is not None:
                 watch(folder)
@@ -129,12 +137,12 @@ def _walk(root: str, top: str, watch: Callable[[str], None] | None) -> list[Meta
     return entries
 
 
-def steady_listing(root: str) -> list[Metadata] | None:
+def steady_listing(root: str, give_way: Callable[[], None]) -> list[Metadata] | None:
     """A listing taken while nothing went from under it, or None if the tree keeps
     changing (the next poll tries again)."""
     for _ in range(LISTING_TRIES):
         try:
-            return listing(root)
+            return listing(root, give_way)
         except TreeMoved:
             continue
     return None

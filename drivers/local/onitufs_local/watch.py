@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from asyncinotify import Inotify, Mask, Watch
 
@@ -63,8 +64,8 @@ def parent(path: str) -> str:
 class Tree:
     """What the root folder holds, kept up to date from the kernel's events."""
 
-    def __init__(self, name: str, root: str) -> None:
-        self.name, self.root = name, root
+    def __init__(self, name: str, root: str, give_way: Callable[[], None]) -> None:
+        self.name, self.root, self.give_way = name, root, give_way
         try:
             self.inotify = Inotify(cache_size=EVENTS_READ)
         except OSError as error:
@@ -148,7 +149,7 @@ class Tree:
         before = {path: (md.revision, md.file_id) for path, md in self.entries.items()}
         self.dropped.extend(self.watches.values())
         self.watches, self.folders = {}, {}
-        listed = listing(self.root, watch=self._watch)
+        listed = listing(self.root, self.give_way, watch=self._watch)
         self.entries, self.children = {}, {"": set()}
         for md in listed:
             self._add(md)
@@ -212,7 +213,7 @@ class Tree:
                 if old is not None:
                     self._drop(path)
                 self._add(md)
-                for inside in listing(self.root, path, watch=self._watch):
+                for inside in listing(self.root, self.give_way, path, watch=self._watch):
                     self._add(inside)
                 listed.add(path)
                 changed = True
@@ -274,7 +275,7 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                     if tree is None or not tree.holds_root():
                         if tree is not None:
                             tree.close()
-                        tree, taken = Tree(plug.name, root), False  # its listing goes out
+                        tree, taken = Tree(plug.name, root, plug.give_way), False  # its listing goes out
                     changed = tree.list_all()
                 except OutOfWatches:
                     raise
