@@ -135,7 +135,7 @@ class Mount:
         self.replicator.on_changed = self.changes.update_file
         self.fs = Filesystem(self.tree, self.replicator, self.status, str(config.cache_path),
                              config.fsync_replicas)
-        self.replicator.foreground_busy = self.fs.busy
+        self.replicator.foreground_idle = self.fs.idle_for
         self._unmounted_by_us = False
         # Before anything is served: recovery changes inodes that the mount would show. It
         # reads the whole index, so it runs only when the last stop left it something to do

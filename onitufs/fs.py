@@ -34,7 +34,7 @@ import trio
 
 from .blockcache import BlockLost
 from .index import FLAG_COMPLETE, FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Inode, now_ns
-from .replicator import FetchError, Replicator
+from .replicator import BUSY_WINDOW, FetchError, Replicator
 from .space import CacheSpace
 from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
 
@@ -51,10 +51,6 @@ RELATIME_NS = 24 * 3600 * 10**9
 SETTLE_SECONDS = 10.0  # a file held open but idle this long gets a revision anyway
 COMMIT_INTERVAL = 1.0
 SYNC_INTERVAL = 5.0  # how much a power loss may take of what was not fsynced
-# A request this recent means someone is using the mount: uploads then go one at a time
-# (see Replicator._yield_to_foreground). A program at work (cp, tar, git, a build) asks
-# again well within it.
-BUSY_WINDOW = 0.25
 # What programs that only watch the mount ask (onitufs status, df, a desktop's free-space
 # applet): no use of it, and a wait for uploads must not slow them down.
 WATCHING_OPERATIONS = {"getxattr", "listxattr", "statfs"}
@@ -713,9 +709,13 @@ class Filesystem(pyfuse3.Operations):
         self.cache.evict()
         return last_sync
 
+    def idle_for(self) -> float:
+        """Seconds since the mount last served someone (onitufs status and df aside)."""
+        return time.monotonic() - self.last_request
+
     def busy(self) -> bool:
         """Whether users are working with the mount right now."""
-        return time.monotonic() - self.last_request < BUSY_WINDOW
+        return self.idle_for() < BUSY_WINDOW
 
     def finish(self) -> None:
         """Called after the kernel let go: everything buffered becomes a revision."""
