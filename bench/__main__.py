@@ -12,7 +12,8 @@ sshfs (bench/ssh.py). scale: fan-out, memory and a 100,000-file index
 (bench/scale.py). `python -m bench SUITE...` runs only those named.
 Nothing is written into the repository: everything lives in temporary
 folders, removed at the end, as every mount and process is, also after an
-error or Ctrl-C."""
+error or Ctrl-C. While it runs, the VM's free-page reporting is paused
+(bench/machine.py; `--as-is` leaves the machine alone)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import programs, scale, workloads
+from . import machine, programs, scale, workloads
 from .targets import (
     GIB,
     REMOTES,
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ssh-mib", type=int, default=256, metavar="N",
                         help="then the SSH remote against sshfs on one local sshd, with an N MiB "
                              "file (default 256; 0 leaves it out); see bench/ssh.py")
+    parser.add_argument("--as-is", action="store_true",
+                        help="leave the VM's free-page reporting on: figures then depend on "
+                             "which program touches memory the host took back (bench/machine.py)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 3 when a bar is not met")
     parser.add_argument("--targets", default=",".join(programs.TARGETS), metavar="LIST",
@@ -347,9 +351,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
+    say(header(args))
+    try:
+        with machine.steady_memory(args.as_is) as memory:
+            say(memory)
+            print(memory)  # the report says how the machine was set, beside its figures
+            return run_suites(args)
+    except KeyboardInterrupt:  # while the memory was touched: the suites catch their own
+        say("bench: interrupted")
+        return 130
+
+
+def run_suites(args: argparse.Namespace) -> int:
     lines: list[str] = []
     status = 0
-    say(header(args))
     busy = cpu_busy()
     if busy > BUSY_WARNING:
         lines.append(f"warning: the machine was {busy:.0%} busy with other work before the run: "
