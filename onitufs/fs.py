@@ -397,15 +397,18 @@ class Filesystem(pyfuse3.Operations):
             self._dirs[fh] = [(b".", ino), (b"..", names[0][0] if names else ino),
                               *self.index.children(ino)]
         entries = self._dirs[fh]
-        for position in range(start_id, len(entries)):
-            name, ino = entries[position]
-            node = self.index.get_inode(ino)
-            if node is None:
-                continue
-            if not pyfuse3.readdir_reply(token, name, self.attributes(node), position + 1):
-                break
-            if name not in (b".", b".."):  # the kernel counts the others as looked up
-                self.tree.lookups[ino] = self.tree.lookups.get(ino, 0) + 1
+        # One read transaction for the whole reply, not one per entry: a folder of a
+        # large tree fills a reply with hundreds of entries.
+        with self.index.begin() as txn:
+            for position in range(start_id, len(entries)):
+                name, ino = entries[position]
+                node = self.index.get_inode(ino, txn)
+                if node is None:
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self.attributes(node), position + 1):
+                    break
+                if name not in (b".", b".."):  # the kernel counts the others as looked up
+                    self.tree.lookups[ino] = self.tree.lookups.get(ino, 0) + 1
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
