@@ -390,16 +390,15 @@ class Filesystem(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        if start_id == 0:  # a fresh listing at opendir and at every rewinddir
-            ino = self._handles[fh].ino
-            with self.index.begin() as txn:
-                names = self.index.names_of(ino, txn)
-            self._dirs[fh] = [(b".", ino), (b"..", names[0][0] if names else ino),
-                              *self.index.children(ino)]
-        entries = self._dirs[fh]
-        # One read transaction for the whole reply, not one per entry: a folder of a
-        # large tree fills a reply with hundreds of entries.
+        # One read transaction for the whole reply, not one per entry: a folder of a large
+        # tree fills a reply with hundreds of entries.
         with self.index.begin() as txn:
+            if start_id == 0:  # a fresh listing at opendir and at every rewinddir
+                ino = self._handles[fh].ino
+                names = self.index.names_of(ino, txn)
+                self._dirs[fh] = [(b".", ino), (b"..", names[0][0] if names else ino),
+                                  *self.index.children(ino, txn)]
+            entries = self._dirs[fh]
             for position in range(start_id, len(entries)):
                 name, ino = entries[position]
                 node = self.index.get_inode(ino, txn)
