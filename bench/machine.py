@@ -1,7 +1,7 @@
 """Steady memory while the bench runs: the VM's free-page reporting paused, free memory backed.
 
 A VM whose balloon device reports free pages (virtio-balloon free page
-reporting, on by default on the CI's machines) hands memory that has been
+reporting, as this VM's has) hands memory that has been
 free for a moment back to the host, and the next program to touch such a page
 waits for the host to back it again. Which program pays depends on what ran
 before it, not on the program: measured on this 2-core VM, onitufs's writes
@@ -23,10 +23,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .targets import GIB
+
 REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
 BUDDYINFO = Path("/proc/buddyinfo")
 MEMINFO = Path("/proc/meminfo")
-GIB = 1 << 30
 SPARE = GIB  # free memory left untouched, for everything else running meanwhile
 
 
