@@ -1,9 +1,9 @@
 """Steady memory while the bench runs: the VM's free-page reporting paused, free memory backed.
 
 A VM whose balloon device reports free pages (virtio-balloon free page
-reporting, as this VM's has) hands memory that has been
-free for a moment back to the host, and the next program to touch such a page
-waits for the host to back it again. Which program pays depends on what ran
+reporting, as this VM's has) hands memory that has been free for a moment
+back to the host, and the next program to touch such a page waits for the
+host to back it again. Which program pays depends on what ran
 before it, not on the program: measured on this 2-core VM, onitufs's writes
 into its cache ran at 162-183 MiB/s with reporting on and 400-447 MiB/s with
 it off, and a 256 MiB upload to a loopback sshd at 176-245 MiB/s against
