@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cachetools
 import lmdb
 
 from . import lmdbcheck
+from .lru import LRU
 
 SCHEMA_VERSION = 3
 ROOT_INO = 1
@@ -261,7 +261,7 @@ class Index:
             raise
         self.env = env
         self._synced_txn = -1  # the last transaction made durable by sync()
-        self._inodes: cachetools.LRUCache[int, Inode] = cachetools.LRUCache(maxsize=65536)
+        self._inodes: LRU[int, Inode] = LRU(maxsize=65536)
         self._dirty: dict[int, Inode] = {}
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
         # that comparing a listing with it costs no decoding
@@ -452,7 +452,7 @@ class Index:
     def delete_inode(self, txn: lmdb.Transaction, ino: int) -> None:
         txn.delete(q(ino), db=self.db["inodes"])
         self._dirty.pop(ino, None)
-        self._inodes.pop(ino, None)
+        self._inodes.pop(ino)
         delete_range(txn, self.db["xattrs"], q(ino))
         delete_range(txn, self.db["hashes"], q(ino))
 
