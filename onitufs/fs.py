@@ -212,7 +212,22 @@ class Filesystem(pyfuse3.Operations):
             with self.index.begin() as txn:
                 names = self.index.names_of(parent_inode, txn)
             return self._entry(self.tree.inode(names[0][0] if names else ROOT_INO))
-        return self._entry(self.tree.child(parent_inode, name))
+        try:
+            return self._entry(self.tree.child(parent_inode, name))
+        except TreeError as error:
+            if error.errno != errno.ENOENT:
+                raise
+            return self._absent()
+
+    def _absent(self) -> pyfuse3.EntryAttributes:
+        """A name that is not there, which the kernel keeps as such for ATTR_TIMEOUT (an
+        inode number 0) as it keeps the names that are: git status and make look up the
+        same missing names (.gitignore, include paths, implicit rules) over and over. A
+        name a remote makes is told to the kernel (entry_changed), as one it removes."""
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = 0
+        attrs.entry_timeout = ATTR_TIMEOUT
+        return attrs
 
     def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
         """The attributes of an inode handed to the kernel, which counts it until forget."""

@@ -67,6 +67,26 @@ def test_the_kernel_forgets_what_a_remote_changed_at_once(cloud: Cloud) -> None:
     wait_for(lambda: os.stat(box / "note").st_size == 14, timeout=10, what="the new version")
 
 
+def test_a_name_found_missing_shows_at_once_when_a_remote_makes_it(cloud: Cloud) -> None:
+    """The kernel keeps a missing name as missing for a minute too (fs.ATTR_TIMEOUT):
+    a file and a folder a remote then makes show well before that, as the kernel is
+    told; a name made through the mount shows as the kernel makes it."""
+    late, folder, here = (cloud.mountpoint / name for name in ("late.txt", "sub", "here"))
+    for _ in range(2):  # the second answer comes from the kernel's cache
+        assert not any(os.path.lexists(path) for path in (late, folder, here))
+    a = cloud.remotes["a"]
+    (a / "late.txt").write_bytes(b"made on a")
+    (a / "sub").mkdir()
+    (a / "sub" / "inner").write_bytes(b"inside")
+    wait_for(lambda: late.is_file() and late.read_bytes() == b"made on a", timeout=10,
+             what="the file a made")
+    wait_for(lambda: (folder / "inner").is_file(), timeout=10, what="the folder a made")
+    fd = os.open(here, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.close(fd)
+    assert here.is_file()
+    wait_for(lambda: everywhere(cloud, "here", b""), what="the file made in the mount")
+
+
 def test_a_read_takes_in_a_version_the_remote_has_not_reported_yet(
         make_cloud: MakeCloud) -> None:
     """The remote changed the file after its last listing: the read of the listed version
