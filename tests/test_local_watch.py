@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onitufs_local
 import pytest
-from onitufs_local import listing
+from onitufs_local import listing, watch
 
 from onitufs.config import Options
 from onitufs.plug import GIVE_WAY_LIMIT, Plug
@@ -247,6 +247,32 @@ def test_a_walk_that_hangs_holds_another_remote_s_walk_back_only_so_long(
     finally:
         release.set()
         stuck.join()
+
+
+def test_a_file_renamed_while_the_tree_is_listed_is_listed_under_its_new_name_only(
+        tmp_path: Path) -> None:
+    """The walk reads one folder, then the other: a file moved from the one to the other
+    between the two reads is seen under both names or under neither (which the core would
+    take for a copy, or a deletion that travels to the other remotes). The events of the
+    walk's time set the listing right."""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "one" / "f.txt").write_text("f")
+    calls = 0
+
+    def give_way() -> None:  # before the root, then before each of the two folders
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            os.rename(tmp_path / "one" / "f.txt", tmp_path / "two" / "f.txt")
+
+    tree = watch.Tree("a", str(tmp_path), give_way)
+    try:
+        tree.list_all()
+        assert calls == 3
+        assert sorted(md.path for md in tree.listing()) == ["one", "two", "two/f.txt"]
+    finally:
+        tree.close()
 
 
 def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:

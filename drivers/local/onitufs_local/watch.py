@@ -154,6 +154,11 @@ class Tree:
         for md in listed:
             self._add(md)
         self._forget_dropped()
+        # A name renamed while the walk went may be seen under both names or under neither,
+        # which the core would take for a copy or a deletion: what the events of the walk's
+        # time named is looked at again.
+        self.read(0)
+        self.apply()
         # Compared in place, stopping at the first difference: at the start (nothing held
         # before) and for a tree of 100,000 files unchanged, no second copy of the listing.
         return len(before) != len(self.entries) or any(
