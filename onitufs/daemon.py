@@ -105,8 +105,9 @@ def keep_freed_blocks(block_size: int, write_buffer: int) -> None:
     default glibc gives blocks of 1 MiB back to the kernel as they are freed, and the
     next one is faulted in and zeroed anew: a fifth of the thread writing blocks into
     LMDB went there. Blocks are kept in the heap now, and up to a write buffer of
-    them stays when freed. Sequential writes ran 8-11% faster (eight 1 GiB runs
-    each); the daemon holds some 20-30 MiB more. Other C libraries have no mallopt.
+    them stays when freed. Sequential writes ran about 8% faster (eight 1 GiB runs
+    each, alternated); the daemon's peak RssAnon was 10-20 MiB higher. Other C
+    libraries have no mallopt.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:

@@ -1,7 +1,7 @@
 """A mapping that keeps the most recently used items and drops the least recently used.
 
 It lives on OrderedDict's C methods: cachetools' LRUCache, written in Python,
-took half of readdir's time in a 100,000-file tree, where each entry's inode
+took half of readdir's own time in a 100,000-file tree, where each entry's inode
 goes in and another goes out.
 """
 
