@@ -30,7 +30,7 @@ from . import overlaps
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
-from .index import FLAG_WRITE_FAILED, CacheError, Index, Inode
+from .index import FLAG_WRITE_FAILED, ROOT_INO, CacheError, Index, Inode
 from .notify import notify
 from .plug import check_options, load_drivers
 from .remote_changes import RemoteChanges
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 MAP_SIZE = 2**40  # address space only: the file grows as it is used
 STATUS_SCHEMA = 1  # of status(): raised when a field changes meaning or goes
 TRANSFER_SHOWN = 5.0  # seconds a driver's word on its transfer stays in the status
+# How long a first mount's lookups and listings wait for the remotes' first listings: a
+# remote that takes longer shows its files as they come, as after a remount.
+FIRST_LISTING_WAIT = 30.0
+FIRST_LISTING_POLL = 0.05  # seconds between two looks at the remotes meanwhile
 SWITCH_INTERVAL = 0.0005  # seconds a thread keeps the GIL when another waits for it
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD_MAX = 32 * 1024**2  # glibc's ceiling for it on 64-bit machines
@@ -158,6 +162,8 @@ class Mount:
         self.fs = Filesystem(self.tree, self.replicator, self.status, str(config.cache_path),
                              config.fsync_replicas)
         self.replicator.foreground_idle = self.fs.idle_for
+        with self.index.begin() as txn:
+            self._tree_empty = not self.index.has_children(ROOT_INO, txn)
         self._unmounted_by_us = False
         # Before anything is served: recovery changes inodes that the mount would show. It
         # reads the whole index, so it runs only when the last stop left it something to do
@@ -272,6 +278,7 @@ class Mount:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._signals)
                     nursery.start_soon(self._connected, ready)
+                    nursery.start_soon(self.first_listings)
                     nursery.start_soon(self.fs.kernel.run)
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
@@ -291,6 +298,22 @@ class Mount:
         root = await trio.to_thread.run_sync(os.stat, self.mountpoint)
         widen_read_ahead(root.st_dev, self.cache.block_size)
         ready()
+
+    async def first_listings(self) -> None:
+        """Let the mount show its tree: at once when the index holds one, which the remotes'
+        listings then bring up to date; on a first mount (an empty tree) once each readable
+        remote that answers has had its first listing taken in, FIRST_LISTING_WAIT at most.
+        An empty folder meanwhile would say the remotes hold nothing, to a person as to a
+        script's `rsync --delete` from the mount."""
+        if self._tree_empty:
+            readable = [remote for remote in self.remotes if remote.config.readable]
+            with trio.move_on_after(FIRST_LISTING_WAIT) as waiting:
+                while any(self.replicator.first_listing_due(remote) for remote in readable):
+                    await trio.sleep(FIRST_LISTING_POLL)
+            if waiting.cancelled_caught:
+                log.warning("the remotes' first listings are not all in after %.0f s: the "
+                            "mount shows what came so far", FIRST_LISTING_WAIT)
+        self.fs.tree_known.set()
 
     async def _engine(self, job: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The remotes and the replicator running while `job` runs; then the final flush."""

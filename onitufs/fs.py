@@ -179,6 +179,9 @@ class Filesystem(pyfuse3.Operations):
         self._last_write: dict[int, float] = {}
         self.last_request = 0.0
         self.kernel = Kernel()  # the tree is told of it once the kernel has the mount
+        # Set once what the index holds may be shown as the tree: at once, or on a first
+        # mount after the remotes' first listings (see Mount.first_listings).
+        self.tree_known = trio.Event()
 
     # attributes
 
@@ -212,12 +215,19 @@ class Filesystem(pyfuse3.Operations):
             with self.index.begin() as txn:
                 names = self.index.names_of(parent_inode, txn)
             return self._entry(self.tree.inode(names[0][0] if names else ROOT_INO))
+        node = self._child(parent_inode, name)
+        if node is None and not self.tree_known.is_set():
+            await self.tree_known.wait()  # a first mount: the name may be in a listing to come
+            node = self._child(parent_inode, name)
+        return self._absent() if node is None else self._entry(node)
+
+    def _child(self, parent_inode: int, name: bytes) -> Inode | None:
         try:
-            return self._entry(self.tree.child(parent_inode, name))
+            return self.tree.child(parent_inode, name)
         except TreeError as error:
             if error.errno != errno.ENOENT:
                 raise
-            return self._absent()
+            return None
 
     def _absent(self) -> pyfuse3.EntryAttributes:
         """A name that is not there, which the kernel keeps as such for ATTR_TIMEOUT (an
@@ -407,6 +417,8 @@ class Filesystem(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id == 0 and not self.tree_known.is_set():
+            await self.tree_known.wait()
         # One read transaction for the whole reply, not one per entry: a folder of a large
         # tree fills a reply with hundreds of entries.
         with self.index.begin() as txn:

@@ -329,6 +329,11 @@ class Replicator:
             return "listing", None
         return "online", None
 
+    def first_listing_due(self, remote: Remote) -> bool:
+        """Whether the remote's first listing of this run is still to be taken into the tree
+        while the remote answers: not offline, stalled or failing."""
+        return not remote.listed.is_set() and self.state(remote)[0] in ("listing", "online")
+
     def in_flight(self, remote: Remote) -> int:
         return len(self._busy[remote.rid])
 

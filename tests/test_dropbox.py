@@ -191,6 +191,28 @@ def test_an_expired_token_and_a_storm_of_429_mid_upload(cloud: Cloud, fake: Fake
     assert "rt-" not in cloud.log, "a refresh token in the log"
 
 
+def test_a_first_mount_shows_what_dropbox_holds_although_its_listing_comes_late(
+        make_cloud: MakeCloud, fake: FakeDropbox) -> None:
+    """A script reads the folder as soon as `onitufs mount` returns. On a first mount,
+    with Dropbox's listing held back by a rate limit, that must not be an empty folder
+    (which says Dropbox holds nothing), nor a name missing: both wait for the listing."""
+    fake.write("/Cloud/held.txt", b"on Dropbox before the first mount")
+    fake.mkdir("/Cloud/folder")
+    fake.write("/Cloud/folder/inner.txt", b"inside")
+    cloud = with_dropbox(make_cloud({"a": "rw"}), fake)
+    fake.fail("files/list_folder", 429, retry_after=2)
+    cloud.mount()
+    began = time.monotonic()
+    assert (cloud.mountpoint / "folder" / "inner.txt").read_bytes() == b"inside"
+    assert time.monotonic() - began > 1  # the listing did come late: the lookup waited
+    assert sorted(os.listdir(cloud.mountpoint)) == ["folder", "held.txt"]
+    cloud.umount()
+    fake.fail("files/list_folder/continue", 429, retry_after=5)  # from the cursor kept
+    cloud.mount()  # a remount shows what the index holds at once, and what comes later
+    assert sorted(os.listdir(cloud.mountpoint)) == ["folder", "held.txt"]
+    assert remote(cloud)["state"] == "listing"  # shown before Dropbox's listing came
+
+
 def test_a_revoked_token_is_offline_with_the_command_to_run(cloud: Cloud, fake: FakeDropbox) -> None:
     (cloud.mountpoint / "before.txt").write_bytes(b"x")
     cloud.wait_synced()
