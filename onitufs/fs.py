@@ -276,6 +276,13 @@ class Filesystem(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.tree.inode(inode)
+        # With the writeback cache the kernel keeps the times itself and hands them back,
+        # the mtime with the ctime even where only the ctime moved (after an unlink, by
+        # thousands in rm -rf). Times but a new mtime concern no remote: they are written
+        # with the next commit.
+        times_only = not (fields.update_size or fields.update_uid or fields.update_gid
+                          or (fields.update_mode and attr.st_mode & 0o7777 != node.mode & 0o7777)
+                          or (fields.update_mtime and attr.st_mtime_ns != node.mtime_ns))
         if fields.update_size:
             if not node.is_reg:
                 raise pyfuse3.FUSEError(errno.EINVAL if not node.is_dir else errno.EISDIR)
@@ -291,11 +298,6 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
         node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now_ns()
-        # With the writeback cache the kernel keeps the times itself and hands them back
-        # (a ctime after an unlink, by thousands in rm -rf): times but the mtime concern
-        # no remote, and are written with the next commit.
-        times_only = not (fields.update_size or fields.update_mode or fields.update_uid
-                          or fields.update_gid or fields.update_mtime)
         if node.dirty or times_only:
             self.index.defer_inode(node)  # written with the next commit, like its data
         else:
