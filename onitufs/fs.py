@@ -245,24 +245,21 @@ class Filesystem(pyfuse3.Operations):
         return self.attributes(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        gone = []
+        unlinked = []
         for ino, count in inode_list:
             left = self.tree.lookups.pop(ino, 0) - count
             if left > 0:
                 self.tree.lookups[ino] = left
-            else:
-                gone.append(ino)
+            elif ino in self.tree.unlinked:
+                unlinked.append(ino)
+        if not unlinked:
+            return
         try:
-            with self.index.begin() as txn:  # one read for the batch (a forgotten tree: 100,000)
-                nodes = [self.index.get_inode(ino, txn) for ino in gone]
-            unlinked = [node for node in nodes if node is not None
-                        and node.nlink == 0 and not self.tree.in_use(node.ino)]
-            if unlinked:
-                # One transaction for what the kernel forgets at once (rm -rf: hundreds of
-                # inodes), whose commit is paid on the thread that serves the mount.
-                with self.index.write() as txn:
-                    for node in unlinked:
-                        self.tree.purge(txn, node)
+            # One transaction for what the kernel forgets at once (rm -rf: hundreds of
+            # inodes), whose commit is paid on the thread that serves the mount.
+            with self.index.write() as txn:
+                for ino in unlinked:
+                    self.tree.purge_unused(txn, ino)
         except lmdb.Error as error:  # forget has no reply: the next mount purges them
             log.error("cannot drop unlinked inodes: %s", error)
 

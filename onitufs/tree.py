@@ -62,6 +62,10 @@ class Tree:
         # whose last name went stays until then: a name the kernel cached may still lead to it
         # (a remote's newer version took the name, and the kernel has not been told yet).
         self.lookups: dict[int, int] = {}
+        # Inodes left with no name while something still referred to them, to purge once
+        # nothing does: a forget of any other inode (the kernel lets go of whole trees at
+        # once) needs no look at the index.
+        self.unlinked: set[int] = set()
 
     def in_use(self, ino: int) -> bool:
         """Whether an open handle or the kernel still refers to the inode."""
@@ -134,10 +138,26 @@ class Tree:
         inode.ctime_ns = stamp
         self._touch_dir(txn, parent_inode, stamp)
         self.schedule(txn, inode.ino, self.upload_delay, source)
+        self._name_gone(txn, inode)
+
+    def _name_gone(self, txn: lmdb.Transaction, inode: Inode) -> None:
+        """Write an inode that lost a name: one left with none goes at once if nothing
+        refers to it, else once nothing does (purge_unused)."""
         if inode.nlink == 0 and not self.in_use(inode.ino):
             self.purge(txn, inode)
-        else:
-            self.index.put_inode(txn, inode)
+            return
+        if inode.nlink == 0:
+            self.unlinked.add(inode.ino)
+        self.index.put_inode(txn, inode)
+
+    def purge_unused(self, txn: lmdb.Transaction, ino: int) -> None:
+        """Purge an inode of `unlinked` that nothing refers to any more."""
+        if self.in_use(ino):
+            return
+        self.unlinked.discard(ino)  # if what put it there never committed, it has names
+        inode = self.index.get_inode(ino, txn)
+        if inode is not None and inode.nlink == 0:
+            self.purge(txn, inode)
 
     def purge_orphans(self) -> list[Inode]:
         """Purge every inode with no name left (when the kernel holds none: before the mount
@@ -153,6 +173,7 @@ class Tree:
 
     def purge(self, txn: lmdb.Transaction, inode: Inode) -> None:
         """Forget an inode that has no name left and that nothing refers to."""
+        self.unlinked.discard(inode.ino)
         self.cache.drop(txn, inode.ino)
         self.index.delete_inode(txn, inode.ino)
 
@@ -317,10 +338,7 @@ class Tree:
         self.index.copy_xattrs(txn, inode.ino, new.ino)
         inode.nlink -= 1
         inode.ctime_ns = new.ctime_ns
-        if inode.nlink == 0 and not self.in_use(inode.ino):
-            self.purge(txn, inode)
-        else:
-            self.index.put_inode(txn, inode)
+        self._name_gone(txn, inode)
         self.kernel.entry_changed(parent, name)
         return new
 

@@ -174,6 +174,26 @@ def test_unlinked_open_file_stays_readable(cloud: Cloud) -> None:
         assert not (remote / "open-then-unlinked").exists()
 
 
+def test_a_deleted_files_blocks_leave_the_cache_once_nothing_holds_it(cloud: Cloud) -> None:
+    """At once for files nobody holds open (the kernel forgets them), at the last close
+    for one held open, which stays readable until then; files kept are left alone."""
+    mib = 1024 * 1024
+    contents = {name: os.urandom(4 * mib) for name in ("held", "gone", "also-gone", "kept")}
+    for name, content in contents.items():
+        (cloud.mountpoint / name).write_bytes(content)
+    cloud.wait_synced()
+    assert cloud.status()["cache_bytes"] >= 16 * mib
+    with open(cloud.mountpoint / "held", "rb") as held:
+        for name in ("held", "gone", "also-gone"):
+            (cloud.mountpoint / name).unlink()
+        wait_for(lambda: cloud.status()["cache_bytes"] < 9 * mib, what="two files' blocks to go")
+        assert cloud.status()["cache_bytes"] >= 8 * mib  # the one held open, and the one kept
+        assert held.read() == contents["held"]
+    wait_for(lambda: cloud.status()["cache_bytes"] < 5 * mib, what="the held file's blocks to go")
+    assert (cloud.mountpoint / "kept").read_bytes() == contents["kept"]
+    assert sorted(os.listdir(cloud.mountpoint)) == ["kept"]
+
+
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
 
