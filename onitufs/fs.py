@@ -275,11 +275,14 @@ class Filesystem(pyfuse3.Operations):
         node = self.tree.inode(inode)
         # With the writeback cache the kernel keeps the times itself and hands them back,
         # the mtime with the ctime even where only the ctime moved (after an unlink, by
-        # thousands in rm -rf). Times but a new mtime concern no remote: they are written
-        # with the next commit.
-        times_only = not (fields.update_size or fields.update_uid or fields.update_gid
-                          or (fields.update_mode and attr.st_mode & 0o7777 != node.mode & 0o7777)
-                          or (fields.update_mtime and attr.st_mtime_ns != node.mtime_ns))
+        # thousands in rm -rf). Times, and values set to what they were, concern no remote:
+        # they are written with the next commit.
+        times_only = not (
+            fields.update_size
+            or (fields.update_mode and attr.st_mode & 0o7777 != node.mode & 0o7777)
+            or (fields.update_uid and attr.st_uid != node.uid)
+            or (fields.update_gid and attr.st_gid != node.gid)
+            or (fields.update_mtime and attr.st_mtime_ns != node.mtime_ns))
         if fields.update_size:
             if not node.is_reg:
                 raise pyfuse3.FUSEError(errno.EINVAL if not node.is_dir else errno.EISDIR)
