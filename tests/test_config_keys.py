@@ -12,6 +12,7 @@ takes away those it made.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from onitufs_ssh import settings as ssh_settings
 
 from onitufs.cli.mount import NewPaths
 from onitufs.config import ConfigError, Options
@@ -124,6 +126,35 @@ def test_an_unknown_key_of_an_ssh_remote_is_refused(root: Path, known: bool) -> 
         index.close()
     config = write_config(root, local("a"), ssh("s", 'poll_intervall = "1m"'))
     refused(root, config, f"remotes.s: unknown key 'poll_intervall' (known: {SSH_KEYS})")
+
+
+def test_an_ssh_host_naming_another_user_than_user_is_refused(root: Path) -> None:
+    table = ssh("s", 'user = "bob"').replace('host = "nowhere.invalid"',
+                                             'host = "ann@nowhere.invalid"')
+    config = write_config(root, local("a"), table)
+    refused(root, config, "remotes.s.host: names the user 'ann', and user says 'bob': "
+                          "keep one")
+
+
+@pytest.mark.parametrize(("table", "login"), [
+    ({"host": "nas"}, ("nas", "ann")),
+    ({"host": "nas", "user": "bob"}, ("nas", "bob")),
+    ({"host": "bob@nas"}, ("nas", "bob")),
+    ({"host": "bob@nas", "user": "bob"}, ("nas", "bob")),
+])
+def test_an_ssh_host_may_name_its_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       table: dict[str, str], login: tuple[str, str]) -> None:
+    monkeypatch.setattr(getpass, "getuser", lambda: "ann")
+    options = Options({"driver": "ssh", "path": "cloud", **table}, "remotes.s", tmp_path)
+    settings = ssh_settings.read(options)
+    assert (settings.host, settings.user) == login
+
+
+@pytest.mark.parametrize("host", ["@nas", "bob@"])
+def test_an_ssh_host_with_an_empty_user_or_name_is_refused(tmp_path: Path, host: str) -> None:
+    options = Options({"driver": "ssh", "path": "cloud", "host": host}, "remotes.s", tmp_path)
+    with pytest.raises(ConfigError, match=r"^remotes.s.host: expected HOST or USER@HOST$"):
+        ssh_settings.read(options)
 
 
 # name: (the tables, the line's message)

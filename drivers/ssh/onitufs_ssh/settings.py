@@ -44,11 +44,12 @@ def read(options: Options) -> Settings:
         upload_connections = options.integer("upload_connections")
         if not 1 <= upload_connections <= 4:
             raise ConfigError(f"{options.where}.upload_connections: expected 1 to 4")
+    host, user = login(options)
     return Settings(
         where=options.where,
-        host=options.string("host"),
+        host=host,
         port=port,
-        user=options.string("user", getpass.getuser()),
+        user=user,
         path=options.string("path"),
         identity=options.path("identity") if "identity" in options else None,
         known_hosts=options.path("known_hosts", "~/.ssh/known_hosts"),
@@ -56,3 +57,18 @@ def read(options: Options) -> Settings:
         connections=connections,
         upload_connections=upload_connections,
     )
+
+
+def login(options: Options) -> tuple[str, str]:
+    """The host and the user: `host` may be USER@HOST, as ssh takes it, and then names the
+    user itself; a `user` key that says otherwise is refused, never silently overridden."""
+    user = options.string("user", getpass.getuser())
+    named, at, host = options.string("host").rpartition("@")
+    if not at:
+        return host, user
+    if not named or not host:
+        raise ConfigError(f"{options.where_of('host')}: expected HOST or USER@HOST")
+    if "user" in options and named != user:
+        raise ConfigError(f"{options.where_of('host')}: names the user {named!r}, and user "
+                          f"says {user!r}: keep one")
+    return host, named
