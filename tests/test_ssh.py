@@ -723,3 +723,24 @@ def test_a_server_edit_in_the_second_of_a_partial_read_is_taken_in(
              what="the server's rewrite in the mount")
     assert "f.bin changed there within a tick of its time" in cloud.log
     cloud.umount()
+
+
+def test_a_first_mount_does_not_wait_for_a_server_that_is_down(make_ssh_cloud: MakeSshCloud,
+                                                               sshd: Sshd) -> None:
+    """A mount whose tree is still empty waits for the remotes' first listings before it
+    shows a folder, but not for a remote that does not answer: the local remote's file
+    shows, and the wait did not run into its bound."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()  # both remotes known to the cache, the tree still empty
+    cloud.umount()
+    (cloud.remotes["a"] / "local.txt").write_bytes(b"on the local remote")
+    sshd.stop()
+    try:
+        cloud.mount()
+        assert os.listdir(cloud.mountpoint) == ["local.txt"]
+        assert (cloud.mountpoint / "local.txt").read_bytes() == b"on the local remote"
+        state = next(r for r in cloud.status()["remotes"] if r["name"] == "s")["state"]
+        assert state == "offline", state
+        assert "first listings are not all in" not in cloud.log
+    finally:
+        sshd.start()
