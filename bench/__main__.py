@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(programs.TARGETS), metavar="LIST",
                         help="programs: comma-separated targets, in this order "
                              f"(default {','.join(programs.TARGETS)})")
+    parser.add_argument("--rounds", type=int, default=programs.ROUNDS, metavar="N",
+                        help="programs: rounds the targets take in turn, each step's figure "
+                             f"its median (default {programs.ROUNDS})")
     parser.add_argument("--tree", type=Path, default=None, metavar="DIR",
                         help="programs: the tree for tar and git (default the system Python's "
                              "standard library)")
@@ -134,8 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.big_gib * 1024 < 1 or args.fanout_mib < 1 or args.index_files < 1:
         parser.error("--big-gib must be at least 1/1024, --fanout-mib and --index-files at "
                      "least 1")
-    if args.size_mib < 1 or args.files < 1:
-        parser.error("--size-mib and --files must be at least 1")
+    if args.size_mib < 1 or args.files < 1 or args.rounds < 1:
+        parser.error("--size-mib, --files and --rounds must be at least 1")
     args.fs = [name.strip() for name in args.fs.split(",") if name.strip()]
     unknown = [name for name in args.fs if name not in FILESYSTEMS]
     if unknown or not args.fs:
@@ -374,7 +377,7 @@ def run_suites(args: argparse.Namespace) -> int:
         status = fuse_suite(args, lines)
     if "programs" in args.suites and status in (0, 3):
         report, result = programs.suite(args.targets, args.workdir, args.tree, args.json,
-                                        args.strict, busy)
+                                        args.strict, busy, args.rounds)
         print("\n".join(["", *report]))
         if "fuse" not in args.suites:
             print("\n".join(lines))
