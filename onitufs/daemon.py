@@ -347,12 +347,16 @@ class Mount:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
             async for signum in received:
                 log.info("%s: unmounting", signal.Signals(signum).name)
+                # A first mount's lookups waiting for the listings go with what came so far:
+                # a process waiting in one keeps the folder busy.
+                self.fs.tree_known.set()
                 result = await trio.to_thread.run_sync(lambda: subprocess.run(
                     ["fusermount3", "-u", str(self.mountpoint)], capture_output=True, text=True))
                 if result.returncode != 0:
                     # Busy: stop serving now; the kernel detaches the mount when we close.
                     log.warning("unmount: %s; detaching instead", result.stderr.strip())
                     self._unmounted_by_us = True
+                    await self.fs.kernel.stop()
                     pyfuse3.terminate()
 
 

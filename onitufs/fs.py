@@ -110,12 +110,18 @@ class Kernel(KernelNotifier):
     notifications run in a task of the serving nursery, which ends, the one in flight
     done, before the session closes; later ones are dropped, as there is no kernel cache
     left to correct.
+
+    One in flight may wait for a folder's lock that a process holds while it waits for
+    our answer to its request: it ends only while the session still serves requests.
+    Whatever stops serving first (pyfuse3.terminate) calls stop() before.
     """
 
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[tuple[int, bytes]](math.inf)
         self._queued = self._sent = 0
         self._moved = trio.Event()  # set, and replaced, at each notification sent
+        self._stopping = False
+        self._stopped = trio.Event()
 
     def entry_changed(self, parent: int, name: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError):
@@ -123,15 +129,24 @@ class Kernel(KernelNotifier):
             self._queued += 1
 
     async def run(self) -> None:
-        """Send the notifications until cancelled."""
+        """Send the notifications until stopped or cancelled."""
         try:
             async for parent, name in self._receive:
+                if self._stopping:  # what is still queued is dropped
+                    break
                 await trio.to_thread.run_sync(invalidate, parent, name)
                 self._sent += 1
                 self._moved.set()
                 self._moved = trio.Event()
         finally:
             self._send.close()
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Send no more notifications; return once the one in flight, if any, is done."""
+        self._stopping = True
+        self._send.close()
+        await self._stopped.wait()
 
     async def settled(self) -> None:
         """Until the notifications queued so far are sent: an error answered after a name was

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import time
@@ -23,7 +24,7 @@ from onitufs_dropbox.names import mount_name
 
 from onitufs.testing.dropbox_api import FakeDropbox
 
-from .conftest import ONITUFS, Cloud, MakeCloud, run, wait_for
+from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, wait_for
 
 MIB = 1024 * 1024
 
@@ -211,6 +212,37 @@ def test_a_first_mount_shows_what_dropbox_holds_although_its_listing_comes_late(
     cloud.mount()  # a remount shows what the index holds at once, and what comes later
     assert sorted(os.listdir(cloud.mountpoint)) == ["folder", "held.txt"]
     assert remote(cloud)["state"] == "listing"  # shown before Dropbox's listing came
+
+
+def test_a_stop_does_not_wait_out_a_first_mounts_wait_for_the_listing(
+        make_cloud: MakeCloud, fake: FakeDropbox) -> None:
+    """SIGTERM (systemd's stop) while an `ls` waits for a first listing held back, and the
+    folder held open keeps the mount busy: the daemon stops serving and detaches the
+    mount. The `ls` must not keep the daemon waiting until the listing comes or the first
+    mount's wait (30 s) ends; it hung until killed, the daemon waiting for it to go."""
+    fake.write("/Cloud/held.txt", b"on Dropbox")
+    cloud = with_dropbox(make_cloud({"a": "rw"}), fake)
+    fake.fail("files/list_folder", 429, retry_after=40)
+    cloud.mount()
+    assert cloud.pid is not None
+    busy = os.open(cloud.mountpoint, os.O_RDONLY)
+    ls = subprocess.Popen(["ls", str(cloud.mountpoint)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    try:
+        time.sleep(1)
+        assert ls.poll() is None, "the ls did not wait for the first listing"
+        began = time.monotonic()
+        os.kill(cloud.pid, signal.SIGTERM)
+        ls.wait(timeout=60)
+        cloud.wait_daemon_exit()
+        took = time.monotonic() - began
+    finally:
+        ls.kill()
+        ls.wait()
+        os.close(busy)
+    assert took < 10, f"the stop took {took:.1f} s"
+    assert "detaching instead" in cloud.log
+    assert not is_mounted(cloud.mountpoint)
 
 
 def test_a_revoked_token_is_offline_with_the_command_to_run(cloud: Cloud, fake: FakeDropbox) -> None:
