@@ -30,6 +30,10 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: nothing here may return into the test run
             try:
+                # As a shell starts a command in the foreground: the suite run as a background
+                # job (`make test &`) ignores Ctrl-C, and the command would inherit that.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGQUIT, signal.SIG_DFL)
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
                 if cwd is not None:
                     os.chdir(cwd)
