@@ -57,6 +57,7 @@ class Throughput:
 
     chunks: deque[tuple[float, int]] = field(default_factory=deque)  # (when sent, bytes)
     since: float = 0.0  # when the current run of sending began
+    total: int = 0  # the bytes of `chunks`: small files' uploads put thousands there
 
     def add(self, size: int, started: float) -> None:
         now = time.monotonic()
@@ -64,6 +65,7 @@ class Throughput:
         if not self.chunks:
             self.since = started
         self.chunks.append((now, size))
+        self.total += size
 
     def per_second(self) -> float:
         now = time.monotonic()
@@ -71,11 +73,11 @@ class Throughput:
         if not self.chunks:
             return 0.0
         span = now - max(now - RATE_WINDOW, self.since)
-        return sum(size for _, size in self.chunks) / max(span, 1e-3)
+        return self.total / max(span, 1e-3)
 
     def _forget(self, now: float) -> None:
         while self.chunks and self.chunks[0][0] < now - RATE_WINDOW:
-            self.chunks.popleft()
+            self.total -= self.chunks.popleft()[1]
 
 
 @dataclass

@@ -147,6 +147,12 @@ class Replicator:
         self.stall = stall  # seconds without progress that make a remote stalled (see stalled)
         self._seq = itertools.count()
         self._pending: dict[int, dict[int, Pending]] = {r.rid: {} for r in remotes}
+        # Per remote, what the status counts as queued bytes, kept as tickets come and go
+        # (see pending_bytes): the sum over the tickets looked up already, and the inodes
+        # whose ticket is not. Adding it up anew took 36 ms a status for 90,000 tickets,
+        # five times a second while `onitufs umount` waits, on the thread serving the mount.
+        self._sized: dict[int, int] = {r.rid: 0 for r in remotes}
+        self._unsized: dict[int, set[int]] = {r.rid: set() for r in remotes}
         # (ready time, seq, ino) per remote; an entry whose ticket changed since is skipped
         self._ready: dict[int, list[tuple[float, int, int]]] = {r.rid: [] for r in remotes}
         self._busy: dict[int, set[int]] = {r.rid: set() for r in remotes}
@@ -182,7 +188,7 @@ class Replicator:
         for remote in self.writable:
             remote.on_back = functools.partial(self.retry_now, remote)
             for ino, due in index.todo(remote.rid).items():
-                self._pending[remote.rid][ino] = ticket = Pending(due, next(self._seq))
+                ticket = self._set_ticket(remote, ino, Pending(due, next(self._seq)))
                 self._ready[remote.rid].append((due, ticket.seq, ino))
             heapq.heapify(self._ready[remote.rid])
 
@@ -211,8 +217,24 @@ class Replicator:
         pending = self._pending[remote.rid]
         if not pending:
             remote.health.last_progress = time.monotonic()  # the clock of a stall starts now
-        pending[ino] = Pending(due, next(self._seq))
+        self._set_ticket(remote, ino, Pending(due, next(self._seq)))
         self._push(remote, ino)
+
+    def _set_ticket(self, remote: Remote, ino: int, ticket: Pending) -> Pending:
+        """Queue a ticket, in place of the inode's earlier one: all tickets come and go
+        here and in _drop_ticket, which keep the sum pending_bytes counts."""
+        self._unsize(remote, self._pending[remote.rid].get(ino))
+        self._pending[remote.rid][ino] = ticket
+        self._unsized[remote.rid].add(ino)
+        return ticket
+
+    def _drop_ticket(self, remote: Remote, ino: int) -> None:
+        self._unsize(remote, self._pending[remote.rid].pop(ino))
+        self._unsized[remote.rid].discard(ino)
+
+    def _unsize(self, remote: Remote, ticket: Pending | None) -> None:
+        if ticket is not None and ticket.upload is not None:
+            self._sized[remote.rid] -= ticket.upload[1]
 
     def _push(self, remote: Remote, ino: int) -> None:
         """Put the inode's ticket in line for when it is ready."""
@@ -291,27 +313,32 @@ class Replicator:
     def pending_bytes(self, remote: Remote) -> int:
         """Bytes still to upload for what is queued: the size of each queued file's current
         revision where the remote lacks it, less what an upload of it has sent so far.
-        Looked up once per ticket (a new revision queues a new one), so that the status of
-        a long queue stays cheap."""
-        total = 0
-        reached = self._reached[remote.rid]
+        Looked up once per ticket (a new revision queues a new one), and kept as a sum, so
+        that the status of a long queue stays cheap; a file still being written is looked
+        up at each status, its next revision still growing."""
+        pending, unsized = self._pending[remote.rid], self._unsized[remote.rid]
+        growing = 0
         with self.index.begin() as txn:
-            for ino, ticket in self._pending[remote.rid].items():
-                if ticket.upload is None:
-                    inode = self.index.get_inode(ino, txn)
-                    if inode is None or not inode.is_reg:
-                        ticket.upload = (0, 0)
-                    elif inode.dirty:
-                        total += inode.size  # its next revision, still growing
-                        continue
-                    else:
-                        held = any(entry.rev == inode.rev for entry in
-                                   self.index.mirror(remote.rid, ino, txn).values())
-                        ticket.upload = (inode.rev, 0 if held else inode.size)
-                rev, size = ticket.upload
-                sent = reached.get(ino)
-                total += max(0, size - sent[1]) if sent is not None and sent[0] == rev else size
-        return total
+            for ino in list(unsized):
+                ticket = pending[ino]
+                inode = self.index.get_inode(ino, txn)
+                if inode is None or not inode.is_reg or inode.nlink == 0:
+                    ticket.upload = (0, 0)  # nothing to upload, or a delete (kept open here)
+                elif inode.dirty:
+                    growing += inode.size
+                    continue
+                else:
+                    held = any(entry.rev == inode.rev for entry in
+                               self.index.mirror(remote.rid, ino, txn).values())
+                    ticket.upload = (inode.rev, 0 if held else inode.size)
+                    self._sized[remote.rid] += ticket.upload[1]
+                unsized.discard(ino)
+        sent = 0
+        for ino, (rev, offset) in self._reached[remote.rid].items():
+            upload = pending[ino].upload if ino in pending else None
+            if upload is not None and upload[0] == rev:
+                sent += min(offset, upload[1])
+        return self._sized[remote.rid] + growing - sent
 
     def state(self, remote: Remote) -> tuple[str, str | None]:
         """The remote's state in a word, and why it is not online (None when it is):
@@ -407,7 +434,7 @@ class Replicator:
                 return
             remote.health.last_progress = time.monotonic()
             if pending.get(ino) is ticket:
-                del pending[ino]
+                self._drop_ticket(remote, ino)
                 self._done[remote.rid].add(ino)
         finally:
             self._busy[remote.rid].discard(ino)

@@ -59,6 +59,28 @@ def test_json_counts_queued_bytes_and_throughput(make_cloud: MakeCloud) -> None:
     assert result.stderr == "", result.stderr
 
 
+def test_queued_bytes_follow_new_revisions_and_deletes(make_cloud: MakeCloud) -> None:
+    """The queued bytes are a sum kept as changes are queued and done: a new revision
+    counts in place of the one it replaces, a delete counts nothing."""
+    cloud = make_cloud({"a": "rw"}, upload_delay="1h")
+    cloud.mount()
+    one, two = cloud.mountpoint / "one", cloud.mountpoint / "two"
+    one.write_bytes(os.urandom(3 * MiB))
+    assert remote(cloud, "a")["pending_bytes"] == 3 * MiB
+    one.write_bytes(os.urandom(MiB))
+    two.write_bytes(os.urandom(2 * MiB))
+    a = remote(cloud, "a")
+    assert (a["pending"], a["pending_bytes"]) == (2, 3 * MiB), a
+    one.unlink()
+    assert remote(cloud, "a")["pending_bytes"] == 2 * MiB
+    os.setxattr(cloud.mountpoint, FLUSH, b"1")
+    cloud.wait_synced()
+    a = remote(cloud, "a")
+    assert (a["pending"], a["pending_bytes"], a["bytes_sent"]) == (0, 0, 2 * MiB), a
+    two.write_bytes(os.urandom(MiB))
+    assert remote(cloud, "a")["pending_bytes"] == MiB
+
+
 def test_every_json_field_is_in_the_manual(cloud: Cloud) -> None:
     status = cloud.status()
     manual = MAN.read_text()
