@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import os
+import posixpath
 import re
 import shlex
 import sys
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, AnyStr, Literal, Protocol, TypeVar
 
 import trio
 
@@ -109,6 +110,11 @@ def upload_path(md: Metadata) -> str:
     short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
     hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
     return f"{folder}/{hidden}" if folder else hidden
+
+
+def at_or_below(path: AnyStr, folder: AnyStr) -> bool:
+    """Whether a '/'-separated path (str or bytes) is the folder or inside it."""
+    return path == folder or path.startswith(posixpath.join(folder, folder[:0]))
 
 
 # Read costs, as git-annex counts them

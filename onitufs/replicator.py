@@ -32,7 +32,15 @@ import trio
 
 from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
 from .index import FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
-from .plug import EXPENSIVE, Changed, Conflict, Kind, Metadata, RemoteUnavailable
+from .plug import (
+    EXPENSIVE,
+    Changed,
+    Conflict,
+    Kind,
+    Metadata,
+    RemoteUnavailable,
+    at_or_below,
+)
 from .remotes import CallFailed, Remote, Step, backoff
 
 log = logging.getLogger(__name__)
@@ -94,10 +102,6 @@ def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None
                     mode=inode.mode & 0o7777,
                     target=inode.target.decode("utf-8", "surrogateescape") if inode.target else None,
                     xattrs=xattrs or {})
-
-
-def _at_or_below(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder + "/")
 
 
 def sha256(data: bytes) -> bytes:
@@ -595,8 +599,8 @@ class Replicator:
         working = self._working[remote.rid]
         for path in paths:
             for other, other_folder in working:
-                if (folder and _at_or_below(other, path)) \
-                        or (other_folder and _at_or_below(path, other)):
+                if (folder and at_or_below(other, path)) \
+                        or (other_folder and at_or_below(path, other)):
                     raise Retry()
         claims = [(path, folder) for path in paths]
         working.extend(claims)

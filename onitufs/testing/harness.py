@@ -30,7 +30,15 @@ import pytest
 import trio
 
 from onitufs.config import Options
-from onitufs.plug import ListingNeeded, Metadata, Plug, Stopped, check_keys, check_options
+from onitufs.plug import (
+    ListingNeeded,
+    Metadata,
+    Plug,
+    Stopped,
+    at_or_below,
+    check_keys,
+    check_options,
+)
 from onitufs.remote_changes import bad_path_reason
 from onitufs.remotes import CHANGES
 
@@ -121,11 +129,11 @@ class RecordingSink:
         self.view[md.path] = md.copy()
 
     def _forget(self, path: str) -> None:
-        self.view = {known: md for known, md in self.view.items() if not below(known, path)}
+        self.view = {known: md for known, md in self.view.items() if not at_or_below(known, path)}
 
     def _move(self, old_path: str, new: Metadata) -> None:
         moved = {new.path + known[len(old_path):]: md for known, md in self.view.items()
-                 if below(known, old_path) and known != old_path}
+                 if at_or_below(known, old_path) and known != old_path}
         self._forget(old_path)
         for path, md in moved.items():
             self.view[path] = md.copy(path=path)
@@ -174,7 +182,7 @@ class RecordingSink:
             later = [path for path, when in self.touched.items() if when >= started]
 
             def left_out(path: str) -> bool:
-                return any(below(path, changed) for changed in later)
+                return any(at_or_below(path, changed) for changed in later)
 
             self.view = {path: md for path, md in listed.items() if not left_out(path)} \
                 | {path: md for path, md in self.view.items() if left_out(path)}
@@ -188,17 +196,17 @@ class RecordingSink:
                 raise ListingNeeded()  # as the core: a whole listing comes first
             for md in entries:
                 self._check(md, "report_part")
-                if not any(below(md.path, top) for top in scope):
+                if not any(at_or_below(md.path, top) for top in scope):
                     self.problems.append(f"report_part reported {md.path!r}, outside its "
                                          f"scope {scope!r}")
             later = [path for path, when in self.touched.items() if when >= started
-                     and any(below(path, top) or below(top, path) for top in scope)]
+                     and any(at_or_below(path, top) or at_or_below(top, path) for top in scope)]
 
             def left_out(path: str) -> bool:
-                return any(below(path, changed) for changed in later)
+                return any(at_or_below(path, changed) for changed in later)
 
             def inside(path: str) -> bool:
-                return any(below(path, top) for top in scope)
+                return any(at_or_below(path, top) for top in scope)
 
             self.parts.append(list(scope))
             self.view = {path: md for path, md in self.view.items()
@@ -229,11 +237,6 @@ class RecordingSink:
         if self.problems:
             pytest.fail("the driver reported what onitufs-drivers(7) rules out:\n  "
                         + "\n  ".join(self.problems), pytrace=False)
-
-
-def below(path: str, folder: str) -> bool:
-    """Whether path is folder or inside it."""
-    return path == folder or path.startswith(folder + "/")
 
 
 class Harness:
