@@ -216,11 +216,11 @@ def test_read_ahead_goes_on_through_blocks_asked_for_out_of_order(
     pools = Pool(settings, 2), Pool(settings, 1)
     reads = reading.Reads(*pools, token, 1)
     try:
-        path = str(tmp_path / "big.bin").encode()
+        root, path = str(tmp_path).encode(), str(tmp_path / "big.bin").encode()
         order = [0] + [block for pair in range(1, 23, 2) for block in (pair + 1, pair)] + [23]
         assert sorted(order) == list(range(24))
         for block in order:
-            assert reads.get(path, None, block * mib, mib) == content[block * mib:(block + 1) * mib]
+            assert reads.get(root, path, None, block * mib, mib) == content[block * mib:(block + 1) * mib]
     finally:
         reads.close()
         for pool in pools:
@@ -295,9 +295,9 @@ def test_a_large_read_over_a_long_link_goes_over_two_connections(
         lanes = [pools[1].get() for _ in range(2)]  # logged in before: the lanes start at once
         for conn in lanes:
             pools[1].put(conn)
-        path = str(tmp_path / "big.bin").encode()
+        root, path = str(tmp_path).encode(), str(tmp_path / "big.bin").encode()
         for block in range(16):
-            assert reads.get(path, None, block * mib, mib) == content[block * mib:(block + 1) * mib]
+            assert reads.get(root, path, None, block * mib, mib) == content[block * mib:(block + 1) * mib]
     finally:
         reads.close()
         for pool in pools:

@@ -62,6 +62,11 @@ class Backdoor:
     def readlink(self, path: str) -> str:
         self.lacks("read a symbolic link")
 
+    def link_out(self, path: str) -> None:
+        """Make `path` a symbolic link to a folder outside the remote that holds one file,
+        `victim`, which reads b"outside"."""
+        self.lacks("link to a folder outside the remote")
+
     def mode(self, path: str) -> int:
         """The permission bits."""
         self.lacks("read permission bits")
@@ -123,6 +128,12 @@ class FolderBackdoor(Backdoor):
 
     def symlink(self, target: str, path: str) -> None:
         os.symlink(target, self.at(path))
+
+    def link_out(self, path: str) -> None:
+        outside = self.root.with_name(self.root.name + ".outside")
+        outside.mkdir(exist_ok=True)
+        (outside / "victim").write_bytes(b"outside")
+        os.symlink(outside, self.at(path))
 
     def readlink(self, path: str) -> str:
         return os.readlink(self.at(path))

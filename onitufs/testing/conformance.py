@@ -570,6 +570,21 @@ class TestNames:
         for name in [*ODD_NAMES, "dir \udce9 \u00e9/-in"]:
             driver.listed(name)
 
+    def test_nothing_goes_through_a_link_out_of_the_remote(self, driver: Harness) -> None:
+        """A folder there that someone made a symbolic link to a folder outside the remote:
+        what onitufs would upload, make, delete or read through it is refused, and the
+        folder outside stays as it was."""
+        driver.backdoor.link_out("up")
+        with pytest.raises(DriverError):
+            driver.upload("up/new", b"through the link")
+        victim = Metadata(path="up/victim", size=7, revision=None)
+        driver.failure("get_chunk", victim, 0, 7)
+        driver.failure("delete_file", victim)
+        if driver.plug.has("make_dir"):
+            driver.failure("make_dir", Metadata(path="up/folder", kind="dir", mode=0o755))
+        assert (driver.backdoor.names("up"), driver.backdoor.read("up/victim")) == (
+            {"victim"}, b"outside")
+
     def test_odd_names_moved(self, driver: Harness) -> None:
         driver.needs("move_file")
         for n, name in enumerate(ODD_NAMES):

@@ -39,6 +39,7 @@ from onitufs.plug import (
     Metadata,
     Plug,
     RemoteUnavailable,
+    at_or_below,
     upload_path,
 )
 
@@ -48,7 +49,7 @@ from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
-from .sftp import HANDLE, OPENDIR, READDIR, Attrs, SftpError, pack_string
+from .sftp import HANDLE, OPENDIR, READDIR, REALPATH, Attrs, SftpError, pack_string
 from .trust import trust as trust  # the hook of `onitufs trust`
 from .uploads import Upload
 
@@ -123,11 +124,32 @@ def start(plug: Plug) -> None:
     def inside(conn: Connection, path: str) -> bytes:
         """The full path, refusing one whose folder leads outside the root (a symlink there)."""
         folder = path.rpartition("/")[0]
-        if folder:
-            real = conn.sftp.realpath(full(conn, folder))
-            if real != root(conn) and not real.startswith(root(conn) + b"/"):
-                raise DriverError(f"{path}: leads outside {settings.path}")
+        if folder and not at_or_below(conn.sftp.realpath(full(conn, folder)), root(conn)):
+            raise DriverError(f"{path}: leads outside {settings.path}")
         return full(conn, path)
+
+    def inside_lstat(conn: Connection, path: str) -> tuple[bytes, Attrs | None]:
+        """inside() and lstat() of the full path (None: nothing there), in one round trip."""
+        folder = path.rpartition("/")[0]
+        sftp = conn.sftp
+        resolving = sftp.request(REALPATH, pack_string(full(conn, folder)), later=True) \
+            if folder else None
+        try:
+            target = full(conn, path)
+            there = lstat(conn, target)
+            if resolving is not None:
+                try:
+                    folder_at = sftp.named(resolving, path)
+                except SftpError:
+                    if there is None:
+                        return target, None  # its folder is not there either
+                    raise
+                if not at_or_below(folder_at, root(conn)):
+                    raise DriverError(f"{path}: leads outside {settings.path}")
+        finally:
+            if resolving is not None:
+                sftp.discard(resolving)
+        return target, there
 
     def lstat(conn: Connection, path: bytes) -> Attrs | None:
         try:
@@ -155,7 +177,8 @@ def start(plug: Plug) -> None:
             with pool.use() as conn:
                 root(conn)
         try:
-            return reads.get(roots[0] + b"/" + encode(md.path), md.revision, offset, size)
+            return reads.get(roots[0], roots[0] + b"/" + encode(md.path), md.revision, offset,
+                             size)
         except OtherVersion as error:
             raise Changed(str(error), describe(md.path, error.attrs)) from None
 
@@ -180,7 +203,7 @@ def start(plug: Plug) -> None:
         in_memory = upload is not None
         if upload is None:
             with pool.use() as conn:
-                upload = Upload(upload_pool, full(conn, temp), md.size,
+                upload = Upload(upload_pool, inside(conn, temp), md.size,
                                 settings.upload_connections)
             with uploads_lock:
                 uploads[temp] = upload
@@ -212,10 +235,9 @@ def start(plug: Plug) -> None:
         try:
             conn.sftp.fsetstat(handle, Attrs(size=md.size, mtime=seconds))
             conn.sftp.fsync(handle)
-            target = full(conn, md.path)
             temp = upload.temp
             conn.sftp.setstat(temp, Attrs(mode=md.mode & 0o7777))
-            there = lstat(conn, target)
+            target, there = inside_lstat(conn, md.path)
             if there is not None and token(there) != md.revision:
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
@@ -243,7 +265,7 @@ def start(plug: Plug) -> None:
             upload.drop()
         with pool.use() as conn:
             try:
-                conn.sftp.remove(full(conn, temp))
+                conn.sftp.remove(inside(conn, temp))
             except SftpError as error:
                 if error.errno != 2:
                     raise
@@ -292,8 +314,7 @@ def start(plug: Plug) -> None:
     @guarded
     def delete_file(md: Metadata) -> None:
         with pool.use() as conn:
-            path = full(conn, md.path)
-            there = lstat(conn, path)
+            path, there = inside_lstat(conn, md.path)
             if there is None:
                 return
             if stat.S_ISDIR(there.mode or 0):
@@ -312,7 +333,7 @@ def start(plug: Plug) -> None:
             target = inside(conn, new.path)
             if lstat(conn, target) is not None:
                 raise DriverError(f"{new.path}: already exists on the remote")
-            conn.sftp.rename(full(conn, old.path), target, replace=False)
+            conn.sftp.rename(inside(conn, old.path), target, replace=False)
             record(conn, target, new)
 
     @plug.handler()

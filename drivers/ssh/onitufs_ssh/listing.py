@@ -113,7 +113,7 @@ class Tree:
                 request_id, kind, folder, handle = asked.popleft()
                 what = where(root, folder).decode(errors="replace")
                 if kind == READLINK:
-                    targets[folder] = sftp.link_target(request_id, what)
+                    targets[folder] = sftp.named(request_id, what)
                     continue
                 if kind == OPENDIR:
                     handle = sftp.check(request_id, HANDLE, what).string()

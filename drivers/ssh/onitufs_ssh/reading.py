@@ -27,11 +27,22 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from onitufs.plug import DriverError
+from onitufs.plug import DriverError, at_or_below
 
 from .connect import Connection
 from .pool import Pool, lost
-from .sftp import ATTRS, DATA, FSTAT, O_READ, READ, Attrs, Session, SftpError, pack_string
+from .sftp import (
+    ATTRS,
+    DATA,
+    FSTAT,
+    O_READ,
+    READ,
+    REALPATH,
+    Attrs,
+    Session,
+    SftpError,
+    pack_string,
+)
 
 AHEAD_BYTES = 8 * 1024 * 1024  # read ahead of the reader, at most
 # Blocks kept below the furthest one asked for: the kernel reads ahead with several
@@ -164,7 +175,7 @@ class Stream:
     def _read(self, conn: Connection) -> None:
         """One lane, on a handle of its own."""
         sftp = conn.sftp
-        handle = open_file(conn, self.state.path)
+        handle = open_file(conn, self.state)
         # (id, block, offset, length): a READ, or with length 0 the FSTAT after a block's READs
         flying: collections.deque[tuple[int, int, int, int]] = collections.deque()
         try:
@@ -239,6 +250,7 @@ class Stream:
 
 @dataclass
 class FileState:
+    root: bytes  # the remote's folder, resolved: the file's folder must lead there
     path: bytes
     revision: str | None
     stream: Stream | None = None
@@ -266,12 +278,12 @@ class Reads:
                     state.stream.stop()
             self._files.clear()
 
-    def _state(self, path: bytes, revision: str | None) -> FileState:
+    def _state(self, root: bytes, path: bytes, revision: str | None) -> FileState:
         key = (path, revision)
         with self._lock:
             state = self._files.get(key)
             if state is None:
-                state = self._files[key] = FileState(path, revision)
+                state = self._files[key] = FileState(root, path, revision)
                 while len(self._files) > MAX_FILES:
                     _, old = self._files.popitem(last=False)
                     if old.stream is not None:
@@ -279,8 +291,10 @@ class Reads:
             self._files.move_to_end(key)
             return state
 
-    def get(self, path: bytes, revision: str | None, offset: int, size: int) -> bytes:
-        state = self._state(path, revision)
+    def get(self, root: bytes, path: bytes, revision: str | None, offset: int,
+            size: int) -> bytes:
+        """Bytes of the file at `path` (in the folder `root`, resolved), of that revision."""
+        state = self._state(root, path, revision)
         with state.lock:
             stream = state.stream
             # a block a little behind is one of the kernel's requests overtaken by another
@@ -309,7 +323,7 @@ class Reads:
     def fetch(self, state: FileState, offset: int, size: int) -> bytes:
         with self.pool.use() as conn:
             key = (state.path, state.revision)
-            handle = self._open(conn, key)
+            handle = self._open(conn, state)
             data, attrs = conn.sftp.read(handle, offset, size)
             try:
                 self.check(state, attrs)
@@ -327,12 +341,13 @@ class Reads:
             raise OtherVersion(state.path, attrs)
 
     @staticmethod
-    def _open(conn: Connection, key: tuple[bytes, str | None]) -> bytes:
+    def _open(conn: Connection, state: FileState) -> bytes:
         """This connection's handle on the file, opened once for every read of the version."""
         handles = conn.handles
+        key = (state.path, state.revision)
         handle = handles.get(key)
         if handle is None:
-            handle = handles[key] = open_file(conn, key[0])
+            handle = handles[key] = open_file(conn, state)
             while len(handles) > HANDLES_PER_CONNECTION:
                 conn.sftp.close_handle(handles.popitem(last=False)[1])
         handles.move_to_end(key)
@@ -347,9 +362,23 @@ class Reads:
                     stream.stop()
 
 
-def open_file(conn: Connection, path: bytes) -> bytes:
-    """A handle to read the file at path."""
+def open_file(conn: Connection, state: FileState) -> bytes:
+    """A handle to read the file, refused if its folder leads outside the remote's (a
+    symlink there): nothing outside it is read into the mount. The server resolves the
+    folder in the same round trip as the open."""
+    sftp, what = conn.sftp, state.path.decode(errors="replace")
+    resolving = sftp.request(REALPATH, pack_string(state.path.rpartition(b"/")[0]), later=True)
     try:
-        return conn.sftp.open(path, O_READ)
+        handle = sftp.handle(sftp.open_request(state.path, O_READ), what)
     except SftpError as error:
+        sftp.discard(resolving)
         raise DriverError(f"{error}: no longer on the remote") from None
+    try:
+        folder = sftp.named(resolving, what)
+    except SftpError:
+        folder = b""  # gone meanwhile: not known to be inside
+    if not at_or_below(folder, state.root):
+        sftp.close_handle(handle)
+        raise DriverError(f"{what}: leads outside the remote's folder")
+    return handle
+

@@ -265,13 +265,18 @@ class Session:
         return self._call(FSTAT, pack_string(handle), ATTRS).attrs()
 
     def realpath(self, path: bytes) -> bytes:
-        reader = self._call(REALPATH, pack_string(path), NAME, path.decode(errors="replace"))
-        reader.u32()
-        return reader.string()
+        return self.named(self.request(REALPATH, pack_string(path)), path.decode(errors="replace"))
 
     def open(self, path: bytes, flags: int, attrs: Attrs | None = None) -> bytes:
+        return self.handle(self.open_request(path, flags, attrs), path.decode(errors="replace"))
+
+    def open_request(self, path: bytes, flags: int, attrs: Attrs | None = None) -> int:
         payload = pack_string(path) + struct.pack(">I", flags) + pack_attrs(attrs or Attrs())
-        return self._call(OPEN, payload, HANDLE, path.decode(errors="replace")).string()
+        return self.request(OPEN, payload)
+
+    def handle(self, request_id: int, what: str) -> bytes:
+        """The handle an OPEN was answered with."""
+        return self.check(request_id, HANDLE, what).string()
 
     def close_handle(self, handle: bytes) -> None:
         self._call(CLOSE, pack_string(handle), STATUS)
@@ -307,11 +312,11 @@ class Session:
             self._call(RENAME, pack_string(old) + pack_string(new), STATUS, what)
 
     def readlink(self, path: bytes) -> bytes:
-        return self.link_target(self.request(READLINK, pack_string(path)),
-                                path.decode(errors="replace"))
+        return self.named(self.request(READLINK, pack_string(path)), path.decode(errors="replace"))
 
-    def link_target(self, request_id: int, what: str) -> bytes:
-        """The target a READLINK was answered with."""
+    def named(self, request_id: int, what: str) -> bytes:
+        """The one name a READLINK (the link's target) or a REALPATH (the path resolved)
+        was answered with."""
         reader = self.check(request_id, NAME, what)
         reader.u32()
         return reader.string()
