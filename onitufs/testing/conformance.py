@@ -579,6 +579,8 @@ class TestNames:
             driver.upload("up/new", b"through the link")
         victim = Metadata(path="up/victim", size=7, revision=None)
         driver.failure("get_chunk", victim, 0, 7)
+        driver.backdoor.symlink("up/victim", "leak")  # a file's name, then, linked out
+        driver.failure("get_chunk", Metadata(path="leak", size=7, revision=None), 0, 7)
         driver.failure("delete_file", victim)
         if driver.plug.has("make_dir"):
             driver.failure("make_dir", Metadata(path="up/folder", kind="dir", mode=0o755))

@@ -22,6 +22,7 @@ that keeps the size is the racy case the core settles, remote_changes.py).
 from __future__ import annotations
 
 import collections
+import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .sftp import (
     ATTRS,
     DATA,
     FSTAT,
+    LSTAT,
     O_READ,
     READ,
     REALPATH,
@@ -363,22 +365,28 @@ class Reads:
 
 
 def open_file(conn: Connection, state: FileState) -> bytes:
-    """A handle to read the file, refused if its folder leads outside the remote's (a
-    symlink there): nothing outside it is read into the mount. The server resolves the
-    folder in the same round trip as the open."""
+    """A handle to read the file, refused if it is not a file (a symbolic link put in its
+    place: SFTP cannot open without following it) or its folder leads outside the
+    remote's (a symlink there): nothing outside the remote is read into the mount. The
+    server answers both in the same round trip as the open."""
     sftp, what = conn.sftp, state.path.decode(errors="replace")
     resolving = sftp.request(REALPATH, pack_string(state.path.rpartition(b"/")[0]), later=True)
+    looking = sftp.request(LSTAT, pack_string(state.path), later=True)
     try:
         handle = sftp.handle(sftp.open_request(state.path, O_READ), what)
     except SftpError as error:
         sftp.discard(resolving)
+        sftp.discard(looking)
         raise DriverError(f"{error}: no longer on the remote") from None
     try:
         folder = sftp.named(resolving, what)
-    except SftpError:
-        folder = b""  # gone meanwhile: not known to be inside
-    if not at_or_below(folder, state.root):
+        mode = sftp.check(looking, ATTRS, what).attrs().mode or 0
+    except SftpError:  # gone meanwhile: not known to be inside, nor a file
+        folder, mode = b"", 0
+    finally:
+        sftp.discard(looking)
+    if not at_or_below(folder, state.root) or not stat.S_ISREG(mode):
         sftp.close_handle(handle)
-        raise DriverError(f"{what}: leads outside the remote's folder")
+        raise DriverError(f"{what}: not a file of the remote's folder (a symbolic link?)")
     return handle
 
