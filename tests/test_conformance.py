@@ -9,6 +9,7 @@ folder on a small tmpfs of its own, so that its backdoor can fill the disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,14 @@ def dropbox_driver(request: pytest.FixtureRequest, tmp_path: Path,
                      base_dir=tmp_path) as harness:
             yield harness
 # -- dropbox (end) ---------------------------------------------------------------------------
+
+
+def test_the_local_driver_does_not_wait_on_a_named_pipe(local_driver: Harness) -> None:
+    """A file the remote's user replaced by a named pipe: its read fails at once (opening
+    a pipe waits for a writer, and the driver's thread would wait with it)."""
+    md = local_driver.upload("file", b"content")
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    backdoor.remove("file")
+    os.mkfifo(backdoor.at("file"))
+    local_driver.failure("get_chunk", md, 0, len(b"content"))

@@ -149,11 +149,15 @@ def start(plug: Plug) -> None:
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
         try:
-            fd = os.open(real(md.path), os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a named pipe put in the file's place would keep the open waiting
+            # for a writer, and the thread with it
+            fd = os.open(real(md.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DriverError(f"{md.path}: no longer a file on the remote")
             if md.revision is not None and not is_version(st, md):
                 raise Changed(f"{md.path}: changed on the remote since it was indexed",
                               describe(md.path, st))
