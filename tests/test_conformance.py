@@ -107,17 +107,8 @@ def conformance_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]
         server.stop()
 
 
-# What onitufs-drivers(7) promises that the ssh driver does not do yet: its test is marked
-# to fail for it (strictly: once the driver does it, the mark must go).
-SSH_DEVIATIONS: dict[str, str] = {}
-
-
 @pytest.fixture
-def ssh_driver(request: pytest.FixtureRequest, small_disk: Path,
-               conformance_sshd: Sshd) -> Iterator[Harness]:
-    deviation = SSH_DEVIATIONS.get(request.function.__name__)
-    if deviation is not None:
-        request.applymarker(pytest.mark.xfail(reason=deviation, strict=True))
+def ssh_driver(small_disk: Path, conformance_sshd: Sshd) -> Iterator[Harness]:
     server = conformance_sshd
     root = small_disk / "remote"
     root.mkdir()
