@@ -572,8 +572,8 @@ class TestNames:
 
     def test_nothing_goes_through_a_link_out_of_the_remote(self, driver: Harness) -> None:
         """A folder there that someone made a symbolic link to a folder outside the remote:
-        what onitufs would upload, make, delete or read through it is refused, and the
-        folder outside stays as it was."""
+        what onitufs would upload, make, delete, move or read through it is refused, and
+        the folder outside stays as it was."""
         driver.backdoor.link_out("up")
         with pytest.raises(DriverError):
             driver.upload("up/new", b"through the link")
@@ -582,6 +582,9 @@ class TestNames:
         driver.backdoor.symlink("up/victim", "leak")  # a file's name, then, linked out
         driver.failure("get_chunk", Metadata(path="leak", size=7, revision=None), 0, 7)
         driver.failure("delete_file", victim)
+        if driver.plug.has("move_file"):
+            driver.failure("move_file", victim, Metadata(path="taken", size=7))
+            assert "taken" not in driver.backdoor.names()
         if driver.plug.has("make_dir"):
             driver.failure("make_dir", Metadata(path="up/folder", kind="dir", mode=0o755))
         assert (driver.backdoor.names("up"), driver.backdoor.read("up/victim")) == (
