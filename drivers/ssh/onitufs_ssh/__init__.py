@@ -124,9 +124,14 @@ def start(plug: Plug) -> None:
     def inside(conn: Connection, path: str) -> bytes:
         """The full path, refusing one whose folder leads outside the root (a symlink there)."""
         folder = path.rpartition("/")[0]
-        if folder and not at_or_below(conn.sftp.realpath(full(conn, folder)), root(conn)):
-            raise DriverError(f"{path}: leads outside {settings.path}")
+        if folder:
+            refuse_outside(conn, path, conn.sftp.realpath(full(conn, folder)))
         return full(conn, path)
+
+    def refuse_outside(conn: Connection, path: str, folder_at: bytes) -> None:
+        """DriverError unless the path's folder, resolved as `folder_at`, is in the root."""
+        if not at_or_below(folder_at, root(conn)):
+            raise DriverError(f"{path}: leads outside {settings.path}")
 
     def inside_lstat(conn: Connection, path: str) -> tuple[bytes, Attrs | None]:
         """inside() and lstat() of the full path (None: nothing there), in one round trip."""
@@ -144,8 +149,7 @@ def start(plug: Plug) -> None:
                     if there is None:
                         return target, None  # its folder is not there either
                     raise
-                if not at_or_below(folder_at, root(conn)):
-                    raise DriverError(f"{path}: leads outside {settings.path}")
+                refuse_outside(conn, path, folder_at)
         finally:
             if resolving is not None:
                 sftp.discard(resolving)
