@@ -73,7 +73,9 @@ def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
     stamp = damaged.stat()
     with open(damaged, "r+b") as handle:  # bit rot: content changes, size and time do not
         handle.seek(2 * 1024 * 1024 + 5)
-        handle.write(b"rot")
+        rotten = bytes(byte ^ 0xFF for byte in handle.read(3))  # each of the three differs
+        handle.seek(2 * 1024 * 1024 + 5)
+        handle.write(rotten)
     os.utime(damaged, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     result = run("verify", cloud.config, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
