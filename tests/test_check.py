@@ -72,10 +72,9 @@ def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
     damaged = cloud.remotes["b"] / "data.bin"
     stamp = damaged.stat()
     with open(damaged, "r+b") as handle:  # bit rot: content changes, size and time do not
-        handle.seek(2 * 1024 * 1024 + 5)
-        rotten = bytes(byte ^ 0xFF for byte in handle.read(3))  # each of the three differs
-        handle.seek(2 * 1024 * 1024 + 5)
-        handle.write(rotten)
+        spot = 2 * 1024 * 1024 + 5
+        rotten = bytes(byte ^ 0xFF for byte in os.pread(handle.fileno(), 3, spot))
+        os.pwrite(handle.fileno(), rotten, spot)  # each of the three bytes differs
     os.utime(damaged, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     result = run("verify", cloud.config, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
