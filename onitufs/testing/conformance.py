@@ -749,9 +749,7 @@ class TestFaults:
         with driver.backdoor.disk_full():
             transfer = driver.transfer("f.bin", data, revision=old.revision)
             try:
-                transfer.start()
-                transfer.send()
-                transfer.end()
+                transfer.run()
             except Exception:
                 pass
             else:
@@ -763,9 +761,7 @@ class TestFaults:
         def upload_again() -> Metadata:
             again = driver.transfer("f.bin", data, revision=old.revision)
             try:
-                again.start()
-                again.send()
-                return again.end()
+                return again.run()
             except RemoteUnavailable:
                 with contextlib.suppress(RemoteUnavailable, DriverError):
                     again.abort()

@@ -371,10 +371,7 @@ class Harness:
 
     def upload(self, path: str, data: bytes, **fields: Any) -> Metadata:
         """A whole upload; returns its Metadata, revision and file_id set by end_upload."""
-        transfer = self.transfer(path, data, **fields)
-        transfer.start()
-        transfer.send()
-        return transfer.end()
+        return self.transfer(path, data, **fields).run()
 
     def read(self, md: Metadata) -> bytes:
         """The file, block by block with get_chunk, as the core reads it."""
@@ -480,6 +477,12 @@ class Transfer:
         assert isinstance(self.md.revision, str), \
             f"end_upload left md.revision {self.md.revision!r}: it sets the new token"
         return self.md
+
+    def run(self) -> Metadata:
+        """The whole upload: start, every chunk, end."""
+        self.start()
+        self.send()
+        return self.end()
 
     def resume(self) -> int:
         """restart_upload from what was saved, on a Metadata made afresh as after a crash;
