@@ -22,6 +22,7 @@ Plug is safe to call from any thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -401,18 +402,26 @@ def from_utf8(path: str) -> str:
     return _UNESCAPE.sub(unescape, path)
 
 
+@functools.cache
+def registered_drivers() -> dict[str, importlib.metadata.EntryPoint]:
+    """The entry points of the drivers installed, by name, found once per process: each
+    search reads the metadata of every installed package, and a mount loads its remotes'
+    drivers three times (the command's check, the daemon's, the Mount's)."""
+    return {entry.name: entry for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def load_driver(name: str, where: str) -> ModuleType:
     """The driver module registered under `name` in the entry-point group."""
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name == name:
-            try:
-                module = entry.load()
-            except ModuleNotFoundError as missing:
-                raise ConfigError(f"{where}: {missing_library(entry, missing)}") from None
-            if not isinstance(module, ModuleType) or not callable(getattr(module, "start", None)):
-                raise ConfigError(f"{where}: driver '{name}' ({entry.value}) has no start(plug)")
-            return module
-    known = sorted(entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    entry = registered_drivers().get(name)
+    if entry is not None:
+        try:
+            module = entry.load()
+        except ModuleNotFoundError as missing:
+            raise ConfigError(f"{where}: {missing_library(entry, missing)}") from None
+        if not isinstance(module, ModuleType) or not callable(getattr(module, "start", None)):
+            raise ConfigError(f"{where}: driver '{name}' ({entry.value}) has no start(plug)")
+        return module
+    known = sorted(registered_drivers())
     raise ConfigError(f"{where}.driver: no driver named '{name}' is installed "
                       f"(installed: {', '.join(known) or 'none'}); the drivers of onitufs come "
                       f"with it, a third-party one is a package of its own: {PIP} install PACKAGE "
