@@ -113,7 +113,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
             return CommandError(message)
 
         try:
-            check()
             mount = Mount(config, mountpoint)
         except (ConfigError, MountError, CacheError) as error:
             raise failed(describe_error(error)) from None
@@ -123,12 +122,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
             raise failed(str(error)) from None
         return 0 if complete else 2
 
-    if args.foreground:
-        return serve(None)
     try:
         check()  # before the daemon's log makes the cache folder
     except MountError as error:
         raise CommandError(str(error)) from None
+    if args.foreground:
+        return serve(None)
     return spawn_daemon(mountpoint, log_path, NewPaths(config.cache_path, log_path), serve)
 
 
