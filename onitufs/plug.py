@@ -404,9 +404,10 @@ def from_utf8(path: str) -> str:
 
 @functools.cache
 def registered_drivers() -> dict[str, importlib.metadata.EntryPoint]:
-    """The entry points of the drivers installed, by name, found once per process: each
-    search reads the metadata of every installed package, and a mount loads its remotes'
-    drivers three times (the command's check, the daemon's, the Mount's)."""
+    """The entry points of the drivers installed, by name, found once per process (the
+    daemon has them from the command it forks from): each search reads the metadata of
+    every installed package, and a mount loads each remote's driver twice (the command's
+    check, then the Mount)."""
     return {entry.name: entry for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
