@@ -414,19 +414,18 @@ def registered_drivers() -> dict[str, importlib.metadata.EntryPoint]:
 def load_driver(name: str, where: str) -> ModuleType:
     """The driver module registered under `name` in the entry-point group."""
     entry = registered_drivers().get(name)
-    if entry is not None:
-        try:
-            module = entry.load()
-        except ModuleNotFoundError as missing:
-            raise ConfigError(f"{where}: {missing_library(entry, missing)}") from None
-        if not isinstance(module, ModuleType) or not callable(getattr(module, "start", None)):
-            raise ConfigError(f"{where}: driver '{name}' ({entry.value}) has no start(plug)")
-        return module
-    known = sorted(registered_drivers())
-    raise ConfigError(f"{where}.driver: no driver named '{name}' is installed "
-                      f"(installed: {', '.join(known) or 'none'}); the drivers of onitufs come "
-                      f"with it, a third-party one is a package of its own: {PIP} install PACKAGE "
-                      "(see onitufs-drivers(7))")
+    if entry is None:
+        raise ConfigError(f"{where}.driver: no driver named '{name}' is installed "
+                          f"(installed: {', '.join(sorted(registered_drivers())) or 'none'}); "
+                          f"the drivers of onitufs come with it, a third-party one is a package "
+                          f"of its own: {PIP} install PACKAGE (see onitufs-drivers(7))")
+    try:
+        module = entry.load()
+    except ModuleNotFoundError as missing:
+        raise ConfigError(f"{where}: {missing_library(entry, missing)}") from None
+    if not isinstance(module, ModuleType) or not callable(getattr(module, "start", None)):
+        raise ConfigError(f"{where}: driver '{name}' ({entry.value}) has no start(plug)")
+    return module
 
 
 # The pip of the Python that runs onitufs: what it installs, this onitufs finds, wherever
