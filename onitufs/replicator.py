@@ -34,6 +34,8 @@ from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
 from .index import FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
 from .plug import (
     EXPENSIVE,
+    GIVE_WAY_LIMIT,
+    GIVE_WAY_STEP,
     Changed,
     Conflict,
     Kind,
@@ -411,6 +413,19 @@ class Replicator:
         quiet = ALONE_QUIET if running == 0 and pending == 1 else BUSY_WINDOW
         return seq >= self._flush_below and self.foreground_idle() < quiet \
             and (running > 0 or time.time() - ready_at < MAX_YIELD)
+
+    async def _give_way(self, remote: Remote, ino: int) -> None:
+        """Between two chunks of a long upload: while people use the mount, wait a moment
+        (GIVE_WAY_LIMIT at most), as a driver's long listing does. Three uploads of 1 GiB
+        running beside 2,000 small creates on two cores halved the creates' pace: the
+        copies took the CPU the thread serving the mount needed. The upload still moves,
+        at a slower pace; one being flushed (an unmount, a writer waiting for room in
+        the cache) does not wait."""
+        ticket = self._pending[remote.rid].get(ino)
+        deadline = time.monotonic() + GIVE_WAY_LIMIT
+        while ticket is not None and ticket.seq >= self._flush_below \
+                and self.foreground_idle() < BUSY_WINDOW and time.monotonic() < deadline:
+            await trio.sleep(GIVE_WAY_STEP)
 
     async def _process(self, remote: Remote, ino: int, slots: trio.Semaphore) -> None:
         pending = self._pending[remote.rid]
@@ -820,6 +835,8 @@ class Replicator:
             if hole:
                 await trio.lowlevel.checkpoint()  # the mount goes on between holes too
             else:
+                if offset:
+                    await self._give_way(remote, inode.ino)
                 sending = time.monotonic()
                 await remote.call("upload_chunk", md, offset, chunk)
                 remote.health.sent(len(chunk), sending)

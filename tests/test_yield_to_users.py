@@ -1,56 +1,129 @@
-"""The replicator gives way to people using the mount (Replicator._yield_to_foreground).
+"""The replicator gives way to people using the mount (Replicator._yield_to_foreground,
+Replicator._give_way).
 
 While the mount serves requests, changes in line wait: a git clone into three
 remotes that replicated alongside it at full pace ran nine times slower. A change
 alone in line with nothing running is no burst of files (a big file just closed):
 it waits only for a moment of quiet, not the whole busy window, which took a
-quarter of a 256 MiB upload's time over SSH. The figures are in `make bench`;
-this pins the rule.
+quarter of a 256 MiB upload's time over SSH. An upload under way waits a moment
+between two chunks, never long: it is never starved. The figures are in `make
+bench`; this pins the rules.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+import trio
 
 from onitufs.config import Options, RemoteConfig
 from onitufs.index import Index
+from onitufs.plug import GIVE_WAY_LIMIT
 from onitufs.remotes import Remote
 from onitufs.replicator import ALONE_QUIET, BUSY_WINDOW, MAX_YIELD, Replicator
+
+from .conftest import MakeCloud, wait_for
 
 MiB = 1024**2
 
 
-def test_changes_wait_while_the_mount_is_used(tmp_path: Path) -> None:
+@pytest.fixture
+def one_remote(tmp_path: Path) -> Iterator[tuple[Index, Remote, Replicator]]:
+    """A replicator of one remote that no driver serves: its queue and rules only."""
     index = Index(tmp_path / "cache", 2**30, MiB)
     try:
         config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
         remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
-        replicator = Replicator(index, [remote], MiB, 60.0)
-        idle = 0.0
-        replicator.foreground_idle = lambda: idle
-        with index.write() as txn:
-            replicator.schedule(txn, 5, 0.0, None)
-        first = replicator._ready[remote.rid][0]
-
-        def waits(running: int, pending: int, ready: tuple[float, int, int] = first) -> bool:
-            return replicator._yield_to_foreground(ready, running, pending)
-
-        idle = ALONE_QUIET / 2
-        assert waits(0, 1)  # alone, but the mount is being used this very moment
-        idle = ALONE_QUIET
-        assert not waits(0, 1)  # alone, after a moment of quiet: it goes
-        assert waits(0, 2)  # one of a burst: the mount is still busy
-        assert waits(1, 2)
-        idle = BUSY_WINDOW
-        assert not waits(0, 2)  # the mount is idle
-        assert not waits(1, 2)
-        idle = 0.0
-        overdue = (time.time() - MAX_YIELD - 1, first[1], first[2])
-        assert not waits(0, 2, overdue)  # waited long enough: one at a time while busy
-        assert waits(1, 2, overdue)
-        replicator.start_flush(everything=True)
-        assert not waits(1, 2)  # an unmount, or fsync, waits for nobody
+        yield index, remote, Replicator(index, [remote], MiB, 60.0)
     finally:
         index.close()
+
+
+def test_changes_wait_while_the_mount_is_used(
+        one_remote: tuple[Index, Remote, Replicator]) -> None:
+    index, remote, replicator = one_remote
+    idle = 0.0
+    replicator.foreground_idle = lambda: idle
+    with index.write() as txn:
+        replicator.schedule(txn, 5, 0.0, None)
+    first = replicator._ready[remote.rid][0]
+
+    def waits(running: int, pending: int, ready: tuple[float, int, int] = first) -> bool:
+        return replicator._yield_to_foreground(ready, running, pending)
+
+    idle = ALONE_QUIET / 2
+    assert waits(0, 1)  # alone, but the mount is being used this very moment
+    idle = ALONE_QUIET
+    assert not waits(0, 1)  # alone, after a moment of quiet: it goes
+    assert waits(0, 2)  # one of a burst: the mount is still busy
+    assert waits(1, 2)
+    idle = BUSY_WINDOW
+    assert not waits(0, 2)  # the mount is idle
+    assert not waits(1, 2)
+    idle = 0.0
+    overdue = (time.time() - MAX_YIELD - 1, first[1], first[2])
+    assert not waits(0, 2, overdue)  # waited long enough: one at a time while busy
+    assert waits(1, 2, overdue)
+    replicator.start_flush(everything=True)
+    assert not waits(1, 2)  # an unmount, or fsync, waits for nobody
+
+
+def test_an_upload_gives_way_between_chunks_but_never_long(
+        one_remote: tuple[Index, Remote, Replicator]) -> None:
+    index, remote, replicator = one_remote
+    looks: list[float] = []
+    idle = 0.0
+
+    def foreground_idle() -> float:
+        looks.append(idle)
+        return idle
+
+    replicator.foreground_idle = foreground_idle
+    with index.write() as txn:
+        replicator.schedule(txn, 5, 0.0, None)
+    began = time.monotonic()
+    trio.run(replicator._give_way, remote, 5)
+    assert GIVE_WAY_LIMIT <= time.monotonic() - began < 5  # waited, then went on anyway
+    assert len(looks) > 1
+    idle = BUSY_WINDOW
+    looks.clear()
+    trio.run(replicator._give_way, remote, 5)
+    assert looks == [BUSY_WINDOW]  # an idle mount: on at once
+    idle = 0.0
+    looks.clear()
+    replicator.start_flush()
+    trio.run(replicator._give_way, remote, 5)
+    assert looks == []  # flushed (a writer waits for room, an unmount): no waiting
+
+
+def test_a_long_upload_completes_while_the_mount_is_in_use(make_cloud: MakeCloud) -> None:
+    """64 chunks, each waiting its moment while a program keeps the mount busy the whole
+    time: every remote still gets the file, whole."""
+    cloud = make_cloud(block_size="256 KiB")
+    cloud.mount()
+    content = os.urandom(16 * MiB)
+    stop = threading.Event()
+
+    def use_the_mount() -> None:
+        while not stop.is_set():
+            os.stat(cloud.mountpoint / "big")
+            os.listdir(cloud.mountpoint)
+
+    (cloud.mountpoint / "big").write_bytes(content)
+    user = threading.Thread(target=use_the_mount)
+    user.start()
+    try:
+        wait_for(lambda: all((remote / "big").exists() for remote in cloud.remotes.values()),
+                 60, "the file on every remote while the mount is in use")
+    finally:
+        stop.set()
+        user.join()
+    for remote in cloud.remotes.values():
+        assert (remote / "big").read_bytes() == content
+    cloud.umount()
