@@ -160,15 +160,16 @@ def test_an_overflowing_queue_of_events_falls_back_to_a_listing(make_cloud: Make
 def test_out_of_watches_the_folder_is_polled(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
     (cloud.remotes["a"] / "folder").mkdir()
+    # a needs two watches (its root, its folder): it gives up while the limit holds, at its
+    # root or its folder, whichever of a and b takes the one watch there is first
     with inotify_limit("max_user_watches", 1):
         cloud.mount()
-        soon(lambda: "cannot watch" in cloud.log, "the driver to give up watching")
+        soon(lambda: "remote a: cannot watch" in cloud.log, "remote a to give up watching")
     assert "listing" in cloud.log and "every 2s instead" in cloud.log, cloud.log[-3000:]
     pid = cloud.pid or 0
     a = cloud.remotes["a"]
     (a / "folder" / "polled.txt").write_bytes(b"found by a listing")
     soon(lambda: everywhere(cloud, "folder/polled.txt", b"found by a listing"), "the new file")
-    assert "remote a: cannot watch" in cloud.log, cloud.log[-3000:]
     assert len(inotify_watches(pid)) <= 1  # a's is closed (b's root may have had a watch)
     assert cloud.umount().returncode == 0
 
