@@ -89,6 +89,7 @@ class Pending:
     # (revision, its size) when the remote lacks that revision, else (revision, 0): what
     # the status counts as queued bytes, looked up once (see pending_bytes).
     upload: tuple[int, int] | None = None
+    waited_on: bool = False  # an fsync waits for it (expedite): it gives way to nobody
 
     def ready_at(self, flush_below: float) -> float:
         return max(self.retry_at, -math.inf if self.seq < flush_below else self.due)
@@ -265,10 +266,14 @@ class Replicator:
                 self._push(remote, ino)
 
     def expedite(self, ino: int) -> None:
-        """What is queued for this inode goes now, without waiting for upload_delay."""
+        """What is queued for this inode goes now, without waiting for upload_delay, and its
+        upload gives way to nobody (an fsync waits for it)."""
         for remote in self.writable:
             ticket = self._pending[remote.rid].get(ino)
-            if ticket is not None and ticket.due > time.time():
+            if ticket is None:
+                continue
+            ticket.waited_on = True
+            if ticket.due > time.time():
                 ticket.due = time.time()
                 self._push(remote, ino)
 
@@ -420,10 +425,10 @@ class Replicator:
         running beside 2,000 small creates on two cores halved the creates' pace: the
         copies took the CPU the thread serving the mount needed. The upload still moves,
         at a slower pace; one being flushed (an unmount, a writer waiting for room in
-        the cache) does not wait."""
+        the cache) or waited for (an fsync) does not wait."""
         ticket = self._pending[remote.rid].get(ino)
         deadline = time.monotonic() + GIVE_WAY_LIMIT
-        while ticket is not None and ticket.seq >= self._flush_below \
+        while ticket is not None and ticket.seq >= self._flush_below and not ticket.waited_on \
                 and self.foreground_idle() < BUSY_WINDOW and time.monotonic() < deadline:
             await trio.sleep(GIVE_WAY_STEP)
 

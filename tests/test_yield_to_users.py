@@ -97,8 +97,13 @@ def test_an_upload_gives_way_between_chunks_but_never_long(
     assert looks == [BUSY_WINDOW]  # an idle mount: on at once
     idle = 0.0
     looks.clear()
-    replicator.start_flush()
+    replicator.expedite(5)
     trio.run(replicator._give_way, remote, 5)
+    assert looks == []  # an fsync waits for it: no waiting
+    with index.write() as txn:
+        replicator.schedule(txn, 6, 0.0, None)
+    replicator.start_flush()
+    trio.run(replicator._give_way, remote, 6)
     assert looks == []  # flushed (a writer waits for room, an unmount): no waiting
 
 
