@@ -394,7 +394,8 @@ class Replicator:
             while True:
                 self._wake[remote.rid] = wake = trio.Event()
                 while line and line[0][0] <= time.time():
-                    if self._yield_to_foreground(line[0], len(busy), len(pending)):
+                    if self._yield_to_foreground(line[0], len(busy), len(pending),
+                                                 pending.get(line[0][2])):
                         await trio.sleep(YIELD_STEP)
                         continue
                     _, seq, ino = heapq.heappop(line)
@@ -409,26 +410,31 @@ class Replicator:
                 with trio.move_on_after(max(0.0, self._sleeps_until[remote.rid] - time.time())):
                     await wake.wait()
 
-    def _yield_to_foreground(self, first: tuple[float, int, int], running: int,
-                             pending: int) -> bool:
-        """Whether the first change in line waits for the mount to be idle: each trip of
-        the replicator takes the thread that serves it, and a git clone into three remotes
-        that replicated alongside at full pace ran nine times slower. A flush goes at once."""
+    def _yield_to_foreground(self, first: tuple[float, int, int], running: int, pending: int,
+                             ticket: Pending | None) -> bool:
+        """Whether the first change in line (its `ticket`) waits for the mount to be idle:
+        each trip of the replicator takes the thread that serves it, and a git clone into
+        three remotes that replicated alongside at full pace ran nine times slower."""
         ready_at, seq, _ = first
         quiet = ALONE_QUIET if running == 0 and pending == 1 else BUSY_WINDOW
-        return seq >= self._flush_below and self.foreground_idle() < quiet \
+        return not self._goes_at_once(seq, ticket) and self.foreground_idle() < quiet \
             and (running > 0 or time.time() - ready_at < MAX_YIELD)
+
+    def _goes_at_once(self, seq: int, ticket: Pending | None) -> bool:
+        """Whether a change gives way to nobody: it is flushed (an unmount, a writer waiting
+        for room in the cache) or an fsync waits for it."""
+        return seq < self._flush_below or (ticket is not None and ticket.seq == seq
+                                           and ticket.waited_on)
 
     async def _give_way(self, remote: Remote, ino: int) -> None:
         """Between two chunks of a long upload: while people use the mount, wait a moment
         (GIVE_WAY_LIMIT at most), as a driver's long listing does. Three uploads of 1 GiB
         running beside 2,000 small creates on two cores halved the creates' pace: the
         copies took the CPU the thread serving the mount needed. The upload still moves,
-        at a slower pace; one being flushed (an unmount, a writer waiting for room in
-        the cache) or waited for (an fsync) does not wait."""
+        at a slower pace; one that goes at once (_goes_at_once) does not wait."""
         ticket = self._pending[remote.rid].get(ino)
         deadline = time.monotonic() + GIVE_WAY_LIMIT
-        while ticket is not None and ticket.seq >= self._flush_below and not ticket.waited_on \
+        while ticket is not None and not self._goes_at_once(ticket.seq, ticket) \
                 and self.foreground_idle() < BUSY_WINDOW and time.monotonic() < deadline:
             await trio.sleep(GIVE_WAY_STEP)
 

@@ -55,7 +55,8 @@ def test_changes_wait_while_the_mount_is_used(
     first = replicator._ready[remote.rid][0]
 
     def waits(running: int, pending: int, ready: tuple[float, int, int] = first) -> bool:
-        return replicator._yield_to_foreground(ready, running, pending)
+        return replicator._yield_to_foreground(ready, running, pending,
+                                               replicator._pending[remote.rid].get(ready[2]))
 
     idle = ALONE_QUIET / 2
     assert waits(0, 1)  # alone, but the mount is being used this very moment
@@ -70,8 +71,14 @@ def test_changes_wait_while_the_mount_is_used(
     overdue = (time.time() - MAX_YIELD - 1, first[1], first[2])
     assert not waits(0, 2, overdue)  # waited long enough: one at a time while busy
     assert waits(1, 2, overdue)
+    replicator.expedite(5)
+    assert not waits(1, 2)  # an fsync waits for it: it waits for nobody
+    with index.write() as txn:
+        replicator.schedule(txn, 6, 0.0, None)
+    flushed = next(entry for entry in replicator._ready[remote.rid] if entry[2] == 6)
+    assert waits(1, 2, flushed)
     replicator.start_flush(everything=True)
-    assert not waits(1, 2)  # an unmount, or fsync, waits for nobody
+    assert not waits(1, 2, flushed)  # an unmount waits for nobody
 
 
 def test_an_upload_gives_way_between_chunks_but_never_long(
