@@ -123,12 +123,16 @@ def keep_freed_blocks(block_size: int, write_buffer: int) -> None:
 class Mount:
     """Every part of a running mount, wired together."""
 
-    def __init__(self, config: Config, mountpoint: Path | None) -> None:
+    def __init__(self, config: Config, mountpoint: Path | None,
+                 always_check: bool = False) -> None:
         self.config = config
         self.mountpoint = mountpoint
         drivers = load_drivers(config)  # every table's keys checked, at every mount
         overlaps.check(config, mountpoint, drivers)  # before the cache folder is made
-        self.index = Index(config.cache_path, MAP_SIZE, config.block_size)
+        self.index = Index(config.cache_path, MAP_SIZE, config.block_size, always_check)
+        if not self.index.checked:
+            log.info("the index file is as the last clean stop left it: its structural check "
+                     "is skipped")
         try:
             new_remotes = [remote.name for remote in config.remotes
                            if not self.index.knows_remote(remote.name)]

@@ -39,7 +39,7 @@ from typing import Any
 
 import lmdb
 
-from . import lmdbcheck
+from . import cleanstop, lmdbcheck
 from .lru import LRU
 
 SCHEMA_VERSION = 3
@@ -222,7 +222,10 @@ class Transfer:
 class Index:
     """The LMDB environment and typed access to every database but the blocks."""
 
-    def __init__(self, path: Path, map_size: int, block_size: int) -> None:
+    def __init__(self, path: Path, map_size: int, block_size: int,
+                 always_check: bool = False) -> None:
+        """Open (or make) the index in the folder `path`. The structural check of its file
+        is skipped when the file is as the last clean stop left it, unless always_check."""
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         self._lock = (path / "lock").open("a+")
@@ -241,7 +244,9 @@ class Index:
             try:
                 # LMDB maps the file and trusts it: a file cut short or a page overwritten
                 # would kill this process (SIGBUS, an assertion) at the first read of it.
-                lmdbcheck.check(path / "data.mdb")
+                self.checked = always_check or not cleanstop.unchanged(path / "data.mdb")
+                if self.checked:
+                    lmdbcheck.check(path / "data.mdb")
                 # sync=False: a commit survives a crash of this process at once, and a
                 # power loss after env.sync(), which fsync and a timer call.
                 env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
@@ -282,8 +287,16 @@ class Index:
         self.cache_id = bytes(raw).decode() if raw is not None else "0"
 
     def close(self) -> None:
+        """Sync and close; then, the index as a clean stop left it, record the file for the
+        next open (while the lock still keeps other onitufs processes out)."""
+        try:
+            clean = self._clean_stop_mark() == self.env.info()["last_txnid"]
+        except lmdb.Error:
+            clean = False
         self.env.sync(True)
         self.env.close()
+        if clean:
+            cleanstop.record(self.path / "data.mdb")
         self._lock.close()
 
     def mark_clean_stop(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from onitufs import lmdbcheck
+from onitufs import cleanstop, lmdbcheck
 from onitufs.index import Index, Inode, q, seal
 
 from .conftest import Cloud, is_mounted, run
@@ -193,6 +193,68 @@ def test_a_sound_cache_mounts_and_a_damaged_one_moved_aside_is_rebuilt(base: Bas
     assert (cloud.mountpoint / "big").read_bytes() == base.big
     assert len(list(cloud.mountpoint.iterdir())) == FILES + 1
     cloud.umount()
+
+
+SKIPPED = "the index file is as the last clean stop left it: its structural check is skipped"
+
+
+def test_a_clean_stop_spares_the_next_mount_the_check_but_no_change_since(base: Base) -> None:
+    """The record of the file at a clean stop lets the next mount skip the check; bytes
+    changed since, even with the file's times set back as they were, are still refused."""
+    cloud = base.cloud
+    data_file = base.restore(base.pristine)  # a copy: the record it brought is not its own
+    record = cloud.cache / cleanstop.NAME
+    assert not cleanstop.unchanged(data_file)
+    cloud.mount()
+    assert SKIPPED not in cloud.log
+    cloud.umount()
+    assert record.exists() and cleanstop.unchanged(data_file)
+    cloud.mount()
+    assert SKIPPED in cloud.log
+    assert (cloud.mountpoint / "big").read_bytes() == base.big
+    cloud.umount()
+    assert cleanstop.unchanged(data_file)
+    times = data_file.stat()
+    bytes_over_the_nodes_of_the_inodes_root(data_file, base.big)
+    os.utime(data_file, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert data_file.stat().st_mtime_ns == times.st_mtime_ns
+    assert not cleanstop.unchanged(data_file)
+    assert_refused(cloud)
+
+
+def test_a_crash_leaves_no_record_that_vouches_for_the_file(base: Base) -> None:
+    cloud = base.cloud
+    data_file = base.restore(base.pristine)
+    cloud.mount()
+    cloud.umount()
+    assert cleanstop.unchanged(data_file)
+    cloud.mount()
+    (cloud.mountpoint / "new").write_bytes(b"written after the clean stop")
+    cloud.kill9()
+    assert not cleanstop.unchanged(data_file)
+    cloud.cleanup()
+    skipped = cloud.log.count(SKIPPED)
+    cloud.mount()
+    assert cloud.log.count(SKIPPED) == skipped
+    assert "the last stop was not a clean one" in cloud.log
+    assert (cloud.mountpoint / "new").read_bytes() == b"written after the clean stop"
+    cloud.umount()
+
+
+def test_fsck_checks_the_structure_even_after_a_clean_stop(base: Base) -> None:
+    """A page damaged without a write (as a disk's bad sector would), the record made to
+    match it: fsck still finds the damage."""
+    cloud = base.cloud
+    data_file = base.restore(base.pristine)
+    cloud.mount()
+    cloud.umount()
+    bytes_over_the_nodes_of_the_inodes_root(data_file, base.big)
+    cleanstop.record(data_file)
+    assert cleanstop.unchanged(data_file)
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 8, result.stderr
+    assert result.stderr.startswith(f"onitufs: {cloud.cache}: the index is damaged ("), \
+        result.stderr
 
 
 def test_the_check_of_a_100000_file_index_takes_well_under_a_second(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     try:
-        mount = Mount(load(args.config), None)
+        # fsck checks the index file's structure even after a clean stop
+        mount = Mount(load(args.config), None, always_check=args.command == "fsck")
     except (ConfigError, CacheError) as error:
         raise CommandError(str(error), status=8) from None  # fsck(8): an operational error
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import logs, overlaps
+from .. import cleanstop, logs, overlaps
 from ..config import ConfigError, load
 from ..index import CacheError
 from ..notify import notify
@@ -132,7 +132,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 # What Index makes in the cache folder (see index.py), besides the log.
-CACHE_FILES = ("data.mdb", "lock.mdb", "lock")
+CACHE_FILES = ("data.mdb", "lock.mdb", "lock", cleanstop.NAME)
 
 
 class NewPaths:
