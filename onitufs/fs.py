@@ -771,6 +771,6 @@ class Filesystem(pyfuse3.Operations):
         for ino in list(self.tree.open_counts):
             self.tree.make_revision(ino, delay=0)
         self.tree.lookups.clear()
-        self.tree.purge_orphans()  # unlinked inodes the kernel knew until now
+        self.tree.purge_unlinked()  # the nameless inodes the kernel knew until now
         self.index.sync()
 

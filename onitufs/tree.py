@@ -152,16 +152,27 @@ class Tree:
 
     def purge_unused(self, txn: lmdb.Transaction, ino: int) -> None:
         """Purge an inode of `unlinked` that nothing refers to any more."""
-        if self.in_use(ino):
-            return
+        if not self.in_use(ino):
+            self._purge_nameless(txn, ino)
+
+    def purge_unlinked(self) -> None:
+        """Purge every inode of `unlinked`: after the mount, when nothing refers to any.
+        Only those: the others all have names, which Mount.recovery_needed checks before
+        the stop is marked clean, reading every inode once."""
+        if self.unlinked:
+            with self.index.write() as txn:
+                for ino in list(self.unlinked):
+                    self._purge_nameless(txn, ino)
+
+    def _purge_nameless(self, txn: lmdb.Transaction, ino: int) -> None:
         self.unlinked.discard(ino)  # if what put it there never committed, it has names
         inode = self.index.get_inode(ino, txn)
         if inode is not None and inode.nlink == 0:
             self.purge(txn, inode)
 
     def purge_orphans(self) -> list[Inode]:
-        """Purge every inode with no name left (when the kernel holds none: before the mount
-        or after it); returns the inodes that remain."""
+        """Purge every inode with no name left, reading them all (before the mount, after a
+        stop that was not clean); returns the inodes that remain."""
         with self.index.begin() as txn:
             inodes = list(self.index.all_inodes(txn))
         orphans = [inode for inode in inodes if inode.nlink == 0]

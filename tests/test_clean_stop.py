@@ -8,7 +8,9 @@ path; one that does not, or one after any other stop, is."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 
 from onitufs.daemon import MAP_SIZE
@@ -68,6 +70,38 @@ def test_a_change_after_the_mark_voids_it(make_cloud: MakeCloud) -> None:
     finally:
         index.close()
     assert not stopped_cleanly(cloud)
+
+
+def test_a_file_unlinked_while_open_goes_at_the_stop_which_stays_clean(
+        make_cloud: MakeCloud) -> None:
+    """SIGTERM while a program holds a file it unlinked: the daemon detaches the busy mount,
+    purges that file's inode at its stop, and marks the stop clean; no nameless inode is
+    left for the next start."""
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "kept").write_bytes(b"kept")
+    held = open(cloud.mountpoint / "gone", "wb")  # noqa: SIM115 (held across the stop)
+    try:
+        held.write(b"unlinked while open")
+        held.flush()
+        os.unlink(cloud.mountpoint / "gone")
+        assert cloud.pid is not None
+        os.kill(cloud.pid, signal.SIGTERM)
+        cloud.wait_daemon_exit()
+    finally:
+        with contextlib.suppress(OSError):  # the mount is gone under it
+            held.close()
+    subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
+    assert stopped_cleanly(cloud)
+    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
+    try:
+        with index.begin() as txn:
+            assert [inode.ino for inode in index.all_inodes(txn) if inode.nlink == 0] == []
+    finally:
+        index.close()
+    cloud.mount()
+    assert sorted(os.listdir(cloud.mountpoint)) == ["kept"]
+    cloud.umount()
 
 
 def test_a_kill_after_a_clean_start_leaves_the_recovery_to_run(make_cloud: MakeCloud) -> None:
