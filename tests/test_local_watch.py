@@ -292,6 +292,47 @@ def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:
     assert sorted(read[1::2]) == ["", "one", "one/two", "three"]
 
 
+def test_a_listing_reuses_what_it_knew_only_where_nothing_changed(tmp_path: Path) -> None:
+    """A walk given an earlier listing lists an unchanged entry as the very object it knew
+    (a safety-net walk of an unchanged tree makes nothing new), and any change, even one
+    that keeps a file's size and time, as a new description: the listing is always what a
+    fresh walk would make."""
+    root = tmp_path
+    for name, content in (("same", b"same"), ("content", b"before"), ("mode", b"mode"),
+                          ("replaced", b"12345"), ("kind", b"")):
+        (root / name).write_bytes(content)
+    os.symlink("same", root / "link")
+    (root / "folder").mkdir()
+    (root / "folder" / "inside").write_bytes(b"inside")
+    first = {md.path: md for md in listing.listing(str(root), lambda: None)}
+
+    def keep_times(path: Path, change: Callable[[], object]) -> None:
+        times = os.lstat(path)
+        change()
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns), follow_symlinks=False)
+
+    (root / "content").write_bytes(b"after, longer")
+    keep_times(root / "mode", lambda: os.chmod(root / "mode", 0o600))
+    (root / "other").write_bytes(b"54321")  # the same size and time, another file
+    keep_times(root / "other", lambda: None)
+    os.utime(root / "other", ns=(0, os.stat(root / "replaced").st_mtime_ns))
+    os.replace(root / "other", root / "replaced")
+
+    def retarget() -> None:
+        os.unlink(root / "link")
+        os.symlink("mode", root / "link")  # a target of the same length
+
+    keep_times(root / "link", retarget)
+    os.unlink(root / "kind")
+    (root / "kind").mkdir()
+
+    again = {md.path: md for md in listing.listing(str(root), lambda: None, known=first)}
+    fresh = {md.path: md for md in listing.listing(str(root), lambda: None)}
+    assert again == fresh
+    assert {path for path in again if again[path] is first.get(path)} == \
+        {"same", "folder", "folder/inside"}
+
+
 def test_give_way_waits_while_the_mount_is_used_but_never_long(tmp_path: Path) -> None:
     looks: list[bool] = []
     busy = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, RemoteUnavailable
 
@@ -49,9 +49,13 @@ def file_id(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-def describe(path: str, st: os.stat_result) -> Metadata:
-    kind: Kind = "dir" if stat.S_ISDIR(st.st_mode) else \
+def describe_kind(st: os.stat_result) -> Kind:
+    return "dir" if stat.S_ISDIR(st.st_mode) else \
         "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+
+
+def describe(path: str, st: os.stat_result) -> Metadata:
+    kind = describe_kind(st)
     return Metadata(path=path, kind=kind, size=st.st_size if kind == "file" else 0,
                     mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode),
                     revision=token(st), file_id=file_id(st))
@@ -80,10 +84,20 @@ def entry(root: str, path: str) -> Metadata | None:
     return md
 
 
+def unchanged(old: Metadata, st: os.stat_result, target: str | None) -> bool:
+    """Whether describe() would make of `st` (and a link's target) what `old` holds."""
+    return (old.mtime_ns == st.st_mtime_ns and old.mode == stat.S_IMODE(st.st_mode)
+            and old.target == target and old.revision == token(st)
+            and old.file_id == file_id(st) and old.kind == describe_kind(st))
+
+
 def listing(root: str, give_way: Callable[[], None], top: str = "",
-            watch: Callable[[str], None] | None = None) -> list[Metadata]:
+            watch: Callable[[str], None] | None = None,
+            known: Mapping[str, Metadata] | None = None) -> list[Metadata]:
     """Everything below the folder `top` of the root ("": all of it). give_way() is called
     before each folder is read (Plug.give_way: people using the mount come first).
+    Where `known` (an earlier listing, by path) holds what an entry still is, that very
+    object is listed again: a safety-net walk of an unchanged tree makes nothing new.
 
     Without `watch`, TreeMoved if something in it went while it was read (a build, git
     gc): that is no reason to call the remote unreachable. With it, watch(folder) is
@@ -92,14 +106,15 @@ def listing(root: str, give_way: Callable[[], None], top: str = "",
     """
     waited = _walking.acquire(timeout=WALK_WAIT)
     try:
-        return _walk(root, give_way, top, watch)
+        return _walk(root, give_way, top, watch, known or {})
     finally:
         if waited:
             _walking.release()
 
 
 def _walk(root: str, give_way: Callable[[], None], top: str,
-          watch: Callable[[str], None] | None) -> list[Metadata]:
+          watch: Callable[[str], None] | None, known: Mapping[str, Metadata]
+          ) -> list[Metadata]:
     entries: list[Metadata] = []
     folders = [top]
     while folders:
@@ -129,8 +144,10 @@ def _walk(root: str, give_way: Callable[[], None], top: str,
                     raise TreeMoved(path) from None
                 if not reported(st):
                     continue  # fifos, sockets, devices live in the index only
-                md = describe(path, st)
-                md.target = target
+                md = known.get(path)
+                if md is None or not unchanged(md, st, target):
+                    md = describe(path, st)
+                    md.target = target
                 if md.kind == "dir":
                     folders.append(path)
                 entries.append(md)
