@@ -275,7 +275,7 @@ class Index:
         self._after_commit: list[Callable[[], None]] = []
         # Read before anything is written: whether the index is as the last process left it
         # when it stopped cleanly (see mark_clean_stop).
-        self.stopped_cleanly = self._clean_stop_mark() == env.info()["last_txnid"]
+        self.stopped_cleanly = self._mark_holds()
         # remote id -> the fingerprint of its mirror and how many racy entries it has, where
         # known: written at the last clean stop, kept up to date since (see matches_mirror)
         self._sums = self._mirror_sums() if self.stopped_cleanly else {}
@@ -290,7 +290,7 @@ class Index:
         """Sync and close; then, the index as a clean stop left it, record the file for the
         next open (while the lock still keeps other onitufs processes out)."""
         try:
-            clean = self._clean_stop_mark() == self.env.info()["last_txnid"]
+            clean = self._mark_holds()
         except lmdb.Error:
             clean = False
         self.env.sync(True)
@@ -330,6 +330,10 @@ class Index:
         from the last clean stop on (written with its mark, so counting only while that
         does) and kept up to date by every change of the mirror since."""
         return self._sums.get(rid) == (listed, 0)  # and no racy entry to check
+
+    def _mark_holds(self) -> bool:
+        """Whether the clean-stop mark is still the last transaction committed."""
+        return self._clean_stop_mark() == self.env.info()["last_txnid"]
 
     def _clean_stop_mark(self) -> int | None:
         with self.begin() as txn:
