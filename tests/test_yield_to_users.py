@@ -94,23 +94,29 @@ def test_an_upload_gives_way_between_chunks_but_never_long(
     replicator.foreground_idle = foreground_idle
     with index.write() as txn:
         replicator.schedule(txn, 5, 0.0, None)
+    long_ago = time.monotonic() - 10  # when the upload began
     began = time.monotonic()
-    trio.run(replicator._give_way, remote, 5)
+    trio.run(replicator._give_way, remote, 5, long_ago)
     assert GIVE_WAY_LIMIT <= time.monotonic() - began < 5  # waited, then went on anyway
     assert len(looks) > 1
     idle = BUSY_WINDOW
     looks.clear()
-    trio.run(replicator._give_way, remote, 5)
+    trio.run(replicator._give_way, remote, 5, long_ago)
     assert looks == [BUSY_WINDOW]  # an idle mount: on at once
+    # The last request came before the upload began (the file's own close): on at once.
+    idle = BUSY_WINDOW / 2
+    looks.clear()
+    trio.run(replicator._give_way, remote, 5, time.monotonic() - idle / 2)
+    assert looks == [BUSY_WINDOW / 2]
     idle = 0.0
     looks.clear()
     replicator.expedite(5)
-    trio.run(replicator._give_way, remote, 5)
+    trio.run(replicator._give_way, remote, 5, long_ago)
     assert looks == []  # an fsync waits for it: no waiting
     with index.write() as txn:
         replicator.schedule(txn, 6, 0.0, None)
     replicator.start_flush()
-    trio.run(replicator._give_way, remote, 6)
+    trio.run(replicator._give_way, remote, 6, long_ago)
     assert looks == []  # flushed (a writer waits for room, an unmount): no waiting
 
 
