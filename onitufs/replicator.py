@@ -760,6 +760,7 @@ class Replicator:
 
     async def _upload_revision(self, remote: Remote, inode: Inode, path: str,
                                replaces: str | None) -> None:
+        began = time.monotonic()  # the mount's use from here on holds the chunks back
         rev = inode.rev
         if inode.flags & FLAG_WRITE_FAILED:
             # Cut short by a full disk: no revision comes until it is written anew, which
@@ -822,7 +823,6 @@ class Replicator:
         keeps_holes = remote.plug is not None and remote.plug.keeps_holes
         behind = None  # the whole-file hash of the chunk before, still running
         self._reached[remote.rid][inode.ino] = (rev, offset)
-        began = time.monotonic()
         while offset < md.size:
             if inode.rev != rev or inode.dirty or not self._alive(inode.ino):
                 await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
