@@ -6,6 +6,7 @@ import os
 
 from onitufs.index import ROOT_INO, Index, q
 
+from .bitrot import loop_disk
 from .conftest import MakeCloud, run, snapshot
 
 MAP = 2**40
@@ -61,26 +62,24 @@ def test_fsck_mends_a_damaged_index(make_cloud: MakeCloud) -> None:
 
 def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"})
-    cloud.mount()
-    content = os.urandom(3 * 1024 * 1024 + 1)
-    (cloud.mountpoint / "data.bin").write_bytes(content)
-    (cloud.mountpoint / "small.txt").write_bytes(b"small")
-    cloud.umount()
-    result = run("verify", cloud.config, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 copies read back, 0 damaged" in result.stdout
-    damaged = cloud.remotes["b"] / "data.bin"
-    stamp = damaged.stat()
-    with open(damaged, "r+b") as handle:  # bit rot: content changes, size and time do not
+    with loop_disk(cloud.remotes["b"]) as disk:
+        cloud.mount()
+        content = os.urandom(3 * 1024 * 1024 + 1)
+        (cloud.mountpoint / "data.bin").write_bytes(content)
+        (cloud.mountpoint / "small.txt").write_bytes(b"small")
+        cloud.umount()
+        result = run("verify", cloud.config, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "4 copies read back, 0 damaged" in result.stdout
+        damaged = cloud.remotes["b"] / "data.bin"
         spot = 2 * 1024 * 1024 + 5
-        rotten = bytes(byte ^ 0xFF for byte in os.pread(handle.fileno(), 3, spot))
-        os.pwrite(handle.fileno(), rotten, spot)  # each of the three bytes differs
-    os.utime(damaged, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    result = run("verify", cloud.config, check=False)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "remote b: /data.bin: bytes 2097157-2097159 differ from the cached content" in result.stdout
-    assert damaged.read_bytes() == content
-    assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
+        disk.rot(damaged, spot, bytes(byte ^ 0xFF for byte in content[spot:spot + 3]))
+        result = run("verify", cloud.config, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "remote b: /data.bin: bytes 2097157-2097159 differ from the cached content" \
+            in result.stdout
+        assert damaged.read_bytes() == content
+        assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
 
 
 def test_verify_reports_an_unreachable_remote_without_calling_it_damaged(

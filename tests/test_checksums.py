@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Callable
 
+from .bitrot import loop_disk
 from .conftest import MakeCloud, wait_for
 
 
@@ -22,19 +23,17 @@ def test_sha256_of_each_revision(make_cloud: MakeCloud) -> None:
 
 def test_a_damaged_replica_is_detected_and_repaired(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 MiB", block_size="64 KiB")
-    cloud.mount()
-    content = cloud.write_evicted("precious", 4 * 1024 * 1024)
-    damaged = cloud.remotes["a"] / "precious"
-    stamp = damaged.stat()
-    with open(damaged, "r+b") as handle:  # bit rot: the bytes change, size and time do not
-        handle.seek(1_000_000)
-        handle.write(b"\xff" * 100)
-    os.utime(damaged, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    cloud.mount()
-    assert (cloud.mountpoint / "precious").read_bytes() == content  # served by b
-    assert "precious is damaged there" in cloud.log
-    wait_for(lambda: damaged.read_bytes() == content, what="a's copy to be repaired")
-    assert (cloud.remotes["b"] / "precious").read_bytes() == content
+    with loop_disk(cloud.remotes["a"]) as disk:
+        cloud.mount()
+        content = cloud.write_evicted("precious", 4 * 1024 * 1024)
+        damaged = cloud.remotes["a"] / "precious"
+        disk.rot(damaged, 1_000_000, b"\xff" * 100)
+        cloud.mount()
+        assert (cloud.mountpoint / "precious").read_bytes() == content  # served by b
+        assert "precious is damaged there" in cloud.log
+        wait_for(lambda: damaged.read_bytes() == content, what="a's copy to be repaired")
+        assert (cloud.remotes["b"] / "precious").read_bytes() == content
+        cloud.umount()
 
 
 def test_a_file_written_in_order_has_its_checksum_once_closed(make_cloud: MakeCloud) -> None:

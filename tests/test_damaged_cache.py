@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .bitrot import loop_disk
 from .conftest import Cloud, MakeCloud, run
 
 BLOCK = 1024 * 1024
@@ -23,15 +24,20 @@ def scribble(cache: Path, content: bytes, at: int, length: int = 16) -> None:
     data_file.write_bytes(raw)
 
 
-def damaged_cloud(make_cloud: MakeCloud) -> tuple[Cloud, bytes]:
-    cloud = make_cloud({"a": "rw", "b": "rw"})
+def damage(cloud: Cloud) -> bytes:
+    """A file written to both remotes, then a block of it damaged in the cache."""
     cloud.mount()
     content = os.urandom(3 * BLOCK + 1000)
     (cloud.mountpoint / "f").write_bytes(content)
     cloud.wait_synced()
     cloud.umount()
     scribble(cloud.cache, content, BLOCK + 5000)
-    return cloud, content
+    return content
+
+
+def damaged_cloud(make_cloud: MakeCloud) -> tuple[Cloud, bytes]:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    return cloud, damage(cloud)
 
 
 def test_a_damaged_block_is_read_again_from_a_remote(make_cloud: MakeCloud) -> None:
@@ -66,38 +72,34 @@ def test_fsck_finds_a_damaged_block_and_verify_spreads_nothing(make_cloud: MakeC
 
 
 def test_verify_repairs_the_cache_not_the_remotes(make_cloud: MakeCloud) -> None:
-    cloud, content = damaged_cloud(make_cloud)
-    result = run("verify", cloud.config, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for name, remote in cloud.remotes.items():
-        assert (remote / "f").read_bytes() == content, name
-    assert run("fsck", cloud.config, check=False).returncode == 0  # repaired by verify
-    for remote in cloud.remotes.values():  # only the cache has the content now
-        copy = remote / "f"
-        stat = copy.stat()
-        copy.write_bytes(bytes(len(content)))
-        os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a change no listing sees
-    cloud.mount()
-    assert (cloud.mountpoint / "f").read_bytes() == content
-    cloud.umount()
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    with loop_disk(cloud.remotes["a"]) as disk_a, loop_disk(cloud.remotes["b"]) as disk_b:
+        content = damage(cloud)
+        result = run("verify", cloud.config, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for name, remote in cloud.remotes.items():
+            assert (remote / "f").read_bytes() == content, name
+        assert run("fsck", cloud.config, check=False).returncode == 0  # repaired by verify
+        for disk in (disk_a, disk_b):  # only the cache has the content now
+            disk.rot(disk.folder / "f", 0, bytes(len(content)))
+        cloud.mount()
+        assert (cloud.mountpoint / "f").read_bytes() == content
+        cloud.umount()
 
 
 def test_verify_names_the_bytes_that_differ(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw"})
-    cloud.mount()
-    content = os.urandom(2 * BLOCK)
-    (cloud.mountpoint / "f").write_bytes(content)
-    cloud.wait_synced()
-    cloud.umount()
-    remote_copy = cloud.remotes["a"] / "f"
-    stat = remote_copy.stat()
-    damaged = bytearray(content)
-    damaged[BLOCK + 100:BLOCK + 104] = b"XXXX"
-    remote_copy.write_bytes(damaged)
-    os.utime(remote_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
-    result = run("verify", cloud.config, check=False)
-    assert f"bytes {BLOCK + 100}-{BLOCK + 103} differ" in result.stdout, result.stdout
-    assert remote_copy.read_bytes() == content
+    with loop_disk(cloud.remotes["a"]) as disk:
+        cloud.mount()
+        content = os.urandom(2 * BLOCK)
+        (cloud.mountpoint / "f").write_bytes(content)
+        cloud.wait_synced()
+        cloud.umount()
+        remote_copy = cloud.remotes["a"] / "f"
+        disk.rot(remote_copy, BLOCK + 100, b"XXXX")
+        result = run("verify", cloud.config, check=False)
+        assert f"bytes {BLOCK + 100}-{BLOCK + 103} differ" in result.stdout, result.stdout
+        assert remote_copy.read_bytes() == content
 
 
 def test_damaged_content_that_no_remote_holds_is_an_error_not_zeros(make_cloud: MakeCloud) -> None:
