@@ -116,13 +116,14 @@ def unseal(stored: Value) -> tuple[Value, bool]:
     return content, hashlib.sha256(content).digest() == bytes(stored[:SEAL])
 
 
-def listed_digest(path: str, kind: str, token: str | None, fid: str | None) -> int:
+def listed_digest(path: str, kind: str, token: str | None, fid: str | None,
+                  changed: int | None) -> int:
     """A 128-bit fingerprint of a path as a remote lists it: the kind, and for a file the
-    revision token and file id (a folder's token changes by itself). Added up (mod
+    revision token, file id and changed_ns (a folder's token changes by itself). Added up (mod
     2**128), they make a fingerprint of a whole listing that two different listings share
     only by chance: see Index.matches_mirror."""
     fields = f"{len(path)}:{path}:{kind}" if kind == "dir" else \
-        f"{len(path)}:{path}:{kind}:{token!r}:{fid!r}"
+        f"{len(path)}:{path}:{kind}:{token!r}:{fid!r}" + ("" if changed is None else f":{changed}")
     return int.from_bytes(hashlib.blake2b(fields.encode("utf-8", "surrogateescape"),
                                           digest_size=16).digest())
 
@@ -197,18 +198,19 @@ class MirrorEntry:
     fid: str | None
     kind: str
     attrs: str | None = None  # Metadata.attrs_key() of the mode, time and xattrs it holds
+    changed: int | None = None  # Metadata.changed_ns as it was last found, or set by onitufs
     # The token was recorded so soon after the file's time that a change within the same
     # tick of the remote's clock would leave it as it is: the content is checked once later.
     racy: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind,
-                "attrs": self.attrs, "racy": self.racy}
+                "attrs": self.attrs, "changed": self.changed, "racy": self.racy}
 
 
 def mirror_digest(path: str, entry: MirrorEntry) -> int:
     """listed_digest of what a remote is known to hold at `path`."""
-    return listed_digest(path, entry.kind, entry.token, entry.fid)
+    return listed_digest(path, entry.kind, entry.token, entry.fid, entry.changed)
 
 
 @dataclass(slots=True)

@@ -76,9 +76,12 @@ class Metadata:
     os.fsdecode. `revision` is the remote's own token for this version of
     the file (an mtime, an etag, a rev id): onitufs compares tokens, never
     interprets them. `file_id` is a name-independent identity where the remote
-    has one, so a rename can be told from a delete plus a create. `xattrs` are the
-    file's extended attributes of the user namespace, for remotes that keep
-    them. `extra` is the driver's own state for one transfer (a temp name, a session id);
+    has one, so a rename can be told from a delete plus a create. `changed_ns` is when
+    anything about a file last changed (a POSIX ctime) where the remote keeps that: a
+    file whose revision stays while it moves is read and compared with what onitufs
+    holds, so that content rewritten in place with its time set back is still seen.
+    `xattrs` are the file's extended attributes of the user namespace, for
+    remotes that keep them. `extra` is the driver's own state for one transfer (a temp name, a session id);
     onitufs saves it with the transfer offset so restart_upload finds it.
     """
 
@@ -89,6 +92,7 @@ class Metadata:
     mode: int = 0o644
     revision: str | None = None
     file_id: str | None = None
+    changed_ns: int | None = None
     target: str | None = None
     xattrs: dict[str, bytes] = field(default_factory=dict)  # the user namespace
     extra: dict[str, Any] = field(default_factory=dict)

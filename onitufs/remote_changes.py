@@ -78,9 +78,14 @@ def is_version(entry: MirrorEntry, md: Metadata) -> bool:
                                            or entry.fid == md.file_id)
 
 
+def unsettled(entry: MirrorEntry, md: Metadata) -> bool:
+    """Whether a file listed as the version recorded may yet have changed: see _settle."""
+    return md.kind == "file" and (entry.racy or entry.changed != md.changed_ns)
+
+
 def entry_of(md: Metadata, rev: int, remote: Remote) -> MirrorEntry:
     """What the remote holds, as it reported it, standing for revision `rev` of ours."""
-    return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key(),
+    return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key(), md.changed_ns,
                        racy=md.kind == "file" and remote.racy(md.mtime_ns))
 
 
@@ -98,6 +103,8 @@ class RemoteChanges:
         self.remotes[remote].set_status(error)
 
     async def update_file(self, remote: str, metadata: Metadata) -> None:
+        # A file that kept its token (only its changed_ns moved) is left to the listing,
+        # which reads and compares it: this comes from a read, which must not wait on one.
         await self._take(self.remotes[remote], metadata)
 
     async def _take(self, source: Remote, metadata: Metadata) -> bool:
@@ -279,10 +286,18 @@ class RemoteChanges:
             self.replicator.requeue(txn, remote, ours.ino)
         return True
 
-    async def _settle_racy(self, remote: Remote, md: Metadata) -> bool:
-        """A file whose token was recorded within a tick of its time: once that tick has
-        passed, its content says whether it changed behind the same token. False while
-        that cannot be told yet (the next listing asks again)."""
+    async def _settle(self, remote: Remote, md: Metadata) -> bool:
+        """A file listed with the token recorded for it, which may yet hide a change: its
+        token was recorded within a tick of its time (MirrorEntry.racy), or its changed_ns
+        moved (a chmod or a link there, or content written over its own bytes with its
+        time put back). Its content says which, once that tick has passed. False while
+        that cannot be told yet (the next listing asks again).
+
+        Content that changed within a tick is a version like any other. Content that
+        changed while its time was put back is kept beside ours, as in a conflict: that
+        is an edit (a tag editor that keeps times) or a program gone wrong, and which
+        of the two only its owner can tell. (Bit rot moves no time: reads find it by the
+        blocks' SHA-256, and repair it.)"""
         if remote.racy(md.mtime_ns):
             return False
         with self.index.begin() as txn:
@@ -291,25 +306,36 @@ class RemoteChanges:
             entry = self.index.mirror(remote.rid, ino, txn).get(md.path) if ino else None
         if ino is None or entry is None:
             return True
-        if inode is not None and inode.is_reg and entry.rev == inode.rev:
-            if inode.dirty or self.tree.cache.has_dirty(inode.ino):
+        moved = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
+        ours = inode if inode is not None and inode.is_reg and entry.rev == inode.rev else None
+        if ours is not None and (entry.racy or moved):
+            if ours.dirty or self.tree.cache.has_dirty(ours.ino):
                 return False
             # Its mirror entry names our revision: where we do not know all of it, what
             # was read of it is what must not have changed.
-            same = await self._same_content(remote, md, inode, read_part=True)
+            same = await self._same_content(remote, md, ours, read_part=True)
             if same is None:
                 return False
-            if not same:
-                log.info("remote %s: %s changed there within a tick of its time; taking it in",
-                         remote.name, md.path)
-                with self.index.write() as txn:
-                    entry.token = None  # so that the listing's token reads as a change
-                    self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
-                return await self._take(remote, md)
+        else:
+            # What it held is not our current revision (or is nothing of ours now): what
+            # it was cannot be compared, so a move is taken as a change (keep_both
+            # compares it with ours); an index from before changed_ns just learns it.
+            same = not moved
+        if not same and moved and ours is not None:
+            log.warning("remote %s: %s: its content changed there, its size and time did "
+                        "not: keeping both", remote.name, md.path)
+            return await self.keep_both(remote, md, ours)
         with self.index.write() as txn:
-            entry.racy = False
+            if self.index.mirror(remote.rid, ino, txn).get(md.path) != entry:
+                return False  # onitufs changed it there meanwhile: the next listing says
+            if not same:
+                log.info("remote %s: %s changed there behind the same token; taking it in",
+                         remote.name, md.path)
+                entry.token = None  # so that the listing's token reads as a change
+            else:
+                entry.racy, entry.changed = False, md.changed_ns
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
-        return True
+        return same or await self._take(remote, md)
 
     async def _same_content(self, remote: Remote, md: Metadata, ours: Inode,
                             read_part: bool = False) -> bool | None:
@@ -435,7 +461,8 @@ class RemoteChanges:
         new_name = encode_path(new.path.rpartition("/")[2])
         self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
         self.index.move_mirror(txn, remote.rid, ino, old, new.path,
-                               MirrorEntry(entry.rev, new.revision, new.file_id, entry.kind, entry.attrs))
+                               MirrorEntry(entry.rev, new.revision, new.file_id, entry.kind, entry.attrs,
+                                           new.changed_ns))
         self.tree.kernel.entry_changed(old_parent, old_name)
         self.tree.kernel.entry_changed(new_parent, new_name)
         return True
@@ -451,7 +478,7 @@ class RemoteChanges:
         # marker is listed), nor is the mirror decoded for it.
         unchanged = marker is not None and not self.index.mirror_in_memory(source.rid) \
             and self.index.matches_mirror(source.rid, sum(
-                listed_digest(md.path, md.kind, md.revision, md.file_id)
+                listed_digest(md.path, md.kind, md.revision, md.file_id, md.changed_ns)
                 for md in entries) % SUM_MOD)
         held: dict[str, MirrorEntry] = {}
         if not unchanged:
@@ -544,8 +571,8 @@ class RemoteChanges:
                 # on its way to another remote, whose record would land on the inode
                 # replaced (and its copy then read as a conflict). The next listing says.
                 settled = not self._sending(source, path) and await self._take(source, md)
-            elif entry.racy:
-                settled = await self._settle_racy(source, md)
+            elif unsettled(entry, md):
+                settled = await self._settle(source, md)
             else:
                 continue
             skipped = skipped or not settled

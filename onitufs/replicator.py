@@ -140,7 +140,8 @@ async def settled(future: concurrent.futures.Future[T]) -> T:
 
 def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
     kind: Kind = "dir" if entry.kind == "dir" else "symlink" if entry.kind == "symlink" else "file"
-    return Metadata(path=path, kind=kind, revision=entry.token, file_id=entry.fid)
+    return Metadata(path=path, kind=kind, revision=entry.token, file_id=entry.fid,
+                    changed_ns=entry.changed)
 
 
 class Replicator:
@@ -545,7 +546,7 @@ class Replicator:
                         raise Retry()  # changed there while we waited: look again
                 if inode.is_reg and (entry is None or entry.rev != inode.rev):
                     with self._working_at(remote, path):
-                        await self._upload(remote, inode, path, entry.token if entry else None)
+                        await self._upload(remote, inode, path, entry)
                 elif entry is None:
                     with self._working_at(remote, path):
                         await self._make(remote, inode, path)
@@ -710,7 +711,8 @@ class Replicator:
         with self._write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,
                                    MirrorEntry(entry.rev, new_md.revision, new_md.file_id,
-                                               entry.kind, entry.attrs))
+                                               entry.kind, entry.attrs,
+                                               changed=new_md.changed_ns))
 
     def _describe(self, inode: Inode, path: str) -> Metadata:
         """What is sent for an inode: its attributes, with the xattrs remotes may keep."""
@@ -722,13 +724,13 @@ class Replicator:
         md = self._describe(inode, path)
         if entry.attrs == md.attrs_key():
             return
-        md.revision, md.file_id = entry.token, entry.fid
+        md.revision, md.file_id, md.changed_ns = entry.token, entry.fid, entry.changed
         await remote.call("set_attrs", md)
         remote.touch(path)
         with self._write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(entry.rev, md.revision, md.file_id, entry.kind,
-                                        md.attrs_key(),
+                                        md.attrs_key(), changed=md.changed_ns,
                                         racy=entry.kind == "file" and remote.racy(md.mtime_ns)))
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
@@ -747,10 +749,11 @@ class Replicator:
         with self._write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(inode.rev, md.revision, md.file_id, md.kind,
-                                        md.attrs_key()))
+                                        md.attrs_key(), changed=md.changed_ns))
 
-    async def _upload(self, remote: Remote, inode: Inode, path: str, replaces: str | None) -> None:
-        """Upload the current revision to `path`, where the remote held `replaces` (a token)."""
+    async def _upload(self, remote: Remote, inode: Inode, path: str,
+                      replaces: MirrorEntry | None) -> None:
+        """Upload the current revision to `path`, where the remote held `replaces`."""
         learning = (inode.ino, inode.rev)
         try:
             await self._upload_revision(remote, inode, path, replaces)
@@ -759,7 +762,7 @@ class Replicator:
                 del self._learning[learning]
 
     async def _upload_revision(self, remote: Remote, inode: Inode, path: str,
-                               replaces: str | None) -> None:
+                               replaces: MirrorEntry | None) -> None:
         began = time.monotonic()  # the mount's use from here on holds the chunks back
         rev = inode.rev
         if inode.flags & FLAG_WRITE_FAILED:
@@ -773,7 +776,8 @@ class Replicator:
                 remote.health.last_progress = time.monotonic()
             raise Retry()
         md = self._describe(inode, path)
-        md.revision = replaces
+        if replaces is not None:
+            md.revision, md.changed_ns = replaces.token, replaces.changed
         with self.index.begin() as txn:
             saved = self.index.transfer(remote.rid, inode.ino, txn)
         # (an upload saved at byte 0 may never have started: nothing to resume, start over)
@@ -924,7 +928,7 @@ class Replicator:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
                             MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key(),
-                                        racy=remote.racy(md.mtime_ns)))
+                                        changed=md.changed_ns, racy=remote.racy(md.mtime_ns)))
             if inode.rev == rev and not inode.dirty:
                 if learnt is not None:
                     self.index.set_block_hash(txn, inode.ino, 0, rev, learnt)
@@ -979,7 +983,7 @@ class Replicator:
         while holders:
             remote, path, entry = holders.pop(0)
             md = metadata_for(inode, path)
-            md.revision, md.file_id = entry.token, entry.fid
+            md.revision, md.file_id, md.changed_ns = entry.token, entry.fid, entry.changed
             try:
                 data: bytes = await remote.call("get_chunk", md, offset, size)
             except CallFailed as error:

@@ -107,16 +107,30 @@ def conformance_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]
         server.stop()
 
 
+# What onitufs-drivers(7) promises that SFTP cannot let the ssh driver keep: its test is
+# marked to fail for it (strictly).
+SSH_DEVIATIONS = {
+    "test_a_file_rewritten_in_place_with_its_time_put_back": (
+        "SFTP (version 3) gives no change time, and its modification times are whole "
+        "seconds: same-size content written in place with its time put back keeps the token"),
+}
+
+
 @pytest.fixture
-def ssh_driver(small_disk: Path, conformance_sshd: Sshd) -> Iterator[Harness]:
+def ssh_driver(request: pytest.FixtureRequest, small_disk: Path,
+               conformance_sshd: Sshd) -> Iterator[Harness]:
+    deviation = SSH_DEVIATIONS.get(request.function.__name__)
+    if deviation is not None:
+        request.applymarker(pytest.mark.xfail(reason=deviation, strict=True))
     server = conformance_sshd
     root = small_disk / "remote"
     root.mkdir()
     table = {"driver": "ssh", "host": "127.0.0.1", "port": server.port, "user": server.user,
              "path": str(root), "identity": str(server.user_key),
              "known_hosts": str(server.known_hosts), "poll_interval": "0.1s"}
+    # (a deviation waits for a report that cannot come: not for long, as it polls often)
     with started(onitufs_ssh, table, SshBackdoor(root, small_disk / "ballast", server),
-                 base_dir=small_disk) as harness:
+                 base_dir=small_disk, report_timeout=3.0 if deviation else 20.0) as harness:
         yield harness
 
 

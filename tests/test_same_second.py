@@ -1,9 +1,13 @@
-"""Edits of the same size within the same second are never taken for the same file."""
+"""Edits that keep a file's size and time (made within the same second, or with the time
+put back) are never taken for the same file."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+from onitufs.testing.backdoor import FolderBackdoor
 
 from .conftest import Cloud, MakeCloud, run, wait_for
 
@@ -84,3 +88,92 @@ def test_a_copy_already_on_a_remote_is_recognised_by_its_content(make_cloud: Mak
     assert versions(cloud.mountpoint, "same.bin") == [same]
     cloud.wait_synced()
     cloud.umount()
+
+
+def rewrite_in_place(remote: Path, name: str, content: bytes) -> None:
+    """Same-size content written over a file's own bytes, its time put back (touch -r)."""
+    before = (remote / name).stat()
+    FolderBackdoor(remote).rewrite_in_place(name, content)
+    after = (remote / name).stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == \
+        (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def test_content_changed_in_place_with_its_time_put_back_is_kept_beside(
+        make_cloud: MakeCloud) -> None:
+    """An edit made so (a tag editor that keeps times), or a program gone wrong: which, only
+    its owner can tell, so neither takes the other's place. Mounted, and while unmounted."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "f").write_bytes(b"first version")
+    cloud.wait_synced()
+    assert (cloud.mountpoint / "f").read_bytes() == b"first version"
+    rewrite_in_place(cloud.remotes["a"], "f", b"edited there!")
+    both = [b"edited there!", b"first version"]
+    wait_for(lambda: versions(cloud.mountpoint, "f") == both, timeout=30,
+             what="both versions in the mount")
+    cloud.wait_synced()
+    assert (cloud.mountpoint / "f").read_bytes() == b"first version"
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert versions(remote, "f") == both, name
+    rewrite_in_place(cloud.remotes["b"], "f", b"while offline")
+    cloud.mount()
+    three = sorted([*both, b"while offline"])
+    wait_for(lambda: versions(cloud.mountpoint, "f") == three, timeout=30,
+             what="the offline change beside them")
+    cloud.wait_synced()
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert versions(remote, "f") == three, name
+
+
+def test_a_chmod_or_a_link_on_a_remote_uploads_nothing_again(make_cloud: MakeCloud) -> None:
+    """Its ctime moves, its content does not: read and compared, it is no new version, and
+    what the remote holds still counts as the file (a later delete in the mount goes)."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    content = os.urandom(3 << 20)
+    (cloud.mountpoint / "f").write_bytes(content)
+    (cloud.mountpoint / "g").write_bytes(b"g")
+    cloud.wait_synced()
+    copies = {name: (remote / "f").stat().st_ino for name, remote in cloud.remotes.items()}
+    time.sleep(0.05)
+    os.chmod(cloud.remotes["a"] / "f", 0o600)
+    os.link(cloud.remotes["a"] / "g", cloud.root / "g-link")
+    for name in ("f", "g"):  # compared with what the mount holds
+        wait_for(lambda name=name: f"remote a: get_chunk {name} " in cloud.log,  # type: ignore[misc]
+                 timeout=30, what=f"{name} read to be compared")
+    cloud.wait_synced()
+    assert (cloud.mountpoint / "f").read_bytes() == content
+    assert {name: (remote / "f").stat().st_ino for name, remote in cloud.remotes.items()} \
+        == copies, "uploaded again"
+    assert cloud.log.count("start_upload f\n") == 2, "uploaded again"
+    assert "changed there behind the same token" not in cloud.log
+    assert versions(cloud.mountpoint, "f") == [content]
+    (cloud.mountpoint / "f").unlink()
+    (cloud.mountpoint / "g").unlink()
+    cloud.wait_synced()
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert not (remote / "f").exists() and not (remote / "g").exists(), name
+    assert (cloud.root / "g-link").read_bytes() == b"g"
+
+
+def test_a_file_deleted_in_the_mount_and_edited_in_place_there_keeps_the_edit(
+        make_cloud: MakeCloud) -> None:
+    """Deleted in the mount while a remote rewrites it in place with its time put back,
+    before the delete reaches that remote (held back by upload_delay): the edit wins, as
+    a visible edit would, and no remote loses it."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="5s")
+    cloud.mount()
+    (cloud.mountpoint / "f").write_bytes(b"first version")
+    cloud.wait_synced(timeout=60)
+    (cloud.mountpoint / "f").unlink()
+    rewrite_in_place(cloud.remotes["a"], "f", b"edited there!")
+    wait_for(lambda: (cloud.mountpoint / "f").exists(), timeout=30, what="the edit back")
+    cloud.wait_synced(timeout=60)
+    assert (cloud.mountpoint / "f").read_bytes() == b"edited there!"
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "f").read_bytes() == b"edited there!", name

@@ -67,6 +67,9 @@ def where_a_listing_agrees(driver: Harness, *mds: Metadata) -> dict[str, Metadat
         assert listed.file_id == md.file_id or md.file_id is None, \
             f"{md.path!r}: the handler set file_id {md.file_id!r}, the listing says " \
             f"{listed.file_id!r}"
+        assert listed.changed_ns == md.changed_ns or md.changed_ns is None, \
+            f"{md.path!r}: the handler set changed_ns {md.changed_ns!r}, the listing says " \
+            f"{listed.changed_ns!r}"
     return listing
 
 
@@ -399,6 +402,18 @@ class TestReports:
         second = driver.listed("f.txt", lambda md: md.size == 18, " with its new size")
         assert second.revision != first.revision
         assert driver.read(second) == b"the second version"
+
+    def test_a_file_rewritten_in_place_with_its_time_put_back(self, driver: Harness) -> None:
+        """Its revision or its changed_ns tells it from the version before."""
+        driver.backdoor.write("f.txt", b"one version")
+        first = driver.listed("f.txt")
+        driver.backdoor.rewrite_in_place("f.txt", b"two version")
+        second = driver.listed("f.txt", lambda md: (md.revision, md.changed_ns)
+                               != (first.revision, first.changed_ns), " told apart")
+        assert driver.read(second) == b"two version"
+        error = driver.failure("get_chunk", first, 0, 11)
+        assert isinstance(error, Changed), \
+            f"get_chunk of the version before raised {type(error).__name__}: {error}"
 
     def test_a_file_deleted_on_the_remote(self, driver: Harness) -> None:
         driver.backdoor.write("d.txt", b"soon gone")

@@ -40,7 +40,7 @@ from onitufs.plug import (
     write_chunk,
 )
 
-from .listing import describe, file_id, require_root, steady_listing, token
+from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .watch import OutOfWatches, follow
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.
@@ -68,8 +68,10 @@ def folder(options: Options) -> Path:
 def is_version(st: os.stat_result, md: Metadata) -> bool:
     """Whether the file is the version md describes: the same time and size (the kernel's
     clock ticks in milliseconds, so two saves can share them) and the same inode (a file
-    put in place by rename, as every upload is, is another inode)."""
-    return token(st) == md.revision and (md.file_id is None or file_id(st) == md.file_id)
+    put in place by rename, as every upload is, is another inode), and no change since
+    (its ctime: content rewritten in place keeps the inode, and can keep the time too)."""
+    return token(st) == md.revision and (md.file_id is None or file_id(st) == md.file_id) \
+        and (md.changed_ns is None or changed_ns(st) == md.changed_ns)
 
 
 def in_hole(fd: int, offset: int, size: int, file_size: int) -> bool:
@@ -194,19 +196,18 @@ def start(plug: Plug) -> None:
             apply_xattrs(fd, md.xattrs)
             os.utime(fd, ns=(md.mtime_ns, md.mtime_ns))
             os.fsync(fd)  # the remote copy must outlive a power loss: the cache may evict ours
-            st = os.fstat(fd)
+            target = real(md.path)
+            try:
+                there: os.stat_result | None = os.lstat(target)
+            except FileNotFoundError:
+                there = None
+            if there is not None and not is_version(there, md):
+                raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
+                               describe(md.path, there))
+            os.rename(path, target)
+            stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
             open_uploads.close(upload_path(md))
-        target = real(md.path)
-        try:
-            there: os.stat_result | None = os.lstat(target)
-        except FileNotFoundError:
-            there = None
-        if there is not None and not is_version(there, md):
-            raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
-                           describe(md.path, there))
-        os.rename(path, target)
-        md.revision, md.file_id = token(st), file_id(st)
 
     @plug.handler()
     def abort_upload(md: Metadata) -> None:
@@ -271,7 +272,7 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{new.path}: already exists on the remote")
         os.rename(real(old.path), target)
         st = os.lstat(target)
-        new.revision, new.file_id = token(st), file_id(st)
+        stamp(new, st)
 
     @plug.handler()
     def make_dir(md: Metadata) -> None:
@@ -292,7 +293,7 @@ def start(plug: Plug) -> None:
             os.close(fd)
         apply_xattrs(path, md.xattrs)
         st = os.lstat(path)
-        md.revision, md.file_id = token(st), file_id(st)
+        stamp(md, st)
 
     @plug.handler()
     def set_attrs(md: Metadata) -> None:
@@ -305,7 +306,7 @@ def start(plug: Plug) -> None:
         if md.kind == "file":
             os.utime(path, ns=(md.mtime_ns, md.mtime_ns), follow_symlinks=False)
         st = os.lstat(path)
-        md.revision, md.file_id = token(st), file_id(st)
+        stamp(md, st)
 
     @plug.handler()
     def make_symlink(md: Metadata) -> None:
@@ -315,7 +316,7 @@ def start(plug: Plug) -> None:
         else:
             os.symlink(md.target or "", path)
         st = os.lstat(path)
-        md.revision, md.file_id = token(st), file_id(st)
+        stamp(md, st)
 
     plug.ready()
     try:
@@ -331,7 +332,7 @@ def poll(plug: Plug, root: str, interval: float) -> None:
     """List the root folder every interval and report it, for a folder that cannot be
     watched."""
     # What the last listing reported held, and how many changes onitufs had made by then.
-    last: tuple[dict[str, tuple[str | None, str | None]], int] | None = None
+    last: tuple[dict[str, tuple[str | None, str | None, int | None]], int] | None = None
     while not plug.stopping.is_set():
         started, writes = time.time(), plug.writes
         try:
@@ -345,7 +346,7 @@ def poll(plug: Plug, root: str, interval: float) -> None:
             if entries is None:
                 plug.stopping.wait(interval)
                 continue
-            seen = {md.path: (md.revision, md.file_id) for md in entries}
+            seen = {md.path: (md.revision, md.file_id, md.changed_ns) for md in entries}
             if (seen, writes) != last:
                 if last is None:
                     plug.online()

@@ -54,11 +54,23 @@ def describe_kind(st: os.stat_result) -> Kind:
         "symlink" if stat.S_ISLNK(st.st_mode) else "file"
 
 
+def changed_ns(st: os.stat_result) -> int | None:
+    """A file's ctime, which no one can set back: content rewritten in place with its
+    modification time put back (touch -r, a restore) still moves it. A folder's moves with
+    every name made in it, and a link's content is its target: theirs are not reported."""
+    return st.st_ctime_ns if stat.S_ISREG(st.st_mode) else None
+
+
 def describe(path: str, st: os.stat_result) -> Metadata:
     kind = describe_kind(st)
     return Metadata(path=path, kind=kind, size=st.st_size if kind == "file" else 0,
                     mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode),
-                    revision=token(st), file_id=file_id(st))
+                    revision=token(st), file_id=file_id(st), changed_ns=changed_ns(st))
+
+
+def stamp(md: Metadata, st: os.stat_result) -> None:
+    """Give md what the remote now holds for it, after onitufs changed it there."""
+    md.revision, md.file_id, md.changed_ns = token(st), file_id(st), changed_ns(st)
 
 
 def reported(st: os.stat_result) -> bool:
@@ -88,7 +100,8 @@ def unchanged(old: Metadata, st: os.stat_result, target: str | None) -> bool:
     """Whether describe() would make of `st` (and a link's target) what `old` holds."""
     return (old.mtime_ns == st.st_mtime_ns and old.mode == stat.S_IMODE(st.st_mode)
             and old.target == target and old.revision == token(st)
-            and old.file_id == file_id(st) and old.kind == describe_kind(st))
+            and old.file_id == file_id(st) and old.changed_ns == changed_ns(st)
+            and old.kind == describe_kind(st))
 
 
 def listing(root: str, give_way: Callable[[], None], top: str = "",
