@@ -76,13 +76,14 @@ class Metadata:
     os.fsdecode. `revision` is the remote's own token for this version of
     the file (an mtime, an etag, a rev id): onitufs compares tokens, never
     interprets them. `file_id` is a name-independent identity where the remote
-    has one, so a rename can be told from a delete plus a create. `changed_ns` is when
-    anything about a file last changed (a POSIX ctime) where the remote keeps that: a
-    file whose revision stays while it moves is read and compared with what onitufs
-    holds, so that content rewritten in place with its time set back is still seen.
-    `xattrs` are the file's extended attributes of the user namespace, for
-    remotes that keep them. `extra` is the driver's own state for one transfer (a temp name, a session id);
-    onitufs saves it with the transfer offset so restart_upload finds it.
+    has one, so a rename can be told from a delete plus a create. `changed_ns` is
+    when anything about a file last changed (a POSIX ctime) where the remote keeps
+    that: a file whose revision stays while it moves is read and compared with what
+    onitufs holds, so that content rewritten in place with its time set back is still
+    seen. `xattrs` are the file's extended attributes of the user namespace, for
+    remotes that keep them. `extra` is the driver's own state for one transfer (a temp
+    name, a session id); onitufs saves it with the transfer offset so restart_upload
+    finds it.
     """
 
     path: str

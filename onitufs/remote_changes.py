@@ -103,9 +103,19 @@ class RemoteChanges:
         self.remotes[remote].set_status(error)
 
     async def update_file(self, remote: str, metadata: Metadata) -> None:
-        # A file that kept its token (only its changed_ns moved) is left to the listing,
-        # which reads and compares it: this comes from a read, which must not wait on one.
-        await self._take(self.remotes[remote], metadata)
+        source = self.remotes[remote]
+        with self.index.begin() as txn:
+            ino = self.index.mirror_ino(source.rid, metadata.path, txn)
+            entry = self.index.mirror(source.rid, ino, txn).get(metadata.path) if ino else None
+        if entry is not None and is_version(entry, metadata) and unsettled(entry, metadata) \
+                and self._heeded(source):
+            # Settled now, not at the next listing: this comes from a read (get_chunk
+            # found it changed), which goes on once it is. Settling reads the remote's
+            # copy, and of ours only what the cache holds (read_part), never a remote
+            # through a read like this one, so it cannot wait on it.
+            await self._settle(source, metadata)
+        else:
+            await self._take(source, metadata)
 
     async def _take(self, source: Remote, metadata: Metadata) -> bool:
         """Apply a created or changed entry; False if that must wait (see keep_both)."""
@@ -317,10 +327,11 @@ class RemoteChanges:
             if same is None:
                 return False
         else:
-            # What it held is not our current revision (or is nothing of ours now): what
-            # it was cannot be compared, so a move is taken as a change (keep_both
-            # compares it with ours); an index from before changed_ns just learns it.
-            same = not moved
+            # What it held is not our current revision, or nothing of ours now: what it
+            # was cannot be compared, so a move counts as a change (keep_both compares it
+            # with ours; an edit wins over a delete). An index from before changed_ns, or
+            # an entry whose inode is no file here, just learns it.
+            same = not moved or (inode is not None and not inode.is_reg)
         if not same and moved and ours is not None:
             log.warning("remote %s: %s: its content changed there, its size and time did "
                         "not: keeping both", remote.name, md.path)

@@ -160,6 +160,21 @@ def test_a_chmod_or_a_link_on_a_remote_uploads_nothing_again(make_cloud: MakeClo
     assert (cloud.root / "g-link").read_bytes() == b"g"
 
 
+def test_a_file_read_right_after_a_chmod_on_its_only_remote(make_cloud: MakeCloud) -> None:
+    """The read finds the remote's copy changed (its ctime) before any listing does: it
+    is compared there and then, and the read goes on."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB")
+    cloud.mount()
+    content = cloud.write_evicted("only", 4 * 1024 * 1024)
+    cloud.mount()
+    time.sleep(0.05)
+    os.chmod(cloud.remotes["a"] / "only", 0o600)
+    assert (cloud.mountpoint / "only").read_bytes() == content
+    cloud.umount()
+    assert "damaged" not in cloud.log
+    assert (cloud.remotes["a"] / "only").read_bytes() == content
+
+
 def test_a_file_deleted_in_the_mount_and_edited_in_place_there_keeps_the_edit(
         make_cloud: MakeCloud) -> None:
     """Deleted in the mount while a remote rewrites it in place with its time put back,
