@@ -189,6 +189,10 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
             show(f"{remote.name}: write-only, so never read back")
             continue
         await remote.ready.wait()
+        # What changed there while nothing was mounted is taken in first (its first
+        # listing), not read as the copy the index knows and called damaged: a copy
+        # replaced there, or one whose change time moved (a chmod).
+        await mount.replicator.first_listing_in(remote)
         with mount.index.begin() as txn:
             copies = [(ino, path, entry) for ino, path, entry in
                       mount.index.mirror_all(remote.rid, txn) if entry.kind == "file"]

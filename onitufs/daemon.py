@@ -45,7 +45,6 @@ TRANSFER_SHOWN = 5.0  # seconds a driver's word on its transfer stays in the sta
 # How long a first mount's lookups and listings wait for the remotes' first listings: a
 # remote that takes longer shows its files as they come, as after a remount.
 FIRST_LISTING_WAIT = 30.0
-FIRST_LISTING_POLL = 0.05  # seconds between two looks at the remotes meanwhile
 SWITCH_INTERVAL = 0.0005  # seconds a thread keeps the GIL when another waits for it
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD_MAX = 32 * 1024**2  # glibc's ceiling for it on 64-bit machines
@@ -312,8 +311,8 @@ class Mount:
         if self._tree_empty:
             readable = [remote for remote in self.remotes if remote.config.readable]
             with trio.move_on_after(FIRST_LISTING_WAIT) as waiting:
-                while any(self.replicator.first_listing_due(remote) for remote in readable):
-                    await trio.sleep(FIRST_LISTING_POLL)
+                for remote in readable:
+                    await self.replicator.first_listing_in(remote)
             if waiting.cancelled_caught:
                 log.warning("the remotes' first listings are not all in after %.0f s: the "
                             "mount shows what came so far", FIRST_LISTING_WAIT)

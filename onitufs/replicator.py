@@ -64,6 +64,7 @@ YIELD_STEP = 0.02  # how soon a worker that yielded looks again
 # remote ends, or after this at the latest; a fixed wait each time would add up down a tree
 # (a file in two new folders waited for each in turn).
 RETRY_WAIT = 0.2
+FIRST_LISTING_POLL = 0.05  # seconds between two looks at a remote awaited meanwhile
 # Chunks up to this size are hashed on the thread that serves the mount: quicker than the
 # trip to a worker thread and back.
 INLINE_HASH = 64 * 1024
@@ -372,6 +373,12 @@ class Replicator:
         """Whether the remote's first listing of this run is still to be taken into the tree
         while the remote answers: not offline, stalled or failing."""
         return not remote.listed.is_set() and self.state(remote)[0] in ("listing", "online")
+
+    async def first_listing_in(self, remote: Remote) -> None:
+        """Until the remote's first listing of this run is in the tree, or the remote does
+        not answer."""
+        while self.first_listing_due(remote):
+            await trio.sleep(FIRST_LISTING_POLL)
 
     def in_flight(self, remote: Remote) -> int:
         return len(self._busy[remote.rid])

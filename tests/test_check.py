@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from onitufs.index import ROOT_INO, Index, q
 
@@ -80,6 +81,28 @@ def test_verify_repairs_a_damaged_copy(make_cloud: MakeCloud) -> None:
             in result.stdout
         assert damaged.read_bytes() == content
         assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
+
+
+def test_verify_takes_in_what_changed_on_a_remote_while_unmounted(make_cloud: MakeCloud) -> None:
+    """A chmod there (its ctime moved) is no damage, and an edit there a new version:
+    neither is read as the copy the index knows."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    content = os.urandom(3 * 1024 * 1024)
+    (cloud.mountpoint / "same").write_bytes(content)
+    (cloud.mountpoint / "edited").write_bytes(b"before")
+    cloud.wait_synced()
+    cloud.umount()
+    time.sleep(0.05)  # past the tick of the kernel's clock the upload was stamped in
+    os.chmod(cloud.remotes["b"] / "same", 0o600)
+    (cloud.remotes["b"] / "edited").write_bytes(b"after, on b")
+    result = run("verify", cloud.config, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 damaged" in result.stdout, result.stdout
+    cloud.mount()
+    assert (cloud.mountpoint / "edited").read_bytes() == b"after, on b"
+    assert (cloud.mountpoint / "same").read_bytes() == content
+    cloud.umount()
 
 
 def test_verify_reports_an_unreachable_remote_without_calling_it_damaged(
