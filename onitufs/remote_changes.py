@@ -83,12 +83,6 @@ def unsettled(entry: MirrorEntry, md: Metadata) -> bool:
     return md.kind == "file" and (entry.racy or entry.changed != md.changed_ns)
 
 
-def entry_of(md: Metadata, rev: int, remote: Remote) -> MirrorEntry:
-    """What the remote holds, as it reported it, standing for revision `rev` of ours."""
-    return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key(), md.changed_ns,
-                       racy=md.kind == "file" and remote.racy(md.mtime_ns))
-
-
 class RemoteChanges:
     def __init__(self, tree: Tree, replicator: Replicator, remotes: list[Remote]) -> None:
         self.tree = tree
@@ -167,7 +161,7 @@ class RemoteChanges:
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
-            self.index.set_mirror(txn, remote.rid, new.ino, md.path, entry_of(md, new.rev, remote))
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
         else:
             return inode
@@ -186,7 +180,7 @@ class RemoteChanges:
         if not same:
             return inode  # files too: whether their contents are one is for keep_both
         self.index.hold(txn, remote.rid, existing, md.path,
-                        entry_of(md, 0 if inode.is_dir else inode.rev, remote))
+                        remote.entry_of(md, 0 if inode.is_dir else inode.rev))
         return None
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
@@ -233,7 +227,7 @@ class RemoteChanges:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
         self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
-                        entry_of(md, inode.rev, remote))
+                        remote.entry_of(md, inode.rev))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -263,7 +257,7 @@ class RemoteChanges:
             if same:
                 with self.index.write() as txn:  # the same file, put there by someone else
                     self.index.hold(txn, remote.rid, ours.ino, md.path,
-                                    entry_of(md, ours.rev, remote))
+                                    remote.entry_of(md, ours.rev))
                 return True
         if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
             try:

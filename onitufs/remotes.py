@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from .config import RemoteConfig
+from .index import MirrorEntry
 from .plug import ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,12 @@ class Remote:
         (one within the same tick of the remote's clock): see MirrorEntry.racy."""
         tick = self.plug.mtime_granularity if self.plug is not None else 0.0
         return tick > 0 and time.time_ns() - mtime_ns < 2 * tick * 10**9
+
+    def entry_of(self, md: Metadata, rev: int) -> MirrorEntry:
+        """What the remote holds, as it reported it or a handler left it, standing for
+        revision `rev` of ours."""
+        return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key(), md.changed_ns,
+                           racy=md.kind == "file" and self.racy(md.mtime_ns))
 
     def touch(self, *paths: str) -> None:
         if self.plug is not None:

@@ -736,9 +736,7 @@ class Replicator:
         remote.touch(path)
         with self._write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
-                            MirrorEntry(entry.rev, md.revision, md.file_id, entry.kind,
-                                        md.attrs_key(), changed=md.changed_ns,
-                                        racy=entry.kind == "file" and remote.racy(md.mtime_ns)))
+                            remote.entry_of(md, entry.rev))
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await remote.call("delete_file", entry_metadata(path, entry))
@@ -755,8 +753,7 @@ class Replicator:
         remote.touch(path)
         with self._write() as txn:
             self.index.hold(txn, remote.rid, inode.ino, path,
-                            MirrorEntry(inode.rev, md.revision, md.file_id, md.kind,
-                                        md.attrs_key(), changed=md.changed_ns))
+                            remote.entry_of(md, inode.rev))
 
     async def _upload(self, remote: Remote, inode: Inode, path: str,
                       replaces: MirrorEntry | None) -> None:
@@ -934,8 +931,7 @@ class Replicator:
         with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
-                            MirrorEntry(rev, md.revision, md.file_id, "file", md.attrs_key(),
-                                        changed=md.changed_ns, racy=remote.racy(md.mtime_ns)))
+                            remote.entry_of(md, rev))
             if inode.rev == rev and not inode.dirty:
                 if learnt is not None:
                     self.index.set_block_hash(txn, inode.ino, 0, rev, learnt)
