@@ -139,10 +139,16 @@ async def settled(future: concurrent.futures.Future[T]) -> T:
     return future.result() if future.done() else await trio.to_thread.run_sync(future.result)
 
 
+def held_version(md: Metadata, entry: MirrorEntry) -> Metadata:
+    """md, naming the version the remote was last known to hold there (what a driver
+    checks before it reads, changes or deletes it)."""
+    md.revision, md.file_id, md.changed_ns = entry.token, entry.fid, entry.changed
+    return md
+
+
 def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
     kind: Kind = "dir" if entry.kind == "dir" else "symlink" if entry.kind == "symlink" else "file"
-    return Metadata(path=path, kind=kind, revision=entry.token, file_id=entry.fid,
-                    changed_ns=entry.changed)
+    return held_version(Metadata(path=path, kind=kind), entry)
 
 
 class Replicator:
@@ -731,7 +737,7 @@ class Replicator:
         md = self._describe(inode, path)
         if entry.attrs == md.attrs_key():
             return
-        md.revision, md.file_id, md.changed_ns = entry.token, entry.fid, entry.changed
+        held_version(md, entry)
         await remote.call("set_attrs", md)
         remote.touch(path)
         with self._write() as txn:
@@ -985,8 +991,7 @@ class Replicator:
         taken_in = False
         while holders:
             remote, path, entry = holders.pop(0)
-            md = metadata_for(inode, path)
-            md.revision, md.file_id, md.changed_ns = entry.token, entry.fid, entry.changed
+            md = held_version(metadata_for(inode, path), entry)
             try:
                 data: bytes = await remote.call("get_chunk", md, offset, size)
             except CallFailed as error:
