@@ -216,6 +216,11 @@ class BlockCache:
     def damaged(self, ino: int, blockno: int) -> bool:
         return (ino, blockno) in self._damaged
 
+    def holds_whole(self, inode: Inode) -> bool:
+        """Whether every block of the file's current content can be read without a remote."""
+        blocks = range((inode.size + self.block_size - 1) // self.block_size)
+        return all(self._cached_piece(inode, blockno, 0, 1) is not None for blockno in blocks)
+
     def cached_block(self, inode: Inode, blockno: int, length: int) -> bytes | None:
         """The block as the cache has it (holes as zeros), or None if it is not cached."""
         piece = self._cached_piece(inode, blockno, 0, length)

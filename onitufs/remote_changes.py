@@ -300,7 +300,8 @@ class RemoteChanges:
         Content that changed within a tick is a version like any other. Content that
         changed while its time was put back is kept beside ours, as in a conflict: that
         is an edit (a tag editor that keeps times) or a program gone wrong, and which
-        of the two only its owner can tell. (Bit rot moves no time: reads find it by the
+        of the two only its owner can tell; unless no other copy of ours is left, when
+        it is all there is of the file. (Bit rot moves no time: reads find it by the
         blocks' SHA-256, and repair it.)"""
         if remote.racy(md.mtime_ns):
             return False
@@ -327,9 +328,15 @@ class RemoteChanges:
             # an entry whose inode is no file here, just learns it.
             same = not moved or (inode is not None and not inode.is_reg)
         if not same and moved and ours is not None:
+            if self._held_elsewhere(remote, ours):
+                log.warning("remote %s: %s: its content changed there, its size and time did "
+                            "not: keeping both", remote.name, md.path)
+                return await self.keep_both(remote, md, ours)
+            # Kept beside, ours would be a name no read can serve: the edit is all that is
+            # left of the file, so it is taken in as the file's next version.
             log.warning("remote %s: %s: its content changed there, its size and time did "
-                        "not: keeping both", remote.name, md.path)
-            return await self.keep_both(remote, md, ours)
+                        "not, and no other copy of the mount's version is left: taking it in",
+                        remote.name, md.path)
         with self.index.write() as txn:
             if self.index.mirror(remote.rid, ino, txn).get(md.path) != entry:
                 return False  # onitufs changed it there meanwhile: the next listing says
@@ -341,6 +348,12 @@ class RemoteChanges:
                 entry.racy, entry.changed = False, md.changed_ns
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return same or await self._take(remote, md)
+
+    def _held_elsewhere(self, remote: Remote, ours: Inode) -> bool:
+        """Whether the mount's version can be had whole without this remote: the cache holds
+        all of it, or another remote that can be read holds it (online or not)."""
+        return any(holder is not remote for holder, _, _ in self.replicator.holders(ours)) \
+            or self.tree.cache.holds_whole(ours)
 
     async def _same_content(self, remote: Remote, md: Metadata, ours: Inode,
                             read_part: bool = False) -> bool | None:

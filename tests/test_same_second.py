@@ -192,3 +192,43 @@ def test_a_file_deleted_in_the_mount_and_edited_in_place_there_keeps_the_edit(
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert (remote / "f").read_bytes() == b"edited there!", name
+
+
+def test_an_only_copy_edited_in_place_with_its_time_put_back_takes_the_name(
+        make_cloud: MakeCloud) -> None:
+    """The mount's version is held nowhere else (its only remote, the cache evicted): the
+    edit is all there is of the file, so it is the file, not a conflict copy beside a name
+    that no read could serve."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB", stall="5s")
+    cloud.mount()
+    content = cloud.write_evicted("only", 4 * 1024 * 1024)
+    edited = os.urandom(len(content))
+    rewrite_in_place(cloud.remotes["a"], "only", edited)
+    cloud.mount()
+    wait_for(lambda: "its content changed there" in cloud.log, timeout=30,
+             what="the edit to be found")
+    assert (cloud.mountpoint / "only").read_bytes() == edited
+    cloud.wait_synced()
+    assert versions(cloud.mountpoint, "only") == [edited]
+    result = cloud.umount()
+    assert "could not" not in result.stderr + result.stdout, result
+    assert versions(cloud.remotes["a"], "only") == [edited]
+
+
+def test_an_only_copy_edited_in_place_is_kept_beside_while_the_cache_holds_ours(
+        make_cloud: MakeCloud) -> None:
+    """A file from the remote read whole into the cache: the cache still holds the mount's
+    version, so both are kept."""
+    cloud = make_cloud({"a": "rw"}, block_size="64 KiB")
+    content, edited = os.urandom(1 << 20), os.urandom(1 << 20)
+    (cloud.remotes["a"] / "only").write_bytes(content)
+    cloud.mount()
+    assert (cloud.mountpoint / "only").read_bytes() == content
+    rewrite_in_place(cloud.remotes["a"], "only", edited)
+    both = sorted([content, edited])
+    wait_for(lambda: versions(cloud.mountpoint, "only") == both, timeout=30,
+             what="both versions in the mount")
+    cloud.wait_synced()
+    assert (cloud.mountpoint / "only").read_bytes() == content
+    cloud.umount()
+    assert versions(cloud.remotes["a"], "only") == both
