@@ -96,7 +96,8 @@ def test_verify_names_the_bytes_that_differ(make_cloud: MakeCloud) -> None:
         cloud.wait_synced()
         cloud.umount()
         remote_copy = cloud.remotes["a"] / "f"
-        disk.rot(remote_copy, BLOCK + 100, b"XXXX")
+        spot = BLOCK + 100  # every one of its 4 bytes changed, so that all 4 differ
+        disk.rot(remote_copy, spot, bytes(byte ^ 0xFF for byte in content[spot:spot + 4]))
         result = run("verify", cloud.config, check=False)
         assert f"bytes {BLOCK + 100}-{BLOCK + 103} differ" in result.stdout, result.stdout
         assert remote_copy.read_bytes() == content
