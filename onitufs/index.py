@@ -203,6 +203,11 @@ class MirrorEntry:
     # tick of the remote's clock would leave it as it is: the content is checked once later.
     racy: bool = False
 
+    def moved(self, token: str | None, fid: str | None, changed: int | None) -> MirrorEntry:
+        """The same content after the remote moved it, with the token, file id and change
+        time the move left it (a rename sets a file's ctime); still to be checked if it was."""
+        return dataclasses.replace(self, token=token, fid=fid, changed=changed)
+
     def to_json(self) -> dict[str, Any]:
         return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind,
                 "attrs": self.attrs, "changed": self.changed, "racy": self.racy}

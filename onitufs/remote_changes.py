@@ -479,8 +479,7 @@ class RemoteChanges:
         new_name = encode_path(new.path.rpartition("/")[2])
         self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
         self.index.move_mirror(txn, remote.rid, ino, old, new.path,
-                               MirrorEntry(entry.rev, new.revision, new.file_id, entry.kind, entry.attrs,
-                                           new.changed_ns))
+                               entry.moved(new.revision, new.file_id, new.changed_ns))
         self.tree.kernel.entry_changed(old_parent, old_name)
         self.tree.kernel.entry_changed(new_parent, new_name)
         return True

@@ -723,9 +723,7 @@ class Replicator:
         remote.touch(old, new)
         with self._write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,
-                                   MirrorEntry(entry.rev, new_md.revision, new_md.file_id,
-                                               entry.kind, entry.attrs,
-                                               changed=new_md.changed_ns))
+                                   entry.moved(new_md.revision, new_md.file_id, new_md.changed_ns))
 
     def _describe(self, inode: Inode, path: str) -> Metadata:
         """What is sent for an inode: its attributes, with the xattrs remotes may keep."""
