@@ -216,10 +216,14 @@ class BlockCache:
     def damaged(self, ino: int, blockno: int) -> bool:
         return (ino, blockno) in self._damaged
 
+    def _holds(self, inode: Inode, blockno: int) -> bool:
+        """Whether the block can be read without a remote (stored sound, written, a hole)."""
+        return self._cached_piece(inode, blockno, 0, 0) is not None
+
     def holds_whole(self, inode: Inode) -> bool:
         """Whether every block of the file's current content can be read without a remote."""
         blocks = range((inode.size + self.block_size - 1) // self.block_size)
-        return all(self._cached_piece(inode, blockno, 0, 1) is not None for blockno in blocks)
+        return all(self._holds(inode, blockno) for blockno in blocks)
 
     def cached_block(self, inode: Inode, blockno: int, length: int) -> bytes | None:
         """The block as the cache has it (holes as zeros), or None if it is not cached."""
@@ -297,7 +301,7 @@ class BlockCache:
             key = (inode.ino, blockno)
             if key in self._sound and key not in self._damaged:
                 continue
-            if self._cached_piece(inode, blockno, 0, 0) is None:
+            if not self._holds(inode, blockno):
                 await self._fetch_block(inode, blockno)
 
     # writing (callers bump the inode's version and size)
