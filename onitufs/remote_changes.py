@@ -242,14 +242,7 @@ class RemoteChanges:
 
     async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
         """The remote's version did not descend from ours: keep both, unless it is the same
-        content; False when that cannot be told yet (then nothing was changed).
-
-        The later of the two keeps the name; the other is kept beside it under
-        a conflict name, and both go to every remote. A read-only remote is never
-        written: its version keeps its path there and shows in the mount under
-        the conflict name. A write-only remote is never read: its version is
-        renamed there and stays there, and ours takes the name.
-        """
+        content; False when that cannot be told yet (then nothing was changed)."""
         if ours.is_reg and md.kind == "file":
             same = await self._same_content(remote, md, ours)
             if same is None:
@@ -259,6 +252,15 @@ class RemoteChanges:
                     self.index.hold(txn, remote.rid, ours.ino, md.path,
                                     remote.entry_of(md, ours.rev))
                 return True
+        return await self._keep_apart(remote, md, ours)
+
+    async def _keep_apart(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+        """Two different versions: the later of the two keeps the name; the other is kept
+        beside it under a conflict name, and both go to every remote. A read-only remote
+        is never written: its version keeps its path there and shows in the mount under
+        the conflict name. A write-only remote is never read: its version is renamed
+        there and stays there, and ours takes the name.
+        """
         if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
             try:
                 self._ours_aside(remote, md, ours)
@@ -331,7 +333,7 @@ class RemoteChanges:
             if self._held_elsewhere(remote, ours):
                 log.warning("remote %s: %s: its content changed there, its size and time did "
                             "not: keeping both", remote.name, md.path)
-                return await self.keep_both(remote, md, ours)
+                return await self._keep_apart(remote, md, ours)  # (compared above)
             # Kept beside, ours would be a name no read can serve: the edit is all that is
             # left of the file, so it is taken in as the file's next version.
             log.warning("remote %s: %s: its content changed there, its size and time did "
