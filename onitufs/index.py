@@ -35,9 +35,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import lmdb
+from sortedcontainers import SortedDict
 
 from . import cleanstop, lmdbcheck
 from .lru import LRU
@@ -213,6 +214,11 @@ class MirrorEntry:
                 "attrs": self.attrs, "changed": self.changed, "racy": self.racy}
 
 
+# What a remote holds, by path: (ino, entry). Kept sorted, so that what is below a folder
+# is one range of it.
+Known: TypeAlias = "SortedDict[str, tuple[int, MirrorEntry]]"
+
+
 def mirror_digest(path: str, entry: MirrorEntry) -> int:
     """listed_digest of what a remote is known to hold at `path`."""
     return listed_digest(path, entry.kind, entry.token, entry.fid, entry.changed)
@@ -277,7 +283,7 @@ class Index:
         self._dirty: dict[int, Inode] = {}
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
         # that comparing a listing with it costs no decoding
-        self._mirrors: dict[int, dict[str, tuple[int, MirrorEntry]]] = {}
+        self._mirrors: dict[int, Known] = {}
         self.mirror_writes = 0  # changes made to any mirror: see keep_mirror
         self._after_commit: list[Callable[[], None]] = []
         # Read before anything is written: whether the index is as the last process left it
@@ -746,9 +752,15 @@ class Index:
                      txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
         """What the remote holds below any of `folders`: (ino, path, entry), not copied,
         for reading only."""
-        prefixes = tuple(f"{folder}/" for folder in folders)
-        return [(ino, path, entry) for path, (ino, entry) in self._known(rid, txn).items()
-                if path.startswith(prefixes)]
+        known = self._known(rid, txn)
+        below: dict[str, tuple[int, MirrorEntry]] = {}
+        for folder in folders:
+            # The paths below a folder sort together, from "folder/" to before "folder0"
+            # ("0" follows "/"): found without going through all the remote holds, which
+            # each folder of an rm -rf did, for each remote.
+            first, end = known.bisect_left(f"{folder}/"), known.bisect_left(f"{folder}0")
+            below.update(known.items()[first:end])
+        return [(ino, path, entry) for path, (ino, entry) in below.items()]
 
     def mirror_at(self, rid: int, paths: Iterable[str],
                   txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
@@ -761,7 +773,7 @@ class Index:
         only: what a listing of the whole tree is compared with."""
         return {path: entry for path, (_, entry) in self._known(rid, txn).items()}
 
-    def _known(self, rid: int, txn: lmdb.Transaction) -> dict[str, tuple[int, MirrorEntry]]:
+    def _known(self, rid: int, txn: lmdb.Transaction) -> Known:
         known = self._mirrors.get(rid)
         if known is None:
             known = self._mirrors[rid] = self._load_mirror(rid, txn)
@@ -770,28 +782,27 @@ class Index:
     def mirror_in_memory(self, rid: int) -> bool:
         return rid in self._mirrors
 
-    def decode_mirror(self, rid: int) -> dict[str, tuple[int, MirrorEntry]]:
+    def decode_mirror(self, rid: int) -> Known:
         """What the remote holds, decoded in a read transaction of its own: safe on a worker
         thread, as decoding 100,000 entries would hold up the mount for a second."""
         with self.begin() as txn:
             return self._load_mirror(rid, txn)
 
-    def keep_mirror(self, rid: int, known: dict[str, tuple[int, MirrorEntry]],
-                    writes: int) -> None:
+    def keep_mirror(self, rid: int, known: Known, writes: int) -> None:
         """Keep what decode_mirror gave, if no mirror changed since `mirror_writes` was
         `writes` (read before it started): a change it may have missed is never kept,
         the next use decodes the mirror again."""
         if writes == self.mirror_writes and rid not in self._mirrors:
             self._mirrors[rid] = known
 
-    def _load_mirror(self, rid: int, txn: lmdb.Transaction) -> dict[str, tuple[int, MirrorEntry]]:
+    def _load_mirror(self, rid: int, txn: lmdb.Transaction) -> Known:
         """What the remote holds, decoded: at the first listing of a remote after the start,
         for every file of the tree, so in bulk (one JSON document of all the records)."""
         rows = list(scan(txn, self.db["mirror"], _I.pack(rid)))
         records = json.loads(b"[" + b",".join(bytes(value) for _, value in rows) + b"]")
-        return {path: (unq(key), MirrorEntry(**entry))
-                for (key, _), entries in zip(rows, records, strict=True)
-                for path, entry in entries.items()}
+        return SortedDict({path: (unq(key), MirrorEntry(**entry))
+                           for (key, _), entries in zip(rows, records, strict=True)
+                           for path, entry in entries.items()})
 
     @staticmethod
     def _rpath_key(rid: int, path: str) -> bytes:

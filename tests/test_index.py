@@ -1,10 +1,11 @@
-"""The index on its own: what an index made by an earlier version becomes when opened."""
+"""The index on its own: what an index made by an earlier version becomes when opened, and
+what it finds of a remote's files below a folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from onitufs.index import SCHEMA_VERSION, Index, Inode, q
+from onitufs.index import SCHEMA_VERSION, Index, Inode, MirrorEntry, q
 
 BLOCK = 64 * 1024
 
@@ -27,5 +28,51 @@ def test_an_index_of_schema_1_drops_checksums_that_may_be_stale(tmp_path: Path) 
         assert index.block_hash(11, 0, 4) is None
         with index.begin() as txn:
             assert txn.get(b"schema", db=index.db["meta"]) == q(SCHEMA_VERSION)
+    finally:
+        index.close()
+
+
+# Names that sort right beside "a/..." without being below "a": "a" itself, "a b", "a-b",
+# "a.txt" (before "/"), "a0", "aé" (after it), and "b/a/x", whose folder has a folder "a".
+HELD = ["a", "a/x", "a/y", "a/sub", "a/sub/z", "a b", "a b/x", "a-b", "a.txt", "a0", "a0/x",
+        "aé", "aé/x", "b", "b/a", "b/a/x"]
+
+
+def kind(path: str) -> str:
+    return "dir" if any(other.startswith(path + "/") for other in HELD) else "file"
+
+
+def test_mirror_below_finds_exactly_what_is_below(tmp_path: Path) -> None:
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    try:
+        rid = index.remote_id("r")
+        with index.write() as txn:
+            for ino, path in enumerate(HELD, start=10):
+                index.set_mirror(txn, rid, ino, path, MirrorEntry(1, "t", None, kind(path)))
+
+        def below(*folders: str) -> list[str]:
+            with index.begin() as txn:
+                return sorted(path for _, path, _ in index.mirror_below(rid, folders, txn))
+
+        for loaded in (False, True):  # as decoded from LMDB, then as kept up to date in memory
+            assert below("a") == ["a/sub", "a/sub/z", "a/x", "a/y"]
+            assert below("a/sub") == ["a/sub/z"]
+            assert below("a", "a/sub") == ["a/sub", "a/sub/z", "a/x", "a/y"]
+            assert below("a b", "aé", "b/a") == ["a b/x", "aé/x", "b/a/x"]
+            assert below("a/x", "nothing") == []
+            if not loaded:
+                with index.write() as txn:  # a folder moved: what was below it goes with it
+                    a0 = HELD.index("a0") + 10
+                    index.move_mirror(txn, rid, a0, "a0", "a0-moved",
+                                      MirrorEntry(1, "t", None, "dir"))
+                    index.move_mirror(txn, rid, a0, "a0-moved", "a0",
+                                      MirrorEntry(1, "t", None, "dir"))
+        with index.write() as txn:
+            index.move_mirror(txn, rid, 10, "a", "c", MirrorEntry(1, "t", None, "dir"))
+        assert below("a") == []
+        assert below("c") == ["c/sub", "c/sub/z", "c/x", "c/y"]
+        with index.begin() as txn:
+            assert sorted(index.mirror_entries(rid, txn)) == sorted(
+                ["c", "c/sub", "c/sub/z", "c/x", "c/y", *HELD[5:]])
     finally:
         index.close()
