@@ -160,10 +160,13 @@ def test_both_edits_of_a_conflict_are_kept_and_the_later_keeps_the_name(
         make_cloud: MakeCloud, later: str) -> None:
     cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
     (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
-    edited = cloud.remotes["a"] / "shared.txt"
-    edited.write_bytes(b"edited on a")
+    # The edit on a lands whole, with its time: written in place and then dated, it could
+    # be listed in between (a slow moment of a loaded machine), with the time of its write.
+    edit = cloud.remotes["a"].parent / "edit on a"
+    edit.write_bytes(b"edited on a")
     stamp = time.time() + (60 if later == "remote" else -60)
-    os.utime(edited, (stamp, stamp))
+    os.utime(edit, (stamp, stamp))
+    edit.replace(cloud.remotes["a"] / "shared.txt")
     winner, loser = b"edited in the mount", b"edited on a"
     if later == "remote":
         winner, loser = loser, winner
