@@ -21,6 +21,8 @@ import os
 import socket
 import stat
 import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
 
 import lmdb
 import trio
@@ -44,6 +46,7 @@ from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 1000  # entries of a listing compared between two turns of the mount
+T = TypeVar("T")
 
 
 def bad_path_reason(path: str) -> str | None:
@@ -561,9 +564,9 @@ class RemoteChanges:
             skipped = skipped or not fresh
             return fresh
 
-        known = {path: entry for path, entry in held.items() if current(path)}
+        known = {path: entry async for path, entry in paced(held.items()) if current(path)}
         # A path the remote is known to hold was found acceptable when it was taken in.
-        listed = {md.path: md for md in entries if md.path and current(md.path)
+        listed = {md.path: md async for md in paced(entries) if md.path and current(md.path)
                   and (md.path in held or self._acceptable(source, md.path))}
         gone = [path for path in known if path not in listed]
         gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
@@ -579,9 +582,7 @@ class RemoteChanges:
                 await self.move_file(remote, old, md)
             elif not await self._take(source, md):
                 skipped = True  # tried again with the next listing
-        for number, (path, md) in enumerate(listed.items()):
-            if number % CHECKPOINT_EVERY == 0:
-                await trio.lowlevel.checkpoint()  # the mount is served between the steps
+        async for path, md in paced(listed.items()):
             entry = known.get(path)
             if entry is None or md.kind == "dir" or not current(path):
                 continue
@@ -605,6 +606,16 @@ class RemoteChanges:
         """Whether onitufs is changing `path` on a remote other than `source` now."""
         return any(path in remote.changing for remote in self.remotes.values()
                    if remote is not source)
+
+
+async def paced(items: Iterable[T]) -> AsyncIterator[T]:
+    """The items, the mount served between every CHECKPOINT_EVERY of them: comparing a
+    listing of 100,000 entries takes some 0.15 s of the thread that serves it, for each
+    remote, at each listing taken after onitufs wrote there."""
+    for number, item in enumerate(items):
+        if number % CHECKPOINT_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+        yield item
 
 
 def renamed(known: dict[str, MirrorEntry], listed: dict[str, Metadata], old: str,
