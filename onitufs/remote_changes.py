@@ -319,6 +319,8 @@ class RemoteChanges:
         moved = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
         ours = inode if inode is not None and inode.is_reg and entry.rev == inode.rev else None
         if ours is not None and (entry.racy or moved):
+            if moved:  # until compared, the cache must not let ours go for that copy
+                self.replicator.doubt(remote, ours)
             if ours.dirty or self.tree.cache.has_dirty(ours.ino):
                 return False
             # Its mirror entry names our revision: where we do not know all of it, what
@@ -336,13 +338,16 @@ class RemoteChanges:
             if self._held_elsewhere(remote, ours):
                 log.warning("remote %s: %s: its content changed there, its size and time did "
                             "not: keeping both", remote.name, md.path)
-                return await self._keep_apart(remote, md, ours)  # (compared above)
+                kept = await self._keep_apart(remote, md, ours)  # (compared above)
+                self.replicator.settled(remote, ours.ino)
+                return kept
             # Kept beside, ours would be a name no read can serve: the edit is all that is
             # left of the file, so it is taken in as the file's next version.
             log.warning("remote %s: %s: its content changed there, its size and time did "
                         "not, and no other copy of the mount's version is left: taking it in",
                         remote.name, md.path)
         with self.index.write() as txn:
+            self.replicator.settled(remote, ino)
             if self.index.mirror(remote.rid, ino, txn).get(md.path) != entry:
                 return False  # onitufs changed it there meanwhile: the next listing says
             if not same:
@@ -356,8 +361,10 @@ class RemoteChanges:
 
     def _held_elsewhere(self, remote: Remote, ours: Inode) -> bool:
         """Whether the mount's version can be had whole without this remote: the cache holds
-        all of it, or another remote that can be read holds it (online or not)."""
-        return any(holder is not remote for holder, _, _ in self.replicator.holders(ours)) \
+        all of it, or another remote that can be read holds it (online or not, and not in
+        doubt itself)."""
+        return any(holder is not remote and not self.replicator.in_doubt(holder, ours)
+                   for holder, _, _ in self.replicator.holders(ours)) \
             or self.tree.cache.holds_whole(ours)
 
     async def _same_content(self, remote: Remote, md: Metadata, ours: Inode,

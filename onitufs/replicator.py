@@ -194,6 +194,10 @@ class Replicator:
         # (inode, revision) -> the remote whose upload learns that revision's SHA-256 now:
         # uploads to the others leave it to that one (10 GiB are not hashed once a remote).
         self._learning: dict[tuple[int, int], int] = {}
+        # (remote id, inode) -> the revision whose copy there a listing put in doubt (its
+        # ctime moved behind its token) until it is compared with ours: meanwhile it is no
+        # copy of that revision, so the cache keeps ours, which may be all that is left.
+        self._doubted: dict[tuple[int, int], int] = {}
         # Set by the daemon: keeps a remote's unexpected version beside ours.
         self.on_conflict: Callable[[Remote, Metadata, Inode], Awaitable[bool]]
         # Set by the daemon: takes in a version a remote holds that it has not reported yet.
@@ -1049,10 +1053,22 @@ class Replicator:
             return False
         with self.index.begin() as txn:
             held = {remote.rid for remote in self.remotes
-                    if any(entry.rev == inode.rev
-                           for entry in self.index.mirror(remote.rid, ino, txn).values())}
+                    if not self.in_doubt(remote, inode)
+                    and any(entry.rev == inode.rev
+                            for entry in self.index.mirror(remote.rid, ino, txn).values())}
         return all(r.rid in held for r in self.writable) and any(
             r.rid in held for r in self.remotes if r.config.readable)
+
+    def doubt(self, remote: Remote, inode: Inode) -> None:
+        """The remote's copy of the inode's current revision may be something else now,
+        until settled() says it was compared."""
+        self._doubted[remote.rid, inode.ino] = inode.rev
+
+    def settled(self, remote: Remote, ino: int) -> None:
+        self._doubted.pop((remote.rid, ino), None)
+
+    def in_doubt(self, remote: Remote, inode: Inode) -> bool:
+        return self._doubted.get((remote.rid, inode.ino)) == inode.rev
 
     # unmounting
 

@@ -3,8 +3,12 @@ put back) are never taken for the same file."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from onitufs.testing.backdoor import FolderBackdoor
@@ -230,5 +234,59 @@ def test_an_only_copy_edited_in_place_is_kept_beside_while_the_cache_holds_ours(
              what="both versions in the mount")
     cloud.wait_synced()
     assert (cloud.mountpoint / "only").read_bytes() == content
+    cloud.umount()
+    assert versions(cloud.remotes["a"], "only") == both
+
+
+
+@contextlib.contextmanager
+def leased_rewrite(path: Path, data: bytes) -> Iterator[None]:
+    """Hold a write lease on `path` (any other open of it fails with EAGAIN meanwhile, as
+    Samba's leases make it), and within it write data over the file's own bytes and put
+    its time back."""
+    before = path.stat()
+    time.sleep(0.05)  # past the tick of the kernel's clock its times were taken in
+    # SIGIO is the kernel's word that someone opened it: the test asks /proc/locks instead
+    handler = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        os.pwrite(fd, data, 0)
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        yield
+    finally:
+        os.close(fd)  # and the lease with it
+        signal.signal(signal.SIGIO, handler)
+
+
+def lease_broken(path: Path) -> bool:
+    """Whether someone tried to open `path` while it was leased (/proc/locks)."""
+    inode = f":{path.stat().st_ino} "
+    return any("LEASE" in line and "BREAKING" in line and inode in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_the_mount_s_version_stays_cached_while_an_edit_of_its_only_copy_is_in_doubt(
+        make_cloud: MakeCloud) -> None:
+    """The remote's copy changed behind its token and cannot be read yet to compare: until
+    it is compared, the cache does not count it as a copy of the mount's version, so it
+    does not evict ours for room, and both versions are kept."""
+    cloud = make_cloud({"a": "rw"}, cache_size="4 MiB", block_size="64 KiB")
+    cloud.mount()
+    content, edited, other = (os.urandom(3 << 20) for _ in range(3))
+    (cloud.mountpoint / "only").write_bytes(content)
+    cloud.wait_synced()
+    copy = cloud.remotes["a"] / "only"
+    with leased_rewrite(copy, edited):
+        wait_for(lambda: lease_broken(copy), timeout=30, what="the edit to be read")
+        (cloud.mountpoint / "other").write_bytes(other)  # the cache needs room for it
+        cloud.wait_synced()  # and has it once `other` is uploaded
+        assert "cannot compare it with ours yet" in cloud.log
+    both = sorted([content, edited])
+    wait_for(lambda: versions(cloud.mountpoint, "only") == both, timeout=30,
+             what="both versions in the mount")
+    cloud.wait_synced()
+    assert (cloud.mountpoint / "only").read_bytes() == content
+    assert (cloud.mountpoint / "other").read_bytes() == other
     cloud.umount()
     assert versions(cloud.remotes["a"], "only") == both
