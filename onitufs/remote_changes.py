@@ -351,8 +351,9 @@ class RemoteChanges:
             if self.index.mirror(remote.rid, ino, txn).get(md.path) != entry:
                 return False  # onitufs changed it there meanwhile: the next listing says
             if not same:
-                log.info("remote %s: %s changed there behind the same token; taking it in",
-                         remote.name, md.path)
+                if not (moved and ours is not None):  # (else said above)
+                    log.info("remote %s: %s changed there behind the same token; taking it in",
+                             remote.name, md.path)
                 entry.token = None  # so that the listing's token reads as a change
             else:
                 entry.racy, entry.changed = False, md.changed_ns

@@ -212,6 +212,7 @@ def test_an_only_copy_edited_in_place_with_its_time_put_back_takes_the_name(
     wait_for(lambda: "its content changed there" in cloud.log, timeout=30,
              what="the edit to be found")
     assert (cloud.mountpoint / "only").read_bytes() == edited
+    assert cloud.log.count("taking it in") == 1, "said once"
     cloud.wait_synced()
     assert versions(cloud.mountpoint, "only") == [edited]
     result = cloud.umount()
