@@ -184,15 +184,18 @@ def _mirror_by_ino(mount: Mount, remote: Remote, txn: lmdb.Transaction) -> dict[
 
 async def verify(mount: Mount, show: Show, progress: Show) -> Report:
     report = Report()
+    readable = [remote for remote in mount.remotes if remote.config.readable]
     for remote in mount.remotes:
-        if not remote.config.readable:
+        if remote not in readable:
             show(f"{remote.name}: write-only, so never read back")
-            continue
+    # What changed on any remote while nothing was mounted is taken in first (every first
+    # listing), not read as the copy the index knows and called damaged: a copy replaced
+    # there, or one whose change time moved (a chmod). Every remote's, before any copy is
+    # read: an edit on one remote makes the others' copies an older revision.
+    for remote in readable:
         await remote.ready.wait()
-        # What changed there while nothing was mounted is taken in first (its first
-        # listing), not read as the copy the index knows and called damaged: a copy
-        # replaced there, or one whose change time moved (a chmod).
         await mount.replicator.first_listing_in(remote)
+    for remote in readable:
         with mount.index.begin() as txn:
             copies = [(ino, path, entry) for ino, path, entry in
                       mount.index.mirror_all(remote.rid, txn) if entry.kind == "file"]
@@ -201,12 +204,18 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
             if inode is None or inode.dirty or entry.rev != inode.rev:
                 continue  # not a copy of the current revision: the replicator handles it
             progress(f"{remote.name}: {number}/{len(copies)} /{path}")
-            report.checked += 1
             try:
                 problem, judged = await _check_copy(mount, remote, inode, path, entry)
             except CallFailed as error:
+                report.checked += 1
                 report.found(f"remote {remote.name}: /{path}: unreadable: {error}", False, show)
                 continue
+            if not _still_current(mount, remote, inode, path):
+                # A remote's change was taken in while the copy was read: what it was
+                # compared with may be the new revision's. The replicator brings the copy
+                # up to date; judged on its own, it would be called damaged.
+                continue
+            report.checked += 1
             if not judged:
                 report.unverified += 1
                 show(f"{remote.name}: /{path}: no checksum or cached content to compare with")
@@ -215,6 +224,16 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
                 report.found(f"remote {remote.name}: /{path}: {problem}", remote.config.writable,
                              show)
     return report
+
+
+def _still_current(mount: Mount, remote: Remote, inode: Inode, path: str) -> bool:
+    """Whether the file is still at the revision it had when its copy was read, and the
+    remote's entry still says the remote holds it."""
+    now = mount.index.get_inode(inode.ino)
+    with mount.index.begin() as txn:
+        entry = mount.index.mirror(remote.rid, inode.ino, txn).get(path)
+    return (now is not None and not now.dirty and now.rev == inode.rev
+            and entry is not None and entry.rev == inode.rev)
 
 
 async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
@@ -241,7 +260,7 @@ async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
             if hashlib.sha256(data).digest() != digest:
                 return (f"bytes {offset}-{offset + length - 1} do not match the SHA-256 of that "
                         "block"), True
-            if cache.damaged(inode.ino, blockno):
+            if cache.damaged(inode.ino, blockno) and _still_current(mount, remote, inode, path):
                 cache.take_fetched(inode, blockno, inode.rev, data, digest, new_checksum=False)
         unchecked += expected is None and digest is None
     if inode.sha256 != NO_HASH and whole.digest() != inode.sha256:

@@ -130,3 +130,4 @@ def test_fsck_of_a_mounted_cache_is_an_operational_error(make_cloud: MakeCloud) 
     result = run("fsck", cloud.config, check=False)
     assert result.returncode == 8
     assert "cache in use by another onitufs process" in result.stderr
+
