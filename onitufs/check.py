@@ -24,6 +24,7 @@ import lmdb
 
 from .daemon import Mount
 from .index import FLAG_COMPLETE, NO_HASH, ROOT_INO, Inode, MirrorEntry, keys, scan, unq, unseal
+from .plug import Changed
 from .remotes import CallFailed, Remote
 from .replicator import entry_metadata
 from .tree import NewNode
@@ -207,6 +208,11 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
             try:
                 problem, judged = await _check_copy(mount, remote, inode, path, entry)
             except CallFailed as error:
+                if isinstance(error.__cause__, Changed):
+                    # Changed there since it was listed: a new version, taken in as its
+                    # report would be, and no damage.
+                    await mount.replicator.on_changed(remote.name, error.__cause__.current)
+                    continue
                 report.checked += 1
                 report.found(f"remote {remote.name}: /{path}: unreadable: {error}", False, show)
                 continue

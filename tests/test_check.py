@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from onitufs.index import ROOT_INO, Index, q
@@ -131,3 +132,43 @@ def test_fsck_of_a_mounted_cache_is_an_operational_error(make_cloud: MakeCloud) 
     assert result.returncode == 8
     assert "cache in use by another onitufs process" in result.stderr
 
+
+def test_verify_while_another_machine_keeps_editing_a_remote(make_cloud: MakeCloud) -> None:
+    """Edits on b taken in while a's copies are read make those copies an older revision,
+    never damaged ones: what they are compared with may be the new content already (the
+    replicator fetched it to send it to a), or the copy read may change under the read."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    size = 3 * 1024 * 1024  # a few blocks: a copy's read spans several of the loop's turns
+    names = [f"f{number:02}" for number in range(40)]
+    cloud.mount()
+    for name in names:
+        (cloud.mountpoint / name).write_bytes(os.urandom(size))
+    cloud.wait_synced()
+    cloud.umount()
+    done = threading.Event()
+    edits: dict[str, bytes] = {}
+
+    def edit_on_b() -> None:  # for a few seconds: verify ends once nothing is left to send
+        for _ in range(20):
+            if done.wait(0.1):
+                break
+            for name in names[::3]:
+                edits[name] = os.urandom(size)
+                (cloud.remotes["b"] / name).write_bytes(edits[name])
+
+    editor = threading.Thread(target=edit_on_b)
+    editor.start()
+    try:
+        result = run("verify", cloud.config, check=False)
+    finally:
+        done.set()
+        editor.join()
+    assert " 0 damaged" in result.stdout, result.stdout + result.stderr
+    assert "is damaged" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    cloud.mount()
+    cloud.wait_synced()
+    assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"])
+    for name, content in edits.items():
+        assert (cloud.mountpoint / name).read_bytes() == content
+    cloud.umount()
