@@ -206,7 +206,7 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
                 continue  # not a copy of the current revision: the replicator handles it
             progress(f"{remote.name}: {number}/{len(copies)} /{path}")
             try:
-                problem, judged = await _check_copy(mount, remote, inode, path, entry)
+                outcome = await _check_copy(mount, remote, inode, path, entry)
             except CallFailed as error:
                 if isinstance(error.__cause__, Changed):
                     # Changed there since it was listed: a new version, taken in as its
@@ -216,11 +216,9 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
                 report.checked += 1
                 report.found(f"remote {remote.name}: /{path}: unreadable: {error}", False, show)
                 continue
-            if not _still_current(mount, remote, inode, path):
-                # A remote's change was taken in while the copy was read: what it was
-                # compared with may be the new revision's. The replicator brings the copy
-                # up to date; judged on its own, it would be called damaged.
-                continue
+            if outcome is None:
+                continue  # moved on while read: the replicator brings the copy up to date
+            problem, judged = outcome
             report.checked += 1
             if not judged:
                 report.unverified += 1
@@ -232,33 +230,38 @@ async def verify(mount: Mount, show: Show, progress: Show) -> Report:
     return report
 
 
-def _still_current(mount: Mount, remote: Remote, inode: Inode, path: str) -> bool:
-    """Whether the file is still at the revision it had when its copy was read, and the
-    remote's entry still says the remote holds it."""
-    now = mount.index.get_inode(inode.ino)
+def _still_current(mount: Mount, remote: Remote, ino: int, path: str, rev: int) -> bool:
+    """Whether the file is still at revision `rev`, unchanged in the mount, and the
+    remote's entry still says the remote holds that revision."""
+    now = mount.index.get_inode(ino)
     with mount.index.begin() as txn:
-        entry = mount.index.mirror(remote.rid, inode.ino, txn).get(path)
-    return (now is not None and not now.dirty and now.rev == inode.rev
-            and entry is not None and entry.rev == inode.rev)
+        entry = mount.index.mirror(remote.rid, ino, txn).get(path)
+    return (now is not None and not now.dirty and now.rev == rev
+            and entry is not None and entry.rev == rev)
 
 
 async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
-                      entry: MirrorEntry) -> tuple[str | None, bool]:
+                      entry: MirrorEntry) -> tuple[str | None, bool] | None:
     """Why the remote's copy is not the current revision (None if it is), and whether
-    there was anything to compare it with."""
+    there was anything to compare it with; None if a change moved the file on while its
+    copy was read (a remote's listing, or a read through the mount, took one in), as the
+    cache and the checksums are of the new revision then."""
     cache = mount.cache
     md = entry_metadata(path, entry)
+    rev, size, sha256 = inode.rev, inode.size, inode.sha256
     whole = hashlib.sha256()
     unchecked = 0
-    for blockno in range((inode.size + cache.block_size - 1) // cache.block_size):
+    for blockno in range((size + cache.block_size - 1) // cache.block_size):
         offset = blockno * cache.block_size
-        length = min(cache.block_size, inode.size - offset)
+        length = min(cache.block_size, size - offset)
         data: bytes = await remote.call("get_chunk", md, offset, length)
+        if not _still_current(mount, remote, inode.ino, path, rev):
+            return None
         if len(data) != length:
             return f"{len(data)} bytes at byte {offset}, expected {length}", True
         whole.update(data)
         expected = cache.cached_block(inode, blockno, length)  # None where damaged
-        digest = mount.index.block_hash(inode.ino, blockno, inode.rev)
+        digest = mount.index.block_hash(inode.ino, blockno, rev)
         if expected is not None and data != expected:
             first, last = differing_range(data, expected)
             return f"bytes {offset + first}-{offset + last} differ from the cached content", True
@@ -266,12 +269,12 @@ async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
             if hashlib.sha256(data).digest() != digest:
                 return (f"bytes {offset}-{offset + length - 1} do not match the SHA-256 of that "
                         "block"), True
-            if cache.damaged(inode.ino, blockno) and _still_current(mount, remote, inode, path):
-                cache.take_fetched(inode, blockno, inode.rev, data, digest, new_checksum=False)
+            if cache.damaged(inode.ino, blockno):
+                cache.take_fetched(inode, blockno, rev, data, digest, new_checksum=False)
         unchecked += expected is None and digest is None
-    if inode.sha256 != NO_HASH and whole.digest() != inode.sha256:
+    if sha256 != NO_HASH and whole.digest() != sha256:
         return "does not match the SHA-256 of the revision", True
-    return None, not unchecked or inode.sha256 != NO_HASH
+    return None, not unchecked or sha256 != NO_HASH
 
 
 def differing_range(a: bytes, b: bytes) -> tuple[int, int]:
