@@ -251,20 +251,25 @@ class BlockCache:
                 return b""
             expected = self.index.block_hash(inode.ino, blockno, rev)
             data, digest = await self._fetch(inode, offset, length, expected)
-            self.take_fetched(inode, blockno, rev, data, digest, expected is None)
+            self.take_fetched(inode.ino, blockno, rev, data, digest, expected is None)
             return data
         finally:
             del self._fetching[key]
             done.set()
 
-    def take_fetched(self, inode: Inode, blockno: int, rev: int, data: bytes, digest: bytes,
+    def take_fetched(self, ino: int, blockno: int, rev: int, data: bytes, digest: bytes,
                      new_checksum: bool) -> None:
         """Keep a block of revision `rev` read from a remote, where the cache lacks it or
-        holds it damaged; with `new_checksum`, `digest` becomes the block's checksum (the
-        first copy seen: later ones are checked against it)."""
-        key = (inode.ino, blockno)
-        if inode.rev != rev or not (key in self._damaged or not inode.complete) \
-                or self.has_dirty(inode.ino):
+        holds it damaged, if the file is still at that revision; with `new_checksum`,
+        `digest` becomes the block's checksum (the first copy seen: later ones are checked
+        against it)."""
+        key = (ino, blockno)
+        # The inode as the index has it now: the one the read began with may have been
+        # let go of by the index meanwhile and no longer follow the file's changes, and
+        # blocks are kept by inode and block number, not by revision.
+        inode = self.index.get_inode(ino)
+        if inode is None or inode.rev != rev or not (key in self._damaged or not inode.complete) \
+                or self.has_dirty(ino):
             return
         with self.index.write() as txn:
             self._store(txn, key, data, digest)

@@ -270,7 +270,7 @@ async def _check_copy(mount: Mount, remote: Remote, inode: Inode, path: str,
                 return (f"bytes {offset}-{offset + length - 1} do not match the SHA-256 of that "
                         "block"), True
             if cache.damaged(inode.ino, blockno):
-                cache.take_fetched(inode, blockno, rev, data, digest, new_checksum=False)
+                cache.take_fetched(inode.ino, blockno, rev, data, digest, new_checksum=False)
         unchecked += expected is None and digest is None
     if sha256 != NO_HASH and whole.digest() != sha256:
         return "does not match the SHA-256 of the revision", True

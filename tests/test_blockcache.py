@@ -1,0 +1,54 @@
+"""The block cache on its own, over an index: what it keeps of a block read from a remote
+while the file moves on."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import lmdb
+import trio
+
+from onitufs.blockcache import BlockCache
+from onitufs.index import Index, Inode
+
+BLOCK = 64 * 1024
+CACHE_SIZE = 1 << 24
+FILE = 10
+REG = 0o100644
+
+
+def test_a_block_fetched_for_a_revision_the_file_left_is_not_kept(tmp_path: Path) -> None:
+    """While a block of revision 3 is read from a remote, a commit fails (a full disk), so
+    the index forgets the inodes it decoded, and a remote's revision 4 is taken in under
+    the same inode number: what comes back is revision 3's, and the cache, which keeps
+    blocks by inode and block number, must not keep it as revision 4's."""
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    old_content = b"3" * BLOCK
+    with index.write() as txn:
+        index.put_inode(txn, Inode(FILE, REG, 0, 0, 1, size=BLOCK, rev=3, flags=0))
+    reader = index.get_inode(FILE)
+    assert reader is not None
+
+    async def fetch(inode: Inode, offset: int, length: int,
+                    expected: bytes | None) -> tuple[bytes, bytes]:
+        with contextlib.suppress(lmdb.MapFullError), index.write() as txn:
+            txn.put(b"filler", bytes(1 << 25), db=index.db["meta"])  # more than the map holds
+        taken_in = index.get_inode(FILE)
+        assert taken_in is not None and taken_in is not reader  # forgotten, decoded anew
+        taken_in.rev = 4
+        with index.write() as txn:
+            index.put_inode(txn, taken_in)
+        await trio.sleep(0)
+        return old_content, hashlib.sha256(old_content).digest()
+
+    cache = BlockCache(index, BLOCK, CACHE_SIZE, CACHE_SIZE, fetch, lambda ino: True)
+    try:
+        assert trio.run(cache.read, reader, 0, BLOCK) == old_content  # as the read asked
+        current = index.get_inode(FILE)
+        assert current is not None and current.rev == 4
+        assert cache.cached_block(current, 0, BLOCK) is None, "revision 3's block kept as 4's"
+        assert index.block_hash(FILE, 0, 4) is None
+    finally:
+        index.close()
