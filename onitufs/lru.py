@@ -26,11 +26,13 @@ class LRU(Generic[K, V]):
             self._items.move_to_end(key)
         return value
 
-    def __setitem__(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V) -> V | None:
+        """Keep the item as the most recently used; the item dropped to make room, if any."""
         self._items[key] = value
         self._items.move_to_end(key)
         if len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
+            return self._items.popitem(last=False)[1]
+        return None
 
     def pop(self, key: K) -> V | None:
         return self._items.pop(key, None)

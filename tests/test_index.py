@@ -3,6 +3,7 @@ what it finds of a remote's files below a folder."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from onitufs.index import SCHEMA_VERSION, Index, Inode, MirrorEntry, q
@@ -74,5 +75,36 @@ def test_mirror_below_finds_exactly_what_is_below(tmp_path: Path) -> None:
         with index.begin() as txn:
             assert sorted(index.mirror_entries(rid, txn)) == sorted(
                 ["c", "c/sub", "c/sub/z", "c/x", "c/y", *HELD[5:]])
+    finally:
+        index.close()
+
+
+def test_an_inode_held_while_the_index_lets_go_of_it_stays_the_one_handed_out(
+        tmp_path: Path) -> None:
+    """A write holds its file's inode while it waits for a remote; meanwhile a walk of
+    65,536 other files pushes it out of the decoded inodes, and another write changes the
+    file. Both must change the same object, or the first, written back, undoes the
+    second. An inode nothing holds is let go of."""
+    index = Index(tmp_path, 1 << 30, BLOCK)
+    try:
+        with index.write() as txn:
+            index.put_inode(txn, Inode(9, 0o100644, 0, 0, 1, size=3))
+            index.put_inode(txn, Inode(10, 0o100644, 0, 0, 1, size=5))
+        unheld = weakref.ref(index.get_inode(9))
+        held = index.get_inode(10)
+        assert held is not None and unheld() is not None
+        with index.write() as txn:
+            for ino in range(11, 11 + 65_536):
+                index.put_inode(txn, Inode(ino, 0o100644, 0, 0, 1))
+        assert unheld() is None
+        other = index.get_inode(10)
+        assert other is held
+        other.size = 7
+        with index.write() as txn:
+            index.put_inode(txn, held)
+        assert index.get_inode(10) is held and held.size == 7
+        with index.begin() as txn:
+            raw = txn.get(q(10), db=index.db["inodes"])
+            assert raw is not None and Inode.unpack(10, raw).size == 7
     finally:
         index.close()
