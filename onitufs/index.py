@@ -17,7 +17,8 @@ Named databases (one environment, so one transaction can change several):
 - ``blocks``    ino + block number -> SHA-256 of the content + content (owned by
                 blockcache.py): a block that no longer matches its checksum is damaged
 
-Inode records are decoded once and kept in an LRU; attribute changes that
+Inode records are decoded once and kept in an LRU, each as one object (one the LRU
+drops while something still holds it is handed out again); attribute changes that
 happen on every write are kept in memory and written with the next commit.
 """
 
