@@ -119,6 +119,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="scale: the file fanned out to three remotes, in MiB (default 1024)")
     parser.add_argument("--index-files", type=int, default=100_000, metavar="N",
                         help="scale: the files of the remounted index (default 100000)")
+    parser.add_argument("--idle-seconds", type=float, default=scale.IDLE_SECONDS, metavar="S",
+                        help="scale: how long the remounted index's daemon is watched idle "
+                             "(default 600, one round of the local driver's safety-net "
+                             "walks; 0 leaves it out)")
     parser.add_argument("suites", nargs="*", metavar="SUITE",
                         help=f"which suites to run, of {', '.join(SUITES)} (default all): fuse "
                              "(tmpfs, memfs, onitufs), programs (bench/programs.py), ssh "
@@ -134,9 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--tree: {args.tree} is not a folder")
     if args.json is not None and {"programs", "scale"} <= set(args.suites):
         parser.error("--json: name one suite with it, programs or scale")
-    if args.big_gib * 1024 < 1 or args.fanout_mib < 1 or args.index_files < 1:
+    if args.big_gib * 1024 < 1 or args.fanout_mib < 1 or args.index_files < 1 \
+            or args.idle_seconds < 0:
         parser.error("--big-gib must be at least 1/1024, --fanout-mib and --index-files at "
-                     "least 1")
+                     "least 1, --idle-seconds at least 0")
     if args.size_mib < 1 or args.files < 1 or args.rounds < 1:
         parser.error("--size-mib, --files and --rounds must be at least 1")
     args.fs = [name.strip() for name in args.fs.split(",") if name.strip()]
@@ -391,7 +396,8 @@ def run_suites(args: argparse.Namespace) -> int:
             status = 1
     if "scale" in args.suites and status in (0, 3):
         report, result = scale.suite(args.workdir, args.big_gib, args.fanout_mib,
-                                     args.index_files, args.json, args.strict, busy)
+                                     args.index_files, args.idle_seconds, args.json,
+                                     args.strict, busy)
         print("\n".join(["", *report]))
         status = max(status, result)
     return status

@@ -1,4 +1,5 @@
-"""The scale suite: fan-out, memory and a big index (issue 18, bar 4), one run, three parts.
+"""The scale suite: fan-out, memory, a big index and idle (issue 18, bars 3 and 4), one
+run, three parts.
 
 1. fan-out: a FANOUT file (1 GiB) on disk is copied once into onitufs with three
    local remotes, timed until `onitufs umount` returns (the local driver fsyncs
@@ -18,7 +19,12 @@
    timed from `onitufs mount` until it returns, ready, and `find MNT -ls` right
    after it; the same tree goes through `rclone mount` (bench/baselines.py),
    with `find -ls` right after its mount. Bars: ready in under 1 s; the find at
-   least 5x faster than rclone's.
+   least 5x faster than rclone's. Then, once every remote is listed and nothing is
+   queued, the daemon's CPU time (/proc/PID/stat, all its threads) over IDLE
+   seconds (600, the local driver's default poll_interval, so that one round of
+   its safety-net walks falls within) with nothing changing: idle means idle,
+   issue 18's bar 3, under 1% of a core (each remote holds the whole tree here,
+   not a third of it).
 
 Each part checks what the remotes hold afterwards, so a fast but wrong run
 fails instead of winning. Free space is checked first; every part cleans up
@@ -69,6 +75,7 @@ INDEX_FOLDER_FILES = 250  # files per folder of the index tree
 INDEX_FILE_SIZE = 1024
 INTAKE_TIMEOUT = 3600.0  # for the first mount to take in and replicate the index tree
 PROGRESS_EVERY = 10.0
+IDLE_SECONDS = 600.0  # the local driver's default poll_interval: one round of walks
 MARGIN = GIB  # free space kept beyond what the largest part needs
 COMMAND_TIMEOUT = 3600
 
@@ -93,6 +100,7 @@ BARS = (
     Bar("big_to_small_speed", "memory: big copy's MiB/s / small copy's", 0.9, False),
     Bar("remount_seconds", "index: remount ready, s", 1.0, True),
     Bar("find_speedup", "index: rclone's find -ls / onitufs's", 5.0, False),
+    Bar("idle_core_percent", "idle: the daemon's % of a core", 1.0, True),
 )
 
 Figures = dict[str, float]
@@ -352,7 +360,31 @@ def intake(target: Onitufs, files: int) -> float:
         time.sleep(1.0)
 
 
-def index(files: int, workdir: Path | None, figures: Figures, problems: list[str]) -> None:
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time of a process, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def idle(target: Onitufs, seconds: float, figures: Figures) -> None:
+    """The daemon's share of a core over `seconds` with nothing changing, once every
+    remote is listed and nothing is queued."""
+    assert target.pid is not None
+    start = time.monotonic()
+    while any(remote["state"] != "online" for remote in target.status()["remotes"]) \
+            or target.queue() != (0, 0):
+        if time.monotonic() - start > INTAKE_TIMEOUT:
+            raise TargetError("onitufs: its remotes not listed after the remount")
+        time.sleep(1.0)
+    say(f"  idle: the daemon's CPU time over {seconds:.0f} s with nothing changing")
+    before = cpu_seconds(target.pid)
+    time.sleep(seconds)
+    figures["idle_core_percent"] = 100 * (cpu_seconds(target.pid) - before) / seconds
+    figures["idle_seconds"] = seconds
+
+
+def index(files: int, workdir: Path | None, figures: Figures, problems: list[str],
+          idle_seconds: float) -> None:
     with part(problems) as (targets, workdirs):
         target = new_onitufs(workdir, "index", 4 * GIB, targets, workdirs)
         start = time.perf_counter()
@@ -377,6 +409,8 @@ def index(files: int, workdir: Path | None, figures: Figures, problems: list[str
         figures["index_rss_anon_peak_mib"] = peak / MIB
         say(f"  onitufs remount {figures['remount_seconds']:.2f} s, find -ls "
             f"{figures['onitufs_find_seconds']:.2f} s")
+        if idle_seconds > 0:
+            idle(target, idle_seconds, figures)
         umount(target)
 
         folder = make_workdir(workdir, "onitufs-bench-scale-rclone-")
@@ -429,7 +463,8 @@ def details(figures: Figures) -> list[str]:
         f"taken in and replicated {get('index_intake_seconds')} s; remount "
         f"{get('remount_seconds')} s, find -ls {get('onitufs_find_seconds')} s (RssAnon peak "
         f"{get('index_rss_anon_peak_mib')} MiB); rclone mount {get('rclone_mount_seconds')} s, "
-        f"find -ls {get('rclone_find_seconds')} s",
+        f"find -ls {get('rclone_find_seconds')} s; idle {get('idle_core_percent')}% of a core "
+        f"over {get('idle_seconds')} s",
     ]
 
 
@@ -439,7 +474,8 @@ def load() -> list[float]:
 
 
 def suite(workdir: Path | None, big_gib: float, fanout_mib: int, files: int,
-          json_option: Path | None, strict: bool, busy: float) -> tuple[list[str], int]:
+          idle_seconds: float, json_option: Path | None, strict: bool,
+          busy: float) -> tuple[list[str], int]:
     """The three parts in order; the report's lines and an exit status (0, 1 for an error or
     too little room, 3 for a bar not met under `strict`, 130 when interrupted). `busy`: how
     busy the machine was before the run (0 to 1), kept with the figures."""
@@ -463,8 +499,8 @@ def suite(workdir: Path | None, big_gib: float, fanout_mib: int, files: int,
          lambda: fanout(stream, fanout_mib, workdir, figures, problems)),
         (f"memory, {small_mib} then {big_mib} MiB copied in",
          lambda: memory(stream, big_mib, small_mib, workdir, figures, problems)),
-        (f"index, {files} files, remount and find -ls, against rclone",
-         lambda: index(files, workdir, figures, problems)),
+        (f"index, {files} files, remount and find -ls, against rclone, then idle",
+         lambda: index(files, workdir, figures, problems, idle_seconds)),
     ]
     try:
         for title, action in parts:
@@ -496,7 +532,7 @@ def suite(workdir: Path | None, big_gib: float, fanout_mib: int, files: int,
     }, indent=2) + "\n")
     if strict and not met and status == 0:
         status = 3
-    title = (f"scale (bar 4): fan-out {fanout_mib} MiB, copies of {small_mib} and {big_mib} MiB, "
+    title = (f"scale (bars 3 and 4): fan-out {fanout_mib} MiB, copies of {small_mib} and {big_mib} MiB, "
              f"index of {files} files; on {os.cpu_count()} cores, {busy:.0%} busy before the "
              f"run, load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (other "
              "work lowers the figures and moves the ratios)")
