@@ -371,11 +371,11 @@ def idle(target: Onitufs, seconds: float, figures: Figures) -> None:
     remote is listed and nothing is queued."""
     assert target.pid is not None
     start = time.monotonic()
-    while any(remote["state"] != "online" for remote in target.status()["remotes"]) \
-            or target.queue() != (0, 0):
+    while any(remote["state"] != "online" for remote in target.status()["remotes"]):
         if time.monotonic() - start > INTAKE_TIMEOUT:
             raise TargetError("onitufs: its remotes not listed after the remount")
         time.sleep(1.0)
+    target.settle(INTAKE_TIMEOUT)
     say(f"  idle: the daemon's CPU time over {seconds:.0f} s with nothing changing")
     before = cpu_seconds(target.pid)
     time.sleep(seconds)
