@@ -196,8 +196,8 @@ class Conflict(DriverError):
 
 
 class Changed(DriverError):
-    """get_chunk found another version of the file than the one asked for (the remote
-    changed it since it last reported it).
+    """get_chunk or move_file found another version of the file than the one asked for
+    (the remote changed it since it last reported it).
 
     `current` describes what is there now, so the core takes it in at once rather
     than at the driver's next report.

@@ -39,7 +39,7 @@ from .index import (
     encode_path,
     listed_digest,
 )
-from .plug import MARKER, ListingNeeded, Metadata
+from .plug import MARKER, Changed, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
 from .replicator import FetchError, Replicator, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
@@ -283,7 +283,12 @@ class RemoteChanges:
                       "files: resolve it by hand", remote.name, md.path)
             return True
         moved = md.copy(path=aside)
-        await remote.call("move_file", md.copy(), moved)
+        try:
+            await remote.call("move_file", md.copy(), moved)
+        except CallFailed as error:
+            if isinstance(error.__cause__, Changed):
+                return False  # saved again there since it was listed: the next listing says
+            raise
         remote.touch(md.path, aside)
         log.warning("remote %s: %s changed both here and there; its version is kept%s as %s",
                     remote.name, md.path, " there" if not remote.config.readable else "",

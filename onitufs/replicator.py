@@ -723,7 +723,15 @@ class Replicator:
     async def _move(self, remote: Remote, ino: int, old: str, new: str, entry: MirrorEntry) -> None:
         old_md = entry_metadata(old, entry)
         new_md = old_md.copy(path=new)
-        await remote.call("move_file", old_md, new_md)
+        try:
+            await remote.call("move_file", old_md, new_md)
+        except CallFailed as error:
+            if isinstance(error.__cause__, Changed):
+                # Edited there since it was listed: that version is taken in first (as
+                # a conflict if ours changed too), then the move is tried again.
+                await self.on_changed(remote.name, error.__cause__.current)
+                raise Retry() from None
+            raise
         remote.touch(old, new)
         with self._write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,

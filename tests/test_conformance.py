@@ -23,7 +23,8 @@ from onitufs_dropbox.auth import save_token
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
-from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402  (after the rewrite hook)
+from onitufs.plug import Changed  # noqa: E402  (after the rewrite hook)
+from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402
 from onitufs.testing.conformance import *  # noqa: E402, F403
 from onitufs.testing.harness import Harness, started  # noqa: E402
 
@@ -218,3 +219,24 @@ def test_the_local_driver_does_not_wait_on_a_named_pipe(local_driver: Harness) -
     backdoor.remove("file")
     os.mkfifo(backdoor.at("file"))
     local_driver.failure("get_chunk", md, 0, len(b"content"))
+
+
+def test_the_local_driver_moves_back_a_version_saved_during_its_move(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program saves the file right after move_file checked it: the rename took
+    that version along, so it goes back to its name and Changed describes it."""
+    md = local_driver.upload("notes.txt", b"listed")
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    rename = os.rename
+
+    def saved_first(source: str, target: str) -> None:
+        if target.endswith("/moved.txt"):
+            backdoor.write("notes.txt", b"saved meanwhile")
+        rename(source, target)
+    monkeypatch.setattr(os, "rename", saved_first)  # (the driver runs in this process)
+    error = local_driver.failure("move_file", md, md.copy(path="moved.txt"))
+    assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
+    assert error.current.size == len(b"saved meanwhile")
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert backdoor.kind("moved.txt") is None

@@ -526,6 +526,21 @@ class TestMoves:
         assert isinstance(error, DriverError), f"{type(error).__name__}: {error}"
         assert (driver.backdoor.read("a.txt"), driver.backdoor.read("b.txt")) == (b"a", b"b")
 
+    def test_a_file_saved_there_since_it_was_listed_stays(self, driver: Harness) -> None:
+        """onitufs moves the version it knows of (a rename in the mount, or its conflicting
+        version put aside): one another machine saved there since is not that one, and
+        taking it along would record the other's content as ours."""
+        driver.needs("move_file")
+        old = driver.upload("a.txt", b"listed")
+        driver.backdoor.write("a.txt", b"saved there since")
+        error = driver.failure("move_file", old, old.copy(path="b.txt"))
+        assert isinstance(error, Changed), \
+            f"move_file of another version raised {type(error).__name__}: {error}, not Changed"
+        assert (error.current.path, error.current.kind, error.current.size) == \
+            ("a.txt", "file", 17), f"Changed.current describes {error.current}"
+        assert driver.backdoor.read("a.txt") == b"saved there since"
+        assert driver.backdoor.kind("b.txt") is None
+
     def test_a_folder_with_what_is_in_it(self, driver: Harness) -> None:
         driver.needs("move_file")
         folder(driver, "d")

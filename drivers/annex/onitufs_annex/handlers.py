@@ -201,6 +201,10 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
             entry = journal.tree.get(old.path)
             if entry is None:
                 raise DriverError(f"{old.path}: not on the remote")
+            if old.kind == "file" and old.revision is not None and (
+                    entry.revision() != old.revision or old.file_id not in (None, entry.id)):
+                raise Changed(f"{old.path}: changed on the remote since it was listed; not "
+                              "moving it", entry.describe(old.path))
             if new.path in journal.tree:
                 raise DriverError(f"{new.path}: already exists on the remote")
             below = old.path + "/"

@@ -301,6 +301,14 @@ def start(plug: Plug) -> None:
     def move_file(old: Metadata, new: Metadata) -> None:
         source = tree.stored_path(old.path)
         target = tree.stored_path(new.path, moving=old.path)
+        if old.kind == "file" and old.revision is not None:
+            # Dropbox moves without a condition: what is there is checked first (a save
+            # landing between the two is moved as it is).
+            there = lookup(source)
+            if isinstance(there, files.FolderMetadata) or (
+                    isinstance(there, files.FileMetadata) and there.rev != old.revision):
+                raise Changed(f"{old.path}: changed on Dropbox since it was listed; not "
+                              "moving it", described(old.path, source, there))
         try:
             result = api.call(client().files_move_v2, tree.api_path(source),
                               tree.api_path(target), autorename=False)

@@ -74,6 +74,21 @@ def is_version(st: os.stat_result, md: Metadata) -> bool:
         and (md.changed_ns is None or changed_ns(st) == md.changed_ns)
 
 
+def move_back(moved: str, name: str) -> bool:
+    """Rename a file back to the name it had, unless something took that name since."""
+    try:
+        os.link(moved, name)  # fails if the name is taken, where rename would replace
+    except FileExistsError:
+        return False
+    except OSError:  # a disk without hard links (FAT): a rename, if the name is free
+        if os.path.lexists(name):
+            return False
+        os.rename(moved, name)
+        return True
+    os.unlink(moved)
+    return True
+
+
 def in_hole(fd: int, offset: int, size: int, file_size: int) -> bool:
     """Whether bytes offset to offset + size of the file are all a hole: read as zeros
     without reading them (the kernel zeroes a page for every page of a hole it reads)."""
@@ -267,11 +282,26 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def move_file(old: Metadata, new: Metadata) -> None:
-        target = real(new.path)
+        source, target = real(old.path), real(new.path)
         if os.path.lexists(target):
             raise DriverError(f"{new.path}: already exists on the remote")
-        os.rename(real(old.path), target)
+        checked = old.kind == "file" and old.revision is not None
+        if checked:
+            there = os.lstat(source)
+            if not stat.S_ISREG(there.st_mode) or not is_version(there, old):
+                raise Changed(f"{old.path}: changed on the remote since it was listed; "
+                              "not moving it", describe(old.path, there))
+        os.rename(source, target)
         st = os.lstat(target)
+        # A version put there between the check and the rename (another program saving
+        # the file) went instead: it goes back if its name is still free. (The rename
+        # moved the ctime: the rest of the version says which file it is.)
+        if checked and (token(st), file_id(st)) != (old.revision, old.file_id or file_id(st)):
+            if not move_back(target, source):
+                raise DriverError(f"{old.path}: changed on the remote while it was moved, and "
+                                  f"another file took its name: that version is at {new.path}")
+            raise Changed(f"{old.path}: changed on the remote while it was moved; left in "
+                          "place", describe(old.path, os.lstat(source)))
         stamp(new, st)
 
     @plug.handler()

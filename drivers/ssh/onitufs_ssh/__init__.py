@@ -44,7 +44,7 @@ from onitufs.plug import (
 )
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
-from .listing import Tree, describe, encode, token
+from .listing import Tree, describe, encode, kind_of, token
 from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
@@ -333,12 +333,30 @@ def start(plug: Plug) -> None:
     @plug.handler()
     @guarded
     def move_file(old: Metadata, new: Metadata) -> None:
+        checked = old.kind == "file" and old.revision is not None
         with pool.use() as conn:
             target = inside(conn, new.path)
             if lstat(conn, target) is not None:
                 raise DriverError(f"{new.path}: already exists on the remote")
-            conn.sftp.rename(inside(conn, old.path), target, replace=False)
-            record(conn, target, new)
+            source, there = inside_lstat(conn, old.path)
+            if checked and there is not None and (kind_of(there) != "file"
+                                                  or token(there) != old.revision):
+                raise Changed(f"{old.path}: changed on the remote since it was listed; not "
+                              "moving it", describe(old.path, there))
+            conn.sftp.rename(source, target, replace=False)
+            moved = conn.sftp.lstat(target)
+            if checked and token(moved) != old.revision:
+                # Saved there between the check and the rename: back to its name, unless
+                # that was taken since (SFTP's plain rename never replaces).
+                try:
+                    conn.sftp.rename(target, source, replace=False)
+                except SftpError:
+                    raise DriverError(f"{old.path}: changed on the remote while it was moved, "
+                                      "and another file took its name: that version is at "
+                                      f"{new.path}") from None
+                raise Changed(f"{old.path}: changed on the remote while it was moved; left in "
+                              "place", describe(old.path, moved))
+            new.revision, new.file_id = token(moved), None
 
     @plug.handler()
     @guarded
