@@ -161,6 +161,16 @@ class RemoteChanges:
             entry.token, entry.fid = md.revision, md.file_id
             entry.racy = entry.racy and md.kind == "file" and remote.racy(md.mtime_ns)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, entry)
+        elif self.index.resolve(md.path, txn) != inode.ino:
+            # Renamed or deleted in the mount, and not there yet: the edit is a file of its
+            # own at its name (kept beside what the mount has there now), and ours goes to
+            # that remote again where the mount has it. Taken for ours, the new content
+            # would take a name ours no longer has.
+            log.warning("remote %s: %s was changed there after it was renamed or deleted here; "
+                        "that version stays at its name", remote.name, md.path)
+            self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
+            self.replicator.requeue(txn, remote, inode.ino)
+            return self._appeared(txn, remote, md)
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)

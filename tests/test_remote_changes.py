@@ -16,7 +16,7 @@ import pytest
 from onitufs.plug import MARKER, TEMP_SUFFIX
 from onitufs.remote_changes import bad_path_reason
 
-from .conftest import Cloud, MakeCloud, is_mounted, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, run, snapshot, wait_for
 
 
 def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
@@ -108,6 +108,54 @@ def test_a_read_takes_in_a_version_the_remote_has_not_reported_yet(
     assert failed.value.errno == errno.EIO
     assert listed.read_bytes() == b"tuesday, and more"
     cloud.umount()
+
+
+def edit_unseen(cloud: Cloud, remote: str, relative: str, content: bytes) -> None:
+    """Rewrite a remote's copy in place through a name outside the remote's folder: that
+    raises no inotify event there, so the remote does not report the edit."""
+    unseen = cloud.root / "unseen-link"
+    os.link(cloud.remotes[remote] / relative, unseen)
+    with unseen.open("r+b") as edit:
+        edit.write(content)
+    unseen.unlink()
+
+
+@pytest.mark.parametrize("renamed", ["file", "folder", "file, its name taken again"])
+def test_an_edit_on_a_remote_of_a_file_renamed_in_the_mount_is_kept_beside_it(
+        make_cloud: MakeCloud, renamed: str) -> None:
+    """A remote's copy was edited there while the mount renamed the file (or its folder),
+    before the rename reached that remote (offline, or just slower): the edit stays at its
+    name as a file of its own, and the renamed file reaches every remote under its new
+    name. Taken for a new version of the renamed file, it used to take the old name away
+    from whatever the mount had there, and the renamed file's last link with it."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
+    cloud.mount()
+    old, new = ("d/draft.txt", "e/draft.txt") if renamed == "folder" else \
+        ("d/draft.txt", "d/final.txt")
+    (cloud.mountpoint / "d").mkdir()
+    (cloud.mountpoint / old).write_bytes(b"first draft")
+    cloud.wait_synced()
+    wait_for(lambda: everywhere(cloud, old, b"first draft"), what="the upload")
+    edit_unseen(cloud, "a", old, b"second draft, longer")
+    os.rename(cloud.mountpoint / ("d" if renamed == "folder" else old),
+              cloud.mountpoint / ("e" if renamed == "folder" else new))
+    there = b"a new file under the old name" if "taken" in renamed else b"second draft, longer"
+    if "taken" in renamed:
+        (cloud.mountpoint / old).write_bytes(there)
+    wait_for(lambda: everywhere(cloud, new, b"first draft") and everywhere(cloud, old, there),
+             what="the renamed file and what is at the old name, everywhere")
+    if "taken" in renamed:
+        def edit_kept() -> bool:
+            copies = [path for path in (cloud.mountpoint / "d").iterdir() if "conflict" in
+                      path.name]
+            return len(copies) == 1 and copies[0].read_bytes() == b"second draft, longer"
+        wait_for(edit_kept, what="the edit kept as a conflict copy")
+    cloud.wait_synced()
+    assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"]) \
+        == snapshot(cloud.mountpoint)
+    cloud.umount()
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 0 and "0 problems" in result.stdout, result.stdout + result.stderr
 
 
 def test_a_rename_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
