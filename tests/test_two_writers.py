@@ -1,0 +1,188 @@
+"""Two machines at work on one tree: random writes, appends, renames and deletes through
+the mount while another program does the same straight in one remote's folder (a second
+machine syncing there).
+
+Each side owns some names and both write a few shared ones. After each round both
+stop and the tree must settle: the mount and every remote hold the same tree, each
+side's own names hold that side's last write, a shared name holds one of the two
+last writes, and every file (conflict copies too) holds content one side wrote,
+whole; at the end the index passes `onitufs fsck`. Half way the mount is unmounted
+while the other side goes on. The seed is printed; ONITUFS_SEED=N replays a run,
+ONITUFS_ROUNDS=N makes it longer.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+from .conftest import MakeCloud, run, snapshot
+
+OURS = ["m0", "m1", "d0/m2", "d1/m3"]
+THEIRS = ["r0", "r1", "d0/r2", "d1/r3"]
+SHARED = ["s0", "s1", "d0/s2"]
+OPS_PER_ROUND = 25
+
+
+class Contents:
+    """Every content either side wrote, each tagged so that no two are alike."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.all: set[bytes] = set()
+
+    def new(self, rng: random.Random, side: str, name: str) -> bytes:
+        with self.lock:
+            self.count += 1
+            content = f"#{self.count} {side} {name}\n".encode() + rng.randbytes(
+                rng.choice([0, 100, 5000, 70000, 200000]))
+            self.all.add(content)
+            return content
+
+
+class Side:
+    """One writer: its last write (None: deleted) of each name it wrote."""
+
+    def __init__(self, root: Path, name: str, own: list[str], contents: Contents,
+                 rng: random.Random) -> None:
+        self.root, self.name, self.own, self.contents, self.rng = root, name, own, contents, rng
+        self.last: dict[str, bytes | None] = {}
+        self.error: BaseException | None = None
+
+    def write(self, name: str, content: bytes) -> None:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        rng = self.rng
+        name = rng.choice(self.own + SHARED)
+        kind = rng.choice(["write", "write", "write", "append", "delete", "rename"])
+        if kind == "rename" and name in self.own and self.last.get(name) is not None:
+            to = rng.choice([other for other in self.own if other != name])
+            (self.root / to).parent.mkdir(exist_ok=True)
+            os.rename(self.root / name, self.root / to)
+            self.last[to], self.last[name] = self.last[name], None
+        elif name in SHARED or kind in ("write", "rename") or self.last.get(name) is None:
+            content = self.contents.new(rng, self.name, name)
+            (self.root / name).parent.mkdir(exist_ok=True)
+            self.write(name, content)
+            self.last[name] = content
+        elif kind == "append":
+            old = self.last[name]
+            assert old is not None
+            extra = rng.randbytes(rng.randrange(1, 90000))
+            with open(self.root / name, "ab") as file:
+                file.write(extra)
+            self.last[name] = old + extra
+            with self.contents.lock:
+                self.contents.all.add(old + extra)
+        else:
+            (self.root / name).unlink()
+            self.last[name] = None
+
+    def run(self, steps: int) -> None:
+        try:
+            for _ in range(steps):
+                self.step()
+                time.sleep(self.rng.choice([0, 0, 0.01, 0.05, 0.2]))
+        except BaseException as error:
+            self.error = error
+
+
+class Mount(Side):
+    def write(self, name: str, content: bytes) -> None:
+        (self.root / name).write_bytes(content)
+
+
+class Machine(Side):
+    """Writes as sync tools do: a temporary file renamed over the name."""
+
+    def write(self, name: str, content: bytes) -> None:
+        temp = self.root / f"{name}.part"
+        temp.write_bytes(content)
+        os.rename(temp, self.root / name)
+
+
+def settled(cloud_roots: list[Path]) -> bool:
+    """The mount and the remotes hold one tree. A read through the mount that finds the
+    other side changed the file since it was opened fails (EIO) once: tried again."""
+    try:
+        first = snapshot(cloud_roots[0])
+        return all(snapshot(root) == first for root in cloud_roots[1:])
+    except OSError:
+        return False
+
+
+def differences(roots: list[Path]) -> str:
+    trees = [snapshot(root) for root in roots]
+    lines = []
+    for name in sorted(set().union(*trees)):
+        seen = [tree.get(name) for tree in trees]
+        if any(entry != seen[0] for entry in seen):
+            lines.append(f"  {name}: " + " | ".join(
+                "-" if entry is None else entry[1][:24].decode(errors="replace").strip()
+                for entry in seen))
+    return "\n".join(lines)
+
+
+def settle(roots: list[Path], where: str) -> None:
+    deadline = time.monotonic() + 90
+    while not settled(roots):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{where}: the mount and the remotes differ "
+                                 f"(mount | {' | '.join(r.name for r in roots[1:])}):\n"
+                                 + differences(roots))
+        time.sleep(0.5)
+
+
+def test_two_machines_write_one_tree(make_cloud: MakeCloud) -> None:
+    seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
+    rounds = int(os.environ.get("ONITUFS_ROUNDS", 6))
+    print(f"two writers: ONITUFS_SEED={seed} ONITUFS_ROUNDS={rounds}")
+    rng = random.Random(seed)
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB")
+    contents = Contents()
+    ours = Mount(cloud.mountpoint, "mount", OURS, contents, random.Random(rng.random()))
+    theirs = Machine(cloud.remotes["a"], "remote", THEIRS, contents, random.Random(rng.random()))
+    cloud.mount()
+    for number in range(rounds):
+        unmounted = number == rounds // 2
+        sides = [theirs] if unmounted else [ours, theirs]
+        if unmounted:
+            cloud.umount()
+        threads = [threading.Thread(target=side.run, args=(OPS_PER_ROUND,)) for side in sides]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for side in sides:
+            assert side.error is None, f"seed {seed}, round {number}: {side.name}: {side.error!r}"
+        if unmounted:
+            cloud.mount()
+        roots = [cloud.mountpoint, *cloud.remotes.values()]
+        settle(roots, f"seed {seed}, round {number}")
+        tree = snapshot(cloud.mountpoint)
+        where = f"seed {seed}, round {number}"
+        for side in (ours, theirs):
+            for name in side.own:
+                if name in side.last:
+                    want = side.last[name]
+                    got = tree.get(name)
+                    assert (got is None if want is None else got == ("file", want)), \
+                        f"{where}: {name} is not the {side.name}'s last write"
+        for name in SHARED:
+            lasts = {side.last[name] for side in (ours, theirs) if name in side.last}
+            if lasts:
+                assert tree.get(name, ("", b""))[1] in lasts, \
+                    f"{where}: {name} holds neither side's last write"
+        for name, (kind, content) in tree.items():
+            if kind == "file":
+                assert content in contents.all, f"{where}: {name} holds content nobody wrote"
+    cloud.umount()
+    assert "damaged" not in cloud.log
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 0 and "0 problems" in result.stdout, \
+        f"seed {seed}: {result.stdout}{result.stderr}"
