@@ -101,6 +101,7 @@ class RemoteChanges:
 
     async def update_file(self, remote: str, metadata: Metadata) -> None:
         source = self.remotes[remote]
+        source.taken_in(metadata.path)  # a listing under way may hold an older version
         with self.index.begin() as txn:
             ino = self.index.mirror_ino(source.rid, metadata.path, txn)
             entry = self.index.mirror(source.rid, ino, txn).get(metadata.path) if ino else None
@@ -162,15 +163,7 @@ class RemoteChanges:
             entry.racy = entry.racy and md.kind == "file" and remote.racy(md.mtime_ns)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, entry)
         elif self.index.resolve(md.path, txn) != inode.ino:
-            # Renamed or deleted in the mount, and not there yet: the edit is a file of its
-            # own at its name (kept beside what the mount has there now), and ours goes to
-            # that remote again where the mount has it. Taken for ours, the new content
-            # would take a name ours no longer has.
-            log.warning("remote %s: %s was changed there after it was renamed or deleted here; "
-                        "that version stays at its name", remote.name, md.path)
-            self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
-            self.replicator.requeue(txn, remote, inode.ino)
-            return self._appeared(txn, remote, md)
+            return self._changed_elsewhere(txn, remote, inode, md, entry)
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
@@ -179,6 +172,35 @@ class RemoteChanges:
         else:
             return inode
         return None
+
+    def _changed_elsewhere(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
+                           md: Metadata, entry: MirrorEntry) -> Inode | None:
+        """What the remote held for us at md.path changed there, and the mount no longer
+        has that inode there (renamed or deleted in the mount, not done there yet).
+
+        Taken for ours at md.path, the new content would take a name ours no longer has.
+        The edit is a file of its own at its name (kept beside what the mount has there
+        now), and ours goes to that remote again where the mount has it; unless that copy
+        was all there was of ours (renamed before anything read it): then the edit is
+        the file's next version under its new name, and moves there on that remote."""
+        paths = self.index.paths_of(inode.ino, txn) if inode.nlink else []
+        if paths and inode.is_reg and inode.rev == entry.rev and not inode.dirty \
+                and not self.tree.cache.has_dirty(inode.ino) \
+                and not self._held_elsewhere(remote, inode):
+            log.warning("remote %s: %s was changed there after it was renamed here to %s, and "
+                        "no other copy of the renamed file is left: taking it in as its next "
+                        "version", remote.name, md.path, paths[0])
+            new = self.tree.replace_content(txn, inode, paths[0], md.size, md.mtime_ns, md.mode)
+            self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev))
+            self.replicator.schedule(txn, new.ino, 0, remote.rid)
+            self.replicator.requeue(txn, remote, new.ino)  # to move it to its name there
+            return None
+        log.warning("remote %s: %s was changed there after it was renamed or deleted here; "
+                    "that version stays at its name", remote.name, md.path)
+        self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
+        self.replicator.requeue(txn, remote, inode.ino)
+        return self._appeared(txn, remote, md)
 
     def _appeared(self, txn: lmdb.Transaction, remote: Remote, md: Metadata) -> Inode | None:
         """The remote holds something at md.path that it did not hold for us."""

@@ -251,9 +251,14 @@ class Remote:
         for path in paths:
             self.touched[path] = now
 
+    def taken_in(self, path: str) -> None:
+        """A version of `path` was taken in now, not from a listing (a read or a move found
+        it): a listing begun before knows less of that path."""
+        self.touched[path] = time.time()
+
     def touched_since(self, path: str, started: float) -> bool:
-        """Whether onitufs changed this path, or a folder above it, after `started`, or is
-        changing it now."""
+        """Whether onitufs changed this path, or a folder above it, or took a version of it
+        in, after `started`, or is changing it now."""
         while True:
             if self.touched.get(path, 0.0) >= started or path in self.changing:
                 return True

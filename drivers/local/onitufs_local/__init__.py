@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -138,6 +139,10 @@ def start(plug: Plug) -> None:
     interval = plug.options.duration("poll_interval", POLL_INTERVAL)
 
     open_uploads = UploadFiles()  # by upload_path()
+    # Set when a handler finds a file changed that no event named (written through a link
+    # from outside the folder, or by another machine on a network disk): the listing kept
+    # from events is wrong there, and would undo what Changed told the core.
+    unseen_change = threading.Event()
     plug.cost = CHEAP
     root_at = resolved(root)
 
@@ -176,6 +181,7 @@ def start(plug: Plug) -> None:
             if not stat.S_ISREG(st.st_mode):
                 raise DriverError(f"{md.path}: no longer a file on the remote")
             if md.revision is not None and not is_version(st, md):
+                unseen_change.set()
                 raise Changed(f"{md.path}: changed on the remote since it was indexed",
                               describe(md.path, st))
             if in_hole(fd, offset, size, st.st_size):
@@ -289,6 +295,7 @@ def start(plug: Plug) -> None:
         if checked:
             there = os.lstat(source)
             if not stat.S_ISREG(there.st_mode) or not is_version(there, old):
+                unseen_change.set()
                 raise Changed(f"{old.path}: changed on the remote since it was listed; "
                               "not moving it", describe(old.path, there))
         os.rename(source, target)
@@ -297,6 +304,7 @@ def start(plug: Plug) -> None:
         # the file) went instead: it goes back if its name is still free. (The rename
         # moved the ctime: the rest of the version says which file it is.)
         if checked and (token(st), file_id(st)) != (old.revision, old.file_id or file_id(st)):
+            unseen_change.set()
             if not move_back(target, source):
                 raise DriverError(f"{old.path}: changed on the remote while it was moved, and "
                                   f"another file took its name: that version is at {new.path}")
@@ -350,7 +358,7 @@ def start(plug: Plug) -> None:
 
     plug.ready()
     try:
-        follow(plug, root, interval)
+        follow(plug, root, interval, unseen_change)
     except OutOfWatches as error:
         log.warning("remote %s: %s; listing %s every %gs instead (raise the limit: "
                     "sysctl fs.inotify.max_user_watches, max_user_instances)",

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -253,9 +254,11 @@ def ancestors(path: str) -> list[str]:
     return ["/".join(parts[:end]) for end in range(1, len(parts))]
 
 
-def follow(plug: Plug, root: str, interval: float) -> None:
+def follow(plug: Plug, root: str, interval: float, unseen_change: threading.Event) -> None:
     """Watch the root folder and report what it holds until the mount ends. Raises
     OutOfWatches when the kernel cannot watch all of it: then it must be polled.
+    `unseen_change`, set by a handler that found a change no event named, makes the
+    next listing a full one.
 
     The paths events named go to the core as a part of the listing (report_part), so that
     its work follows the changes, not the size of the tree; the whole listing goes at the
@@ -271,6 +274,9 @@ def follow(plug: Plug, root: str, interval: float) -> None:
     retry: set[str] = set()  # the paths of a part the core did not take: they go again
     try:
         while not plug.stopping.is_set():
+            if unseen_change.is_set() and tree is not None:
+                unseen_change.clear()
+                tree.stale = True
             now = time.monotonic()
             part: set[str] | None = None  # None: the whole listing goes, if anything changed
             # (While events come, the folder is let settle first: rm -rf of it, then mkdir.)
@@ -305,6 +311,8 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                         continue
                 if not first and not retry and plug.writes == reported and taken:
                     continue  # a quiet tick
+                if unseen_change.is_set():
+                    continue  # a full listing instead
                 started, writes = time.time(), plug.writes
                 tree.read(0)  # what changed before `started`, for the listing to hold
                 events, first = bool(first), 0.0
