@@ -21,7 +21,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeVar
 
 import lmdb
@@ -39,7 +39,7 @@ from .index import (
     encode_path,
     listed_digest,
 )
-from .plug import MARKER, Changed, ListingNeeded, Metadata
+from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
 from .replicator import FetchError, Replicator, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
@@ -63,15 +63,22 @@ def bad_path_reason(path: str) -> str | None:
     return None
 
 
-def conflict_name(path: str, remote: str, when: float) -> str:
-    """NAME (conflict from REMOTE YYYY-MM-DD HHMMSS).EXT, beside the original."""
+def conflict_name(path: str, remote: str, when: float, taken: Callable[[str], bool]) -> str:
+    """NAME (conflict from REMOTE YYYY-MM-DD HHMMSS).EXT, beside the original; with a number
+    after the time where that is `taken` (two conflicts of one file within a second)."""
     folder, _, name = path.rpartition("/")
     stem, dot, ext = name.rpartition(".")
     if not stem:  # no extension, or a dotfile such as .bashrc
         stem, dot, ext = name, "", ""
     stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
-    new = f"{stem} (conflict from {remote} {stamp}){dot}{ext}"
-    return f"{folder}/{new}" if folder else new
+    number = 1
+    while True:
+        new = f"{stem} (conflict from {remote} {stamp}{f' {number}' if number > 1 else ''})" \
+            f"{dot}{ext}"
+        new = f"{folder}/{new}" if folder else new
+        if not taken(new):
+            return new
+        number += 1
 
 
 def is_version(entry: MirrorEntry, md: Metadata) -> bool:
@@ -303,7 +310,10 @@ class RemoteChanges:
             except TreeError as error:  # ours moved meanwhile, or that name is taken
                 log.info("remote %s: %s: keeping the remote's version aside instead (%s)",
                          remote.name, md.path, error)
-        aside = conflict_name(md.path, remote.name, time.time())
+        with self.index.begin() as txn:
+            aside = conflict_name(md.path, remote.name, time.time(), lambda path: (
+                self.index.resolve(path, txn) is not None
+                or self.index.mirror_ino(remote.rid, path, txn) is not None))
         if not remote.config.writable:
             with self.index.write() as txn:
                 self._create(txn, remote, md.copy(path=aside), held_at=md.path)
@@ -317,10 +327,10 @@ class RemoteChanges:
         moved = md.copy(path=aside)
         try:
             await remote.call("move_file", md.copy(), moved)
-        except CallFailed as error:
-            if isinstance(error.__cause__, Changed):
-                return False  # saved again there since it was listed: the next listing says
-            raise
+        except CallFailed:
+            # Saved again there since it was listed (Changed), a file there under that name
+            # the listing did not hold yet, the remote gone: the next listing says.
+            return False
         remote.touch(md.path, aside)
         log.warning("remote %s: %s changed both here and there; its version is kept%s as %s",
                     remote.name, md.path, " there" if not remote.config.readable else "",
@@ -453,9 +463,10 @@ class RemoteChanges:
 
     def _ours_aside(self, remote: Remote, md: Metadata, ours: Inode) -> None:
         """The remote's version is the later one: it takes the name, ours moves aside."""
-        aside = conflict_name(md.path, socket.gethostname(), time.time())
         folder, _, name = md.path.rpartition("/")
         with self.index.write() as txn:
+            aside = conflict_name(md.path, socket.gethostname(), time.time(),
+                                  lambda path: self.index.resolve(path, txn) is not None)
             parent = self.index.resolve(folder, txn)
             assert parent is not None
             self.index.set_mirror(txn, remote.rid, ours.ino, md.path, None)  # replaced there

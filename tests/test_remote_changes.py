@@ -266,6 +266,43 @@ def test_both_edits_of_a_conflict_are_kept_and_the_later_keeps_the_name(
         assert conflict_copies(remote, "shared") == [loser], name
 
 
+@pytest.mark.parametrize("later", ["mount", "remote"])
+def test_a_conflict_copy_never_takes_a_name_in_use(make_cloud: MakeCloud, later: str) -> None:
+    """Two conflicts of one file within a second get the same conflict name: the second
+    copy is numbered. Here every name the next conflict could get is in use already (made
+    in the mount, so on every remote too); taking one, the rename there used to fail, and
+    stop the remote's driver."""
+    cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
+    made = {}
+    for label in ("a", socket.gethostname()):
+        for second in range(60):
+            stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(time.time() + second))
+            name = f"shared (conflict from {label} {stamp}).txt"
+            made[name] = f"made in the mount: {name}".encode()
+            (cloud.mountpoint / name).write_bytes(made[name])
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
+    edit = cloud.remotes["a"].parent / "edit on a"
+    edit.write_bytes(b"edited on a")
+    stamp = time.time() + (60 if later == "remote" else -60)
+    os.utime(edit, (stamp, stamp))
+    edit.replace(cloud.remotes["a"] / "shared.txt")
+    loser = b"edited on a" if later == "mount" else b"edited in the mount"
+
+    def numbered() -> list[str]:
+        return [path.name for path in cloud.mountpoint.iterdir()
+                if path.name.endswith(" 2).txt") and path.read_bytes() == loser]
+    wait_for(lambda: len(numbered()) == 1, what="the earlier version kept under a numbered name")
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
+    for name, remote in cloud.remotes.items():
+        assert all((remote / path).read_bytes() == content for path, content in made.items()), \
+            name
+        assert [path.name for path in remote.iterdir() if path.name.endswith(" 2).txt")
+                and path.read_bytes() == loser], name
+
+
 def test_a_remote_delete_does_not_destroy_a_newer_edit(make_cloud: MakeCloud) -> None:
     cloud = everywhere_then_held_back(make_cloud, "precious.txt", b"v1")
     (cloud.mountpoint / "precious.txt").write_bytes(b"v2, not uploaded yet")
