@@ -276,8 +276,8 @@ def test_a_conflict_copy_never_takes_a_name_in_use(make_cloud: MakeCloud, later:
     made = {}
     for label in ("a", socket.gethostname()):
         for second in range(60):
-            stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(time.time() + second))
-            name = f"shared (conflict from {label} {stamp}).txt"
+            when = time.strftime("%Y-%m-%d %H%M%S", time.localtime(time.time() + second))
+            name = f"shared (conflict from {label} {when}).txt"
             made[name] = f"made in the mount: {name}".encode()
             (cloud.mountpoint / name).write_bytes(made[name])
     os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")

@@ -153,11 +153,7 @@ def merge(base: Tree, ours: Tree, theirs: Tree, our_name: str, their_name: str) 
         if chosen is not None:
             merged[path] = chosen
     for path, entry, whose in asides:
-        aside = conflict_name(path, whose, time.time())
-        number = 1
-        while aside in merged:
-            number += 1
-            aside = conflict_name(path, f"{whose} {number}", time.time())
+        aside = conflict_name(path, whose, time.time(), lambda name: name in merged)
         merged[aside] = replace(entry, id=new_id())
     return with_parents(merged, base, ours, theirs)
 
@@ -171,7 +167,8 @@ def with_parents(tree: Tree, *sources: Tree) -> Tree:
             there = tree.get(folder)
             if there is None or there.kind != "dir":
                 if there is not None:
-                    tree[conflict_name(folder, "a folder", time.time())] = there
+                    tree[conflict_name(folder, "a folder", time.time(),
+                                       lambda name: name in tree)] = there
                 known = next((source[folder] for source in sources
                               if folder in source and source[folder].kind == "dir"), None)
                 tree[folder] = known or Entry(kind="dir", id=new_id(), mode=0o755)
