@@ -239,21 +239,27 @@ def conflict_copies(root: Path, stem: str) -> list[bytes]:
             if path.name.startswith(f"{stem} (conflict from ")]
 
 
-@pytest.mark.parametrize("later", ["mount", "remote"])
-def test_both_edits_of_a_conflict_are_kept_and_the_later_keeps_the_name(
-        make_cloud: MakeCloud, later: str) -> None:
-    cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
-    (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
+def edit_both(cloud: Cloud, name: str, later: str) -> tuple[bytes, bytes]:
+    """Edit `name` in the mount and on remote a, the `later` one dated later; returns the
+    winner's content and the loser's."""
+    (cloud.mountpoint / name).write_bytes(b"edited in the mount")
     # The edit on a lands whole, with its time: written in place and then dated, it could
     # be listed in between (a slow moment of a loaded machine), with the time of its write.
     edit = cloud.remotes["a"].parent / "edit on a"
     edit.write_bytes(b"edited on a")
     stamp = time.time() + (60 if later == "remote" else -60)
     os.utime(edit, (stamp, stamp))
-    edit.replace(cloud.remotes["a"] / "shared.txt")
-    winner, loser = b"edited in the mount", b"edited on a"
+    edit.replace(cloud.remotes["a"] / name)
     if later == "remote":
-        winner, loser = loser, winner
+        return b"edited on a", b"edited in the mount"
+    return b"edited in the mount", b"edited on a"
+
+
+@pytest.mark.parametrize("later", ["mount", "remote"])
+def test_both_edits_of_a_conflict_are_kept_and_the_later_keeps_the_name(
+        make_cloud: MakeCloud, later: str) -> None:
+    cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
+    winner, loser = edit_both(cloud, "shared.txt", later)
     wait_for(lambda: conflict_copies(cloud.mountpoint, "shared") == [loser],
              what="the earlier version kept beside the later one")
     assert (cloud.mountpoint / "shared.txt").read_bytes() == winner
@@ -282,13 +288,7 @@ def test_a_conflict_copy_never_takes_a_name_in_use(make_cloud: MakeCloud, later:
             (cloud.mountpoint / name).write_bytes(made[name])
     os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
     cloud.wait_synced()
-    (cloud.mountpoint / "shared.txt").write_bytes(b"edited in the mount")
-    edit = cloud.remotes["a"].parent / "edit on a"
-    edit.write_bytes(b"edited on a")
-    stamp = time.time() + (60 if later == "remote" else -60)
-    os.utime(edit, (stamp, stamp))
-    edit.replace(cloud.remotes["a"] / "shared.txt")
-    loser = b"edited on a" if later == "mount" else b"edited in the mount"
+    _, loser = edit_both(cloud, "shared.txt", later)
 
     def numbered() -> list[str]:
         return [path.name for path in cloud.mountpoint.iterdir()
