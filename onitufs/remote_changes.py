@@ -492,25 +492,50 @@ class RemoteChanges:
             inode = self.index.get_inode(ino, txn)
             if inode is None:
                 return
-            if not source.config.readable or path not in self.index.paths_of(ino, txn):
+            paths = self.index.paths_of(ino, txn)
+            if source.config.readable and path not in paths \
+                    and self._gone_with(source, path, inode, entry):
+                # Moved here before anything read it, and that copy was all there was of
+                # it: the name it has here would be one no read can serve.
+                log.warning("remote %s: %s was deleted there, and it was all there was of "
+                            "%s (never read here): deleting that too", source.name, path,
+                            ", ".join(paths))
+                for gone in paths:
+                    self._unlink(txn, rid, gone)
+                return
+            if not source.config.readable or path not in paths:
                 # A backup lost it, or it moved here meanwhile: it goes back.
                 self.replicator.requeue(txn, source, ino)
                 return
-            parent = self.index.resolve(path.rpartition("/")[0], txn)
-            assert parent is not None
-            name = encode_path(path.rpartition("/")[2])
             if entry.kind != "dir" and (inode.rev != entry.rev or inode.dirty):
                 self.replicator.requeue(txn, source, ino)  # newer here: it goes back there
                 return
             try:
-                if inode.is_dir:
-                    self.tree.rmdir(txn, parent, name, source=rid)
-                else:
-                    self.tree.unlink(txn, parent, name, source=rid)
+                self._unlink(txn, rid, path, folder=inode.is_dir)
             except TreeError:
                 self.replicator.requeue(txn, source, ino)  # a folder with new content here
-                return
-            self.tree.kernel.entry_changed(parent, name)
+
+    def _unlink(self, txn: lmdb.Transaction, rid: int, path: str, folder: bool = False) -> None:
+        """Remove `path` from the tree, as a remote (`rid`) removed it (TreeError: a folder
+        not empty here)."""
+        parent = self.index.resolve(path.rpartition("/")[0], txn)
+        assert parent is not None
+        name = encode_path(path.rpartition("/")[2])
+        if folder:
+            self.tree.rmdir(txn, parent, name, source=rid)
+        else:
+            self.tree.unlink(txn, parent, name, source=rid)
+        self.tree.kernel.entry_changed(parent, name)
+
+    def _gone_with(self, remote: Remote, path: str, inode: Inode, entry: MirrorEntry) -> bool:
+        """Whether the file's current revision went with the remote's copy at `path`: that
+        copy held it, and neither the cache nor any other copy holds it whole."""
+        return inode.is_reg and entry.rev == inode.rev and not inode.dirty \
+            and not self.tree.cache.has_dirty(inode.ino) \
+            and not self.tree.cache.holds_whole(inode) \
+            and not any((holder is not remote or at != path)
+                        and not self.replicator.in_doubt(holder, inode)
+                        for holder, at, _ in self.replicator.holders(inode))
 
     async def move_file(self, remote: str, old_path: str, new: Metadata) -> None:
         source = self.remotes[remote]

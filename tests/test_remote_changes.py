@@ -194,6 +194,26 @@ def test_an_edit_on_a_remote_of_its_only_copy_follows_a_rename_in_the_mount(
     assert result.returncode == 0 and "0 problems" in result.stdout, result.stdout + result.stderr
 
 
+def test_a_delete_on_a_remote_of_its_only_copy_reaches_a_file_renamed_in_the_mount(
+        make_cloud: MakeCloud) -> None:
+    """A file only one remote holds, never read here, is renamed in the mount, and deleted
+    there before the rename reached it: nothing of it is left, so it goes from the mount
+    too, rather than stay as a name no read can serve (and that no remote could ever be
+    given)."""
+    cloud = make_cloud({"a": "rw"}, upload_delay="1h")
+    (cloud.remotes["a"] / "theirs.txt").write_bytes(b"made on a")
+    cloud.mount()
+    wait_for((cloud.mountpoint / "theirs.txt").exists, what="the first listing")
+    os.rename(cloud.mountpoint / "theirs.txt", cloud.mountpoint / "renamed.txt")
+    (cloud.remotes["a"] / "theirs.txt").unlink()
+    wait_for(lambda: not (cloud.mountpoint / "renamed.txt").exists(), what="the delete")
+    assert "deleting that too" in cloud.log
+    cloud.umount()
+    assert snapshot(cloud.remotes["a"]) == {}
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 0 and "0 problems" in result.stdout, result.stdout + result.stderr
+
+
 def test_a_rename_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
     (cloud.mountpoint / "before.txt").write_bytes(b"same bytes")
     cloud.wait_synced()
