@@ -191,9 +191,7 @@ class RemoteChanges:
         was all there was of ours (renamed before anything read it): then the edit is
         the file's next version under its new name, and moves there on that remote."""
         paths = self.index.paths_of(inode.ino, txn) if inode.nlink else []
-        if paths and inode.is_reg and inode.rev == entry.rev and not inode.dirty \
-                and not self.tree.cache.has_dirty(inode.ino) \
-                and not self._held_elsewhere(remote, inode):
+        if paths and self._only_copy(remote, md.path, inode, entry):
             log.warning("remote %s: %s was changed there after it was renamed here to %s, and "
                         "no other copy of the renamed file is left: taking it in as its next "
                         "version", remote.name, md.path, paths[0])
@@ -407,12 +405,13 @@ class RemoteChanges:
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return same or await self._take(remote, md)
 
-    def _held_elsewhere(self, remote: Remote, ours: Inode) -> bool:
-        """Whether the mount's version can be had whole without this remote: the cache holds
-        all of it, or another remote that can be read holds it (online or not, and not in
-        doubt itself)."""
-        return any(holder is not remote and not self.replicator.in_doubt(holder, ours)
-                   for holder, _, _ in self.replicator.holders(ours)) \
+    def _held_elsewhere(self, remote: Remote, ours: Inode, at: str | None = None) -> bool:
+        """Whether the mount's version can be had whole without this remote (with `at`:
+        without its copy there): the cache holds all of it, or another copy that can be
+        read holds it (online or not, and not in doubt itself)."""
+        return any((holder is not remote or (at is not None and path != at))
+                   and not self.replicator.in_doubt(holder, ours)
+                   for holder, path, _ in self.replicator.holders(ours)) \
             or self.tree.cache.holds_whole(ours)
 
     async def _same_content(self, remote: Remote, md: Metadata, ours: Inode,
@@ -494,7 +493,7 @@ class RemoteChanges:
                 return
             paths = self.index.paths_of(ino, txn)
             if source.config.readable and path not in paths \
-                    and self._gone_with(source, path, inode, entry):
+                    and self._only_copy(source, path, inode, entry):
                 # Moved here before anything read it, and that copy was all there was of
                 # it: the name it has here would be one no read can serve.
                 log.warning("remote %s: %s was deleted there, and it was all there was of "
@@ -527,15 +526,13 @@ class RemoteChanges:
             self.tree.unlink(txn, parent, name, source=rid)
         self.tree.kernel.entry_changed(parent, name)
 
-    def _gone_with(self, remote: Remote, path: str, inode: Inode, entry: MirrorEntry) -> bool:
-        """Whether the file's current revision went with the remote's copy at `path`: that
-        copy held it, and neither the cache nor any other copy holds it whole."""
+    def _only_copy(self, remote: Remote, path: str, inode: Inode, entry: MirrorEntry) -> bool:
+        """Whether the remote's copy at `path` (its mirror entry `entry`) was all there was
+        of the file's current revision: it held that revision, nothing here changed it
+        since, and neither the cache nor any other copy holds it whole."""
         return inode.is_reg and entry.rev == inode.rev and not inode.dirty \
             and not self.tree.cache.has_dirty(inode.ino) \
-            and not self.tree.cache.holds_whole(inode) \
-            and not any((holder is not remote or at != path)
-                        and not self.replicator.in_doubt(holder, inode)
-                        for holder, at, _ in self.replicator.holders(inode))
+            and not self._held_elsewhere(remote, inode, at=path)
 
     async def move_file(self, remote: str, old_path: str, new: Metadata) -> None:
         source = self.remotes[remote]
