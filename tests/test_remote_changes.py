@@ -87,29 +87,6 @@ def test_a_name_found_missing_shows_at_once_when_a_remote_makes_it(cloud: Cloud)
     wait_for(lambda: everywhere(cloud, "here", b""), what="the file made in the mount")
 
 
-def test_a_read_takes_in_a_version_the_remote_has_not_reported_yet(
-        make_cloud: MakeCloud) -> None:
-    """The remote changed the file after its last listing: the read of the listed version
-    fails (no remote holds it any more), and the path opens the new version at once, not
-    after the next poll."""
-    cloud = make_cloud({"a": "rw"}, poll_interval="1h")
-    (cloud.remotes["a"] / "notes.txt").write_bytes(b"monday")
-    # Written through a name outside the remote's folder, the change raises no inotify
-    # event there: the remote does not report it.
-    unseen = cloud.root / "notes-link"
-    os.link(cloud.remotes["a"] / "notes.txt", unseen)
-    cloud.mount()
-    listed = cloud.mountpoint / "notes.txt"
-    wait_for(listed.exists, what="the first listing")
-    with listed.open("rb") as old:
-        unseen.write_bytes(b"tuesday, and more")
-        with pytest.raises(OSError) as failed:
-            old.read()
-    assert failed.value.errno == errno.EIO
-    assert listed.read_bytes() == b"tuesday, and more"
-    cloud.umount()
-
-
 def edit_unseen(cloud: Cloud, remote: str, relative: str, content: bytes) -> None:
     """Rewrite a remote's copy in place through a name outside the remote's folder: that
     raises no inotify event there, so the remote does not report the edit."""
@@ -118,6 +95,25 @@ def edit_unseen(cloud: Cloud, remote: str, relative: str, content: bytes) -> Non
     with unseen.open("r+b") as edit:
         edit.write(content)
     unseen.unlink()
+
+
+def test_a_read_takes_in_a_version_the_remote_has_not_reported_yet(
+        make_cloud: MakeCloud) -> None:
+    """The remote changed the file after its last listing: the read of the listed version
+    fails (no remote holds it any more), and the path opens the new version at once, not
+    after the next poll."""
+    cloud = make_cloud({"a": "rw"}, poll_interval="1h")
+    (cloud.remotes["a"] / "notes.txt").write_bytes(b"monday")
+    cloud.mount()
+    listed = cloud.mountpoint / "notes.txt"
+    wait_for(listed.exists, what="the first listing")
+    with listed.open("rb") as old:
+        edit_unseen(cloud, "a", "notes.txt", b"tuesday, and more")
+        with pytest.raises(OSError) as failed:
+            old.read()
+    assert failed.value.errno == errno.EIO
+    assert listed.read_bytes() == b"tuesday, and more"
+    cloud.umount()
 
 
 @pytest.mark.parametrize("renamed", ["file", "folder", "file, its name taken again"])
