@@ -87,6 +87,15 @@ def test_a_name_found_missing_shows_at_once_when_a_remote_makes_it(cloud: Cloud)
     wait_for(lambda: everywhere(cloud, "here", b""), what="the file made in the mount")
 
 
+def all_everywhere(cloud: Cloud, wanted: dict[str, bytes | None]) -> bool:
+    """everywhere() for each path; False also where a read through the mount fails (EIO:
+    the read that finds a remote's unreported edit, once)."""
+    try:
+        return all(everywhere(cloud, path, content) for path, content in wanted.items())
+    except OSError:
+        return False
+
+
 def edit_unseen(cloud: Cloud, remote: str, relative: str, content: bytes) -> None:
     """Rewrite a remote's copy in place through a name outside the remote's folder: that
     raises no inotify event there, so the remote does not report the edit."""
@@ -139,17 +148,11 @@ def test_an_edit_on_a_remote_of_a_file_renamed_in_the_mount_is_kept_beside_it(
     if "taken" in renamed:
         (cloud.mountpoint / old).write_bytes(there)
 
-    def settled() -> bool:
-        try:
-            if everywhere(cloud, new, b"first draft") and everywhere(cloud, old, there):
-                return True
-            # A folder is moved there as it is: if that came first, the edit went along,
-            # and is the renamed file's next version.
-            return renamed == "folder" and everywhere(cloud, new, b"second draft, longer") \
-                and everywhere(cloud, "d", None)
-        except OSError:  # EIO: the read that finds the edit (once)
-            return False
-    wait_for(settled, what="the renamed file and what is at the old name, everywhere")
+    # A folder is moved there as it is: if that came first, the edit went along, and is
+    # the renamed file's next version.
+    wait_for(lambda: all_everywhere(cloud, {new: b"first draft", old: there}) or (
+        renamed == "folder" and all_everywhere(cloud, {new: b"second draft, longer", "d": None})),
+        what="the renamed file and what is at the old name, everywhere")
     if "taken" in renamed:
         def edit_kept() -> bool:
             copies = [path for path in (cloud.mountpoint / "d").iterdir() if "conflict" in
@@ -177,14 +180,9 @@ def test_an_edit_on_a_remote_of_its_only_copy_follows_a_rename_in_the_mount(
     wait_for((cloud.mountpoint / "d" / "draft.txt").exists, what="the first listing")
     edit_unseen(cloud, "a", "d/draft.txt", b"second draft, longer")
     os.rename(cloud.mountpoint / "d" / "draft.txt", cloud.mountpoint / "d" / "final.txt")
-
-    def followed() -> bool:
-        try:
-            return everywhere(cloud, "d/final.txt", b"second draft, longer") \
-                and everywhere(cloud, "d/draft.txt", None)
-        except OSError:  # EIO: the read that finds the edit (once)
-            return False
-    wait_for(followed, what="the edit under the new name")
+    wait_for(lambda: all_everywhere(cloud, {"d/final.txt": b"second draft, longer",
+                                            "d/draft.txt": None}),
+             what="the edit under the new name")
     cloud.umount()
     result = run("fsck", cloud.config, check=False)
     assert result.returncode == 0 and "0 problems" in result.stdout, result.stdout + result.stderr
