@@ -489,6 +489,11 @@ class Filesystem(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if not flags & os.O_EXCL and self._child(parent_inode, name) is not None:
+            # The kernel held the name as missing while a remote's file took it, and is
+            # not told yet: ESTALE has it look the name up afresh (LOOKUP_REVAL) and open
+            # that file, as open(2) without O_EXCL does on a disk, not fail with EEXIST.
+            raise pyfuse3.FUSEError(errno.ESTALE)
         node = await self._make(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
         return self._open(node.ino, flags), self._entry(node)
 

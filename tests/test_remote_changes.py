@@ -87,6 +87,47 @@ def test_a_name_found_missing_shows_at_once_when_a_remote_makes_it(cloud: Cloud)
     wait_for(lambda: everywhere(cloud, "here", b""), what="the file made in the mount")
 
 
+def test_an_open_that_may_create_opens_the_file_a_remote_just_made(cloud: Cloud) -> None:
+    """A remote's new file takes a name the kernel holds as missing, and the kernel is
+    told only after the names queued before it: meanwhile open(O_CREAT) opens that file,
+    as it would on a disk (it failed with EEXIST), and O_CREAT | O_EXCL fails."""
+    a = cloud.remotes["a"]
+    for folder in ("many", "side"):
+        (cloud.mountpoint / folder).mkdir()
+    wait_for(lambda: (a / "many").is_dir() and (a / "side").is_dir(), what="the folders on a")
+    for attempt in range(10):
+        target, exclusive = (cloud.mountpoint / "many" / f"{name}-{attempt}"
+                             for name in ("target", "exclusive"))
+        assert not os.path.lexists(target) and not os.path.lexists(exclusive)
+        for filler in range(300):  # told to the kernel before the two
+            (a / "many" / f"filler-{attempt}-{filler}").write_bytes(b"")
+        for path in (target, exclusive):
+            (a / "many" / path.name).write_bytes(b"made on a")
+        marker = f"marker-{attempt}"
+        (a / "side" / marker).write_bytes(b"")
+        # Each listing asks the daemon (no name of it is held as missing): the marker,
+        # made after the two, shows once they are in the mount's tree.
+        deadline = time.monotonic() + 20
+        while marker not in os.listdir(cloud.mountpoint / "side"):
+            assert time.monotonic() < deadline, "the marker never showed in the mount"
+        if os.path.lexists(target):
+            continue  # the kernel was told already: nothing to show
+        with pytest.raises(FileExistsError):
+            os.open(exclusive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            assert os.read(fd, 100) == b"made on a"
+        finally:
+            os.close(fd)
+        break
+    else:
+        raise AssertionError("the kernel was told of the names before every open")
+    wait_for(lambda: all_everywhere(cloud, {f"many/{target.name}": b"made on a",
+                                            f"many/{exclusive.name}": b"made on a"}),
+             what="both files as a made them")
+    assert not [name for name in os.listdir(cloud.mountpoint / "many") if "conflict" in name]
+
+
 def all_everywhere(cloud: Cloud, wanted: dict[str, bytes | None]) -> bool:
     """everywhere() for each path; False also where a read through the mount fails (EIO:
     the read that finds a remote's unreported edit, once)."""
