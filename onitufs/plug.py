@@ -108,14 +108,27 @@ class Metadata:
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def upload_path(md: Metadata) -> str:
-    """Where a driver writes an upload until it is complete: beside its target, hidden,
-    named after md.extra["upload"], so that after a crash restart_upload and
-    abort_upload find it."""
-    folder, _, name = md.path.rpartition("/")
+def hidden_beside(path: str, tag: str) -> str:
+    """A temporary name in path's folder that no listing reports (TEMP_SUFFIX)."""
+    folder, _, name = path.rpartition("/")
     short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
-    hidden = f".{short}.{md.extra['upload']}{TEMP_SUFFIX}"
+    hidden = f".{short}.{tag}{TEMP_SUFFIX}"
     return f"{folder}/{hidden}" if folder else hidden
+
+
+def upload_path(md: Metadata) -> str:
+    """Where a driver writes an upload until it is complete: named after
+    md.extra["upload"], so that after a crash restart_upload and abort_upload find it."""
+    return hidden_beside(md.path, str(md.extra["upload"]))
+
+
+def aside_path(md: Metadata) -> str:
+    """Where a driver that cannot delete on a condition moves the file it deletes, to see
+    that what it moved is md's version before deleting it: a rename takes exactly one
+    file, where a check and then a delete could delete a version another machine saved
+    in between. Named after the version, so that a delete cut short finds it again."""
+    tag = hashlib.sha256(f"{md.revision}\0{md.file_id}".encode()).hexdigest()[:12]
+    return hidden_beside(md.path, f"deleting-{tag}")
 
 
 def at_or_below(path: AnyStr, folder: AnyStr) -> bool:
@@ -196,8 +209,8 @@ class Conflict(DriverError):
 
 
 class Changed(DriverError):
-    """get_chunk or move_file found another version of the file than the one asked for
-    (the remote changed it since it last reported it).
+    """get_chunk, move_file or delete_file found another version of the file than the one
+    asked for (the remote changed it since it last reported it).
 
     `current` describes what is there now, so the core takes it in at once rather
     than at the driver's next report.

@@ -720,18 +720,22 @@ class Replicator:
             raise Retry()
         await self._sync(remote, parent, visiting)
 
-    async def _move(self, remote: Remote, ino: int, old: str, new: str, entry: MirrorEntry) -> None:
-        old_md = entry_metadata(old, entry)
-        new_md = old_md.copy(path=new)
+    async def _call_on_version(self, remote: Remote, handler: str, *args: Metadata) -> None:
+        """Call move_file or delete_file, which act only on the version onitufs recorded."""
         try:
-            await remote.call("move_file", old_md, new_md)
+            await remote.call(handler, *args)
         except CallFailed as error:
             if isinstance(error.__cause__, Changed):
                 # Edited there since it was listed: that version is taken in first (as
-                # a conflict if ours changed too), then the move is tried again.
+                # a conflict if ours changed too), then the change is tried again.
                 await self.on_changed(remote.name, error.__cause__.current)
                 raise Retry() from None
             raise
+
+    async def _move(self, remote: Remote, ino: int, old: str, new: str, entry: MirrorEntry) -> None:
+        old_md = entry_metadata(old, entry)
+        new_md = old_md.copy(path=new)
+        await self._call_on_version(remote, "move_file", old_md, new_md)
         remote.touch(old, new)
         with self._write() as txn:
             self.index.move_mirror(txn, remote.rid, ino, old, new,
@@ -755,7 +759,7 @@ class Replicator:
                             remote.entry_of(md, entry.rev))
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
-        await remote.call("delete_file", entry_metadata(path, entry))
+        await self._call_on_version(remote, "delete_file", entry_metadata(path, entry))
         remote.touch(path)
         with self._write() as txn:
             self.index.set_mirror(txn, remote.rid, ino, path, None)

@@ -20,10 +20,11 @@ import onitufs_local
 import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
+from onitufs_ssh.sftp import Session
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
-from onitufs.plug import Changed  # noqa: E402  (after the rewrite hook)
+from onitufs.plug import Changed, aside_path  # noqa: E402  (after the rewrite hook)
 from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402
 from onitufs.testing.conformance import *  # noqa: E402, F403
 from onitufs.testing.harness import Harness, started  # noqa: E402
@@ -219,6 +220,69 @@ def test_the_local_driver_does_not_wait_on_a_named_pipe(local_driver: Harness) -
     backdoor.remove("file")
     os.mkfifo(backdoor.at("file"))
     local_driver.failure("get_chunk", md, 0, len(b"content"))
+
+
+def test_the_local_driver_keeps_a_version_saved_during_its_delete(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program saves the file right after delete_file checked it: the file moved
+    aside to be deleted is that version, so it goes back to its name, and Changed
+    describes it."""
+    md = local_driver.upload("notes.txt", b"listed")
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    rename = os.rename
+
+    def saved_first(source: str, target: str) -> None:
+        if source.endswith("/notes.txt"):
+            backdoor.write("notes.txt", b"saved meanwhile")
+        rename(source, target)
+    monkeypatch.setattr(os, "rename", saved_first)  # (the driver runs in this process)
+    error = local_driver.failure("delete_file", md)
+    assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
+    assert error.current.size == len(b"saved meanwhile")
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert os.listdir(backdoor.at("")) == ["notes.txt"]
+
+
+def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local driver does: the version saved between the check and the rename that
+    moves the file aside goes back to its name."""
+    md = ssh_driver.upload("notes.txt", b"listed")
+    backdoor = ssh_driver.backdoor
+    rename = Session.rename
+
+    def saved_first(session: Session, old: bytes, new: bytes, replace: bool) -> None:
+        if old.endswith(b"/notes.txt"):
+            backdoor.write("notes.txt", b"saved meanwhile")
+        rename(session, old, new, replace)
+    monkeypatch.setattr(Session, "rename", saved_first)  # (the driver runs in this process)
+    error = ssh_driver.failure("delete_file", md)
+    assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
+    assert error.current.size == len(b"saved meanwhile")
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert backdoor.kind(aside_path(md)) is None
+
+
+@pytest.mark.parametrize("aside", ["listed", "saved meanwhile"])
+def test_the_local_driver_finishes_a_delete_cut_short(local_driver: Harness,
+                                                      aside: str) -> None:
+    """A crash came after delete_file moved the file aside: the delete tried again
+    deletes it if it is the version onitufs deletes, and otherwise puts it back."""
+    md = local_driver.upload("notes.txt", b"listed")
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    hidden = backdoor.at(aside_path(md))
+    os.rename(backdoor.at("notes.txt"), hidden)
+    if aside != "listed":
+        Path(hidden).write_bytes(b"saved meanwhile")
+        error = local_driver.failure("delete_file", md)
+        assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
+        assert backdoor.read("notes.txt") == b"saved meanwhile"
+        assert sorted(os.listdir(backdoor.at(""))) == ["notes.txt"]
+    else:
+        local_driver.call("delete_file", md)
+        assert os.listdir(backdoor.at("")) == []
 
 
 def test_the_local_driver_moves_back_a_version_saved_during_its_move(

@@ -229,6 +229,25 @@ def test_an_edit_on_a_remote_of_its_only_copy_follows_a_rename_in_the_mount(
     assert result.returncode == 0 and "0 problems" in result.stdout, result.stdout + result.stderr
 
 
+def test_a_delete_in_the_mount_keeps_an_edit_on_a_remote_it_had_not_reported(
+        make_cloud: MakeCloud) -> None:
+    """A remote's copy was edited there, unreported, and the file is deleted in the mount:
+    the edit is not deleted with it; it comes back into the mount and reaches the other
+    remotes, and nothing is left queued."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
+    cloud.mount()
+    (cloud.mountpoint / "draft.txt").write_bytes(b"first draft")
+    cloud.wait_synced()
+    wait_for(lambda: everywhere(cloud, "draft.txt", b"first draft"), what="the upload")
+    edit_unseen(cloud, "a", "draft.txt", b"second draft, longer")
+    (cloud.mountpoint / "draft.txt").unlink()
+    wait_for(lambda: all_everywhere(cloud, {"draft.txt": b"second draft, longer"}),
+             what="the edit back in the mount and on b")
+    cloud.umount()  # fails where a change is still queued
+    result = run("fsck", cloud.config, check=False)
+    assert result.returncode == 0 and "0 problems" in result.stdout, result.stdout + result.stderr
+
+
 def test_a_delete_on_a_remote_of_its_only_copy_reaches_a_file_renamed_in_the_mount(
         make_cloud: MakeCloud) -> None:
     """A file only one remote holds, never read here, is renamed in the mount, and deleted

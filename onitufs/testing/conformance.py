@@ -471,10 +471,15 @@ class TestDeletes:
         driver.call("delete_file", Metadata(path="no/such/file.txt", revision="1:1"))
 
     def test_a_file_changed_meanwhile_is_left(self, driver: Harness) -> None:
+        """onitufs deletes the version it knows of: one another machine saved there since
+        stays, and Changed describes it for onitufs to take in."""
         md = driver.upload("k.txt", b"ours")
         driver.backdoor.write("k.txt", b"changed on the remote")
         error = driver.failure("delete_file", md)
-        assert isinstance(error, DriverError), f"{type(error).__name__}: {error}"
+        assert isinstance(error, Changed), \
+            f"delete_file of another version raised {type(error).__name__}: {error}, not Changed"
+        assert (error.current.path, error.current.kind, error.current.size) == \
+            ("k.txt", "file", 21), f"Changed.current describes {error.current}"
         assert driver.backdoor.read("k.txt") == b"changed on the remote"
 
     def test_an_empty_folder(self, driver: Harness) -> None:

@@ -185,7 +185,8 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
                 raise DriverError(f"{md.path}: not empty on the remote")
             if there.kind == "file" and md.revision is not None \
                     and (there.revision() != md.revision or md.file_id not in (None, there.id)):
-                raise DriverError(f"{md.path}: changed on the remote; not deleting it")
+                raise Changed(f"{md.path}: changed on the remote since it was listed; not "
+                              "deleting it", there.describe(md.path))
             content.gone(md.path, there)
             del journal.tree[md.path]
             content.release(there.key)

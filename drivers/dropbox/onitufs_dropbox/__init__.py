@@ -67,7 +67,8 @@ def check(options: Options) -> None:
 
 
 def write_error(error: ApiError) -> files.WriteError | None:
-    """The WriteError inside an upload's, a finish's, a folder's or a move's error."""
+    """The WriteError inside an upload's, a finish's, a folder's, a move's or a delete's
+    error."""
     value = error.error
     if isinstance(value, files.UploadError) and value.is_path():
         return value.get_path().reason
@@ -77,6 +78,8 @@ def write_error(error: ApiError) -> files.WriteError | None:
         return value.get_path()
     if isinstance(value, files.RelocationError) and value.is_to():
         return value.get_to()
+    if isinstance(value, files.DeleteError) and value.is_path_write():
+        return value.get_path_write()
     return None
 
 
@@ -287,13 +290,19 @@ def start(plug: Plug) -> None:
             api.call(client().files_delete_v2, tree.api_path(stored))
         else:
             if md.revision is not None and there.rev != md.revision:
-                raise DriverError(f"{md.path}: changed on Dropbox; not deleting it")
-            try:
+                raise Changed(f"{md.path}: changed on Dropbox since it was listed; not "
+                              "deleting it", described(md.path, stored, there))
+            try:  # on the condition that it is still that version (parent_rev)
                 api.call(client().files_delete_v2, tree.api_path(stored), there.rev)
             except ApiError as error:
-                if not not_found(error):
-                    raise DriverError(f"{md.path}: changed on Dropbox; not deleting it") \
-                        from None
+                write = write_error(error)
+                if write is not None and write.is_conflict():  # saved there meanwhile
+                    now = lookup(stored)
+                    if now is not None:
+                        raise Changed(f"{md.path}: changed on Dropbox while it was deleted; "
+                                      "left in place", described(md.path, stored, now)) from None
+                elif not not_found(error):
+                    raise
         tree.remove(stored)
 
     @plug.handler()

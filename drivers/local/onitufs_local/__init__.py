@@ -35,6 +35,7 @@ from onitufs.plug import (
     Plug,
     RemoteUnavailable,
     UploadFiles,
+    aside_path,
     at_or_below,
     resume_at,
     upload_path,
@@ -262,29 +263,66 @@ def start(plug: Plug) -> None:
     def delete_file(md: Metadata) -> None:
         path = real(md.path)
         try:
-            st = os.lstat(path)
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (stat.S_ISREG(st.st_mode) and md.revision is not None):
+            delete_version(md, path, st)
+        elif stat.S_ISDIR(st.st_mode):
+            remove_folder(md, path)
+        elif stat.S_ISLNK(st.st_mode) or md.revision is None:
+            os.unlink(path)
+        else:
+            raise DriverError(f"{md.path}: no longer a file on the remote; not deleting it")
+
+    def remove_folder(md: Metadata, path: str) -> None:
+        try:
+            os.rmdir(path)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Never recursive: only the temp files of uploads cut short in it go with
+            # the folder; anything else in it was not ours to delete.
+            with os.scandir(path) as scan:
+                inside = [(item.name, item.is_file(follow_symlinks=False)) for item in scan]
+            if not all(is_file and name.endswith(TEMP_SUFFIX) for name, is_file in inside):
+                raise
+            for name, _ in inside:
+                open_uploads.close(f"{md.path}/{name}")
+                remove_temp(os.path.join(resolved(path), name))
+            os.rmdir(path)
+
+    def delete_version(md: Metadata, path: str, st: os.stat_result | None) -> None:
+        """Delete the file at path if it is md's version, moving it aside first: the
+        rename takes one file, which is then checked, so a version another program saved
+        between the check and the delete is never what goes."""
+        if md.revision is None:
+            return
+        aside = real(aside_path(md))
+        if st is not None:
+            if not is_version(st, md):
+                unseen_change.set()
+                raise Changed(f"{md.path}: changed on the remote since it was listed; not "
+                              "deleting it", describe(md.path, st))
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return  # deleted there meanwhile
+        try:  # (or left aside by a delete cut short)
+            moved = os.lstat(aside)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                os.rmdir(path)
-            except OSError as error:
-                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                # Never recursive: only the temp files of uploads cut short in it go with
-                # the folder; anything else in it was not ours to delete.
-                with os.scandir(path) as scan:
-                    inside = [(item.name, item.is_file(follow_symlinks=False)) for item in scan]
-                if not all(is_file and name.endswith(TEMP_SUFFIX) for name, is_file in inside):
-                    raise
-                for name, _ in inside:
-                    open_uploads.close(f"{md.path}/{name}")
-                    remove_temp(os.path.join(resolved(path), name))
-                os.rmdir(path)
+        # The rename moved the ctime: the rest of the version says which file it is.
+        if stat.S_ISREG(moved.st_mode) and (token(moved), file_id(moved)) \
+                == (md.revision, md.file_id or file_id(moved)):
+            os.unlink(aside)
             return
-        if md.revision is not None and not stat.S_ISLNK(st.st_mode) and not is_version(st, md):
-            raise DriverError(f"{md.path}: changed on the remote; not deleting it")
-        os.unlink(path)
+        unseen_change.set()
+        if not move_back(aside, path):
+            raise DriverError(f"{md.path}: changed on the remote while it was deleted, and "
+                              f"another file took its name: that version is at {aside}")
+        raise Changed(f"{md.path}: changed on the remote while it was deleted; left in place",
+                      describe(md.path, os.lstat(path)))
 
     @plug.handler()
     def move_file(old: Metadata, new: Metadata) -> None:

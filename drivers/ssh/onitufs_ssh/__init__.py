@@ -39,6 +39,7 @@ from onitufs.plug import (
     Metadata,
     Plug,
     RemoteUnavailable,
+    aside_path,
     at_or_below,
     upload_path,
 )
@@ -319,16 +320,42 @@ def start(plug: Plug) -> None:
     def delete_file(md: Metadata) -> None:
         with pool.use() as conn:
             path, there = inside_lstat(conn, md.path)
-            if there is None:
-                return
-            if stat.S_ISDIR(there.mode or 0):
+            if there is not None and stat.S_ISDIR(there.mode or 0):
                 remove_folder(conn, md, path)
-                return
-            if md.revision is not None and not stat.S_ISLNK(there.mode or 0) \
-                    and token(there) != md.revision:
-                raise DriverError(f"{md.path}: changed on the remote; not deleting it")
-            conn.sftp.remove(path)
+            elif there is not None and (md.revision is None or stat.S_ISLNK(there.mode or 0)):
+                conn.sftp.remove(path)
+            elif md.revision is not None:
+                delete_version(conn, md, path, there)
         reads.forget(path)
+
+    def delete_version(conn: Connection, md: Metadata, path: bytes, there: Attrs | None) -> None:
+        """Delete the file at path if it is md's version, moving it aside first: the
+        rename takes one file, which is then checked, so a version another machine saved
+        between the check and the delete is never what goes."""
+        aside = full(conn, aside_path(md))  # in path's folder, which inside_lstat checked
+        if there is not None:
+            if kind_of(there) != "file" or token(there) != md.revision:
+                raise Changed(f"{md.path}: changed on the remote since it was listed; not "
+                              "deleting it", describe(md.path, there))
+            try:
+                conn.sftp.rename(path, aside, replace=False)
+            except SftpError as error:
+                if error.errno != 2:
+                    raise  # (2: deleted there meanwhile)
+        moved = lstat(conn, aside)  # (or left aside by a delete cut short)
+        if moved is None:
+            return
+        if kind_of(moved) == "file" and token(moved) == md.revision:
+            conn.sftp.remove(aside)
+            return
+        try:  # SFTP's plain rename never replaces: a name taken since stays taken
+            conn.sftp.rename(aside, path, replace=False)
+        except SftpError:
+            raise DriverError(f"{md.path}: changed on the remote while it was deleted, and "
+                              "another file took its name: that version is at "
+                              f"{aside_path(md)}") from None
+        raise Changed(f"{md.path}: changed on the remote while it was deleted; left in place",
+                      describe(md.path, moved))
 
     @plug.handler()
     @guarded
