@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onitufs_annex
 import onitufs_dropbox
@@ -24,9 +25,15 @@ from onitufs_ssh.sftp import Session
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
-from onitufs.plug import Changed, aside_path  # noqa: E402  (after the rewrite hook)
+from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
+    TEMP_SUFFIX,
+    Changed,
+    DriverError,
+    aside_path,
+)
 from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402
 from onitufs.testing.conformance import *  # noqa: E402, F403
+from onitufs.testing.conformance import folder  # noqa: E402
 from onitufs.testing.harness import Harness, started  # noqa: E402
 
 from .annex_backdoor import AnnexBackdoor  # noqa: E402
@@ -261,6 +268,50 @@ def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(
     assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
     assert error.current.size == len(b"saved meanwhile")
     assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert backdoor.kind(aside_path(md)) is None
+
+
+def test_the_dropbox_driver_keeps_what_is_saved_into_a_folder_it_deletes(
+        dropbox_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropbox deletes a folder with everything in it: a file saved into it right before
+    the delete (after the driver found it empty) stays, and no hidden name of the
+    driver's is ever reported."""
+    import dropbox
+
+    folder(dropbox_driver, "gone")
+    md = dropbox_driver.listed("gone")
+    backdoor = dropbox_driver.backdoor
+    delete = dropbox.Dropbox.files_delete_v2
+
+    def saved_first(client: dropbox.Dropbox, path: str, parent_rev: str | None = None) -> Any:
+        backdoor.write("gone/theirs.txt", b"saved meanwhile")
+        return delete(client, path, parent_rev)
+    monkeypatch.setattr(dropbox.Dropbox, "files_delete_v2", saved_first)
+    with contextlib.suppress(DriverError):  # (the folder deleted, or found not empty)
+        dropbox_driver.call("delete_file", md)
+    assert backdoor.read("gone/theirs.txt") == b"saved meanwhile"
+    dropbox_driver.listed("gone/theirs.txt")
+    assert not [path for path in dropbox_driver.sink.view if TEMP_SUFFIX in path]
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["empty", "not empty"])
+def test_the_dropbox_driver_finishes_a_folder_delete_cut_short(dropbox_driver: Harness,
+                                                               inside: bool) -> None:
+    """A crash came after delete_file moved the folder aside: the delete tried again
+    deletes it if it is empty, and otherwise puts it back."""
+    folder(dropbox_driver, "gone")
+    md = dropbox_driver.listed("gone")
+    backdoor = dropbox_driver.backdoor
+    if inside:
+        backdoor.write("gone/theirs.txt", b"saved meanwhile")
+    backdoor.rename("gone", aside_path(md))
+    dropbox_driver.unlisted("gone")
+    if inside:
+        dropbox_driver.failure("delete_file", md)
+        assert backdoor.read("gone/theirs.txt") == b"saved meanwhile"
+    else:
+        dropbox_driver.call("delete_file", md)
+        assert backdoor.kind("gone") is None
     assert backdoor.kind(aside_path(md)) is None
 
 

@@ -10,7 +10,10 @@ committed with mode=update and the revision onitufs last saw, or add for a
 new file: a file changed on Dropbox meanwhile is a Conflict, never
 overwritten; the content_hash Dropbox computes must be ours. Reads are
 ranged downloads of the path, whose rev must be the revision asked for
-(else Changed); a read of a whole file must match its content_hash.
+(else Changed); a read of a whole file must match its content_hash. A file
+is deleted on the condition of its rev (parent_rev); a folder, which Dropbox
+deletes with everything in it, is moved to a hidden name first and deleted
+there only if empty.
 Changes made on Dropbox come through list_folder, longpoll and continue
 (changes.py). Names Dropbox would fold together or refuse are
 stored under an escape (names.py, tree.py). Dropbox keeps no modes, no
@@ -32,7 +35,7 @@ from dropbox import files
 from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
+from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped, aside_path
 
 from .auth import auth as auth  # the hook of `onitufs auth`
 from .auth import load_token
@@ -281,13 +284,12 @@ def start(plug: Plug) -> None:
         stored = tree.stored_path(md.path)
         there = lookup(stored)
         if there is None:
+            if md.kind == "dir":
+                delete_aside(md, stored)  # a delete cut short after its move
             tree.remove(stored)
             return
         if isinstance(there, files.FolderMetadata):
-            inside = api.call(client().files_list_folder, tree.api_path(stored), limit=1)
-            if inside.entries:  # delete_v2 would take them all: never recursive
-                raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
-            api.call(client().files_delete_v2, tree.api_path(stored))
+            delete_folder(md, stored)
         else:
             if md.revision is not None and there.rev != md.revision:
                 raise Changed(f"{md.path}: changed on Dropbox since it was listed; not "
@@ -304,6 +306,42 @@ def start(plug: Plug) -> None:
                 elif not not_found(error):
                     raise
         tree.remove(stored)
+
+    def delete_folder(md: Metadata, stored: str) -> None:
+        """Never recursive, though delete_v2 takes everything in a folder, on no condition:
+        the folder is moved to a hidden name first, then looked into and deleted there
+        only if empty, so that what someone saves into it meanwhile is never deleted
+        (it lands in the folder's place, or in the folder moved back)."""
+        try:
+            api.call(client().files_move_v2, tree.api_path(stored),
+                      tree.api_path(aside_path(md.copy(path=stored))), autorename=False)
+        except ApiError as error:
+            if not not_found(error):
+                raise
+        delete_aside(md, stored)
+        tree.remove(stored)
+
+    def delete_aside(md: Metadata, stored: str) -> None:
+        aside = aside_path(md.copy(path=stored))
+        try:
+            inside = api.call(client().files_list_folder, tree.api_path(aside), limit=1)
+        except ApiError as error:
+            if not_found(error):
+                return
+            raise
+        if not inside.entries:
+            api.call(client().files_delete_v2, tree.api_path(aside))
+            return
+        try:
+            api.call(client().files_move_v2, tree.api_path(aside), tree.api_path(stored),
+                     autorename=False)
+        except ApiError as error:
+            write = write_error(error)
+            if write is not None and write.is_conflict():
+                raise DriverError(f"{md.path}: the folder on Dropbox is not empty, and "
+                                  f"another took its name: it is at {aside}") from None
+            raise
+        raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
 
     @plug.handler()
     @guarded

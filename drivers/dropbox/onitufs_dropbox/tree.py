@@ -18,7 +18,7 @@ from typing import Any
 
 from dropbox import files
 
-from onitufs.plug import DriverError, Metadata
+from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata
 
 from .names import MAX_UNITS, escape, fold, mount_name, needs_escape, units
 
@@ -170,8 +170,11 @@ class Tree:
                         mode=0o644, revision=node.rev, file_id=node.id)
 
     def listing(self) -> list[Metadata]:
+        """What is reported: all but the driver's own hidden names (TEMP_SUFFIX: a folder
+        moved aside to be deleted) and what is in them."""
         with self._lock:
-            return [self._describe(key) for key in sorted(self._nodes)]
+            return [self._describe(key) for key in sorted(self._nodes)
+                    if not any(name.endswith(TEMP_SUFFIX) for name in key.split("/"))]
 
     def find(self, relative: str) -> Node | None:
         with self._lock:
