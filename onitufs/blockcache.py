@@ -264,9 +264,8 @@ class BlockCache:
         `digest` becomes the block's checksum (the first copy seen: later ones are checked
         against it)."""
         key = (ino, blockno)
-        # The inode as the index has it now: the one the read began with may have been
-        # let go of by the index meanwhile and no longer follow the file's changes, and
-        # blocks are kept by inode and block number, not by revision.
+        # Blocks are kept by inode and block number, not by revision: the file, as the
+        # index has it now, must still be at the revision the read began with.
         inode = self.index.get_inode(ino)
         if inode is None or inode.rev != rev or not (key in self._damaged or not inode.complete) \
                 or self.has_dirty(ino):

@@ -194,6 +194,9 @@ class Inode:
         return self.version != self.rev_version
 
 
+_INODE_FIELDS = tuple(field.name for field in dataclasses.fields(Inode))
+
+
 @dataclass(slots=True)
 class MirrorEntry:
     """What one remote holds under one path for one inode."""
@@ -378,8 +381,8 @@ class Index:
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
         """A write transaction. On error, its commit's included (a full disk), it is aborted,
-        the decoded inodes forgotten, since they may hold changes that never reached LMDB,
-        and the inodes it was to write for defer_inode deferred again."""
+        the inodes it was to write for defer_inode deferred again, and the other decoded
+        inodes taken back to what LMDB holds (see _back_to_stored)."""
         txn = self.env.begin(write=True)
         deferred = dict(self._dirty)
         self._after_commit = []
@@ -389,15 +392,39 @@ class Index:
         except BaseException:
             with contextlib.suppress(lmdb.Error):  # a failed commit has aborted already
                 txn.abort()
-            self._inodes.clear()
-            self._held.clear()
             self._mirrors.clear()
             self._sums.clear()
             self.mirror_writes += 1
             self._dirty.update(deferred)
+            self._back_to_stored()
             raise
         for done in self._after_commit:
             done()
+
+    def _back_to_stored(self) -> None:
+        """After a failed write, the decoded inodes may hold changes that never reached
+        LMDB: each is set back to what LMDB holds, in place, since whoever holds one (an
+        upload, a write waiting for a fetch) must still hold the one get_inode hands out:
+        a second object would take the next changes, and the first, written back, would
+        undo them. One LMDB does not hold (made by that write) is let go of; a deferred
+        one keeps its changes for the next commit."""
+        live = {inode.ino: inode for inode in self._inodes.values()}
+        for ino, held in self._held.items():
+            inode = held()
+            if inode is not None:
+                live.setdefault(ino, inode)
+        self._inodes.clear()
+        self._held.clear()
+        with self.begin() as txn:
+            for ino, inode in live.items():
+                raw = None if ino in self._dirty else txn.get(q(ino), db=self.db["inodes"])
+                if raw is not None:
+                    stored = Inode.unpack(ino, raw)
+                    for name in _INODE_FIELDS:
+                        setattr(inode, name, getattr(stored, name))
+                    self._keep(inode)
+        for inode in self._dirty.values():
+            self._keep(inode)
 
     def after_commit(self, done: Callable[[], None]) -> None:
         """Call `done` once the write transaction under way has committed (never if not)."""

@@ -20,10 +20,10 @@ REG = 0o100644
 
 
 def test_a_block_fetched_for_a_revision_the_file_left_is_not_kept(tmp_path: Path) -> None:
-    """While a block of revision 3 is read from a remote, a commit fails (a full disk), so
-    the index forgets the inodes it decoded, and a remote's revision 4 is taken in under
-    the same inode number: what comes back is revision 3's, and the cache, which keeps
-    blocks by inode and block number, must not keep it as revision 4's."""
+    """While a block of revision 3 is read from a remote, a commit fails (a full disk), and
+    a remote's revision 4 is taken in under the same inode number, on the object the read
+    holds: what comes back is revision 3's, and the cache, which keeps blocks by inode
+    and block number, must not keep it as revision 4's."""
     index = Index(tmp_path, 1 << 24, BLOCK)
     old_content = b"3" * BLOCK
     with index.write() as txn:
@@ -36,7 +36,7 @@ def test_a_block_fetched_for_a_revision_the_file_left_is_not_kept(tmp_path: Path
         with contextlib.suppress(lmdb.MapFullError), index.write() as txn:
             txn.put(b"filler", bytes(1 << 25), db=index.db["meta"])  # more than the map holds
         taken_in = index.get_inode(FILE)
-        assert taken_in is not None and taken_in is not reader  # forgotten, decoded anew
+        assert taken_in is reader  # the one object, set back to what LMDB holds
         taken_in.rev = 4
         with index.write() as txn:
             index.put_inode(txn, taken_in)

@@ -1,10 +1,13 @@
-"""The index on its own: what an index made by an earlier version becomes when opened, and
-what it finds of a remote's files below a folder."""
+"""The index on its own: what an index made by an earlier version becomes when opened,
+what it finds of a remote's files below a folder, and which inode objects it hands out."""
 
 from __future__ import annotations
 
 import weakref
 from pathlib import Path
+
+import lmdb
+import pytest
 
 from onitufs.index import SCHEMA_VERSION, Index, Inode, MirrorEntry, q
 
@@ -106,5 +109,39 @@ def test_an_inode_held_while_the_index_lets_go_of_it_stays_the_one_handed_out(
         with index.begin() as txn:
             raw = txn.get(q(10), db=index.db["inodes"])
             assert raw is not None and Inode.unpack(10, raw).size == 7
+    finally:
+        index.close()
+
+
+def test_an_inode_held_across_a_failed_write_stays_the_one_handed_out(tmp_path: Path) -> None:
+    """An upload or a write waiting for a fetch holds its file's inode; meanwhile a commit
+    fails (a full disk). The inodes that write had changed go back to what LMDB holds, in
+    place: a second object for the file would take the next write's changes, and the
+    first, written back after the upload, would undo them. One that write made is gone."""
+    index = Index(tmp_path, 1 << 30, BLOCK)
+    try:
+        with index.write() as txn:
+            for ino in (9, 10):
+                index.put_inode(txn, Inode(ino, 0o100644, 0, 0, 1, size=3))
+        uploading, renamed = index.get_inode(9), index.get_inode(10)
+        assert uploading is not None and renamed is not None
+        with pytest.raises(lmdb.MapFullError), index.write() as txn:
+            renamed.ctime_ns, renamed.nlink = 5, 2
+            index.put_inode(txn, renamed)
+            index.put_inode(txn, Inode(11, 0o100644, 0, 0, 1))
+            raise lmdb.MapFullError("the commit fails")
+        writing = index.get_inode(9)
+        assert writing is uploading
+        writing.size = 7
+        index.defer_inode(writing)
+        assert index.get_inode(10) is renamed and (renamed.ctime_ns, renamed.nlink) == (0, 1)
+        assert index.get_inode(11) is None
+        with index.write() as txn:
+            index.write_deferred(txn)
+        with index.write() as txn:  # the upload's end, writing back what it holds
+            index.put_inode(txn, uploading)
+        with index.begin() as txn:
+            raw = txn.get(q(9), db=index.db["inodes"])
+            assert raw is not None and Inode.unpack(9, raw).size == 7
     finally:
         index.close()
