@@ -229,11 +229,12 @@ def test_the_local_driver_does_not_wait_on_a_named_pipe(local_driver: Harness) -
     local_driver.failure("get_chunk", md, 0, len(b"content"))
 
 
-def test_the_local_driver_keeps_a_version_saved_during_its_delete(
-        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another program saves the file right after delete_file checked it: the file moved
-    aside to be deleted is that version, so it goes back to its name, and Changed
-    describes it."""
+@pytest.mark.parametrize("handler", ["delete_file", "move_file"])
+def test_the_local_driver_keeps_a_version_saved_between_its_check_and_its_rename(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch, handler: str) -> None:
+    """Another program saves the file right after delete_file or move_file checked it:
+    the rename (delete_file's moves the file aside first) took that version, so it goes
+    back to its name, and Changed describes it."""
     md = local_driver.upload("notes.txt", b"listed")
     backdoor = local_driver.backdoor
     assert isinstance(backdoor, FolderBackdoor)
@@ -244,7 +245,8 @@ def test_the_local_driver_keeps_a_version_saved_during_its_delete(
             backdoor.write("notes.txt", b"saved meanwhile")
         rename(source, target)
     monkeypatch.setattr(os, "rename", saved_first)  # (the driver runs in this process)
-    error = local_driver.failure("delete_file", md)
+    args = (md,) if handler == "delete_file" else (md, md.copy(path="moved.txt"))
+    error = local_driver.failure(handler, *args)
     assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
     assert error.current.size == len(b"saved meanwhile")
     assert backdoor.read("notes.txt") == b"saved meanwhile"
@@ -334,24 +336,3 @@ def test_the_local_driver_finishes_a_delete_cut_short(local_driver: Harness,
     else:
         local_driver.call("delete_file", md)
         assert os.listdir(backdoor.at("")) == []
-
-
-def test_the_local_driver_moves_back_a_version_saved_during_its_move(
-        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another program saves the file right after move_file checked it: the rename took
-    that version along, so it goes back to its name and Changed describes it."""
-    md = local_driver.upload("notes.txt", b"listed")
-    backdoor = local_driver.backdoor
-    assert isinstance(backdoor, FolderBackdoor)
-    rename = os.rename
-
-    def saved_first(source: str, target: str) -> None:
-        if target.endswith("/moved.txt"):
-            backdoor.write("notes.txt", b"saved meanwhile")
-        rename(source, target)
-    monkeypatch.setattr(os, "rename", saved_first)  # (the driver runs in this process)
-    error = local_driver.failure("move_file", md, md.copy(path="moved.txt"))
-    assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
-    assert error.current.size == len(b"saved meanwhile")
-    assert backdoor.read("notes.txt") == b"saved meanwhile"
-    assert backdoor.kind("moved.txt") is None
