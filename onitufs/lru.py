@@ -36,10 +36,3 @@ class LRU(Generic[K, V]):
 
     def pop(self, key: K) -> V | None:
         return self._items.pop(key, None)
-
-    def values(self) -> list[V]:
-        """Every item kept, the least recently used first."""
-        return list(self._items.values())
-
-    def clear(self) -> None:
-        self._items.clear()

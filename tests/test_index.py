@@ -117,18 +117,21 @@ def test_an_inode_held_across_a_failed_write_stays_the_one_handed_out(tmp_path: 
     """An upload or a write waiting for a fetch holds its file's inode; meanwhile a commit
     fails (a full disk). The inodes that write had changed go back to what LMDB holds, in
     place: a second object for the file would take the next write's changes, and the
-    first, written back after the upload, would undo them. One that write made is gone."""
+    first, written back after the upload, would undo them. One that write made is gone,
+    one it deleted is back."""
     index = Index(tmp_path, 1 << 30, BLOCK)
     try:
         with index.write() as txn:
-            for ino in (9, 10):
+            for ino in (9, 10, 12):
                 index.put_inode(txn, Inode(ino, 0o100644, 0, 0, 1, size=3))
-        uploading, renamed = index.get_inode(9), index.get_inode(10)
-        assert uploading is not None and renamed is not None
+        uploading, renamed, unlinked = (index.get_inode(ino) for ino in (9, 10, 12))
+        assert uploading is not None and renamed is not None and unlinked is not None
         with pytest.raises(lmdb.MapFullError), index.write() as txn:
             renamed.ctime_ns, renamed.nlink = 5, 2
             index.put_inode(txn, renamed)
             index.put_inode(txn, Inode(11, 0o100644, 0, 0, 1))
+            unlinked.nlink = 0
+            index.delete_inode(txn, 12)
             raise lmdb.MapFullError("the commit fails")
         writing = index.get_inode(9)
         assert writing is uploading
@@ -136,6 +139,7 @@ def test_an_inode_held_across_a_failed_write_stays_the_one_handed_out(tmp_path: 
         index.defer_inode(writing)
         assert index.get_inode(10) is renamed and (renamed.ctime_ns, renamed.nlink) == (0, 1)
         assert index.get_inode(11) is None
+        assert index.get_inode(12) is unlinked and unlinked.nlink == 1
         with index.write() as txn:
             index.write_deferred(txn)
         with index.write() as txn:  # the upload's end, writing back what it holds

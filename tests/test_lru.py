@@ -24,11 +24,10 @@ def test_replacing_an_item_makes_it_recent_and_keeps_one_copy() -> None:
     assert (cache.get(1), cache.get(2), cache.get(3)) == ("uno", None, "three")
 
 
-def test_pop_and_clear() -> None:
+def test_pop() -> None:
     cache: LRU[int, str] = LRU(maxsize=4)
     cache.put(1, "one")
     cache.put(2, "two")
     assert cache.pop(1) == "one"
     assert cache.pop(1) is None
-    cache.clear()
-    assert cache.get(2) is None
+    assert cache.get(2) == "two"
