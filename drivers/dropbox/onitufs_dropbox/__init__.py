@@ -314,12 +314,11 @@ def start(plug: Plug) -> None:
         (it lands in the folder's place, or in the folder moved back)."""
         try:
             api.call(client().files_move_v2, tree.api_path(stored),
-                      tree.api_path(aside_path(md.copy(path=stored))), autorename=False)
+                     tree.api_path(aside_path(md.copy(path=stored))), autorename=False)
         except ApiError as error:
             if not not_found(error):
                 raise
         delete_aside(md, stored)
-        tree.remove(stored)
 
     def delete_aside(md: Metadata, stored: str) -> None:
         aside = aside_path(md.copy(path=stored))
