@@ -535,9 +535,9 @@ class Index:
 
     def delete_inode(self, txn: lmdb.Transaction, ino: int) -> None:
         txn.delete(q(ino), db=self.db["inodes"])
-        held = self._held.pop(ino, None)
-        inode = self._dirty.pop(ino, None) or self._inodes.pop(ino) \
-            or (held() if held is not None else None)
+        dirty, decoded, held = self._dirty.pop(ino, None), self._inodes.pop(ino), \
+            self._held.pop(ino, None)
+        inode = dirty or decoded or (held() if held is not None else None)
         if inode is not None:
             self._written[ino] = inode
         delete_range(txn, self.db["xattrs"], q(ino))

@@ -147,5 +147,9 @@ def test_an_inode_held_across_a_failed_write_stays_the_one_handed_out(tmp_path: 
         with index.begin() as txn:
             raw = txn.get(q(9), db=index.db["inodes"])
             assert raw is not None and Inode.unpack(9, raw).size == 7
+        index.defer_inode(unlinked)
+        with index.write() as txn:  # a deferred inode deleted is gone for good
+            index.delete_inode(txn, 12)
+        assert index.get_inode(12) is None
     finally:
         index.close()
