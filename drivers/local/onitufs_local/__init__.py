@@ -292,6 +292,29 @@ def start(plug: Plug) -> None:
                 remove_temp(os.path.join(resolved(path), name))
             os.rmdir(path)
 
+    def refuse_other_version(md: Metadata, st: os.stat_result, what: str) -> None:
+        """Changed, before a delete or a move, where the file is not md's version."""
+        if not stat.S_ISREG(st.st_mode) or not is_version(st, md):
+            unseen_change.set()
+            raise Changed(f"{md.path}: changed on the remote since it was listed: not "
+                          f"{what}d", describe(md.path, st))
+
+    def keep_other_version(md: Metadata, st: os.stat_result, moved: str, name: str,
+                           what: str, kept_at: str) -> None:
+        """After md's file was renamed from `name` to `moved` (now `st`): a version
+        another program saved between the check and the rename went instead, and goes
+        back to its name if that is still free; Changed says what is there."""
+        # The rename moved the ctime: the rest of the version says which file it is.
+        if stat.S_ISREG(st.st_mode) and (token(st), file_id(st)) \
+                == (md.revision, md.file_id or file_id(st)):
+            return
+        unseen_change.set()
+        if not move_back(moved, name):
+            raise DriverError(f"{md.path}: changed on the remote during the {what}, and "
+                              f"another file took its name: that version is at {kept_at}")
+        raise Changed(f"{md.path}: changed on the remote during the {what}; left in place",
+                      describe(md.path, os.lstat(name)))
+
     def delete_version(md: Metadata, path: str, st: os.stat_result | None) -> None:
         """Delete the file at path if it is md's version, moving it aside first: the
         rename takes one file, which is then checked, so a version another program saved
@@ -300,10 +323,7 @@ def start(plug: Plug) -> None:
             return
         aside = real(aside_path(md))
         if st is not None:
-            if not is_version(st, md):
-                unseen_change.set()
-                raise Changed(f"{md.path}: changed on the remote since it was listed; not "
-                              "deleting it", describe(md.path, st))
+            refuse_other_version(md, st, "delete")
             try:
                 os.rename(path, aside)
             except FileNotFoundError:
@@ -312,17 +332,8 @@ def start(plug: Plug) -> None:
             moved = os.lstat(aside)
         except FileNotFoundError:
             return
-        # The rename moved the ctime: the rest of the version says which file it is.
-        if stat.S_ISREG(moved.st_mode) and (token(moved), file_id(moved)) \
-                == (md.revision, md.file_id or file_id(moved)):
-            os.unlink(aside)
-            return
-        unseen_change.set()
-        if not move_back(aside, path):
-            raise DriverError(f"{md.path}: changed on the remote while it was deleted, and "
-                              f"another file took its name: that version is at {aside}")
-        raise Changed(f"{md.path}: changed on the remote while it was deleted; left in place",
-                      describe(md.path, os.lstat(path)))
+        keep_other_version(md, moved, aside, path, "delete", aside)
+        os.unlink(aside)
 
     @plug.handler()
     def move_file(old: Metadata, new: Metadata) -> None:
@@ -331,23 +342,11 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{new.path}: already exists on the remote")
         checked = old.kind == "file" and old.revision is not None
         if checked:
-            there = os.lstat(source)
-            if not stat.S_ISREG(there.st_mode) or not is_version(there, old):
-                unseen_change.set()
-                raise Changed(f"{old.path}: changed on the remote since it was listed; "
-                              "not moving it", describe(old.path, there))
+            refuse_other_version(old, os.lstat(source), "move")
         os.rename(source, target)
         st = os.lstat(target)
-        # A version put there between the check and the rename (another program saving
-        # the file) went instead: it goes back if its name is still free. (The rename
-        # moved the ctime: the rest of the version says which file it is.)
-        if checked and (token(st), file_id(st)) != (old.revision, old.file_id or file_id(st)):
-            unseen_change.set()
-            if not move_back(target, source):
-                raise DriverError(f"{old.path}: changed on the remote while it was moved, and "
-                                  f"another file took its name: that version is at {new.path}")
-            raise Changed(f"{old.path}: changed on the remote while it was moved; left in "
-                          "place", describe(old.path, os.lstat(source)))
+        if checked:
+            keep_other_version(old, st, target, source, "move", new.path)
         stamp(new, st)
 
     @plug.handler()

@@ -334,9 +334,7 @@ def start(plug: Plug) -> None:
         between the check and the delete is never what goes."""
         aside = full(conn, aside_path(md))  # in path's folder, which inside_lstat checked
         if there is not None:
-            if kind_of(there) != "file" or token(there) != md.revision:
-                raise Changed(f"{md.path}: changed on the remote since it was listed; not "
-                              "deleting it", describe(md.path, there))
+            refuse_other_version(md, there, "delete")
             try:
                 conn.sftp.rename(path, aside, replace=False)
             except SftpError as error:
@@ -345,17 +343,30 @@ def start(plug: Plug) -> None:
         moved = lstat(conn, aside)  # (or left aside by a delete cut short)
         if moved is None:
             return
-        if kind_of(moved) == "file" and token(moved) == md.revision:
-            conn.sftp.remove(aside)
+        keep_other_version(conn, md, moved, aside, path, "delete", aside_path(md))
+        conn.sftp.remove(aside)
+
+    def refuse_other_version(md: Metadata, there: Attrs, what: str) -> None:
+        """Changed, before a delete or a move, where the file is not md's version."""
+        if kind_of(there) != "file" or token(there) != md.revision:
+            raise Changed(f"{md.path}: changed on the remote since it was listed: not "
+                          f"{what}d", describe(md.path, there))
+
+    def keep_other_version(conn: Connection, md: Metadata, attrs: Attrs, moved: bytes,
+                           name: bytes, what: str, kept_at: str) -> None:
+        """After md's file was renamed from `name` to `moved` (now `attrs`): a version
+        saved there between the check and the rename went instead, and goes back to its
+        name if that is still free; Changed says what is there."""
+        if kind_of(attrs) == "file" and token(attrs) == md.revision:
             return
         try:  # SFTP's plain rename never replaces: a name taken since stays taken
-            conn.sftp.rename(aside, path, replace=False)
+            conn.sftp.rename(moved, name, replace=False)
         except SftpError:
-            raise DriverError(f"{md.path}: changed on the remote while it was deleted, and "
-                              "another file took its name: that version is at "
-                              f"{aside_path(md)}") from None
-        raise Changed(f"{md.path}: changed on the remote while it was deleted; left in place",
-                      describe(md.path, moved))
+            raise DriverError(f"{md.path}: changed on the remote during the {what}, and "
+                              f"another file took its name: that version is at {kept_at}") \
+                from None
+        raise Changed(f"{md.path}: changed on the remote during the {what}; left in place",
+                      describe(md.path, attrs))
 
     @plug.handler()
     @guarded
@@ -366,23 +377,12 @@ def start(plug: Plug) -> None:
             if lstat(conn, target) is not None:
                 raise DriverError(f"{new.path}: already exists on the remote")
             source, there = inside_lstat(conn, old.path)
-            if checked and there is not None and (kind_of(there) != "file"
-                                                  or token(there) != old.revision):
-                raise Changed(f"{old.path}: changed on the remote since it was listed; not "
-                              "moving it", describe(old.path, there))
+            if checked and there is not None:
+                refuse_other_version(old, there, "move")
             conn.sftp.rename(source, target, replace=False)
             moved = conn.sftp.lstat(target)
-            if checked and token(moved) != old.revision:
-                # Saved there between the check and the rename: back to its name, unless
-                # that was taken since (SFTP's plain rename never replaces).
-                try:
-                    conn.sftp.rename(target, source, replace=False)
-                except SftpError:
-                    raise DriverError(f"{old.path}: changed on the remote while it was moved, "
-                                      "and another file took its name: that version is at "
-                                      f"{new.path}") from None
-                raise Changed(f"{old.path}: changed on the remote while it was moved; left in "
-                              "place", describe(old.path, moved))
+            if checked:
+                keep_other_version(conn, old, moved, target, source, "move", new.path)
             new.revision, new.file_id = token(moved), None
 
     @plug.handler()
