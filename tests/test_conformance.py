@@ -28,7 +28,9 @@ pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
     TEMP_SUFFIX,
     Changed,
+    Conflict,
     DriverError,
+    Metadata,
     aside_path,
 )
 from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402
@@ -238,19 +240,90 @@ def test_the_local_driver_keeps_a_version_saved_between_its_check_and_its_rename
     md = local_driver.upload("notes.txt", b"listed")
     backdoor = local_driver.backdoor
     assert isinstance(backdoor, FolderBackdoor)
-    rename = os.rename
+    # (the driver runs in this process) delete_file renames aside with os.rename, and
+    # move_file with a rename that never replaces
+    where, name = (os, "rename") if handler == "delete_file" \
+        else (onitufs_local, "rename_noreplace")
+    rename = getattr(where, name)
 
     def saved_first(source: str, target: str) -> None:
         if source.endswith("/notes.txt"):
             backdoor.write("notes.txt", b"saved meanwhile")
         rename(source, target)
-    monkeypatch.setattr(os, "rename", saved_first)  # (the driver runs in this process)
+    monkeypatch.setattr(where, name, saved_first)
     args = (md,) if handler == "delete_file" else (md, md.copy(path="moved.txt"))
     error = local_driver.failure(handler, *args)
     assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
     assert error.current.size == len(b"saved meanwhile")
     assert backdoor.read("notes.txt") == b"saved meanwhile"
     assert os.listdir(backdoor.at("")) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("handler", ["end_upload", "move_file"])
+def test_the_local_driver_keeps_a_file_made_between_its_look_and_its_rename(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch, handler: str) -> None:
+    """Another program makes a file at the name a new file is uploaded or moved to, right
+    after the driver looked there: the rename leaves it (a rename checked beforehand would
+    replace it), and the upload is a Conflict, the move a DriverError."""
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    made: list[str] = []
+    args: tuple[Metadata, ...]
+    if handler == "end_upload":
+        transfer = local_driver.transfer("notes.txt", b"ours", revision=None)
+        transfer.start()
+        transfer.send()
+        looked_at, args = "/notes.txt", (transfer.md,)
+    else:
+        md = local_driver.upload("old.txt", b"ours")
+        looked_at, args = "/old.txt", (md, md.copy(path="notes.txt"))
+    lstat = os.lstat
+
+    def made_after(path: Any, **kwargs: Any) -> os.stat_result:
+        try:
+            return lstat(path, **kwargs)
+        finally:
+            if str(path).endswith(looked_at) and not made:
+                made.append(str(path))
+                backdoor.write("notes.txt", b"made meanwhile")
+    monkeypatch.setattr(os, "lstat", made_after)  # (the driver runs in this process)
+    error = local_driver.failure(handler, *args)
+    assert made, "the driver never looked"
+    if handler == "end_upload":
+        assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
+        assert error.current.size == len(b"made meanwhile")
+        transfer.abort()
+    else:
+        assert isinstance(error, DriverError) and not isinstance(error, Changed), error
+        assert backdoor.read("old.txt") == b"ours"
+    assert backdoor.read("notes.txt") == b"made meanwhile"
+
+
+def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local driver does: a new file's upload leaves a file another machine made
+    at its name after the driver looked there, and is a Conflict."""
+    backdoor = ssh_driver.backdoor
+    transfer = ssh_driver.transfer("notes.txt", b"ours", revision=None)
+    transfer.start()
+    transfer.send()
+    lstat = Session.lstat
+    made: list[bytes] = []
+
+    def made_after(session: Session, path: bytes) -> Any:
+        try:
+            return lstat(session, path)
+        finally:
+            if path.endswith(b"/notes.txt") and not made:
+                made.append(path)
+                backdoor.write("notes.txt", b"made meanwhile")
+    monkeypatch.setattr(Session, "lstat", made_after)  # (the driver runs in this process)
+    error = ssh_driver.failure("end_upload", transfer.md)
+    assert made, "the driver never looked"
+    assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
+    assert error.current.size == len(b"made meanwhile")
+    transfer.abort()
+    assert backdoor.read("notes.txt") == b"made meanwhile"
 
 
 def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(

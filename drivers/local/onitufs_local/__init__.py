@@ -43,6 +43,7 @@ from onitufs.plug import (
 )
 
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
+from .noreplace import rename_noreplace
 from .watch import OutOfWatches, follow
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.
@@ -79,15 +80,9 @@ def is_version(st: os.stat_result, md: Metadata) -> bool:
 def move_back(moved: str, name: str) -> bool:
     """Rename a file back to the name it had, unless something took that name since."""
     try:
-        os.link(moved, name)  # fails if the name is taken, where rename would replace
+        rename_noreplace(moved, name)
     except FileExistsError:
         return False
-    except OSError:  # a disk without hard links (FAT): a rename, if the name is free
-        if os.path.lexists(name):
-            return False
-        os.rename(moved, name)
-        return True
-    os.unlink(moved)
     return True
 
 
@@ -226,7 +221,14 @@ def start(plug: Plug) -> None:
             if there is not None and not is_version(there, md):
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
-            os.rename(path, target)
+            if there is None:
+                try:  # a file another program made there since the look stays
+                    rename_noreplace(path, target)
+                except FileExistsError:
+                    raise Conflict(f"{md.path}: made on the remote during the upload",
+                                   describe(md.path, os.lstat(target))) from None
+            else:
+                os.rename(path, target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
             open_uploads.close(upload_path(md))
@@ -338,12 +340,13 @@ def start(plug: Plug) -> None:
     @plug.handler()
     def move_file(old: Metadata, new: Metadata) -> None:
         source, target = real(old.path), real(new.path)
-        if os.path.lexists(target):
-            raise DriverError(f"{new.path}: already exists on the remote")
         checked = old.kind == "file" and old.revision is not None
         if checked:
             refuse_other_version(old, os.lstat(source), "move")
-        os.rename(source, target)
+        try:
+            rename_noreplace(source, target)
+        except FileExistsError:
+            raise DriverError(f"{new.path}: already exists on the remote") from None
         st = os.lstat(target)
         if checked:
             keep_other_version(old, st, target, source, "move", new.path)

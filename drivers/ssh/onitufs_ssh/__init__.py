@@ -246,9 +246,17 @@ def start(plug: Plug) -> None:
             if there is not None and token(there) != md.revision:
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
-            if there is not None and not conn.sftp.has("posix-rename@openssh.com"):
+            replace = there is not None and conn.sftp.has("posix-rename@openssh.com")
+            if there is not None and not replace:
                 conn.sftp.remove(target)  # no atomic replace on this server
-            conn.sftp.rename(temp, target, replace=True)
+            try:  # SFTP's plain rename never replaces: a file made there since stays
+                conn.sftp.rename(temp, target, replace=replace)
+            except SftpError:
+                made = None if replace else lstat(conn, target)
+                if made is None:
+                    raise
+                raise Conflict(f"{md.path}: made on the remote during the upload",
+                               describe(md.path, made)) from None
             now = conn.sftp.lstat(target)
         except BaseException as error:
             if lost(error):
