@@ -259,44 +259,66 @@ def test_the_local_driver_keeps_a_version_saved_between_its_check_and_its_rename
     assert os.listdir(backdoor.at("")) == ["notes.txt"]
 
 
-@pytest.mark.parametrize("handler", ["end_upload", "move_file"])
-def test_the_local_driver_keeps_a_file_made_between_its_look_and_its_rename(
-        local_driver: Harness, monkeypatch: pytest.MonkeyPatch, handler: str) -> None:
-    """Another program makes a file at the name a new file is uploaded or moved to, right
-    after the driver looked there: the rename leaves it (a rename checked beforehand would
+@pytest.mark.parametrize("work", ["upload of a new file", "upload over a file", "move"])
+def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch, work: str) -> None:
+    """Another program saves a file at the name a file is uploaded or moved to, right
+    after the driver looked there: the rename leaves it (a rename after a look would
     replace it), and the upload is a Conflict, the move a DriverError."""
     backdoor = local_driver.backdoor
     assert isinstance(backdoor, FolderBackdoor)
-    made: list[str] = []
+    saved: list[str] = []
     args: tuple[Metadata, ...]
-    if handler == "end_upload":
-        transfer = local_driver.transfer("notes.txt", b"ours", revision=None)
+    if work == "move":
+        md = local_driver.upload("old.txt", b"ours")
+        looked_at, args = "/old.txt", (md, md.copy(path="notes.txt"))
+    else:
+        revision = local_driver.upload("notes.txt", b"listed").revision \
+            if work == "upload over a file" else None
+        transfer = local_driver.transfer("notes.txt", b"ours", revision=revision)
         transfer.start()
         transfer.send()
         looked_at, args = "/notes.txt", (transfer.md,)
-    else:
-        md = local_driver.upload("old.txt", b"ours")
-        looked_at, args = "/old.txt", (md, md.copy(path="notes.txt"))
     lstat = os.lstat
 
-    def made_after(path: Any, **kwargs: Any) -> os.stat_result:
+    def saved_after(path: Any, **kwargs: Any) -> os.stat_result:
         try:
             return lstat(path, **kwargs)
         finally:
-            if str(path).endswith(looked_at) and not made:
-                made.append(str(path))
-                backdoor.write("notes.txt", b"made meanwhile")
-    monkeypatch.setattr(os, "lstat", made_after)  # (the driver runs in this process)
-    error = local_driver.failure(handler, *args)
-    assert made, "the driver never looked"
-    if handler == "end_upload":
-        assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
-        assert error.current.size == len(b"made meanwhile")
-        transfer.abort()
-    else:
+            if str(path).endswith(looked_at) and not saved:
+                saved.append(str(path))
+                backdoor.write("notes.txt", b"saved meanwhile")
+    monkeypatch.setattr(os, "lstat", saved_after)  # (the driver runs in this process)
+    error = local_driver.failure("move_file" if work == "move" else "end_upload", *args)
+    assert saved, "the driver never looked"
+    if work == "move":
         assert isinstance(error, DriverError) and not isinstance(error, Changed), error
         assert backdoor.read("old.txt") == b"ours"
-    assert backdoor.read("notes.txt") == b"made meanwhile"
+    else:
+        assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
+        assert error.current.size == len(b"saved meanwhile")
+        transfer.abort()
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert sorted(os.listdir(backdoor.at(""))) == (["notes.txt", "old.txt"] if work == "move"
+                                                   else ["notes.txt"])
+
+
+def test_the_local_driver_on_a_disk_without_renameat2(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some network disks lack renameat2's flags: uploads and moves still go, and a move
+    still leaves a name that is taken."""
+    monkeypatch.setattr(onitufs_local.renames, "_renameat2", None)
+    backdoor = local_driver.backdoor
+    first = local_driver.upload("notes.txt", b"first")
+    second = local_driver.upload("notes.txt", b"second", revision=first.revision,
+                                 file_id=first.file_id)
+    assert backdoor.read("notes.txt") == b"second"
+    local_driver.upload("taken.txt", b"theirs")
+    assert isinstance(local_driver.failure("move_file", second, second.copy(path="taken.txt")),
+                      DriverError)
+    local_driver.call("move_file", second, second.copy(path="moved.txt"))
+    assert (backdoor.read("moved.txt"), backdoor.read("taken.txt")) == (b"second", b"theirs")
+    assert backdoor.kind("notes.txt") is None
 
 
 def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(

@@ -43,7 +43,7 @@ from onitufs.plug import (
 )
 
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
-from .noreplace import rename_noreplace
+from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.
@@ -75,6 +75,13 @@ def is_version(st: os.stat_result, md: Metadata) -> bool:
     (its ctime: content rewritten in place keeps the inode, and can keep the time too)."""
     return token(st) == md.revision and (md.file_id is None or file_id(st) == md.file_id) \
         and (md.changed_ns is None or changed_ns(st) == md.changed_ns)
+
+
+def is_moved_version(st: os.stat_result, md: Metadata) -> bool:
+    """is_version of a file renamed since it was stamped: the rename moved its ctime, and
+    the rest of the version says which file it is."""
+    return stat.S_ISREG(st.st_mode) \
+        and (token(st), file_id(st)) == (md.revision, md.file_id or file_id(st))
 
 
 def move_back(moved: str, name: str) -> bool:
@@ -227,7 +234,15 @@ def start(plug: Plug) -> None:
                 except FileExistsError:
                     raise Conflict(f"{md.path}: made on the remote during the upload",
                                    describe(md.path, os.lstat(target))) from None
-            else:
+            elif exchange(path, target):
+                # What the upload replaced is now at the temp name: the version looked
+                # at, unless another program saved one since, which goes back.
+                if not is_moved_version(os.lstat(path), md):
+                    exchange(path, target)
+                    raise Conflict(f"{md.path}: saved on the remote during the upload",
+                                   describe(md.path, os.lstat(target)))
+                os.unlink(path)
+            else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
@@ -306,9 +321,7 @@ def start(plug: Plug) -> None:
         """After md's file was renamed from `name` to `moved` (now `st`): a version
         another program saved between the check and the rename went instead, and goes
         back to its name if that is still free; Changed says what is there."""
-        # The rename moved the ctime: the rest of the version says which file it is.
-        if stat.S_ISREG(st.st_mode) and (token(st), file_id(st)) \
-                == (md.revision, md.file_id or file_id(st)):
+        if is_moved_version(st, md):
             return
         unseen_change.set()
         if not move_back(moved, name):

@@ -1,5 +1,5 @@
-"""The local driver's rename that never replaces, with renameat2 and without it (the
-way it goes on a disk or kernel that lacks RENAME_NOREPLACE)."""
+"""The local driver's renames that never lose a file, with renameat2 and without it (the
+way they go on a disk or kernel that lacks it)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from onitufs_local import noreplace
-from onitufs_local.noreplace import rename_noreplace
+from onitufs_local import renames
+from onitufs_local.renames import exchange, rename_noreplace
 
 
 def make(path: Path, kind: str) -> None:
@@ -33,7 +33,7 @@ def describe(path: Path) -> tuple[str, ...]:
 @pytest.fixture(params=["renameat2", "link or check"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param != "renameat2":
-        monkeypatch.setattr(noreplace, "_renameat2", None)
+        monkeypatch.setattr(renames, "_renameat2", None)
     return str(request.param)
 
 
@@ -68,3 +68,20 @@ def test_other_errors_name_the_paths(tmp_path: Path, way: str) -> None:
     with pytest.raises(FileNotFoundError) as caught:
         rename_noreplace(str(tmp_path / "missing"), str(tmp_path / "target"))
     assert "missing" in str(caught.value)
+
+
+def test_exchange_swaps_two_names(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    make(first, "file")
+    make(second, "folder")
+    assert exchange(str(first), str(second))
+    assert (describe(first), describe(second)) == (("folder", "inside"), ("file", "source"))
+
+
+def test_exchange_says_where_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(renames, "_renameat2", None)
+    first, second = tmp_path / "first", tmp_path / "second"
+    make(first, "file")
+    make(second, "symlink")
+    assert not exchange(str(first), str(second))
+    assert (describe(first), describe(second)) == (("file", "source"), ("symlink", "nowhere"))
