@@ -368,6 +368,32 @@ def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(
     assert backdoor.kind(aside_path(md)) is None
 
 
+def test_the_dropbox_driver_keeps_a_version_saved_between_its_check_and_its_move(
+        dropbox_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropbox moves on no condition: a version saved right after move_file checked the
+    file is moved with the name, is found by its content_hash, and goes back."""
+    import dropbox
+
+    md = dropbox_driver.upload("notes.txt", b"listed")
+    backdoor = dropbox_driver.backdoor
+    move = dropbox.Dropbox.files_move_v2
+    saved: list[str] = []
+
+    def saved_first(client: dropbox.Dropbox, from_path: str, to_path: str,
+                    **kwargs: Any) -> Any:
+        if not saved:
+            saved.append(from_path)
+            backdoor.write("notes.txt", b"saved meanwhile")
+        return move(client, from_path, to_path, **kwargs)
+    monkeypatch.setattr(dropbox.Dropbox, "files_move_v2", saved_first)
+    error = dropbox_driver.failure("move_file", md, md.copy(path="moved.txt"))
+    assert saved, "the driver never moved"
+    assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
+    assert error.current.size == len(b"saved meanwhile")
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert backdoor.kind("moved.txt") is None
+
+
 def test_the_dropbox_driver_keeps_what_is_saved_into_a_folder_it_deletes(
         dropbox_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dropbox deletes a folder with everything in it: a file saved into it right before

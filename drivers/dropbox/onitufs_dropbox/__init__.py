@@ -13,7 +13,8 @@ ranged downloads of the path, whose rev must be the revision asked for
 (else Changed); a read of a whole file must match its content_hash. A file
 is deleted on the condition of its rev (parent_rev); a folder, which Dropbox
 deletes with everything in it, is moved to a hidden name first and deleted
-there only if empty.
+there only if empty. A file is moved after a check of its rev, and moved back
+if what moved has another content_hash (a save landed in between).
 Changes made on Dropbox come through list_folder, longpoll and continue
 (changes.py). Names Dropbox would fold together or refuse are
 stored under an escape (names.py, tree.py). Dropbox keeps no modes, no
@@ -29,7 +30,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from dropbox import files
 from dropbox.exceptions import ApiError, HttpError
@@ -347,14 +348,17 @@ def start(plug: Plug) -> None:
     def move_file(old: Metadata, new: Metadata) -> None:
         source = tree.stored_path(old.path)
         target = tree.stored_path(new.path, moving=old.path)
+        expected = None  # the content_hash of the version to move
         if old.kind == "file" and old.revision is not None:
-            # Dropbox moves without a condition: what is there is checked first (a save
-            # landing between the two is moved as it is).
+            # Dropbox moves without a condition: what is there is checked first, and what
+            # was moved after (a save may land between the two).
             there = lookup(source)
             if isinstance(there, files.FolderMetadata) or (
                     isinstance(there, files.FileMetadata) and there.rev != old.revision):
                 raise Changed(f"{old.path}: changed on Dropbox since it was listed; not "
                               "moving it", described(old.path, source, there))
+            if isinstance(there, files.FileMetadata):
+                expected = there.content_hash
         try:
             result = api.call(client().files_move_v2, tree.api_path(source),
                               tree.api_path(target), autorename=False)
@@ -363,11 +367,30 @@ def start(plug: Plug) -> None:
             if write is not None and write.is_conflict():
                 raise DriverError(f"{new.path}: already exists on Dropbox") from None
             raise
+        if expected is not None and (not isinstance(result.metadata, files.FileMetadata)
+                                     or result.metadata.content_hash != expected):
+            move_back(old, new, source, target)
         node = node_of(result.metadata, target)
         if node is None:
             raise DriverError(f"{new.path}: Dropbox reported the move as a delete")
         tree.move(source, target, node)
         new.revision, new.file_id = node.rev, node.id
+
+    def move_back(old: Metadata, new: Metadata, source: str, target: str) -> NoReturn:
+        """A save landed between move_file's check and its move, and was moved: it goes
+        back to its name if that is still free; Changed says what is there."""
+        try:
+            back = api.call(client().files_move_v2, tree.api_path(target),
+                            tree.api_path(source), autorename=False)
+        except ApiError as error:
+            write = write_error(error)
+            if write is not None and write.is_conflict():
+                raise DriverError(f"{old.path}: changed on Dropbox during the move, and "
+                                  f"another file took its name: that version is at "
+                                  f"{new.path}") from None
+            raise
+        raise Changed(f"{old.path}: changed on Dropbox during the move; left in place",
+                      described(old.path, source, back.metadata))
 
     @plug.handler()
     @guarded
