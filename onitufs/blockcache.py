@@ -65,6 +65,9 @@ Buffer = bytes | bytearray  # a block written: a whole one may be the bytes a wr
 _KEY = struct.Struct(">QQ")  # a block's key in LMDB: inode, block number
 BATCH_TRANSACTION = 8 * 1024**2  # bytes of blocks the worker thread writes in one transaction
 _HASHING = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onitufs-block-hash")
+# The in-order hash of a file takes its blocks one after the other, on a thread of its
+# own: beside the blocks' own SHA-256 (hashlib lets go of the GIL), not after it.
+_FEEDING = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onitufs-in-order")
 # fetch(inode, offset, size, expected SHA-256 or None): the bytes from a remote holding
 # the current revision, checked against the digest where one is known, and their SHA-256
 Fetcher = Callable[[Inode, int, int, bytes | None], Awaitable[tuple[bytes, bytes]]]
@@ -464,10 +467,11 @@ class BlockCache:
         worker thread, so these are mostly the last pieces of files). The buffers go once
         the transaction has committed: if it fails (a full disk), they are kept."""
         for ino, buffers in self._dirty.items():
-            for blockno, buffer in sorted(buffers.items()):
-                digest = self._checksum((ino, blockno), buffer)
-                self._store(txn, (ino, blockno), buffer, digest)
-                self.index.set_block_hash(txn, ino, blockno, UNREVISED,
+            part = [((ino, blockno), buffer) for blockno, buffer in sorted(buffers.items())]
+            self._feed_in_order(part)
+            for (key, buffer), digest in zip(part, self._checksums(part), strict=True):
+                self._store(txn, key, buffer, digest)
+                self.index.set_block_hash(txn, ino, key[1], UNREVISED,
                                           digest if self._whole(buffer) else None)
         self.index.after_commit(self._stored_all)
         self.index.write_deferred(txn)
@@ -569,6 +573,7 @@ class BlockCache:
         # Hashing a block takes about as long as LMDB's copies of it: the next part is
         # hashed on a thread of its own while this one is written.
         hashing = _HASHING.submit(self._checksums, parts[0])
+        feeding = [_FEEDING.submit(self._feed_in_order, part) for part in parts]
         try:
             for number, part in enumerate(parts):
                 digests = hashing.result()
@@ -585,21 +590,23 @@ class BlockCache:
             # a batch that failed goes back to the buffers, where writes may change it:
             # not while it is being hashed
             concurrent.futures.wait([hashing])
+            concurrent.futures.wait(feeding)
+        for fed in feeding:
+            fed.result()
         return written
 
     def _checksums(self, part: list[tuple[BlockKey, Buffer]]) -> list[bytes]:
-        return [self._checksum(key, buffer) for key, buffer in part]
+        """The SHA-256 of each block about to be stored. Only a full block's is also the
+        checksum of that block of the revision (a piece may still grow, or end in a hole)."""
+        return [zeros_sha256(len(buffer)) if all_zero(buffer) else hashlib.sha256(buffer).digest()
+                for _, buffer in part]
 
-    def _checksum(self, key: BlockKey, buffer: Buffer) -> bytes:
-        """The SHA-256 of a block about to be stored; the in-order hash of its file learns
-        of it. Only a full block's is also the checksum of that block of the revision (a
-        piece may still grow, or end in a hole)."""
-        digest = zeros_sha256(len(buffer)) if all_zero(buffer) else hashlib.sha256(buffer).digest()
-        with self._in_order.lock:
-            if key not in self._superseded:
-                self._in_order.stored(key[0], key[1], buffer,
-                                      full=self._whole(buffer))
-        return digest
+    def _feed_in_order(self, part: list[tuple[BlockKey, Buffer]]) -> None:
+        """The in-order hashes of the files learn of blocks about to be stored."""
+        for key, buffer in part:
+            with self._in_order.lock:
+                if key not in self._superseded:
+                    self._in_order.stored(key[0], key[1], buffer, full=self._whole(buffer))
 
     def revision_made(self, txn: lmdb.Transaction, inode: Inode, old_rev: int) -> None:
         """The stored content became revision inode.rev (after commit_in): the checksums
