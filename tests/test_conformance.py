@@ -35,8 +35,8 @@ from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
 )
 from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402
 from onitufs.testing.conformance import *  # noqa: E402, F403
-from onitufs.testing.conformance import folder  # noqa: E402
-from onitufs.testing.harness import Harness, started  # noqa: E402
+from onitufs.testing.conformance import folder, payload  # noqa: E402
+from onitufs.testing.harness import BLOCK, Harness, started  # noqa: E402
 
 from .annex_backdoor import AnnexBackdoor  # noqa: E402
 from .annex_programs import on_path, rclone_config  # noqa: E402
@@ -301,6 +301,38 @@ def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
     assert backdoor.read("notes.txt") == b"saved meanwhile"
     assert sorted(os.listdir(backdoor.at(""))) == (["notes.txt", "old.txt"] if work == "move"
                                                    else ["notes.txt"])
+
+
+def test_the_local_driver_after_a_crash_inside_end_upload(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash came between end_upload's exchange and its delete of the version replaced,
+    which is then under the upload's name: the upload resumed from its saved offset
+    writes into that file, and is never put in place over the new version already
+    there (a Conflict describes that one, which the core then takes as held)."""
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    first = local_driver.upload("notes.txt", payload(5 * BLOCK, 1))  # longer: resumable
+    data = payload(3 * BLOCK + 10, 2)
+    transfer = local_driver.transfer("notes.txt", data, revision=first.revision,
+                                     file_id=first.file_id)
+    transfer.start()
+    transfer.send()
+
+    def crash(path: Any, *args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt("the crash")
+    monkeypatch.setattr(os, "unlink", crash)
+    with pytest.raises(KeyboardInterrupt):
+        local_driver.call("end_upload", transfer.md)
+    monkeypatch.undo()
+    local_driver.restart()
+    assert transfer.resume() > 0
+    transfer.send()
+    error = local_driver.failure("end_upload", transfer.md)
+    assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
+    assert (error.current.size, error.current.mtime_ns) == (len(data), transfer.md.mtime_ns)
+    assert backdoor.read("notes.txt") == data
+    transfer.abort()
+    assert os.listdir(backdoor.at("")) == ["notes.txt"]
 
 
 def test_the_local_driver_on_a_disk_without_renameat2(
