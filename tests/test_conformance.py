@@ -303,6 +303,33 @@ def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
                                                    else ["notes.txt"])
 
 
+def test_the_local_driver_puts_back_a_file_deleted_between_its_look_and_its_rename(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As where it was deleted before the look: the upload puts the file back."""
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    listed = local_driver.upload("notes.txt", b"listed")
+    transfer = local_driver.transfer("notes.txt", b"ours", revision=listed.revision,
+                                     file_id=listed.file_id)
+    transfer.start()
+    transfer.send()
+    lstat = os.lstat
+    deleted: list[str] = []
+
+    def deleted_after(path: Any, **kwargs: Any) -> os.stat_result:
+        try:
+            return lstat(path, **kwargs)
+        finally:
+            if str(path).endswith("/notes.txt") and not deleted:
+                deleted.append(str(path))
+                backdoor.remove("notes.txt")
+    monkeypatch.setattr(os, "lstat", deleted_after)  # (the driver runs in this process)
+    transfer.end()
+    assert deleted, "the driver never looked"
+    assert backdoor.read("notes.txt") == b"ours"
+    assert os.listdir(backdoor.at("")) == ["notes.txt"]
+
+
 def test_the_local_driver_after_a_crash_inside_end_upload(
         local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash came between end_upload's exchange and its delete of the version replaced,

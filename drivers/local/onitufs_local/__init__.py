@@ -228,13 +228,11 @@ def start(plug: Plug) -> None:
             if there is not None and not is_version(there, md):
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
-            if there is None:
-                try:  # a file another program made there since the look stays
-                    rename_noreplace(path, target)
-                except FileExistsError:
-                    raise Conflict(f"{md.path}: made on the remote during the upload",
-                                   describe(md.path, os.lstat(target))) from None
-            elif exchange(path, target):
+            try:
+                exchanged = there is not None and exchange(path, target)
+            except FileNotFoundError:  # deleted since the look: the upload puts it back
+                there, exchanged = None, False
+            if exchanged:
                 # What the upload replaced is now at the temp name: the version looked
                 # at, unless another program saved one since, which goes back.
                 if not is_moved_version(os.lstat(path), md):
@@ -242,6 +240,12 @@ def start(plug: Plug) -> None:
                     raise Conflict(f"{md.path}: saved on the remote during the upload",
                                    describe(md.path, os.lstat(target)))
                 os.unlink(path)
+            elif there is None:
+                try:  # a file another program made there since the look stays
+                    rename_noreplace(path, target)
+                except FileExistsError:
+                    raise Conflict(f"{md.path}: made on the remote during the upload",
+                                   describe(md.path, os.lstat(target))) from None
             else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
