@@ -21,6 +21,7 @@ import onitufs_local
 import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
+from onitufs_local.listing import file_id
 from onitufs_ssh.sftp import Session
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
@@ -301,6 +302,49 @@ def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
     assert backdoor.read("notes.txt") == b"saved meanwhile"
     assert sorted(os.listdir(backdoor.at(""))) == (["notes.txt", "old.txt"] if work == "move"
                                                    else ["notes.txt"])
+
+
+def test_the_local_driver_sets_attributes_only_on_the_version_it_checked(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program saves the file by rename right after set_attrs checked it: its
+    version keeps its own mode and time, and is not recorded as onitufs's."""
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    md = local_driver.upload("notes.txt", b"listed", mode=0o644)
+    fstat, lstat = os.fstat, os.lstat
+    saved: list[os.stat_result] = []
+
+    def save() -> None:
+        if not saved:
+            backdoor.write("theirs.tmp", b"saved meanwhile")
+            os.chmod(backdoor.at("theirs.tmp"), 0o600)
+            os.replace(backdoor.at("theirs.tmp"), backdoor.at("notes.txt"))
+            saved.append(lstat(backdoor.at("notes.txt")))
+
+    def saved_after_fstat(fd: int) -> os.stat_result:
+        try:
+            return fstat(fd)
+        finally:
+            save()
+
+    def saved_after_lstat(path: Any, **kwargs: Any) -> os.stat_result:
+        try:
+            return lstat(path, **kwargs)
+        finally:
+            if str(path).endswith("/notes.txt"):
+                save()
+    # (the driver runs in this process) whichever way the driver looks at the file
+    monkeypatch.setattr(os, "fstat", saved_after_fstat)
+    monkeypatch.setattr(os, "lstat", saved_after_lstat)
+    wanted = md.copy(mode=0o640, mtime_ns=md.mtime_ns + 10**9)
+    local_driver.call("set_attrs", wanted)
+    monkeypatch.undo()
+    assert saved, "the driver never looked"
+    now = os.lstat(backdoor.at("notes.txt"))
+    assert (now.st_mode & 0o7777, now.st_mtime_ns) == \
+        (saved[0].st_mode & 0o7777, saved[0].st_mtime_ns), "their version's attributes changed"
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    assert wanted.file_id == md.file_id != file_id(now), "their version was recorded as ours"
 
 
 def test_the_local_driver_puts_back_a_file_deleted_between_its_look_and_its_rename(

@@ -107,16 +107,15 @@ def in_hole(fd: int, offset: int, size: int, file_size: int) -> bool:
 
 
 def apply_xattrs(target: int | str, wanted: dict[str, bytes]) -> None:
-    """Make the user xattrs of a file (descriptor or path) what onitufs holds, where the
-    disk keeps xattrs at all."""
-    follow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
+    """Make the user xattrs of an entry what onitufs holds, where the disk keeps xattrs
+    at all: `target` is a descriptor, or the /proc/self/fd path of one (followed)."""
     try:
-        present = [name for name in os.listxattr(target, **follow) if name.startswith("user.")]
+        present = [name for name in os.listxattr(target) if name.startswith("user.")]
         for name in present:
             if name not in wanted:
-                os.removexattr(target, name, **follow)
+                os.removexattr(target, name)
         for name, value in wanted.items():
-            os.setxattr(target, name, value, **follow)
+            os.setxattr(target, name, value)
     except OSError as error:
         if error.errno not in (errno.ENOTSUP, errno.EPERM):
             raise
@@ -384,24 +383,31 @@ def start(plug: Plug) -> None:
         try:
             if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
                 os.fchmod(fd, mode)
+            apply_xattrs(fd, md.xattrs)
+            stamp(md, os.fstat(fd))
         finally:
             os.close(fd)
-        apply_xattrs(path, md.xattrs)
-        st = os.lstat(path)
-        stamp(md, st)
 
     @plug.handler()
     def set_attrs(md: Metadata) -> None:
-        path = real(md.path)
-        st = os.lstat(path)
-        if md.kind == "file" and not is_version(st, md):
-            raise DriverError(f"{md.path}: changed on the remote; its attributes are left alone")
-        os.chmod(path, md.mode, follow_symlinks=False)
-        apply_xattrs(path, md.xattrs)
-        if md.kind == "file":
-            os.utime(path, ns=(md.mtime_ns, md.mtime_ns), follow_symlinks=False)
-        st = os.lstat(path)
-        stamp(md, st)
+        # Through a descriptor of the entry checked: a version another program saves by
+        # rename meanwhile is another inode, which keeps its attributes, and is not
+        # recorded as ours. (O_PATH: no read permission needed, and a pipe put there
+        # does not wait; /proc/self/fd/N reaches the inode it holds.)
+        fd = os.open(real(md.path), os.O_PATH | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if md.kind == "file" and not (stat.S_ISREG(st.st_mode) and is_version(st, md)):
+                raise DriverError(f"{md.path}: changed on the remote; its attributes are "
+                                  "left alone")
+            pinned = f"/proc/self/fd/{fd}"
+            os.chmod(pinned, md.mode)
+            apply_xattrs(pinned, md.xattrs)
+            if md.kind == "file":
+                os.utime(pinned, ns=(md.mtime_ns, md.mtime_ns))
+            stamp(md, os.fstat(fd))
+        finally:
+            os.close(fd)
 
     @plug.handler()
     def make_symlink(md: Metadata) -> None:
