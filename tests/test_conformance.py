@@ -451,6 +451,27 @@ def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(
     assert backdoor.read("notes.txt") == b"made meanwhile"
 
 
+def test_the_ssh_driver_records_the_version_it_put_in_place(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another machine saves the file by rename right after end_upload put the upload in
+    place: what end_upload records is the upload, not that save, which the listing then
+    reports as a change."""
+    backdoor = ssh_driver.backdoor
+    rename = Session.rename
+
+    def saved_after(session: Session, old: bytes, new: bytes, replace: bool) -> None:
+        rename(session, old, new, replace)
+        if new.endswith(b"/notes.txt"):
+            backdoor.write("theirs.tmp", b"saved meanwhile")
+            backdoor.rename("theirs.tmp", "notes.txt")
+    monkeypatch.setattr(Session, "rename", saved_after)  # (the driver runs in this process)
+    md = ssh_driver.upload("notes.txt", b"ours")
+    monkeypatch.undo()
+    theirs = ssh_driver.listed("notes.txt", lambda listed: listed.size == len(b"saved meanwhile"))
+    assert md.size == len(b"ours") and md.revision != theirs.revision, \
+        "the save made after the rename was recorded as the upload"
+
+
 def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(
         ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """As the local driver does: the version saved between the check and the rename that

@@ -257,7 +257,7 @@ def start(plug: Plug) -> None:
                     raise
                 raise Conflict(f"{md.path}: made on the remote during the upload",
                                describe(md.path, made)) from None
-            now = conn.sftp.lstat(target)
+            now = conn.sftp.fstat(handle)  # the file put in place, whatever has the name now
         except BaseException as error:
             if lost(error):
                 upload.drop_connection()
