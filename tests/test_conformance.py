@@ -9,9 +9,10 @@ folder on a small tmpfs of its own, so that its backdoor can fill the disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
-from onitufs_ssh.sftp import Session
+from onitufs_ssh.sftp import Session, SftpError
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
@@ -470,6 +471,55 @@ def test_the_ssh_driver_records_the_version_it_put_in_place(
     theirs = ssh_driver.listed("notes.txt", lambda listed: listed.size == len(b"saved meanwhile"))
     assert md.size == len(b"ours") and md.revision != theirs.revision, \
         "the save made after the rename was recorded as the upload"
+
+
+def test_the_ssh_driver_sets_attributes_only_on_the_version_it_checked(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local driver does: a version saved by rename right before set_attrs changes
+    the file keeps its own mode and time, and is not recorded as onitufs's."""
+    backdoor = ssh_driver.backdoor
+    md = ssh_driver.upload("notes.txt", b"listed", mode=0o644)
+    saved: list[bool] = []
+
+    def save() -> None:
+        if not saved:
+            saved.append(True)
+            backdoor.write("theirs.tmp", b"saved meanwhile")
+            backdoor.rename("theirs.tmp", "notes.txt")
+
+    def saved_first(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            save()
+            return method(*args)
+        return call
+    # (the driver runs in this process) right before the change, whichever way it is sent
+    for name in ("setstat", "fsetstat_then_fstat"):
+        if hasattr(Session, name):
+            monkeypatch.setattr(Session, name, saved_first(getattr(Session, name)))
+    wanted = md.copy(mode=0o600, mtime_ns=md.mtime_ns + 10**9)
+    ssh_driver.call("set_attrs", wanted)
+    monkeypatch.undo()
+    assert saved, "the driver changed nothing"
+    theirs = ssh_driver.listed("notes.txt", lambda listed: listed.size == len(b"saved meanwhile"))
+    assert theirs.mode & 0o7777 == 0o644 and theirs.mtime_ns != wanted.mtime_ns, \
+        "their version took onitufs's attributes"
+    assert wanted.revision != theirs.revision, "their version was recorded as onitufs's"
+
+
+def test_the_ssh_driver_sets_attributes_of_a_file_it_cannot_read(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the server's user may not read cannot be opened to change it through a
+    handle: it is changed by path, after the check."""
+    md = ssh_driver.upload("locked.txt", b"listed", mode=0o644)
+
+    def refused(session: Session, path: bytes, flags: int, attrs: Any = None) -> bytes:
+        raise SftpError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(Session, "open", refused)  # (the server runs as root here)
+    wanted = md.copy(mode=0o200)
+    ssh_driver.call("set_attrs", wanted)
+    monkeypatch.undo()
+    listed = ssh_driver.listed("locked.txt", lambda listed: listed.mode & 0o7777 == 0o200)
+    assert wanted.revision == listed.revision
 
 
 def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(

@@ -22,6 +22,7 @@ poll reports the remote offline, retrying with backoff.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import stat
@@ -50,7 +51,7 @@ from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
-from .sftp import HANDLE, OPENDIR, READDIR, REALPATH, Attrs, SftpError, pack_string
+from .sftp import HANDLE, O_READ, OPENDIR, READDIR, REALPATH, Attrs, SftpError, pack_string
 from .trust import trust as trust  # the hook of `onitufs trust`
 from .uploads import Upload
 
@@ -414,19 +415,45 @@ def start(plug: Plug) -> None:
     @guarded
     def set_attrs(md: Metadata) -> None:
         # SFTP keeps the mode and whole-second times; extended attributes stay in the mount
+        attrs = Attrs(mode=md.mode & 0o7777)
+        if md.kind == "file":
+            attrs.mtime = md.mtime_ns // 10**9
         with pool.use() as conn:
             path = inside(conn, md.path)
             there = lstat(conn, path)
             if there is None:
                 raise DriverError(f"{md.path}: no longer on the remote")
-            if md.kind == "file" and token(there) != md.revision:
-                raise DriverError(f"{md.path}: changed on the remote; its attributes are left "
-                                  "alone")
-            attrs = Attrs(mode=md.mode & 0o7777)
             if md.kind == "file":
-                attrs.mtime = md.mtime_ns // 10**9
+                refuse_attrs(md, there)  # (a file: no pipe, whose open would wait)
+                handle = open_to_set(conn, path)
+                if handle is not None:
+                    set_attrs_through(conn, md, handle, attrs)
+                    return
             conn.sftp.setstat(path, attrs)
             record(conn, path, md)
+
+    def refuse_attrs(md: Metadata, there: Attrs) -> None:
+        if not stat.S_ISREG(there.mode or 0) or token(there) != md.revision:
+            raise DriverError(f"{md.path}: changed on the remote; its attributes are left "
+                              "alone")
+
+    def open_to_set(conn: Connection, path: bytes) -> bytes | None:
+        """A handle of the file, None where it cannot be read (then it goes by path)."""
+        try:
+            return conn.sftp.open(path, O_READ)
+        except SftpError as error:
+            if error.errno != errno.EACCES:
+                raise
+            return None
+
+    def set_attrs_through(conn: Connection, md: Metadata, handle: bytes, attrs: Attrs) -> None:
+        """Check and change the file the handle holds: a version saved by rename since the
+        look is another file, which keeps its attributes and is not recorded as ours."""
+        try:
+            refuse_attrs(md, conn.sftp.fstat(handle))
+            md.revision, md.file_id = token(conn.sftp.fsetstat_then_fstat(handle, attrs)), None
+        finally:
+            conn.sftp.close_handle(handle)
 
     @plug.handler()
     @guarded

@@ -288,6 +288,17 @@ class Session:
     def fsetstat(self, handle: bytes, attrs: Attrs) -> None:
         self._call(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS)
 
+    def fsetstat_then_fstat(self, handle: bytes, attrs: Attrs) -> Attrs:
+        """fsetstat, and the attributes it left, in one round trip."""
+        setting = self.request(FSETSTAT, pack_string(handle) + pack_attrs(attrs), later=True)
+        reading = self.request(FSTAT, pack_string(handle))
+        try:
+            self.check(setting, STATUS, "fsetstat")
+        except BaseException:
+            self.discard(reading)
+            raise
+        return self.check(reading, ATTRS, "fstat").attrs()
+
     def fsync(self, handle: bytes) -> None:
         if self.has("fsync@openssh.com"):
             self._call(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS)
