@@ -332,16 +332,20 @@ def start(plug: Plug) -> None:
         if not inside.entries:
             api.call(client().files_delete_v2, tree.api_path(aside))
             return
+        relocate(aside, stored, f"{md.path}: the folder on Dropbox is not empty, and another "
+                                f"took its name: it is at {aside}")
+        raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
+
+    def relocate(source: str, target: str, taken: str) -> files.RelocationResult:
+        """Move a stored path to another; DriverError(taken) where that name is taken."""
         try:
-            api.call(client().files_move_v2, tree.api_path(aside), tree.api_path(stored),
-                     autorename=False)
+            return api.call(client().files_move_v2, tree.api_path(source),
+                            tree.api_path(target), autorename=False)
         except ApiError as error:
             write = write_error(error)
             if write is not None and write.is_conflict():
-                raise DriverError(f"{md.path}: the folder on Dropbox is not empty, and "
-                                  f"another took its name: it is at {aside}") from None
+                raise DriverError(taken) from None
             raise
-        raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
 
     @plug.handler()
     @guarded
@@ -359,14 +363,7 @@ def start(plug: Plug) -> None:
                               "moving it", described(old.path, source, there))
             if isinstance(there, files.FileMetadata):
                 expected = there.content_hash
-        try:
-            result = api.call(client().files_move_v2, tree.api_path(source),
-                              tree.api_path(target), autorename=False)
-        except ApiError as error:
-            write = write_error(error)
-            if write is not None and write.is_conflict():
-                raise DriverError(f"{new.path}: already exists on Dropbox") from None
-            raise
+        result = relocate(source, target, f"{new.path}: already exists on Dropbox")
         if expected is not None and (not isinstance(result.metadata, files.FileMetadata)
                                      or result.metadata.content_hash != expected):
             move_back(old, new, source, target)
@@ -379,16 +376,8 @@ def start(plug: Plug) -> None:
     def move_back(old: Metadata, new: Metadata, source: str, target: str) -> NoReturn:
         """A save landed between move_file's check and its move, and was moved: it goes
         back to its name if that is still free; Changed says what is there."""
-        try:
-            back = api.call(client().files_move_v2, tree.api_path(target),
-                            tree.api_path(source), autorename=False)
-        except ApiError as error:
-            write = write_error(error)
-            if write is not None and write.is_conflict():
-                raise DriverError(f"{old.path}: changed on Dropbox during the move, and "
-                                  f"another file took its name: that version is at "
-                                  f"{new.path}") from None
-            raise
+        back = relocate(target, source, f"{old.path}: changed on Dropbox during the move, "
+                        f"and another file took its name: that version is at {new.path}")
         raise Changed(f"{old.path}: changed on Dropbox during the move; left in place",
                       described(old.path, source, back.metadata))
 
