@@ -261,6 +261,25 @@ def test_the_local_driver_keeps_a_version_saved_between_its_check_and_its_rename
     assert os.listdir(backdoor.at("")) == ["notes.txt"]
 
 
+def after_first_look(monkeypatch: pytest.MonkeyPatch, ending: str,
+                     action: Callable[[], None]) -> list[str]:
+    """Wrap os.lstat (the local driver runs in this process): right after its first look
+    at a path ending in `ending`, `action` runs, once. The list returned holds that path
+    once it has."""
+    lstat = os.lstat
+    looked: list[str] = []
+
+    def look(path: Any, **kwargs: Any) -> os.stat_result:
+        try:
+            return lstat(path, **kwargs)
+        finally:
+            if str(path).endswith(ending) and not looked:
+                looked.append(str(path))
+                action()
+    monkeypatch.setattr(os, "lstat", look)
+    return looked
+
+
 @pytest.mark.parametrize("work", ["upload of a new file", "upload over a file", "move"])
 def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
         local_driver: Harness, monkeypatch: pytest.MonkeyPatch, work: str) -> None:
@@ -269,7 +288,6 @@ def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
     replace it), and the upload is a Conflict, the move a DriverError."""
     backdoor = local_driver.backdoor
     assert isinstance(backdoor, FolderBackdoor)
-    saved: list[str] = []
     args: tuple[Metadata, ...]
     if work == "move":
         md = local_driver.upload("old.txt", b"ours")
@@ -281,16 +299,8 @@ def test_the_local_driver_keeps_a_file_saved_between_its_look_and_its_rename(
         transfer.start()
         transfer.send()
         looked_at, args = "/notes.txt", (transfer.md,)
-    lstat = os.lstat
-
-    def saved_after(path: Any, **kwargs: Any) -> os.stat_result:
-        try:
-            return lstat(path, **kwargs)
-        finally:
-            if str(path).endswith(looked_at) and not saved:
-                saved.append(str(path))
-                backdoor.write("notes.txt", b"saved meanwhile")
-    monkeypatch.setattr(os, "lstat", saved_after)  # (the driver runs in this process)
+    saved = after_first_look(monkeypatch, looked_at,
+                             lambda: backdoor.write("notes.txt", b"saved meanwhile"))
     error = local_driver.failure("move_file" if work == "move" else "end_upload", *args)
     assert saved, "the driver never looked"
     if work == "move":
@@ -327,16 +337,9 @@ def test_the_local_driver_sets_attributes_only_on_the_version_it_checked(
             return fstat(fd)
         finally:
             save()
-
-    def saved_after_lstat(path: Any, **kwargs: Any) -> os.stat_result:
-        try:
-            return lstat(path, **kwargs)
-        finally:
-            if str(path).endswith("/notes.txt"):
-                save()
-    # (the driver runs in this process) whichever way the driver looks at the file
+    # whichever way the driver looks at the file
     monkeypatch.setattr(os, "fstat", saved_after_fstat)
-    monkeypatch.setattr(os, "lstat", saved_after_lstat)
+    after_first_look(monkeypatch, "/notes.txt", save)
     wanted = md.copy(mode=0o640, mtime_ns=md.mtime_ns + 10**9)
     local_driver.call("set_attrs", wanted)
     monkeypatch.undo()
@@ -358,17 +361,7 @@ def test_the_local_driver_puts_back_a_file_deleted_between_its_look_and_its_rena
                                      file_id=listed.file_id)
     transfer.start()
     transfer.send()
-    lstat = os.lstat
-    deleted: list[str] = []
-
-    def deleted_after(path: Any, **kwargs: Any) -> os.stat_result:
-        try:
-            return lstat(path, **kwargs)
-        finally:
-            if str(path).endswith("/notes.txt") and not deleted:
-                deleted.append(str(path))
-                backdoor.remove("notes.txt")
-    monkeypatch.setattr(os, "lstat", deleted_after)  # (the driver runs in this process)
+    deleted = after_first_look(monkeypatch, "/notes.txt", lambda: backdoor.remove("notes.txt"))
     transfer.end()
     assert deleted, "the driver never looked"
     assert backdoor.read("notes.txt") == b"ours"
