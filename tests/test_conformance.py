@@ -351,6 +351,22 @@ def test_the_local_driver_sets_attributes_only_on_the_version_it_checked(
     assert wanted.file_id == md.file_id != file_id(now), "their version was recorded as ours"
 
 
+def test_the_local_driver_leaves_a_link_that_took_a_folders_name(local_driver: Harness) -> None:
+    """set_attrs of a folder that a symbolic link replaced on the remote: the link is
+    left as it is (chmod through it would reach the link itself, or fail)."""
+    backdoor = local_driver.backdoor
+    assert isinstance(backdoor, FolderBackdoor)
+    folder(local_driver, "gone")
+    md = local_driver.listed("gone")
+    os.rmdir(backdoor.at("gone"))
+    os.symlink("elsewhere", backdoor.at("gone"))
+    before = os.lstat(backdoor.at("gone"))
+    error = local_driver.failure("set_attrs", md.copy(mode=0o700))
+    assert isinstance(error, DriverError), f"{type(error).__name__}: {error}"
+    now = os.lstat(backdoor.at("gone"))
+    assert (now.st_mode, now.st_ctime_ns) == (before.st_mode, before.st_ctime_ns)
+
+
 def test_the_local_driver_puts_back_a_file_deleted_between_its_look_and_its_rename(
         local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """As where it was deleted before the look: the upload puts the file back."""

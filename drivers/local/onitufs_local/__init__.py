@@ -397,7 +397,9 @@ def start(plug: Plug) -> None:
         fd = os.open(real(md.path), os.O_PATH | os.O_NOFOLLOW)
         try:
             st = os.fstat(fd)
-            if md.kind == "file" and not (stat.S_ISREG(st.st_mode) and is_version(st, md)):
+            same = stat.S_ISREG(st.st_mode) and is_version(st, md) if md.kind == "file" \
+                else stat.S_ISDIR(st.st_mode)  # (O_PATH opens a link itself, or a pipe)
+            if not same:
                 raise DriverError(f"{md.path}: changed on the remote; its attributes are "
                                   "left alone")
             pinned = f"/proc/self/fd/{fd}"
