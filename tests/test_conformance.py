@@ -351,20 +351,23 @@ def test_the_local_driver_sets_attributes_only_on_the_version_it_checked(
     assert wanted.file_id == md.file_id != file_id(now), "their version was recorded as ours"
 
 
-def test_the_local_driver_leaves_a_link_that_took_a_folders_name(local_driver: Harness) -> None:
-    """set_attrs of a folder that a symbolic link replaced on the remote: the link is
-    left as it is (chmod through it would reach the link itself, or fail)."""
-    backdoor = local_driver.backdoor
-    assert isinstance(backdoor, FolderBackdoor)
-    folder(local_driver, "gone")
-    md = local_driver.listed("gone")
-    os.rmdir(backdoor.at("gone"))
-    os.symlink("elsewhere", backdoor.at("gone"))
-    before = os.lstat(backdoor.at("gone"))
-    error = local_driver.failure("set_attrs", md.copy(mode=0o700))
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_set_attrs_leaves_a_link_that_took_a_folders_name(
+        kind: str, request: pytest.FixtureRequest) -> None:
+    """set_attrs of a folder that a symbolic link replaced on the remote: the link and
+    what it points to are left as they are (chmod through the link would reach the link
+    itself, or its target)."""
+    driver: Harness = request.getfixturevalue(f"{kind}_driver")
+    backdoor = driver.backdoor
+    target = driver.upload("target.txt", b"pointed at", mode=0o644)
+    folder(driver, "gone")
+    md = driver.listed("gone")
+    backdoor.remove("gone")
+    backdoor.symlink("target.txt", "gone")
+    error = driver.failure("set_attrs", md.copy(mode=0o700))
     assert isinstance(error, DriverError), f"{type(error).__name__}: {error}"
-    now = os.lstat(backdoor.at("gone"))
-    assert (now.st_mode, now.st_ctime_ns) == (before.st_mode, before.st_ctime_ns)
+    assert backdoor.kind("gone") == "symlink"
+    assert driver.listed("target.txt").mode & 0o7777 == target.mode & 0o7777
 
 
 def test_the_local_driver_puts_back_a_file_deleted_between_its_look_and_its_rename(

@@ -423,8 +423,8 @@ def start(plug: Plug) -> None:
             there = lstat(conn, path)
             if there is None:
                 raise DriverError(f"{md.path}: no longer on the remote")
+            refuse_attrs(md, there)  # (so the file opened below is no pipe, which would wait)
             if md.kind == "file":
-                refuse_attrs(md, there)  # (a file: no pipe, whose open would wait)
                 handle = open_to_set(conn, path)
                 if handle is not None:
                     set_attrs_through(conn, md, handle, attrs)
@@ -433,7 +433,12 @@ def start(plug: Plug) -> None:
             record(conn, path, md)
 
     def refuse_attrs(md: Metadata, there: Attrs) -> None:
-        if not stat.S_ISREG(there.mode or 0) or token(there) != md.revision:
+        """DriverError unless `there` is md's version of a file, or a folder for a folder
+        (SETSTAT follows a link: it would reach what the link points to)."""
+        mode = there.mode or 0
+        same = stat.S_ISREG(mode) and token(there) == md.revision if md.kind == "file" \
+            else stat.S_ISDIR(mode)
+        if not same:
             raise DriverError(f"{md.path}: changed on the remote; its attributes are left "
                               "alone")
 
