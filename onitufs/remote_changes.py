@@ -648,6 +648,9 @@ class RemoteChanges:
                   and (md.path in held or self._acceptable(source, md.path))}
         gone = [path for path in known if path not in listed]
         gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
+        # A new path may be a held one renamed that is left for the next listing (onitufs
+        # touched it meanwhile): taken now, the rename would travel as a copy and a delete.
+        held_back = {entry.fid for path, entry in held.items() if entry.fid and path not in known}
         # Each step may await a remote, during which the replicator may touch more
         # paths: `current` is asked again right before each change is applied.
         for path in sorted((p for p in listed if p not in known), key=_depth):
@@ -655,7 +658,9 @@ class RemoteChanges:
             if not current(path):
                 continue
             old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
-            if old is not None and renamed(known, listed, old, md):
+            if old is None and md.file_id in held_back:
+                skipped = True
+            elif old is not None and renamed(known, listed, old, md):
                 gone.remove(old)
                 await self.move_file(remote, old, md)
             elif not await self._take(source, md):
