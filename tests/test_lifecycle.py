@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,40 @@ def test_evicted_blocks_come_back_from_a_remote(make_cloud: MakeCloud) -> None:
     cloud.mount()  # a fresh kernel page cache: reads must go to the remote
     assert (cloud.mountpoint / "bigger-than-cache").read_bytes() == content
     assert cloud.status()["cache_bytes"] <= 2 * 1024 * 1024
+
+
+# Holds a write lease on a file, as Samba does for an oplock, until a program opening the
+# file asks for it (SIGIO), then lets go a moment later.
+LEASE_HOLDER = """
+import fcntl, os, signal, sys, time
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+signal.sigwait({signal.SIGIO})
+time.sleep(0.5)
+print("asked", flush=True)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+"""
+
+
+def test_a_read_waits_for_a_lease_on_the_remote_s_copy_to_be_let_go(
+        make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB")
+    cloud.mount()
+    content = cloud.write_evicted("leased", 4 * 1024 * 1024)
+    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, cloud.remotes["a"] / "leased"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        cloud.mount()
+        assert (cloud.mountpoint / "leased").read_bytes() == content
+        assert holder.stdout.readline() == "asked\n"
+        assert holder.wait(10) == 0
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_cache_never_evicts_what_is_not_uploaded(make_cloud: MakeCloud) -> None:

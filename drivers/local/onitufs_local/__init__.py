@@ -51,7 +51,26 @@ OPTIONS = ("path", "poll_interval")
 POLL_INTERVAL = "10m"  # the full listing of a watched folder: a safety net
 POLL = 2.0  # how often a folder that cannot be watched is listed, at most
 
+# How long a read waits for another program to let go of a lease on the file: longer than
+# the kernel's lease-break-time (45 s by default), after which it takes the lease back.
+LEASE_WAIT = 60.0
+LEASE_STEP = 0.05  # how often the open is tried again meanwhile
+
 log = logging.getLogger(__name__)
+
+
+def open_to_read(path: str, stopping: threading.Event) -> int:
+    """The file at `path`, opened to read. O_NONBLOCK: a named pipe put in its place would
+    keep the open, and the thread, waiting for a writer. The same flag fails the open with
+    EAGAIN where another program holds a write lease on the file (Samba's oplocks), and
+    asks it to let go: the open is tried again until it has, as a blocking open waits."""
+    deadline = time.monotonic() + LEASE_WAIT
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except BlockingIOError:
+            if time.monotonic() >= deadline or stopping.wait(LEASE_STEP):
+                raise
 
 
 def check(options: Options) -> None:
@@ -173,9 +192,7 @@ def start(plug: Plug) -> None:
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
         try:
-            # O_NONBLOCK: a named pipe put in the file's place would keep the open waiting
-            # for a writer, and the thread with it
-            fd = os.open(real(md.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = open_to_read(real(md.path), plug.stopping)
         except FileNotFoundError:
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
