@@ -282,7 +282,9 @@ def test_the_mount_s_version_stays_cached_while_an_edit_of_its_only_copy_is_in_d
         wait_for(lambda: lease_broken(copy), timeout=30, what="the edit to be read")
         (cloud.mountpoint / "other").write_bytes(other)  # the cache needs room for it
         cloud.wait_synced()  # and has it once `other` is uploaded
-        assert "cannot compare it with ours yet" in cloud.log
+        # (the driver's read waits a moment for the lease to be let go before it fails)
+        wait_for(lambda: "cannot compare it with ours yet" in cloud.log, timeout=30,
+                 what="the read of the edit to fail")
     both = sorted([content, edited])
     wait_for(lambda: versions(cloud.mountpoint, "only") == both, timeout=30,
              what="both versions in the mount")

@@ -51,9 +51,12 @@ OPTIONS = ("path", "poll_interval")
 POLL_INTERVAL = "10m"  # the full listing of a watched folder: a safety net
 POLL = 2.0  # how often a folder that cannot be watched is listed, at most
 
-# How long a read waits for another program to let go of a lease on the file: longer than
-# the kernel's lease-break-time (45 s by default), after which it takes the lease back.
-LEASE_WAIT = 60.0
+# How long a read waits for another program to let go of a lease on the file: a moment (a
+# Samba server asks its client to let go, which takes it a round trip), as the wait holds
+# one of the few threads the remote's calls run on, and the program reading in the mount.
+# The kernel takes a lease back only after lease-break-time (45 s by default); a read that
+# gives up before fails as it did, and the next one waits again.
+LEASE_WAIT = 2.0
 LEASE_STEP = 0.05  # how often the open is tried again meanwhile
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ def open_to_read(path: str, stopping: threading.Event) -> int:
     """The file at `path`, opened to read. O_NONBLOCK: a named pipe put in its place would
     keep the open, and the thread, waiting for a writer. The same flag fails the open with
     EAGAIN where another program holds a write lease on the file (Samba's oplocks), and
-    asks it to let go: the open is tried again until it has, as a blocking open waits."""
+    asks it to let go: the open is tried again until it has (LEASE_WAIT at most), as a
+    blocking open would wait."""
     deadline = time.monotonic() + LEASE_WAIT
     while True:
         try:
