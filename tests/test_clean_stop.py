@@ -16,7 +16,7 @@ import subprocess
 from onitufs.daemon import MAP_SIZE
 from onitufs.index import Index
 
-from .conftest import Cloud, MakeCloud, is_mounted, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, snapshot, wait_for
 
 UNCLEAN = "the last stop was not a clean one"
 
@@ -102,6 +102,58 @@ def test_a_file_unlinked_while_open_goes_at_the_stop_which_stays_clean(
     cloud.mount()
     assert sorted(os.listdir(cloud.mountpoint)) == ["kept"]
     cloud.umount()
+
+
+def nameless_inodes(cloud: Cloud) -> list[int]:
+    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
+    try:
+        with index.begin() as txn:
+            return [inode.ino for inode in index.all_inodes(txn) if inode.nlink == 0]
+    finally:
+        index.close()
+
+
+def test_files_removed_right_before_a_stop_or_a_kill_leave_no_nameless_inode(
+        make_cloud: MakeCloud) -> None:
+    """rm -rf has the kernel forget its files one by one, and their inodes are purged a batch
+    at a time a moment later: a stop right after purges what is left and stays clean; after
+    a kill -9 right after (one file still held open, so that something is surely left), the
+    next start purges it. The files stay removed, in the mount and on every remote, and
+    their blocks leave the cache."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "kept").write_bytes(b"kept")
+    for stop in ("umount", "kill -9"):
+        folder = cloud.mountpoint / "tree"
+        for n in range(300):
+            (folder / str(n % 10)).mkdir(parents=True, exist_ok=True)
+            (folder / str(n % 10) / f"f{n}").write_bytes(os.urandom(8192))
+        cloud.wait_synced()
+        assert cloud.status()["cache_bytes"] >= 300 * 8192
+        held = open(folder / "0" / "f0", "rb")  # noqa: SIM115 (held across the kill)
+        try:
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+            if stop == "umount":
+                held.close()
+                cloud.umount()
+                assert stopped_cleanly(cloud)
+                assert nameless_inodes(cloud) == []
+            else:
+                cloud.kill9()
+                subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
+                assert not stopped_cleanly(cloud)
+                assert nameless_inodes(cloud) != []  # at least the one held open
+        finally:
+            with contextlib.suppress(OSError):  # after the kill the mount is gone under it
+                held.close()
+        cloud.mount()
+        assert sorted(os.listdir(cloud.mountpoint)) == ["kept"]
+        assert cloud.status()["cache_bytes"] < 300 * 8192
+        cloud.wait_synced()
+        for remote in cloud.remotes.values():
+            assert snapshot(remote) == {"kept": ("file", b"kept")}
+    cloud.umount()
+    assert nameless_inodes(cloud) == []
 
 
 def test_a_kill_after_a_clean_start_leaves_the_recovery_to_run(make_cloud: MakeCloud) -> None:
