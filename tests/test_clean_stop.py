@@ -33,6 +33,15 @@ def stopped_cleanly(cloud: Cloud) -> bool:
         index.close()
 
 
+def nameless_inodes(cloud: Cloud) -> list[int]:
+    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
+    try:
+        with index.begin() as txn:
+            return [inode.ino for inode in index.all_inodes(txn) if inode.nlink == 0]
+    finally:
+        index.close()
+
+
 def test_a_clean_stop_is_marked_and_the_next_start_skips_recovery(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
@@ -93,33 +102,19 @@ def test_a_file_unlinked_while_open_goes_at_the_stop_which_stays_clean(
             held.close()
     subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
     assert stopped_cleanly(cloud)
-    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
-    try:
-        with index.begin() as txn:
-            assert [inode.ino for inode in index.all_inodes(txn) if inode.nlink == 0] == []
-    finally:
-        index.close()
+    assert nameless_inodes(cloud) == []
     cloud.mount()
     assert sorted(os.listdir(cloud.mountpoint)) == ["kept"]
     cloud.umount()
 
 
-def nameless_inodes(cloud: Cloud) -> list[int]:
-    index = Index(cloud.cache, MAP_SIZE, 1024 * 1024)
-    try:
-        with index.begin() as txn:
-            return [inode.ino for inode in index.all_inodes(txn) if inode.nlink == 0]
-    finally:
-        index.close()
-
-
 def test_files_removed_right_before_a_stop_or_a_kill_leave_no_nameless_inode(
         make_cloud: MakeCloud) -> None:
-    """rm -rf has the kernel forget its files one by one, and their inodes are purged a batch
-    at a time a moment later: a stop right after purges what is left and stays clean; after
-    a kill -9 right after (one file still held open, so that something is surely left), the
-    next start purges it. The files stay removed, in the mount and on every remote, and
-    their blocks leave the cache."""
+    """An inode rm -rf leaves nameless goes once the kernel forgets it: a stop right after
+    purges those the kernel still held and stays clean; after a kill -9 right after (one
+    file still held open, so that something is surely left), the next start purges them.
+    The files stay removed, in the mount and on every remote, and their blocks leave the
+    cache."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
     (cloud.mountpoint / "kept").write_bytes(b"kept")
