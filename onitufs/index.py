@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 import lmdb
 from sortedcontainers import SortedDict
 
-from . import cleanstop, lmdbcheck
+from . import cleanstop, compaction, lmdbcheck
 from .lru import LRU
 
 SCHEMA_VERSION = 3
@@ -61,6 +61,11 @@ _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "
 NO_HASH = b"\0" * 32
 UNREVISED = (1 << 64) - 1  # no revision has this number
 SEAL = 32  # the SHA-256 that leads every stored block
+
+
+def _put_clean_mark(txn: lmdb.Transaction, meta: lmdb._Database) -> None:
+    """The clean-stop mark: the number of its own transaction (see Index.mark_clean_stop)."""
+    txn.put(b"clean_stop", q(txn.id()), db=meta)
 
 
 class CacheError(Exception):
@@ -259,6 +264,8 @@ class Index:
         self._lock.truncate()
         self._lock.write(str(os.getpid()))
         self._lock.flush()
+        compaction.discard_leftover(path)
+        self._map_size = map_size
         env = None
         try:
             try:
@@ -323,10 +330,34 @@ class Index:
         except lmdb.Error:
             clean = False
         self.env.sync(True)
+        copy = None
+        if clean:
+            copy = compaction.compacted_copy(self.env, self.path, self.bytes_in_use(),
+                                             self._mark_copy)
         self.env.close()
+        if copy is not None:
+            compaction.swap_in(copy, self.path / "data.mdb")
         if clean:
             cleanstop.record(self.path / "data.mdb")
         self._lock.close()
+
+    def _mark_copy(self, folder: Path) -> None:
+        """Mark a copy of this index, made after its clean-stop mark, as stopped cleanly."""
+        env = lmdb.open(str(folder), map_size=self._map_size, max_dbs=len(_DBS), sync=True)
+        try:
+            with env.begin(write=True) as txn:
+                _put_clean_mark(txn, env.open_db(b"meta", txn=txn))
+        finally:
+            env.close()
+
+    def bytes_in_use(self) -> int:
+        """What data.mdb's pages in use hold; LMDB reuses the others before it grows it."""
+        env = self.env
+        with env.begin() as txn:
+            stats = [env.stat()] + [txn.stat(db) for db in self.db.values()]
+        pages = 2 + sum(stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+                        for stat in stats)  # 2: the meta pages
+        return pages * stats[0]["psize"]
 
     def mark_clean_stop(self) -> None:
         """Say that nothing is left for a crash recovery to do, as the last thing written.
@@ -345,7 +376,7 @@ class Index:
                                     for path, (_, entry) in known.items() if path) % SUM_MOD
             for rid, total in sums.items():
                 txn.put(MIRROR_SUM + _I.pack(rid), total.to_bytes(16), db=self.db["meta"])
-            txn.put(b"clean_stop", q(txn.id()), db=self.db["meta"])
+            _put_clean_mark(txn, self.db["meta"])
 
     def _mirror_sums(self) -> dict[int, tuple[int, int]]:
         with self.begin() as txn:

@@ -56,9 +56,5 @@ class CacheSpace:
     def _free_inside(self) -> int:
         """Pages of data.mdb that hold nothing now: LMDB reuses them before growing it."""
         env = self.index.env
-        used = 2  # the meta pages
-        with env.begin() as txn:
-            stats = [env.stat()] + [txn.stat(db) for db in self.index.db.values()]
-        for stat in stats:
-            used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
-        return max(0, env.info()["last_pgno"] + 1 - used) * stats[0]["psize"]
+        return max(0, (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+                   - self.index.bytes_in_use())

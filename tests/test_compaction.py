@@ -1,0 +1,153 @@
+"""A clean stop gives the cache's disk back: an index file that is mostly free pages (files
+deleted, or evicted once uploaded) is rewritten without them, and the next start trusts it
+as the clean stop left it. A kill during the copy leaves the old file whole; a disk
+without room for the copy, or one the copy finds full, leaves the file as it is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from onitufs.compaction import FOLDER
+
+from .conftest import Cloud, MakeCloud, is_mounted, small_disk, snapshot, wait_for
+from .test_clean_stop import UNCLEAN, stopped_cleanly
+
+MIB = 1024 * 1024
+CHECK_SKIPPED = "the index file is as the last clean stop left it"
+
+
+def data_file(cloud: Cloud) -> Path:
+    return cloud.cache / "data.mdb"
+
+
+def write_and_delete(cloud: Cloud, kept: int, deleted: int) -> bytes:
+    """A file of `kept` MiB stays; `deleted` MiB of files are written, uploaded and
+    deleted, leaving their pages free in the index file. Returns what was kept."""
+    content = os.urandom(kept * MIB)
+    (cloud.mountpoint / "kept").write_bytes(content)
+    for n in range(deleted // 16):
+        (cloud.mountpoint / f"gone{n}").write_bytes(os.urandom(16 * MIB))
+    cloud.wait_synced(60)
+    for n in range(deleted // 16):
+        (cloud.mountpoint / f"gone{n}").unlink()
+    return content
+
+
+def assert_kept(cloud: Cloud, content: bytes) -> None:
+    """The mount and every remote hold the kept file, and nothing else."""
+    assert os.listdir(cloud.mountpoint) == ["kept"]
+    assert (cloud.mountpoint / "kept").read_bytes() == content
+    cloud.wait_synced()
+    for remote in cloud.remotes.values():
+        assert snapshot(remote) == {"kept": ("file", content)}
+
+
+def test_a_clean_stop_compacts_an_index_file_that_is_mostly_free(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    content = write_and_delete(cloud, kept=8, deleted=160)
+    grown = os.stat(data_file(cloud)).st_size
+    assert grown >= 168 * MIB
+    cloud.umount()
+    assert "was compacted from" in cloud.log
+    assert os.stat(data_file(cloud)).st_size < 24 * MIB
+    assert not (cloud.cache / FOLDER).exists()
+    assert stopped_cleanly(cloud)
+    before = len(cloud.log)
+    cloud.mount()
+    assert UNCLEAN not in cloud.log[before:]
+    assert CHECK_SKIPPED in cloud.log[before:]
+    assert cloud.status()["cache_bytes"] >= 8 * MIB  # served from the copy's blocks
+    assert_kept(cloud, content)
+    (cloud.mountpoint / "after").write_bytes(b"written into the copy")
+    cloud.umount()
+    before = len(cloud.log)
+    cloud.mount()  # the copy's transaction numbers started again: its marks still hold
+    assert UNCLEAN not in cloud.log[before:]
+    assert (cloud.mountpoint / "after").read_bytes() == b"written into the copy"
+    cloud.umount()
+
+
+def test_a_file_mostly_in_use_is_not_copied(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    write_and_delete(cloud, kept=48, deleted=32)
+    cloud.umount()
+    assert "compact" not in cloud.log
+    assert os.stat(data_file(cloud)).st_size >= 80 * MIB
+
+
+def test_a_kill_during_the_copy_leaves_the_old_file_whole(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    content = write_and_delete(cloud, kept=96, deleted=192)
+    cloud.wait_synced()
+    grown = os.stat(data_file(cloud)).st_size
+    assert cloud.pid is not None
+    os.kill(cloud.pid, signal.SIGTERM)  # unmounts, flushes, then compacts as it closes
+    copy = cloud.cache / FOLDER / "data.mdb"
+    wait_for(copy.exists, timeout=60, interval=0.0005, what="the compacting copy to begin")
+    cloud.kill9()
+    assert copy.exists()  # killed before the copy took the file's place
+    assert os.stat(data_file(cloud)).st_size >= grown  # LMDB never shrinks its file
+    assert not is_mounted(cloud.mountpoint)
+    before = len(cloud.log)
+    cloud.mount()
+    assert not (cloud.cache / FOLDER).exists()
+    assert CHECK_SKIPPED not in cloud.log[before:]  # nothing vouched for the file: checked
+    assert_kept(cloud, content)
+    cloud.umount()  # this time the copy is made
+    assert "was compacted from" in cloud.log[before:]
+    assert os.stat(data_file(cloud)).st_size < 112 * MIB
+
+
+def test_a_disk_without_room_for_the_copy_keeps_the_file(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw"}, write_buffer="16 MiB")
+    with small_disk(cloud, cloud.cache, "256m"):
+        cloud.mount()
+        content = write_and_delete(cloud, kept=16, deleted=128)
+        grown = os.stat(data_file(cloud)).st_size
+        disk = os.statvfs(cloud.cache)
+        filler = cloud.cache / "filler"  # another program's, on the same disk
+        subprocess.run(["fallocate", "-l", str(disk.f_bavail * disk.f_frsize - 16 * MIB),
+                        filler], check=True)
+        cloud.umount()
+        assert "a compacting copy needs: left as it is" in cloud.log
+        assert os.stat(data_file(cloud)).st_size >= grown  # LMDB never shrinks its file
+        filler.unlink()
+        before = len(cloud.log)
+        cloud.mount()
+        assert CHECK_SKIPPED in cloud.log[before:]
+        assert_kept(cloud, content)
+        cloud.umount()  # with room again
+        assert "was compacted from" in cloud.log[before:]
+
+
+def test_a_copy_that_finds_the_disk_full_keeps_the_file(make_cloud: MakeCloud) -> None:
+    """The disk has room in bytes but no inode left (a tmpfs's nr_inodes): the copy's
+    folder cannot be made, the error is one line, and the file stays as it was."""
+    cloud = make_cloud({"a": "rw"})
+    with small_disk(cloud, cloud.cache, "256m,nr_inodes=64"):
+        cloud.mount()
+        content = write_and_delete(cloud, kept=16, deleted=96)
+        grown = os.stat(data_file(cloud)).st_size
+        fillers = cloud.cache / "fillers"
+        fillers.mkdir()
+        n = 0
+        try:
+            while True:
+                (fillers / str(n)).touch()
+                n += 1
+        except OSError:
+            pass
+        cloud.umount()
+        assert "was not compacted: [Errno 28] No space left on device" in cloud.log
+        assert os.stat(data_file(cloud)).st_size >= grown  # LMDB never shrinks its file
+        assert not (cloud.cache / FOLDER).exists()
+        subprocess.run(["rm", "-rf", str(fillers)], check=True)
+        cloud.mount()
+        assert_kept(cloud, content)
+        cloud.umount()
