@@ -23,6 +23,8 @@ from pathlib import Path
 
 import lmdb
 
+from . import durable
+
 log = logging.getLogger(__name__)
 
 FOLDER = "compacting"  # beside data.mdb: the copy while it is made
@@ -70,12 +72,7 @@ def swap_in(copy: Path, data_file: Path) -> None:
     """Put the copy in place of data_file, which nothing may have open, durably."""
     before = os.stat(data_file).st_size
     try:
-        os.replace(copy, data_file)
-        folder = os.open(data_file.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        durable.replace(copy, data_file)
     except OSError as error:
         log.warning("the cache file %s was not compacted: %s", data_file, error)
     else:

@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from onitufs import durable
+
 # The UUID of a remote is made from its configuration: two machines given the same
 # table talk to the same place, and their programs see the same UUID.
 NAMESPACE = uuid.UUID("6f1d3b2e-8a41-4c5e-9d0b-7e2f4a6c1b35")
@@ -34,12 +36,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    durable.replace(temp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
