@@ -7,7 +7,7 @@ space fragments and the file keeps growing past what it holds; a file larger tha
 cache, written and then uploaded, leaves it that large for good. A compacting copy
 (mdb_env_copy2 with MDB_CP_COMPACT) writes only the pages in use.
 
-The copy is made in a folder beside the file, made durable, then renamed over it: a crash
+The copy is made beside the file, made durable, then renamed over it: a crash
 at any point leaves the old file or the whole new one, and a copy a crash left half made
 is removed at the next open. It needs room on the disk for what is in use; without it, or
 if the copy fails, the file stays as it is.
@@ -15,9 +15,9 @@ if the copy fails, the file stays as it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from . import durable
 
 log = logging.getLogger(__name__)
 
-FOLDER = "compacting"  # beside data.mdb: the copy while it is made
+COPY = "data.mdb.compacting"  # beside data.mdb: the copy while it is made; + "-lock", its lock
 MIN_FREE = 64 * 1024**2  # free pages worth a copy, when at least what is in use
 RESERVE = 8 * 1024**2  # left free on the disk after the copy, for whatever else writes there
 MIB = 1024**2
@@ -35,16 +35,19 @@ MIB = 1024**2
 
 def discard_leftover(folder: Path) -> None:
     """Remove a copy that a crash or a failure left in the index's folder."""
-    shutil.rmtree(folder / FOLDER, ignore_errors=True)
+    for name in (COPY, COPY + "-lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
 
 
 def compacted_copy(env: lmdb.Environment, folder: Path, in_use: int,
                    mark: Callable[[Path], None]) -> Path | None:
     """A compacted copy of the index file in `folder`, made when its free pages are at
-    least what it uses and MIN_FREE, then marked by `mark` (called with the copy's folder:
+    least what it uses and MIN_FREE, then marked by `mark` (called with the copy's path:
     the copy's transaction numbers start again at 1); None when not worth it, or not
     possible (said in the log)."""
-    size = os.stat(folder / "data.mdb").st_size
+    found = os.stat(folder / "data.mdb")
+    size = found.st_size
     free = size - in_use
     if free < max(in_use, MIN_FREE):
         return None
@@ -56,16 +59,19 @@ def compacted_copy(env: lmdb.Environment, folder: Path, in_use: int,
         return None
     log.info("the cache file %s holds %d MiB of free pages: copying the %d MiB in use to "
              "compact it", folder / "data.mdb", free // MIB, in_use // MIB)
-    target = folder / FOLDER  # none left: the open of the index removed any
+    target = folder / COPY  # none left: the open of the index removed any
     try:
-        target.mkdir()
-        env.copy(str(target), compact=True)
+        copy = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, found.st_mode & 0o777)
+        try:
+            env.copyfd(copy, compact=True)
+        finally:
+            os.close(copy)
         mark(target)
     except (OSError, lmdb.Error) as error:
         log.warning("the cache file %s was not compacted: %s", folder / "data.mdb", error)
         discard_leftover(folder)
         return None
-    return target / "data.mdb"
+    return target
 
 
 def swap_in(copy: Path, data_file: Path) -> None:

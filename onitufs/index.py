@@ -341,9 +341,11 @@ class Index:
             cleanstop.record(self.path / "data.mdb")
         self._lock.close()
 
-    def _mark_copy(self, folder: Path) -> None:
-        """Mark a copy of this index, made after its clean-stop mark, as stopped cleanly."""
-        env = lmdb.open(str(folder), map_size=self._map_size, max_dbs=len(_DBS), sync=True)
+    def _mark_copy(self, copy: Path) -> None:
+        """Mark a copy of this index's file, made after its clean-stop mark, as stopped
+        cleanly; its lock file is beside it."""
+        env = lmdb.open(str(copy), map_size=self._map_size, max_dbs=len(_DBS), sync=True,
+                        subdir=False)
         try:
             with env.begin(write=True) as txn:
                 _put_clean_mark(txn, env.open_db(b"meta", txn=txn))

@@ -10,10 +10,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-from onitufs.compaction import FOLDER
+from onitufs.compaction import COPY
 
 from .conftest import Cloud, MakeCloud, is_mounted, small_disk, snapshot, wait_for
 from .test_clean_stop import UNCLEAN, stopped_cleanly
+from .test_full_disk import log as log_beside
+from .test_full_disk import mount as mount_logging_beside
 
 MIB = 1024 * 1024
 CHECK_SKIPPED = "the index file is as the last clean stop left it"
@@ -54,7 +56,7 @@ def test_a_clean_stop_compacts_an_index_file_that_is_mostly_free(make_cloud: Mak
     cloud.umount()
     assert "was compacted from" in cloud.log
     assert os.stat(data_file(cloud)).st_size < 24 * MIB
-    assert not (cloud.cache / FOLDER).exists()
+    assert not (cloud.cache / COPY).exists()
     assert stopped_cleanly(cloud)
     before = len(cloud.log)
     cloud.mount()
@@ -88,7 +90,7 @@ def test_a_kill_during_the_copy_leaves_the_old_file_whole(make_cloud: MakeCloud)
     grown = os.stat(data_file(cloud)).st_size
     assert cloud.pid is not None
     os.kill(cloud.pid, signal.SIGTERM)  # unmounts, flushes, then compacts as it closes
-    copy = cloud.cache / FOLDER / "data.mdb"
+    copy = cloud.cache / COPY
     wait_for(copy.exists, timeout=60, interval=0.0005, what="the compacting copy to begin")
     cloud.kill9()
     assert copy.exists()  # killed before the copy took the file's place
@@ -96,7 +98,7 @@ def test_a_kill_during_the_copy_leaves_the_old_file_whole(make_cloud: MakeCloud)
     assert not is_mounted(cloud.mountpoint)
     before = len(cloud.log)
     cloud.mount()
-    assert not (cloud.cache / FOLDER).exists()
+    assert not (cloud.cache / COPY).exists()
     assert CHECK_SKIPPED not in cloud.log[before:]  # nothing vouched for the file: checked
     assert_kept(cloud, content)
     cloud.umount()  # this time the copy is made
@@ -126,6 +128,46 @@ def test_a_disk_without_room_for_the_copy_keeps_the_file(make_cloud: MakeCloud) 
         assert "was compacted from" in cloud.log[before:]
 
 
+def fill(path: Path) -> None:
+    """Take every byte left on path's disk, as another program writing there would."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        size, step = 0, 64 * MIB
+        while step >= 4096:
+            try:
+                os.posix_fallocate(fd, size, step)
+                size += step
+            except OSError:
+                step //= 2
+    finally:
+        os.close(fd)
+
+
+def test_a_disk_filled_during_the_copy_keeps_the_file(make_cloud: MakeCloud) -> None:
+    """Another program takes the disk's last bytes as the copy begins: the copy fails, what
+    it wrote goes, and the file stays as it was, still trusted as the clean stop left it."""
+    cloud = make_cloud({"a": "rw"})
+    with small_disk(cloud, cloud.cache, "320m"):
+        mount_logging_beside(cloud)  # the log must not need the disk that fills
+        content = write_and_delete(cloud, kept=64, deleted=96)
+        grown = os.stat(data_file(cloud)).st_size
+        assert cloud.pid is not None
+        os.kill(cloud.pid, signal.SIGTERM)
+        wait_for((cloud.cache / COPY).exists, timeout=60, interval=0.0002,
+                 what="the compacting copy to begin")
+        fill(cloud.cache / "filler")
+        cloud.wait_daemon_exit()
+        assert "was not compacted" in log_beside(cloud)
+        assert os.stat(data_file(cloud)).st_size >= grown
+        assert not (cloud.cache / COPY).exists()
+        (cloud.cache / "filler").unlink()
+        before = len(log_beside(cloud))
+        mount_logging_beside(cloud)
+        assert UNCLEAN not in log_beside(cloud)[before:]
+        assert_kept(cloud, content)
+        cloud.umount()
+
+
 def test_a_copy_that_finds_the_disk_full_keeps_the_file(make_cloud: MakeCloud) -> None:
     """The disk has room in bytes but no inode left (a tmpfs's nr_inodes): the copy's
     folder cannot be made, the error is one line, and the file stays as it was."""
@@ -146,7 +188,7 @@ def test_a_copy_that_finds_the_disk_full_keeps_the_file(make_cloud: MakeCloud) -
         cloud.umount()
         assert "was not compacted: [Errno 28] No space left on device" in cloud.log
         assert os.stat(data_file(cloud)).st_size >= grown  # LMDB never shrinks its file
-        assert not (cloud.cache / FOLDER).exists()
+        assert not (cloud.cache / COPY).exists()
         subprocess.run(["rm", "-rf", str(fillers)], check=True)
         cloud.mount()
         assert_kept(cloud, content)
