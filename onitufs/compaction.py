@@ -34,21 +34,31 @@ MIB = 1024**2
 
 
 def discard_leftover(folder: Path) -> None:
-    """Remove a copy that a crash or a failure left in the index's folder."""
+    """Remove a copy that a crash or a failure left in the index's folder (one that cannot
+    be removed only keeps the next copy from being made, which says so)."""
     for name in (COPY, COPY + "-lock"):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             (folder / name).unlink()
 
 
-def compacted_copy(env: lmdb.Environment, folder: Path, in_use: int,
+def compacted_copy(env: lmdb.Environment, folder: Path, in_use: Callable[[], int],
                    mark: Callable[[Path], None]) -> Path | None:
     """A compacted copy of the index file in `folder`, made when its free pages are at
     least what it uses and MIN_FREE, then marked by `mark` (called with the copy's path:
     the copy's transaction numbers start again at 1); None when not worth it, or not
-    possible (said in the log)."""
+    possible (said in the log: a disk failing here leaves the file as it is)."""
+    try:
+        return _copy(env, folder, in_use(), mark)
+    except (OSError, lmdb.Error) as error:
+        log.warning("the cache file %s was not compacted: %s", folder / "data.mdb", error)
+        discard_leftover(folder)
+        return None
+
+
+def _copy(env: lmdb.Environment, folder: Path, in_use: int,
+          mark: Callable[[Path], None]) -> Path | None:
     found = os.stat(folder / "data.mdb")
-    size = found.st_size
-    free = size - in_use
+    free = found.st_size - in_use
     if free < max(in_use, MIN_FREE):
         return None
     disk = os.statvfs(folder)
@@ -60,28 +70,22 @@ def compacted_copy(env: lmdb.Environment, folder: Path, in_use: int,
     log.info("the cache file %s holds %d MiB of free pages: copying the %d MiB in use to "
              "compact it", folder / "data.mdb", free // MIB, in_use // MIB)
     target = folder / COPY  # none left: the open of the index removed any
+    copy = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, found.st_mode & 0o777)
     try:
-        copy = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, found.st_mode & 0o777)
-        try:
-            env.copyfd(copy, compact=True)
-        finally:
-            os.close(copy)
-        mark(target)
-    except (OSError, lmdb.Error) as error:
-        log.warning("the cache file %s was not compacted: %s", folder / "data.mdb", error)
-        discard_leftover(folder)
-        return None
+        env.copyfd(copy, compact=True)
+    finally:
+        os.close(copy)
+    mark(target)
     return target
 
 
 def swap_in(copy: Path, data_file: Path) -> None:
     """Put the copy in place of data_file, which nothing may have open, durably."""
-    before = os.stat(data_file).st_size
     try:
+        sizes = os.stat(data_file).st_size // MIB, os.stat(copy).st_size // MIB
         durable.replace(copy, data_file)
     except OSError as error:
-        log.warning("the cache file %s was not compacted: %s", data_file, error)
+        log.warning("putting the compacted cache file %s in place failed: %s", data_file, error)
     else:
-        log.info("the cache file %s was compacted from %d MiB to %d MiB", data_file,
-                 before // MIB, os.stat(data_file).st_size // MIB)
+        log.info("the cache file %s was compacted from %d MiB to %d MiB", data_file, *sizes)
     discard_leftover(data_file.parent)

@@ -332,7 +332,7 @@ class Index:
         self.env.sync(True)
         copy = None
         if clean:
-            copy = compaction.compacted_copy(self.env, self.path, self.bytes_in_use(),
+            copy = compaction.compacted_copy(self.env, self.path, self.bytes_in_use,
                                              self._mark_copy)
         self.env.close()
         if copy is not None:
