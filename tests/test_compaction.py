@@ -193,3 +193,22 @@ def test_a_copy_that_finds_the_disk_full_keeps_the_file(make_cloud: MakeCloud) -
         cloud.mount()
         assert_kept(cloud, content)
         cloud.umount()
+
+
+def test_a_cache_disk_gone_at_the_stop_leaves_the_daemon_to_exit(make_cloud: MakeCloud) -> None:
+    """The cache's disk is detached under the daemon (its open files still work, no path
+    does): the stop cannot weigh a copy, says so in one line, and the daemon exits, with
+    every remote holding what the mount held."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    with small_disk(cloud, cloud.cache, "256m"):
+        mount_logging_beside(cloud)
+        content = write_and_delete(cloud, kept=8, deleted=96)
+        cloud.wait_synced()
+        subprocess.run(["umount", "-l", str(cloud.cache)], check=True)
+        assert cloud.pid is not None
+        os.kill(cloud.pid, signal.SIGTERM)
+        cloud.wait_daemon_exit()
+        assert "was not compacted: [Errno 2] No such file or directory" in log_beside(cloud)
+        assert not is_mounted(cloud.mountpoint)
+        for remote in cloud.remotes.values():
+            assert snapshot(remote) == {"kept": ("file", content)}
