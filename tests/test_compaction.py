@@ -145,17 +145,25 @@ def fill(path: Path) -> None:
 
 def test_a_disk_filled_during_the_copy_keeps_the_file(make_cloud: MakeCloud) -> None:
     """Another program takes the disk's last bytes as the copy begins: the copy fails, what
-    it wrote goes, and the file stays as it was, still trusted as the clean stop left it."""
+    it wrote goes, and the file stays as it was, still trusted as the clean stop left it.
+    (The daemon is held still while the disk fills: a busy machine could otherwise let
+    the copy of 128 MiB end before the filler runs.)"""
     cloud = make_cloud({"a": "rw"})
-    with small_disk(cloud, cloud.cache, "320m"):
+    with small_disk(cloud, cloud.cache, "448m"):
         mount_logging_beside(cloud)  # the log must not need the disk that fills
-        content = write_and_delete(cloud, kept=64, deleted=96)
+        content = write_and_delete(cloud, kept=128, deleted=128)
         grown = os.stat(data_file(cloud)).st_size
-        assert cloud.pid is not None
-        os.kill(cloud.pid, signal.SIGTERM)
+        pid = cloud.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
         wait_for((cloud.cache / COPY).exists, timeout=60, interval=0.0002,
                  what="the compacting copy to begin")
-        fill(cloud.cache / "filler")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert os.stat(cloud.cache / COPY).st_size < 128 * MIB  # caught before its end
+            fill(cloud.cache / "filler")
+        finally:
+            os.kill(pid, signal.SIGCONT)
         cloud.wait_daemon_exit()
         assert "was not compacted" in log_beside(cloud)
         assert os.stat(data_file(cloud)).st_size >= grown
