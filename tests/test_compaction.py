@@ -12,7 +12,7 @@ from pathlib import Path
 
 from onitufs.compaction import COPY
 
-from .conftest import Cloud, MakeCloud, is_mounted, small_disk, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
 from .test_clean_stop import UNCLEAN, stopped_cleanly
 from .test_full_disk import log as log_beside
 from .test_full_disk import mount as mount_logging_beside
@@ -207,17 +207,21 @@ def test_a_copy_that_finds_the_disk_full_keeps_the_file(make_cloud: MakeCloud) -
 def test_a_cache_disk_gone_at_the_stop_leaves_the_daemon_to_exit(make_cloud: MakeCloud) -> None:
     """The cache's disk is detached under the daemon (its open files still work, no path
     does): the stop cannot weigh a copy, says so in one line, and the daemon exits, with
-    every remote holding what the mount held."""
+    every remote holding what the mount held; `onitufs umount` says it cannot tell what is
+    still queued instead of reading a new, empty cache in the folder under the disk."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
     with small_disk(cloud, cloud.cache, "256m"):
         mount_logging_beside(cloud)
         content = write_and_delete(cloud, kept=8, deleted=96)
         cloud.wait_synced()
         subprocess.run(["umount", "-l", str(cloud.cache)], check=True)
-        assert cloud.pid is not None
-        os.kill(cloud.pid, signal.SIGTERM)
-        cloud.wait_daemon_exit()
+        result = run("umount", cloud.mountpoint, check=False)
         assert "was not compacted: [Errno 2] No such file or directory" in log_beside(cloud)
         assert not is_mounted(cloud.mountpoint)
+        # nor does onitufs umount take the folder left under the disk for an empty cache
+        assert result.returncode == 2
+        assert result.stderr == (f"onitufs: {cloud.cache}: the cache cannot be read any more; "
+                                 "whether changes are still queued is unknown\n")
+        assert os.listdir(cloud.cache) == []
         for remote in cloud.remotes.values():
             assert snapshot(remote) == {"kept": ("file", content)}

@@ -53,7 +53,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise CommandError(f"{mountpoint}: cannot unmount: "
                            f"{result.stderr.strip() or 'fusermount3 failed'}")
     wait_for_exit(status["pid"])
-    index = Index(Path(status["cache"]), 2**40, 0)
+    cache = Path(status["cache"])
+    if not (cache / "data.mdb").is_file():  # its disk gone: opening would make a new index
+        print(f"onitufs: {cache}: the cache cannot be read any more; whether changes are still "
+              "queued is unknown", file=sys.stderr)
+        return 2
+    index = Index(cache, 2**40, 0)
     try:
         configured = {remote["name"] for remote in status["remotes"] if "w" in remote["mode"]}
         queued = {name: n for name, n in index.queued().items() if name in configured}
