@@ -1,7 +1,8 @@
 """A clean stop gives the cache's disk back: an index file that is mostly free pages (files
 deleted, or evicted once uploaded) is rewritten without them, and the next start trusts it
 as the clean stop left it. A kill during the copy leaves the old file whole; a disk
-without room for the copy, or one the copy finds full, leaves the file as it is."""
+without room for the copy, one the copy finds full, or one gone from under the cache
+leaves the file as it is, and the stop ends all the same."""
 
 from __future__ import annotations
 
