@@ -7,6 +7,7 @@ leaves the file as it is, and the stop ends all the same."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -71,6 +72,23 @@ def test_a_clean_stop_compacts_an_index_file_that_is_mostly_free(make_cloud: Mak
     cloud.mount()  # the copy's transaction numbers started again: its marks still hold
     assert UNCLEAN not in cloud.log[before:]
     assert (cloud.mountpoint / "after").read_bytes() == b"written into the copy"
+    cloud.umount()
+
+
+def test_a_file_larger_than_the_cache_leaves_no_large_index_file_once_evicted(
+        make_cloud: MakeCloud) -> None:
+    """Written whole into the cache, uploaded, then evicted down to cache.size: the stop
+    gives the disk back, and the file reads back whole from the remotes."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="32 MiB")
+    cloud.mount()
+    content = cloud.write_evicted("big", 160 * MIB)
+    compacted = re.search(r"was compacted from (\d+) MiB to (\d+) MiB", cloud.log)
+    assert compacted is not None
+    assert int(compacted[1]) >= 150  # the whole file was in the cache once
+    assert int(compacted[2]) < 48
+    assert os.stat(data_file(cloud)).st_size < 48 * MIB
+    cloud.mount()
+    assert (cloud.mountpoint / "big").read_bytes() == content
     cloud.umount()
 
 
