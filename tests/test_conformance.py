@@ -23,7 +23,7 @@ import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
-from onitufs_ssh.sftp import Session, SftpError
+from onitufs_ssh.sftp import ConnectionLost, Session, SftpError
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
@@ -462,6 +462,78 @@ def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(
     assert error.current.size == len(b"made meanwhile")
     transfer.abort()
     assert backdoor.read("notes.txt") == b"made meanwhile"
+
+
+def saving_at(name: bytes, backdoor: Any, *, before: bool) -> Callable[..., None]:
+    """Session.rename that, at the first rename from or onto `name`, lets another machine
+    save its version there by rename: `before` the driver's rename, or right after it."""
+    rename = Session.rename
+    saved: list[bytes] = []
+
+    def save() -> None:
+        saved.append(name)
+        backdoor.write("theirs.tmp", b"saved meanwhile")
+        backdoor.rename("theirs.tmp", name.decode())
+
+    def renaming(session: Session, old: bytes, new: bytes, replace: bool) -> None:
+        first = not saved and name in (old.rpartition(b"/")[2], new.rpartition(b"/")[2])
+        if first and before:
+            save()
+        rename(session, old, new, replace)
+        if first and not before:
+            save()
+    return renaming
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+def test_the_ssh_driver_never_replaces_a_version_saved_during_its_replace(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
+    """Another machine saves the file by rename as the upload of onitufs's next version
+    replaces the one it listed: right before the driver's first rename at that name (which
+    posix-rename would have replaced), or right after it (the name free). Theirs stays,
+    the upload is a Conflict describing it, and nothing is left under a hidden name."""
+    backdoor = ssh_driver.backdoor
+    first = ssh_driver.upload("notes.txt", b"listed")
+    names = backdoor.names()
+    transfer = ssh_driver.transfer("notes.txt", b"ours, next", revision=first.revision)
+    transfer.start()
+    transfer.send()
+    monkeypatch.setattr(Session, "rename", saving_at(b"notes.txt", backdoor, before=before))
+    error = ssh_driver.failure("end_upload", transfer.md)
+    monkeypatch.undo()
+    assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
+    assert error.current.size == len(b"saved meanwhile"), f"Conflict.current: {error.current}"
+    assert backdoor.read("notes.txt") == b"saved meanwhile"
+    transfer.abort()
+    assert backdoor.names() == names
+
+
+def test_the_ssh_driver_finishes_a_replace_cut_short_after_its_move_aside(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection is lost right after the listed version was moved aside (the name
+    empty on the server): the resumed upload puts onitufs's version in place and removes
+    the one aside."""
+    backdoor = ssh_driver.backdoor
+    first = ssh_driver.upload("notes.txt", b"listed")
+    names = backdoor.names()
+    transfer = ssh_driver.transfer("notes.txt", b"ours, next", revision=first.revision)
+    transfer.start()
+    transfer.send()
+    rename = Session.rename
+
+    def cut(session: Session, old: bytes, new: bytes, replace: bool) -> None:
+        rename(session, old, new, replace)
+        if old.endswith(b"/notes.txt"):
+            raise ConnectionLost("cut by the test")  # the driver drops the connection
+    monkeypatch.setattr(Session, "rename", cut)
+    error = ssh_driver.failure("end_upload", transfer.md)
+    monkeypatch.undo()
+    assert backdoor.kind("notes.txt") is None, f"not moved aside first ({error})"
+    transfer.resume()
+    transfer.send()
+    transfer.end()
+    assert backdoor.read("notes.txt") == b"ours, next"
+    assert backdoor.names() == names
 
 
 def test_the_ssh_driver_records_the_version_it_put_in_place(

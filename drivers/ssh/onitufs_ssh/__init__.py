@@ -11,8 +11,8 @@ default: 2 on a link with a round trip of 10 ms or more, else 1).
 The server's host key must be in known_hosts (see connect.py); `onitufs
 trust` shows it and adds it there once the user says yes (trust.py). Uploads go
 to a hidden temporary file beside the target, written in the background
-(uploads.py) and renamed into place when complete, atomically over the old
-version where the server has posix-rename@openssh.com. Reads pipeline their
+(uploads.py) and renamed into place when complete; the version it replaces
+is first moved aside and checked, as SFTP cannot replace on a condition. Reads pipeline their
 requests and read ahead on several connections (reading.py). Changes made
 on the server are found by listing it (listing.py): every 2 s after a change,
 backing off to poll_interval while nothing changes (poll).
@@ -247,17 +247,29 @@ def start(plug: Plug) -> None:
             if there is not None and token(there) != md.revision:
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
-            replace = there is not None and conn.sftp.has("posix-rename@openssh.com")
-            if there is not None and not replace:
-                conn.sftp.remove(target)  # no atomic replace on this server
+            # SFTP cannot replace on a condition: the version replaced is moved aside and
+            # checked first, so one another machine saves after the look is never the
+            # one replaced; the name is then free, and the upload takes it only if it
+            # still is.
+            try:
+                aside = None if md.revision is None else \
+                    set_aside(conn, md, target, there, "upload")
+            except Changed as changed:
+                raise Conflict(str(changed), changed.current) from None
             try:  # SFTP's plain rename never replaces: a file made there since stays
-                conn.sftp.rename(temp, target, replace=replace)
+                conn.sftp.rename(temp, target, replace=False)
             except SftpError:
-                made = None if replace else lstat(conn, target)
+                made = lstat(conn, target)
                 if made is None:
+                    if aside is not None:
+                        conn.sftp.rename(aside, target, replace=False)  # as it was
                     raise
+                if aside is not None:
+                    conn.sftp.remove(aside)  # the version the upload replaces
                 raise Conflict(f"{md.path}: made on the remote during the upload",
                                describe(md.path, made)) from None
+            if aside is not None:
+                conn.sftp.remove(aside)
             now = conn.sftp.fstat(handle)  # the file put in place, whatever has the name now
         except BaseException as error:
             if lost(error):
@@ -338,22 +350,41 @@ def start(plug: Plug) -> None:
         reads.forget(path)
 
     def delete_version(conn: Connection, md: Metadata, path: bytes, there: Attrs | None) -> None:
-        """Delete the file at path if it is md's version, moving it aside first: the
-        rename takes one file, which is then checked, so a version another machine saved
-        between the check and the delete is never what goes."""
-        aside = full(conn, aside_path(md))  # in path's folder, which inside_lstat checked
+        """Delete the file at path if it is md's version, moving it aside first, so a
+        version another machine saved between the check and the delete is never what
+        goes."""
         if there is not None:
             refuse_other_version(md, there, "delete")
+        aside = set_aside(conn, md, path, there, "delete")
+        if aside is not None:
+            conn.sftp.remove(aside)
+
+    def set_aside(conn: Connection, md: Metadata, path: bytes, there: Attrs | None,
+                  what: str) -> bytes | None:
+        """Move md's version from path (`there`: what a look found at it) to its aside
+        name, and return that name (None: nothing of md's is there). The rename takes
+        exactly one file, which is then checked: a version another machine saved at path
+        since the look is what moved, and goes back (keep_other_version raises Changed).
+        A delete or upload cut short after its move left md's version there already."""
+        aside = full(conn, aside_path(md))  # in path's folder, which inside_lstat checked
+        left = lstat(conn, aside)
+        if left is not None and there is not None:  # and md's version is at path again
+            keep_other_version(conn, md, left, aside, path, what, aside_path(md))
+            conn.sftp.remove(aside)
+        if there is not None:
             try:
-                conn.sftp.rename(path, aside, replace=False)
+                # rename(2) on the server where it has posix-rename: SFTP's own RENAME is,
+                # in OpenSSH's server, a link and an unlink of the name, which would take
+                # a version saved at it in between
+                conn.sftp.rename(path, aside, replace=True)
             except SftpError as error:
                 if error.errno != 2:
                     raise  # (2: deleted there meanwhile)
-        moved = lstat(conn, aside)  # (or left aside by a delete cut short)
+        moved = lstat(conn, aside)
         if moved is None:
-            return
-        keep_other_version(conn, md, moved, aside, path, "delete", aside_path(md))
-        conn.sftp.remove(aside)
+            return None
+        keep_other_version(conn, md, moved, aside, path, what, aside_path(md))
+        return aside
 
     def refuse_other_version(md: Metadata, there: Attrs, what: str) -> None:
         """Changed, before a delete or a move, where the file is not md's version."""
