@@ -20,7 +20,14 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import MakeCloud, run, snapshot
+import pytest
+
+pytest.register_assert_rewrite("tests.sshd")
+
+from .conftest import Cloud, MakeCloud, run, snapshot  # noqa: E402  (after the rewrite hook)
+from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+
+pytest_plugins = ["tests.sshd"]
 
 OURS = ["m0", "m1", "d0/m2", "d1/m3"]
 THEIRS = ["r0", "r1", "d0/r2", "d1/r3"]
@@ -29,20 +36,31 @@ OPS_PER_ROUND = 25
 
 
 class Contents:
-    """Every content either side wrote, each tagged so that no two are alike."""
+    """Every content either side wrote, each tagged so that no two are alike; with
+    `sized_apart`, no two of the same size either (SFTP tells versions apart by size and
+    whole-second time only: a save of the same size in the same second goes unseen)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sized_apart: bool = False) -> None:
         self.lock = threading.Lock()
         self.count = 0
         self.all: set[bytes] = set()
+        self.sized_apart = sized_apart
+        self.sizes: set[int] = set()
 
     def new(self, rng: random.Random, side: str, name: str) -> bytes:
         with self.lock:
             self.count += 1
             content = f"#{self.count} {side} {name}\n".encode() + rng.randbytes(
                 rng.choice([0, 100, 5000, 70000, 200000]))
-            self.all.add(content)
+            while self.sized_apart and len(content) in self.sizes:
+                content += b"."
+            self.add(content)
             return content
+
+    def add(self, content: bytes) -> None:
+        """(with the lock held)"""
+        self.all.add(content)
+        self.sizes.add(len(content))
 
 
 class Side:
@@ -80,12 +98,14 @@ class Side:
         elif kind == "append":
             old = self.last[name]
             assert old is not None
-            extra = rng.randbytes(rng.randrange(1, 90000))
+            with self.contents.lock:
+                extra = rng.randbytes(rng.randrange(1, 90000))
+                while self.contents.sized_apart and len(old + extra) in self.contents.sizes:
+                    extra += b"."
+                self.contents.add(old + extra)
             with open(self.root / name, "ab") as file:
                 file.write(extra)
             self.last[name] = old + extra
-            with self.contents.lock:
-                self.contents.all.add(old + extra)
         else:
             (self.root / name).unlink()
             self.last[name] = None
@@ -169,12 +189,23 @@ def settle(roots: list[Path], where: str) -> dict[str, tuple[str, bytes]]:
 
 
 def test_two_machines_write_one_tree(make_cloud: MakeCloud) -> None:
+    two_machines(make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB"), Contents())
+
+
+def test_two_machines_write_one_tree_through_an_ssh_server(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """The other machine saves in an SSH remote's folder on the server, where onitufs
+    replaces and deletes files only after moving them aside to check them."""
+    two_machines(make_ssh_cloud({"b": "rw"}, {"a": SshRemote(sshd)}, block_size="64 KiB"),
+                 Contents(sized_apart=True))
+
+
+def two_machines(cloud: Cloud, contents: Contents) -> None:
+    """The mount and a program in remote a's folder at work at once, in rounds."""
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     rounds = int(os.environ.get("ONITUFS_ROUNDS", 6))
     print(f"two writers: ONITUFS_SEED={seed} ONITUFS_ROUNDS={rounds}")
     rng = random.Random(seed)
-    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB")
-    contents = Contents()
     ours = Mount(cloud.mountpoint, "mount", OURS, contents, random.Random(rng.random()))
     theirs = Machine(cloud.remotes["a"], "remote", THEIRS, contents, random.Random(rng.random()))
     cloud.mount()
