@@ -23,7 +23,7 @@ import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
-from onitufs_ssh.sftp import ConnectionLost, Session, SftpError
+from onitufs_ssh.sftp import EXTENDED, RENAME, ConnectionLost, Reader, Session, SftpError
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
@@ -464,25 +464,43 @@ def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(
     assert backdoor.read("notes.txt") == b"made meanwhile"
 
 
-def saving_at(name: bytes, backdoor: Any, *, before: bool) -> Callable[..., None]:
-    """Session.rename that, at the first rename from or onto `name`, lets another machine
-    save its version there by rename: `before` the driver's rename, or right after it."""
-    rename = Session.rename
-    saved: list[bytes] = []
+def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
+                       before: Callable[[], None] = lambda: None,
+                       after: Callable[[], None] = lambda: None) -> list[bytes]:
+    """Call `before` as the driver sends its first rename from or onto `name` (alone or in
+    a pipeline: the driver runs in this process), and `after` once its answer came; the
+    list returned gets the rename's paths then."""
+    request, response = Session.request, Session.response
+    seen: list[bytes] = []
+    awaited: set[int] = set()
 
-    def save() -> None:
-        saved.append(name)
-        backdoor.write("theirs.tmp", b"saved meanwhile")
-        backdoor.rename("theirs.tmp", name.decode())
+    def paths(kind: int, payload: bytes) -> list[bytes]:
+        reader = Reader(payload)
+        if kind == EXTENDED and reader.string() != b"posix-rename@openssh.com":
+            return []
+        return [reader.string(), reader.string()] if kind in (RENAME, EXTENDED) else []
 
-    def renaming(session: Session, old: bytes, new: bytes, replace: bool) -> None:
-        first = not saved and name in (old.rpartition(b"/")[2], new.rpartition(b"/")[2])
-        if first and before:
-            save()
-        rename(session, old, new, replace)
-        if first and not before:
-            save()
-    return renaming
+    def requesting(session: Session, kind: int, payload: bytes, data: bytes = b"",
+                   later: bool = False) -> int:
+        renamed = paths(kind, payload)
+        first = not seen and any(path.rpartition(b"/")[2] == name for path in renamed)
+        if first:
+            seen.extend(renamed)
+            before()
+        request_id: int = request(session, kind, payload, data, later)
+        if first:
+            awaited.add(request_id)
+        return request_id
+
+    def responding(session: Session, request_id: int) -> Any:
+        answer = response(session, request_id)
+        if request_id in awaited:
+            awaited.discard(request_id)
+            after()
+        return answer
+    monkeypatch.setattr(Session, "request", requesting)
+    monkeypatch.setattr(Session, "response", responding)
+    return seen
 
 
 @pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
@@ -498,9 +516,14 @@ def test_the_ssh_driver_never_replaces_a_version_saved_during_its_replace(
     transfer = ssh_driver.transfer("notes.txt", b"ours, next", revision=first.revision)
     transfer.start()
     transfer.send()
-    monkeypatch.setattr(Session, "rename", saving_at(b"notes.txt", backdoor, before=before))
+
+    def save() -> None:
+        backdoor.write("theirs.tmp", b"saved meanwhile")
+        backdoor.rename("theirs.tmp", "notes.txt")
+    seen = at_first_rename_of(b"notes.txt", monkeypatch, **{"before" if before else "after": save})
     error = ssh_driver.failure("end_upload", transfer.md)
     monkeypatch.undo()
+    assert seen, "the driver renamed nothing"
     assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
     assert error.current.size == len(b"saved meanwhile"), f"Conflict.current: {error.current}"
     assert backdoor.read("notes.txt") == b"saved meanwhile"
@@ -519,15 +542,13 @@ def test_the_ssh_driver_finishes_a_replace_cut_short_after_its_move_aside(
     transfer = ssh_driver.transfer("notes.txt", b"ours, next", revision=first.revision)
     transfer.start()
     transfer.send()
-    rename = Session.rename
 
-    def cut(session: Session, old: bytes, new: bytes, replace: bool) -> None:
-        rename(session, old, new, replace)
-        if old.endswith(b"/notes.txt"):
-            raise ConnectionLost("cut by the test")  # the driver drops the connection
-    monkeypatch.setattr(Session, "rename", cut)
+    def cut() -> None:
+        raise ConnectionLost("cut by the test")  # the driver drops the connection
+    seen = at_first_rename_of(b"notes.txt", monkeypatch, after=cut)
     error = ssh_driver.failure("end_upload", transfer.md)
     monkeypatch.undo()
+    assert seen and seen[0].endswith(b"/notes.txt"), f"not moved aside first: {seen} ({error})"
     assert backdoor.kind("notes.txt") is None, f"not moved aside first ({error})"
     transfer.resume()
     transfer.send()
@@ -612,14 +633,10 @@ def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(
     moves the file aside goes back to its name."""
     md = ssh_driver.upload("notes.txt", b"listed")
     backdoor = ssh_driver.backdoor
-    rename = Session.rename
-
-    def saved_first(session: Session, old: bytes, new: bytes, replace: bool) -> None:
-        if old.endswith(b"/notes.txt"):
-            backdoor.write("notes.txt", b"saved meanwhile")
-        rename(session, old, new, replace)
-    monkeypatch.setattr(Session, "rename", saved_first)  # (the driver runs in this process)
+    seen = at_first_rename_of(b"notes.txt", monkeypatch,
+                              before=lambda: backdoor.write("notes.txt", b"saved meanwhile"))
     error = ssh_driver.failure("delete_file", md)
+    assert seen and seen[0].endswith(b"/notes.txt"), f"not moved aside: {seen}"
     assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
     assert error.current.size == len(b"saved meanwhile")
     assert backdoor.read("notes.txt") == b"saved meanwhile"

@@ -51,7 +51,22 @@ from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
-from .sftp import HANDLE, O_READ, OPENDIR, READDIR, REALPATH, Attrs, SftpError, pack_string
+from .sftp import (
+    ATTRS,
+    FSTAT,
+    HANDLE,
+    LSTAT,
+    O_READ,
+    OPENDIR,
+    READDIR,
+    REALPATH,
+    REMOVE,
+    STATUS,
+    Attrs,
+    SftpError,
+    pack_string,
+    succeeded,
+)
 from .trust import trust as trust  # the hook of `onitufs trust`
 from .uploads import Upload
 
@@ -239,10 +254,9 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{md.path}: the upload is not open (resume it first)")
         seconds = md.mtime_ns // 10**9
         try:
-            conn.sftp.fsetstat(handle, Attrs(size=md.size, mtime=seconds))
-            conn.sftp.fsync(handle)
             temp = upload.temp
-            conn.sftp.setstat(temp, Attrs(mode=md.mode & 0o7777))
+            conn.sftp.close_out(handle, temp, Attrs(size=md.size, mtime=seconds),
+                                md.mode & 0o7777)
             target, there = inside_lstat(conn, md.path)
             if there is not None and token(there) != md.revision:
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
@@ -268,9 +282,13 @@ def start(plug: Plug) -> None:
                     conn.sftp.remove(aside)  # the version the upload replaces
                 raise Conflict(f"{md.path}: made on the remote during the upload",
                                describe(md.path, made)) from None
-            if aside is not None:
-                conn.sftp.remove(aside)
-            now = conn.sftp.fstat(handle)  # the file put in place, whatever has the name now
+            # The version replaced goes (if it is not gone already), and the file put in
+            # place (whatever has the name now) is recorded, in one round trip.
+            removing = [(REMOVE, pack_string(aside), STATUS, md.path)] if aside else []
+            answers = conn.sftp.in_one_flight(
+                [*removing, (FSTAT, pack_string(handle), ATTRS, md.path)])
+            now = succeeded([answer for answer in answers
+                             if getattr(answer, "errno", None) != errno.ENOENT])[-1].attrs()
         except BaseException as error:
             if lost(error):
                 upload.drop_connection()
@@ -371,16 +389,19 @@ def start(plug: Plug) -> None:
         if left is not None and there is not None:  # and md's version is at path again
             keep_other_version(conn, md, left, aside, path, what, aside_path(md))
             conn.sftp.remove(aside)
-        if there is not None:
-            try:
-                # rename(2) on the server where it has posix-rename: SFTP's own RENAME is,
-                # in OpenSSH's server, a link and an unlink of the name, which would take
-                # a version saved at it in between
-                conn.sftp.rename(path, aside, replace=True)
-            except SftpError as error:
-                if error.errno != 2:
-                    raise  # (2: deleted there meanwhile)
-        moved = lstat(conn, aside)
+        if there is None:
+            moved = lstat(conn, aside)
+        else:
+            # rename(2) on the server where it has posix-rename: SFTP's own RENAME is, in
+            # OpenSSH's server, a link and an unlink of the name, which would take a
+            # version saved at it in between. What it moved is looked at in the same flight.
+            moving, looking = conn.sftp.in_one_flight([
+                conn.sftp.renaming(path, aside, replace=True),
+                (LSTAT, pack_string(aside), ATTRS, aside_path(md))])
+            if isinstance(moving, SftpError) and moving.errno != errno.ENOENT:
+                raise moving  # (ENOENT: deleted there meanwhile)
+            moved = None if isinstance(looking, SftpError) and looking.errno == errno.ENOENT \
+                else succeeded([looking])[0].attrs()
         if moved is None:
             return None
         keep_other_version(conn, md, moved, aside, path, what, aside_path(md))

@@ -68,6 +68,10 @@ class Attrs:
     gid: int | None = None
 
 
+# (request type, its payload, the answer type expected, what it is about for errors)
+Call = tuple[int, bytes, int, str]
+
+
 def refusal(code: int, message: str, what: str) -> SftpError:
     """The error for a status other than OK."""
     text = f"{what}: {message or 'failed'}"
@@ -288,16 +292,41 @@ class Session:
     def fsetstat(self, handle: bytes, attrs: Attrs) -> None:
         self._call(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS)
 
+    def in_one_flight(self, calls: list[Call]) -> list[Reader | SftpError]:
+        """Send the calls together and give each one's answer or refusal, in order: the
+        server takes one session's requests in the order sent, so each finds what the
+        ones before it did."""
+        sent = [(self.request(kind, payload, later=True), expected, what)
+                for kind, payload, expected, what in calls]
+        self.flush()
+        results: list[Reader | SftpError] = []
+        try:
+            for request_id, expected, what in sent:
+                try:
+                    results.append(self.check(request_id, expected, what))
+                except SftpError as error:
+                    results.append(error)
+        finally:
+            for request_id, _, _ in sent[len(results):]:
+                self.discard(request_id)
+        return results
+
     def fsetstat_then_fstat(self, handle: bytes, attrs: Attrs) -> Attrs:
         """fsetstat, and the attributes it left, in one round trip."""
-        setting = self.request(FSETSTAT, pack_string(handle) + pack_attrs(attrs), later=True)
-        reading = self.request(FSTAT, pack_string(handle))
-        try:
-            self.check(setting, STATUS, "fsetstat")
-        except BaseException:
-            self.discard(reading)
-            raise
-        return self.check(reading, ATTRS, "fstat").attrs()
+        return succeeded(self.in_one_flight([
+            (FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, "fsetstat"),
+            (FSTAT, pack_string(handle), ATTRS, "fstat")]))[1].attrs()
+
+    def close_out(self, handle: bytes, path: bytes, attrs: Attrs, mode: int) -> None:
+        """An upload's last steps before its rename, in one round trip: the size and time
+        set through its handle, its data made durable where the server can (fsync), and
+        its mode set at its path."""
+        what = path.decode(errors="replace")
+        syncing = [(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS,
+                    what)] if self.has("fsync@openssh.com") else []
+        succeeded(self.in_one_flight([
+            (FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, what), *syncing,
+            (SETSTAT, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS, what)]))
 
     def fsync(self, handle: bytes) -> None:
         if self.has("fsync@openssh.com"):
@@ -314,13 +343,16 @@ class Session:
                    path.decode(errors="replace"))
 
     def rename(self, old: bytes, new: bytes, replace: bool) -> None:
-        """Rename; with `replace`, atomically over what is at `new` (posix-rename@openssh.com)."""
+        self._call(*self.renaming(old, new, replace))
+
+    def renaming(self, old: bytes, new: bytes, replace: bool) -> Call:
+        """A rename; with `replace`, atomically over what is at `new`, with rename(2) on the
+        server (posix-rename@openssh.com) where it has it."""
         what = new.decode(errors="replace")
         if replace and self.has("posix-rename@openssh.com"):
-            self._call(EXTENDED, pack_string(b"posix-rename@openssh.com") + pack_string(old)
-                       + pack_string(new), STATUS, what)
-        else:
-            self._call(RENAME, pack_string(old) + pack_string(new), STATUS, what)
+            return (EXTENDED, pack_string(b"posix-rename@openssh.com") + pack_string(old)
+                    + pack_string(new), STATUS, what)
+        return (RENAME, pack_string(old) + pack_string(new), STATUS, what)
 
     def readlink(self, path: bytes) -> bytes:
         return self.named(self.request(READLINK, pack_string(path)), path.decode(errors="replace"))
@@ -423,6 +455,14 @@ class Session:
     def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> None:
         for request_id in self.write_requests(handle, offset, data):
             self.check(request_id, STATUS, "write")
+
+
+def succeeded(results: list[Reader | SftpError]) -> list[Reader]:
+    """The answers of in_one_flight, or the first refusal raised."""
+    for result in results:
+        if isinstance(result, SftpError):
+            raise result
+    return [result for result in results if isinstance(result, Reader)]
 
 
 def decode_names(answer: memoryview) -> list[tuple[bytes, Attrs]]:
