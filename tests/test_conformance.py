@@ -563,16 +563,14 @@ def test_the_ssh_driver_records_the_version_it_put_in_place(
     place: what end_upload records is the upload, not that save, which the listing then
     reports as a change."""
     backdoor = ssh_driver.backdoor
-    rename = Session.rename
 
-    def saved_after(session: Session, old: bytes, new: bytes, replace: bool) -> None:
-        rename(session, old, new, replace)
-        if new.endswith(b"/notes.txt"):
-            backdoor.write("theirs.tmp", b"saved meanwhile")
-            backdoor.rename("theirs.tmp", "notes.txt")
-    monkeypatch.setattr(Session, "rename", saved_after)  # (the driver runs in this process)
+    def save() -> None:
+        backdoor.write("theirs.tmp", b"saved meanwhile")
+        backdoor.rename("theirs.tmp", "notes.txt")
+    seen = at_first_rename_of(b"notes.txt", monkeypatch, after=save)
     md = ssh_driver.upload("notes.txt", b"ours")
     monkeypatch.undo()
+    assert seen, "the driver renamed nothing"
     theirs = ssh_driver.listed("notes.txt", lambda listed: listed.size == len(b"saved meanwhile"))
     assert md.size == len(b"ours") and md.revision != theirs.revision, \
         "the save made after the rename was recorded as the upload"

@@ -338,7 +338,7 @@ def test_a_large_upload_is_written_out_to_the_servers_disk_as_it_goes(
             # each part written out before the next is sent: the fsyncs come mid-upload
             wait_for(functools.partial(written_out, end), what=f"{end} bytes to be fsynced")
         upload.flush()
-        upload.close()
+        upload.close([])
     finally:
         upload.drop()
         pool.close()

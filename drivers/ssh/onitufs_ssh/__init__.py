@@ -55,7 +55,6 @@ from .sftp import (
     ATTRS,
     FSTAT,
     HANDLE,
-    LSTAT,
     O_READ,
     OPENDIR,
     READDIR,
@@ -64,6 +63,7 @@ from .sftp import (
     STATUS,
     Attrs,
     SftpError,
+    found,
     pack_string,
     succeeded,
 )
@@ -253,11 +253,20 @@ def start(plug: Plug) -> None:
         if conn is None or handle is None:
             raise DriverError(f"{md.path}: the upload is not open (resume it first)")
         seconds = md.mtime_ns // 10**9
+        sftp = conn.sftp
         try:
             temp = upload.temp
-            conn.sftp.close_out(handle, temp, Attrs(size=md.size, mtime=seconds),
-                                md.mode & 0o7777)
-            target, there = inside_lstat(conn, md.path)
+            aside = None if md.revision is None else full(conn, aside_path(md))
+            # The upload's last steps before its rename, and a look at its name and at
+            # what a replace cut short may have left aside, in one round trip.
+            closing = sftp.send_later(sftp.closing(handle, temp, Attrs(size=md.size, mtime=seconds),
+                                                   md.mode & 0o7777))
+            leftover = sftp.send_later([sftp.looking(aside, md.path)] if aside else [])
+            try:
+                target, there = inside_lstat(conn, md.path)
+            finally:
+                closed, left = sftp.answers(closing), sftp.answers(leftover)
+            succeeded(closed)
             if there is not None and token(there) != md.revision:
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
@@ -266,38 +275,37 @@ def start(plug: Plug) -> None:
             # one replaced; the name is then free, and the upload takes it only if it
             # still is.
             try:
-                aside = None if md.revision is None else \
-                    set_aside(conn, md, target, there, "upload")
+                moved = None if aside is None else \
+                    set_aside(conn, md, target, there, found(left[0]), "upload")
             except Changed as changed:
                 raise Conflict(str(changed), changed.current) from None
-            try:  # SFTP's plain rename never replaces: a file made there since stays
-                conn.sftp.rename(temp, target, replace=False)
-            except SftpError:
+            # (the file put in place, whatever has the name by the time it is recorded)
+            renamed, now = sftp.in_one_flight([sftp.renaming(temp, target, replace=False),
+                                               (FSTAT, pack_string(handle), ATTRS, md.path)])
+            if isinstance(renamed, SftpError):  # SFTP's RENAME never replaces
                 made = lstat(conn, target)
                 if made is None:
-                    if aside is not None:
-                        conn.sftp.rename(aside, target, replace=False)  # as it was
-                    raise
-                if aside is not None:
-                    conn.sftp.remove(aside)  # the version the upload replaces
+                    if moved is not None:
+                        sftp.rename(moved, target, replace=False)  # as it was
+                    raise renamed
+                if moved is not None:
+                    sftp.remove(moved)  # the version the upload replaces
                 raise Conflict(f"{md.path}: made on the remote during the upload",
                                describe(md.path, made)) from None
-            # The version replaced goes (if it is not gone already), and the file put in
-            # place (whatever has the name now) is recorded, in one round trip.
-            removing = [(REMOVE, pack_string(aside), STATUS, md.path)] if aside else []
-            answers = conn.sftp.in_one_flight(
-                [*removing, (FSTAT, pack_string(handle), ATTRS, md.path)])
-            now = succeeded([answer for answer in answers
-                             if getattr(answer, "errno", None) != errno.ENOENT])[-1].attrs()
+            put = succeeded([now])[0].attrs()
         except BaseException as error:
             if lost(error):
                 upload.drop_connection()
             raise
-        upload.close()
+        # The version replaced goes with the temporary file's close.
+        for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):
+            if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
+                log.warning("remote %s: %s: the version replaced is left at %s (%s)",
+                            plug.name, md.path, aside_path(md), answer)
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         reads.forget(target)
-        md.revision, md.file_id = token(now), None
+        md.revision, md.file_id = token(put), None
 
     @plug.handler()
     @guarded
@@ -373,35 +381,35 @@ def start(plug: Plug) -> None:
         goes."""
         if there is not None:
             refuse_other_version(md, there, "delete")
-        aside = set_aside(conn, md, path, there, "delete")
+        aside = set_aside(conn, md, path, there, lstat(conn, full(conn, aside_path(md))),
+                          "delete")
         if aside is not None:
             conn.sftp.remove(aside)
 
     def set_aside(conn: Connection, md: Metadata, path: bytes, there: Attrs | None,
-                  what: str) -> bytes | None:
+                  left: Attrs | None, what: str) -> bytes | None:
         """Move md's version from path (`there`: what a look found at it) to its aside
         name, and return that name (None: nothing of md's is there). The rename takes
         exactly one file, which is then checked: a version another machine saved at path
         since the look is what moved, and goes back (keep_other_version raises Changed).
-        A delete or upload cut short after its move left md's version there already."""
+        `left`: what is at the aside name already (a delete or upload cut short after its
+        move leaves md's version there)."""
         aside = full(conn, aside_path(md))  # in path's folder, which inside_lstat checked
-        left = lstat(conn, aside)
         if left is not None and there is not None:  # and md's version is at path again
             keep_other_version(conn, md, left, aside, path, what, aside_path(md))
             conn.sftp.remove(aside)
         if there is None:
-            moved = lstat(conn, aside)
+            moved = left
         else:
             # rename(2) on the server where it has posix-rename: SFTP's own RENAME is, in
             # OpenSSH's server, a link and an unlink of the name, which would take a
             # version saved at it in between. What it moved is looked at in the same flight.
             moving, looking = conn.sftp.in_one_flight([
                 conn.sftp.renaming(path, aside, replace=True),
-                (LSTAT, pack_string(aside), ATTRS, aside_path(md))])
+                conn.sftp.looking(aside, aside_path(md))])
             if isinstance(moving, SftpError) and moving.errno != errno.ENOENT:
                 raise moving  # (ENOENT: deleted there meanwhile)
-            moved = None if isinstance(looking, SftpError) and looking.errno == errno.ENOENT \
-                else succeeded([looking])[0].attrs()
+            moved = found(looking)
         if moved is None:
             return None
         keep_other_version(conn, md, moved, aside, path, what, aside_path(md))

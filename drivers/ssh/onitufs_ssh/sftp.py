@@ -70,6 +70,7 @@ class Attrs:
 
 # (request type, its payload, the answer type expected, what it is about for errors)
 Call = tuple[int, bytes, int, str]
+Sent = tuple[int, int, str]  # (request id, the answer type expected, what)
 
 
 def refusal(code: int, message: str, what: str) -> SftpError:
@@ -292,13 +293,15 @@ class Session:
     def fsetstat(self, handle: bytes, attrs: Attrs) -> None:
         self._call(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS)
 
-    def in_one_flight(self, calls: list[Call]) -> list[Reader | SftpError]:
-        """Send the calls together and give each one's answer or refusal, in order: the
-        server takes one session's requests in the order sent, so each finds what the
-        ones before it did."""
-        sent = [(self.request(kind, payload, later=True), expected, what)
+    def send_later(self, calls: list[Call]) -> list[Sent]:
+        """Send the calls with the next request that goes (or at flush); `answers` gives
+        what they were answered. The server takes one session's requests in the order
+        sent, so each finds what the ones before it did."""
+        return [(self.request(kind, payload, later=True), expected, what)
                 for kind, payload, expected, what in calls]
-        self.flush()
+
+    def answers(self, sent: list[Sent]) -> list[Reader | SftpError]:
+        """Each sent call's answer or refusal, in order."""
         results: list[Reader | SftpError] = []
         try:
             for request_id, expected, what in sent:
@@ -311,22 +314,29 @@ class Session:
                 self.discard(request_id)
         return results
 
+    def in_one_flight(self, calls: list[Call]) -> list[Reader | SftpError]:
+        """Send the calls together: each one's answer or refusal, in order."""
+        return self.answers(self.send_later(calls))
+
     def fsetstat_then_fstat(self, handle: bytes, attrs: Attrs) -> Attrs:
         """fsetstat, and the attributes it left, in one round trip."""
         return succeeded(self.in_one_flight([
             (FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, "fsetstat"),
             (FSTAT, pack_string(handle), ATTRS, "fstat")]))[1].attrs()
 
-    def close_out(self, handle: bytes, path: bytes, attrs: Attrs, mode: int) -> None:
-        """An upload's last steps before its rename, in one round trip: the size and time
-        set through its handle, its data made durable where the server can (fsync), and
-        its mode set at its path."""
+    def closing(self, handle: bytes, path: bytes, attrs: Attrs, mode: int) -> list[Call]:
+        """An upload's last steps before its rename: the size and time set through its
+        handle, its data made durable where the server can (fsync), its mode set at its
+        path."""
         what = path.decode(errors="replace")
         syncing = [(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS,
                     what)] if self.has("fsync@openssh.com") else []
-        succeeded(self.in_one_flight([
-            (FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, what), *syncing,
-            (SETSTAT, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS, what)]))
+        return [(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, what), *syncing,
+                (SETSTAT, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS, what)]
+
+    def looking(self, path: bytes, what: str) -> Call:
+        """An lstat, for in_one_flight (see found)."""
+        return (LSTAT, pack_string(path), ATTRS, what)
 
     def fsync(self, handle: bytes) -> None:
         if self.has("fsync@openssh.com"):
@@ -463,6 +473,15 @@ def succeeded(results: list[Reader | SftpError]) -> list[Reader]:
         if isinstance(result, SftpError):
             raise result
     return [result for result in results if isinstance(result, Reader)]
+
+
+def found(answer: Reader | SftpError) -> Attrs | None:
+    """The attributes an lstat was answered with; None where nothing is there."""
+    if isinstance(answer, SftpError):
+        if answer.errno == errno.ENOENT:
+            return None
+        raise answer
+    return answer.attrs()
 
 
 def decode_names(answer: memoryview) -> list[tuple[bytes, Attrs]]:

@@ -34,7 +34,6 @@ MiB once after a crash.)
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -45,7 +44,18 @@ from onitufs.plug import DriverError, RemoteUnavailable
 
 from .connect import Connection
 from .pool import Pool, lost
-from .sftp import O_CREAT, O_TRUNC, O_WRITE, STATUS, Attrs, SftpError
+from .sftp import (
+    CLOSE,
+    O_CREAT,
+    O_TRUNC,
+    O_WRITE,
+    STATUS,
+    Attrs,
+    Call,
+    Reader,
+    SftpError,
+    pack_string,
+)
 
 log = logging.getLogger(__name__)
 HELD_LIMIT = 16 * 1024 * 1024  # bytes queued or unacknowledged per upload
@@ -172,13 +182,20 @@ class Upload:
             self.error, self.error_lost = None, False
         return resumed
 
-    def close(self) -> None:
-        """Close the temporary file (once flushed) and give the connection back."""
+    def close(self, also: list[Call]) -> list[Reader | SftpError]:
+        """Close the temporary file (once flushed) and give the connection back; `also`
+        goes in the same round trip, and what it was answered is returned. The close's
+        own answer is not waited for (the file is in place, and written out)."""
         self._stop_senders()
+        answers: list[Reader | SftpError] = []
         if self.conn is not None and self.handle is not None:
-            with contextlib.suppress(SftpError):
-                self.conn.sftp.close_handle(self.handle)
+            sftp = self.conn.sftp
+            sent = sftp.send_later(also)
+            sftp.discard(sftp.request(CLOSE, pack_string(self.handle), later=True))
+            sftp.flush()
+            answers = sftp.answers(sent)
         self._release(False)
+        return answers
 
     def drop_connection(self) -> None:
         """The connection failed under the caller: let it go, keep the upload's state."""
