@@ -62,6 +62,8 @@ from .sftp import (
     REMOVE,
     STATUS,
     Attrs,
+    Call,
+    Reader,
     SftpError,
     found,
     pack_string,
@@ -256,16 +258,9 @@ def start(plug: Plug) -> None:
         sftp = conn.sftp
         try:
             temp = upload.temp
-            aside = None if md.revision is None else full(conn, aside_path(md))
-            # The upload's last steps before its rename, and a look at its name and at
-            # what a replace cut short may have left aside, in one round trip.
-            closing = sftp.send_later(sftp.closing(handle, temp, Attrs(size=md.size, mtime=seconds),
-                                                   md.mode & 0o7777))
-            leftover = sftp.send_later([sftp.looking(aside, md.path)] if aside else [])
-            try:
-                target, there = inside_lstat(conn, md.path)
-            finally:
-                closed, left = sftp.answers(closing), sftp.answers(leftover)
+            # (the upload's last steps before its rename go with the look)
+            target, there, left, closed = look_at(conn, md, sftp.closing(
+                handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777))
             succeeded(closed)
             if there is not None and token(there) != md.revision:
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
@@ -275,8 +270,8 @@ def start(plug: Plug) -> None:
             # one replaced; the name is then free, and the upload takes it only if it
             # still is.
             try:
-                moved = None if aside is None else \
-                    set_aside(conn, md, target, there, found(left[0]), "upload")
+                moved = None if md.revision is None else \
+                    set_aside(conn, md, target, there, left, "upload")
             except Changed as changed:
                 raise Conflict(str(changed), changed.current) from None
             # (the file put in place, whatever has the name by the time it is recorded)
@@ -366,23 +361,39 @@ def start(plug: Plug) -> None:
     @guarded
     def delete_file(md: Metadata) -> None:
         with pool.use() as conn:
-            path, there = inside_lstat(conn, md.path)
+            path, there, left, _ = look_at(conn, md, [])
             if there is not None and stat.S_ISDIR(there.mode or 0):
                 remove_folder(conn, md, path)
             elif there is not None and (md.revision is None or stat.S_ISLNK(there.mode or 0)):
                 conn.sftp.remove(path)
             elif md.revision is not None:
-                delete_version(conn, md, path, there)
+                delete_version(conn, md, path, there, left)
         reads.forget(path)
 
-    def delete_version(conn: Connection, md: Metadata, path: bytes, there: Attrs | None) -> None:
+    def look_at(conn: Connection, md: Metadata, ahead: list[Call]) -> \
+            tuple[bytes, Attrs | None, Attrs | None, list[Reader | SftpError]]:
+        """In one round trip: `ahead` (its answers are returned last), inside_lstat() of
+        md.path, and an lstat of its aside name (where md is a version of a file: what a
+        delete or upload cut short after its move left there)."""
+        sftp = conn.sftp
+        aside = [sftp.looking(full(conn, aside_path(md)), md.path)] \
+            if md.revision is not None else []
+        sent = sftp.send_later([*ahead, *aside])
+        try:
+            path, there = inside_lstat(conn, md.path)
+        finally:
+            answers = sftp.answers(sent)
+        left = found(answers.pop()) if aside else None
+        return path, there, left, answers
+
+    def delete_version(conn: Connection, md: Metadata, path: bytes, there: Attrs | None,
+                       left: Attrs | None) -> None:
         """Delete the file at path if it is md's version, moving it aside first, so a
         version another machine saved between the check and the delete is never what
         goes."""
         if there is not None:
             refuse_other_version(md, there, "delete")
-        aside = set_aside(conn, md, path, there, lstat(conn, full(conn, aside_path(md))),
-                          "delete")
+        aside = set_aside(conn, md, path, there, left, "delete")
         if aside is not None:
             conn.sftp.remove(aside)
 
