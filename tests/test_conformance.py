@@ -35,10 +35,10 @@ from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
     Metadata,
     aside_path,
 )
-from onitufs.testing.backdoor import FolderBackdoor  # noqa: E402
+from onitufs.testing.backdoor import Backdoor, FolderBackdoor  # noqa: E402
 from onitufs.testing.conformance import *  # noqa: E402, F403
 from onitufs.testing.conformance import folder, payload  # noqa: E402
-from onitufs.testing.harness import BLOCK, Harness, started  # noqa: E402
+from onitufs.testing.harness import BLOCK, Harness, Transfer, started  # noqa: E402
 
 from .annex_backdoor import AnnexBackdoor  # noqa: E402
 from .annex_programs import on_path, rclone_config  # noqa: E402
@@ -503,6 +503,25 @@ def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
     return seen
 
 
+def next_version_sent(driver: Harness) -> tuple[Transfer, set[str]]:
+    """notes.txt uploaded, then its next version sent but not ended; the remote's names
+    between the two."""
+    first = driver.upload("notes.txt", b"listed")
+    names = driver.backdoor.names()
+    transfer = driver.transfer("notes.txt", b"ours, next", revision=first.revision)
+    transfer.start()
+    transfer.send()
+    return transfer, names
+
+
+def saving_by_rename(backdoor: Backdoor) -> Callable[[], None]:
+    """Another machine's save of notes.txt, by rename as sync tools save."""
+    def save() -> None:
+        backdoor.write("theirs.tmp", b"saved meanwhile")
+        backdoor.rename("theirs.tmp", "notes.txt")
+    return save
+
+
 @pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
 def test_the_ssh_driver_never_replaces_a_version_saved_during_its_replace(
         ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
@@ -511,15 +530,8 @@ def test_the_ssh_driver_never_replaces_a_version_saved_during_its_replace(
     posix-rename would have replaced), or right after it (the name free). Theirs stays,
     the upload is a Conflict describing it, and nothing is left under a hidden name."""
     backdoor = ssh_driver.backdoor
-    first = ssh_driver.upload("notes.txt", b"listed")
-    names = backdoor.names()
-    transfer = ssh_driver.transfer("notes.txt", b"ours, next", revision=first.revision)
-    transfer.start()
-    transfer.send()
-
-    def save() -> None:
-        backdoor.write("theirs.tmp", b"saved meanwhile")
-        backdoor.rename("theirs.tmp", "notes.txt")
+    transfer, names = next_version_sent(ssh_driver)
+    save = saving_by_rename(backdoor)
     seen = at_first_rename_of(b"notes.txt", monkeypatch, **{"before" if before else "after": save})
     error = ssh_driver.failure("end_upload", transfer.md)
     monkeypatch.undo()
@@ -537,11 +549,7 @@ def test_the_ssh_driver_finishes_a_replace_cut_short_after_its_move_aside(
     empty on the server): the resumed upload puts onitufs's version in place and removes
     the one aside."""
     backdoor = ssh_driver.backdoor
-    first = ssh_driver.upload("notes.txt", b"listed")
-    names = backdoor.names()
-    transfer = ssh_driver.transfer("notes.txt", b"ours, next", revision=first.revision)
-    transfer.start()
-    transfer.send()
+    transfer, names = next_version_sent(ssh_driver)
 
     def cut() -> None:
         raise ConnectionLost("cut by the test")  # the driver drops the connection
@@ -562,12 +570,8 @@ def test_the_ssh_driver_records_the_version_it_put_in_place(
     """Another machine saves the file by rename right after end_upload put the upload in
     place: what end_upload records is the upload, not that save, which the listing then
     reports as a change."""
-    backdoor = ssh_driver.backdoor
-
-    def save() -> None:
-        backdoor.write("theirs.tmp", b"saved meanwhile")
-        backdoor.rename("theirs.tmp", "notes.txt")
-    seen = at_first_rename_of(b"notes.txt", monkeypatch, after=save)
+    seen = at_first_rename_of(b"notes.txt", monkeypatch,
+                              after=saving_by_rename(ssh_driver.backdoor))
     md = ssh_driver.upload("notes.txt", b"ours")
     monkeypatch.undo()
     assert seen, "the driver renamed nothing"
