@@ -12,8 +12,9 @@ The server's host key must be in known_hosts (see connect.py); `onitufs
 trust` shows it and adds it there once the user says yes (trust.py). Uploads go
 to a hidden temporary file beside the target, written in the background
 (uploads.py) and renamed into place when complete; the version it replaces
-is first moved aside and checked, as SFTP cannot replace on a condition. Reads pipeline their
-requests and read ahead on several connections (reading.py). Changes made
+is first moved aside and checked, as SFTP cannot replace on a condition.
+Reads pipeline their requests and read ahead on several connections
+(reading.py). Changes made
 on the server are found by listing it (listing.py): every 2 s after a change,
 backing off to poll_interval while nothing changes (poll).
 While the server cannot be reached, handlers raise RemoteUnavailable and the
