@@ -282,7 +282,7 @@ def start(plug: Plug) -> None:
                 made = lstat(conn, target)
                 if made is None:
                     if moved is not None:
-                        sftp.rename(moved, target, replace=False)  # as it was
+                        sftp.rename(moved, target)  # as it was
                     raise renamed
                 if moved is not None:
                     sftp.remove(moved)  # the version the upload replaces
@@ -441,7 +441,7 @@ def start(plug: Plug) -> None:
         if kind_of(attrs) == "file" and token(attrs) == md.revision:
             return
         try:  # SFTP's plain rename never replaces: a name taken since stays taken
-            conn.sftp.rename(moved, name, replace=False)
+            conn.sftp.rename(moved, name)
         except SftpError:
             raise DriverError(f"{md.path}: changed on the remote during the {what}, and "
                               f"another file took its name: that version is at {kept_at}") \
@@ -460,7 +460,7 @@ def start(plug: Plug) -> None:
             source, there = inside_lstat(conn, old.path)
             if checked and there is not None:
                 refuse_other_version(old, there, "move")
-            conn.sftp.rename(source, target, replace=False)
+            conn.sftp.rename(source, target)
             moved = conn.sftp.lstat(target)
             if checked:
                 keep_other_version(conn, old, moved, target, source, "move", new.path)

@@ -352,8 +352,9 @@ class Session:
         self._call(MKDIR, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS,
                    path.decode(errors="replace"))
 
-    def rename(self, old: bytes, new: bytes, replace: bool) -> None:
-        self._call(*self.renaming(old, new, replace))
+    def rename(self, old: bytes, new: bytes) -> None:
+        """SFTP's own RENAME, which never replaces."""
+        self._call(*self.renaming(old, new, replace=False))
 
     def renaming(self, old: bytes, new: bytes, replace: bool) -> Call:
         """A rename; with `replace`, atomically over what is at `new`, with rename(2) on the
