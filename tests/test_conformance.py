@@ -591,8 +591,7 @@ def test_the_ssh_driver_sets_attributes_only_on_the_version_it_checked(
     def save() -> None:
         if not saved:
             saved.append(True)
-            backdoor.write("theirs.tmp", b"saved meanwhile")
-            backdoor.rename("theirs.tmp", "notes.txt")
+            saving_by_rename(backdoor)()
 
     def saved_first(method: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
