@@ -127,8 +127,26 @@ def aside_path(md: Metadata) -> str:
     that what it moved is md's version before deleting it: a rename takes exactly one
     file, where a check and then a delete could delete a version another machine saved
     in between. Named after the version, so that a delete cut short finds it again."""
-    tag = hashlib.sha256(f"{md.revision}\0{md.file_id}".encode()).hexdigest()[:12]
-    return hidden_beside(md.path, f"deleting-{tag}")
+    return hidden_beside(md.path, _aside_tag(md.revision, md.file_id))
+
+
+def _aside_tag(revision: str | None, file_id: str | None) -> str:
+    return "deleting-" + hashlib.sha256(f"{revision}\0{file_id}".encode()).hexdigest()[:12]
+
+
+def left_aside_by_another(name: str, revision: str, file_id: str | None) -> str | None:
+    """For a hidden name in a folder (TEMP_SUFFIX) that is an aside name (aside_path)
+    where a file of `revision` and `file_id` now is, though the name was made for
+    another version: the name that version had (cut to the length hidden_beside keeps).
+    A move aside took a version another machine saved between a look and the move, and
+    a crash came before the check put it back: it is not onitufs's to delete. None for
+    any other name, the version set aside there among them."""
+    if not name.endswith(TEMP_SUFFIX):
+        return None
+    before, dot, tag = name.removesuffix(TEMP_SUFFIX).rpartition(".")
+    if not (dot and before.startswith(".") and len(before) > 1 and tag.startswith("deleting-")):
+        return None
+    return None if tag == _aside_tag(revision, file_id) else before[1:]
 
 
 def at_or_below(path: AnyStr, folder: AnyStr) -> bool:

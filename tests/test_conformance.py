@@ -733,3 +733,35 @@ def test_the_local_driver_finishes_a_delete_cut_short(local_driver: Harness,
     else:
         local_driver.call("delete_file", md)
         assert os.listdir(backdoor.at("")) == []
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+@pytest.mark.parametrize("aside", ["listed", "saved meanwhile", "saved, name taken"])
+def test_a_folder_delete_keeps_a_version_another_machine_left_aside(
+        kind: str, aside: str, request: pytest.FixtureRequest) -> None:
+    """A folder onitufs deletes holds only what a delete cut short after its move left
+    aside (another machine's crash, whose retry never comes here): the version that was
+    set aside goes with the folder; one saved in between, which the move took instead,
+    is not onitufs's to delete: it comes back under its name, or stays aside where
+    something took that name, and the folder stays."""
+    driver: Harness = request.getfixturevalue(f"{kind}_driver")
+    backdoor = driver.backdoor
+    folder(driver, "box")
+    md = driver.upload("box/notes.txt", b"listed")
+    backdoor.rename("box/notes.txt", aside_path(md))
+    hidden = aside_path(md).rpartition("/")[2]
+    if aside == "listed":
+        driver.call("delete_file", driver.listed("box"))
+        assert backdoor.kind("box") is None
+        return
+    backdoor.write(aside_path(md), b"saved meanwhile")
+    if aside == "saved, name taken":
+        backdoor.write("box/notes.txt", b"saved after")
+    driver.failure("delete_file", driver.listed("box"))
+    if aside == "saved, name taken":
+        assert backdoor.names("box") == {"notes.txt", hidden}
+        assert backdoor.read(aside_path(md)) == b"saved meanwhile"
+        assert backdoor.read("box/notes.txt") == b"saved after"
+    else:
+        assert backdoor.names("box") == {"notes.txt"}
+        assert backdoor.read("box/notes.txt") == b"saved meanwhile"

@@ -37,6 +37,7 @@ from onitufs.plug import (
     UploadFiles,
     aside_path,
     at_or_below,
+    left_aside_by_another,
     resume_at,
     upload_path,
     write_chunk,
@@ -329,8 +330,15 @@ def start(plug: Plug) -> None:
             if not all(is_file and name.endswith(TEMP_SUFFIX) for name, is_file in inside):
                 raise
             for name, _ in inside:
+                hidden = os.path.join(resolved(path), name)
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.lstat(hidden)
+                    own = left_aside_by_another(name, token(st), file_id(st))
+                    if own is not None:  # back in view, which keeps the folder
+                        move_back(hidden, os.path.join(resolved(path), own))
+                        continue
                 open_uploads.close(f"{md.path}/{name}")
-                remove_temp(os.path.join(resolved(path), name))
+                remove_temp(hidden)
             os.rmdir(path)
 
     def refuse_other_version(md: Metadata, st: os.stat_result, what: str) -> None:

@@ -23,6 +23,7 @@ poll reports the remote offline, retrying with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -43,11 +44,12 @@ from onitufs.plug import (
     RemoteUnavailable,
     aside_path,
     at_or_below,
+    left_aside_by_another,
     upload_path,
 )
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
-from .listing import Tree, describe, encode, kind_of, token
+from .listing import Tree, decode, describe, encode, kind_of, token
 from .pool import Pool, lost
 from .reading import OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
@@ -342,13 +344,18 @@ def start(plug: Plug) -> None:
             if error.errno == 2:
                 return
             inside = names_in(conn, path)
-            ours = [name for name, attrs in inside
+            ours = [(name, attrs) for name, attrs in inside
                     if stat.S_ISREG(attrs.mode or 0) and name.endswith(encode(TEMP_SUFFIX))]
             if not inside or len(ours) != len(inside):
                 raise
-        for name in ours:
+        for name, attrs in ours:
+            own = left_aside_by_another(decode(name), token(attrs), None)
+            if own is not None:  # back in view, which keeps the folder; a name taken since
+                with contextlib.suppress(SftpError):  # stays taken (SFTP's plain rename)
+                    conn.sftp.rename(path + b"/" + name, path + b"/" + encode(own))
+                continue
             with uploads_lock:
-                upload = uploads.pop(f"{md.path}/{name.decode('utf-8', 'surrogateescape')}", None)
+                upload = uploads.pop(f"{md.path}/{decode(name)}", None)
             if upload is not None:
                 upload.drop()
             try:

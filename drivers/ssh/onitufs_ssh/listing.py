@@ -59,6 +59,10 @@ def encode(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
+def decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 @dataclass(frozen=True)
 class _Folder:
     """What a walk found in one folder."""
@@ -150,7 +154,7 @@ class Tree:
             entries += decoded[folder] if folder in decoded else _decode(folder, raw)
         for md in entries:
             if md.kind == "symlink":
-                md.target = targets[md.path].decode("utf-8", "surrogateescape")
+                md.target = decode(targets[md.path])
         return entries
 
     def _read(self, folder: str, raw: list[memoryview],
@@ -188,7 +192,7 @@ def _decode(folder: str, answers: list[memoryview]) -> list[Metadata]:
 
 def _entry(folder: str, raw: bytes, attrs: Attrs) -> Metadata | None:
     """The Metadata of one entry of a folder, or None for what the listing leaves out."""
-    name = raw.decode("utf-8", "surrogateescape")
+    name = decode(raw)
     if name.endswith(TEMP_SUFFIX) or "/" in name or kind_of(attrs) is None:
         return None
     return describe(f"{folder}/{name}" if folder else name, attrs)
