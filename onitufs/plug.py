@@ -21,6 +21,7 @@ Plug is safe to call from any thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -28,6 +29,7 @@ import importlib.metadata
 import os
 import posixpath
 import re
+import secrets
 import shlex
 import sys
 import threading
@@ -40,6 +42,7 @@ from typing import Any, AnyStr, Literal, Protocol, TypeVar
 
 import trio
 
+from . import durable
 from .config import Config, ConfigError, Options
 
 ENTRY_POINT_GROUP = "onitufs.drivers"
@@ -122,16 +125,13 @@ def upload_path(md: Metadata) -> str:
     return hidden_beside(md.path, str(md.extra["upload"]))
 
 
-def aside_path(md: Metadata) -> str:
-    """Where a driver that cannot delete on a condition moves the file it deletes, to see
-    that what it moved is md's version before deleting it: a rename takes exactly one
-    file, where a check and then a delete could delete a version another machine saved
-    in between. Named after the version, so that a delete cut short finds it again."""
-    return hidden_beside(md.path, _aside_tag(md.revision, md.file_id))
+ASIDE = "deleting-"  # the aside names' tag: ASIDE, the version's, "-", the mount's
+ASIDE_OWNER = "aside-owner"  # the file in Plug.folder holding this mount's part of them
 
 
-def _aside_tag(revision: str | None, file_id: str | None) -> str:
-    return "deleting-" + hashlib.sha256(f"{revision}\0{file_id}".encode()).hexdigest()[:12]
+def _version_tag(revision: str | None, file_id: str | None) -> str:
+    """The part of an aside name (Plug.aside_path) that names the version set aside."""
+    return hashlib.sha256(f"{revision}\0{file_id}".encode()).hexdigest()[:12]
 
 
 def left_aside_by_another(name: str, revision: str, file_id: str | None) -> str | None:
@@ -139,14 +139,16 @@ def left_aside_by_another(name: str, revision: str, file_id: str | None) -> str 
     where a file of `revision` and `file_id` now is, though the name was made for
     another version: the name that version had (cut to the length hidden_beside keeps).
     A move aside took a version another machine saved between a look and the move, and
-    a crash came before the check put it back: it is not onitufs's to delete. None for
-    any other name, the version set aside there among them."""
+    a crash came before the check put it back (or a third save took the name): it is not
+    onitufs's to delete. None for any other name, the version set aside there among them,
+    by this mount or another."""
     if not name.endswith(TEMP_SUFFIX):
         return None
     before, dot, tag = name.removesuffix(TEMP_SUFFIX).rpartition(".")
-    if not (dot and before.startswith(".") and len(before) > 1 and tag.startswith("deleting-")):
+    if not (dot and before.startswith(".") and len(before) > 1 and tag.startswith(ASIDE)):
         return None
-    return None if tag == _aside_tag(revision, file_id) else before[1:]
+    made_for = tag.removeprefix(ASIDE).partition("-")[0]  # whichever mount made it
+    return None if made_for == _version_tag(revision, file_id) else before[1:]
 
 
 def at_or_below(path: AnyStr, folder: AnyStr) -> bool:
@@ -288,6 +290,8 @@ class Plug:
         # temporary files), inside the cache folder: it lasts as long as the cache does.
         # None where onitufs gives none (a driver run outside a mount).
         self.folder = folder
+        self._aside_lock = threading.Lock()
+        self._aside_owner: str | None = None
         self.stopping = threading.Event()
         self._sink = sink
         self._token = trio_token
@@ -354,6 +358,43 @@ class Plug:
             left = deadline - time.monotonic()
             if left <= 0 or self.stopping.wait(min(GIVE_WAY_STEP, left)):
                 return
+
+    def aside_path(self, md: Metadata) -> str:
+        """Where a driver that cannot delete or replace on a condition moves the file it
+        deletes or replaces, to see that what it moved is md's version before it goes: a
+        rename takes exactly one file, where a check and then a delete could delete a
+        version another machine saved in between. Named after the version, so that an
+        operation cut short finds it again, and after this mount (aside_owner), so that
+        two mounts taking the same version aside at once never share the name: one
+        would remove what the other moved there."""
+        return hidden_beside(md.path, f"{ASIDE}{_version_tag(md.revision, md.file_id)}-"
+                                      f"{self.aside_owner}")
+
+    @property
+    def aside_owner(self) -> str:
+        """This mount's part of its aside names: random, kept in the driver's folder, which
+        lasts as long as the cache does, so that a mount after a crash finds what it left
+        aside; this Plug's own where there is no folder (a driver run outside a mount)."""
+        with self._aside_lock:
+            if self._aside_owner is None:
+                self._aside_owner = self._kept_aside_owner()
+            return self._aside_owner
+
+    def _kept_aside_owner(self) -> str:
+        if self.folder is None:
+            return secrets.token_hex(4)
+        kept = self.folder / ASIDE_OWNER
+        with contextlib.suppress(FileNotFoundError):
+            owner = kept.read_text().strip()
+            if re.fullmatch("[0-9a-f]{8}", owner):
+                return owner
+        owner = secrets.token_hex(4)
+        made = kept.with_name(ASIDE_OWNER + ".new")
+        made.write_text(owner + "\n")
+        with made.open("rb") as file:
+            os.fsync(file.fileno())
+        durable.replace(made, kept)
+        return owner
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
-from onitufs_ssh.sftp import EXTENDED, RENAME, ConnectionLost, Reader, Session, SftpError
+from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, Session, SftpError
 
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
@@ -33,7 +34,6 @@ from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
     Conflict,
     DriverError,
     Metadata,
-    aside_path,
 )
 from onitufs.testing.backdoor import Backdoor, FolderBackdoor  # noqa: E402
 from onitufs.testing.conformance import *  # noqa: E402, F403
@@ -42,6 +42,7 @@ from onitufs.testing.harness import BLOCK, Harness, Transfer, started  # noqa: E
 
 from .annex_backdoor import AnnexBackdoor  # noqa: E402
 from .annex_programs import on_path, rclone_config  # noqa: E402
+from .conftest import wait_for  # noqa: E402
 from .dropbox_backdoor import DropboxBackdoor  # noqa: E402
 from .sshd import Sshd  # noqa: E402
 
@@ -138,13 +139,18 @@ def ssh_driver(request: pytest.FixtureRequest, small_disk: Path,
     server = conformance_sshd
     root = small_disk / "remote"
     root.mkdir()
-    table = {"driver": "ssh", "host": "127.0.0.1", "port": server.port, "user": server.user,
-             "path": str(root), "identity": str(server.user_key),
-             "known_hosts": str(server.known_hosts), "poll_interval": "0.1s"}
     # (a deviation waits for a report that cannot come: not for long, as it polls often)
-    with started(onitufs_ssh, table, SshBackdoor(root, small_disk / "ballast", server),
+    with started(onitufs_ssh, ssh_table(server, root),
+                 SshBackdoor(root, small_disk / "ballast", server),
                  base_dir=small_disk, report_timeout=3.0 if deviation else 20.0) as harness:
         yield harness
+
+
+def ssh_table(server: Sshd, root: Path) -> dict[str, Any]:
+    """The config table of an SSH remote of the folder `root` on `server`."""
+    return {"driver": "ssh", "host": "127.0.0.1", "port": server.port, "user": server.user,
+            "path": str(root), "identity": str(server.user_key),
+            "known_hosts": str(server.known_hosts), "poll_interval": "0.1s"}
 
 
 # What onitufs-drivers(7) promises that the annex driver does otherwise, on purpose: its test
@@ -464,6 +470,14 @@ def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(
     assert backdoor.read("notes.txt") == b"made meanwhile"
 
 
+def renamed_paths(kind: int, payload: bytes) -> list[bytes]:
+    """The two paths of an SFTP request if it is a rename (plain or posix-rename)."""
+    reader = Reader(payload)
+    if kind == EXTENDED and reader.string() != b"posix-rename@openssh.com":
+        return []
+    return [reader.string(), reader.string()] if kind in (RENAME, EXTENDED) else []
+
+
 def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
                        before: Callable[[], None] = lambda: None,
                        after: Callable[[], None] = lambda: None) -> list[bytes]:
@@ -474,15 +488,9 @@ def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
     seen: list[bytes] = []
     awaited: set[int] = set()
 
-    def paths(kind: int, payload: bytes) -> list[bytes]:
-        reader = Reader(payload)
-        if kind == EXTENDED and reader.string() != b"posix-rename@openssh.com":
-            return []
-        return [reader.string(), reader.string()] if kind in (RENAME, EXTENDED) else []
-
     def requesting(session: Session, kind: int, payload: bytes, data: bytes = b"",
                    later: bool = False) -> int:
-        renamed = paths(kind, payload)
+        renamed = renamed_paths(kind, payload)
         first = not seen and any(path.rpartition(b"/")[2] == name for path in renamed)
         if first:
             seen.extend(renamed)
@@ -543,11 +551,78 @@ def test_the_ssh_driver_never_replaces_a_version_saved_during_its_replace(
     assert backdoor.names() == names
 
 
+def test_two_mounts_replacing_one_version_at_once_keep_both(
+        ssh_driver: Harness, small_disk: Path, conformance_sshd: Sshd,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two mounts (two Plugs, each with its own folder) replace the version of notes.txt
+    both listed, on one server. Mount b looks, then mount a replaces the file and is
+    about to remove the listed version it moved aside when b moves what is at the name
+    (a's version) aside: a's removal comes between b's move and b's look at what it
+    moved. The aside names are each mount's own, so a removes only the listed version,
+    and b puts a's back and fails with a Conflict."""
+    backdoor = ssh_driver.backdoor
+    listed = ssh_driver.upload("notes.txt", b"listed")
+    names = backdoor.names()
+    with started(onitufs_ssh, ssh_table(conformance_sshd, small_disk / "remote"), backdoor,
+                 base_dir=small_disk, folder=small_disk / "drivers" / "other mount") as other:
+        theirs = other.transfer("notes.txt", b"b's version", revision=listed.revision)
+        theirs.start()
+        theirs.send()
+        ours = ssh_driver.transfer("notes.txt", b"a's version", revision=listed.revision)
+        ours.start()
+        ours.send()
+        a_aside = ssh_driver.plug.aside_path(listed)
+        b_renaming, a_removing, b_moved = (threading.Event() for _ in range(3))
+        request, response = Session.request, Session.response
+        b_rename: list[int] = []
+
+        def requesting(session: Session, kind: int, payload: bytes, data: bytes = b"",
+                       later: bool = False) -> int:
+            b_moves = not b_renaming.is_set() and any(
+                path.endswith(b"/notes.txt") for path in renamed_paths(kind, payload))
+            if b_moves:  # (b's end_upload runs first: its first rename is its move aside)
+                b_renaming.set()
+                a_removing.wait(20)
+            elif kind == REMOVE and Reader(payload).string().endswith(a_aside.encode()):
+                a_removing.set()
+                b_moved.wait(20)
+            request_id: int = request(session, kind, payload, data, later)
+            if b_moves:
+                b_rename.append(request_id)
+            return request_id
+
+        def responding(session: Session, request_id: int) -> Any:
+            answer = response(session, request_id)
+            if request_id in b_rename and not b_moved.is_set():
+                b_moved.set()
+                wait_for(lambda: backdoor.kind(a_aside) is None, 10,
+                         "a's removal of what it moved aside")
+            return answer
+        monkeypatch.setattr(Session, "request", requesting)
+        monkeypatch.setattr(Session, "response", responding)
+        failed: list[BaseException] = []
+        b_thread = threading.Thread(
+            target=lambda: failed.append(other.failure("end_upload", theirs.md)))
+        b_thread.start()
+        assert b_renaming.wait(20), "mount b did not rename"
+        ours.end()
+        b_thread.join(30)
+        monkeypatch.undo()
+        assert a_removing.is_set() and b_moved.is_set(), "not in the order the test sets"
+        assert backdoor.read("notes.txt") == b"a's version"
+        assert failed and isinstance(failed[0], Conflict), f"mount b: {failed}"
+        assert failed[0].current.size == len(b"a's version"), f"Conflict: {failed[0].current}"
+        theirs.abort()
+    assert backdoor.names() == names
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["connection lost", "then a crash"])
 def test_the_ssh_driver_finishes_a_replace_cut_short_after_its_move_aside(
-        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch, crash: bool) -> None:
     """The connection is lost right after the listed version was moved aside (the name
-    empty on the server): the resumed upload puts onitufs's version in place and removes
-    the one aside."""
+    empty on the server), and the mount may crash then too: the resumed upload puts
+    onitufs's version in place and removes the one aside (the aside name is the same
+    after a restart)."""
     backdoor = ssh_driver.backdoor
     transfer, names = next_version_sent(ssh_driver)
 
@@ -558,6 +633,8 @@ def test_the_ssh_driver_finishes_a_replace_cut_short_after_its_move_aside(
     monkeypatch.undo()
     assert seen and seen[0].endswith(b"/notes.txt"), f"not moved aside first: {seen} ({error})"
     assert backdoor.kind("notes.txt") is None, f"not moved aside first ({error})"
+    if crash:
+        ssh_driver.restart()
     transfer.resume()
     transfer.send()
     transfer.end()
@@ -641,7 +718,7 @@ def test_the_ssh_driver_keeps_a_version_saved_during_its_delete(
     assert isinstance(error, Changed), f"{type(error).__name__}: {error}"
     assert error.current.size == len(b"saved meanwhile")
     assert backdoor.read("notes.txt") == b"saved meanwhile"
-    assert backdoor.kind(aside_path(md)) is None
+    assert backdoor.kind(ssh_driver.plug.aside_path(md)) is None
 
 
 def test_the_dropbox_driver_keeps_a_version_saved_between_its_check_and_its_move(
@@ -703,7 +780,7 @@ def test_the_dropbox_driver_finishes_a_folder_delete_cut_short(dropbox_driver: H
     backdoor = dropbox_driver.backdoor
     if inside:
         backdoor.write("gone/theirs.txt", b"saved meanwhile")
-    backdoor.rename("gone", aside_path(md))
+    backdoor.rename("gone", dropbox_driver.plug.aside_path(md))
     dropbox_driver.unlisted("gone")
     if inside:
         dropbox_driver.failure("delete_file", md)
@@ -711,7 +788,7 @@ def test_the_dropbox_driver_finishes_a_folder_delete_cut_short(dropbox_driver: H
     else:
         dropbox_driver.call("delete_file", md)
         assert backdoor.kind("gone") is None
-    assert backdoor.kind(aside_path(md)) is None
+    assert backdoor.kind(dropbox_driver.plug.aside_path(md)) is None
 
 
 @pytest.mark.parametrize("aside", ["listed", "saved meanwhile"])
@@ -722,7 +799,7 @@ def test_the_local_driver_finishes_a_delete_cut_short(local_driver: Harness,
     md = local_driver.upload("notes.txt", b"listed")
     backdoor = local_driver.backdoor
     assert isinstance(backdoor, FolderBackdoor)
-    hidden = backdoor.at(aside_path(md))
+    hidden = backdoor.at(local_driver.plug.aside_path(md))
     os.rename(backdoor.at("notes.txt"), hidden)
     if aside != "listed":
         Path(hidden).write_bytes(b"saved meanwhile")
@@ -748,19 +825,20 @@ def test_a_folder_delete_keeps_a_version_another_machine_left_aside(
     backdoor = driver.backdoor
     folder(driver, "box")
     md = driver.upload("box/notes.txt", b"listed")
-    backdoor.rename("box/notes.txt", aside_path(md))
-    hidden = aside_path(md).rpartition("/")[2]
+    aside = driver.plug.aside_path(md)
+    backdoor.rename("box/notes.txt", aside)
+    hidden = aside.rpartition("/")[2]
     if aside == "listed":
         driver.call("delete_file", driver.listed("box"))
         assert backdoor.kind("box") is None
         return
-    backdoor.write(aside_path(md), b"saved meanwhile")
+    backdoor.write(aside, b"saved meanwhile")
     if aside == "saved, name taken":
         backdoor.write("box/notes.txt", b"saved after")
     driver.failure("delete_file", driver.listed("box"))
     if aside == "saved, name taken":
         assert backdoor.names("box") == {"notes.txt", hidden}
-        assert backdoor.read(aside_path(md)) == b"saved meanwhile"
+        assert backdoor.read(aside) == b"saved meanwhile"
         assert backdoor.read("box/notes.txt") == b"saved after"
     else:
         assert backdoor.names("box") == {"notes.txt"}

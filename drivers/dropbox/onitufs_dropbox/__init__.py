@@ -36,7 +36,7 @@ from dropbox import files
 from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped, aside_path
+from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
 
 from .auth import auth as auth  # the hook of `onitufs auth`
 from .auth import load_token
@@ -315,14 +315,14 @@ def start(plug: Plug) -> None:
         (it lands in the folder's place, or in the folder moved back)."""
         try:
             api.call(client().files_move_v2, tree.api_path(stored),
-                     tree.api_path(aside_path(md.copy(path=stored))), autorename=False)
+                     tree.api_path(plug.aside_path(md.copy(path=stored))), autorename=False)
         except ApiError as error:
             if not not_found(error):
                 raise
         delete_aside(md, stored)
 
     def delete_aside(md: Metadata, stored: str) -> None:
-        aside = aside_path(md.copy(path=stored))
+        aside = plug.aside_path(md.copy(path=stored))
         try:
             inside = api.call(client().files_list_folder, tree.api_path(aside), limit=1)
         except ApiError as error:

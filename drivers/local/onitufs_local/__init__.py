@@ -35,7 +35,6 @@ from onitufs.plug import (
     Plug,
     RemoteUnavailable,
     UploadFiles,
-    aside_path,
     at_or_below,
     left_aside_by_another,
     resume_at,
@@ -368,7 +367,7 @@ def start(plug: Plug) -> None:
         between the check and the delete is never what goes."""
         if md.revision is None:
             return
-        aside = real(aside_path(md))
+        aside = real(plug.aside_path(md))
         if st is not None:
             refuse_other_version(md, st, "delete")
             try:

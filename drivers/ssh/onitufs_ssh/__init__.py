@@ -42,7 +42,6 @@ from onitufs.plug import (
     Metadata,
     Plug,
     RemoteUnavailable,
-    aside_path,
     at_or_below,
     left_aside_by_another,
     upload_path,
@@ -299,7 +298,7 @@ def start(plug: Plug) -> None:
         for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):
             if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
                 log.warning("remote %s: %s: the version replaced is left at %s (%s)",
-                            plug.name, md.path, aside_path(md), answer)
+                            plug.name, md.path, plug.aside_path(md), answer)
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         reads.forget(target)
@@ -384,7 +383,7 @@ def start(plug: Plug) -> None:
         md.path, and an lstat of its aside name (where md is a version of a file: what a
         delete or upload cut short after its move left there)."""
         sftp = conn.sftp
-        aside = [sftp.looking(full(conn, aside_path(md)), md.path)] \
+        aside = [sftp.looking(full(conn, plug.aside_path(md)), md.path)] \
             if md.revision is not None else []
         sent = sftp.send_later([*ahead, *aside])
         try:
@@ -413,9 +412,9 @@ def start(plug: Plug) -> None:
         since the look is what moved, and goes back (keep_other_version raises Changed).
         `left`: what is at the aside name already (a delete or upload cut short after its
         move leaves md's version there)."""
-        aside = full(conn, aside_path(md))  # in path's folder, which inside_lstat checked
+        aside = full(conn, plug.aside_path(md))  # in path's folder, which inside_lstat checked
         if left is not None and there is not None:  # and md's version is at path again
-            keep_other_version(conn, md, left, aside, path, what, aside_path(md))
+            keep_other_version(conn, md, left, aside, path, what, plug.aside_path(md))
             conn.sftp.remove(aside)
         if there is None:
             moved = left
@@ -425,13 +424,13 @@ def start(plug: Plug) -> None:
             # version saved at it in between. What it moved is looked at in the same flight.
             moving, looking = conn.sftp.in_one_flight([
                 conn.sftp.renaming(path, aside, replace=True),
-                conn.sftp.looking(aside, aside_path(md))])
+                conn.sftp.looking(aside, plug.aside_path(md))])
             if isinstance(moving, SftpError) and moving.errno != errno.ENOENT:
                 raise moving  # (ENOENT: deleted there meanwhile)
             moved = found(looking)
         if moved is None:
             return None
-        keep_other_version(conn, md, moved, aside, path, what, aside_path(md))
+        keep_other_version(conn, md, moved, aside, path, what, plug.aside_path(md))
         return aside
 
     def refuse_other_version(md: Metadata, there: Attrs, what: str) -> None:
