@@ -478,25 +478,19 @@ def renamed_paths(kind: int, payload: bytes) -> list[bytes]:
     return [reader.string(), reader.string()] if kind in (RENAME, EXTENDED) else []
 
 
-def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
-                       before: Callable[[], None] = lambda: None,
-                       after: Callable[[], None] = lambda: None) -> list[bytes]:
-    """Call `before` as the driver sends its first rename from or onto `name` (alone or in
-    a pipeline: the driver runs in this process), and `after` once its answer came; the
-    list returned gets the rename's paths then."""
+def on_requests(monkeypatch: pytest.MonkeyPatch, sending: Callable[[int, bytes], bool],
+                answered: Callable[[], None]) -> None:
+    """Hook the driver's SFTP requests (it runs in this process, alone or in a pipeline):
+    sending(kind, payload) as each is about to go, and answered() once the answer came to
+    each for which sending returned True."""
     request, response = Session.request, Session.response
-    seen: list[bytes] = []
     awaited: set[int] = set()
 
     def requesting(session: Session, kind: int, payload: bytes, data: bytes = b"",
                    later: bool = False) -> int:
-        renamed = renamed_paths(kind, payload)
-        first = not seen and any(path.rpartition(b"/")[2] == name for path in renamed)
-        if first:
-            seen.extend(renamed)
-            before()
+        watched = sending(kind, payload)
         request_id: int = request(session, kind, payload, data, later)
-        if first:
+        if watched:
             awaited.add(request_id)
         return request_id
 
@@ -504,10 +498,27 @@ def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
         answer = response(session, request_id)
         if request_id in awaited:
             awaited.discard(request_id)
-            after()
+            answered()
         return answer
     monkeypatch.setattr(Session, "request", requesting)
     monkeypatch.setattr(Session, "response", responding)
+
+
+def at_first_rename_of(name: bytes, monkeypatch: pytest.MonkeyPatch, *,
+                       before: Callable[[], None] = lambda: None,
+                       after: Callable[[], None] = lambda: None) -> list[bytes]:
+    """Call `before` as the driver sends its first rename from or onto `name`, and
+    `after` once its answer came; the list returned gets the rename's paths then."""
+    seen: list[bytes] = []
+
+    def sending(kind: int, payload: bytes) -> bool:
+        renamed = renamed_paths(kind, payload)
+        first = not seen and any(path.rpartition(b"/")[2] == name for path in renamed)
+        if first:
+            seen.extend(renamed)
+            before()
+        return first
+    on_requests(monkeypatch, sending, after)
     return seen
 
 
@@ -573,11 +584,8 @@ def test_two_mounts_replacing_one_version_at_once_keep_both(
         ours.send()
         a_aside = ssh_driver.plug.aside_path(listed)
         b_renaming, a_removing, b_moved = (threading.Event() for _ in range(3))
-        request, response = Session.request, Session.response
-        b_rename: list[int] = []
 
-        def requesting(session: Session, kind: int, payload: bytes, data: bytes = b"",
-                       later: bool = False) -> int:
+        def sending(kind: int, payload: bytes) -> bool:
             b_moves = not b_renaming.is_set() and any(
                 path.endswith(b"/notes.txt") for path in renamed_paths(kind, payload))
             if b_moves:  # (b's end_upload runs first: its first rename is its move aside)
@@ -586,20 +594,13 @@ def test_two_mounts_replacing_one_version_at_once_keep_both(
             elif kind == REMOVE and Reader(payload).string().endswith(a_aside.encode()):
                 a_removing.set()
                 b_moved.wait(20)
-            request_id: int = request(session, kind, payload, data, later)
-            if b_moves:
-                b_rename.append(request_id)
-            return request_id
+            return b_moves
 
-        def responding(session: Session, request_id: int) -> Any:
-            answer = response(session, request_id)
-            if request_id in b_rename and not b_moved.is_set():
-                b_moved.set()
-                wait_for(lambda: backdoor.kind(a_aside) is None, 10,
-                         "a's removal of what it moved aside")
-            return answer
-        monkeypatch.setattr(Session, "request", requesting)
-        monkeypatch.setattr(Session, "response", responding)
+        def answered() -> None:
+            b_moved.set()
+            wait_for(lambda: backdoor.kind(a_aside) is None, 10,
+                     "a's removal of what it moved aside")
+        on_requests(monkeypatch, sending, answered)
         failed: list[BaseException] = []
         b_thread = threading.Thread(
             target=lambda: failed.append(other.failure("end_upload", theirs.md)))
