@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.metadata
+import logging
 import os
 import posixpath
 import re
@@ -44,6 +45,8 @@ import trio
 
 from . import durable
 from .config import Config, ConfigError, Options
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "onitufs.drivers"
 HANDLERS = (
@@ -290,8 +293,7 @@ class Plug:
         # temporary files), inside the cache folder: it lasts as long as the cache does.
         # None where onitufs gives none (a driver run outside a mount).
         self.folder = folder
-        self._aside_lock = threading.Lock()
-        self._aside_owner: str | None = None
+        self.aside_owner = self._kept_aside_owner()  # see aside_path
         self.stopping = threading.Event()
         self._sink = sink
         self._token = trio_token
@@ -370,31 +372,32 @@ class Plug:
         return hidden_beside(md.path, f"{ASIDE}{_version_tag(md.revision, md.file_id)}-"
                                       f"{self.aside_owner}")
 
-    @property
-    def aside_owner(self) -> str:
-        """This mount's part of its aside names: random, kept in the driver's folder, which
-        lasts as long as the cache does, so that a mount after a crash finds what it left
-        aside; this Plug's own where there is no folder (a driver run outside a mount)."""
-        with self._aside_lock:
-            if self._aside_owner is None:
-                self._aside_owner = self._kept_aside_owner()
-            return self._aside_owner
-
     def _kept_aside_owner(self) -> str:
+        """This mount's part of its aside names: random, kept in the driver's folder (which
+        lasts as long as the cache does), so that a mount after a crash finds what it left
+        aside. Read or made as the driver starts, before a full disk could stop it being
+        written when a delete needs it; this Plug's own where there is no folder (a driver
+        run outside a mount) or it cannot be kept."""
         if self.folder is None:
             return secrets.token_hex(4)
         kept = self.folder / ASIDE_OWNER
-        with contextlib.suppress(FileNotFoundError):
-            owner = kept.read_text().strip()
-            if re.fullmatch("[0-9a-f]{8}", owner):
-                return owner
-        owner = secrets.token_hex(4)
-        made = kept.with_name(ASIDE_OWNER + ".new")
-        made.write_text(owner + "\n")
-        with made.open("rb") as file:
-            os.fsync(file.fileno())
-        durable.replace(made, kept)
-        return owner
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                owner = kept.read_text().strip()
+                if re.fullmatch("[0-9a-f]{8}", owner):
+                    return owner
+            owner = secrets.token_hex(4)
+            made = kept.with_name(ASIDE_OWNER + ".new")
+            made.write_text(owner + "\n")
+            with made.open("rb") as file:
+                os.fsync(file.fileno())
+            durable.replace(made, kept)
+            return owner
+        except OSError as error:
+            log.warning("remote %s: %s cannot be kept (%s): a delete or replace cut short by "
+                        "a crash before the next mount leaves its aside file behind",
+                        self.name, kept, error)
+            return secrets.token_hex(4)
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

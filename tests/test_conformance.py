@@ -29,6 +29,7 @@ from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, S
 pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
 
 from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
+    ASIDE_OWNER,
     TEMP_SUFFIX,
     Changed,
     Conflict,
@@ -844,3 +845,18 @@ def test_a_folder_delete_keeps_a_version_another_machine_left_aside(
     else:
         assert backdoor.names("box") == {"notes.txt"}
         assert backdoor.read("box/notes.txt") == b"saved meanwhile"
+
+
+def test_a_delete_goes_where_the_aside_name_could_not_be_kept(
+        local_driver: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """The file holding a mount's part of its aside names is made as the driver starts:
+    on a disk full by then, the driver says it cannot keep it (a delete cut short by a
+    crash would leave its aside behind), and its deletes still go."""
+    md = local_driver.upload("notes.txt", b"listed")
+    (local_driver.folder / ASIDE_OWNER).unlink()
+    with local_driver.backdoor.disk_full():
+        local_driver.restart()
+        local_driver.call("delete_file", md)
+    assert local_driver.backdoor.kind("notes.txt") is None
+    assert not (local_driver.folder / ASIDE_OWNER).exists()
+    assert f"{ASIDE_OWNER} cannot be kept (" in caplog.text, caplog.text

@@ -262,7 +262,6 @@ class Harness:
 
     def start(self) -> None:
         """Start the driver, as a mount does; returns once it is ready and listed its remote."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the core makes it
         plug = self.plug
         listed = len(self.sink.listings)
         self._thread = threading.Thread(target=self._run, args=(plug,), daemon=True,
@@ -308,6 +307,7 @@ class Harness:
         self.start()
 
     def _new_plug(self) -> Plug:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the core makes it
         return Plug("conformance", self.options, self.sink, self.token, self.folder)
 
     def _crashed(self) -> str:
