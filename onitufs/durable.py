@@ -1,5 +1,5 @@
 """A rename that survives a power loss: the new name's folder is synced after it (the
-file's own content must be synced before)."""
+file's own content must be synced before); and a small file replaced so."""
 
 from __future__ import annotations
 
@@ -15,3 +15,18 @@ def replace(source: Path, target: Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace the file with `data`, durably: a crash leaves the old content or the new."""
+    temp = path.with_name(f".{path.name}.new")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    replace(temp, path)

@@ -387,11 +387,7 @@ class Plug:
                 if re.fullmatch("[0-9a-f]{8}", owner):
                     return owner
             owner = secrets.token_hex(4)
-            made = kept.with_name(ASIDE_OWNER + ".new")
-            made.write_text(owner + "\n")
-            with made.open("rb") as file:
-                os.fsync(file.fileno())
-            durable.replace(made, kept)
+            durable.write_atomically(kept, f"{owner}\n".encode())
             return owner
         except OSError as error:
             log.warning("remote %s: %s cannot be kept (%s): a delete or replace cut short by "

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onitufs.durable import write_atomically
+
 from .manifest import Tree, referenced, tree_from_json, tree_to_json
-from .state import read_json, write_atomically
+from .state import read_json
 
 
 @dataclass

@@ -11,32 +11,16 @@ in a file of its own, readable by its owner alone, the credentials it gave
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-from onitufs import durable
+from onitufs.durable import write_atomically
 
 # The UUID of a remote is made from its configuration: two machines given the same
 # table talk to the same place, and their programs see the same UUID.
 NAMESPACE = uuid.UUID("6f1d3b2e-8a41-4c5e-9d0b-7e2f4a6c1b35")
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace the file with `data`, durably: a crash leaves the old content or the new."""
-    temp = path.with_name(f".{path.name}.new")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    durable.replace(temp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

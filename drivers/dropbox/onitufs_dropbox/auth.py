@@ -17,6 +17,7 @@ from pathlib import Path
 from dropbox.oauth import DropboxOAuth2FlowNoRedirect
 
 from onitufs.config import ConfigError, Options
+from onitufs.durable import write_atomically
 
 from .settings import Settings, read
 
@@ -55,15 +56,7 @@ def load_token(settings: Settings) -> str:
 def save_token(path: Path, token: str) -> None:
     """Write the token file atomically, mode 0600 from its creation on."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.new")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, json.dumps({"refresh_token": token}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+    write_atomically(path, json.dumps({"refresh_token": token}).encode(), 0o600)
 
 
 def auth(options: Options, ask: Callable[[str], str]) -> str:

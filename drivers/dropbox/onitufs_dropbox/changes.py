@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 from dropbox import files
 from dropbox.exceptions import ApiError
 
+from onitufs.durable import write_atomically
 from onitufs.plug import Plug, RemoteUnavailable
 
 from .client import Api
@@ -186,9 +186,4 @@ class Watcher:
             return
         data = json.dumps({"root": self.tree.root, "cursor": self.cursor,
                            "nodes": self.tree.dump()}).encode()
-        temp = self.state.with_name(self.state.name + ".new")
-        with open(temp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, self.state)
+        write_atomically(self.state, data)
