@@ -2,7 +2,8 @@
 
 An upload that cannot finish (its source vanished, its file or folder was
 deleted meanwhile) removes its temp file, and a folder that holds nothing but
-onitufs's own temp files is deleted all the same.
+onitufs's own temp files is deleted all the same, but for a version another
+machine left at an aside name, which comes back.
 """
 
 from __future__ import annotations
@@ -106,6 +107,37 @@ def test_a_folder_holding_only_a_leftover_temp_file_is_deleted(make_cloud: MakeC
              what="the folder gone from every remote")
     assert cloud.umount().returncode == 0
 
+
+
+def test_a_folder_delete_brings_back_a_version_another_machine_left_aside(
+        make_cloud: MakeCloud) -> None:
+    """On remote b, another machine's delete of folder/x was cut short right after its
+    move aside, and what it moved was a version saved there in between: x is gone from
+    b's listing (a delete, taken in), that version hidden at the other machine's aside
+    name. The folder deleted in the mount then is not removed from b with that file: the
+    version comes back as folder/x, into the mount and onto every remote."""
+    cloud = make_cloud()
+    cloud.mount()
+    (cloud.mountpoint / "folder").mkdir()
+    (cloud.mountpoint / "folder" / "x").write_bytes(b"data")
+    cloud.wait_synced()
+    wait_for(lambda: all((r / "folder" / "x").exists() for r in cloud.remotes.values()),
+             what="the folder on every remote")
+    folder_b = cloud.remotes["b"] / "folder"
+    (folder_b / f".x.deleting-0123456789ab-0badc0de{TEMP_SUFFIX}").write_bytes(b"theirs")
+    (folder_b / "x").unlink()
+    wait_for(lambda: not (cloud.mountpoint / "folder" / "x").exists(),
+             what="b's delete of x taken in")
+    (cloud.mountpoint / "folder").rmdir()
+    wait_for(lambda: all((r / "folder" / "x").exists() for r in cloud.remotes.values())
+             and (cloud.mountpoint / "folder" / "x").exists(),
+             what="the version left aside back everywhere")
+    cloud.wait_synced()
+    assert (cloud.mountpoint / "folder" / "x").read_bytes() == b"theirs"
+    for remote in cloud.remotes.values():
+        assert (remote / "folder" / "x").read_bytes() == b"theirs", remote
+    assert [leftovers(remote) for remote in cloud.remotes.values()] == [[], [], []]
+    assert cloud.umount().returncode == 0
 
 def local_driver(root: Path) -> Plug:
     """The local driver's handlers for a folder, without a mount (its poll never runs)."""
