@@ -90,7 +90,8 @@ def test_files_that_live_briefly_on_a_remote_leave_nothing_behind(make_cloud: Ma
     assert cloud.umount().returncode == 0
 
 
-def test_a_folder_holding_only_a_leftover_temp_file_is_deleted(make_cloud: MakeCloud) -> None:
+def mounted_with_folder_x(make_cloud: MakeCloud) -> Cloud:
+    """A mounted cloud whose remotes all hold folder/x."""
     cloud = make_cloud()
     cloud.mount()
     (cloud.mountpoint / "folder").mkdir()
@@ -98,6 +99,11 @@ def test_a_folder_holding_only_a_leftover_temp_file_is_deleted(make_cloud: MakeC
     cloud.wait_synced()
     wait_for(lambda: all((r / "folder" / "x").exists() for r in cloud.remotes.values()),
              what="the folder on every remote")
+    return cloud
+
+
+def test_a_folder_holding_only_a_leftover_temp_file_is_deleted(make_cloud: MakeCloud) -> None:
+    cloud = mounted_with_folder_x(make_cloud)
     stray = cloud.remotes["b"] / "folder" / f".x.something{TEMP_SUFFIX}"
     stray.write_bytes(b"half an upload")
     (cloud.mountpoint / "folder" / "x").unlink()
@@ -116,13 +122,7 @@ def test_a_folder_delete_brings_back_a_version_another_machine_left_aside(
     b's listing (a delete, taken in), that version hidden at the other machine's aside
     name. The folder deleted in the mount then is not removed from b with that file: the
     version comes back as folder/x, into the mount and onto every remote."""
-    cloud = make_cloud()
-    cloud.mount()
-    (cloud.mountpoint / "folder").mkdir()
-    (cloud.mountpoint / "folder" / "x").write_bytes(b"data")
-    cloud.wait_synced()
-    wait_for(lambda: all((r / "folder" / "x").exists() for r in cloud.remotes.values()),
-             what="the folder on every remote")
+    cloud = mounted_with_folder_x(make_cloud)
     folder_b = cloud.remotes["b"] / "folder"
     (folder_b / f".x.deleting-0123456789ab-0badc0de{TEMP_SUFFIX}").write_bytes(b"theirs")
     (folder_b / "x").unlink()
