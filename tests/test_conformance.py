@@ -827,20 +827,20 @@ def test_a_folder_delete_keeps_a_version_another_machine_left_aside(
     backdoor = driver.backdoor
     folder(driver, "box")
     md = driver.upload("box/notes.txt", b"listed")
-    aside = driver.plug.aside_path(md)
-    backdoor.rename("box/notes.txt", aside)
-    hidden = aside.rpartition("/")[2]
+    aside_at = driver.plug.aside_path(md)
+    backdoor.rename("box/notes.txt", aside_at)
+    hidden = aside_at.rpartition("/")[2]
     if aside == "listed":
         driver.call("delete_file", driver.listed("box"))
         assert backdoor.kind("box") is None
         return
-    backdoor.write(aside, b"saved meanwhile")
+    backdoor.write(aside_at, b"saved meanwhile")
     if aside == "saved, name taken":
         backdoor.write("box/notes.txt", b"saved after")
     driver.failure("delete_file", driver.listed("box"))
     if aside == "saved, name taken":
         assert backdoor.names("box") == {"notes.txt", hidden}
-        assert backdoor.read(aside) == b"saved meanwhile"
+        assert backdoor.read(aside_at) == b"saved meanwhile"
         assert backdoor.read("box/notes.txt") == b"saved after"
     else:
         assert backdoor.names("box") == {"notes.txt"}
