@@ -412,9 +412,10 @@ def start(plug: Plug) -> None:
         since the look is what moved, and goes back (keep_other_version raises Changed).
         `left`: what is at the aside name already (a delete or upload cut short after its
         move leaves md's version there)."""
-        aside = full(conn, plug.aside_path(md))  # in path's folder, which inside_lstat checked
+        kept_at = plug.aside_path(md)
+        aside = full(conn, kept_at)  # in path's folder, which inside_lstat checked
         if left is not None and there is not None:  # and md's version is at path again
-            keep_other_version(conn, md, left, aside, path, what, plug.aside_path(md))
+            keep_other_version(conn, md, left, aside, path, what, kept_at)
             conn.sftp.remove(aside)
         if there is None:
             moved = left
@@ -424,13 +425,13 @@ def start(plug: Plug) -> None:
             # version saved at it in between. What it moved is looked at in the same flight.
             moving, looking = conn.sftp.in_one_flight([
                 conn.sftp.renaming(path, aside, replace=True),
-                conn.sftp.looking(aside, plug.aside_path(md))])
+                conn.sftp.looking(aside, kept_at)])
             if isinstance(moving, SftpError) and moving.errno != errno.ENOENT:
                 raise moving  # (ENOENT: deleted there meanwhile)
             moved = found(looking)
         if moved is None:
             return None
-        keep_other_version(conn, md, moved, aside, path, what, plug.aside_path(md))
+        keep_other_version(conn, md, moved, aside, path, what, kept_at)
         return aside
 
     def refuse_other_version(md: Metadata, there: Attrs, what: str) -> None:
