@@ -1,12 +1,18 @@
-"""A dead mount is easy to clean, a wrong path is named for what it is, and a reader that
-goes away early (`onitufs status MNT | head -1`) gets no traceback."""
+"""A dead mount is easy to clean, one whose daemon does not answer is said to be so, a
+wrong path is named for what it is, and a reader that goes away early (`onitufs status MNT
+| head -1`) gets no traceback."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
+
+from onitufs.cli.common import ANSWER_WAIT
 
 from .conftest import ONITUFS, MakeCloud, is_mounted, run, wait_for
 
@@ -45,6 +51,56 @@ def test_umount_detaches_a_mount_whose_daemon_died(make_cloud: MakeCloud) -> Non
     assert cloud.umount().returncode == 0
     for remote in cloud.remotes.values():
         assert (remote / "queued").read_bytes() == b"not uploaded yet"
+
+
+def test_umount_and_status_say_that_a_stopped_daemon_is_stopped(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="60s")
+    cloud.mount()
+    (cloud.mountpoint / "queued").write_bytes(b"not uploaded yet")
+    wait_for(lambda: cloud.status()["unsaved_bytes"] == 0, what="the write to reach the index")
+    pid = cloud.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # as Ctrl-Z does to `onitufs mount -f`
+    try:
+        for command in ("status", "umount"):
+            started = time.monotonic()
+            result = run(command, cloud.mountpoint, check=False)
+            assert result.returncode == 1, (command, result.stderr)
+            assert one_line(result) == (f"onitufs: {cloud.mountpoint}: the daemon of this mount "
+                                        f"(pid {pid}) is stopped: `kill -CONT {pid}` lets it go on")
+            assert time.monotonic() - started < ANSWER_WAIT / 2, "said at once, not timed out"
+            assert is_mounted(cloud.mountpoint), "left as it is"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert cloud.umount().returncode == 0
+    for remote in cloud.remotes.values():
+        assert (remote / "queued").read_bytes() == b"not uploaded yet"
+
+
+def test_status_and_umount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
+    """A daemon that took the request and never answers holds whoever made it (no signal
+    ends that wait): the commands say so after ANSWER_WAIT and end, the mount left."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    config = tmp_path / "onitufs.toml"
+    config.write_text('[cache]\npath = "cache"\n\n[remotes.a]\ndriver = "local"\npath = "a"\n')
+    hung = subprocess.Popen([sys.executable, "-m", "tests.hung_daemon", str(mountpoint),
+                             str(config)], cwd=Path(__file__).parent.parent)
+    try:
+        wait_for(lambda: is_mounted(mountpoint), what="the hung daemon to mount")
+        commands = [subprocess.Popen([*ONITUFS, command, str(mountpoint)], stderr=subprocess.PIPE,
+                                     text=True) for command in ("status", "umount")]
+        for command in commands:
+            _, stderr = command.communicate(timeout=ANSWER_WAIT + 30)
+            assert command.returncode == 1, stderr
+            assert stderr == (f"onitufs: {mountpoint}: the daemon of this mount has not answered "
+                              f"for {ANSWER_WAIT:.0f} s\n"), stderr
+        assert is_mounted(mountpoint) and hung.poll() is None, "left as it is"
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                       capture_output=True)
+        hung.kill()
+        hung.wait()
 
 
 def test_umount_and_status_name_a_wrong_path_for_what_it_is(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """`onitufs umount`: wait until every queued upload is done (or stuck), with a bar per
 remote on a terminal, then unmount and say what is still queued; a mount whose daemon is
-gone is detached."""
+gone is detached; one whose daemon does not answer is left as it is, and said so."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..index import Index
-from .common import FLUSH_XATTR, CommandError, DeadMount, read_status
+from .common import (
+    FLUSH_XATTR,
+    CommandError,
+    DeadMount,
+    ask_daemon,
+    process_state,
+    read_status,
+)
 from .progress import Display
 
 
@@ -32,7 +39,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     except DeadMount:
         return detach(mountpoint)
     try:
-        os.setxattr(mountpoint, FLUSH_XATTR, b"1")
+        ask_daemon(mountpoint, lambda: os.setxattr(mountpoint, FLUSH_XATTR, b"1"))
     except OSError as error:
         # A read-only mount (-o ro) takes no xattr: nothing was written through it, and
         # what remotes changed goes out with the daemon's last flush at the unmount.
@@ -98,11 +105,5 @@ def all_stuck(status: dict[str, Any]) -> bool:
 
 
 def wait_for_exit(pid: int) -> None:
-    while Path(f"/proc/{pid}").exists():
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        except OSError:
-            return
-        if state == "Z":
-            return
+    while process_state(pid) not in (None, "Z"):
         time.sleep(0.1)
