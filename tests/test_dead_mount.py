@@ -60,8 +60,14 @@ def test_umount_and_status_say_that_a_stopped_daemon_is_stopped(make_cloud: Make
     wait_for(lambda: cloud.status()["unsaved_bytes"] == 0, what="the write to reach the index")
     pid = cloud.pid
     assert pid is not None
+    watch = subprocess.Popen([*ONITUFS, "status", "--watch", "--json", str(cloud.mountpoint)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watch.stdout is not None and watch.stdout.readline().startswith("{")
     os.kill(pid, signal.SIGSTOP)  # as Ctrl-Z does to `onitufs mount -f`
     try:
+        _, said = watch.communicate(timeout=ANSWER_WAIT / 2)
+        assert watch.returncode == 1, said  # not taken for an unmount
+        assert said.endswith(f"(pid {pid}) is stopped: `kill -CONT {pid}` lets it go on\n"), said
         for command in ("status", "umount"):
             started = time.monotonic()
             result = run(command, cloud.mountpoint, check=False)

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .common import CommandError, DeadMount, human, read_status
+from .common import CommandError, DeadMount, HungMount, human, read_status
 from .progress import duration, rate
 
 WATCH_INTERVAL = 1.0  # seconds between two redraws of --watch
@@ -76,7 +76,7 @@ class Unmounted(Exception):
 def still_mounted(mountpoint: Path) -> dict[str, Any]:
     try:
         return read_status(mountpoint)
-    except DeadMount:
+    except (DeadMount, HungMount):
         raise
     except CommandError:
         raise Unmounted() from None
