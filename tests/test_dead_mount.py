@@ -78,6 +78,9 @@ def test_umount_and_status_say_that_a_stopped_daemon_is_stopped(make_cloud: Make
             assert is_mounted(cloud.mountpoint), "left as it is"
     finally:
         os.kill(pid, signal.SIGCONT)
+        if watch.poll() is None:  # a failed check above: it outlives no test
+            watch.kill()
+            watch.communicate()
     assert cloud.umount().returncode == 0
     for remote in cloud.remotes.values():
         assert (remote / "queued").read_bytes() == b"not uploaded yet"
@@ -92,6 +95,7 @@ def test_status_and_umount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
     config.write_text('[cache]\npath = "cache"\n\n[remotes.a]\ndriver = "local"\npath = "a"\n')
     hung = subprocess.Popen([sys.executable, "-m", "tests.hung_daemon", str(mountpoint),
                              str(config)], cwd=Path(__file__).parent.parent)
+    commands: list[subprocess.Popen[str]] = []
     try:
         wait_for(lambda: is_mounted(mountpoint), what="the hung daemon to mount")
         commands = [subprocess.Popen([*ONITUFS, command, str(mountpoint)], stderr=subprocess.PIPE,
@@ -103,6 +107,9 @@ def test_status_and_umount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
                               f"for {ANSWER_WAIT:.0f} s\n"), stderr
         assert is_mounted(mountpoint) and hung.poll() is None, "left as it is"
     finally:
+        for command in commands:
+            command.kill()
+            command.communicate()
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
                        capture_output=True)
         hung.kill()
