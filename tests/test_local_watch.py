@@ -115,6 +115,30 @@ def test_a_new_folder_is_watched_and_what_it_held_already_is_seen(
     assert cloud.umount().returncode == 0
 
 
+def test_a_folder_made_in_place_of_one_deleted_is_watched_though_it_has_its_number(
+        make_cloud: MakeCloud) -> None:
+    """rm -rf of a folder and mkdir of it again (a build's output folder), in one burst
+    of events: the file system gives the new folder the old one's number, so its file id
+    tells nothing; the old folder's watch ended with it, and the new one is watched."""
+    cloud = watched(make_cloud)
+    a = cloud.remotes["a"]
+    (a / "out").mkdir()
+    (a / "out" / "old.txt").write_bytes(b"old")
+    soon(lambda: everywhere(cloud, "out/old.txt", b"old"), "the first folder everywhere")
+    for _ in range(50):  # until the new folder gets the old one's number
+        number = os.stat(a / "out").st_ino
+        shutil.rmtree(a / "out")
+        (a / "out").mkdir()
+        if os.stat(a / "out").st_ino == number:
+            break
+    assert os.stat(a / "out").st_ino == number, "the file system never reused the number"
+    soon(lambda: everywhere(cloud, "out/old.txt", None), "the old file's delete everywhere")
+    (a / "out" / "new.txt").write_bytes(b"made in the new folder")
+    soon(lambda: everywhere(cloud, "out/new.txt", b"made in the new folder"),
+         "a file made in the new folder everywhere")
+    assert cloud.umount().returncode == 0
+
+
 def test_renames_in_a_remote_folder_travel_as_renames(make_cloud: MakeCloud) -> None:
     cloud = watched(make_cloud)
     (cloud.mountpoint / "folder" / "inner").mkdir(parents=True)

@@ -79,6 +79,9 @@ class Tree:
         self.folders: dict[int, str] = {}  # the folder of each watch descriptor
         self.dropped: list[Watch] = []  # watches of folders no longer in the tree
         self.dirty: set[str] = set()  # paths events named since they were last applied
+        # Folders whose watch ended (deleted) since events were last applied: one made in
+        # their place may have their number, and so their file id, yet is not watched.
+        self.unwatched: set[str] = set()
         self.stale = True  # only a full listing can tell (the start, an overflow)
         self.root_id: tuple[int, int] | None = None
 
@@ -144,6 +147,7 @@ class Tree:
         OSError or RemoteUnavailable if the root cannot be listed."""
         self.stale = False
         self.dirty.clear()
+        self.unwatched.clear()
         require_root(self.root)
         st = os.stat(self.root)
         self.root_id = (st.st_dev, st.st_ino)
@@ -188,6 +192,7 @@ class Tree:
                     self.stale = True
                 elif Mask.IGNORED in event.mask:
                     del self.folders[watch.wd]  # it went; its parent's event says so
+                    self.unwatched.add(folder)
                 continue
             name = str(event.name)
             if not name.endswith(TEMP_SUFFIX):  # uploads in progress are not reported
@@ -215,8 +220,9 @@ class Tree:
                     changed = True
                 continue
             if md.kind == "dir" and (old is None or old.kind != "dir"
-                                     or old.file_id != md.file_id):
-                # A folder made, moved in, or put in place of another: watched, then read.
+                                     or old.file_id != md.file_id or path in self.unwatched):
+                # A folder made, moved in, or put in place of another (which may have
+                # given it its number): watched, then read.
                 if old is not None:
                     self._drop(path)
                 self._add(md)
@@ -231,6 +237,7 @@ class Tree:
                                                                                  md.file_id)
             self._add(md)
         self.dirty.clear()
+        self.unwatched.clear()
         self._forget_dropped()
         return changed, scope
 
