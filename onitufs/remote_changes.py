@@ -707,15 +707,17 @@ def renamed(known: dict[str, MirrorEntry], listed: dict[str, Metadata], old: str
     that entry renamed. A file system gives the number of a file just deleted to the next
     one made, so the id alone does not tell: a renamed file keeps its version (token),
     and a renamed folder that held anything holds one of those things still, unchanged
-    under the new name."""
+    under the new name. A folder that held nothing keeps its time, as a file does: a
+    folder made in the tick the one deleted last changed is taken for it (no content
+    is taken for another's that way)."""
     entry = known[old]
     if entry.kind != md.kind:
         return False
-    if md.kind != "dir":
-        return entry.token is None or md.revision is None or entry.token == md.revision
     prefix = old + "/"
-    below = [path for path in known if path.startswith(prefix)]
-    return not below or any(
+    below = [path for path in known if path.startswith(prefix)] if md.kind == "dir" else []
+    if not below:
+        return entry.token is None or md.revision is None or entry.token == md.revision
+    return any(
         (moved := md.path + path[len(old):]) in listed and is_version(known[path], listed[moved])
         for path in below)
 

@@ -632,3 +632,33 @@ def test_a_folder_deleted_and_another_made_with_its_number_is_no_rename(
     assert sorted(os.listdir(cloud.mountpoint / "new")) == ["g.txt"]
     assert "conflict" not in cloud.log.lower()
     cloud.umount()
+
+
+def test_an_empty_folder_deleted_and_another_made_with_its_number_keeps_what_the_mount_put_in_it(
+        make_cloud: MakeCloud) -> None:
+    """The remote's copy of a folder is empty (what the mount put in it waits to go), and the
+    folder made after it was deleted there gets its number: that is no rename, so the
+    mount's file stays where it was put, and the new folder comes in empty."""
+    cloud = make_cloud({"a": "rw"}, upload_delay="1h")
+    a = cloud.remotes["a"]
+    (a / "old").mkdir()
+    cloud.mount()
+    wait_for(lambda: (cloud.mountpoint / "old").is_dir(), what="the folder in the mount")
+    (cloud.mountpoint / "old" / "mine.txt").write_bytes(b"written in the mount")
+    number = os.stat(a / "old").st_ino
+    for _ in range(50):  # until the new folder gets the old one's number
+        os.rmdir(a / "old")
+        (a / "new").mkdir()
+        if os.stat(a / "new").st_ino == number:
+            break
+        (a / "new").rmdir()
+        (a / "old").mkdir()
+        number = os.stat(a / "old").st_ino
+    assert os.stat(a / "new").st_ino == number, "the file system never reused the number"
+    wait_for(lambda: (cloud.mountpoint / "new").is_dir() and (a / "old").is_dir(),
+             what="the new folder in the mount and the old one made again on the remote")
+    assert os.listdir(cloud.mountpoint / "new") == []
+    assert (cloud.mountpoint / "old" / "mine.txt").read_bytes() == b"written in the mount"
+    cloud.umount()  # which sends what waited
+    assert (a / "old" / "mine.txt").read_bytes() == b"written in the mount"
+    assert os.listdir(a / "new") == []
