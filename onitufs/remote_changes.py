@@ -642,6 +642,15 @@ class RemoteChanges:
             skipped = skipped or not fresh
             return fresh
 
+        def undecided(old: str) -> bool:
+            """Whether the listing cannot say what became of a folder it finds gone: what
+            the folder held was changed or taken in since it began, and is left for the
+            next listing (the folder may be back, or renamed, with it)."""
+            nonlocal skipped
+            unknown = known[old].kind == "dir" and source.touched_below(old, started)
+            skipped = skipped or unknown
+            return unknown
+
         known = {path: entry async for path, entry in paced(held.items()) if current(path)}
         # A path the remote is known to hold was found acceptable when it was taken in.
         listed = {md.path: md async for md in paced(entries) if md.path and current(md.path)
@@ -660,6 +669,10 @@ class RemoteChanges:
             old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
             if old is None and md.file_id in held_back:
                 skipped = True
+            elif old is not None and undecided(old):
+                # Both wait for the next listing: judged now, a rename could be taken for
+                # a new folder and a delete, or a new folder for a rename.
+                continue
             elif old is not None and renamed(known, listed, old, md):
                 gone.remove(old)
                 await self.move_file(remote, old, md)
@@ -680,7 +693,10 @@ class RemoteChanges:
                 continue
             skipped = skipped or not settled
         for path in sorted(gone, key=_depth, reverse=True):
-            if current(path):
+            # Deleted now, an undecided folder would still hold what was left for the next
+            # listing: that would be taken for new content here, and the folder made again
+            # there.
+            if current(path) and not undecided(path):
                 await self.delete_file(remote, path)
         source.forget_touched_before(started)
         return not skipped

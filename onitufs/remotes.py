@@ -115,6 +115,8 @@ class Remote:
     # Paths onitufs changed on this remote, and when: a listing begun before
     # that time cannot tell what is there now.
     touched: dict[str, float] = field(default_factory=dict)
+    # Each folder above a path of `touched`, and the latest of their times below it.
+    touched_within: dict[str, float] = field(default_factory=dict)
     # Paths a change onitufs sent is under way at (how many): a listing taken meanwhile
     # may show it done while nothing has noted it yet (touched comes once it returned).
     changing: Counter[str] = field(default_factory=Counter)
@@ -249,12 +251,18 @@ class Remote:
             self.plug.writes += 1
         now = time.time()
         for path in paths:
-            self.touched[path] = now
+            self._note(path, now)
 
     def taken_in(self, path: str) -> None:
         """A version of `path` was taken in now, not from a listing (a read or a move found
         it): a listing begun before knows less of that path."""
-        self.touched[path] = time.time()
+        self._note(path, time.time())
+
+    def _note(self, path: str, when: float) -> None:
+        self.touched[path] = when
+        while path:
+            path = path.rpartition("/")[0]
+            self.touched_within[path] = max(when, self.touched_within.get(path, when))
 
     def touched_since(self, path: str, started: float) -> bool:
         """Whether onitufs changed this path, or a folder above it, or took a version of it
@@ -266,8 +274,17 @@ class Remote:
                 return False
             path = path.rpartition("/")[0]
 
+    def touched_below(self, folder: str, started: float) -> bool:
+        """Whether onitufs changed anything below `folder`, or took a version of it in,
+        after `started`, or is changing something there now."""
+        prefix = folder + "/"
+        return self.touched_within.get(folder, 0.0) >= started \
+            or any(path.startswith(prefix) for path in self.changing)
+
     def forget_touched_before(self, started: float) -> None:
         self.touched = {path: when for path, when in self.touched.items() if when >= started}
+        self.touched_within = {path: when for path, when in self.touched_within.items()
+                               if when >= started}
 
     def failed(self, error: BaseException, doing: str = "") -> None:
         """Count a failure; `doing` (the handler, and the files it was called for) goes
