@@ -645,11 +645,14 @@ class Replicator:
         waits (Retry) while another operation works below it, and those wait while it
         runs. Otherwise one could work on a path that went away under it: a file would
         land, or a temp file stay, in the folder at its new place, where nothing knows it.
+        Two operations never work at one path at once either: an upload of the version
+        that replaced another would find the other's copy, landed but not yet recorded,
+        and take it for a version saved there by someone else.
         """
         working = self._working[remote.rid]
         for path in paths:
             for other, other_folder in working:
-                if (folder and at_or_below(other, path)) \
+                if other == path or (folder and at_or_below(other, path)) \
                         or (other_folder and at_or_below(path, other)):
                     raise Retry()
         claims = [(path, folder) for path in paths]
