@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,23 @@ def tree(root: Path) -> set[str]:
         for name in dirs + files:
             found.add(str((Path(folder) / name).relative_to(root)))
     return found
+
+
+def made_with_the_number_of(old: Path, new: Path,
+                            fill: Callable[[Path], object] = lambda folder: None) -> None:
+    """Delete the folder `old` and make the folder `new` (the same path or another) until
+    the file system gives the new one the old one's inode number, as it mostly does at
+    once; `fill` puts old's content back before each new try."""
+    for _ in range(50):
+        number = os.stat(old).st_ino
+        shutil.rmtree(old)
+        new.mkdir()
+        if os.stat(new).st_ino == number:
+            return
+        new.rmdir()
+        old.mkdir()
+        fill(old)
+    raise AssertionError("the file system never reused the number")
 
 
 def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:

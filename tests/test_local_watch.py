@@ -24,7 +24,7 @@ from onitufs.plug import GIVE_WAY_LIMIT, Plug
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
-from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, made_with_the_number_of, snapshot, wait_for
 from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
 
 SOON = 10.0  # far below the hour of poll_interval, and room for a loaded machine
@@ -125,13 +125,8 @@ def test_a_folder_made_in_place_of_one_deleted_is_watched_though_it_has_its_numb
     (a / "out").mkdir()
     (a / "out" / "old.txt").write_bytes(b"old")
     soon(lambda: everywhere(cloud, "out/old.txt", b"old"), "the first folder everywhere")
-    for _ in range(50):  # until the new folder gets the old one's number
-        number = os.stat(a / "out").st_ino
-        shutil.rmtree(a / "out")
-        (a / "out").mkdir()
-        if os.stat(a / "out").st_ino == number:
-            break
-    assert os.stat(a / "out").st_ino == number, "the file system never reused the number"
+    made_with_the_number_of(a / "out", a / "out",
+                            lambda old: (old / "old.txt").write_bytes(b"old"))
     soon(lambda: everywhere(cloud, "out/old.txt", None), "the old file's delete everywhere")
     (a / "out" / "new.txt").write_bytes(b"made in the new folder")
     soon(lambda: everywhere(cloud, "out/new.txt", b"made in the new folder"),

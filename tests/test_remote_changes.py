@@ -16,7 +16,7 @@ import pytest
 from onitufs.plug import MARKER, TEMP_SUFFIX
 from onitufs.remote_changes import bad_path_reason
 
-from .conftest import Cloud, MakeCloud, is_mounted, run, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, made_with_the_number_of, run, snapshot, wait_for
 
 
 def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
@@ -613,17 +613,8 @@ def test_a_folder_deleted_and_another_made_with_its_number_is_no_rename(
     cloud.mount()
     wait_for(lambda: everywhere(cloud, "old/f.txt", b"old content"), what="the first copy")
     cloud.wait_synced()
-    number = os.stat(a / "old").st_ino
-    for _ in range(50):  # until the new folder gets the old one's number
-        shutil.rmtree(a / "old")
-        (a / "new").mkdir()
-        if os.stat(a / "new").st_ino == number:
-            break
-        (a / "new").rmdir()
-        (a / "old").mkdir()
-        (a / "old" / "f.txt").write_bytes(b"old content")
-        number = os.stat(a / "old").st_ino
-    assert os.stat(a / "new").st_ino == number, "the file system never reused the number"
+    made_with_the_number_of(a / "old", a / "new",
+                            lambda old: (old / "f.txt").write_bytes(b"old content"))
     (a / "new" / "g.txt").write_bytes(b"new content, longer")
     wait_for(lambda: everywhere(cloud, "new/g.txt", b"new content, longer")
              and not any(os.path.lexists(place / "old")
@@ -645,16 +636,7 @@ def test_an_empty_folder_deleted_and_another_made_with_its_number_keeps_what_the
     cloud.mount()
     wait_for(lambda: (cloud.mountpoint / "old").is_dir(), what="the folder in the mount")
     (cloud.mountpoint / "old" / "mine.txt").write_bytes(b"written in the mount")
-    number = os.stat(a / "old").st_ino
-    for _ in range(50):  # until the new folder gets the old one's number
-        os.rmdir(a / "old")
-        (a / "new").mkdir()
-        if os.stat(a / "new").st_ino == number:
-            break
-        (a / "new").rmdir()
-        (a / "old").mkdir()
-        number = os.stat(a / "old").st_ino
-    assert os.stat(a / "new").st_ino == number, "the file system never reused the number"
+    made_with_the_number_of(a / "old", a / "new")
     wait_for(lambda: (cloud.mountpoint / "new").is_dir() and (a / "old").is_dir(),
              what="the new folder in the mount and the old one made again on the remote")
     assert os.listdir(cloud.mountpoint / "new") == []
