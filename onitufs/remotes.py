@@ -115,7 +115,9 @@ class Remote:
     # Paths onitufs changed on this remote, and when: a listing begun before
     # that time cannot tell what is there now.
     touched: dict[str, float] = field(default_factory=dict)
-    # Each folder above a path of `touched`, and the latest of their times below it.
+    # Each folder above a path of `touched`, and the latest of their times below it: kept
+    # as touches come, so that a listing finding thousands of folders gone (rm -rf there)
+    # does not go through every touch for each.
     touched_within: dict[str, float] = field(default_factory=dict)
     # Paths a change onitufs sent is under way at (how many): a listing taken meanwhile
     # may show it done while nothing has noted it yet (touched comes once it returned).
