@@ -121,6 +121,15 @@ def test_written_read_back_cold_edited_on_dropbox_and_a_case_clash(
     fresh.umount()
 
 
+def shown(cloud: Cloud) -> dict[str, bytes] | None:
+    """The mount's files and their contents; None where one was moved or deleted between
+    the listing and its read (a change from the remote taken in meanwhile)."""
+    try:
+        return {p.name: p.read_bytes() for p in cloud.mountpoint.iterdir()}
+    except FileNotFoundError:
+        return None
+
+
 def test_a_file_changed_on_both_sides_keeps_both(cloud: Cloud, fake: FakeDropbox) -> None:
     (cloud.mountpoint / "both.txt").write_bytes(b"the start")
     cloud.wait_synced()
@@ -133,7 +142,7 @@ def test_a_file_changed_on_both_sides_keeps_both(cloud: Cloud, fake: FakeDropbox
         fake.go_online()
 
     def both_kept() -> bool:
-        contents = {p.read_bytes() for p in cloud.mountpoint.iterdir()}
+        contents = set((shown(cloud) or {}).values())
         return {b"edited in the mount", b"edited on Dropbox"} <= contents
     wait_for(both_kept, 30, "both versions in the mount")
     cloud.wait_synced()
@@ -308,13 +317,13 @@ def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: Fa
                             stderr=subprocess.PIPE, text=True)
     try:
         assert auth.stderr is not None and auth.stdin is not None
-        shown = ""
-        while "Enter the authorization code here: " not in shown:
+        prompted = ""
+        while "Enter the authorization code here: " not in prompted:
             char = auth.stderr.read(1)
-            assert char, f"onitufs auth ended first: {shown}"
-            shown += char
-        url = re.search(r"Go to: (\S+)", shown)
-        assert url is not None, shown
+            assert char, f"onitufs auth ended first: {prompted}"
+            prompted += char
+        url = re.search(r"Go to: (\S+)", prompted)
+        assert url is not None, prompted
         out, err = auth.communicate(fake.approve(url.group(1)) + "\n", timeout=30)
     finally:
         if auth.poll() is None:
@@ -324,7 +333,7 @@ def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: Fa
     assert out == f"{token_file}: refresh token saved (mode 0600)\n"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = json.loads(token_file.read_text())["refresh_token"]
-    assert token not in out + err + shown
+    assert token not in out + err + prompted
     cloud.mount()  # the token works
     (cloud.mountpoint / "hello.txt").write_bytes(b"hello")
     cloud.wait_synced()
@@ -356,9 +365,7 @@ def test_a_remount_catches_up_from_the_cursor_and_a_reset_loses_nothing(
     expected = {"edit.txt": b"edited while away", "keep.txt": b"keep.txt",
                 "made.txt": b"made while away", "new.txt": b"old.txt"}
 
-    def shown() -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in cloud.mountpoint.iterdir()}
-    wait_for(lambda: shown() == expected, 10, "the changes made while unmounted")
+    wait_for(lambda: shown(cloud) == expected, 10, "the changes made while unmounted")
     cloud.wait_synced()
     assert {p.name: p.read_bytes() for p in cloud.remotes["a"].iterdir()
             if not p.name.startswith(".")} == expected
@@ -370,7 +377,7 @@ def test_a_remount_catches_up_from_the_cursor_and_a_reset_loses_nothing(
     since = len(fake.calls)
     fake.write("/Cloud/after.txt", b"after the reset")
     expected["after.txt"] = b"after the reset"
-    wait_for(lambda: shown() == expected, 10, "the change after the reset")
+    wait_for(lambda: shown(cloud) == expected, 10, "the change after the reset")
     assert "files/list_folder" in [route for route, _ in fake.calls[since:]]
     time.sleep(1)  # a listing that doubled or lost something would show by now
-    assert shown() == expected
+    assert shown(cloud) == expected
