@@ -36,22 +36,36 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
         time.sleep(interval)
 
 
-def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
+def snapshot(root: Path, errors: bool = False) -> dict[str, tuple[str, bytes]]:
     """Every entry below root: kind and content (file bytes, or symlink target); onitufs's
-    own files on a remote (uploads in progress, the identity marker) left out."""
+    own files on a remote (uploads in progress, the identity marker) left out. With
+    `errors`, an entry that cannot be read or listed is kept as kind "error" with the
+    error for content rather than raising it (for saying what went wrong)."""
     found: dict[str, tuple[str, bytes]] = {}
-    for folder, dirs, files in os.walk(root):
+
+    def unlisted(error: OSError) -> None:
+        if not errors:
+            raise error
+        found[str(Path(error.filename or root).relative_to(root))] = (
+            "error", str(error).encode())
+
+    for folder, dirs, files in os.walk(root, onerror=unlisted):
         for name in dirs + files:
             path = Path(folder) / name
             relative = str(path.relative_to(root))
             if name.endswith(TEMP_SUFFIX) or relative == MARKER:
                 continue
-            if path.is_symlink():
-                found[relative] = ("symlink", os.fsencode(os.readlink(path)))
-            elif path.is_dir():
-                found[relative] = ("dir", b"")
-            else:
-                found[relative] = ("file", path.read_bytes())
+            try:
+                if path.is_symlink():
+                    found[relative] = ("symlink", os.fsencode(os.readlink(path)))
+                elif path.is_dir():
+                    found[relative] = ("dir", b"")
+                else:
+                    found[relative] = ("file", path.read_bytes())
+            except OSError as error:
+                if not errors:
+                    raise
+                found[relative] = ("error", str(error).encode())
     return found
 
 

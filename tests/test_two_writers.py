@@ -158,32 +158,29 @@ def settled(cloud_roots: list[Path]) -> dict[str, tuple[str, bytes]] | None:
         return None
 
 
-def readable_snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
-    try:
-        return snapshot(root)
-    except OSError as error:
-        return {f"(unreadable: {error})": ("", b"")}
-
-
 def differences(roots: list[Path]) -> str:
-    trees = [readable_snapshot(root) for root in roots]
+    trees = [snapshot(root, errors=True) for root in roots]
     lines = []
     for name in sorted(set().union(*trees)):
         seen = [tree.get(name) for tree in trees]
         if any(entry != seen[0] for entry in seen):
             lines.append(f"  {name}: " + " | ".join(
-                "-" if entry is None else entry[1][:24].decode(errors="replace").strip()
-                for entry in seen))
+                "-" if entry is None else entry[1][:24 if entry[0] != "error" else None]
+                .decode(errors="replace").strip().replace("\n", " ") for entry in seen))
     return "\n".join(lines)
 
 
-def settle(roots: list[Path], where: str) -> dict[str, tuple[str, bytes]]:
+def settle(cloud: Cloud, where: str) -> dict[str, tuple[str, bytes]]:
+    roots = [cloud.mountpoint, *cloud.remotes.values()]
     deadline = time.monotonic() + 90
     while (tree := settled(roots)) is None:
         if time.monotonic() > deadline:
+            problems = [line for line in cloud.log.splitlines()
+                        if " WARNING " in line or " ERROR " in line]
             raise AssertionError(f"{where}: the mount and the remotes differ "
                                  f"(mount | {' | '.join(r.name for r in roots[1:])}):\n"
-                                 + differences(roots))
+                                 + differences(roots) + "\nthe log's warnings and errors:\n"
+                                 + "\n".join(problems[-40:]))
         time.sleep(0.5)
     return tree
 
@@ -227,9 +224,8 @@ def two_machines(cloud: Cloud, contents: Contents) -> None:
             assert side.error is None, f"seed {seed}, round {number}: {side.name}: {side.error!r}"
         if unmounted:
             cloud.mount()
-        roots = [cloud.mountpoint, *cloud.remotes.values()]
         where = f"seed {seed}, round {number}"
-        tree = settle(roots, where)
+        tree = settle(cloud, where)
         for side in (ours, theirs):
             for name in side.own:
                 if name in side.last:
