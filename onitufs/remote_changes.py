@@ -22,7 +22,7 @@ import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import lmdb
 import trio
@@ -47,6 +47,13 @@ from .tree import NAME_MAX, NewNode, Tree, TreeError
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 1000  # entries of a listing compared between two turns of the mount
 T = TypeVar("T")
+
+
+class Standing(NamedTuple):
+    """What a decision on a remote's version at a path rests on: see RemoteChanges._standing."""
+    here: int | None  # the mount's inode at the path
+    rev: int | None  # its revision
+    held: int | None  # the inode the remote's copy at the path is recorded for
 
 
 def bad_path_reason(path: str) -> str | None:
@@ -282,33 +289,57 @@ class RemoteChanges:
 
     async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
         """The remote's version did not descend from ours: keep both, unless it is the same
-        content; False when that cannot be told yet (then nothing was changed)."""
+        content; False when that cannot be told yet, or the mount or the remote moved on
+        while it was compared (then nothing was changed)."""
+        with self.index.begin() as txn:
+            standing = self._standing(txn, remote, md.path)
         if ours.is_reg and md.kind == "file":
             same = await self._same_content(remote, md, ours)
             if same is None:
                 return False
             if same:
                 with self.index.write() as txn:  # the same file, put there by someone else
+                    if self._standing(txn, remote, md.path) != standing:
+                        return False
                     self.index.hold(txn, remote.rid, ours.ino, md.path,
                                     remote.entry_of(md, ours.rev))
                 return True
-        return await self._keep_apart(remote, md, ours)
+        return await self._keep_apart(remote, md, ours, standing)
 
-    async def _keep_apart(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+    def _standing(self, txn: lmdb.Transaction, remote: Remote, path: str) -> Standing:
+        """What a decision on the remote's version at `path` rests on: the mount's inode at
+        that path and its revision, and the inode the remote's copy there is recorded for.
+
+        A decision made before an await (a comparison of contents) is applied only while
+        this is unchanged: another report of the path (a read that found the remote's
+        copy changed, beside a listing), or a rename or a save in the mount, may have come
+        in between. Applied to what is there now, it could move aside a remote's version
+        taken in meanwhile whose only copy that remote has just replaced: a name no read
+        can ever serve."""
+        here = self.index.resolve(path, txn)
+        inode = self.index.get_inode(here, txn) if here is not None else None
+        return Standing(here, inode.rev if inode is not None else None,
+                        self.index.mirror_ino(remote.rid, path, txn))
+
+    async def _keep_apart(self, remote: Remote, md: Metadata, ours: Inode,
+                          standing: Standing) -> bool:
         """Two different versions: the later of the two keeps the name; the other is kept
         beside it under a conflict name, and both go to every remote. A read-only remote
         is never written: its version keeps its path there and shows in the mount under
         the conflict name. A write-only remote is never read: its version is renamed
-        there and stays there, and ours takes the name.
+        there and stays there, and ours takes the name. False where what the decision
+        rests on (`standing`) moved on: the next listing decides again.
         """
-        if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns:
+        if remote.config.readable and remote.config.writable and md.mtime_ns > ours.mtime_ns \
+                and standing.here == ours.ino:  # (not where ours was renamed in the mount)
             try:
-                self._ours_aside(remote, md, ours)
-                return True
-            except TreeError as error:  # ours moved meanwhile, or that name is taken
+                return self._ours_aside(remote, md, ours, standing)
+            except TreeError as error:  # that name is taken
                 log.info("remote %s: %s: keeping the remote's version aside instead (%s)",
                          remote.name, md.path, error)
         with self.index.begin() as txn:
+            if self._standing(txn, remote, md.path) != standing:
+                return False
             aside = conflict_name(md.path, remote.name, time.time(), lambda path: (
                 self.index.resolve(path, txn) is not None
                 or self.index.mirror_ino(remote.rid, path, txn) is not None))
@@ -359,6 +390,7 @@ class RemoteChanges:
             ino = self.index.mirror_ino(remote.rid, md.path, txn)
             inode = self.index.get_inode(ino, txn) if ino is not None else None
             entry = self.index.mirror(remote.rid, ino, txn).get(md.path) if ino else None
+            standing = self._standing(txn, remote, md.path)
         if ino is None or entry is None:
             return True
         moved = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
@@ -383,7 +415,7 @@ class RemoteChanges:
             if self._held_elsewhere(remote, ours):
                 log.warning("remote %s: %s: its content changed there, its size and time did "
                             "not: keeping both", remote.name, md.path)
-                kept = await self._keep_apart(remote, md, ours)  # (compared above)
+                kept = await self._keep_apart(remote, md, ours, standing)  # (compared above)
                 self.replicator.settled(remote, ours.ino)
                 return kept
             # Kept beside, ours would be a name no read can serve: the edit is all that is
@@ -460,10 +492,13 @@ class RemoteChanges:
                     return False
         return True
 
-    def _ours_aside(self, remote: Remote, md: Metadata, ours: Inode) -> None:
-        """The remote's version is the later one: it takes the name, ours moves aside."""
+    def _ours_aside(self, remote: Remote, md: Metadata, ours: Inode, standing: Standing) -> bool:
+        """The remote's version is the later one: it takes the name, ours moves aside; False
+        where what that rests on moved on."""
         folder, _, name = md.path.rpartition("/")
         with self.index.write() as txn:
+            if self._standing(txn, remote, md.path) != standing:
+                return False
             aside = conflict_name(md.path, socket.gethostname(), time.time(),
                                   lambda path: self.index.resolve(path, txn) is not None)
             parent = self.index.resolve(folder, txn)
@@ -476,6 +511,7 @@ class RemoteChanges:
             self._create(txn, remote, md)
         log.warning("%s changed both here and on remote %s; the remote's version is later and "
                     "keeps the name, this one is kept as %s", md.path, remote.name, aside)
+        return True
 
     async def delete_file(self, remote: str, path: str) -> None:
         source = self.remotes[remote]

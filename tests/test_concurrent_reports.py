@@ -1,0 +1,130 @@
+"""Two reports of one remote path applied at once, below the mount.
+
+A remote's version that differs from the mount's is compared with it by content
+before it is kept apart, and the comparison awaits the remote. Meanwhile another
+report of the same path may be applied (a read that found the remote's copy
+changed, beside a listing; two listings' events). Here the core's side of the Plug
+(RemoteChanges) runs on its own index and tree, with a remote whose reads wait
+until the test lets each go, so that the two comparisons overlap in a chosen order:
+something no run through the kernel can order at will.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from onitufs.blockcache import BlockCache
+from onitufs.config import Options, RemoteConfig
+from onitufs.index import ROOT_INO, Index, Inode
+from onitufs.plug import Metadata
+from onitufs.remote_changes import RemoteChanges
+from onitufs.remotes import Remote
+from onitufs.replicator import Replicator
+from onitufs.tree import NewNode, Tree
+
+BLOCK = 64 * 1024
+SIZE = 100  # every version is this long: only their content tells them apart
+MTIME_NS = 1_700_000_000_000_000_000
+
+
+@dataclass
+class Core:
+    index: Index
+    tree: Tree
+    remote: Remote
+    changes: RemoteChanges
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Core]:
+    """RemoteChanges with one readable and writable remote, a, trusted, served by no driver."""
+    index = Index(tmp_path / "cache", 2**30, BLOCK)
+    try:
+        config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
+        remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
+        replicator = Replicator(index, [remote], BLOCK, 60.0)
+        cache = BlockCache(index, BLOCK, 2**28, 2**24, replicator.fetch, replicator.replicated)
+        replicator.cache = cache
+        tree = Tree(index, cache, replicator.schedule, 0.0)
+        yield Core(index, tree, remote, RemoteChanges(tree, replicator, [remote]))
+    finally:
+        index.close()
+
+
+class HeldReads:
+    """The remote's get_chunk: each version's content, served once the test lets it go."""
+
+    def __init__(self) -> None:
+        self.content: dict[str, bytes] = {}
+        self.go: dict[str, trio.Event] = {}
+        self.asked: dict[str, trio.Event] = {}
+
+    def version(self, token: str, content: bytes) -> Metadata:
+        self.content[token] = content
+        self.go[token], self.asked[token] = trio.Event(), trio.Event()
+        return Metadata(path="s0", size=len(content), mtime_ns=MTIME_NS, revision=token)
+
+    async def call(self, handler: str, *args: Any) -> bytes:
+        assert handler == "get_chunk", handler
+        md, offset, size = args
+        self.asked[md.revision].set()
+        await self.go[md.revision].wait()
+        return self.content[md.revision][offset:offset + size]
+
+
+def names(core: Core) -> dict[str, Inode]:
+    with core.index.begin() as txn:
+        return {os.fsdecode(name): core.tree.inode(ino, txn)
+                for name, ino in core.index.children(ROOT_INO, txn)}
+
+
+def test_a_second_report_compared_meanwhile_never_moves_aside_the_version_the_first_took_in(
+        core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's s0 (never on a) and a's s0 differ: a's later version takes the name, the
+    mount's is kept aside. A second report of a's s0, a newer version compared with the
+    mount's file while the first was, must not move aside what the first took in: that
+    version's only copy was a's s0, just replaced, so it would be a name no read serves."""
+    reads = HeldReads()
+    monkeypatch.setattr(core.remote, "call", reads.call)
+    ours_content = b"m" * SIZE
+    with core.index.write() as txn:
+        ours = core.tree.create(txn, ROOT_INO, b"s0", NewNode(
+            stat.S_IFREG | 0o644, os.getuid(), os.getgid(), size=SIZE, mtime_ns=MTIME_NS - 10**9))
+        ours.sha256 = hashlib.sha256(ours_content).digest()
+        core.index.put_inode(txn, ours)
+    first = reads.version("t1", b"1" * SIZE)
+    second = reads.version("t2", b"2" * SIZE)
+
+    async def main() -> None:
+        core.remote.trusted.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.changes.update_file, "a", first)
+            await reads.asked["t1"].wait()
+            nursery.start_soon(core.changes.update_file, "a", second)
+            await reads.asked["t2"].wait()
+            reads.go["t1"].set()  # the first is kept apart while the second is compared
+            await trio.testing.wait_all_tasks_blocked()
+            reads.go["t2"].set()
+        # The second was left for the next listing, which reports it again.
+        await core.changes.update_file("a", second)
+
+    trio.run(main)
+    found = names(core)
+    aside = [name for name in found if name.startswith("s0 (conflict from ")]
+    assert aside and [found[name].ino for name in aside] == [ours.ino], \
+        f"only the mount's version is kept aside: {sorted(found)}"
+    with core.index.begin() as txn:
+        held = core.index.mirror(core.remote.rid, found["s0"].ino, txn)
+    assert found["s0"].ino != ours.ino and held["s0"].token == "t2", \
+        "a's latest version has the name, held by a"
