@@ -293,6 +293,11 @@ class RemoteChanges:
         while it was compared (then nothing was changed)."""
         with self.index.begin() as txn:
             standing = self._standing(txn, remote, md.path)
+        if standing.held not in (None, ours.ino):
+            # The remote's copy there is recorded for another file of ours (an upload's
+            # conflict found late, after a listing settled it and moved ours aside): that
+            # version was taken in, or the next listing says what became of it.
+            return False
         if ours.is_reg and md.kind == "file":
             same = await self._same_content(remote, md, ours)
             if same is None:

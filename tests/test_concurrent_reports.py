@@ -128,3 +128,42 @@ def test_a_second_report_compared_meanwhile_never_moves_aside_the_version_the_fi
         held = core.index.mirror(core.remote.rid, found["s0"].ino, txn)
     assert found["s0"].ino != ours.ino and held["s0"].token == "t2", \
         "a's latest version has the name, held by a"
+
+
+def test_an_upload_s_conflict_found_after_a_listing_settled_it_changes_nothing(
+        core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's s0 was on its way to a when a listing found a's own version there, took
+    it in at s0 and moved the mount's file aside. The upload's end then finds a's s0 is not
+    what it expected, and the replicator hands that conflict over: a's version is taken in
+    already, so nothing is to be done. Moving a's s0 aside there would leave the version
+    at the mount's s0 with no copy anywhere (and no listing would say, the move being
+    onitufs's own)."""
+    calls: list[str] = []
+
+    async def call(handler: str, *args: Any) -> None:
+        calls.append(handler)
+
+    async def has(handler: str) -> bool:
+        return True  # a driver with every handler (move_file too)
+    monkeypatch.setattr(core.remote, "call", call)
+    monkeypatch.setattr(core.remote, "has", has)
+    theirs = Metadata(path="s0", size=SIZE, mtime_ns=MTIME_NS, revision="t1")
+    with core.index.write() as txn:
+        ours = core.tree.create(txn, ROOT_INO, b"s0 (conflict from here)", NewNode(
+            stat.S_IFREG | 0o644, os.getuid(), os.getgid(), size=2 * SIZE,
+            mtime_ns=MTIME_NS - 10**9))
+        taken_in = core.tree.create(txn, ROOT_INO, b"s0", NewNode(
+            stat.S_IFREG | 0o644, os.getuid(), os.getgid(), size=SIZE, mtime_ns=MTIME_NS))
+        core.index.hold(txn, core.remote.rid, taken_in.ino, "s0",
+                        core.remote.entry_of(theirs, taken_in.rev))
+    before = names(core)
+
+    async def main() -> bool:
+        core.remote.trusted.set()
+        return await core.changes.keep_both(core.remote, theirs, ours)
+
+    assert trio.run(main) is False
+    assert calls == [], "nothing is asked of the remote"
+    assert names(core) == before
+    with core.index.begin() as txn:
+        assert core.index.mirror_ino(core.remote.rid, "s0", txn) == taken_in.ino
