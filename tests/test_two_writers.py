@@ -205,14 +205,15 @@ def two_machines(cloud: Cloud, contents: Contents) -> None:
     rng = random.Random(seed)
     ours = Mount(cloud.mountpoint, "mount", OURS, contents, random.Random(rng.random()))
     theirs = Machine(cloud.remotes["a"], "remote", THEIRS, contents, random.Random(rng.random()))
+    both: list[Side] = [ours, theirs]
     cloud.mount()
     unknown: set[str] = set()
     for number in range(rounds):
         unmounted = number == rounds // 2
-        sides = [theirs] if unmounted else [ours, theirs]
+        sides = [theirs] if unmounted else both
         if unmounted:
             cloud.umount()
-        for side in sides:
+        for side in both:  # (a side left out this round touched nothing in it)
             side.touched.clear()
             side.renamed_into.clear()
         threads = [threading.Thread(target=side.run, args=(OPS_PER_ROUND,)) for side in sides]
@@ -226,7 +227,7 @@ def two_machines(cloud: Cloud, contents: Contents) -> None:
             cloud.mount()
         where = f"seed {seed}, round {number}"
         tree = settle(cloud, where)
-        for side in (ours, theirs):
+        for side in both:
             for name in side.own:
                 if name in side.last:
                     want = side.last[name]
@@ -237,7 +238,7 @@ def two_machines(cloud: Cloud, contents: Contents) -> None:
         unknown = (unknown - ours.touched - theirs.touched) | ours.renamed_into \
             | theirs.renamed_into
         for name in set(SHARED) - unknown:
-            lasts = {side.last[name] for side in (ours, theirs) if name in side.last}
+            lasts = {side.last[name] for side in both if name in side.last}
             if lasts:
                 got = tree.get(name)
                 assert (None if got is None else got[1]) in lasts, \
