@@ -15,16 +15,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from onitufs.config import parse_size
+from onitufs.config import Options, RemoteConfig, parse_size
+from onitufs.index import Index
 from onitufs.plug import MARKER, TEMP_SUFFIX
+from onitufs.remotes import Remote
+from onitufs.replicator import Replicator
 
 ONITUFS = [sys.executable, "-m", "onitufs"]
+MiB = 1024**2
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition",
@@ -277,3 +282,16 @@ def cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
     mounted = make_cloud()
     mounted.mount()
     yield mounted
+
+
+@pytest.fixture
+def one_remote(tmp_path: Path) -> Iterator[tuple[Index, Remote, Replicator]]:
+    """A replicator of one remote, a, that no driver serves (1 MiB blocks): its queue and
+    rules, below the mount."""
+    index = Index(tmp_path / "cache", 2**30, MiB)
+    try:
+        config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
+        remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
+        yield index, remote, Replicator(index, [remote], MiB, 60.0)
+    finally:
+        index.close()

@@ -14,10 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import types
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +22,6 @@ import trio
 import trio.testing
 
 from onitufs.blockcache import BlockCache
-from onitufs.config import Options, RemoteConfig
 from onitufs.index import ROOT_INO, Index, Inode
 from onitufs.plug import Metadata
 from onitufs.remote_changes import RemoteChanges
@@ -33,7 +29,8 @@ from onitufs.remotes import Remote
 from onitufs.replicator import Replicator
 from onitufs.tree import NewNode, Tree
 
-BLOCK = 64 * 1024
+from .conftest import MiB
+
 SIZE = 100  # every version is this long: only their content tells them apart
 MTIME_NS = 1_700_000_000_000_000_000
 
@@ -47,19 +44,13 @@ class Core:
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> Iterator[Core]:
+def core(one_remote: tuple[Index, Remote, Replicator]) -> Core:
     """RemoteChanges with one readable and writable remote, a, trusted, served by no driver."""
-    index = Index(tmp_path / "cache", 2**30, BLOCK)
-    try:
-        config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
-        remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
-        replicator = Replicator(index, [remote], BLOCK, 60.0)
-        cache = BlockCache(index, BLOCK, 2**28, 2**24, replicator.fetch, replicator.replicated)
-        replicator.cache = cache
-        tree = Tree(index, cache, replicator.schedule, 0.0)
-        yield Core(index, tree, remote, RemoteChanges(tree, replicator, [remote]))
-    finally:
-        index.close()
+    index, remote, replicator = one_remote
+    cache = BlockCache(index, MiB, 2**28, 2**24, replicator.fetch, replicator.replicated)
+    replicator.cache = cache
+    tree = Tree(index, cache, replicator.schedule, 0.0)
+    return Core(index, tree, remote, RemoteChanges(tree, replicator, [remote]))
 
 
 class HeldReads:

@@ -15,34 +15,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-import types
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import trio
 
-from onitufs.config import Options, RemoteConfig
 from onitufs.index import Index
 from onitufs.plug import GIVE_WAY_LIMIT
 from onitufs.remotes import Remote
 from onitufs.replicator import ALONE_QUIET, BUSY_WINDOW, MAX_YIELD, Replicator
 
-from .conftest import MakeCloud, wait_for
-
-MiB = 1024**2
-
-
-@pytest.fixture
-def one_remote(tmp_path: Path) -> Iterator[tuple[Index, Remote, Replicator]]:
-    """A replicator of one remote that no driver serves: its queue and rules only."""
-    index = Index(tmp_path / "cache", 2**30, MiB)
-    try:
-        config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
-        remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
-        yield index, remote, Replicator(index, [remote], MiB, 60.0)
-    finally:
-        index.close()
+from .conftest import MakeCloud, MiB, wait_for
 
 
 def test_changes_wait_while_the_mount_is_used(
