@@ -56,8 +56,9 @@ class MountError(Exception):
 
 
 def check_mountpoint(mountpoint: Path, nonempty: bool = False) -> None:
-    """Refuse a mount point that is missing, not a folder, already mounted, or (unless
-    `nonempty`, sshfs's -o nonempty) holding files, which the mount would hide."""
+    """Refuse a mount point that is missing, not a folder, or (unless `nonempty`, sshfs's
+    -o nonempty) holding files, which the mount would hide; clear a mount left there by a
+    daemon that died. (`onitufs mount` refused one that is mounted before.)"""
     try:
         os.stat(mountpoint)
     except OSError as error:
@@ -71,8 +72,6 @@ def check_mountpoint(mountpoint: Path, nonempty: bool = False) -> None:
             raise MountError(f"{mountpoint}: {error.strerror}") from None
     if not mountpoint.is_dir():
         raise MountError(f"{mountpoint}: not a folder")
-    if os.path.ismount(mountpoint):
-        raise MountError(f"{mountpoint}: already a mount point (unmount it first)")
     if nonempty:
         return
     try:

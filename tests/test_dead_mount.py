@@ -68,9 +68,10 @@ def test_umount_and_status_say_that_a_stopped_daemon_is_stopped(make_cloud: Make
         _, said = watch.communicate(timeout=ANSWER_WAIT / 2)
         assert watch.returncode == 1, said  # not taken for an unmount
         assert said.endswith(f"(pid {pid}) is stopped: `kill -CONT {pid}` lets it go on\n"), said
-        for command in ("status", "umount"):
+        for command in ("status", "umount", "mount"):
             started = time.monotonic()
-            result = run(command, cloud.mountpoint, check=False)
+            result = run(command, cloud.mountpoint, *([cloud.config] if command == "mount" else []),
+                         check=False)
             assert result.returncode == 1, (command, result.stderr)
             assert one_line(result) == (f"onitufs: {cloud.mountpoint}: the daemon of this mount "
                                         f"(pid {pid}) is stopped: `kill -CONT {pid}` lets it go on")
@@ -86,9 +87,10 @@ def test_umount_and_status_say_that_a_stopped_daemon_is_stopped(make_cloud: Make
         assert (remote / "queued").read_bytes() == b"not uploaded yet"
 
 
-def test_status_and_umount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
+def test_status_umount_and_mount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
     """A daemon that took the request and never answers holds whoever made it (no signal
-    ends that wait): the commands say so after ANSWER_WAIT and end, the mount left."""
+    ends that wait): the commands say so after ANSWER_WAIT and end, the mount left. A
+    mount there is refused so, not by a stat that would hang."""
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     config = tmp_path / "onitufs.toml"
@@ -98,8 +100,9 @@ def test_status_and_umount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
     commands: list[subprocess.Popen[str]] = []
     try:
         wait_for(lambda: is_mounted(mountpoint), what="the hung daemon to mount")
-        commands = [subprocess.Popen([*ONITUFS, command, str(mountpoint)], stderr=subprocess.PIPE,
-                                     text=True) for command in ("status", "umount")]
+        commands = [subprocess.Popen([*ONITUFS, *command], stderr=subprocess.PIPE, text=True)
+                    for command in (["status", str(mountpoint)], ["umount", str(mountpoint)],
+                                    ["mount", str(mountpoint), str(config)])]
         for command in commands:
             _, stderr = command.communicate(timeout=ANSWER_WAIT + 30)
             assert command.returncode == 1, stderr
@@ -107,13 +110,14 @@ def test_status_and_umount_end_where_the_daemon_hangs(tmp_path: Path) -> None:
                               f"for {ANSWER_WAIT:.0f} s\n"), stderr
         assert is_mounted(mountpoint) and hung.poll() is None, "left as it is"
     finally:
+        # the daemon first: a command it holds (a failed check above) ends only with it
+        hung.kill()
+        hung.wait()
         for command in commands:
             command.kill()
             command.communicate()
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
                        capture_output=True)
-        hung.kill()
-        hung.wait()
 
 
 def test_umount_and_status_name_a_wrong_path_for_what_it_is(tmp_path: Path) -> None:

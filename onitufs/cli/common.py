@@ -83,6 +83,7 @@ def ask_daemon(mountpoint: Path, request: Callable[[], bytes | None]) -> bytes:
     hung; a command would otherwise wait for it for ever. A child process makes the
     request: one that a daemon has taken and does not answer holds whoever made it until
     it does (no signal ends that wait), and a command must be able to end."""
+    refuse_stopped(mountpoint)  # said at once, where the kernel could answer for it
     answers, answer_end = os.pipe()
     child = os.fork()
     if child == 0:
@@ -106,10 +107,7 @@ def ask_daemon(mountpoint: Path, request: Callable[[], bytes | None]) -> bytes:
     with os.fdopen(answers, "rb") as pipe:
         deadline = time.monotonic() + ANSWER_WAIT
         while not select.select([pipe], [], [], 0.5)[0]:
-            pid = daemon_pid(mountpoint)
-            if pid is not None and process_state(pid) in STOPPED:
-                raise HungMount(f"{mountpoint}: the daemon of this mount (pid {pid}) is "
-                                f"stopped: `kill -CONT {pid}` lets it go on")
+            pid = refuse_stopped(mountpoint)
             if time.monotonic() > deadline:
                 named = f" (pid {pid})" if pid is not None else ""
                 raise HungMount(f"{mountpoint}: the daemon of this mount{named} has not "
@@ -120,6 +118,15 @@ def ask_daemon(mountpoint: Path, request: Callable[[], bytes | None]) -> bytes:
         return answer[1:]
     code = int(answer[1:]) if answer[:1] == b"!" else errno.EIO
     raise OSError(code, os.strerror(code), str(mountpoint))
+
+
+def refuse_stopped(mountpoint: Path) -> int | None:
+    """Raise HungMount where the daemon of `mountpoint` is stopped; its pid where known."""
+    pid = daemon_pid(mountpoint)
+    if pid is not None and process_state(pid) in STOPPED:
+        raise HungMount(f"{mountpoint}: the daemon of this mount (pid {pid}) is "
+                        f"stopped: `kill -CONT {pid}` lets it go on")
+    return pid
 
 
 def daemon_pid(mountpoint: Path) -> int | None:

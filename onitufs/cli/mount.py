@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import os
 import sys
@@ -22,7 +23,7 @@ from ..config import ConfigError, load
 from ..index import CacheError
 from ..notify import notify
 from ..plug import load_drivers
-from .common import LOG_FORMAT, CommandError
+from .common import LOG_FORMAT, CommandError, ask_daemon, mount_entry
 from .progress import follow_listing
 
 # What an fstab line holds for mount(8) or systemd rather than for the file system.
@@ -86,6 +87,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     def check() -> None:
         """What needs neither the cache nor a remote (Mount checks keys and folders again)."""
+        refuse_a_mount_there(mountpoint)  # first: the checks below stat the mount point
         overlaps.check(config, mountpoint, load_drivers(config))
         check_mountpoint(mountpoint, nonempty)
 
@@ -129,6 +131,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         return serve(None)
     return spawn_daemon(mountpoint, log_path, NewPaths(config.cache_path, log_path), serve)
+
+
+def refuse_a_mount_there(mountpoint: Path) -> None:
+    """Refuse a mount point something is mounted at. mountinfo tells, and a child process
+    asks the mount: a stat of a mount whose daemon is stopped or hung would hold this
+    command for ever (no signal ends that wait). A mount whose daemon died is left for
+    check_mountpoint to clear."""
+    if mount_entry(mountpoint) is None:
+        return
+
+    def stat() -> None:
+        os.stat(mountpoint)
+
+    try:
+        ask_daemon(mountpoint, stat)
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            return
+        raise CommandError(f"{mountpoint}: {error.strerror}") from None
+    raise CommandError(f"{mountpoint}: already a mount point (unmount it first)")
 
 
 # What Index makes in the cache folder (see index.py), besides the log.
