@@ -336,6 +336,7 @@ class Mount:
             complete = await self.replicator.flush()
             for remote in self.remotes:
                 remote.stop()
+                remote.leave_calls()  # a remote that hangs holds the exit no longer
             nursery.cancel_scope.cancel()
         # Nothing writes any more: the next start may skip recovery if there is none to do.
         # Checked rather than assumed, at the cost of one read of the index on the way out.

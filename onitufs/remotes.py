@@ -133,6 +133,10 @@ class Remote:
     before_change: Callable[[], Awaitable[None]] | None = None
     # Set by the replicator: work that backed off goes at once when the remote is back.
     on_back: Callable[[], None] | None = None
+    # The calls under way, each shielded from cancels (see _run_steps), and whether the
+    # mount's end leaves them.
+    calls: set[trio.CancelScope] = field(default_factory=set)
+    leaving: bool = False
 
     @property
     def name(self) -> str:
@@ -199,8 +203,18 @@ class Remote:
                 reached += 1
             return result
 
+        # A call's caller notes what it did when it returns: a cancel must not leave it
+        # running meanwhile, and the shield holds while the mount lasts. At its end
+        # (leave_calls) a call that hangs, on a server that stopped answering or a disk
+        # that does not, is left to the process's exit, which a restart takes as a crash.
         try:
-            result = await trio.to_thread.run_sync(run, limiter=self.limiter)
+            with trio.CancelScope(shield=not self.leaving) as guard:
+                self.calls.add(guard)
+                try:
+                    result = await trio.to_thread.run_sync(run, limiter=self.limiter,
+                                                           abandon_on_cancel=True)
+                finally:
+                    self.calls.discard(guard)
         except Exception as error:
             handler, args = steps[reached]
             raise self._call_failed(handler, error, args) from error
@@ -373,3 +387,10 @@ class Remote:
     def stop(self) -> None:
         if self.plug is not None:
             self.plug.stopping.set()
+
+    def leave_calls(self) -> None:
+        """The mount's last flush is over: a cancel leaves the calls still under way (and
+        any made from here on) instead of waiting for them."""
+        self.leaving = True
+        for guard in self.calls:
+            guard.shield = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import importlib
@@ -23,9 +24,9 @@ from onitufs.plug import TEMP_SUFFIX
 
 pytest.register_assert_rewrite("tests.sshd")
 
-from .conftest import Cloud, run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
+from .conftest import Cloud, is_mounted, run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
 from .delay import DelayProxy  # noqa: E402
-from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, keygen  # noqa: E402
+from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, descendants, keygen  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
 
@@ -447,6 +448,43 @@ def test_an_ssh_client_that_stops_is_a_lost_connection_both_ways(
         finally:
             conn.close()
         assert process.poll() is not None  # a stopped ssh is killed and reaped all the same
+
+
+def test_umount_leaves_a_call_to_a_server_that_stopped_answering(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """A server that stops answering with an upload under way holds `onitufs umount` for
+    the stall time ([sync] stall), not until the connection's timeout (120 s): the daemon's
+    exit leaves the call that hangs, and the next mount sends the file."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)}, upload_delay="0.2s", stall="2s")
+    cloud.mount()
+    (cloud.mountpoint / "one").write_text("1")
+    cloud.wait_synced()
+    assert sshd.process is not None
+    sessions = descendants(sshd.process.pid)
+    assert sessions, "the mount has no session on the server"
+    content = os.urandom(5 * 2**20)
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        (cloud.mountpoint / "two").write_bytes(content)
+        wait_for(lambda: "remote s: start_upload two" in cloud.log, what="the upload to begin")
+        began = time.monotonic()
+        result = run("umount", cloud.mountpoint, check=False)
+        took = time.monotonic() - began
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == "onitufs: s: 1 changes still queued; they resume at the next mount\n"
+        assert took < 60, f"umount waited {took:.0f} s for the call that hangs"
+        assert not is_mounted(cloud.mountpoint)
+        assert (cloud.remotes["a"] / "two").read_bytes() == content
+    finally:
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    cloud.mount()
+    cloud.wait_synced()
+    assert (cloud.remotes["s"] / "two").read_bytes() == content
+    assert not parts(cloud.remotes["s"])
+    cloud.umount()
 
 
 def test_key_and_known_hosts_paths_with_spaces_quotes_and_percents_reach_ssh_as_they_are(
