@@ -8,8 +8,10 @@ watches), the folder is listed in full instead; an unplugged disk stays an outag
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +26,11 @@ from onitufs.plug import GIVE_WAY_LIMIT, Plug
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
-from .conftest import Cloud, MakeCloud, made_with_the_number_of, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, is_mounted, made_with_the_number_of, snapshot, wait_for
+from .sshd import Sshd
 from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
+
+pytest_plugins = ["tests.sshd"]
 
 SOON = 10.0  # far below the hour of poll_interval, and room for a loaded machine
 
@@ -408,3 +413,45 @@ def test_the_first_listing_completes_while_the_mount_is_in_use(make_cloud: MakeC
     assert (cloud.mountpoint / "folder39" / "new.txt").read_text() == "added while unmounted"
     cloud.umount()
 
+
+
+@contextlib.contextmanager
+def network_disk(server: Sshd, folder: Path, at: Path) -> Iterator[None]:
+    """`folder` of the sshd's machine mounted at `at` with sshfs: a network disk, on which
+    what the server's side changes raises no inotify event. Listings are not cached, as
+    on a disk another machine writes to."""
+    subprocess.run(["sshfs", "-p", str(server.port), "-o",
+                    f"IdentityFile={server.user_key},UserKnownHostsFile={server.known_hosts},"
+                    "StrictHostKeyChecking=yes,BatchMode=yes,dir_cache=no",
+                    f"{server.user}@127.0.0.1:{folder}", str(at)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(at)], capture_output=True, check=False)
+        assert not is_mounted(at)
+
+
+def test_a_file_another_machine_deleted_on_a_network_disk_goes_after_a_read_finds_it_gone(
+        make_cloud: MakeCloud, sshd: Sshd, tmp_path: Path) -> None:
+    """The remote is a folder on a network disk, and another machine deleted a file there:
+    no event tells. The read that finds it gone fails (no other copy holds it), and the
+    name goes from the mount with the next tick's full listing, not with the safety net's
+    (poll_interval, an hour here)."""
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "kept.txt").write_text("kept")
+    (server / "gone.txt").write_text("gone")
+    cloud = make_cloud({"a": "rw"}, poll_interval="1h")
+    with network_disk(sshd, server, cloud.remotes["a"]):
+        cloud.mount()
+        gone = cloud.mountpoint / "gone.txt"
+        wait_for(gone.exists, what="the first listing")
+        (server / "gone.txt").unlink()  # the other machine
+        with pytest.raises(OSError) as failed:
+            gone.read_bytes()
+        assert failed.value.errno == errno.EIO
+        wait_for(lambda: not gone.exists(), timeout=30, what="the name to go")
+        assert (cloud.mountpoint / "kept.txt").read_text() == "kept"
+        assert cloud.umount().returncode == 0
+    assert sorted(path.name for path in server.iterdir()) == [".onitufs-remote", "kept.txt"]

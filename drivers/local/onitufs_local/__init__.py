@@ -164,9 +164,10 @@ def start(plug: Plug) -> None:
     interval = plug.options.duration("poll_interval", POLL_INTERVAL)
 
     open_uploads = UploadFiles()  # by upload_path()
-    # Set when a handler finds a file changed that no event named (written through a link
-    # from outside the folder, or by another machine on a network disk): the listing kept
-    # from events is wrong there, and would undo what Changed told the core.
+    # Set when a handler finds a file changed or gone that no event named (written through
+    # a link from outside the folder, or by another machine on a network disk): the listing
+    # kept from events is wrong there, and would undo what Changed told the core, or keep
+    # showing a file whose reads fail until the safety net's listing.
     unseen_change = threading.Event()
     plug.cost = CHEAP
     root_at = resolved(root)
@@ -198,10 +199,12 @@ def start(plug: Plug) -> None:
         try:
             fd = open_to_read(real(md.path), plug.stopping)
         except FileNotFoundError:
+            unseen_change.set()  # where no event said so, the next listing does
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
+                unseen_change.set()
                 raise DriverError(f"{md.path}: no longer a file on the remote")
             if md.revision is not None and not is_version(st, md):
                 unseen_change.set()
