@@ -21,9 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.sshd import Sshd, free_port
+from tests.sshd import Sshd, free_port, sshfs_mounted
 
-from .ssh import sshfs_mounted
 from .targets import EXIT_TIMEOUT, MOUNT_TIMEOUT, Target, TargetError, lazy_unmount, mounted
 
 UPLOAD_TIMEOUT = 600.0

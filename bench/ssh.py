@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.delay import DelayProxy
-from tests.sshd import Sshd, descendants
+from tests.sshd import Sshd, descendants, sshfs_mounted
 
 from .targets import TargetError, lazy_unmount, make_workdir, mounted, remove_workdir, wait_gone
 from .workloads import MIB, drop_page_cache
@@ -146,21 +146,6 @@ def make_source(path: Path, size_mib: int) -> str:
     past = time.time_ns() - 60 * 10**9
     os.utime(path, ns=(past, past))
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def sshfs_mounted(server: Sshd, folder: Path, mnt: Path, port: int) -> Iterator[None]:
-    known_hosts = server.known_hosts if port == server.port else server.known_hosts_for(port)
-    subprocess.run(["sshfs", "-p", str(port), "-o",
-                    f"IdentityFile={server.user_key},UserKnownHostsFile={known_hosts},"
-                    "StrictHostKeyChecking=yes,BatchMode=yes",
-                    f"{server.user}@127.0.0.1:{folder}", str(mnt)], check=True,
-                   capture_output=True, timeout=60)
-    try:
-        yield
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
-        lazy_unmount(mnt)
 
 
 def sshfs_round(server: Sshd, folder: Path, mnt: Path, size_mib: int, block: bytes,

@@ -245,6 +245,28 @@ class SshCloud(Cloud):
 MakeSshCloud = Callable[..., SshCloud]
 
 
+@contextlib.contextmanager
+def sshfs_mounted(server: Sshd, folder: Path, at: Path, port: int | None = None,
+                  options: tuple[str, ...] = ()) -> Iterator[None]:
+    """`folder` on the server mounted at `at` with sshfs, through `port` (a proxy's in front
+    of the server) if given, with sshfs's `options` besides; unmounted after, at once if
+    something still uses it."""
+    port = server.port if port is None else port
+    known_hosts = server.known_hosts if port == server.port else server.known_hosts_for(port)
+    login = (f"IdentityFile={server.user_key}", f"UserKnownHostsFile={known_hosts}",
+             "StrictHostKeyChecking=yes", "BatchMode=yes")
+    subprocess.run(["sshfs", "-p", str(port), "-o", ",".join((*login, *options)),
+                    f"{server.user}@127.0.0.1:{folder}", str(at)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        if subprocess.run(["fusermount3", "-u", str(at)], capture_output=True,
+                          check=False).returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(at)], capture_output=True,
+                           check=False)
+
+
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
     """A running sshd on 127.0.0.1, killed with its sessions after the test."""

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
 from .conftest import Cloud, MakeCloud, is_mounted, made_with_the_number_of, snapshot, wait_for
-from .sshd import Sshd
+from .sshd import Sshd, sshfs_mounted
 from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
 
 pytest_plugins = ["tests.sshd"]
@@ -415,23 +414,6 @@ def test_the_first_listing_completes_while_the_mount_is_in_use(make_cloud: MakeC
 
 
 
-@contextlib.contextmanager
-def network_disk(server: Sshd, folder: Path, at: Path) -> Iterator[None]:
-    """`folder` of the sshd's machine mounted at `at` with sshfs: a network disk, on which
-    what the server's side changes raises no inotify event. Listings are not cached, as
-    on a disk another machine writes to."""
-    subprocess.run(["sshfs", "-p", str(server.port), "-o",
-                    f"IdentityFile={server.user_key},UserKnownHostsFile={server.known_hosts},"
-                    "StrictHostKeyChecking=yes,BatchMode=yes,dir_cache=no",
-                    f"{server.user}@127.0.0.1:{folder}", str(at)], check=True,
-                   capture_output=True, timeout=60)
-    try:
-        yield
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(at)], capture_output=True, check=False)
-        assert not is_mounted(at)
-
-
 def test_a_file_another_machine_deleted_on_a_network_disk_goes_after_a_read_finds_it_gone(
         make_cloud: MakeCloud, sshd: Sshd, tmp_path: Path) -> None:
     """The remote is a folder on a network disk, and another machine deleted a file there:
@@ -443,7 +425,9 @@ def test_a_file_another_machine_deleted_on_a_network_disk_goes_after_a_read_find
     (server / "kept.txt").write_text("kept")
     (server / "gone.txt").write_text("gone")
     cloud = make_cloud({"a": "rw"}, poll_interval="1h")
-    with network_disk(sshd, server, cloud.remotes["a"]):
+    # a network disk, on which what the server's side changes raises no inotify event;
+    # listings not cached, as on a disk another machine writes to
+    with sshfs_mounted(sshd, server, cloud.remotes["a"], options=("dir_cache=no",)):
         cloud.mount()
         gone = cloud.mountpoint / "gone.txt"
         wait_for(gone.exists, what="the first listing")
@@ -454,4 +438,5 @@ def test_a_file_another_machine_deleted_on_a_network_disk_goes_after_a_read_find
         wait_for(lambda: not gone.exists(), timeout=30, what="the name to go")
         assert (cloud.mountpoint / "kept.txt").read_text() == "kept"
         assert cloud.umount().returncode == 0
+    assert not is_mounted(cloud.remotes["a"])
     assert sorted(path.name for path in server.iterdir()) == [".onitufs-remote", "kept.txt"]
