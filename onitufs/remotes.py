@@ -205,8 +205,8 @@ class Remote:
 
         # A call's caller notes what it did when it returns: a cancel must not leave it
         # running meanwhile, and the shield holds while the mount lasts. At its end
-        # (leave_calls) a call that hangs, on a server that stopped answering or a disk
-        # that does not, is left to the process's exit, which a restart takes as a crash.
+        # (leave_calls) a call still waiting on a server that stopped answering is left to
+        # the process's exit, which the next start takes as a crash.
         try:
             with trio.CancelScope(shield=not self.leaving) as guard:
                 self.calls.add(guard)
