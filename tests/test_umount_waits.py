@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-import types
-from pathlib import Path
 
-from onitufs.config import Options, RemoteConfig
 from onitufs.index import Index
 from onitufs.remotes import Remote
 from onitufs.replicator import Replicator
 
-from .conftest import MakeCloud, run
+from .conftest import MakeCloud, MiB, run
 
-MiB, GiB = 1024**2, 1024**3
+GiB = 1024**3
 # The copy lasts longer than a stall, whatever the speed of the machine: it pauses (for
 # less than a second at a time, never long enough for an idle file to get a revision)
 # where it is ahead of this pace.
@@ -54,22 +51,18 @@ def test_umount_at_once_after_a_long_copy_waits_for_it(make_cloud: MakeCloud) ->
         os.close(fd)
 
 
-def test_a_change_that_is_not_due_yet_is_no_stall(tmp_path: Path) -> None:
+def test_a_change_that_is_not_due_yet_is_no_stall(
+        one_remote: tuple[Index, Remote, Replicator]) -> None:
     """Nothing is asked of a remote before a change settles (upload_delay) or is flushed:
     that time is not a stall, so umount does not give up on a change it just flushed."""
-    index = Index(tmp_path / "cache", 2**30, MiB)
-    try:
-        config = RemoteConfig("a", "none", "rw", Options({}, "remotes.a", tmp_path))
-        remote = Remote(config, index.remote_id("a"), types.ModuleType("none"))
-        replicator = Replicator(index, [remote], MiB, STALL)
-        with index.write() as txn:
-            replicator.schedule(txn, 5, 600.0, None)  # upload_delay = "10 min"
-        remote.health.last_progress = time.monotonic() - 2 * STALL
-        assert not replicator.stalled(remote)  # due in 10 minutes
-        replicator.start_flush(everything=True)  # the unmount: due now
-        assert not replicator.stalled(remote)
-        replicator._flushed_at -= 2 * STALL  # flushed long ago, nothing done since
-        assert replicator.stalled(remote)
-        assert "nothing done there for" in replicator.stall_reason(remote)
-    finally:
-        index.close()
+    index, remote, replicator = one_remote
+    stall = replicator.stall
+    with index.write() as txn:
+        replicator.schedule(txn, 5, 600.0, None)  # upload_delay = "10 min"
+    remote.health.last_progress = time.monotonic() - 2 * stall
+    assert not replicator.stalled(remote)  # due in 10 minutes
+    replicator.start_flush(everything=True)  # the unmount: due now
+    assert not replicator.stalled(remote)
+    replicator._flushed_at -= 2 * stall  # flushed long ago, nothing done since
+    assert replicator.stalled(remote)
+    assert "nothing done there for" in replicator.stall_reason(remote)
