@@ -295,6 +295,7 @@ class Plug:
         self.folder = folder
         self.aside_owner = self._kept_aside_owner()  # see aside_path
         self.stopping = threading.Event()
+        self._look = threading.Event()  # look_again asked for a listing, or the mount ends
         self._sink = sink
         self._token = trio_token
         self._handlers: dict[str, Callable[..., Any]] = {}
@@ -360,6 +361,34 @@ class Plug:
             left = deadline - time.monotonic()
             if left <= 0 or self.stopping.wait(min(GIVE_WAY_STEP, left)):
                 return
+
+    def stop(self) -> None:
+        """End the mount's use of the driver (the core calls it): plug.stopping is set and
+        every wait of the driver's (plug.stopping.wait, wait_to_list) ends at once."""
+        self.stopping.set()
+        self._look.set()
+
+    def look_again(self) -> None:
+        """Say, from a handler, that the remote is not as the driver last reported it and
+        nothing else will say so soon: a read found the file gone, or another version,
+        where no event of the remote named the change. The driver's next listing then
+        comes now and whole (wait_to_list, asked_to_look), not when its interval ends:
+        until it is reported, every read of that path fails."""
+        self._look.set()
+
+    def asked_to_look(self) -> bool:
+        """Whether look_again was called since this last answered True: the driver takes
+        the request, and lists the whole remote next."""
+        if self._look.is_set() and not self.stopping.is_set():
+            self._look.clear()
+            return True
+        return False
+
+    def wait_to_list(self, seconds: float) -> bool:
+        """Wait until the driver's next listing is due: `seconds`, less if look_again
+        asks for one (then True: list the whole remote) or the mount ends (then False)."""
+        self._look.wait(seconds)
+        return self.asked_to_look()
 
     def aside_path(self, md: Metadata) -> str:
         """Where a driver that cannot delete or replace on a condition moves the file it

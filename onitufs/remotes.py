@@ -382,11 +382,11 @@ class Remote:
             try:
                 await trio.to_thread.run_sync(start, abandon_on_cancel=True)
             finally:
-                plug.stopping.set()
+                plug.stop()
 
     def stop(self) -> None:
         if self.plug is not None:
-            self.plug.stopping.set()
+            self.plug.stop()
 
     def leave_calls(self) -> None:
         """The mount's last flush is over: a cancel leaves the calls still under way (and

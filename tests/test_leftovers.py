@@ -143,7 +143,7 @@ def local_driver(root: Path) -> Plug:
     """The local driver's handlers for a folder, without a mount (its poll never runs)."""
     plug = Plug("a", Options({"path": str(root)}, "remotes.a", root), None,  # type: ignore[arg-type]
                 None)  # type: ignore[arg-type]
-    plug.stopping.set()
+    plug.stop()
     onitufs_local.start(plug)
     return plug
 

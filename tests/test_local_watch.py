@@ -375,7 +375,7 @@ def test_give_way_waits_while_the_mount_is_used_but_never_long(tmp_path: Path) -
     assert looks == [False]  # an idle mount: on at once
     busy = True
     looks.clear()
-    plug.stopping.set()
+    plug.stop()
     plug.give_way()
     assert looks == [True]  # the mount is ending: no waiting
 

@@ -104,6 +104,43 @@ def test_a_driver_that_never_registers_fails_what_is_asked_of_it(
     assert not remote.health.online
 
 
+def test_a_handler_that_found_the_remote_changed_ends_the_wait_for_the_next_listing(
+        tmp_path: Path) -> None:
+    # A read that found its file gone fails until a listing says so: a driver that polls
+    # every hour must not leave it failing for an hour, nor hold up the end of the mount.
+    waits: list[bool] = []
+    driver = types.ModuleType("polling_driver")
+
+    def start(plug: Plug) -> None:
+        @plug.handler()
+        def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+            plug.look_again()
+            return b""
+
+        plug.ready()
+        while not plug.stopping.is_set():
+            waits.append(plug.wait_to_list(3600))
+
+    driver.start = start  # type: ignore[attr-defined]
+    options = Options({}, "remotes.polling", tmp_path)
+    remote = Remote(RemoteConfig("polling", "polling_driver", "rw", options), 1, driver)
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(remote.run_driver, NoChanges(), lambda: False)
+                await remote.call("get_chunk", Metadata(path="gone"), 0, 1)
+                while not waits:
+                    await trio.sleep(0.01)
+                assert waits == [True]  # asked once: one listing, then the hour's wait
+                await trio.sleep(0.2)
+                assert waits == [True]
+                remote.stop()
+
+    trio.run(main)
+    assert waits == [True, False]
+
+
 def test_a_metadata_copy_takes_a_new_extra_and_never_shares_the_old() -> None:
     md = Metadata(path="a", extra={"upload": "1"})
     assert md.copy(extra={"session": "2"}, size=3).extra == {"session": "2"}

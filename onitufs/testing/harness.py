@@ -290,7 +290,7 @@ class Harness:
 
     def stop(self) -> None:
         """End the driver as the end of a mount does; start(plug) must return soon."""
-        self.plug.stopping.set()
+        self.plug.stop()
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT)
             if self._thread.is_alive():

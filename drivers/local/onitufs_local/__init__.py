@@ -164,11 +164,6 @@ def start(plug: Plug) -> None:
     interval = plug.options.duration("poll_interval", POLL_INTERVAL)
 
     open_uploads = UploadFiles()  # by upload_path()
-    # Set when a handler finds a file changed or gone that no event named (written through
-    # a link from outside the folder, or by another machine on a network disk): the listing
-    # kept from events is wrong there, and would undo what Changed told the core, or keep
-    # showing a file whose reads fail until the safety net's listing.
-    unseen_change = threading.Event()
     plug.cost = CHEAP
     root_at = resolved(root)
 
@@ -199,15 +194,15 @@ def start(plug: Plug) -> None:
         try:
             fd = open_to_read(real(md.path), plug.stopping)
         except FileNotFoundError:
-            unseen_change.set()  # where no event said so, the next listing does
+            plug.look_again()  # where no event said so, the next listing does
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                unseen_change.set()
+                plug.look_again()
                 raise DriverError(f"{md.path}: no longer a file on the remote")
             if md.revision is not None and not is_version(st, md):
-                unseen_change.set()
+                plug.look_again()
                 raise Changed(f"{md.path}: changed on the remote since it was indexed",
                               describe(md.path, st))
             if in_hole(fd, offset, size, st.st_size):
@@ -346,7 +341,7 @@ def start(plug: Plug) -> None:
     def refuse_other_version(md: Metadata, st: os.stat_result, what: str) -> None:
         """Changed, before a delete or a move, where the file is not md's version."""
         if not stat.S_ISREG(st.st_mode) or not is_version(st, md):
-            unseen_change.set()
+            plug.look_again()
             raise Changed(f"{md.path}: changed on the remote since it was listed: not "
                           f"{what}d", describe(md.path, st))
 
@@ -357,7 +352,7 @@ def start(plug: Plug) -> None:
         back to its name if that is still free; Changed says what is there."""
         if is_moved_version(st, md):
             return
-        unseen_change.set()
+        plug.look_again()
         if not move_back(moved, name):
             raise DriverError(f"{md.path}: changed on the remote during the {what}, and "
                               f"another file took its name: that version is at {kept_at}")
@@ -454,7 +449,7 @@ def start(plug: Plug) -> None:
 
     plug.ready()
     try:
-        follow(plug, root, interval, unseen_change)
+        follow(plug, root, interval)
     except OutOfWatches as error:
         log.warning("remote %s: %s; listing %s every %gs instead (raise the limit: "
                     "sysctl fs.inotify.max_user_watches, max_user_instances)",
@@ -478,11 +473,11 @@ def poll(plug: Plug, root: str, interval: float) -> None:
             last = None
         else:
             if entries is None:
-                plug.stopping.wait(interval)
+                plug.wait_to_list(interval)
                 continue
             seen = {md.path: (md.revision, md.file_id, md.changed_ns) for md in entries}
             if (seen, writes) != last:
                 if last is None:
                     plug.online()
                 last = (seen, writes) if plug.report_tree(entries, started) else None
-        plug.stopping.wait(interval)
+        plug.wait_to_list(interval)  # sooner if a handler found a file gone or changed

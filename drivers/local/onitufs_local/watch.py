@@ -18,7 +18,6 @@ import contextlib
 import errno
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -261,11 +260,14 @@ def ancestors(path: str) -> list[str]:
     return ["/".join(parts[:end]) for end in range(1, len(parts))]
 
 
-def follow(plug: Plug, root: str, interval: float, unseen_change: threading.Event) -> None:
+def follow(plug: Plug, root: str, interval: float) -> None:
     """Watch the root folder and report what it holds until the mount ends. Raises
     OutOfWatches when the kernel cannot watch all of it: then it must be polled.
-    `unseen_change`, set by a handler that found a change no event named, makes the
-    next listing a full one.
+    plug.look_again, called by a handler that found a change no event named (a file
+    written through a link from outside the folder, or by another machine on a network
+    disk), makes the next listing a full one: the listing kept from events is wrong
+    there, and would undo what Changed told the core, or keep showing a file whose
+    reads fail until the safety net's listing.
 
     The paths events named go to the core as a part of the listing (report_part), so that
     its work follows the changes, not the size of the tree; the whole listing goes at the
@@ -281,8 +283,7 @@ def follow(plug: Plug, root: str, interval: float, unseen_change: threading.Even
     retry: set[str] = set()  # the paths of a part the core did not take: they go again
     try:
         while not plug.stopping.is_set():
-            if unseen_change.is_set() and tree is not None:
-                unseen_change.clear()
+            if tree is not None and plug.asked_to_look():
                 tree.stale = True
             now = time.monotonic()
             part: set[str] | None = None  # None: the whole listing goes, if anything changed
@@ -318,8 +319,8 @@ def follow(plug: Plug, root: str, interval: float, unseen_change: threading.Even
                         continue
                 if not first and not retry and plug.writes == reported and taken:
                     continue  # a quiet tick
-                if unseen_change.is_set():
-                    continue  # a full listing instead
+                if plug.asked_to_look():
+                    tree.stale = True  # a full listing instead of the events' part
                 started, writes = time.time(), plug.writes
                 tree.read(0)  # what changed before `started`, for the listing to hold
                 events, first = bool(first), 0.0
