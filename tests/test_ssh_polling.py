@@ -4,11 +4,13 @@ A walk of the server decodes nothing when every folder answered as at the
 last walk (a hash of the raw READDIR answers tells), yet finds an edit in
 place that leaves its folder's time alone and a link given another target
 of the same length. Mounted, the poll lists every 2 s after a change and
-backs off to poll_interval while nothing changes, as its debug log says.
+backs off to poll_interval while nothing changes, as its debug log says, and
+lists at once when a read finds a file gone.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -142,3 +144,30 @@ def test_the_poll_speeds_up_after_a_change_and_backs_off_to_poll_interval(
              what="the poll to speed up, then back off again", timeout=15)
     assert (mnt / "docs" / "note.txt").read_text() == "again"
     cloud.umount()
+
+
+def test_a_file_deleted_on_the_server_goes_after_a_read_finds_it_gone(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """A read that finds the file gone from the server fails (no other copy holds it), and
+    has the server listed at once: the name goes then, not at the next poll (8 s away
+    here, the poll backing off), and what else changed in the same burst shows with it."""
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, poll_interval="1h")
+    server = cloud.remotes["s"]
+    (server / "kept.txt").write_text("kept")
+    (server / "gone.txt").write_text("gone")
+    cloud.mount()
+    gone = cloud.mountpoint / "gone.txt"
+    wait_for(gone.exists, what="the first listing")
+    wait_for(lambda: "no change; next listing in 8s" in cloud.log, timeout=30,
+             what="the poll to back off to 8 s")
+    (server / "gone.txt").unlink()
+    (server / "new.txt").write_text("made in the same burst")
+    with pytest.raises(OSError) as failed:
+        gone.read_bytes()
+    assert failed.value.errno == errno.EIO
+    wait_for(lambda: not gone.exists(), timeout=4, what="the name to go")
+    assert (cloud.mountpoint / "new.txt").read_text() == "made in the same burst"
+    assert (cloud.mountpoint / "kept.txt").read_text() == "kept"
+    assert cloud.umount().returncode == 0
+    assert sorted(path.name for path in server.iterdir()) == [".onitufs-remote", "kept.txt",
+                                                              "new.txt"]

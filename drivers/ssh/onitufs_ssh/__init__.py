@@ -16,7 +16,8 @@ is first moved aside and checked, as SFTP cannot replace on a condition.
 Reads pipeline their requests and read ahead on several connections
 (reading.py). Changes made
 on the server are found by listing it (listing.py): every 2 s after a change,
-backing off to poll_interval while nothing changes (poll).
+backing off to poll_interval while nothing changes, and at once after a read
+found a file gone or changed (poll).
 While the server cannot be reached, handlers raise RemoteUnavailable and the
 poll reports the remote offline, retrying with backoff.
 """
@@ -50,7 +51,7 @@ from onitufs.plug import (
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import Tree, decode, describe, encode, kind_of, token
 from .pool import Pool, lost
-from .reading import OtherVersion, Reads
+from .reading import NotThere, OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
 from .sftp import (
@@ -205,7 +206,11 @@ def start(plug: Plug) -> None:
             return reads.get(roots[0], roots[0] + b"/" + encode(md.path), md.revision, offset,
                              size)
         except OtherVersion as error:
+            plug.look_again()  # changes come in bursts: the rest of it is listed now
             raise Changed(str(error), describe(md.path, error.attrs)) from None
+        except NotThere:
+            plug.look_again()  # reads of it fail until a listing reports what is there
+            raise
 
     @plug.handler()
     @guarded
@@ -625,7 +630,8 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
                       time.time() - started, "changes reported" if changed else "no change",
                       interval)
-            plug.stopping.wait(interval)
+            if plug.wait_to_list(interval):  # a read found the server changed
+                interval = min(FASTEST_POLL, settings.poll_interval)
     finally:
         if conn is not None:
             conn.close()

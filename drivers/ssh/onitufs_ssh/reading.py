@@ -22,6 +22,7 @@ that keeps the size is the racy case the core settles, remote_changes.py).
 from __future__ import annotations
 
 import collections
+import errno
 import stat
 import struct
 import threading
@@ -65,6 +66,10 @@ class OtherVersion(DriverError):
         super().__init__(f"{path.decode(errors='replace')}: changed on the remote since it was "
                          "indexed")
         self.attrs = attrs
+
+
+class NotThere(DriverError):
+    """The path holds no file of the remote now: gone, or something else in its place."""
 
 
 class Stream:
@@ -377,7 +382,8 @@ def open_file(conn: Connection, state: FileState) -> bytes:
     except SftpError as error:
         sftp.discard(resolving)
         sftp.discard(looking)
-        raise DriverError(f"{error}: no longer on the remote") from None
+        gone = NotThere if error.errno == errno.ENOENT else DriverError
+        raise gone(f"{error}: no longer on the remote") from None
     try:
         folder = sftp.named(resolving, what)
         mode = sftp.check(looking, ATTRS, what).attrs().mode or 0
@@ -387,6 +393,6 @@ def open_file(conn: Connection, state: FileState) -> bytes:
         sftp.discard(looking)
     if not at_or_below(folder, state.root) or not stat.S_ISREG(mode):
         sftp.close_handle(handle)
-        raise DriverError(f"{what}: not a file of the remote's folder (a symbolic link?)")
+        raise NotThere(f"{what}: not a file of the remote's folder (a symbolic link?)")
     return handle
 
