@@ -477,6 +477,9 @@ class Index:
                 root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 2,
                              atime_ns=stamp, mtime_ns=stamp, ctime_ns=stamp)
                 txn.put(q(ROOT_INO), root.pack(), db=self.db["inodes"])
+                # nothing for a crash recovery to do in a new index (nor to say it has)
+                _put_clean_mark(txn, self.db["meta"])
+                self.stopped_cleanly = True
                 return
             version = unq(raw)
             if version not in (1, 2, SCHEMA_VERSION):
