@@ -84,7 +84,7 @@ def start(plug: Plug) -> None:
             content.retrieve(key, where, file, size)
 
         fetched = Fetched(work / "fetched", retrieve)
-        sync = Sync(special, journal, fetched, work, settings.remove_after)
+        sync = Sync(special, journal, fetched, work, settings.remove_after, plug.look_again)
         content = Content(special, journal, sync, fetched, settings.export)
         register(plug, journal, sync, content, fetched, work / "spool")
         plug.ready()
@@ -102,7 +102,7 @@ def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
     last: tuple[dict[str, tuple[str, str | None]], int] | None = None
     while not plug.stopping.is_set():
         writes = plug.writes
-        sync.updated.clear()
+        plug.asked_to_look()  # this round serves a request made before it
         try:
             sync.poll()
             sync.collect()
@@ -119,7 +119,4 @@ def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
                 if last is None:
                     plug.online()
                 last = (seen, writes) if plug.report_tree(entries, started) else None
-        deadline = time.monotonic() + interval
-        while not sync.updated.is_set() and time.monotonic() < deadline:
-            if plug.stopping.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
-                return
+        plug.wait_to_list(interval)  # at once after a handler took in another machine's tree

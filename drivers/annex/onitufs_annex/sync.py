@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 class Sync:
     def __init__(self, special: Special, journal: Journal, fetched: Fetched, work: Path,
-                 remove_after: float) -> None:
+                 remove_after: float, taken_in: Callable[[], None]) -> None:
         self.special = special
         self.journal = journal
         self.fetched = fetched
@@ -56,7 +56,7 @@ class Sync:
         self.host = socket.gethostname()
         self.reached = False  # the pointer was read once: the tree is the remote's
         self.unreachable: str | None = None  # why the last look at the pointer failed
-        self.updated = threading.Event()  # the tree took in another machine's changes
+        self.taken_in = taken_in  # called when the tree took in another machine's changes
         self._lock = threading.Lock()  # one look at the pointer, or one write, at a time
         self._behind = False  # the pointer names a manifest older than ours
         # Keys being removed: an upload of the same content waits, then stores it again.
@@ -160,7 +160,7 @@ class Sync:
             self.journal.save()
         log.info("%s: took in the tree written by %s", self.label, theirs.writer or "another")
         self.reached = True
-        self.updated.set()
+        self.taken_in()
 
     def _push(self) -> None:
         with self.journal.lock:
