@@ -295,7 +295,8 @@ class Harness:
             self._thread.join(STOP_TIMEOUT)
             if self._thread.is_alive():
                 pytest.fail(f"start(plug) did not return within {STOP_TIMEOUT:g}s of "
-                            "plug.stopping being set (wait with plug.stopping.wait)",
+                            "plug.stopping being set (wait with plug.wait_to_list or "
+                            "plug.stopping.wait)",
                             pytrace=False)
             self._thread = None
 
