@@ -60,7 +60,9 @@ def check_mountpoint(mountpoint: Path, nonempty: bool = False) -> None:
     -o nonempty) holding files, which the mount would hide; clear a mount left there by a
     daemon that died. (`onitufs mount` refused one that is mounted before.)"""
     try:
-        os.stat(mountpoint)
+        # statvfs, not stat: the kernel answers a stat from its cache for a while after
+        # the daemon died, and the dead mount would be taken for a folder
+        os.statvfs(mountpoint)
     except OSError as error:
         if error.errno == errno.ENOTCONN:
             # A FUSE mount whose daemon died (kill -9): nothing serves it any more.

@@ -1,5 +1,6 @@
 """A FUSE daemon that hangs on purpose: mounted as an onitufs mount of a config, it takes
-every request for a file's attributes or xattrs and never answers (a daemon deadlocked).
+every request for a file's attributes, its xattrs or the file system's and never answers
+(a daemon deadlocked).
 
     python -m tests.hung_daemon MOUNTPOINT CONFIG
 """
@@ -18,6 +19,10 @@ class Hung(pyfuse3.Operations):
         raise AssertionError("never answered")
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("never answered")
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         await trio.sleep_forever()
         raise AssertionError("never answered")
 

@@ -1,6 +1,6 @@
-"""A dead mount is easy to clean, one whose daemon does not answer is said to be so, a
-wrong path is named for what it is, and a reader that goes away early (`onitufs status MNT
-| head -1`) gets no traceback."""
+"""A dead mount is easy to clean (umount detaches it, mount clears it), one whose daemon
+does not answer is said to be so, a wrong path is named for what it is, and a reader that
+goes away early (`onitufs status MNT | head -1`) gets no traceback."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ def test_umount_detaches_a_mount_whose_daemon_died(make_cloud: MakeCloud) -> Non
     assert cloud.umount().returncode == 0
     for remote in cloud.remotes.values():
         assert (remote / "queued").read_bytes() == b"not uploaded yet"
+
+
+def test_mount_right_after_a_kill9_clears_the_dead_mount(make_cloud: MakeCloud) -> None:
+    """The kernel keeps answering a stat of the dead mount's root from its cache for a
+    minute (the attribute timeout): `onitufs mount` at once must still see the daemon is
+    gone, clear its mount and mount, not call it "already a mount point"."""
+    cloud = make_cloud({"a": "rw"}, upload_delay="60s")
+    cloud.mount()
+    (cloud.mountpoint / "queued").write_bytes(b"not uploaded yet")
+    os.stat(cloud.mountpoint)  # the root's attributes, cached
+    cloud.kill9()
+    result = run("mount", cloud.mountpoint, cloud.config)
+    assert "clearing the mount left by a daemon that died" in result.stderr, result.stderr
+    cloud.pid = int(cloud.status()["pid"])
+    assert (cloud.mountpoint / "queued").read_bytes() == b"not uploaded yet"
+    assert cloud.umount().returncode == 0
+    assert (cloud.remotes["a"] / "queued").read_bytes() == b"not uploaded yet"
 
 
 def test_umount_and_status_say_that_a_stopped_daemon_is_stopped(make_cloud: MakeCloud) -> None:

@@ -135,17 +135,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def refuse_a_mount_there(mountpoint: Path) -> None:
     """Refuse a mount point something is mounted at. mountinfo tells, and a child process
-    asks the mount: a stat of a mount whose daemon is stopped or hung would hold this
+    asks the mount: a request to a mount whose daemon is stopped or hung would hold this
     command for ever (no signal ends that wait). A mount whose daemon died is left for
-    check_mountpoint to clear."""
+    check_mountpoint to clear. The request is a statvfs, which the kernel always passes
+    to the daemon: a stat, answered from its cache for a while after the daemon died,
+    took that mount for a live one."""
     if mount_entry(mountpoint) is None:
         return
 
-    def stat() -> None:
-        os.stat(mountpoint)
+    def statvfs() -> None:
+        os.statvfs(mountpoint)
 
     try:
-        ask_daemon(mountpoint, stat)
+        ask_daemon(mountpoint, statvfs)
     except OSError as error:
         if error.errno == errno.ENOTCONN:
             return
