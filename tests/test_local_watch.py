@@ -244,6 +244,31 @@ def test_what_events_name_goes_to_the_core_as_a_part_of_the_listing(tmp_path: Pa
             assert sink.view["moved/f199"].size == 1
 
 
+def test_what_onitufs_changes_goes_to_the_core_as_parts_with_no_whole_listing_after(
+        tmp_path: Path) -> None:
+    """The events of onitufs's own changes name them: no whole listing is needed after a
+    burst of writes, which would have the core compare every entry of the tree."""
+    root = tmp_path / "remote"
+    (root / "big").mkdir(parents=True)
+    for number in range(200):
+        (root / "big" / f"f{number}").write_bytes(b"x")
+    table = {"driver": "local", "path": str(root), "poll_interval": "1h"}
+    with started(onitufs_local, table, FolderBackdoor(root, tmp_path / "ballast"),
+                 base_dir=tmp_path) as harness:
+        sink = harness.sink
+        wholes = len(sink.listings)
+        note = harness.upload("note.txt", b"first")
+        harness.call("delete_file", harness.upload("gone.txt", b"soon gone"))
+        moved = note.copy(path="big/note.txt")
+        harness.call("move_file", note, moved)
+        sink.wait(lambda: "big/note.txt" in sink.view and "note.txt" not in sink.view
+                  and "gone.txt" not in sink.view, SOON, "onitufs's changes reported")
+        time.sleep(2 * watch.TICK)  # when a whole listing came once the events stopped
+        with sink.cond:
+            assert len(sink.listings) == wholes, "a whole listing after onitufs's changes"
+            assert any("big/note.txt" in scope or "big" in scope for scope in sink.parts)
+        assert harness.next_listing()["big/note.txt"].size == 5  # one comes when asked
+
 def test_a_walk_that_hangs_holds_another_remote_s_walk_back_only_so_long(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Local remotes walk their trees one at a time (listing.py), but a disk that stopped

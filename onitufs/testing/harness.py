@@ -403,11 +403,13 @@ class Harness:
                        f"{path!r} to be reported gone{self._crashed()}")
 
     def next_listing(self) -> dict[str, Metadata]:
-        """The first complete listing begun after now. plug.writes is moved on, as the core
-        does with every change it makes: the driver reports that listing even when it looks
-        like the last one it reported."""
+        """The first complete listing begun after now, asked for with plug.look_again (a
+        driver whose changes come as events otherwise sends parts only). plug.writes is
+        moved on, as the core does with every change it makes: the driver reports that
+        listing even when it looks like the last one it reported."""
         with self.sink.cond:
             self.plug.writes += 1
+        self.plug.look_again()
         now = time.time()
         found: list[Listing] = []
 

@@ -7,9 +7,12 @@ date once the events settle, then hands the core that part of the listing
 (plug.report_part), to which the core applies exactly the rules it applies to
 a polled listing, over those paths only. A full listing is taken at the start,
 when the kernel's queue of events overflowed, when the root folder is another
-one (a disk unplugged or plugged in), and every poll_interval as a safety net;
-the whole listing goes to the core then, and once things are quiet after
-onitufs changed the folder.
+one (a disk unplugged or plugged in), when a handler asks for one
+(plug.look_again), and every poll_interval as a safety net; the whole listing
+goes to the core then. What onitufs changes in the folder raises events like
+any other change, so its writes call for no whole listing of their own: the
+part that names them is enough, where a whole one would have the core compare
+every entry of the tree after each burst of writes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.MOVED_FROM 
 ROOT_GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT | Mask.IGNORED
 
 # How often the root folder is looked at: a disk unmounted from under it (umount -l of a
-# bind mount) raises no event there. Also how often a move of plug.writes is looked for.
+# bind mount) raises no event there.
 TICK = 2.0
 # Events are applied once none came for SETTLE (a file being written fires many), or MOST
 # after the first of them (a file that keeps changing still shows); and a listing goes to
@@ -271,8 +274,9 @@ def follow(plug: Plug, root: str, interval: float) -> None:
 
     The paths events named go to the core as a part of the listing (report_part), so that
     its work follows the changes, not the size of the tree; the whole listing goes at the
-    start, at each full listing, and once events stop for a TICK after onitufs changed the
-    folder (plug.writes moved), as the core asks of every driver."""
+    start and at each full listing, also when it is unchanged if onitufs changed the
+    folder since the last one (plug.writes moved), as the core asks of every driver. The
+    changes onitufs makes raise events too: they reach the core in parts like any other."""
     tree: Tree | None = None
     taken = False  # whether the core took the last listing sent (none yet: no)
     online = False
@@ -317,7 +321,7 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                     first = first or last
                     if last - first < MOST:
                         continue
-                if not first and not retry and plug.writes == reported and taken:
+                if not first and not retry and taken:
                     continue  # a quiet tick
                 if plug.asked_to_look():
                     tree.stale = True  # a full listing instead of the events' part
