@@ -109,7 +109,6 @@ def test_damaged_content_that_no_remote_holds_is_an_error_not_zeros(make_cloud: 
     content = os.urandom(2 * BLOCK)
     (cloud.mountpoint / "f").write_bytes(content)
     cloud.kill9()  # before any upload: the cache holds the only copy
-    os.system(f"fusermount3 -u -z {cloud.mountpoint}")
     scribble(cloud.cache, content, 500)
     result = run("fsck", cloud.config, check=False)
     assert result.returncode == 4, result.stdout + result.stderr

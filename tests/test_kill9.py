@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import MakeCloud, is_mounted, snapshot, wait_for
+from .conftest import MakeCloud, snapshot, wait_for
 
 ROUNDS = 6
 
@@ -84,8 +84,6 @@ def test_kill9_at_random_points(make_cloud: MakeCloud) -> None:
         stop.set()
         thread.join(timeout=30)
         assert not thread.is_alive()
-        subprocess.run(["fusermount3", "-u", "-z", str(cloud.mountpoint)], check=False)
-        assert not is_mounted(cloud.mountpoint)
         survivors.update(writer.done)
         if writer.unsure is not None:  # either version; neither is checked
             survivors.pop(writer.unsure, None)
