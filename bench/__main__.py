@@ -122,7 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-seconds", type=float, default=scale.IDLE_SECONDS, metavar="S",
                         help="scale: how long the remounted index's daemon is watched idle "
                              "(default 600, one round of the local driver's safety-net "
-                             "walks; 0 leaves it out)")
+                             "walks; 0 leaves it out, and the minute of light use after "
+                             "it)")
     parser.add_argument("suites", nargs="*", metavar="SUITE",
                         help=f"which suites to run, of {', '.join(SUITES)} (default all): fuse "
                              "(tmpfs, memfs, onitufs), programs (bench/programs.py), ssh "

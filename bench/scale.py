@@ -24,7 +24,10 @@ run, three parts.
    seconds (600, the local driver's default poll_interval, so that one round of
    its safety-net walks falls within) with nothing changing: idle means idle,
    issue 18's bar 3, under 1% of a core (each remote holds the whole tree here,
-   not a third of it).
+   not a third of it). Then the same over LIGHT_SECONDS (60) with a small file
+   written in the mount every LIGHT_EVERY (5) seconds, a mount in light use
+   (no bar): each write is uploaded to the three remotes, which must hold them
+   all afterwards.
 
 Each part checks what the remotes hold afterwards, so a fast but wrong run
 fails instead of winning. Free space is checked first; every part cleans up
@@ -76,6 +79,8 @@ INDEX_FILE_SIZE = 1024
 INTAKE_TIMEOUT = 3600.0  # for the first mount to take in and replicate the index tree
 PROGRESS_EVERY = 10.0
 IDLE_SECONDS = 600.0  # the local driver's default poll_interval: one round of walks
+LIGHT_SECONDS = 60.0  # the window of light use, after the idle one
+LIGHT_EVERY = 5.0  # seconds between two small files written in it
 MARGIN = GIB  # free space kept beyond what the largest part needs
 COMMAND_TIMEOUT = 3600
 
@@ -383,6 +388,31 @@ def idle(target: Onitufs, seconds: float, figures: Figures) -> None:
     figures["idle_seconds"] = seconds
 
 
+def light_use(target: Onitufs, seconds: float, figures: Figures) -> None:
+    """The daemon's share of a core over `seconds` while a small file is written in the
+    mount every LIGHT_EVERY seconds; then every remote must hold them all."""
+    assert target.pid is not None
+    folder = target.root / "light-use"
+    folder.mkdir()
+    say(f"  light use: the daemon's CPU time over {seconds:.0f} s, a file written every "
+        f"{LIGHT_EVERY:g} s")
+    before, start = cpu_seconds(target.pid), time.monotonic()
+    written: dict[str, bytes] = {}
+    while time.monotonic() - start < seconds:
+        name = f"note-{len(written)}.txt"
+        written[name] = f"note {len(written)}\n".encode() * (len(written) + 1)
+        (folder / name).write_bytes(written[name])
+        time.sleep(max(0.0, start + len(written) * LIGHT_EVERY - time.monotonic()))
+    elapsed = time.monotonic() - start
+    figures["light_core_percent"] = 100 * (cpu_seconds(target.pid) - before) / elapsed
+    figures["light_files"] = len(written)
+    target.settle(INTAKE_TIMEOUT)
+    for remote in target.remotes:
+        for name, content in written.items():
+            if (remote / "light-use" / name).read_bytes() != content:
+                raise WrongData(f"{remote}: light-use/{name} is not what was written")
+
+
 def index(files: int, workdir: Path | None, figures: Figures, problems: list[str],
           idle_seconds: float) -> None:
     with part(problems) as (targets, workdirs):
@@ -411,6 +441,7 @@ def index(files: int, workdir: Path | None, figures: Figures, problems: list[str
             f"{figures['onitufs_find_seconds']:.2f} s")
         if idle_seconds > 0:
             idle(target, idle_seconds, figures)
+            light_use(target, min(LIGHT_SECONDS, idle_seconds), figures)
         umount(target)
 
         folder = make_workdir(workdir, "onitufs-bench-scale-rclone-")
@@ -464,7 +495,8 @@ def details(figures: Figures) -> list[str]:
         f"{get('remount_seconds')} s, find -ls {get('onitufs_find_seconds')} s (RssAnon peak "
         f"{get('index_rss_anon_peak_mib')} MiB); rclone mount {get('rclone_mount_seconds')} s, "
         f"find -ls {get('rclone_find_seconds')} s; idle {get('idle_core_percent')}% of a core "
-        f"over {get('idle_seconds')} s",
+        f"over {get('idle_seconds')} s; in light use ({get('light_files')} files written) "
+        f"{get('light_core_percent')}%",
     ]
 
 
