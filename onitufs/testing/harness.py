@@ -407,10 +407,10 @@ class Harness:
         driver whose changes come as events otherwise sends parts only). plug.writes is
         moved on, as the core does with every change it makes: the driver reports that
         listing even when it looks like the last one it reported."""
+        now = time.time()  # before the request, which the driver may take at once
         with self.sink.cond:
             self.plug.writes += 1
         self.plug.look_again()
-        now = time.time()
         found: list[Listing] = []
 
         def begun() -> bool:
