@@ -23,7 +23,7 @@ from onitufs_local import listing, watch
 from onitufs.config import Options
 from onitufs.plug import GIVE_WAY_LIMIT, Plug
 from onitufs.testing.backdoor import FolderBackdoor
-from onitufs.testing.harness import started
+from onitufs.testing.harness import Harness, started
 
 from .conftest import Cloud, MakeCloud, is_mounted, made_with_the_number_of, snapshot, wait_for
 from .sshd import Sshd, sshfs_mounted
@@ -221,8 +221,9 @@ def test_an_unplugged_disk_is_an_outage_and_comes_back_watched(make_cloud: MakeC
         assert cloud.umount().returncode == 0
 
 
-def test_what_events_name_goes_to_the_core_as_a_part_of_the_listing(tmp_path: Path) -> None:
-    """The core compares the paths that changed, not the whole tree at each change."""
+@contextlib.contextmanager
+def big_folder_watched(tmp_path: Path) -> Iterator[tuple[Path, Harness]]:
+    """The local driver on a folder holding big/f0 ... big/f199, outside a mount."""
     root = tmp_path / "remote"
     (root / "big").mkdir(parents=True)
     for number in range(200):
@@ -230,6 +231,12 @@ def test_what_events_name_goes_to_the_core_as_a_part_of_the_listing(tmp_path: Pa
     table = {"driver": "local", "path": str(root), "poll_interval": "1h"}
     with started(onitufs_local, table, FolderBackdoor(root, tmp_path / "ballast"),
                  base_dir=tmp_path) as harness:
+        yield root, harness
+
+
+def test_what_events_name_goes_to_the_core_as_a_part_of_the_listing(tmp_path: Path) -> None:
+    """The core compares the paths that changed, not the whole tree at each change."""
+    with big_folder_watched(tmp_path) as (root, harness):
         sink = harness.sink
         wholes = len(sink.listings)
         (root / "new").write_bytes(b"news")
@@ -248,13 +255,7 @@ def test_what_onitufs_changes_goes_to_the_core_as_parts_with_no_whole_listing_af
         tmp_path: Path) -> None:
     """The events of onitufs's own changes name them: no whole listing is needed after a
     burst of writes, which would have the core compare every entry of the tree."""
-    root = tmp_path / "remote"
-    (root / "big").mkdir(parents=True)
-    for number in range(200):
-        (root / "big" / f"f{number}").write_bytes(b"x")
-    table = {"driver": "local", "path": str(root), "poll_interval": "1h"}
-    with started(onitufs_local, table, FolderBackdoor(root, tmp_path / "ballast"),
-                 base_dir=tmp_path) as harness:
+    with big_folder_watched(tmp_path) as (_, harness):
         sink = harness.sink
         wholes = len(sink.listings)
         note = harness.upload("note.txt", b"first")
@@ -268,6 +269,7 @@ def test_what_onitufs_changes_goes_to_the_core_as_parts_with_no_whole_listing_af
             assert len(sink.listings) == wholes, "a whole listing after onitufs's changes"
             assert any("big/note.txt" in scope or "big" in scope for scope in sink.parts)
         assert harness.next_listing()["big/note.txt"].size == 5  # one comes when asked
+
 
 def test_a_walk_that_hangs_holds_another_remote_s_walk_back_only_so_long(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
