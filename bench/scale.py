@@ -81,7 +81,7 @@ INDEX_FILE_SIZE = 1024
 INTAKE_TIMEOUT = 3600.0  # for the first mount to take in and replicate the index tree
 PROGRESS_EVERY = 10.0
 IDLE_SECONDS = 600.0  # the local driver's default poll_interval: one round of walks
-LIGHT_SECONDS = 60.0  # the window of light use, after the idle one
+LIGHT_SECONDS = 60.0  # the window of light use, before the idle one
 LIGHT_EVERY = 5.0  # seconds between two small files written in it
 MARGIN = GIB  # free space kept beyond what the largest part needs
 COMMAND_TIMEOUT = 3600
@@ -403,7 +403,8 @@ def light_use(target: Onitufs, seconds: float, figures: Figures) -> None:
     listed_and_settled(target)
     folder = target.root / "light-use"
     folder.mkdir()
-    (folder / "first.txt").write_bytes(b"the first change after the remount\n")
+    first = b"the first change after the remount\n"
+    (folder / "first.txt").write_bytes(first)
     listed_and_settled(target)
     say(f"  light use: the daemon's CPU time over {seconds:.0f} s, a file written every "
         f"{LIGHT_EVERY:g} s")
@@ -419,7 +420,7 @@ def light_use(target: Onitufs, seconds: float, figures: Figures) -> None:
     figures["light_files"] = len(written)
     target.settle(INTAKE_TIMEOUT)
     for remote in target.remotes:
-        for name, content in written.items():
+        for name, content in {"first.txt": first, **written}.items():
             if (remote / "light-use" / name).read_bytes() != content:
                 raise WrongData(f"{remote}: light-use/{name} is not what was written")
 
