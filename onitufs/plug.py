@@ -159,6 +159,18 @@ def at_or_below(path: AnyStr, folder: AnyStr) -> bool:
     return path == folder or path.startswith(posixpath.join(folder, folder[:0]))
 
 
+def ancestors(path: str) -> list[str]:
+    """The folders above a path, the nearest last ("a/b/c": "a", "a/b")."""
+    parts = path.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """The paths that are not below another of them: the scope of a report_part."""
+    given = set(paths)
+    return sorted(path for path in given if not any(up in given for up in ancestors(path)))
+
+
 # Read costs, as git-annex counts them
 CHEAP = 100
 EXPENSIVE = 200

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from asyncinotify import Inotify, Mask, Watch
 
-from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnavailable
+from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnavailable, ancestors, outermost
 
 from .listing import entry, listing, require_root
 
@@ -246,7 +246,7 @@ class Tree:
     def part(self, scope: set[str]) -> tuple[list[Metadata], list[str]]:
         """What is held at and below the paths of `scope`, and those of its paths that
         are not below another: a part of the listing for plug.report_part."""
-        tops = [path for path in scope if not any(up in scope for up in ancestors(path))]
+        tops = outermost(scope)
         found = []
         below = list(tops)
         while below:
@@ -256,11 +256,6 @@ class Tree:
                 found.append(md)
             below.extend(self.children.get(path, ()))
         return found, tops
-
-
-def ancestors(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:end]) for end in range(1, len(parts))]
 
 
 def follow(plug: Plug, root: str, interval: float) -> None:
