@@ -229,6 +229,36 @@ def dropbox_driver(request: pytest.FixtureRequest, tmp_path: Path,
 # -- dropbox (end) ---------------------------------------------------------------------------
 
 
+def test_dropbox_changes_reach_the_core_as_parts_of_the_listing(dropbox_driver: Harness) -> None:
+    """What Dropbox says changed, onitufs's own changes among it, goes to the core as
+    parts (the paths before and after): no whole listing, which has the core compare every
+    entry of the folder at each change. One comes when the core asks."""
+    harness, backdoor = dropbox_driver, dropbox_driver.backdoor
+    sink = harness.sink
+    wholes = len(sink.listings)
+    backdoor.write("big/report.txt", b"one")
+    backdoor.write("big/Report.txt", b"two")  # stored under its escape (the same name there)
+    note = harness.upload("note.txt", b"first")
+    harness.call("delete_file", harness.upload("gone.txt", b"soon gone"))
+    harness.call("move_file", note, note.copy(path="big/note.txt"))
+    sink.wait(lambda: {"big/report.txt", "big/Report.txt", "big/note.txt"} <= set(sink.view)
+              and "note.txt" not in sink.view and "gone.txt" not in sink.view, harness.report_timeout,
+              "the changes on Dropbox reported")
+    backdoor.rename("big", "Moved")
+    sink.wait(lambda: {"Moved/Report.txt", "Moved/note.txt"} <= set(sink.view)
+              and not any(path.startswith("big") for path in sink.view), harness.report_timeout,
+              "the folder renamed, with what it holds")
+    backdoor.rename("Moved", "moved")  # in case only: the same folder to Dropbox
+    sink.wait(lambda: "moved/report.txt" in sink.view and "Moved" not in sink.view, harness.report_timeout,
+              "the folder renamed in case")
+    with sink.cond:
+        assert len(sink.listings) == wholes, "a whole listing after a change"
+        assert any("big" in scope and "Moved" in scope for scope in sink.parts), sink.parts
+        assert sink.view["moved/Report.txt"].size == 3
+    listed = harness.next_listing()
+    assert set(listed) == {"moved", "moved/report.txt", "moved/Report.txt", "moved/note.txt"}
+
+
 def test_the_local_driver_does_not_wait_on_a_named_pipe(local_driver: Harness) -> None:
     """A file the remote's user replaced by a named pipe: its read fails at once (opening
     a pipe waits for a writer, and the driver's thread would wait with it)."""

@@ -4,12 +4,18 @@ The first time, the whole folder is listed (recursive) and reported with
 plug.report_tree. From then on the cursor says where the listing stopped:
 `list_folder/longpoll` waits for a change, `list_folder/continue` gives the
 entries changed since (files, folders, deletes), which update the Tree, and
-the Tree is reported whole: the core tells renames (the same Dropbox id at a
-new path) from deletes plus creates, and a listing it has seen from a new one.
-A `reset` cursor starts a full listing again, reported whole too, so nothing
-is lost or counted twice. The cursor and the Tree are saved in the driver's
-folder of the cache after each batch: the next mount catches up from there,
-however long it was away.
+what the Tree holds at the paths they named, before and after, goes to the
+core as a part of the listing (plug.report_part): its work follows the
+change, not the size of the folder. The core tells renames (the same Dropbox
+id at a new path) from deletes plus creates. Onitufs's own changes come back
+in that way too, as any other change does: a part the core does not take
+(onitufs was changing a path of it) goes again. The Tree is reported whole
+at the start, after an outage, when the core asks for it (plug.look_again,
+ListingNeeded), and after a `reset` cursor, which lists everything again, so
+nothing is lost or counted twice. The cursor and the Tree are saved in the
+driver's folder of the cache, at most every SAVE_EVERY seconds and at the
+end: the next mount catches up from there, however long it was away (an
+older save only has it go through changes it already has again).
 
 A failure puts the remote offline with its reason, retried with backoff; a
 refused token is retried once the token file changes (`onitufs auth`).
@@ -29,7 +35,7 @@ from dropbox import files
 from dropbox.exceptions import ApiError
 
 from onitufs.durable import write_atomically
-from onitufs.plug import Plug, RemoteUnavailable
+from onitufs.plug import ListingNeeded, Plug, RemoteUnavailable
 
 from .client import Api
 from .tree import Tree, node_of
@@ -37,6 +43,8 @@ from .tree import Tree, node_of
 log = logging.getLogger(__name__)
 LONGPOLL_TIMEOUT = 30  # seconds: Dropbox's shortest
 WAKE_EVERY = 0.2  # seconds: how often a wait looks at plug.writes and plug.stopping
+AGAIN_AFTER = 1.0  # seconds before a report the core did not take goes again
+SAVE_EVERY = 30.0  # seconds: writing the Tree out takes time in proportion to its size
 MAX_BACKOFF = 30.0
 
 
@@ -53,15 +61,27 @@ class Watcher:
         self._poll: threading.Thread | None = None
         self._poll_result: list[Any] = []
         self._changed = threading.Event()
+        self._asked = False  # plug.look_again asked for the whole listing during a wait
+        self._unsaved = False  # the Tree or the cursor changed since they were saved
+        self._saved_at = 0.0  # time.monotonic() of the last save
         self._load()
 
     def run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            if self._unsaved:
+                self._save()
+
+    def _follow(self) -> None:
         backoff, reported_error = 0.5, None
-        reported: int | None = None  # plug.writes when the last listing used whole began
+        taken = False  # whether the core took the last whole listing: parts come after one
+        again: set[str] = set()  # the paths of a part the core did not take
         while not self.plug.stopping.is_set():
             started, writes = time.time(), self.plug.writes
+            whole, self._asked = self._asked or self.plug.asked_to_look(), False
             try:
-                changed = self._catch_up()
+                scope = self._catch_up()
             except RemoteUnavailable as error:
                 reason = str(error)
                 if reason != reported_error:
@@ -75,16 +95,24 @@ class Watcher:
                 continue
             if reported_error is not None:
                 self.plug.online()
-            # A listing like the last one is reported anyway when onitufs changed the
-            # remote since that one began (see plug.writes).
-            if changed or reported_error is not None or reported != writes:
-                used = self.plug.report_tree(self.tree.listing(), started)
-                reported = writes if used else None
+            whole = whole or scope is None or reported_error is not None or not taken
+            if not whole and (scope or again):
+                part = (scope or set()) | again
+                entries, tops = self.tree.part(part)
+                try:
+                    again = set() if self.plug.report_part(entries, tops, started) else part
+                except ListingNeeded:
+                    whole = True
+            if whole:
+                taken, again = self.plug.report_tree(self.tree.listing(), started), set()
             backoff, reported_error = 0.5, None
-            self._wait(writes)
+            if self._unsaved and time.monotonic() - self._saved_at >= SAVE_EVERY:
+                self._save()
+            self._wait(writes, soon=bool(again) or not taken)
 
-    def _catch_up(self) -> bool:
-        """Bring the Tree up to date with Dropbox; whether anything changed."""
+    def _catch_up(self) -> set[str] | None:
+        """Bring the Tree up to date with Dropbox: the mount paths where something changed,
+        or None when everything was listed anew."""
         try:
             if self.cursor is not None:
                 return self._continue()
@@ -93,7 +121,7 @@ class Watcher:
                      self.plug.name)
             self.cursor = None
         self._list_all()
-        return True
+        return None
 
     def _list_all(self) -> None:
         client = self.api.client
@@ -108,13 +136,14 @@ class Watcher:
             raise RemoteUnavailable(f"cannot list {self.tree.root or '/'} on Dropbox: "
                                     f"{error.error}") from None
         self.tree.clear()
-        self._apply(entries)
+        self._apply(entries, set())
         self.cursor = result.cursor
         self._save()
 
-    def _continue(self) -> bool:
+    def _continue(self) -> set[str]:
         assert self.cursor is not None
-        changed, more = False, True
+        scope: set[str] = set()
+        more = True
         while more:
             try:
                 result = self.api.call(self.api.client.files_list_folder_continue, self.cursor)
@@ -124,34 +153,47 @@ class Watcher:
                     raise Reset() from None
                 raise RemoteUnavailable(f"cannot list {self.tree.root or '/'} on Dropbox: "
                                         f"{error.error}") from None
-            self._apply(result.entries)
-            changed = changed or bool(result.entries)
+            self._apply(result.entries, scope)
             self.cursor, more = result.cursor, result.has_more
-        if changed:
-            self._save()
-        return changed
+            self._unsaved = self._unsaved or bool(result.entries)
+        return scope
 
-    def _apply(self, entries: list[files.Metadata]) -> None:
+    def _apply(self, entries: list[files.Metadata], scope: set[str]) -> None:
+        """Update the Tree; the mount paths of what the entries change, before and after,
+        go into `scope` (a folder's old path holds what was in it)."""
+        named: list[str] = []
         for entry in entries:
             relative = self.tree.relative(entry.path_lower or "")
             if not relative:
                 continue  # the root folder itself
+            before = self.tree.shown_at(relative)
+            if before is not None:
+                scope.add(before)
             node = node_of(entry, relative if entry.path_display is None
                            else self.tree.relative(entry.path_display))
             if node is None:
                 self.tree.remove(relative)
             else:
                 self.tree.put(relative, node)
+                named.append(relative)
+        # After the whole batch: a folder renamed in it changes the paths of what it holds.
+        scope.update(path for path in map(self.tree.shown_at, named) if path is not None)
 
-    def _wait(self, writes: int) -> None:
-        """Until Dropbox has news (longpoll), plug.writes moved, or the mount ends."""
+    def _wait(self, writes: int, soon: bool) -> None:
+        """Until Dropbox has news (longpoll), plug.writes moved, the core asked for a
+        listing (plug.look_again), AGAIN_AFTER passed if `soon`, or the mount ends."""
         if self._poll is None or not self._poll.is_alive():
             self._changed.clear()
             self._poll = threading.Thread(target=self._longpoll, args=(self.cursor,),
                                           daemon=True, name=f"dropbox-longpoll-{self.plug.name}")
             self._poll.start()
+        until = time.monotonic() + AGAIN_AFTER if soon else float("inf")
         while not self.plug.stopping.is_set():
-            if self._changed.wait(WAKE_EVERY) or self.plug.writes != writes:
+            if self._changed.wait(WAKE_EVERY) or self.plug.writes != writes \
+                    or time.monotonic() >= until:
+                return
+            if self.plug.asked_to_look():
+                self._asked = True
                 return
 
     def _longpoll(self, cursor: str) -> None:
@@ -187,3 +229,4 @@ class Watcher:
         data = json.dumps({"root": self.tree.root, "cursor": self.cursor,
                            "nodes": self.tree.dump()}).encode()
         write_atomically(self.state, data)
+        self._unsaved, self._saved_at = False, time.monotonic()

@@ -13,12 +13,13 @@ from __future__ import annotations
 import calendar
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from dropbox import files
 
-from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata
+from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata, ancestors, at_or_below, outermost
 
 from .names import MAX_UNITS, escape, fold, mount_name, needs_escape, units
 
@@ -44,6 +45,12 @@ def node_of(entry: files.Metadata, relative: str) -> Node | None:
     if isinstance(entry, files.FolderMetadata):
         return Node(entry.name, "dir", entry.id, display=relative)
     return None
+
+
+def hidden(key: str) -> bool:
+    """Whether an entry is the driver's own (TEMP_SUFFIX: a folder moved aside to be
+    deleted), or in one: never reported."""
+    return any(name.endswith(TEMP_SUFFIX) for name in key.split("/"))
 
 
 class Tree:
@@ -170,11 +177,54 @@ class Tree:
                         mode=0o644, revision=node.rev, file_id=node.id)
 
     def listing(self) -> list[Metadata]:
-        """What is reported: all but the driver's own hidden names (TEMP_SUFFIX: a folder
-        moved aside to be deleted) and what is in them."""
+        """What is reported: all but the hidden entries."""
         with self._lock:
-            return [self._describe(key) for key in sorted(self._nodes)
-                    if not any(name.endswith(TEMP_SUFFIX) for name in key.split("/"))]
+            return [self._describe(key) for key in sorted(self._nodes) if not hidden(key)]
+
+    def shown_at(self, relative: str) -> str | None:
+        """The mount path of the entry at `relative` (a path Dropbox gives), None if there
+        is none or it is hidden: what a change there makes part of the next report."""
+        key = fold(relative)
+        with self._lock:
+            return self._mount_path(key) if key in self._nodes and not hidden(key) else None
+
+    def part(self, scope: Iterable[str]) -> tuple[list[Metadata], list[str]]:
+        """What is reported at and below the mount paths of `scope`, and those of its paths
+        that are not below another: a part of the listing for plug.report_part. Found by
+        their keys, not by describing the whole tree."""
+        tops = outermost(scope)
+        with self._lock:
+            keys, folders, unknown = set(), set(), []
+            for top in tops:
+                key = self._key_of(top)
+                if key is None:
+                    unknown.append(top)  # gone (its entries too, unless orphans below)
+                else:
+                    keys.add(key)
+                    if self._nodes[key].kind == "dir":
+                        folders.add(key)
+            if folders or unknown:
+                for key in self._nodes:
+                    above = ancestors(key)
+                    if any(up in folders for up in above):
+                        keys.add(key)
+                    elif unknown and not all(up in self._nodes for up in above):
+                        # An entry whose folder the driver has not learnt yet is shown under
+                        # the name Dropbox gave the folder: as in the whole listing.
+                        shown = self._mount_path(key)
+                        if any(at_or_below(shown, top) for top in unknown):
+                            keys.add(key)
+            return [self._describe(key) for key in sorted(keys) if not hidden(key)], tops
+
+    def _key_of(self, path: str) -> str | None:
+        """The key of the entry shown at mount path `path`, None if there is none."""
+        key = ""
+        for name in path.split("/"):
+            stored = self._child(key, name)
+            if stored is None:
+                return None
+            key = f"{key}/{fold(stored)}" if key else fold(stored)
+        return key
 
     def find(self, relative: str) -> Node | None:
         with self._lock:
@@ -184,7 +234,7 @@ class Tree:
 
     def dump(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"key": key, **asdict(node)} for key, node in self._nodes.items()]
+            return [{"key": key, **vars(node)} for key, node in self._nodes.items()]
 
     def load(self, saved: list[dict[str, Any]]) -> None:
         with self._lock:
