@@ -259,6 +259,36 @@ def test_dropbox_changes_reach_the_core_as_parts_of_the_listing(dropbox_driver: 
     assert set(listed) == {"moved", "moved/report.txt", "moved/Report.txt", "moved/note.txt"}
 
 
+def test_dropbox_goes_on_when_it_cannot_save_its_cursor(
+        dropbox_driver: Harness, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Saving where Dropbox's list of changes stopped is for the next mount only: where
+    it fails (its folder gone, a full disk), the changes go on reaching the core, and the
+    save comes once it can."""
+    from onitufs_dropbox import changes
+
+    harness, sink = dropbox_driver, dropbox_driver.sink
+    monkeypatch.setattr(changes, "SAVE_EVERY", 0.0)
+    saved = harness.folder / "listing.json"
+    harness.backdoor.write("before.txt", b"1")
+    sink.wait(lambda: "before.txt" in sink.view, harness.report_timeout, "before.txt")
+    harness.folder.rename(harness.folder.with_name("gone"))  # the driver may be writing in it
+    harness.folder.write_bytes(b"in the way")  # a file where the folder was: ENOTDIR
+    harness.backdoor.write("while.txt", b"2")
+    sink.wait(lambda: "while.txt" in sink.view, harness.report_timeout, "while.txt")
+    harness.backdoor.write("still.txt", b"3")
+    sink.wait(lambda: "still.txt" in sink.view, harness.report_timeout, "still.txt")
+    said = [record.getMessage() for record in caplog.records
+            if "cannot save where Dropbox's list of changes stopped" in record.getMessage()]
+    assert said and len(said) == len(set(said)), said  # each reason once, though tried often
+    harness.folder.unlink()
+    harness.folder.mkdir()
+    harness.backdoor.write("after.txt", b"4")
+    sink.wait(lambda: "after.txt" in sink.view, harness.report_timeout, "after.txt")
+    wait_for(lambda: saved.exists() and "after.txt" in saved.read_text(), 10,
+             "the save once it can be made")
+
+
 def test_the_local_driver_does_not_wait_on_a_named_pipe(local_driver: Harness) -> None:
     """A file the remote's user replaced by a named pipe: its read fails at once (opening
     a pipe waits for a writer, and the driver's thread would wait with it)."""

@@ -63,7 +63,8 @@ class Watcher:
         self._changed = threading.Event()
         self._asked = False  # plug.look_again asked for the whole listing during a wait
         self._unsaved = False  # the Tree or the cursor changed since they were saved
-        self._saved_at = 0.0  # time.monotonic() of the last save
+        self._saved_at = 0.0  # time.monotonic() of the last save, or try
+        self._save_error: str | None = None  # why the last save failed, said once
         self._load()
 
     def run(self) -> None:
@@ -224,9 +225,21 @@ class Watcher:
             self.cursor = saved["cursor"]
 
     def _save(self) -> None:
+        """Write the Tree and the cursor out. Where that fails (a full disk), the save
+        before stays, which only has the next mount go through more changes again: said
+        in the log, and tried again SAVE_EVERY later."""
         if self.state is None:
             return
         data = json.dumps({"root": self.tree.root, "cursor": self.cursor,
                            "nodes": self.tree.dump()}).encode()
-        write_atomically(self.state, data)
-        self._unsaved, self._saved_at = False, time.monotonic()
+        self._saved_at = time.monotonic()
+        try:
+            write_atomically(self.state, data)
+        except OSError as error:
+            if str(error) != self._save_error:
+                log.warning("remote %s: cannot save where Dropbox's list of changes stopped "
+                            "(%s); the next mount goes through more of it again",
+                            self.plug.name, error)
+                self._save_error = str(error)
+            return
+        self._unsaved, self._save_error = False, None
