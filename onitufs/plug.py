@@ -316,6 +316,8 @@ class Plug:
         # equal to the last one it reported must not skip it when this moved since that
         # listing began: what onitufs changed may have been changed back there meanwhile.
         self.writes = 0
+        self._written: set[str] | None = None  # see written_paths (None: never asked)
+        self._written_lock = threading.Lock()
         # How coarse the remote's modification times are, in seconds (SFTP's: 1). A file
         # changed within that long of a token onitufs recorded may keep the token: onitufs
         # then checks its content once the time has passed.
@@ -387,6 +389,24 @@ class Plug:
         comes now and whole (wait_to_list, asked_to_look), not when its interval ends:
         until it is reported, every read of that path fails."""
         self._look.set()
+
+    def wrote(self, paths: Iterable[str]) -> None:
+        """For the core: it changed these paths on the remote (writes, written_paths)."""
+        with self._written_lock:
+            self.writes += 1
+            if self._written is not None:
+                self._written.update(paths)
+
+    def written_paths(self) -> set[str]:
+        """The paths onitufs changed on the remote (uploaded, deleted, moved from or to,
+        made, set attributes of) since the last call; the first call starts the record.
+        For a driver that reports, as parts of its listing, what its polls found
+        different: these paths go into the part too, since a change onitufs made that was
+        undone there before the next poll leaves nothing different, yet onitufs must learn
+        of it (the rule of plug.writes, for parts)."""
+        with self._written_lock:
+            taken, self._written = self._written or set(), set()
+        return taken
 
     def asked_to_look(self) -> bool:
         """Whether look_again was called since this last answered True: the driver takes

@@ -264,7 +264,7 @@ class Remote:
 
     def touch(self, *paths: str) -> None:
         if self.plug is not None:
-            self.plug.writes += 1
+            self.plug.wrote(paths)
         now = time.time()
         for path in paths:
             self._note(path, now)

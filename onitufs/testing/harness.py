@@ -343,8 +343,8 @@ class Harness:
         if not ok:
             raise value
         if handler in RECORDED:
-            with self.sink.cond:
-                self.plug.writes += 1  # as the core counts the changes it made
+            with self.sink.cond:  # as the core counts the changes it made
+                self.plug.wrote(arg.path for arg in args if isinstance(arg, Metadata))
             self.sink.changed(handler, args)
         return value
 
@@ -409,7 +409,7 @@ class Harness:
         listing even when it looks like the last one it reported."""
         now = time.time()  # before the request, which the driver may take at once
         with self.sink.cond:
-            self.plug.writes += 1
+            self.plug.wrote(())
         self.plug.look_again()
         found: list[Listing] = []
 
