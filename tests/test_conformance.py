@@ -147,6 +147,34 @@ def ssh_driver(request: pytest.FixtureRequest, small_disk: Path,
         yield harness
 
 
+def test_ssh_changes_reach_the_core_as_parts_of_the_listing(ssh_driver: Harness) -> None:
+    """What a poll finds different, and what onitufs changed since the poll before, goes to
+    the core as a part of the listing: no whole listing, which has the core compare every
+    entry of the tree at each change. One comes when the core asks."""
+    harness, backdoor, sink = ssh_driver, ssh_driver.backdoor, ssh_driver.sink
+    wholes = len(sink.listings)
+    backdoor.mkdir("big")
+    backdoor.write("big/a.txt", b"one")
+    note = harness.upload("note.txt", b"first")
+    harness.call("delete_file", harness.upload("gone.txt", b"soon gone"))
+    harness.call("move_file", note, note.copy(path="big/note.txt"))
+    sink.wait(lambda: {"big/a.txt", "big/note.txt"} <= set(sink.view)
+              and "note.txt" not in sink.view and "gone.txt" not in sink.view,
+              harness.report_timeout, "the changes reported")
+    for round in range(5):  # undone on the server before a poll finds any difference
+        harness.upload(f"brief{round}.txt", b"short-lived")
+        backdoor.remove(f"brief{round}.txt")
+    sink.wait(lambda: not any(path.startswith("brief") for path in sink.view),
+              harness.report_timeout, "what onitufs uploaded and the server lost")
+    backdoor.rename("big", "moved")
+    sink.wait(lambda: {"moved/a.txt", "moved/note.txt"} <= set(sink.view) and "big" not in sink.view,
+              harness.report_timeout, "the folder renamed, with what it holds")
+    with sink.cond:
+        assert len(sink.listings) == wholes, "a whole listing after a change"
+        assert any("big" in scope and "moved" in scope for scope in sink.parts), sink.parts
+    assert set(harness.next_listing()) == {"moved", "moved/a.txt", "moved/note.txt"}
+
+
 def ssh_table(server: Sshd, root: Path) -> dict[str, Any]:
     """The config table of an SSH remote of the folder `root` on `server`."""
     return {"driver": "ssh", "host": "127.0.0.1", "port": server.port, "user": server.user,

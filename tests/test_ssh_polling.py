@@ -1,9 +1,9 @@
 """The SSH driver's poll: cheap when nothing changed, quick after a change, and blind to none.
 
 A walk of the server decodes nothing when every folder answered as at the
-last walk (a hash of the raw READDIR answers tells), yet finds an edit in
-place that leaves its folder's time alone and a link given another target
-of the same length. Mounted, the poll lists every 2 s after a change and
+last walk (a hash of the raw READDIR answers tells), and names the paths
+that changed, an edit in place that leaves its folder's time alone and a
+link given another target of the same length among them. Mounted, the poll lists every 2 s after a change and
 backs off to poll_interval while nothing changes, as its debug log says, and
 lists at once when a read finds a file gone.
 """
@@ -46,8 +46,7 @@ def session(sshd: Sshd, tmp_path: Path) -> Iterator[Session]:
         pool.close()
 
 
-def revisions(entries: list[Metadata] | None) -> dict[str, tuple[str | None, str | None]]:
-    assert entries is not None
+def revisions(entries: list[Metadata]) -> dict[str, tuple[str | None, str | None]]:
     return {md.path: (md.revision, md.target) for md in entries}
 
 
@@ -69,13 +68,16 @@ def test_an_unchanged_tree_is_not_decoded_and_every_change_is_found(
     monkeypatch.setattr(listing, "_decode", counted)
     tree = listing.Tree()
     path = str(root).encode()
-    first = revisions(tree.walk(session, path, wanted=False))  # a first walk always lists
+    walked = tree.walk(session, path)
+    first = revisions(walked.listing())
     assert len(first) == (listing.FOLDERS_AT_ONCE + 2) * 121 + 1
-    tree.walk(session, path, wanted=False)  # the first set the folders' access times
+    assert walked.changed == set(first)  # a first walk finds everything new
+    tree.walk(session, path)  # the first set the folders' access times
     decoded.clear()
-    assert tree.walk(session, path, wanted=False) is None
+    walked = tree.walk(session, path)
+    assert walked.changed == set()
     assert decoded == []  # nothing changed: nothing decoded
-    assert revisions(tree.walk(session, path)) == first  # unless the listing is wanted
+    assert revisions(walked.listing()) == first  # until the listing is asked for
 
     # an edit in place, same size: only the file's own time says so, not its folder's
     edited = root / "d3" / "f7"
@@ -84,9 +86,13 @@ def test_an_unchanged_tree_is_not_decoded_and_every_change_is_found(
         out.write(b"y" * 7)
     os.utime(edited, (time.time() + 5, time.time() + 5))  # another second, whenever it runs
     assert (root / "d3").stat().st_mtime_ns == folder_time
-    after = revisions(tree.walk(session, path, wanted=False))
-    assert after.pop("d3/f7") != first.pop("d3/f7")
-    assert after == first
+    decoded.clear()
+    walked = tree.walk(session, path)
+    assert walked.changed == {"d3/f7"}
+    entries, tops = walked.part(walked.changed)
+    assert tops == ["d3/f7"] and [md.path for md in entries] == ["d3/f7"]
+    assert entries[0].revision != first["d3/f7"][0]
+    assert decoded == ["d3"]  # the one folder that changed
     # a link given another target of the same length, its time and its folder's kept
     link = root / "d0" / "link"
     then = link.lstat().st_mtime_ns
@@ -95,16 +101,66 @@ def test_an_unchanged_tree_is_not_decoded_and_every_change_is_found(
     link.symlink_to("f2")
     os.utime(link, ns=(then, then), follow_symlinks=False)
     os.utime(root / "d0", ns=(folder_then, folder_then))
-    relinked = revisions(tree.walk(session, path, wanted=False))
-    assert relinked["d0/link"][1] == "f2"
-    # a new file in a folder, and nothing after
+    walked = tree.walk(session, path)
+    assert walked.changed == {"d0/link"}
+    assert [md.target for md in walked.part({"d0/link"})[0]] == ["f2"]
+    # a new file in a folder (whose own time moves, which is no change of it), and nothing
+    # after
     (root / "d5" / "new").write_bytes(b"new")
-    grown = revisions(tree.walk(session, path, wanted=False))
-    assert "d5/new" in grown
-    # reading d5 may have set its access time, which its entry in the root's answers shows
-    again = tree.walk(session, path, wanted=False)
-    assert again is None or revisions(again) == grown
-    assert tree.walk(session, path, wanted=False) is None
+    walked = tree.walk(session, path)
+    assert walked.changed == {"d5/new"}
+    assert revisions(walked.listing())["d5/new"][0] is not None
+    # a new file in the root: its folders' answers hold the root's new time in their
+    # entry .., which changes nothing of theirs
+    os.utime(root, (time.time() - 100, time.time() - 100))
+    assert tree.walk(session, path).changed == set()
+    (root / "top.txt").write_bytes(b"top")  # the root's time moves a hundred seconds
+    assert tree.walk(session, path).changed == {"top.txt"}
+    # a folder removed: it is what changed, and what was in it goes with it
+    for name in os.listdir(root / "d6"):
+        (root / "d6" / name).unlink()
+    (root / "d6").rmdir()
+    walked = tree.walk(session, path)
+    assert walked.changed == {"d6"}
+    assert walked.part({"d6"}) == ([], ["d6"])
+    # a folder given another mode: what is below it is part of it (and decoded for that)
+    (root / "d7").chmod(0o700)
+    decoded.clear()
+    walked = tree.walk(session, path)
+    assert walked.changed == {"d7"}
+    entries, _ = walked.part(walked.changed)
+    assert len(entries) == 121 and sorted(decoded) == ["", "d7"]
+    assert tree.walk(session, path).changed == set()
+
+
+def test_a_change_in_a_folder_does_not_have_its_large_folders_decoded(
+        session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each folder's answers hold its entry .., with its parent's times: where they come
+    first (as from every large folder of the usual file systems), they are not hashed, so a
+    name made in the parent leaves its folders' answers as they were."""
+    root = tmp_path / "tree"
+    for name in ("big1", "big2"):
+        (root / name).mkdir(parents=True)
+        for number in range(300):  # some blocks of names: an indexed folder on ext4
+            (root / name / f"{number:040d}").write_bytes(b"x")
+    decoded: list[str] = []
+    decode = listing._decode
+
+    def counted(folder: str, answers: list[memoryview]) -> list[Metadata]:
+        decoded.append(folder)
+        return decode(folder, answers)
+
+    monkeypatch.setattr(listing, "_decode", counted)
+    os.utime(root, (time.time() - 100, time.time() - 100))
+    tree = listing.Tree()
+    path = str(root).encode()
+    tree.walk(session, path)
+    tree.walk(session, path)  # (the first set the folders' access times)
+    decoded.clear()
+    (root / "top.txt").write_bytes(b"top")  # the root's time moves a hundred seconds
+    walked = tree.walk(session, path)
+    assert walked.changed == {"top.txt"}
+    assert decoded == [""]
 
 
 LISTED = re.compile(r"remote s: listed in \S+, (changes reported|no change); "

@@ -40,6 +40,7 @@ from onitufs.plug import (
     Changed,
     Conflict,
     DriverError,
+    ListingNeeded,
     Metadata,
     Plug,
     RemoteUnavailable,
@@ -577,25 +578,31 @@ def start(plug: Plug) -> None:
 def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) -> None:
     """List the remote and report what changed, until the mount ends: every FASTEST_POLL
     seconds right after a change was seen, twice as long after each listing that found
-    none, up to poll_interval (see wait)."""
+    none, up to poll_interval (see wait).
+
+    The first listing, one after the server could not be listed, one the core did not
+    take or asked for (plug.look_again, ListingNeeded) go whole; otherwise what the walk
+    found different, with the paths onitufs changed since the last poll
+    (plug.written_paths), goes as a part (plug.report_part), so that the core's work
+    follows the change, not the size of the tree."""
     conn: Connection | None = None
     tree = Tree()
-    # What the last listing reported held, and how many changes onitufs had made by then.
-    last: tuple[dict[str, str | None], int] | None = None
+    taken = False  # whether the core took the last whole listing: parts may follow it
+    again: set[str] = set()  # the paths of a part the core did not take: they go again
+    asked = False  # plug.look_again asked for a whole listing
     backoff = 0.5
     interval = settings.poll_interval
     reported_error: str | None = None
     try:
         while not plug.stopping.is_set():
-            started, writes = time.time(), plug.writes
+            started, written = time.time(), plug.written_paths()
             try:
                 if conn is None or not conn.alive():
                     if conn is not None:
                         conn.close()
                     conn = None
                     conn = connect(settings)
-                entries = tree.walk(conn.sftp, root(conn),
-                                    wanted=last is None or last[1] != writes)
+                walked = tree.walk(conn.sftp, root(conn))
             except Exception as error:
                 if isinstance(error, ConnectError):
                     reason = _located(settings, str(error))
@@ -612,26 +619,31 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
                     log.error("remote %s: %s", plug.name, reason)
                     reported_error = reason
                 plug.offline(reason)
-                last = None
+                taken = False  # (then the whole listing holds what onitufs wrote)
                 plug.stopping.wait(backoff)
                 backoff = min(MAX_POLL_BACKOFF, backoff * 2)
                 continue
             backoff = 0.5
+            if reported_error is not None or not taken:
+                plug.online()
             reported_error = None
-            changed = False
-            if entries is not None:  # else the server answered as at the last listing
-                seen = {md.path: md.revision for md in entries}
-                if (seen, writes) != last:
-                    if last is None:
-                        plug.online()
-                    last = (seen, writes) if plug.report_tree(entries, started) else None
-                    changed = True
+            changed = bool(walked.changed)
+            scope = walked.changed | written | again
+            if taken and not asked and scope:
+                entries, tops = walked.part(scope)
+                try:
+                    again = set() if plug.report_part(entries, tops, started) else scope
+                except ListingNeeded:
+                    taken = False
+            if asked or not taken:
+                taken, again, asked = plug.report_tree(walked.listing(), started), set(), False
             interval = wait(settings.poll_interval, interval, changed)
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
                       time.time() - started, "changes reported" if changed else "no change",
                       interval)
             if plug.wait_to_list(interval):  # a read found the server changed
                 interval = min(FASTEST_POLL, settings.poll_interval)
+                asked = True
     finally:
         if conn is not None:
             conn.close()

@@ -1,5 +1,5 @@
-"""What is on the server: Metadata from SFTP attributes, and the full listing the poll reports,
-decoded only when the server's answers changed (Tree).
+"""What is on the server: Metadata from SFTP attributes, and the listing the poll reports,
+whole or the part that changed, decoded only where needed (Tree, Walked).
 
 SFTP (version 3) gives sizes, permissions and modification times in whole
 seconds, and no inode numbers: a version's token is "MTIME:SIZE" and
@@ -13,9 +13,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onitufs.plug import TEMP_SUFFIX, Kind, Metadata
+from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, ancestors, outermost
 
 from .sftp import (
     CLOSE,
@@ -24,6 +25,7 @@ from .sftp import (
     READDIR,
     READLINK,
     Attrs,
+    Reader,
     Session,
     SftpError,
     decode_names,
@@ -63,13 +65,61 @@ def decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True)
+# What tells an entry's change: a folder's time moves with every name made in it, which
+# its own entries tell; a file's token holds its time and size.
+Signature = tuple[str, str | None, int]  # kind, token (None for a folder), mode
+
+
+def signature(md: Metadata) -> Signature:
+    return md.kind, None if md.kind == "dir" else md.revision, md.mode
+
+
+@dataclass(frozen=True, eq=False)
 class _Folder:
     """What a walk found in one folder."""
 
     digest: bytes  # of the server's READDIR answers, as they came
+    entries: dict[str, Signature]  # by path
     folders: tuple[str, ...]  # the paths of its subfolders
     links: tuple[str, ...]  # of its symbolic links
+
+
+class Walked:
+    """One walk's answers: the paths that changed since the walk before (new, gone, or
+    different), and the listing, whole or in part, decoded from the answers as asked."""
+
+    def __init__(self, answers: dict[str, list[memoryview]], decoded: dict[str, list[Metadata]],
+                 targets: dict[str, bytes], changed: set[str]) -> None:
+        self._answers, self._decoded, self._targets = answers, decoded, targets
+        self.changed = changed
+
+    def listing(self) -> list[Metadata]:
+        """Every file, folder and symlink below the root (temporary upload files left out)."""
+        return [md for folder in self._answers for md in self._entries_of(folder)]
+
+    def part(self, scope: Iterable[str]) -> tuple[list[Metadata], list[str]]:
+        """What is held at and below the paths of `scope`, and those of its paths that are
+        not below another: a part of the listing for plug.report_part. Only the folders
+        holding them are decoded."""
+        tops = outermost(scope)
+        wanted = set(tops)
+        parents = {top.rpartition("/")[0] for top in tops}
+        found = [md for folder in parents if folder in self._answers
+                 for md in self._entries_of(folder) if md.path in wanted]
+        if any(top in self._answers for top in tops):  # folders: what is below them too
+            found += [md for folder in self._answers
+                      if folder in wanted or any(up in wanted for up in ancestors(folder))
+                      for md in self._entries_of(folder)]
+        return found, tops
+
+    def _entries_of(self, folder: str) -> list[Metadata]:
+        entries = self._decoded.get(folder)
+        if entries is None:
+            entries = self._decoded[folder] = _decode(folder, self._answers[folder])
+        for md in entries:
+            if md.kind == "symlink":
+                md.target = decode(self._targets[md.path])
+        return entries
 
 
 class Tree:
@@ -88,9 +138,8 @@ class Tree:
         self._folders: dict[str, _Folder] = {}  # as the last complete walk found them
         self._targets: dict[str, bytes] = {}  # every symbolic link's target, the same
 
-    def walk(self, sftp: Session, root: bytes, wanted: bool = True) -> list[Metadata] | None:
-        """Every file, folder and symlink below root (temporary upload files left out), or
-        None when the server answered exactly as at the last walk, unless `wanted`.
+    def walk(self, sftp: Session, root: bytes) -> Walked:
+        """Read every folder below root; what changed since the last walk, and the listing.
 
         Up to FOLDERS_AT_ONCE folders are read at once, each request sent without
         waiting for the others' answers, so that a listing costs a few round trips
@@ -145,39 +194,55 @@ class Tree:
             raise
         finally:
             sftp.flush()  # the last CLOSEs, whose answers no one waits for
-        same = folders == self._folders and targets == self._targets
+        changed = {link for link in targets.keys() | self._targets.keys()
+                   if targets.get(link) != self._targets.get(link)}
+        for folder, found in folders.items():
+            before = self._folders.get(folder)
+            if found is not before:
+                old = before.entries if before is not None else {}
+                changed.update(path for path in found.entries.keys() | old.keys()
+                               if found.entries.get(path) != old.get(path))
         self._folders, self._targets = folders, targets
-        if same and not wanted:
-            return None
-        entries = []
-        for folder, raw in answers.items():
-            entries += decoded[folder] if folder in decoded else _decode(folder, raw)
-        for md in entries:
-            if md.kind == "symlink":
-                md.target = decode(targets[md.path])
-        return entries
+        return Walked(answers, decoded, targets, changed)
 
     def _read(self, folder: str, raw: list[memoryview],
               decoded: dict[str, list[Metadata]]) -> _Folder:
         """What the folder holds: as at the last walk when its answers were the same, else
         decoded from them (and kept in `decoded`)."""
         hashed = hashlib.sha256()  # of the fast ones here (SHA extensions), and sound
-        for answer in raw:
-            hashed.update(answer)
+        for number, answer in enumerate(raw):
+            hashed.update(answer if number else _past_dots(answer))
         digest = hashed.digest()
         before = self._folders.get(folder)
         if before is not None and before.digest == digest:
             return before
         entries = decoded[folder] = _decode(folder, raw)
-        return _Folder(digest, tuple(md.path for md in entries if md.kind == "dir"),
+        return _Folder(digest, {md.path: signature(md) for md in entries},
+                       tuple(md.path for md in entries if md.kind == "dir"),
                        tuple(md.path for md in entries if md.kind == "symlink"))
 
 
 def walk(sftp: Session, root: bytes) -> list[Metadata]:
     """Every file, folder and symlink below root, listed once."""
-    entries = Tree().walk(sftp, root)
-    assert entries is not None  # a first walk always lists
-    return entries
+    return Tree().walk(sftp, root).listing()
+
+
+def _past_dots(answer: memoryview) -> memoryview:
+    """A folder's first READDIR answer from past its entries . and .., where it starts
+    with them (the server reads them in the file system's order: first on ext4 for a
+    folder of more than one block, last or in between for a smaller one): .. holds the
+    parent's times, which every name made in the parent moves, and . the folder's own,
+    which its other entries and its parent's answer tell. Elsewhere, the whole answer."""
+    reader = Reader(answer)
+    reader.u32()  # how many names
+    past = reader.pos
+    for _ in range(2):
+        if reader.string() not in (b".", b".."):
+            break
+        reader.view()  # the long name
+        reader.attrs()
+        past = reader.pos
+    return answer[past:]
 
 
 def where(root: bytes, folder: str) -> bytes:
