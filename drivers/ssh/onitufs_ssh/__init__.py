@@ -637,6 +637,7 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
                     taken = False
             if asked or not taken:
                 taken, again, asked = plug.report_tree(walked.listing(), started), set(), False
+            del walked  # its answers, and what was decoded of them, not kept through the wait
             interval = wait(settings.poll_interval, interval, changed)
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
                       time.time() - started, "changes reported" if changed else "no change",
