@@ -215,6 +215,31 @@ def annex_driver(request: pytest.FixtureRequest, small_disk: Path, tmp_path: Pat
         yield harness
 
 
+def test_annex_changes_reach_the_core_as_parts_of_the_listing(annex_driver: Harness) -> None:
+    """What changed in the tree the driver keeps (another machine's manifest, onitufs's
+    own changes) goes to the core as a part of the listing, not as the whole tree at
+    each poll. One comes when the core asks (and when a handler took in another
+    machine's changes: not here)."""
+    harness, backdoor, sink = annex_driver, annex_driver.backdoor, annex_driver.sink
+    wholes = len(sink.listings)
+    backdoor.mkdir("big")
+    backdoor.write("big/a.txt", b"one")
+    sink.wait(lambda: "big/a.txt" in sink.view, harness.report_timeout, "the other machine's")
+    note = harness.upload("note.txt", b"first")
+    harness.call("delete_file", harness.upload("gone.txt", b"soon gone"))
+    harness.call("move_file", note, note.copy(path="big/note.txt"))
+    sink.wait(lambda: {"big/a.txt", "big/note.txt"} <= set(sink.view)
+              and "note.txt" not in sink.view and "gone.txt" not in sink.view,
+              harness.report_timeout, "the changes reported")
+    backdoor.rename("big", "moved")
+    sink.wait(lambda: {"moved/a.txt", "moved/note.txt"} <= set(sink.view) and "big" not in sink.view,
+              harness.report_timeout, "the folder renamed, with what it holds")
+    with sink.cond:
+        assert len(sink.listings) == wholes, "a whole listing after a change"
+        assert any("big" in scope and "moved" in scope for scope in sink.parts), sink.parts
+    assert set(harness.next_listing()) == {"moved", "moved/a.txt", "moved/note.txt"}
+
+
 # -- dropbox (begin) -------------------------------------------------------------------------
 # What onitufs-drivers(7) promises that Dropbox cannot keep: its test is marked to fail for it
 # (strictly).

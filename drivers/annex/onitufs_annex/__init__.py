@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from onitufs.plug import DriverError, Plug
+from onitufs.plug import DriverError, ListingNeeded, Plug, ancestors, outermost
 
 from .content import Content
 from .fetched import Fetched
@@ -84,7 +84,15 @@ def start(plug: Plug) -> None:
             content.retrieve(key, where, file, size)
 
         fetched = Fetched(work / "fetched", retrieve)
-        sync = Sync(special, journal, fetched, work, settings.remove_after, plug.look_again)
+        watcher = threading.current_thread()  # (start goes on to watch, below)
+
+        def taken_in() -> None:
+            # A handler took in another machine's tree: the next round comes now, and
+            # whole. A round of the watch reports what it took in itself.
+            if threading.current_thread() is not watcher:
+                plug.look_again()
+
+        sync = Sync(special, journal, fetched, work, settings.remove_after, taken_in)
         content = Content(special, journal, sync, fetched, settings.export)
         register(plug, journal, sync, content, fetched, work / "spool")
         plug.ready()
@@ -97,26 +105,45 @@ def start(plug: Plug) -> None:
 def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
     """Every poll_interval, or at once when a handler took in another machine's tree:
     take in the remote's manifest, send ours, remove unused keys and what uploads left
-    aside, and report the tree when it differs from the last one reported."""
+    aside, and report what changed in the tree since the last report, with the paths
+    onitufs changed since (plug.written_paths), as a part of the listing; the whole tree
+    at the start, after an outage, when not taken or asked for."""
     journal = sync.journal
-    last: tuple[dict[str, tuple[str, str | None]], int] | None = None
+    reported: dict[str, tuple[str | None, str | None, str, str | None]] = {}
+    taken = False  # whether the core took the last whole listing: parts may follow it
+    again: set[str] = set()  # the paths of a part the core did not take: they go again
+    asked = False  # plug.look_again asked for the whole listing
     while not plug.stopping.is_set():
-        writes = plug.writes
-        plug.asked_to_look()  # this round serves a request made before it
+        written = plug.written_paths()
+        asked = plug.asked_to_look() or asked  # this round serves a request made before it
         try:
             sync.poll()
             sync.collect()
             content.sweep()
         except DriverError as error:
             plug.offline(str(error))
-            last = None
+            taken = False
         else:
             started = time.time()
             with journal.lock:
                 entries = [entry.describe(path) for path, entry in journal.tree.items()]
-            seen = {md.path: (md.revision or "", md.file_id) for md in entries}
-            if (seen, writes) != last:
-                if last is None:
+            now = {md.path: (md.revision, md.file_id, md.attrs_key(), md.target)
+                   for md in entries}
+            scope = {path for path in now.keys() | reported.keys()
+                     if now.get(path) != reported.get(path)} | written | again
+            if taken and not asked and scope:
+                tops = outermost(scope)
+                wanted = set(tops)
+                part = [md for md in entries if md.path in wanted
+                        or any(up in wanted for up in ancestors(md.path))]
+                try:
+                    again = set() if plug.report_part(part, tops, started) else scope
+                except ListingNeeded:
+                    taken = False
+            if asked or not taken:
+                if not taken:
                     plug.online()
-                last = (seen, writes) if plug.report_tree(entries, started) else None
-        plug.wait_to_list(interval)  # at once after a handler took in another machine's tree
+                taken, again, asked = plug.report_tree(entries, started), set(), False
+            reported = now
+        # at once after a handler took in another machine's tree, or when asked
+        asked = plug.wait_to_list(interval) or asked
