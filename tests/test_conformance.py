@@ -148,24 +148,36 @@ def ssh_driver(request: pytest.FixtureRequest, small_disk: Path,
 
 
 def test_ssh_changes_reach_the_core_as_parts_of_the_listing(ssh_driver: Harness) -> None:
-    """What a poll finds different, and what onitufs changed since the poll before, goes to
-    the core as a part of the listing: no whole listing, which has the core compare every
-    entry of the tree at each change. One comes when the core asks."""
-    harness, backdoor, sink = ssh_driver, ssh_driver.backdoor, ssh_driver.sink
+    """What a poll finds different, and what onitufs changed since the poll before (files
+    uploaded and removed on the server before a poll saw them among it), goes to the core
+    as a part of the listing."""
+    changes_reach_the_core_as_parts(ssh_driver, undone_there=True)
+
+
+def changes_reach_the_core_as_parts(harness: Harness, theirs_first: bool = False,
+                                    undone_there: bool = False) -> None:
+    """Changes made on the remote and by onitufs go to the core as parts of the listing: no
+    whole listing, which has the core compare every entry of the tree at each change. One
+    comes when the core asks. `theirs_first`: the remote's changes are reported before
+    onitufs makes its own; `undone_there`: files onitufs uploads are removed there at once."""
+    backdoor, sink = harness.backdoor, harness.sink
     wholes = len(sink.listings)
     backdoor.mkdir("big")
     backdoor.write("big/a.txt", b"one")
+    if theirs_first:
+        sink.wait(lambda: "big/a.txt" in sink.view, harness.report_timeout, "big/a.txt")
     note = harness.upload("note.txt", b"first")
     harness.call("delete_file", harness.upload("gone.txt", b"soon gone"))
     harness.call("move_file", note, note.copy(path="big/note.txt"))
     sink.wait(lambda: {"big/a.txt", "big/note.txt"} <= set(sink.view)
               and "note.txt" not in sink.view and "gone.txt" not in sink.view,
               harness.report_timeout, "the changes reported")
-    for round in range(5):  # undone on the server before a poll finds any difference
-        harness.upload(f"brief{round}.txt", b"short-lived")
-        backdoor.remove(f"brief{round}.txt")
-    sink.wait(lambda: not any(path.startswith("brief") for path in sink.view),
-              harness.report_timeout, "what onitufs uploaded and the server lost")
+    if undone_there:
+        for round in range(5):
+            harness.upload(f"brief{round}.txt", b"short-lived")
+            backdoor.remove(f"brief{round}.txt")
+        sink.wait(lambda: not any(path.startswith("brief") for path in sink.view),
+                  harness.report_timeout, "what onitufs uploaded and the remote lost")
     backdoor.rename("big", "moved")
     sink.wait(lambda: {"moved/a.txt", "moved/note.txt"} <= set(sink.view) and "big" not in sink.view,
               harness.report_timeout, "the folder renamed, with what it holds")
@@ -217,27 +229,10 @@ def annex_driver(request: pytest.FixtureRequest, small_disk: Path, tmp_path: Pat
 
 def test_annex_changes_reach_the_core_as_parts_of_the_listing(annex_driver: Harness) -> None:
     """What changed in the tree the driver keeps (another machine's manifest, onitufs's
-    own changes) goes to the core as a part of the listing, not as the whole tree at
-    each poll. One comes when the core asks (and when a handler took in another
-    machine's changes: not here)."""
-    harness, backdoor, sink = annex_driver, annex_driver.backdoor, annex_driver.sink
-    wholes = len(sink.listings)
-    backdoor.mkdir("big")
-    backdoor.write("big/a.txt", b"one")
-    sink.wait(lambda: "big/a.txt" in sink.view, harness.report_timeout, "the other machine's")
-    note = harness.upload("note.txt", b"first")
-    harness.call("delete_file", harness.upload("gone.txt", b"soon gone"))
-    harness.call("move_file", note, note.copy(path="big/note.txt"))
-    sink.wait(lambda: {"big/a.txt", "big/note.txt"} <= set(sink.view)
-              and "note.txt" not in sink.view and "gone.txt" not in sink.view,
-              harness.report_timeout, "the changes reported")
-    backdoor.rename("big", "moved")
-    sink.wait(lambda: {"moved/a.txt", "moved/note.txt"} <= set(sink.view) and "big" not in sink.view,
-              harness.report_timeout, "the folder renamed, with what it holds")
-    with sink.cond:
-        assert len(sink.listings) == wholes, "a whole listing after a change"
-        assert any("big" in scope and "moved" in scope for scope in sink.parts), sink.parts
-    assert set(harness.next_listing()) == {"moved", "moved/a.txt", "moved/note.txt"}
+    own changes) goes to the core as a part of the listing, not as the whole tree at each
+    poll. (A handler that takes in another machine's changes asks for a whole listing:
+    here the other machine's come first, through a poll.)"""
+    changes_reach_the_core_as_parts(annex_driver, theirs_first=True)
 
 
 # -- dropbox (begin) -------------------------------------------------------------------------

@@ -50,22 +50,28 @@ def revisions(entries: list[Metadata]) -> dict[str, tuple[str | None, str | None
     return {md.path: (md.revision, md.target) for md in entries}
 
 
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders a walk decodes, in order."""
+    folders: list[str] = []
+    decode = listing._decode
+
+    def counted(folder: str, answers: list[memoryview]) -> list[Metadata]:
+        folders.append(folder)
+        return decode(folder, answers)
+
+    monkeypatch.setattr(listing, "_decode", counted)
+    return folders
+
+
 def test_an_unchanged_tree_is_not_decoded_and_every_change_is_found(
-        session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        session: Session, tmp_path: Path, decoded: list[str]) -> None:
     root = tmp_path / "tree"
     for top in range(listing.FOLDERS_AT_ONCE + 2):
         (root / f"d{top}").mkdir(parents=True)
         for number in range(120):  # more than one READDIR answer in a folder
             (root / f"d{top}" / f"f{number}").write_bytes(b"x" * number)
     (root / "d0" / "link").symlink_to("f1")
-    decoded: list[str] = []
-    decode = listing._decode
-
-    def counted(folder: str, answers: list[memoryview]) -> list[Metadata]:
-        decoded.append(folder)
-        return decode(folder, answers)
-
-    monkeypatch.setattr(listing, "_decode", counted)
     tree = listing.Tree()
     path = str(root).encode()
     walked = tree.walk(session, path)
@@ -134,7 +140,7 @@ def test_an_unchanged_tree_is_not_decoded_and_every_change_is_found(
 
 
 def test_a_change_in_a_folder_does_not_have_its_large_folders_decoded(
-        session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        session: Session, tmp_path: Path, decoded: list[str]) -> None:
     """Each folder's answers hold its entry .., with its parent's times: where they come
     first (as from every large folder of the usual file systems), they are not hashed, so a
     name made in the parent leaves its folders' answers as they were."""
@@ -143,14 +149,6 @@ def test_a_change_in_a_folder_does_not_have_its_large_folders_decoded(
         (root / name).mkdir(parents=True)
         for number in range(300):  # some blocks of names: an indexed folder on ext4
             (root / name / f"{number:040d}").write_bytes(b"x")
-    decoded: list[str] = []
-    decode = listing._decode
-
-    def counted(folder: str, answers: list[memoryview]) -> list[Metadata]:
-        decoded.append(folder)
-        return decode(folder, answers)
-
-    monkeypatch.setattr(listing, "_decode", counted)
     os.utime(root, (time.time() - 100, time.time() - 100))
     tree = listing.Tree()
     path = str(root).encode()
