@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +160,22 @@ def test_a_change_in_a_folder_does_not_have_its_large_folders_decoded(
     walked = tree.walk(session, path)
     assert walked.changed == {"top.txt"}
     assert decoded == [""]
+
+
+def test_the_dots_left_out_of_a_folder_s_hash_are_only_leading_ones() -> None:
+    """A server may answer READDIR with any number of names at a time, in any order."""
+    def answer(*names: bytes) -> memoryview:
+        packed = struct.pack(">I", len(names))
+        for name in names:
+            packed += struct.pack(">I", len(name)) + name + struct.pack(">I", 1) + b"l"
+            packed += struct.pack(">I", 0)  # no attributes
+        return memoryview(packed)
+
+    assert bytes(listing._past_dots(answer(b"."))) == b""  # one name in the answer
+    assert bytes(listing._past_dots(answer(b".", b".."))) == b""
+    assert bytes(listing._past_dots(answer(b".", b"..", b"f"))) == bytes(answer(b"f"))[4:]
+    in_between = answer(b"f", b"..", b"g")
+    assert bytes(listing._past_dots(in_between)) == bytes(in_between)[4:]
 
 
 LISTED = re.compile(r"remote s: listed in \S+, (changes reported|no change); "

@@ -234,9 +234,9 @@ def _past_dots(answer: memoryview) -> memoryview:
     parent's times, which every name made in the parent moves, and . the folder's own,
     which its other entries and its parent's answer tell. Elsewhere, the whole answer."""
     reader = Reader(answer)
-    reader.u32()  # how many names
+    names = reader.u32()
     past = reader.pos
-    for _ in range(2):
+    for _ in range(min(2, names)):
         if reader.string() not in (b".", b".."):
             break
         reader.view()  # the long name
