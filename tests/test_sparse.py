@@ -8,6 +8,7 @@ written, now take no cache space, and uploads to remotes that keep holes skip th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -31,8 +32,12 @@ def allocated(path: Path) -> int:
 
 def allocated_below(root: Path) -> int:
     """The disk space taken by every file below root, uploads in progress included."""
-    return sum(allocated(Path(folder) / name)
-               for folder, _, files in os.walk(root) for name in files)
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # an upload's part, renamed since
+                total += allocated(Path(folder) / name)
+    return total
 
 
 def cache_file(cloud: Cloud) -> int:
