@@ -512,6 +512,41 @@ class Plug:
             raise Stopped() from None
 
 
+class Reports:
+    """The reports of a driver that learns which paths changed (a list of changes, or what
+    differs between two polls): the whole listing until the core took one, and again
+    when the driver or the core asks for one (ListingNeeded); otherwise the paths that
+    changed go as a part, with those of a part the core did not take, which go again."""
+
+    def __init__(self, plug: Plug) -> None:
+        self.plug = plug
+        self.taken = False  # whether the core took the last whole listing
+        self._again: set[str] = set()
+
+    @property
+    def owed(self) -> bool:
+        """Whether a report the core did not take waits to go again (soon, then)."""
+        return bool(self._again) or not self.taken
+
+    def send(self, started: float, changed: Iterable[str] | None,
+             listing: Callable[[], Iterable[Metadata]],
+             part: Callable[[set[str]], tuple[list[Metadata], list[str]]]) -> None:
+        """Report what a look begun at `started` found: `changed`, the paths that differ
+        (None: report the whole listing); `listing` gives the whole, `part` the entries at
+        and below a scope's paths and its outermost paths (see report_part)."""
+        if changed is not None and self.taken:
+            scope = set(changed) | self._again
+            if not scope:
+                return
+            entries, tops = part(scope)
+            try:
+                self._again = set() if self.plug.report_part(entries, tops, started) else scope
+                return
+            except ListingNeeded:
+                pass
+        self.taken, self._again = self.plug.report_tree(listing(), started), set()
+
+
 # Only %25 and %80 to %FF are escapes: no UTF-8 name holds those bytes alone, so names
 # made on a UTF-8 remote keep their meaning (%41 stays %41, never A).
 _ESCAPE = re.compile(r"%(?=25|[89A-Fa-f][0-9A-Fa-f])|[\udc80-\udcff]")

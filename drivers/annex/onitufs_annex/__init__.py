@@ -22,12 +22,13 @@ interface instead, so that the remote holds a browsable tree; content.py).
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import threading
 import time
 from pathlib import Path
 
-from onitufs.plug import DriverError, ListingNeeded, Plug, ancestors, outermost
+from onitufs.plug import DriverError, Metadata, Plug, Reports, ancestors, outermost
 
 from .content import Content
 from .fetched import Fetched
@@ -110,8 +111,7 @@ def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
     at the start, after an outage, when not taken or asked for."""
     journal = sync.journal
     reported: dict[str, tuple[str | None, str | None, str, str | None]] = {}
-    taken = False  # whether the core took the last whole listing: parts may follow it
-    again: set[str] = set()  # the paths of a part the core did not take: they go again
+    reports = Reports(plug)
     asked = False  # plug.look_again asked for the whole listing
     while not plug.stopping.is_set():
         written = plug.written_paths()
@@ -122,28 +122,27 @@ def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
             content.sweep()
         except DriverError as error:
             plug.offline(str(error))
-            taken = False
+            reports.taken = False
         else:
             started = time.time()
             with journal.lock:
                 entries = [entry.describe(path) for path, entry in journal.tree.items()]
             now = {md.path: (md.revision, md.file_id, md.attrs_key(), md.target)
                    for md in entries}
-            scope = {path for path in now.keys() | reported.keys()
-                     if now.get(path) != reported.get(path)} | written | again
-            if taken and not asked and scope:
-                tops = outermost(scope)
-                wanted = set(tops)
-                part = [md for md in entries if md.path in wanted
-                        or any(up in wanted for up in ancestors(md.path))]
-                try:
-                    again = set() if plug.report_part(part, tops, started) else scope
-                except ListingNeeded:
-                    taken = False
-            if asked or not taken:
-                if not taken:
-                    plug.online()
-                taken, again, asked = plug.report_tree(entries, started), set(), False
-            reported = now
+            changed = {path for path in now.keys() | reported.keys()
+                       if now.get(path) != reported.get(path)} | written
+            if not reports.taken:
+                plug.online()
+            reports.send(started, None if asked else changed, entries.copy,
+                         functools.partial(part_of, entries))
+            reported, asked = now, False
         # at once after a handler took in another machine's tree, or when asked
         asked = plug.wait_to_list(interval) or asked
+
+
+def part_of(entries: list[Metadata], scope: set[str]) -> tuple[list[Metadata], list[str]]:
+    """The entries at and below the paths of `scope`, and its outermost paths."""
+    tops = outermost(scope)
+    wanted = set(tops)
+    return [md for md in entries if md.path in wanted
+            or any(up in wanted for up in ancestors(md.path))], tops

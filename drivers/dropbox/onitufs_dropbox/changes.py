@@ -35,7 +35,7 @@ from dropbox import files
 from dropbox.exceptions import ApiError
 
 from onitufs.durable import write_atomically
-from onitufs.plug import ListingNeeded, Plug, RemoteUnavailable
+from onitufs.plug import Plug, RemoteUnavailable, Reports
 
 from .client import Api
 from .tree import Tree, node_of
@@ -76,8 +76,7 @@ class Watcher:
 
     def _follow(self) -> None:
         backoff, reported_error = 0.5, None
-        taken = False  # whether the core took the last whole listing: parts come after one
-        again: set[str] = set()  # the paths of a part the core did not take
+        reports = Reports(self.plug)
         while not self.plug.stopping.is_set():
             started, writes = time.time(), self.plug.writes
             whole, self._asked = self._asked or self.plug.asked_to_look(), False
@@ -96,20 +95,12 @@ class Watcher:
                 continue
             if reported_error is not None:
                 self.plug.online()
-            whole = whole or scope is None or reported_error is not None or not taken
-            if not whole and (scope or again):
-                part = (scope or set()) | again
-                entries, tops = self.tree.part(part)
-                try:
-                    again = set() if self.plug.report_part(entries, tops, started) else part
-                except ListingNeeded:
-                    whole = True
-            if whole:
-                taken, again = self.plug.report_tree(self.tree.listing(), started), set()
+            whole = whole or reported_error is not None
+            reports.send(started, None if whole else scope, self.tree.listing, self.tree.part)
             backoff, reported_error = 0.5, None
             if self._unsaved and time.monotonic() - self._saved_at >= SAVE_EVERY:
                 self._save()
-            self._wait(writes, soon=bool(again) or not taken)
+            self._wait(writes, soon=reports.owed)
 
     def _catch_up(self) -> set[str] | None:
         """Bring the Tree up to date with Dropbox: the mount paths where something changed,

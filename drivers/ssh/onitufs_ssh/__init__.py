@@ -40,10 +40,10 @@ from onitufs.plug import (
     Changed,
     Conflict,
     DriverError,
-    ListingNeeded,
     Metadata,
     Plug,
     RemoteUnavailable,
+    Reports,
     at_or_below,
     left_aside_by_another,
     upload_path,
@@ -583,12 +583,11 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
     The first listing, one after the server could not be listed, one the core did not
     take or asked for (plug.look_again, ListingNeeded) go whole; otherwise what the walk
     found different, with the paths onitufs changed since the last poll
-    (plug.written_paths), goes as a part (plug.report_part), so that the core's work
-    follows the change, not the size of the tree."""
+    (plug.written_paths), goes as a part (Reports), so that the core's work follows the
+    change, not the size of the tree."""
     conn: Connection | None = None
     tree = Tree()
-    taken = False  # whether the core took the last whole listing: parts may follow it
-    again: set[str] = set()  # the paths of a part the core did not take: they go again
+    reports = Reports(plug)
     asked = False  # plug.look_again asked for a whole listing
     backoff = 0.5
     interval = settings.poll_interval
@@ -619,24 +618,18 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
                     log.error("remote %s: %s", plug.name, reason)
                     reported_error = reason
                 plug.offline(reason)
-                taken = False  # (then the whole listing holds what onitufs wrote)
+                reports.taken = False  # (then the whole listing holds what onitufs wrote)
                 plug.stopping.wait(backoff)
                 backoff = min(MAX_POLL_BACKOFF, backoff * 2)
                 continue
             backoff = 0.5
-            if reported_error is not None or not taken:
+            if reported_error is not None or not reports.taken:
                 plug.online()
             reported_error = None
             changed = bool(walked.changed)
-            scope = walked.changed | written | again
-            if taken and not asked and scope:
-                entries, tops = walked.part(scope)
-                try:
-                    again = set() if plug.report_part(entries, tops, started) else scope
-                except ListingNeeded:
-                    taken = False
-            if asked or not taken:
-                taken, again, asked = plug.report_tree(walked.listing(), started), set(), False
+            reports.send(started, None if asked else walked.changed | written, walked.listing,
+                         walked.part)
+            asked = False
             del walked  # its answers, and what was decoded of them, not kept through the wait
             interval = wait(settings.poll_interval, interval, changed)
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
