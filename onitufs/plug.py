@@ -35,7 +35,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -163,6 +163,11 @@ def ancestors(path: str) -> list[str]:
     """The folders above a path, the nearest last ("a/b/c": "a", "a/b")."""
     parts = path.split("/")
     return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
+def within(path: str, tops: Set[str]) -> bool:
+    """Whether the path is one of `tops` or below one: in a part whose scope they are."""
+    return path in tops or any(up in tops for up in ancestors(path))
 
 
 def outermost(paths: Iterable[str]) -> list[str]:

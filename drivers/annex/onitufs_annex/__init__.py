@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from onitufs.plug import DriverError, Metadata, Plug, Reports, ancestors, outermost
+from onitufs.plug import DriverError, Metadata, Plug, Reports, outermost, within
 
 from .content import Content
 from .fetched import Fetched
@@ -144,5 +144,4 @@ def part_of(entries: list[Metadata], scope: set[str]) -> tuple[list[Metadata], l
     """The entries at and below the paths of `scope`, and its outermost paths."""
     tops = outermost(scope)
     wanted = set(tops)
-    return [md for md in entries if md.path in wanted
-            or any(up in wanted for up in ancestors(md.path))], tops
+    return [md for md in entries if within(md.path, wanted)], tops

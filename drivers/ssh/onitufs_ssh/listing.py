@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, ancestors, outermost
+from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, outermost, within
 
 from .sftp import (
     CLOSE,
@@ -107,8 +107,7 @@ class Walked:
         found = [md for folder in parents if folder in self._answers
                  for md in self._entries_of(folder) if md.path in wanted]
         if any(top in self._answers for top in tops):  # folders: what is below them too
-            found += [md for folder in self._answers
-                      if folder in wanted or any(up in wanted for up in ancestors(folder))
+            found += [md for folder in self._answers if within(folder, wanted)
                       for md in self._entries_of(folder)]
         return found, tops
 
