@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class CallFailed(Exception):
-    """A handler of a remote raised; the remote's health has recorded it."""
+    """A handler of a remote raised; the remote's health has recorded it. `done`: how many
+    of the steps of a call_each returned before the one that raised."""
+
+    done = 0
 
 
 CONCURRENCY = 4
@@ -217,7 +220,9 @@ class Remote:
                     self.calls.discard(guard)
         except Exception as error:
             handler, args = steps[reached]
-            raise self._call_failed(handler, error, args) from error
+            failure = self._call_failed(handler, error, args)
+            failure.done = reached
+            raise failure from error
         self.succeeded()
         return result
 

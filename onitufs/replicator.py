@@ -888,7 +888,19 @@ class Replicator:
                 if offset:
                     await self._give_way(remote, inode.ino, began)
                 sending = time.monotonic()
-                await remote.call_each(*steps)
+                try:
+                    await remote.call_each(*steps)
+                except CallFailed as error:
+                    if error.done:  # the chunks before the one that failed went: noted
+                        _, (_, at, chunk) = steps[error.done - 1]
+                        went = at + len(chunk)
+                        remote.health.sent(sum(len(args[2]) for _, args in steps[:error.done]),
+                                           sending)
+                        self._reached[remote.rid][inode.ino] = (rev, went)
+                        if went < md.size:
+                            self._save_transfer(remote, inode.ino,
+                                                Transfer(rev, path, went, md.extra))
+                    raise
                 remote.health.sent(sum(len(args[2]) for _, args in steps), sending)
             else:
                 await trio.lowlevel.checkpoint()  # the mount goes on between holes too
