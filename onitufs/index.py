@@ -307,7 +307,9 @@ class Index:
         # remote id -> path -> (ino, entry): each remote's mirror, loaded on first use, so
         # that comparing a listing with it costs no decoding
         self._mirrors: dict[int, Known] = {}
-        self.mirror_writes = 0  # changes made to any mirror: see keep_mirror
+        # remote id -> the paths of its mirror changed since each decode_mirror under way
+        # began (see watch_mirror)
+        self._watches: dict[int, list[set[str]]] = {}
         self._after_commit: list[Callable[[], None]] = []
         # Read before anything is written: whether the index is as the last process left it
         # when it stopped cleanly (see mark_clean_stop).
@@ -431,7 +433,6 @@ class Index:
                 txn.abort()
             self._mirrors.clear()
             self._sums.clear()
-            self.mirror_writes += 1
             self._dirty.update(deferred)
             self._back_to_stored()
             raise
@@ -787,7 +788,8 @@ class Index:
                     db=self.db["mirror"])
         else:
             txn.delete(key, db=self.db["mirror"])
-        self.mirror_writes += 1
+        for changed in self._watches.get(rid, ()):
+            changed.add(path)
         known = self._mirrors.get(rid)
         if known is not None:
             if entry is None:
@@ -857,9 +859,21 @@ class Index:
 
     def mirror_at(self, rid: int, paths: Iterable[str],
                   txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
-        """What the remote holds at these paths, by path, not copied, for reading only."""
-        known = self._known(rid, txn)
-        return {path: known[path][1] for path in paths if path in known}
+        """What the remote holds at these paths, by path, for reading only. From the
+        records of these paths where the mirror is not decoded: a remote's few changes
+        after a start need not decode all it holds (a second for 100,000 files)."""
+        known = self._mirrors.get(rid)
+        if known is not None:
+            return {path: known[path][1] for path in paths if path in known}
+        stored = {path: self._stored_entry(rid, path, txn) for path in paths}
+        return {path: held[1] for path, held in stored.items() if held is not None}
+
+    def _stored_entry(self, rid: int, path: str,
+                      txn: lmdb.Transaction) -> tuple[int, MirrorEntry] | None:
+        """What the remote holds at a path, as LMDB has it: (ino, entry)."""
+        ino = self.mirror_ino(rid, path, txn)
+        entry = None if ino is None else self.mirror(rid, ino, txn).get(path)
+        return None if ino is None or entry is None else (ino, entry)
 
     def mirror_entries(self, rid: int, txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
         """Everything the remote holds by path, as mirror_all but not copied, for reading
@@ -875,22 +889,45 @@ class Index:
     def mirror_in_memory(self, rid: int) -> bool:
         return rid in self._mirrors
 
+    def watch_mirror(self, rid: int) -> set[str]:
+        """Collect the paths of the remote's mirror changed from now on, for keep_mirror:
+        called before decode_mirror starts, on the thread that changes mirrors."""
+        changed: set[str] = set()
+        self._watches.setdefault(rid, []).append(changed)
+        return changed
+
     def decode_mirror(self, rid: int) -> Known:
         """What the remote holds, decoded in a read transaction of its own: safe on a worker
         thread, as decoding 100,000 entries would hold up the mount for a second."""
         with self.begin() as txn:
             return self._load_mirror(rid, txn)
 
-    def keep_mirror(self, rid: int, known: Known, writes: int) -> None:
-        """Keep what decode_mirror gave, if no mirror changed since `mirror_writes` was
-        `writes` (read before it started): a change it may have missed is never kept,
-        the next use decodes the mirror again."""
-        if writes == self.mirror_writes and rid not in self._mirrors:
-            self._mirrors[rid] = known
+    def keep_mirror(self, rid: int, known: Known | None, changed: set[str]) -> None:
+        """End watch_mirror's `changed`, and keep what decode_mirror gave (None if it
+        failed) unless the mirror is in memory already. The paths changed meanwhile may be
+        missing from it or not, whatever the order of the change and the decode's read
+        transaction, or be in a write that failed: each is read again from LMDB, as it
+        holds them now, which no write under way can leave behind."""
+        watches = [watch for watch in self._watches[rid] if watch is not changed]
+        if watches:
+            self._watches[rid] = watches
+        else:
+            del self._watches[rid]
+        if known is None or rid in self._mirrors:
+            return
+        with self.begin() as txn:
+            for path in changed:
+                held = self._stored_entry(rid, path, txn)
+                if held is None:
+                    known.pop(path, None)
+                else:
+                    known[path] = held
+        self._mirrors[rid] = known
 
     def _load_mirror(self, rid: int, txn: lmdb.Transaction) -> Known:
-        """What the remote holds, decoded: at the first listing of a remote after the start,
-        for every file of the tree, so in bulk (one JSON document of all the records)."""
+        """What the remote holds, decoded: at the first whole listing compared, or folder
+        changed, after the start, for every file of the tree, so in bulk (one JSON
+        document of all the records)."""
         rows = list(scan(txn, self.db["mirror"], _I.pack(rid)))
         records = json.loads(b"[" + b",".join(bytes(value) for _, value in rows) + b"]")
         return SortedDict({path: (unq(key), MirrorEntry(**entry))

@@ -41,7 +41,7 @@ from .index import (
 )
 from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
-from .replicator import FetchError, Replicator, chunk_sha256
+from .replicator import FetchError, Replicator, chunk_sha256, decode_mirror_aside
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -623,7 +623,7 @@ class RemoteChanges:
                 for md in entries) % SUM_MOD)
         held: dict[str, MirrorEntry] = {}
         if not unchanged:
-            await self._decode_mirror(source)
+            await decode_mirror_aside(self.index, source.rid)
             with self.index.begin() as txn:
                 held = self.index.mirror_entries(source.rid, txn)
             held.pop("", None)  # the root, which every remote holds
@@ -652,24 +652,18 @@ class RemoteChanges:
         source = self.remotes[remote]
         if MARKER in scope or not (source.listed.is_set() and self._heeded(source)):
             raise ListingNeeded()
-        await self._decode_mirror(source)
         with self.index.begin() as txn:
             held = self.index.mirror_at(source.rid, scope, txn)
-            # what is below a folder of the part is in it too: looked for only then, as
-            # that means going through all the remote holds
-            if any(md.kind == "dir" for md in entries) \
-                    or any(entry.kind == "dir" for entry in held.values()):
+        # What is below a folder of the part is in it too: looked for only then, as that
+        # means going through all the remote holds, decoded (mirror_at needs no decode).
+        if any(md.kind == "dir" for md in entries) \
+                or any(entry.kind == "dir" for entry in held.values()):
+            await decode_mirror_aside(self.index, source.rid)
+            with self.index.begin() as txn:
+                held = self.index.mirror_at(source.rid, scope, txn)
                 held.update((path, entry) for _, path, entry in
                             self.index.mirror_below(source.rid, scope, txn))
         return await self._apply(source, entries, held, started)
-
-    async def _decode_mirror(self, source: Remote) -> None:
-        """What the remote holds, decoded on a worker thread if it is not in memory yet (at
-        its first listing after the start): the mount goes on being served meanwhile."""
-        if not self.index.mirror_in_memory(source.rid):
-            writes = self.index.mirror_writes
-            known = await trio.to_thread.run_sync(self.index.decode_mirror, source.rid)
-            self.index.keep_mirror(source.rid, known, writes)
 
     async def _apply(self, source: Remote, entries: list[Metadata],
                      held: dict[str, MirrorEntry], started: float) -> bool:
