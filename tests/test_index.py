@@ -4,6 +4,7 @@ what it finds of a remote's files below a folder, and which inode objects it han
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -46,108 +47,97 @@ def kind(path: str) -> str:
     return "dir" if any(other.startswith(path + "/") for other in HELD) else "file"
 
 
-def test_mirror_below_finds_exactly_what_is_below(tmp_path: Path) -> None:
-    index = Index(tmp_path, 1 << 24, BLOCK)
-    try:
-        rid = index.remote_id("r")
-        with index.write() as txn:
-            for ino, path in enumerate(HELD, start=10):
-                index.set_mirror(txn, rid, ino, path, MirrorEntry(1, "t", None, kind(path)))
-
-        def below(*folders: str) -> list[str]:
-            with index.begin() as txn:
-                return sorted(path for _, path, _ in index.mirror_below(rid, folders, txn))
-
-        for loaded in (False, True):  # as decoded from LMDB, then as kept up to date in memory
-            assert below("a") == ["a/sub", "a/sub/z", "a/x", "a/y"]
-            assert below("a/sub") == ["a/sub/z"]
-            assert below("a", "a/sub") == ["a/sub", "a/sub/z", "a/x", "a/y"]
-            assert below("a b", "aé", "b/a") == ["a b/x", "aé/x", "b/a/x"]
-            assert below("a/x", "nothing") == []
-            if not loaded:
-                with index.write() as txn:  # a folder moved: what was below it goes with it
-                    a0 = HELD.index("a0") + 10
-                    index.move_mirror(txn, rid, a0, "a0", "a0-moved",
-                                      MirrorEntry(1, "t", None, "dir"))
-                    index.move_mirror(txn, rid, a0, "a0-moved", "a0",
-                                      MirrorEntry(1, "t", None, "dir"))
-        with index.write() as txn:
-            index.move_mirror(txn, rid, 10, "a", "c", MirrorEntry(1, "t", None, "dir"))
-        assert below("a") == []
-        assert below("c") == ["c/sub", "c/sub/z", "c/x", "c/y"]
-        with index.begin() as txn:
-            assert sorted(index.mirror_entries(rid, txn)) == sorted(
-                ["c", "c/sub", "c/sub/z", "c/x", "c/y", *HELD[5:]])
-    finally:
-        index.close()
-
-
-def held_now(index: Index, rid: int) -> dict[str, tuple[int, MirrorEntry]]:
-    """The remote's mirror as LMDB holds it, decoded afresh."""
-    return dict(index.decode_mirror(rid))
-
-
-def test_a_mirror_not_decoded_is_answered_path_by_path(tmp_path: Path) -> None:
-    """A remote's few changes after a start are compared with what the index says it holds
-    at their paths, read from LMDB: the same answer as the decoded mirror gives, without
-    decoding all it holds."""
+@pytest.fixture
+def holding(tmp_path: Path) -> Iterator[tuple[Index, int]]:
+    """An index whose remote "r" holds HELD, inodes from 10 on, each at revision ino."""
     index = Index(tmp_path, 1 << 24, BLOCK)
     try:
         rid = index.remote_id("r")
         with index.write() as txn:
             for ino, path in enumerate(HELD, start=10):
                 index.set_mirror(txn, rid, ino, path, MirrorEntry(ino, "t", None, kind(path)))
-        asked = ["a/x", "a b", "aé/x", "nothing", "a/x/nothing", ""]
-        with index.begin() as txn:
-            from_records = index.mirror_at(rid, asked, txn)
-        assert not index.mirror_in_memory(rid)
-        assert from_records == {"a/x": MirrorEntry(11, "t", None, "file"),
-                                "a b": MirrorEntry(15, "t", None, "dir"),
-                                "aé/x": MirrorEntry(22, "t", None, "file")}
-        with index.begin() as txn:
-            index.mirror_entries(rid, txn)  # decodes it
-            assert index.mirror_in_memory(rid)
-            assert index.mirror_at(rid, asked, txn) == from_records
+        yield index, rid
     finally:
         index.close()
 
 
+def test_mirror_below_finds_exactly_what_is_below(holding: tuple[Index, int]) -> None:
+    index, rid = holding
+
+    def below(*folders: str) -> list[str]:
+        with index.begin() as txn:
+            return sorted(path for _, path, _ in index.mirror_below(rid, folders, txn))
+
+    for loaded in (False, True):  # as decoded from LMDB, then as kept up to date in memory
+        assert below("a") == ["a/sub", "a/sub/z", "a/x", "a/y"]
+        assert below("a/sub") == ["a/sub/z"]
+        assert below("a", "a/sub") == ["a/sub", "a/sub/z", "a/x", "a/y"]
+        assert below("a b", "aé", "b/a") == ["a b/x", "aé/x", "b/a/x"]
+        assert below("a/x", "nothing") == []
+        if not loaded:
+            with index.write() as txn:  # a folder moved: what was below it goes with it
+                a0 = HELD.index("a0") + 10
+                index.move_mirror(txn, rid, a0, "a0", "a0-moved",
+                                  MirrorEntry(1, "t", None, "dir"))
+                index.move_mirror(txn, rid, a0, "a0-moved", "a0",
+                                  MirrorEntry(1, "t", None, "dir"))
+    with index.write() as txn:
+        index.move_mirror(txn, rid, 10, "a", "c", MirrorEntry(1, "t", None, "dir"))
+    assert below("a") == []
+    assert below("c") == ["c/sub", "c/sub/z", "c/x", "c/y"]
+    with index.begin() as txn:
+        assert sorted(index.mirror_entries(rid, txn)) == sorted(
+            ["c", "c/sub", "c/sub/z", "c/x", "c/y", *HELD[5:]])
+
+
+def test_a_mirror_not_decoded_is_answered_path_by_path(holding: tuple[Index, int]) -> None:
+    """A remote's few changes after a start are compared with what the index says it holds
+    at their paths, read from LMDB: the same answer as the decoded mirror gives, without
+    decoding all it holds."""
+    index, rid = holding
+    asked = ["a/x", "a b", "aé/x", "nothing", "a/x/nothing", ""]
+    with index.begin() as txn:
+        from_records = index.mirror_at(rid, asked, txn)
+    assert not index.mirror_in_memory(rid)
+    assert from_records == {"a/x": MirrorEntry(11, "t", None, "file"),
+                            "a b": MirrorEntry(15, "t", None, "dir"),
+                            "aé/x": MirrorEntry(22, "t", None, "file")}
+    with index.begin() as txn:
+        index.mirror_entries(rid, txn)  # decodes it
+        assert index.mirror_in_memory(rid)
+        assert index.mirror_at(rid, asked, txn) == from_records
+
+
 @pytest.mark.parametrize("decoded", ["before the changes", "after the changes"])
-def test_a_mirror_decoded_aside_takes_in_what_changed_meanwhile(tmp_path: Path,
+def test_a_mirror_decoded_aside_takes_in_what_changed_meanwhile(holding: tuple[Index, int],
                                                                  decoded: str) -> None:
     """A mirror is decoded on a worker thread while the mount goes on changing it, and on
     a busy mount it always is: what changed meanwhile (added, changed, deleted, or in a
     write that failed) is in the mirror kept, whether the decode's read came before the
     changes or after them. Two decodes of one mirror at once each take in their own."""
-    index = Index(tmp_path, 1 << 24, BLOCK)
-    try:
-        rid = index.remote_id("r")
-        with index.write() as txn:
-            for ino, path in enumerate(HELD, start=10):
-                index.set_mirror(txn, rid, ino, path, MirrorEntry(1, "t", None, kind(path)))
-        first, second = index.watch_mirror(rid), index.watch_mirror(rid)
-        known = index.decode_mirror(rid) if decoded == "before the changes" else None
-        with index.write() as txn:
-            index.set_mirror(txn, rid, 11, "a/x", None)
-            index.set_mirror(txn, rid, 99, "new", MirrorEntry(2, "u", None, "file"))
-            index.set_mirror(txn, rid, 12, "a/y", MirrorEntry(5, "v", "f", "file"))
-        with pytest.raises(lmdb.MapFullError), index.write() as txn:
-            index.set_mirror(txn, rid, 13, "a/sub", None)
-            index.set_mirror(txn, rid, 98, "never", MirrorEntry(3, "w", None, "file"))
-            raise lmdb.MapFullError("the commit fails")
-        if known is None:
-            known = index.decode_mirror(rid)
-        index.keep_mirror(rid, None, second)  # the other decode failed: nothing kept
-        assert not index.mirror_in_memory(rid)
-        index.keep_mirror(rid, known, first)
-        assert index.mirror_in_memory(rid)
-        with index.begin() as txn:
-            kept = {path: (ino, entry) for ino, path, entry in index.mirror_all(rid, txn)}
-        assert kept == held_now(index, rid)
-        assert "a/x" not in kept and kept["new"][0] == 99 and kept["a/y"][1].rev == 5
-        assert "a/sub" in kept and "never" not in kept
-    finally:
-        index.close()
+    index, rid = holding
+    first, second = index.watch_mirror(rid), index.watch_mirror(rid)
+    known = index.decode_mirror(rid) if decoded == "before the changes" else None
+    with index.write() as txn:
+        index.set_mirror(txn, rid, 11, "a/x", None)
+        index.set_mirror(txn, rid, 99, "new", MirrorEntry(2, "u", None, "file"))
+        index.set_mirror(txn, rid, 12, "a/y", MirrorEntry(5, "v", "f", "file"))
+    with pytest.raises(lmdb.MapFullError), index.write() as txn:
+        index.set_mirror(txn, rid, 13, "a/sub", None)
+        index.set_mirror(txn, rid, 98, "never", MirrorEntry(3, "w", None, "file"))
+        raise lmdb.MapFullError("the commit fails")
+    if known is None:
+        known = index.decode_mirror(rid)
+    assert first == second == {"a/x", "new", "a/y", "a/sub", "never"}
+    index.keep_mirror(rid, None, second)  # the other decode failed: nothing kept
+    assert not index.mirror_in_memory(rid)
+    index.keep_mirror(rid, known, first)
+    assert index.mirror_in_memory(rid)
+    with index.begin() as txn:
+        kept = {path: (ino, entry) for ino, path, entry in index.mirror_all(rid, txn)}
+    assert kept == dict(index.decode_mirror(rid))  # as LMDB holds it now
+    assert "a/x" not in kept and kept["new"][0] == 99 and kept["a/y"][1].rev == 5
+    assert "a/sub" in kept and "never" not in kept
 
 
 def test_an_inode_held_while_the_index_lets_go_of_it_stays_the_one_handed_out(
