@@ -9,7 +9,8 @@ Named databases (one environment, so one transaction can change several):
 - ``xattrs``    ino + name -> value
 - ``remotes``   remote name -> remote id
 - ``mirror``    remote id + ino -> JSON {path: {rev, token, fid, kind}}: what the remote holds
-- ``rpaths``    remote id + hash(path) -> ino + path: the same, looked up by path
+- ``rpaths``    remote id + path's first 400 bytes + hash(path) -> ino + path: the same,
+                looked up by path, and what is below a folder by its path's prefix
 - ``todo``      remote id + ino -> due time: inodes that remote must be brought up to date on
 - ``transfers`` remote id + ino -> JSON {rev, path, offset, extra}: uploads in flight
 - ``hashes``    ino + block number -> revision + SHA-256 of that block of that revision
@@ -47,7 +48,8 @@ from sortedcontainers import SortedDict
 from . import cleanstop, compaction, lmdbcheck
 from .lru import LRU
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+RPATH_PREFIX = 400  # of a path's bytes, in its rpaths key (LMDB's keys hold up to 511)
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
 _I = struct.Struct(">I")
@@ -483,12 +485,15 @@ class Index:
                 self.stopped_cleanly = True
                 return
             version = unq(raw)
-            if version not in (1, 2, SCHEMA_VERSION):
+            if version not in (1, 2, 3, SCHEMA_VERSION):
                 raise CacheError(f"index schema {version} is not the supported {SCHEMA_VERSION}")
             if version == 1:
                 self._upgrade_from_1(txn)
             if version in (1, 2):
                 self._upgrade_from_2(txn)
+            if version in (1, 2, 3):
+                self._upgrade_from_3(txn)
+                txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
             stored = txn.get(b"block_size", db=self.db["meta"])
             if stored is not None and block_size and unq(stored) != block_size:
                 raise CacheError(f"cache.block_size: the cache {self.path} was made with blocks "
@@ -507,7 +512,16 @@ class Index:
             content = txn.get(key, db=self.db["blocks"])
             assert content is not None
             txn.put(key, seal(content), db=self.db["blocks"])
-        txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
+
+    def _upgrade_from_3(self, txn: lmdb.Transaction) -> None:
+        # Schema 3 keyed rpaths by a hash of the whole path: what a remote held below a
+        # folder was found only in its whole mirror, decoded.
+        txn.drop(self.db["rpaths"], delete=False)
+        for key, raw in scan(txn, self.db["mirror"], b""):
+            rid, ino = _I.unpack_from(key)[0], unq(key[_I.size:])
+            for path in json.loads(bytes(raw)):
+                txn.put(self._rpath_key(rid, path), q(ino) + encode_path(path),
+                        db=self.db["rpaths"])
 
     # counters
 
@@ -846,8 +860,12 @@ class Index:
     def mirror_below(self, rid: int, folders: Sequence[str],
                      txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
         """What the remote holds below any of `folders`: (ino, path, entry), not copied,
-        for reading only."""
-        known = self._known(rid, txn)
+        for reading only. From the records below them where the mirror is not decoded: a
+        folder made, moved or deleted after a start need not decode all the remote holds
+        (a second and 100 MB for 100,000 files)."""
+        known = self._mirrors.get(rid)
+        if known is None:
+            return self._stored_below(rid, folders, txn)
         below: dict[str, tuple[int, MirrorEntry]] = {}
         for folder in folders:
             # The paths below a folder sort together, from "folder/" to before "folder0"
@@ -856,6 +874,28 @@ class Index:
             first, end = known.bisect_left(f"{folder}/"), known.bisect_left(f"{folder}0")
             below.update(known.items()[first:end])
         return [(ino, path, entry) for path, (ino, entry) in below.items()]
+
+    def stored_below(self, rid: int, folders: Sequence[str]) -> dict[str, MirrorEntry]:
+        """What the remote holds below `folders`, by path, from LMDB's records only, in a
+        read transaction of its own: safe on a worker thread."""
+        with self.begin() as txn:
+            return {path: entry for _, path, entry in self._stored_below(rid, folders, txn)}
+
+    def _stored_below(self, rid: int, folders: Sequence[str],
+                      txn: lmdb.Transaction) -> list[tuple[int, str, MirrorEntry]]:
+        """mirror_below as LMDB has it: the keys of the paths below a folder start with
+        its path (or with its first RPATH_PREFIX bytes, and then the path stored says)."""
+        below: dict[str, tuple[int, MirrorEntry]] = {}
+        for folder in folders:
+            start = f"{folder}/"
+            prefix = _I.pack(rid) + encode_path(start)[:RPATH_PREFIX]
+            for _, raw in scan(txn, self.db["rpaths"], prefix):
+                path = os.fsdecode(bytes(raw[_Q.size:]))
+                if path.startswith(start) and path not in below:
+                    entry = self.mirror(rid, unq(raw), txn).get(path)
+                    if entry is not None:
+                        below[path] = (unq(raw), entry)
+        return [(ino, path, entry) for path, (ino, entry) in sorted(below.items())]
 
     def mirror_at(self, rid: int, paths: Iterable[str],
                   txn: lmdb.Transaction) -> dict[str, MirrorEntry]:
@@ -936,7 +976,11 @@ class Index:
 
     @staticmethod
     def _rpath_key(rid: int, path: str) -> bytes:
-        return _I.pack(rid) + hashlib.blake2b(encode_path(path), digest_size=16).digest()
+        """The path's first bytes lead (what is below a folder is found by its prefix),
+        its hash follows (two paths that share the first RPATH_PREFIX bytes differ)."""
+        encoded = encode_path(path)
+        return _I.pack(rid) + encoded[:RPATH_PREFIX] + hashlib.blake2b(
+            encoded, digest_size=16).digest()
 
     # work queue per remote
 

@@ -41,7 +41,7 @@ from .index import (
 )
 from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
-from .replicator import FetchError, Replicator, chunk_sha256, decode_mirror_aside
+from .replicator import FetchError, Replicator, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -654,16 +654,21 @@ class RemoteChanges:
             raise ListingNeeded()
         with self.index.begin() as txn:
             held = self.index.mirror_at(source.rid, scope, txn)
-        # What is below a folder of the part is in it too: looked for only then, as that
-        # means going through all the remote holds, decoded (mirror_at needs no decode).
+        # What is below a folder of the part is in it too: looked for only then.
         if any(md.kind == "dir" for md in entries) \
                 or any(entry.kind == "dir" for entry in held.values()):
-            await decode_mirror_aside(self.index, source.rid)
-            with self.index.begin() as txn:
-                held = self.index.mirror_at(source.rid, scope, txn)
-                held.update((path, entry) for _, path, entry in
-                            self.index.mirror_below(source.rid, scope, txn))
+            held.update(await self._held_below(source.rid, scope))
         return await self._apply(source, entries, held, started)
+
+    async def _held_below(self, rid: int, folders: list[str]) -> dict[str, MirrorEntry]:
+        """What the remote holds below `folders`: from LMDB's records on a worker thread if
+        the mirror is not decoded (a folder may hold the whole tree, 6 µs an entry), as
+        the held paths of any listing may be: a change onitufs makes there meanwhile is
+        seen by `_apply` (Remote.touched_since)."""
+        if not self.index.mirror_in_memory(rid):
+            return await trio.to_thread.run_sync(self.index.stored_below, rid, folders)
+        with self.index.begin() as txn:
+            return {path: entry for _, path, entry in self.index.mirror_below(rid, folders, txn)}
 
     async def _apply(self, source: Remote, entries: list[Metadata],
                      held: dict[str, MirrorEntry], started: float) -> bool:
@@ -740,6 +745,20 @@ class RemoteChanges:
         """Whether onitufs is changing `path` on a remote other than `source` now."""
         return any(path in remote.changing for remote in self.remotes.values()
                    if remote is not source)
+
+
+async def decode_mirror_aside(index: Index, rid: int) -> None:
+    """Have the remote's mirror in memory, decoded on a worker thread if it is not yet (a
+    second for 100,000 files): the mount goes on being served meanwhile. Before a whole
+    listing is compared with all the remote holds."""
+    if index.mirror_in_memory(rid):
+        return
+    changed = index.watch_mirror(rid)
+    known = None
+    try:
+        known = await trio.to_thread.run_sync(index.decode_mirror, rid)
+    finally:
+        index.keep_mirror(rid, known, changed)
 
 
 async def paced(items: Iterable[T]) -> AsyncIterator[T]:

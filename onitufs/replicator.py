@@ -157,20 +157,6 @@ async def settled(future: concurrent.futures.Future[T]) -> T:
     return future.result() if future.done() else await trio.to_thread.run_sync(future.result)
 
 
-async def decode_mirror_aside(index: Index, rid: int) -> None:
-    """Have the remote's mirror in memory, decoded on a worker thread if it is not yet (a
-    second for 100,000 files): the mount goes on being served meanwhile. Before what goes
-    through all the remote holds: a folder's listing, delete or move."""
-    if index.mirror_in_memory(rid):
-        return
-    changed = index.watch_mirror(rid)
-    known = None
-    try:
-        known = await trio.to_thread.run_sync(index.decode_mirror, rid)
-    finally:
-        index.keep_mirror(rid, known, changed)
-
-
 def held_version(md: Metadata, entry: MirrorEntry) -> Metadata:
     """md, naming the version the remote was last known to hold there (what a driver
     checks before it reads, changes or deletes it)."""
@@ -665,7 +651,6 @@ class Replicator:
                            visiting: frozenset[int]) -> None:
         """Bring up to date the other inodes the remote holds below `folder`, deepest
         first."""
-        await decode_mirror_aside(self.index, remote.rid)
         with self.index.begin() as txn:
             below = {(path.count("/"), held) for held, path, _ in
                      self.index.mirror_below(remote.rid, [folder], txn) if held != ino}
@@ -774,8 +759,6 @@ class Replicator:
     async def _move(self, remote: Remote, ino: int, old: str, new: str, entry: MirrorEntry) -> None:
         old_md = entry_metadata(old, entry)
         new_md = old_md.copy(path=new)
-        if entry.kind == "dir":  # what is below it moves with it in the mirror
-            await decode_mirror_aside(self.index, remote.rid)
         await self._call_on_version(remote, "move_file", old_md, new_md)
         remote.touch(old, new)
         with self._write() as txn:

@@ -3,6 +3,8 @@ what it finds of a remote's files below a folder, and which inode objects it han
 
 from __future__ import annotations
 
+import hashlib
+import os
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,13 +70,18 @@ def test_mirror_below_finds_exactly_what_is_below(holding: tuple[Index, int]) ->
         with index.begin() as txn:
             return sorted(path for _, path, _ in index.mirror_below(rid, folders, txn))
 
-    for loaded in (False, True):  # as decoded from LMDB, then as kept up to date in memory
+    for decoded in (False, True):  # from LMDB's records, then as kept up to date in memory
+        if decoded:
+            with index.begin() as txn:
+                index.mirror_entries(rid, txn)
+        assert index.mirror_in_memory(rid) == decoded
         assert below("a") == ["a/sub", "a/sub/z", "a/x", "a/y"]
         assert below("a/sub") == ["a/sub/z"]
         assert below("a", "a/sub") == ["a/sub", "a/sub/z", "a/x", "a/y"]
         assert below("a b", "aé", "b/a") == ["a b/x", "aé/x", "b/a/x"]
         assert below("a/x", "nothing") == []
-        if not loaded:
+        assert below("a0") == ["a0/x"]
+        if not decoded:
             with index.write() as txn:  # a folder moved: what was below it goes with it
                 a0 = HELD.index("a0") + 10
                 index.move_mirror(txn, rid, a0, "a0", "a0-moved",
@@ -88,6 +95,62 @@ def test_mirror_below_finds_exactly_what_is_below(holding: tuple[Index, int]) ->
     with index.begin() as txn:
         assert sorted(index.mirror_entries(rid, txn)) == sorted(
             ["c", "c/sub", "c/sub/z", "c/x", "c/y", *HELD[5:]])
+
+
+# A folder whose path is longer than the part of it its records' keys begin with: its
+# own key, a sibling's and what is below it all begin alike.
+LONG = "d" * 200 + "/" + "e" * 200
+LONG_HELD = ["d" * 200, LONG, LONG + "/x", LONG + "/sub", LONG + "/sub/" + "y" * 250,
+             LONG + "2", LONG + "2/x", LONG[:-1] + "f"]
+
+
+def test_mirror_below_finds_what_is_below_a_long_path(tmp_path: Path) -> None:
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    try:
+        rid = index.remote_id("r")
+        with index.write() as txn:
+            for ino, path in enumerate(LONG_HELD, start=10):
+                index.set_mirror(txn, rid, ino, path, MirrorEntry(ino, "t", None, "file"))
+        answers = []
+        for _ in ("from the records", "decoded"):
+            with index.begin() as txn:
+                answers.append([path for _, path, _ in index.mirror_below(rid, [LONG], txn)])
+                index.mirror_entries(rid, txn)
+        assert answers[0] == answers[1] == [LONG + "/sub", LONG + "/sub/" + "y" * 250,
+                                            LONG + "/x"]
+    finally:
+        index.close()
+
+
+def test_an_index_of_schema_3_finds_what_is_below_a_folder_in_its_records(
+        tmp_path: Path) -> None:
+    """Schema 3 keyed the records of paths by a hash of the path: opened, they are keyed
+    anew, and found by path and below a folder as before."""
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    rid = index.remote_id("r")
+    with index.write() as txn:
+        for ino, path in enumerate(HELD, start=10):
+            index.set_mirror(txn, rid, ino, path, MirrorEntry(ino, "t", None, kind(path)))
+        txn.drop(index.db["rpaths"], delete=False)
+        for ino, path in enumerate(HELD, start=10):
+            old_key = rid.to_bytes(4, "big") + hashlib.blake2b(
+                os.fsencode(path), digest_size=16).digest()
+            txn.put(old_key, q(ino) + os.fsencode(path), db=index.db["rpaths"])
+        txn.put(b"schema", q(3), db=index.db["meta"])
+    index.close()
+
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    try:
+        with index.begin() as txn:
+            assert txn.get(b"schema", db=index.db["meta"]) == q(SCHEMA_VERSION)
+            assert txn.stat(index.db["rpaths"])["entries"] == len(HELD)
+            assert [index.mirror_ino(rid, path, txn) for path in HELD] == list(
+                range(10, 10 + len(HELD)))
+            assert [path for _, path, _ in index.mirror_below(rid, ["a"], txn)] == [
+                "a/sub", "a/sub/z", "a/x", "a/y"]
+        assert not index.mirror_in_memory(rid)
+    finally:
+        index.close()
 
 
 def test_a_mirror_not_decoded_is_answered_path_by_path(holding: tuple[Index, int]) -> None:

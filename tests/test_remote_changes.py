@@ -490,6 +490,35 @@ def test_a_folder_renamed_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
     assert os.stat(cloud.remotes["c"] / "renamed album" / "p0").st_ino == inode_on_c
 
 
+def test_folders_renamed_and_deleted_after_a_remount_travel_whole(make_cloud: MakeCloud) -> None:
+    """After a remount the index has not decoded what each remote holds (the first listings
+    match it as a whole): what a remote holds below a folder changed there, or in the
+    mount, is found in its records, and the folder travels with all it holds."""
+    cloud = make_cloud()
+    cloud.mount()
+    for folder, count in (("album", 5), ("old", 3), ("moveme", 2)):
+        (cloud.mountpoint / folder / "inner").mkdir(parents=True)
+        for index in range(count):
+            (cloud.mountpoint / folder / "inner" / f"p{index}").write_bytes(b"%d" % index)
+    cloud.umount()
+    cloud.mount()
+    inode_on_c = os.stat(cloud.remotes["c"] / "album" / "inner" / "p0").st_ino
+    b = cloud.remotes["b"]
+    os.rename(b / "album", b / "renamed album")
+    shutil.rmtree(b / "old")
+    (cloud.mountpoint / "moveme").rename(cloud.mountpoint / "moved")
+    wait_for(lambda: all(everywhere(cloud, f"renamed album/inner/p{i}", b"%d" % i)
+                         for i in range(5)) and everywhere(cloud, "album", None)
+             and everywhere(cloud, "old", None), what="b's changes everywhere")
+    assert os.stat(cloud.remotes["c"] / "renamed album" / "inner" / "p0").st_ino == inode_on_c
+    shutil.rmtree(cloud.mountpoint / "renamed album")
+    cloud.umount()
+    expected = {"moved": ("dir", b""), "moved/inner": ("dir", b""),
+                "moved/inner/p0": ("file", b"0"), "moved/inner/p1": ("file", b"1")}
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+
+
 def test_a_symlink_retargeted_on_a_remote(cloud: Cloud) -> None:
     os.symlink("first-target", cloud.mountpoint / "link")
     cloud.wait_synced()
