@@ -49,6 +49,7 @@ from . import cleanstop, compaction, lmdbcheck
 from .lru import LRU
 
 SCHEMA_VERSION = 4
+LOCK_FILE_BYTES = 64 * 1024  # LMDB's lock file: 1,022 readers' slots (it needs 16,512 for 256)
 RPATH_PREFIX = 400  # of a path's bytes, in its rpaths key (LMDB's keys hold up to 511)
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
@@ -63,6 +64,21 @@ _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "
 NO_HASH = b"\0" * 32
 UNREVISED = (1 << 64) - 1  # no revision has this number
 SEAL = 32  # the SHA-256 that leads every stored block
+
+
+def _allocate_lock_file(lock: Path) -> None:
+    """Give LMDB's lock file its disk space before LMDB opens it. LMDB maps the file and
+    writes into it (its header, a reader's slot at each read transaction): a page of it not
+    yet on the disk, first written once the disk is full, would kill the process (SIGBUS)
+    instead of failing a call. LMDB keeps a file larger than it needs, with more slots.
+    The whole file: a cache from an earlier version on a full disk is refused in one line
+    until a few pages are free."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # one an earlier version left (16,512 bytes) is kept at its size
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size or LOCK_FILE_BYTES)
+    finally:
+        os.close(fd)
 
 
 def _put_clean_mark(txn: lmdb.Transaction, meta: lmdb._Database) -> None:
@@ -254,18 +270,27 @@ class Index:
         """Open (or make) the index in the folder `path`. The structural check of its file
         is skipped when the file is as the last clean stop left it, unless always_check."""
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        self._lock = (path / "lock").open("a+")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock = (path / "lock").open("a+")
+        except OSError as error:
+            raise CacheError(f"{path}: cannot make the cache there: {error.strerror}") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.seek(0)
             raise CacheBusy(f"{path}: cache in use by another onitufs process "
                             f"(pid {self._lock.read().strip() or '?'})") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
+        try:
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(str(os.getpid()))
+            self._lock.flush()
+        except OSError as error:
+            with contextlib.suppress(OSError):  # what is buffered fails again, and it closes
+                self._lock.close()
+            raise CacheError(f"{path}: cannot write the cache's lock file: "
+                             f"{error.strerror}") from None
         compaction.discard_leftover(path)
         self._map_size = map_size
         env = None
@@ -278,6 +303,7 @@ class Index:
                     lmdbcheck.check(path / "data.mdb")
                 # sync=False: a commit survives a crash of this process at once, and a
                 # power loss after env.sync(), which fsync and a timer call.
+                _allocate_lock_file(path / "lock.mdb")
                 env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
                                 metasync=False, max_readers=256)
                 self.db = {name: env.open_db(name.encode()) for name in _DBS}
@@ -288,6 +314,8 @@ class Index:
                                  "remotes") from None
             except lmdb.Error as error:
                 raise CacheError(f"{path}: cannot open the index: {error}") from None
+            except OSError as error:
+                raise CacheError(f"{path}: cannot open the index: {error.strerror}") from None
         except CacheError:
             if env is not None:
                 env.close()
@@ -319,7 +347,14 @@ class Index:
         # remote id -> the fingerprint of its mirror and how many racy entries it has, where
         # known: written at the last clean stop, kept up to date since (see matches_mirror)
         self._sums = self._mirror_sums() if self.stopped_cleanly else {}
-        self._check_schema(block_size)
+        try:
+            self._check_schema(block_size)
+        except (CacheError, lmdb.Error) as error:
+            env.close()
+            self._lock.close()
+            if isinstance(error, CacheError):
+                raise
+            raise CacheError(f"{path}: cannot write the index: {error}") from None
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
         # A random name for this cache: what it leaves on remotes that others share (temp
