@@ -1000,8 +1000,8 @@ class Index:
         self._mirrors[rid] = known
 
     def _load_mirror(self, rid: int, txn: lmdb.Transaction) -> Known:
-        """What the remote holds, decoded: at the first whole listing compared, or folder
-        changed, after the start, for every file of the tree, so in bulk (one JSON
+        """What the remote holds, decoded: at the first whole listing compared path by path
+        after the start (or a verify), for every file of the tree, so in bulk (one JSON
         document of all the records)."""
         rows = list(scan(txn, self.db["mirror"], _I.pack(rid)))
         records = json.loads(b"[" + b",".join(bytes(value) for _, value in rows) + b"]")
