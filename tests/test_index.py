@@ -45,20 +45,24 @@ HELD = ["a", "a/x", "a/y", "a/sub", "a/sub/z", "a b", "a b/x", "a-b", "a.txt", "
         "aé", "aé/x", "b", "b/a", "b/a/x"]
 
 
-def kind(path: str) -> str:
-    return "dir" if any(other.startswith(path + "/") for other in HELD) else "file"
+def hold(index: Index, paths: list[str]) -> int:
+    """The index's remote "r" (its id returned) holds `paths`, inodes from 10 on, each at
+    revision ino; a path with others below it is a folder."""
+    rid = index.remote_id("r")
+    with index.write() as txn:
+        for ino, path in enumerate(paths, start=10):
+            folder = any(other.startswith(path + "/") for other in paths)
+            index.set_mirror(txn, rid, ino, path,
+                             MirrorEntry(ino, "t", None, "dir" if folder else "file"))
+    return rid
 
 
 @pytest.fixture
 def holding(tmp_path: Path) -> Iterator[tuple[Index, int]]:
-    """An index whose remote "r" holds HELD, inodes from 10 on, each at revision ino."""
+    """An index whose remote "r" holds HELD."""
     index = Index(tmp_path, 1 << 24, BLOCK)
     try:
-        rid = index.remote_id("r")
-        with index.write() as txn:
-            for ino, path in enumerate(HELD, start=10):
-                index.set_mirror(txn, rid, ino, path, MirrorEntry(ino, "t", None, kind(path)))
-        yield index, rid
+        yield index, hold(index, HELD)
     finally:
         index.close()
 
@@ -107,10 +111,7 @@ LONG_HELD = ["d" * 200, LONG, LONG + "/x", LONG + "/sub", LONG + "/sub/" + "y" *
 def test_mirror_below_finds_what_is_below_a_long_path(tmp_path: Path) -> None:
     index = Index(tmp_path, 1 << 24, BLOCK)
     try:
-        rid = index.remote_id("r")
-        with index.write() as txn:
-            for ino, path in enumerate(LONG_HELD, start=10):
-                index.set_mirror(txn, rid, ino, path, MirrorEntry(ino, "t", None, "file"))
+        rid = hold(index, LONG_HELD)
         answers = []
         for _ in ("from the records", "decoded"):
             with index.begin() as txn:
@@ -127,10 +128,8 @@ def test_an_index_of_schema_3_finds_what_is_below_a_folder_in_its_records(
     """Schema 3 keyed the records of paths by a hash of the path: opened, they are keyed
     anew, and found by path and below a folder as before."""
     index = Index(tmp_path, 1 << 24, BLOCK)
-    rid = index.remote_id("r")
+    rid = hold(index, HELD)
     with index.write() as txn:
-        for ino, path in enumerate(HELD, start=10):
-            index.set_mirror(txn, rid, ino, path, MirrorEntry(ino, "t", None, kind(path)))
         txn.drop(index.db["rpaths"], delete=False)
         for ino, path in enumerate(HELD, start=10):
             old_key = rid.to_bytes(4, "big") + hashlib.blake2b(
