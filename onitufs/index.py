@@ -348,13 +348,14 @@ class Index:
         # known: written at the last clean stop, kept up to date since (see matches_mirror)
         self._sums = self._mirror_sums() if self.stopped_cleanly else {}
         try:
-            self._check_schema(block_size)
-        except (CacheError, lmdb.Error) as error:
+            try:
+                self._check_schema(block_size)
+            except lmdb.Error as error:  # a full disk, for a new index
+                raise CacheError(f"{path}: cannot write the index: {error}") from None
+        except CacheError:
             env.close()
             self._lock.close()
-            if isinstance(error, CacheError):
-                raise
-            raise CacheError(f"{path}: cannot write the index: {error}") from None
+            raise
         with self.begin() as txn:
             raw = txn.get(b"cache_id", db=self.db["meta"])
         # A random name for this cache: what it leaves on remotes that others share (temp
