@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import lmdb
@@ -30,7 +31,7 @@ from . import overlaps
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
-from .index import FLAG_WRITE_FAILED, ROOT_INO, CacheError, Index, Inode
+from .index import FLAG_WRITE_FAILED, ROOT_INO, CacheError, Index, Inode, write_failure
 from .notify import notify
 from .plug import check_options, load_drivers
 from .remote_changes import RemoteChanges
@@ -134,19 +135,30 @@ class Mount:
             log.info("the index file is as the last clean stop left it: its structural check "
                      "is skipped")
         try:
-            new_remotes = [remote.name for remote in config.remotes
-                           if not self.index.knows_remote(remote.name)]
-            returning = [remote.name for remote in config.remotes
-                         if remote.name not in new_remotes
-                         and remote.name not in self.index.configured_remotes()]
-            for remote_config in config.remotes:
-                if remote_config.name in new_remotes:
-                    # Checked on first use only: a remote that goes missing later is
-                    # offline, not a broken config, and must not stop the mount.
-                    check_options(drivers[remote_config.name], remote_config.options)
+            self._wire(drivers)
+        except lmdb.Error as error:
+            # A new cache's first commits (its remotes' ids, what fills them) or a crash's
+            # recovery, on a full disk: the cache's failure, in one line, as Index's own.
+            self.index.close()
+            raise CacheError(f"{config.cache_path}: cannot write the index: "
+                             f"{write_failure(config.cache_path, error)}") from None
         except BaseException:
             self.index.close()
             raise
+
+    def _wire(self, drivers: dict[str, ModuleType]) -> None:
+        """Make every part on the open index, and recover what the last stop left undone."""
+        config = self.config
+        new_remotes = [remote.name for remote in config.remotes
+                       if not self.index.knows_remote(remote.name)]
+        returning = [remote.name for remote in config.remotes
+                     if remote.name not in new_remotes
+                     and remote.name not in self.index.configured_remotes()]
+        for remote_config in config.remotes:
+            if remote_config.name in new_remotes:
+                # Checked on first use only: a remote that goes missing later is
+                # offline, not a broken config, and must not stop the mount.
+                check_options(drivers[remote_config.name], remote_config.options)
         self.remotes = [Remote(remote, self.index.remote_id(remote.name), drivers[remote.name],
                                folder=config.cache_path / "drivers" / remote.name)
                         for remote in config.remotes]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import hashlib
@@ -50,6 +51,8 @@ from .lru import LRU
 
 SCHEMA_VERSION = 4
 LOCK_FILE_BYTES = 64 * 1024  # LMDB's lock file: 1,022 readers' slots (it needs 16,512 for 256)
+# Less free than this after a commit failed: the disk is full, whatever LMDB said.
+FULL_DISK = 1024**2
 RPATH_PREFIX = 400  # of a path's bytes, in its rpaths key (LMDB's keys hold up to 511)
 ROOT_INO = 1
 _Q = struct.Struct(">Q")
@@ -262,6 +265,16 @@ class Transfer:
     extra: dict[str, Any]
 
 
+def write_failure(folder: Path, error: lmdb.Error) -> str:
+    """Why a commit to the index in `folder` failed, in words for its user. A disk that
+    took only part of a commit's pages makes LMDB say "Input/output error": with no
+    room left on the disk after it, the disk is full, not failing."""
+    disk = os.statvfs(folder)
+    if "No space left" in str(error) or disk.f_bavail * disk.f_frsize < FULL_DISK:
+        return os.strerror(errno.ENOSPC)
+    return str(error)
+
+
 class Index:
     """The LMDB environment and typed access to every database but the blocks."""
 
@@ -313,7 +326,8 @@ class Index:
                                  "and mount again: the tree and the content are rebuilt from the "
                                  "remotes") from None
             except lmdb.Error as error:
-                raise CacheError(f"{path}: cannot open the index: {error}") from None
+                raise CacheError(f"{path}: cannot open the index: "
+                                 f"{write_failure(path, error)}") from None
             except OSError as error:
                 raise CacheError(f"{path}: cannot open the index: {error.strerror}") from None
         except CacheError:
@@ -351,7 +365,8 @@ class Index:
             try:
                 self._check_schema(block_size)
             except lmdb.Error as error:  # a full disk, for a new index
-                raise CacheError(f"{path}: cannot write the index: {error}") from None
+                raise CacheError(f"{path}: cannot write the index: "
+                                 f"{write_failure(path, error)}") from None
         except CacheError:
             env.close()
             self._lock.close()
