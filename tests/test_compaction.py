@@ -14,7 +14,7 @@ from pathlib import Path
 
 from onitufs.compaction import COPY
 
-from .conftest import Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
+from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
 from .test_clean_stop import UNCLEAN, stopped_cleanly
 from .test_full_disk import log as log_beside
 from .test_full_disk import mount as mount_logging_beside
@@ -124,6 +124,44 @@ def test_a_kill_during_the_copy_leaves_the_old_file_whole(make_cloud: MakeCloud)
     cloud.umount()  # this time the copy is made
     assert "was compacted from" in cloud.log[before:]
     assert os.stat(data_file(cloud)).st_size < 112 * MIB
+
+
+def test_umount_says_so_of_a_daemon_stopped_after_the_unmount(make_cloud: MakeCloud) -> None:
+    """The daemon is stopped (Ctrl-Z, SIGSTOP) while it closes its cache after the unmount:
+    `onitufs umount` waited for it to exit for ever. Now it says so and ends; continued,
+    the daemon finishes its stop, and nothing is lost."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    content = write_and_delete(cloud, kept=96, deleted=192)
+    cloud.wait_synced()
+    pid = cloud.pid
+    assert pid is not None
+    umount = subprocess.Popen([*ONITUFS, "umount", str(cloud.mountpoint)], stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_for((cloud.cache / COPY).exists, timeout=60, interval=0.0002,
+                 what="the compacting copy to begin")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert os.stat(cloud.cache / COPY).st_size < 96 * MIB  # caught before its end
+            _, said = umount.communicate(timeout=10)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        if umount.poll() is None:  # a failed check above: it outlives no test
+            umount.kill()
+            umount.communicate()
+    assert umount.returncode == 1, said
+    assert said == (f"onitufs: {cloud.mountpoint}: unmounted, but its daemon (pid {pid}) is "
+                    f"stopped before closing its cache: `kill -CONT {pid}` lets it finish\n")
+    assert not is_mounted(cloud.mountpoint)
+    cloud.wait_daemon_exit()
+    assert "was compacted from" in cloud.log
+    before = len(cloud.log)
+    cloud.mount()
+    assert CHECK_SKIPPED in cloud.log[before:]  # the stop it finished was a clean one
+    assert_kept(cloud, content)
+    cloud.umount()
 
 
 def test_a_disk_without_room_for_the_copy_keeps_the_file(make_cloud: MakeCloud) -> None:

@@ -1,6 +1,7 @@
 """`onitufs umount`: wait until every queued upload is done (or stuck), with a bar per
 remote on a terminal, then unmount and say what is still queued; a mount whose daemon is
-gone is detached; one whose daemon does not answer is left as it is, and said so."""
+gone is detached; one whose daemon does not answer is left as it is, and said so, as is a
+daemon stopped after the unmount."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from ..index import Index
 from .common import (
     FLUSH_XATTR,
+    STOPPED,
     CommandError,
     DeadMount,
     ask_daemon,
@@ -59,7 +61,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if result.returncode != 0:
         raise CommandError(f"{mountpoint}: cannot unmount: "
                            f"{result.stderr.strip() or 'fusermount3 failed'}")
-    wait_for_exit(status["pid"])
+    wait_for_exit(mountpoint, status["pid"])
     cache = Path(status["cache"])
     if not (cache / "data.mdb").is_file():  # its disk gone: opening would make a new index
         print(f"onitufs: {cache}: the cache cannot be read any more; whether changes are still "
@@ -104,6 +106,12 @@ def all_stuck(status: dict[str, Any]) -> bool:
     return bool(waiting) and all(r["stalled"] for r in waiting)
 
 
-def wait_for_exit(pid: int) -> None:
-    while process_state(pid) not in (None, "Z"):
+def wait_for_exit(mountpoint: Path, pid: int) -> None:
+    """Wait while the daemon finishes after the unmount (its last commits, the index closed
+    and maybe compacted); one stopped meanwhile (Ctrl-Z, SIGSTOP) would finish only once
+    continued, so that is said instead of waiting for ever."""
+    while (state := process_state(pid)) not in (None, "Z"):
+        if state in STOPPED:
+            raise CommandError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) is stopped "
+                               f"before closing its cache: `kill -CONT {pid}` lets it finish")
         time.sleep(0.1)
