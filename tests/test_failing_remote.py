@@ -1,14 +1,17 @@
-"""A remote that keeps failing backs off, says why once, and unmount names the reason."""
+"""A remote that keeps failing, or whose disk hangs, backs off or stalls, says why once, and
+unmount names the reason."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from .bitrot import loop_disk
 from .conftest import Cloud, MakeCloud, run, small_disk, wait_for
 
 
@@ -41,3 +44,39 @@ def test_a_full_remote_backs_off_and_unmount_says_why(full_remote_cloud: Cloud) 
     cloud.wait_daemon_exit()
     for name in ("a", "b"):
         assert (cloud.remotes[name] / "big.bin").read_bytes() == content, name
+
+
+def test_a_disk_that_hangs_under_a_local_remote_stalls_it_and_the_stop_ends(
+        make_cloud: MakeCloud) -> None:
+    """The disk under remote b stops taking writes (frozen: each write waits in the kernel,
+    uninterruptibly, as on a disk that stopped answering). Its upload waits, the remote
+    stalls, `onitufs umount` says so and ends. The daemon's process cannot end while its
+    write waits, but it has let go of the cache: a new mount comes up at once, and once
+    the disk is back it finishes the upload."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, stall="5s")
+    frozen = cloud.remotes["b"]
+    with loop_disk(frozen):
+        cloud.mount()
+        (cloud.mountpoint / "before.txt").write_bytes(b"before")
+        cloud.wait_synced()
+        content = os.urandom(4 * 1024 * 1024)
+        subprocess.run(["fsfreeze", "--freeze", frozen], check=True)
+        try:
+            (cloud.mountpoint / "during.bin").write_bytes(content)
+            wait_for(lambda: (cloud.remotes["a"] / "during.bin").exists(),
+                     what="the other remote to get it")
+            old = cloud.pid
+            result = run("umount", cloud.mountpoint, check=False)
+            assert result.returncode == 2, result.stderr
+            assert result.stderr == "onitufs: b: 1 changes still queued; they resume at the next " \
+                "mount\n", result.stderr
+            cloud.mount()
+            assert not (frozen / "during.bin").exists()
+        finally:
+            subprocess.run(["fsfreeze", "--unfreeze", frozen], check=False)
+        wait_for(lambda: not os.path.exists(f"/proc/{old}"), what="the old daemon to end")
+        cloud.wait_synced()
+        assert (frozen / "during.bin").read_bytes() == content
+        assert (frozen / "before.txt").read_bytes() == b"before"
+        assert (cloud.remotes["a"] / "during.bin").read_bytes() == content
+        cloud.umount()
