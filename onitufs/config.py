@@ -182,6 +182,8 @@ def load(path: Path, options: Mapping[str, str] | None = None) -> Config:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:  # the arguments swapped: mount CONFIG MOUNTPOINT
+        raise ConfigError(f"{path}: a folder, not a config file") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:

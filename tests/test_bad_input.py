@@ -79,6 +79,24 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"onitufs: {tmp_path / 'nope.toml'}: no such config file"
 
 
+def test_a_folder_given_as_the_config(tmp_path: Path) -> None:
+    """The mount point and the config swapped, or a mount point given to fsck or verify."""
+    (tmp_path / "mnt").mkdir()
+    config = tmp_path / "onitufs.toml"
+    config.write_text('[remotes.a]\ndriver = "local"\npath = "a"\n')
+    commands: list[tuple[list[str | Path], int]] = [
+        (["mount", config, tmp_path / "mnt"], 1),
+        (["fsck", tmp_path / "mnt"], 8),  # fsck(8)'s code for an operational error, as verify's
+        (["verify", tmp_path / "mnt"], 8)]
+    for command, code in commands:
+        result = run(*command, check=False)
+        assert result.returncode == code, (command, result.stderr)
+        assert result.stderr == f"onitufs: {tmp_path / 'mnt'}: a folder, not a config file\n", \
+            result.stderr
+    assert not is_mounted(tmp_path / "mnt")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mnt", "onitufs.toml"]
+
+
 def test_mount_point_problems(make_cloud: MakeCloud, tmp_path: Path) -> None:
     cloud = make_cloud()
     result = run("mount", tmp_path / "nowhere", cloud.config, check=False)
