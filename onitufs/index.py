@@ -269,10 +269,15 @@ def write_failure(folder: Path, error: lmdb.Error) -> str:
     """Why a commit to the index in `folder` failed, in words for its user. A disk that
     took only part of a commit's pages makes LMDB say "Input/output error": with no
     room left on the disk after it, the disk is full, not failing."""
-    disk = os.statvfs(folder)
-    if "No space left" in str(error) or disk.f_bavail * disk.f_frsize < FULL_DISK:
-        return os.strerror(errno.ENOSPC)
-    return str(error)
+    said = str(error)
+    if os.strerror(errno.EIO) in said:
+        try:
+            disk = os.statvfs(folder)
+        except OSError:  # the disk itself gone: LMDB's words stand
+            return said
+        if disk.f_bavail * disk.f_frsize < FULL_DISK:
+            return os.strerror(errno.ENOSPC)
+    return said
 
 
 class Index:
