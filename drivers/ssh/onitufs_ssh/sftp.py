@@ -463,6 +463,19 @@ class Session:
                                     piece))
         return ids
 
+    def free_bytes(self, handle: bytes) -> int | None:
+        """What the file system holding an open file has free for the server's user
+        (fstatvfs@openssh.com); None where the server does not say."""
+        if not self.has("fstatvfs@openssh.com"):
+            return None
+        reply = self._call(EXTENDED, pack_string(b"fstatvfs@openssh.com") + pack_string(handle),
+                           EXTENDED_REPLY, "fstatvfs")
+        reply.u64()  # f_bsize
+        fragment = reply.u64()  # f_frsize, the unit of the counts
+        reply.u64()  # f_blocks
+        reply.u64()  # f_bfree, with what only root may take
+        return reply.u64() * fragment  # f_bavail
+
     def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> None:
         for request_id in self.write_requests(handle, offset, data):
             self.check(request_id, STATUS, "write")

@@ -34,7 +34,9 @@ MiB once after a crash.)
 from __future__ import annotations
 
 import collections
+import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +64,8 @@ HELD_LIMIT = 16 * 1024 * 1024  # bytes queued or unacknowledged per upload
 IN_FLIGHT = 4  # chunks sent and not yet acknowledged, per connection
 SPLIT_FROM = 8 * 1024 * 1024  # uploads smaller than this use one connection
 WRITE_OUT_EVERY = 32 * 1024 * 1024
+# Less free than this on the server after a write was refused: its disk is full.
+FULL_DISK = 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -316,12 +320,25 @@ class Upload:
                     self.acked = self.held[0].offset if self.held else self.queued_end
                     self.cond.notify_all()
         except Exception as error:
+            refusal = None if lost(error) else refused_write(conn, handle, error)
             with self.cond:
                 for chunk in self.held:
                     chunk.taken = False
                 if self.error is None:
-                    self.error_lost = lost(error)
-                    self.error = f"connection lost during the upload: {error}" \
-                        if self.error_lost else f"the server refused a write: {error}"
+                    self.error_lost = refusal is None
+                    self.error = refusal or f"connection lost during the upload: {error}"
                 self.cond.notify_all()
             return lost(error)
+
+
+def refused_write(conn: Connection, handle: bytes, error: Exception) -> str:
+    """Why the server refused a write, in words for the user. SFTP version 3 has no status
+    for a full disk (OpenSSH's sftp-server answers "Failure"), so the server is asked what
+    the file's file system has free."""
+    try:
+        free = conn.sftp.free_bytes(handle)
+    except Exception:  # only the words depend on it: the refusal stands
+        free = None
+    if free is not None and free < FULL_DISK:
+        return f"the server refused a write: {os.strerror(errno.ENOSPC)} ({free:,} bytes free)"
+    return f"the server refused a write: {error}"
