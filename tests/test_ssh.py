@@ -7,6 +7,7 @@ import errno
 import functools
 import importlib
 import os
+import re
 import signal
 import stat
 import threading
@@ -24,7 +25,7 @@ from onitufs.plug import TEMP_SUFFIX
 
 pytest.register_assert_rewrite("tests.sshd")
 
-from .conftest import Cloud, is_mounted, run, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
+from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
 from .delay import DelayProxy  # noqa: E402
 from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, descendants, keygen  # noqa: E402
 
@@ -367,6 +368,39 @@ def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, ssh
     assert "resuming big.bin" in cloud.log
     assert cloud.status()["remotes"][0]["online"]
     cloud.umount()
+
+
+def test_a_full_server_disk_is_named_and_the_upload_goes_once_there_is_room(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """SFTP version 3 has no status for a full disk: OpenSSH's sftp-server answers the
+    write "Failure". The driver asks the server what the file system has free, so the
+    status and the unmount name the full disk. Room made there by deleting a file that
+    onitufs had read is given back: the driver kept that file open for its next reads,
+    which held its space on the server's disk for as long as the connection lived."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    server = cloud.remotes["s"]
+    with small_disk(cloud, server, "12m"):
+        filler = os.urandom(8 * 1024 * 1024)
+        (server / "filler").write_bytes(filler)  # another machine's file, on the server
+        cloud.mount()
+        wait_for(lambda: (cloud.remotes["a"] / "filler").exists(), what="the filler to be copied")
+        assert (cloud.remotes["a"] / "filler").read_bytes() == filler  # read from the server
+        content = os.urandom(8 * 1024 * 1024)
+        (cloud.mountpoint / "big.bin").write_bytes(content)
+
+        def last_error() -> str:
+            return str(next(r for r in cloud.status()["remotes"] if r["name"] == "s")["last_error"])
+
+        wait_for(lambda: last_error() != "None", what="the refused write")
+        assert re.fullmatch(r"DriverError: the server refused a write: No space left on device "
+                            r"\([0-9,]+ bytes free\)", last_error()), last_error()
+        (server / "filler").unlink()  # room made on the server
+        cloud.wait_synced(timeout=60)
+        assert (server / "big.bin").read_bytes() == content
+        assert (cloud.remotes["a"] / "big.bin").read_bytes() == content
+        assert not parts(server)
+        assert not (cloud.mountpoint / "filler").exists()  # the delete travelled
+        cloud.umount()
 
 
 def ssh_children(pid: int) -> list[int]:

@@ -563,7 +563,7 @@ def start(plug: Plug) -> None:
     plug.mtime_granularity = 1.0  # SFTP's times are whole seconds
     plug.ready()
     try:
-        poll(plug, settings, root)
+        poll(plug, settings, root, reads.close_idle)
     finally:
         reads.close()
         reads.stream_pool.close()
@@ -575,10 +575,12 @@ def start(plug: Plug) -> None:
         upload_pool.close()
 
 
-def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) -> None:
+def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes],
+         tidy: Callable[[], None]) -> None:
     """List the remote and report what changed, until the mount ends: every FASTEST_POLL
     seconds right after a change was seen, twice as long after each listing that found
-    none, up to poll_interval (see wait).
+    none, up to poll_interval (see wait). After each listing, `tidy` closes the files
+    reads no longer use.
 
     The first listing, one after the server could not be listed, one the core did not
     take or asked for (plug.look_again, ListingNeeded) go whole; otherwise what the walk
@@ -631,6 +633,7 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes]) ->
                          walked.part)
             asked = False
             del walked  # its answers, and what was decoded of them, not kept through the wait
+            tidy()
             interval = wait(settings.poll_interval, interval, changed)
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
                       time.time() - started, "changes reported" if changed else "no change",

@@ -57,11 +57,19 @@ class HostKeyError(ConnectError):
 
 
 @dataclass
+class OpenFile:
+    """A file kept open for reading, and when a read last used it (time.monotonic())."""
+
+    handle: bytes
+    used: float
+
+
+@dataclass
 class Connection:
     link: Link
     sftp: Session
-    # files kept open for reading: (path, revision) -> handle
-    handles: collections.OrderedDict[tuple[bytes, str | None], bytes] = field(
+    # files kept open for reading, least recently used first: (path, revision) -> file
+    handles: collections.OrderedDict[tuple[bytes, str | None], OpenFile] = field(
         default_factory=collections.OrderedDict)
 
     def alive(self) -> bool:

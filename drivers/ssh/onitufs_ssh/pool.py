@@ -144,6 +144,25 @@ class Pool:
             raise
         self.put(conn)
 
+    def each_holding_files(self, work: Callable[[Connection], None]) -> None:
+        """Run `work` on each idle connection that keeps files open, out of the pool
+        meanwhile (a request finds it busy); one lost on the way is closed."""
+        with self._cond:
+            holding = [conn for conn in self._idle if conn.handles]
+            self._idle = [conn for conn in self._idle if not conn.handles]
+        for conn in holding:
+            broken = False
+            try:
+                work(conn)
+            except SftpError:  # that handle is the server's concern now
+                pass
+            except Exception as error:
+                if not lost(error):
+                    raise
+                broken = True
+            finally:
+                self.put(conn, broken)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -26,12 +26,13 @@ import errno
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from onitufs.plug import DriverError, at_or_below
 
-from .connect import Connection
+from .connect import Connection, OpenFile
 from .pool import Pool, lost
 from .sftp import (
     ATTRS,
@@ -55,6 +56,7 @@ WINDOW = 16  # read requests in flight
 IDLE_STOP = 10.0  # a stream whose reader stopped reading ends after this long
 MAX_FILES = 16  # files read at once whose read-ahead is kept
 HANDLES_PER_CONNECTION = 8
+HANDLE_IDLE = 10.0  # a file kept open that no read used for this long is closed
 
 Token = Callable[[Attrs], str]
 
@@ -352,13 +354,20 @@ class Reads:
         """This connection's handle on the file, opened once for every read of the version."""
         handles = conn.handles
         key = (state.path, state.revision)
-        handle = handles.get(key)
-        if handle is None:
-            handle = handles[key] = open_file(conn, state)
+        kept = handles.get(key)
+        if kept is None:
+            kept = handles[key] = OpenFile(open_file(conn, state), time.monotonic())
             while len(handles) > HANDLES_PER_CONNECTION:
-                conn.sftp.close_handle(handles.popitem(last=False)[1])
+                conn.sftp.close_handle(handles.popitem(last=False)[1].handle)
+        kept.used = time.monotonic()
         handles.move_to_end(key)
-        return handle
+        return kept.handle
+
+    def close_idle(self) -> None:
+        """Close the files no read used for HANDLE_IDLE seconds. An open file is kept on the
+        server's disk after it is deleted there, its space taken, for as long as it stays
+        open: a disk filled up once is not given back by a delete."""
+        self.pool.each_holding_files(close_idle_handles)
 
     def forget(self, path: bytes) -> None:
         """Drop the read-ahead of a file that was replaced or removed by us."""
@@ -367,6 +376,17 @@ class Reads:
                 stream = self._files.pop(key).stream
                 if stream is not None:
                     stream.stop()
+
+
+def close_idle_handles(conn: Connection) -> None:
+    """Close this connection's files no read used for HANDLE_IDLE seconds."""
+    stale = time.monotonic() - HANDLE_IDLE
+    while conn.handles:
+        key, kept = next(iter(conn.handles.items()))  # the least recently used
+        if kept.used > stale:
+            return
+        del conn.handles[key]
+        conn.sftp.close_handle(kept.handle)
 
 
 def open_file(conn: Connection, state: FileState) -> bytes:
