@@ -31,7 +31,7 @@ from . import overlaps
 from .blockcache import BlockCache
 from .config import Config, ConfigError
 from .fs import Filesystem
-from .index import FLAG_WRITE_FAILED, ROOT_INO, CacheError, Index, Inode, write_failure
+from .index import FLAG_WRITE_FAILED, ROOT_INO, CacheError, Index, Inode, unwritable
 from .notify import notify
 from .plug import check_options, load_drivers
 from .remote_changes import RemoteChanges
@@ -140,8 +140,7 @@ class Mount:
             # A new cache's first commits (its remotes' ids, what fills them) or a crash's
             # recovery, on a full disk: the cache's failure, in one line, as Index's own.
             self.index.close()
-            raise CacheError(f"{config.cache_path}: cannot write the index: "
-                             f"{write_failure(config.cache_path, error)}") from None
+            raise unwritable(config.cache_path, error) from None
         except BaseException:
             self.index.close()
             raise

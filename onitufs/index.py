@@ -280,6 +280,12 @@ def write_failure(folder: Path, error: lmdb.Error) -> str:
     return said
 
 
+def unwritable(folder: Path, error: lmdb.Error) -> CacheError:
+    """The one line for a commit to the index in `folder` that failed before the mount
+    came up (a new index, a crash's recovery: a full disk, mostly)."""
+    return CacheError(f"{folder}: cannot write the index: {write_failure(folder, error)}")
+
+
 class Index:
     """The LMDB environment and typed access to every database but the blocks."""
 
@@ -370,8 +376,7 @@ class Index:
             try:
                 self._check_schema(block_size)
             except lmdb.Error as error:  # a full disk, for a new index
-                raise CacheError(f"{path}: cannot write the index: "
-                                 f"{write_failure(path, error)}") from None
+                raise unwritable(path, error) from None
         except CacheError:
             env.close()
             self._lock.close()
