@@ -8,7 +8,8 @@ Named databases (one environment, so one transaction can change several):
 - ``parents``   child ino + parent ino + name -> b"" (the names of an inode, for paths)
 - ``xattrs``    ino + name -> value
 - ``remotes``   remote name -> remote id
-- ``mirror``    remote id + ino -> JSON {path: {rev, token, fid, kind}}: what the remote holds
+- ``mirror``    remote id + ino -> JSON {path: {rev, token, fid, kind, ...}}: what the remote
+                holds, with the SHA-256 of that content where onitufs knew it
 - ``rpaths``    remote id + path's first 400 bytes + hash(path) -> ino + path: the same,
                 looked up by path, and what is below a folder by its path's prefix
 - ``todo``      remote id + ino -> due time: inodes that remote must be brought up to date on
@@ -49,7 +50,7 @@ from sortedcontainers import SortedDict
 from . import cleanstop, compaction, lmdbcheck
 from .lru import LRU
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 LOCK_FILE_BYTES = 64 * 1024  # LMDB's lock file: 1,022 readers' slots (it needs 16,512 for 256)
 # Less free than this after a commit failed: the disk is full, whatever LMDB said.
 FULL_DISK = 1024**2
@@ -219,6 +220,12 @@ class Inode:
         """Content changed since the last revision was made."""
         return self.version != self.rev_version
 
+    def checksum_of(self, rev: int) -> bytes | None:
+        """The SHA-256 of revision `rev` of the content, where that is the current one and
+        its checksum is known."""
+        return self.sha256 if rev == self.rev and not self.dirty and self.sha256 != NO_HASH \
+            else None
+
 
 _INODE_FIELDS = tuple(field.name for field in dataclasses.fields(Inode))
 
@@ -236,6 +243,10 @@ class MirrorEntry:
     # The token was recorded so soon after the file's time that a change within the same
     # tick of the remote's clock would leave it as it is: the content is checked once later.
     racy: bool = False
+    # The SHA-256 (hex) of the content it holds, where known (onitufs uploaded it, or
+    # compared it): a chmod there while a later revision of ours waits to go is told from
+    # an edit that kept the size and time by this, ours being no longer that content.
+    sha256: str | None = None
 
     def moved(self, token: str | None, fid: str | None, changed: int | None) -> MirrorEntry:
         """The same content after the remote moved it, with the token, file id and change
@@ -243,8 +254,9 @@ class MirrorEntry:
         return dataclasses.replace(self, token=token, fid=fid, changed=changed)
 
     def to_json(self) -> dict[str, Any]:
+        known = {"sha256": self.sha256} if self.sha256 is not None else {}
         return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind,
-                "attrs": self.attrs, "changed": self.changed, "racy": self.racy}
+                "attrs": self.attrs, "changed": self.changed, "racy": self.racy, **known}
 
 
 # What a remote holds, by path: (ino, entry). Kept sorted, so that what is below a folder
@@ -546,7 +558,7 @@ class Index:
                 self.stopped_cleanly = True
                 return
             version = unq(raw)
-            if version not in (1, 2, 3, SCHEMA_VERSION):
+            if version not in (1, 2, 3, 4, SCHEMA_VERSION):
                 raise CacheError(f"index schema {version} is not the supported {SCHEMA_VERSION}")
             if version == 1:
                 self._upgrade_from_1(txn)
@@ -554,6 +566,9 @@ class Index:
                 self._upgrade_from_2(txn)
             if version in (1, 2, 3):
                 self._upgrade_from_3(txn)
+            # Schema 5 added the checksum to mirror entries, which schema 4's onitufs
+            # cannot read: the number keeps it from opening this index.
+            if version != SCHEMA_VERSION:
                 txn.put(b"schema", q(SCHEMA_VERSION), db=self.db["meta"])
             stored = txn.get(b"block_size", db=self.db["meta"])
             if stored is not None and block_size and unq(stored) != block_size:

@@ -307,7 +307,7 @@ class RemoteChanges:
                     if self._standing(txn, remote, md.path) != standing:
                         return False
                     self.index.hold(txn, remote.rid, ours.ino, md.path,
-                                    remote.entry_of(md, ours.rev))
+                                    remote.entry_of(md, ours.rev, ours.checksum_of(ours.rev)))
                 return True
         return await self._keep_apart(remote, md, ours, standing)
 
@@ -410,9 +410,18 @@ class RemoteChanges:
             same = await self._same_content(remote, md, ours, read_part=True)
             if same is None:
                 return False
+        elif moved and entry.sha256 is not None and md.kind == "file":
+            # An earlier revision of ours (a later one waits to go there), whose checksum
+            # was kept: a chmod or a link there leaves it, an edit does not.
+            try:
+                same = (await self._remote_sha256(remote, md)).hex() == entry.sha256
+            except CallFailed as error:
+                log.info("remote %s: %s: cannot compare it with what it held yet: %s",
+                         remote.name, md.path, error)
+                return False
         else:
-            # What it held is not our current revision, or nothing of ours now: what it
-            # was cannot be compared, so a move counts as a change (keep_both compares it
+            # What it held is not our current revision, or nothing of ours now, and its
+            # checksum is not known: a move counts as a change (keep_both compares it
             # with ours; an edit wins over a delete). An index from before changed_ns, or
             # an entry whose inode is no file here, just learns it.
             same = not moved or (inode is not None and not inode.is_reg)
@@ -439,6 +448,9 @@ class RemoteChanges:
                 entry.token = None  # so that the listing's token reads as a change
             else:
                 entry.racy, entry.changed = False, md.changed_ns
+                learnt = ours.checksum_of(entry.rev) if ours is not None else None
+                if learnt is not None:
+                    entry.sha256 = learnt.hex()
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return same or await self._take(remote, md)
 
@@ -470,18 +482,24 @@ class RemoteChanges:
             return None
         return same and ours.rev == rev and not ours.dirty
 
-    async def _same_whole(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+    async def _remote_sha256(self, remote: Remote, md: Metadata) -> bytes:
+        """The SHA-256 of the remote's file, read whole."""
         step = self.tree.cache.block_size
         theirs = hashlib.sha256()
         for offset in range(0, md.size, step):
             theirs.update(await remote.call("get_chunk", md, offset,
                                             min(step, md.size - offset)))
+        return theirs.digest()
+
+    async def _same_whole(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
+        theirs = await self._remote_sha256(remote, md)
         if ours.sha256 != NO_HASH:
-            return theirs.digest() == ours.sha256
+            return theirs == ours.sha256
+        step = self.tree.cache.block_size
         mine = hashlib.sha256()
         for offset in range(0, ours.size, step):
             mine.update(await self.tree.cache.read(ours, offset, step))
-        return theirs.digest() == mine.digest()
+        return theirs == mine.digest()
 
     async def _same_blocks_read(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
         """A revision known only in part (a file that remote alone gave us, read in part or

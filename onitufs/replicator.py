@@ -778,9 +778,10 @@ class Replicator:
         held_version(md, entry)
         await remote.call("set_attrs", md)
         remote.touch(path)
+        held = remote.entry_of(md, entry.rev)
+        held.sha256 = entry.sha256  # the same content
         with self._write() as txn:
-            self.index.hold(txn, remote.rid, inode.ino, path,
-                            remote.entry_of(md, entry.rev))
+            self.index.hold(txn, remote.rid, inode.ino, path, held)
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await self._call_on_version(remote, "delete_file", entry_metadata(path, entry))
@@ -1019,7 +1020,7 @@ class Replicator:
         with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.hold(txn, remote.rid, inode.ino, path,
-                            remote.entry_of(md, rev))
+                            remote.entry_of(md, rev, whole or inode.checksum_of(rev)))
             if inode.rev == rev and not inode.dirty:
                 if learnt is not None:
                     self.index.set_block_hash(txn, inode.ino, 0, rev, learnt)

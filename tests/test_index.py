@@ -39,6 +39,33 @@ def test_an_index_of_schema_1_drops_checksums_that_may_be_stale(tmp_path: Path) 
         index.close()
 
 
+def test_an_index_of_schema_4_reads_its_records_and_older_onitufs_cannot_open_it(
+        tmp_path: Path) -> None:
+    """Schema 4 kept no checksum in what a remote holds: its records read as unknown
+    ones. Those written since carry it, which schema 4's onitufs could not read: the
+    schema number says so."""
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    rid = index.remote_id("r")
+    digest = hashlib.sha256(b"content").hexdigest()
+    with index.write() as txn:
+        txn.put(rid.to_bytes(4, "big") + q(10), b'{"a": {"rev": 3, "token": "t", "fid": null, '
+                b'"kind": "file", "attrs": null, "changed": 7, "racy": false}}',
+                db=index.db["mirror"])
+        index.set_mirror(txn, rid, 11, "b", MirrorEntry(4, "u", None, "file", sha256=digest))
+        txn.put(b"schema", q(4), db=index.db["meta"])
+    index.close()
+
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    try:
+        with index.begin() as txn:
+            assert txn.get(b"schema", db=index.db["meta"]) == q(SCHEMA_VERSION) != q(4)
+            assert index.mirror(rid, 10, txn) == {"a": MirrorEntry(3, "t", None, "file",
+                                                                   changed=7)}
+            assert index.mirror(rid, 11, txn)["b"].sha256 == digest
+    finally:
+        index.close()
+
+
 # Names that sort right beside "a/..." without being below "a": "a" itself, "a b", "a-b",
 # "a.txt" (before "/"), "a0", "aé" (after it), and "b/a/x", whose folder has a folder "a".
 HELD = ["a", "a/x", "a/y", "a/sub", "a/sub/z", "a b", "a b/x", "a-b", "a.txt", "a0", "a0/x",
