@@ -451,8 +451,27 @@ class RemoteChanges:
                 learnt = ours.checksum_of(entry.rev) if ours is not None else None
                 if learnt is not None:
                     entry.sha256 = learnt.hex()
+                if moved:
+                    self._take_mode(txn, remote, ino, md, entry)
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return same or await self._take(remote, md)
+
+    def _take_mode(self, txn: lmdb.Transaction, remote: Remote, ino: int, md: Metadata,
+                   entry: MirrorEntry) -> None:
+        """Content the same, its change time moved: a chmod there, later than the mount's
+        last change of the file, is the file's mode from now on; an earlier one, or one on
+        a remote that only keeps copies (`w`), gets the mount's mode set there."""
+        inode = self.index.get_inode(ino, txn)
+        if inode is None or not inode.is_reg or md.changed_ns is None \
+                or stat.S_IMODE(inode.mode) == stat.S_IMODE(md.mode):
+            return
+        entry.attrs = md.attrs_key()  # what it holds now
+        if md.changed_ns <= inode.ctime_ns or not remote.config.readable:
+            self.replicator.requeue(txn, remote, ino)  # to set the mount's mode there
+            return
+        log.info("remote %s: %s: its mode changed there to %04o", remote.name, md.path,
+                 stat.S_IMODE(md.mode))
+        self.tree.mode_changed_there(txn, inode, md.path, md.mode, remote.rid)
 
     def _held_elsewhere(self, remote: Remote, ours: Inode, at: str | None = None) -> bool:
         """Whether the mount's version can be had whole without this remote (with `at`:

@@ -303,6 +303,17 @@ class Tree:
         if not inode.dirty:
             self.schedule(txn, inode.ino, self.upload_delay, None)
 
+    def mode_changed_there(self, txn: lmdb.Transaction, inode: Inode, path: str, mode: int,
+                           source: int) -> None:
+        """A remote's chmod of its copy at `path`: the mount and the other remotes follow."""
+        inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+        inode.ctime_ns = now_ns()
+        self.index.put_inode(txn, inode)
+        self.schedule(txn, inode.ino, self.upload_delay, source)
+        parent = self.index.resolve(path.rpartition("/")[0], txn)
+        if parent is not None:
+            self.kernel.entry_changed(parent, os.fsencode(path.rpartition("/")[2]))
+
     def make_revision(self, ino: int, delay: float | None = None) -> bool:
         """Commit buffered content and, if it changed, make it a new revision for the remotes:
         not content a write to which failed, which would reach them cut short."""

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,8 @@ def test_a_chmod_or_a_link_on_a_remote_uploads_nothing_again(make_cloud: MakeClo
     assert cloud.log.count("start_upload f\n") == 2, "uploaded again"
     assert "changed there behind the same token" not in cloud.log
     assert versions(cloud.mountpoint, "f") == [content]
+    # the chmod there is the file's mode everywhere
+    assert modes(cloud, "f") == {"mount": 0o600, "a": 0o600, "b": 0o600}
     (cloud.mountpoint / "f").unlink()
     (cloud.mountpoint / "g").unlink()
     cloud.wait_synced()
@@ -164,6 +167,44 @@ def test_a_chmod_or_a_link_on_a_remote_uploads_nothing_again(make_cloud: MakeClo
     for name, remote in cloud.remotes.items():
         assert not (remote / "f").exists() and not (remote / "g").exists(), name
     assert (cloud.root / "g-link").read_bytes() == b"g"
+
+
+def modes(cloud: Cloud, name: str) -> dict[str, int]:
+    """The permission bits of `name` in the mount and in each remote."""
+    folders = {"mount": cloud.mountpoint, **cloud.remotes}
+    return {where: stat.S_IMODE((folder / name).stat().st_mode)
+            for where, folder in folders.items()}
+
+
+def test_a_chmod_in_the_mount_after_one_on_a_remote_is_the_mode_everywhere(
+        make_cloud: MakeCloud) -> None:
+    """Whichever the mount hears of first, the later chmod wins on every side."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "f").write_bytes(b"content")
+    cloud.wait_synced()
+    time.sleep(0.05)
+    os.chmod(cloud.remotes["a"] / "f", 0o600)
+    os.chmod(cloud.mountpoint / "f", 0o640)
+    time.sleep(1)  # the listing of a has the first chmod by now
+    cloud.wait_synced()
+    assert modes(cloud, "f") == {"mount": 0o640, "a": 0o640, "b": 0o640}
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert stat.S_IMODE((remote / "f").stat().st_mode) == 0o640, name
+
+
+def test_a_chmod_on_a_remote_that_only_keeps_copies_is_undone(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "backup": "w"})
+    cloud.mount()
+    (cloud.mountpoint / "f").write_bytes(b"content")
+    cloud.wait_synced()
+    time.sleep(0.05)
+    os.chmod(cloud.remotes["backup"] / "f", 0o600)
+    wait_for(lambda: modes(cloud, "f")["backup"] == 0o644, timeout=30,
+             what="the mount's mode set on the backup again")
+    assert modes(cloud, "f") == {"mount": 0o644, "a": 0o644, "backup": 0o644}
+    cloud.umount()
 
 
 def test_a_file_read_right_after_a_chmod_on_its_only_remote(make_cloud: MakeCloud) -> None:
@@ -321,6 +362,7 @@ def test_a_chmod_on_a_remote_before_our_next_version_reaches_it_is_no_edit(
     cloud.wait_synced(timeout=60)
     assert versions(cloud.mountpoint, "chmod") \
         == [b"our second version, held back by upload_delay"]
+    assert modes(cloud, "chmod") == {"mount": 0o600, "a": 0o600, "b": 0o600}
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert versions(remote, "chmod") == [b"our second version, held back by upload_delay"], name
