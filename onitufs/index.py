@@ -912,6 +912,15 @@ class Index:
             self.set_mirror(txn, rid, previous, path, None)
         self.set_mirror(txn, rid, ino, path, entry)
 
+    def learn_checksum(self, txn: lmdb.Transaction, ino: int, rev: int, sha256: bytes) -> None:
+        """The SHA-256 of revision `rev` became known: the copies of it each remote holds
+        (one it gave us, whose checksum no upload learnt) are recorded with it."""
+        for rid in self.remote_ids(txn):
+            for path, entry in self.mirror(rid, ino, txn).items():
+                if entry.rev == rev and entry.kind == "file" and entry.sha256 is None:
+                    entry.sha256 = sha256.hex()
+                    self.set_mirror(txn, rid, ino, path, entry)
+
     def move_mirror(self, txn: lmdb.Transaction, rid: int, ino: int, old: str, new: str,
                     entry: MirrorEntry) -> None:
         """The remote now holds at `new` what it held at `old`, with all below it if a folder."""

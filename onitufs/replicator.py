@@ -1027,6 +1027,7 @@ class Replicator:
                 if whole is not None and inode.sha256 == NO_HASH:
                     inode.sha256 = whole
                     self.index.put_inode(txn, inode)
+                    self.index.learn_checksum(txn, inode.ino, rev, whole)
 
     async def _abort(self, remote: Remote, ino: int, transfer: Transfer, *elsewhere: str) -> None:
         """Remove the temp file of an upload, at its path and at the other paths given (where

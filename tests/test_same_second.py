@@ -346,25 +346,29 @@ def test_a_chmod_on_a_remote_before_our_next_version_reaches_it_is_no_edit(
         make_cloud: MakeCloud) -> None:
     """The remote still holds the version before ours, its ctime moved: compared with that
     version's SHA-256, it is the same content, so ours replaces it and no copy of the old
-    one comes back as a conflict. Content changed there so is still kept beside."""
+    one comes back as a conflict; also where that version came from that remote (its
+    checksum learnt as it went to the other). Content changed there so is still kept
+    beside."""
     cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="4s")
+    ours = b"our second version, held back by upload_delay"
+    (cloud.remotes["a"] / "born-there").write_bytes(os.urandom(300_000))
     cloud.mount()
     for name in ("chmod", "edit"):
         (cloud.mountpoint / name).write_bytes(b"first version")
     cloud.wait_synced(timeout=60)
-    for name in ("chmod", "edit"):
-        (cloud.mountpoint / name).write_bytes(b"our second version, held back by upload_delay")
+    for name in ("chmod", "edit", "born-there"):
+        (cloud.mountpoint / name).write_bytes(ours)
     time.sleep(0.05)
     os.chmod(cloud.remotes["a"] / "chmod", 0o600)
+    os.chmod(cloud.remotes["a"] / "born-there", 0o600)
     rewrite_in_place(cloud.remotes["a"], "edit", b"edited there!")
     wait_for(lambda: len(versions(cloud.mountpoint, "edit")) == 2, timeout=30,
              what="the edit kept beside ours")
     cloud.wait_synced(timeout=60)
-    assert versions(cloud.mountpoint, "chmod") \
-        == [b"our second version, held back by upload_delay"]
-    assert modes(cloud, "chmod") == {"mount": 0o600, "a": 0o600, "b": 0o600}
+    for name in ("chmod", "born-there"):
+        assert versions(cloud.mountpoint, name) == [ours], name
+        assert modes(cloud, name) == {"mount": 0o600, "a": 0o600, "b": 0o600}, name
     cloud.umount()
     for name, remote in cloud.remotes.items():
-        assert versions(remote, "chmod") == [b"our second version, held back by upload_delay"], name
-        assert versions(remote, "edit") == [b"edited there!",
-                                            b"our second version, held back by upload_delay"], name
+        assert versions(remote, "chmod") == versions(remote, "born-there") == [ours], name
+        assert versions(remote, "edit") == [b"edited there!", ours], name
