@@ -1,21 +1,24 @@
-"""Two machines at work on one tree: random writes, appends, renames and deletes through
-the mount while another program does the same straight in one remote's folder (a second
-machine syncing there).
+"""Two machines at work on one tree: random writes, appends, chmods, renames and deletes
+through the mount while another program does the same straight in one remote's folder (a
+second machine syncing there).
 
-Each side owns some names and both write, delete and rename a few shared ones. After
-each round both stop and the tree must settle: the mount and every remote hold the same
-tree, each side's own names hold that side's last write, a shared name holds one of the
-two sides' last writes (or nothing, where one's last was a delete; anything one side
-wrote, where a rename put another shared file there), and every file (conflict copies
-too) holds content one side wrote, whole; at the end the index passes `onitufs fsck`.
-Half way the mount is unmounted while the other side goes on. The seed is printed;
-ONITUFS_SEED=N replays a run, ONITUFS_ROUNDS=N makes it longer.
+Each side owns some names and both write, chmod, delete and rename a few shared ones.
+After each round both stop and the tree must settle: the mount and every remote hold the
+same tree with the same permission bits, each side's own names hold that side's last
+write, a shared name holds one of the two sides' last writes (or nothing, where one's
+last was a delete; anything one side wrote, where a rename put another shared file
+there), and every file (conflict copies too) holds content one side wrote, whole; at the
+end the index passes `onitufs fsck`. Half way the mount is unmounted while the other side
+goes on. The seed is printed; ONITUFS_SEED=N replays a run, ONITUFS_ROUNDS=N makes it
+longer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,8 @@ from pathlib import Path
 import pytest
 
 pytest.register_assert_rewrite("tests.sshd")
+
+from onitufs.plug import MARKER, TEMP_SUFFIX  # noqa: E402
 
 from .conftest import Cloud, MakeCloud, run, snapshot  # noqa: E402  (after the rewrite hook)
 from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
@@ -67,8 +72,9 @@ class Side:
     """One writer: its last write (None: deleted) of each name it wrote."""
 
     def __init__(self, root: Path, name: str, own: list[str], contents: Contents,
-                 rng: random.Random) -> None:
+                 rng: random.Random, chmods: bool = True) -> None:
         self.root, self.name, self.own, self.contents, self.rng = root, name, own, contents, rng
+        self.chmods = chmods  # (one on an SSH server goes unseen: SFTP has no change time)
         self.last: dict[str, bytes | None] = {}
         # This round's shared names: written or deleted (or renamed away), and renamed onto
         self.touched: set[str] = set()
@@ -81,8 +87,12 @@ class Side:
     def step(self) -> None:
         rng = self.rng
         name = rng.choice(self.own + SHARED)
-        kind = rng.choice(["write", "write", "write", "append", "delete", "rename"])
-        if name in SHARED and kind in ("delete", "rename"):
+        kind = rng.choice(["write", "write", "write", "append", "delete", "rename"]
+                          + ["chmod"] * self.chmods)
+        if kind == "chmod":
+            with contextlib.suppress(FileNotFoundError):  # (a shared one the other deleted)
+                os.chmod(self.root / name, rng.choice([0o600, 0o640, 0o644, 0o755]))
+        elif name in SHARED and kind in ("delete", "rename"):
             self.move_shared(name, kind)
         elif kind == "rename" and name in self.own and self.last.get(name) is not None:
             to = rng.choice([other for other in self.own if other != name])
@@ -147,13 +157,21 @@ class Machine(Side):
         os.rename(temp, self.root / name)
 
 
+def modes(root: Path) -> dict[str, int]:
+    """The permission bits of every file below root (onitufs's own left out)."""
+    return {str(path.relative_to(root)): stat.S_IMODE(path.lstat().st_mode)
+            for path in root.rglob("*") if path.is_file() and not path.is_symlink()
+            and not path.name.endswith(TEMP_SUFFIX) and path.name != MARKER}
+
+
 def settled(cloud_roots: list[Path]) -> dict[str, tuple[str, bytes]] | None:
-    """The one tree the mount and the remotes hold, if they do. A read through the mount
-    that finds the other side changed the file since it was opened fails (EIO) once:
-    tried again."""
+    """The one tree the mount and the remotes hold, with the same permission bits, if they
+    do. A read through the mount that finds the other side changed the file since it was
+    opened fails (EIO) once: tried again."""
     try:
-        first = snapshot(cloud_roots[0])
-        return first if all(snapshot(root) == first for root in cloud_roots[1:]) else None
+        first, bits = snapshot(cloud_roots[0]), modes(cloud_roots[0])
+        return first if all(snapshot(root) == first and modes(root) == bits
+                            for root in cloud_roots[1:]) else None
     except OSError:
         return None
 
@@ -161,6 +179,13 @@ def settled(cloud_roots: list[Path]) -> dict[str, tuple[str, bytes]] | None:
 def differences(roots: list[Path]) -> str:
     trees = [snapshot(root, errors=True) for root in roots]
     lines = []
+    with contextlib.suppress(OSError):
+        bits = [modes(root) for root in roots]
+        for name in sorted(set().union(*bits)):
+            held = [mine.get(name) for mine in bits]
+            if any(mode != held[0] for mode in held):
+                lines.append(f"  {name}: modes " + " | ".join(
+                    "-" if mode is None else f"{mode:04o}" for mode in held))
     for name in sorted(set().union(*trees)):
         seen = [tree.get(name) for tree in trees]
         if any(entry != seen[0] for entry in seen):
@@ -194,17 +219,18 @@ def test_two_machines_write_one_tree_through_an_ssh_server(
     """The other machine saves in an SSH remote's folder on the server, where onitufs
     replaces and deletes files only after moving them aside to check them."""
     two_machines(make_ssh_cloud({"b": "rw"}, {"a": SshRemote(sshd)}, block_size="64 KiB"),
-                 Contents(sized_apart=True))
+                 Contents(sized_apart=True), chmods_there=False)
 
 
-def two_machines(cloud: Cloud, contents: Contents) -> None:
+def two_machines(cloud: Cloud, contents: Contents, chmods_there: bool = True) -> None:
     """The mount and a program in remote a's folder at work at once, in rounds."""
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     rounds = int(os.environ.get("ONITUFS_ROUNDS", 6))
     print(f"two writers: ONITUFS_SEED={seed} ONITUFS_ROUNDS={rounds}")
     rng = random.Random(seed)
     ours = Mount(cloud.mountpoint, "mount", OURS, contents, random.Random(rng.random()))
-    theirs = Machine(cloud.remotes["a"], "remote", THEIRS, contents, random.Random(rng.random()))
+    theirs = Machine(cloud.remotes["a"], "remote", THEIRS, contents, random.Random(rng.random()),
+                     chmods=chmods_there)
     both: list[Side] = [ours, theirs]
     cloud.mount()
     unknown: set[str] = set()
