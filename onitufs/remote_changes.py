@@ -95,9 +95,18 @@ def is_version(entry: MirrorEntry, md: Metadata) -> bool:
                                            or entry.fid == md.file_id)
 
 
+def refiled(entry: MirrorEntry, md: Metadata) -> bool:
+    """Whether a file is listed with the token recorded for it under another file id: saved
+    anew within one tick of the remote's clock, or the same file numbered anew (a disk
+    whose file system does not keep its numbers from one mount to the next)."""
+    return md.kind == entry.kind == "file" and entry.token == md.revision \
+        and None not in (entry.fid, md.file_id) and entry.fid != md.file_id
+
+
 def unsettled(entry: MirrorEntry, md: Metadata) -> bool:
-    """Whether a file listed as the version recorded may yet have changed: see _settle."""
-    return md.kind == "file" and (entry.racy or entry.changed != md.changed_ns)
+    """Whether a file listed with the token recorded may yet have changed: see _settle."""
+    return md.kind == "file" and (entry.racy or entry.changed != md.changed_ns
+                                  or refiled(entry, md))
 
 
 class RemoteChanges:
@@ -119,8 +128,8 @@ class RemoteChanges:
         with self.index.begin() as txn:
             ino = self.index.mirror_ino(source.rid, metadata.path, txn)
             entry = self.index.mirror(source.rid, ino, txn).get(metadata.path) if ino else None
-        if entry is not None and is_version(entry, metadata) and unsettled(entry, metadata) \
-                and self._heeded(source):
+        if entry is not None and (is_version(entry, metadata) or refiled(entry, metadata)) \
+                and unsettled(entry, metadata) and self._heeded(source):
             # Settled now, not at the next listing: this comes from a read (get_chunk
             # found it changed), which goes on once it is. Settling reads the remote's
             # copy, and of ours only what the cache holds (read_part), never a remote
@@ -378,13 +387,15 @@ class RemoteChanges:
 
     async def _settle(self, remote: Remote, md: Metadata) -> bool:
         """A file listed with the token recorded for it, which may yet hide a change: its
-        token was recorded within a tick of its time (MirrorEntry.racy), or its changed_ns
+        token was recorded within a tick of its time (MirrorEntry.racy), its changed_ns
         moved (a chmod or a link there, or content written over its own bytes with its
-        time put back). Its content says which, once that tick has passed. False while
-        that cannot be told yet (the next listing asks again).
+        time put back), or its file id did (see refiled). Its content says which, once
+        that tick has passed. False while that cannot be told yet (the next listing asks
+        again).
 
-        Content that changed within a tick is a version like any other. Content that
-        changed while its time was put back is kept beside ours, as in a conflict: that
+        Content that changed within a tick, or another file put there (another file id),
+        is a version like any other. Content that changed in place while its time was
+        put back is kept beside ours, as in a conflict: that
         is an edit (a tag editor that keeps times) or a program gone wrong, and which
         of the two only its owner can tell; unless no other copy of ours is left, when
         it is all there is of the file. (Bit rot moves no time: reads find it by the
@@ -398,7 +409,9 @@ class RemoteChanges:
             standing = self._standing(txn, remote, md.path)
         if ino is None or entry is None:
             return True
-        moved = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
+        touched = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
+        moved = touched or refiled(entry, md)
+        in_place = touched and not refiled(entry, md)  # (another file there is a new save)
         ours = inode if inode is not None and inode.is_reg and entry.rev == inode.rev else None
         if ours is not None and (entry.racy or moved):
             if moved:  # until compared, the cache must not let ours go for that copy
@@ -425,7 +438,7 @@ class RemoteChanges:
             # with ours; an edit wins over a delete). An index from before changed_ns, or
             # an entry whose inode is no file here, just learns it.
             same = not moved or (inode is not None and not inode.is_reg)
-        if not same and moved and ours is not None:
+        if not same and in_place and ours is not None:
             if self._held_elsewhere(remote, ours):
                 log.warning("remote %s: %s: its content changed there, its size and time did "
                             "not: keeping both", remote.name, md.path)
@@ -442,16 +455,16 @@ class RemoteChanges:
             if self.index.mirror(remote.rid, ino, txn).get(md.path) != entry:
                 return False  # onitufs changed it there meanwhile: the next listing says
             if not same:
-                if not (moved and ours is not None):  # (else said above)
+                if not (in_place and ours is not None):  # (else said above)
                     log.info("remote %s: %s changed there behind the same token; taking it in",
                              remote.name, md.path)
                 entry.token = None  # so that the listing's token reads as a change
             else:
-                entry.racy, entry.changed = False, md.changed_ns
+                entry.racy, entry.changed, entry.fid = False, md.changed_ns, md.file_id
                 learnt = ours.checksum_of(entry.rev) if ours is not None else None
                 if learnt is not None:
                     entry.sha256 = learnt.hex()
-                if moved:
+                if touched:
                     self._take_mode(txn, remote, ino, md, entry)
             self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
         return same or await self._take(remote, md)
@@ -759,7 +772,7 @@ class RemoteChanges:
             entry = known.get(path)
             if entry is None or md.kind == "dir" or not current(path):
                 continue
-            if not is_version(entry, md):
+            if not (is_version(entry, md) or refiled(entry, md)):
                 # A new version replaces our inode there: not while a copy of that inode is
                 # on its way to another remote, whose record would land on the inode
                 # replaced (and its copy then read as a conflict). The next listing says.

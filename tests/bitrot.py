@@ -3,7 +3,8 @@
 A write through the file system moves the file's change time (ctime), which onitufs
 takes for an edit made there; rot moves nothing. So the remote's folder gets an ext4
 file system of its own, in an image on a loop device, and the bytes are changed in the
-image, where the kernel says the file's extents lie (FIEMAP).
+image, where the kernel says the file's extents lie (FIEMAP). The same disk serves for a
+remote frozen (fsfreeze) or mounted anew on another loop device.
 """
 
 from __future__ import annotations
@@ -67,6 +68,24 @@ class LoopDisk:
         after = path.stat()
         assert (after.st_ctime_ns, after.st_mtime_ns, after.st_size) == \
             (before.st_ctime_ns, before.st_mtime_ns, before.st_size)
+
+
+    def replug(self) -> None:
+        """Unmounted, and mounted again on another loop device (as a USB disk plugged in
+        elsewhere gets another /dev/sdX): another device number, the same inode numbers."""
+        subprocess.run(["umount", str(self.folder)], check=True)
+        placeholder = self.image.with_name(self.image.name + ".placeholder")
+        placeholder.write_bytes(bytes(4096))
+        try:  # holds the lowest free loop device, which this one had
+            held = subprocess.run(["losetup", "--find", "--show", str(placeholder)],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+            try:
+                subprocess.run(["mount", "-o", "loop", str(self.image), str(self.folder)],
+                               check=True)
+            finally:
+                subprocess.run(["losetup", "--detach", held], check=True)
+        finally:
+            placeholder.unlink()
 
 
 @contextlib.contextmanager

@@ -46,7 +46,11 @@ def token(st: os.stat_result) -> str:
 
 
 def file_id(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
+    """The inode number. Not the device's: a disk gets another when it is plugged in
+    elsewhere (another /dev/sdX, another loop device), and NFS and btrfs mounts a new one
+    at each mount; every file would read as another then. Two files of two file systems
+    mounted in one remote's folder can share a number: the token tells them apart."""
+    return str(st.st_ino)
 
 
 def describe_kind(st: os.stat_result) -> Kind:
