@@ -16,6 +16,19 @@ from .bitrot import loop_disk
 from .conftest import Cloud, MakeCloud, wait_for
 
 
+def write_tree(cloud: Cloud) -> dict[str, bytes]:
+    """Three files written in the mount and on every remote, the cloud unmounted: their
+    contents."""
+    contents = {name: os.urandom(100_000) for name in ("f0", "f1", "sub/f2")}
+    cloud.mount()
+    (cloud.mountpoint / "sub").mkdir()
+    for name, content in contents.items():
+        (cloud.mountpoint / name).write_bytes(content)
+    cloud.wait_synced()
+    cloud.umount()
+    return contents
+
+
 def listed(cloud: Cloud) -> None:
     """Until every remote's first listing is taken in (and its work queued)."""
     wait_for(lambda: all(remote["state"] != "listing" for remote in cloud.status()["remotes"]),
@@ -27,14 +40,8 @@ def test_a_remote_s_disk_mounted_on_another_device_is_the_same_remote(
     """Its file system gets another device number (another loop device here): nothing of
     it is read, uploaded or kept aside again."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
-    contents = {name: os.urandom(100_000) for name in ("f0", "f1", "sub/f2")}
     with loop_disk(cloud.remotes["a"]) as disk:
-        cloud.mount()
-        (cloud.mountpoint / "sub").mkdir()
-        for name, content in contents.items():
-            (cloud.mountpoint / name).write_bytes(content)
-        cloud.wait_synced()
-        cloud.umount()
+        contents = write_tree(cloud)
         device = cloud.remotes["a"].stat().st_dev
         disk.replug()
         assert cloud.remotes["a"].stat().st_dev != device
@@ -56,13 +63,7 @@ def test_a_remote_folder_put_back_from_a_copy_is_compared_and_nothing_goes_again
     and compared, and only one whose content differs (written with the same size and
     its time put back) is a new version, which reaches the other remote."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
-    contents = {name: os.urandom(100_000) for name in ("f0", "f1", "sub/f2")}
-    cloud.mount()
-    (cloud.mountpoint / "sub").mkdir()
-    for name, content in contents.items():
-        (cloud.mountpoint / name).write_bytes(content)
-    cloud.wait_synced()
-    cloud.umount()
+    contents = write_tree(cloud)
     folder = cloud.remotes["a"]
     copy = folder.with_name("a.copy")
     subprocess.run(["cp", "-a", str(folder), str(copy)], check=True)

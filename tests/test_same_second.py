@@ -176,14 +176,20 @@ def modes(cloud: Cloud, name: str) -> dict[str, int]:
             for where, folder in folders.items()}
 
 
-def test_a_chmod_in_the_mount_after_one_on_a_remote_is_the_mode_everywhere(
-        make_cloud: MakeCloud) -> None:
-    """Whichever the mount hears of first, the later chmod wins on every side."""
-    cloud = make_cloud({"a": "rw", "b": "rw"})
+def replicated_file(cloud: Cloud) -> Cloud:
+    """The cloud mounted, its file "f" on every remote, and a tick of their clocks past
+    (a change there moves its ctime)."""
     cloud.mount()
     (cloud.mountpoint / "f").write_bytes(b"content")
     cloud.wait_synced()
     time.sleep(0.05)
+    return cloud
+
+
+def test_a_chmod_in_the_mount_after_one_on_a_remote_is_the_mode_everywhere(
+        make_cloud: MakeCloud) -> None:
+    """Whichever the mount hears of first, the later chmod wins on every side."""
+    cloud = replicated_file(make_cloud({"a": "rw", "b": "rw"}))
     os.chmod(cloud.remotes["a"] / "f", 0o600)
     os.chmod(cloud.mountpoint / "f", 0o640)
     time.sleep(1)  # the listing of a has the first chmod by now
@@ -195,11 +201,7 @@ def test_a_chmod_in_the_mount_after_one_on_a_remote_is_the_mode_everywhere(
 
 
 def test_a_chmod_on_a_remote_that_only_keeps_copies_is_undone(make_cloud: MakeCloud) -> None:
-    cloud = make_cloud({"a": "rw", "backup": "w"})
-    cloud.mount()
-    (cloud.mountpoint / "f").write_bytes(b"content")
-    cloud.wait_synced()
-    time.sleep(0.05)
+    cloud = replicated_file(make_cloud({"a": "rw", "backup": "w"}))
     os.chmod(cloud.remotes["backup"] / "f", 0o600)
     wait_for(lambda: modes(cloud, "f")["backup"] == 0o644, timeout=30,
              what="the mount's mode set on the backup again")
