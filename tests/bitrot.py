@@ -14,6 +14,7 @@ import fcntl
 import os
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,17 +74,28 @@ class LoopDisk:
     def replug(self) -> None:
         """Unmounted, and mounted again on another loop device (as a USB disk plugged in
         elsewhere gets another /dev/sdX): another device number, the same inode numbers."""
+        device = subprocess.run(["findmnt", "--noheadings", "--output", "SOURCE",
+                                 str(self.folder)], check=True, capture_output=True,
+                                text=True).stdout.strip()
         subprocess.run(["umount", str(self.folder)], check=True)
         placeholder = self.image.with_name(self.image.name + ".placeholder")
         placeholder.write_bytes(bytes(4096))
-        try:  # holds the lowest free loop device, which this one had
-            held = subprocess.run(["losetup", "--find", "--show", str(placeholder)],
-                                  check=True, capture_output=True, text=True).stdout.strip()
+        try:
+            # The device it had is held meanwhile, once the unmount let it go (where
+            # another test took it first, that one holds it): the mount takes another.
+            held = False
+            for _ in range(20):
+                held = subprocess.run(["losetup", device, str(placeholder)],
+                                      capture_output=True).returncode == 0
+                if held:
+                    break
+                time.sleep(0.1)
             try:
                 subprocess.run(["mount", "-o", "loop", str(self.image), str(self.folder)],
                                check=True)
             finally:
-                subprocess.run(["losetup", "--detach", held], check=True)
+                if held:
+                    subprocess.run(["losetup", "--detach", device], check=True)
         finally:
             placeholder.unlink()
 
