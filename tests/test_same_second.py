@@ -209,6 +209,22 @@ def test_a_chmod_on_a_remote_that_only_keeps_copies_is_undone(make_cloud: MakeCl
     cloud.umount()
 
 
+def test_a_chmod_on_a_remote_of_a_file_deleted_in_the_mount_lets_the_delete_go(
+        make_cloud: MakeCloud) -> None:
+    """The delete has not reached that remote yet (upload_delay): what it holds, compared
+    with the checksum kept of it, is the version deleted, not an edit that would bring
+    the file back."""
+    cloud = replicated_file(make_cloud({"a": "rw", "b": "rw"}, upload_delay="3s"))
+    (cloud.mountpoint / "f").unlink()
+    os.chmod(cloud.remotes["a"] / "f", 0o600)
+    wait_for(lambda: "remote a: get_chunk f " in cloud.log, what="a's copy compared")
+    cloud.wait_synced()
+    assert not (cloud.mountpoint / "f").exists()
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert not (remote / "f").exists(), name
+
+
 def test_a_file_read_right_after_a_chmod_on_its_only_remote(make_cloud: MakeCloud) -> None:
     """The read finds the remote's copy changed (its ctime) before any listing does: it
     is compared there and then, and the read goes on."""
