@@ -410,8 +410,9 @@ class RemoteChanges:
         if ino is None or entry is None:
             return True
         touched = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
-        moved = touched or refiled(entry, md)
-        in_place = touched and not refiled(entry, md)  # (another file there is a new save)
+        renumbered = refiled(entry, md)
+        moved = touched or renumbered
+        in_place = touched and not renumbered  # (another file there is a new save)
         ours = inode if inode is not None and inode.is_reg and entry.rev == inode.rev else None
         if ours is not None and (entry.racy or moved):
             if moved:  # until compared, the cache must not let ours go for that copy
