@@ -182,6 +182,12 @@ class Cloud:
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout, "the daemon to exit")
         self.pid = None
 
+    def wait_listed(self) -> None:
+        """Until every remote's first listing is judged (a remote's state stays "listing"
+        until then)."""
+        wait_for(lambda: all(remote["state"] != "listing" for remote in self.status()["remotes"]),
+                 what="the first listings")
+
     def wait_synced(self, timeout: float = 30.0) -> None:
         """Until every writable remote has nothing left to do."""
         def synced() -> bool:

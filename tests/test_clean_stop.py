@@ -165,10 +165,8 @@ def test_a_kill_after_a_clean_start_leaves_the_recovery_to_run(make_cloud: MakeC
     cloud.mount()
     assert UNCLEAN in cloud.log[before:]
     assert (cloud.mountpoint / "G").read_bytes() == content
-    # a remote's state stays "listing" until its first listing is judged, and a listing found
-    # as it was at a clean stop is logged so at once
-    wait_for(lambda: all(remote["state"] != "listing" for remote in cloud.status()["remotes"]),
-             what="the first listings")
+    # a listing found as it was at a clean stop is logged so at once
+    cloud.wait_listed()
     assert "its listing holds what the index says it holds" not in cloud.log[before:]
     cloud.umount()  # uploads what the recovery queued
     for remote in cloud.remotes.values():

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 from .bitrot import loop_disk
-from .conftest import Cloud, MakeCloud, wait_for
+from .conftest import Cloud, MakeCloud
 
 
 def write_tree(cloud: Cloud) -> dict[str, bytes]:
@@ -29,12 +29,6 @@ def write_tree(cloud: Cloud) -> dict[str, bytes]:
     return contents
 
 
-def listed(cloud: Cloud) -> None:
-    """Until every remote's first listing is taken in (and its work queued)."""
-    wait_for(lambda: all(remote["state"] != "listing" for remote in cloud.status()["remotes"]),
-             what="the first listings")
-
-
 def test_a_remote_s_disk_mounted_on_another_device_is_the_same_remote(
         make_cloud: MakeCloud) -> None:
     """Its file system gets another device number (another loop device here): nothing of
@@ -47,7 +41,7 @@ def test_a_remote_s_disk_mounted_on_another_device_is_the_same_remote(
         assert cloud.remotes["a"].stat().st_dev != device
         before = len(cloud.log)
         cloud.mount()
-        listed(cloud)
+        cloud.wait_listed()
         cloud.wait_synced()
         for name, content in contents.items():
             assert (cloud.mountpoint / name).read_bytes() == content, name
@@ -75,7 +69,7 @@ def test_a_remote_folder_put_back_from_a_copy_is_compared_and_nothing_goes_again
     os.utime(folder / "f1", ns=(times.st_atime_ns, times.st_mtime_ns))
     before = len(cloud.log)
     cloud.mount()
-    listed(cloud)
+    cloud.wait_listed()
     cloud.wait_synced()
     assert (cloud.mountpoint / "f1").read_bytes() == changed
     for name in ("f0", "sub/f2"):
