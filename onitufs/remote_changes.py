@@ -142,8 +142,27 @@ class RemoteChanges:
         """Apply a created or changed entry; False if that must wait (see keep_both)."""
         if not (self._heeded(source) and self._acceptable(source, metadata.path)):
             return True
+        if source.config.readable and not self._has_folder_for(metadata.path):
+            # What the remote holds it in is no folder here: a part of a listing that did
+            # not include the folder's own change (which brings what is below it), or a
+            # read-only remote's folder kept beside a file of the mount's under a conflict
+            # name (what is in it stays there). Not a listing to take again soon.
+            log.info("remote %s: %s: its folder is not a folder here; left out",
+                     source.name, metadata.path)
+            return True
         keep_both = self._update(source, metadata)
         return keep_both is None or await self.keep_both(source, metadata, keep_both)
+
+    def _has_folder_for(self, path: str) -> bool:
+        """Whether the nearest of the folders above `path` that the tree has is a folder
+        (the others are made by _make_parents)."""
+        with self.index.begin() as txn:
+            while path:
+                path = path.rpartition("/")[0]
+                ino = self.index.resolve(path, txn)
+                if ino is not None:
+                    return self.tree.inode(ino, txn).is_dir
+        return True
 
     @staticmethod
     def _heeded(remote: Remote) -> bool:
@@ -181,7 +200,9 @@ class RemoteChanges:
         if inode.is_symlink and md.kind == "symlink" and md.target is not None \
                 and encode_path(md.target) != inode.target:
             self._retarget(txn, remote, inode, md)
-        elif is_version(entry, md) or not (inode.is_reg and md.kind == "file"):
+        elif md.kind != entry.kind:
+            return inode  # another kind of node there, not from a listing (see _apply)
+        elif is_version(entry, md) or not inode.is_reg:
             entry.token, entry.fid = md.revision, md.file_id
             entry.racy = entry.racy and md.kind == "file" and remote.racy(md.mtime_ns)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, entry)
@@ -746,32 +767,59 @@ class RemoteChanges:
         # A path the remote is known to hold was found acceptable when it was taken in.
         listed = {md.path: md async for md in paced(entries) if md.path and current(md.path)
                   and (md.path in held or self._acceptable(source, md.path))}
-        gone = [path for path in known if path not in listed]
+        # A path listed as another kind than the remote held there (a folder made where a
+        # file was deleted, a file where a symlink was): what it held there is gone, by the
+        # rules of any delete, and what is there now is new, taken after that delete with
+        # what it holds. Recorded as the old node's next version, it would never travel,
+        # and a delete of the old node in the mount would delete it there. (On a
+        # write-only remote, it is a change there like any other: kept aside there.)
+        retyped = {path for path, md in listed.items() if source.config.readable
+                   and path in known and known[path].kind != md.kind}
+        gone = [path for path in known if path not in listed or path in retyped]
         gone_by_fid = {known[path].fid: path for path in gone if known[path].fid}
         # A new path may be a held one renamed that is left for the next listing (onitufs
         # touched it meanwhile): taken now, the rename would travel as a copy and a delete.
         held_back = {entry.fid for path, entry in held.items() if entry.fid and path not in known}
-        # Each step may await a remote, during which the replicator may touch more
-        # paths: `current` is asked again right before each change is applied.
-        for path in sorted((p for p in listed if p not in known), key=_depth):
+
+        async def take_new(path: str) -> None:
+            nonlocal skipped
             md = listed[path]
             if not current(path):
-                continue
+                return
             old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
             if old is None and md.file_id in held_back:
                 skipped = True
             elif old is not None and undecided(old):
                 # Both wait for the next listing: judged now, a rename could be taken for
                 # a new folder and a delete, or a new folder for a rename.
-                continue
+                return
             elif old is not None and renamed(known, listed, old, md):
                 gone.remove(old)
                 await self.move_file(remote, old, md)
             elif not await self._take(source, md):
                 skipped = True  # tried again with the next listing
+
+        async def delete(paths: list[str]) -> None:
+            # Deleted now, an undecided folder would still hold what was left for the next
+            # listing: that would be taken for new content here, and the folder made again
+            # there.
+            for path in sorted(paths, key=_depth, reverse=True):
+                if current(path) and not undecided(path):
+                    await self.delete_file(remote, path)
+
+        # Each step may await a remote, during which the replicator may touch more
+        # paths: `current` is asked again right before each change is applied.
+        after_deletes: dict[str, list[str]] = {root: [] for root in retyped}
+        for path in sorted((p for p in listed if p not in known or p in retyped), key=_depth):
+            root = root_of(path, retyped) if retyped else None
+            if root is None:
+                await take_new(path)
+            else:
+                after_deletes[root].append(path)
         async for path, md in paced(listed.items()):
             entry = known.get(path)
-            if entry is None or md.kind == "dir" or not current(path):
+            if entry is None or md.kind == entry.kind == "dir" or path in retyped \
+                    or not current(path):
                 continue
             if not (is_version(entry, md) or refiled(entry, md)):
                 # A new version replaces our inode there: not while a copy of that inode is
@@ -783,12 +831,25 @@ class RemoteChanges:
             else:
                 continue
             skipped = skipped or not settled
-        for path in sorted(gone, key=_depth, reverse=True):
-            # Deleted now, an undecided folder would still hold what was left for the next
-            # listing: that would be taken for new content here, and the folder made again
-            # there.
-            if current(path) and not undecided(path):
-                await self.delete_file(remote, path)
+        if retyped:
+            deletes_first: dict[str, list[str]] = {root: [] for root in retyped}
+            for path in gone:
+                root = root_of(path, retyped)
+                if root is not None:
+                    deletes_first[root].append(path)
+                    if gone_by_fid.get(known[path].fid or "") == path:
+                        del gone_by_fid[known[path].fid or ""]  # (no rename's source now)
+            gone = [path for path in gone if root_of(path, retyped) is None]
+            for root, paths in after_deletes.items():
+                await delete(deletes_first[root])
+                with self.index.begin() as txn:
+                    still_held = self.index.mirror_ino(source.rid, root, txn) is not None
+                if still_held:  # its delete waits for the next listing, and so does the new
+                    skipped = True
+                    continue
+                for path in paths:
+                    await take_new(path)
+        await delete(gone)
         source.forget_touched_before(started)
         return not skipped
 
@@ -841,6 +902,15 @@ def renamed(known: dict[str, MirrorEntry], listed: dict[str, Metadata], old: str
     return any(
         (moved := md.path + path[len(old):]) in listed and is_version(known[path], listed[moved])
         for path in below)
+
+
+def root_of(path: str, roots: set[str]) -> str | None:
+    """The one of `roots` that `path` is or is below, if any."""
+    while path:
+        if path in roots:
+            return path
+        path = path.rpartition("/")[0]
+    return None
 
 
 def _depth(path: str) -> int:

@@ -1,0 +1,163 @@
+"""Another kind of node made on a remote where it held one (a folder where a file was, a
+file where a symlink was, ...): the old node's delete and the new node travel, each by
+the rules of any delete and any new file, and nothing of either is lost.
+
+Taken for the old node's next version, the new one never showed in the mount, and a
+delete of the old node in the mount deleted it on that remote; a folder where a file
+was stopped the remote's driver (ENOTDIR) at the first name inside it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from onitufs.plug import MARKER
+
+pytest.register_assert_rewrite("tests.sshd")
+
+from .conftest import Cloud, MakeCloud, wait_for  # noqa: E402  (after the rewrite hook)
+from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+
+pytest_plugins = ["tests.sshd"]
+
+KINDS = ["file", "folder", "symlink"]
+CHANGES = [(before, after) for before in KINDS for after in KINDS if after != before]
+
+
+def make(path: Path, kind: str, label: str) -> None:
+    """A node of `kind` at `path`, its content telling who made it."""
+    if kind == "file":
+        path.write_bytes(f"{label}'s file".encode())
+    elif kind == "folder":
+        path.mkdir()
+        (path / "inner").write_bytes(f"{label}'s inner file".encode())
+    else:
+        path.symlink_to(f"{label}-target")
+
+
+def holds(path: Path, kind: str, label: str) -> bool:
+    """Whether `path` holds what make(path, kind, label) made, and nothing else."""
+    if kind == "file":
+        return path.is_file() and not path.is_symlink() \
+            and path.read_bytes() == f"{label}'s file".encode()
+    if kind == "folder":
+        return path.is_dir() and not path.is_symlink() and os.listdir(path) == ["inner"] \
+            and (path / "inner").read_bytes() == f"{label}'s inner file".encode()
+    return path.is_symlink() and os.readlink(path) == f"{label}-target"
+
+
+def remove(path: Path, kind: str) -> None:
+    if kind == "folder":
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name != MARKER)
+
+
+def replaced_everywhere(cloud: Cloud, kind: str, label: str) -> bool:
+    return all(holds(place / "x", kind, label) and names(place) == ["x"]
+               for place in [cloud.mountpoint, *cloud.remotes.values()])
+
+
+@pytest.mark.parametrize("when", ["mounted", "unmounted"])
+@pytest.mark.parametrize(("before", "after"), CHANGES)
+def test_another_kind_made_on_a_remote_travels(make_cloud: MakeCloud, before: str, after: str,
+                                               when: str) -> None:
+    cloud = make_cloud()
+    cloud.mount()
+    make(cloud.mountpoint / "x", before, "mount")
+    cloud.wait_synced()
+    if when == "unmounted":  # then the first listing finds it, not the kernel's events
+        cloud.umount()
+    remove(cloud.remotes["a"] / "x", before)
+    make(cloud.remotes["a"] / "x", after, "a")
+    if when == "unmounted":
+        cloud.mount()
+    wait_for(lambda: replaced_everywhere(cloud, after, "a"), what=f"a's {after} everywhere")
+    # In the mount like any other node: its delete goes everywhere.
+    remove(cloud.mountpoint / "x", after)
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
+    for name, remote in cloud.remotes.items():
+        assert names(remote) == [], name
+
+
+@pytest.mark.parametrize("later", ["mount", "remote"])
+@pytest.mark.parametrize(("before", "after"), [("file", "folder"), ("folder", "file")])
+def test_another_kind_made_on_a_remote_beside_a_newer_version_here_keeps_both(
+        make_cloud: MakeCloud, before: str, after: str, later: str) -> None:
+    """The mount's newer version had not reached the remote: the remote's delete does not
+    win over it, and the new node there is kept beside it (the later keeps the name)."""
+    cloud = make_cloud(upload_delay="1h")
+    cloud.mount()
+    make(cloud.mountpoint / "x", before, "base")
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    if before == "file":
+        (cloud.mountpoint / "x").write_bytes(b"mount's file")
+    else:
+        (cloud.mountpoint / "x" / "inner").write_bytes(b"mount's inner file")
+    a = cloud.remotes["a"] / "x"
+    remove(a, before)
+    make(a, after, "a")
+    stamp = time.time() + (60 if later == "remote" else -60)
+    os.utime(a, (stamp, stamp), follow_symlinks=False)
+    winner, loser = ("a", "mount") if later == "remote" else ("mount", "a")
+    aside_label = "a" if later == "mount" else socket.gethostname()
+    kinds = {"a": after, "mount": before}
+
+    def both_kept(place: Path) -> bool:
+        aside = [name for name in names(place) if name != "x"]
+        return len(aside) == 1 and aside[0].startswith(f"x (conflict from {aside_label} ") \
+            and holds(place / "x", kinds[winner], winner) \
+            and holds(place / aside[0], kinds[loser], loser)
+    wait_for(lambda: both_kept(cloud.mountpoint), what="both versions in the mount")
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
+    for name, remote in cloud.remotes.items():
+        assert both_kept(remote), name
+
+
+def test_another_kind_made_on_a_backup_is_kept_aside_there(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "backup": "w"})
+    cloud.mount()
+    make(cloud.mountpoint / "x", "file", "mount")
+    cloud.wait_synced()
+    backup = cloud.remotes["backup"]
+    remove(backup / "x", "file")
+    make(backup / "x", "folder", "backup")
+    wait_for(lambda: len(names(backup)) == 2, what="the backup's folder kept aside there")
+    (cloud.mountpoint / "x").write_bytes(b"mount's file")
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
+    aside = [name for name in names(backup) if name != "x"]
+    assert aside[0].startswith("x (conflict from backup ")
+    assert holds(backup / aside[0], "folder", "backup")
+    assert holds(backup / "x", "file", "mount")
+    assert names(cloud.remotes["a"]) == ["x"]
+    assert holds(cloud.remotes["a"] / "x", "file", "mount")
+
+
+@pytest.mark.parametrize(("before", "after"), [("file", "folder"), ("folder", "file")])
+def test_another_kind_made_on_an_ssh_server_travels(make_ssh_cloud: MakeSshCloud, sshd: Sshd,
+                                                    before: str, after: str) -> None:
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    make(cloud.mountpoint / "x", before, "mount")
+    cloud.wait_synced()
+    server = cloud.remotes["s"]
+    remove(server / "x", before)
+    make(server / "x", after, "server")
+    wait_for(lambda: all(holds(place / "x", after, "server") and names(place) == ["x"]
+                         for place in [cloud.mountpoint, *cloud.remotes.values()]),
+             what=f"the server's {after} everywhere")
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
