@@ -458,6 +458,35 @@ class TestReports:
         second = driver.listed("link", lambda md: md.target == "other", " with its new target")
         assert second.revision != first.revision
 
+    def test_a_folder_made_where_a_file_was(self, driver: Harness) -> None:
+        """The report names the new kind: the core takes the old node's delete and the new
+        node from it."""
+        driver.backdoor.write("was-a-file", b"file")
+        driver.listed("was-a-file")
+        driver.backdoor.remove("was-a-file")
+        driver.backdoor.mkdir("was-a-file")
+        driver.backdoor.write("was-a-file/in.txt", b"in the new folder")
+        driver.listed("was-a-file", lambda md: md.kind == "dir", " as a folder")
+        assert driver.read(driver.listed("was-a-file/in.txt")) == b"in the new folder"
+
+    def test_a_file_made_where_a_folder_was(self, driver: Harness) -> None:
+        driver.backdoor.mkdir("was-a-folder")
+        driver.backdoor.write("was-a-folder/in.txt", b"inside")
+        driver.listed("was-a-folder/in.txt")
+        driver.backdoor.remove("was-a-folder/in.txt")
+        driver.backdoor.remove("was-a-folder")
+        driver.backdoor.write("was-a-folder", b"now a file")
+        md = driver.listed("was-a-folder", lambda md: md.kind == "file", " as a file")
+        driver.unlisted("was-a-folder/in.txt")
+        assert driver.read(md) == b"now a file"
+
+    def test_a_file_made_where_a_symbolic_link_was(self, driver: Harness) -> None:
+        driver.backdoor.symlink("target", "was-a-link")
+        driver.listed("was-a-link")
+        driver.backdoor.remove("was-a-link")
+        driver.backdoor.write("was-a-link", b"a file")
+        md = driver.listed("was-a-link", lambda md: md.kind == "file", " as a file")
+        assert driver.read(md) == b"a file"
 
 class TestDeletes:
     def test_a_file(self, driver: Harness) -> None:
@@ -503,6 +532,26 @@ class TestDeletes:
                 driver.restart()  # one is forgotten, the other still open
         driver.call("delete_file", driver.listed("cut"))
         assert driver.backdoor.kind("cut") is None
+
+    def test_a_folder_made_where_the_file_was_is_left(self, driver: Harness) -> None:
+        """A delete of what onitufs knew at a path where another kind of node was made
+        since leaves that node (its report may not have reached the core yet)."""
+        md = driver.upload("f.txt", b"ours")
+        driver.backdoor.remove("f.txt")
+        driver.backdoor.mkdir("f.txt")
+        driver.backdoor.write("f.txt/theirs.txt", b"not ours to delete")
+        with contextlib.suppress(Exception):  # refused or not: what counts is what is left
+            driver.call("delete_file", md)
+        assert driver.backdoor.read("f.txt/theirs.txt") == b"not ours to delete"
+
+    def test_a_file_made_where_the_symbolic_link_was_is_left(self, driver: Harness) -> None:
+        driver.backdoor.symlink("somewhere", "link")
+        link = driver.listed("link")
+        driver.backdoor.remove("link")
+        driver.backdoor.write("link", b"a file where the link was")
+        with contextlib.suppress(Exception):
+            driver.call("delete_file", link)
+        assert driver.backdoor.read("link") == b"a file where the link was"
 
     def test_a_symbolic_link(self, driver: Harness) -> None:
         driver.backdoor.write("target.txt", b"stays")
