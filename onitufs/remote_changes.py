@@ -651,6 +651,12 @@ class RemoteChanges:
         source = self.remotes[remote]
         if not (self._heeded(source) and self._acceptable(source, new.path)):
             return
+        if source.config.readable and not self._has_folder_for(new.path):
+            # Not taken in there (see _take): nor is old_path's delete, which would leave
+            # the file on that remote only, at a path the mount does not show.
+            log.info("remote %s: %s moved to %s, whose folder is not a folder here; left "
+                     "as it was", remote, old_path, new.path)
+            return
         rid = source.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, old_path, txn)

@@ -161,3 +161,32 @@ def test_another_kind_made_on_an_ssh_server_travels(make_ssh_cloud: MakeSshCloud
              what=f"the server's {after} everywhere")
     cloud.umount()
     assert "driver stopped" not in cloud.log
+
+
+def test_a_read_only_remotes_folder_beside_a_newer_file_here_stops_nothing(
+        make_cloud: MakeCloud) -> None:
+    """A read-only remote's folder made where the mount's newer file is shows under a
+    conflict name; what is in it, and a file moved into it there, cannot show below the
+    mount's file. They stay on that remote, nothing is deleted for them elsewhere, and
+    the driver goes on (it stopped with ENOTDIR at the first name inside)."""
+    cloud = make_cloud({"a": "r", "b": "rw"}, upload_delay="1h")
+    a = cloud.remotes["a"]
+    make(a / "x", "file", "a")
+    (a / "dir").mkdir()
+    (a / "dir" / "child").write_bytes(b"child")
+    cloud.mount()
+    assert (cloud.mountpoint / "dir" / "child").read_bytes() == b"child"
+    (cloud.mountpoint / "x").write_bytes(b"mount's file")
+    remove(a / "x", "file")
+    make(a / "x", "folder", "a")
+    wait_for(lambda: len(names(cloud.mountpoint)) == 3, what="a's folder under a conflict name")
+    os.rename(a / "dir" / "child", a / "x" / "child")
+    (a / "later.txt").write_bytes(b"reported after the move")
+    wait_for(lambda: (cloud.mountpoint / "later.txt").exists(), what="a's next change")
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
+    aside = [name for name in names(cloud.remotes["b"]) if name.startswith("x (conflict from a ")]
+    assert len(aside) == 1 and (cloud.remotes["b"] / aside[0]).is_dir()
+    assert (cloud.remotes["b"] / "x").read_bytes() == b"mount's file"
+    assert (cloud.remotes["b"] / "dir" / "child").read_bytes() == b"child"
+    assert sorted(os.listdir(a / "x")) == ["child", "inner"]
