@@ -1,6 +1,7 @@
 """Two machines at work on one tree: random writes, appends, chmods, renames and deletes
 through the mount while another program does the same straight in one remote's folder (a
-second machine syncing there).
+second machine syncing there). Each side also puts folders where its files were, and
+files where its folders were.
 
 Each side owns some names and both write, chmod, delete and rename a few shared ones.
 After each round both stop and the tree must settle: the mount and every remote hold the
@@ -18,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import stat
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,14 +71,20 @@ class Contents:
         self.sizes.add(len(content))
 
 
+@dataclass(frozen=True)
+class Folder:
+    """A folder a side made at one of its names, holding one file, `inner`."""
+    inner: bytes
+
+
 class Side:
-    """One writer: its last write (None: deleted) of each name it wrote."""
+    """One writer: its last write (None: deleted; a Folder) of each name it wrote."""
 
     def __init__(self, root: Path, name: str, own: list[str], contents: Contents,
                  rng: random.Random, chmods: bool = True) -> None:
         self.root, self.name, self.own, self.contents, self.rng = root, name, own, contents, rng
         self.chmods = chmods  # (one on an SSH server goes unseen: SFTP has no change time)
-        self.last: dict[str, bytes | None] = {}
+        self.last: dict[str, bytes | Folder | None] = {}
         # This round's shared names: written or deleted (or renamed away), and renamed onto
         self.touched: set[str] = set()
         self.renamed_into: set[str] = set()
@@ -87,9 +96,25 @@ class Side:
     def step(self) -> None:
         rng = self.rng
         name = rng.choice(self.own + SHARED)
-        kind = rng.choice(["write", "write", "write", "append", "delete", "rename"]
+        kind = rng.choice(["write", "write", "write", "append", "delete", "rename", "folder"]
                           + ["chmod"] * self.chmods)
-        if kind == "chmod":
+        if name in self.own and isinstance(self.last.get(name), Folder):
+            # A file where the folder was (written), or the folder gone (deleted).
+            shutil.rmtree(self.root / name)
+            self.last[name] = None
+            kind = "write" if kind != "delete" else "done"
+        if kind == "done":
+            pass
+        elif kind == "folder" and name in self.own:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
+            content = self.contents.new(rng, self.name, f"{name}/inner")
+            (self.root / name).mkdir(parents=True)
+            self.write(f"{name}/inner", content)
+            self.last[name] = Folder(content)
+        elif kind == "folder":
+            pass  # (not on shared names)
+        elif kind == "chmod":
             with contextlib.suppress(FileNotFoundError):  # (a shared one the other deleted)
                 os.chmod(self.root / name, rng.choice([0o600, 0o640, 0o644, 0o755]))
         elif name in SHARED and kind in ("delete", "rename"):
@@ -97,6 +122,8 @@ class Side:
         elif kind == "rename" and name in self.own and self.last.get(name) is not None:
             to = rng.choice([other for other in self.own if other != name])
             (self.root / to).parent.mkdir(exist_ok=True)
+            if isinstance(self.last.get(to), Folder):
+                shutil.rmtree(self.root / to)
             os.rename(self.root / name, self.root / to)
             self.last[to], self.last[name] = self.last[name], None
         elif name in SHARED or kind in ("write", "rename") or self.last.get(name) is None:
@@ -107,7 +134,7 @@ class Side:
             self.last[name] = content
         elif kind == "append":
             old = self.last[name]
-            assert old is not None
+            assert isinstance(old, bytes)
             with self.contents.lock:
                 extra = rng.randbytes(rng.randrange(1, 90000))
                 while self.contents.sized_apart and len(old + extra) in self.contents.sizes:
@@ -258,8 +285,15 @@ def two_machines(cloud: Cloud, contents: Contents, chmods_there: bool = True) ->
                 if name in side.last:
                     want = side.last[name]
                     got = tree.get(name)
-                    assert (got is None if want is None else got == ("file", want)), \
-                        f"{where}: {name} is not the {side.name}'s last write"
+                    if isinstance(want, Folder):
+                        below = {path: entry for path, entry in tree.items()
+                                 if path.startswith(f"{name}/")}
+                        assert got == ("dir", b"") \
+                            and below == {f"{name}/inner": ("file", want.inner)}, \
+                            f"{where}: {name} is not the {side.name}'s last folder"
+                    else:
+                        assert (got is None if want is None else got == ("file", want)), \
+                            f"{where}: {name} is not the {side.name}'s last write"
         # A shared name a rename put another file onto holds that file until written again.
         unknown = (unknown - ours.touched - theirs.touched) | ours.renamed_into \
             | theirs.renamed_into
