@@ -142,26 +142,65 @@ class RemoteChanges:
         """Apply a created or changed entry; False if that must wait (see keep_both)."""
         if not (self._heeded(source) and self._acceptable(source, metadata.path)):
             return True
-        if source.config.readable and not self._has_folder_for(metadata.path):
-            # What the remote holds it in is no folder here: a part of a listing that did
-            # not include the folder's own change (which brings what is below it), or a
-            # read-only remote's folder kept beside a file of the mount's under a conflict
-            # name (what is in it stays there). Not a listing to take again soon.
-            log.info("remote %s: %s: its folder is not a folder here; left out",
-                     source.name, metadata.path)
-            return True
+        above = self._no_folder_above(metadata.path) if source.config.readable else None
+        if above is not None:
+            return await self._folder_over(source, *above)
         keep_both = self._update(source, metadata)
         return keep_both is None or await self.keep_both(source, metadata, keep_both)
 
-    def _has_folder_for(self, path: str) -> bool:
-        """Whether the nearest of the folders above `path` that the tree has is a folder
-        (the others are made by _make_parents)."""
+    def _no_folder_above(self, path: str) -> tuple[str, Inode] | None:
+        """The nearest of the paths above `path` that the tree has, and its inode, where
+        that is no folder (the folders the tree lacks are made by _make_parents)."""
         with self.index.begin() as txn:
             while path:
                 path = path.rpartition("/")[0]
                 ino = self.index.resolve(path, txn)
                 if ino is not None:
-                    return self.tree.inode(ino, txn).is_dir
+                    inode = self.tree.inode(ino, txn)
+                    return None if inode.is_dir else (path, inode)
+        return None
+
+    async def _folder_over(self, remote: Remote, path: str, ours: Inode) -> bool:
+        """The remote holds a folder at `path` (it reports something in it) where the
+        mount has a file or a symbolic link, `ours`: a folder made a file here while
+        something in it was changed there, not reported yet (an edit wins over a delete),
+        or a file made a folder there while the mount's newer version kept the name.
+
+        The mount's keeps the name: the remote's folder is renamed there to a conflict
+        name, and shows under it in the mount with what it holds (from the next listing),
+        and ours goes there again. A read-only remote's, or one whose driver cannot
+        rename, stays where it is, and what is in it cannot show: left out. False where
+        the rename failed (the next listing says)."""
+        if not (remote.config.writable and await remote.has("move_file")):
+            log.info("remote %s: %s is a folder there and not here; what is in it is left "
+                     "out", remote.name, path)
+            return True
+        with self.index.begin() as txn:
+            aside = conflict_name(path, remote.name, time.time(), lambda taken: (
+                self.index.resolve(taken, txn) is not None
+                or self.index.mirror_ino(remote.rid, taken, txn) is not None))
+            held = self.index.mirror_ino(remote.rid, path, txn)
+            entry = self.index.mirror(remote.rid, held, txn)[path] if held else None
+        folder = Metadata(path=path, kind="dir", mode=0o755,
+                          revision=entry.token if entry else None,
+                          file_id=entry.fid if entry else None)
+        moved = folder.copy(path=aside)
+        try:
+            await remote.call("move_file", folder, moved)
+        except CallFailed:
+            return False
+        remote.touch(path, aside)
+        log.warning("remote %s: %s is a folder there and a file or a link here; the folder "
+                    "is kept as %s", remote.name, path, aside)
+        with self.index.write() as txn:
+            # The remote holds nothing of ours at or below `path` now: what it held there
+            # went with the folder, and comes back from the listing under its new name.
+            for ino, below, _ in self.index.mirror_below(remote.rid, [path], txn):
+                self.index.set_mirror(txn, remote.rid, ino, below, None)
+            if held is not None:
+                self.index.set_mirror(txn, remote.rid, held, path, None)
+            self._create(txn, remote, moved)
+            self.replicator.requeue(txn, remote, ours.ino)
         return True
 
     @staticmethod
@@ -651,11 +690,12 @@ class RemoteChanges:
         source = self.remotes[remote]
         if not (self._heeded(source) and self._acceptable(source, new.path)):
             return
-        if source.config.readable and not self._has_folder_for(new.path):
-            # Not taken in there (see _take): nor is old_path's delete, which would leave
-            # the file on that remote only, at a path the mount does not show.
-            log.info("remote %s: %s moved to %s, whose folder is not a folder here; left "
-                     "as it was", remote, old_path, new.path)
+        above = self._no_folder_above(new.path) if source.config.readable else None
+        if above is not None:
+            # Not old_path's delete either: the file would be left on that remote only,
+            # at a path the mount does not show. (Where that folder is renamed aside, the
+            # next listing finds it there.)
+            await self._folder_over(source, *above)
             return
         rid = source.rid
         with self.index.write() as txn:
