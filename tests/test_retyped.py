@@ -20,7 +20,7 @@ from onitufs.plug import MARKER
 
 pytest.register_assert_rewrite("tests.sshd")
 
-from .conftest import Cloud, MakeCloud, wait_for  # noqa: E402  (after the rewrite hook)
+from .conftest import Cloud, MakeCloud, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
 from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
@@ -225,3 +225,45 @@ def test_another_kind_made_here_while_a_remote_edits_the_old_keeps_both(
     assert "driver stopped" not in cloud.log
     for name, remote in cloud.remotes.items():
         assert both_kept(remote), name
+
+
+def found(tree: dict[str, tuple[str, bytes]], kind: str, label: str) -> bool:
+    """Whether what make(path, kind, label) made is in `tree` (a snapshot) at some name."""
+    if kind == "file":
+        return ("file", f"{label}'s file".encode()) in tree.values()
+    if kind == "symlink":
+        return ("symlink", f"{label}-target".encode()) in tree.values()
+    # (Two folders of one name are merged, two files in them kept apart.)
+    return ("file", f"{label}'s inner file".encode()) in tree.values()
+
+
+@pytest.mark.parametrize("there", ["edited", "deleted", "the same kind made", "a third kind made"])
+@pytest.mark.parametrize(("before", "after"), CHANGES)
+def test_another_kind_made_here_while_a_remote_changes_the_old(
+        make_cloud: MakeCloud, before: str, after: str, there: str) -> None:
+    """Whatever a remote did meanwhile to what the mount replaced with another kind, the
+    unmount returns, the remotes end alike, and nothing either side made is lost."""
+    cloud = make_cloud(upload_delay="1h")
+    cloud.mount()
+    make(cloud.mountpoint / "x", before, "base")
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    remove(cloud.mountpoint / "x", before)
+    make(cloud.mountpoint / "x", after, "mount")
+    a = cloud.remotes["a"] / "x"
+    theirs = {"edited": before, "the same kind made": after,
+              "a third kind made": next(k for k in KINDS if k not in (before, after))}.get(there)
+    if there == "edited" and before == "folder":
+        (a / "inner").write_bytes(b"a's inner file")
+    else:
+        remove(a, before)
+        if theirs is not None:
+            make(a, theirs, "a")
+    time.sleep(0.5)  # (the remote's change reported before the flush, in most runs)
+    cloud.umount()
+    assert "driver stopped" not in cloud.log
+    trees = {name: snapshot(remote) for name, remote in cloud.remotes.items()}
+    assert trees["a"] == trees["b"] == trees["c"], trees
+    assert found(trees["a"], after, "mount"), trees["a"]
+    if theirs is not None:
+        assert found(trees["a"], theirs, "a"), trees["a"]
