@@ -195,12 +195,21 @@ def test_a_read_only_remotes_folder_beside_a_newer_file_here_stops_nothing(
 @pytest.mark.parametrize("here", ["folder made a file", "file made a folder"])
 def test_another_kind_made_here_while_a_remote_edits_the_old_keeps_both(
         make_cloud: MakeCloud, here: str) -> None:
+    edits_the_old_and_keeps_both(make_cloud(upload_delay="1h"), "a", here)
+
+
+def test_a_folder_made_a_file_here_while_an_ssh_server_edits_in_it_keeps_both(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    cloud = make_ssh_cloud({"b": "rw"}, {"a": SshRemote(sshd)}, upload_delay="1h")
+    edits_the_old_and_keeps_both(cloud, "a", "folder made a file")
+
+
+def edits_the_old_and_keeps_both(cloud: Cloud, editor: str, here: str) -> None:
     """The edit there wins over the delete here, and the new node here keeps the name: the
     edit is kept beside it under a conflict name (a folder made a file here: the remote's
     folder, renamed there, with the edit in it). That one stalled the unmount: the delete
     of the edited file there was refused (Changed) and tried again for ever, the edit
     being left out below what is no folder here; before that, it stopped the driver."""
-    cloud = make_cloud(upload_delay="1h")
     cloud.mount()
     folder_before = here == "folder made a file"
     make(cloud.mountpoint / "x", "folder" if folder_before else "file", "base")
@@ -208,14 +217,14 @@ def test_another_kind_made_here_while_a_remote_edits_the_old_keeps_both(
     cloud.wait_synced()
     remove(cloud.mountpoint / "x", "folder" if folder_before else "file")
     make(cloud.mountpoint / "x", "file" if folder_before else "folder", "mount")
-    edited = cloud.remotes["a"] / ("x/inner" if folder_before else "x")
+    edited = cloud.remotes[editor] / ("x/inner" if folder_before else "x")
     edited.write_bytes(b"edited on a")
     stamp = time.time() - 60  # (a file's later version would keep the name)
     os.utime(edited, (stamp, stamp))
 
     def both_kept(place: Path) -> bool:
         aside = [name for name in names(place) if name != "x"]
-        if len(aside) != 1 or not aside[0].startswith("x (conflict from a "):
+        if len(aside) != 1 or not aside[0].startswith(f"x (conflict from {editor} "):
             return False
         kept = place / aside[0] / "inner" if folder_before else place / aside[0]
         return holds(place / "x", "file" if folder_before else "folder", "mount") \
