@@ -33,7 +33,15 @@ import pyfuse3
 import trio
 
 from .blockcache import BlockLost
-from .index import FLAG_COMPLETE, FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Inode, now_ns
+from .index import (
+    FLAG_COMPLETE,
+    FLAG_WRITE_FAILED,
+    NO_HASH,
+    ROOT_INO,
+    Inode,
+    clamped_ns,
+    now_ns,
+)
 from .replicator import BUSY_WINDOW, FetchError, Replicator
 from .space import CacheSpace
 from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
@@ -309,9 +317,9 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_gid:
             node.gid = attr.st_gid
         if fields.update_atime:
-            node.atime_ns = attr.st_atime_ns
+            node.atime_ns = clamped_ns(attr.st_atime_ns)
         if fields.update_mtime:
-            node.mtime_ns = attr.st_mtime_ns
+            node.mtime_ns = clamped_ns(attr.st_mtime_ns)
         node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now_ns()
         if node.dirty or times_only:
             self.index.defer_inode(node)  # written with the next commit, like its data

@@ -168,6 +168,18 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+# An inode keeps its times as nanoseconds in signed 64-bit fields: 1677-09-21 to
+# 2262-04-11. A time beyond (a file dated 2300 on a remote, `touch -d 2300-01-01` here)
+# is kept as the nearest one it can hold, as the kernel clamps a time to what a file
+# system holds.
+TIME_NS_MIN, TIME_NS_MAX = -(2**63), 2**63 - 1
+
+
+def clamped_ns(ns: int) -> int:
+    """A time as an inode can keep it (see TIME_NS_MIN)."""
+    return min(max(ns, TIME_NS_MIN), TIME_NS_MAX)
+
+
 @dataclass(slots=True, weakref_slot=True)  # see Index._held
 class Inode:
     ino: int

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 import lmdb
 
 from .blockcache import BlockCache
-from .index import FLAG_COMPLETE, FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, now_ns
+from .index import (
+    FLAG_COMPLETE,
+    FLAG_WRITE_FAILED,
+    NO_HASH,
+    ROOT_INO,
+    Index,
+    Inode,
+    clamped_ns,
+    now_ns,
+)
 from .plug import MARKER
 
 NAME_MAX = 255
@@ -93,10 +102,10 @@ class Tree:
             raise TreeError(errno.EEXIST)
         stamp = now_ns()
         is_dir = stat.S_ISDIR(node.mode)
+        mtime_ns = stamp if node.mtime_ns is None else clamped_ns(node.mtime_ns)  # (0 is one)
         inode = Inode(self.index.next_ino(txn), node.mode, node.uid, node.gid,
                       2 if is_dir else 1, rdev=node.rdev, size=node.size,
-                      atime_ns=stamp, mtime_ns=node.mtime_ns or stamp, ctime_ns=stamp,
-                      target=node.target)
+                      atime_ns=stamp, mtime_ns=mtime_ns, ctime_ns=stamp, target=node.target)
         if stat.S_ISREG(node.mode):
             inode.rev = self.index.next_rev(txn)
         self.index.put_inode(txn, inode)
@@ -347,7 +356,7 @@ class Tree:
         assert parent is not None
         permissions = inode.mode & 0o7777 if mode is None else mode & 0o7777
         new = Inode(self.index.next_ino(txn), stat.S_IFREG | permissions, inode.uid, inode.gid, 1,
-                    size=size, atime_ns=inode.atime_ns, mtime_ns=mtime_ns, ctime_ns=now_ns(),
+                    size=size, atime_ns=inode.atime_ns, mtime_ns=clamped_ns(mtime_ns), ctime_ns=now_ns(),
                     rev=self.index.next_rev(txn), flags=FLAG_COMPLETE if size == 0 else 0)
         self.index.unlink(txn, parent, name, inode.ino)
         self.index.link(txn, parent, name, new.ino)

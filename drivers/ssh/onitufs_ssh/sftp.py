@@ -94,9 +94,15 @@ def pack_attrs(attrs: Attrs) -> bytes:
         body += struct.pack(">I", attrs.mode)
     if attrs.mtime is not None:
         flags |= A_ACMODTIME
-        body += struct.pack(">II", attrs.atime if attrs.atime is not None else attrs.mtime,
-                            attrs.mtime)
+        body += struct.pack(">II", u32_time(attrs.atime if attrs.atime is not None
+                                            else attrs.mtime), u32_time(attrs.mtime))
     return struct.pack(">I", flags) + body
+
+
+def u32_time(seconds: int) -> int:
+    """A time as SFTP v3 carries it: whole seconds from 1970 to 2106, the nearest one of
+    those for a file dated before or after."""
+    return min(max(seconds, 0), 2**32 - 1)
 
 
 class Reader:
