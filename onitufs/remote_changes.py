@@ -142,15 +142,18 @@ class RemoteChanges:
         """Apply a created or changed entry; False if that must wait (see keep_both)."""
         if not (self._heeded(source) and self._acceptable(source, metadata.path)):
             return True
-        above = self._no_folder_above(metadata.path) if source.config.readable else None
+        above = self._no_folder_above(source, metadata.path)
         if above is not None:
             return await self._folder_over(source, *above)
         keep_both = self._update(source, metadata)
         return keep_both is None or await self.keep_both(source, metadata, keep_both)
 
-    def _no_folder_above(self, path: str) -> tuple[str, Inode] | None:
+    def _no_folder_above(self, remote: Remote, path: str) -> tuple[str, Inode] | None:
         """The nearest of the paths above `path` that the tree has, and its inode, where
-        that is no folder (the folders the tree lacks are made by _make_parents)."""
+        that is no folder (the folders the tree lacks are made by _make_parents). None
+        for a write-only remote, whose reports make nothing in the tree."""
+        if not remote.config.readable:
+            return None
         with self.index.begin() as txn:
             while path:
                 path = path.rpartition("/")[0]
@@ -176,9 +179,7 @@ class RemoteChanges:
                      "out", remote.name, path)
             return True
         with self.index.begin() as txn:
-            aside = conflict_name(path, remote.name, time.time(), lambda taken: (
-                self.index.resolve(taken, txn) is not None
-                or self.index.mirror_ino(remote.rid, taken, txn) is not None))
+            aside = self._aside_there(txn, remote, path)
             held = self.index.mirror_ino(remote.rid, path, txn)
             entry = self.index.mirror(remote.rid, held, txn)[path] if held else None
         folder = Metadata(path=path, kind="dir", mode=0o755,
@@ -414,9 +415,7 @@ class RemoteChanges:
         with self.index.begin() as txn:
             if self._standing(txn, remote, md.path) != standing:
                 return False
-            aside = conflict_name(md.path, remote.name, time.time(), lambda path: (
-                self.index.resolve(path, txn) is not None
-                or self.index.mirror_ino(remote.rid, path, txn) is not None))
+            aside = self._aside_there(txn, remote, md.path)
         if not remote.config.writable:
             with self.index.write() as txn:
                 self._create(txn, remote, md.copy(path=aside), held_at=md.path)
@@ -444,6 +443,13 @@ class RemoteChanges:
                 self._create(txn, remote, moved)
             self.replicator.requeue(txn, remote, ours.ino)
         return True
+
+    def _aside_there(self, txn: lmdb.Transaction, remote: Remote, path: str) -> str:
+        """The conflict name for the remote's version at `path`, free in the mount and
+        on the remote."""
+        return conflict_name(path, remote.name, time.time(), lambda taken: (
+            self.index.resolve(taken, txn) is not None
+            or self.index.mirror_ino(remote.rid, taken, txn) is not None))
 
     async def _settle(self, remote: Remote, md: Metadata) -> bool:
         """A file listed with the token recorded for it, which may yet hide a change: its
@@ -690,7 +696,7 @@ class RemoteChanges:
         source = self.remotes[remote]
         if not (self._heeded(source) and self._acceptable(source, new.path)):
             return
-        above = self._no_folder_above(new.path) if source.config.readable else None
+        above = self._no_folder_above(source, new.path)
         if above is not None:
             # Not old_path's delete either: the file would be left on that remote only,
             # at a path the mount does not show. (Where that folder is renamed aside, the
@@ -883,8 +889,9 @@ class RemoteChanges:
                 root = root_of(path, retyped)
                 if root is not None:
                     deletes_first[root].append(path)
-                    if gone_by_fid.get(known[path].fid or "") == path:
-                        del gone_by_fid[known[path].fid or ""]  # (no rename's source now)
+                    fid = known[path].fid
+                    if fid and gone_by_fid.get(fid) == path:
+                        del gone_by_fid[fid]  # (no rename's source now)
             gone = [path for path in gone if root_of(path, retyped) is None]
             for root, paths in after_deletes.items():
                 await delete(deletes_first[root])
