@@ -72,17 +72,23 @@ def bad_path_reason(path: str) -> str | None:
 
 def conflict_name(path: str, remote: str, when: float, taken: Callable[[str], bool]) -> str:
     """NAME (conflict from REMOTE YYYY-MM-DD HHMMSS).EXT, beside the original; with a number
-    after the time where that is `taken` (two conflicts of one file within a second)."""
+    after the time where that is `taken` (two conflicts of one file within a second). NAME
+    is cut short where the whole would pass NAME_MAX bytes: no file system takes a longer
+    one, and a conflict whose copy cannot be named is never resolved."""
     folder, _, name = path.rpartition("/")
     stem, dot, ext = name.rpartition(".")
-    if not stem:  # no extension, or a dotfile such as .bashrc
-        stem, dot, ext = name, "", ""
+    if not stem or len(encode_path(dot + ext)) > NAME_MAX // 2:
+        stem, dot, ext = name, "", ""  # no extension, a dotfile such as .bashrc, or no room
     stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
     number = 1
     while True:
-        new = f"{stem} (conflict from {remote} {stamp}{f' {number}' if number > 1 else ''})" \
+        suffix = f" (conflict from {remote} {stamp}{f' {number}' if number > 1 else ''})" \
             f"{dot}{ext}"
-        new = f"{folder}/{new}" if folder else new
+        room = NAME_MAX - len(encode_path(suffix))
+        cut = stem
+        while len(encode_path(cut)) > room:
+            cut = cut[:-1]
+        new = f"{folder}/{cut}{suffix}" if folder else f"{cut}{suffix}"
         if not taken(new):
             return new
         number += 1

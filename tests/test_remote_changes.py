@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -677,3 +678,57 @@ def test_an_empty_folder_deleted_and_another_made_with_its_number_keeps_what_the
     cloud.umount()  # which sends what waited
     assert (a / "old" / "mine.txt").read_bytes() == b"written in the mount"
     assert os.listdir(a / "new") == []
+
+
+@pytest.mark.parametrize("later", ["mount", "remote"])
+def test_a_conflict_of_a_name_near_the_longest_gets_a_conflict_name_that_fits(
+        make_cloud: MakeCloud, later: str) -> None:
+    """A name of 250 bytes: its conflict name, suffix included, is cut to 255 bytes. It
+    used to go past them: the rename there failed (ENAMETOOLONG), so the conflict never
+    settled, and the upload was tried again five times a second until the remote stalled
+    (onitufs umount: exit 2, changes queued), at every mount."""
+    name = "n" * 246 + ".txt"
+    cloud = everywhere_then_held_back(make_cloud, name, b"base")
+    winner, loser = edit_both(cloud, name, later)
+
+    def copies(root: Path) -> list[Path]:
+        return [path for path in root.iterdir() if " (conflict from " in path.name]
+    wait_for(lambda: [path.read_bytes() for path in copies(cloud.mountpoint)] == [loser],
+             what="the earlier version kept beside the later one")
+    cloud.umount()
+    for remote_name, remote in cloud.remotes.items():
+        assert (remote / name).read_bytes() == winner, remote_name
+        assert [path.read_bytes() for path in copies(remote)] == [loser], remote_name
+        assert len(os.fsencode(copies(remote)[0].name)) == 255
+
+
+def test_a_conflict_that_cannot_be_kept_apart_stalls_and_unmount_says_so(
+        make_cloud: MakeCloud) -> None:
+    """The remote's version cannot be renamed aside there (immutable: EPERM): the remote
+    stalls, onitufs umount says so (exit 2) with both versions where they were, and once
+    the rename can be made, the next mount keeps both."""
+    cloud = make_cloud(upload_delay="1h", stall="3s")
+    cloud.mount()
+    (cloud.mountpoint / "x").write_bytes(b"base")
+    os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+    cloud.wait_synced()
+    (cloud.mountpoint / "x").write_bytes(b"mount's, later")
+    theirs = cloud.remotes["a"] / "x"
+    theirs.write_bytes(b"a's, earlier")
+    stamp = time.time() - 60
+    os.utime(theirs, (stamp, stamp))
+    run_chattr = functools.partial(subprocess.run, check=True)
+    run_chattr(["chattr", "+i", str(theirs)])
+    try:
+        result = run("umount", cloud.mountpoint, check=False)
+    finally:
+        run_chattr(["chattr", "-i", str(theirs)])
+    assert result.returncode == 2, result.stderr
+    assert "a:" in result.stderr and "still queued" in result.stderr, result.stderr
+    assert theirs.read_bytes() == b"a's, earlier"
+    cloud.mount()  # the next mount carries on, and keeps both
+    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier"],
+             what="a's version kept beside")
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "x").read_bytes() == b"mount's, later", name
