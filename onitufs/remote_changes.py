@@ -86,7 +86,7 @@ def conflict_name(path: str, remote: str, when: float, taken: Callable[[str], bo
             f"{dot}{ext}"
         room = NAME_MAX - len(encode_path(suffix))
         cut = stem
-        while len(encode_path(cut)) > room:
+        while cut and len(encode_path(cut)) > room:
             cut = cut[:-1]
         new = f"{folder}/{cut}{suffix}" if folder else f"{cut}{suffix}"
         if not taken(new):
