@@ -98,6 +98,8 @@ class Retry(Exception):
 
 @dataclass
 class Pending:
+    # Times here are time.monotonic(): a wall clock set back an hour held every change
+    # queued before it for that hour.
     due: float  # when the change has settled (upload_delay); a flush does not wait for it
     seq: int
     retry_at: float = 0.0  # backoff after a failure, which a flush respects too
@@ -115,7 +117,7 @@ class Pending:
 
     def failed(self) -> None:
         self.failures += 1
-        self.retry_at = time.time() + backoff(self.failures)
+        self.retry_at = time.monotonic() + backoff(self.failures)
 
 
 def metadata_for(inode: Inode, path: str, xattrs: dict[str, bytes] | None = None) -> Metadata:
@@ -224,7 +226,10 @@ class Replicator:
         self.foreground_idle: Callable[[], float] = lambda: math.inf
         for remote in self.writable:
             remote.on_back = functools.partial(self.retry_now, remote)
-            for ino, due in index.todo(remote.rid).items():
+            for ino, marked in index.todo(remote.rid).items():
+                # A wall-clock time, from another run maybe: only its order holds, and
+                # what was due later than now is due now.
+                due = time.monotonic() + min(0.0, marked - time.time())
                 ticket = self._set_ticket(remote, ino, Pending(due, next(self._seq)))
                 self._ready[remote.rid].append((due, ticket.seq, ino))
             heapq.heapify(self._ready[remote.rid])
@@ -233,20 +238,20 @@ class Replicator:
 
     def schedule(self, txn: lmdb.Transaction, ino: int, delay: float, source: int | None) -> None:
         """Queue an inode for every writable remote except the one the change came from."""
-        due = time.time() + delay
+        due = time.monotonic() + delay
         for remote in self.writable:
             if remote.rid == source:
                 continue
             if ino not in self._pending[remote.rid]:
                 # Marked once: the due time kept in the index only orders the queue after
                 # a restart, when an earlier one merely means sooner.
-                self.index.mark(txn, remote.rid, ino, due)
+                self.index.mark(txn, remote.rid, ino, time.time() + delay)
             self._add(remote, ino, due)
 
     def requeue(self, txn: lmdb.Transaction, remote: Remote, ino: int) -> None:
         """Queue an inode again for one remote, which lost or never got it."""
         if remote.config.writable:
-            self._add(remote, ino, time.time())
+            self._add(remote, ino, time.monotonic())
             self.index.mark(txn, remote.rid, ino, time.time())
 
     def _add(self, remote: Remote, ino: int, due: float) -> None:
@@ -303,8 +308,8 @@ class Replicator:
             if ticket is None:
                 continue
             ticket.waited_on = True
-            if ticket.due > time.time():
-                ticket.due = time.time()
+            if ticket.due > time.monotonic():
+                ticket.due = time.monotonic()
                 self._push(remote, ino)
 
     def is_queued(self, remote: Remote, ino: int) -> bool:
@@ -330,8 +335,8 @@ class Replicator:
             return idle
         first_due = min((min(ticket.due, self._flushed_at) if ticket.seq < self._flush_below
                          else ticket.due for ticket in self._pending[remote.rid].values()),
-                        default=time.time())
-        return min(idle, time.time() - first_due)
+                        default=time.monotonic())
+        return min(idle, time.monotonic() - first_due)
 
     def last_progress(self) -> float:
         """When an upload last got somewhere, on any remote."""
@@ -429,7 +434,7 @@ class Replicator:
             slots = trio.Semaphore(PER_REMOTE_TASKS)
             while True:
                 self._wake[remote.rid] = wake = trio.Event()
-                while line and line[0][0] <= time.time():
+                while line and line[0][0] <= time.monotonic():
                     if self._yield_to_foreground(line[0], len(busy), len(pending),
                                                  pending.get(line[0][2])):
                         await trio.sleep(YIELD_STEP)
@@ -437,13 +442,13 @@ class Replicator:
                     _, seq, ino = heapq.heappop(line)
                     ticket = pending.get(ino)
                     if ticket is None or ticket.seq != seq or ino in busy \
-                            or ticket.ready_at(self._flush_below) > time.time():
+                            or ticket.ready_at(self._flush_below) > time.monotonic():
                         continue  # stale: done, replaced, running, or in line again later
                     await slots.acquire()
                     busy.add(ino)
                     nursery.start_soon(self._process, remote, ino, slots)
                 self._sleeps_until[remote.rid] = line[0][0] if line else math.inf
-                with trio.move_on_after(max(0.0, self._sleeps_until[remote.rid] - time.time())):
+                with trio.move_on_after(max(0.0, self._sleeps_until[remote.rid] - time.monotonic())):
                     await wake.wait()
 
     def _yield_to_foreground(self, first: tuple[float, int, int], running: int, pending: int,
@@ -454,7 +459,7 @@ class Replicator:
         ready_at, seq, _ = first
         quiet = ALONE_QUIET if running == 0 and pending == 1 else BUSY_WINDOW
         return not self._goes_at_once(seq, ticket) and self.foreground_idle() < quiet \
-            and (running > 0 or time.time() - ready_at < MAX_YIELD)
+            and (running > 0 or time.monotonic() - ready_at < MAX_YIELD)
 
     def _goes_at_once(self, seq: int, ticket: Pending | None) -> bool:
         """Whether a change gives way to nobody: it is flushed (an unmount, a writer waiting
@@ -491,7 +496,7 @@ class Replicator:
             try:
                 await self._sync(remote, ino)
             except Retry:
-                ticket.retry_at = time.time() + RETRY_WAIT
+                ticket.retry_at = time.monotonic() + RETRY_WAIT
                 self._waiting[remote.rid].add(ino)
                 return
             except CallFailed:
@@ -501,7 +506,7 @@ class Replicator:
                 # not this remote's doing: the content may come from another any moment
                 log.warning("remote %s: cannot copy %s yet: %s", remote.name,
                             self.index.describe(ino), error)
-                ticket.retry_at = time.time() + 5
+                ticket.retry_at = time.monotonic() + 5
                 return
             except Exception:
                 log.exception("remote %s: %s failed", remote.name, self.index.describe(ino))
@@ -1159,7 +1164,7 @@ class Replicator:
         also all that is queued from now on (the mount is ending)."""
         # a flush of everything (unmounting) stays one
         self._flush_below = math.inf if everything else max(self._flush_below, next(self._seq))
-        self._flushed_at = time.time()
+        self._flushed_at = time.monotonic()
         for remote in self.writable:
             line = self._ready[remote.rid]
             line[:] = [(self._pending[remote.rid][ino].ready_at(self._flush_below), seq, ino)

@@ -100,9 +100,10 @@ def made_with_the_number_of(old: Path, new: Path,
     raise AssertionError("the file system never reused the number")
 
 
-def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*ONITUFS, *map(str, args)], capture_output=True, text=True,
-                            timeout=240)  # within pytest's 300 s, so that callers can say why
+                            env=env, timeout=240)  # within pytest's 300 s: callers say why
     if check and result.returncode != 0:
         raise AssertionError(f"onitufs {' '.join(map(str, args))} failed ({result.returncode}): "
                              f"{result.stderr}")
@@ -150,10 +151,11 @@ class Cloud:
         path = self.cache / "onitufs.log"
         return path.read_text() if path.exists() else ""
 
-    def mount(self, *options: str) -> None:
-        """Mount; each option is passed as -o OPTION."""
+    def mount(self, *options: str, env: dict[str, str] | None = None) -> None:
+        """Mount; each option is passed as -o OPTION; the daemon gets `env` if given."""
         run("mount", "--log-level", "debug",
-            *[arg for option in options for arg in ("-o", option)], self.mountpoint, self.config)
+            *[arg for option in options for arg in ("-o", option)], self.mountpoint, self.config,
+            env=env)
         assert is_mounted(self.mountpoint)
         self.pid = int(self.status()["pid"])
 
