@@ -481,13 +481,14 @@ class Plug:
     def report_tree(self, entries: Iterable[Metadata], started: float) -> bool:
         """A complete listing of the remote; the core works out what changed since the last one.
 
-        `started` is the time.time() at which the listing began: it says nothing
+        `started` is the time.monotonic() at which the listing began: it says nothing
         of paths onitufs itself changed on the remote after that. Returns False
         when part of the listing was too old to use for that reason: then send
         the next listing even if it looks the same. Only ever report a listing
         that is complete: a partial one would read as deletions.
         """
-        return bool(self._to_core(self._sink.report_tree, self.name, list(entries), started))
+        return bool(self._to_core(self._sink.report_tree, self.name, list(entries),
+                                  listing_began(started)))
 
     def report_part(self, entries: Iterable[Metadata], scope: Iterable[str],
                     started: float) -> bool:
@@ -499,7 +500,7 @@ class Plug:
         a part not taken go again with the next. Raises ListingNeeded when the core wants
         the whole tree instead."""
         return bool(self._to_core(self._sink.report_part, self.name, list(entries),
-                                  list(scope), started))
+                                  list(scope), listing_began(started)))
 
     def online(self) -> None:
         self._to_core(self._sink.set_status, self.name, None)
@@ -515,6 +516,16 @@ class Plug:
             return trio.from_thread.run(function, *args, trio_token=self._token)
         except trio.RunFinishedError:
             raise Stopped() from None
+
+
+def listing_began(started: float) -> float:
+    """A listing's `started`, once it is sure to be a time.monotonic(). A time.time() in
+    its place (decades past any uptime) would make every listing look later than what
+    onitufs changed on the remote, and a file it had just written there look deleted."""
+    if started > time.monotonic():
+        raise ValueError(f"a listing's started ({started:.0f}) is later than time.monotonic() "
+                         f"now: take it with time.monotonic(), not time.time()")
+    return started
 
 
 class Reports:

@@ -115,8 +115,10 @@ class Remote:
     health: Health = field(default_factory=Health)
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(CONCURRENCY))
     ready: trio.Event = field(default_factory=trio.Event)
-    # Paths onitufs changed on this remote, and when: a listing begun before
-    # that time cannot tell what is there now.
+    # Paths onitufs changed on this remote, and when (time.monotonic(), as a listing's
+    # `started`): a listing begun before that time cannot tell what is there now. On the
+    # wall clock, one set back while a listing ran would have made a file onitufs wrote
+    # there meanwhile, which the listing missed, look deleted.
     touched: dict[str, float] = field(default_factory=dict)
     # Each folder above a path of `touched`, and the latest of their times below it: kept
     # as touches come, so that a listing finding thousands of folders gone (rm -rf there)
@@ -271,14 +273,14 @@ class Remote:
     def touch(self, *paths: str) -> None:
         if self.plug is not None:
             self.plug.wrote(paths)
-        now = time.time()
+        now = time.monotonic()
         for path in paths:
             self._note(path, now)
 
     def taken_in(self, path: str) -> None:
         """A version of `path` was taken in now, not from a listing (a read or a move found
         it): a listing begun before knows less of that path."""
-        self._note(path, time.time())
+        self._note(path, time.monotonic())
 
     def _note(self, path: str, when: float) -> None:
         self.touched[path] = when

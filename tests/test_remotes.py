@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -147,3 +148,49 @@ def test_a_metadata_copy_takes_a_new_extra_and_never_shares_the_old() -> None:
     plain = md.copy()
     plain.extra["upload"] = "changed"
     assert md.extra == {"upload": "1"}
+
+
+class RecordsListings(NoChanges):
+    """A sink that keeps the listings and the statuses a driver reports."""
+
+    def __init__(self) -> None:
+        self.listings: list[float] = []
+        self.statuses: list[str | None] = []
+
+    async def report_tree(self, remote: str, entries: list[Metadata], started: float) -> bool:
+        self.listings.append(started)
+        return True
+
+    async def set_status(self, remote: str, error: str | None) -> None:
+        self.statuses.append(error)
+
+
+def test_a_listing_dated_on_the_wall_clock_stops_the_driver_saying_so(tmp_path: Path) -> None:
+    # onitufs keeps when it changed each path on the monotonic clock, as a listing says when
+    # it began. A time.time() there is later than all of them: a file onitufs had just
+    # written, which the listing missed, would read as deleted.
+    driver = types.ModuleType("wall_clock_driver")
+
+    def start(plug: Plug) -> None:
+        plug.ready()
+        plug.report_tree([], time.monotonic())
+        plug.report_tree([], time.time())
+        raise AssertionError("the listing was taken")
+
+    driver.start = start  # type: ignore[attr-defined]
+    options = Options({}, "remotes.wall", tmp_path)
+    remote = Remote(RemoteConfig("wall", "wall_clock_driver", "rw", options), 1, driver)
+    sink = RecordsListings()
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(remote.run_driver, sink, lambda: False)
+                while not sink.statuses:
+                    await trio.sleep(0.01)
+                remote.stop()
+
+    trio.run(main)
+    assert len(sink.listings) == 1 and sink.listings[0] <= time.monotonic()
+    assert sink.statuses[0] is not None and sink.statuses[0].startswith("driver stopped: ")
+    assert "take it with time.monotonic(), not time.time()" in sink.statuses[0]

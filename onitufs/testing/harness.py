@@ -83,7 +83,7 @@ class CoreLoop:
 
 @dataclass
 class Listing:
-    started: float  # the time.time() the driver said the listing began at
+    started: float  # the time.monotonic() the driver said the listing began at
     entries: dict[str, Metadata]
 
 
@@ -142,7 +142,7 @@ class RecordingSink:
     def changed(self, handler: str, args: tuple[Any, ...]) -> None:
         """The harness changed the remote through a handler: as the core records it."""
         with self.cond:
-            now = time.time()
+            now = time.monotonic()
             if handler == "delete_file":
                 self._forget(args[0].path)
             elif handler == "move_file":
@@ -407,7 +407,7 @@ class Harness:
         driver whose changes come as events otherwise sends parts only). plug.writes is
         moved on, as the core does with every change it makes: the driver reports that
         listing even when it looks like the last one it reported."""
-        now = time.time()  # before the request, which the driver may take at once
+        now = time.monotonic()  # before the request, which the driver may take at once
         with self.sink.cond:
             self.plug.wrote(())
         self.plug.look_again()

@@ -124,7 +124,7 @@ def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
             plug.offline(str(error))
             reports.taken = False
         else:
-            started = time.time()
+            started = time.monotonic()
             with journal.lock:
                 entries = [entry.describe(path) for path, entry in journal.tree.items()]
             now = {md.path: (md.revision, md.file_id, md.attrs_key(), md.target)

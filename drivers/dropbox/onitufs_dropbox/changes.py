@@ -78,7 +78,7 @@ class Watcher:
         backoff, reported_error = 0.5, None
         reports = Reports(self.plug)
         while not self.plug.stopping.is_set():
-            started, writes = time.time(), self.plug.writes
+            started, writes = time.monotonic(), self.plug.writes
             whole, self._asked = self._asked or self.plug.asked_to_look(), False
             try:
                 scope = self._catch_up()

@@ -468,7 +468,7 @@ def poll(plug: Plug, root: str, interval: float) -> None:
     # What the last listing reported held, and how many changes onitufs had made by then.
     last: tuple[dict[str, tuple[str | None, str | None, int | None]], int] | None = None
     while not plug.stopping.is_set():
-        started, writes = time.time(), plug.writes
+        started, writes = time.monotonic(), plug.writes
         try:
             require_root(root)
             entries = steady_listing(root, plug.give_way)

@@ -289,7 +289,7 @@ def follow(plug: Plug, root: str, interval: float) -> None:
             # (While events come, the folder is let settle first: rm -rf of it, then mkdir.)
             if tree is None or now >= full_at or (
                     not first and (tree.stale or not tree.holds_root())):
-                started, writes = time.time(), plug.writes
+                started, writes = time.monotonic(), plug.writes
                 try:
                     if tree is None or not tree.holds_root():
                         if tree is not None:
@@ -320,7 +320,7 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                     continue  # a quiet tick
                 if plug.asked_to_look():
                     tree.stale = True  # a full listing instead of the events' part
-                started, writes = time.time(), plug.writes
+                started, writes = time.monotonic(), plug.writes
                 tree.read(0)  # what changed before `started`, for the listing to hold
                 events, first = bool(first), 0.0
                 if tree.stale:

@@ -596,7 +596,7 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes],
     reported_error: str | None = None
     try:
         while not plug.stopping.is_set():
-            started, written = time.time(), plug.written_paths()
+            started, written = time.monotonic(), plug.written_paths()
             try:
                 if conn is None or not conn.alive():
                     if conn is not None:
@@ -636,7 +636,7 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes],
             tidy()
             interval = wait(settings.poll_interval, interval, changed)
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,
-                      time.time() - started, "changes reported" if changed else "no change",
+                      time.monotonic() - started, "changes reported" if changed else "no change",
                       interval)
             if plug.wait_to_list(interval):  # a read found the server changed
                 interval = min(FASTEST_POLL, settings.poll_interval)
