@@ -11,10 +11,9 @@ BIN := $(VENV)/bin
 PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssh-client
 # What the tests and the demo need besides.
 # systemd for systemd-analyze; libsystemd-dev to build systemd-python (the journal extra);
-# zsh to check its completion; e2fsprogs (mkfs.ext4) for a remote on a disk of its own, to rot;
-# faketime to step the daemon's clock alone.
+# zsh to check its completion; e2fsprogs (mkfs.ext4) for a remote on a disk of its own, to rot.
 DEV_PACKAGES := attr man-db rsync openssh-server sshfs systemd libsystemd-dev zsh git-annex \
-	e2fsprogs faketime
+	e2fsprogs
 DEMO_MOUNT := Cloud
 
 PREFIX ?= /usr/local

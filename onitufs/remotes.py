@@ -117,8 +117,8 @@ class Remote:
     ready: trio.Event = field(default_factory=trio.Event)
     # Paths onitufs changed on this remote, and when (time.monotonic(), as a listing's
     # `started`): a listing begun before that time cannot tell what is there now. On the
-    # wall clock, one set back while a listing ran would have made a file onitufs wrote
-    # there meanwhile, which the listing missed, look deleted.
+    # wall clock, one set back while a listing ran made a file onitufs wrote there
+    # meanwhile, which the listing missed, look deleted (test_clock_steps).
     touched: dict[str, float] = field(default_factory=dict)
     # Each folder above a path of `touched`, and the latest of their times below it: kept
     # as touches come, so that a listing finding thousands of folders gone (rm -rf there)
