@@ -178,11 +178,11 @@ def test_a_change_done_on_a_remote_but_not_yet_returned_counts_as_touched(
             go.set()
             while not made.is_dir():  # blocking: the call cannot return meanwhile
                 time.sleep(0.001)
-            listed = time.time()  # a listing begun now shows the folder
+            listed = time.monotonic()  # a listing begun now shows the folder
             assert remote.touched_since("made", listed)
             assert remote.touched_since("made/inside", listed)
             assert not remote.touched_since("other", listed)
-        assert not remote.touched_since("made", time.time())  # returned: the caller notes it
+        assert not remote.touched_since("made", time.monotonic())  # returned: the caller notes it
 
     trio.run(main)
 

@@ -49,7 +49,7 @@ def test_changes_wait_while_the_mount_is_used(
     assert not waits(0, 2)  # the mount is idle
     assert not waits(1, 2)
     idle = 0.0
-    overdue = (time.time() - MAX_YIELD - 1, first[1], first[2])
+    overdue = (time.monotonic() - MAX_YIELD - 1, first[1], first[2])
     assert not waits(0, 2, overdue)  # waited long enough: one at a time while busy
     assert waits(1, 2, overdue)
     replicator.expedite(5)
