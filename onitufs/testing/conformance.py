@@ -467,7 +467,8 @@ class TestReports:
         driver.backdoor.mkdir("was-a-file")
         driver.backdoor.write("was-a-file/in.txt", b"in the new folder")
         driver.listed("was-a-file", lambda md: md.kind == "dir", " as a folder")
-        assert driver.read(driver.listed("was-a-file/in.txt")) == b"in the new folder"
+        inside = driver.listed("was-a-file/in.txt", lambda md: md.size == 17, " whole")
+        assert driver.read(inside) == b"in the new folder"
 
     def test_a_file_made_where_a_folder_was(self, driver: Harness) -> None:
         driver.backdoor.mkdir("was-a-folder")
@@ -476,7 +477,8 @@ class TestReports:
         driver.backdoor.remove("was-a-folder/in.txt")
         driver.backdoor.remove("was-a-folder")
         driver.backdoor.write("was-a-folder", b"now a file")
-        md = driver.listed("was-a-folder", lambda md: md.kind == "file", " as a file")
+        md = driver.listed("was-a-folder", lambda md: md.kind == "file" and md.size == 10,
+                           " as a whole file")
         driver.unlisted("was-a-folder/in.txt")
         assert driver.read(md) == b"now a file"
 
@@ -485,7 +487,8 @@ class TestReports:
         driver.listed("was-a-link")
         driver.backdoor.remove("was-a-link")
         driver.backdoor.write("was-a-link", b"a file")
-        md = driver.listed("was-a-link", lambda md: md.kind == "file", " as a file")
+        md = driver.listed("was-a-link", lambda md: md.kind == "file" and md.size == 6,
+                           " as a whole file")
         assert driver.read(md) == b"a file"
 
 class TestDeletes:
