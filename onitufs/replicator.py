@@ -224,12 +224,13 @@ class Replicator:
         self.on_changed: Callable[[str, Metadata], Awaitable[None]]
         # Set by the daemon: seconds since the mount last served someone.
         self.foreground_idle: Callable[[], float] = lambda: math.inf
+        # The index keeps wall-clock times, from another run maybe: only their order holds,
+        # and what was due later than now is due now.
+        monotonic, wall = time.monotonic(), time.time()
         for remote in self.writable:
             remote.on_back = functools.partial(self.retry_now, remote)
             for ino, marked in index.todo(remote.rid).items():
-                # A wall-clock time, from another run maybe: only its order holds, and
-                # what was due later than now is due now.
-                due = time.monotonic() + min(0.0, marked - time.time())
+                due = monotonic + min(0.0, marked - wall)
                 ticket = self._set_ticket(remote, ino, Pending(due, next(self._seq)))
                 self._ready[remote.rid].append((due, ticket.seq, ino))
             heapq.heapify(self._ready[remote.rid])
@@ -238,14 +239,14 @@ class Replicator:
 
     def schedule(self, txn: lmdb.Transaction, ino: int, delay: float, source: int | None) -> None:
         """Queue an inode for every writable remote except the one the change came from."""
-        due = time.monotonic() + delay
+        due, marked = time.monotonic() + delay, time.time() + delay
         for remote in self.writable:
             if remote.rid == source:
                 continue
             if ino not in self._pending[remote.rid]:
                 # Marked once: the due time kept in the index only orders the queue after
                 # a restart, when an earlier one merely means sooner.
-                self.index.mark(txn, remote.rid, ino, time.time() + delay)
+                self.index.mark(txn, remote.rid, ino, marked)
             self._add(remote, ino, due)
 
     def requeue(self, txn: lmdb.Transaction, remote: Remote, ino: int) -> None:
