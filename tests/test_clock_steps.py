@@ -4,10 +4,10 @@ The daemon runs with tests/clockshift.c preloaded, whose offset the test moves, 
 that only the daemon's wall clock jumps, and not its monotonic clock, nor the
 machine's clocks (nor the times the kernel stamps files with). Its log's timestamps
 show that the jump reached it. Before the replicator kept its times on the
-monotonic clock, a change queued just before the clock went back an
-hour waited that hour to reach the remotes; before a driver's listing said when it
-began on that clock too, a file written while the clock went back and a listing ran
-could read as deleted.
+monotonic clock, a change queued just before the clock went back an hour waited
+that hour to reach the remotes; before a driver's listing said when it began on
+that clock too, a file written while the clock went back and a listing ran was
+taken for deleted.
 """
 
 from __future__ import annotations
@@ -95,7 +95,6 @@ def test_changes_reach_the_remotes_in_their_time_across_a_step_of_the_clock(
     assert "changes still queued" not in cloud.log
 
 
-
 def test_a_file_written_as_the_clock_goes_back_during_a_listing_is_no_delete(
         make_ssh_cloud: MakeSshCloud, sshd: Sshd, tmp_path: Path) -> None:
     """An SSH server's whole listing, slowed by a long link (100 ms round trips) and a
@@ -131,6 +130,9 @@ def test_a_file_written_as_the_clock_goes_back_during_a_listing_is_no_delete(
                  what="the upload to the server")
         wait_for(lambda: cloud.log.count("remote s: listed in ") > listings, timeout=30,
                  what="the whole listing to be taken in")
+        log = cloud.log
+        assert log.index("end_upload written.txt") < log.index("remote s: listed in ", log.index(
+            "get_chunk changed.txt")), "the upload did not land while the listing ran"
         assert reads(cloud.mountpoint / "changed.txt", b"after, longer")
         assert (cloud.mountpoint / "written.txt").exists(), "taken for deleted on the server"
         assert (cloud.mountpoint / "written.txt").read_bytes() == b"written during the listing"
