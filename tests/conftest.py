@@ -41,6 +41,20 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
         time.sleep(interval)
 
 
+def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
+    """Every remote, and then the mount, hold `content` at `relative` (None: nothing
+    there). The remotes come first: reading the mount holds uploads back
+    (Replicator._yield_to_foreground), and a wait that read it first would slow them."""
+    for place in [*cloud.remotes.values(), cloud.mountpoint]:
+        target = place / relative
+        if content is None:
+            if os.path.lexists(target):
+                return False
+        elif not (target.is_file() and target.read_bytes() == content):
+            return False
+    return True
+
+
 def snapshot(root: Path, errors: bool = False) -> dict[str, tuple[str, bytes]]:
     """Every entry below root: kind and content (file bytes, or symlink target); onitufs's
     own files on a remote (uploads in progress, the identity marker) left out. With

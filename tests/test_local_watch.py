@@ -25,7 +25,15 @@ from onitufs.plug import GIVE_WAY_LIMIT, Plug
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import Harness, started
 
-from .conftest import Cloud, MakeCloud, is_mounted, made_with_the_number_of, snapshot, wait_for
+from .conftest import (
+    Cloud,
+    MakeCloud,
+    everywhere,
+    is_mounted,
+    made_with_the_number_of,
+    snapshot,
+    wait_for,
+)
 from .sshd import Sshd, sshfs_mounted
 from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
 
@@ -42,18 +50,6 @@ def watched(make_cloud: MakeCloud, remotes: dict[str, str] | None = None) -> Clo
     cloud = make_cloud(remotes or {"a": "rw", "b": "rw"}, poll_interval="1h")
     cloud.mount()
     return cloud
-
-
-def holds(root: Path, path: str, content: bytes | None) -> bool:
-    """Whether root holds content at path (None: nothing there)."""
-    target = root / path
-    if content is None:
-        return not os.path.lexists(target)
-    return target.is_file() and target.read_bytes() == content
-
-
-def everywhere(cloud: Cloud, path: str, content: bytes | None) -> bool:
-    return all(holds(root, path, content) for root in [cloud.mountpoint, *cloud.remotes.values()])
 
 
 def inotify_watches(pid: int) -> list[int]:

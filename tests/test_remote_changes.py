@@ -17,16 +17,16 @@ import pytest
 from onitufs.plug import MARKER, TEMP_SUFFIX
 from onitufs.remote_changes import bad_path_reason
 
-from .conftest import Cloud, MakeCloud, is_mounted, made_with_the_number_of, run, snapshot, wait_for
-
-
-def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
-    """The mount and every remote hold `content` at `relative` (None: hold nothing there)."""
-    places = [cloud.mountpoint, *cloud.remotes.values()]
-    if content is None:
-        return not any(os.path.lexists(place / relative) for place in places)
-    return all((place / relative).is_file() and (place / relative).read_bytes() == content
-               for place in places)
+from .conftest import (
+    Cloud,
+    MakeCloud,
+    everywhere,
+    is_mounted,
+    made_with_the_number_of,
+    run,
+    snapshot,
+    wait_for,
+)
 
 
 def test_remote_edits_while_mounted(cloud: Cloud) -> None:
