@@ -11,9 +11,10 @@ BIN := $(VENV)/bin
 PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssh-client
 # What the tests and the demo need besides.
 # systemd for systemd-analyze; libsystemd-dev to build systemd-python (the journal extra);
-# zsh to check its completion; e2fsprogs (mkfs.ext4) for a remote on a disk of its own, to rot.
+# zsh to check its completion; e2fsprogs (mkfs.ext4) for a remote on a disk of its own, to rot;
+# exfat-fuse and exfatprogs for one on exFAT, which ignores case, as USB disks do.
 DEV_PACKAGES := attr man-db rsync openssh-server sshfs systemd libsystemd-dev zsh git-annex \
-	e2fsprogs
+	e2fsprogs exfat-fuse exfatprogs
 DEMO_MOUNT := Cloud
 
 PREFIX ?= /usr/local

@@ -42,6 +42,7 @@ from onitufs.plug import (
     write_chunk,
 )
 
+from .folding import clash, holds_exactly, renames_in_case
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -191,8 +192,9 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+        path = real(md.path)
         try:
-            fd = open_to_read(real(md.path), plug.stopping)
+            fd = open_to_read(path, plug.stopping)
         except FileNotFoundError:
             plug.look_again()  # where no event said so, the next listing does
             raise DriverError(f"{md.path}: no longer on the remote") from None
@@ -203,6 +205,8 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{md.path}: no longer a file on the remote")
             if md.revision is not None and not is_version(st, md):
                 plug.look_again()
+                if not holds_exactly(path):
+                    raise DriverError(f"{md.path}: no longer on the remote")
                 raise Changed(f"{md.path}: changed on the remote since it was indexed",
                               describe(md.path, st))
             if in_hole(fd, offset, size, st.st_size):
@@ -249,6 +253,8 @@ def start(plug: Plug) -> None:
             except FileNotFoundError:
                 there = None
             if there is not None and not is_version(there, md):
+                if not holds_exactly(target):
+                    raise clash(md.path, target)
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             try:
@@ -267,6 +273,8 @@ def start(plug: Plug) -> None:
                 try:  # a file another program made there since the look stays
                     rename_noreplace(path, target)
                 except FileExistsError:
+                    if not holds_exactly(target):
+                        raise clash(md.path, target) from None
                     raise Conflict(f"{md.path}: made on the remote during the upload",
                                    describe(md.path, os.lstat(target))) from None
             else:  # a disk that cannot exchange: the look above must do
@@ -310,6 +318,9 @@ def start(plug: Plug) -> None:
             st: os.stat_result | None = os.lstat(path)
         except FileNotFoundError:
             st = None
+        if st is not None and not (stat.S_ISREG(st.st_mode) and md.revision is not None
+                                   and is_version(st, md)) and not holds_exactly(path):
+            st = None  # another name's entry, in a folder that ignores case: this one is gone
         if st is None or (stat.S_ISREG(st.st_mode) and md.revision is not None):
             delete_version(md, path, st)
         elif stat.S_ISDIR(st.st_mode):
@@ -389,11 +400,19 @@ def start(plug: Plug) -> None:
         source, target = real(old.path), real(new.path)
         checked = old.kind == "file" and old.revision is not None
         if checked:
-            refuse_other_version(old, os.lstat(source), "move")
+            st = os.lstat(source)
+            if not is_version(st, old) and not holds_exactly(source):
+                raise DriverError(f"{old.path}: no longer on the remote")
+            refuse_other_version(old, st, "move")
         try:
             rename_noreplace(source, target)
         except FileExistsError:
-            raise DriverError(f"{new.path}: already exists on the remote") from None
+            if renames_in_case(source, target):
+                os.rename(source, target)  # the folder ignores case: the same entry renamed
+            elif not holds_exactly(target):
+                raise clash(new.path, target) from None
+            else:
+                raise DriverError(f"{new.path}: already exists on the remote") from None
         st = os.lstat(target)
         if checked:
             keep_other_version(old, st, target, source, "move", new.path)
@@ -406,6 +425,8 @@ def start(plug: Plug) -> None:
         try:
             os.mkdir(path, mode)
         except FileExistsError:
+            if not holds_exactly(path):
+                raise clash(md.path, path) from None
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         # The exact mode, zero included: mkdir applied the daemon's umask, and on Linux
@@ -445,10 +466,13 @@ def start(plug: Plug) -> None:
     @plug.handler()
     def make_symlink(md: Metadata) -> None:
         path = real(md.path)
-        if os.path.islink(path) and os.readlink(path) == md.target:
-            pass
-        else:
+        try:
             os.symlink(md.target or "", path)
+        except FileExistsError:
+            if not holds_exactly(path):
+                raise clash(md.path, path) from None
+            if not (os.path.islink(path) and os.readlink(path) == md.target):
+                raise
         st = os.lstat(path)
         stamp(md, st)
 

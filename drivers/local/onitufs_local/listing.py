@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, RemoteUnavailable
 
+from .folding import named_so
+
 LISTING_TRIES = 3
 WALK_WAIT = 10.0
 _walking = threading.Lock()
@@ -93,8 +95,8 @@ def entry(root: str, path: str) -> Metadata | None:
         target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if not reported(st):
-        return None
+    if not reported(st) or not named_so(full):
+        return None  # (or another name's, in a folder that ignores case)
     md = describe(path, st)
     md.target = target
     return md
