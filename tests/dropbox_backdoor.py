@@ -14,8 +14,9 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 
-from onitufs_dropbox.names import escape, fold, mount_name, needs_escape
+from onitufs_dropbox.names import escape, mount_name, needs_escape
 
+from onitufs.folding import fold
 from onitufs.plug import Kind
 from onitufs.testing.backdoor import Backdoor
 from onitufs.testing.dropbox_api import FakeDropbox

@@ -31,11 +31,6 @@ _IGNORED = frozenset({"desktop.ini", "thumbs.db", ".ds_store", "icon\r", ".dropb
                       ".dropbox.attr"})
 
 
-def fold(name: str) -> str:
-    """What Dropbox compares: case folded, Unicode normalised."""
-    return unicodedata.normalize("NFC", name).casefold()
-
-
 def units(name: str) -> int:
     return len(name.encode("utf-16-le", "surrogatepass")) // 2
 

@@ -1,7 +1,7 @@
 """What the remote folder holds, as the driver last learnt it, and how mount paths map to it.
 
-Each entry is keyed by its folded path (names.fold of each component), as
-Dropbox compares them, and keeps its name as stored there. A mount path maps
+Each entry is keyed by its folded path (onitufs.folding.fold of each component),
+as Dropbox compares them, and keeps its name as stored there. A mount path maps
 to a Dropbox path one component at a time: a name the folder already holds
 for it keeps its stored name; a new one is stored as it is, unless Dropbox
 would refuse it, fold it onto another name of the folder, or read it as an
@@ -19,9 +19,10 @@ from typing import Any
 
 from dropbox import files
 
+from onitufs.folding import fold
 from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata, ancestors, at_or_below, outermost
 
-from .names import MAX_UNITS, escape, fold, mount_name, needs_escape, units
+from .names import MAX_UNITS, escape, mount_name, needs_escape, units
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from onitufs.plug import (
     write_chunk,
 )
 
-from .folding import clash, holds_exactly, renames_in_case
+from .exact import clash_at, holds_exactly, renamed_in_case
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -254,7 +254,7 @@ def start(plug: Plug) -> None:
                 there = None
             if there is not None and not is_version(there, md):
                 if not holds_exactly(target):
-                    raise clash(md.path, target)
+                    raise clash_at(md.path, target)
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             try:
@@ -274,7 +274,7 @@ def start(plug: Plug) -> None:
                     rename_noreplace(path, target)
                 except FileExistsError:
                     if not holds_exactly(target):
-                        raise clash(md.path, target) from None
+                        raise clash_at(md.path, target) from None
                     raise Conflict(f"{md.path}: made on the remote during the upload",
                                    describe(md.path, os.lstat(target))) from None
             else:  # a disk that cannot exchange: the look above must do
@@ -407,10 +407,10 @@ def start(plug: Plug) -> None:
         try:
             rename_noreplace(source, target)
         except FileExistsError:
-            if renames_in_case(source, target):
+            if renamed_in_case(source, target):
                 os.rename(source, target)  # the folder ignores case: the same entry renamed
             elif not holds_exactly(target):
-                raise clash(new.path, target) from None
+                raise clash_at(new.path, target) from None
             else:
                 raise DriverError(f"{new.path}: already exists on the remote") from None
         st = os.lstat(target)
@@ -426,7 +426,7 @@ def start(plug: Plug) -> None:
             os.mkdir(path, mode)
         except FileExistsError:
             if not holds_exactly(path):
-                raise clash(md.path, path) from None
+                raise clash_at(md.path, path) from None
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         # The exact mode, zero included: mkdir applied the daemon's umask, and on Linux
@@ -470,7 +470,7 @@ def start(plug: Plug) -> None:
             os.symlink(md.target or "", path)
         except FileExistsError:
             if not holds_exactly(path):
-                raise clash(md.path, path) from None
+                raise clash_at(md.path, path) from None
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         st = os.lstat(path)

@@ -1,0 +1,46 @@
+"""Names as a folder that ignores case compares them, for drivers whose remote may.
+
+exFAT and FAT (most USB disks), a Samba share, ext4's casefold folders, a Mac's or a
+Windows machine's disk behind an SFTP server, and Dropbox answer to `a.txt` with the
+`A.txt` they hold, and hold one of the two. A driver that finds something where it
+expected nothing, or another version than the one it expected, asks whether the folder
+holds that very name (its listing names it) before it takes what it found for that file:
+a name that the folder takes for another entry's stays off the remote (`clash`), and a
+rename that changes a name in case only is made as one (`renames_in_case`).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Collection
+
+from onitufs.plug import DriverError
+
+
+def fold(name: str) -> str:
+    """A name as a folder that ignores case and Unicode normalisation compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def taken_for(names: Collection[str], name: str) -> list[str]:
+    """The names of a folder, other than `name`, that compare as it does."""
+    return [other for other in names if other != name and fold(other) == fold(name)]
+
+
+def clash(shown: str, name: str, names: Collection[str]) -> DriverError:
+    """The error for `name` (`shown`: its path in the mount), which a folder of `names`
+    takes for another entry's."""
+    others = taken_for(names, name)
+    other = repr(others[0]) if others else "another name"
+    return DriverError(f"{shown}: the remote's folder holds {other}, which it takes for "
+                       "the same name (it ignores case): this one stays off the remote "
+                       "until one of them is renamed")
+
+
+def renames_in_case(names: Collection[str], source: str, target: str) -> bool:
+    """Whether `target`, which a folder of `names` answers to though none is exactly it,
+    names `source` of the same folder itself, changed in case only: source there, and
+    no other name there that compares as they do (a folder that ignores case holds one
+    entry per such name, so that one is source)."""
+    return fold(source) == fold(target) and source in names and target not in names \
+        and taken_for(names, target) == [source]
