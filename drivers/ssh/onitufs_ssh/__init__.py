@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from onitufs.config import ConfigError, Options
+from onitufs.folding import clash, renames_in_case
 from onitufs.plug import (
     TEMP_SUFFIX,
     Changed,
@@ -208,6 +209,9 @@ def start(plug: Plug) -> None:
                              size)
         except OtherVersion as error:
             plug.look_again()  # changes come in bursts: the rest of it is listed now
+            with pool.use() as conn:
+                if not holds_exactly(conn, full(conn, md.path)):
+                    raise NotThere(f"{md.path}: no longer on the remote") from None
             raise Changed(str(error), describe(md.path, error.attrs)) from None
         except NotThere:
             plug.look_again()  # reads of it fail until a listing reports what is there
@@ -271,6 +275,7 @@ def start(plug: Plug) -> None:
                 handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777))
             succeeded(closed)
             if there is not None and token(there) != md.revision:
+                refuse_clash(conn, md.path, target)
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             # SFTP cannot replace on a condition: the version replaced is moved aside and
@@ -291,7 +296,9 @@ def start(plug: Plug) -> None:
                     if moved is not None:
                         sftp.rename(moved, target)  # as it was
                     raise renamed
-                if moved is not None:
+                if moved is None:
+                    refuse_clash(conn, md.path, target)
+                else:
                     sftp.remove(moved)  # the version the upload replaces
                 raise Conflict(f"{md.path}: made on the remote during the upload",
                                describe(md.path, made)) from None
@@ -339,6 +346,26 @@ def start(plug: Plug) -> None:
             sftp.close_handle(handle)
         return found
 
+    def names_beside(conn: Connection, path: bytes) -> list[str]:
+        """The names in the folder of `path` on the server (none where it is not there)."""
+        try:
+            return [decode(name) for name, _ in names_in(conn, path.rpartition(b"/")[0])]
+        except SftpError as error:
+            if error.errno == errno.ENOENT:
+                return []
+            raise
+
+    def holds_exactly(conn: Connection, path: bytes) -> bool:
+        """Whether the folder of `path` holds an entry of exactly its name: one that
+        ignores case answers to a name with another entry's (onitufs.folding)."""
+        return decode(path.rpartition(b"/")[2]) in names_beside(conn, path)
+
+    def refuse_clash(conn: Connection, shown: str, path: bytes) -> None:
+        """folding.clash, where what answers to `path` has another name."""
+        names, name = names_beside(conn, path), decode(path.rpartition(b"/")[2])
+        if name not in names:
+            raise clash(shown, name, names)
+
     def remove_folder(conn: Connection, md: Metadata, path: bytes) -> None:
         """rmdir, never recursive: only the temp files of uploads cut short in the folder
         go with it; anything else in it was not ours to delete."""
@@ -375,6 +402,9 @@ def start(plug: Plug) -> None:
     def delete_file(md: Metadata) -> None:
         with pool.use() as conn:
             path, there, left, _ = look_at(conn, md, [])
+            if there is not None and not (kind_of(there) == "file" and token(there) ==
+                                          md.revision) and not holds_exactly(conn, path):
+                there = None  # another name's entry, in a folder that ignores case
             if there is not None and stat.S_ISDIR(there.mode or 0):
                 remove_folder(conn, md, path)
             elif there is not None and (md.revision is None or stat.S_ISLNK(there.mode or 0)):
@@ -468,12 +498,27 @@ def start(plug: Plug) -> None:
         checked = old.kind == "file" and old.revision is not None
         with pool.use() as conn:
             target = inside(conn, new.path)
-            if lstat(conn, target) is not None:
-                raise DriverError(f"{new.path}: already exists on the remote")
             source, there = inside_lstat(conn, old.path)
+            in_case = lstat(conn, target) is not None
+            if in_case:
+                names = names_beside(conn, target)
+                name = decode(target.rpartition(b"/")[2])
+                in_case = source.rpartition(b"/")[0] == target.rpartition(b"/")[0] \
+                    and renames_in_case(names, decode(source.rpartition(b"/")[2]), name)
+                if not in_case and name not in names:
+                    raise clash(new.path, name, names)
+                if not in_case:
+                    raise DriverError(f"{new.path}: already exists on the remote")
             if checked and there is not None:
+                if token(there) != old.revision and not holds_exactly(conn, source):
+                    raise DriverError(f"{old.path}: no longer on the remote")
                 refuse_other_version(old, there, "move")
-            conn.sftp.rename(source, target)
+            if in_case:  # the folder ignores case: the same entry, renamed (SFTP's own
+                # RENAME fails where the new name answers)
+                succeeded(conn.sftp.in_one_flight([conn.sftp.renaming(source, target,
+                                                                      replace=True)]))
+            else:
+                conn.sftp.rename(source, target)
             moved = conn.sftp.lstat(target)
             if checked:
                 keep_other_version(conn, old, moved, target, source, "move", new.path)
@@ -492,6 +537,7 @@ def start(plug: Plug) -> None:
                 if there is None or not stat.S_ISDIR(there.mode or 0):
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None
+                refuse_clash(conn, md.path, path)
             # the exact mode, zero included: the server applied its umask to mkdir's
             conn.sftp.setstat(path, Attrs(mode=mode))
             record(conn, path, md)
@@ -552,6 +598,8 @@ def start(plug: Plug) -> None:
         with pool.use() as conn:
             path = inside(conn, md.path)
             there = lstat(conn, path)
+            if there is not None:
+                refuse_clash(conn, md.path, path)
             if there is None or not stat.S_ISLNK(there.mode or 0) \
                     or conn.sftp.readlink(path) != target:
                 conn.sftp.symlink(target, path)
