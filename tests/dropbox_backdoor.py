@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 from onitufs_dropbox.names import escape, mount_name, needs_escape
 
-from onitufs.folding import fold
 from onitufs.plug import Kind
+from onitufs.storednames import fold
 from onitufs.testing.backdoor import Backdoor
 from onitufs.testing.dropbox_api import FakeDropbox
 

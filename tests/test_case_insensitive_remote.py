@@ -121,3 +121,32 @@ def test_a_rename_in_case_only_reaches_the_disk(on_exfat: Callable[..., Cloud]) 
     cloud.umount()
     assert snapshot(usb) == renamed
     assert snapshot(cloud.remotes["a"]) == renamed
+
+
+def test_a_name_the_disk_refuses_stays_off_it(on_exfat: Callable[..., Cloud]) -> None:
+    """exFAT refuses " * : < > ? \\ | in a name: the file or folder stays off it, saying
+    so, until it is renamed."""
+    cloud = on_exfat(stall="3s")
+    usb = cloud.remotes["b"]
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "what?.txt").write_bytes(b"question")
+    (mnt / "at 10:30").mkdir()
+    (mnt / "at 10:30" / "notes").write_bytes(b"notes")
+    wait_for(lambda: (cloud.remotes["a"] / "at 10:30" / "notes").exists()
+             and (cloud.remotes["a"] / "what?.txt").exists(), what="remote a")
+    refused = "the remote's disk refuses this name"
+    wait_for(lambda: f"what?.txt: {refused}" in cloud.log
+             and f"at 10:30: {refused}" in cloud.log, what="the refusals said")
+    assert snapshot(usb) == {}
+    stopped = run("umount", mnt, check=False)
+    assert stopped.returncode == 2 and refused in stopped.stderr, stopped
+
+    cloud.mount()
+    (mnt / "what?.txt").rename(mnt / "what.txt")
+    (mnt / "at 10:30").rename(mnt / "at 10.30")
+    cloud.umount()
+    renamed = {"what.txt": ("file", b"question"), "at 10.30": ("dir", b""),
+               "at 10.30/notes": ("file", b"notes")}
+    assert snapshot(usb) == renamed
+    assert snapshot(cloud.remotes["a"]) == renamed

@@ -1,6 +1,6 @@
 """What the remote folder holds, as the driver last learnt it, and how mount paths map to it.
 
-Each entry is keyed by its folded path (onitufs.folding.fold of each component),
+Each entry is keyed by its folded path (onitufs.storednames.fold of each component),
 as Dropbox compares them, and keeps its name as stored there. A mount path maps
 to a Dropbox path one component at a time: a name the folder already holds
 for it keeps its stored name; a new one is stored as it is, unless Dropbox
@@ -19,8 +19,8 @@ from typing import Any
 
 from dropbox import files
 
-from onitufs.folding import fold
 from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata, ancestors, at_or_below, outermost
+from onitufs.storednames import fold
 
 from .names import MAX_UNITS, escape, mount_name, needs_escape, units
 

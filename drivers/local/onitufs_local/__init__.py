@@ -42,7 +42,7 @@ from onitufs.plug import (
     write_chunk,
 )
 
-from .exact import clash_at, holds_exactly, renamed_in_case
+from .disknames import clash_at, holds_exactly, refusal, renamed_in_case
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -218,7 +218,10 @@ def start(plug: Plug) -> None:
     @plug.handler()
     def start_upload(md: Metadata) -> None:
         require_root(root)
-        upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # the name is this upload's alone
+        try:
+            upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # the name is this upload's
+        except OSError as error:
+            raise refusal(md.path, temp(md), error) from None
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
@@ -413,6 +416,10 @@ def start(plug: Plug) -> None:
                 raise clash_at(new.path, target) from None
             else:
                 raise DriverError(f"{new.path}: already exists on the remote") from None
+        except OSError as error:
+            if not os.path.lexists(source):
+                raise
+            raise refusal(new.path, target, error) from None
         st = os.lstat(target)
         if checked:
             keep_other_version(old, st, target, source, "move", new.path)
@@ -429,6 +436,8 @@ def start(plug: Plug) -> None:
                 raise clash_at(md.path, path) from None
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
+        except OSError as error:
+            raise refusal(md.path, path, error) from None
         # The exact mode, zero included: mkdir applied the daemon's umask, and on Linux
         # leaves out the setuid and setgid bits (or inherits setgid from the parent).
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -473,6 +482,8 @@ def start(plug: Plug) -> None:
                 raise clash_at(md.path, path) from None
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
+        except OSError as error:
+            raise refusal(md.path, path, error) from None
         st = os.lstat(path)
         stamp(md, st)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, RemoteUnavailable
 
-from .exact import named_so
+from .disknames import named_so
 
 LISTING_TRIES = 3
 WALK_WAIT = 10.0

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import stat
 import threading
 import time
@@ -35,7 +36,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from onitufs.config import ConfigError, Options
-from onitufs.folding import clash, renames_in_case
 from onitufs.plug import (
     TEMP_SUFFIX,
     Changed,
@@ -49,6 +49,7 @@ from onitufs.plug import (
     left_aside_by_another,
     upload_path,
 )
+from onitufs.storednames import clash, refused, renames_in_case
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import Tree, decode, describe, encode, kind_of, token
@@ -224,7 +225,11 @@ def start(plug: Plug) -> None:
         with pool.use() as conn:
             target = inside(conn, temp)
         upload = Upload(upload_pool, target, md.size, settings.upload_connections)
-        upload.create()
+        try:
+            upload.create()
+        except SftpError as error:
+            refuse_name(md.path, target, error)
+            raise
         with uploads_lock:
             uploads[temp] = upload
         md.extra.update(upload.saved_state())
@@ -357,7 +362,7 @@ def start(plug: Plug) -> None:
 
     def holds_exactly(conn: Connection, path: bytes) -> bool:
         """Whether the folder of `path` holds an entry of exactly its name: one that
-        ignores case answers to a name with another entry's (onitufs.folding)."""
+        ignores case answers to a name with another entry's (onitufs.storednames)."""
         return decode(path.rpartition(b"/")[2]) in names_beside(conn, path)
 
     def refuse_clash(conn: Connection, shown: str, path: bytes) -> None:
@@ -365,6 +370,15 @@ def start(plug: Plug) -> None:
         names, name = names_beside(conn, path), decode(path.rpartition(b"/")[2])
         if name not in names:
             raise clash(shown, name, names)
+
+    def refuse_name(shown: str, path: bytes, error: SftpError) -> None:
+        """storednames.refused, where making `path` failed as if its folder were not there
+        (exFAT refuses some characters so), though it is."""
+        if error.errno == errno.ENOENT:
+            with pool.use() as conn:
+                folder = lstat(conn, path.rpartition(b"/")[0])
+            if folder is not None and stat.S_ISDIR(folder.mode or 0):
+                raise refused(shown, os.strerror(error.errno)) from None
 
     def remove_folder(conn: Connection, md: Metadata, path: bytes) -> None:
         """rmdir, never recursive: only the temp files of uploads cut short in the folder
@@ -532,8 +546,10 @@ def start(plug: Plug) -> None:
             mode = md.mode & 0o7777
             try:
                 conn.sftp.mkdir(path, mode)
-            except SftpError:
+            except SftpError as error:
                 there = lstat(conn, path)
+                if there is None:
+                    refuse_name(md.path, path, error)
                 if there is None or not stat.S_ISDIR(there.mode or 0):
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None

@@ -1,4 +1,5 @@
-"""Names as a folder that ignores case compares them, for drivers whose remote may.
+"""How a remote's folder keeps names, for drivers: one that ignores case, one that
+refuses some.
 
 exFAT and FAT (most USB disks), a Samba share, ext4's casefold folders, a Mac's or a
 Windows machine's disk behind an SFTP server, and Dropbox answer to `a.txt` with the
@@ -7,6 +8,10 @@ expected nothing, or another version than the one it expected, asks whether the 
 holds that very name (its listing names it) before it takes what it found for that file:
 a name that the folder takes for another entry's stays off the remote (`clash`), and a
 rename that changes a name in case only is made as one (`renames_in_case`).
+
+exFAT and FAT also refuse " * : < > ? \\ | and control characters in a name: a driver
+that finds its remote refusing a name it makes, in a folder that is there, raises
+`refused`.
 """
 
 from __future__ import annotations
@@ -44,3 +49,10 @@ def renames_in_case(names: Collection[str], source: str, target: str) -> bool:
     entry per such name, so that one is source)."""
     return fold(source) == fold(target) and source in names and target not in names \
         and taken_for(names, target) == [source]
+
+
+def refused(shown: str, why: str) -> DriverError:
+    """The error for a name (`shown`: its path in the mount) that the remote refuses to
+    make (`why`: what it answered)."""
+    return DriverError(f"{shown}: the remote's disk refuses this name ({why}): it stays off "
+                       "the remote until it is renamed")

@@ -1,19 +1,24 @@
-"""Whether an entry found at a path of a local remote has that very name.
+"""How a local remote's disk keeps names: one that ignores case, one that refuses some.
 
-A folder that ignores case answers to a name with another entry's (onitufs.folding).
-Where a handler finds something it did not expect, it lists the folder to know (never
-where it found what it expected). A change notice names what a program asked for, which
-may be another case of the name: the entry it names is looked at only where it has that
-name (named_so), and a file there changed under another case of its name waits for the
-next full listing, or a read.
+A folder that ignores case answers to a name with another entry's (onitufs.storednames).
+Where a handler finds something it did not expect, it lists the folder to know whether
+the entry has that very name (never where it found what it expected). A change notice
+names what a program asked for, which may be another case of the name: the entry it
+names is looked at only where it has that name (named_so), and a file there changed
+under another case of its name waits for the next full listing, or a read.
+
+exFAT and FAT refuse " * : < > ? \\ | and control characters in a name: making one
+fails with EINVAL (the kernel's vfat), or ENOENT though the folder is there
+(exfat-fuse), which `refusal` turns into a line that says so.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
-from onitufs.folding import clash, renames_in_case
 from onitufs.plug import DriverError
+from onitufs.storednames import clash, refused, renames_in_case
 
 
 def names_beside(path: str) -> list[str]:
@@ -48,3 +53,11 @@ def renamed_in_case(source: str, target: str) -> bool:
     """Whether target, which its folder answers to, is source changed in case only."""
     return os.path.dirname(source) == os.path.dirname(target) and renames_in_case(
         names_beside(source), os.path.basename(source), os.path.basename(target))
+
+
+def refusal(shown: str, path: str, error: OSError) -> Exception:
+    """What to raise where making an entry at `path` (`shown`: its path in the mount)
+    failed with `error`."""
+    if error.errno in (errno.EINVAL, errno.ENOENT) and os.path.isdir(os.path.dirname(path)):
+        return refused(shown, error.strerror or str(error))
+    return error
