@@ -353,6 +353,13 @@ class Plug:
     def has(self, name: str) -> bool:
         return name in self._handlers
 
+    def withdraw(self, name: str) -> None:
+        """Take a handler back, from any thread: the remote cannot do what it does after
+        all, as the handler found by trying (a disk that holds no symbolic links). The
+        core asks no more, and what it would have made there stays in the index (and on
+        the other remotes) only."""
+        self._handlers.pop(name, None)
+
     def call(self, name: str, *args: Any) -> Any:
         """Run a handler on the calling thread (the core calls this from its workers)."""
         return self._handlers[name](*args)

@@ -150,3 +150,29 @@ def test_a_name_the_disk_refuses_stays_off_it(on_exfat: Callable[..., Cloud]) ->
                "at 10.30/notes": ("file", b"notes")}
     assert snapshot(usb) == renamed
     assert snapshot(cloud.remotes["a"]) == renamed
+
+
+def test_links_stay_off_a_disk_that_holds_none(on_exfat: Callable[..., Cloud]) -> None:
+    """exFAT holds no symbolic links: they stay in the mount and on the other remotes, said
+    once, and the disk is up to date without them."""
+    cloud = on_exfat()
+    usb = cloud.remotes["b"]
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "f").write_bytes(b"file")
+    (mnt / "link").symlink_to("f")
+    (mnt / "d").mkdir()
+    (mnt / "d" / "up").symlink_to("../f")
+    cloud.wait_synced()
+    assert "holds no symbolic links" in cloud.log
+    cloud.umount()
+    every = {"f": ("file", b"file"), "link": ("symlink", b"f"), "d": ("dir", b""),
+             "d/up": ("symlink", b"../f")}
+    assert snapshot(cloud.remotes["a"]) == every
+    assert snapshot(usb) == {"f": ("file", b"file"), "d": ("dir", b"")}
+    cloud.mount()
+    cloud.wait_listed()
+    (mnt / "later").write_bytes(b"later")
+    wait_for(lambda: everywhere(cloud, "later", b"later"), what="a later file")
+    assert snapshot(mnt) == {**every, "later": ("file", b"later")}
+    cloud.umount()

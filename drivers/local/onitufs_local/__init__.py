@@ -483,6 +483,10 @@ def start(plug: Plug) -> None:
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         except OSError as error:
+            if error.errno in (errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
+                plug.withdraw("make_symlink")  # FAT, exFAT (EPERM: symlink(2)'s own word)
+                raise DriverError(f"{md.path}: the remote's disk holds no symbolic links "
+                                  f"({error.strerror}): they stay off it") from None
             raise refusal(md.path, path, error) from None
         st = os.lstat(path)
         stamp(md, st)

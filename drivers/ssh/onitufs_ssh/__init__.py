@@ -618,7 +618,14 @@ def start(plug: Plug) -> None:
                 refuse_clash(conn, md.path, path)
             if there is None or not stat.S_ISLNK(there.mode or 0) \
                     or conn.sftp.readlink(path) != target:
-                conn.sftp.symlink(target, path)
+                try:
+                    conn.sftp.symlink(target, path)
+                except SftpError as error:
+                    if error.errno != errno.EOPNOTSUPP:
+                        raise
+                    plug.withdraw("make_symlink")  # a server's disk on FAT or exFAT
+                    raise DriverError(f"{md.path}: the server's disk holds no symbolic "
+                                      "links: they stay off it") from None
             record(conn, path, md)
 
     pool.warm(1)
