@@ -145,9 +145,14 @@ def test_a_name_the_disk_refuses_stays_off_it(on_exfat: Callable[..., Cloud]) ->
     cloud.mount()
     (mnt / "what?.txt").rename(mnt / "what.txt")
     (mnt / "at 10:30").rename(mnt / "at 10.30")
+    (mnt / "fine.txt").write_bytes(b"fine")
+    wait_for(lambda: everywhere(cloud, "fine.txt", b"fine"), what="fine.txt")
+    (mnt / "fine.txt").rename(mnt / "fine|.txt")
+    wait_for(lambda: "fine|.txt: " + refused in cloud.log, what="the moved name refused")
+    (mnt / "fine|.txt").rename(mnt / "fine.txt")
     cloud.umount()
     renamed = {"what.txt": ("file", b"question"), "at 10.30": ("dir", b""),
-               "at 10.30/notes": ("file", b"notes")}
+               "at 10.30/notes": ("file", b"notes"), "fine.txt": ("file", b"fine")}
     assert snapshot(usb) == renamed
     assert snapshot(cloud.remotes["a"]) == renamed
 

@@ -532,7 +532,12 @@ def start(plug: Plug) -> None:
                 succeeded(conn.sftp.in_one_flight([conn.sftp.renaming(source, target,
                                                                       replace=True)]))
             else:
-                conn.sftp.rename(source, target)
+                try:
+                    conn.sftp.rename(source, target)
+                except SftpError as error:
+                    if there is not None:
+                        refuse_name(new.path, target, error)
+                    raise
             moved = conn.sftp.lstat(target)
             if checked:
                 keep_other_version(conn, old, moved, target, source, "move", new.path)
