@@ -228,7 +228,8 @@ def start(plug: Plug) -> None:
         try:
             upload.create()
         except SftpError as error:
-            refuse_name(md.path, target, error)
+            with pool.use() as conn:
+                refuse_name(conn, md.path, target, error)
             raise
         with uploads_lock:
             uploads[temp] = upload
@@ -366,17 +367,16 @@ def start(plug: Plug) -> None:
         return decode(path.rpartition(b"/")[2]) in names_beside(conn, path)
 
     def refuse_clash(conn: Connection, shown: str, path: bytes) -> None:
-        """folding.clash, where what answers to `path` has another name."""
+        """storednames.clash, where what answers to `path` has another name."""
         names, name = names_beside(conn, path), decode(path.rpartition(b"/")[2])
         if name not in names:
             raise clash(shown, name, names)
 
-    def refuse_name(shown: str, path: bytes, error: SftpError) -> None:
+    def refuse_name(conn: Connection, shown: str, path: bytes, error: SftpError) -> None:
         """storednames.refused, where making `path` failed as if its folder were not there
         (exFAT refuses some characters so), though it is."""
         if error.errno == errno.ENOENT:
-            with pool.use() as conn:
-                folder = lstat(conn, path.rpartition(b"/")[0])
+            folder = lstat(conn, path.rpartition(b"/")[0])
             if folder is not None and stat.S_ISDIR(folder.mode or 0):
                 raise refused(shown, os.strerror(error.errno)) from None
 
@@ -536,7 +536,7 @@ def start(plug: Plug) -> None:
                     conn.sftp.rename(source, target)
                 except SftpError as error:
                     if there is not None:
-                        refuse_name(new.path, target, error)
+                        refuse_name(conn, new.path, target, error)
                     raise
             moved = conn.sftp.lstat(target)
             if checked:
@@ -554,7 +554,7 @@ def start(plug: Plug) -> None:
             except SftpError as error:
                 there = lstat(conn, path)
                 if there is None:
-                    refuse_name(md.path, path, error)
+                    refuse_name(conn, md.path, path, error)
                 if there is None or not stat.S_ISDIR(there.mode or 0):
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None
