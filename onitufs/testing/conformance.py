@@ -685,6 +685,34 @@ class TestNames:
             driver.call("move_file", md, md.copy(path=name))
         assert driver.backdoor.names() >= set(ODD_NAMES)
 
+    def test_names_differing_in_case_are_two_files_or_one_stays_off(
+            self, driver: Harness) -> None:
+        """A remote that ignores case may hold one of the two: the second's upload then
+        fails (DriverError, onitufs.storednames.clash) and the first stays as it is, never
+        taken for another version of the second."""
+        upper = driver.upload("Case.txt", b"upper")
+        try:
+            lower: Metadata | None = driver.upload("case.txt", b"lower")
+        except DriverError:
+            lower = None
+        assert driver.read(upper) == b"upper"
+        assert driver.backdoor.read("Case.txt") == b"upper"
+        listing = where_a_listing_agrees(driver, upper, *([lower] if lower else []))
+        if lower is None:
+            assert "case.txt" not in listing, "the name that stayed off is listed"
+        else:
+            assert driver.read(lower) == b"lower"
+            assert driver.backdoor.read("case.txt") == b"lower"
+
+    def test_a_rename_in_case_only(self, driver: Harness) -> None:
+        driver.needs("move_file")
+        old = driver.upload("Word.txt", b"word")
+        new = old.copy(path="word.txt")
+        driver.call("move_file", old, new)
+        assert "Word.txt" not in where_a_listing_agrees(driver, new)
+        assert driver.read(new) == b"word"
+        assert driver.backdoor.names() & {"Word.txt", "word.txt"} == {"word.txt"}
+
     def test_names_differing_in_normalization_are_two_files(self, driver: Harness) -> None:
         nfc, nfd = "caf\u00e9", "cafe\u0301"
         composed = driver.upload(nfc, b"composed")
