@@ -29,7 +29,8 @@ def fold(name: str) -> str:
 
 def taken_for(names: Collection[str], name: str) -> list[str]:
     """The names of a folder, other than `name`, that compare as it does."""
-    return [other for other in names if other != name and fold(other) == fold(name)]
+    folded = fold(name)
+    return [other for other in names if other != name and fold(other) == folded]
 
 
 def clash(shown: str, name: str, names: Collection[str]) -> DriverError:
@@ -47,8 +48,7 @@ def renames_in_case(names: Collection[str], source: str, target: str) -> bool:
     names `source` of the same folder itself, changed in case only: source there, and
     no other name there that compares as they do (a folder that ignores case holds one
     entry per such name, so that one is source)."""
-    return fold(source) == fold(target) and source in names and target not in names \
-        and taken_for(names, target) == [source]
+    return target not in names and taken_for(names, target) == [source]
 
 
 def refused(shown: str, why: str) -> DriverError:

@@ -42,7 +42,7 @@ from onitufs.plug import (
     write_chunk,
 )
 
-from .disknames import clash_at, holds_exactly, refusal, renamed_in_case
+from .disknames import holds_exactly, refusal, refuse_clash, renamed_in_case
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -256,8 +256,7 @@ def start(plug: Plug) -> None:
             except FileNotFoundError:
                 there = None
             if there is not None and not is_version(there, md):
-                if not holds_exactly(target):
-                    raise clash_at(md.path, target)
+                refuse_clash(md.path, target)
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             try:
@@ -276,8 +275,7 @@ def start(plug: Plug) -> None:
                 try:  # a file another program made there since the look stays
                     rename_noreplace(path, target)
                 except FileExistsError:
-                    if not holds_exactly(target):
-                        raise clash_at(md.path, target) from None
+                    refuse_clash(md.path, target)
                     raise Conflict(f"{md.path}: made on the remote during the upload",
                                    describe(md.path, os.lstat(target))) from None
             else:  # a disk that cannot exchange: the look above must do
@@ -412,9 +410,8 @@ def start(plug: Plug) -> None:
         except FileExistsError:
             if renamed_in_case(source, target):
                 os.rename(source, target)  # the folder ignores case: the same entry renamed
-            elif not holds_exactly(target):
-                raise clash_at(new.path, target) from None
             else:
+                refuse_clash(new.path, target)
                 raise DriverError(f"{new.path}: already exists on the remote") from None
         except OSError as error:
             if not os.path.lexists(source):
@@ -432,8 +429,7 @@ def start(plug: Plug) -> None:
         try:
             os.mkdir(path, mode)
         except FileExistsError:
-            if not holds_exactly(path):
-                raise clash_at(md.path, path) from None
+            refuse_clash(md.path, path)
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         except OSError as error:
@@ -478,8 +474,7 @@ def start(plug: Plug) -> None:
         try:
             os.symlink(md.target or "", path)
         except FileExistsError:
-            if not holds_exactly(path):
-                raise clash_at(md.path, path) from None
+            refuse_clash(md.path, path)
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         except OSError as error:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 
-from onitufs.plug import DriverError
 from onitufs.storednames import clash, refused, renames_in_case
 
 
@@ -43,10 +42,12 @@ def named_so(path: str) -> bool:
         or holds_exactly(path)
 
 
-def clash_at(shown: str, path: str) -> DriverError:
-    """The error for the name of `path` (`shown`: its path in the mount), which its folder
-    takes for another entry's."""
-    return clash(shown, os.path.basename(path), names_beside(path))
+def refuse_clash(shown: str, path: str) -> None:
+    """storednames.clash, where what answers to `path` (`shown`: its path in the mount)
+    has another name."""
+    names, name = names_beside(path), os.path.basename(path)
+    if name not in names:
+        raise clash(shown, name, names)
 
 
 def renamed_in_case(source: str, target: str) -> bool:

@@ -513,15 +513,15 @@ def start(plug: Plug) -> None:
         with pool.use() as conn:
             target = inside(conn, new.path)
             source, there = inside_lstat(conn, old.path)
-            in_case = lstat(conn, target) is not None
-            if in_case:
+            in_case = False  # the target answers for the source, renamed in case only
+            if lstat(conn, target) is not None:
                 names = names_beside(conn, target)
                 name = decode(target.rpartition(b"/")[2])
                 in_case = source.rpartition(b"/")[0] == target.rpartition(b"/")[0] \
                     and renames_in_case(names, decode(source.rpartition(b"/")[2]), name)
-                if not in_case and name not in names:
-                    raise clash(new.path, name, names)
                 if not in_case:
+                    if name not in names:
+                        raise clash(new.path, name, names)
                     raise DriverError(f"{new.path}: already exists on the remote")
             if checked and there is not None:
                 if token(there) != old.revision and not holds_exactly(conn, source):
