@@ -6,8 +6,10 @@ Windows machine's disk behind an SFTP server, and Dropbox answer to `a.txt` with
 `A.txt` they hold, and hold one of the two. A driver that finds something where it
 expected nothing, or another version than the one it expected, asks whether the folder
 holds that very name (its listing names it) before it takes what it found for that file:
-a name that the folder takes for another entry's stays off the remote (`clash`), and a
-rename that changes a name in case only is made as one (`renames_in_case`).
+a name that the folder takes for another entry's stays off the remote (`refuse_clash`),
+and a rename that changes a name in case only is made as one (`renames_in_case`). Both
+take paths as the mount has them, '/'-separated, for a driver that stores each name as it
+is.
 
 exFAT and FAT also refuse " * : < > ? \\ | and control characters in a name: a driver
 that finds its remote refusing a name it makes, in a folder that is there, raises
@@ -33,22 +35,27 @@ def taken_for(names: Collection[str], name: str) -> list[str]:
     return [other for other in names if other != name and fold(other) == folded]
 
 
-def clash(shown: str, name: str, names: Collection[str]) -> DriverError:
-    """The error for `name` (`shown`: its path in the mount), which a folder of `names`
-    takes for another entry's."""
-    others = taken_for(names, name)
-    other = repr(others[0]) if others else "another name"
-    return DriverError(f"{shown}: the remote's folder holds {other}, which it takes for "
-                       "the same name (it ignores case): this one stays off the remote "
-                       "until one of them is renamed")
+def refuse_clash(path: str, names: Collection[str]) -> None:
+    """DriverError where the folder of `path`, which holds `names`, has no entry of exactly
+    its name: what answers for it there is another entry's."""
+    name = path.rpartition("/")[2]
+    if name not in names:
+        others = taken_for(names, name)
+        other = repr(others[0]) if others else "another name"
+        raise DriverError(f"{path}: the remote's folder holds {other}, which it takes for "
+                          "the same name (it ignores case): this one stays off the remote "
+                          "until one of them is renamed")
 
 
 def renames_in_case(names: Collection[str], source: str, target: str) -> bool:
-    """Whether `target`, which a folder of `names` answers to though none is exactly it,
-    names `source` of the same folder itself, changed in case only: source there, and
-    no other name there that compares as they do (a folder that ignores case holds one
-    entry per such name, so that one is source)."""
-    return target not in names and taken_for(names, target) == [source]
+    """Whether `target`, which its folder (of `names`) answers for though none is exactly
+    it, is `source` itself, changed in case only: both in that folder, and no name there
+    but source's compares as target does (a folder that ignores case holds one entry per
+    such name, so that one is source)."""
+    folder, name = target.rpartition("/")[::2]
+    source_folder, source_name = source.rpartition("/")[::2]
+    return folder == source_folder and name not in names \
+        and taken_for(names, name) == [source_name]
 
 
 def refused(shown: str, why: str) -> DriverError:

@@ -690,7 +690,7 @@ class TestNames:
     def test_names_differing_in_case_are_two_files_or_one_stays_off(
             self, driver: Harness) -> None:
         """A remote that ignores case may hold one of the two: the second's upload then
-        fails (DriverError, onitufs.storednames.clash) and the first stays as it is, never
+        fails (DriverError, onitufs.storednames.refuse_clash) and the first stays as it is, never
         taken for another version of the second."""
         upper = driver.upload("Case.txt", b"upper")
         try:

@@ -41,8 +41,9 @@ from onitufs.plug import (
     upload_path,
     write_chunk,
 )
+from onitufs.storednames import refuse_clash, renames_in_case
 
-from .disknames import holds_exactly, refusal, refuse_clash, renamed_in_case
+from .disknames import holds_exactly, names_beside, refusal
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -256,7 +257,7 @@ def start(plug: Plug) -> None:
             except FileNotFoundError:
                 there = None
             if there is not None and not is_version(there, md):
-                refuse_clash(md.path, target)
+                refuse_clash(md.path, names_beside(target))
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             try:
@@ -275,7 +276,7 @@ def start(plug: Plug) -> None:
                 try:  # a file another program made there since the look stays
                     rename_noreplace(path, target)
                 except FileExistsError:
-                    refuse_clash(md.path, target)
+                    refuse_clash(md.path, names_beside(target))
                     raise Conflict(f"{md.path}: made on the remote during the upload",
                                    describe(md.path, os.lstat(target))) from None
             else:  # a disk that cannot exchange: the look above must do
@@ -408,10 +409,11 @@ def start(plug: Plug) -> None:
         try:
             rename_noreplace(source, target)
         except FileExistsError:
-            if renamed_in_case(source, target):
+            names = names_beside(target)
+            if renames_in_case(names, old.path, new.path):
                 os.rename(source, target)  # the folder ignores case: the same entry renamed
             else:
-                refuse_clash(new.path, target)
+                refuse_clash(new.path, names)
                 raise DriverError(f"{new.path}: already exists on the remote") from None
         except OSError as error:
             if not os.path.lexists(source):
@@ -429,7 +431,7 @@ def start(plug: Plug) -> None:
         try:
             os.mkdir(path, mode)
         except FileExistsError:
-            refuse_clash(md.path, path)
+            refuse_clash(md.path, names_beside(path))
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         except OSError as error:
@@ -474,7 +476,7 @@ def start(plug: Plug) -> None:
         try:
             os.symlink(md.target or "", path)
         except FileExistsError:
-            refuse_clash(md.path, path)
+            refuse_clash(md.path, names_beside(path))
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         except OSError as error:

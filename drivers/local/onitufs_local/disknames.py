@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 
-from onitufs.storednames import clash, refused, renames_in_case
+from onitufs.storednames import refused
 
 
 def names_beside(path: str) -> list[str]:
@@ -40,20 +40,6 @@ def named_so(path: str) -> bool:
     other = name.swapcase()
     return other == name or not os.path.lexists(os.path.join(folder, other)) \
         or holds_exactly(path)
-
-
-def refuse_clash(shown: str, path: str) -> None:
-    """storednames.clash, where what answers to `path` (`shown`: its path in the mount)
-    has another name."""
-    names, name = names_beside(path), os.path.basename(path)
-    if name not in names:
-        raise clash(shown, name, names)
-
-
-def renamed_in_case(source: str, target: str) -> bool:
-    """Whether target, which its folder answers to, is source changed in case only."""
-    return os.path.dirname(source) == os.path.dirname(target) and renames_in_case(
-        names_beside(source), os.path.basename(source), os.path.basename(target))
 
 
 def refusal(shown: str, path: str, error: OSError) -> Exception:

@@ -49,7 +49,7 @@ from onitufs.plug import (
     left_aside_by_another,
     upload_path,
 )
-from onitufs.storednames import clash, refused, renames_in_case
+from onitufs.storednames import refuse_clash, refused, renames_in_case
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import Tree, decode, describe, encode, kind_of, token
@@ -281,7 +281,7 @@ def start(plug: Plug) -> None:
                 handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777))
             succeeded(closed)
             if there is not None and token(there) != md.revision:
-                refuse_clash(conn, md.path, target)
+                refuse_clash(md.path, names_beside(conn, target))
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             # SFTP cannot replace on a condition: the version replaced is moved aside and
@@ -303,7 +303,7 @@ def start(plug: Plug) -> None:
                         sftp.rename(moved, target)  # as it was
                     raise renamed
                 if moved is None:
-                    refuse_clash(conn, md.path, target)
+                    refuse_clash(md.path, names_beside(conn, target))
                 else:
                     sftp.remove(moved)  # the version the upload replaces
                 raise Conflict(f"{md.path}: made on the remote during the upload",
@@ -365,12 +365,6 @@ def start(plug: Plug) -> None:
         """Whether the folder of `path` holds an entry of exactly its name: one that
         ignores case answers to a name with another entry's (onitufs.storednames)."""
         return decode(path.rpartition(b"/")[2]) in names_beside(conn, path)
-
-    def refuse_clash(conn: Connection, shown: str, path: bytes) -> None:
-        """storednames.clash, where what answers to `path` has another name."""
-        names, name = names_beside(conn, path), decode(path.rpartition(b"/")[2])
-        if name not in names:
-            raise clash(shown, name, names)
 
     def refuse_name(conn: Connection, shown: str, path: bytes, error: SftpError) -> None:
         """storednames.refused, where making `path` failed as if its folder were not there
@@ -516,12 +510,9 @@ def start(plug: Plug) -> None:
             in_case = False  # the target answers for the source, renamed in case only
             if lstat(conn, target) is not None:
                 names = names_beside(conn, target)
-                name = decode(target.rpartition(b"/")[2])
-                in_case = source.rpartition(b"/")[0] == target.rpartition(b"/")[0] \
-                    and renames_in_case(names, decode(source.rpartition(b"/")[2]), name)
+                in_case = renames_in_case(names, old.path, new.path)
                 if not in_case:
-                    if name not in names:
-                        raise clash(new.path, name, names)
+                    refuse_clash(new.path, names)
                     raise DriverError(f"{new.path}: already exists on the remote")
             if checked and there is not None:
                 if token(there) != old.revision and not holds_exactly(conn, source):
@@ -558,7 +549,7 @@ def start(plug: Plug) -> None:
                 if there is None or not stat.S_ISDIR(there.mode or 0):
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None
-                refuse_clash(conn, md.path, path)
+                refuse_clash(md.path, names_beside(conn, path))
             # the exact mode, zero included: the server applied its umask to mkdir's
             conn.sftp.setstat(path, Attrs(mode=mode))
             record(conn, path, md)
@@ -620,7 +611,7 @@ def start(plug: Plug) -> None:
             path = inside(conn, md.path)
             there = lstat(conn, path)
             if there is not None:
-                refuse_clash(conn, md.path, path)
+                refuse_clash(md.path, names_beside(conn, path))
             if there is None or not stat.S_ISLNK(there.mode or 0) \
                     or conn.sftp.readlink(path) != target:
                 try:
