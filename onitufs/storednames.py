@@ -11,17 +11,33 @@ and a rename that changes a name in case only is made as one (`renames_in_case`)
 take paths as the mount has them, '/'-separated, for a driver that stores each name as it
 is.
 
-exFAT and FAT also refuse " * : < > ? \\ | and control characters in a name: a driver
-that finds its remote refusing a name it makes, in a folder that is there, raises
-`refused`.
+exFAT and FAT also refuse " * : < > ? \\ | and control characters in a name
+(`disk_refusable`). A name a remote cannot hold is stored there under its escape
+instead: every character but lower-case ASCII letters, digits, safe punctuation and
+lower-case non-ASCII letters of a name in NFC becomes %HH (ASCII, two upper-case hex
+digits) or %{H...} (any other code point, a lone surrogate of a name that is not UTF-8
+included), and "~onitufs" ends it: `at 10:30` is stored as `at 10%3A30~onitufs`,
+`Report.txt` as `%52eport.txt~onitufs` (an escape has no upper case, so that a folder
+that ignores case keeps it apart). An escape is read back only when it is exactly what
+`escape` makes of the name it decodes to (canonical); any other name, one that merely
+looks like an escape included, is its own name. A mount name that is itself a canonical
+escape is escaped again, so every name round-trips. A driver that finds its remote
+refusing a name it makes, in a folder that is there, raises `refused`.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Collection
 
 from onitufs.plug import DriverError
+
+SUFFIX = "~onitufs"
+# Kept as they are in an escape: none changes under case folding or normalisation.
+_SAFE_ASCII = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 !#$&'()+,-.;=@[]^_`{}~")
+_TOKEN = re.compile(r"%([0-9A-F]{2})|%\{([0-9A-F]{1,6})\}|([^%])", re.S)
+_DISK_REFUSED = re.compile(r'[\x00-\x1f"*:<>?\\|]')
 
 
 def fold(name: str) -> str:
@@ -63,3 +79,66 @@ def refused(shown: str, why: str) -> DriverError:
     make (`why`: what it answered)."""
     return DriverError(f"{shown}: the remote's disk refuses this name ({why}): it stays off "
                        "the remote until it is renamed")
+
+
+def disk_refusable(name: str) -> bool:
+    """Whether exFAT, FAT, NTFS as Windows keeps it, or a Samba share would refuse the
+    name for a character in it."""
+    return bool(_DISK_REFUSED.search(name))
+
+
+def escape(name: str) -> str:
+    """The name as the remote stores it where it cannot hold it as it is."""
+    nfc = unicodedata.is_normalized("NFC", name)
+    out = []
+    for char in name:
+        if char in _SAFE_ASCII or (ord(char) >= 0x80 and nfc and _stable(char)):
+            out.append(char)
+        elif ord(char) < 0x80:
+            out.append(f"%{ord(char):02X}")
+        else:
+            out.append(f"%{{{ord(char):X}}}")
+    if out and out[-1] in (" ", "."):  # Dropbox, and Windows, refuse a name that ends so
+        out[-1] = f"%{ord(out[-1]):02X}"
+    return "".join(out) + SUFFIX
+
+
+def _stable(char: str) -> bool:
+    return (char.casefold() == char and unicodedata.combining(char) == 0
+            and unicodedata.category(char) not in ("Cs", "Cc", "Mn", "Me", "Mc")
+            and unicodedata.normalize("NFD", char) == char)
+
+
+def unescape(stored: str) -> str | None:
+    """The mount name a canonical escape stands for; None for any other name."""
+    if not stored.endswith(SUFFIX):
+        return None
+    chars = []
+    for ascii_hex, other_hex, plain in _TOKEN.findall(stored[:-len(SUFFIX)]):
+        if plain:
+            chars.append(plain)
+        else:
+            code = int(ascii_hex or other_hex, 16)
+            if code > 0x10FFFF:
+                return None
+            chars.append(chr(code))
+    name = "".join(chars)
+    # a stray '%' matches no token and is skipped: the comparison then fails
+    return name if name and escape(name) == stored else None
+
+
+def disk_escaped(stored: str) -> str | None:
+    """The mount name a name stored on a disk stands for: where it is the escape of a name
+    such a disk may refuse (disk_refusable), or of such an escape. None for any other
+    name, which is its own: an escape of another name (Dropbox's of a name it folds
+    onto another, a copy of a Dropbox folder) is read as it is."""
+    name = unescape(stored)
+    if name is None or not (disk_refusable(name) or disk_escaped(name) is not None):
+        return None
+    return name
+
+
+def disk_name(stored: str) -> str:
+    """The name in the mount of a name stored on a disk."""
+    found = disk_escaped(stored)
+    return stored if found is None else found

@@ -14,10 +14,10 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 
-from onitufs_dropbox.names import escape, mount_name, needs_escape
+from onitufs_dropbox.names import mount_name, needs_escape
 
 from onitufs.plug import Kind
-from onitufs.storednames import fold
+from onitufs.storednames import escape, fold
 from onitufs.testing.backdoor import Backdoor
 from onitufs.testing.dropbox_api import FakeDropbox
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import onitufs_local
 import pytest
 from onitufs_local import listing, watch
+from onitufs_local.disknames import Disk
 
 from onitufs.config import Options
 from onitufs.plug import GIVE_WAY_LIMIT, Plug
@@ -277,17 +278,17 @@ def test_a_walk_that_hangs_holds_another_remote_s_walk_back_only_so_long(
         (tmp_path / name / "sub" / "f.txt").write_text(name)
     hung, release = threading.Event(), threading.Event()
 
-    def stuck_disk(folder: str) -> None:
+    def stuck_disk(folder: str, stored: str) -> None:
         hung.set()
         release.wait(30)
 
-    stuck = threading.Thread(target=listing.listing, args=(str(tmp_path / "stuck"), lambda: None),
+    stuck = threading.Thread(target=listing.listing, args=(Disk(str(tmp_path / "stuck")), lambda: None),
                              kwargs={"watch": stuck_disk})
     stuck.start()
     try:
         assert hung.wait(10)
         began = time.monotonic()
-        listed = listing.listing(str(tmp_path / "fine"), lambda: None)
+        listed = listing.listing(Disk(str(tmp_path / "fine")), lambda: None)
         waited = time.monotonic() - began
         assert sorted(md.path for md in listed) == ["sub", "sub/f.txt"]
         assert 0.3 <= waited < 5, waited  # held back while the other walked, then listed
@@ -313,7 +314,7 @@ def test_a_file_renamed_while_the_tree_is_listed_is_listed_under_its_new_name_on
         if calls == 3:
             os.rename(tmp_path / "one" / "f.txt", tmp_path / "two" / "f.txt")
 
-    tree = watch.Tree("a", str(tmp_path), give_way)
+    tree = watch.Tree("a", Disk(str(tmp_path)), give_way)
     try:
         tree.list_all()
         assert calls == 3
@@ -333,7 +334,8 @@ def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:
     def give_way() -> None:
         read.append("give way")
 
-    listing.listing(str(tmp_path), give_way, watch=lambda folder: read.append(folder))
+    listing.listing(Disk(str(tmp_path)), give_way,
+                    watch=lambda folder, stored: read.append(folder))
     assert read[0::2] == ["give way"] * 4  # before each folder (in the order read)
     assert sorted(read[1::2]) == ["", "one", "one/two", "three"]
 
@@ -350,7 +352,7 @@ def test_a_listing_reuses_what_it_knew_only_where_nothing_changed(tmp_path: Path
     os.symlink("same", root / "link")
     (root / "folder").mkdir()
     (root / "folder" / "inside").write_bytes(b"inside")
-    first = {md.path: md for md in listing.listing(str(root), lambda: None)}
+    first = {md.path: md for md in listing.listing(Disk(str(root)), lambda: None)}
 
     def keep_times(path: Path, change: Callable[[], object]) -> None:
         times = os.lstat(path)
@@ -371,8 +373,8 @@ def test_a_listing_reuses_what_it_knew_only_where_nothing_changed(tmp_path: Path
     os.unlink(root / "kind")
     (root / "kind").mkdir()
 
-    again = {md.path: md for md in listing.listing(str(root), lambda: None, known=first)}
-    fresh = {md.path: md for md in listing.listing(str(root), lambda: None)}
+    again = {md.path: md for md in listing.listing(Disk(str(root)), lambda: None, known=first)}
+    fresh = {md.path: md for md in listing.listing(Disk(str(root)), lambda: None)}
     assert again == fresh
     assert {path for path in again if again[path] is first.get(path)} == \
         {"same", "folder", "folder/inside"}

@@ -17,7 +17,7 @@ there only if empty. A file is moved after a check of its rev, and moved back
 if what moved has another content_hash (a save landed in between).
 Changes made on Dropbox come through list_folder, longpoll and continue
 (changes.py). Names Dropbox would fold together or refuse are
-stored under an escape (names.py, tree.py). Dropbox keeps no modes, no
+stored under an escape (onitufs.storednames, tree.py). Dropbox keeps no modes, no
 extended attributes and no symbolic links, and times in whole seconds
 (client_modified): the token is the rev, so a time shared by two versions
 hides no change. Failures: client.py.

@@ -5,7 +5,7 @@ as Dropbox compares them, and keeps its name as stored there. A mount path maps
 to a Dropbox path one component at a time: a name the folder already holds
 for it keeps its stored name; a new one is stored as it is, unless Dropbox
 would refuse it, fold it onto another name of the folder, or read it as an
-escape: then as its escape (names.py), said once in the log.
+escape: then as its escape (onitufs.storednames), said once in the log.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 from dropbox import files
 
 from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata, ancestors, at_or_below, outermost
-from onitufs.storednames import fold
+from onitufs.storednames import escape, fold
 
-from .names import MAX_UNITS, escape, mount_name, needs_escape, units
+from .names import MAX_UNITS, mount_name, needs_escape, units
 
 log = logging.getLogger(__name__)
 

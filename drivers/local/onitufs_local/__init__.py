@@ -43,7 +43,7 @@ from onitufs.plug import (
 )
 from onitufs.storednames import refuse_clash, renames_in_case
 
-from .disknames import holds_exactly, names_beside, refusal
+from .disknames import Disk, holds_exactly, refusal, shown_beside
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -165,31 +165,41 @@ def start(plug: Plug) -> None:
     root = str(plug.options.path("path"))
     interval = plug.options.duration("poll_interval", POLL_INTERVAL)
 
-    open_uploads = UploadFiles()  # by upload_path()
+    open_uploads = UploadFiles()  # by temp_name()
     plug.cost = CHEAP
     root_at = resolved(root)
+    disk = Disk(root)
 
     def real(path: str) -> str:
-        """The local path of a remote path, refusing any that leads outside the root, and
+        """The local path of a path of the mount."""
+        return inside(disk.path(path))
+
+    def inside(stored: str) -> str:
+        """The local path of a stored path, refusing any that leads outside the root, and
         every one while the root is missing: the remote is away, so nothing is "not there"
         (a delete would pass) and nothing can be made in it."""
         nonlocal root_at
         require_root(root)
-        full = os.path.join(root, path)
+        full = os.path.join(root, stored)
         parent = resolved(os.path.dirname(full))
         if not at_or_below(parent, root_at):
             root_at = resolved(root)  # a symlink on the way to the root may have changed
             if not at_or_below(parent, root_at):
-                raise DriverError(f"{path}: leads outside {root}")
+                raise DriverError(f"{stored}: leads outside {root}")
         return full
 
-    def temp(md: Metadata) -> str:
-        return real(upload_path(md))
+    def stored_as(md: Metadata) -> Metadata:
+        """md, with the path where it is stored: for the names of its hidden files."""
+        return md.copy(path=disk.path(md.path))
+
+    def temp_name(md: Metadata) -> str:
+        return upload_path(stored_as(md))
 
     def upload_fd(md: Metadata, flags: int = os.O_WRONLY) -> int:
         """The descriptor of this upload's temp file, opened once per upload."""
-        return open_uploads.fd(upload_path(md),
-                               lambda: os.open(temp(md), flags | os.O_NOFOLLOW, 0o600))
+        name = temp_name(md)
+        return open_uploads.fd(name, lambda: os.open(inside(name), flags | os.O_NOFOLLOW,
+                                                      0o600))
 
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
@@ -222,7 +232,7 @@ def start(plug: Plug) -> None:
         try:
             upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # the name is this upload's
         except OSError as error:
-            raise refusal(md.path, temp(md), error) from None
+            raise refusal(md.path, inside(temp_name(md)), error) from None
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
@@ -243,7 +253,8 @@ def start(plug: Plug) -> None:
 
     @plug.handler()
     def end_upload(md: Metadata) -> None:
-        path = temp(md)
+        name = temp_name(md)
+        path = inside(name)
         fd = upload_fd(md)
         try:
             os.ftruncate(fd, md.size)
@@ -257,7 +268,7 @@ def start(plug: Plug) -> None:
             except FileNotFoundError:
                 there = None
             if there is not None and not is_version(there, md):
-                refuse_clash(md.path, names_beside(target))
+                refuse_clash(md.path, shown_beside(target))
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             try:
@@ -276,30 +287,31 @@ def start(plug: Plug) -> None:
                 try:  # a file another program made there since the look stays
                     rename_noreplace(path, target)
                 except FileExistsError:
-                    refuse_clash(md.path, names_beside(target))
+                    refuse_clash(md.path, shown_beside(target))
                     raise Conflict(f"{md.path}: made on the remote during the upload",
                                    describe(md.path, os.lstat(target))) from None
             else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
-            open_uploads.close(upload_path(md))
+            open_uploads.close(name)
 
     @plug.handler()
     def abort_upload(md: Metadata) -> None:
-        fd = open_uploads.take(upload_path(md))
+        name = temp_name(md)
+        fd = open_uploads.take(name)
         if fd is not None:
             try:
                 # where the temp file is now: a folder above it may have been renamed since
                 moved = os.readlink(f"/proc/self/fd/{fd}")
-                if moved != temp(md):
+                if moved != inside(name):
                     remove_temp(moved, os.fstat(fd))
             except OSError:
                 pass
             finally:
                 os.close(fd)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp(md))
+            os.unlink(inside(name))
 
     def remove_temp(path: str, st: os.stat_result | None = None) -> None:
         """Delete an upload's temp file inside the root (the file `st` if given), and
@@ -352,7 +364,7 @@ def start(plug: Plug) -> None:
                     if own is not None:  # back in view, which keeps the folder
                         move_back(hidden, os.path.join(resolved(path), own))
                         continue
-                open_uploads.close(f"{md.path}/{name}")
+                open_uploads.close(f"{disk.path(md.path)}/{name}")
                 remove_temp(hidden)
             os.rmdir(path)
 
@@ -383,7 +395,7 @@ def start(plug: Plug) -> None:
         between the check and the delete is never what goes."""
         if md.revision is None:
             return
-        aside = real(plug.aside_path(md))
+        aside = inside(plug.aside_path(stored_as(md)))
         if st is not None:
             refuse_other_version(md, st, "delete")
             try:
@@ -409,7 +421,7 @@ def start(plug: Plug) -> None:
         try:
             rename_noreplace(source, target)
         except FileExistsError:
-            names = names_beside(target)
+            names = shown_beside(target)
             if renames_in_case(names, old.path, new.path):
                 os.rename(source, target)  # the folder ignores case: the same entry renamed
             else:
@@ -431,7 +443,7 @@ def start(plug: Plug) -> None:
         try:
             os.mkdir(path, mode)
         except FileExistsError:
-            refuse_clash(md.path, names_beside(path))
+            refuse_clash(md.path, shown_beside(path))
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         except OSError as error:
@@ -476,7 +488,7 @@ def start(plug: Plug) -> None:
         try:
             os.symlink(md.target or "", path)
         except FileExistsError:
-            refuse_clash(md.path, names_beside(path))
+            refuse_clash(md.path, shown_beside(path))
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         except OSError as error:
@@ -490,15 +502,15 @@ def start(plug: Plug) -> None:
 
     plug.ready()
     try:
-        follow(plug, root, interval)
+        follow(plug, disk, interval)
     except OutOfWatches as error:
         log.warning("remote %s: %s; listing %s every %gs instead (raise the limit: "
                     "sysctl fs.inotify.max_user_watches, max_user_instances)",
                     plug.name, error, root, min(interval, POLL))
-        poll(plug, root, min(interval, POLL))
+        poll(plug, disk, min(interval, POLL))
 
 
-def poll(plug: Plug, root: str, interval: float) -> None:
+def poll(plug: Plug, disk: Disk, interval: float) -> None:
     """List the root folder every interval and report it, for a folder that cannot be
     watched."""
     # What the last listing reported held, and how many changes onitufs had made by then.
@@ -506,11 +518,11 @@ def poll(plug: Plug, root: str, interval: float) -> None:
     while not plug.stopping.is_set():
         started, writes = time.monotonic(), plug.writes
         try:
-            require_root(root)
-            entries = steady_listing(root, plug.give_way)
+            require_root(disk.root)
+            entries = steady_listing(disk, plug.give_way)
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            plug.offline(f"cannot list {root}: {reason}")
+            plug.offline(f"cannot list {disk.root}: {reason}")
             last = None
         else:
             if entries is None:

@@ -9,15 +9,90 @@ under another case of its name waits for the next full listing, or a read.
 
 exFAT and FAT refuse " * : < > ? \\ | and control characters in a name: making one
 fails with EINVAL (the kernel's vfat), or ENOENT though the folder is there
-(exfat-fuse), which `refusal` turns into a line that says so.
+(exfat-fuse). Asked once (Disk.refuses), such a disk gets those names under their
+escape (onitufs.storednames), every other disk as they are, and either is found where
+it is (a copy of such a disk on another); a name that reads as such an escape is
+escaped again everywhere. A name the disk refuses all the same gets a line that says so
+(`refusal`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
-from onitufs.storednames import refused
+from onitufs.plug import TEMP_SUFFIX
+from onitufs.storednames import disk_escaped, disk_name, disk_refusable, escape, refused
+
+NAME_MAX = 255  # bytes, on every disk Linux mounts
+# Made once in the root to learn whether the disk refuses what disk_refusable names.
+PROBE = f".onitufs-probe:{TEMP_SUFFIX}"
+
+
+class Disk:
+    """The remote's root folder, and how the mount's paths are stored in it: thread-safe
+    (one answer is kept, and two threads asking at once make the same)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._refuses: bool | None = None  # None: not known yet
+
+    def refuses(self) -> bool:
+        """Whether the disk refuses the names disk_refusable() names. Learnt by making an
+        empty hidden file of such a name in the root, the first time one is to be made,
+        and kept; not kept where the disk could not tell (read-only, full, away)."""
+        if self._refuses is None:
+            probe = os.path.join(self.root, PROBE)
+            try:
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                 0o600))
+            except FileExistsError:
+                pass  # (left by a crash, or made by another thread now): it holds the name
+            except OSError as error:
+                if error.errno in (errno.EINVAL, errno.ENOENT) and os.path.isdir(self.root):
+                    self._refuses = True
+                return bool(self._refuses)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
+            self._refuses = False
+        return self._refuses
+
+    def path(self, path: str, making: bool = True) -> str:
+        """Where the mount's `path` is stored, relative to the root. `making`: where it is
+        not there yet, where it is to be made (the disk may be asked whether it refuses
+        the name); else only where to look."""
+        stored: list[str] = []
+        for name in path.split("/"):
+            stored.append(self._name("/".join(stored), name, making))
+        return "/".join(stored)
+
+    def _name(self, folder: str, name: str, making: bool) -> str:
+        """How `name` is stored in the stored `folder`. A name that reads as an escape: as
+        its escape. One the disk may refuse: as it is or as its escape, whichever is there
+        (a disk written by a mount that found it refusing may have been copied to one
+        that is not); where neither is, as this disk needs. Any other: as it is."""
+        if disk_escaped(name) is not None:
+            return escape(name)  # (too long for the disk: making it fails, and says so)
+        if not disk_refusable(name):
+            return name  # (every common name: two pattern searches, no call to the disk)
+        escaped = escape(name)
+        at = os.path.join(self.root, folder)
+        if len(os.fsencode(escaped)) > NAME_MAX or os.path.lexists(os.path.join(at, name)):
+            return name
+        if os.path.lexists(os.path.join(at, escaped)) or (making and self.refuses()):
+            return escaped
+        return name
+
+    def shown(self, folder: str, stored_folder: str, name: str) -> str | None:
+        """The mount path of the entry `name` of a folder (given as its mount path and its
+        stored one); None for an escape beside the name it stands for, which is the
+        mount's file (path() finds that one)."""
+        plain = disk_name(name)
+        if plain != name and disk_refusable(plain) \
+                and os.path.lexists(os.path.join(self.root, stored_folder, plain)):
+            return None
+        return f"{folder}/{plain}" if folder else plain
 
 
 def names_beside(path: str) -> list[str]:
@@ -26,6 +101,11 @@ def names_beside(path: str) -> list[str]:
         return os.listdir(os.path.dirname(path))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def shown_beside(path: str) -> list[str]:
+    """names_beside(), as the mount names them."""
+    return [disk_name(name) for name in names_beside(path)]
 
 
 def holds_exactly(path: str) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, RemoteUnavailable
 
-from .disknames import named_so
+from .disknames import Disk, named_so
 
 LISTING_TRIES = 3
 WALK_WAIT = 10.0
@@ -84,12 +84,12 @@ def reported(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)
 
 
-def entry(root: str, path: str) -> Metadata | None:
-    """The entry at path as the listing reports it; None if nothing reported is there
-    (gone, a temp file of an upload, a fifo)."""
+def entry(disk: Disk, path: str) -> Metadata | None:
+    """The entry at the mount's path as the listing reports it; None if nothing reported
+    is there (gone, a temp file of an upload, a fifo)."""
     if path.rpartition("/")[2].endswith(TEMP_SUFFIX):
         return None
-    full = os.path.join(root, path)
+    full = os.path.join(disk.root, disk.path(path, making=False))
     try:
         st = os.lstat(full)
         target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
@@ -110,39 +110,39 @@ def unchanged(old: Metadata, st: os.stat_result, target: str | None) -> bool:
             and old.kind == describe_kind(st))
 
 
-def listing(root: str, give_way: Callable[[], None], top: str = "",
-            watch: Callable[[str], None] | None = None,
+def listing(disk: Disk, give_way: Callable[[], None], top: str = "",
+            watch: Callable[[str, str], None] | None = None,
             known: Mapping[str, Metadata] | None = None) -> list[Metadata]:
-    """Everything below the folder `top` of the root ("": all of it). give_way() is called
+    """Everything below the folder `top` of the mount ("": all of it). give_way() is called
     before each folder is read (Plug.give_way: people using the mount come first).
     Where `known` (an earlier listing, by path) holds what an entry still is, that very
     object is listed again: a safety-net walk of an unchanged tree makes nothing new.
 
     Without `watch`, TreeMoved if something in it went while it was read (a build, git
-    gc): that is no reason to call the remote unreachable. With it, watch(folder) is
-    called before each folder is read, and what goes meanwhile is left out: the kernel
-    then tells of it.
+    gc): that is no reason to call the remote unreachable. With it, watch(folder, stored)
+    is called before each folder is read (its mount path, and where it is stored), and
+    what goes meanwhile is left out: the kernel then tells of it.
     """
     waited = _walking.acquire(timeout=WALK_WAIT)
     try:
-        return _walk(root, give_way, top, watch, known or {})
+        return _walk(disk, give_way, top, watch, known or {})
     finally:
         if waited:
             _walking.release()
 
 
-def _walk(root: str, give_way: Callable[[], None], top: str,
-          watch: Callable[[str], None] | None, known: Mapping[str, Metadata]
+def _walk(disk: Disk, give_way: Callable[[], None], top: str,
+          watch: Callable[[str, str], None] | None, known: Mapping[str, Metadata]
           ) -> list[Metadata]:
     entries: list[Metadata] = []
-    folders = [top]
+    folders = [(top, disk.path(top, making=False) if top else "")]  # mount paths, stored ones
     while folders:
-        folder = folders.pop()
+        folder, stored = folders.pop()
         give_way()
         try:
             if watch is not None:
-                watch(folder)
-            scan = os.scandir(os.path.join(root, folder))
+                watch(folder, stored)
+            scan = os.scandir(os.path.join(disk.root, stored))
         except (FileNotFoundError, NotADirectoryError):
             if not folder:
                 raise  # the root itself: the remote is away
@@ -153,7 +153,9 @@ def _walk(root: str, give_way: Callable[[], None], top: str,
             for item in scan:
                 if item.name.endswith(TEMP_SUFFIX):
                     continue
-                path = f"{folder}/{item.name}" if folder else item.name
+                path = disk.shown(folder, stored, item.name)
+                if path is None:
+                    continue
                 try:
                     st = item.stat(follow_symlinks=False)
                     target = os.readlink(item.path) if stat.S_ISLNK(st.st_mode) else None
@@ -168,17 +170,17 @@ def _walk(root: str, give_way: Callable[[], None], top: str,
                     md = describe(path, st)
                     md.target = target
                 if md.kind == "dir":
-                    folders.append(path)
+                    folders.append((path, f"{stored}/{item.name}" if stored else item.name))
                 entries.append(md)
     return entries
 
 
-def steady_listing(root: str, give_way: Callable[[], None]) -> list[Metadata] | None:
+def steady_listing(disk: Disk, give_way: Callable[[], None]) -> list[Metadata] | None:
     """A listing taken while nothing went from under it, or None if the tree keeps
     changing (the next poll tries again)."""
     for _ in range(LISTING_TRIES):
         try:
-            return listing(root, give_way)
+            return listing(disk, give_way)
         except TreeMoved:
             continue
     return None

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from asyncinotify import Inotify, Mask, Watch
 
 from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnavailable, ancestors, outermost
+from onitufs.storednames import disk_name
 
+from .disknames import Disk
 from .listing import entry, listing, require_root
 
 # No CLOSE_WRITE: a write already says MODIFY. The root's own DELETE_SELF and MOVE_SELF
@@ -67,8 +69,8 @@ def parent(path: str) -> str:
 class Tree:
     """What the root folder holds, kept up to date from the kernel's events."""
 
-    def __init__(self, name: str, root: str, give_way: Callable[[], None]) -> None:
-        self.name, self.root, self.give_way = name, root, give_way
+    def __init__(self, name: str, disk: Disk, give_way: Callable[[], None]) -> None:
+        self.name, self.disk, self.give_way = name, disk, give_way
         try:
             self.inotify = Inotify(cache_size=EVENTS_READ)
         except OSError as error:
@@ -93,7 +95,7 @@ class Tree:
     def holds_root(self) -> bool:
         """Whether the root folder is still the one that was listed."""
         try:
-            st = os.stat(self.root)
+            st = os.stat(self.disk.root)
         except OSError:
             return False
         return (st.st_dev, st.st_ino) == self.root_id
@@ -102,14 +104,14 @@ class Tree:
         # Entries are replaced, never changed, so the core may keep what it is given.
         return list(self.entries.values())
 
-    def _watch(self, folder: str) -> None:
+    def _watch(self, folder: str, stored: str) -> None:
         try:
             # The root may be a symbolic link to the folder, as the listing takes it.
             mask = MASK if folder else MASK & ~Mask.DONT_FOLLOW
-            watch = self.inotify.add_watch(os.path.join(self.root, folder), mask)
+            watch = self.inotify.add_watch(os.path.join(self.disk.root, stored), mask)
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.ENOMEM):
-                raise OutOfWatches(f"cannot watch {os.path.join(self.root, folder)}: "
+                raise OutOfWatches(f"cannot watch {os.path.join(self.disk.root, stored)}: "
                                    f"{error.strerror}") from error
             raise
         # The same folder watched again (moved, or listed anew) keeps its descriptor.
@@ -150,13 +152,13 @@ class Tree:
         self.stale = False
         self.dirty.clear()
         self.unwatched.clear()
-        require_root(self.root)
-        st = os.stat(self.root)
+        require_root(self.disk.root)
+        st = os.stat(self.disk.root)
         self.root_id = (st.st_dev, st.st_ino)
         before = self.entries
         self.dropped.extend(self.watches.values())
         self.watches, self.folders = {}, {}
-        listed = listing(self.root, self.give_way, watch=self._watch, known=before)
+        listed = listing(self.disk, self.give_way, watch=self._watch, known=before)
         self.entries, self.children = {}, {"": set()}
         for md in listed:
             self._add(md)
@@ -182,7 +184,7 @@ class Tree:
             self.inotify.sync_timeout = 0
             if Mask.Q_OVERFLOW in event.mask:
                 log.info("remote %s: the kernel's queue of change notices overflowed; "
-                         "listing %s in full", self.name, self.root)
+                         "listing %s in full", self.name, self.disk.root)
                 self.stale = True
                 continue
             watch = event.watch
@@ -196,7 +198,7 @@ class Tree:
                     del self.folders[watch.wd]  # it went; its parent's event says so
                     self.unwatched.add(folder)
                 continue
-            name = str(event.name)
+            name = disk_name(str(event.name))  # (entry() finds which is stored, if any)
             if not name.endswith(TEMP_SUFFIX):  # uploads in progress are not reported
                 self.dirty.add(f"{folder}/{name}" if folder else name)
         return came
@@ -214,7 +216,7 @@ class Tree:
                 continue  # read with its folder
             if up and (self.entries.get(up) is None or self.entries[up].kind != "dir"):
                 continue  # its folder went, or is new and gets read in full
-            md = entry(self.root, path)
+            md = entry(self.disk, path)
             old = self.entries.get(path)
             if md is None:
                 if old is not None:
@@ -228,7 +230,7 @@ class Tree:
                 if old is not None:
                     self._drop(path)
                 self._add(md)
-                for inside in listing(self.root, self.give_way, path, watch=self._watch):
+                for inside in listing(self.disk, self.give_way, path, watch=self._watch):
                     self._add(inside)
                 listed.add(path)
                 changed = True
@@ -258,7 +260,7 @@ class Tree:
         return found, tops
 
 
-def follow(plug: Plug, root: str, interval: float) -> None:
+def follow(plug: Plug, disk: Disk, interval: float) -> None:
     """Watch the root folder and report what it holds until the mount ends. Raises
     OutOfWatches when the kernel cannot watch all of it: then it must be polled.
     plug.look_again, called by a handler that found a change no event named (a file
@@ -294,7 +296,7 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                     if tree is None or not tree.holds_root():
                         if tree is not None:
                             tree.close()
-                        tree, taken = Tree(plug.name, root, plug.give_way), False  # its listing goes out
+                        tree, taken = Tree(plug.name, disk, plug.give_way), False  # its listing goes out
                     changed = tree.list_all()
                 except OutOfWatches:
                     raise
@@ -304,7 +306,7 @@ def follow(plug: Plug, root: str, interval: float) -> None:
                     tree, taken, online = None, False, False
                     reason = error.strerror if isinstance(error, OSError) and error.strerror \
                         else error
-                    plug.offline(f"cannot list {root}: {reason}")
+                    plug.offline(f"cannot list {disk.root}: {reason}")
                     plug.stopping.wait(min(interval, TICK))
                     continue
                 full_at, first, retry = time.monotonic() + interval, 0.0, set()
