@@ -19,7 +19,7 @@ import pytest
 from onitufs.plug import TEMP_SUFFIX
 
 pytest.register_assert_rewrite("tests.sshd", "tests.exfat")
-from .conftest import Cloud, MakeCloud, everywhere, run, snapshot, wait_for  # noqa: E402
+from .conftest import Cloud, everywhere, run, snapshot, wait_for  # noqa: E402
 from .exfat import exfat_disk  # noqa: E402
 from .sshd import SshRemote  # noqa: E402
 
@@ -28,24 +28,35 @@ pytest_plugins = ["tests.sshd"]
 CLASH = "which it takes for the same name (it ignores case)"
 
 
+def two_remotes(request: pytest.FixtureRequest, **settings: str) -> Cloud:
+    """A cloud of two remotes: a, a local folder, and b, kept by the driver request.param
+    names: the local driver, or the SSH driver through a server on this machine."""
+    if request.param == "local":
+        cloud: Cloud = request.getfixturevalue("make_cloud")({"a": "rw", "b": "rw"},
+                                                             **settings)
+        return cloud
+    server = request.getfixturevalue("sshd")
+    cloud = request.getfixturevalue("make_ssh_cloud")({"a": "rw"}, {"b": SshRemote(server)},
+                                                      **settings)
+    return cloud
+
+
 @pytest.fixture(params=["local", "ssh"])
 def on_exfat(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cloud]]:
-    """Makes a cloud of two remotes: a, a local folder, and b, whose folder is on exFAT,
-    kept by the local driver or by the SSH driver through a server on this machine."""
+    """Makes two_remotes(), b's folder on exFAT."""
     with contextlib.ExitStack() as stack:
-        def make(**settings: str) -> Cloud:
-            cloud: Cloud
-            if request.param == "local":
-                cloud = request.getfixturevalue("make_cloud")({"a": "rw", "b": "rw"},
-                                                              **settings)
-            else:
-                server = request.getfixturevalue("sshd")
-                cloud = request.getfixturevalue("make_ssh_cloud")(
-                    {"a": "rw"}, {"b": SshRemote(server)}, **settings)
-            stack.enter_context(exfat_disk(cloud, cloud.remotes["b"]))
+        def make(size: int = 32 << 20, **settings: str) -> Cloud:
+            cloud = two_remotes(request, **settings)
+            stack.enter_context(exfat_disk(cloud, cloud.remotes["b"], size))
             return cloud
 
         yield make
+
+
+@pytest.fixture(params=["local", "ssh"])
+def on_ext4(request: pytest.FixtureRequest) -> Callable[..., Cloud]:
+    """Makes two_remotes(), b's folder on a disk that refuses no name."""
+    return lambda **settings: two_remotes(request, **settings)
 
 
 def test_names_the_disk_takes_for_one_another_stay_off_it(
@@ -127,7 +138,6 @@ def test_a_rename_in_case_only_reaches_the_disk(on_exfat: Callable[..., Cloud]) 
     assert snapshot(cloud.remotes["a"]) == renamed
 
 
-@pytest.mark.parametrize("on_exfat", ["local"], indirect=True)
 def test_a_name_the_disk_refuses_is_stored_under_its_escape(
         on_exfat: Callable[..., Cloud]) -> None:
     """exFAT refuses " * : < > ? \\ | in a name: such a file or folder is stored there
@@ -188,40 +198,41 @@ def test_a_name_the_disk_refuses_is_stored_under_its_escape(
     cloud.umount()
 
 
-def test_an_upload_under_an_escape_cut_by_a_crash_resumes(make_cloud: MakeCloud) -> None:
+def test_an_upload_under_an_escape_cut_by_a_crash_resumes(
+        on_exfat: Callable[..., Cloud]) -> None:
     """The escaped name's upload stops part way (the disk fills), the daemon is killed,
     and the next mount resumes it from the saved offset, into the same hidden file."""
-    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="256 KiB")
+    cloud = on_exfat(size=64 << 20, block_size="256 KiB")
     usb = cloud.remotes["b"]
-    with exfat_disk(cloud, usb, size=64 << 20):
-        (usb / f"pad{TEMP_SUFFIX}").write_bytes(bytes(40 << 20))  # hidden from onitufs
-        cloud.mount()
-        content = os.urandom(32 << 20)
-        (cloud.mountpoint / "big: one.bin").write_bytes(content)
+    (usb / f"pad{TEMP_SUFFIX}").write_bytes(bytes(40 << 20))  # hidden from onitufs
+    cloud.mount()
+    content = os.urandom(32 << 20)
+    (cloud.mountpoint / "big: one.bin").write_bytes(content)
 
-        def part_way() -> bool:
-            parts = [p for p in usb.iterdir() if p.name.startswith(".big%3A one.bin~onitufs.")]
-            return bool(parts) and parts[0].stat().st_size > 8 << 20
-        wait_for(part_way, timeout=60, what="the upload part way")
-        wait_for(lambda: "No space left on device" in cloud.log, what="the disk to fill")
-        cloud.kill9()
-        (usb / f"pad{TEMP_SUFFIX}").unlink()
-        cloud.mount()
-        cloud.wait_synced(timeout=120)
-        after = cloud.log.rpartition("INFO onitufs.daemon: mounted")[2]
-        offsets = [int(m) for m in re.findall(r"resuming big: one.bin at byte (\d+)", after)]
-        assert offsets and offsets[0] > 8 << 20, cloud.log
-        assert (usb / "big%3A one.bin~onitufs").read_bytes() == content
-        assert not [p for p in usb.iterdir() if p.name.endswith(TEMP_SUFFIX)]
-        cloud.umount()
+    def part_way() -> bool:
+        parts = [p for p in usb.iterdir() if p.name.startswith(".big%3A one.bin~onitufs.")]
+        return bool(parts) and parts[0].stat().st_size > 8 << 20
+    wait_for(part_way, timeout=60, what="the upload part way")
+    wait_for(lambda: "No space left on device" in cloud.log, what="the disk to fill")
+    cloud.kill9()
+    (usb / f"pad{TEMP_SUFFIX}").unlink()
+    cloud.mount()
+    cloud.wait_synced(timeout=120)
+    after = cloud.log.rpartition("INFO onitufs.daemon: mounted")[2]
+    offsets = [int(m) for m in re.findall(r"resuming big: one.bin at byte (\d+)", after)]
+    assert offsets and offsets[0] > 8 << 20, cloud.log
+    assert (usb / "big%3A one.bin~onitufs").read_bytes() == content
+    assert not [p for p in usb.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    cloud.umount()
 
 
-def test_a_copy_of_such_a_disk_on_another_reads_the_same(make_cloud: MakeCloud) -> None:
+def test_a_copy_of_such_a_disk_on_another_reads_the_same(
+        on_ext4: Callable[..., Cloud]) -> None:
     """A copy of the disk's folder on a disk that refuses no name (cp -a of a USB disk):
     its escapes read as the names they stand for, and what onitufs changes of them is
     changed where they are; a new name goes as it is. An escape beside the name it stands
     for (both copied there) is left alone: the plain one is the mount's file."""
-    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud = on_ext4()
     copy = cloud.remotes["b"]
     (copy / "at 10%3A30~onitufs").mkdir()
     (copy / "at 10%3A30~onitufs" / "a%7Cb~onitufs").write_bytes(b"notes")

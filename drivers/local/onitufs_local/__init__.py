@@ -2,8 +2,9 @@
 
 Uploads go to a hidden temporary file beside the target and are renamed
 into place when complete, so the directory never shows a half-written
-file. Changes made directly in the directory are found by the kernel's
-change notices (watch.py), with a full listing at the start and every
+file; a name the disk refuses (exFAT's `at 10:30`) is stored under its
+escape (disknames.py). Changes made directly in the directory are found by
+the kernel's change notices (watch.py), with a full listing at the start and every
 ``poll_interval`` as a safety net; where the folder cannot be watched, it is
 listed every POLL seconds (or poll_interval, if shorter). Each report is a
 full listing, and the core works out what was created, changed, deleted or

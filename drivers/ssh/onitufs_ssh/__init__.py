@@ -13,6 +13,8 @@ trust` shows it and adds it there once the user says yes (trust.py). Uploads go
 to a hidden temporary file beside the target, written in the background
 (uploads.py) and renamed into place when complete; the version it replaces
 is first moved aside and checked, as SFTP cannot replace on a condition.
+A name the server's disk refuses (exFAT's `at 10:30`) is stored under its
+escape (names.py).
 Reads pipeline their requests and read ahead on several connections
 (reading.py). Changes made
 on the server are found by listing it (listing.py): every 2 s after a change,
@@ -49,10 +51,11 @@ from onitufs.plug import (
     left_aside_by_another,
     upload_path,
 )
-from onitufs.storednames import refuse_clash, refused, renames_in_case
+from onitufs.storednames import disk_name, refuse_clash, refused, renames_in_case
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import Tree, decode, describe, encode, kind_of, token
+from .names import ServerNames, asks_server
 from .pool import Pool, lost
 from .reading import NotThere, OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
@@ -137,12 +140,26 @@ def start(plug: Plug) -> None:
     uploads: dict[str, Upload] = {}
     uploads_lock = threading.Lock()
     roots: list[bytes] = []  # the remote folder's absolute path, once known
+    names = ServerNames()
 
     def root(conn: Connection) -> bytes:
         if not roots:
             roots.append(conn.sftp.realpath(encode(settings.path)))
         return roots[0]
 
+    def stored(conn: Connection, path: str, making: bool = True) -> str:
+        """Where the mount's `path` is stored, relative to the root (ServerNames.path)."""
+        return names.path(conn, root(conn), path, making)
+
+    def stored_as(conn: Connection, md: Metadata) -> Metadata:
+        """md, with the path where it is stored: for the names of its hidden files."""
+        return md.copy(path=stored(conn, md.path))
+
+    def aside_of(md: Metadata, path: bytes) -> bytes:
+        """The aside name (plug.aside_path) of md's version, stored at `path`."""
+        return encode(plug.aside_path(md.copy(path=decode(path))))
+
+    # full, inside and inside_lstat take paths as stored (see stored)
     def full(conn: Connection, path: str) -> bytes:
         return root(conn) + b"/" + encode(path)
 
@@ -202,16 +219,18 @@ def start(plug: Plug) -> None:
     @plug.handler()
     @guarded
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
-        if not roots:
+        if roots and not asks_server(md.path):
+            where = names.path(None, roots[0], md.path)
+        else:
             with pool.use() as conn:
-                root(conn)
+                where = stored(conn, md.path, making=False)
         try:
-            return reads.get(roots[0], roots[0] + b"/" + encode(md.path), md.revision, offset,
+            return reads.get(roots[0], roots[0] + b"/" + encode(where), md.revision, offset,
                              size)
         except OtherVersion as error:
             plug.look_again()  # changes come in bursts: the rest of it is listed now
             with pool.use() as conn:
-                if not holds_exactly(conn, full(conn, md.path)):
+                if not holds_exactly(conn, full(conn, where)):
                     raise NotThere(f"{md.path}: no longer on the remote") from None
             raise Changed(str(error), describe(md.path, error.attrs)) from None
         except NotThere:
@@ -221,9 +240,9 @@ def start(plug: Plug) -> None:
     @plug.handler()
     @guarded
     def start_upload(md: Metadata) -> None:
-        temp = upload_path(md)
+        temp = upload_path(md)  # (the key of `uploads`)
         with pool.use() as conn:
-            target = inside(conn, temp)
+            target = inside(conn, upload_path(stored_as(conn, md)))
         upload = Upload(upload_pool, target, md.size, settings.upload_connections)
         try:
             upload.create()
@@ -244,8 +263,8 @@ def start(plug: Plug) -> None:
         in_memory = upload is not None
         if upload is None:
             with pool.use() as conn:
-                upload = Upload(upload_pool, inside(conn, temp), md.size,
-                                settings.upload_connections)
+                upload = Upload(upload_pool, inside(conn, upload_path(stored_as(conn, md))),
+                                md.size, settings.upload_connections)
             with uploads_lock:
                 uploads[temp] = upload
         resumed = upload.resume(offset, md.extra, in_memory)
@@ -317,7 +336,7 @@ def start(plug: Plug) -> None:
         for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):
             if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
                 log.warning("remote %s: %s: the version replaced is left at %s (%s)",
-                            plug.name, md.path, plug.aside_path(md), answer)
+                            plug.name, md.path, decode(moved or b""), answer)
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         reads.forget(target)
@@ -333,7 +352,7 @@ def start(plug: Plug) -> None:
             upload.drop()
         with pool.use() as conn:
             try:
-                conn.sftp.remove(inside(conn, temp))
+                conn.sftp.remove(inside(conn, upload_path(stored_as(conn, md))))
             except SftpError as error:
                 if error.errno != 2:
                     raise
@@ -353,9 +372,11 @@ def start(plug: Plug) -> None:
         return found
 
     def names_beside(conn: Connection, path: bytes) -> list[str]:
-        """The names in the folder of `path` on the server (none where it is not there)."""
+        """The names in the folder of `path` on the server as the mount names them (none
+        where it is not there)."""
         try:
-            return [decode(name) for name, _ in names_in(conn, path.rpartition(b"/")[0])]
+            return [disk_name(decode(name))
+                    for name, _ in names_in(conn, path.rpartition(b"/")[0])]
         except SftpError as error:
             if error.errno == errno.ENOENT:
                 return []
@@ -364,7 +385,7 @@ def start(plug: Plug) -> None:
     def holds_exactly(conn: Connection, path: bytes) -> bool:
         """Whether the folder of `path` holds an entry of exactly its name: one that
         ignores case answers to a name with another entry's (onitufs.storednames)."""
-        return decode(path.rpartition(b"/")[2]) in names_beside(conn, path)
+        return disk_name(decode(path.rpartition(b"/")[2])) in names_beside(conn, path)
 
     def refuse_name(conn: Connection, shown: str, path: bytes, error: SftpError) -> None:
         """storednames.refused, where making `path` failed as if its folder were not there
@@ -395,7 +416,9 @@ def start(plug: Plug) -> None:
                     conn.sftp.rename(path + b"/" + name, path + b"/" + encode(own))
                 continue
             with uploads_lock:
-                upload = uploads.pop(f"{md.path}/{decode(name)}", None)
+                cut = next((key for key, upload in uploads.items()
+                            if upload.temp == path + b"/" + name), None)
+                upload = uploads.pop(cut) if cut is not None else None
             if upload is not None:
                 upload.drop()
             try:
@@ -427,11 +450,12 @@ def start(plug: Plug) -> None:
         md.path, and an lstat of its aside name (where md is a version of a file: what a
         delete or upload cut short after its move left there)."""
         sftp = conn.sftp
-        aside = [sftp.looking(full(conn, plug.aside_path(md)), md.path)] \
+        where = stored(conn, md.path)
+        aside = [sftp.looking(aside_of(md, full(conn, where)), md.path)] \
             if md.revision is not None else []
         sent = sftp.send_later([*ahead, *aside])
         try:
-            path, there = inside_lstat(conn, md.path)
+            path, there = inside_lstat(conn, where)
         finally:
             answers = sftp.answers(sent)
         left = found(answers.pop()) if aside else None
@@ -456,8 +480,8 @@ def start(plug: Plug) -> None:
         since the look is what moved, and goes back (keep_other_version raises Changed).
         `left`: what is at the aside name already (a delete or upload cut short after its
         move leaves md's version there)."""
-        kept_at = plug.aside_path(md)
-        aside = full(conn, kept_at)  # in path's folder, which inside_lstat checked
+        aside = aside_of(md, path)  # in path's folder, which inside_lstat checked
+        kept_at = decode(aside)
         if left is not None and there is not None:  # and md's version is at path again
             keep_other_version(conn, md, left, aside, path, what, kept_at)
             conn.sftp.remove(aside)
@@ -505,8 +529,8 @@ def start(plug: Plug) -> None:
     def move_file(old: Metadata, new: Metadata) -> None:
         checked = old.kind == "file" and old.revision is not None
         with pool.use() as conn:
-            target = inside(conn, new.path)
-            source, there = inside_lstat(conn, old.path)
+            target = inside(conn, stored(conn, new.path))
+            source, there = inside_lstat(conn, stored(conn, old.path, making=False))
             in_case = False  # the target answers for the source, renamed in case only
             if lstat(conn, target) is not None:
                 names = names_beside(conn, target)
@@ -538,7 +562,7 @@ def start(plug: Plug) -> None:
     @guarded
     def make_dir(md: Metadata) -> None:
         with pool.use() as conn:
-            path = inside(conn, md.path)
+            path = inside(conn, stored(conn, md.path))
             mode = md.mode & 0o7777
             try:
                 conn.sftp.mkdir(path, mode)
@@ -562,7 +586,7 @@ def start(plug: Plug) -> None:
         if md.kind == "file":
             attrs.mtime = md.mtime_ns // 10**9
         with pool.use() as conn:
-            path = inside(conn, md.path)
+            path = inside(conn, stored(conn, md.path, making=False))
             there = lstat(conn, path)
             if there is None:
                 raise DriverError(f"{md.path}: no longer on the remote")
@@ -608,7 +632,7 @@ def start(plug: Plug) -> None:
     def make_symlink(md: Metadata) -> None:
         target = encode(md.target or "")
         with pool.use() as conn:
-            path = inside(conn, md.path)
+            path = inside(conn, stored(conn, md.path))
             there = lstat(conn, path)
             if there is not None:
                 refuse_clash(md.path, names_beside(conn, path))

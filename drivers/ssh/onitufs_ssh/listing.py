@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, outermost, within
+from onitufs.storednames import SUFFIX, disk_name, disk_refusable
 
 from .sftp import (
     CLOSE,
@@ -80,8 +81,8 @@ class _Folder:
 
     digest: bytes  # of the server's READDIR answers, as they came
     entries: dict[str, Signature]  # by path
-    folders: tuple[str, ...]  # the paths of its subfolders
-    links: tuple[str, ...]  # of its symbolic links
+    folders: tuple[tuple[str, bytes], ...]  # its subfolders: their paths, and where they are
+    links: tuple[tuple[str, bytes], ...]  # its symbolic links, the same
 
 
 class Walked:
@@ -149,7 +150,9 @@ class Tree:
         folders: dict[str, _Folder] = {}  # read to the end
         decoded: dict[str, list[Metadata]] = {}  # of the folders that changed
         targets: dict[str, bytes] = {}
-        unread = collections.deque([""])  # folders found and not yet opened
+        # folders found and not yet opened: their paths, and where they are on the server
+        unread: collections.deque[tuple[str, bytes]] = collections.deque([("", root)])
+        at: dict[str, bytes] = {}  # where each folder opened is
         # (request id, request type, the folder, or for READLINK the link; the folder's handle)
         asked: collections.deque[tuple[int, int, str, bytes]] = collections.deque()
         handles: set[bytes] = set()  # of the folders open
@@ -157,13 +160,13 @@ class Tree:
         try:
             while unread or asked:
                 while unread and opened < FOLDERS_AT_ONCE:
-                    folder = unread.popleft()
-                    asked.append((sftp.request(OPENDIR, pack_string(where(root, folder)),
+                    folder, at[folder] = unread.popleft()
+                    asked.append((sftp.request(OPENDIR, pack_string(at[folder]),
                                                later=True), OPENDIR, folder, b""))
                     answers[folder] = []
                     opened += 1
                 request_id, kind, folder, handle = asked.popleft()
-                what = where(root, folder).decode(errors="replace")
+                what = (handle if kind == READLINK else at[folder]).decode(errors="replace")
                 if kind == READLINK:
                     targets[folder] = sftp.named(request_id, what)
                     continue
@@ -176,11 +179,12 @@ class Tree:
                         handles.discard(handle)
                         sftp.discard(sftp.request(CLOSE, pack_string(handle), later=True))
                         opened -= 1
-                        found = folders[folder] = self._read(folder, answers[folder], decoded)
+                        found = folders[folder] = self._read(folder, at[folder], answers[folder],
+                                                             decoded)
                         unread.extend(found.folders)
-                        for link in found.links:
-                            asked.append((sftp.request(READLINK, pack_string(where(root, link)),
-                                                       later=True), READLINK, link, b""))
+                        for link, link_at in found.links:
+                            asked.append((sftp.request(READLINK, pack_string(link_at),
+                                                       later=True), READLINK, link, link_at))
                         continue
                     answers[folder].append(answer)
                 asked.append((sftp.request(READDIR, pack_string(handle), later=True), READDIR,
@@ -204,10 +208,10 @@ class Tree:
         self._folders, self._targets = folders, targets
         return Walked(answers, decoded, targets, changed)
 
-    def _read(self, folder: str, raw: list[memoryview],
+    def _read(self, folder: str, folder_at: bytes, raw: list[memoryview],
               decoded: dict[str, list[Metadata]]) -> _Folder:
-        """What the folder holds: as at the last walk when its answers were the same, else
-        decoded from them (and kept in `decoded`)."""
+        """What the folder (at `folder_at` on the server) holds: as at the last walk when
+        its answers were the same, else decoded from them (and kept in `decoded`)."""
         hashed = hashlib.sha256()  # of the fast ones here (SHA extensions), and sound
         for number, answer in enumerate(raw):
             hashed.update(answer if number else _past_dots(answer))
@@ -215,10 +219,13 @@ class Tree:
         before = self._folders.get(folder)
         if before is not None and before.digest == digest:
             return before
-        entries = decoded[folder] = _decode(folder, raw)
+        named = _decode_named(folder, raw)
+        entries = decoded[folder] = [md for md, _ in named]
         return _Folder(digest, {md.path: signature(md) for md in entries},
-                       tuple(md.path for md in entries if md.kind == "dir"),
-                       tuple(md.path for md in entries if md.kind == "symlink"))
+                       tuple((md.path, folder_at + b"/" + name) for md, name in named
+                             if md.kind == "dir"),
+                       tuple((md.path, folder_at + b"/" + name) for md, name in named
+                             if md.kind == "symlink"))
 
 
 def walk(sftp: Session, root: bytes) -> list[Metadata]:
@@ -244,19 +251,31 @@ def _past_dots(answer: memoryview) -> memoryview:
     return answer[past:]
 
 
-def where(root: bytes, folder: str) -> bytes:
-    return root + b"/" + encode(folder) if folder else root
-
-
 def _decode(folder: str, answers: list[memoryview]) -> list[Metadata]:
     """The entries of a folder the listing reports, from its READDIR answers."""
-    return [md for answer in answers for raw, attrs in decode_names(answer)
-            if (md := _entry(folder, raw, attrs)) is not None]
+    return [md for md, _ in _decode_named(folder, answers)]
 
 
-def _entry(folder: str, raw: bytes, attrs: Attrs) -> Metadata | None:
-    """The Metadata of one entry of a folder, or None for what the listing leaves out."""
+def _decode_named(folder: str, answers: list[memoryview]) -> list[tuple[Metadata, bytes]]:
+    """_decode(), each entry with its name as stored. An escape (ServerNames) reads as the
+    name it stands for, except beside that very name, which is the mount's file."""
+    found = [(raw, attrs) for answer in answers for raw, attrs in decode_names(answer)]
+    escapes = any(raw.endswith(_SUFFIX) for raw, _ in found)
+    held = {raw for raw, _ in found} if escapes else set()
+    return [(md, raw) for raw, attrs in found
+            if (md := _entry(folder, raw, attrs, held)) is not None]
+
+
+_SUFFIX = encode(SUFFIX)
+
+
+def _entry(folder: str, raw: bytes, attrs: Attrs, held: set[bytes]) -> Metadata | None:
+    """The Metadata of one entry of a folder (which holds `held`, where it holds escapes),
+    or None for what the listing leaves out."""
     name = decode(raw)
     if name.endswith(TEMP_SUFFIX) or "/" in name or kind_of(attrs) is None:
         return None
-    return describe(f"{folder}/{name}" if folder else name, attrs)
+    shown = disk_name(name)
+    if shown != name and disk_refusable(shown) and encode(shown) in held:
+        return None
+    return describe(f"{folder}/{shown}" if folder else shown, attrs)

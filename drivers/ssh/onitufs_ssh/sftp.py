@@ -33,8 +33,10 @@ O_READ, O_WRITE, O_APPEND, O_CREAT, O_TRUNC, O_EXCL = 1, 2, 4, 8, 0x10, 0x20
 # attribute flags
 A_SIZE, A_UIDGID, A_PERMISSIONS, A_ACMODTIME, A_EXTENDED = 1, 2, 4, 8, 0x80000000
 
+# (OpenSSH's server answers BAD_MESSAGE for EINVAL and ENAMETOOLONG, and for a request it
+# cannot parse, which this client never sends)
 _ERRNO = {NO_SUCH_FILE: errno.ENOENT, PERMISSION_DENIED: errno.EACCES,
-          OP_UNSUPPORTED: errno.EOPNOTSUPP}
+          OP_UNSUPPORTED: errno.EOPNOTSUPP, BAD_MESSAGE: errno.EINVAL}
 DEFAULT_LIMIT = 32768  # what every server accepts, when it does not say more
 MAX_LIMIT = 255 * 1024
 WINDOW = 64  # requests in flight per session
