@@ -57,7 +57,7 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     folders: list[str] = []
     decode = listing._decode
 
-    def counted(folder: str, answers: list[memoryview]) -> list[Metadata]:
+    def counted(folder: str, answers: list[memoryview]) -> list[tuple[Metadata, bytes]]:
         folders.append(folder)
         return decode(folder, answers)
 

@@ -66,6 +66,9 @@ def decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+_SUFFIX = encode(SUFFIX)  # what ends an escape (onitufs.storednames)
+
+
 # What tells an entry's change: a folder's time moves with every name made in it, which
 # its own entries tell; a file's token holds its time and size.
 Signature = tuple[str, str | None, int]  # kind, token (None for a folder), mode
@@ -115,7 +118,8 @@ class Walked:
     def _entries_of(self, folder: str) -> list[Metadata]:
         entries = self._decoded.get(folder)
         if entries is None:
-            entries = self._decoded[folder] = _decode(folder, self._answers[folder])
+            entries = self._decoded[folder] = [md for md, _ in _decode(folder,
+                                                                       self._answers[folder])]
         for md in entries:
             if md.kind == "symlink":
                 md.target = decode(self._targets[md.path])
@@ -219,7 +223,7 @@ class Tree:
         before = self._folders.get(folder)
         if before is not None and before.digest == digest:
             return before
-        named = _decode_named(folder, raw)
+        named = _decode(folder, raw)
         entries = decoded[folder] = [md for md, _ in named]
         return _Folder(digest, {md.path: signature(md) for md in entries},
                        tuple((md.path, folder_at + b"/" + name) for md, name in named
@@ -251,22 +255,15 @@ def _past_dots(answer: memoryview) -> memoryview:
     return answer[past:]
 
 
-def _decode(folder: str, answers: list[memoryview]) -> list[Metadata]:
-    """The entries of a folder the listing reports, from its READDIR answers."""
-    return [md for md, _ in _decode_named(folder, answers)]
-
-
-def _decode_named(folder: str, answers: list[memoryview]) -> list[tuple[Metadata, bytes]]:
-    """_decode(), each entry with its name as stored. An escape (ServerNames) reads as the
-    name it stands for, except beside that very name, which is the mount's file."""
+def _decode(folder: str, answers: list[memoryview]) -> list[tuple[Metadata, bytes]]:
+    """The entries of a folder the listing reports, from its READDIR answers, each with
+    its name as stored. An escape (names.py) reads as the name it stands for, except
+    beside that very name, which is the mount's file."""
     found = [(raw, attrs) for answer in answers for raw, attrs in decode_names(answer)]
     escapes = any(raw.endswith(_SUFFIX) for raw, _ in found)
     held = {raw for raw, _ in found} if escapes else set()
     return [(md, raw) for raw, attrs in found
             if (md := _entry(folder, raw, attrs, held)) is not None]
-
-
-_SUFFIX = encode(SUFFIX)
 
 
 def _entry(folder: str, raw: bytes, attrs: Attrs, held: set[bytes]) -> Metadata | None:
