@@ -26,6 +26,7 @@ from typing import TypeVar
 import pytest
 
 from onitufs.plug import MARKER, Changed, Conflict, DriverError, Metadata, RemoteUnavailable
+from onitufs.storednames import escape
 
 from .harness import BLOCK, MTIME_NS, Harness, Transfer
 
@@ -659,6 +660,19 @@ class TestNames:
         driver.backdoor.write("dir \udce9 \u00e9/-in", b"y")
         for name in [*ODD_NAMES, "dir \udce9 \u00e9/-in"]:
             driver.listed(name)
+
+    def test_names_that_read_as_escapes_are_their_own(self, driver: Harness) -> None:
+        """A name that is what onitufs.storednames.escape makes of another (one a disk
+        refuses, one it does not) reads back as itself, whether the driver stores escapes
+        or not."""
+        names = [escape("at 10:30"), escape("plain")]
+        uploaded = [driver.upload(name, name.encode()) for name in names]
+        listing = driver.next_listing()
+        assert set(names) <= listing.keys() and not {"at 10:30", "plain"} & listing.keys()
+        for md in uploaded:
+            assert driver.read(listing[md.path]) == md.path.encode()
+            driver.call("delete_file", listing[md.path])
+        assert not set(names) & driver.next_listing().keys()
 
     def test_nothing_goes_through_a_link_out_of_the_remote(self, driver: Harness) -> None:
         """A folder there that someone made a symbolic link to a folder outside the remote:
