@@ -16,9 +16,10 @@ from .conftest import Cloud
 
 
 @contextlib.contextmanager
-def exfat_disk(cloud: Cloud, folder: Path, size: int = 32 << 20) -> Iterator[Path]:
+def exfat_disk(cloud: Cloud | None, folder: Path, size: int = 32 << 20) -> Iterator[Path]:
     """`folder` (a remote's, emptied) on an exFAT file system of its own; the cloud's mount
-    and daemons go first, then the file system and its loop device, whatever happens."""
+    and daemons (if any) go first, then the file system and its loop device, whatever
+    happens."""
     image = folder.with_name(folder.name + ".exfat")
     with image.open("wb") as file:
         file.truncate(size)
@@ -33,7 +34,8 @@ def exfat_disk(cloud: Cloud, folder: Path, size: int = 32 << 20) -> Iterator[Pat
         try:
             yield folder
         finally:
-            cloud.cleanup()
+            if cloud is not None:
+                cloud.cleanup()
             subprocess.run(["umount", "--lazy", str(folder)], check=False)
     finally:
         subprocess.run(["losetup", "--detach", device], check=False)

@@ -13,8 +13,10 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from onitufs_local.disknames import Disk
 
 from onitufs.plug import TEMP_SUFFIX
 
@@ -224,6 +226,19 @@ def test_an_upload_under_an_escape_cut_by_a_crash_resumes(
     assert (usb / "big%3A one.bin~onitufs").read_bytes() == content
     assert not [p for p in usb.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     cloud.umount()
+
+
+def test_a_disk_plugged_in_where_another_was_is_asked_again(tmp_path: Path) -> None:
+    """Whether the disk refuses such names is learnt once per disk: the empty folder under
+    an unplugged USB disk takes them, the disk then plugged in there does not."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    disk = Disk(str(folder))
+    assert disk.path("at 10:30") == "at 10:30" and not disk.refuses()
+    with exfat_disk(None, folder):
+        assert disk.path("at 10:30") == "at 10%3A30~onitufs" and disk.refuses()
+        assert not list(folder.iterdir())  # the probe is gone
+    assert disk.path("at 10:30") == "at 10:30" and not disk.refuses()
 
 
 def test_a_copy_of_such_a_disk_on_another_reads_the_same(

@@ -36,27 +36,40 @@ class Disk:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self._refuses: bool | None = None  # None: not known yet
+        # The root's device, and whether the disk there refuses those names: a disk
+        # plugged in where another was (or the empty folder under an unplugged one) is
+        # asked again.
+        self._known: tuple[int, bool] | None = None
 
     def refuses(self) -> bool:
         """Whether the disk refuses the names disk_refusable() names. Learnt by making an
         empty hidden file of such a name in the root, the first time one is to be made,
         and kept; not kept where the disk could not tell (read-only, full, away)."""
-        if self._refuses is None:
-            probe = os.path.join(self.root, PROBE)
-            try:
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o600))
-            except FileExistsError:
-                pass  # (left by a crash, or made by another thread now): it holds the name
-            except OSError as error:
-                if error.errno in (errno.EINVAL, errno.ENOENT) and os.path.isdir(self.root):
-                    self._refuses = True
-                return bool(self._refuses)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(probe)
-            self._refuses = False
-        return self._refuses
+        try:
+            device = os.stat(self.root).st_dev
+        except OSError:
+            return False  # away: nothing is made there
+        if self._known is None or self._known[0] != device:
+            answer = self._probe()
+            if answer is None:
+                return False
+            self._known = (device, answer)
+        return self._known[1]
+
+    def _probe(self) -> bool | None:
+        """Whether the disk refuses the probe's name; None where it could not tell."""
+        probe = os.path.join(self.root, PROBE)
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            pass  # (left by a crash, or made by another thread now): it holds the name
+        except OSError as error:
+            if error.errno in (errno.EINVAL, errno.ENOENT) and os.path.isdir(self.root):
+                return True
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+        return False
 
     def path(self, path: str, making: bool = True) -> str:
         """Where the mount's `path` is stored, relative to the root. `making`: where it is
@@ -75,7 +88,7 @@ class Disk:
         if disk_escaped(name) is not None:
             return escape(name)  # (too long for the disk: making it fails, and says so)
         if not disk_refusable(name):
-            return name  # (every common name: two pattern searches, no call to the disk)
+            return name  # (every common name: two quick checks, no call to the disk)
         escaped = escape(name)
         at = os.path.join(self.root, folder)
         if len(os.fsencode(escaped)) > NAME_MAX or os.path.lexists(os.path.join(at, name)):
