@@ -19,9 +19,11 @@ digits) or %{H...} (any other code point, a lone surrogate of a name that is not
 included), and "~onitufs" ends it: `at 10:30` is stored as `at 10%3A30~onitufs`,
 `Report.txt` as `%52eport.txt~onitufs` (an escape has no upper case, so that a folder
 that ignores case keeps it apart). An escape is read back only when it is exactly what
-`escape` makes of the name it decodes to (canonical); any other name, one that merely
-looks like an escape included, is its own name. A mount name that is itself a canonical
-escape is escaped again, so every name round-trips. A driver that finds its remote
+`escape` makes of the name it decodes to (canonical, `unescape`); any other name, one
+that merely looks like an escape included, is its own name. A mount name that would read
+back as another is escaped again, so every name round-trips: Dropbox reads back every
+canonical escape; a disk only the escapes of names a disk may refuse (`disk_name`), so
+that no other name already stored on one changes. A driver that finds its remote
 refusing a name it makes, in a folder that is there, raises `refused`.
 """
 

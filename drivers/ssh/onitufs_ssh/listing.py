@@ -118,8 +118,8 @@ class Walked:
     def _entries_of(self, folder: str) -> list[Metadata]:
         entries = self._decoded.get(folder)
         if entries is None:
-            entries = self._decoded[folder] = [md for md, _ in _decode(folder,
-                                                                       self._answers[folder])]
+            named = _decode(folder, self._answers[folder])
+            entries = self._decoded[folder] = [md for md, _ in named]
         for md in entries:
             if md.kind == "symlink":
                 md.target = decode(self._targets[md.path])
@@ -157,7 +157,8 @@ class Tree:
         # folders found and not yet opened: their paths, and where they are on the server
         unread: collections.deque[tuple[str, bytes]] = collections.deque([("", root)])
         at: dict[str, bytes] = {}  # where each folder opened is
-        # (request id, request type, the folder, or for READLINK the link; the folder's handle)
+        # (request id, request type, the folder, or for READLINK the link; the folder's handle,
+        # or the link's path on the server)
         asked: collections.deque[tuple[int, int, str, bytes]] = collections.deque()
         handles: set[bytes] = set()  # of the folders open
         opened = 0  # folders asked to be opened and not closed yet
