@@ -122,10 +122,11 @@ def hidden_beside(path: str, tag: str) -> str:
     return f"{folder}/{hidden}" if folder else hidden
 
 
-def upload_path(md: Metadata) -> str:
-    """Where a driver writes an upload until it is complete: named after
-    md.extra["upload"], so that after a crash restart_upload and abort_upload find it."""
-    return hidden_beside(md.path, str(md.extra["upload"]))
+def upload_path(md: Metadata, at: str | None = None) -> str:
+    """Where a driver writes an upload until it is complete: beside `at`, where the driver
+    stores md.path (md.path itself by default), named after md.extra["upload"], so that
+    after a crash restart_upload and abort_upload find it."""
+    return hidden_beside(md.path if at is None else at, str(md.extra["upload"]))
 
 
 ASIDE = "deleting-"  # the aside names' tag: ASIDE, the version's, "-", the mount's
@@ -434,16 +435,17 @@ class Plug:
         self._look.wait(seconds)
         return self.asked_to_look()
 
-    def aside_path(self, md: Metadata) -> str:
+    def aside_path(self, md: Metadata, at: str | None = None) -> str:
         """Where a driver that cannot delete or replace on a condition moves the file it
         deletes or replaces, to see that what it moved is md's version before it goes: a
         rename takes exactly one file, where a check and then a delete could delete a
         version another machine saved in between. Named after the version, so that an
         operation cut short finds it again, and after this mount (aside_owner), so that
         two mounts taking the same version aside at once never share the name: one
-        would remove what the other moved there."""
-        return hidden_beside(md.path, f"{ASIDE}{_version_tag(md.revision, md.file_id)}-"
-                                      f"{self.aside_owner}")
+        would remove what the other moved there. Beside `at`, where the driver stores
+        md.path (md.path itself by default)."""
+        return hidden_beside(md.path if at is None else at,
+                             f"{ASIDE}{_version_tag(md.revision, md.file_id)}-{self.aside_owner}")
 
     def _kept_aside_owner(self) -> str:
         """This mount's part of its aside names: random, kept in the driver's folder (which

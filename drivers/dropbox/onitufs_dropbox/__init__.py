@@ -315,14 +315,14 @@ def start(plug: Plug) -> None:
         (it lands in the folder's place, or in the folder moved back)."""
         try:
             api.call(client().files_move_v2, tree.api_path(stored),
-                     tree.api_path(plug.aside_path(md.copy(path=stored))), autorename=False)
+                     tree.api_path(plug.aside_path(md, stored)), autorename=False)
         except ApiError as error:
             if not not_found(error):
                 raise
         delete_aside(md, stored)
 
     def delete_aside(md: Metadata, stored: str) -> None:
-        aside = plug.aside_path(md.copy(path=stored))
+        aside = plug.aside_path(md, stored)
         try:
             inside = api.call(client().files_list_folder, tree.api_path(aside), limit=1)
         except ApiError as error:

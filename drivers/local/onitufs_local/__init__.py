@@ -189,12 +189,8 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{stored}: leads outside {root}")
         return full
 
-    def stored_as(md: Metadata) -> Metadata:
-        """md, with the path where it is stored: for the names of its hidden files."""
-        return md.copy(path=disk.path(md.path))
-
     def temp_name(md: Metadata) -> str:
-        return upload_path(stored_as(md))
+        return upload_path(md, disk.path(md.path))
 
     def upload_fd(md: Metadata, flags: int = os.O_WRONLY) -> int:
         """The descriptor of this upload's temp file, opened once per upload."""
@@ -396,7 +392,7 @@ def start(plug: Plug) -> None:
         between the check and the delete is never what goes."""
         if md.revision is None:
             return
-        aside = inside(plug.aside_path(stored_as(md)))
+        aside = inside(plug.aside_path(md, disk.path(md.path)))
         if st is not None:
             refuse_other_version(md, st, "delete")
             try:

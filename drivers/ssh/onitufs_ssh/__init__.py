@@ -151,13 +151,13 @@ def start(plug: Plug) -> None:
         """Where the mount's `path` is stored, relative to the root (ServerNames.path)."""
         return names.path(conn, root(conn), path, making)
 
-    def stored_as(conn: Connection, md: Metadata) -> Metadata:
-        """md, with the path where it is stored: for the names of its hidden files."""
-        return md.copy(path=stored(conn, md.path))
+    def temp_of(conn: Connection, md: Metadata) -> str:
+        """The stored path of md's upload's temporary file (upload_path)."""
+        return upload_path(md, stored(conn, md.path))
 
     def aside_of(md: Metadata, path: bytes) -> bytes:
         """The aside name (plug.aside_path) of md's version, stored at `path`."""
-        return encode(plug.aside_path(md.copy(path=decode(path))))
+        return encode(plug.aside_path(md, decode(path)))
 
     # full, inside and inside_lstat take paths as stored (see stored)
     def full(conn: Connection, path: str) -> bytes:
@@ -242,7 +242,7 @@ def start(plug: Plug) -> None:
     def start_upload(md: Metadata) -> None:
         temp = upload_path(md)  # (the key of `uploads`)
         with pool.use() as conn:
-            target = inside(conn, upload_path(stored_as(conn, md)))
+            target = inside(conn, temp_of(conn, md))
         upload = Upload(upload_pool, target, md.size, settings.upload_connections)
         try:
             upload.create()
@@ -263,7 +263,7 @@ def start(plug: Plug) -> None:
         in_memory = upload is not None
         if upload is None:
             with pool.use() as conn:
-                upload = Upload(upload_pool, inside(conn, upload_path(stored_as(conn, md))),
+                upload = Upload(upload_pool, inside(conn, temp_of(conn, md)),
                                 md.size, settings.upload_connections)
             with uploads_lock:
                 uploads[temp] = upload
@@ -352,7 +352,7 @@ def start(plug: Plug) -> None:
             upload.drop()
         with pool.use() as conn:
             try:
-                conn.sftp.remove(inside(conn, upload_path(stored_as(conn, md))))
+                conn.sftp.remove(inside(conn, temp_of(conn, md)))
             except SftpError as error:
                 if error.errno != 2:
                     raise
