@@ -4,7 +4,8 @@ an SSH server.
 Such a disk answers to `a.txt` with the `A.txt` it holds and cannot hold both. A name it
 takes for another's stays off it, saying so, and nothing of the other is moved aside,
 replaced or taken for deleted; a rename in case only reaches it; nothing a notice names
-in another case comes back into the mount.
+in another case comes back into the mount. A name it refuses (`at 10:30`) is stored there
+under its escape and reads back as itself, on it and on a copy of it.
 """
 
 from __future__ import annotations
