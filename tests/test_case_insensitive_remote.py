@@ -292,6 +292,7 @@ def test_links_stay_off_a_disk_that_holds_none(on_exfat: Callable[..., Cloud]) -
              "d/up": ("symlink", b"../f")}
     assert snapshot(cloud.remotes["a"]) == every
     assert snapshot(usb) == {"f": ("file", b"file"), "d": ("dir", b"")}
+    assert not list(usb.rglob("*probe*")), "a probe is left on the disk"
     cloud.mount()
     cloud.wait_listed()
     (mnt / "later").write_bytes(b"later")

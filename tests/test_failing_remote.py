@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from .bitrot import loop_disk
-from .conftest import Cloud, MakeCloud, run, small_disk, wait_for
+from .conftest import Cloud, MakeCloud, run, small_disk, snapshot, wait_for
 
 
 @pytest.fixture
@@ -80,3 +80,31 @@ def test_a_disk_that_hangs_under_a_local_remote_stalls_it_and_the_stop_ends(
         assert (frozen / "before.txt").read_bytes() == b"before"
         assert (cloud.remotes["a"] / "during.bin").read_bytes() == content
         cloud.umount()
+
+
+def test_a_folder_that_refuses_a_link_keeps_only_that_link_back(make_cloud: MakeCloud) -> None:
+    """A folder on remote b that takes no new entry (`chattr +i`: symlink(2) fails with
+    EPERM, as on a disk that holds no links at all): that link waits, and reaches b once
+    the folder lets go; links anywhere else on b go on reaching it meanwhile."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "locked").mkdir()
+    (mnt / "f").write_bytes(b"f")
+    cloud.wait_synced()
+    locked = cloud.remotes["b"] / "locked"
+    subprocess.run(["chattr", "+i", locked], check=True)
+    try:
+        (mnt / "locked" / "in").symlink_to("../f")
+        wait_for(lambda: re.search(r"remote b: .*locked/in.*Operation not permitted",
+                                   cloud.log) is not None, what="b to refuse the link")
+        (mnt / "out").symlink_to("f")
+        wait_for(lambda: (cloud.remotes["b"] / "out").is_symlink(), what="a link elsewhere")
+        assert not (locked / "in").is_symlink()
+    finally:
+        subprocess.run(["chattr", "-i", locked], check=True)
+    assert "holds no symbolic links" not in cloud.log
+    cloud.umount()
+    every = {"f": ("file", b"f"), "locked": ("dir", b""), "locked/in": ("symlink", b"../f"),
+             "out": ("symlink", b"f")}
+    assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"]) == every

@@ -44,7 +44,7 @@ from onitufs.plug import (
 )
 from onitufs.storednames import refuse_clash, renames_in_case
 
-from .disknames import Disk, holds_exactly, refusal, shown_beside
+from .disknames import NO_LINKS, Disk, holds_exactly, holds_links, refusal, shown_beside
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -489,8 +489,9 @@ def start(plug: Plug) -> None:
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         except OSError as error:
-            if error.errno in (errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
-                plug.withdraw("make_symlink")  # FAT, exFAT (EPERM: symlink(2)'s own word)
+            # One folder's refusal (chattr +i) keeps that link back; a disk's, every link.
+            if error.errno in NO_LINKS and holds_links(os.path.dirname(path)) is False:
+                plug.withdraw("make_symlink")
                 raise DriverError(f"{md.path}: the remote's disk holds no symbolic links "
                                   f"({error.strerror}): they stay off it") from None
             raise refusal(md.path, path, error) from None

@@ -13,7 +13,8 @@ fails with EINVAL (the kernel's vfat), or ENOENT though the folder is there
 escape (onitufs.storednames), every other disk as they are, and either is found where
 it is (a copy of such a disk on another); a name that reads as such an escape is
 escaped again everywhere. A name the disk refuses all the same gets a line that says so
-(`refusal`).
+(`refusal`). They hold no symbolic links either; symlink(2) fails there as it does
+in a folder that takes no new entry (chattr +i), and `holds_links` tells the two apart.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from onitufs.storednames import disk_escaped, disk_name, disk_refusable, escape,
 NAME_MAX = 255  # bytes, on every disk Linux mounts
 # Made once in the root to learn whether the disk refuses what disk_refusable names.
 PROBE = f".onitufs-probe:{TEMP_SUFFIX}"
+# Made in a folder to learn whether its disk holds symbolic links, where making one failed.
+LINK_PROBE = f".onitufs-link-probe{TEMP_SUFFIX}"
+# What symlink(2) answers on a disk that holds no links (FAT, exFAT: EPERM, its own word);
+# EPERM also comes from a folder that takes no new entry (chattr +i, +a).
+NO_LINKS = (errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 class Disk:
@@ -106,6 +112,29 @@ class Disk:
                 and os.path.lexists(os.path.join(self.root, stored_folder, plain)):
             return None
         return f"{folder}/{plain}" if folder else plain
+
+
+def holds_links(folder: str) -> bool | None:
+    """Whether the disk of `folder` holds symbolic links, where making one there failed
+    with one of NO_LINKS: a link and then a file are made (and deleted) in it. None where
+    it could not tell: the folder takes no new entry of any kind (chattr +i, read-only,
+    full)."""
+    probe = os.path.join(folder, LINK_PROBE)
+    try:
+        os.symlink(".", probe)
+    except OSError as error:
+        if error.errno not in NO_LINKS:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(probe)  # (FileExistsError: left by a crash; asked again next time)
+            return None
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except OSError:
+            return None  # no file either: what refused the link said nothing of links
+        os.unlink(probe)
+        return False
+    os.unlink(probe)
+    return True
 
 
 def names_beside(path: str) -> list[str]:
