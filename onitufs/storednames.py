@@ -22,13 +22,16 @@ that ignores case keeps it apart). An escape is read back only when it is exactl
 `escape` makes of the name it decodes to (canonical, `unescape`); any other name, one
 that merely looks like an escape included, is its own name. A mount name that would read
 back as another is escaped again, so every name round-trips: Dropbox reads back every
-canonical escape; a disk only the escapes of names a disk may refuse (`disk_name`), so
-that no other name already stored on one changes. A driver that finds its remote
-refusing a name it makes, in a folder that is there, raises `refused`.
+canonical escape (`mount_name`), and so does a local disk, where a name its folder takes
+for another entry's is stored under its escape too; a disk behind an SSH server only
+the escapes of names a disk may refuse (`disk_name`), as one lookup per name to find the
+others would cost a round trip. A driver that finds its remote refusing a name it makes,
+in a folder that is there, raises `refused`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Collection
@@ -89,6 +92,7 @@ def disk_refusable(name: str) -> bool:
     return bool(_DISK_REFUSED.search(name))
 
 
+@functools.lru_cache(maxsize=4096)  # a local disk looks for the escape of each name it is given
 def escape(name: str) -> str:
     """The name as the remote stores it where it cannot hold it as it is."""
     nfc = unicodedata.is_normalized("NFC", name)
@@ -129,11 +133,18 @@ def unescape(stored: str) -> str | None:
     return name if name and escape(name) == stored else None
 
 
+def mount_name(stored: str) -> str:
+    """The name in the mount of a stored name, where every canonical escape is read back."""
+    found = unescape(stored)
+    return stored if found is None else found
+
+
 def disk_escaped(stored: str) -> str | None:
-    """The mount name a name stored on a disk stands for: where it is the escape of a name
-    such a disk may refuse (disk_refusable), or of such an escape. None for any other
-    name, which is its own: an escape of another name (Dropbox's of a name it folds
-    onto another, a copy of a Dropbox folder) is read as it is."""
+    """The mount name a name stored on an SSH server's disk stands for: where it is the
+    escape of a name such a disk may refuse (disk_refusable), or of such an escape. None
+    for any other name, which is its own: an escape of another name (Dropbox's of a name
+    it folds onto another, a copy of a Dropbox folder or of a local disk) is read as it
+    is."""
     name = unescape(stored)
     if name is None or not (disk_refusable(name) or disk_escaped(name) is not None):
         return None
@@ -141,6 +152,6 @@ def disk_escaped(stored: str) -> str | None:
 
 
 def disk_name(stored: str) -> str:
-    """The name in the mount of a name stored on a disk."""
+    """The name in the mount of a name stored on an SSH server's disk."""
     found = disk_escaped(stored)
     return stored if found is None else found

@@ -2,7 +2,7 @@
 another client), with names mapped as the driver maps them.
 
 A name of the mount is found on Dropbox as the driver stores it: the entry of
-the folder whose name reads back as it (names.mount_name), else, for a new
+the folder whose name reads back as it (storednames.mount_name), else, for a new
 one, the name itself, or its escape where Dropbox would refuse it or fold it
 onto a name the folder holds (names.py).
 """
@@ -14,10 +14,10 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 
-from onitufs_dropbox.names import mount_name, needs_escape
+from onitufs_dropbox.names import needs_escape
 
 from onitufs.plug import Kind
-from onitufs.storednames import escape, fold
+from onitufs.storednames import escape, fold, mount_name
 from onitufs.testing.backdoor import Backdoor
 from onitufs.testing.dropbox_api import FakeDropbox
 

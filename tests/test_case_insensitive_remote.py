@@ -2,10 +2,11 @@
 an SSH server.
 
 Such a disk answers to `a.txt` with the `A.txt` it holds and cannot hold both. A name it
-takes for another's stays off it, saying so, and nothing of the other is moved aside,
-replaced or taken for deleted; a rename in case only reaches it; nothing a notice names
-in another case comes back into the mount. A name it refuses (`at 10:30`) is stored there
-under its escape and reads back as itself, on it and on a copy of it.
+takes for another's is stored on a local one under its escape (behind an SSH server it
+stays off, saying so), and nothing of the other is moved aside, replaced or taken for
+deleted; a rename in case only reaches it; nothing a notice names in another case comes
+back into the mount. A name it refuses (`at 10:30`) is stored there under its escape and
+reads back as itself, on it and on a copy of it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 from onitufs_local.disknames import Disk
 
 from onitufs.plug import TEMP_SUFFIX
+from onitufs.storednames import escape
 
 pytest.register_assert_rewrite("tests.sshd", "tests.exfat")
 from .conftest import Cloud, everywhere, run, snapshot, wait_for  # noqa: E402
@@ -62,8 +65,11 @@ def on_ext4(request: pytest.FixtureRequest) -> Callable[..., Cloud]:
     return lambda **settings: two_remotes(request, **settings)
 
 
-def test_names_the_disk_takes_for_one_another_stay_off_it(
+@pytest.mark.parametrize("on_exfat", ["ssh"], indirect=True)
+def test_names_the_server_takes_for_one_another_stay_off_it(
         on_exfat: Callable[..., Cloud]) -> None:
+    """The SSH driver keeps the second of two such names off the server: finding the
+    escape of any name there would cost a round trip per name."""
     cloud = on_exfat(stall="3s")
     usb = cloud.remotes["b"]
     cloud.mount()
@@ -107,6 +113,73 @@ def test_names_the_disk_takes_for_one_another_stay_off_it(
     assert snapshot(cloud.remotes["a"]) == renamed
 
 
+@pytest.mark.parametrize("on_exfat", ["local"], indirect=True)
+def test_names_the_disk_takes_for_one_another_are_both_stored_there(
+        on_exfat: Callable[..., Cloud]) -> None:
+    """A local disk that ignores case gets the second of two such names under its escape
+    (files, folders, a rename onto one): every one reaches it and reads back as itself,
+    through a remount, a change made on the disk, a rename, a delete; nothing says it
+    clashes, and nothing of the first is moved or taken for the second."""
+    cloud = on_exfat()
+    usb, other = cloud.remotes["b"], cloud.remotes["a"]
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "A.txt").write_bytes(b"upper")
+    (mnt / "docs").mkdir()
+    (mnt / "docs" / "one").write_bytes(b"lower folder")
+    (mnt / "x").write_bytes(b"renamed onto a twin")
+    cloud.wait_synced()
+    (mnt / "a.txt").write_bytes(b"lower")
+    (mnt / "Docs").mkdir()
+    (mnt / "Docs" / "one").write_bytes(b"upper folder")
+    (mnt / "x").rename(mnt / "DOCS")
+    cloud.umount()
+    every = {"A.txt": ("file", b"upper"), "a.txt": ("file", b"lower"),
+             "docs": ("dir", b""), "docs/one": ("file", b"lower folder"),
+             "Docs": ("dir", b""), "Docs/one": ("file", b"upper folder"),
+             "DOCS": ("file", b"renamed onto a twin")}
+    stored = {"A.txt": ("file", b"upper"), escape("a.txt"): ("file", b"lower"),
+              "docs": ("dir", b""), "docs/one": ("file", b"lower folder"),
+              escape("Docs"): ("dir", b""), f"{escape('Docs')}/one": ("file", b"upper folder"),
+              escape("DOCS"): ("file", b"renamed onto a twin")}
+    assert snapshot(usb) == stored
+    assert snapshot(other) == every
+    assert CLASH not in cloud.log
+
+    # A whole listing of each remote, the disk's included, reads the same names back.
+    cloud.mount()
+    cloud.wait_listed()
+    assert snapshot(mnt) == every
+    (usb / escape("Docs") / "one").write_bytes(b"changed on the disk")
+    wait_for(lambda: (other / "Docs" / "one").read_bytes() == b"changed on the disk",
+             what="the disk's change on remote a")
+    (mnt / "a.txt").write_bytes(b"lower, changed")
+    (mnt / "a.txt").rename(mnt / "a.TXT")  # still the twin of A.txt
+    shutil.rmtree(mnt / "Docs")
+    cloud.umount()
+    after = {"A.txt": ("file", b"upper"), "a.TXT": ("file", b"lower, changed"),
+             "docs": ("dir", b""), "docs/one": ("file", b"lower folder"),
+             "DOCS": ("file", b"renamed onto a twin")}
+    assert snapshot(usb) == {
+        "A.txt": ("file", b"upper"), escape("a.TXT"): ("file", b"lower, changed"),
+        "docs": ("dir", b""), "docs/one": ("file", b"lower folder"),
+        escape("DOCS"): ("file", b"renamed onto a twin")}
+    assert snapshot(other) == after
+
+    # With its twin gone, an escaped name stays where it is, and reads back.
+    cloud.mount()
+    cloud.wait_listed()
+    assert snapshot(mnt) == after
+    (mnt / "A.txt").unlink()
+    (mnt / "a.TXT").write_bytes(b"alone")
+    cloud.umount()
+    assert snapshot(usb) == {
+        escape("a.TXT"): ("file", b"alone"), "docs": ("dir", b""),
+        "docs/one": ("file", b"lower folder"), escape("DOCS"): ("file", b"renamed onto a twin")}
+    assert snapshot(other) == {k: v for k, v in after.items() if k != "A.txt"} | {
+        "a.TXT": ("file", b"alone")}
+
+
 def test_a_rename_in_case_only_reaches_the_disk(on_exfat: Callable[..., Cloud]) -> None:
     # A local disk is watched, and listed whole only at the start: what its notices say
     # counts.
@@ -142,11 +215,15 @@ def test_a_rename_in_case_only_reaches_the_disk(on_exfat: Callable[..., Cloud]) 
 
 
 def test_a_name_the_disk_refuses_is_stored_under_its_escape(
-        on_exfat: Callable[..., Cloud]) -> None:
+        on_exfat: Callable[..., Cloud], request: pytest.FixtureRequest) -> None:
     """exFAT refuses " * : < > ? \\ | in a name: such a file or folder is stored there
     under its escape, and reads back under its own name, through a remount, a rename, a
     change made on the disk, and a file made there under an escape. A name that reads as
-    such an escape is escaped again, on every disk; any other name as it is."""
+    such an escape is escaped again, on every disk; one that reads as the escape of
+    another name (`kept~onitufs`, of `kept`) on a local disk, which reads back every
+    escape; any other name as it is."""
+    kept = "kept~onitufs~onitufs" if request.node.callspec.params["on_exfat"] == "local" \
+        else "kept~onitufs"
     cloud = on_exfat()
     usb = cloud.remotes["b"]
     cloud.mount()
@@ -157,19 +234,23 @@ def test_a_name_the_disk_refuses_is_stored_under_its_escape(
     (mnt / "fine.txt").write_bytes(b"fine")
     (mnt / "odd%3A~onitufs").write_bytes(b"odd")
     (mnt / "kept~onitufs").write_bytes(b"kept")
+    (mnt / "Other~onitufs").write_bytes(b"other")
     cloud.umount()
     every = {"what?.txt": ("file", b"question"), "at 10:30": ("dir", b""),
              "at 10:30/a|b": ("file", b"notes"), "fine.txt": ("file", b"fine"),
-             "odd%3A~onitufs": ("file", b"odd"), "kept~onitufs": ("file", b"kept")}
+             "odd%3A~onitufs": ("file", b"odd"), "kept~onitufs": ("file", b"kept"),
+             "Other~onitufs": ("file", b"other")}
     stored = {"what%3F.txt~onitufs": ("file", b"question"),
               "at 10%3A30~onitufs": ("dir", b""),
               "at 10%3A30~onitufs/a%7Cb~onitufs": ("file", b"notes"),
               "fine.txt": ("file", b"fine"), "odd%253%41~onitufs~onitufs": ("file", b"odd"),
-              "kept~onitufs": ("file", b"kept")}
+              kept: ("file", b"kept"), "Other~onitufs": ("file", b"other")}
     assert snapshot(usb) == stored
     assert snapshot(cloud.remotes["a"]) == {
-        **{name: got for name, got in every.items() if name != "odd%3A~onitufs"},
-        "odd%253%41~onitufs~onitufs": ("file", b"odd")}
+        **{name: got for name, got in every.items()
+           if name not in ("odd%3A~onitufs", "kept~onitufs")},
+        "odd%253%41~onitufs~onitufs": ("file", b"odd"),
+        "kept~onitufs~onitufs": ("file", b"kept")}
     assert "the remote's disk refuses" not in cloud.log
 
     cloud.mount()
@@ -189,12 +270,14 @@ def test_a_name_the_disk_refuses_is_stored_under_its_escape(
     renamed = {"what.txt": ("file", b"question"), "at 10.30": ("dir", b""),
                "at 10.30/a|b": ("file", b"notes, changed"),
                "fine<.txt": ("file", b"fine"), "odd%3A~onitufs": ("file", b"odd"),
-               "kept~onitufs": ("file", b"kept"), "made:.txt": ("file", b"made there")}
+               "kept~onitufs": ("file", b"kept"), "Other~onitufs": ("file", b"other"),
+               "made:.txt": ("file", b"made there")}
     assert snapshot(usb) == {
         "what.txt": ("file", b"question"), "at 10.30": ("dir", b""),
         "at 10.30/a%7Cb~onitufs": ("file", b"notes, changed"),
         "fine%3C.txt~onitufs": ("file", b"fine"), "odd%253%41~onitufs~onitufs": ("file", b"odd"),
-        "kept~onitufs": ("file", b"kept"), "made%3A.txt~onitufs": ("file", b"made there")}
+        kept: ("file", b"kept"), "Other~onitufs": ("file", b"other"),
+        "made%3A.txt~onitufs": ("file", b"made there")}
     cloud.mount()
     cloud.wait_listed()
     assert snapshot(mnt) == renamed
@@ -205,15 +288,31 @@ def test_an_upload_under_an_escape_cut_by_a_crash_resumes(
         on_exfat: Callable[..., Cloud]) -> None:
     """The escaped name's upload stops part way (the disk fills), the daemon is killed,
     and the next mount resumes it from the saved offset, into the same hidden file."""
-    cloud = on_exfat(size=64 << 20, block_size="256 KiB")
+    resumes_after_a_crash(on_exfat(size=64 << 20, block_size="256 KiB"), "big: one.bin")
+
+
+@pytest.mark.parametrize("on_exfat", ["local"], indirect=True)
+def test_an_upload_beside_its_twin_cut_by_a_crash_resumes(
+        on_exfat: Callable[..., Cloud]) -> None:
+    """The same for a name the disk takes for another's, which goes under its escape only
+    once complete: its hidden file is named after the name itself."""
+    resumes_after_a_crash(on_exfat(size=64 << 20, block_size="256 KiB"), "BIG.bin",
+                          twin="big.bin")
+
+
+def resumes_after_a_crash(cloud: Cloud, name: str, twin: str | None = None) -> None:
     usb = cloud.remotes["b"]
     (usb / f"pad{TEMP_SUFFIX}").write_bytes(bytes(40 << 20))  # hidden from onitufs
     cloud.mount()
+    if twin is not None:
+        (cloud.mountpoint / twin).write_bytes(b"the twin")
+        wait_for(lambda: everywhere(cloud, twin, b"the twin"), what="the twin")
     content = os.urandom(32 << 20)
-    (cloud.mountpoint / "big: one.bin").write_bytes(content)
+    (cloud.mountpoint / name).write_bytes(content)
+    hidden = f".{name if twin else escape(name)}."
 
     def part_way() -> bool:
-        parts = [p for p in usb.iterdir() if p.name.startswith(".big%3A one.bin~onitufs.")]
+        parts = [p for p in usb.iterdir() if p.name.startswith(hidden)]
         return bool(parts) and parts[0].stat().st_size > 8 << 20
     wait_for(part_way, timeout=60, what="the upload part way")
     wait_for(lambda: "No space left on device" in cloud.log, what="the disk to fill")
@@ -222,9 +321,11 @@ def test_an_upload_under_an_escape_cut_by_a_crash_resumes(
     cloud.mount()
     cloud.wait_synced(timeout=120)
     after = cloud.log.rpartition("INFO onitufs.daemon: mounted")[2]
-    offsets = [int(m) for m in re.findall(r"resuming big: one.bin at byte (\d+)", after)]
+    offsets = [int(m) for m in re.findall(rf"resuming {re.escape(name)} at byte (\d+)", after)]
     assert offsets and offsets[0] > 8 << 20, cloud.log
-    assert (usb / "big%3A one.bin~onitufs").read_bytes() == content
+    assert (usb / escape(name)).read_bytes() == content
+    if twin is not None:
+        assert (usb / twin).read_bytes() == b"the twin"
     assert not [p for p in usb.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     cloud.umount()
 
@@ -240,6 +341,23 @@ def test_a_disk_plugged_in_where_another_was_is_asked_again(tmp_path: Path) -> N
         assert disk.path("at 10:30") == "at 10%3A30~onitufs" and disk.refuses()
         assert not list(folder.iterdir())  # the probe is gone
     assert disk.path("at 10:30") == "at 10:30" and not disk.refuses()
+
+
+def test_a_copy_on_another_disk_finds_the_escape_of_any_name(tmp_path: Path) -> None:
+    """On a disk that keeps case (a copy of a USB disk's folder), a name stored under its
+    escape is found there and listed as itself; where the name itself is there too (made
+    after the copy), that one is the mount's entry and the escape is left out."""
+    disk = Disk(str(tmp_path))
+    (tmp_path / escape("Docs")).mkdir()
+    (tmp_path / escape("Docs") / escape("README")).write_bytes(b"escaped")
+    assert disk.path("Docs/README") == f"{escape('Docs')}/{escape('README')}"
+    assert disk.shown("", "", escape("Docs")) == "Docs"
+    assert disk.path("Docs/other") == f"{escape('Docs')}/other"
+    assert disk.path("docs") == "docs"
+    (tmp_path / escape("Docs") / "README").write_bytes(b"plain")
+    assert disk.path("Docs/README") == f"{escape('Docs')}/README"
+    assert disk.shown("Docs", escape("Docs"), escape("README")) is None
+    assert disk.shown("Docs", escape("Docs"), "README") == "Docs/README"
 
 
 def test_a_copy_of_such_a_disk_on_another_reads_the_same(

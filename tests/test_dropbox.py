@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from onitufs_dropbox.auth import save_token
-from onitufs_dropbox.names import mount_name
 
+from onitufs.storednames import mount_name
 from onitufs.testing.dropbox_api import FakeDropbox
 
 from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, wait_for

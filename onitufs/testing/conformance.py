@@ -663,12 +663,13 @@ class TestNames:
 
     def test_names_that_read_as_escapes_are_their_own(self, driver: Harness) -> None:
         """A name that is what onitufs.storednames.escape makes of another (one a disk
-        refuses, one it does not) reads back as itself, whether the driver stores escapes
-        or not."""
-        names = [escape("at 10:30"), escape("plain")]
+        refuses, one it does not, one a folder that ignores case takes for another) reads
+        back as itself, whether the driver stores escapes or not."""
+        names = [escape("at 10:30"), escape("plain"), escape("Report.txt")]
         uploaded = [driver.upload(name, name.encode()) for name in names]
         listing = driver.next_listing()
-        assert set(names) <= listing.keys() and not {"at 10:30", "plain"} & listing.keys()
+        assert set(names) <= listing.keys() \
+            and not {"at 10:30", "plain", "Report.txt"} & listing.keys()
         for md in uploaded:
             assert driver.read(listing[md.path]) == md.path.encode()
             driver.call("delete_file", listing[md.path])

@@ -37,12 +37,12 @@ from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
+from onitufs.storednames import mount_name
 
 from .auth import auth as auth  # the hook of `onitufs auth`
 from .auth import load_token
 from .changes import Watcher
 from .client import Api, block_hashes, content_hash, make_client
-from .names import mount_name
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
 from .tree import Node, Tree, node_of

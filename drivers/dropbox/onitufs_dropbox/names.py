@@ -34,10 +34,3 @@ def refused(name: str) -> bool:
 def needs_escape(name: str) -> bool:
     """Whether the name cannot be stored as it is, whatever its folder holds."""
     return refused(name) or unescape(name) is not None
-
-
-def mount_name(stored: str) -> str:
-    """The name in the mount of a name stored on Dropbox: every canonical escape is read
-    back."""
-    found = unescape(stored)
-    return stored if found is None else found

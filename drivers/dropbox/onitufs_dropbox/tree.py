@@ -20,9 +20,9 @@ from typing import Any
 from dropbox import files
 
 from onitufs.plug import TEMP_SUFFIX, DriverError, Metadata, ancestors, at_or_below, outermost
-from onitufs.storednames import escape, fold
+from onitufs.storednames import escape, fold, mount_name
 
-from .names import MAX_UNITS, mount_name, needs_escape, units
+from .names import MAX_UNITS, needs_escape, units
 
 log = logging.getLogger(__name__)
 

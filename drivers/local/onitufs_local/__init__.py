@@ -2,9 +2,10 @@
 
 Uploads go to a hidden temporary file beside the target and are renamed
 into place when complete, so the directory never shows a half-written
-file; a name the disk refuses (exFAT's `at 10:30`) is stored under its
-escape (disknames.py). Changes made directly in the directory are found by
-the kernel's change notices (watch.py), with a full listing at the start and every
+file; a name the disk refuses (exFAT's `at 10:30`), or takes for another
+entry's (`a.txt` beside `A.txt`), is stored under its escape (disknames.py).
+Changes made directly in the directory are found by the kernel's change
+notices (watch.py), with a full listing at the start and every
 ``poll_interval`` as a safety net; where the folder cannot be watched, it is
 listed every POLL seconds (or poll_interval, if shorter). Each report is a
 full listing, and the core works out what was created, changed, deleted or
@@ -42,9 +43,18 @@ from onitufs.plug import (
     upload_path,
     write_chunk,
 )
-from onitufs.storednames import refuse_clash, renames_in_case
+from onitufs.storednames import renames_in_case
 
-from .disknames import NO_LINKS, Disk, holds_exactly, holds_links, refusal, shown_beside
+from .disknames import (
+    NO_LINKS,
+    Disk,
+    clash_escape,
+    holds_exactly,
+    holds_links,
+    made_at,
+    refusal,
+    shown_beside,
+)
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -108,6 +118,13 @@ def is_moved_version(st: os.stat_result, md: Metadata) -> bool:
     the rest of the version says which file it is."""
     return stat.S_ISREG(st.st_mode) \
         and (token(st), file_id(st)) == (md.revision, md.file_id or file_id(st))
+
+
+def lstat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def move_back(moved: str, name: str) -> bool:
@@ -260,12 +277,12 @@ def start(plug: Plug) -> None:
             os.utime(fd, ns=(md.mtime_ns, md.mtime_ns))
             os.fsync(fd)  # the remote copy must outlive a power loss: the cache may evict ours
             target = real(md.path)
-            try:
-                there: os.stat_result | None = os.lstat(target)
-            except FileNotFoundError:
-                there = None
+            there = lstat_or_none(target)
             if there is not None and not is_version(there, md):
-                refuse_clash(md.path, shown_beside(target))
+                instead = clash_escape(md.path, target)
+                if instead is not None:  # another name's entry answered
+                    target, there = instead, lstat_or_none(instead)
+            if there is not None and not is_version(there, md):
                 raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
                                describe(md.path, there))
             try:
@@ -284,9 +301,14 @@ def start(plug: Plug) -> None:
                 try:  # a file another program made there since the look stays
                     rename_noreplace(path, target)
                 except FileExistsError:
-                    refuse_clash(md.path, shown_beside(target))
-                    raise Conflict(f"{md.path}: made on the remote during the upload",
-                                   describe(md.path, os.lstat(target))) from None
+                    instead = clash_escape(md.path, target)
+                    try:
+                        if instead is None:
+                            raise
+                        rename_noreplace(path, instead)
+                    except FileExistsError:
+                        raise Conflict(f"{md.path}: made on the remote during the upload",
+                                       describe(md.path, os.lstat(instead or target))) from None
             else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
@@ -416,14 +438,15 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{old.path}: no longer on the remote")
             refuse_other_version(old, st, "move")
         try:
-            rename_noreplace(source, target)
+            try:
+                rename_noreplace(source, target)
+            except FileExistsError:
+                if renames_in_case(shown_beside(target), old.path, new.path):
+                    os.rename(source, target)  # the folder ignores case: the same entry renamed
+                else:
+                    target = made_at(new.path, target, lambda at: rename_noreplace(source, at))
         except FileExistsError:
-            names = shown_beside(target)
-            if renames_in_case(names, old.path, new.path):
-                os.rename(source, target)  # the folder ignores case: the same entry renamed
-            else:
-                refuse_clash(new.path, names)
-                raise DriverError(f"{new.path}: already exists on the remote") from None
+            raise DriverError(f"{new.path}: already exists on the remote") from None
         except OSError as error:
             if not os.path.lexists(source):
                 raise
@@ -438,9 +461,9 @@ def start(plug: Plug) -> None:
         path = real(md.path)
         mode = md.mode & 0o7777
         try:
-            os.mkdir(path, mode)
-        except FileExistsError:
-            refuse_clash(md.path, shown_beside(path))
+            path = made_at(md.path, path, lambda at: os.mkdir(at, mode))
+        except FileExistsError as error:
+            path = error.filename
             if not os.path.isdir(path) or os.path.islink(path):
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         except OSError as error:
@@ -483,9 +506,9 @@ def start(plug: Plug) -> None:
     def make_symlink(md: Metadata) -> None:
         path = real(md.path)
         try:
-            os.symlink(md.target or "", path)
-        except FileExistsError:
-            refuse_clash(md.path, shown_beside(path))
+            path = made_at(md.path, path, lambda at: os.symlink(md.target or "", at))
+        except FileExistsError as error:
+            path = error.filename
             if not (os.path.islink(path) and os.readlink(path) == md.target):
                 raise
         except OSError as error:

@@ -2,19 +2,23 @@
 
 A folder that ignores case answers to a name with another entry's (onitufs.storednames).
 Where a handler finds something it did not expect, it lists the folder to know whether
-the entry has that very name (never where it found what it expected). A change notice
-names what a program asked for, which may be another case of the name: the entry it
-names is looked at only where it has that name (named_so), and a file there changed
-under another case of its name waits for the next full listing, or a read.
+the entry has that very name (never where it found what it expected); where it does not,
+the name is one the folder takes for another entry's (`README` beside `readme`), and it
+is stored under its escape instead (`clash_escape`), as Dropbox stores such a name. A
+change notice names what a program asked for, which may be another case of the name:
+the entry it names is looked at only where it has that name (named_so), and a file
+there changed under another case of its name waits for the next full listing, or a
+read.
 
 exFAT and FAT refuse " * : < > ? \\ | and control characters in a name: making one
 fails with EINVAL (the kernel's vfat), or ENOENT though the folder is there
 (exfat-fuse). Asked once (Disk.refuses), such a disk gets those names under their
-escape (onitufs.storednames), every other disk as they are, and either is found where
-it is (a copy of such a disk on another); a name that reads as such an escape is
-escaped again everywhere. A name the disk refuses all the same gets a line that says so
-(`refusal`). They hold no symbolic links either; symlink(2) fails there as it does
-in a folder that takes no new entry (chattr +i), and `holds_links` tells the two apart.
+escape, every other disk as they are. Every escape is read back (storednames.mount_name)
+and found where it is, on the disk or on a copy of it on another (one lstat per name);
+a name that reads as an escape is escaped again everywhere. A name the disk refuses all
+the same gets a line that says so (`refusal`). They hold no symbolic links either;
+symlink(2) fails there as it does in a folder that takes no new entry (chattr +i), and
+`holds_links` tells the two apart.
 """
 
 from __future__ import annotations
@@ -22,9 +26,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Callable
 
-from onitufs.plug import TEMP_SUFFIX
-from onitufs.storednames import disk_escaped, disk_name, disk_refusable, escape, refused
+from onitufs.plug import TEMP_SUFFIX, DriverError
+from onitufs.storednames import (
+    disk_refusable,
+    escape,
+    mount_name,
+    refuse_clash,
+    refused,
+    unescape,
+)
 
 NAME_MAX = 255  # bytes, on every disk Linux mounts
 # Made once in the root to learn whether the disk refuses what disk_refusable names.
@@ -87,31 +99,69 @@ class Disk:
         return "/".join(stored)
 
     def _name(self, folder: str, name: str, making: bool) -> str:
-        """How `name` is stored in the stored `folder`. A name that reads as an escape: as
-        its escape. One the disk may refuse: as it is or as its escape, whichever is there
-        (a disk written by a mount that found it refusing may have been copied to one
-        that is not); where neither is, as this disk needs. Any other: as it is."""
-        if disk_escaped(name) is not None:
+        """How `name` is stored in the stored `folder`: as it is or as its escape,
+        whichever is there, and where both are (a copy of the disk made on another, then
+        written to there) the name itself; where neither is, as this disk needs. A name
+        that reads as an escape: as its escape."""
+        if unescape(name) is not None:
             return escape(name)  # (too long for the disk: making it fails, and says so)
-        if not disk_refusable(name):
-            return name  # (every common name: two quick checks, no call to the disk)
         escaped = escape(name)
-        at = os.path.join(self.root, folder)
-        if len(os.fsencode(escaped)) > NAME_MAX or os.path.lexists(os.path.join(at, name)):
+        if len(os.fsencode(escaped)) > NAME_MAX:
             return name
-        if os.path.lexists(os.path.join(at, escaped)) or (making and self.refuses()):
+        at = os.path.join(self.root, folder)
+        plain = os.path.join(at, name)
+        if os.path.lexists(os.path.join(at, escaped)):
+            # (the listing, not a lookup of another case: a FUSE disk that ignores case
+            # answers for a name the kernel still keeps for an entry renamed or deleted)
+            return name if os.path.lexists(plain) and holds_exactly(plain) else escaped
+        if making and disk_refusable(name) and not os.path.lexists(plain) and self.refuses():
             return escaped
         return name
 
     def shown(self, folder: str, stored_folder: str, name: str) -> str | None:
         """The mount path of the entry `name` of a folder (given as its mount path and its
-        stored one); None for an escape beside the name it stands for, which is the
+        stored one); None for an escape beside the very name it stands for, which is the
         mount's file (path() finds that one)."""
-        plain = disk_name(name)
-        if plain != name and disk_refusable(plain) \
-                and os.path.lexists(os.path.join(self.root, stored_folder, plain)):
-            return None
+        plain = mount_name(name)
+        if plain != name:
+            beside = os.path.join(self.root, stored_folder, plain)
+            if os.path.lexists(beside) and holds_exactly(beside):
+                return None
         return f"{folder}/{plain}" if folder else plain
+
+
+def clash_escape(shown: str, full: str) -> str | None:
+    """Where to make the entry of the mount's path `shown` instead of at `full`, where
+    another entry answers: at its escape, where the folder takes the name for that entry's
+    (it ignores case; path() finds the escape from then on). None where the folder holds
+    that very name (no clash). DriverError (refuse_clash) where the escape cannot be made:
+    too long, or `full` is one already."""
+    if holds_exactly(full):
+        return None
+    folder, name = os.path.split(full)
+    escaped = escape(name)
+    if name != shown.rpartition("/")[2] or len(os.fsencode(escaped)) > NAME_MAX:
+        refuse_clash(shown, shown_beside(full))
+        raise DriverError(f"{shown}: the remote's folder takes its name for another entry's")
+    return os.path.join(folder, escaped)
+
+
+def made_at(shown: str, full: str, make: Callable[[str], None]) -> str:
+    """Where make(at) made the entry of the mount's path `shown`: at `full`, or at its
+    escape where the folder takes that name for another entry's (clash_escape).
+    FileExistsError where that very name is there, its filename saying where."""
+    try:
+        make(full)
+        return full
+    except FileExistsError:
+        instead = clash_escape(shown, full)
+        if instead is None:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), full) from None
+    try:
+        make(instead)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), instead) from None
+    return instead
 
 
 def holds_links(folder: str) -> bool | None:
@@ -147,7 +197,7 @@ def names_beside(path: str) -> list[str]:
 
 def shown_beside(path: str) -> list[str]:
     """names_beside(), as the mount names them."""
-    return [disk_name(name) for name in names_beside(path)]
+    return [mount_name(name) for name in names_beside(path)]
 
 
 def holds_exactly(path: str) -> bool:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from asyncinotify import Inotify, Mask, Watch
 
 from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnavailable, ancestors, outermost
-from onitufs.storednames import disk_name
+from onitufs.storednames import mount_name
 
 from .disknames import Disk
 from .listing import entry, listing, require_root
@@ -198,7 +198,7 @@ class Tree:
                     del self.folders[watch.wd]  # it went; its parent's event says so
                     self.unwatched.add(folder)
                 continue
-            name = disk_name(str(event.name))  # (entry() finds which is stored, if any)
+            name = mount_name(str(event.name))  # (entry() finds which is stored, if any)
             if not name.endswith(TEMP_SUFFIX):  # uploads in progress are not reported
                 self.dirty.add(f"{folder}/{name}" if folder else name)
         return came
