@@ -116,7 +116,9 @@ def _stable(char: str) -> bool:
 
 
 def unescape(stored: str) -> str | None:
-    """The mount name a canonical escape stands for; None for any other name."""
+    """The mount name a canonical escape stands for; None for any other name, and for one
+    that would read as what no mount's name can be (with '/' or NUL in it, '.', '..'):
+    made on the remote by hand or by a hostile program, it is its own name."""
     if not stored.endswith(SUFFIX):
         return None
     chars = []
@@ -129,8 +131,10 @@ def unescape(stored: str) -> str | None:
                 return None
             chars.append(chr(code))
     name = "".join(chars)
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        return None
     # a stray '%' matches no token and is skipped: the comparison then fails
-    return name if name and escape(name) == stored else None
+    return name if escape(name) == stored else None
 
 
 def mount_name(stored: str) -> str:

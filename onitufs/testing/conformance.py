@@ -634,6 +634,8 @@ ODD_NAMES = [
     "l" * 251 + ".txt",  # 255 bytes, the longest name
     "\u00e9" * 127,  # 254 bytes in 127 characters
     "x.onitufs-part.txt", "notes.onitufs-partial", ".onitufs-swap-7", ".onitufs-remote.txt",
+    # what onitufs.storednames.escape would make of "a/b" and "..", names no mount holds
+    "a%2Fb~onitufs", ".%2E~onitufs",
 ]
 
 
