@@ -174,7 +174,7 @@ def holds_links(folder: str) -> bool | None:
         os.symlink(".", probe)
     except OSError as error:
         if error.errno not in NO_LINKS:
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            with contextlib.suppress(OSError):
                 os.unlink(probe)  # (FileExistsError: left by a crash; asked again next time)
             return None
         try:
