@@ -78,7 +78,7 @@ class Disk:
         """Whether the disk refuses the probe's name; None where it could not tell."""
         probe = os.path.join(self.root, PROBE)
         try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            make_empty(probe)
         except FileExistsError:
             pass  # (left by a crash, or made by another thread now): it holds the name
         except OSError as error:
@@ -164,6 +164,11 @@ def made_at(shown: str, full: str, make: Callable[[str], None]) -> str:
     return instead
 
 
+def make_empty(path: str) -> None:
+    """An empty file at `path`, where nothing is (a probe)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
+
 def holds_links(folder: str) -> bool | None:
     """Whether the disk of `folder` holds symbolic links, where making one there failed
     with one of NO_LINKS: a link and then a file are made (and deleted) in it. None where
@@ -178,7 +183,7 @@ def holds_links(folder: str) -> bool | None:
                 os.unlink(probe)  # (FileExistsError: left by a crash; asked again next time)
             return None
         try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            make_empty(probe)
         except OSError:
             return None  # no file either: what refused the link said nothing of links
         os.unlink(probe)
