@@ -299,16 +299,10 @@ def start(plug: Plug) -> None:
                 os.unlink(path)
             elif there is None:
                 try:  # a file another program made there since the look stays
-                    rename_noreplace(path, target)
-                except FileExistsError:
-                    instead = clash_escape(md.path, target)
-                    try:
-                        if instead is None:
-                            raise
-                        rename_noreplace(path, instead)
-                    except FileExistsError:
-                        raise Conflict(f"{md.path}: made on the remote during the upload",
-                                       describe(md.path, os.lstat(instead or target))) from None
+                    target = made_at(md.path, target, lambda at: rename_noreplace(path, at))
+                except FileExistsError as error:
+                    raise Conflict(f"{md.path}: made on the remote during the upload",
+                                   describe(md.path, os.lstat(error.filename))) from None
             else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
