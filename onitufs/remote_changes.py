@@ -731,9 +731,14 @@ class RemoteChanges:
         assert old_parent is not None
         old_name = encode_path(old.rpartition("/")[2])
         new_name = encode_path(new.path.rpartition("/")[2])
+        moved = entry.moved(new.revision, new.file_id, new.changed_ns)
+        if new.attrs_key() != entry.attrs:
+            # A chmod there with the rename: the change time the rename set says nothing
+            # of it, the mode it holds does. (Weighed before the mount's rename, which
+            # moves the file's change time here.)
+            self._take_mode(txn, remote, ino, new, moved)
         self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
-        self.index.move_mirror(txn, remote.rid, ino, old, new.path,
-                               entry.moved(new.revision, new.file_id, new.changed_ns))
+        self.index.move_mirror(txn, remote.rid, ino, old, new.path, moved)
         self.tree.kernel.entry_changed(old_parent, old_name)
         self.tree.kernel.entry_changed(new_parent, new_name)
         return True

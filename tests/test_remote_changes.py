@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -282,6 +283,22 @@ def test_a_rename_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
     wait_for(lambda: everywhere(cloud, "after.txt", b"same bytes")
              and everywhere(cloud, "before.txt", None), what="the rename everywhere")
     assert os.stat(cloud.remotes["b"] / "after.txt").st_ino == inode_on_b
+
+
+def test_a_chmod_with_a_rename_on_a_remote_travels_with_it(cloud: Cloud) -> None:
+    """A file chmodded and then renamed on a remote, in one burst: the rename sets its
+    change time, which then says nothing of the chmod; the mode it holds differs from
+    the one onitufs last knew there, and that mode reaches the mount and every remote."""
+    (cloud.mountpoint / "before.txt").write_bytes(b"same bytes")
+    cloud.wait_synced()
+    wait_for(lambda: everywhere(cloud, "before.txt", b"same bytes"), what="the upload")
+    os.chmod(cloud.remotes["a"] / "before.txt", 0o600)
+    os.rename(cloud.remotes["a"] / "before.txt", cloud.remotes["a"] / "after.txt")
+    wait_for(lambda: everywhere(cloud, "after.txt", b"same bytes")
+             and everywhere(cloud, "before.txt", None), what="the rename everywhere")
+    wait_for(lambda: all(stat.S_IMODE(os.stat(root / "after.txt").st_mode) == 0o600
+                         for root in [cloud.mountpoint, *cloud.remotes.values()]),
+             what="the mode everywhere")
 
 
 def test_remote_edits_while_unmounted(make_cloud: MakeCloud) -> None:
