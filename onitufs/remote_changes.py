@@ -700,26 +700,37 @@ class RemoteChanges:
 
     async def move_file(self, remote: str, old_path: str, new: Metadata) -> None:
         source = self.remotes[remote]
-        if not (self._heeded(source) and self._acceptable(source, new.path)):
+        if await self._rename(source, old_path, new):
             return
+        await self.update_file(remote, new)
+        # What the remote held below a folder went with it: gone from there before the
+        # folder, which would otherwise still hold it here, and be made there again.
+        with self.index.begin() as txn:
+            below = [path for _, path, _ in self.index.mirror_below(source.rid, [old_path], txn)]
+        for path in sorted(below, key=_depth, reverse=True):
+            await self.delete_file(remote, path)
+        await self.delete_file(remote, old_path)
+
+    async def _rename(self, source: Remote, old_path: str, new: Metadata) -> bool:
+        """Apply a rename on the remote as a rename here; False where it cannot be one (the
+        new name is taken here, or the old one holds nothing of ours): then it is a new
+        entry at new.path, and old_path's delete."""
+        if not (self._heeded(source) and self._acceptable(source, new.path)):
+            return True
         above = self._no_folder_above(source, new.path)
         if above is not None:
             # Not old_path's delete either: the file would be left on that remote only,
             # at a path the mount does not show. (Where that folder is renamed aside, the
             # next listing finds it there.)
             await self._folder_over(source, *above)
-            return
+            return True
         rid = source.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, old_path, txn)
             if ino is None or not source.config.readable:
-                moved = False
-            else:
-                entry = self.index.mirror(rid, ino, txn)[old_path]
-                moved = self._move(txn, source, ino, old_path, new, entry)
-        if not moved:
-            await self.update_file(remote, new)
-            await self.delete_file(remote, old_path)
+                return False
+            entry = self.index.mirror(rid, ino, txn)[old_path]
+            return self._move(txn, source, ino, old_path, new, entry)
 
     def _move(self, txn: lmdb.Transaction, remote: Remote, ino: int, old: str, new: Metadata,
               entry: MirrorEntry) -> bool:
@@ -856,9 +867,9 @@ class RemoteChanges:
                 # Both wait for the next listing: judged now, a rename could be taken for
                 # a new folder and a delete, or a new folder for a rename.
                 return
-            elif old is not None and renamed(known, listed, old, md):
+            elif old is not None and renamed(known, listed, old, md) \
+                    and await self._rename(source, old, md):
                 gone.remove(old)
-                await self.move_file(remote, old, md)
             elif not await self._take(source, md):
                 skipped = True  # tried again with the next listing
 

@@ -508,6 +508,51 @@ def test_a_folder_renamed_on_a_remote_travels_as_a_rename(cloud: Cloud) -> None:
     assert os.stat(cloud.remotes["c"] / "renamed album" / "p0").st_ino == inode_on_c
 
 
+@pytest.mark.parametrize("here", ["file", "empty folder", "folder"])
+def test_a_folder_renamed_on_a_remote_onto_a_name_made_here_since(make_cloud: MakeCloud,
+                                                                   here: str) -> None:
+    """Remote a renames a folder onto a name the mount has made since and not sent there
+    yet (uploads wait an hour): a file keeps its name and the folder is kept beside it; a
+    folder takes in what the renamed one holds, which travels as renames. The old name
+    goes everywhere, and does not come back as an empty folder."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")  # (an unmount sends all)
+    a, b = cloud.remotes["a"], cloud.remotes["b"]
+    for remote in (a, b):
+        (remote / "src").mkdir()
+        for name in ("f1", "f2"):
+            (remote / "src" / name).write_bytes(name.encode())
+    cloud.mount()
+    wait_for(lambda: everywhere(cloud, "src/f2", b"f2"), what="the folder everywhere")
+    on_b = os.stat(b / "src" / "f1").st_ino
+    dst = cloud.mountpoint / "dst"
+    if here == "file":
+        dst.write_bytes(b"made here")
+    else:
+        dst.mkdir()
+        if here == "folder":
+            (dst / "x").write_bytes(b"made here")
+    os.rename(a / "src", a / "dst")
+    if here == "file":
+        folder = "dst (conflict from a *)"
+        wait_for(lambda: len(list(cloud.mountpoint.glob(f"{folder}/f2"))) == 1,
+                 what="the folder kept beside the file")
+        folder = next(cloud.mountpoint.glob(folder)).name
+    else:
+        folder = "dst"
+    wait_for(lambda: not (cloud.mountpoint / "src").exists()
+             and (cloud.mountpoint / folder / "f1").read_bytes() == b"f1",
+             what="the rename in the mount")
+    cloud.umount()  # (sends what waits)
+    if here != "file":
+        assert os.stat(b / "dst" / "f1").st_ino == on_b  # renamed there, not copied anew
+    expected = {folder: ("dir", b""), f"{folder}/f1": ("file", b"f1"),
+                f"{folder}/f2": ("file", b"f2"),
+                **({"dst": ("file", b"made here")} if here == "file" else {}),
+                **({"dst/x": ("file", b"made here")} if here == "folder" else {})}
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+
+
 def test_folders_renamed_and_deleted_after_a_remount_travel_whole(make_cloud: MakeCloud) -> None:
     """After a remount the index has not decoded what each remote holds (the first listings
     match it as a whole): what a remote holds below a folder changed there, or in the
