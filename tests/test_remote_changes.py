@@ -553,6 +553,27 @@ def test_a_folder_renamed_on_a_remote_onto_a_name_made_here_since(make_cloud: Ma
         assert snapshot(remote) == expected, name
 
 
+def test_a_file_renamed_on_a_remote_onto_a_name_made_here_since(make_cloud: MakeCloud) -> None:
+    """The same for a file onto a file: the later (the mount's) keeps the name, the
+    renamed one is kept beside it, and its old name goes everywhere."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")  # (an unmount sends all)
+    a = cloud.remotes["a"]
+    for remote in cloud.remotes.values():
+        (remote / "src").write_bytes(b"renamed there")
+    cloud.mount()
+    wait_for(lambda: (cloud.mountpoint / "src").exists(), what="the file in the mount")
+    (cloud.mountpoint / "dst").write_bytes(b"made here")
+    os.rename(a / "src", a / "dst")
+    wait_for(lambda: not (cloud.mountpoint / "src").exists()
+             and len(list(cloud.mountpoint.glob("dst (conflict from a *)"))) == 1,
+             what="the rename in the mount")
+    aside = next(cloud.mountpoint.glob("dst (conflict from a *)")).name
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == {"dst": ("file", b"made here"),
+                                    aside: ("file", b"renamed there")}, name
+
+
 def test_folders_renamed_and_deleted_after_a_remount_travel_whole(make_cloud: MakeCloud) -> None:
     """After a remount the index has not decoded what each remote holds (the first listings
     match it as a whole): what a remote holds below a folder changed there, or in the
