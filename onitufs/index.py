@@ -259,6 +259,13 @@ class MirrorEntry:
     # compared it): a chmod there while a later revision of ours waits to go is told from
     # an edit that kept the size and time by this, ours being no longer that content.
     sha256: str | None = None
+    # The permission bits a listing last found there; None until one did, and again once
+    # onitufs set them or put a version there. Where no change time tells a chmod made
+    # there (a folder's moves with every name made in it; SFTP gives none), a listing
+    # that finds others than these is one (see RemoteChanges._modes_found). What onitufs
+    # set is not taken for found: a disk that keeps other bits than it is given (exFAT)
+    # would have its own spread.
+    mode: int | None = None
 
     def moved(self, token: str | None, fid: str | None, changed: int | None) -> MirrorEntry:
         """The same content after the remote moved it, with the token, file id and change
@@ -266,7 +273,8 @@ class MirrorEntry:
         return dataclasses.replace(self, token=token, fid=fid, changed=changed)
 
     def to_json(self) -> dict[str, Any]:
-        known = {"sha256": self.sha256} if self.sha256 is not None else {}
+        known = {name: value for name, value in (("sha256", self.sha256), ("mode", self.mode))
+                 if value is not None}
         return {"rev": self.rev, "token": self.token, "fid": self.fid, "kind": self.kind,
                 "attrs": self.attrs, "changed": self.changed, "racy": self.racy, **known}
 

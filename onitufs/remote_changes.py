@@ -257,7 +257,7 @@ class RemoteChanges:
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
-            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev))
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev, found=True))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
         else:
             return inode
@@ -280,7 +280,7 @@ class RemoteChanges:
                         "version", remote.name, md.path, paths[0])
             new = self.tree.replace_content(txn, inode, paths[0], md.size, md.mtime_ns, md.mode)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
-            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev))
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev, found=True))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
             self.replicator.requeue(txn, remote, new.ino)  # to move it to its name there
             return None
@@ -303,7 +303,7 @@ class RemoteChanges:
         if not same:
             return inode  # files too: whether their contents are one is for keep_both
         self.index.hold(txn, remote.rid, existing, md.path,
-                        remote.entry_of(md, 0 if inode.is_dir else inode.rev))
+                        remote.entry_of(md, 0 if inode.is_dir else inode.rev, found=True))
         return None
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
@@ -350,7 +350,7 @@ class RemoteChanges:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
         self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
-                        remote.entry_of(md, inode.rev))
+                        remote.entry_of(md, inode.rev, found=True))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -383,7 +383,7 @@ class RemoteChanges:
                     if self._standing(txn, remote, md.path) != standing:
                         return False
                     self.index.hold(txn, remote.rid, ours.ino, md.path,
-                                    remote.entry_of(md, ours.rev, ours.checksum_of(ours.rev)))
+                                    remote.entry_of(md, ours.rev, ours.checksum_of(ours.rev), found=True))
                 return True
         return await self._keep_apart(remote, md, ours, standing)
 
@@ -557,6 +557,43 @@ class RemoteChanges:
             return
         log.info("remote %s: %s: its mode changed there to %04o", remote.name, md.path,
                  stat.S_IMODE(md.mode))
+        self.tree.mode_changed_there(txn, inode, md.path, md.mode, remote.rid)
+
+    def _modes_found(self, remote: Remote, found: list[Metadata]) -> None:
+        """A listing found these with other permission bits than the last one did (or than
+        none did): see _mode_found."""
+        if not found:
+            return
+        with self.index.write() as txn:
+            for md in found:
+                ino = self.index.mirror_ino(remote.rid, md.path, txn)
+                entry = self.index.mirror(remote.rid, ino, txn).get(md.path) \
+                    if ino is not None else None
+                if ino is not None and entry is not None and entry.kind == md.kind \
+                        and entry.mode != md.mode:
+                    self._mode_found(txn, remote, ino, md, entry)
+                    self.index.set_mirror(txn, remote.rid, ino, md.path, entry)
+
+    def _mode_found(self, txn: lmdb.Transaction, remote: Remote, ino: int, md: Metadata,
+                    entry: MirrorEntry) -> None:
+        """The remote holds `ino` (its mirror entry `entry`, updated here) with md.mode: where
+        the last listing found others, and no change time tells a chmod there (a folder's
+        moves with every name made in it; SFTP gives none), that is one. It becomes the
+        mode here, unless the mount's changed since that listing, or the remote only keeps
+        copies (`w`): then the mount's is set there again. (A file's change time, where the
+        remote gives one, tells it: _take_mode.)"""
+        before, entry.mode = entry.mode, md.mode
+        inode = self.index.get_inode(ino, txn)
+        if before is None or before == md.mode or inode is None \
+                or stat.S_IMODE(inode.mode) == md.mode \
+                or (md.kind == "file" and md.changed_ns is not None):
+            return
+        entry.attrs = md.attrs_key()  # what it holds now
+        if stat.S_IMODE(inode.mode) != before or not remote.config.readable:
+            self.replicator.requeue(txn, remote, ino)
+            return
+        log.info("remote %s: %s: its mode changed there to %04o", remote.name, md.path,
+                 md.mode)
         self.tree.mode_changed_there(txn, inode, md.path, md.mode, remote.rid)
 
     def _held_elsewhere(self, remote: Remote, ours: Inode, at: str | None = None) -> bool:
@@ -743,11 +780,13 @@ class RemoteChanges:
         old_name = encode_path(old.rpartition("/")[2])
         new_name = encode_path(new.path.rpartition("/")[2])
         moved = entry.moved(new.revision, new.file_id, new.changed_ns)
+        # A chmod there with the rename: the change time the rename set says nothing of
+        # it, the mode it holds does. (Weighed before the mount's rename, which moves the
+        # file's change time here.)
         if new.attrs_key() != entry.attrs:
-            # A chmod there with the rename: the change time the rename set says nothing
-            # of it, the mode it holds does. (Weighed before the mount's rename, which
-            # moves the file's change time here.)
             self._take_mode(txn, remote, ino, new, moved)
+        if new.kind != "symlink" and new.mode != moved.mode:
+            self._mode_found(txn, remote, ino, new, moved)
         self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
         self.index.move_mirror(txn, remote.rid, ino, old, new.path, moved)
         self.tree.kernel.entry_changed(old_parent, old_name)
@@ -890,21 +929,25 @@ class RemoteChanges:
                 await take_new(path)
             else:
                 after_deletes[root].append(path)
+        modes: list[Metadata] = []  # found with other permission bits than recorded
         async for path, md in paced(listed.items()):
             entry = known.get(path)
-            if entry is None or md.kind == entry.kind == "dir" or path in retyped \
-                    or not current(path):
+            if entry is None or path in retyped or not current(path):
+                continue
+            if md.mode != entry.mode and md.kind != "symlink":
+                modes.append(md)  # (weighed after what else changed there)
+            if md.kind == entry.kind == "dir" or (is_version(entry, md)
+                                                  and not unsettled(entry, md)):
                 continue
             if not (is_version(entry, md) or refiled(entry, md)):
                 # A new version replaces our inode there: not while a copy of that inode is
                 # on its way to another remote, whose record would land on the inode
                 # replaced (and its copy then read as a conflict). The next listing says.
                 settled = not self._sending(source, path) and await self._take(source, md)
-            elif unsettled(entry, md):
-                settled = await self._settle(source, md)
             else:
-                continue
+                settled = await self._settle(source, md)
             skipped = skipped or not settled
+        self._modes_found(source, [md for md in modes if current(md.path)])
         if retyped:
             deletes_first: dict[str, list[str]] = {root: [] for root in retyped}
             for path in gone:

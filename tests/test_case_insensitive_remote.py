@@ -15,6 +15,8 @@ import contextlib
 import os
 import re
 import shutil
+import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -416,4 +418,32 @@ def test_links_stay_off_a_disk_that_holds_none(on_exfat: Callable[..., Cloud]) -
     (mnt / "later").write_bytes(b"later")
     wait_for(lambda: everywhere(cloud, "later", b"later"), what="a later file")
     assert snapshot(mnt) == {**every, "later": ("file", b"later")}
+    cloud.umount()
+
+
+def test_the_modes_a_disk_keeps_of_its_own_do_not_spread(on_exfat: Callable[..., Cloud]) -> None:
+    """exFAT shows every file and folder as 0777 and takes a chmod without keeping it: a
+    mode found there is not taken for one made there, at first or after a chmod in the
+    mount (where no change time tells a chmod there, a change of what listings find is
+    one)."""
+    cloud = on_exfat()
+    usb, a, mnt = cloud.remotes["b"], cloud.remotes["a"], cloud.mountpoint
+    cloud.mount()
+    (mnt / "d").mkdir()
+    (mnt / "d" / "f").write_bytes(b"file")
+    cloud.wait_synced()
+    wait_for(lambda: (usb / "d" / "f").exists(), what="the file on the disk")
+
+    def modes_kept(expected: dict[str, int]) -> None:
+        time.sleep(1.5)  # for the disk's listings to find them
+        for place in (mnt, a):
+            assert {path: stat.S_IMODE(os.lstat(place / path).st_mode)
+                    for path in expected} == expected, place
+        assert stat.S_IMODE(os.lstat(usb / "d" / "f").st_mode) == 0o777
+
+    modes_kept({"d": 0o755, "d/f": 0o644})
+    (mnt / "d").chmod(0o700)
+    (mnt / "d" / "f").chmod(0o600)
+    cloud.wait_synced()
+    modes_kept({"d": 0o700, "d/f": 0o600})
     cloud.umount()

@@ -98,7 +98,10 @@ class Side:
         name = rng.choice(self.own + SHARED)
         kind = rng.choice(["write", "write", "write", "append", "delete", "rename", "folder"]
                           + ["chmod"] * self.chmods)
-        if name in self.own and isinstance(self.last.get(name), Folder):
+        if kind == "chmod" and isinstance(self.last.get(name), Folder):
+            os.chmod(self.root / name, rng.choice([0o700, 0o750, 0o755]))
+            kind = "done"
+        elif name in self.own and isinstance(self.last.get(name), Folder):
             # A file where the folder was (written), or the folder gone (deleted).
             shutil.rmtree(self.root / name)
             self.last[name] = None
@@ -185,9 +188,9 @@ class Machine(Side):
 
 
 def modes(root: Path) -> dict[str, int]:
-    """The permission bits of every file below root (onitufs's own left out)."""
+    """The permission bits of every file and folder below root (onitufs's own left out)."""
     return {str(path.relative_to(root)): stat.S_IMODE(path.lstat().st_mode)
-            for path in root.rglob("*") if path.is_file() and not path.is_symlink()
+            for path in root.rglob("*") if not path.is_symlink()
             and not path.name.endswith(TEMP_SUFFIX) and path.name != MARKER}
 
 
