@@ -153,6 +153,10 @@ def test_two_mounts_share_an_annex_remote(make_cloud: MakeCloud, programs: Path,
     assert (one.mountpoint / "renamed.txt").read_bytes() == b"one\n"
     wait_for(lambda: files_of(one.remotes["a"]) == files_of(two.remotes["b"]),
              what="both local remotes to agree")
+    (two.mountpoint / "renamed.txt").chmod(0o600)  # a chmod alone travels too
+    wait_for(lambda: all(stat.S_IMODE(os.stat(place / "renamed.txt").st_mode) == 0o600
+                         for place in (one.mountpoint, one.remotes["a"])),
+             what="two's chmod on one")
     one.umount()
     two.umount()
 
