@@ -262,7 +262,7 @@ class MirrorEntry:
     # The permission bits a listing last found there; None until one did, and again once
     # onitufs set them or put a version there. Where no change time tells a chmod made
     # there (a folder's moves with every name made in it; SFTP gives none), a listing
-    # that finds others than these is one (see RemoteChanges._modes_found). What onitufs
+    # that finds others than these is one (see RemoteChanges._mode_found). What onitufs
     # set is not taken for found: a disk that keeps other bits than it is given (exFAT)
     # would have its own spread.
     mode: int | None = None

@@ -257,7 +257,8 @@ class RemoteChanges:
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
-            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev, found=True))
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path,
+                                  remote.entry_of(md, new.rev, found=True))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
         else:
             return inode
@@ -280,7 +281,8 @@ class RemoteChanges:
                         "version", remote.name, md.path, paths[0])
             new = self.tree.replace_content(txn, inode, paths[0], md.size, md.mtime_ns, md.mode)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
-            self.index.set_mirror(txn, remote.rid, new.ino, md.path, remote.entry_of(md, new.rev, found=True))
+            self.index.set_mirror(txn, remote.rid, new.ino, md.path,
+                                  remote.entry_of(md, new.rev, found=True))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
             self.replicator.requeue(txn, remote, new.ino)  # to move it to its name there
             return None
@@ -382,8 +384,8 @@ class RemoteChanges:
                 with self.index.write() as txn:  # the same file, put there by someone else
                     if self._standing(txn, remote, md.path) != standing:
                         return False
-                    self.index.hold(txn, remote.rid, ours.ino, md.path,
-                                    remote.entry_of(md, ours.rev, ours.checksum_of(ours.rev), found=True))
+                    self.index.hold(txn, remote.rid, ours.ino, md.path, remote.entry_of(
+                        md, ours.rev, ours.checksum_of(ours.rev), found=True))
                 return True
         return await self._keep_apart(remote, md, ours, standing)
 
