@@ -553,9 +553,16 @@ class RemoteChanges:
         if inode is None or not inode.is_reg or md.changed_ns is None \
                 or stat.S_IMODE(inode.mode) == stat.S_IMODE(md.mode):
             return
+        self._chmod_there(txn, remote, inode, md, entry, md.changed_ns > inode.ctime_ns)
+
+    def _chmod_there(self, txn: lmdb.Transaction, remote: Remote, inode: Inode, md: Metadata,
+                     entry: MirrorEntry, later: bool) -> None:
+        """A chmod on the remote to md.mode: where it is `later` than the mount's own, the
+        mode from now on; else, or on a remote that only keeps copies (`w`), the mount's
+        mode is set there again."""
         entry.attrs = md.attrs_key()  # what it holds now
-        if md.changed_ns <= inode.ctime_ns or not remote.config.readable:
-            self.replicator.requeue(txn, remote, ino)  # to set the mount's mode there
+        if not later or not remote.config.readable:
+            self.replicator.requeue(txn, remote, inode.ino)
             return
         log.info("remote %s: %s: its mode changed there to %04o", remote.name, md.path,
                  stat.S_IMODE(md.mode))
@@ -580,23 +587,16 @@ class RemoteChanges:
                     entry: MirrorEntry) -> None:
         """The remote holds `ino` (its mirror entry `entry`, updated here) with md.mode: where
         the last listing found others, and no change time tells a chmod there (a folder's
-        moves with every name made in it; SFTP gives none), that is one. It becomes the
-        mode here, unless the mount's changed since that listing, or the remote only keeps
-        copies (`w`): then the mount's is set there again. (A file's change time, where the
-        remote gives one, tells it: _take_mode.)"""
+        moves with every name made in it; SFTP gives none), that is one, later than the
+        mount's own unless the mount's mode changed since that listing. (A file's change
+        time, where the remote gives one, tells it: _take_mode.)"""
         before, entry.mode = entry.mode, md.mode
         inode = self.index.get_inode(ino, txn)
         if before is None or before == md.mode or inode is None \
                 or stat.S_IMODE(inode.mode) == md.mode \
                 or (md.kind == "file" and md.changed_ns is not None):
             return
-        entry.attrs = md.attrs_key()  # what it holds now
-        if stat.S_IMODE(inode.mode) != before or not remote.config.readable:
-            self.replicator.requeue(txn, remote, ino)
-            return
-        log.info("remote %s: %s: its mode changed there to %04o", remote.name, md.path,
-                 md.mode)
-        self.tree.mode_changed_there(txn, inode, md.path, md.mode, remote.rid)
+        self._chmod_there(txn, remote, inode, md, entry, stat.S_IMODE(inode.mode) == before)
 
     def _held_elsewhere(self, remote: Remote, ours: Inode, at: str | None = None) -> bool:
         """Whether the mount's version can be had whole without this remote (with `at`:
