@@ -58,6 +58,7 @@ from .index import (
     unseal,
 )
 from .inorder import InOrderHashes
+from .space import CacheSpace
 
 log = logging.getLogger(__name__)
 BlockKey = tuple[int, int]
@@ -103,6 +104,10 @@ class BlockLost(Exception):
     """A cached block is damaged and no remote holds the content it stood for."""
 
 
+class NoRoom(Exception):
+    """The disk of the cache has no room to keep a block that a change needs here."""
+
+
 class BlockCache:
     def __init__(self, index: Index, block_size: int, size_limit: int, write_buffer: int,
                  fetch: Fetcher, evictable: Callable[[int], bool]) -> None:
@@ -113,6 +118,7 @@ class BlockCache:
         self._fetch = fetch
         self._evictable = evictable
         self._db = index.db["blocks"]
+        self.space = CacheSpace(index, str(index.path))
         self._dirty: dict[int, dict[int, Buffer]] = {}  # ino -> block number -> content
         # Full blocks a worker thread is writing to LMDB while the mount goes on; a block
         # changed or cut meanwhile is superseded, and the worker leaves it out.
@@ -134,6 +140,7 @@ class BlockCache:
         # meanwhile, or the file would be complete without them.
         self._completing: collections.Counter[int] = collections.Counter()
         self._over_size = False  # and nothing could be evicted: said once in the log
+        self._unkept = False  # a fetched block found no room on the disk: said once too
 
     def _take_stock(self) -> None:
         """Account for the blocks stored when the daemon starts, none of them checked yet.
@@ -233,7 +240,9 @@ class BlockCache:
         piece = self._cached_piece(inode, blockno, 0, length)
         return None if piece is None else piece + bytes(length - len(piece))
 
-    async def _fetch_block(self, inode: Inode, blockno: int) -> bytes:
+    async def _fetch_block(self, inode: Inode, blockno: int, keep: bool = False) -> bytes:
+        """The block from a remote, kept where there is room (NoRoom with `keep` where
+        there is none)."""
         key = (inode.ino, blockno)
         while key in self._fetching:
             await self._fetching[key].wait()
@@ -254,25 +263,36 @@ class BlockCache:
                 return b""
             expected = self.index.block_hash(inode.ino, blockno, rev)
             data, digest = await self._fetch(inode, offset, length, expected)
-            self.take_fetched(inode.ino, blockno, rev, data, digest, expected is None)
+            if not self.take_fetched(inode.ino, blockno, rev, data, digest, expected is None) \
+                    and keep:
+                raise NoRoom(f"no room on the disk of the cache for the block at byte {offset}")
             return data
         finally:
             del self._fetching[key]
             done.set()
 
     def take_fetched(self, ino: int, blockno: int, rev: int, data: bytes, digest: bytes,
-                     new_checksum: bool) -> None:
+                     new_checksum: bool) -> bool:
         """Keep a block of revision `rev` read from a remote, where the cache lacks it or
         holds it damaged, if the file is still at that revision; with `new_checksum`,
         `digest` becomes the block's checksum (the first copy seen: later ones are checked
-        against it)."""
+        against it). False where it was wanted but the disk had no room for it."""
         key = (ino, blockno)
         # Blocks are kept by inode and block number, not by revision: the file, as the
         # index has it now, must still be at the revision the read began with.
         inode = self.index.get_inode(ino)
         if inode is None or inode.rev != rev or not (key in self._damaged or not inode.complete) \
                 or self.has_dirty(ino):
-            return
+            return True
+        if not self.space.room_for(len(data), self.unstored_bytes):
+            self.make_room(len(data))
+            if not self.space.room_for(len(data), self.unstored_bytes):
+                if not self._unkept:  # once, not at every block until there is room again
+                    log.warning("the disk of the cache is full: what is read from the remotes "
+                                "is served but not kept")
+                self._unkept = True
+                return False  # read again from a remote the next time
+        self._unkept = False
         with self.index.write() as txn:
             self._store(txn, key, data, digest)
             if new_checksum:
@@ -281,6 +301,7 @@ class BlockCache:
             # A file streaming through (read, or uploaded to another remote) stays
             # within the size: what it fetched before goes as it goes on.
             self.evict()
+        return True
 
     async def make_complete(self, inode: Inode) -> None:
         """Fetch every block not cached, so the file can be changed locally."""
@@ -299,7 +320,8 @@ class BlockCache:
 
     async def make_sound(self, inode: Inode, offset: int, length: int) -> None:
         """Make the stored blocks from `offset` over `length` bytes fit to change: fetched
-        if missing or damaged (BlockLost where no remote can give them back)."""
+        if missing or damaged (BlockLost where no remote can give them back, NoRoom where the
+        disk of the cache has no room to keep them)."""
         if length <= 0:
             return
         for blockno in range(offset // self.block_size, (offset + length - 1) // self.block_size + 1):
@@ -309,7 +331,7 @@ class BlockCache:
             if key in self._sound and key not in self._damaged:
                 continue
             if not self._holds(inode, blockno):
-                await self._fetch_block(inode, blockno)
+                await self._fetch_block(inode, blockno, keep=True)
 
     # writing (callers bump the inode's version and size)
 
@@ -641,6 +663,16 @@ class BlockCache:
         inode = self.index.get_inode(ino)
         return inode is not None and inode.nlink > 0 and not inode.complete
 
+    def make_room(self, size: int) -> None:
+        """Drop clean blocks until `size` more bytes and a write buffer's worth fit on the
+        cache's disk: a cache whose size is past what its disk can take shrinks before
+        the disk is called full."""
+        self.evict()
+        missing = self.space.missing(size + self.write_buffer, self.unstored_bytes)
+        if missing > 0:
+            self._drop(2 * missing)  # LMDB reuses about half of what it frees (space.py)
+        self.space.forget()
+
     def evict(self, excess: int | None = None) -> int:
         """Drop clean blocks, least recently used first, until the cache fits (or `excess`
         bytes went); returns bytes freed."""
@@ -649,6 +681,19 @@ class BlockCache:
         if excess <= 0:
             self._over_size = False
             return 0
+        freed = self._drop(excess)
+        if not freed:
+            if not self._over_size:  # once, not at every write until the uploads are done
+                log.warning("cache over its size (%d bytes) by %d bytes and nothing can be "
+                            "evicted yet: waiting for uploads", self.size_limit, excess)
+            self._over_size = True
+            return 0
+        self._over_size = False
+        return freed
+
+    def _drop(self, excess: int) -> int:
+        """Drop clean blocks every remote holds (or that came from one), least recently
+        used first, until `excess` bytes went; returns bytes freed."""
         freed = 0
         verdicts: dict[int, bool] = {}
         victims = []
@@ -663,12 +708,7 @@ class BlockCache:
                 victims.append(key)
                 freed += length
         if not victims:
-            if not self._over_size:  # once, not at every write until the uploads are done
-                log.warning("cache over its size (%d bytes) by %d bytes and nothing can be "
-                            "evicted yet: waiting for uploads", self.size_limit, excess)
-            self._over_size = True
             return 0
-        self._over_size = False
         with self.index.write() as txn:
             for key in victims:
                 self.discard(txn, key)

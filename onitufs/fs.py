@@ -32,7 +32,7 @@ import lmdb
 import pyfuse3
 import trio
 
-from .blockcache import BlockLost
+from .blockcache import BlockLost, NoRoom
 from .index import (
     FLAG_COMPLETE,
     FLAG_WRITE_FAILED,
@@ -43,7 +43,6 @@ from .index import (
     now_ns,
 )
 from .replicator import BUSY_WINDOW, FetchError, Replicator
-from .space import CacheSpace
 from .tree import NAME_MAX, KernelNotifier, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,7 @@ class Filesystem(pyfuse3.Operations):
         self.replicator = replicator
         self._status = status
         self._cache_dir = cache_dir
-        self.space = CacheSpace(self.index, cache_dir)
+        self.space = self.cache.space
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_fh = 1
@@ -355,6 +354,9 @@ class Filesystem(pyfuse3.Operations):
                       self.index.describe(node.ino), error)
             await self.kernel.settled()
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except NoRoom as error:
+            log.error("cannot change %s: %s", self.index.describe(node.ino), error)
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
 
     # names
 
@@ -524,7 +526,7 @@ class Filesystem(pyfuse3.Operations):
         node = self.tree.inode(self._handles[fh].ino)
         await self._fit_to_change(node, off, len(buf))
         if not self.space.room_for(len(buf), self.cache.unstored_bytes):
-            await self._make_room()
+            await self._make_room(len(buf))
             if not self.space.room_for(len(buf), self.cache.unstored_bytes):
                 self._write_failed(node, "no space left on the disk of the cache")
                 raise pyfuse3.FUSEError(errno.ENOSPC)
@@ -543,13 +545,12 @@ class Filesystem(pyfuse3.Operations):
             self.cache.evict()
         return len(buf)
 
-    async def _make_room(self) -> None:
-        """Store what is buffered and evict what can go, to measure the room left anew."""
+    async def _make_room(self, size: int) -> None:
+        """Store what is buffered and drop what can go, to measure the room left anew."""
         with contextlib.suppress(lmdb.Error):  # the disk may be full: measured below
             await self.cache.settle()
             self.cache.commit()
-        self.cache.evict()
-        self.space.forget()
+        self.cache.make_room(size)
 
     def _being_written(self) -> set[int]:
         return {handle.ino for handle in self._handles.values()

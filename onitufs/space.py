@@ -35,6 +35,11 @@ class CacheSpace:
         self._taken += size
         return True
 
+    def missing(self, size: int, pending: int) -> int:
+        """How many bytes short of room for `size` more the disk is now (0: none)."""
+        self._measure(pending)
+        return max(0, size - self._budget)
+
     def full(self) -> bool:
         """Whether the cache's disk has run out of room (a failed commit's likely cause)."""
         self._measure(0)

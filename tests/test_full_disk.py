@@ -104,6 +104,60 @@ def test_a_file_cut_short_by_a_full_disk_is_not_replicated_after_a_remount(
         assert (remote / "big.bin").read_bytes() == b"small now", name
 
 
+def test_what_every_remote_holds_makes_room_on_a_full_cache_disk(
+        small_disk_cloud: Cloud) -> None:
+    """A cache whose size is past its disk's: blocks every remote holds go to make room for
+    a write, least recently used first, before the disk is called full."""
+    cloud = small_disk_cloud
+    mount(cloud)
+    contents = {name: os.urandom(36 * MIB) for name in ("first.bin", "second.bin")}
+    for name, content in contents.items():  # each fills more than half of the disk
+        (cloud.mountpoint / name).write_bytes(content)
+        cloud.wait_synced()
+    for name, content in contents.items():  # the first one read back from the remotes
+        assert (cloud.mountpoint / name).read_bytes() == content, name
+    result = cloud.umount()
+    assert result.returncode == 0, result.stderr
+    for remote in cloud.remotes.values():
+        for name, content in contents.items():
+            assert (remote / name).read_bytes() == content, (remote, name)
+    assert "a write failed" not in log(cloud)
+
+
+def test_a_cache_disk_another_program_filled_serves_reads_and_refuses_changes(
+        make_cloud: MakeCloud) -> None:
+    """What a remote holds reads back whole while the cache's disk has no room to keep it;
+    a change to it, which needs the file here whole, fails with ENOSPC and leaves it as it
+    was, not with the blocks it could not keep as zeros."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 GiB", write_buffer="16 MiB")
+    content = os.urandom(12 * MIB)
+    there = cloud.remotes["a"] / "there.bin"
+    there.write_bytes(content)
+    with small_disk(cloud, cloud.cache, "64m"):
+        mount(cloud)
+        cloud.wait_synced()
+        _, error = write_until_full(cloud.cache / "filler", 200 * MIB)
+        assert error is not None and error.errno == errno.ENOSPC, error
+        assert (cloud.mountpoint / "there.bin").read_bytes() == content
+        assert cloud.status()["pid"] == cloud.pid
+        assert log(cloud).count("the disk of the cache is full: what is read from the "
+                                "remotes is served but not kept") == 1
+        with pytest.raises(OSError) as refused, \
+                open(cloud.mountpoint / "there.bin", "r+b") as changed:
+            changed.seek(5 * MIB)
+            changed.write(b"changed")
+            changed.flush()
+            os.fsync(changed.fileno())
+        assert refused.value.errno == errno.ENOSPC, refused.value
+        assert "there.bin: no room on the disk of the cache for the block" in log(cloud)
+        (cloud.cache / "filler").unlink()
+        with open(cloud.mountpoint / "there.bin", "r+b") as changed:
+            changed.write(b"changed")
+        result = cloud.umount()
+        assert result.returncode == 0, result.stderr
+        assert there.read_bytes() == b"changed" + content[7:]
+
+
 @pytest.mark.parametrize("free", [0, 4, 64, 92, 112], ids=lambda kib: f"{kib} KiB")
 def test_a_new_cache_on_a_full_disk_is_refused_in_one_line(make_cloud: MakeCloud,
                                                            free: int) -> None:
