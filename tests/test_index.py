@@ -300,3 +300,37 @@ def test_an_inode_held_across_a_failed_write_stays_the_one_handed_out(tmp_path: 
         assert index.get_inode(12) is None
     finally:
         index.close()
+
+
+def test_a_failed_write_takes_back_its_changes_to_a_deferred_inode(tmp_path: Path) -> None:
+    """A file read (its atime deferred) that a remote's newer version replaces while the
+    disk is full: the replacement's commit fails. The file keeps its name and its atime,
+    not the name it lost in the failed write: written with the next commit, that would
+    leave it named with no link (and a second try took nlink below 0, failing every
+    listing of that remote)."""
+    index = Index(tmp_path, 1 << 30, BLOCK)
+    try:
+        with index.write() as txn:
+            index.put_inode(txn, Inode(9, 0o100644, 0, 0, 1, size=3))
+        read = index.get_inode(9)
+        assert read is not None
+        read.atime_ns = 5
+        index.defer_inode(read)
+        for _ in range(2):
+            with pytest.raises(lmdb.MapFullError), index.write() as txn:
+                read.nlink -= 1
+                read.ctime_ns = 6
+                index.put_inode(txn, read)
+                raise lmdb.MapFullError("the commit fails")
+            assert index.get_inode(9) is read
+            assert (read.nlink, read.ctime_ns, read.atime_ns) == (1, 0, 5)
+        with index.write() as txn:
+            index.write_deferred(txn)
+        with index.begin() as txn:
+            raw = txn.get(q(9), db=index.db["inodes"])
+        assert raw is not None
+        stored = Inode.unpack(9, raw)
+        assert (stored.nlink, stored.ctime_ns, stored.atime_ns) == (1, 0, 5)
+    finally:
+        index.close()
+
