@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import logging
@@ -291,6 +292,9 @@ class BlockCache:
                     log.warning("the disk of the cache is full: what is read from the remotes "
                                 "is served but not kept")
                 self._unkept = True
+                if new_checksum:  # later copies are still checked against this one
+                    with contextlib.suppress(lmdb.Error), self.index.write() as txn:
+                        self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
                 return False  # read again from a remote the next time
         self._unkept = False
         with self.index.write() as txn:

@@ -20,10 +20,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import lmdb
 import trio
 
 from .config import RemoteConfig
-from .index import MirrorEntry
+from .index import MirrorEntry, write_failure
 from .plug import ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,13 @@ class Remote:
                         log.debug("remote %s: driver ended as the mount did: %s", self.name,
                                   error)
                         return
-                    log.exception("remote %s: driver stopped: %s", self.name, error)
+                    if isinstance(error, lmdb.Error):  # taking in what it reported: one line
+                        error = RemoteUnavailable("cannot write the index: " + (
+                            str(error) if self.folder is None
+                            else write_failure(self.folder, error)))
+                        log.error("remote %s: driver stopped: %s", self.name, error)
+                    else:
+                        log.exception("remote %s: driver stopped: %s", self.name, error)
                     try:
                         plug.offline(f"driver stopped: {error}")
                     except Stopped:

@@ -31,7 +31,16 @@ import lmdb
 import trio
 
 from .blockcache import BlockCache, all_zero, zero_bytes, zeros_sha256
-from .index import FLAG_WRITE_FAILED, NO_HASH, ROOT_INO, Index, Inode, MirrorEntry, Transfer
+from .index import (
+    FLAG_WRITE_FAILED,
+    NO_HASH,
+    ROOT_INO,
+    Index,
+    Inode,
+    MirrorEntry,
+    Transfer,
+    write_failure,
+)
 from .plug import (
     EXPENSIVE,
     GIVE_WAY_LIMIT,
@@ -202,6 +211,9 @@ class Replicator:
         # go: it goes with the replicator's next transaction (see _write), not in one of its
         # own. A crash before leaves the mark, and the next start looks at the inode again.
         self._done: dict[int, set[int]] = {r.rid: set() for r in remotes}
+        # Remotes whose changes the index could not record (its disk full), said once
+        # until one is recorded again, not once a change.
+        self._unrecorded: set[int] = set()
         self._locks: dict[tuple[int, int], trio.Lock] = {}
         # The paths each remote's operations work on right now, and whether as a folder
         # moved or deleted there (see _working_at).
@@ -509,11 +521,20 @@ class Replicator:
                             self.index.describe(ino), error)
                 ticket.retry_at = time.monotonic() + 5
                 return
+            except lmdb.Error as error:  # the disk of the cache full: retried
+                if remote.rid not in self._unrecorded:
+                    log.error("remote %s: %s: cannot write the index: %s (said once until "
+                              "it takes changes again)", remote.name, self.index.describe(ino),
+                              write_failure(self.index.path, error))
+                self._unrecorded.add(remote.rid)
+                ticket.failed()
+                return
             except Exception:
                 log.exception("remote %s: %s failed", remote.name, self.index.describe(ino))
                 ticket.failed()
                 return
             remote.health.last_progress = time.monotonic()
+            self._unrecorded.discard(remote.rid)
             if pending.get(ino) is ticket:
                 self._drop_ticket(remote, ino)
                 self._done[remote.rid].add(ino)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from onitufs.index import Index
 
 from .conftest import Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
 
@@ -133,6 +137,7 @@ def test_a_cache_disk_another_program_filled_serves_reads_and_refuses_changes(
     content = os.urandom(12 * MIB)
     there = cloud.remotes["a"] / "there.bin"
     there.write_bytes(content)
+    written = there.stat().st_mtime_ns
     with small_disk(cloud, cloud.cache, "64m"):
         mount(cloud)
         cloud.wait_synced()
@@ -150,12 +155,65 @@ def test_a_cache_disk_another_program_filled_serves_reads_and_refuses_changes(
             os.fsync(changed.fileno())
         assert refused.value.errno == errno.ENOSPC, refused.value
         assert "there.bin: no room on the disk of the cache for the block" in log(cloud)
+        result = cloud.umount()
+        assert result.returncode == 0, result.stderr
+        assert there.stat().st_mtime_ns == written, "the refused change went there"
+        assert "driver stopped" not in log(cloud)
+        index = Index(cloud.cache, 2**30, MIB)  # what later copies are checked against
+        try:
+            with index.begin() as txn:
+                ino = index.resolve("there.bin", txn)
+            assert ino is not None
+            inode = index.get_inode(ino)
+            assert inode is not None
+            assert [index.block_hash(ino, blockno, inode.rev) for blockno in range(12)] == [
+                hashlib.sha256(content[blockno * MIB:(blockno + 1) * MIB]).digest()
+                for blockno in range(12)]
+        finally:
+            index.close()
         (cloud.cache / "filler").unlink()
+        mount(cloud)
         with open(cloud.mountpoint / "there.bin", "r+b") as changed:
             changed.write(b"changed")
         result = cloud.umount()
         assert result.returncode == 0, result.stderr
         assert there.read_bytes() == b"changed" + content[7:]
+
+
+def test_what_goes_on_while_the_cache_disk_is_full_goes_on_once_there_is_room(
+        make_cloud: MakeCloud) -> None:
+    """What a remote made, and what the mount made and sends only now: neither can be
+    recorded while another program holds the whole disk of the cache. One line says so
+    of each, and everything goes once there is room."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")
+    with small_disk(cloud, cloud.cache, "64m"):
+        mount(cloud)
+        for number in range(300):
+            (cloud.mountpoint / f"here{number}").mkdir()
+        _, error = write_until_full(cloud.cache / "filler", 200 * MIB)
+        assert error is not None and error.errno == errno.ENOSPC, error
+        made = cloud.remotes["a"] / "made"
+        made.mkdir()
+        for number in range(500):
+            (made / f"{number}.txt").write_text(f"file {number} made on a")
+        os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+        for said in (r"remote a: driver stopped: cannot write the index: .*No space left",
+                     r"remote [ab]: /here\d+: cannot write the index: .*No space left"):
+            wait_for(lambda said=said: re.search(said, log(cloud)) is not None,  # type: ignore[misc]
+                     what=f"{said!r} in the log")
+        assert "Traceback" not in log(cloud)
+        # not once for each of 300 folders on each remote
+        assert len(re.findall(r"onitufs.replicator: .*cannot write the index", log(cloud))) < 10
+        (cloud.cache / "filler").unlink()
+        wait_for(lambda: (cloud.mountpoint / "made").is_dir()
+                 and len(os.listdir(cloud.mountpoint / "made")) == 500, timeout=60,
+                 what="what a made to reach the mount")
+        os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")  # b waits an hour else
+        cloud.wait_synced(timeout=60)
+        result = cloud.umount()
+        assert result.returncode == 0, result.stderr
+        assert snapshot(cloud.remotes["b"]) == snapshot(cloud.remotes["a"])
+        assert (cloud.remotes["b"] / "here299").is_dir()
 
 
 @pytest.mark.parametrize("free", [0, 4, 64, 92, 112], ids=lambda kib: f"{kib} KiB")
