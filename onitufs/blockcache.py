@@ -402,10 +402,8 @@ class BlockCache:
             return
         bs = self.block_size
         keep_blocks = (new_size + bs - 1) // bs
+        self._take_buffers(inode.ino, keep_blocks)
         buffers = self._dirty.setdefault(inode.ino, {})
-        for blockno in [b for b in buffers if b >= keep_blocks]:
-            self._dirty_bytes -= len(buffers.pop(blockno))
-        self._ground(inode.ino, keep_blocks)
         self._delete_blocks(txn, inode.ino, keep_blocks)
         if new_size % bs:
             # The stored block is cut too, not only its buffer: bytes past the end must not
@@ -414,11 +412,37 @@ class BlockCache:
             buffer = self._changeable(inode.ino, blockno, buffers)
             cut = new_size % bs
             if len(buffer) > cut:
-                self._dirty_bytes -= len(buffer) - cut
+                tail = bytes(buffer[cut:])
+                self._dirty_bytes -= len(tail)
                 del buffer[cut:]
+                self.index.on_failure(functools.partial(self._grow_back, buffer, tail))
                 self._store(txn, (inode.ino, blockno), buffer)
                 self.index.set_block_hash(txn, inode.ino, blockno, UNREVISED, None)
         self._in_order.cut(inode.ino, new_size // bs)
+
+    def _grow_back(self, buffer: bytearray, tail: bytes) -> None:
+        """A cut that did not commit: the buffer holds its tail again."""
+        buffer += tail
+        self._dirty_bytes += len(tail)
+
+    def _take_buffers(self, ino: int, from_block: int) -> None:
+        """Blocks of `ino` from `from_block` on leave the buffers, and the worker thread's
+        hands (a cut, a delete). If the write fails they come back: the file is still
+        there, and they may be all there is of its latest content."""
+        buffers = self._dirty.get(ino, {})
+        taken = {blockno: buffers.pop(blockno) for blockno in list(buffers)
+                 if blockno >= from_block}
+        self._dirty_bytes -= sum(len(buffer) for buffer in taken.values())
+        # a block buffered is newer than the same block in flight
+        self.index.on_failure(functools.partial(
+            self._rebuffer, ino, self._ground(ino, from_block) | taken))
+
+    def _rebuffer(self, ino: int, taken: dict[int, Buffer]) -> None:
+        buffers = self._dirty.setdefault(ino, {})
+        for blockno, buffer in taken.items():
+            if blockno not in buffers:
+                buffers[blockno] = buffer
+                self._dirty_bytes += len(buffer)
 
     def trim(self, txn: lmdb.Transaction, inode: Inode) -> None:
         """Drop what is stored past the inode's size: after a crash, blocks stored for
@@ -433,22 +457,24 @@ class BlockCache:
 
     def drop(self, txn: lmdb.Transaction, ino: int) -> None:
         """Forget every block of an inode (deleted, or replaced by a remote's revision)."""
-        for buffer in self._dirty.pop(ino, {}).values():
-            self._dirty_bytes -= len(buffer)
-        self._ground(ino, 0)
+        self._take_buffers(ino, 0)
         self._delete_blocks(txn, ino, 0)
         self._in_order.cut(ino, 0)
 
-    def _ground(self, ino: int, from_block: int) -> None:
-        """Blocks of `ino` from `from_block` on are cut: none still flying may land."""
+    def _ground(self, ino: int, from_block: int) -> dict[int, Buffer]:
+        """Blocks of `ino` from `from_block` on are cut: none still flying may land.
+        Returns them by block number."""
+        grounded = {}
         for key in [k for k in self._flying if k[0] == ino and k[1] >= from_block]:
-            del self._flying[key]
+            grounded[key[1]] = self._flying.pop(key)
             self._superseded.add(key)
+        return grounded
 
     def _delete_blocks(self, txn: lmdb.Transaction, ino: int, from_block: int) -> None:
         """Cut content (not eviction): the blocks go, and their checksums with them."""
         for blockno in delete_range(txn, self._db, q(ino), q(from_block)):
             key = (ino, unq(blockno))
+            self.index.on_failure(self._restorer(key))
             self._unaccount(key)
             self._sound.discard(key)
             self._damaged.discard(key)
@@ -458,7 +484,21 @@ class BlockCache:
                digest: bytes | None = None) -> None:
         value, length = sealed(data, digest)
         txn.put(q(key[0]) + q(key[1]), value, db=self._db)
+        self.index.on_failure(self._restorer(key))
         self._account(key, length)
+
+    def _restorer(self, key: BlockKey) -> Callable[[], None]:
+        """What puts a block's bookkeeping back as it is now, if the write changing it
+        fails: a damaged block taken for sound would be served."""
+        length, sound, damaged = self._lru.get(key), key in self._sound, key in self._damaged
+
+        def restore() -> None:
+            self._unaccount(key)
+            if length is not None:
+                self._account(key, length, sound=False)
+            (self._sound.add if sound else self._sound.discard)(key)
+            (self._damaged.add if damaged else self._damaged.discard)(key)
+        return restore
 
     def _account(self, key: BlockKey, length: int, sound: bool = True) -> None:
         """A block of `length` bytes is now stored under `key`, as it was written (0: a
@@ -653,6 +693,7 @@ class BlockCache:
         """Forget one stored block, keeping its checksum (eviction, or damage a remote
         repairs): the caller marks its inode incomplete."""
         txn.delete(q(key[0]) + q(key[1]), db=self._db)
+        self.index.on_failure(self._restorer(key))
         self._unaccount(key)
         self._sound.discard(key)
         self._damaged.discard(key)

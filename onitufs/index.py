@@ -401,6 +401,9 @@ class Index:
         # began (see watch_mirror)
         self._watches: dict[int, list[set[str]]] = {}
         self._after_commit: list[Callable[[], None]] = []
+        # What takes back, if the write under way fails, a change made in memory for it
+        # (the block cache's buffers and bookkeeping), the last one first.
+        self._undo: list[Callable[[], None]] = []
         # Read before anything is written: whether the index is as the last process left it
         # when it stopped cleanly (see mark_clean_stop).
         self.stopped_cleanly = self._mark_holds()
@@ -517,11 +520,13 @@ class Index:
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
         """A write transaction. On error, its commit's included (a full disk), it is aborted,
-        the inodes it was to write for defer_inode deferred again, and the others it wrote
-        taken back to what LMDB holds (see _back_to_stored)."""
+        the inodes it was to write for defer_inode deferred again, the others it wrote
+        taken back to what LMDB holds (see _back_to_stored), and what it changed in memory
+        taken back (see on_failure)."""
         txn = self.env.begin(write=True)
         deferred, deferred_as = dict(self._dirty), dict(self._deferred_as)
         self._after_commit = []
+        self._undo = []
         self._written = {}
         try:
             yield txn
@@ -534,8 +539,12 @@ class Index:
             self._dirty.update(deferred)
             self._deferred_as.update(deferred_as)
             self._back_to_stored()
+            for undo in reversed(self._undo):
+                undo()
+            self._undo = []
             raise
         self._written = {}
+        self._undo = []
         for done in self._after_commit:
             done()
 
@@ -559,6 +568,11 @@ class Index:
                     setattr(inode, name, getattr(stored, name))
                 self._keep(inode)
         self._written = {}
+
+    def on_failure(self, undo: Callable[[], None]) -> None:
+        """Call `undo` if the write transaction under way fails: it takes back what was
+        changed in memory for it, as the abort takes back what it wrote to LMDB."""
+        self._undo.append(undo)
 
     def after_commit(self, done: Callable[[], None]) -> None:
         """Call `done` once the write transaction under way has committed (never if not)."""

@@ -124,6 +124,11 @@ def run(*args: str | Path, check: bool = True,
     return result
 
 
+def drop_kernel_cache() -> None:
+    """Make the kernel forget the pages it cached, so that reads ask the mount again."""
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def is_mounted(path: Path) -> bool:
     target = str(path)
     with open("/proc/self/mounts") as mounts:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from onitufs.gitannex.keys import content_key
 from onitufs.plug import MARKER
 
 from .annex_programs import on_path, rclone_config
-from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, drop_kernel_cache, run, snapshot, wait_for
 
 EXAMPLE = Path("/usr/share/doc/git-annex/html/special_remotes/external/example.sh.gz")
 
@@ -540,7 +539,7 @@ def test_reads_come_from_the_cheapest_remote(make_cloud: MakeCloud, programs: Pa
     (cloud.mountpoint / "filler").write_bytes(os.urandom(24 * 2**20))  # f.bin out of the cache
     cloud.wait_synced(60)
     before = len(cloud.log)
-    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
+    drop_kernel_cache()
     assert (cloud.mountpoint / "f.bin").read_bytes() == data
     read = cloud.log[before:]
     cheaper, dearer = ("vault", "a") if cost < 100 else ("a", "vault")

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import lmdb
+import pytest
 import trio
 
 from onitufs.blockcache import BlockCache
@@ -50,5 +51,49 @@ def test_a_block_fetched_for_a_revision_the_file_left_is_not_kept(tmp_path: Path
         assert current is not None and current.rev == 4
         assert cache.cached_block(current, 0, BLOCK) is None, "revision 3's block kept as 4's"
         assert index.block_hash(FILE, 0, 4) is None
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("change", ["truncate", "drop"])
+def test_a_cut_whose_write_fails_leaves_the_content_as_it_was(tmp_path: Path,
+                                                              change: str) -> None:
+    """A truncate (or a delete) whose transaction fails: the blocks it took out of the
+    buffers come back, the one it cut grows back, and the bookkeeping of those it
+    deleted or stored is as before. Before, the file read as cut (or lost what was
+    buffered), and that went to the remotes with the next revision."""
+    index = Index(tmp_path, 1 << 24, BLOCK)
+    content = hashlib.sha256(b"seed").digest() * (3 * BLOCK // 32)
+    with index.write() as txn:
+        index.put_inode(txn, Inode(FILE, REG, 0, 0, 1, size=len(content)))
+    inode = index.get_inode(FILE)
+    assert inode is not None
+
+    async def fetch(inode: Inode, offset: int, length: int,
+                    expected: bytes | None) -> tuple[bytes, bytes]:
+        raise AssertionError("nothing is read from a remote")
+
+    cache = BlockCache(index, BLOCK, CACHE_SIZE, CACHE_SIZE, fetch, lambda ino: True)
+    try:
+        cache.write(inode, 0, content[:2 * BLOCK])
+        cache.commit()  # blocks 0 and 1 stored
+        cache.write(inode, 2 * BLOCK, content[2 * BLOCK:])  # block 2 buffered only
+        stored = cache.stored_bytes
+        with pytest.raises(lmdb.MapFullError), index.write() as txn:
+            if change == "truncate":
+                cache.truncate(txn, inode, BLOCK + 100)
+            else:
+                cache.drop(txn, FILE)
+            txn.put(b"filler", bytes(1 << 25), db=index.db["meta"])  # more than the map holds
+        assert trio.run(cache.read, inode, 0, len(content)) == content
+        assert cache.stored_bytes == stored
+        cache.commit()
+        assert cache.stored_bytes == stored + BLOCK and cache.dirty_bytes == 0
+        assert trio.run(cache.read, inode, 0, len(content)) == content
+        with index.write() as txn:  # and one that commits still cuts
+            cache.truncate(txn, inode, BLOCK + 100)
+            inode.size = BLOCK + 100
+            index.put_inode(txn, inode)
+        assert trio.run(cache.read, inode, 0, len(content)) == content[:BLOCK + 100]
     finally:
         index.close()

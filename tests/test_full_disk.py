@@ -13,7 +13,16 @@ import pytest
 
 from onitufs.index import Index
 
-from .conftest import Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
+from .conftest import (
+    Cloud,
+    MakeCloud,
+    drop_kernel_cache,
+    is_mounted,
+    run,
+    small_disk,
+    snapshot,
+    wait_for,
+)
 
 MIB = 1024 * 1024
 
@@ -214,6 +223,39 @@ def test_what_goes_on_while_the_cache_disk_is_full_goes_on_once_there_is_room(
         assert result.returncode == 0, result.stderr
         assert snapshot(cloud.remotes["b"]) == snapshot(cloud.remotes["a"])
         assert (cloud.remotes["b"] / "here299").is_dir()
+
+
+@pytest.mark.parametrize("cut", ["truncate", "unlink"])
+def test_a_change_refused_by_a_full_cache_disk_leaves_the_file_as_it_was(
+        make_cloud: MakeCloud, cut: str) -> None:
+    """A truncate (or an unlink) whose commit finds the disk full fails with ENOSPC, and
+    the file is as it was: the block the cut went through was cut in memory all the
+    same, and the file then read, and went to the remotes, with zeros in its place."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 GiB", upload_delay="1h")
+    content = os.urandom(6 * MIB + 12345)
+    with small_disk(cloud, cloud.cache, "64m"):
+        mount(cloud)
+        path = cloud.mountpoint / "f.bin"
+        with open(path, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+            _, error = write_until_full(cloud.cache / "filler", 200 * MIB)
+            assert error is not None and error.errno == errno.ENOSPC, error
+            with pytest.raises(OSError) as refused:
+                if cut == "truncate":
+                    os.truncate(out.fileno(), 3 * MIB + MIB // 2)
+                else:
+                    path.unlink()
+            assert refused.value.errno == errno.ENOSPC, refused.value
+            (cloud.cache / "filler").unlink()
+        drop_kernel_cache()
+        assert path.read_bytes() == content
+        os.setxattr(cloud.mountpoint, "user.onitufs.flush", b"1")
+        cloud.wait_synced()
+        result = cloud.umount()
+        assert result.returncode == 0, result.stderr
+        assert (cloud.remotes["a"] / "f.bin").read_bytes() == content
 
 
 @pytest.mark.parametrize("free", [0, 4, 64, 92, 112], ids=lambda kib: f"{kib} KiB")
