@@ -285,26 +285,42 @@ class BlockCache:
         if inode is None or inode.rev != rev or not (key in self._damaged or not inode.complete) \
                 or self.has_dirty(ino):
             return True
-        if not self.space.room_for(len(data), self.unstored_bytes):
-            self.make_room(len(data))
-            if not self.space.room_for(len(data), self.unstored_bytes):
-                if not self._unkept:  # once, not at every block until there is room again
-                    log.warning("the disk of the cache is full: what is read from the remotes "
-                                "is served but not kept")
-                self._unkept = True
-                if new_checksum:  # later copies are still checked against this one
-                    with contextlib.suppress(lmdb.Error), self.index.write() as txn:
-                        self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
-                return False  # read again from a remote the next time
+        if not self._keep(key, rev, data, digest, new_checksum):
+            if not self._unkept:  # once, not at every block until there is room again
+                log.warning("the disk of the cache is full: what is read from the remotes is "
+                            "served but not kept")
+            self._unkept = True
+            if new_checksum:  # later copies are still checked against this one
+                with contextlib.suppress(lmdb.Error), self.index.write() as txn:
+                    self.index.set_block_hash(txn, ino, blockno, rev, digest)
+            return False  # read again from a remote the next time
         self._unkept = False
-        with self.index.write() as txn:
-            self._store(txn, key, data, digest)
-            if new_checksum:
-                self.index.set_block_hash(txn, inode.ino, blockno, rev, digest)
         if self.stored_bytes > self.size_limit:
             # A file streaming through (read, or uploaded to another remote) stays
             # within the size: what it fetched before goes as it goes on.
             self.evict()
+        return True
+
+    def _keep(self, key: BlockKey, rev: int, data: bytes, digest: bytes,
+              new_checksum: bool) -> bool:
+        """Store a fetched block where the disk has room, or can be given some (a disk too
+        full to record even what is dropped has none); whether it was stored."""
+        if not self.space.room_for(len(data), self.unstored_bytes):
+            with contextlib.suppress(lmdb.Error):
+                self.make_room(len(data))
+            if not self.space.room_for(len(data), self.unstored_bytes):
+                return False
+        try:
+            with self.index.write() as txn:
+                self._store(txn, key, data, digest)
+                if new_checksum:
+                    self.index.set_block_hash(txn, key[0], key[1], rev, digest)
+        except lmdb.Error:
+            # LMDB reuses the pages a drop freed only after a later commit (see space.py):
+            # the room measured may not be there yet
+            if not self.space.full():
+                raise
+            return False
         return True
 
     async def make_complete(self, inode: Inode) -> None:

@@ -225,6 +225,33 @@ def test_what_goes_on_while_the_cache_disk_is_full_goes_on_once_there_is_room(
         assert (cloud.remotes["b"] / "here299").is_dir()
 
 
+def test_a_read_on_a_cache_disk_full_to_its_last_page_is_served(make_cloud: MakeCloud) -> None:
+    """Blocks every remote holds fill the cache, and another program the rest of its
+    disk: dropping them cannot be recorded either, and the read is served all the same."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 GiB", write_buffer="16 MiB")
+    first, second = os.urandom(30 * MIB), os.urandom(12 * MIB)
+    (cloud.remotes["a"] / "first.bin").write_bytes(first)
+    (cloud.remotes["a"] / "second.bin").write_bytes(second)
+    with small_disk(cloud, cloud.cache, "64m"):
+        mount(cloud)
+        cloud.wait_synced()
+        assert (cloud.mountpoint / "first.bin").read_bytes() == first  # kept in the cache
+        _, error = write_until_full(cloud.cache / "filler", 200 * MIB)
+        assert error is not None and error.errno == errno.ENOSPC, error
+        with open(cloud.cache / "last pages", "wb", buffering=0) as last, \
+                pytest.raises(OSError) as full:
+            while True:
+                last.write(bytes(4096))
+        assert full.value.errno == errno.ENOSPC, full.value
+        drop_kernel_cache()
+        assert (cloud.mountpoint / "second.bin").read_bytes() == second
+        assert (cloud.mountpoint / "first.bin").read_bytes() == first
+        for filler in ("filler", "last pages"):
+            (cloud.cache / filler).unlink()
+        result = cloud.umount()
+        assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("cut", ["truncate", "unlink"])
 def test_a_change_refused_by_a_full_cache_disk_leaves_the_file_as_it_was(
         make_cloud: MakeCloud, cut: str) -> None:
