@@ -227,7 +227,8 @@ def test_what_goes_on_while_the_cache_disk_is_full_goes_on_once_there_is_room(
 
 def test_a_read_on_a_cache_disk_full_to_its_last_page_is_served(make_cloud: MakeCloud) -> None:
     """Blocks every remote holds fill the cache, and another program the rest of its
-    disk: dropping them cannot be recorded either, and the read is served all the same."""
+    disk: dropping them cannot be recorded either. A read is served all the same; a write
+    is refused as on any full disk, the file not uploaded until it is written anew."""
     cloud = make_cloud({"a": "rw"}, cache_size="1 GiB", write_buffer="16 MiB")
     first, second = os.urandom(30 * MIB), os.urandom(12 * MIB)
     (cloud.remotes["a"] / "first.bin").write_bytes(first)
@@ -246,10 +247,19 @@ def test_a_read_on_a_cache_disk_full_to_its_last_page_is_served(make_cloud: Make
         drop_kernel_cache()
         assert (cloud.mountpoint / "second.bin").read_bytes() == second
         assert (cloud.mountpoint / "first.bin").read_bytes() == first
+        with pytest.raises(OSError) as refused, \
+                open(cloud.mountpoint / "first.bin", "r+b") as changed:
+            changed.write(os.urandom(MIB))
+            changed.flush()
+            os.fsync(changed.fileno())
+        assert refused.value.errno == errno.ENOSPC, refused.value
+        # said so, and not uploaded cut short: the remote keeps the last whole version
+        assert "/first.bin: a write failed" in log(cloud)
         for filler in ("filler", "last pages"):
             (cloud.cache / filler).unlink()
         result = cloud.umount()
         assert result.returncode == 0, result.stderr
+        assert (cloud.remotes["a"] / "first.bin").read_bytes() == first
 
 
 @pytest.mark.parametrize("cut", ["truncate", "unlink"])
