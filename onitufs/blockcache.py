@@ -303,11 +303,10 @@ class BlockCache:
 
     def _keep(self, key: BlockKey, rev: int, data: bytes, digest: bytes,
               new_checksum: bool) -> bool:
-        """Store a fetched block where the disk has room, or can be given some (a disk too
-        full to record even what is dropped has none); whether it was stored."""
+        """Store a fetched block where the disk has room, or can be given some; whether it
+        was stored."""
         if not self.space.room_for(len(data), self.unstored_bytes):
-            with contextlib.suppress(lmdb.Error):
-                self.make_room(len(data))
+            self.make_room(len(data))
             if not self.space.room_for(len(data), self.unstored_bytes):
                 return False
         try:
@@ -727,11 +726,12 @@ class BlockCache:
     def make_room(self, size: int) -> None:
         """Drop clean blocks until `size` more bytes and a write buffer's worth fit on the
         cache's disk: a cache whose size is past what its disk can take shrinks before
-        the disk is called full."""
-        self.evict()
-        missing = self.space.missing(size + self.write_buffer, self.unstored_bytes)
-        if missing > 0:
-            self._drop(2 * missing)  # LMDB reuses about half of what it frees (space.py)
+        the disk is called full. A disk too full to record even a drop has no room."""
+        with contextlib.suppress(lmdb.Error):
+            self.evict()
+            missing = self.space.missing(size + self.write_buffer, self.unstored_bytes)
+            if missing > 0:
+                self._drop(2 * missing)  # LMDB reuses about half of what it frees (space.py)
         self.space.forget()
 
     def evict(self, excess: int | None = None) -> int:

@@ -550,8 +550,7 @@ class Filesystem(pyfuse3.Operations):
         with contextlib.suppress(lmdb.Error):  # the disk may be full: measured below
             await self.cache.settle()
             self.cache.commit()
-        with contextlib.suppress(lmdb.Error):  # too full even to record a drop: no room
-            self.cache.make_room(size)
+        self.cache.make_room(size)
 
     def _being_written(self) -> set[int]:
         return {handle.ino for handle in self._handles.values()

@@ -375,15 +375,15 @@ class Remote:
                         log.debug("remote %s: driver ended as the mount did: %s", self.name,
                                   error)
                         return
+                    reason = str(error)
                     if isinstance(error, lmdb.Error):  # taking in what it reported: one line
-                        error = RemoteUnavailable("cannot write the index: " + (
-                            str(error) if self.folder is None
-                            else write_failure(self.folder, error)))
-                        log.error("remote %s: driver stopped: %s", self.name, error)
+                        reason = "cannot write the index: " + (
+                            reason if self.folder is None else write_failure(self.folder, error))
+                        log.error("remote %s: driver stopped: %s", self.name, reason)
                     else:
                         log.exception("remote %s: driver stopped: %s", self.name, error)
                     try:
-                        plug.offline(f"driver stopped: {error}")
+                        plug.offline(f"driver stopped: {reason}")
                     except Stopped:
                         return
                     plug.stopping.wait(self.health.backoff())
