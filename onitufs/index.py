@@ -297,12 +297,13 @@ class Transfer:
     extra: dict[str, Any]
 
 
-def write_failure(folder: Path, error: lmdb.Error) -> str:
-    """Why a commit to the index in `folder` failed, in words for its user. A disk that
-    took only part of a commit's pages makes LMDB say "Input/output error": with no
-    room left on the disk after it, the disk is full, not failing."""
+def write_failure(folder: Path | None, error: lmdb.Error) -> str:
+    """Why a commit to the index in `folder` (on the disk of `folder`; None: not known)
+    failed, in words for its user. A disk that took only part of a commit's pages makes
+    LMDB say "Input/output error": with no room left on the disk after it, the disk is
+    full, not failing."""
     said = str(error)
-    if os.strerror(errno.EIO) in said:
+    if folder is not None and os.strerror(errno.EIO) in said:
         try:
             disk = os.statvfs(folder)
         except OSError:  # the disk itself gone: LMDB's words stand
@@ -312,10 +313,15 @@ def write_failure(folder: Path, error: lmdb.Error) -> str:
     return said
 
 
+def cannot_write(folder: Path | None, error: lmdb.Error) -> str:
+    """What a failed commit to the index in `folder` is said as (see write_failure)."""
+    return f"cannot write the index: {write_failure(folder, error)}"
+
+
 def unwritable(folder: Path, error: lmdb.Error) -> CacheError:
     """The one line for a commit to the index in `folder` that failed before the mount
     came up (a new index, a crash's recovery: a full disk, mostly)."""
-    return CacheError(f"{folder}: cannot write the index: {write_failure(folder, error)}")
+    return CacheError(f"{folder}: {cannot_write(folder, error)}")
 
 
 class Index:

@@ -24,7 +24,7 @@ import lmdb
 import trio
 
 from .config import RemoteConfig
-from .index import MirrorEntry, write_failure
+from .index import MirrorEntry, cannot_write
 from .plug import ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
 
 log = logging.getLogger(__name__)
@@ -377,8 +377,7 @@ class Remote:
                         return
                     reason = str(error)
                     if isinstance(error, lmdb.Error):  # taking in what it reported: one line
-                        reason = "cannot write the index: " + (
-                            reason if self.folder is None else write_failure(self.folder, error))
+                        reason = cannot_write(self.folder, error)  # its folder: the cache's disk
                         log.error("remote %s: driver stopped: %s", self.name, reason)
                     else:
                         log.exception("remote %s: driver stopped: %s", self.name, error)

@@ -39,7 +39,7 @@ from .index import (
     Inode,
     MirrorEntry,
     Transfer,
-    write_failure,
+    cannot_write,
 )
 from .plug import (
     EXPENSIVE,
@@ -523,9 +523,9 @@ class Replicator:
                 return
             except lmdb.Error as error:  # the disk of the cache full: retried
                 if remote.rid not in self._unrecorded:
-                    log.error("remote %s: %s: cannot write the index: %s (said once until "
-                              "it takes changes again)", remote.name, self.index.describe(ino),
-                              write_failure(self.index.path, error))
+                    log.error("remote %s: %s: %s (said once until it takes changes again)",
+                              remote.name, self.index.describe(ino),
+                              cannot_write(self.index.path, error))
                 self._unrecorded.add(remote.rid)
                 ticket.failed()
                 return
