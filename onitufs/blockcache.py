@@ -314,10 +314,10 @@ class BlockCache:
                 self._store(txn, key, data, digest)
                 if new_checksum:
                     self.index.set_block_hash(txn, key[0], key[1], rev, digest)
-        except lmdb.Error:
+        except lmdb.Error as error:
             # LMDB reuses the pages a drop freed only after a later commit (see space.py):
             # the room measured may not be there yet
-            if not self.space.full():
+            if not self.space.explains(error):
                 raise
             return False
         return True

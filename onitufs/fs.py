@@ -88,8 +88,7 @@ def fuse_errors(
             log.error("the cache is full: no room for more data")
             raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except lmdb.Error as error:
-            # A commit that finds the disk full says "Input/output error".
-            if "No space left" in str(error) or fs.space.full():
+            if fs.space.explains(error):
                 log.error("the disk of the cache is full: %s", error)
                 raise pyfuse3.FUSEError(errno.ENOSPC) from None
             log.exception("index error in %s", function.__name__)

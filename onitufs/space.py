@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+import lmdb
+
 from .index import Index
 
 RESERVE = 8 * 1024**2  # for the index's own pages, the log, and LMDB's bookkeeping
@@ -44,6 +46,11 @@ class CacheSpace:
         """Whether the cache's disk has run out of room (a failed commit's likely cause)."""
         self._measure(0)
         return self._budget <= 0
+
+    def explains(self, error: lmdb.Error) -> bool:
+        """Whether a failed commit is the disk's being full: LMDB says so, or says only
+        "Input/output error" (the disk took part of its pages) on a disk with no room."""
+        return "No space left" in str(error) or self.full()
 
     def forget(self) -> None:
         """Measure again before the next write (space was freed)."""
