@@ -298,6 +298,51 @@ def test_no_network_is_an_outage_and_the_mount_works_on(cloud: Cloud,
     assert remote(cloud)["state"] == "online"
 
 
+@pytest.mark.parametrize("route, size", [("files/upload", 300_000),
+                                         ("files/upload_session/append_v2", 20 * MIB)])
+def test_umount_leaves_a_call_dropbox_stopped_answering_and_its_late_answer_keeps_one_copy(
+        make_cloud: MakeCloud, fake: FakeDropbox, route: str, size: int) -> None:
+    """Dropbox stops answering with an upload under way: `onitufs umount` waits the stall
+    time ([sync] stall), not the client's 60 s timeout, and leaves the call hanging; the
+    local remote has the file. Dropbox then carries out the call the daemon gave up on
+    (the whole file, or an append to its session). The next mount sends the file and
+    keeps no second copy of it: the two contents are one."""
+    cloud = with_dropbox(make_cloud({"a": "rw"}, upload_delay="0.2s", stall="2s"), fake)
+    cloud.mount()
+    (cloud.mountpoint / "one").write_text("1")
+    cloud.wait_synced()
+    content = os.urandom(size)
+    asked = len(fake.calls)
+    fake.stop_answering(route)
+    try:
+        (cloud.mountpoint / "two").write_bytes(content)
+        wait_for(lambda: any(called == route for called, _ in fake.calls[asked:]),
+                 what=f"{route} to be asked")
+        began = time.monotonic()
+        result = run("umount", cloud.mountpoint, check=False)
+        took = time.monotonic() - began
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == \
+            "onitufs: dropbox: 1 changes still queued; they resume at the next mount\n"
+        assert took < 30, f"umount waited {took:.0f} s for the call that hangs"
+        assert not is_mounted(cloud.mountpoint)
+        assert (cloud.remotes["a"] / "two").read_bytes() == content
+    finally:
+        fake.answer_again()
+    # Done late: the whole file, or an append to a session no finish names yet.
+    assert on_dropbox(fake, "two") == (content if route == "files/upload" else None)
+    cloud.mount()
+    cloud.wait_synced(60)
+    assert on_dropbox(fake, "two") == content
+    expected = {"one": b"1", "two": content}
+    assert {path.name: path.read_bytes() for path in cloud.mountpoint.iterdir()} == expected
+    assert {path.name: path.read_bytes() for path in cloud.remotes["a"].iterdir()
+            if not path.name.startswith(".onitufs")} == expected
+    assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
+            if path.startswith("/Cloud/") and ".onitufs" not in path} == expected
+    cloud.umount()
+
+
 def test_onitufs_auth_stores_the_token_with_pkce(make_cloud: MakeCloud, fake: FakeDropbox) -> None:
     cloud = with_dropbox(make_cloud({"a": "rw"}), fake, write_token=False)
     token_file = cloud.root / "dropbox.token"

@@ -40,8 +40,9 @@ Implemented (documented Dropbox behaviour):
 The test's side (the Dropbox website, another client): write/read/mkdir/delete/move/tree/
 metadata act on the same store and wake longpolls; faults: fail() (the next calls of a
 route answer 429/500/503...), expire_access_tokens(), revoke(), expire_upload_sessions(),
-reset_cursors(), go_offline()/go_online(), damage() (downloads of a file serve a flipped
-byte under its rev and content_hash); `calls` records every request's route and
+reset_cursors(), go_offline()/go_online(), stop_answering()/answer_again() (calls are
+taken in and held unanswered, then served late), damage() (downloads of a file serve a
+flipped byte under its rev and content_hash); `calls` records every request's route and
 argument (for upload-style routes the argument also carries "_data_len", the size of the
 body: a key of the fake's own).
 
@@ -374,6 +375,8 @@ class FakeDropbox:
         self._refresh: set[str] = set()
         self._codes: dict[str, tuple[str, bool]] = {}  # code -> (code_challenge, offline)
         self._faults: list[_Fault] = []
+        self._silent: str | None = None  # the route ("*": any) whose calls go unanswered
+        self._held = 0  # calls waiting for an answer, or being served late
         self._connections: set[Any] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -541,6 +544,21 @@ class FakeDropbox:
         401 as an invalid token, anything else as a plain server error."""
         with self._lock:
             self._faults.append(_Fault(route, status, times, retry_after))
+
+    def stop_answering(self, route: str = "*") -> None:
+        """Calls of `route` ("*" for any) are taken in and left unanswered, as by a server
+        that hangs: each waits until answer_again() or go_offline(), which drops it."""
+        with self._changed:
+            self._silent = route
+
+    def answer_again(self) -> None:
+        """Serve the calls held unanswered, and return once they are carried out: what a
+        call asked is done even if its client gave up waiting."""
+        with self._changed:
+            self._silent = None
+            self._changed.notify_all()
+            while self._held:
+                self._changed.wait()
 
     def expire_access_tokens(self) -> None:
         """Every access token issued so far answers 401 expired_access_token from now on."""
@@ -965,8 +983,23 @@ class FakeDropbox:
         recorded = dict(arg) if isinstance(arg, dict) else {}
         if style == "upload":
             recorded["_data_len"] = len(body)
-        with self._lock:
+        with self._changed:
             self.calls.append((route, recorded))
+            held = self._silent in (route, "*")
+            self._held += held
+            while self._online and self._silent in (route, "*"):
+                self._changed.wait()
+        try:
+            return self._answer(route, arg, body, handler, needs_auth, serve) if self._online \
+                else None
+        finally:
+            if held:
+                with self._changed:
+                    self._held -= 1
+                    self._changed.notify_all()
+
+    def _answer(self, route: str, arg: Any, body: bytes, handler: _Handler, needs_auth: bool,
+                serve: Route) -> _Reply | None:
         fault = self._fault(route)
         if fault is not None:
             return fault
