@@ -84,6 +84,15 @@ class DropboxBackdoor(Backdoor):
         return calendar.timegm(when.utctimetuple()) * 10**9
 
     @contextlib.contextmanager
+    def disk_full(self) -> Iterator[None]:
+        """The account's quota is what it holds: any write that grows it is refused."""
+        self.fake.set_quota(self.fake.used())
+        try:
+            yield
+        finally:
+            self.fake.set_quota(None)
+
+    @contextlib.contextmanager
     def unreachable(self) -> Iterator[None]:
         """No network: the fake stops listening and drops every connection."""
         self.fake.go_offline()

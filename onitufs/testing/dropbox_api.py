@@ -40,7 +40,8 @@ Implemented (documented Dropbox behaviour):
 The test's side (the Dropbox website, another client): write/read/mkdir/delete/move/tree/
 metadata act on the same store and wake longpolls; faults: fail() (the next calls of a
 route answer 429/500/503...), expire_access_tokens(), revoke(), expire_upload_sessions(),
-reset_cursors(), go_offline()/go_online(), stop_answering()/answer_again() (calls are
+reset_cursors(), set_quota() (a write past it answers insufficient_space),
+go_offline()/go_online(), stop_answering()/answer_again() (calls are
 taken in and held unanswered, then served late), damage() (downloads of a file serve a
 flipped byte under its rev and content_hash); `calls` records every request's route and
 argument (for upload-style routes the argument also carries "_data_len", the size of the
@@ -377,6 +378,7 @@ class FakeDropbox:
         self._faults: list[_Fault] = []
         self._silent: str | None = None  # the route ("*": any) whose calls go unanswered
         self._held = 0  # calls waiting for an answer, or being served late
+        self._quota: int | None = None  # bytes of files the account may hold
         self._connections: set[Any] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -559,6 +561,17 @@ class FakeDropbox:
             self._changed.notify_all()
             while self._held:
                 self._changed.wait()
+
+    def set_quota(self, allocated: int | None) -> None:
+        """The account may hold `allocated` bytes of files (None: any amount, the default);
+        a write past it answers insufficient_space. set_quota(fake.used()) fills it."""
+        with self._lock:
+            self._quota = allocated
+
+    def used(self) -> int:
+        """Bytes of files the account holds (their current versions, as Dropbox counts)."""
+        with self._lock:
+            return sum(len(entry.data) for entry in self._entries.values() if not entry.folder)
 
     def expire_access_tokens(self) -> None:
         """Every access token issued so far answers 401 expired_access_token from now on."""
@@ -784,9 +797,12 @@ class FakeDropbox:
         return self._store(key, path, data, client_modified)
 
     def _store(self, key: str, path: str, data: bytes, client_modified: dt.datetime | None) -> str:
+        old = self._entries.get(key)
+        replaced = len(old.data) if old is not None and not old.folder else 0
+        if self._quota is not None and self.used() - replaced + len(data) > self._quota:
+            raise ApiFailure({".tag": "insufficient_space"})
         self._make_parents(key, path)
         now = _now()
-        old = self._entries.get(key)
         entry = _Entry(
             old.id if old is not None else self._new_id(),
             old.name if old is not None else path.rsplit("/", 1)[1],
