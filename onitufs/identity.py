@@ -35,7 +35,7 @@ import trio
 
 from .index import Index, MirrorEntry
 from .plug import MARKER, Conflict, Metadata
-from .remotes import CallFailed, Remote
+from .remotes import CallFailed, Remote, backoff
 
 log = logging.getLogger(__name__)
 MARKER_MAX = 4096
@@ -77,10 +77,30 @@ class Identity:
         self.index = index
         self._checked = 0.0  # when the marker was last found as it should be
         self._lock = trio.Lock()
+        self._unkept: Judgement | None = None  # the marker could not be read or written
+        self._failures = 0  # times in a row it could not
+        self._retry_at = 0.0  # time.monotonic() before which it is not tried again
 
     async def judge(self, marker: Metadata | None, listed: set[str],
                     known: dict[str, MirrorEntry]) -> Judgement:
-        """Whether a listing (without the marker, which is `marker`) may be applied."""
+        """Whether a listing (without the marker, which is `marker`) may be applied. A
+        marker that cannot be read or written (a full disk, a lost connection) makes the
+        remote unavailable until it can, tried again with backoff, not at each listing."""
+        if self._unkept is not None and time.monotonic() < self._retry_at:
+            return self._unkept
+        try:
+            judgement = await self._judge(marker, listed, known)
+        except CallFailed as error:
+            self._failures += 1
+            self._retry_at = time.monotonic() + backoff(self._failures)
+            self._unkept = Judgement(False, f"cannot keep its marker {MARKER} ({error}); "
+                                     "treated as unavailable")
+            return self._unkept
+        self._unkept, self._failures = None, 0
+        return judgement
+
+    async def _judge(self, marker: Metadata | None, listed: set[str],
+                     known: dict[str, MirrorEntry]) -> Judgement:
         recorded = self.index.identity(self.remote.name)
         if marker is not None:
             if recorded is not None and marker.revision is not None \

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,14 @@ def run(*args: str | Path, check: bool = True,
 def drop_kernel_cache() -> None:
     """Make the kernel forget the pages it cached, so that reads ask the mount again."""
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def tries_in(cloud: Cloud, remote: str, path: str, seconds: float) -> int:
+    """How many uploads of `path` to `remote` began within the next `seconds`."""
+    pattern = rf"remote {remote}: (?:start_upload|restart_upload) {re.escape(path)}\n"
+    before = len(re.findall(pattern, cloud.log))
+    time.sleep(seconds)
+    return len(re.findall(pattern, cloud.log)) - before
 
 
 def is_mounted(path: Path) -> bool:

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from onitufs_dropbox.auth import save_token
 
+from onitufs.identity import MARKER_MAX
 from onitufs.storednames import mount_name
 from onitufs.testing.dropbox_api import FakeDropbox
 
-from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, wait_for
+from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, tries_in, wait_for
 
 MIB = 1024 * 1024
 
@@ -338,6 +339,61 @@ def test_umount_leaves_a_call_dropbox_stopped_answering_and_its_late_answer_keep
     assert {path.name: path.read_bytes() for path in cloud.mountpoint.iterdir()} == expected
     assert {path.name: path.read_bytes() for path in cloud.remotes["a"].iterdir()
             if not path.name.startswith(".onitufs")} == expected
+    assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
+            if path.startswith("/Cloud/") and ".onitufs" not in path} == expected
+    cloud.umount()
+
+
+def test_a_full_dropbox_backs_off_unmount_says_why_and_the_file_goes_once_there_is_room(
+        make_cloud: MakeCloud, fake: FakeDropbox) -> None:
+    """An account with no room left, even for the marker of a first mount: the remote is
+    unavailable, said in one line, its marker tried again with backoff, not in a loop.
+    Then room for the marker only: the upload is refused, tried a few times, not in a
+    loop, named once. Each time `onitufs umount` says why, what Dropbox held stays and the
+    local remote has the new file. With room again, the next mount sends it."""
+    fake.write("/Cloud/kept.txt", b"on Dropbox before")
+    fake.set_quota(fake.used())
+    cloud = with_dropbox(make_cloud({"a": "rw"}, upload_delay="0.2s"), fake)
+    cloud.mount()
+    content = os.urandom(9 * MIB)
+    (cloud.mountpoint / "big.bin").write_bytes(content)
+    on_a = cloud.remotes["a"] / "big.bin"
+    wait_for(lambda: on_a.exists() and on_a.read_bytes() == content,
+             what="the local remote to get it")
+    wait_for(lambda: "cannot keep its marker" in str(remote(cloud)["last_error"]),
+             what="the remote unavailable")
+    assert 1 <= tries_in(cloud, "dropbox", ".onitufs-remote", 8) <= 4, "no backoff"
+    assert "driver stopped" not in cloud.log and "Traceback" not in cloud.log
+    outages = re.findall(r"ERROR onitufs\.remotes: remote dropbox: cannot keep its marker "
+                         r"\.onitufs-remote \(dropbox: end_upload: DriverError: the Dropbox "
+                         r"is full\); treated as unavailable\n", cloud.log)
+    assert len(outages) == 1, outages
+    result = run("umount", cloud.mountpoint, check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"onitufs: dropbox: .*the Dropbox is full.*; 1 changes still queued",
+                     result.stderr), result.stderr
+    cloud.wait_daemon_exit()
+    assert fake.tree() == {"/Cloud": None, "/Cloud/kept.txt": b"on Dropbox before"}
+
+    fake.set_quota(fake.used() + MARKER_MAX)
+    cloud.mount()
+    wait_for(lambda: on_dropbox(fake, ".onitufs-remote") is not None, what="the marker")
+    assert 1 <= tries_in(cloud, "dropbox", "big.bin", 8) <= 4, "no backoff"
+    warnings = re.findall(r"WARNING onitufs\.remotes: remote dropbox: .* big\.bin: .*"
+                          r"the Dropbox is full", cloud.log)
+    assert len(warnings) == 1, warnings
+    result = run("umount", cloud.mountpoint, check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"onitufs: dropbox: .*the Dropbox is full.*; 1 changes still queued",
+                     result.stderr), result.stderr
+    cloud.wait_daemon_exit()
+    assert on_dropbox(fake, "big.bin") is None
+
+    fake.set_quota(None)
+    cloud.mount()
+    cloud.wait_synced(60)
+    expected = {"big.bin": content, "kept.txt": b"on Dropbox before"}
+    assert {path.name: path.read_bytes() for path in cloud.mountpoint.iterdir()} == expected
     assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
             if path.startswith("/Cloud/") and ".onitufs" not in path} == expected
     cloud.umount()

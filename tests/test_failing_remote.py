@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from .bitrot import loop_disk
-from .conftest import Cloud, MakeCloud, run, small_disk, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, run, small_disk, snapshot, tries_in, wait_for
 
 
 @pytest.fixture
@@ -44,6 +44,38 @@ def test_a_full_remote_backs_off_and_unmount_says_why(full_remote_cloud: Cloud) 
     cloud.wait_daemon_exit()
     for name in ("a", "b"):
         assert (cloud.remotes[name] / "big.bin").read_bytes() == content, name
+
+
+def test_a_remote_whose_disk_is_full_at_its_first_mount_is_unavailable_until_there_is_room(
+        make_cloud: MakeCloud) -> None:
+    """A new remote on a disk with no room even for its marker: it is unavailable, said in
+    one line, its marker tried again with backoff, not in a loop, and nothing of its
+    listing is applied. Once there is room, the same mount marks it and sends it all."""
+    cloud = make_cloud({"a": "rw", "c": "rw"})
+    c = cloud.remotes["c"]
+    with small_disk(cloud, c, "1m"):
+        with pytest.raises(OSError, match="No space left on device"), \
+                open(c / "ballast", "wb") as ballast:
+            while True:
+                ballast.write(bytes(65536))
+                ballast.flush()
+        cloud.mount()
+        (cloud.mountpoint / "new.txt").write_bytes(b"new")
+        wait_for(lambda: (cloud.remotes["a"] / "new.txt").exists(), what="remote a to get it")
+        wait_for(lambda: "cannot keep its marker" in str(
+            next(r for r in cloud.status()["remotes"] if r["name"] == "c")["last_error"]),
+            what="remote c unavailable")
+        assert 1 <= tries_in(cloud, "c", ".onitufs-remote", 8) <= 4, "no backoff"
+        assert "driver stopped" not in cloud.log and "Traceback" not in cloud.log
+        outages = re.findall(r"ERROR onitufs\.remotes: remote c: cannot keep its marker "
+                             r"\.onitufs-remote \(c: .*No space left on device.*\); treated "
+                             r"as unavailable\n", cloud.log)
+        assert len(outages) == 1, outages
+        assert sorted(os.listdir(cloud.mountpoint)) == ["new.txt"]
+        (c / "ballast").unlink()
+        wait_for(lambda: (c / "new.txt").exists(), 60, "remote c to get it once there is room")
+        cloud.umount()
+        assert snapshot(c) == snapshot(cloud.remotes["a"]) == {"new.txt": ("file", b"new")}
 
 
 def test_a_disk_that_hangs_under_a_local_remote_stalls_it_and_the_stop_ends(
