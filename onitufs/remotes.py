@@ -41,6 +41,7 @@ CONCURRENCY = 4
 READY_TIMEOUT = 60.0
 MAX_BACKOFF = 300.0
 RATE_WINDOW = 10.0  # seconds of sending that the throughput of a remote is measured over
+STEADY = 600.0  # seconds a driver runs before a stop no longer counts as one of a series
 # The handlers that change a remote: they wait until its folder is known to be the right one.
 CHANGES = frozenset({"start_upload", "restart_upload", "upload_chunk", "end_upload", "delete_file",
                      "move_file", "make_dir", "make_symlink", "set_attrs"})
@@ -362,7 +363,13 @@ class Remote:
         plug = self.plug
 
         def start() -> None:
+            # Stops in a row: a driver that stops soon after each start (its listing, say)
+            # waits longer each time, whatever its calls did meanwhile (a call that
+            # succeeds resets the remote's own count of failures), and says the same
+            # reason again in one line, its traceback once.
+            stops, said = 0, None
             while not plug.stopping.is_set():
+                began = time.monotonic()
                 try:
                     self.driver.start(plug)
                     return
@@ -378,14 +385,15 @@ class Remote:
                     reason = str(error)
                     if isinstance(error, lmdb.Error):  # taking in what it reported: one line
                         reason = cannot_write(self.folder, error)  # its folder: the cache's disk
-                        log.error("remote %s: driver stopped: %s", self.name, reason)
-                    else:
-                        log.exception("remote %s: driver stopped: %s", self.name, error)
+                    log.error("remote %s: driver stopped: %s", self.name, reason,
+                              exc_info=reason != said and not isinstance(error, lmdb.Error))
+                    said = reason
+                    stops = stops + 1 if time.monotonic() - began < STEADY else 1
                     try:
                         plug.offline(f"driver stopped: {reason}")
                     except Stopped:
                         return
-                    plug.stopping.wait(self.health.backoff())
+                    plug.stopping.wait(backoff(stops))
 
         async def wait_ready() -> None:
             ok = await trio.to_thread.run_sync(plug.wait_ready, READY_TIMEOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import types
@@ -194,3 +195,48 @@ def test_a_listing_dated_on_the_wall_clock_stops_the_driver_saying_so(tmp_path: 
     assert len(sink.listings) == 1 and sink.listings[0] <= time.monotonic()
     assert sink.statuses[0] is not None and sink.statuses[0].startswith("driver stopped: ")
     assert "take it with time.monotonic(), not time.time()" in sink.statuses[0]
+
+
+class ForwardsStatus(NoChanges):
+    """A sink that passes a driver's status on to its remote, as the core's does."""
+
+    def __init__(self) -> None:
+        self.remote: Remote | None = None
+
+    async def set_status(self, remote: str, error: str | None) -> None:
+        assert self.remote is not None
+        self.remote.set_status(error)
+
+
+def test_a_driver_that_stops_soon_after_each_start_waits_longer_each_time(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Each start reached the remote (a listing answered, say) before the stop: the remote's
+    # own count of failures went back to 0 each time, and it started again every second,
+    # with a traceback each time.
+    starts: list[float] = []
+    driver = types.ModuleType("stopping_driver")
+
+    def start(plug: Plug) -> None:
+        starts.append(time.monotonic())
+        plug.ready()
+        plug.online()
+        raise RuntimeError("the same fault")
+
+    driver.start = start  # type: ignore[attr-defined]
+    options = Options({}, "remotes.stopping", tmp_path)
+    remote = Remote(RemoteConfig("stopping", "stopping_driver", "rw", options), 1, driver)
+    sink = ForwardsStatus()
+    sink.remote = remote
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remote.run_driver, sink, lambda: False)
+            await trio.sleep(6.5)
+            remote.stop()
+
+    trio.run(main)
+    gaps = [round(later - earlier) for earlier, later in itertools.pairwise(starts)]
+    assert gaps == [1, 2], gaps  # then 4 s: past the end
+    stops = [record for record in caplog.records if record.msg == "remote %s: driver stopped: %s"]
+    assert len(stops) == 3 and [bool(record.exc_info) for record in stops] == \
+        [True, False, False]
