@@ -42,6 +42,9 @@ READY_TIMEOUT = 60.0
 MAX_BACKOFF = 300.0
 RATE_WINDOW = 10.0  # seconds of sending that the throughput of a remote is measured over
 STEADY = 600.0  # seconds a driver runs before a stop no longer counts as one of a series
+# A handler that only reads: a cancel may leave it to its thread and drop its answer, as
+# nothing is noted of it (a read another remote answered first).
+READS = frozenset({"get_chunk"})
 # The handlers that change a remote: they wait until its folder is known to be the right one.
 CHANGES = frozenset({"start_upload", "restart_upload", "upload_chunk", "end_upload", "delete_file",
                      "move_file", "make_dir", "make_symlink", "set_attrs"})
@@ -97,6 +100,7 @@ class Health:
     throughput: Throughput = field(default_factory=Throughput)
     # How far the driver's own transfer is (Plug.progress): bytes done, of how many, when said.
     transfer: tuple[int, int | None, float] | None = None
+    slow_until: float = 0.0  # a read found it slow to answer: others are asked first till then
 
     def backoff(self) -> float:
         return backoff(self.failures)
@@ -211,11 +215,13 @@ class Remote:
             return result
 
         # A call's caller notes what it did when it returns: a cancel must not leave it
-        # running meanwhile, and the shield holds while the mount lasts. At its end
-        # (leave_calls) a call still waiting on a server that stopped answering is left to
-        # the process's exit, which the next start takes as a crash.
+        # running meanwhile (a read aside, see READS), and the shield holds while the
+        # mount lasts. At its end (leave_calls) a call still waiting on a server that
+        # stopped answering is left to the process's exit, which the next start takes as
+        # a crash.
+        reads_only = all(handler in READS for handler, _ in steps)
         try:
-            with trio.CancelScope(shield=not self.leaving) as guard:
+            with trio.CancelScope(shield=not self.leaving and not reads_only) as guard:
                 self.calls.add(guard)
                 try:
                     result = await trio.to_thread.run_sync(run, limiter=self.limiter,

@@ -56,6 +56,9 @@ from .remotes import CallFailed, Remote, Step, backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Answer = tuple[Remote, str, bytes | CallFailed]  # a holder's answer to a read: where, what
+HEDGE_AFTER = 5.0  # seconds a read waits on one remote before it asks the next one too
+SLOW_FOR = 60.0  # seconds a remote found slow so is asked after the others
 PER_REMOTE_TASKS = 4
 STUCK_FAILURES = 3  # a change that failed this often in a row waits on something else
 # The replicator yields to the user: while the mount is busy, a remote's changes go one at a
@@ -1079,7 +1082,7 @@ class Replicator:
 
     def holders(self, inode: Inode) -> list[tuple[Remote, str, MirrorEntry]]:
         """Readable remotes holding the current revision: those online first, then those that
-        failed least, then the cheapest to read from."""
+        failed least, then those not found slow lately, then the cheapest to read from."""
         found = []
         with self.index.begin() as txn:
             for remote in self.remotes:
@@ -1089,42 +1092,75 @@ class Replicator:
                     if entry.rev == inode.rev:
                         found.append((remote, path, entry))
                         break
+        now = time.monotonic()
         found.sort(key=lambda item: (not item[0].health.online, item[0].health.failures,
+                                     item[0].health.slow_until > now,
                                      item[0].plug.cost if item[0].plug else EXPENSIVE))
         return found
 
     async def fetch(self, inode: Inode, offset: int, size: int,
                     expected: bytes | None) -> tuple[bytes, bytes]:
         """Bytes of the current revision from the first replica that has them right, and
-        their SHA-256."""
-        errors = []
+        their SHA-256. A holder that has not answered within HEDGE_AFTER is not waited for
+        alone: the next one is asked too, the first right answer is taken, and that holder
+        is asked last for SLOW_FOR (a remote that hangs would hold each read until its own
+        timeout, a minute or more, while another holds the same bytes)."""
+        errors: list[str] = []
         holders = self.holders(inode)
         taken_in = False
-        while holders:
-            remote, path, entry = holders.pop(0)
-            md = held_version(metadata_for(inode, path), entry)
-            try:
-                data: bytes = await remote.call("get_chunk", md, offset, size)
-            except CallFailed as error:
-                errors.append(str(error))
-                if isinstance(error.__cause__, Changed) and not taken_in:
-                    # The remote moved on before reporting it: taken in now, as its report
-                    # would be, so that the path shows its version at once.
-                    taken_in = True
-                    await self.on_changed(remote.name, error.__cause__.current)
-                    holders = self.holders(inode)  # of the revision asked for, after that
-                continue
-            if len(data) != size:
-                errors.append(f"{remote.name}: short read ({len(data)} of {size} bytes)")
-                continue
-            digest = await chunk_sha256(data)
-            if expected is not None and digest != expected:
-                errors.append(f"{remote.name}: damaged copy")
-                self.mark_damaged(remote, inode, path, f"the block at byte {offset} does not "
-                                  "match its SHA-256")
-            else:
-                return data, digest
+        answers, answered = trio.open_memory_channel[Answer](math.inf)
+        asked: set[Remote] = set()
+        async with trio.open_nursery() as nursery:
+            while holders or asked:
+                if holders:
+                    remote, path, entry = holders.pop(0)
+                    asked.add(remote)
+                    md = held_version(metadata_for(inode, path), entry)
+                    nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
+                with trio.move_on_after(HEDGE_AFTER if holders else math.inf) as waiting:
+                    remote, path, answer = await answered.receive()
+                if waiting.cancelled_caught:
+                    now = time.monotonic()
+                    newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
+                    for slow in asked:
+                        slow.health.slow_until = now + SLOW_FOR
+                    if newly:  # said once for the reads under way at that moment
+                        log.info("remote %s: no answer in %.0f s for a read of %s; asking %s "
+                                 "too, and it first for a while", ", ".join(newly), HEDGE_AFTER,
+                                 self.index.describe(inode.ino), holders[0][0].name)
+                    continue
+                asked.discard(remote)
+                if isinstance(answer, CallFailed):
+                    errors.append(str(answer))
+                    if isinstance(answer.__cause__, Changed) and not taken_in:
+                        # The remote moved on before reporting it: taken in now, as its
+                        # report would be, so that the path shows its version at once.
+                        taken_in = True
+                        await self.on_changed(remote.name, answer.__cause__.current)
+                        holders = [holder for holder in self.holders(inode)  # of the revision
+                                   if holder[0] not in asked]  # asked for, after that
+                    continue
+                if len(answer) != size:
+                    errors.append(f"{remote.name}: short read ({len(answer)} of {size} bytes)")
+                    continue
+                digest = await chunk_sha256(answer)
+                if expected is not None and digest != expected:
+                    errors.append(f"{remote.name}: damaged copy")
+                    self.mark_damaged(remote, inode, path, f"the block at byte {offset} does "
+                                      "not match its SHA-256")
+                    continue
+                nursery.cancel_scope.cancel()  # a holder still asked: its answer is dropped
+                return answer, digest
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
+
+    @staticmethod
+    async def _ask(answers: trio.MemorySendChannel[Answer], remote: Remote, path: str,
+                   md: Metadata, offset: int, size: int) -> None:
+        try:
+            answer: bytes | CallFailed = await remote.call("get_chunk", md, offset, size)
+        except CallFailed as error:
+            answer = error
+        answers.send_nowait((remote, path, answer))
 
     def mark_damaged(self, remote: Remote, inode: Inode, path: str, why: str) -> None:
         """A replica is not what it should be: never read it again, upload it anew."""

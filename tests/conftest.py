@@ -28,6 +28,7 @@ from onitufs.index import Index
 from onitufs.plug import MARKER, TEMP_SUFFIX
 from onitufs.remotes import Remote
 from onitufs.replicator import Replicator
+from onitufs.testing.dropbox_api import FakeDropbox
 
 ONITUFS = [sys.executable, "-m", "onitufs"]
 MiB = 1024**2
@@ -290,6 +291,17 @@ def own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["XDG_CACHE_HOME"]
     else:
         os.environ["XDG_CACHE_HOME"] = before
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDropbox]:
+    """A fake Dropbox with the folder /Cloud; `onitufs mount` (run with this process's
+    environment) reaches it."""
+    with FakeDropbox() as dropbox:
+        for name, value in dropbox.env.items():
+            monkeypatch.setenv(name, value)
+        dropbox.mkdir("/Cloud")
+        yield dropbox
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ from onitufs.testing.dropbox_api import FakeDropbox
 from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, tries_in, wait_for
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDropbox]:
-    with FakeDropbox() as dropbox:
-        for name, value in dropbox.env.items():
-            monkeypatch.setenv(name, value)
-        dropbox.mkdir("/Cloud")
-        yield dropbox
 
 
 def dropbox_table(fake: FakeDropbox, token_file: Path, write_token: bool = True) -> str:

@@ -22,12 +22,14 @@ from onitufs_ssh.settings import Settings
 from onitufs_ssh.sftp import Session
 
 from onitufs.plug import TEMP_SUFFIX
+from onitufs.testing.dropbox_api import FakeDropbox
 
 pytest.register_assert_rewrite("tests.sshd")
 
 from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
 from .delay import DelayProxy  # noqa: E402
 from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, descendants, keygen  # noqa: E402
+from .test_dropbox import with_dropbox  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
 
@@ -819,3 +821,33 @@ def test_a_first_mount_does_not_wait_for_a_server_that_is_down(make_ssh_cloud: M
         assert "first listings are not all in" not in cloud.log
     finally:
         sshd.start()
+
+
+def test_a_read_does_not_wait_on_a_server_that_stopped_answering_while_dropbox_holds_it(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, fake: FakeDropbox) -> None:
+    """A file on the SSH server (asked first) and on Dropbox, no longer in the cache. The
+    server stops answering: a read waits HEDGE_AFTER (5 s) for it, not its connection's
+    timeout, then gets the bytes from Dropbox; the next blocks go to Dropbox first."""
+    cloud = with_dropbox(make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="16 MiB"), fake)
+    cloud.mount()
+    content = cloud.write_evicted("far.bin", 24 * 2**20)
+    cloud.mount()
+    cloud.wait_listed()
+    assert sshd.process is not None
+    sessions = descendants(sshd.process.pid)
+    assert sessions, "the mount has no session on the server"
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        assert (cloud.mountpoint / "far.bin").read_bytes() == content
+        took = time.monotonic() - began
+        assert took < 20, f"the read took {took:.0f} s"
+        assert re.search(r"INFO onitufs\.replicator: remote s: no answer in 5 s for a read of "
+                         r"/far\.bin; asking dropbox too, and it first for a while\n", cloud.log)
+        assert "remote dropbox: get_chunk far.bin" in cloud.log
+    finally:
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    cloud.umount()
