@@ -23,12 +23,14 @@ from typing import Any
 
 import pytest
 
-from onitufs.config import Options, RemoteConfig, parse_size
-from onitufs.index import Index
-from onitufs.plug import MARKER, TEMP_SUFFIX
-from onitufs.remotes import Remote
-from onitufs.replicator import Replicator
-from onitufs.testing.dropbox_api import FakeDropbox
+pytest.register_assert_rewrite("onitufs.testing")  # the conformance suite's asserts
+
+from onitufs.config import Options, RemoteConfig, parse_size  # noqa: E402  (after the hook)
+from onitufs.index import Index  # noqa: E402
+from onitufs.plug import MARKER, TEMP_SUFFIX  # noqa: E402
+from onitufs.remotes import Remote  # noqa: E402
+from onitufs.replicator import Replicator  # noqa: E402
+from onitufs.testing.dropbox_api import FakeDropbox  # noqa: E402
 
 ONITUFS = [sys.executable, "-m", "onitufs"]
 MiB = 1024**2

@@ -26,7 +26,7 @@ from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
 from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, Session, SftpError
 
-pytest.register_assert_rewrite("onitufs.testing", "tests.sshd")
+pytest.register_assert_rewrite("tests.sshd")
 
 from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
     ASIDE_OWNER,
