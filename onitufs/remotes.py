@@ -100,6 +100,7 @@ class Health:
     throughput: Throughput = field(default_factory=Throughput)
     # How far the driver's own transfer is (Plug.progress): bytes done, of how many, when said.
     transfer: tuple[int, int | None, float] | None = None
+    last_answer: float = 0.0  # when a call to it last returned or failed (monotonic)
     slow_until: float = 0.0  # a read found it slow to answer: others are asked first till then
 
     def backoff(self) -> float:
@@ -210,7 +211,10 @@ class Remote:
             nonlocal reached
             result = None
             for handler, args in steps:
-                result = plug.call(handler, *args)
+                try:
+                    result = plug.call(handler, *args)
+                finally:
+                    self.health.last_answer = time.monotonic()  # if only to fail
                 reached += 1
             return result
 

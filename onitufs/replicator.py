@@ -57,7 +57,10 @@ from .remotes import CallFailed, Remote, Step, backoff
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Answer = tuple[Remote, str, bytes | CallFailed]  # a holder's answer to a read: where, what
-HEDGE_AFTER = 5.0  # seconds a read waits on one remote before it asks the next one too
+# A read waits on the remotes it asked until they have been silent (no call to them answered)
+# for HEDGE_AFTER seconds, and one more per HEDGE_RATE bytes asked, then asks the next too.
+HEDGE_AFTER = 5.0
+HEDGE_RATE = 2**20
 SLOW_FOR = 60.0  # seconds a remote found slow so is asked after the others
 PER_REMOTE_TASKS = 4
 STUCK_FAILURES = 3  # a change that failed this often in a row waits on something else
@@ -1101,15 +1104,17 @@ class Replicator:
     async def fetch(self, inode: Inode, offset: int, size: int,
                     expected: bytes | None) -> tuple[bytes, bytes]:
         """Bytes of the current revision from the first replica that has them right, and
-        their SHA-256. A holder that has not answered within HEDGE_AFTER is not waited for
-        alone: the next one is asked too, the first right answer is taken, and that holder
-        is asked last for SLOW_FOR (a remote that hangs would hold each read until its own
-        timeout, a minute or more, while another holds the same bytes)."""
+        their SHA-256. Holders that stay silent (see HEDGE_AFTER) are not waited for alone:
+        the next one is asked too, the first right answer is taken, and they are asked last
+        for SLOW_FOR (a remote that hangs would hold each read until its own timeout, a
+        minute or more, while another holds the same bytes). A remote busy answering other
+        calls, its reads queued behind them, is not silent."""
         errors: list[str] = []
         holders = self.holders(inode)
         taken_in = False
         answers, answered = trio.open_memory_channel[Answer](math.inf)
         asked: set[Remote] = set()
+        silence = HEDGE_AFTER + size / HEDGE_RATE
         async with trio.open_nursery() as nursery:
             while holders or asked:
                 if holders:
@@ -1117,8 +1122,15 @@ class Replicator:
                     asked.add(remote)
                     md = held_version(metadata_for(inode, path), entry)
                     nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
-                with trio.move_on_after(HEDGE_AFTER if holders else math.inf) as waiting:
-                    remote, path, answer = await answered.receive()
+                    since = time.monotonic()
+                while True:
+                    heard = max([since, *(other.health.last_answer for other in asked)])
+                    due = heard + silence - time.monotonic() if holders else math.inf
+                    with trio.move_on_after(max(0.0, due)) as waiting:
+                        remote, path, answer = await answered.receive()
+                    if not waiting.cancelled_caught or heard == max(
+                            [since, *(other.health.last_answer for other in asked)]):
+                        break  # an answer to this read, or silence all along
                 if waiting.cancelled_caught:
                     now = time.monotonic()
                     newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
@@ -1126,7 +1138,7 @@ class Replicator:
                         slow.health.slow_until = now + SLOW_FOR
                     if newly:  # said once for the reads under way at that moment
                         log.info("remote %s: no answer in %.0f s for a read of %s; asking %s "
-                                 "too, and it first for a while", ", ".join(newly), HEDGE_AFTER,
+                                 "too, and it first for a while", ", ".join(newly), silence,
                                  self.index.describe(inode.ino), holders[0][0].name)
                     continue
                 asked.discard(remote)
