@@ -93,6 +93,7 @@ class Throughput:
 class Health:
     online: bool = True
     last_error: str | None = None
+    said: str | None = None  # the last failure logged (see Remote.failed)
     failures: int = 0  # consecutive
     done: int = 0
     bytes_sent: int = 0
@@ -330,13 +331,14 @@ class Remote:
         into the log line, not into the last error that status shows."""
         health = self.health
         health.failures += 1
-        said = health.last_error
         health.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if isinstance(error, RemoteUnavailable):
             health.online = False
-        # Each new trouble once; the same one again (retried with backoff) only at --log-level debug.
-        log.log(logging.WARNING if health.last_error != said else logging.DEBUG,
+        # Each new trouble once; the same one again (retried with backoff) only at --log-level
+        # debug, an outage said between the two (the last error it sets) notwithstanding.
+        log.log(logging.WARNING if health.last_error != health.said else logging.DEBUG,
                 "remote %s: %s%s", self.name, f"{doing}: " if doing else "", health.last_error)
+        health.said = health.last_error
 
     def moving(self, done: int | None, size: int | None) -> None:
         """A handler's transfer moved (Plug.progress, from its thread): no stall; how far,

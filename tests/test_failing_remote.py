@@ -71,6 +71,9 @@ def test_a_remote_whose_disk_is_full_at_its_first_mount_is_unavailable_until_the
                              r"\.onitufs-remote \(c: .*No space left on device.*\); treated "
                              r"as unavailable\n", cloud.log)
         assert len(outages) == 1, outages
+        warnings = re.findall(r"WARNING onitufs\.remotes: remote c: .*onitufs-remote.*No space",
+                              cloud.log)
+        assert len(warnings) == 1, warnings  # the outage between two tries is no new trouble
         assert sorted(os.listdir(cloud.mountpoint)) == ["new.txt"]
         (c / "ballast").unlink()
         wait_for(lambda: (c / "new.txt").exists(), 60, "remote c to get it once there is room")
