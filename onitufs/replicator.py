@@ -1123,15 +1123,9 @@ class Replicator:
                     md = held_version(metadata_for(inode, path), entry)
                     nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
                     since = time.monotonic()
-                while True:
-                    heard = max([since, *(other.health.last_answer for other in asked)])
-                    due = heard + silence - time.monotonic() if holders else math.inf
-                    with trio.move_on_after(max(0.0, due)) as waiting:
-                        remote, path, answer = await answered.receive()
-                    if not waiting.cancelled_caught or heard == max(
-                            [since, *(other.health.last_answer for other in asked)]):
-                        break  # an answer to this read, or silence all along
-                if waiting.cancelled_caught:
+                got = await self._next_answer(answered, asked, since, silence) if holders \
+                    else await answered.receive()
+                if got is None:
                     now = time.monotonic()
                     newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
                     for slow in asked:
@@ -1141,6 +1135,7 @@ class Replicator:
                                  "too, and it first for a while", ", ".join(newly), silence,
                                  self.index.describe(inode.ino), holders[0][0].name)
                     continue
+                remote, path, answer = got
                 asked.discard(remote)
                 if isinstance(answer, CallFailed):
                     errors.append(str(answer))
@@ -1164,6 +1159,21 @@ class Replicator:
                 nursery.cancel_scope.cancel()  # a holder still asked: its answer is dropped
                 return answer, digest
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
+
+    @staticmethod
+    async def _next_answer(answered: trio.MemoryReceiveChannel[Answer], asked: set[Remote],
+                           since: float, silence: float) -> Answer | None:
+        """The next answer to a read asked of `asked` (the last at `since`); None once they
+        have all answered no call at all for `silence` seconds."""
+        def heard() -> float:
+            return max([since, *(remote.health.last_answer for remote in asked)])
+
+        while True:
+            last = heard()
+            with trio.move_on_after(max(0.0, last + silence - time.monotonic())):
+                return await answered.receive()
+            if heard() == last:
+                return None
 
     @staticmethod
     async def _ask(answers: trio.MemorySendChannel[Answer], remote: Remote, path: str,
