@@ -141,6 +141,34 @@ def tries_in(cloud: Cloud, remote: str, path: str, seconds: float) -> int:
     return len(re.findall(pattern, cloud.log)) - before
 
 
+def unmarked_once(cloud: Cloud, remote: str, why: str) -> None:
+    """Remote `remote` cannot keep its marker (`why`: a pattern of the failure's words): it
+    goes unavailable in one ERROR line and one WARNING, no driver stops, and the marker is
+    tried again with backoff (1 to 4 times in 8 s), not in a loop."""
+    def last_error() -> str:
+        return str(next(r for r in cloud.status()["remotes"] if r["name"] == remote)["last_error"])
+
+    wait_for(lambda: "cannot keep its marker" in last_error(), what=f"remote {remote} unavailable")
+    assert 1 <= tries_in(cloud, remote, MARKER, 8) <= 4, "no backoff"
+    assert "driver stopped" not in cloud.log and "Traceback" not in cloud.log
+    outages = re.findall(rf"ERROR onitufs\.remotes: remote {remote}: cannot keep its marker "
+                         rf"{re.escape(MARKER)} \({remote}: .*{why}.*\); treated as "
+                         r"unavailable\n", cloud.log)
+    assert len(outages) == 1, outages
+    warnings = re.findall(rf"WARNING onitufs\.remotes: remote {remote}: .*{re.escape(MARKER)}: "
+                          rf".*{why}", cloud.log)
+    assert len(warnings) == 1, warnings  # the outage between two tries is no new trouble
+
+
+def umount_leaves_queued(cloud: Cloud, said: str) -> None:
+    """`onitufs umount` ends the mount with changes still queued: it exits 2, its words
+    match `said`, and the daemon is gone."""
+    result = run("umount", cloud.mountpoint, check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.search(said, result.stderr), result.stderr
+    cloud.wait_daemon_exit()
+
+
 def is_mounted(path: Path) -> bool:
     target = str(path)
     with open("/proc/self/mounts") as mounts:
