@@ -361,7 +361,9 @@ def test_a_full_dropbox_backs_off_unmount_says_why_and_the_file_goes_once_there_
     wait_for(lambda: on_a.exists() and on_a.read_bytes() == content,
              what="the local remote to get it")
     unmarked_once(cloud, "dropbox", "DriverError: the Dropbox is full")
-    umount_leaves_queued(cloud, r"onitufs: dropbox: .*the Dropbox is full.*; 1 changes still queued")
+    umount_leaves_queued(cloud, r"onitufs: dropbox: cannot keep its marker \.onitufs-remote "
+                         r"\(.*the Dropbox is full\); treated as unavailable; 1 changes still "
+                         r"queued")
     assert fake.tree() == {"/Cloud": None, "/Cloud/kept.txt": b"on Dropbox before"}
 
     fake.set_quota(fake.used() + MARKER_MAX)

@@ -74,7 +74,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     finally:
         index.close()
     if queued:
-        reasons = {remote["name"]: remote["last_error"] for remote in status["remotes"]}
+        # An offline remote's outage (its marker gone, say) before the last call's failure.
+        reasons = {remote["name"]: remote["reason"] if remote["state"] == "offline"
+                   and remote["reason"] else remote["last_error"] for remote in status["remotes"]}
         for name, count in sorted(queued.items()):
             why = f"{reasons[name]}; " if reasons.get(name) else ""
             print(f"onitufs: {name}: {why}{count} changes still queued; they resume at the next "
