@@ -235,8 +235,9 @@ def test_a_driver_that_stops_soon_after_each_start_waits_longer_each_time(
             remote.stop()
 
     trio.run(main)
-    gaps = [round(later - earlier) for earlier, later in itertools.pairwise(starts)]
-    assert gaps == [1, 2], gaps  # then 4 s: past the end
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    # 1 s, then 2 s, then 4 s: past the end (a busy machine may add to each, not take away)
+    assert len(gaps) == 2 and 0.9 <= gaps[0] < 1.9 <= gaps[1], gaps
     stops = [record for record in caplog.records if record.msg == "remote %s: driver stopped: %s"]
     assert len(stops) == 3 and [bool(record.exc_info) for record in stops] == \
         [True, False, False]
