@@ -68,6 +68,23 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+@contextlib.contextmanager
+def sessions_stopped(sshd: Sshd) -> Iterator[None]:
+    """Within the block, every session of the server is stopped (SIGSTOP), as a server that
+    stopped answering: nothing is answered and no connection drops; after it they go on."""
+    assert sshd.process is not None
+    sessions = descendants(sshd.process.pid)
+    assert sessions, "the mount has no session on the server"
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def kill_tree(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL a process and everything below it; wait until it is gone."""
     for pid in [*descendants(process.pid), process.pid]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import importlib
@@ -28,7 +27,14 @@ pytest.register_assert_rewrite("tests.sshd")
 
 from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
 from .delay import DelayProxy  # noqa: E402
-from .sshd import Agent, MakeSshCloud, Sshd, SshRemote, descendants, keygen  # noqa: E402
+from .sshd import (  # noqa: E402
+    Agent,
+    MakeSshCloud,
+    Sshd,
+    SshRemote,
+    keygen,
+    sessions_stopped,
+)
 from .test_dropbox import with_dropbox  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
@@ -495,13 +501,8 @@ def test_umount_leaves_a_call_to_a_server_that_stopped_answering(
     cloud.mount()
     (cloud.mountpoint / "one").write_text("1")
     cloud.wait_synced()
-    assert sshd.process is not None
-    sessions = descendants(sshd.process.pid)
-    assert sessions, "the mount has no session on the server"
     content = os.urandom(5 * 2**20)
-    for pid in sessions:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with sessions_stopped(sshd):
         (cloud.mountpoint / "two").write_bytes(content)
         wait_for(lambda: "remote s: start_upload two" in cloud.log, what="the upload to begin")
         began = time.monotonic()
@@ -512,10 +513,6 @@ def test_umount_leaves_a_call_to_a_server_that_stopped_answering(
         assert took < 60, f"umount waited {took:.0f} s for the call that hangs"
         assert not is_mounted(cloud.mountpoint)
         assert (cloud.remotes["a"] / "two").read_bytes() == content
-    finally:
-        for pid in sessions:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     cloud.mount()
     cloud.wait_synced()
     assert (cloud.remotes["s"] / "two").read_bytes() == content
@@ -833,12 +830,7 @@ def test_a_read_does_not_wait_on_a_server_that_stopped_answering_while_dropbox_h
     content = cloud.write_evicted("far.bin", 24 * 2**20)
     cloud.mount()
     cloud.wait_listed()
-    assert sshd.process is not None
-    sessions = descendants(sshd.process.pid)
-    assert sessions, "the mount has no session on the server"
-    for pid in sessions:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with sessions_stopped(sshd):
         began = time.monotonic()
         assert (cloud.mountpoint / "far.bin").read_bytes() == content
         took = time.monotonic() - began
@@ -846,8 +838,4 @@ def test_a_read_does_not_wait_on_a_server_that_stopped_answering_while_dropbox_h
         assert re.search(r"INFO onitufs\.replicator: remote s: no answer in 6 s for a read of "
                          r"/far\.bin; asking dropbox too, and it first for a while\n", cloud.log)
         assert "remote dropbox: get_chunk far.bin" in cloud.log
-    finally:
-        for pid in sessions:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     cloud.umount()
