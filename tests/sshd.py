@@ -70,17 +70,22 @@ def descendants(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def sessions_stopped(sshd: Sshd) -> Iterator[None]:
-    """Within the block, every session of the server is stopped (SIGSTOP), as a server that
-    stopped answering: nothing is answered and no connection drops; after it they go on."""
+    """Within the block, the server and every session of it are stopped (SIGSTOP), as a
+    server that stopped answering: nothing is answered, no connection drops, and a new one
+    waits too (the listener first, so that no session starts after the look at them);
+    after it they go on."""
     assert sshd.process is not None
-    sessions = descendants(sshd.process.pid)
-    assert sessions, "the mount has no session on the server"
-    for pid in sessions:
-        os.kill(pid, signal.SIGSTOP)
+    os.kill(sshd.process.pid, signal.SIGSTOP)
+    stopped = [sshd.process.pid]
     try:
+        sessions = descendants(sshd.process.pid)
+        assert sessions, "the mount has no session on the server"
+        for pid in sessions:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
         yield
     finally:
-        for pid in sessions:
+        for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
 
