@@ -62,6 +62,7 @@ Answer = tuple[Remote, str, bytes | CallFailed]  # a holder's answer to a read: 
 HEDGE_AFTER = 5.0
 HEDGE_RATE = 2**20
 SLOW_FOR = 60.0  # seconds a remote found slow so is asked after the others
+RESAY = 60.0  # seconds before a trouble said of a remote's changes is said again
 PER_REMOTE_TASKS = 4
 STUCK_FAILURES = 3  # a change that failed this often in a row waits on something else
 # The replicator yields to the user: while the mount is busy, a remote's changes go one at a
@@ -217,9 +218,11 @@ class Replicator:
         # go: it goes with the replicator's next transaction (see _write), not in one of its
         # own. A crash before leaves the mark, and the next start looks at the inode again.
         self._done: dict[int, set[int]] = {r.rid: set() for r in remotes}
-        # Remotes whose changes the index could not record (its disk full), said once
-        # until one is recorded again, not once a change.
-        self._unrecorded: set[int] = set()
+        # Remotes whose changes the index could not record (its disk full), and when that
+        # was said: once a minute at most, not once a change. Not again at the next change
+        # recorded: on a disk that stays full, LMDB's reuse of freed pages lets one in now
+        # and then, and the line came back each time.
+        self._unrecorded: dict[int, float] = {}
         self._locks: dict[tuple[int, int], trio.Lock] = {}
         # The paths each remote's operations work on right now, and whether as a folder
         # moved or deleted there (see _working_at).
@@ -528,11 +531,11 @@ class Replicator:
                 ticket.retry_at = time.monotonic() + 5
                 return
             except lmdb.Error as error:  # the disk of the cache full: retried
-                if remote.rid not in self._unrecorded:
-                    log.error("remote %s: %s: %s (said once until it takes changes again)",
-                              remote.name, self.index.describe(ino),
-                              cannot_write(self.index.path, error))
-                self._unrecorded.add(remote.rid)
+                now = time.monotonic()
+                if now - self._unrecorded.get(remote.rid, -math.inf) >= RESAY:
+                    log.error("remote %s: %s: %s (said once a minute at most)", remote.name,
+                              self.index.describe(ino), cannot_write(self.index.path, error))
+                    self._unrecorded[remote.rid] = now
                 ticket.failed()
                 return
             except Exception:
@@ -540,7 +543,6 @@ class Replicator:
                 ticket.failed()
                 return
             remote.health.last_progress = time.monotonic()
-            self._unrecorded.discard(remote.rid)
             if pending.get(ino) is ticket:
                 self._drop_ticket(remote, ino)
                 self._done[remote.rid].add(ino)
