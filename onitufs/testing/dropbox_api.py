@@ -376,7 +376,7 @@ class FakeDropbox:
         self._refresh: set[str] = set()
         self._codes: dict[str, tuple[str, bool]] = {}  # code -> (code_challenge, offline)
         self._faults: list[_Fault] = []
-        self._silent: str | None = None  # the route ("*": any) whose calls go unanswered
+        self._silent: set[str] = set()  # the routes ("*": any) whose calls go unanswered
         self._held = 0  # calls waiting for an answer, or being served late
         self._quota: int | None = None  # bytes of files the account may hold
         self._connections: set[Any] = set()
@@ -547,17 +547,18 @@ class FakeDropbox:
         with self._lock:
             self._faults.append(_Fault(route, status, times, retry_after))
 
-    def stop_answering(self, route: str = "*") -> None:
-        """Calls of `route` ("*" for any) are taken in and left unanswered, as by a server
-        that hangs: each waits until answer_again() or go_offline(), which drops it."""
+    def stop_answering(self, *routes: str) -> None:
+        """Calls of `routes` (of any, when none is named) are taken in and left unanswered,
+        as by a server that hangs: each waits until answer_again() or go_offline(), which
+        drops it."""
         with self._changed:
-            self._silent = route
+            self._silent = set(routes or ["*"])
 
     def answer_again(self) -> None:
         """Serve the calls held unanswered, and return once they are carried out: what a
         call asked is done even if its client gave up waiting."""
         with self._changed:
-            self._silent = None
+            self._silent = set()
             self._changed.notify_all()
             while self._held:
                 self._changed.wait()
@@ -1001,9 +1002,9 @@ class FakeDropbox:
             recorded["_data_len"] = len(body)
         with self._changed:
             self.calls.append((route, recorded))
-            held = self._silent in (route, "*")
+            held = bool(self._silent & {route, "*"})
             self._held += held
-            while self._online and self._silent in (route, "*"):
+            while self._online and self._silent & {route, "*"}:
                 self._changed.wait()
         try:
             return self._answer(route, arg, body, handler, needs_auth, serve) if self._online \
