@@ -344,6 +344,36 @@ def test_umount_leaves_a_call_dropbox_stopped_answering_and_its_late_answer_keep
     cloud.umount()
 
 
+def test_a_rename_does_not_move_a_save_made_after_dropbox_showed_the_file_gone(
+        make_cloud: MakeCloud, fake: FakeDropbox) -> None:
+    """The mount renames f to g while f is gone from Dropbox (deleted there, not yet
+    reported), and another client saves a new f between the driver's look at f and its
+    move. That save is not moved to g and taken for the mount's content: f ends as the
+    other client saved it and g as the mount renamed it, in the mount and both remotes."""
+    cloud = with_dropbox(make_cloud({"a": "rw"}, upload_delay="0.2s"), fake)
+    cloud.mount()
+    (cloud.mountpoint / "f").write_bytes(b"written in the mount")
+    cloud.wait_synced()
+    asked = len(fake.calls)
+    fake.stop_answering("files/list_folder/continue", "files/move_v2")
+    try:
+        fake.delete("/Cloud/f")
+        os.rename(cloud.mountpoint / "f", cloud.mountpoint / "g")
+        wait_for(lambda: any(route == "files/get_metadata" and arg["path"] == "/Cloud/f"
+                             for route, arg in fake.calls[asked:]), what="the driver's look at f")
+        fake.write("/Cloud/f", b"saved by another client")
+    finally:
+        fake.answer_again()
+    want = {"f": b"saved by another client", "g": b"written in the mount"}
+    wait_for(lambda: shown(cloud) == want, 30, "the mount to show f saved and g renamed")
+    cloud.wait_synced(60)
+    assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
+            if path.startswith("/Cloud/") and ".onitufs" not in path} == want
+    assert {path.name: path.read_bytes() for path in cloud.remotes["a"].iterdir()
+            if not path.name.startswith(".onitufs")} == want
+    cloud.umount()
+
+
 def test_a_full_dropbox_backs_off_unmount_says_why_and_the_file_goes_once_there_is_room(
         make_cloud: MakeCloud, fake: FakeDropbox) -> None:
     """An account with no room left, even for the marker of a first mount: the remote is

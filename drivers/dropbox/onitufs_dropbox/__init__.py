@@ -357,12 +357,12 @@ def start(plug: Plug) -> None:
             # Dropbox moves without a condition: what is there is checked first, and what
             # was moved after (a save may land between the two).
             there = lookup(source)
-            if isinstance(there, files.FolderMetadata) or (
-                    isinstance(there, files.FileMetadata) and there.rev != old.revision):
+            if there is None:  # a save landing before the move would be moved unchecked
+                raise DriverError(f"{old.path}: no longer on Dropbox")
+            if not isinstance(there, files.FileMetadata) or there.rev != old.revision:
                 raise Changed(f"{old.path}: changed on Dropbox since it was listed; not "
                               "moving it", described(old.path, source, there))
-            if isinstance(there, files.FileMetadata):
-                expected = there.content_hash
+            expected = there.content_hash
         result = relocate(source, target, f"{new.path}: already exists on Dropbox")
         if expected is not None and (not isinstance(result.metadata, files.FileMetadata)
                                      or result.metadata.content_hash != expected):
