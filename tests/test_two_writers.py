@@ -1,17 +1,18 @@
 """Two machines at work on one tree: random writes, appends, chmods, renames and deletes
 through the mount while another program does the same straight in one remote's folder (a
-second machine syncing there). Each side also puts folders where its files were, and
-files where its folders were.
+second machine syncing there), as another client of a Dropbox remote, or through a second
+mount that shares a remote's folder. Each side also puts folders where its files were,
+and files where its folders were.
 
 Each side owns some names and both write, chmod, delete and rename a few shared ones.
 After each round both stop and the tree must settle: the mount and every remote hold the
-same tree with the same permission bits, each side's own names hold that side's last
-write, a shared name holds one of the two sides' last writes (or nothing, where one's
-last was a delete; anything one side wrote, where a rename put another shared file
-there), and every file (conflict copies too) holds content one side wrote, whole; at the
-end the index passes `onitufs fsck`. Half way the mount is unmounted while the other side
-goes on. The seed is printed; ONITUFS_SEED=N replays a run, ONITUFS_ROUNDS=N makes it
-longer.
+same tree with the same permission bits (where the remote keeps them), each side's own
+names hold that side's last write, a shared name holds one of the two sides' last writes
+(or nothing, where one's last was a delete; anything one side wrote, where a rename put
+another shared file there), and every file (conflict copies too) holds content one side
+wrote, whole; at the end the index passes `onitufs fsck`. Half way the mount is unmounted
+while the other side goes on. The seed is printed; ONITUFS_SEED=N replays a run,
+ONITUFS_ROUNDS=N makes it longer.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ import pytest
 pytest.register_assert_rewrite("tests.sshd")
 
 from onitufs.plug import MARKER, TEMP_SUFFIX  # noqa: E402
+from onitufs.testing.dropbox_api import ApiFailure, FakeDropbox  # noqa: E402
 
 from .conftest import Cloud, MakeCloud, run, snapshot  # noqa: E402  (after the rewrite hook)
 from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .test_dropbox import with_dropbox  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
 
@@ -77,21 +80,126 @@ class Folder:
     inner: bytes
 
 
+class Tree:
+    """Where a side works: a folder (the mount's, or a remote's), changed in place."""
+
+    keeps_modes = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, name: str, content: bytes) -> None:
+        (self.root / name).parent.mkdir(exist_ok=True)
+        (self.root / name).write_bytes(content)
+
+    def append(self, name: str, extra: bytes) -> None:
+        with open(self.root / name, "ab") as file:
+            file.write(extra)
+
+    def delete(self, name: str) -> None:
+        """A file (FileNotFoundError if there is none)."""
+        (self.root / name).unlink()
+
+    def rename(self, old: str, new: str) -> None:
+        """A file, over whatever file is at `new` (FileNotFoundError if `old` is gone)."""
+        (self.root / new).parent.mkdir(exist_ok=True)
+        os.rename(self.root / old, self.root / new)
+
+    def make_folder(self, name: str) -> None:
+        (self.root / name).mkdir(parents=True)
+
+    def remove_folder(self, name: str) -> None:
+        shutil.rmtree(self.root / name)
+
+    def chmod(self, name: str, mode: int) -> None:
+        os.chmod(self.root / name, mode)
+
+    def snapshot(self, errors: bool = False) -> dict[str, tuple[str, bytes]]:
+        return snapshot(self.root, errors)
+
+    def modes(self) -> dict[str, int]:
+        """The permission bits of every file and folder (onitufs's own left out)."""
+        return {str(path.relative_to(self.root)): stat.S_IMODE(path.lstat().st_mode)
+                for path in self.root.rglob("*") if not path.is_symlink()
+                and not path.name.endswith(TEMP_SUFFIX) and path.name != MARKER}
+
+
+class SyncedFolder(Tree):
+    """A folder a sync tool writes in: each file to a temporary one renamed over the name."""
+
+    def write(self, name: str, content: bytes) -> None:
+        temp = self.root / f"{name}.part"
+        temp.parent.mkdir(exist_ok=True)
+        temp.write_bytes(content)
+        os.rename(temp, self.root / name)
+
+
+class DropboxAccount(Tree):
+    """The Dropbox folder /Cloud as another client sees it: uploads that replace whole files,
+    moves that refuse to land on a file, deletes that take a folder with what it holds."""
+
+    keeps_modes = False
+
+    def __init__(self, fake: FakeDropbox) -> None:
+        super().__init__(Path("/Cloud"))
+        self.fake = fake
+
+    def at(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def write(self, name: str, content: bytes) -> None:
+        self.fake.write(self.at(name), content)
+
+    def append(self, name: str, extra: bytes) -> None:
+        self.write(name, self.fake.read(self.at(name)) + extra)
+
+    def delete(self, name: str) -> None:
+        self.fake.delete(self.at(name))
+
+    def rename(self, old: str, new: str) -> None:
+        self.fake.metadata(self.at(old))  # FileNotFoundError before `new` goes
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                self.fake.delete(self.at(new))
+            try:
+                self.fake.move(self.at(old), self.at(new))
+                return
+            except ApiFailure:
+                continue  # the mount's upload put a file at `new` again meanwhile
+
+    def make_folder(self, name: str) -> None:
+        self.fake.mkdir(self.at(name))
+
+    def remove_folder(self, name: str) -> None:
+        self.fake.delete(self.at(name))
+
+    def chmod(self, name: str, mode: int) -> None:
+        raise AssertionError("Dropbox keeps no permission bits")
+
+    def snapshot(self, errors: bool = False) -> dict[str, tuple[str, bytes]]:
+        prefix = f"{self.root}/"
+        return {path[len(prefix):]: ("dir", b"") if data is None else ("file", data)
+                for path, data in self.fake.tree().items()
+                if path.startswith(prefix) and not path.endswith(TEMP_SUFFIX)
+                and path != prefix + MARKER}
+
+    def modes(self) -> dict[str, int]:
+        return {}
+
+
 class Side:
     """One writer: its last write (None: deleted; a Folder) of each name it wrote."""
 
-    def __init__(self, root: Path, name: str, own: list[str], contents: Contents,
+    def __init__(self, tree: Tree, name: str, own: list[str], contents: Contents,
                  rng: random.Random, chmods: bool = True) -> None:
-        self.root, self.name, self.own, self.contents, self.rng = root, name, own, contents, rng
-        self.chmods = chmods  # (one on an SSH server goes unseen: SFTP has no change time)
+        self.tree, self.name, self.own, self.contents, self.rng = tree, name, own, contents, rng
+        # (one on an SSH server goes unseen: SFTP has no change time)
+        self.chmods = chmods and tree.keeps_modes
         self.last: dict[str, bytes | Folder | None] = {}
         # This round's shared names: written or deleted (or renamed away), and renamed onto
         self.touched: set[str] = set()
         self.renamed_into: set[str] = set()
         self.error: BaseException | None = None
-
-    def write(self, name: str, content: bytes) -> None:
-        raise NotImplementedError
 
     def step(self) -> None:
         rng = self.rng
@@ -99,41 +207,39 @@ class Side:
         kind = rng.choice(["write", "write", "write", "append", "delete", "rename", "folder"]
                           + ["chmod"] * self.chmods)
         if kind == "chmod" and isinstance(self.last.get(name), Folder):
-            os.chmod(self.root / name, rng.choice([0o700, 0o750, 0o755]))
+            self.tree.chmod(name, rng.choice([0o700, 0o750, 0o755]))
             kind = "done"
         elif name in self.own and isinstance(self.last.get(name), Folder):
             # A file where the folder was (written), or the folder gone (deleted).
-            shutil.rmtree(self.root / name)
+            self.tree.remove_folder(name)
             self.last[name] = None
             kind = "write" if kind != "delete" else "done"
         if kind == "done":
             pass
         elif kind == "folder" and name in self.own:
             with contextlib.suppress(FileNotFoundError):
-                (self.root / name).unlink()
+                self.tree.delete(name)
             content = self.contents.new(rng, self.name, f"{name}/inner")
-            (self.root / name).mkdir(parents=True)
-            self.write(f"{name}/inner", content)
+            self.tree.make_folder(name)
+            self.tree.write(f"{name}/inner", content)
             self.last[name] = Folder(content)
         elif kind == "folder":
             pass  # (not on shared names)
         elif kind == "chmod":
             with contextlib.suppress(FileNotFoundError):  # (a shared one the other deleted)
-                os.chmod(self.root / name, rng.choice([0o600, 0o640, 0o644, 0o755]))
+                self.tree.chmod(name, rng.choice([0o600, 0o640, 0o644, 0o755]))
         elif name in SHARED and kind in ("delete", "rename"):
             self.move_shared(name, kind)
         elif kind == "rename" and name in self.own and self.last.get(name) is not None:
             to = rng.choice([other for other in self.own if other != name])
-            (self.root / to).parent.mkdir(exist_ok=True)
             if isinstance(self.last.get(to), Folder):
-                shutil.rmtree(self.root / to)
-            os.rename(self.root / name, self.root / to)
+                self.tree.remove_folder(to)
+            self.tree.rename(name, to)
             self.last[to], self.last[name] = self.last[name], None
         elif name in SHARED or kind in ("write", "rename") or self.last.get(name) is None:
             self.touched.add(name)
             content = self.contents.new(rng, self.name, name)
-            (self.root / name).parent.mkdir(exist_ok=True)
-            self.write(name, content)
+            self.tree.write(name, content)
             self.last[name] = content
         elif kind == "append":
             old = self.last[name]
@@ -143,11 +249,10 @@ class Side:
                 while self.contents.sized_apart and len(old + extra) in self.contents.sizes:
                     extra += b"."
                 self.contents.add(old + extra)
-            with open(self.root / name, "ab") as file:
-                file.write(extra)
+            self.tree.append(name, extra)
             self.last[name] = old + extra
         else:
-            (self.root / name).unlink()
+            self.tree.delete(name)
             self.last[name] = None
 
     def move_shared(self, name: str, kind: str) -> None:
@@ -155,10 +260,11 @@ class Side:
         to = self.rng.choice([other for other in SHARED if other != name])
         try:
             if kind == "delete":
-                (self.root / name).unlink()
+                self.tree.delete(name)
             else:
-                os.rename(self.root / name, self.root / to)
+                # (a Dropbox rename whose file went meanwhile may have deleted `to`)
                 self.renamed_into.add(to)
+                self.tree.rename(name, to)
         except FileNotFoundError:
             return
         self.touched.add(name)
@@ -173,51 +279,32 @@ class Side:
             self.error = error
 
 
-class Mount(Side):
-    def write(self, name: str, content: bytes) -> None:
-        (self.root / name).write_bytes(content)
-
-
-class Machine(Side):
-    """Writes as sync tools do: a temporary file renamed over the name."""
-
-    def write(self, name: str, content: bytes) -> None:
-        temp = self.root / f"{name}.part"
-        temp.write_bytes(content)
-        os.rename(temp, self.root / name)
-
-
-def modes(root: Path) -> dict[str, int]:
-    """The permission bits of every file and folder below root (onitufs's own left out)."""
-    return {str(path.relative_to(root)): stat.S_IMODE(path.lstat().st_mode)
-            for path in root.rglob("*") if not path.is_symlink()
-            and not path.name.endswith(TEMP_SUFFIX) and path.name != MARKER}
-
-
-def settled(cloud_roots: list[Path]) -> dict[str, tuple[str, bytes]] | None:
-    """The one tree the mount and the remotes hold, with the same permission bits, if they
-    do. A read through the mount that finds the other side changed the file since it was
-    opened fails (EIO) once: tried again."""
+def settled(trees: list[Tree]) -> dict[str, tuple[str, bytes]] | None:
+    """The one tree the mount and the remotes hold, with the same permission bits where they
+    keep them, if they do. A read through the mount that finds the other side changed the
+    file since it was opened fails (EIO) once: tried again."""
     try:
-        first, bits = snapshot(cloud_roots[0]), modes(cloud_roots[0])
-        return first if all(snapshot(root) == first and modes(root) == bits
-                            for root in cloud_roots[1:]) else None
+        first = trees[0].snapshot()
+        if any(tree.snapshot() != first for tree in trees[1:]):
+            return None
+        bits = [tree.modes() for tree in trees if tree.keeps_modes]
+        return first if all(mine == bits[0] for mine in bits[1:]) else None
     except OSError:
         return None
 
 
-def differences(roots: list[Path]) -> str:
-    trees = [snapshot(root, errors=True) for root in roots]
+def differences(trees: list[Tree]) -> str:
+    held = [tree.snapshot(errors=True) for tree in trees]
     lines = []
     with contextlib.suppress(OSError):
-        bits = [modes(root) for root in roots]
+        bits = [tree.modes() for tree in trees if tree.keeps_modes]
         for name in sorted(set().union(*bits)):
-            held = [mine.get(name) for mine in bits]
-            if any(mode != held[0] for mode in held):
+            modes = [mine.get(name) for mine in bits]
+            if any(mode != modes[0] for mode in modes):
                 lines.append(f"  {name}: modes " + " | ".join(
-                    "-" if mode is None else f"{mode:04o}" for mode in held))
-    for name in sorted(set().union(*trees)):
-        seen = [tree.get(name) for tree in trees]
+                    "-" if mode is None else f"{mode:04o}" for mode in modes))
+    for name in sorted(set().union(*held)):
+        seen = [entries.get(name) for entries in held]
         if any(entry != seen[0] for entry in seen):
             lines.append(f"  {name}: " + " | ".join(
                 "-" if entry is None else entry[1][:24 if entry[0] != "error" else None]
@@ -225,42 +312,67 @@ def differences(roots: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def settle(cloud: Cloud, where: str) -> dict[str, tuple[str, bytes]]:
-    roots = [cloud.mountpoint, *cloud.remotes.values()]
+def settle(cloud: Cloud, trees: list[Tree], where: str) -> dict[str, tuple[str, bytes]]:
     deadline = time.monotonic() + 90
-    while (tree := settled(roots)) is None:
+    while (tree := settled(trees)) is None:
         if time.monotonic() > deadline:
             problems = [line for line in cloud.log.splitlines()
                         if " WARNING " in line or " ERROR " in line]
             raise AssertionError(f"{where}: the mount and the remotes differ "
-                                 f"(mount | {' | '.join(r.name for r in roots[1:])}):\n"
-                                 + differences(roots) + "\nthe log's warnings and errors:\n"
+                                 f"(mount | {' | '.join(t.root.name for t in trees[1:])}):\n"
+                                 + differences(trees) + "\nthe log's warnings and errors:\n"
                                  + "\n".join(problems[-40:]))
         time.sleep(0.5)
     return tree
 
 
 def test_two_machines_write_one_tree(make_cloud: MakeCloud) -> None:
-    two_machines(make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB"), Contents())
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB")
+    two_machines(cloud, Contents(), SyncedFolder(cloud.remotes["a"]))
 
 
 def test_two_machines_write_one_tree_through_an_ssh_server(
         make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
     """The other machine saves in an SSH remote's folder on the server, where onitufs
     replaces and deletes files only after moving them aside to check them."""
-    two_machines(make_ssh_cloud({"b": "rw"}, {"a": SshRemote(sshd)}, block_size="64 KiB"),
-                 Contents(sized_apart=True), chmods_there=False)
+    cloud = make_ssh_cloud({"b": "rw"}, {"a": SshRemote(sshd)}, block_size="64 KiB")
+    two_machines(cloud, Contents(sized_apart=True), SyncedFolder(cloud.remotes["a"]),
+                 chmods_there=False)
 
 
-def two_machines(cloud: Cloud, contents: Contents, chmods_there: bool = True) -> None:
-    """The mount and a program in remote a's folder at work at once, in rounds."""
+def test_two_machines_write_one_tree_through_dropbox(make_cloud: MakeCloud,
+                                                     fake: FakeDropbox) -> None:
+    """The other machine is another Dropbox client: it uploads whole files, and renames
+    over a file by deleting it first."""
+    cloud = with_dropbox(make_cloud({"b": "rw"}, block_size="64 KiB"), fake)
+    two_machines(cloud, Contents(), DropboxAccount(fake))
+
+
+def test_two_mounts_write_one_tree_through_a_folder_they_share(make_cloud: MakeCloud) -> None:
+    """The other machine runs onitufs too: its mount has remote a's folder as a remote
+    (and a folder of its own), and the other side writes through that mount."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB")
+    other = make_cloud({"a": "rw", "c": "rw"}, block_size="64 KiB")
+    other.remotes["a"].rmdir()
+    other.remotes["a"].symlink_to(cloud.remotes["a"])  # one folder, two machines
+    other.mount()
+    two_machines(cloud, Contents(), Tree(other.mountpoint))
+    other.umount()
+
+
+def two_machines(cloud: Cloud, contents: Contents, there: Tree,
+                 chmods_there: bool = True) -> None:
+    """The mount and a program in `there` (a remote's folder, or Dropbox) at work at once,
+    in rounds."""
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     rounds = int(os.environ.get("ONITUFS_ROUNDS", 6))
     print(f"two writers: ONITUFS_SEED={seed} ONITUFS_ROUNDS={rounds}")
     rng = random.Random(seed)
-    ours = Mount(cloud.mountpoint, "mount", OURS, contents, random.Random(rng.random()))
-    theirs = Machine(cloud.remotes["a"], "remote", THEIRS, contents, random.Random(rng.random()),
-                     chmods=chmods_there)
+    ours = Side(Tree(cloud.mountpoint), "mount", OURS, contents, random.Random(rng.random()))
+    theirs = Side(there, "remote", THEIRS, contents, random.Random(rng.random()),
+                  chmods=chmods_there)
+    folders = [Tree(root) for root in cloud.remotes.values()]
+    trees = [ours.tree, *folders, *([there] if there.root not in cloud.remotes.values() else [])]
     both: list[Side] = [ours, theirs]
     cloud.mount()
     unknown: set[str] = set()
@@ -282,7 +394,7 @@ def two_machines(cloud: Cloud, contents: Contents, chmods_there: bool = True) ->
         if unmounted:
             cloud.mount()
         where = f"seed {seed}, round {number}"
-        tree = settle(cloud, where)
+        tree = settle(cloud, trees, where)
         for side in both:
             for name in side.own:
                 if name in side.last:
