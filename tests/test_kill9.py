@@ -13,7 +13,18 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import MakeCloud, snapshot, wait_for
+import pytest
+
+pytest.register_assert_rewrite("tests.sshd")
+
+from onitufs.testing.dropbox_api import FakeDropbox  # noqa: E402
+
+from .conftest import Cloud, MakeCloud, snapshot, wait_for  # noqa: E402
+from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .test_dropbox import with_dropbox  # noqa: E402
+from .test_two_writers import DropboxAccount, Tree  # noqa: E402
+
+pytest_plugins = ["tests.sshd"]
 
 ROUNDS = 6
 
@@ -66,10 +77,24 @@ class Writer:
 
 
 def test_kill9_at_random_points(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="256 KiB", upload_delay="0.05s")
+    kill9_rounds(cloud, [Tree(root) for root in cloud.remotes.values()])
+
+
+def test_kill9_at_random_points_with_ssh_and_dropbox_remotes(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, fake: FakeDropbox) -> None:
+    """The same beside an SSH server and Dropbox, whose uploads resume from what the server
+    holds and from an upload session."""
+    cloud = with_dropbox(make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)},
+                                        block_size="256 KiB", upload_delay="0.05s"), fake)
+    kill9_rounds(cloud, [*(Tree(root) for root in cloud.remotes.values()),
+                         DropboxAccount(fake)])
+
+
+def kill9_rounds(cloud: Cloud, remotes: list[Tree]) -> None:
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     print(f"kill -9 rounds: ONITUFS_SEED={seed}")
     rng = random.Random(seed)
-    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="256 KiB", upload_delay="0.05s")
     survivors: dict[str, bytes] = {}
     for round_number in range(ROUNDS):
         cloud.mount()
@@ -95,8 +120,8 @@ def test_kill9_at_random_points(make_cloud: MakeCloud) -> None:
     for name, data in survivors.items():
         assert mounted[name] == ("file", data), f"seed {seed}: {name} lost or changed"
     cloud.umount()
-    for remote_name, remote in cloud.remotes.items():
-        assert snapshot(remote) == mounted, f"seed {seed}: remote {remote_name} did not converge"
+    for remote in remotes:
+        assert remote.snapshot() == mounted, f"seed {seed}: {remote.root} did not converge"
 
 
 SQLITE_WRITER = """
