@@ -377,6 +377,7 @@ class FakeDropbox:
         self._codes: dict[str, tuple[str, bool]] = {}  # code -> (code_challenge, offline)
         self._faults: list[_Fault] = []
         self._silent: set[str] = set()  # the routes ("*": any) whose calls go unanswered
+        self._silent_path: str | None = None  # and only those naming this path, if set
         self._held = 0  # calls waiting for an answer, or being served late
         self._quota: int | None = None  # bytes of files the account may hold
         self._connections: set[Any] = set()
@@ -547,12 +548,13 @@ class FakeDropbox:
         with self._lock:
             self._faults.append(_Fault(route, status, times, retry_after))
 
-    def stop_answering(self, *routes: str) -> None:
-        """Calls of `routes` (of any, when none is named) are taken in and left unanswered,
-        as by a server that hangs: each waits until answer_again() or go_offline(), which
-        drops it."""
+    def stop_answering(self, *routes: str, path: str | None = None) -> None:
+        """Calls of `routes` (of any, when none is named), or only those whose argument
+        names `path`, are taken in and left unanswered, as by a server that hangs: each
+        waits until answer_again() or go_offline(), which drops it."""
         with self._changed:
             self._silent = set(routes or ["*"])
+            self._silent_path = path
 
     def answer_again(self) -> None:
         """Serve the calls held unanswered, and return once they are carried out: what a
@@ -1002,9 +1004,9 @@ class FakeDropbox:
             recorded["_data_len"] = len(body)
         with self._changed:
             self.calls.append((route, recorded))
-            held = bool(self._silent & {route, "*"})
+            held = self._unanswered(route, recorded)
             self._held += held
-            while self._online and self._silent & {route, "*"}:
+            while self._online and self._unanswered(route, recorded):
                 self._changed.wait()
         try:
             return self._answer(route, arg, body, handler, needs_auth, serve) if self._online \
@@ -1014,6 +1016,10 @@ class FakeDropbox:
                 with self._changed:
                     self._held -= 1
                     self._changed.notify_all()
+
+    def _unanswered(self, route: str, arg: dict[str, Any]) -> bool:
+        """Whether a call is to be held (stop_answering; hold the lock)."""
+        return bool(self._silent & {route, "*"}) and self._silent_path in (None, arg.get("path"))
 
     def _answer(self, route: str, arg: Any, body: bytes, handler: _Handler, needs_auth: bool,
                 serve: Route) -> _Reply | None:
