@@ -11,10 +11,13 @@ nothing changes it before its first listing has passed.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -89,6 +92,33 @@ class Throughput:
             self.total -= self.chunks.popleft()[1]
 
 
+class ReadsUnderWay:
+    """When each read (READS) of a remote under way began. Worker threads run them; the
+    replicator asks for the oldest, to tell a read that hangs (a bad sector on the disk, a
+    file its server stopped serving) while the remote answers its other calls."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._began: dict[int, float] = {}
+        self._keys = itertools.count()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            key = next(self._keys)
+            self._began[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._began[key]
+
+    def oldest(self) -> float | None:
+        """When the read under way longest began (monotonic); None when none is."""
+        with self._lock:
+            return min(self._began.values(), default=None)
+
+
 @dataclass
 class Health:
     online: bool = True
@@ -101,7 +131,7 @@ class Health:
     throughput: Throughput = field(default_factory=Throughput)
     # How far the driver's own transfer is (Plug.progress): bytes done, of how many, when said.
     transfer: tuple[int, int | None, float] | None = None
-    last_answer: float = 0.0  # when a call to it last returned or failed (monotonic)
+    reads: ReadsUnderWay = field(default_factory=ReadsUnderWay)
     slow_until: float = 0.0  # a read found it slow to answer: others are asked first till then
 
     def backoff(self) -> float:
@@ -212,10 +242,8 @@ class Remote:
             nonlocal reached
             result = None
             for handler, args in steps:
-                try:
+                with self.health.reads.running() if handler in READS else nullcontext():
                     result = plug.call(handler, *args)
-                finally:
-                    self.health.last_answer = time.monotonic()  # if only to fail
                 reached += 1
             return result
 

@@ -57,8 +57,9 @@ from .remotes import CallFailed, Remote, Step, backoff
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Answer = tuple[Remote, str, bytes | CallFailed]  # a holder's answer to a read: where, what
-# A read waits on the remotes it asked until they have been silent (no call to them answered)
-# for HEDGE_AFTER seconds, and one more per HEDGE_RATE bytes asked, then asks the next too.
+# A read waits on the remotes it asked until each has had a read under way (or this one waiting
+# for its turn) for HEDGE_AFTER seconds, and one more per HEDGE_RATE bytes asked, then asks
+# the next too.
 HEDGE_AFTER = 5.0
 HEDGE_RATE = 2**20
 SLOW_FOR = 60.0  # seconds a remote found slow so is asked after the others
@@ -1109,8 +1110,10 @@ class Replicator:
         their SHA-256. Holders that stay silent (see HEDGE_AFTER) are not waited for alone:
         the next one is asked too, the first right answer is taken, and they are asked last
         for SLOW_FOR (a remote that hangs would hold each read until its own timeout, a
-        minute or more, while another holds the same bytes). A remote busy answering other
-        calls, its reads queued behind them, is not silent."""
+        minute or more, while another holds the same bytes). A remote whose reads go on
+        answering, this one queued behind them, is waited for; one with a read under way
+        that long is not, whatever else it answers (a bad sector on its disk, a file its
+        server stopped serving)."""
         errors: list[str] = []
         holders = self.holders(inode)
         taken_in = False
@@ -1165,16 +1168,17 @@ class Replicator:
     @staticmethod
     async def _next_answer(answered: trio.MemoryReceiveChannel[Answer], asked: set[Remote],
                            since: float, silence: float) -> Answer | None:
-        """The next answer to a read asked of `asked` (the last at `since`); None once they
-        have all answered no call at all for `silence` seconds."""
-        def heard() -> float:
-            return max([since, *(remote.health.last_answer for remote in asked)])
+        """The next answer to a read asked of `asked` (the last at `since`); None once each
+        of them has had a read under way for `silence` seconds, or this one waiting that long
+        for its turn."""
+        def stuck_at() -> float:
+            return silence + max(max(since, remote.health.reads.oldest() or since)
+                                 for remote in asked)
 
         while True:
-            last = heard()
-            with trio.move_on_after(max(0.0, last + silence - time.monotonic())):
+            with trio.move_on_after(max(0.0, stuck_at() - time.monotonic())):
                 return await answered.receive()
-            if heard() == last:
+            if stuck_at() <= time.monotonic():
                 return None
 
     @staticmethod

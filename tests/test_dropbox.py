@@ -48,14 +48,15 @@ def dropbox_table(fake: FakeDropbox, token_file: Path, write_token: bool = True)
 
 
 def with_dropbox(cloud: Cloud, fake: FakeDropbox, local: bool = True,
-                 write_token: bool = True) -> Cloud:
+                 write_token: bool = True, first: bool = False) -> Cloud:
     """The cloud's config with the Dropbox remote besides (or, local=False, instead of) its
-    local ones."""
+    local ones; `first`, before them (read first of the remotes that cost as much)."""
     if not local:
         cloud.modes = {}
         cloud.write_config()
-    cloud.config.write_text(cloud.config.read_text()
-                            + dropbox_table(fake, cloud.root / "dropbox.token", write_token))
+    table = dropbox_table(fake, cloud.root / "dropbox.token", write_token)
+    config = cloud.config.read_text()
+    cloud.config.write_text(table + config if first else config + table)
     return cloud
 
 

@@ -839,3 +839,48 @@ def test_a_read_does_not_wait_on_a_server_that_stopped_answering_while_dropbox_h
                          r"/far\.bin; asking dropbox too, and it first for a while\n", cloud.log)
         assert "remote dropbox: get_chunk far.bin" in cloud.log
     cloud.umount()
+
+
+def test_a_read_does_not_wait_on_a_file_dropbox_stopped_serving_while_its_uploads_answer(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, fake: FakeDropbox) -> None:
+    """A file on Dropbox (asked first) and on the SSH server, no longer in the cache.
+    Dropbox stops answering its downloads (a stuck file there) while its uploads of what
+    is written meanwhile go on: a read waits 6 s for Dropbox's reads, not the client's
+    timeout, then gets the bytes from the server. (One block: the reads of a larger file,
+    read ahead, would take every call Dropbox may have under way, and leave the uploads
+    waiting too.)"""
+    cloud = with_dropbox(make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="16 MiB"), fake,
+                         first=True)
+    cloud.mount()
+    content = os.urandom(2**20)
+    (cloud.mountpoint / "far.bin").write_bytes(content)
+    cloud.write_evicted("filler", 24 * 2**20)  # and far.bin, written before, with it
+    cloud.mount()
+    cloud.wait_listed()
+    stop = threading.Event()
+
+    def write_on() -> None:
+        number = 0
+        while not stop.wait(0.3):
+            (cloud.mountpoint / f"meanwhile-{number}").write_bytes(b"uploaded")
+            number += 1
+
+    writer = threading.Thread(target=write_on)
+    fake.stop_answering("files/download", path="/Cloud/far.bin")
+    writer.start()
+    try:
+        began = time.monotonic()
+        assert (cloud.mountpoint / "far.bin").read_bytes() == content
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        writer.join()
+        fake.answer_again()
+    assert took < 20, f"the read took {took:.0f} s"
+    assert re.search(r"INFO onitufs\.replicator: remote dropbox: no answer in 6 s for a read of "
+                     r"/far\.bin; asking s too, and it first for a while\n", cloud.log)
+    assert "remote s: get_chunk far.bin" in cloud.log
+    uploads = [call for call in fake.calls if call[0] == "files/upload"
+               and call[1]["path"].startswith("/Cloud/meanwhile-")]
+    assert len(uploads) >= 3, "Dropbox answered no other call while its downloads hung"
+    cloud.umount()
