@@ -360,6 +360,18 @@ def test_two_mounts_write_one_tree_through_a_folder_they_share(make_cloud: MakeC
     other.umount()
 
 
+def test_two_mounts_write_one_tree_through_an_ssh_folder_they_share(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """Two machines running onitufs with one folder on an SSH server as a remote each."""
+    cloud = make_ssh_cloud({"b": "rw"}, {"a": SshRemote(sshd)}, block_size="64 KiB")
+    other = make_ssh_cloud({"c": "rw"}, {"a": SshRemote(sshd)}, block_size="64 KiB")
+    other.remotes["a"].rmdir()
+    other.remotes["a"].symlink_to(cloud.remotes["a"])
+    other.mount()
+    two_machines(cloud, Contents(sized_apart=True), Tree(other.mountpoint))
+    other.umount()
+
+
 def two_machines(cloud: Cloud, contents: Contents, there: Tree,
                  chmods_there: bool = True) -> None:
     """The mount and a program in `there` (a remote's folder, or Dropbox) at work at once,
