@@ -404,12 +404,10 @@ class Harness:
 
     def next_listing(self) -> dict[str, Metadata]:
         """The first complete listing begun after now, asked for with plug.look_again (a
-        driver whose changes come as events otherwise sends parts only). plug.writes is
-        moved on, as the core does with every change it makes: the driver reports that
-        listing even when it looks like the last one it reported."""
+        driver whose changes come as events otherwise sends parts only): the driver reports
+        it even when it looks like the last one it reported, as the core asks again where
+        a read found what that listing did not say."""
         now = time.monotonic()  # before the request, which the driver may take at once
-        with self.sink.cond:
-            self.plug.wrote(())
         self.plug.look_again()
         found: list[Listing] = []
 

@@ -267,7 +267,8 @@ def follow(plug: Plug, disk: Disk, interval: float) -> None:
     written through a link from outside the folder, or by another machine on a network
     disk), makes the next listing a full one: the listing kept from events is wrong
     there, and would undo what Changed told the core, or keep showing a file whose
-    reads fail until the safety net's listing.
+    reads fail until the safety net's listing. That listing goes to the core whole even
+    when this tree finds nothing new in it: then the core's view is what was wrong.
 
     The paths events named go to the core as a part of the listing (report_part), so that
     its work follows the changes, not the size of the tree; the whole listing goes at the
@@ -292,12 +293,16 @@ def follow(plug: Plug, disk: Disk, interval: float) -> None:
             if tree is None or now >= full_at or (
                     not first and (tree.stale or not tree.holds_root())):
                 started, writes = time.monotonic(), plug.writes
+                # A listing the events were not trusted for (plug.look_again: a read found
+                # what the reports did not say) goes whole even if it looks as the last one
+                # did: what the core holds of it, not this tree, may be what is wrong.
+                asked = tree is not None and tree.stale
                 try:
                     if tree is None or not tree.holds_root():
                         if tree is not None:
                             tree.close()
                         tree, taken = Tree(plug.name, disk, plug.give_way), False  # its listing goes out
-                    changed = tree.list_all()
+                    changed = tree.list_all() or asked
                 except OutOfWatches:
                     raise
                 except (OSError, RemoteUnavailable) as error:
