@@ -911,6 +911,13 @@ class Index:
 
     def set_mirror(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
                    entry: MirrorEntry | None) -> None:
+        """The remote holds this inode at `path` (`entry`), or not (None). Whatever other
+        inode it held there is gone: a path is one inode's, in the records by path and by
+        inode alike, or a read would ask for a path the listings no longer know of."""
+        if entry is not None:
+            previous = self.mirror_ino(rid, path, txn)
+            if previous is not None and previous != ino:
+                self.set_mirror(txn, rid, previous, path, None)
         entries = self.mirror(rid, ino, txn)
         self._update_sum(rid, path, entries.get(path), entry)
         key = _I.pack(rid) + q(ino)
@@ -951,14 +958,6 @@ class Index:
             racy += new.racy
         self._sums[rid] = (total % SUM_MOD, racy)
 
-    def hold(self, txn: lmdb.Transaction, rid: int, ino: int, path: str,
-             entry: MirrorEntry) -> None:
-        """The remote now holds this inode at `path`; whatever it held there before is gone."""
-        previous = self.mirror_ino(rid, path, txn)
-        if previous is not None and previous != ino:
-            self.set_mirror(txn, rid, previous, path, None)
-        self.set_mirror(txn, rid, ino, path, entry)
-
     def learn_checksum(self, txn: lmdb.Transaction, ino: int, rev: int, sha256: bytes) -> None:
         """The SHA-256 of revision `rev` became known: the copies of it each remote holds
         (one it gave us, whose checksum no upload learnt) are recorded with it."""
@@ -972,7 +971,7 @@ class Index:
                     entry: MirrorEntry) -> None:
         """The remote now holds at `new` what it held at `old`, with all below it if a folder."""
         self.set_mirror(txn, rid, ino, old, None)
-        self.hold(txn, rid, ino, new, entry)
+        self.set_mirror(txn, rid, ino, new, entry)
         if entry.kind == "dir":
             for child, path, child_entry in self.mirror_below(rid, [old], txn):
                 self.set_mirror(txn, rid, child, path, None)

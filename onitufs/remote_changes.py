@@ -304,8 +304,8 @@ class RemoteChanges:
                 and encode_path(md.target) == inode.target)
         if not same:
             return inode  # files too: whether their contents are one is for keep_both
-        self.index.hold(txn, remote.rid, existing, md.path,
-                        remote.entry_of(md, 0 if inode.is_dir else inode.rev, found=True))
+        self.index.set_mirror(txn, remote.rid, existing, md.path,
+                              remote.entry_of(md, 0 if inode.is_dir else inode.rev, found=True))
         return None
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
@@ -351,8 +351,8 @@ class RemoteChanges:
         if md.kind == "file" and md.size:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
-        self.index.hold(txn, remote.rid, inode.ino, held_at or md.path,
-                        remote.entry_of(md, inode.rev, found=True))
+        self.index.set_mirror(txn, remote.rid, inode.ino, held_at or md.path,
+                              remote.entry_of(md, inode.rev, found=True))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -384,7 +384,7 @@ class RemoteChanges:
                 with self.index.write() as txn:  # the same file, put there by someone else
                     if self._standing(txn, remote, md.path) != standing:
                         return False
-                    self.index.hold(txn, remote.rid, ours.ino, md.path, remote.entry_of(
+                    self.index.set_mirror(txn, remote.rid, ours.ino, md.path, remote.entry_of(
                         md, ours.rev, ours.checksum_of(ours.rev), found=True))
                 return True
         return await self._keep_apart(remote, md, ours, standing)

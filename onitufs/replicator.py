@@ -817,7 +817,7 @@ class Replicator:
         held = remote.entry_of(md, entry.rev)
         held.sha256 = entry.sha256  # the same content
         with self._write() as txn:
-            self.index.hold(txn, remote.rid, inode.ino, path, held)
+            self.index.set_mirror(txn, remote.rid, inode.ino, path, held)
 
     async def _delete(self, remote: Remote, ino: int, path: str, entry: MirrorEntry) -> None:
         await self._call_on_version(remote, "delete_file", entry_metadata(path, entry))
@@ -833,8 +833,8 @@ class Replicator:
         await remote.call(handler, md)
         remote.touch(path)
         with self._write() as txn:
-            self.index.hold(txn, remote.rid, inode.ino, path,
-                            remote.entry_of(md, inode.rev))
+            self.index.set_mirror(txn, remote.rid, inode.ino, path,
+                                  remote.entry_of(md, inode.rev))
 
     async def _upload(self, remote: Remote, inode: Inode, path: str,
                       replaces: MirrorEntry | None) -> None:
@@ -1055,8 +1055,8 @@ class Replicator:
         self._reached[remote.rid].pop(inode.ino, None)
         with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
-            self.index.hold(txn, remote.rid, inode.ino, path,
-                            remote.entry_of(md, rev, whole or inode.checksum_of(rev)))
+            self.index.set_mirror(txn, remote.rid, inode.ino, path,
+                                  remote.entry_of(md, rev, whole or inode.checksum_of(rev)))
             if inode.rev == rev and not inode.dirty:
                 if learnt is not None:
                     self.index.set_block_hash(txn, inode.ino, 0, rev, learnt)

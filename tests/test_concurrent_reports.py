@@ -145,8 +145,8 @@ def test_an_upload_s_conflict_found_after_a_listing_settled_it_changes_nothing(
             mtime_ns=MTIME_NS - 10**9))
         taken_in = core.tree.create(txn, ROOT_INO, b"s0", NewNode(
             stat.S_IFREG | 0o644, os.getuid(), os.getgid(), size=SIZE, mtime_ns=MTIME_NS))
-        core.index.hold(txn, core.remote.rid, taken_in.ino, "s0",
-                        core.remote.entry_of(theirs, taken_in.rev))
+        core.index.set_mirror(txn, core.remote.rid, taken_in.ino, "s0",
+                              core.remote.entry_of(theirs, taken_in.rev))
     before = names(core)
 
     async def main() -> bool:

@@ -128,6 +128,38 @@ def test_mirror_below_finds_exactly_what_is_below(holding: tuple[Index, int]) ->
             ["c", "c/sub", "c/sub/z", "c/x", "c/y", *HELD[5:]])
 
 
+def test_a_path_is_one_inodes_in_the_records_by_path_and_by_inode(
+        holding: tuple[Index, int]) -> None:
+    """A remote that moves a folder where it held another one (deleted, and the deletion
+    not heard of yet: a folder made again many times a second) holds the moved folder's
+    files at those paths; the inodes it held there before no longer read as held there,
+    or reads would ask the remote for paths no listing can take back."""
+    index, rid = holding
+    b, b_a, b_a_x = (HELD.index(path) + 10 for path in ("b", "b/a", "b/a/x"))
+    a, a_x = HELD.index("a") + 10, HELD.index("a/x") + 10
+    for decoded in (False, True):
+        with index.write() as txn:
+            if decoded:
+                index.mirror_entries(rid, txn)
+            index.move_mirror(txn, rid, a, "a", "b/a", MirrorEntry(1, "t", None, "dir"))
+        with index.begin() as txn:
+            assert index.mirror_ino(rid, "b/a", txn) == a
+            assert index.mirror_ino(rid, "b/a/x", txn) == a_x
+            assert "b/a" not in index.mirror(rid, b_a, txn)
+            assert "b/a/x" not in index.mirror(rid, b_a_x, txn)
+            assert index.mirror(rid, b, txn) == {"b": MirrorEntry(b, "t", None, "dir")}
+            by_path = index.mirror_entries(rid, txn)
+        for ino in range(10, 10 + len(HELD)):
+            with index.begin() as txn:
+                for path in index.mirror(rid, ino, txn):
+                    assert index.mirror_ino(rid, path, txn) == ino and path in by_path
+        with index.write() as txn:  # back, for the same with the mirror in memory
+            index.move_mirror(txn, rid, a, "b/a", "a", MirrorEntry(1, "t", None, "dir"))
+            for ino, path in ((b_a, "b/a"), (b_a_x, "b/a/x")):
+                index.set_mirror(txn, rid, ino, path,
+                                 MirrorEntry(ino, "t", None, "dir" if ino == b_a else "file"))
+
+
 # A folder whose path is longer than the part of it its records' keys begin with: its
 # own key, a sibling's and what is below it all begin alike.
 LONG = "d" * 200 + "/" + "e" * 200
