@@ -75,6 +75,19 @@ def on_dropbox(fake: FakeDropbox, path: str) -> bytes | None:
         return None
 
 
+def on_dropbox_all(fake: FakeDropbox) -> dict[str, bytes | None]:
+    """Everything below the folder /Cloud, by its path there (None: a folder); onitufs's
+    own files left out."""
+    return {path[len("/Cloud/"):]: data for path, data in fake.tree().items()
+            if path.startswith("/Cloud/") and ".onitufs" not in path}
+
+
+def top_of(folder: Path) -> dict[str, bytes]:
+    """What a local folder holds at its top, by name (its files); onitufs's own left out."""
+    return {path.name: path.read_bytes() for path in folder.iterdir()
+            if not path.name.startswith(".onitufs")}
+
+
 def remote(cloud: Cloud, name: str = "dropbox") -> dict[str, object]:
     state: dict[str, object] = next(r for r in cloud.status()["remotes"] if r["name"] == name)
     return state
@@ -337,11 +350,9 @@ def test_umount_leaves_a_call_dropbox_stopped_answering_and_its_late_answer_keep
     cloud.wait_synced(60)
     assert on_dropbox(fake, "two") == content
     expected = {"one": b"1", "two": content}
-    assert {path.name: path.read_bytes() for path in cloud.mountpoint.iterdir()} == expected
-    assert {path.name: path.read_bytes() for path in cloud.remotes["a"].iterdir()
-            if not path.name.startswith(".onitufs")} == expected
-    assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
-            if path.startswith("/Cloud/") and ".onitufs" not in path} == expected
+    assert shown(cloud) == expected
+    assert top_of(cloud.remotes["a"]) == expected
+    assert on_dropbox_all(fake) == expected
     cloud.umount()
 
 
@@ -368,10 +379,8 @@ def test_a_rename_does_not_move_a_save_made_after_dropbox_showed_the_file_gone(
     want = {"f": b"saved by another client", "g": b"written in the mount"}
     wait_for(lambda: shown(cloud) == want, 30, "the mount to show f saved and g renamed")
     cloud.wait_synced(60)
-    assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
-            if path.startswith("/Cloud/") and ".onitufs" not in path} == want
-    assert {path.name: path.read_bytes() for path in cloud.remotes["a"].iterdir()
-            if not path.name.startswith(".onitufs")} == want
+    assert on_dropbox_all(fake) == want
+    assert top_of(cloud.remotes["a"]) == want
     cloud.umount()
 
 
@@ -411,9 +420,8 @@ def test_a_full_dropbox_backs_off_unmount_says_why_and_the_file_goes_once_there_
     cloud.mount()
     cloud.wait_synced(60)
     expected = {"big.bin": content, "kept.txt": b"on Dropbox before"}
-    assert {path.name: path.read_bytes() for path in cloud.mountpoint.iterdir()} == expected
-    assert {path.rsplit("/", 1)[1]: data for path, data in fake.tree().items()
-            if path.startswith("/Cloud/") and ".onitufs" not in path} == expected
+    assert shown(cloud) == expected
+    assert on_dropbox_all(fake) == expected
     cloud.umount()
 
 
@@ -497,10 +505,8 @@ def test_after_a_kill9_a_mount_catches_up_from_an_older_cursor_and_loses_nothing
     cloud.wait_synced()
     time.sleep(1)  # a change taken twice, or undone, would show by now
     assert shown(cloud) == expected
-    assert {p.name: p.read_bytes() for p in cloud.remotes["a"].iterdir()
-            if not p.name.startswith(".")} == expected
-    assert {path.rpartition("/")[2]: data for path, data in fake.tree().items()
-            if data is not None and not path.endswith("/.onitufs-remote")} == expected
+    assert top_of(cloud.remotes["a"]) == expected
+    assert on_dropbox_all(fake) == expected
     assert "files/list_folder" not in [route for route, _ in fake.calls[since:]], \
         "listed everything instead of catching up"
 
@@ -522,8 +528,7 @@ def test_a_remount_catches_up_from_the_cursor_and_a_reset_loses_nothing(
 
     wait_for(lambda: shown(cloud) == expected, 10, "the changes made while unmounted")
     cloud.wait_synced()
-    assert {p.name: p.read_bytes() for p in cloud.remotes["a"].iterdir()
-            if not p.name.startswith(".")} == expected
+    assert top_of(cloud.remotes["a"]) == expected
     routes = [route for route, _ in fake.calls[since:]]
     assert "files/list_folder/continue" in routes
     assert "files/list_folder" not in routes, "listed everything instead of catching up"

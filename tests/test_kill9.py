@@ -22,7 +22,7 @@ from onitufs.testing.dropbox_api import FakeDropbox  # noqa: E402
 from .conftest import Cloud, MakeCloud, snapshot, wait_for  # noqa: E402
 from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
 from .test_dropbox import with_dropbox  # noqa: E402
-from .test_two_writers import DropboxAccount, Tree  # noqa: E402
+from .trees import DropboxAccount, Tree  # noqa: E402
 
 pytest_plugins = ["tests.sshd"]
 
