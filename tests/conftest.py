@@ -23,7 +23,22 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("onitufs.testing")  # the conformance suite's asserts
+# the asserts of the conformance suite and of the tests' helpers, which the test modules import
+pytest.register_assert_rewrite(
+    "onitufs.testing",
+    "tests.annex_backdoor",
+    "tests.annex_programs",
+    "tests.annex_remote",
+    "tests.bitrot",
+    "tests.delay",
+    "tests.dropbox_backdoor",
+    "tests.exfat",
+    "tests.hung_daemon",
+    "tests.namespace",
+    "tests.sshd",
+    "tests.terminal",
+    "tests.trees",
+)
 
 from onitufs.config import Options, RemoteConfig, parse_size  # noqa: E402  (after the hook)
 from onitufs.index import Index  # noqa: E402

@@ -26,10 +26,9 @@ from onitufs_local.disknames import Disk
 from onitufs.plug import TEMP_SUFFIX
 from onitufs.storednames import escape
 
-pytest.register_assert_rewrite("tests.sshd", "tests.exfat")
-from .conftest import Cloud, everywhere, run, snapshot, wait_for  # noqa: E402
-from .exfat import exfat_disk  # noqa: E402
-from .sshd import SshRemote  # noqa: E402
+from .conftest import Cloud, everywhere, run, snapshot, wait_for
+from .exfat import exfat_disk
+from .sshd import SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import Cloud, MakeCloud, everywhere, wait_for  # noqa: E402  (after the rewrite hook)
-from .delay import DelayProxy  # noqa: E402
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .conftest import Cloud, MakeCloud, everywhere, wait_for
+from .delay import DelayProxy
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

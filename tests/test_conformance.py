@@ -26,9 +26,7 @@ from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
 from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, Session, SftpError
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
+from onitufs.plug import (
     ASIDE_OWNER,
     TEMP_SUFFIX,
     Changed,
@@ -36,16 +34,16 @@ from onitufs.plug import (  # noqa: E402  (after the rewrite hook)
     DriverError,
     Metadata,
 )
-from onitufs.testing.backdoor import Backdoor, FolderBackdoor  # noqa: E402
-from onitufs.testing.conformance import *  # noqa: E402, F403
-from onitufs.testing.conformance import folder, payload  # noqa: E402
-from onitufs.testing.harness import BLOCK, Harness, Transfer, started  # noqa: E402
+from onitufs.testing.backdoor import Backdoor, FolderBackdoor
+from onitufs.testing.conformance import *  # noqa: F403
+from onitufs.testing.conformance import folder, payload
+from onitufs.testing.harness import BLOCK, Harness, Transfer, started
 
-from .annex_backdoor import AnnexBackdoor  # noqa: E402
-from .annex_programs import on_path, rclone_config  # noqa: E402
-from .conftest import wait_for  # noqa: E402
-from .dropbox_backdoor import DropboxBackdoor  # noqa: E402
-from .sshd import Sshd  # noqa: E402
+from .annex_backdoor import AnnexBackdoor
+from .annex_programs import on_path, rclone_config
+from .conftest import wait_for
+from .dropbox_backdoor import DropboxBackdoor
+from .sshd import Sshd
 
 # The drivers the suite runs for: the name of each one's fixture (below).
 DRIVERS = ["local_driver", "ssh_driver", "annex_driver", "dropbox_driver"]

@@ -20,10 +20,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import is_mounted
-
-pytest.register_assert_rewrite("tests.sshd")
-
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402  (after the rewrite hook)
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

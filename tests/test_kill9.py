@@ -13,16 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+from onitufs.testing.dropbox_api import FakeDropbox
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from onitufs.testing.dropbox_api import FakeDropbox  # noqa: E402
-
-from .conftest import Cloud, MakeCloud, snapshot, wait_for  # noqa: E402
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
-from .test_dropbox import with_dropbox  # noqa: E402
-from .trees import DropboxAccount, Tree  # noqa: E402
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
+from .test_dropbox import with_dropbox
+from .trees import DropboxAccount, Tree
 
 pytest_plugins = ["tests.sshd"]
 

@@ -26,10 +26,8 @@ from onitufs.config import Options, RemoteConfig
 from onitufs.plug import TEMP_SUFFIX, Metadata, Plug, upload_path
 from onitufs.remotes import Remote
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import Cloud, MakeCloud, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

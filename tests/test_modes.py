@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import Cloud, MakeCloud, wait_for  # noqa: E402  (after the rewrite hook)
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .conftest import Cloud, MakeCloud, wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import MakeCloud, wait_for  # noqa: E402  (after the rewrite hook)
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .conftest import MakeCloud, wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

@@ -18,10 +18,8 @@ import pytest
 
 from onitufs.plug import MARKER
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import Cloud, MakeCloud, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

@@ -23,11 +23,9 @@ from onitufs_ssh.sftp import Session
 from onitufs.plug import TEMP_SUFFIX
 from onitufs.testing.dropbox_api import FakeDropbox
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for  # noqa: E402  (after the rewrite hook)
-from .delay import DelayProxy  # noqa: E402
-from .sshd import (  # noqa: E402
+from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for
+from .delay import DelayProxy
+from .sshd import (
     Agent,
     MakeSshCloud,
     Sshd,
@@ -35,7 +33,7 @@ from .sshd import (  # noqa: E402
     keygen,
     sessions_stopped,
 )
-from .test_dropbox import with_dropbox  # noqa: E402
+from .test_dropbox import with_dropbox
 
 pytest_plugins = ["tests.sshd"]
 

@@ -26,10 +26,8 @@ from onitufs_ssh.sftp import Session
 
 from onitufs.plug import Metadata
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import wait_for  # noqa: E402  (after the rewrite hook)
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
+from .conftest import wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 

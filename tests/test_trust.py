@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from .conftest import ONITUFS, run  # noqa: E402  (after the rewrite hook)
-from .sshd import HOST, MakeSshCloud, Sshd, SshRemote, free_port, keygen  # noqa: E402
+from .conftest import ONITUFS, run
+from .sshd import HOST, MakeSshCloud, Sshd, SshRemote, free_port, keygen
 
 pytest_plugins = ["tests.sshd"]
 

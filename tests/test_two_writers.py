@@ -24,16 +24,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pytest
+from onitufs.testing.dropbox_api import FakeDropbox
 
-pytest.register_assert_rewrite("tests.sshd")
-
-from onitufs.testing.dropbox_api import FakeDropbox  # noqa: E402
-
-from .conftest import Cloud, MakeCloud, run  # noqa: E402  (after the rewrite hook)
-from .sshd import MakeSshCloud, Sshd, SshRemote  # noqa: E402
-from .test_dropbox import with_dropbox  # noqa: E402
-from .trees import DropboxAccount, SyncedFolder, Tree  # noqa: E402
+from .conftest import Cloud, MakeCloud, run
+from .sshd import MakeSshCloud, Sshd, SshRemote
+from .test_dropbox import with_dropbox
+from .trees import DropboxAccount, SyncedFolder, Tree
 
 pytest_plugins = ["tests.sshd"]
 
