@@ -366,9 +366,12 @@ class Replicator:
         return max((remote.health.last_progress for remote in self.writable), default=0.0)
 
     def can_make_room(self) -> bool:
-        """Whether some remote has work queued that is getting somewhere: once it is
-        done, the cache may drop what it uploaded."""
-        return any(self._pending[r.rid] and not self.stalled(r) for r in self.writable)
+        """Whether the work queued is getting somewhere on every remote that has some: the
+        cache drops only what every remote holds, so one stalled remote keeps it full,
+        however busy the others look (one that waits for a file still being written counts
+        as busy, and that writer may be the one waiting for room)."""
+        busy = [r for r in self.writable if self._pending[r.rid]]
+        return bool(busy) and not any(self.stalled(r) for r in busy)
 
     def why_stuck(self) -> str:
         """Why the uploads make no room, in words: each stalled remote and its reason."""

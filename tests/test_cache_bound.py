@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -90,3 +91,35 @@ def test_a_file_larger_than_the_cache_is_written_and_then_evicted(
     cloud.umount()
     for remote in cloud.remotes.values():
         assert (remote / "big.bin").read_bytes() == content, remote
+
+
+def test_a_writer_meeting_the_bound_gets_enospc_while_a_stuck_remote_lacks_what_fills_it(
+        stuck_remote_cloud: Cloud) -> None:
+    """Files c cannot take fill the cache; then a file is written and kept open. Remote a
+    has the file queued, and each try at it waits for the writer, so a counted as busy: the
+    writer waited for room that only c could make, for good (its close hung in the kernel)."""
+    cloud = stuck_remote_cloud
+    cloud.mount()
+    with pytest.raises(OSError) as filled:
+        for number in range(12):  # three times the cache
+            (cloud.mountpoint / f"f{number}.bin").write_bytes(os.urandom(MIB))
+    assert filled.value.errno == errno.ENOSPC, filled.value
+    outcome: list[OSError | None] = []
+
+    def write() -> None:
+        try:
+            with open(cloud.mountpoint / "later.bin", "wb") as file:
+                os.ftruncate(file.fileno(), 1)  # changed in the daemon at once: a change
+                time.sleep(1)  # ...that a tries to upload, and waits for
+                file.write(os.urandom(4 * MIB))  # the kernel writes it back at the close
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    writer = threading.Thread(target=write, daemon=True)  # (the cloud's cleanup ends a hang)
+    writer.start()
+    writer.join(60)
+    assert not writer.is_alive(), "the writer waited for room for good"
+    assert outcome[0] is not None and outcome[0].errno == errno.ENOSPC, outcome
+    failed = [line for line in cloud.log.splitlines() if "/later.bin: a write failed" in line]
+    assert failed and "uploads make no room: c: " in failed[0], failed
