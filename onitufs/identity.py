@@ -124,6 +124,12 @@ class Identity:
                              "unavailable (unmounted disk?)" if not listed else
                              f"its folder holds none of the {what} it held, nor its marker; "
                              "treated as unavailable (another folder?)")
+        if recorded is not None and not held:
+            # Marked, and nothing held yet to know the folder by (its uploads failed, say):
+            # an empty mount point looks the same, and a marker written there would take it
+            # for the remote, whose files would then read as deleted once the disk is back.
+            return Judgement(False, f"its marker {MARKER} is gone, and it held nothing yet to "
+                             "know its folder by; treated as unavailable (unmounted disk?)")
         if self.remote.config.writable:
             if recorded is not None:
                 log.warning("remote %s: its marker %s was deleted; writing it again",

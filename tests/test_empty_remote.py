@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,19 +22,41 @@ FILES = 21
 
 
 @contextlib.contextmanager
-def usb_disk(cloud: Cloud, name: str = "usb") -> Iterator[Path]:
-    """A small tmpfs (the disk) bound onto the remote's folder (its mount point); unmounted,
-    whatever the test does."""
-    disk = cloud.root / "disk"
+def usb_disk(cloud: Cloud, name: str = "usb", size: str = "16m") -> Iterator[Path]:
+    """The remote's folder on a disk_at cloud.root/disk."""
+    with disk_at(cloud.root / "disk", cloud.remotes[name], size) as files:
+        yield files
+
+
+@contextlib.contextmanager
+def disk_at(disk: Path, folder: Path, size: str = "16m") -> Iterator[Path]:
+    """A small tmpfs at `disk` (the disk) whose folder `files` is bound onto `folder` (its
+    mount point), as a disk mounted there; the disk's root stays free for what the folder
+    must not show. Yields the folder `files`; unmounted, whatever the test does."""
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                   check=True)
     try:
-        plug_in(disk, cloud.remotes[name])
-        yield disk
+        (disk / "files").mkdir()
+        plug_in(disk / "files", folder)
+        yield disk / "files"
     finally:
-        for folder in (cloud.remotes[name], disk):
-            while subprocess.run(["mountpoint", "-q", str(folder)]).returncode == 0:
-                subprocess.run(["umount", "-l", str(folder)], check=True)
+        for mounted in (folder, disk):
+            while subprocess.run(["mountpoint", "-q", str(mounted)]).returncode == 0:
+                subprocess.run(["umount", "-l", str(mounted)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """A file at the disk's root (beside its folder `files`) that fills it; its path."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while os.write(fd, bytes(4096)):
+                pass
+    finally:
+        os.close(fd)
+    return filler
 
 
 def plug_in(disk: Path, folder: Path) -> None:
@@ -127,6 +150,36 @@ def test_mounting_while_the_disk_is_absent_deletes_nothing(make_cloud: MakeCloud
         cloud.wait_synced()
         cloud.umount()
         assert snapshot(cloud.remotes["usb"]) == expected
+
+
+def test_a_disk_unplugged_before_it_held_anything_gets_nothing(make_cloud: MakeCloud) -> None:
+    """Marked, but full before its first file: unplugged, it has nothing to be told from its
+    empty mount point by. Were the marker written there, the uploads would follow it, and
+    read as deleted once the disk is back."""
+    cloud = make(make_cloud)
+    with usb_disk(cloud) as files:
+        cloud.mount()
+        cloud.wait_listed()
+        assert (files / MARKER).exists()
+        filler = fill(files.parent)
+        (cloud.mountpoint / "first.txt").write_bytes(b"first")
+        wait_for(lambda: "No space left" in str(usb_state(cloud)["last_error"]),
+                 what="the upload to the full disk to fail")
+        unplug(cloud.remotes["usb"])
+        assert outage_reason(cloud) == (f"its marker {MARKER} is gone, and it held nothing yet to "
+                                        "know its folder by; treated as unavailable (unmounted "
+                                        "disk?)")
+        (cloud.mountpoint / "second.txt").write_bytes(b"second")
+        expected = snapshot(cloud.mountpoint)
+        wait_for(lambda: snapshot(cloud.remotes["home"]) == expected, what="home")
+        time.sleep(1)  # a few listings of the empty folder, at 0.3 s
+        assert list(cloud.remotes["usb"].iterdir()) == []
+        filler.unlink()
+        plug_in(files, cloud.remotes["usb"])
+        cloud.wait_synced()
+        cloud.umount()
+        for name, remote in cloud.remotes.items():
+            assert snapshot(remote) == expected, name
 
 
 def test_a_remote_folder_made_anew_deletes_nothing(make_cloud: MakeCloud) -> None:
