@@ -8,12 +8,15 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import onitufs_local
 import pytest
 
-from onitufs.plug import MARKER
+from onitufs.plug import MARKER, Metadata, RemoteUnavailable
+from onitufs.testing.backdoor import FolderBackdoor
+from onitufs.testing.harness import started
 
 from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
 from .test_mount import RENAME_EXCHANGE, renameat2
@@ -268,3 +271,59 @@ def test_the_markers_name_is_not_a_name_in_the_mount(make_cloud: MakeCloud) -> N
     cloud.umount()
     for remote in cloud.remotes.values():
         assert (remote / "sub" / MARKER).read_bytes() == b"fine below the root"
+
+
+def test_the_local_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
+        tmp_path: Path) -> None:
+    """The core reads the marker again before a change only when its last look is a second
+    old: a change asked of the driver just after the disk went must not land in the empty
+    mount point left behind (it would read as deleted once the disk is back), nor be taken
+    for made. The disk plugged in again takes changes again; another disk does not."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    table = {"driver": "local", "path": str(folder), "poll_interval": "1h"}
+    with disk_at(tmp_path / "disk", folder) as files, \
+            started(onitufs_local, table, FolderBackdoor(folder, tmp_path / "ballast"),
+                    base_dir=tmp_path) as harness:
+        (folder / MARKER).write_bytes(b'{"onitufs-remote": "usb"}')
+        kept = harness.upload("kept", b"on the disk")
+        harness.call("make_dir", Metadata(path="photos", kind="dir", mode=0o755))
+        cut_short = harness.transfer("half", b"half")
+        cut_short.start()
+        unplug(folder)
+        # What makes an entry, a delete and an abort (which find nothing there) are the
+        # remote being away; a move and a chmod find nothing to change.
+        changes: list[tuple[str, Callable[[], object], type[Exception]]] = [
+            ("an upload", lambda: harness.transfer("new", b"new").start(), RemoteUnavailable),
+            ("a folder", lambda: harness.call("make_dir", Metadata(path="music", kind="dir",
+                                                                   mode=0o755)),
+             RemoteUnavailable),
+            ("a link", lambda: harness.call("make_symlink", Metadata(path="link",
+                                                                     kind="symlink", target="x")),
+             RemoteUnavailable),
+            ("a delete", lambda: harness.call("delete_file", kept.copy()), RemoteUnavailable),
+            ("an abort", cut_short.abort, RemoteUnavailable),
+            ("a move", lambda: harness.call("move_file", kept.copy(), kept.copy(path="moved")),
+             FileNotFoundError),
+            ("a chmod", lambda: harness.call("set_attrs", kept.copy(mode=0o600)),
+             FileNotFoundError),
+        ]
+        for what, change, failure in changes:
+            with pytest.raises(failure):
+                change()
+            assert list(folder.iterdir()) == [], f"{what} left something in the mount point"
+        plug_in(files, folder)
+        harness.upload("new", b"after the disk came back")
+        cut_short.abort()
+        assert sorted(os.listdir(files)) == [MARKER, "kept", "new", "photos"]
+        assert (files / "new").read_bytes() == b"after the disk came back"
+        assert (files / "kept").read_bytes() == b"on the disk"
+        unplug(folder)
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / MARKER).write_bytes(b'{"onitufs-remote": "another"}')
+        plug_in(other, folder)
+        with pytest.raises(RemoteUnavailable, match="no longer the folder"):
+            harness.transfer("third", b"not here").start()
+        assert sorted(os.listdir(other)) == [MARKER]
+        unplug(folder)

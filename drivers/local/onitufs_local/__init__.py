@@ -19,20 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import (
     CHEAP,
+    MARKER,
     TEMP_SUFFIX,
     Changed,
     Conflict,
     DriverError,
+    F,
     Metadata,
     Plug,
     RemoteUnavailable,
@@ -56,6 +61,7 @@ from .disknames import (
     shown_beside,
 )
 from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
+from .pin import Pin
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
 
@@ -187,6 +193,9 @@ def start(plug: Plug) -> None:
     plug.cost = CHEAP
     root_at = resolved(root)
     disk = Disk(root)
+    pin = Pin(root)
+    with contextlib.suppress(RemoteUnavailable):  # pinned at the first change instead
+        pin.confirm()
 
     def real(path: str) -> str:
         """The local path of a path of the mount."""
@@ -205,6 +214,22 @@ def start(plug: Plug) -> None:
             if not at_or_below(parent, root_at):
                 raise DriverError(f"{stored}: leads outside {root}")
         return full
+
+    def confirmed(handler: F) -> F:
+        """A change, then the pin's look: a change the path took out of the pinned folder
+        is the remote being away, neither made nor refused there. (A move or a chmod needs
+        none: what it changes is not there. A delete or an abort finding nothing there
+        succeeds, and would leave the disk's file for good.)"""
+        @functools.wraps(handler)
+        def change(*args: Any) -> Any:
+            try:
+                result = handler(*args)
+            except Exception:
+                pin.confirm()
+                raise
+            pin.confirm()
+            return result
+        return cast(F, change)
 
     def temp_name(md: Metadata) -> str:
         return upload_path(md, disk.path(md.path))
@@ -247,10 +272,18 @@ def start(plug: Plug) -> None:
             upload_fd(md, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # the name is this upload's
         except OSError as error:
             raise refusal(md.path, inside(temp_name(md)), error) from None
+        confirm_upload(md)
 
     @plug.handler()
     def restart_upload(md: Metadata, offset: int) -> None:
         resume_at(upload_fd(md), offset, md)
+        confirm_upload(md)
+
+    def confirm_upload(md: Metadata) -> None:
+        """The temp file is in the pinned folder, or goes. Not asked of the marker's own:
+        the core writes it only where it judged the folder to be the remote's."""
+        if md.path != MARKER:
+            confirm_made(lambda: abort_upload(md))
 
     # A chunk written past a gap leaves a hole, and end_upload's ftruncate makes one of a
     # gap at the end: onitufs need not send chunks of zeros, and copies stay sparse.
@@ -308,8 +341,11 @@ def start(plug: Plug) -> None:
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
             open_uploads.close(name)
+        if md.path == MARKER:
+            pin.marker_written()
 
     @plug.handler()
+    @confirmed
     def abort_upload(md: Metadata) -> None:
         name = temp_name(md)
         fd = open_uploads.take(name)
@@ -339,6 +375,7 @@ def start(plug: Plug) -> None:
                 os.unlink(path)
 
     @plug.handler()
+    @confirmed
     def delete_file(md: Metadata) -> None:
         path = real(md.path)
         try:
@@ -451,6 +488,7 @@ def start(plug: Plug) -> None:
         stamp(new, st)
 
     @plug.handler()
+    @confirmed
     def make_dir(md: Metadata) -> None:
         path = real(md.path)
         mode = md.mode & 0o7777
@@ -462,6 +500,8 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{md.path}: exists on the remote and is not a folder") from None
         except OSError as error:
             raise refusal(md.path, path, error) from None
+        else:
+            confirm_made(lambda: os.rmdir(path))
         # The exact mode, zero included: mkdir applied the daemon's umask, and on Linux
         # leaves out the setuid and setgid bits (or inherits setgid from the parent).
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -497,6 +537,7 @@ def start(plug: Plug) -> None:
             os.close(fd)
 
     @plug.handler()
+    @confirmed
     def make_symlink(md: Metadata) -> None:
         path = real(md.path)
         try:
@@ -512,8 +553,20 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{md.path}: the remote's disk holds no symbolic links "
                                   f"({error.strerror}): they stay off it") from None
             raise refusal(md.path, path, error) from None
+        else:
+            confirm_made(lambda: os.unlink(path))
         st = os.lstat(path)
         stamp(md, st)
+
+    def confirm_made(remove: Callable[[], object]) -> None:
+        """What was just made is in the pinned folder, or `remove` takes it from where the
+        path led instead (the mount point's own folder)."""
+        try:
+            pin.confirm()
+        except RemoteUnavailable:
+            with contextlib.suppress(OSError):
+                remove()
+            raise
 
     plug.ready()
     try:

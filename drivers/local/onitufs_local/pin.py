@@ -1,0 +1,73 @@
+"""The folder a local remote's changes go to: the one that held the remote's marker.
+
+An unplugged disk leaves its empty mount point at the remote's path. The core reads the
+marker again before it changes a remote, but only when its last look is older than a
+second, and a change made just after the disk went would land in the mount point's own
+folder. Recorded as made on the remote, it would read as deleted there once the disk is
+back, and that delete would travel to the mount and every other remote.
+
+So the driver pins the root folder it changes (its device and inode) together with the
+marker it held, and after each change makes sure the path still leads there. A path that
+leads elsewhere is taken only if that folder holds a marker, the same one (the disk plugged
+in again, under a new device number perhaps) or any where none was pinned (a disk absent
+when the remote started). The core writing the marker pins the folder it went to: it
+writes one only where it judged the listing to be the remote's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from onitufs.plug import MARKER, RemoteUnavailable
+
+MARKER_MAX = 4096  # bytes of the marker compared: the core's own are far shorter
+
+FolderId = tuple[int, int]  # st_dev, st_ino
+
+
+class Pin:
+    """The root folder changes go to, and the marker it held; thread-safe."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._folder: FolderId | None = None
+        self._marker: bytes | None = None
+
+    def _look(self) -> FolderId:
+        try:
+            st = os.stat(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            raise RemoteUnavailable(f"{self.root} is missing (unmounted disk?)") from None
+        return st.st_dev, st.st_ino
+
+    def _read_marker(self) -> bytes | None:
+        try:
+            with open(os.path.join(self.root, MARKER), "rb") as file:
+                return file.read(MARKER_MAX)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def confirm(self) -> None:
+        """After a change: RemoteUnavailable unless the root's path still leads to the
+        pinned folder, or to one that may be pinned instead (the first call pins it)."""
+        folder = self._look()
+        with self._lock:
+            if folder == self._folder and self._marker is not None:
+                return  # every change: one stat, no read
+            marker = self._read_marker()
+            if self._folder is None or folder == self._folder:
+                self._folder, self._marker = folder, marker
+                return
+            if marker is None or (self._marker is not None and marker != self._marker):
+                raise RemoteUnavailable(
+                    f"{self.root} is no longer the folder that held this remote's marker "
+                    f"{MARKER} (unmounted disk?)")
+            self._folder, self._marker = folder, marker
+
+    def marker_written(self) -> None:
+        """The core wrote the marker: the folder it went to is the remote's."""
+        folder = self._look()
+        with self._lock:
+            self._folder, self._marker = folder, self._read_marker()
