@@ -36,7 +36,7 @@ from .conftest import (
     wait_for,
 )
 from .sshd import Sshd, sshfs_mounted
-from .test_empty_remote import outage_reason, plug_in, unplug, usb_disk, usb_state
+from .test_empty_remote import disk_at, outage_reason, plug_in, unplug, usb_disk, usb_state
 
 pytest_plugins = ["tests.sshd"]
 
@@ -321,6 +321,37 @@ def test_a_file_renamed_while_the_tree_is_listed_is_listed_under_its_new_name_on
         assert sorted(md.path for md in tree.listing()) == ["one", "two", "two/f.txt"]
     finally:
         tree.close()
+
+
+def test_a_disk_unmounted_and_mounted_again_during_a_walk_is_walked_again(
+        tmp_path: Path) -> None:
+    """The walk read a folder from the empty mount point while the disk was away. Back
+    under the same device and inode, only its mount tells it from the one listed: the
+    watcher must take the listing for stale, or what the walk missed reads as deleted."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    with disk_at(tmp_path / "disk", folder) as files:
+        for name in ("one", "two"):
+            (files / name).mkdir()
+            (files / name / "f.txt").write_text(name)
+        calls = 0
+
+        def give_way() -> None:  # before the root, then before each of the two folders
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                unplug(folder)
+            elif calls == 3:
+                plug_in(files, folder)
+
+        tree = watch.Tree("usb", Disk(str(folder)), give_way)
+        try:
+            with contextlib.suppress(OSError):  # a folder that went during the walk
+                tree.list_all()
+            assert calls >= 2
+            assert not tree.holds_root()
+        finally:
+            tree.close()
 
 
 def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:

@@ -60,7 +60,16 @@ from .disknames import (
     refusal,
     shown_beside,
 )
-from .listing import changed_ns, describe, file_id, require_root, stamp, steady_listing, token
+from .listing import (
+    changed_ns,
+    describe,
+    file_id,
+    folder_id,
+    require_root,
+    stamp,
+    steady_listing,
+    token,
+)
 from .pin import Pin
 from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
@@ -587,7 +596,10 @@ def poll(plug: Plug, disk: Disk, interval: float) -> None:
         started, writes = time.monotonic(), plug.writes
         try:
             require_root(disk.root)
+            root = folder_id(disk.root)
             entries = steady_listing(disk, plug.give_way)
+            if folder_id(disk.root) != root:  # a disk unmounted (and maybe back) meanwhile
+                entries = None
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             plug.offline(f"cannot list {disk.root}: {reason}")

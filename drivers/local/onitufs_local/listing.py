@@ -18,8 +18,10 @@ giving way (1.2 s with no walk at all).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
+import sys
 import threading
 from collections.abc import Callable, Mapping
 
@@ -45,6 +47,36 @@ class TreeMoved(Exception):
 
 def token(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+FolderId = tuple[int, int, int]  # st_dev, st_ino, and the mount's id
+
+# statx(2), for the id of the mount a folder is reached through: the unique one since Linux
+# 6.8 (STATX_MNT_ID_UNIQUE); before, one the kernel may give the next mount made.
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_EMPTY_PATH = 0x1000
+_STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_UNIQUE = 0x4000
+_STATX_SIZE = 256  # struct statx
+_STX_MNT_ID = slice(0x90, 0x98)  # its stx_mnt_id, a __u64
+
+
+def folder_id(path: str) -> FolderId:
+    """The folder at `path`, and the mount it is reached through: a disk unmounted and
+    mounted there again within a walk is another mount, though its device and inode may
+    be the same (a bind mount of the same folder), and what the walk read meanwhile came
+    from the folder under it. OSError if there is none."""
+    fd = os.open(path, os.O_PATH)
+    try:
+        st = os.fstat(fd)
+        found = ctypes.create_string_buffer(_STATX_SIZE)
+        if _libc.statx(fd, b"", _AT_EMPTY_PATH, _STATX_MNT_ID | _STATX_MNT_ID_UNIQUE,
+                       found) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), path)
+    finally:
+        os.close(fd)
+    return st.st_dev, st.st_ino, int.from_bytes(found.raw[_STX_MNT_ID], sys.byteorder)
 
 
 def file_id(st: os.stat_result) -> str:

@@ -30,7 +30,7 @@ from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnava
 from onitufs.storednames import mount_name
 
 from .disknames import Disk
-from .listing import entry, listing, require_root
+from .listing import FolderId, entry, folder_id, listing, require_root
 
 # No CLOSE_WRITE: a write already says MODIFY. The root's own DELETE_SELF and MOVE_SELF
 # (and the UNMOUNT and IGNORED the kernel always sends) call for a look at the root.
@@ -87,18 +87,18 @@ class Tree:
         # their place may have their number, and so their file id, yet is not watched.
         self.unwatched: set[str] = set()
         self.stale = True  # only a full listing can tell (the start, an overflow)
-        self.root_id: tuple[int, int] | None = None
+        self.root_id: FolderId | None = None
 
     def close(self) -> None:
         self.inotify.close()
 
     def holds_root(self) -> bool:
-        """Whether the root folder is still the one that was listed."""
+        """Whether the root folder is still the one that was listed, through the same
+        mount."""
         try:
-            st = os.stat(self.disk.root)
+            return folder_id(self.disk.root) == self.root_id
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) == self.root_id
 
     def listing(self) -> list[Metadata]:
         # Entries are replaced, never changed, so the core may keep what it is given.
@@ -153,8 +153,7 @@ class Tree:
         self.dirty.clear()
         self.unwatched.clear()
         require_root(self.disk.root)
-        st = os.stat(self.disk.root)
-        self.root_id = (st.st_dev, st.st_ino)
+        self.root_id = folder_id(self.disk.root)
         before = self.entries
         self.dropped.extend(self.watches.values())
         self.watches, self.folders = {}, {}
