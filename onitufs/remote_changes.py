@@ -723,6 +723,8 @@ class RemoteChanges:
         parent = self.index.resolve(path.rpartition("/")[0], txn)
         assert parent is not None
         name = encode_path(path.rpartition("/")[2])
+        log.debug("remote %s: %s went there: it goes here",
+                  next(r.name for r in self.remotes.values() if r.rid == rid), path)
         if folder:
             self.tree.rmdir(txn, parent, name, source=rid)
         else:
@@ -789,6 +791,7 @@ class RemoteChanges:
             self._take_mode(txn, remote, ino, new, moved)
         if new.kind != "symlink" and new.mode != moved.mode:
             self._mode_found(txn, remote, ino, new, moved)
+        log.debug("remote %s: %s moved there to %s: it moves here", remote.name, old, new.path)
         self.tree.rename(txn, old_parent, old_name, new_parent, new_name, source=remote.rid)
         self.index.move_mirror(txn, remote.rid, ino, old, new.path, moved)
         self.tree.kernel.entry_changed(old_parent, old_name)
