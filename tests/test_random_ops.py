@@ -15,6 +15,7 @@ import hashlib
 import mmap
 import os
 import random
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .conftest import MakeCloud, snapshot
 NAMES = ["f0", "f1", "f2", "d0/f3", "d0/f4", "d1/f5", "d0/d2/f6"]
 FOLDERS = ["d0", "d1", "d0/d2"]
 MAX_SIZE = 3 * 65536 + 77  # a few blocks of the 64 KiB test block size
+HISTORY = 12  # the last operations a failure names
 
 
 class Both:
@@ -31,8 +33,10 @@ class Both:
     def __init__(self, mount: Path, model: Path, rng: random.Random) -> None:
         self.roots = (mount, model)
         self.rng = rng
+        self.history: deque[str] = deque(maxlen=HISTORY)  # for a failure's message
 
     def do(self, operation: Callable[[Path], object], describe: str) -> None:
+        self.history.append(describe)
         outcomes = []
         for root in self.roots:
             try:
@@ -134,7 +138,8 @@ def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path:
     for number in range(steps):
         kind = both.step()
         if number % 20 == 0 or kind in ("rename", "rmdir"):
-            assert snapshot(cloud.mountpoint) == snapshot(model), f"seed {seed}, step {number}"
+            assert snapshot(cloud.mountpoint) == snapshot(model), \
+                f"seed {seed}, step {number}, after {list(both.history)}"
         if number == steps // 2:  # half way: a remount, with uploads maybe still queued
             cloud.umount()
             cloud.mount()
