@@ -25,7 +25,7 @@ from onitufs.plug import TEMP_SUFFIX
 
 from .conftest import Cloud, MakeCloud, run, snapshot
 from .test_empty_remote import fill, plug_in, unplug, usb_disk
-from .test_random_ops import Both
+from .test_random_ops import Both, random_run
 
 FAULT_CHANCE = 0.03  # per step: about 30 faults begun or ended in the default 1,000 steps
 
@@ -119,14 +119,8 @@ def temp_files(root: Path) -> list[str]:
 @pytest.mark.slow
 def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unplugged(
         make_cloud: MakeCloud, tmp_path: Path) -> None:
-    seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
-    steps = int(os.environ.get("ONITUFS_STEPS", 1000))
-    print(f"random faults: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
-    # A cache smaller than the files: reads fetch from the remotes, the faulty one among them.
-    cloud = make_cloud({"home": "rw", "usb": "rw"}, block_size="64 KiB", cache_size="1 MiB",
-                       write_buffer="128 KiB")
-    model = tmp_path / "model"
-    model.mkdir()
+    seed, steps, cloud, model = random_run(make_cloud, tmp_path, "random faults",
+                                           {"home": "rw", "usb": "rw"})
     rng = random.Random(seed)
     with usb_disk(cloud, "usb", size="4m") as files:
         disk = Disk(files, cloud.remotes["usb"])

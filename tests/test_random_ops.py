@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import MakeCloud, snapshot
+from .conftest import Cloud, MakeCloud, snapshot
 
 NAMES = ["f0", "f1", "f2", "d0/f3", "d0/f4", "d1/f5", "d0/d2/f6"]
 FOLDERS = ["d0", "d1", "d0/d2"]
@@ -123,16 +123,24 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path: Path) -> None:
+def random_run(make_cloud: MakeCloud, tmp_path: Path, what: str, remotes: dict[str, str]
+               ) -> tuple[int, int, Cloud, Path]:
+    """A run's seed and steps (ONITUFS_SEED, ONITUFS_STEPS; printed), its cloud (not mounted
+    yet) and its model folder. A write buffer of two blocks: full blocks go to LMDB from a
+    worker thread all the time, while the same blocks are read, written again and cut; a
+    cache smaller than the files: reads fetch from the remotes too."""
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     steps = int(os.environ.get("ONITUFS_STEPS", 1000))
-    print(f"random operations: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
-    # A write buffer of two blocks: full blocks go to LMDB from a worker thread all the time,
-    # while the same blocks are read, written again and cut.
-    cloud = make_cloud({"a": "rw", "b": "rw"}, block_size="64 KiB", cache_size="1 MiB",
-                       write_buffer="128 KiB")
+    print(f"{what}: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
+    cloud = make_cloud(remotes, block_size="64 KiB", cache_size="1 MiB", write_buffer="128 KiB")
     model = tmp_path / "model"
     model.mkdir()
+    return seed, steps, cloud, model
+
+
+def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path: Path) -> None:
+    seed, steps, cloud, model = random_run(make_cloud, tmp_path, "random operations",
+                                           {"a": "rw", "b": "rw"})
     cloud.mount()
     both = Both(cloud.mountpoint, model, random.Random(seed))
     for number in range(steps):
