@@ -573,7 +573,7 @@ def start(plug: Plug) -> None:
         try:
             pin.confirm()
         except RemoteUnavailable:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, RemoteUnavailable):  # (an abort looks again)
                 remove()
             raise
 

@@ -6,12 +6,13 @@ second, and a change made just after the disk went would land in the mount point
 folder. Recorded as made on the remote, it would read as deleted there once the disk is
 back, and that delete would travel to the mount and every other remote.
 
-So the driver pins the root folder it changes (its device and inode) together with the
-marker it held, and after each change makes sure the path still leads there. A path that
-leads elsewhere is taken only if that folder holds a marker, the same one (the disk plugged
-in again, under a new device number perhaps) or any where none was pinned (a disk absent
-when the remote started). The core writing the marker pins the folder it went to: it
-writes one only where it judged the listing to be the remote's.
+So the driver pins the root folder it changes (listing.folder_id) together with the
+marker it held, and after each change that makes or deletes an entry makes sure the path
+still leads there. A path that leads elsewhere is taken only if that folder holds a marker,
+the same one (the disk plugged in again: another mount, another device number perhaps) or
+any where none was pinned (a disk absent when the remote started). The core writing the
+marker pins the folder it went to: it writes one only where it judged the listing to be the
+remote's.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import threading
 
 from onitufs.plug import MARKER, RemoteUnavailable
 
-MARKER_MAX = 4096  # bytes of the marker compared: the core's own are far shorter
+from .listing import FolderId, folder_id
 
-FolderId = tuple[int, int]  # st_dev, st_ino
+MARKER_MAX = 4096  # bytes of the marker compared: the core's own are far shorter
 
 
 class Pin:
@@ -37,10 +38,9 @@ class Pin:
 
     def _look(self) -> FolderId:
         try:
-            st = os.stat(self.root)
+            return folder_id(self.root)
         except (FileNotFoundError, NotADirectoryError):
             raise RemoteUnavailable(f"{self.root} is missing (unmounted disk?)") from None
-        return st.st_dev, st.st_ino
 
     def _read_marker(self) -> bytes | None:
         try:
@@ -55,7 +55,7 @@ class Pin:
         folder = self._look()
         with self._lock:
             if folder == self._folder and self._marker is not None:
-                return  # every change: one stat, no read
+                return  # every change: one look at the root, no read
             marker = self._read_marker()
             if self._folder is None or folder == self._folder:
                 self._folder, self._marker = folder, marker
