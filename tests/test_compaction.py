@@ -14,7 +14,17 @@ from pathlib import Path
 
 from onitufs.compaction import COPY
 
-from .conftest import ONITUFS, Cloud, MakeCloud, is_mounted, run, small_disk, snapshot, wait_for
+from .conftest import (
+    ONITUFS,
+    Cloud,
+    MakeCloud,
+    fill,
+    is_mounted,
+    run,
+    small_disk,
+    snapshot,
+    wait_for,
+)
 from .test_clean_stop import UNCLEAN, stopped_cleanly
 from .test_full_disk import log as log_beside
 from .test_full_disk import mount as mount_logging_beside
@@ -184,21 +194,6 @@ def test_a_disk_without_room_for_the_copy_keeps_the_file(make_cloud: MakeCloud) 
         assert_kept(cloud, content)
         cloud.umount()  # with room again
         assert "was compacted from" in cloud.log[before:]
-
-
-def fill(path: Path) -> None:
-    """Take every byte left on path's disk, as another program writing there would."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        size, step = 0, 64 * MIB
-        while step >= 4096:
-            try:
-                os.posix_fallocate(fd, size, step)
-                size += step
-            except OSError:
-                step //= 2
-    finally:
-        os.close(fd)
 
 
 def test_a_disk_filled_during_the_copy_keeps_the_file(make_cloud: MakeCloud) -> None:

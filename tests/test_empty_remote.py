@@ -18,7 +18,7 @@ from onitufs.plug import MARKER, Metadata, RemoteUnavailable
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
-from .conftest import Cloud, MakeCloud, run, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, fill, run, snapshot, wait_for
 from .test_mount import RENAME_EXCHANGE, renameat2
 
 FILES = 21
@@ -47,19 +47,6 @@ def disk_at(disk: Path, folder: Path, size: str = "16m") -> Iterator[Path]:
         for mounted in (folder, disk):
             while subprocess.run(["mountpoint", "-q", str(mounted)]).returncode == 0:
                 subprocess.run(["umount", "-l", str(mounted)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """A file at the disk's root (beside its folder `files`) that fills it; its path."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with contextlib.suppress(OSError):  # ENOSPC: full
-            while os.write(fd, bytes(4096)):
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def plug_in(disk: Path, folder: Path) -> None:
@@ -164,7 +151,8 @@ def test_a_disk_unplugged_before_it_held_anything_gets_nothing(make_cloud: MakeC
         cloud.mount()
         cloud.wait_listed()
         assert (files / MARKER).exists()
-        filler = fill(files.parent)
+        filler = files.parent / "filler"  # beside the remote's folder, on its disk
+        fill(filler)
         (cloud.mountpoint / "first.txt").write_bytes(b"first")
         wait_for(lambda: "No space left" in str(usb_state(cloud)["last_error"]),
                  what="the upload to the full disk to fail")

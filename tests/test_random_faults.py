@@ -24,8 +24,8 @@ import pytest
 
 from onitufs.plug import TEMP_SUFFIX
 
-from .conftest import Cloud, MakeCloud, run, snapshot
-from .test_empty_remote import fill, plug_in, unplug, usb_disk
+from .conftest import Cloud, MakeCloud, fill, run, snapshot
+from .test_empty_remote import plug_in, unplug, usb_disk
 from .test_random_ops import Both, random_run
 
 FAULT_CHANCE = 0.03  # per step: about 30 faults begun or ended in the default 1,000 steps
@@ -38,7 +38,7 @@ class Disk:
     def __init__(self, files: Path, remote: Path) -> None:
         self.files, self.remote = files, remote
         self.root = files.parent
-        self.filler: Path | None = None
+        self.filler = self.root / "filler"
         self.plugged, self.full, self.read_only = True, False, False
 
     def plug_in(self) -> None:
@@ -50,11 +50,10 @@ class Disk:
         self.plugged = False
 
     def fill(self) -> None:
-        self.filler = fill(self.root)
+        fill(self.filler)
         self.full = True
 
     def empty(self) -> None:
-        assert self.filler is not None
         self.filler.unlink()
         self.full = False
 
