@@ -34,11 +34,10 @@ from dataclasses import dataclass
 import trio
 
 from .index import Index, MirrorEntry
-from .plug import MARKER, Conflict, Metadata
+from .plug import MARKER, MARKER_MAX, Conflict, Metadata
 from .remotes import CallFailed, Remote, backoff
 
 log = logging.getLogger(__name__)
-MARKER_MAX = 4096
 RECHECK = 1.0  # seconds: how old a look at the marker may be before a change is made
 
 

@@ -67,6 +67,7 @@ TEMP_SUFFIX = ".onitufs-part"  # uploads in progress on a remote; listings leave
 # The remote's identity marker at its root (see onitufs/identity.py): listed like any
 # file, written and read through the handlers, never shown in the mount.
 MARKER = ".onitufs-remote"
+MARKER_MAX = 4096  # bytes of a marker read: onitufs's own are far shorter
 # Plug.give_way (and the replicator between two chunks of an upload): the longest one call
 # waits while people use the mount, and how often it looks again.
 GIVE_WAY_LIMIT = 0.05

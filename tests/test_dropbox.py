@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from onitufs_dropbox.auth import save_token
 
-from onitufs.identity import MARKER_MAX
+from onitufs.plug import MARKER_MAX
 from onitufs.storednames import mount_name
 from onitufs.testing.dropbox_api import FakeDropbox
 

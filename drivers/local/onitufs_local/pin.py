@@ -20,11 +20,9 @@ from __future__ import annotations
 import os
 import threading
 
-from onitufs.plug import MARKER, RemoteUnavailable
+from onitufs.plug import MARKER, MARKER_MAX, RemoteUnavailable
 
 from .listing import FolderId, folder_id
-
-MARKER_MAX = 4096  # bytes of the marker compared: the core's own are far shorter
 
 
 class Pin:
