@@ -14,7 +14,6 @@ more than once in a row.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import time
@@ -24,7 +23,7 @@ import pytest
 
 from onitufs.plug import TEMP_SUFFIX
 
-from .conftest import Cloud, MakeCloud, fill, run, snapshot
+from .conftest import Cloud, MakeCloud, fill, run, snapshot, tree
 from .test_empty_remote import plug_in, unplug, usb_disk
 from .test_random_ops import Both, random_run
 
@@ -104,18 +103,6 @@ def remount(cloud: Cloud, where: str) -> None:
     cloud.mount()
 
 
-def holdings(cloud: Cloud) -> dict[str, list[str]]:
-    """Every path on each remote, onitufs's own files included (for a failure's message)."""
-    return {name: sorted(str(Path(folder, entry).relative_to(remote))
-                         for folder, dirs, files in os.walk(remote) for entry in dirs + files)
-            for name, remote in cloud.remotes.items()}
-
-
-def temp_files(root: Path) -> list[str]:
-    return [str(Path(folder, name).relative_to(root)) for folder, _, names in os.walk(root)
-            for name in names if name.endswith(TEMP_SUFFIX)]
-
-
 @pytest.mark.slow
 def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unplugged(
         make_cloud: MakeCloud, tmp_path: Path) -> None:
@@ -136,7 +123,7 @@ def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unpl
             if number % 20 == 0 or kind in ("rename", "rmdir"):
                 assert snapshot(cloud.mountpoint) == snapshot(model), where
             if not disk.plugged:
-                landed = sorted(str(path.relative_to(disk.remote)) for path in disk.remote.rglob("*"))
+                landed = sorted(tree(disk.remote))
                 assert landed == [], f"{where}: written while unplugged: {landed}"
             if number == steps // 2:  # a remount, maybe with the disk away or full
                 remount(cloud, where)
@@ -149,13 +136,15 @@ def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unpl
         try:
             cloud.wait_synced()
         except AssertionError as error:
-            raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings(cloud)}, "
+            holdings = {name: sorted(tree(remote)) for name, remote in cloud.remotes.items()}
+            raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings}, "
                                  f"status {cloud.status()['remotes']}") from None
         cloud.umount()
         expected = snapshot(model)
         for name, remote in cloud.remotes.items():
             assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs ({faults})"
-            assert temp_files(remote) == [], f"seed {seed}: temp files left on remote {name}"
+            left = [path for path in tree(remote) if path.endswith(TEMP_SUFFIX)]
+            assert left == [], f"seed {seed}: temp files left on remote {name}: {left}"
         cloud.mount()
         assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
         cloud.umount()
