@@ -10,17 +10,21 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import onitufs_local
+import onitufs_ssh
 import pytest
 
-from onitufs.plug import MARKER, Metadata, RemoteUnavailable
+from onitufs.plug import MARKER, DriverError, Metadata, RemoteUnavailable
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
 from .conftest import Cloud, MakeCloud, fill, run, snapshot, wait_for
+from .test_conformance import ssh_table
 from .test_mount import RENAME_EXCHANGE, renameat2
 
+pytest_plugins = ["tests.sshd"]
 FILES = 21
 
 
@@ -261,17 +265,28 @@ def test_the_markers_name_is_not_a_name_in_the_mount(make_cloud: MakeCloud) -> N
         assert (remote / "sub" / MARKER).read_bytes() == b"fine below the root"
 
 
-def test_the_local_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_a_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
+        tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
     """The core reads the marker again before a change only when its last look is a second
     old: a change asked of the driver just after the disk went must not land in the empty
     mount point left behind (it would read as deleted once the disk is back), nor be taken
-    for made. The disk plugged in again takes changes again; another disk does not."""
+    for made. The disk plugged in again takes changes again; another disk does not. For the
+    ssh driver, the disk is mounted on the server (here too)."""
     folder = tmp_path / "usb"
     folder.mkdir()
-    table = {"driver": "local", "path": str(folder), "poll_interval": "1h"}
+    driver: ModuleType
+    if kind == "local":
+        driver, table = onitufs_local, {"driver": "local", "path": str(folder),
+                                        "poll_interval": "1h"}
+        # A move or a chmod finds nothing to change where the path leads.
+        not_there: type[Exception] = FileNotFoundError
+    else:
+        driver, table = onitufs_ssh, {**ssh_table(request.getfixturevalue("sshd"), folder),
+                                      "poll_interval": "1h"}
+        not_there = DriverError
     with disk_at(tmp_path / "disk", folder) as files, \
-            started(onitufs_local, table, FolderBackdoor(folder, tmp_path / "ballast"),
+            started(driver, table, FolderBackdoor(folder, tmp_path / "ballast"),
                     base_dir=tmp_path) as harness:
         (folder / MARKER).write_bytes(b'{"onitufs-remote": "usb"}')
         kept = harness.upload("kept", b"on the disk")
@@ -280,7 +295,7 @@ def test_the_local_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
         cut_short.start()
         unplug(folder)
         # What makes an entry, a delete and an abort (which find nothing there) are the
-        # remote being away; a move and a chmod find nothing to change.
+        # remote being away.
         changes: list[tuple[str, Callable[[], object], type[Exception]]] = [
             ("an upload", lambda: harness.transfer("new", b"new").start(), RemoteUnavailable),
             ("a folder", lambda: harness.call("make_dir", Metadata(path="music", kind="dir",
@@ -292,9 +307,8 @@ def test_the_local_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
             ("a delete", lambda: harness.call("delete_file", kept.copy()), RemoteUnavailable),
             ("an abort", cut_short.abort, RemoteUnavailable),
             ("a move", lambda: harness.call("move_file", kept.copy(), kept.copy(path="moved")),
-             FileNotFoundError),
-            ("a chmod", lambda: harness.call("set_attrs", kept.copy(mode=0o600)),
-             FileNotFoundError),
+             not_there),
+            ("a chmod", lambda: harness.call("set_attrs", kept.copy(mode=0o600)), not_there),
         ]
         for what, change, failure in changes:
             with pytest.raises(failure):
@@ -311,7 +325,7 @@ def test_the_local_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
         other.mkdir()
         (other / MARKER).write_bytes(b'{"onitufs-remote": "another"}')
         plug_in(other, folder)
-        with pytest.raises(RemoteUnavailable, match="no longer the folder"):
+        with pytest.raises(RemoteUnavailable, match="no longer"):
             harness.transfer("third", b"not here").start()
         assert sorted(os.listdir(other)) == [MARKER]
         unplug(folder)

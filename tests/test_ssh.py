@@ -338,7 +338,7 @@ def test_a_large_upload_is_written_out_to_the_servers_disk_as_it_goes(
     content = os.urandom(4 * mib)
     upload = uploads.Upload(pool, str(tmp_path / "part").encode(), len(content), 1)
     try:
-        upload.create()
+        upload.create([])
         assert upload.conn is not None
         main = upload.conn.sftp
         for end in range(mib, len(content) + 1, mib):

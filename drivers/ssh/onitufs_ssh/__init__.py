@@ -14,7 +14,9 @@ to a hidden temporary file beside the target, written in the background
 (uploads.py) and renamed into place when complete; the version it replaces
 is first moved aside and checked, as SFTP cannot replace on a condition.
 A name the server's disk refuses (exFAT's `at 10:30`) is stored under its
-escape (names.py).
+escape (names.py). A change that makes or deletes an entry is taken back where
+the path no longer leads to the file system that held the marker (pin.py: a
+disk on the server unplugged).
 Reads pipeline their requests and read ahead on several connections
 (reading.py). Changes made
 on the server are found by listing it (listing.py): every 2 s after a change,
@@ -35,10 +37,11 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import (
+    MARKER,
     TEMP_SUFFIX,
     Changed,
     Conflict,
@@ -56,6 +59,7 @@ from onitufs.storednames import disk_name, refuse_clash, refused, renames_in_cas
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import Tree, decode, describe, encode, kind_of, token
 from .names import ServerNames, asks_server
+from .pin import Pin
 from .pool import Pool, lost
 from .reading import NotThere, OtherVersion, Reads
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
@@ -146,6 +150,38 @@ def start(plug: Plug) -> None:
         if not roots:
             roots.append(conn.sftp.realpath(encode(settings.path)))
         return roots[0]
+
+    pin = Pin(root)
+
+    def confirmed(handler: F) -> F:
+        """A change that failed where the root path no longer leads to the pinned file
+        system is the remote being away, not a refusal there. (A change that succeeded
+        looks itself: see confirm_made.)"""
+        @functools.wraps(handler)
+        def change(*args: Any) -> Any:
+            try:
+                return handler(*args)
+            except Exception:
+                try:
+                    with pool.use() as conn:
+                        pin.confirm(conn)
+                except RemoteUnavailable:
+                    raise
+                except Exception:  # the look failed too: the change's own error says more
+                    pass
+                raise
+        return cast(F, change)
+
+    def confirm_made(conn: Connection, remove: Callable[[], object],
+                     answers: list[Reader | SftpError] | None = None) -> None:
+        """What was just made, or deleted, went to the pinned file system; or `remove`
+        takes what was made from where the path led instead (the mount point's folder)."""
+        try:
+            pin.confirm(conn, answers)
+        except RemoteUnavailable:
+            with contextlib.suppress(Exception):  # (an abort looks again)
+                remove()
+            raise
 
     def stored(conn: Connection, path: str, making: bool = True) -> str:
         """Where the mount's `path` is stored, relative to the root (ServerNames.path)."""
@@ -238,20 +274,26 @@ def start(plug: Plug) -> None:
             raise
 
     @plug.handler()
+    @confirmed
     @guarded
     def start_upload(md: Metadata) -> None:
         temp = upload_path(md)  # (the key of `uploads`)
         with pool.use() as conn:
             target = inside(conn, temp_of(conn, md))
+            # Not for the marker's own: the core writes it only where it judged the folder
+            # to be the remote's.
+            look = pin.look(conn) if md.path != MARKER else []
         upload = Upload(upload_pool, target, md.size, settings.upload_connections)
         try:
-            upload.create()
+            looked = upload.create(look)
         except SftpError as error:
             with pool.use() as conn:
                 refuse_name(conn, md.path, target, error)
             raise
         with uploads_lock:
             uploads[temp] = upload
+        if look and upload.conn is not None:
+            confirm_made(upload.conn, lambda: abort_upload(md), looked)
         md.extra.update(upload.saved_state())
 
     @plug.handler()
@@ -341,8 +383,12 @@ def start(plug: Plug) -> None:
             uploads.pop(upload_path(md), None)
         reads.forget(target)
         md.revision, md.file_id = token(put), None
+        if md.path == MARKER:
+            with pool.use() as conn:
+                pin.marker_written(conn)
 
     @plug.handler()
+    @confirmed
     @guarded
     def abort_upload(md: Metadata) -> None:
         temp = upload_path(md)
@@ -356,6 +402,7 @@ def start(plug: Plug) -> None:
             except SftpError as error:
                 if error.errno != 2:
                     raise
+            pin.confirm(conn)  # finding nothing there, it would leave the disk's file
 
     def names_in(conn: Connection, folder: bytes) -> list[tuple[bytes, Attrs]]:
         """The entries of one folder on the server."""
@@ -429,6 +476,7 @@ def start(plug: Plug) -> None:
         conn.sftp.rmdir(path)
 
     @plug.handler()
+    @confirmed
     @guarded
     def delete_file(md: Metadata) -> None:
         with pool.use() as conn:
@@ -442,6 +490,7 @@ def start(plug: Plug) -> None:
                 conn.sftp.remove(path)
             elif md.revision is not None:
                 delete_version(conn, md, path, there, left)
+            pin.confirm(conn)  # finding nothing there, it would leave the disk's file
         reads.forget(path)
 
     def look_at(conn: Connection, md: Metadata, ahead: list[Call]) -> \
@@ -559,13 +608,16 @@ def start(plug: Plug) -> None:
             new.revision, new.file_id = token(moved), None
 
     @plug.handler()
+    @confirmed
     @guarded
     def make_dir(md: Metadata) -> None:
         with pool.use() as conn:
             path = inside(conn, stored(conn, md.path))
             mode = md.mode & 0o7777
+            made = False
             try:
                 conn.sftp.mkdir(path, mode)
+                made = True
             except SftpError as error:
                 there = lstat(conn, path)
                 if there is None:
@@ -574,6 +626,7 @@ def start(plug: Plug) -> None:
                     raise DriverError(f"{md.path}: cannot create the folder on the remote, "
                                       "or something else is there") from None
                 refuse_clash(md.path, names_beside(conn, path))
+            confirm_made(conn, (lambda: conn.sftp.rmdir(path)) if made else lambda: None)
             # the exact mode, zero included: the server applied its umask to mkdir's
             conn.sftp.setstat(path, Attrs(mode=mode))
             record(conn, path, md)
@@ -628,6 +681,7 @@ def start(plug: Plug) -> None:
             conn.sftp.close_handle(handle)
 
     @plug.handler()
+    @confirmed
     @guarded
     def make_symlink(md: Metadata) -> None:
         target = encode(md.target or "")
@@ -646,9 +700,14 @@ def start(plug: Plug) -> None:
                     plug.withdraw("make_symlink")  # a server's disk on FAT or exFAT
                     raise DriverError(f"{md.path}: the server's disk holds no symbolic "
                                       "links: they stay off it") from None
+                confirm_made(conn, lambda: conn.sftp.remove(path))
+            else:
+                pin.confirm(conn)  # the link found there is the remote's
             record(conn, path, md)
 
     pool.warm(1)
+    with contextlib.suppress(Exception), pool.use() as conn:  # else at the first change
+        pin.confirm(conn)
     upload_pool.warm(1)
     reads.stream_pool.warm(Connection.lanes)  # one read's lanes
     plug.mtime_granularity = 1.0  # SFTP's times are whole seconds

@@ -102,14 +102,22 @@ class Upload:
 
     # the calling threads (one at a time: the core calls one transfer's handlers in order)
 
-    def create(self) -> None:
+    def create(self, after: list[Call]) -> list[Reader | SftpError]:
+        """Open the temporary file, `after` in the same round trip: what it was answered."""
         self.conn = self.pool.get()
+        sftp = self.conn.sftp
         try:
             # the name is this upload's alone: what a crash left there is ours to replace
-            self.handle = self.conn.sftp.open(self.temp, O_WRITE | O_CREAT | O_TRUNC, Attrs(mode=0o600))
+            opening = sftp.open_request(self.temp, O_WRITE | O_CREAT | O_TRUNC, Attrs(mode=0o600))
+            sent = sftp.send_later(after)
+            try:
+                self.handle = sftp.handle(opening, self.temp.decode(errors="replace"))
+            finally:
+                answers = sftp.answers(sent)
         except BaseException as error:
             self._release(lost(error))
             raise
+        return answers
 
     def send(self, offset: int, data: bytes) -> None:
         """Queue a chunk; returns at once unless HELD_LIMIT bytes are held already."""

@@ -1,0 +1,105 @@
+"""The file system an SSH remote's changes go to: the one that held the remote's marker.
+
+The server's folder may be a disk mounted there. Unplugged, it leaves its empty mount
+point at the path, and a change the core asks just after (it reads the marker again only
+when its last look is a second old) would land in it: recorded as made on the remote, it
+would read as deleted once the disk is back, and the delete would travel.
+
+So the driver pins the file system the root path leads to, as the local driver pins its
+root folder (onitufs_local/pin.py), and after each change that makes or deletes an entry
+makes sure the path still leads there. SFTP gives no inode numbers: the file system's id
+(f_fsid, through OpenSSH's statvfs@openssh.com) stands for the folder. That tells a disk from
+the folder it is mounted on; a folder swapped for another on the same file system is the
+core's to find, by the marker. A server without the extension is not looked at.
+
+A path that leads to another file system is taken only if the folder there holds a marker:
+the same one (the disk plugged in again, whose id may be new), or any where none was pinned
+(a disk absent when the remote started).
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+
+from onitufs.plug import MARKER, MARKER_MAX, RemoteUnavailable
+
+from .connect import Connection
+from .sftp import EXTENDED, EXTENDED_REPLY, O_READ, Call, Reader, SftpError, pack_string
+
+STATVFS = "statvfs@openssh.com"
+
+
+class Pin:
+    """The file system changes go to, and the marker its folder held; thread-safe."""
+
+    def __init__(self, root: Callable[[Connection], bytes]) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._file_system: int | None = None
+        self._marker: bytes | None = None
+
+    def look(self, conn: Connection) -> list[Call]:
+        """The request that looks where the root path leads, to send right after a change
+        (in its flight: no round trip of its own); none where the server cannot say."""
+        if not conn.sftp.has(STATVFS):
+            return []
+        return [(EXTENDED, pack_string(STATVFS.encode()) + pack_string(self.root(conn)),
+                 EXTENDED_REPLY, "statvfs")]
+
+    def confirm(self, conn: Connection, answers: list[Reader | SftpError] | None = None) -> None:
+        """After a change: RemoteUnavailable unless the root path still leads to the pinned
+        file system, or to one that may be pinned instead (the first call pins it).
+        `answers`: what look()'s request was answered, where it went with the change."""
+        if answers is None:
+            answers = conn.sftp.in_one_flight(self.look(conn))
+        if not answers:
+            return
+        file_system = self._file_system_in(conn, answers[0])
+        with self._lock:
+            if file_system == self._file_system and self._marker is not None:
+                return  # every change: one look in the change's flight, no read
+        marker = self._read_marker(conn)
+        with self._lock:
+            if self._file_system is None or file_system == self._file_system:
+                self._file_system, self._marker = file_system, marker
+                return
+            if marker is None or (self._marker is not None and marker != self._marker):
+                raise RemoteUnavailable(
+                    f"{self.root(conn).decode(errors='replace')} is no longer on the file "
+                    f"system that held this remote's marker {MARKER} (unmounted disk?)")
+            self._file_system, self._marker = file_system, marker
+
+    def marker_written(self, conn: Connection) -> None:
+        """The core wrote the marker: the file system it went to is the remote's."""
+        answers = conn.sftp.in_one_flight(self.look(conn))
+        if answers:
+            file_system = self._file_system_in(conn, answers[0])
+            marker = self._read_marker(conn)
+            with self._lock:
+                self._file_system, self._marker = file_system, marker
+
+    def _file_system_in(self, conn: Connection, answer: Reader | SftpError) -> int:
+        """The file system id a statvfs@openssh.com was answered with."""
+        if isinstance(answer, SftpError):
+            if answer.errno == errno.ENOENT:
+                raise RemoteUnavailable(f"{self.root(conn).decode(errors='replace')} is "
+                                        "missing (unmounted disk?)")
+            raise answer
+        for _ in range(8):  # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files,
+            answer.u64()  # f_ffree, f_favail
+        return answer.u64()  # f_fsid
+
+    def _read_marker(self, conn: Connection) -> bytes | None:
+        sftp = conn.sftp
+        try:
+            handle = sftp.open(self.root(conn) + b"/" + MARKER.encode(), O_READ)
+        except SftpError as error:
+            if error.errno in (errno.ENOENT, errno.EACCES):
+                return None
+            raise
+        try:
+            return sftp.read(handle, 0, MARKER_MAX)[0]
+        finally:
+            sftp.close_handle(handle)
