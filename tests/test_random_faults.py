@@ -106,8 +106,11 @@ def remount(cloud: Cloud, where: str) -> None:
 @pytest.mark.slow
 def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unplugged(
         make_cloud: MakeCloud, tmp_path: Path) -> None:
+    # A cache that holds every file: while the disk is away, the cache keeps what it lacks,
+    # and a smaller one would give writes ENOSPC, as it should (test_cache_bound), where the
+    # model has none.
     seed, steps, cloud, model = random_run(make_cloud, tmp_path, "random faults",
-                                           {"home": "rw", "usb": "rw"})
+                                           {"home": "rw", "usb": "rw"}, cache_size="16 MiB")
     rng = random.Random(seed)
     with usb_disk(cloud, "usb", size="4m") as files:
         disk = Disk(files, cloud.remotes["usb"])

@@ -123,16 +123,17 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def random_run(make_cloud: MakeCloud, tmp_path: Path, what: str, remotes: dict[str, str]
-               ) -> tuple[int, int, Cloud, Path]:
+def random_run(make_cloud: MakeCloud, tmp_path: Path, what: str, remotes: dict[str, str],
+               cache_size: str = "1 MiB") -> tuple[int, int, Cloud, Path]:
     """A run's seed and steps (ONITUFS_SEED, ONITUFS_STEPS; printed), its cloud (not mounted
     yet) and its model folder. A write buffer of two blocks: full blocks go to LMDB from a
-    worker thread all the time, while the same blocks are read, written again and cut; a
-    cache smaller than the files: reads fetch from the remotes too."""
+    worker thread all the time, while the same blocks are read, written again and cut; by
+    default a cache smaller than the files: reads fetch from the remotes too."""
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     steps = int(os.environ.get("ONITUFS_STEPS", 1000))
     print(f"{what}: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
-    cloud = make_cloud(remotes, block_size="64 KiB", cache_size="1 MiB", write_buffer="128 KiB")
+    cloud = make_cloud(remotes, block_size="64 KiB", cache_size=cache_size,
+                       write_buffer="128 KiB")
     model = tmp_path / "model"
     model.mkdir()
     return seed, steps, cloud, model
