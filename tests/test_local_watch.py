@@ -354,6 +354,46 @@ def test_a_disk_unmounted_and_mounted_again_during_a_walk_is_walked_again(
             tree.close()
 
 
+@pytest.mark.parametrize("how", ["watched", "polled"])
+def test_a_disk_plugged_in_and_unplugged_again_during_a_walk_leaves_nothing_of_it(
+        tmp_path: Path, how: str) -> None:
+    """The walk began at the empty mount point, the disk came before the root was read and
+    went again before its folders were: the root's path leads to the same folder at both
+    ends of the walk. A listing of the disk's root without what its folders hold would
+    read as their files deleted (with the marker in it, it passes as the remote's)."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    with disk_at(tmp_path / "disk", folder) as files:
+        for name in ("one", "two"):
+            (files / name).mkdir()
+            (files / name / "f.txt").write_text(name)
+        unplug(folder)
+        calls = 0
+
+        def give_way() -> None:  # before the root, then before each of its folders
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                plug_in(files, folder)
+            elif calls == 2:
+                unplug(folder)
+
+        if how == "watched":
+            tree = watch.Tree("usb", Disk(str(folder)), give_way)
+            try:
+                with contextlib.suppress(OSError):  # a folder that went during the walk
+                    tree.list_all()
+                listed = [md.path for md in tree.listing()] if tree.holds_root() else None
+            finally:
+                tree.close()
+        else:
+            entries = listing.steady_listing(Disk(str(folder)), give_way)
+            listed = None if entries is None else [md.path for md in entries]
+        assert calls >= 1
+        # Either the mount point's own listing (empty), or none taken.
+        assert listed in ([], None), f"a listing of part of the disk: {listed}"
+
+
 def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:
     """Plug.give_way() comes before each folder is read: a walk of a big tree takes the
     time people using the mount leave it."""

@@ -64,7 +64,6 @@ from .listing import (
     changed_ns,
     describe,
     file_id,
-    folder_id,
     require_root,
     stamp,
     steady_listing,
@@ -595,11 +594,7 @@ def poll(plug: Plug, disk: Disk, interval: float) -> None:
     while not plug.stopping.is_set():
         started, writes = time.monotonic(), plug.writes
         try:
-            require_root(disk.root)
-            root = folder_id(disk.root)
             entries = steady_listing(disk, plug.give_way)
-            if folder_id(disk.root) != root:  # a disk unmounted (and maybe back) meanwhile
-                entries = None
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             plug.offline(f"cannot list {disk.root}: {reason}")

@@ -59,6 +59,13 @@ class Disk:
         # asked again.
         self._known: tuple[int, bool] | None = None
 
+    def through(self, base: str) -> Disk:
+        """The same disk, its root reached through `base` (the root held open:
+        /proc/self/fd/N), for reading what is there."""
+        view = Disk(base)
+        view._known = self._known
+        return view
+
     def refuses(self) -> bool:
         """Whether the disk refuses the names disk_refusable() names. Learnt by making an
         empty hidden file of such a name in the root, the first time one is to be made,

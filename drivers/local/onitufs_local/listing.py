@@ -18,12 +18,13 @@ giving way (1.2 s with no walk at all).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import stat
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, RemoteUnavailable
 
@@ -77,6 +78,24 @@ def folder_id(path: str) -> FolderId:
     finally:
         os.close(fd)
     return st.st_dev, st.st_ino, int.from_bytes(found.raw[_STX_MNT_ID], sys.byteorder)
+
+
+@contextlib.contextmanager
+def held_root(disk: Disk) -> Iterator[tuple[Disk, FolderId]]:
+    """The root folder held open: the disk as reached through it, and the folder's id.
+
+    What is read through it comes from that one folder. A look at the root's path before
+    and after a walk misses a disk plugged in and unplugged again within the walk: the same
+    empty mount point at both ends, and the walk read part of the disk between, whose
+    missing rest would read as deleted. The caller still checks that the path leads to the
+    held folder after reading (a disk unplugged is still read through a folder held open).
+    OSError (FileNotFoundError: the remote is away) if it cannot be opened."""
+    fd = os.open(disk.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        view = disk.through(f"/proc/self/fd/{fd}")
+        yield view, folder_id(view.root)
+    finally:
+        os.close(fd)
 
 
 def file_id(st: os.stat_result) -> str:
@@ -208,11 +227,15 @@ def _walk(disk: Disk, give_way: Callable[[], None], top: str,
 
 
 def steady_listing(disk: Disk, give_way: Callable[[], None]) -> list[Metadata] | None:
-    """A listing taken while nothing went from under it, or None if the tree keeps
-    changing (the next poll tries again)."""
-    for _ in range(LISTING_TRIES):
-        try:
-            return listing(disk, give_way)
-        except TreeMoved:
-            continue
+    """A listing of the root folder taken while nothing went from under it and its path
+    led there, or None if the tree keeps changing or the disk came or went (the next poll
+    tries again). OSError or RemoteUnavailable if the root cannot be listed."""
+    require_root(disk.root)
+    with held_root(disk) as (held, root):
+        for _ in range(LISTING_TRIES):
+            try:
+                entries = listing(held, give_way)
+            except TreeMoved:
+                continue
+            return entries if folder_id(disk.root) == root else None
     return None

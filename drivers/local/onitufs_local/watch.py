@@ -30,7 +30,7 @@ from onitufs.plug import TEMP_SUFFIX, ListingNeeded, Metadata, Plug, RemoteUnava
 from onitufs.storednames import mount_name
 
 from .disknames import Disk
-from .listing import FolderId, entry, folder_id, listing, require_root
+from .listing import FolderId, entry, folder_id, held_root, listing, require_root
 
 # No CLOSE_WRITE: a write already says MODIFY. The root's own DELETE_SELF and MOVE_SELF
 # (and the UNMOUNT and IGNORED the kernel always sends) call for a look at the root.
@@ -71,6 +71,10 @@ class Tree:
 
     def __init__(self, name: str, disk: Disk, give_way: Callable[[], None]) -> None:
         self.name, self.disk, self.give_way = name, disk, give_way
+        # The root folder listed, held open: every read and watch goes through it, so that
+        # all of them are of one folder whatever its path leads to meanwhile (held_root).
+        self._holding = contextlib.ExitStack()
+        self.held = disk
         try:
             self.inotify = Inotify(cache_size=EVENTS_READ)
         except OSError as error:
@@ -91,6 +95,7 @@ class Tree:
 
     def close(self) -> None:
         self.inotify.close()
+        self._holding.close()
 
     def holds_root(self) -> bool:
         """Whether the root folder is still the one that was listed, through the same
@@ -108,7 +113,7 @@ class Tree:
         try:
             # The root may be a symbolic link to the folder, as the listing takes it.
             mask = MASK if folder else MASK & ~Mask.DONT_FOLLOW
-            watch = self.inotify.add_watch(os.path.join(self.disk.root, stored), mask)
+            watch = self.inotify.add_watch(os.path.join(self.held.root, stored), mask)
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.ENOMEM):
                 raise OutOfWatches(f"cannot watch {os.path.join(self.disk.root, stored)}: "
@@ -153,11 +158,14 @@ class Tree:
         self.dirty.clear()
         self.unwatched.clear()
         require_root(self.disk.root)
-        self.root_id = folder_id(self.disk.root)
+        holding = contextlib.ExitStack()
+        held, root_id = holding.enter_context(held_root(self.disk))
+        self._holding.close()  # (after: a failed open keeps the folder held before)
+        self._holding, self.held, self.root_id = holding, held, root_id
         before = self.entries
         self.dropped.extend(self.watches.values())
         self.watches, self.folders = {}, {}
-        listed = listing(self.disk, self.give_way, watch=self._watch, known=before)
+        listed = listing(self.held, self.give_way, watch=self._watch, known=before)
         self.entries, self.children = {}, {"": set()}
         for md in listed:
             self._add(md)
@@ -215,7 +223,7 @@ class Tree:
                 continue  # read with its folder
             if up and (self.entries.get(up) is None or self.entries[up].kind != "dir"):
                 continue  # its folder went, or is new and gets read in full
-            md = entry(self.disk, path)
+            md = entry(self.held, path)
             old = self.entries.get(path)
             if md is None:
                 if old is not None:
@@ -229,7 +237,7 @@ class Tree:
                 if old is not None:
                     self._drop(path)
                 self._add(md)
-                for inside in listing(self.disk, self.give_way, path, watch=self._watch):
+                for inside in listing(self.held, self.give_way, path, watch=self._watch):
                     self._add(inside)
                 listed.add(path)
                 changed = True
