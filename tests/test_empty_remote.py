@@ -7,14 +7,17 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 
 import onitufs_local
 import onitufs_ssh
 import pytest
+from onitufs_local import listing as local_listing
+from onitufs_local import pin as local_pin
 
 from onitufs.plug import MARKER, DriverError, Metadata, RemoteUnavailable
 from onitufs.testing.backdoor import FolderBackdoor
@@ -263,6 +266,52 @@ def test_the_markers_name_is_not_a_name_in_the_mount(make_cloud: MakeCloud) -> N
     cloud.umount()
     for remote in cloud.remotes.values():
         assert (remote / "sub" / MARKER).read_bytes() == b"fine below the root"
+
+
+def test_the_local_driver_never_pins_the_mount_point_with_the_disk_s_marker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk is plugged in just after the driver looked at the root after a change, and
+    found the empty mount point there: the marker it then reads must be the mount point's
+    (none), not the disk's. Read by path, it was the disk's: the mount point was pinned as
+    the remote's folder, the change that found nothing there passed for made, and every
+    change the mount point took after the next unplug too."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    table = {"driver": "local", "path": str(folder), "poll_interval": "1h"}
+    with disk_at(tmp_path / "disk", folder) as files, \
+            started(onitufs_local, table, FolderBackdoor(folder, tmp_path / "ballast"),
+                    base_dir=tmp_path) as harness:
+        (folder / MARKER).write_bytes(b'{"onitufs-remote": "usb"}')
+        kept = harness.upload("kept", b"on the disk")
+        unplug(folder)
+        real = local_listing.folder_id
+        armed = True
+
+        def look_then_plug_in(path: str) -> local_listing.FolderId:
+            """folder_id, then the disk plugged in: once, for the pin's look only (the
+            watcher looks at its root too)."""
+            nonlocal armed
+            found = real(path)
+            frame: FrameType | None = sys._getframe(1)
+            while frame is not None and not frame.f_code.co_filename.endswith(
+                    os.path.join("onitufs_local", "pin.py")):
+                frame = frame.f_back
+            if armed and frame is not None:
+                armed = False
+                plug_in(files, folder)
+            return found
+
+        monkeypatch.setattr(local_listing, "folder_id", look_then_plug_in)
+        monkeypatch.setattr(local_pin, "folder_id", look_then_plug_in, raising=False)
+        with pytest.raises(RemoteUnavailable):
+            harness.call("delete_file", kept.copy())  # finds nothing in the mount point
+        assert not armed
+        assert (files / "kept").read_bytes() == b"on the disk"
+        monkeypatch.undo()
+        unplug(folder)
+        with pytest.raises(RemoteUnavailable):
+            harness.transfer("new", b"new").start()
+        assert list(folder.iterdir()) == [], "an upload landed in the mount point"
 
 
 @pytest.mark.parametrize("kind", ["local", "ssh"])

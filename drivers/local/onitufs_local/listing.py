@@ -81,6 +81,18 @@ def folder_id(path: str) -> FolderId:
 
 
 @contextlib.contextmanager
+def held_folder(path: str) -> Iterator[tuple[str, FolderId]]:
+    """The folder at `path` held open: a path that leads to it whatever `path` leads to
+    meanwhile (/proc/self/fd/N), and its id. OSError if there is none."""
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        held = f"/proc/self/fd/{fd}"
+        yield held, folder_id(held)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def held_root(disk: Disk) -> Iterator[tuple[Disk, FolderId]]:
     """The root folder held open: the disk as reached through it, and the folder's id.
 
@@ -90,12 +102,8 @@ def held_root(disk: Disk) -> Iterator[tuple[Disk, FolderId]]:
     missing rest would read as deleted. The caller still checks that the path leads to the
     held folder after reading (a disk unplugged is still read through a folder held open).
     OSError (FileNotFoundError: the remote is away) if it cannot be opened."""
-    fd = os.open(disk.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        view = disk.through(f"/proc/self/fd/{fd}")
-        yield view, folder_id(view.root)
-    finally:
-        os.close(fd)
+    with held_folder(disk.root) as (held, root):
+        yield disk.through(held), root
 
 
 def file_id(st: os.stat_result) -> str:

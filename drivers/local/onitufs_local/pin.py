@@ -12,17 +12,21 @@ still leads there. A path that leads elsewhere is taken only if that folder hold
 the same one (the disk plugged in again: another mount, another device number perhaps) or
 any where none was pinned (a disk absent when the remote started). The core writing the
 marker pins the folder it went to: it writes one only where it judged the listing to be the
-remote's.
+remote's. A folder and its marker are read through the folder held open (held_folder): read
+by path, a disk plugged in between the two would have the empty mount point pinned with the
+disk's marker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 from onitufs.plug import MARKER, MARKER_MAX, RemoteUnavailable
 
-from .listing import FolderId, folder_id
+from .listing import FolderId, held_folder
 
 
 class Pin:
@@ -34,15 +38,19 @@ class Pin:
         self._folder: FolderId | None = None
         self._marker: bytes | None = None
 
-    def _look(self) -> FolderId:
+    @contextlib.contextmanager
+    def _look(self) -> Iterator[tuple[str, FolderId]]:
+        """The folder the root's path leads to, held (held_folder)."""
         try:
-            return folder_id(self.root)
+            with held_folder(self.root) as found:
+                yield found
         except (FileNotFoundError, NotADirectoryError):
             raise RemoteUnavailable(f"{self.root} is missing (unmounted disk?)") from None
 
-    def _read_marker(self) -> bytes | None:
+    @staticmethod
+    def _read_marker(held: str) -> bytes | None:
         try:
-            with open(os.path.join(self.root, MARKER), "rb") as file:
+            with open(os.path.join(held, MARKER), "rb") as file:
                 return file.read(MARKER_MAX)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
@@ -50,11 +58,10 @@ class Pin:
     def confirm(self) -> None:
         """After a change: RemoteUnavailable unless the root's path still leads to the
         pinned folder, or to one that may be pinned instead (the first call pins it)."""
-        folder = self._look()
-        with self._lock:
+        with self._look() as (held, folder), self._lock:
             if folder == self._folder and self._marker is not None:
                 return  # every change: one look at the root, no read
-            marker = self._read_marker()
+            marker = self._read_marker(held)
             if self._folder is None or folder == self._folder:
                 self._folder, self._marker = folder, marker
                 return
@@ -66,6 +73,5 @@ class Pin:
 
     def marker_written(self) -> None:
         """The core wrote the marker: the folder it went to is the remote's."""
-        folder = self._look()
-        with self._lock:
-            self._folder, self._marker = folder, self._read_marker()
+        with self._look() as (held, folder), self._lock:
+            self._folder, self._marker = folder, self._read_marker(held)

@@ -14,7 +14,8 @@ core's to find, by the marker. A server without the extension is not looked at.
 
 A path that leads to another file system is taken only if the folder there holds a marker:
 the same one (the disk plugged in again, whose id may be new), or any where none was pinned
-(a disk absent when the remote started).
+(a disk absent when the remote started). SFTP cannot hold a folder open to read it: the
+marker counts only where the path led to one file system before and after it was read.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Pin:
         with self._lock:
             if file_system == self._file_system and self._marker is not None:
                 return  # every change: one look in the change's flight, no read
-        marker = self._read_marker(conn)
+        marker = self._read_marker_of(conn, file_system)
         with self._lock:
             if self._file_system is None or file_system == self._file_system:
                 self._file_system, self._marker = file_system, marker
@@ -76,7 +77,7 @@ class Pin:
         answers = conn.sftp.in_one_flight(self.look(conn))
         if answers:
             file_system = self._file_system_in(conn, answers[0])
-            marker = self._read_marker(conn)
+            marker = self._read_marker_of(conn, file_system)
             with self._lock:
                 self._file_system, self._marker = file_system, marker
 
@@ -90,6 +91,17 @@ class Pin:
         for _ in range(8):  # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files,
             answer.u64()  # f_ffree, f_favail
         return answer.u64()  # f_fsid
+
+    def _read_marker_of(self, conn: Connection, file_system: int) -> bytes | None:
+        """The marker of the folder on `file_system`: read by path, so the root must lead
+        there before and after the read (else a disk plugged in between would have the
+        empty mount point pinned with the disk's marker)."""
+        marker = self._read_marker(conn)
+        if self._file_system_in(conn, conn.sftp.in_one_flight(self.look(conn))[0]) \
+                != file_system:
+            raise RemoteUnavailable(f"{self.root(conn).decode(errors='replace')} changed "
+                                    "while it was looked at (a disk plugged in or unplugged?)")
+        return marker
 
     def _read_marker(self, conn: Connection) -> bytes | None:
         sftp = conn.sftp
