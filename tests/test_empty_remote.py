@@ -268,13 +268,49 @@ def test_the_markers_name_is_not_a_name_in_the_mount(make_cloud: MakeCloud) -> N
         assert (remote / "sub" / MARKER).read_bytes() == b"fine below the root"
 
 
-def test_the_local_driver_never_pins_the_mount_point_with_the_disk_s_marker(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The disk is plugged in just after the driver looked at the root after a change, and
-    found the empty mount point there: the marker it then reads must be the mount point's
-    (none), not the disk's. Read by path, it was the disk's: the mount point was pinned as
-    the remote's folder, the change that found nothing there passed for made, and every
-    change the mount point took after the next unplug too."""
+def on_the_pins_looks(monkeypatch: pytest.MonkeyPatch,
+                      *actions: tuple[Callable[[], object], Callable[[], object]]) -> list[int]:
+    """Around each of the local driver's pin's next looks at its root, in turn, one of
+    `actions` (what comes before it, what comes after it): the others' looks (the
+    watcher's) are left alone. The list given back fills with the looks made."""
+    real = local_listing.folder_id
+    looked: list[int] = []
+
+    def look(path: str) -> local_listing.FolderId:
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and not frame.f_code.co_filename.endswith(
+                os.path.join("onitufs_local", "pin.py")):
+            frame = frame.f_back
+        action = actions[len(looked)] if frame is not None and len(looked) < len(actions) \
+            else None
+        if action is None:
+            return real(path)
+        looked.append(len(looked))
+        action[0]()
+        found = real(path)
+        action[1]()
+        return found
+
+    monkeypatch.setattr(local_listing, "folder_id", look)
+    monkeypatch.setattr(local_pin, "folder_id", look, raising=False)  # (its own, before)
+    return looked
+
+
+def nothing() -> None:
+    pass
+
+
+@pytest.mark.parametrize("when", ["unplugged before the pin's look",
+                                  "unplugged and plugged in again during the change"])
+def test_the_local_driver_s_delete_passes_for_made_only_on_the_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """A delete that finds nothing where the path leads (the empty mount point) must not
+    pass for made while the disk keeps the file: the disk plugged in just after the pin
+    looked at the mount point (the marker read then must be the mount point's, none; read
+    by path, it was the disk's, and the mount point was pinned as the remote's folder,
+    taking every later change made there too), or unplugged and plugged in again between
+    the pin's look before the delete and its look after (the disk back as another mount,
+    with the same marker)."""
     folder = tmp_path / "usb"
     folder.mkdir()
     table = {"driver": "local", "path": str(folder), "poll_interval": "1h"}
@@ -283,29 +319,21 @@ def test_the_local_driver_never_pins_the_mount_point_with_the_disk_s_marker(
                     base_dir=tmp_path) as harness:
         (folder / MARKER).write_bytes(b'{"onitufs-remote": "usb"}')
         kept = harness.upload("kept", b"on the disk")
-        unplug(folder)
-        real = local_listing.folder_id
-        armed = True
 
-        def look_then_plug_in(path: str) -> local_listing.FolderId:
-            """folder_id, then the disk plugged in: once, for the pin's look only (the
-            watcher looks at its root too)."""
-            nonlocal armed
-            found = real(path)
-            frame: FrameType | None = sys._getframe(1)
-            while frame is not None and not frame.f_code.co_filename.endswith(
-                    os.path.join("onitufs_local", "pin.py")):
-                frame = frame.f_back
-            if armed and frame is not None:
-                armed = False
-                plug_in(files, folder)
-            return found
+        def plug() -> None:
+            plug_in(files, folder)
 
-        monkeypatch.setattr(local_listing, "folder_id", look_then_plug_in)
-        monkeypatch.setattr(local_pin, "folder_id", look_then_plug_in, raising=False)
+        def away() -> None:
+            unplug(folder)
+
+        if when == "unplugged before the pin's look":
+            unplug(folder)
+            looked = on_the_pins_looks(monkeypatch, (nothing, plug))
+        else:
+            looked = on_the_pins_looks(monkeypatch, (nothing, away), (plug, nothing))
         with pytest.raises(RemoteUnavailable):
-            harness.call("delete_file", kept.copy())  # finds nothing in the mount point
-        assert not armed
+            harness.call("delete_file", kept.copy())
+        assert looked
         assert (files / "kept").read_bytes() == b"on the disk"
         monkeypatch.undo()
         unplug(folder)

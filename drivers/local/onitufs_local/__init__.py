@@ -223,19 +223,26 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{stored}: leads outside {root}")
         return full
 
+    began = threading.local()  # .folder: where this thread's change began (pin.confirm)
+
     def confirmed(handler: F) -> F:
-        """A change, then the pin's look: a change the path took out of the pinned folder
-        is the remote being away, neither made nor refused there. (A move or a chmod needs
-        none: what it changes is not there. A delete or an abort finding nothing there
-        succeeds, and would leave the disk's file for good.)"""
+        """A change between two of the pin's looks: one that began, or ended, where the
+        path led out of the pinned folder is the remote being away, neither made nor
+        refused there. (A move or a chmod needs none: what it changes is not there. A
+        delete or an abort finding nothing there succeeds, and would leave the disk's file
+        for good.) Not for the marker's own upload: the core writes it only where it
+        judged the folder to be the remote's."""
         @functools.wraps(handler)
-        def change(*args: Any) -> Any:
+        def change(md: Metadata, *args: Any) -> Any:
+            if md.path == MARKER:
+                return handler(md, *args)
+            began.folder = pin.confirm()
             try:
-                result = handler(*args)
+                result = handler(md, *args)
             except Exception:
-                pin.confirm()
+                pin.unchanged(began.folder)
                 raise
-            pin.confirm()
+            pin.unchanged(began.folder)
             return result
         return cast(F, change)
 
@@ -274,6 +281,7 @@ def start(plug: Plug) -> None:
             os.close(fd)
 
     @plug.handler()
+    @confirmed
     def start_upload(md: Metadata) -> None:
         require_root(root)
         try:
@@ -283,6 +291,7 @@ def start(plug: Plug) -> None:
         confirm_upload(md)
 
     @plug.handler()
+    @confirmed
     def restart_upload(md: Metadata, offset: int) -> None:
         resume_at(upload_fd(md), offset, md)
         confirm_upload(md)
@@ -570,7 +579,7 @@ def start(plug: Plug) -> None:
         """What was just made is in the pinned folder, or `remove` takes it from where the
         path led instead (the mount point's own folder)."""
         try:
-            pin.confirm()
+            pin.unchanged(began.folder)
         except RemoteUnavailable:
             with contextlib.suppress(OSError, RemoteUnavailable):  # (an abort looks again)
                 remove()

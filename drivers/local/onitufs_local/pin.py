@@ -7,8 +7,8 @@ folder. Recorded as made on the remote, it would read as deleted there once the 
 back, and that delete would travel to the mount and every other remote.
 
 So the driver pins the root folder it changes (listing.folder_id) together with the
-marker it held, and after each change that makes or deletes an entry makes sure the path
-still leads there. A path that leads elsewhere is taken only if that folder holds a marker,
+marker it held, and before and after each change that makes or deletes an entry makes sure
+the path leads there. A path that leads elsewhere is taken only if that folder holds a marker,
 the same one (the disk plugged in again: another mount, another device number perhaps) or
 any where none was pinned (a disk absent when the remote started). The core writing the
 marker pins the folder it went to: it writes one only where it judged the listing to be the
@@ -55,21 +55,33 @@ class Pin:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def confirm(self) -> None:
-        """After a change: RemoteUnavailable unless the root's path still leads to the
-        pinned folder, or to one that may be pinned instead (the first call pins it)."""
+    def confirm(self) -> FolderId:
+        """Before a change: RemoteUnavailable unless the root's path leads to the pinned
+        folder, or to one that may be pinned instead (the first call pins it); returns the
+        folder, for unchanged() after the change."""
         with self._look() as (held, folder), self._lock:
             if folder == self._folder and self._marker is not None:
-                return  # every change: one look at the root, no read
+                return folder  # every change: one look at the root, no read
             marker = self._read_marker(held)
             if self._folder is None or folder == self._folder:
                 self._folder, self._marker = folder, marker
-                return
+                return folder
             if marker is None or (self._marker is not None and marker != self._marker):
                 raise RemoteUnavailable(
                     f"{self.root} is no longer the folder that held this remote's marker "
                     f"{MARKER} (unmounted disk?)")
             self._folder, self._marker = folder, marker
+            return folder
+
+    def unchanged(self, since: FolderId) -> None:
+        """After a change begun where confirm() found `since`: RemoteUnavailable unless the
+        root's path still leads there. A disk unplugged and plugged in again during the
+        change is another mount, with the same marker: what the change did by path may
+        have gone to the mount point's own folder meanwhile."""
+        with self._look() as (_, folder):
+            if folder != since:
+                raise RemoteUnavailable(f"{self.root} led elsewhere during a change "
+                                        "(unmounted disk?)")
 
     def marker_written(self) -> None:
         """The core wrote the marker: the folder it went to is the remote's."""
