@@ -249,6 +249,7 @@ class TestResume:
         driver.needs("abort_upload")
         old = driver.upload("kept.txt", b"the version there")
         folder(driver, "sub")
+        driver.upload("plain", b"a file where a folder was")
         before = {"": driver.backdoor.names(), "sub": driver.backdoor.names("sub")}
         cut = driver.transfer("kept.txt", payload(SIZE), revision=old.revision)
         cut.start()
@@ -258,6 +259,9 @@ class TestResume:
         never = driver.transfer("never.txt", payload(SIZE))
         never.name()
         never.abort()  # start_upload never ran
+        stranded = driver.transfer("plain/stranded.txt", payload(SIZE))
+        stranded.name()
+        stranded.abort()  # its folder is a file now: nothing of it can be there
         crashed = driver.transfer("sub/crashed.txt", payload(SIZE))
         crashed.start()
         crashed.send(2 * BLOCK)
@@ -502,6 +506,9 @@ class TestDeletes:
     def test_nothing_there_is_success(self, driver: Harness) -> None:
         driver.call("delete_file", Metadata(path="missing.txt", revision="1:1"))
         driver.call("delete_file", Metadata(path="no/such/file.txt", revision="1:1"))
+        driver.upload("plain", b"a file where a folder was")
+        driver.call("delete_file", Metadata(path="plain/file.txt", revision="1:1"))
+        assert driver.backdoor.read("plain") == b"a file where a folder was"
 
     def test_a_file_changed_meanwhile_is_left(self, driver: Harness) -> None:
         """onitufs deletes the version it knows of: one another machine saved there since

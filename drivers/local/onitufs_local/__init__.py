@@ -376,7 +376,7 @@ def start(plug: Plug) -> None:
                 pass
             finally:
                 os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(inside(name))
 
     def remove_temp(path: str, st: os.stat_result | None = None) -> None:
@@ -385,7 +385,7 @@ def start(plug: Plug) -> None:
         inside = resolved(root) + "/"
         if not path.startswith(inside) or not path.endswith(TEMP_SUFFIX):
             return
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             there = os.lstat(path)
             if stat.S_ISREG(there.st_mode) and (st is None or (there.st_dev, there.st_ino)
                                                 == (st.st_dev, st.st_ino)):
@@ -397,7 +397,7 @@ def start(plug: Plug) -> None:
         path = real(md.path)
         try:
             st: os.stat_result | None = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # (a file where its folder was)
             st = None
         if st is not None and not (stat.S_ISREG(st.st_mode) and md.revision is not None
                                    and is_version(st, md)) and not holds_exactly(path):
@@ -467,11 +467,11 @@ def start(plug: Plug) -> None:
             refuse_other_version(md, st, "delete")
             try:
                 os.rename(path, aside)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return  # deleted there meanwhile
         try:  # (or left aside by a delete cut short)
             moved = os.lstat(aside)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         keep_other_version(md, moved, aside, path, "delete", aside)
         os.unlink(aside)
