@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -392,6 +393,29 @@ def test_a_disk_plugged_in_and_unplugged_again_during_a_walk_leaves_nothing_of_i
         assert calls >= 1
         # Either the mount point's own listing (empty), or none taken.
         assert listed in ([], None), f"a listing of part of the disk: {listed}"
+
+
+def test_a_watched_disk_can_be_unmounted(tmp_path: Path) -> None:
+    """The watcher holds the root folder open only while it reads it: held for good, it
+    would keep the disk from being unmounted (umount: target is busy) while onitufs runs,
+    and a file manager could not eject it."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    with disk_at(tmp_path / "disk", folder) as files:
+        (files / "one").mkdir()
+        (files / "one" / "f.txt").write_text("one")
+        tree = watch.Tree("usb", Disk(str(folder)), lambda: None)
+        try:
+            tree.list_all()
+            (files / "one" / "g.txt").write_text("g")
+            assert tree.read(5.0)
+            tree.apply()
+            assert "one/g.txt" in {md.path for md in tree.listing()}
+            result = subprocess.run(["umount", str(folder)],  # not lazily: as a file
+                                    capture_output=True, text=True)  # manager does
+            assert result.returncode == 0, f"the disk could not be unmounted: {result.stderr}"
+        finally:
+            tree.close()
 
 
 def test_a_walk_gives_way_before_each_folder(tmp_path: Path) -> None:

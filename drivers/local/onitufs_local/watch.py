@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from asyncinotify import Inotify, Mask, Watch
 
@@ -71,10 +71,7 @@ class Tree:
 
     def __init__(self, name: str, disk: Disk, give_way: Callable[[], None]) -> None:
         self.name, self.disk, self.give_way = name, disk, give_way
-        # The root folder listed, held open: every read and watch goes through it, so that
-        # all of them are of one folder whatever its path leads to meanwhile (held_root).
-        self._holding = contextlib.ExitStack()
-        self.held = disk
+        self.held = disk  # the disk as reads and watches reach it (see _reading)
         try:
             self.inotify = Inotify(cache_size=EVENTS_READ)
         except OSError as error:
@@ -95,7 +92,19 @@ class Tree:
 
     def close(self) -> None:
         self.inotify.close()
-        self._holding.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[FolderId]:
+        """The root folder held open while the tree is read, every read and watch going
+        through it: all of them are of one folder, whatever its path leads to meanwhile
+        (held_root). Yields its id. Held no longer: a folder held open keeps its disk from
+        being unmounted (umount: target is busy)."""
+        with held_root(self.disk) as (held, root):
+            self.held = held
+            try:
+                yield root
+            finally:
+                self.held = self.disk
 
     def holds_root(self) -> bool:
         """Whether the root folder is still the one that was listed, through the same
@@ -158,23 +167,20 @@ class Tree:
         self.dirty.clear()
         self.unwatched.clear()
         require_root(self.disk.root)
-        holding = contextlib.ExitStack()
-        held, root_id = holding.enter_context(held_root(self.disk))
-        self._holding.close()  # (after: a failed open keeps the folder held before)
-        self._holding, self.held, self.root_id = holding, held, root_id
         before = self.entries
-        self.dropped.extend(self.watches.values())
-        self.watches, self.folders = {}, {}
-        listed = listing(self.held, self.give_way, watch=self._watch, known=before)
-        self.entries, self.children = {}, {"": set()}
-        for md in listed:
-            self._add(md)
-        self._forget_dropped()
-        # A name renamed while the walk went may be seen under both names or under neither,
-        # which the core would take for a copy or a deletion: what the events of the walk's
-        # time named is looked at again.
-        self.read(0)
-        self.apply()
+        with self._reading() as self.root_id:
+            self.dropped.extend(self.watches.values())
+            self.watches, self.folders = {}, {}
+            listed = listing(self.held, self.give_way, watch=self._watch, known=before)
+            self.entries, self.children = {}, {"": set()}
+            for md in listed:
+                self._add(md)
+            self._forget_dropped()
+            # A name renamed while the walk went may be seen under both names or under
+            # neither, which the core would take for a copy or a deletion: what the events
+            # of the walk's time named is looked at again.
+            self.read(0)
+            self._apply()
         # The walk lists an unchanged entry as the very object held before (and the events
         # since replace what they name): compared by identity, stopping at the first
         # difference, with nothing made for a tree of 100,000 files unchanged.
@@ -213,7 +219,15 @@ class Tree:
     def apply(self) -> tuple[bool, set[str]]:
         """Bring the entries the events named up to date; whether any changed, and the
         paths looked at, as a scope for plug.report_part. OSError if a new folder cannot
-        be read."""
+        be read. Nothing where the root's path leads to another folder than the one
+        listed: the tree is stale then."""
+        with self._reading() as root:
+            if root != self.root_id:
+                self.stale = True
+                return False, set()
+            return self._apply()
+
+    def _apply(self) -> tuple[bool, set[str]]:
         changed = False
         scope = set(self.dirty)
         listed: set[str] = set()  # folders read in full here
