@@ -324,17 +324,25 @@ def test_a_file_renamed_while_the_tree_is_listed_is_listed_under_its_new_name_on
         tree.close()
 
 
-def test_a_disk_unmounted_and_mounted_again_during_a_walk_is_walked_again(
-        tmp_path: Path) -> None:
-    """The walk read a folder from the empty mount point while the disk was away. Back
-    under the same device and inode, only its mount tells it from the one listed: the
-    watcher must take the listing for stale, or what the walk missed reads as deleted."""
+@contextlib.contextmanager
+def disk_of_two_folders(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A disk (disk_at) whose folder is bound on tmp_path/usb, holding folders one and
+    two with a file in each: that folder, and the disk's own."""
     folder = tmp_path / "usb"
     folder.mkdir()
     with disk_at(tmp_path / "disk", folder) as files:
         for name in ("one", "two"):
             (files / name).mkdir()
             (files / name / "f.txt").write_text(name)
+        yield folder, files
+
+
+def test_a_disk_unmounted_and_mounted_again_during_a_walk_is_walked_again(
+        tmp_path: Path) -> None:
+    """The walk read a folder from the empty mount point while the disk was away. Back
+    under the same device and inode, only its mount tells it from the one listed: the
+    watcher must take the listing for stale, or what the walk missed reads as deleted."""
+    with disk_of_two_folders(tmp_path) as (folder, files):
         calls = 0
 
         def give_way() -> None:  # before the root, then before each of the two folders
@@ -362,12 +370,7 @@ def test_a_disk_plugged_in_and_unplugged_again_during_a_walk_leaves_nothing_of_i
     went again before its folders were: the root's path leads to the same folder at both
     ends of the walk. A listing of the disk's root without what its folders hold would
     read as their files deleted (with the marker in it, it passes as the remote's)."""
-    folder = tmp_path / "usb"
-    folder.mkdir()
-    with disk_at(tmp_path / "disk", folder) as files:
-        for name in ("one", "two"):
-            (files / name).mkdir()
-            (files / name / "f.txt").write_text(name)
+    with disk_of_two_folders(tmp_path) as (folder, files):
         unplug(folder)
         calls = 0
 
@@ -399,11 +402,7 @@ def test_a_watched_disk_can_be_unmounted(tmp_path: Path) -> None:
     """The watcher holds the root folder open only while it reads it: held for good, it
     would keep the disk from being unmounted (umount: target is busy) while onitufs runs,
     and a file manager could not eject it."""
-    folder = tmp_path / "usb"
-    folder.mkdir()
-    with disk_at(tmp_path / "disk", folder) as files:
-        (files / "one").mkdir()
-        (files / "one" / "f.txt").write_text("one")
+    with disk_of_two_folders(tmp_path) as (folder, files):
         tree = watch.Tree("usb", Disk(str(folder)), lambda: None)
         try:
             tree.list_all()
