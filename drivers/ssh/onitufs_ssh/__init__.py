@@ -161,6 +161,8 @@ def start(plug: Plug) -> None:
         def change(*args: Any) -> Any:
             try:
                 return handler(*args)
+            except RemoteUnavailable:
+                raise  # (no look: the connection is gone, or the look said so already)
             except Exception:
                 try:
                     with pool.use() as conn:
