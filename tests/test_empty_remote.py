@@ -180,6 +180,35 @@ def test_a_disk_unplugged_before_it_held_anything_gets_nothing(make_cloud: MakeC
             assert snapshot(remote) == expected, name
 
 
+def test_a_disk_never_marked_and_then_unplugged_gets_nothing(make_cloud: MakeCloud) -> None:
+    """Read-only at the mount, the disk could not be marked, and holds nothing: unplugged,
+    its empty mount point looks to the core like a new remote's empty folder. The marker
+    must not go there, nor the uploads after it (the disk, back, would then read as
+    another folder, its files hidden under it). Back and writable, it is marked and
+    catches up."""
+    cloud = make(make_cloud)
+    usb = cloud.remotes["usb"]
+    with usb_disk(cloud) as files:
+        subprocess.run(["mount", "-o", "remount,ro", str(files.parent)], check=True)
+        cloud.mount()
+        (cloud.mountpoint / "first.txt").write_bytes(b"first")
+        wait_for(lambda: (cloud.remotes["home"] / "first.txt").exists(), what="home")
+        assert "Read-only file system" in outage_reason(cloud)
+        unplug(usb)
+        wait_for(lambda: "no longer the folder" in str(usb_state(cloud)["last_error"]),
+                 what="the marker refused in the empty mount point")
+        (cloud.mountpoint / "second.txt").write_bytes(b"second")
+        expected = snapshot(cloud.mountpoint)
+        wait_for(lambda: snapshot(cloud.remotes["home"]) == expected, what="home")
+        assert list(usb.iterdir()) == []
+        subprocess.run(["mount", "-o", "remount,rw", str(files.parent)], check=True)
+        plug_in(files, usb)
+        cloud.wait_synced(timeout=60)
+        cloud.umount()
+        for name, remote in cloud.remotes.items():
+            assert snapshot(remote) == expected, name
+
+
 def test_a_remote_folder_made_anew_deletes_nothing(make_cloud: MakeCloud) -> None:
     cloud = make(make_cloud)
     cloud.mount()

@@ -230,12 +230,11 @@ def start(plug: Plug) -> None:
         path led out of the pinned folder is the remote being away, neither made nor
         refused there. (A move or a chmod needs none: what it changes is not there. A
         delete or an abort finding nothing there succeeds, and would leave the disk's file
-        for good.) Not for the marker's own upload: the core writes it only where it
-        judged the folder to be the remote's."""
+        for good.) The marker's own upload too: a remote never marked (its disk read-only
+        or full) and then unplugged looks new and empty to the core, which would mark the
+        mount point's folder and send everything there."""
         @functools.wraps(handler)
         def change(md: Metadata, *args: Any) -> Any:
-            if md.path == MARKER:
-                return handler(md, *args)
             began.folder = pin.confirm()
             try:
                 result = handler(md, *args)
@@ -297,10 +296,8 @@ def start(plug: Plug) -> None:
         confirm_upload(md)
 
     def confirm_upload(md: Metadata) -> None:
-        """The temp file is in the pinned folder, or goes. Not asked of the marker's own:
-        the core writes it only where it judged the folder to be the remote's."""
-        if md.path != MARKER:
-            confirm_made(lambda: abort_upload(md))
+        """The temp file is in the pinned folder, or goes."""
+        confirm_made(lambda: abort_upload(md))
 
     # A chunk written past a gap leaves a hole, and end_upload's ftruncate makes one of a
     # gap at the end: onitufs need not send chunks of zeros, and copies stay sparse.

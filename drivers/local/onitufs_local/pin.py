@@ -8,9 +8,10 @@ back, and that delete would travel to the mount and every other remote.
 
 So the driver pins the root folder it changes (listing.folder_id) together with the
 marker it held, and before and after each change that makes or deletes an entry makes sure
-the path leads there. A path that leads elsewhere is taken only if that folder holds a marker,
-the same one (the disk plugged in again: another mount, another device number perhaps) or
-any where none was pinned (a disk absent when the remote started). The core writing the
+the path leads there. A path that leads elsewhere is taken if it is the same folder through
+another mount (the disk plugged in again), else only if that folder holds a marker, the same
+one (the disk back under another device number) or any where none was pinned (a disk absent
+when the remote started). The core writing the
 marker pins the folder it went to: it writes one only where it judged the listing to be the
 remote's. A folder and its marker are read through the folder held open (held_folder): read
 by path, a disk plugged in between the two would have the empty mount point pinned with the
@@ -63,7 +64,9 @@ class Pin:
             if folder == self._folder and self._marker is not None:
                 return folder  # every change: one look at the root, no read
             marker = self._read_marker(held)
-            if self._folder is None or folder == self._folder:
+            if self._folder is None or folder[:2] == self._folder[:2]:
+                # (the same folder, maybe through another mount: the disk plugged in again,
+                # under the same device number, marked or not)
                 self._folder, self._marker = folder, marker
                 return folder
             if marker is None or (self._marker is not None and marker != self._marker):
