@@ -101,6 +101,8 @@ class Identity:
     async def _judge(self, marker: Metadata | None, listed: set[str],
                      known: dict[str, MirrorEntry]) -> Judgement:
         recorded = self.index.identity(self.remote.name)
+        if recorded is not None and self.remote.plug is not None:
+            self.remote.plug.marked = True
         if marker is not None:
             if recorded is not None and marker.revision is not None \
                     and marker.revision == recorded[1]:
@@ -182,6 +184,8 @@ class Identity:
                 return False
             raise
         self.index.set_identity(self.remote.name, remote_id, md.revision)
+        if self.remote.plug is not None:
+            self.remote.plug.marked = True
         self._checked = time.monotonic()
         log.info("remote %s: marked as onitufs remote %s (%s)", self.remote.name, remote_id,
                  MARKER)

@@ -339,6 +339,10 @@ class Plug:
         # across a network, 1000: very slow or priced per request): of the remotes that
         # hold a revision and work, onitufs reads from the cheapest.
         self.cost = EXPENSIVE
+        # Set by onitufs once it knows the remote's marker (MARKER, at its root): from then
+        # on a folder without one is not the remote's (an unplugged disk's mount point), and
+        # a driver that checks where its changes go (the local driver's pin) refuses it.
+        self.marked = False
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Register the decorated function as the handler of that name."""

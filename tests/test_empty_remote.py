@@ -371,6 +371,34 @@ def test_the_local_driver_s_delete_passes_for_made_only_on_the_disk(
         assert list(folder.iterdir()) == [], "an upload landed in the mount point"
 
 
+def test_the_local_driver_started_while_the_disk_was_away_takes_nothing_there(
+        tmp_path: Path) -> None:
+    """Started while the disk was away (a remount), the driver pinned the empty mount point:
+    it had no other folder. Once onitufs knows the remote's marker (Plug.marked), a change
+    made where the path still leads there is the disk being away: a delete that finds
+    nothing there must not pass for made while the disk keeps the file. The disk back, the
+    delete goes there."""
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    table = {"driver": "local", "path": str(folder), "poll_interval": "1h"}
+    with disk_at(tmp_path / "disk", folder) as files:
+        (files / MARKER).write_bytes(b'{"onitufs-remote": "usb"}')
+        (files / "kept").write_bytes(b"on the disk")
+        kept = local_listing.describe("kept", os.lstat(files / "kept"))
+        unplug(folder)
+        with started(onitufs_local, table, FolderBackdoor(folder, tmp_path / "ballast"),
+                     base_dir=tmp_path) as harness:
+            harness.plug.marked = True  # as onitufs sets it, knowing the marker
+            with pytest.raises(RemoteUnavailable, match="holds no marker"):
+                harness.call("delete_file", kept)
+            with pytest.raises(RemoteUnavailable):
+                harness.transfer("new", b"new").start()
+            assert list(folder.iterdir()) == []
+            plug_in(files, folder)
+            harness.call("delete_file", kept)
+            assert sorted(os.listdir(files)) == [MARKER]
+
+
 @pytest.mark.parametrize("kind", ["local", "ssh"])
 def test_a_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
         tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:

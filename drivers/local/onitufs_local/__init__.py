@@ -201,7 +201,7 @@ def start(plug: Plug) -> None:
     plug.cost = CHEAP
     root_at = resolved(root)
     disk = Disk(root)
-    pin = Pin(root)
+    pin = Pin(root, lambda: plug.marked)
     with contextlib.suppress(RemoteUnavailable):  # pinned at the first change instead
         pin.confirm()
 

@@ -11,7 +11,9 @@ marker it held, and before and after each change that makes or deletes an entry 
 the path leads there. A path that leads elsewhere is taken if it is the same folder through
 another mount (the disk plugged in again), else only if that folder holds a marker, the same
 one (the disk back under another device number) or any where none was pinned (a disk absent
-when the remote started). The core writing the
+when the remote started). Once onitufs knows the remote's marker (Plug.marked), a folder
+without one is never taken, the one pinned included: a remote started while its disk was
+away pinned the empty mount point. The core writing the
 marker pins the folder it went to: it writes one only where it judged the listing to be the
 remote's. A folder and its marker are read through the folder held open (held_folder): read
 by path, a disk plugged in between the two would have the empty mount point pinned with the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from onitufs.plug import MARKER, MARKER_MAX, RemoteUnavailable
 
@@ -33,8 +35,9 @@ from .listing import FolderId, held_folder
 class Pin:
     """The root folder changes go to, and the marker it held; thread-safe."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, marked: Callable[[], bool]) -> None:
         self.root = root
+        self._marked = marked  # whether onitufs knows the remote's marker (Plug.marked)
         self._lock = threading.Lock()
         self._folder: FolderId | None = None
         self._marker: bytes | None = None
@@ -64,6 +67,10 @@ class Pin:
             if folder == self._folder and self._marker is not None:
                 return folder  # every change: one look at the root, no read
             marker = self._read_marker(held)
+            if marker is None and self._marked():
+                # (the mount point of a disk absent when the remote started, pinned then)
+                raise RemoteUnavailable(f"{self.root} holds no marker {MARKER}, and the "
+                                        "remote has one (unmounted disk?)")
             if self._folder is None or folder[:2] == self._folder[:2]:
                 # (the same folder, maybe through another mount: the disk plugged in again,
                 # under the same device number, marked or not)
