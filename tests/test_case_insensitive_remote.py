@@ -308,7 +308,10 @@ def resumes_after_a_crash(cloud: Cloud, name: str, twin: str | None = None) -> N
     if twin is not None:
         (cloud.mountpoint / twin).write_bytes(b"the twin")
         wait_for(lambda: everywhere(cloud, twin, b"the twin"), what="the twin")
-    content = os.urandom(32 << 20)
+    # Larger than the room left (24 MiB) by more than what an upload may hold unwritten
+    # (the ssh driver's 16 MiB): the full disk cuts it at an upload_chunk, whose offset is
+    # saved, never at end_upload, whose failure drops what was sent.
+    content = os.urandom(48 << 20)
     (cloud.mountpoint / name).write_bytes(content)
     hidden = f".{name if twin else escape(name)}."
 
