@@ -17,7 +17,6 @@ import onitufs_local
 import onitufs_ssh
 import pytest
 from onitufs_local import listing as local_listing
-from onitufs_local import pin as local_pin
 
 from onitufs.plug import MARKER, DriverError, Metadata, RemoteUnavailable
 from onitufs.testing.backdoor import FolderBackdoor
@@ -321,7 +320,6 @@ def on_the_pins_looks(monkeypatch: pytest.MonkeyPatch,
         return found
 
     monkeypatch.setattr(local_listing, "folder_id", look)
-    monkeypatch.setattr(local_pin, "folder_id", look, raising=False)  # (its own, before)
     return looked
 
 
