@@ -23,6 +23,7 @@ from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
 from .conftest import Cloud, MakeCloud, fill, run, snapshot, wait_for
+from .sshd import MakeSshCloud, SshRemote
 from .test_conformance import ssh_table
 from .test_mount import RENAME_EXCHANGE, renameat2
 
@@ -86,6 +87,15 @@ def outage_reason(cloud: Cloud) -> str:
 
 def make(make_cloud: MakeCloud) -> Cloud:
     return make_cloud({"home": "rw", "backup": "rw", "usb": "rw"})
+
+
+def make_with_usb(make_cloud: MakeCloud, request: pytest.FixtureRequest, kind: str) -> Cloud:
+    """As make, its remote usb a local one or one on the test's sshd."""
+    if kind == "local":
+        return make(make_cloud)
+    make_ssh_cloud: MakeSshCloud = request.getfixturevalue("make_ssh_cloud")
+    return make_ssh_cloud({"home": "rw", "backup": "rw"},
+                          {"usb": SshRemote(request.getfixturevalue("sshd"))})
 
 
 def test_an_unplugged_disk_deletes_nothing(make_cloud: MakeCloud) -> None:
@@ -179,22 +189,27 @@ def test_a_disk_unplugged_before_it_held_anything_gets_nothing(make_cloud: MakeC
             assert snapshot(remote) == expected, name
 
 
-def test_a_disk_never_marked_and_then_unplugged_gets_nothing(make_cloud: MakeCloud) -> None:
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_a_disk_never_marked_and_then_unplugged_gets_nothing(
+        make_cloud: MakeCloud, request: pytest.FixtureRequest, kind: str) -> None:
     """Read-only at the mount, the disk could not be marked, and holds nothing: unplugged,
     its empty mount point looks to the core like a new remote's empty folder. The marker
     must not go there, nor the uploads after it (the disk, back, would then read as
     another folder, its files hidden under it). Back and writable, it is marked and
     catches up."""
-    cloud = make(make_cloud)
+    cloud = make_with_usb(make_cloud, request, kind)
     usb = cloud.remotes["usb"]
     with usb_disk(cloud) as files:
         subprocess.run(["mount", "-o", "remount,ro", str(files.parent)], check=True)
         cloud.mount()
         (cloud.mountpoint / "first.txt").write_bytes(b"first")
         wait_for(lambda: (cloud.remotes["home"] / "first.txt").exists(), what="home")
-        assert "Read-only file system" in outage_reason(cloud)
+        reason = outage_reason(cloud)
+        assert "cannot keep its marker" in reason, reason
+        # (sftp-server answers a read-only disk with a plain "Failure")
+        assert kind == "ssh" or "Read-only file system" in reason, reason
         unplug(usb)
-        wait_for(lambda: "no longer the folder" in str(usb_state(cloud)["last_error"]),
+        wait_for(lambda: "is no longer" in str(usb_state(cloud)["last_error"]),
                  what="the marker refused in the empty mount point")
         (cloud.mountpoint / "second.txt").write_bytes(b"second")
         expected = snapshot(cloud.mountpoint)
@@ -276,6 +291,37 @@ def test_deletes_a_person_makes_on_a_remote_still_travel(make_cloud: MakeCloud, 
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert snapshot(remote) == expected, name
+    assert "treated as unavailable" not in cloud.log
+
+
+@pytest.mark.parametrize("when", ["while mounted", "while unmounted"])
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_a_marker_a_person_deletes_is_written_again(
+        make_cloud: MakeCloud, request: pytest.FixtureRequest, kind: str, when: str) -> None:
+    """The folder still holds what the remote held: it is the remote's, and its marker is
+    written again, the mount's changes reaching it as before. (Deleted while unmounted,
+    the driver starts in a folder without the marker onitufs knows the remote by.)"""
+    cloud = make_with_usb(make_cloud, request, kind)
+    cloud.mount()
+    expected = write_files(cloud.mountpoint)
+    cloud.wait_synced()
+    usb = cloud.remotes["usb"]
+    marker = (usb / MARKER).read_bytes()
+    if when == "while unmounted":
+        cloud.umount()
+        (usb / MARKER).unlink()
+        cloud.mount()
+    else:
+        (usb / MARKER).unlink()
+    wait_for(lambda: (usb / MARKER).exists(), what="the marker written again")
+    assert (usb / MARKER).read_bytes() == marker
+    (cloud.mountpoint / "after.txt").write_bytes(b"after")
+    expected["after.txt"] = ("file", b"after")
+    cloud.wait_synced()
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, name
+    assert f"remote usb: its marker {MARKER} was deleted; writing it again" in cloud.log
     assert "treated as unavailable" not in cloud.log
 
 
@@ -369,32 +415,45 @@ def test_the_local_driver_s_delete_passes_for_made_only_on_the_disk(
         assert list(folder.iterdir()) == [], "an upload landed in the mount point"
 
 
-def test_the_local_driver_started_while_the_disk_was_away_takes_nothing_there(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_a_driver_started_while_the_disk_was_away_takes_nothing_there(
+        tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
     """Started while the disk was away (a remount), the driver pinned the empty mount point:
     it had no other folder. Once onitufs knows the remote's marker (Plug.marked), a change
     made where the path still leads there is the disk being away: a delete that finds
-    nothing there must not pass for made while the disk keeps the file. The disk back, the
-    delete goes there."""
+    nothing there must not pass for made while the disk keeps the file, and the marker's
+    own upload must not go there either (the empty mount point would then read as the
+    remote, emptied). The disk back, the delete goes there."""
     folder = tmp_path / "usb"
     folder.mkdir()
-    table = {"driver": "local", "path": str(folder), "poll_interval": "1h"}
-    with disk_at(tmp_path / "disk", folder) as files:
+    driver, table = driver_at(request, kind, folder)
+    with disk_at(tmp_path / "disk", folder) as files, \
+            started(driver, table, FolderBackdoor(folder, tmp_path / "ballast"),
+                    base_dir=tmp_path) as harness:
         (files / MARKER).write_bytes(b'{"onitufs-remote": "usb"}')
-        (files / "kept").write_bytes(b"on the disk")
-        kept = local_listing.describe("kept", os.lstat(files / "kept"))
+        kept = harness.upload("kept", b"on the disk")
         unplug(folder)
-        with started(onitufs_local, table, FolderBackdoor(folder, tmp_path / "ballast"),
-                     base_dir=tmp_path) as harness:
-            harness.plug.marked = True  # as onitufs sets it, knowing the marker
-            with pytest.raises(RemoteUnavailable, match="holds no marker"):
-                harness.call("delete_file", kept)
-            with pytest.raises(RemoteUnavailable):
-                harness.transfer("new", b"new").start()
-            assert list(folder.iterdir()) == []
-            plug_in(files, folder)
+        harness.restart()
+        harness.plug.marked = True  # as onitufs sets it, knowing the marker
+        with pytest.raises(RemoteUnavailable, match="holds no marker"):
             harness.call("delete_file", kept)
-            assert sorted(os.listdir(files)) == [MARKER]
+        with pytest.raises(RemoteUnavailable):
+            harness.transfer("new", b"new").start()
+        with pytest.raises(RemoteUnavailable, match="holds no marker"):
+            harness.transfer(MARKER, b'{"onitufs-remote": "usb"}').start()
+        assert list(folder.iterdir()) == []
+        plug_in(files, folder)
+        harness.call("delete_file", kept)
+        assert sorted(os.listdir(files)) == [MARKER]
+
+
+def driver_at(request: pytest.FixtureRequest, kind: str,
+              folder: Path) -> tuple[ModuleType, dict[str, object]]:
+    """The local driver, or the ssh driver through the test's sshd, for `folder`."""
+    if kind == "local":
+        return onitufs_local, {"driver": "local", "path": str(folder), "poll_interval": "1h"}
+    return onitufs_ssh, {**ssh_table(request.getfixturevalue("sshd"), folder),
+                         "poll_interval": "1h"}
 
 
 @pytest.mark.parametrize("kind", ["local", "ssh"])
@@ -407,16 +466,9 @@ def test_a_driver_makes_nothing_in_the_folder_an_unplugged_disk_leaves(
     ssh driver, the disk is mounted on the server (here too)."""
     folder = tmp_path / "usb"
     folder.mkdir()
-    driver: ModuleType
-    if kind == "local":
-        driver, table = onitufs_local, {"driver": "local", "path": str(folder),
-                                        "poll_interval": "1h"}
-        # A move or a chmod finds nothing to change where the path leads.
-        not_there: type[Exception] = FileNotFoundError
-    else:
-        driver, table = onitufs_ssh, {**ssh_table(request.getfixturevalue("sshd"), folder),
-                                      "poll_interval": "1h"}
-        not_there = DriverError
+    driver, table = driver_at(request, kind, folder)
+    # A move or a chmod finds nothing to change where the path leads.
+    not_there = FileNotFoundError if kind == "local" else DriverError
     with disk_at(tmp_path / "disk", folder) as files, \
             started(driver, table, FolderBackdoor(folder, tmp_path / "ballast"),
                     base_dir=tmp_path) as harness:

@@ -235,7 +235,7 @@ def start(plug: Plug) -> None:
         mount point's folder and send everything there."""
         @functools.wraps(handler)
         def change(md: Metadata, *args: Any) -> Any:
-            began.folder = pin.confirm()
+            began.folder = pin.confirm(md.path == MARKER)
             try:
                 result = handler(md, *args)
             except Exception:

@@ -13,7 +13,9 @@ another mount (the disk plugged in again), else only if that folder holds a mark
 one (the disk back under another device number) or any where none was pinned (a disk absent
 when the remote started). Once onitufs knows the remote's marker (Plug.marked), a folder
 without one is never taken, the one pinned included: a remote started while its disk was
-away pinned the empty mount point. The core writing the
+away pinned the empty mount point. Only the marker's own upload may go to such a folder,
+one that holds something: the core writes it again where a person deleted it, having found
+there what the remote held, which an empty mount point never holds. The core writing the
 marker pins the folder it went to: it writes one only where it judged the listing to be the
 remote's. A folder and its marker are read through the folder held open (held_folder): read
 by path, a disk plugged in between the two would have the empty mount point pinned with the
@@ -27,7 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 
-from onitufs.plug import MARKER, MARKER_MAX, RemoteUnavailable
+from onitufs.plug import MARKER, MARKER_MAX, TEMP_SUFFIX, RemoteUnavailable
 
 from .listing import FolderId, held_folder
 
@@ -59,15 +61,24 @@ class Pin:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def confirm(self) -> FolderId:
-        """Before a change: RemoteUnavailable unless the root's path leads to the pinned
-        folder, or to one that may be pinned instead (the first call pins it); returns the
-        folder, for unchanged() after the change."""
+    @staticmethod
+    def _holds_something(held: str) -> bool:
+        """Whether the folder holds an entry besides uploads' temp files."""
+        with os.scandir(held) as entries:
+            return any(not entry.name.endswith(TEMP_SUFFIX) for entry in entries)
+
+    def confirm(self, for_marker: bool = False) -> FolderId:
+        """Before a change (`for_marker`: the marker's own upload): RemoteUnavailable unless
+        the root's path leads to the pinned folder, or to one that may be pinned instead
+        (the first call pins it); returns the folder, for unchanged() after the change."""
         with self._look() as (held, folder), self._lock:
             if folder == self._folder and self._marker is not None:
                 return folder  # every change: one look at the root, no read
             marker = self._read_marker(held)
             if marker is None and self._marked():
+                if for_marker and self._holds_something(held):
+                    self._folder, self._marker = folder, None  # (marker_written reads it)
+                    return folder
                 # (the mount point of a disk absent when the remote started, pinned then)
                 raise RemoteUnavailable(f"{self.root} holds no marker {MARKER}, and the "
                                         "remote has one (unmounted disk?)")

@@ -67,10 +67,7 @@ from .settings import Settings, read
 from .sftp import (
     ATTRS,
     FSTAT,
-    HANDLE,
     O_READ,
-    OPENDIR,
-    READDIR,
     REALPATH,
     REMOVE,
     STATUS,
@@ -151,22 +148,22 @@ def start(plug: Plug) -> None:
             roots.append(conn.sftp.realpath(encode(settings.path)))
         return roots[0]
 
-    pin = Pin(root)
+    pin = Pin(root, lambda: plug.marked)
 
     def confirmed(handler: F) -> F:
         """A change that failed where the root path no longer leads to the pinned file
         system is the remote being away, not a refusal there. (A change that succeeded
         looks itself: see confirm_made.)"""
         @functools.wraps(handler)
-        def change(*args: Any) -> Any:
+        def change(md: Metadata, *args: Any) -> Any:
             try:
-                return handler(*args)
+                return handler(md, *args)
             except RemoteUnavailable:
                 raise  # (no look: the connection is gone, or the look said so already)
             except Exception:
                 try:
                     with pool.use() as conn:
-                        pin.confirm(conn)
+                        pin.confirm(conn, for_marker=md.path == MARKER)
                 except RemoteUnavailable:
                     raise
                 except Exception:  # the look failed too: the change's own error says more
@@ -175,11 +172,13 @@ def start(plug: Plug) -> None:
         return cast(F, change)
 
     def confirm_made(conn: Connection, remove: Callable[[], object],
-                     answers: list[Reader | SftpError] | None = None) -> None:
+                     answers: list[Reader | SftpError] | None = None,
+                     for_marker: bool = False) -> None:
         """What was just made, or deleted, went to the pinned file system; or `remove`
-        takes what was made from where the path led instead (the mount point's folder)."""
+        takes what was made from where the path led instead (the mount point's folder).
+        `for_marker`: the marker's own upload (Pin.confirm)."""
         try:
-            pin.confirm(conn, answers)
+            pin.confirm(conn, answers, for_marker)
         except RemoteUnavailable:
             with contextlib.suppress(Exception):  # (an abort looks again)
                 remove()
@@ -282,9 +281,7 @@ def start(plug: Plug) -> None:
         temp = upload_path(md)  # (the key of `uploads`)
         with pool.use() as conn:
             target = inside(conn, temp_of(conn, md))
-            # Not for the marker's own: the core writes it only where it judged the folder
-            # to be the remote's.
-            look = pin.look(conn) if md.path != MARKER else []
+            look = pin.look(conn)
         upload = Upload(upload_pool, target, md.size, settings.upload_connections)
         try:
             looked = upload.create(look)
@@ -295,7 +292,7 @@ def start(plug: Plug) -> None:
         with uploads_lock:
             uploads[temp] = upload
         if look and upload.conn is not None:
-            confirm_made(upload.conn, lambda: abort_upload(md), looked)
+            confirm_made(upload.conn, lambda: abort_upload(md), looked, md.path == MARKER)
         md.extra.update(upload.saved_state())
 
     @plug.handler()
@@ -404,21 +401,12 @@ def start(plug: Plug) -> None:
             except SftpError as error:
                 if error.errno != 2:
                     raise
-            pin.confirm(conn)  # finding nothing there, it would leave the disk's file
+            # finding nothing there, it would leave the disk's file
+            pin.confirm(conn, for_marker=md.path == MARKER)
 
     def names_in(conn: Connection, folder: bytes) -> list[tuple[bytes, Attrs]]:
         """The entries of one folder on the server."""
-        what = folder.decode(errors="replace")
-        sftp = conn.sftp
-        handle = sftp.check(sftp.request(OPENDIR, pack_string(folder)), HANDLE, what).string()
-        found: list[tuple[bytes, Attrs]] = []
-        try:
-            while (names := sftp.names(sftp.request(READDIR, pack_string(handle)), what)) \
-                    is not None:
-                found += names
-        finally:
-            sftp.close_handle(handle)
-        return found
+        return [entry for batch in conn.sftp.batches(folder) for entry in batch]
 
     def names_beside(conn: Connection, path: bytes) -> list[str]:
         """The names in the folder of `path` on the server as the mount names them (none

@@ -18,6 +18,7 @@ import errno
 import struct
 import time
 from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -394,6 +395,18 @@ class Session:
         end."""
         answer = self.name_answer(request_id, what)
         return None if answer is None else decode_names(answer)
+
+    def batches(self, folder: bytes) -> Generator[list[tuple[bytes, Attrs]], None, None]:
+        """The entries of `folder` (but . and ..), in the batches the server answers with;
+        its handle is closed once they are read, or given up."""
+        what = folder.decode(errors="replace")
+        handle = self.check(self.request(OPENDIR, pack_string(folder)), HANDLE, what).string()
+        try:
+            while (names := self.names(self.request(READDIR, pack_string(handle)), what)) \
+                    is not None:
+                yield names
+        finally:
+            self.close_handle(handle)
 
     def name_answer(self, request_id: int, what: str) -> memoryview | None:
         """A READDIR's answer as the server sent it (what `decode_names` decodes), or None at the
