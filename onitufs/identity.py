@@ -98,6 +98,12 @@ class Identity:
         self._unkept, self._failures = None, 0
         return judgement
 
+    def retry_now(self) -> bool:
+        """The remote may take the marker now (Plug.retry_now): it is tried with the next
+        listing, not after its backoff. Whether it waited for one."""
+        self._retry_at = 0.0
+        return self._unkept is not None
+
     async def _judge(self, marker: Metadata | None, listed: set[str],
                      known: dict[str, MirrorEntry]) -> Judgement:
         recorded = self.index.identity(self.remote.name)

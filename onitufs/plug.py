@@ -287,6 +287,7 @@ class ChangeSink(Protocol):
     async def report_part(self, remote: str, entries: list[Metadata], scope: list[str],
                           started: float) -> bool: ...
     async def set_status(self, remote: str, error: str | None) -> None: ...
+    async def retry_now(self, remote: str) -> None: ...
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -522,6 +523,12 @@ class Plug:
     def offline(self, reason: str) -> None:
         """The remote cannot be reached; reads and writes queue until it is back."""
         self._to_core(self._sink.set_status, self.name, reason)
+
+    def retry_now(self) -> None:
+        """Something on the remote changed that may let what it refused through (room made
+        on a full disk, a read-only one made writable): what waits out its backoff after
+        failures, up to minutes, is tried at once."""
+        self._to_core(self._sink.retry_now, self.name)
 
     def _to_core(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         if self.stopping.is_set():

@@ -128,6 +128,12 @@ class RemoteChanges:
     async def set_status(self, remote: str, error: str | None) -> None:
         self.remotes[remote].set_status(error)
 
+    async def retry_now(self, remote: str) -> None:
+        source = self.remotes[remote]
+        if self.identities[remote].retry_now() and source.plug is not None:
+            source.plug.look_again()  # the marker is tried with the listing it is judged by
+        self.replicator.retry_now(source)
+
     async def update_file(self, remote: str, metadata: Metadata) -> None:
         source = self.remotes[remote]
         source.taken_in(metadata.path)  # a listing under way may hold an older version

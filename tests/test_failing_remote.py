@@ -3,13 +3,21 @@ unmount names the reason."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import onitufs_local
 import pytest
+from onitufs_local import room
+
+from onitufs.plug import MARKER
+from onitufs.testing.backdoor import FolderBackdoor
+from onitufs.testing.harness import started
 
 from .bitrot import loop_disk
 from .conftest import (
@@ -49,6 +57,71 @@ def test_a_full_remote_backs_off_and_unmount_says_why(full_remote_cloud: Cloud) 
     umount_leaves_queued(cloud, r"onitufs: c: .*No space left on device.*; 1 changes still queued")
     for name in ("a", "b"):
         assert (cloud.remotes[name] / "big.bin").read_bytes() == content, name
+
+
+def failed(cloud: Cloud, remote: str, path: str) -> int:
+    """How many calls to `remote` about `path` failed so far."""
+    return len(re.findall(rf"remote {remote}: \w+ {re.escape(path)}: ", cloud.log))
+
+
+@pytest.mark.parametrize("how", ["room made", "made writable"])
+def test_a_disk_relieved_of_what_it_refused_for_is_tried_again_within_seconds(
+        full_remote_cloud: Cloud, how: str) -> None:
+    """After failures in a row, what a remote refused waits out a backoff that grows to
+    minutes; a local disk that refused it for want of room, or of write access, is tried
+    again within seconds of having them (room.py), not after the backoff: an upload on a
+    full disk made room on, the marker of a disk read-only at the first mount (judged again
+    with a listing, which no event from the disk brings) remounted writable."""
+    cloud = full_remote_cloud
+    c = cloud.remotes["c"]
+    if how == "made writable":
+        subprocess.run(["mount", "-o", "remount,ro", str(c)], check=True)
+    cloud.mount()
+    content = os.urandom((8 if how == "room made" else 1) * 1024 * 1024)  # (the disk: 4 MiB)
+    (cloud.mountpoint / "big.bin").write_bytes(content)
+    refused = "big.bin" if how == "room made" else MARKER
+    # The sixth try fails about 31 s in (a chunk, the marker's start), and the next would
+    # wait 32 s more.
+    wait_for(lambda: failed(cloud, "c", refused) >= 6, 60, f"six tries of {refused} on c")
+    subprocess.run(["mount", "-o", "remount,size=16m" if how == "room made" else "remount,rw",
+                    str(c)], check=True)
+    wait_for(lambda: (c / "big.bin").exists() and (c / "big.bin").read_bytes() == content, 12,
+             "remote c to get it once it can")
+    cloud.umount()
+    assert snapshot(c) == snapshot(cloud.remotes["a"])
+
+
+def test_the_local_driver_tells_of_room_made_once_per_refusal(tmp_path: Path) -> None:
+    """Room made after a refusal is told once (Plug.retry_now); room made again without a
+    new refusal is not: nothing waits for it, and another program's room that comes and
+    goes would make a loop."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "files").mkdir()
+        table = {"driver": "local", "path": str(disk / "files"), "poll_interval": "1h"}
+        backdoor = FolderBackdoor(disk / "files", disk / "ballast")
+        with started(onitufs_local, table, backdoor, base_dir=tmp_path) as harness:
+            def retries() -> int:
+                with harness.sink.cond:
+                    return harness.sink.retries
+
+            def told_at_least(count: int) -> bool:  # (called under the sink's lock)
+                return harness.sink.retries >= count
+
+            for told in (1, 2):
+                # The ballast goes at the block's end: room made after the refusal.
+                with backdoor.disk_full(), pytest.raises(OSError, match="No space left"):
+                    harness.upload(f"refused{told}", os.urandom(1 << 20))
+                harness.sink.wait(functools.partial(told_at_least, told), 10, "the room told")
+                assert retries() == told
+                subprocess.run(["mount", "-o", f"remount,size={2 + 2 * told}m", str(disk)],
+                               check=True)  # room made, with no refusal since
+                time.sleep(2 * room.LOOK_EVERY + 1)
+                assert retries() == told
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_a_remote_whose_disk_is_full_at_its_first_mount_is_unavailable_until_there_is_room(

@@ -39,6 +39,9 @@ class NoChanges:
     async def set_status(self, remote: str, error: str | None) -> None:
         raise AssertionError("not expected")
 
+    async def retry_now(self, remote: str) -> None:
+        raise AssertionError("not expected")
+
 
 def test_what_a_driver_offers_is_asked_once_it_registered_its_handlers(tmp_path: Path) -> None:
     # After a restart the replicator has work queued before the driver's thread has

@@ -99,6 +99,7 @@ class RecordingSink:
     listings: list[Listing] = field(default_factory=list)
     parts: list[list[str]] = field(default_factory=list)  # the scope of each report_part
     statuses: list[str | None] = field(default_factory=list)  # plug.offline's reasons, None: online
+    retries: int = 0  # plug.retry_now calls
     problems: list[str] = field(default_factory=list)  # reports no driver may make
     upload_names: set[str] = field(default_factory=set)  # every md.extra["upload"] given out
     touched: dict[str, float] = field(default_factory=dict)  # paths the harness changed, when
@@ -218,6 +219,11 @@ class RecordingSink:
     async def set_status(self, remote: str, error: str | None) -> None:
         with self.cond:
             self.statuses.append(error)
+            self.cond.notify_all()
+
+    async def retry_now(self, remote: str) -> None:
+        with self.cond:
+            self.retries += 1
             self.cond.notify_all()
 
     def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
