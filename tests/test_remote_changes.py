@@ -787,9 +787,9 @@ def test_a_conflict_of_a_name_near_the_longest_gets_a_conflict_name_that_fits(
 
 def test_a_conflict_that_cannot_be_kept_apart_stalls_and_unmount_says_so(
         make_cloud: MakeCloud) -> None:
-    """The remote's version cannot be renamed aside there (immutable: EPERM): the remote
-    stalls, onitufs umount says so (exit 2) with both versions where they were, and once
-    the rename can be made, the next mount keeps both."""
+    """The remote's version cannot be renamed aside there (its folder append-only: EPERM):
+    the remote stalls, onitufs umount says so (exit 2) with both versions where they were,
+    and once the rename can be made, the next mount keeps both."""
     cloud = make_cloud(upload_delay="1h", stall="3s")
     cloud.mount()
     (cloud.mountpoint / "x").write_bytes(b"base")
@@ -797,15 +797,18 @@ def test_a_conflict_that_cannot_be_kept_apart_stalls_and_unmount_says_so(
     cloud.wait_synced()
     (cloud.mountpoint / "x").write_bytes(b"mount's, later")
     theirs = cloud.remotes["a"] / "x"
-    theirs.write_bytes(b"a's, earlier")
-    stamp = time.time() - 60
-    os.utime(theirs, (stamp, stamp))
     run_chattr = functools.partial(subprocess.run, check=True)
-    run_chattr(["chattr", "+i", str(theirs)])
+    # Before a's version is written: onitufs may try to keep it aside as soon as it is seen.
+    run_chattr(["chattr", "+a", str(theirs.parent)])
     try:
+        with theirs.open("r+b") as file:  # in place: its entry stays, in a folder that
+            file.truncate()  # lets none go
+            file.write(b"a's, earlier")
+        stamp = time.time() - 60
+        os.utime(theirs, (stamp, stamp))
         result = run("umount", cloud.mountpoint, check=False)
     finally:
-        run_chattr(["chattr", "-i", str(theirs)])
+        run_chattr(["chattr", "-a", str(theirs.parent)])
     assert result.returncode == 2, result.stderr
     assert "a:" in result.stderr and "still queued" in result.stderr, result.stderr
     assert theirs.read_bytes() == b"a's, earlier"
