@@ -13,8 +13,8 @@ from pathlib import Path
 
 import onitufs_local
 import pytest
-from onitufs_local import room
 
+from onitufs import room
 from onitufs.plug import MARKER
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
@@ -30,6 +30,9 @@ from .conftest import (
     unmarked_once,
     wait_for,
 )
+from .sshd import MakeSshCloud, SshRemote
+
+pytest_plugins = ["tests.sshd"]
 
 
 @pytest.fixture
@@ -64,16 +67,28 @@ def failed(cloud: Cloud, remote: str, path: str) -> int:
     return len(re.findall(rf"remote {remote}: \w+ {re.escape(path)}: ", cloud.log))
 
 
-@pytest.mark.parametrize("how", ["room made", "made writable"])
+@pytest.mark.parametrize(("kind", "how"), [("local", "room made"), ("local", "made writable"),
+                                         ("ssh", "room made")])
 def test_a_disk_relieved_of_what_it_refused_for_is_tried_again_within_seconds(
-        full_remote_cloud: Cloud, how: str) -> None:
+        make_cloud: MakeCloud, request: pytest.FixtureRequest, kind: str, how: str) -> None:
     """After failures in a row, what a remote refused waits out a backoff that grows to
-    minutes; a local disk that refused it for want of room, or of write access, is tried
-    again within seconds of having them (room.py), not after the backoff: an upload on a
-    full disk made room on, the marker of a disk read-only at the first mount (judged again
-    with a listing, which no event from the disk brings) remounted writable."""
-    cloud = full_remote_cloud
+    minutes; a disk that refused it for want of room, or of write access, is tried again
+    within seconds of having them (onitufs.room), not after the backoff: an upload on a full
+    disk made room on, here or on an SSH server; the marker of a disk read-only at the first
+    mount (judged again with a listing, which no event from the disk brings) remounted
+    writable."""
+    if kind == "local":
+        cloud = make_cloud({"a": "rw", "b": "rw", "c": "rw"})
+    else:
+        make_ssh_cloud: MakeSshCloud = request.getfixturevalue("make_ssh_cloud")
+        cloud = make_ssh_cloud({"a": "rw", "b": "rw"},
+                               {"c": SshRemote(request.getfixturevalue("sshd"))})
     c = cloud.remotes["c"]
+    with small_disk(cloud, c, "4m"):
+        relieved_in_seconds(cloud, c, how)
+
+
+def relieved_in_seconds(cloud: Cloud, c: Path, how: str) -> None:
     if how == "made writable":
         subprocess.run(["mount", "-o", "remount,ro", str(c)], check=True)
     cloud.mount()
@@ -82,7 +97,10 @@ def test_a_disk_relieved_of_what_it_refused_for_is_tried_again_within_seconds(
     refused = "big.bin" if how == "room made" else MARKER
     # The sixth try fails about 31 s in (a chunk, the marker's start), and the next would
     # wait 32 s more.
+    began = time.monotonic()
     wait_for(lambda: failed(cloud, "c", refused) >= 6, 60, f"six tries of {refused} on c")
+    # (not sooner: the room an upload's abort gives back is no room made)
+    assert time.monotonic() - began > 20, "no backoff"
     subprocess.run(["mount", "-o", "remount,size=16m" if how == "room made" else "remount,rw",
                     str(c)], check=True)
     wait_for(lambda: (c / "big.bin").exists() and (c / "big.bin").read_bytes() == content, 12,

@@ -10,7 +10,7 @@ notices (watch.py), with a full listing at the start and every
 listed every POLL seconds (or poll_interval, if shorter). Each report is a
 full listing, and the core works out what was created, changed, deleted or
 renamed. A disk that refused a change for want of room or write access is
-looked at until it has them again (room.py).
+looked at until it has them again (onitufs.room).
 
 Config keys: ``path`` (the directory, required), ``poll_interval``
 (default "10m").
@@ -49,6 +49,7 @@ from onitufs.plug import (
     upload_path,
     write_chunk,
 )
+from onitufs.room import RoomWatch, local_state, refused_locally
 from onitufs.storednames import renames_in_case
 
 from .disknames import (
@@ -72,7 +73,6 @@ from .listing import (
 )
 from .pin import Pin
 from .renames import exchange, rename_noreplace
-from .room import RoomWatch
 from .watch import OutOfWatches, follow
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.
@@ -204,7 +204,7 @@ def start(plug: Plug) -> None:
     root_at = resolved(root)
     disk = Disk(root)
     pin = Pin(root, lambda: plug.marked)
-    room = RoomWatch(plug, root)
+    room_refused = RoomWatch(plug, lambda: local_state(root)).watching(refused_locally)
     with contextlib.suppress(RemoteUnavailable):  # pinned at the first change instead
         pin.confirm()
 
@@ -283,7 +283,7 @@ def start(plug: Plug) -> None:
             os.close(fd)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     @confirmed
     def start_upload(md: Metadata) -> None:
         require_root(root)
@@ -294,7 +294,7 @@ def start(plug: Plug) -> None:
         confirm_upload(md)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     @confirmed
     def restart_upload(md: Metadata, offset: int) -> None:
         resume_at(upload_fd(md), offset, md)
@@ -309,7 +309,7 @@ def start(plug: Plug) -> None:
     plug.keeps_holes = True
 
     @plug.handler()
-    @room.watching
+    @room_refused
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
         fd = upload_fd(md)
         write_chunk(fd, offset, chunk)
@@ -319,7 +319,7 @@ def start(plug: Plug) -> None:
         os.posix_fadvise(fd, offset, len(chunk), os.POSIX_FADV_DONTNEED)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     def end_upload(md: Metadata) -> None:
         name = temp_name(md)
         path = inside(name)
@@ -366,7 +366,7 @@ def start(plug: Plug) -> None:
             pin.marker_written()
 
     @plug.handler()
-    @room.watching
+    @room_refused
     @confirmed
     def abort_upload(md: Metadata) -> None:
         name = temp_name(md)
@@ -397,7 +397,7 @@ def start(plug: Plug) -> None:
                 os.unlink(path)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     @confirmed
     def delete_file(md: Metadata) -> None:
         path = real(md.path)
@@ -483,7 +483,7 @@ def start(plug: Plug) -> None:
         os.unlink(aside)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     def move_file(old: Metadata, new: Metadata) -> None:
         source, target = real(old.path), real(new.path)
         checked = old.kind == "file" and old.revision is not None
@@ -512,7 +512,7 @@ def start(plug: Plug) -> None:
         stamp(new, st)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     @confirmed
     def make_dir(md: Metadata) -> None:
         path = real(md.path)
@@ -539,7 +539,7 @@ def start(plug: Plug) -> None:
             os.close(fd)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     def set_attrs(md: Metadata) -> None:
         # Through a descriptor of the entry checked: a version another program saves by
         # rename meanwhile is another inode, which keeps its attributes, and is not
@@ -563,7 +563,7 @@ def start(plug: Plug) -> None:
             os.close(fd)
 
     @plug.handler()
-    @room.watching
+    @room_refused
     @confirmed
     def make_symlink(md: Metadata) -> None:
         path = real(md.path)

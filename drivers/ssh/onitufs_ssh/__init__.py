@@ -16,7 +16,9 @@ is first moved aside and checked, as SFTP cannot replace on a condition.
 A name the server's disk refuses (exFAT's `at 10:30`) is stored under its
 escape (names.py). A change that makes or deletes an entry is taken back where
 the path no longer leads to the file system that held the marker (pin.py: a
-disk on the server unplugged).
+disk on the server unplugged). A server's disk that refused a change while
+full or read-only is looked at until it has room or is writable again
+(onitufs.room).
 Reads pipeline their requests and read ahead on several connections
 (reading.py). Changes made
 on the server are found by listing it (listing.py): every 2 s after a change,
@@ -54,6 +56,7 @@ from onitufs.plug import (
     left_aside_by_another,
     upload_path,
 )
+from onitufs.room import DiskState, RoomWatch, short
 from onitufs.storednames import disk_name, refuse_clash, refused, renames_in_case
 
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
@@ -73,6 +76,7 @@ from .sftp import (
     STATUS,
     Attrs,
     Call,
+    FileSystem,
     Reader,
     SftpError,
     found,
@@ -149,6 +153,21 @@ def start(plug: Plug) -> None:
         return roots[0]
 
     pin = Pin(root, lambda: plug.marked)
+
+    def server_state() -> DiskState | None:
+        """The state of the file system the root leads to, for RoomWatch; None where the
+        server does not say (no statvfs@openssh.com)."""
+        with pool.use() as conn:
+            answers = conn.sftp.in_one_flight(pin.look(conn))
+        if not answers or isinstance(answers[0], SftpError):
+            return None
+        found = FileSystem.read(answers[0])
+        return DiskState(found.blocks_available * found.fragment_size,
+                         found.inodes_available, found.read_only)
+
+    # SFTP says "Failure" for a full disk and a read-only one alike, and for much else:
+    # what the disk's state says after it decides.
+    room_refused = RoomWatch(plug, server_state).watching(lambda error, state: short(state))
 
     def confirmed(handler: F) -> F:
         """A change that failed where the root path no longer leads to the pinned file
@@ -275,6 +294,7 @@ def start(plug: Plug) -> None:
             raise
 
     @plug.handler()
+    @room_refused
     @confirmed
     @guarded
     def start_upload(md: Metadata) -> None:
@@ -296,6 +316,7 @@ def start(plug: Plug) -> None:
         md.extra.update(upload.saved_state())
 
     @plug.handler()
+    @room_refused
     @guarded
     def restart_upload(md: Metadata, offset: int) -> int:
         temp = upload_path(md)
@@ -318,6 +339,7 @@ def start(plug: Plug) -> None:
     plug.keeps_holes = True
 
     @plug.handler()
+    @room_refused
     @guarded
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
         upload = upload_of(md)
@@ -325,6 +347,7 @@ def start(plug: Plug) -> None:
         md.extra.update(upload.saved_state())
 
     @plug.handler()
+    @room_refused
     @guarded
     def end_upload(md: Metadata) -> None:
         upload = upload_of(md)
@@ -387,6 +410,7 @@ def start(plug: Plug) -> None:
                 pin.marker_written(conn)
 
     @plug.handler()
+    @room_refused
     @confirmed
     @guarded
     def abort_upload(md: Metadata) -> None:
@@ -466,6 +490,7 @@ def start(plug: Plug) -> None:
         conn.sftp.rmdir(path)
 
     @plug.handler()
+    @room_refused
     @confirmed
     @guarded
     def delete_file(md: Metadata) -> None:
@@ -564,6 +589,7 @@ def start(plug: Plug) -> None:
                       describe(md.path, attrs))
 
     @plug.handler()
+    @room_refused
     @guarded
     def move_file(old: Metadata, new: Metadata) -> None:
         checked = old.kind == "file" and old.revision is not None
@@ -598,6 +624,7 @@ def start(plug: Plug) -> None:
             new.revision, new.file_id = token(moved), None
 
     @plug.handler()
+    @room_refused
     @confirmed
     @guarded
     def make_dir(md: Metadata) -> None:
@@ -622,6 +649,7 @@ def start(plug: Plug) -> None:
             record(conn, path, md)
 
     @plug.handler()
+    @room_refused
     @guarded
     def set_attrs(md: Metadata) -> None:
         # SFTP keeps the mode and whole-second times; extended attributes stay in the mount
@@ -671,6 +699,7 @@ def start(plug: Plug) -> None:
             conn.sftp.close_handle(handle)
 
     @plug.handler()
+    @room_refused
     @confirmed
     @guarded
     def make_symlink(md: Metadata) -> None:

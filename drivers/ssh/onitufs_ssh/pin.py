@@ -36,7 +36,16 @@ from typing import TypeVar
 from onitufs.plug import MARKER, MARKER_MAX, TEMP_SUFFIX, RemoteUnavailable
 
 from .connect import Connection
-from .sftp import EXTENDED, EXTENDED_REPLY, O_READ, Call, Reader, SftpError, pack_string
+from .sftp import (
+    EXTENDED,
+    EXTENDED_REPLY,
+    O_READ,
+    Call,
+    FileSystem,
+    Reader,
+    SftpError,
+    pack_string,
+)
 
 STATVFS = "statvfs@openssh.com"
 T = TypeVar("T")
@@ -109,9 +118,7 @@ class Pin:
                 raise RemoteUnavailable(f"{self.root(conn).decode(errors='replace')} is "
                                         "missing (unmounted disk?)")
             raise answer
-        for _ in range(8):  # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files,
-            answer.u64()  # f_ffree, f_favail
-        return answer.u64()  # f_fsid
+        return FileSystem.read(answer).fsid
 
     def _read_on(self, conn: Connection, file_system: int, read: Callable[[Connection], T]) -> T:
         """What `read` reads of the folder on `file_system`, where the root led just before:

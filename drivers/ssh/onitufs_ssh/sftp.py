@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # packet types
 INIT, VERSION, OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT, SETSTAT, FSETSTAT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
@@ -29,6 +29,7 @@ STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 103, 104
 # status codes
 OK, EOF, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE, BAD_MESSAGE, NO_CONNECTION, CONNECTION_LOST, \
     OP_UNSUPPORTED = range(9)
+ST_RDONLY = 1  # statvfs@openssh.com's flags
 # open flags
 O_READ, O_WRITE, O_APPEND, O_CREAT, O_TRUNC, O_EXCL = 1, 2, 4, 8, 0x10, 0x20
 # attribute flags
@@ -489,17 +490,38 @@ class Session:
         (fstatvfs@openssh.com); None where the server does not say."""
         if not self.has("fstatvfs@openssh.com"):
             return None
-        reply = self._call(EXTENDED, pack_string(b"fstatvfs@openssh.com") + pack_string(handle),
-                           EXTENDED_REPLY, "fstatvfs")
-        reply.u64()  # f_bsize
-        fragment = reply.u64()  # f_frsize, the unit of the counts
-        reply.u64()  # f_blocks
-        reply.u64()  # f_bfree, with what only root may take
-        return reply.u64() * fragment  # f_bavail
+        found = FileSystem.read(self._call(
+            EXTENDED, pack_string(b"fstatvfs@openssh.com") + pack_string(handle),
+            EXTENDED_REPLY, "fstatvfs"))
+        return found.blocks_available * found.fragment_size
 
     def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> None:
         for request_id in self.write_requests(handle, offset, data):
             self.check(request_id, STATUS, "write")
+
+
+class FileSystem(NamedTuple):
+    """What a statvfs@openssh.com or fstatvfs@openssh.com was answered with."""
+
+    block_size: int  # f_bsize
+    fragment_size: int  # f_frsize, the unit of the counts
+    blocks: int
+    blocks_free: int  # with what only root may take
+    blocks_available: int  # for the server's user
+    inodes: int
+    inodes_free: int
+    inodes_available: int
+    fsid: int
+    flags: int  # ST_RDONLY (1), ST_NOSUID (2)
+    name_max: int
+
+    @classmethod
+    def read(cls, reply: Reader) -> FileSystem:
+        return cls(*(reply.u64() for _ in range(11)))
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.flags & ST_RDONLY)
 
 
 def succeeded(results: list[Reader | SftpError]) -> list[Reader]:
