@@ -68,15 +68,15 @@ def failed(cloud: Cloud, remote: str, path: str) -> int:
 
 
 @pytest.mark.parametrize(("kind", "how"), [("local", "room made"), ("local", "made writable"),
-                                         ("ssh", "room made")])
+                                         ("ssh", "room made"), ("ssh", "made writable")])
 def test_a_disk_relieved_of_what_it_refused_for_is_tried_again_within_seconds(
         make_cloud: MakeCloud, request: pytest.FixtureRequest, kind: str, how: str) -> None:
     """After failures in a row, what a remote refused waits out a backoff that grows to
     minutes; a disk that refused it for want of room, or of write access, is tried again
-    within seconds of having them (onitufs.room), not after the backoff: an upload on a full
-    disk made room on, here or on an SSH server; the marker of a disk read-only at the first
-    mount (judged again with a listing, which no event from the disk brings) remounted
-    writable."""
+    within seconds of having them (onitufs.room), not after the backoff, here or on an SSH
+    server: an upload on a full disk made room on; the marker of a disk read-only at the
+    first mount (judged again with a listing, which no event from the disk brings)
+    remounted writable."""
     if kind == "local":
         cloud = make_cloud({"a": "rw", "b": "rw", "c": "rw"})
     else:
