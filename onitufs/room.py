@@ -4,12 +4,12 @@ seen within seconds.
 onitufs tries what a remote refused again with backoff, minutes apart after many failures
 in a row. A disk refuses for want of room or of write access, and either can end at any
 moment: files deleted, a quota raised, the disk remounted writable. Once a change was
-refused so, the driver's look at the disk (statvfs, or what the remote has for it) is taken
-every LOOK_EVERY seconds until the disk has room again (ROOM more than at the refusal and
-what a refused upload had left to write, or free inodes where it had none) or is writable,
-and then plug.retry_now() ends the wait. A refusal arms the look once: room that another
-program takes again makes no loop, nor does the room an aborted upload gives back, and a
-disk that refuses nothing is not looked at.
+refused so, the driver's look at the disk (statvfs, or what the remote has for it) is
+taken every LOOK_EVERY seconds (or as often as the driver says) until the disk has room
+again (ROOM more than at the refusal and what a refused upload had left to write, or free
+inodes where it had none) or is writable, and then plug.retry_now() ends the wait. A
+refusal arms the look once: room that another program takes again makes no loop, nor does
+the room an aborted upload gives back, and a disk that refuses nothing is not looked at.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def local_state(path: str) -> DiskState | None:
     return DiskState(st.f_bavail * st.f_frsize, st.f_favail, bool(st.f_flag & os.ST_RDONLY))
 
 
-def refused_locally(error: BaseException, state: DiskState) -> bool:
+def refused_locally(error: BaseException) -> bool:
     """Whether a local disk's `error` is a refusal for want of room or write access."""
     return isinstance(error, OSError) and error.errno in REFUSALS
 
@@ -91,18 +91,22 @@ class RoomWatch:
     """Looks at a remote's disk after a refusal for want of room or write access;
     thread-safe. `state`: the disk's state now, None where it cannot be looked at."""
 
-    def __init__(self, plug: Plug, state: Callable[[], DiskState | None]) -> None:
+    def __init__(self, plug: Plug, state: Callable[[], DiskState | None],
+                 every: float = LOOK_EVERY) -> None:
         self._plug = plug
         self._state = state
+        self._every = every  # seconds between looks
         self._lock = threading.Lock()
         self._refused: Refusal | None = None  # the last one
         self._thread: threading.Thread | None = None
 
-    def watching(self, for_room: Callable[[BaseException, DiskState], bool]
+    def watching(self, refused: Callable[[BaseException], bool],
+                 lacking: Callable[[DiskState], bool] = lambda state: True
                  ) -> Callable[[F], F]:
-        """A handler's decorator: a failure that `for_room` takes for a refusal for want of
-        room or write access (given the disk's state just after) arms the look. A remote
-        that is away (RemoteUnavailable) is not looked at: its return is for the listing."""
+        """A handler's decorator: a failure `refused` takes for a refusal for want of room
+        or write access arms the look, if the disk's state just after is `lacking` (where
+        the failure does not say why). A remote that is away (RemoteUnavailable) is not
+        looked at: its return is for the listing."""
         def decorate(handler: F) -> F:
             @functools.wraps(handler)
             def change(*args: Any) -> Any:
@@ -111,10 +115,11 @@ class RoomWatch:
                 except RemoteUnavailable:
                     raise
                 except Exception as error:
-                    with contextlib.suppress(Exception):  # (the failure says more)
-                        state = self._state()
-                        if state is not None and for_room(error, state):
-                            self._arm(Refusal(state, needs(handler.__name__, args)))
+                    if refused(error):
+                        with contextlib.suppress(Exception):  # (the failure says more)
+                            state = self._state()
+                            if state is not None and lacking(state):
+                                self._arm(Refusal(state, needs(handler.__name__, args)))
                     raise
             return cast(F, change)
         return decorate
@@ -129,7 +134,7 @@ class RoomWatch:
 
     def _run(self) -> None:
         """Look until the disk is relieved (then tell the core) or the mount ends."""
-        while not self._plug.stopping.wait(LOOK_EVERY):
+        while not self._plug.stopping.wait(self._every):
             with self._lock:
                 refused = self._refused
             try:

@@ -148,6 +148,11 @@ def drop_kernel_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def failed(cloud: Cloud, remote: str, path: str) -> int:
+    """How many calls to `remote` about `path` failed so far."""
+    return len(re.findall(rf"remote {remote}: \w+ {re.escape(path)}: ", cloud.log))
+
+
 def tries_in(cloud: Cloud, remote: str, path: str, seconds: float) -> int:
     """How many uploads of `path` to `remote` began within the next `seconds`."""
     pattern = rf"remote {remote}: (?:start_upload|restart_upload) {re.escape(path)}\n"

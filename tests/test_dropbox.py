@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from onitufs_dropbox.auth import save_token
 
-from onitufs.plug import MARKER_MAX
+from onitufs.plug import MARKER, MARKER_MAX
 from onitufs.storednames import mount_name
 from onitufs.testing.dropbox_api import FakeDropbox
 
@@ -28,6 +28,7 @@ from .conftest import (
     ONITUFS,
     Cloud,
     MakeCloud,
+    failed,
     is_mounted,
     run,
     tries_in,
@@ -400,7 +401,7 @@ def test_a_full_dropbox_backs_off_unmount_says_why_and_the_file_goes_once_there_
     on_a = cloud.remotes["a"] / "big.bin"
     wait_for(lambda: on_a.exists() and on_a.read_bytes() == content,
              what="the local remote to get it")
-    unmarked_once(cloud, "dropbox", "DriverError: the Dropbox is full")
+    unmarked_once(cloud, "dropbox", "DropboxFull: the Dropbox is full")
     umount_leaves_queued(cloud, r"onitufs: dropbox: cannot keep its marker \.onitufs-remote "
                          r"\(.*the Dropbox is full\); treated as unavailable; 1 changes still "
                          r"queued")
@@ -541,3 +542,21 @@ def test_a_remount_catches_up_from_the_cursor_and_a_reset_loses_nothing(
     assert "files/list_folder" in [route for route, _ in fake.calls[since:]]
     time.sleep(1)  # a listing that doubled or lost something would show by now
     assert shown(cloud) == expected
+
+
+def test_a_full_dropbox_given_room_is_tried_again_within_seconds(
+        cloud: Cloud, fake: FakeDropbox) -> None:
+    """After failures in a row, an upload Dropbox refused for want of room waits out a
+    backoff that grows to minutes; it is tried again within seconds of the account having
+    room (onitufs.room: the driver looks with users/get_space_usage), not after it."""
+    wait_for(lambda: on_dropbox(fake, MARKER) is not None, 10, "the remote marked")
+    fake.set_quota(fake.used())
+    content = os.urandom(MIB)
+    (cloud.mountpoint / "big.bin").write_bytes(content)
+    began = time.monotonic()
+    # The sixth try fails about 31 s in, and the next would wait 32 s more.
+    wait_for(lambda: failed(cloud, "dropbox", "big.bin") >= 6, 60, "six tries on Dropbox")
+    assert time.monotonic() - began > 20, "no backoff"
+    assert "the Dropbox is full" in cloud.log
+    fake.set_quota(None)
+    wait_for(lambda: on_dropbox(fake, "big.bin") == content, 15, "the file on Dropbox")

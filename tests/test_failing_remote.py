@@ -23,6 +23,7 @@ from .bitrot import loop_disk
 from .conftest import (
     Cloud,
     MakeCloud,
+    failed,
     run,
     small_disk,
     snapshot,
@@ -60,11 +61,6 @@ def test_a_full_remote_backs_off_and_unmount_says_why(full_remote_cloud: Cloud) 
     umount_leaves_queued(cloud, r"onitufs: c: .*No space left on device.*; 1 changes still queued")
     for name in ("a", "b"):
         assert (cloud.remotes[name] / "big.bin").read_bytes() == content, name
-
-
-def failed(cloud: Cloud, remote: str, path: str) -> int:
-    """How many calls to `remote` about `path` failed so far."""
-    return len(re.findall(rf"remote {remote}: \w+ {re.escape(path)}: ", cloud.log))
 
 
 @pytest.mark.parametrize(("kind", "how"), [("local", "room made"), ("local", "made writable"),

@@ -16,7 +16,8 @@ Implemented (documented Dropbox behaviour):
   RPC: files/get_metadata, files/list_folder (recursive, include_deleted, limit),
     files/list_folder/continue, files/list_folder/get_latest_cursor, files/delete_v2
     (parent_rev), files/move_v2 (keeps ids; autorename), files/create_folder_v2,
-    users/get_current_account; POST /oauth2/token (authorization_code with a PKCE S256
+    users/get_current_account, users/get_space_usage (an individual allocation: the quota
+    set, else 2 TiB); POST /oauth2/token (authorization_code with a PKCE S256
     code_verifier, refresh_token).
   Content: files/upload and files/upload_session/{start,append_v2,finish} (WriteMode
     add/overwrite/update, autorename, strict_conflict, client_modified, content_hash of
@@ -341,6 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
         self.wfile.write(reply.body)
+
+
+NO_QUOTA = 2 << 40  # the allocation get_space_usage answers while no quota is set
 
 
 class FakeDropbox:
@@ -1170,6 +1174,12 @@ class FakeDropbox:
                 raise ApiFailure({".tag": "path", "path": failure.error}) from None
             return _json_reply({"metadata": self._metadata(key, tagged=False)})
 
+    def _space_usage(self, arg: Json, body: bytes, handler: _Handler) -> _Reply:
+        with self._lock:
+            used, quota = self.used(), self._quota
+        return _json_reply({"used": used, "allocation": {
+            ".tag": "individual", "allocated": NO_QUOTA if quota is None else quota}})
+
     def _current_account(self, arg: Json, body: bytes, handler: _Handler) -> _Reply:
         namespace = str(int.from_bytes(hashlib.sha256(self.account_id.encode()).digest()[:4]))
         return _json_reply(
@@ -1326,6 +1336,7 @@ ROUTES: dict[str, tuple[str, bool, Route]] = {
     "files/move_v2": ("rpc", True, FakeDropbox._move_v2),
     "files/create_folder_v2": ("rpc", True, FakeDropbox._create_folder_v2),
     "users/get_current_account": ("rpc", True, FakeDropbox._current_account),
+    "users/get_space_usage": ("rpc", True, FakeDropbox._space_usage),
     "files/upload": ("upload", True, FakeDropbox._upload),
     "files/upload_session/start": ("upload", True, FakeDropbox._session_start),
     "files/upload_session/append_v2": ("upload", True, FakeDropbox._append),

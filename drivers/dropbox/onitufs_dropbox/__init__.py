@@ -20,7 +20,9 @@ Changes made on Dropbox come through list_folder, longpoll and continue
 stored under an escape (onitufs.storednames, tree.py). Dropbox keeps no modes, no
 extended attributes and no symbolic links, and times in whole seconds
 (client_modified): the token is the rev, so a time shared by two versions
-hides no change. Failures: client.py.
+hides no change. Failures: client.py. A Dropbox that refused an upload for
+want of room is looked at (users/get_space_usage) until it has room
+(onitufs.room).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
 from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
+from onitufs.room import DiskState, RoomWatch
 from onitufs.storednames import mount_name
 
 from .auth import auth as auth  # the hook of `onitufs auth`
@@ -102,6 +105,10 @@ def not_found(error: ApiError) -> bool:
     return False
 
 
+class DropboxFull(DriverError):
+    """Dropbox refused a write: the account has no room (insufficient_space)."""
+
+
 def start(plug: Plug) -> None:
     settings = read(plug.options)
     if not log.isEnabledFor(logging.DEBUG):  # the SDK logs every request at INFO
@@ -135,6 +142,24 @@ def start(plug: Plug) -> None:
             except ApiError as error:
                 raise DriverError(f"Dropbox: {error.error}") from None
         return wrapper  # type: ignore[return-value]
+
+    def space() -> DiskState | None:
+        """The account's room, for RoomWatch (Dropbox keeps nothing read-only, and counts
+        no inodes); None for an allocation of a kind the SDK does not know."""
+        usage = api.call(client().users_get_space_usage)
+        allocation = usage.allocation
+        if allocation.is_individual():
+            free = allocation.get_individual().allocated - usage.used
+        elif allocation.is_team():
+            team = allocation.get_team()
+            free = team.allocated - team.used
+        else:
+            return None
+        return DiskState(max(0, free), 1, False)
+
+    # A look every 5 s, at an API call each, only while a refusal is unrelieved.
+    room_refused = RoomWatch(plug, space, every=5.0).watching(
+        lambda error: isinstance(error, DropboxFull))
 
     def lookup(stored: str) -> files.Metadata | None:
         try:
@@ -206,12 +231,14 @@ def start(plug: Plug) -> None:
         return stored
 
     @plug.handler()
+    @room_refused
     @guarded
     def start_upload(md: Metadata) -> None:
         clash(md.path)  # and Dropbox can be reached: the upload can go
         md.extra.update(uploads.start(md.extra["upload"]).state())
 
     @plug.handler()
+    @room_refused
     @guarded
     def restart_upload(md: Metadata, offset: int) -> int:
         resumed = uploads.resume(md.extra["upload"], md.extra, offset)
@@ -219,6 +246,7 @@ def start(plug: Plug) -> None:
         return resumed
 
     @plug.handler()
+    @room_refused
     @guarded
     def upload_chunk(md: Metadata, offset: int, chunk: bytes) -> None:
         upload = uploads.get(md.extra["upload"])
@@ -226,6 +254,7 @@ def start(plug: Plug) -> None:
         md.extra.update(upload.state())
 
     @plug.handler()
+    @room_refused
     @guarded
     def end_upload(md: Metadata) -> None:
         upload = uploads.get(md.extra["upload"])
@@ -271,7 +300,7 @@ def start(plug: Plug) -> None:
                     raise Conflict(f"{md.path}: changed on Dropbox since onitufs last saw it",
                                    described(md.path, stored, now)) from None
             if write is not None and write.is_insufficient_space():
-                raise DriverError("the Dropbox is full") from None
+                raise DropboxFull("the Dropbox is full") from None
             raise DriverError(f"{md.path}: Dropbox refused the upload: {error.error}") from None
 
     @plug.handler()
@@ -280,6 +309,7 @@ def start(plug: Plug) -> None:
         uploads.drop(md.extra["upload"])
 
     @plug.handler()
+    @room_refused
     @guarded
     def delete_file(md: Metadata) -> None:
         stored = tree.stored_path(md.path)
@@ -348,6 +378,7 @@ def start(plug: Plug) -> None:
             raise
 
     @plug.handler()
+    @room_refused
     @guarded
     def move_file(old: Metadata, new: Metadata) -> None:
         source = tree.stored_path(old.path)
@@ -382,6 +413,7 @@ def start(plug: Plug) -> None:
                       described(old.path, source, back.metadata))
 
     @plug.handler()
+    @room_refused
     @guarded
     def make_dir(md: Metadata) -> None:
         stored = tree.stored_path(md.path)

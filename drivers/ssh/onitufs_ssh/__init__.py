@@ -167,7 +167,7 @@ def start(plug: Plug) -> None:
 
     # SFTP says "Failure" for a full disk and a read-only one alike, and for much else:
     # what the disk's state says after it decides.
-    room_refused = RoomWatch(plug, server_state).watching(lambda error, state: short(state))
+    room_refused = RoomWatch(plug, server_state).watching(lambda error: True, short)
 
     def confirmed(handler: F) -> F:
         """A change that failed where the root path no longer leads to the pinned file
