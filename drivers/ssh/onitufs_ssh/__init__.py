@@ -166,8 +166,10 @@ def start(plug: Plug) -> None:
                          found.inodes_available, found.read_only)
 
     # SFTP says "Failure" for a full disk and a read-only one alike, and for much else:
-    # what the disk's state says after it decides.
-    room_refused = RoomWatch(plug, server_state).watching(lambda error: True, short)
+    # what the disk's state says after it decides. (Not for a conflict: the server answered
+    # what it holds, and no look is owed.)
+    room_refused = RoomWatch(plug, server_state).watching(
+        lambda error: not isinstance(error, (Conflict, Changed)), short)
 
     def confirmed(handler: F) -> F:
         """A change that failed where the root path no longer leads to the pinned file
