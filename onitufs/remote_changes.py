@@ -41,7 +41,7 @@ from .index import (
 )
 from .plug import MARKER, ListingNeeded, Metadata
 from .remotes import CallFailed, Remote
-from .replicator import FetchError, Replicator, chunk_sha256
+from .replicator import FetchError, Replicator, aside_ino, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -764,6 +764,8 @@ class RemoteChanges:
         entry at new.path, and old_path's delete."""
         if not (self._heeded(source) and self._acceptable(source, new.path)):
             return True
+        if self._stepped_aside(source, old_path, new):
+            return True
         above = self._no_folder_above(source, new.path)
         if above is not None:
             # Not old_path's delete either: the file would be left on that remote only,
@@ -778,6 +780,35 @@ class RemoteChanges:
                 return False
             entry = self.index.mirror(rid, ino, txn)[old_path]
             return self._move(txn, source, ino, old_path, new, entry)
+
+    def _stepped_aside(self, source: Remote, old_path: str, new: Metadata) -> bool:
+        """Record a rename there that was onitufs's own step aside (Replicator._step_aside)
+        whose record a crash cut off: the copy under that name is no new file, and the
+        replicator moves it on to where its inode is now."""
+        ino = aside_ino(new.path)
+        if ino is None:
+            return False
+        with self.index.write() as txn:
+            entry = self.index.mirror(source.rid, ino, txn).get(old_path)
+            if entry is None:
+                return False
+            log.info("remote %s: %s is onitufs's copy of %s, moved aside there before a "
+                     "crash: it goes on from there", source.name, new.path, old_path)
+            self.index.move_mirror(txn, source.rid, ino, old_path, new.path,
+                                   entry.moved(new.revision, new.file_id, new.changed_ns))
+            self.replicator.requeue(txn, source, ino)
+        return True
+
+    def _stepped_from(self, source: Remote, path: str, gone: list[str]) -> str | None:
+        """Where the remote's copy at `path` was, if `path` is a name an inode's copy steps
+        aside to and the remote no longer holds it where it is recorded: found by that
+        name where the remote gives no file ids."""
+        ino = aside_ino(path)
+        if ino is None:
+            return None
+        with self.index.begin() as txn:
+            recorded = self.index.mirror(source.rid, ino, txn)
+        return next((old for old in recorded if old in gone), None)
 
     def _move(self, txn: lmdb.Transaction, remote: Remote, ino: int, old: str, new: Metadata,
               entry: MirrorEntry) -> bool:
@@ -911,6 +942,10 @@ class RemoteChanges:
             if not current(path):
                 return
             old = gone_by_fid.pop(md.file_id, None) if md.file_id else None
+            if old is None:
+                old = self._stepped_from(source, path, gone)
+                if old is not None and gone_by_fid.get(known[old].fid) == old:
+                    del gone_by_fid[known[old].fid]
             if old is None and md.file_id in held_back:
                 skipped = True
             elif old is not None and undecided(old):

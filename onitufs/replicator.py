@@ -90,6 +90,7 @@ INLINE_HASH = 64 * 1024
 # write a 1 MiB block, so three uploads of 1 GiB to local remotes spent half their time on
 # the trips with one block each.
 UPLOAD_TRIP = 4 * 2**20
+ASIDE_PREFIX = ".onitufs-swap-"  # and the inode's number: see Replicator._step_aside
 
 
 @dataclass
@@ -181,6 +182,20 @@ def held_version(md: Metadata, entry: MirrorEntry) -> Metadata:
     checks before it reads, changes or deletes it)."""
     md.revision, md.file_id, md.changed_ns = entry.token, entry.fid, entry.changed
     return md
+
+
+def aside_path(folder: str, ino: int) -> str:
+    """The name an inode's copy steps aside to on a remote, in `folder`."""
+    return f"{folder}/{ASIDE_PREFIX}{ino}" if folder else f"{ASIDE_PREFIX}{ino}"
+
+
+def aside_ino(path: str) -> int | None:
+    """The inode whose copy `path` is if it is a name aside_path gives; None if not."""
+    number = path.rpartition("/")[2].removeprefix(ASIDE_PREFIX)
+    if not (number.isascii() and number.isdigit()) or f"{ASIDE_PREFIX}{int(number)}" \
+            != path.rpartition("/")[2]:
+        return None
+    return int(number)
 
 
 def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
@@ -744,8 +759,10 @@ class Replicator:
     async def _step_aside(self, remote: Remote, ino: int, path: str, entry: MirrorEntry,
                           folder: str) -> str:
         """Move this inode's copy to a temporary name in `folder`, out of the way of a cycle
-        of renames (a swap) or of a folder that must go; returns that name."""
-        aside = f"{folder}/.onitufs-swap-{ino}" if folder else f".onitufs-swap-{ino}"
+        of renames (a swap) or of a folder that must go; returns that name. (A crash
+        before the move is recorded leaves the copy there unrecorded: a listing knows it
+        by that name, RemoteChanges._stepped_aside.)"""
+        aside = aside_path(folder, ino)
         await self._move(remote, ino, path, aside, entry)
         return aside
 

@@ -9,6 +9,10 @@ import os
 import pytest
 
 from .conftest import Cloud, MakeCloud, snapshot
+from .sshd import MakeSshCloud, SshRemote
+from .test_mount import RENAME_EXCHANGE, renameat2
+
+pytest_plugins = ["tests.sshd"]
 
 
 def remount_after_kill(cloud: Cloud) -> None:
@@ -74,3 +78,48 @@ def test_kill9_while_blocks_are_stored_before_the_size(make_cloud: MakeCloud) ->
     content = (cloud.mountpoint / "G").read_bytes()
     assert content[:2 * 1024 * 1024] == old[:2 * 1024 * 1024]
     converged(cloud)
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+@pytest.mark.parametrize("cycle", ["exchange", "three renames", "a folder and a file"])
+def test_a_kill9_after_a_swap_stepped_aside_on_a_remote(make_cloud: MakeCloud,
+                                                        request: pytest.FixtureRequest,
+                                                        kind: str, cycle: str) -> None:
+    """A cycle of renames moves one file on each remote to a name aside first: a kill
+    between that move and its record leaves the file there under that name, which the
+    next mount must take as the step it was, not as a new file to spread."""
+    if kind == "local":
+        cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")
+    else:
+        make_ssh_cloud: MakeSshCloud = request.getfixturevalue("make_ssh_cloud")
+        cloud = make_ssh_cloud({"b": "rw"}, {"a": SshRemote(request.getfixturevalue("sshd"))},
+                               upload_delay="1h")
+    cloud.mount()
+    root = cloud.mountpoint
+    (root / "d").mkdir()
+    if cycle == "a folder and a file":
+        (root / "d" / "left").mkdir()
+        (root / "d" / "left" / "inside").write_bytes(b"inside")
+    else:
+        (root / "d" / "left").write_bytes(b"was left")
+    (root / "d" / "right").write_bytes(b"was right")
+    cloud.umount()  # on both remotes
+    cloud.mount()
+    left_ino = (root / "d" / "left").stat().st_ino
+    if cycle == "three renames":
+        (root / "d" / "left").rename(root / "d" / "spare")
+        (root / "d" / "right").rename(root / "d" / "left")
+        (root / "d" / "spare").rename(root / "d" / "right")
+    else:
+        renameat2(root / "d" / "left", root / "d" / "right", RENAME_EXCHANGE)
+    expected = snapshot(root)
+    cloud.kill9()  # nothing replicated: upload_delay is an hour
+    # the first step of the swap on remote a, whose record the kill cut off
+    folder = cloud.remotes["a"] / "d"
+    (folder / "left").rename(folder / f".onitufs-swap-{left_ino}")
+    cloud.settings["upload_delay"] = "0.1s"
+    cloud.write_config()
+    cloud.mount()
+    assert snapshot(root) == expected
+    assert converged(cloud) == expected
+    assert f"d/.onitufs-swap-{left_ino} is onitufs's copy of d/left" in cloud.log
