@@ -33,9 +33,14 @@ class AnnexBackdoor(Backdoor):
         return self.store / dirhash_lower(key) / key
 
     def _put(self, key: str, data: bytes) -> None:
+        """Store a key whole or not at all, as rclone does (a partial file renamed into
+        place): the driver polls the pointer, and a pointer read half written is a remote
+        that looks damaged."""
         path = self._file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        partial = path.with_name(f"{path.name}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
 
     def _manifest(self) -> tuple[str | None, Manifest]:
         try:
