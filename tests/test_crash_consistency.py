@@ -80,7 +80,7 @@ def test_kill9_while_blocks_are_stored_before_the_size(make_cloud: MakeCloud) ->
     converged(cloud)
 
 
-@pytest.mark.parametrize("kind", ["local", "ssh"])
+@pytest.mark.parametrize("kind", ["local", "local write-only", "ssh"])
 @pytest.mark.parametrize("cycle", ["exchange", "three renames", "a folder and a file"])
 def test_a_kill9_after_a_swap_stepped_aside_on_a_remote(make_cloud: MakeCloud,
                                                         request: pytest.FixtureRequest,
@@ -88,8 +88,8 @@ def test_a_kill9_after_a_swap_stepped_aside_on_a_remote(make_cloud: MakeCloud,
     """A cycle of renames moves one file on each remote to a name aside first: a kill
     between that move and its record leaves the file there under that name, which the
     next mount must take as the step it was, not as a new file to spread."""
-    if kind == "local":
-        cloud = make_cloud({"a": "rw", "b": "rw"}, upload_delay="1h")
+    if kind != "ssh":
+        cloud = make_cloud({"a": "rw" if kind == "local" else "w", "b": "rw"}, upload_delay="1h")
     else:
         make_ssh_cloud: MakeSshCloud = request.getfixturevalue("make_ssh_cloud")
         cloud = make_ssh_cloud({"b": "rw"}, {"a": SshRemote(request.getfixturevalue("sshd"))},
