@@ -18,6 +18,7 @@ from onitufs.testing.dropbox_api import FakeDropbox
 from .conftest import Cloud, MakeCloud, snapshot, wait_for
 from .sshd import MakeSshCloud, Sshd, SshRemote
 from .test_dropbox import with_dropbox
+from .test_mount import RENAME_EXCHANGE, renameat2
 from .trees import DropboxAccount, Tree
 
 pytest_plugins = ["tests.sshd"]
@@ -26,40 +27,51 @@ ROUNDS = 6
 
 
 class Writer:
-    """Changes files until the mount dies: new files, rewrites through O_TRUNC, cuts, and
-    saves by rename over a file. `done` holds each file's content once the change is
-    acknowledged (closed, or truncate returned); `unsure` the file a change was under way
-    on when the mount died, which may hold either version."""
+    """Changes files until the mount dies: new files, rewrites through O_TRUNC, cuts, saves
+    by rename over a file, and swaps of two files (RENAME_EXCHANGE, which steps one aside
+    on each remote). `done` holds each file's content once the change is acknowledged
+    (closed, or truncate or rename returned); `unsure` the files a change was under way on
+    when the mount died, which may hold either version."""
 
     def __init__(self, root: Path, rng: random.Random, known: dict[str, bytes]) -> None:
         self.root, self.rng = root, rng
         self.done: dict[str, bytes] = {}
         self.known = dict(known)  # what each file holds, for choosing what to change
-        self.unsure: str | None = None
+        self.unsure: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
         number = 0
         while not stop.is_set():
-            kind = self.rng.choice(["new", "new", "trunc", "cut", "rename"]) if self.known \
-                else "new"
+            kinds = ["new", "new", "trunc", "cut", "rename"] + (["swap"] if len(self.known) > 1
+                                                                 else [])
+            kind = self.rng.choice(kinds) if self.known else "new"
             name = f"r{self.rng.randrange(10**9)}-{number}" if kind == "new" \
                 else self.rng.choice(sorted(self.known))
             data = self.rng.randbytes(self.rng.choice([10, 5000, 300_000, 2_500_000]))
-            self.unsure = name
+            self.unsure = [name, f"{name}.tmp"]
             try:
-                if kind == "cut":
-                    data = self.known[name][:self.rng.randrange(len(self.known[name]) + 1)]
-                    os.truncate(self.root / name, len(data))
+                if kind == "swap":
+                    other = self.rng.choice(sorted(set(self.known) - {name}))
+                    self.unsure.append(other)
+                    renameat2(self.root / name, self.root / other, RENAME_EXCHANGE)
+                    changed = {name: self.known[other], other: self.known[name]}
+                elif kind == "cut":
+                    changed = {name: self.known[name][:self.rng.randrange(
+                        len(self.known[name]) + 1)]}
+                    os.truncate(self.root / name, len(changed[name]))
                 elif kind == "rename":
                     self._write(f"{name}.tmp", data, os.O_CREAT | os.O_EXCL)
                     os.rename(self.root / f"{name}.tmp", self.root / name)
+                    changed = {name: data}
                 else:
                     self._write(name, data, os.O_CREAT | (os.O_EXCL if kind == "new" else
                                                           os.O_TRUNC), fsync=number % 3 == 0)
+                    changed = {name: data}
             except OSError:
                 return  # the daemon is gone
-            self.done[name] = self.known[name] = data
-            self.unsure = None
+            self.done.update(changed)
+            self.known.update(changed)
+            self.unsure = []
             number += 1
 
     def _write(self, name: str, data: bytes, flags: int, fsync: bool = False) -> None:
@@ -106,9 +118,8 @@ def kill9_rounds(cloud: Cloud, remotes: list[Tree]) -> None:
         thread.join(timeout=30)
         assert not thread.is_alive()
         survivors.update(writer.done)
-        if writer.unsure is not None:  # either version; neither is checked
-            survivors.pop(writer.unsure, None)
-            survivors.pop(f"{writer.unsure}.tmp", None)
+        for name in writer.unsure:  # either version; neither is checked
+            survivors.pop(name, None)
         print(f"round {round_number}: {len(writer.done)} changes acknowledged before the kill")
     cloud.mount()
     cloud.wait_synced(timeout=120)
