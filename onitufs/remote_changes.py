@@ -234,11 +234,17 @@ class RemoteChanges:
         rid = remote.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, md.path, txn)
-            if not remote.config.readable:
-                return self._backup_changed(txn, remote, ino, md)
-            if ino is not None and self.index.transfer(rid, ino, txn) is not None:
+            if ino is not None and self.replicator.uploading(remote, ino):
                 return None  # our own upload landing; it records its token itself
             inode = self.index.get_inode(ino, txn) if ino is not None else None
+            if inode is not None and md.kind == "file" \
+                    and self._landed_unrecorded(txn, remote, inode, md.path):
+                log.info("remote %s: %s: the version there may be our upload of it, which "
+                         "was not recorded (a crash, a lost answer): compared with ours",
+                         remote.name, md.path)
+                return inode  # (if it is, recorded as ours there, and it moves on if renamed)
+            if not remote.config.readable:
+                return self._backup_changed(txn, remote, ino, md)
             if inode is not None:
                 return self._changed(txn, remote, inode, md)
             if ino is not None:  # deleted in the mount, changed on the remote: the edit wins
@@ -269,6 +275,15 @@ class RemoteChanges:
         else:
             return inode
         return None
+
+    def _landed_unrecorded(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
+                           path: str) -> bool:
+        """Whether the remote's new version at `path` may be our upload of the inode's
+        current revision there, which a crash (or a lost answer) kept from being recorded:
+        the upload's own record says it was sent there."""
+        saved = self.index.transfer(remote.rid, inode.ino, txn)
+        return saved is not None and saved.path == path and saved.rev == inode.rev \
+            and not inode.dirty
 
     def _changed_elsewhere(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
                            md: Metadata, entry: MirrorEntry) -> Inode | None:
@@ -319,7 +334,7 @@ class RemoteChanges:
         """A file onitufs put on a write-only remote was changed there: our inode, whose
         version goes back while theirs is kept aside there. Files onitufs never put
         there, or deleted here since, are left alone."""
-        if ino is None or self.index.transfer(remote.rid, ino, txn) is not None:
+        if ino is None:
             return None
         if is_version(self.index.mirror(remote.rid, ino, txn)[md.path], md):
             return None

@@ -251,6 +251,10 @@ class Replicator:
         # (inode, revision) -> the remote whose upload learns that revision's SHA-256 now:
         # uploads to the others leave it to that one (10 GiB are not hashed once a remote).
         self._learning: dict[tuple[int, int], int] = {}
+        # (remote id, inode) of the uploads under way in this run: what they send may land
+        # there before its record does. A transfer saved by a run that ended is no such
+        # upload.
+        self._uploading: set[tuple[int, int]] = set()
         # (remote id, inode) -> the revision whose copy there a listing put in doubt (its
         # ctime moved behind its token) until it is compared with ours: meanwhile it is no
         # copy of that revision, so the cache keeps ours, which may be all that is left.
@@ -860,11 +864,18 @@ class Replicator:
                       replaces: MirrorEntry | None) -> None:
         """Upload the current revision to `path`, where the remote held `replaces`."""
         learning = (inode.ino, inode.rev)
+        self._uploading.add((remote.rid, inode.ino))  # one at a time: see _locked
         try:
             await self._upload_revision(remote, inode, path, replaces)
         finally:
+            self._uploading.discard((remote.rid, inode.ino))
             if self._learning.get(learning) == remote.rid:
                 del self._learning[learning]
+
+    def uploading(self, remote: Remote, ino: int) -> bool:
+        """Whether an upload of the inode to the remote is under way: a version of it found
+        there may be that upload landing, which records itself."""
+        return (remote.rid, ino) in self._uploading
 
     async def _upload_revision(self, remote: Remote, inode: Inode, path: str,
                                replaces: MirrorEntry | None) -> None:

@@ -24,11 +24,22 @@ class DelayProxy:
         self.one_way = one_way
         self._listener = socket.create_server((HOST, 0))
         self.port: int = self._listener.getsockname()[1]
+        self._open = threading.Event()  # cleared: every byte is held until it is set again
+        self._open.set()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True, name="delay-accept").start()
 
+    def hold(self) -> None:
+        """Hold back, from now on, whatever has not been passed on yet, each way: an
+        answer under way never arrives while held."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     def stop(self) -> None:
         """Close the listener and every connection (their threads end with them)."""
+        self._open.set()
         for sock in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -70,6 +81,7 @@ class DelayProxy:
                         ready.wait()
                     due, data = queue.popleft()
                 time.sleep(max(0.0, due - time.monotonic()))
+                self._open.wait()
                 try:
                     if not data:
                         sink.shutdown(socket.SHUT_WR)

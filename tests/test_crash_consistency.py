@@ -3,13 +3,15 @@ the mount and the remotes converge on one version."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 
 import pytest
 
-from .conftest import Cloud, MakeCloud, snapshot
-from .sshd import MakeSshCloud, SshRemote
+from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .delay import DelayProxy
+from .sshd import MakeSshCloud, Sshd, SshRemote
 from .test_mount import RENAME_EXCHANGE, renameat2
 
 pytest_plugins = ["tests.sshd"]
@@ -123,3 +125,43 @@ def test_a_kill9_after_a_swap_stepped_aside_on_a_remote(make_cloud: MakeCloud,
     assert snapshot(root) == expected
     assert converged(cloud) == expected
     assert f"d/.onitufs-swap-{left_ino} is onitufs's copy of d/left" in cloud.log
+
+
+@pytest.mark.parametrize("mode", ["rw", "w"])
+def test_a_kill9_after_an_upload_landed_and_before_its_record(make_ssh_cloud: MakeSshCloud,
+                                                             sshd: Sshd, mode: str) -> None:
+    """An upload's last step lands on the server and the daemon is killed before the answer
+    comes back (a long link), with the file renamed in the mount meanwhile. The next mount
+    finds a version at the old name that the index does not know, and the upload's record:
+    that version is ours (the same content), to move on to the new name, not another's to
+    keep as a conflict, nor to wait on for ever."""
+    proxy = DelayProxy(sshd.port, 0.1)
+    try:
+        cloud = make_ssh_cloud({"b": "rw"} if mode == "w" else {},
+                               {"s": SshRemote(sshd, mode=mode)})
+        cloud.config.write_text(cloud.config.read_text()
+                                .replace(f"port = {sshd.port}\n", f"port = {proxy.port}\n")
+                                .replace(str(sshd.known_hosts),
+                                         str(sshd.known_hosts_for(proxy.port))))
+        cloud.mount()
+        root, server = cloud.mountpoint, cloud.remotes["s"]
+        (root / "F").write_bytes(b"old")
+        cloud.wait_synced()
+        (root / "F").write_bytes(b"new, longer")  # (not taken for the old in the same tick)
+
+        def landed() -> bool:
+            with contextlib.suppress(FileNotFoundError):
+                return (server / "F").read_bytes() == b"new, longer"
+            return False
+        wait_for(landed, interval=0.002, what="the upload to land on the server")
+        proxy.hold()  # the server's answer, on its way for 0.1 s, never comes
+        (root / "F").rename(root / "G")
+        cloud.kill9()
+        proxy.release()
+        cloud.mount()
+        expected = {"G": ("file", b"new, longer")}
+        assert snapshot(root) == expected
+        assert converged(cloud) == expected
+        assert "remote s: F: the version there may be our upload of it" in cloud.log
+    finally:
+        proxy.stop()
