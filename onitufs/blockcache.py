@@ -115,6 +115,8 @@ class BlockCache:
         self.index = index
         self.block_size = block_size
         self.size_limit = size_limit
+        # pages freed and held for the index's sync point: a sixteenth of the cache
+        index.held_limit = size_limit // 16
         self.write_buffer = write_buffer
         self._fetch = fetch
         self._evictable = evictable
@@ -667,6 +669,7 @@ class BlockCache:
                             txn.put(q(key[0]) + q(key[1]), value, db=self._db)
                             self.index.set_block_hash(txn, key[0], key[1], UNREVISED, digest)
                             written.append((key, length))
+                self.index.sync_if_held_grew()
         finally:
             # a batch that failed goes back to the buffers, where writes may change it:
             # not while it is being hashed

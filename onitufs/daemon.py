@@ -131,6 +131,11 @@ class Mount:
         drivers = load_drivers(config)  # every table's keys checked, at every mount
         overlaps.check(config, mountpoint, drivers)  # before the cache folder is made
         self.index = Index(config.cache_path, MAP_SIZE, config.block_size, always_check)
+        if self.index.restored is not None:
+            log.warning("the system went down with this cache in use (a power loss or a crash "
+                        "of the system): the index goes back to its last sync (transaction "
+                        "%d); what was written after it and not fsynced may be lost",
+                        self.index.restored)
         if not self.index.checked:
             log.info("the index file is as the last clean stop left it: its structural check "
                      "is skipped")

@@ -37,6 +37,7 @@ import os
 import stat
 import struct
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,7 +48,7 @@ from typing import Any, TypeAlias
 import lmdb
 from sortedcontainers import SortedDict
 
-from . import cleanstop, compaction, lmdbcheck
+from . import cleanstop, compaction, lmdbcheck, syncpoint
 from .lru import LRU
 
 SCHEMA_VERSION = 5
@@ -68,6 +69,8 @@ _DBS = ("meta", "inodes", "dirents", "parents", "xattrs", "remotes", "mirror", "
 NO_HASH = b"\0" * 32
 UNREVISED = (1 << 64) - 1  # no revision has this number
 SEAL = 32  # the SHA-256 that leads every stored block
+SAVE_TRIES = 20  # a sync's tries at saving its point while commits run beside it
+HELD_LIMIT = 64 * 1024**2  # bytes of pages held for a sync point (the block cache sets it)
 
 
 def _allocate_lock_file(lock: Path) -> None:
@@ -356,19 +359,24 @@ class Index:
         compaction.discard_leftover(path)
         self._map_size = map_size
         env = None
+        self._points = syncpoint.SyncPoints(path / "data.mdb")
         try:
             try:
+                # the transaction the index went back to, after the system went down
+                self.restored = self._points.restore()
                 # LMDB maps the file and trusts it: a file cut short or a page overwritten
                 # would kill this process (SIGBUS, an assertion) at the first read of it.
-                self.checked = always_check or not cleanstop.unchanged(path / "data.mdb")
+                self.checked = always_check or self.restored is not None \
+                    or not cleanstop.unchanged(path / "data.mdb")
                 if self.checked:
                     lmdbcheck.check(path / "data.mdb")
                 # sync=False: a commit survives a crash of this process at once, and a
-                # power loss after env.sync(), which fsync and a timer call.
+                # power loss after sync(), which fsync and a timer call (see syncpoint.py).
                 _allocate_lock_file(path / "lock.mdb")
                 env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), sync=False,
                                 metasync=False, max_readers=256)
                 self.db = {name: env.open_db(name.encode()) for name in _DBS}
+                self._points.open()
             except (lmdbcheck.Damage, lmdb.CorruptedError, lmdb.InvalidError,
                     lmdb.PageNotFoundError) as error:
                 raise CacheError(f"{path}: the index is damaged ({error}); move the folder aside "
@@ -382,10 +390,19 @@ class Index:
         except CacheError:
             if env is not None:
                 env.close()
+            self._points.close()
             self._lock.close()
             raise
         self.env = env
         self._synced_txn = -1  # the last transaction made durable by sync()
+        # A read transaction on that one: LMDB reuses no page of it until the next sync,
+        # so a power loss always leaves it whole (see syncpoint.py).
+        self._hold: lmdb.Transaction | None = None
+        self._syncing = threading.Lock()  # a timer's sync runs on a thread of its own
+        self._holding = syncpoint.room_to_hold(path)  # see hold_sync_points
+        self.held_limit = HELD_LIMIT  # see sync_if_held_grew
+        self._looked_at = 0  # where the file ended when sync_if_held_grew last looked
+        self._free_at_hold = 0  # the file's free pages when the point was held, in bytes
         self._inodes: LRU[int, Inode] = LRU(maxsize=65536)
         # An inode dropped from the LRU while something still holds it (a write waiting
         # for a remote's blocks) stays the one get_inode hands out: a second object for
@@ -419,9 +436,14 @@ class Index:
         try:
             try:
                 self._check_schema(block_size)
+                self.sync()  # the state found, the first point to go back to
             except lmdb.Error as error:  # a full disk, for a new index
                 raise unwritable(path, error) from None
+            except OSError as error:
+                raise CacheError(f"{path}: cannot sync the index: {error.strerror}") from None
         except CacheError:
+            self._release_hold()
+            self._points.close()
             env.close()
             self._lock.close()
             raise
@@ -438,14 +460,17 @@ class Index:
             clean = self._mark_holds()
         except lmdb.Error:
             clean = False
-        self.env.sync(True)
+        self.sync()
         copy = None
         if clean:
             copy = compaction.compacted_copy(self.env, self.path, self.bytes_in_use,
                                              self._mark_copy)
+        self._release_hold()
         self.env.close()
         if copy is not None:
+            self._points.discard()  # they name pages of the file the copy replaces
             compaction.swap_in(copy, self.path / "data.mdb")
+        self._points.close()
         if clean:
             cleanstop.record(self.path / "data.mdb")
         self._lock.close()
@@ -512,12 +537,75 @@ class Index:
         return None if raw is None else unq(raw)
 
     def sync(self) -> None:
-        """Make every committed transaction survive a power loss; nothing to do (no disk
-        flush, which an idle mount would pay every few seconds) if none came since."""
-        last = self.env.info()["last_txnid"]
-        if last != self._synced_txn:
-            self.env.sync(True)
-            self._synced_txn = last
+        """Make every committed transaction survive a power loss, as the index's point to
+        go back to after one (see syncpoint.py); nothing to do (no disk flush, which an
+        idle mount would pay every few seconds) if none came since."""
+        with self._syncing:
+            # Two commits (a worker thread's blocks) between the hold's start and the
+            # save take its meta page's slot: then again, with what they wrote synced too.
+            for _ in range(SAVE_TRIES):
+                hold = self.env.begin()
+                try:
+                    if hold.id() == self._synced_txn:
+                        hold.abort()
+                        return
+                    self.env.sync(True)
+                    saved = self._holding and self._points.save(hold.id())
+                except BaseException:
+                    hold.abort()
+                    raise
+                if saved:
+                    if self._hold is not None:
+                        self._hold.abort()
+                    self._hold, self._synced_txn = hold, hold.id()
+                    self._looked_at = self._file_end()
+                    self._free_at_hold = self._looked_at - self.bytes_in_use()
+                    return
+                txnid = hold.id()
+                hold.abort()
+                if not self._holding:
+                    self._synced_txn = txnid
+                    return
+
+    def _file_end(self) -> int:
+        """Where the pages LMDB uses in its file end."""
+        return int(self.env.info()["last_pgno"] + 1) * int(self.env.stat()["psize"])
+
+    def sync_if_held_grew(self) -> None:
+        """LMDB reuses no page freed since the point held (syncpoint.py), and grows the
+        file instead: once those pages are `held_limit` bytes, a sync lets it reuse them,
+        so that the file stays within what the cache's size allows. Looked at after each
+        commit; what is free measured only once the file grew by a quarter of that."""
+        if self._hold is None:
+            return
+        end = self._file_end()
+        if end - self._looked_at < self.held_limit // 4:
+            return
+        self._looked_at = end
+        if end - self.bytes_in_use() - self._free_at_hold > self.held_limit:
+            with contextlib.suppress(OSError, lmdb.Error):  # the commit stands: a later sync
+                self.sync()
+
+    def hold_sync_points(self, holding: bool) -> None:
+        """Whether each sync is held as a point to go back to (see syncpoint.py). A cache
+        disk short of room lets LMDB reuse every page it freed: the points are forgotten
+        then, and a power loss may damage the index, as it could before there were any."""
+        with self._syncing:
+            if holding == self._holding:
+                return
+            if not holding:
+                self._points.forget()  # first: a point left must still be whole
+                if self._hold is not None:
+                    self._hold.abort()
+                    self._hold = None
+            self._holding = holding
+            self._synced_txn = -1  # the next sync holds it, or syncs without a hold
+
+    def _release_hold(self) -> None:
+        with self._syncing:
+            if self._hold is not None:
+                self._hold.abort()
+                self._hold = None
 
     def begin(self) -> lmdb.Transaction:
         """A read-only transaction."""
@@ -553,6 +641,7 @@ class Index:
         self._undo = []
         for done in self._after_commit:
             done()
+        self.sync_if_held_grew()
 
     def _back_to_stored(self) -> None:
         """After a failed write, the inodes it stored or deleted hold what never reached

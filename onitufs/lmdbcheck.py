@@ -86,6 +86,36 @@ def check(path: Path) -> None:
         os.close(fd)
 
 
+def read_metas(fd: int) -> tuple[int, list[bytes]] | None:
+    """The page size of the LMDB data file open at `fd` and its two meta pages' records
+    (META_SIZE bytes each, the page header first), as they are; None for a file of LMDB
+    1.0's layout."""
+    first = os.pread(fd, META_SIZE, 0)
+    if len(first) < META_SIZE:
+        raise Damage("data.mdb is shorter than its first page")
+    if _META.unpack_from(first, HEADER)[0] != MAGIC:
+        if struct.unpack_from("<I", first, HEADER + 8)[0] == MAGIC:
+            return None  # LMDB 1.0: a 24-byte page header
+        raise Damage("data.mdb does not start with an LMDB meta page")
+    psize = _DB.unpack_from(first, HEADER + _META.size)[0]
+    if psize < 512 or psize > 0x8000 or psize & (psize - 1):
+        raise Damage(f"meta page 0 is damaged: page size {psize}")
+    second = os.pread(fd, META_SIZE, psize)
+    if len(second) < META_SIZE:
+        raise Damage("data.mdb is shorter than its meta pages")
+    return psize, [first, second]
+
+
+def meta_txnid(record: bytes) -> int:
+    """The transaction a meta page's record (see read_metas) was written by."""
+    return int(_TAIL.unpack_from(record, META_SIZE - _TAIL.size)[1])
+
+
+def as_meta_page(record: bytes, number: int) -> bytes:
+    """A meta page's record made the record of meta page `number` (0 or 1)."""
+    return _PGNO.pack(number) + record[_PGNO.size:]
+
+
 class _Walk:
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
@@ -120,28 +150,18 @@ class _Walk:
     def metas(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         """The free and main databases' records of the newer meta page; None for a file of
         LMDB 1.0's layout."""
-        first = os.pread(self.fd, META_SIZE, 0)
-        if len(first) < META_SIZE:
-            raise Damage("data.mdb is shorter than its first page")
-        if _META.unpack_from(first, HEADER)[0] != MAGIC:
-            if struct.unpack_from("<I", first, HEADER + 8)[0] == MAGIC:
-                return None  # LMDB 1.0: a 24-byte page header
-            raise Damage("data.mdb does not start with an LMDB meta page")
-        psize = _DB.unpack_from(first, HEADER + _META.size)[0]
-        if psize < 512 or psize > 0x8000 or psize & (psize - 1):
-            raise Damage(f"meta page 0 is damaged: page size {psize}")
-        self.psize = psize
-        second = os.pread(self.fd, META_SIZE, psize)
-        if len(second) < META_SIZE:
-            raise Damage("data.mdb is shorter than its meta pages")
+        read = read_metas(self.fd)
+        if read is None:
+            return None
+        self.psize, pages = read
         records = []
-        for number, page in enumerate((first, second)):
+        for number, page in enumerate(pages):
             stored, _, flags, _, _ = _PAGE.unpack_from(page)
             magic, version = _META.unpack_from(page, HEADER)
             at = HEADER + _META.size
             free, main = _DB.unpack_from(page, at), _DB.unpack_from(page, at + _DB.size)
             last, txnid = _TAIL.unpack_from(page, at + 2 * _DB.size)
-            if stored != number or not flags & P_META or magic != MAGIC or free[0] != psize:
+            if stored != number or not flags & P_META or magic != MAGIC or free[0] != self.psize:
                 raise Damage(f"meta page {number} is damaged")
             if version != DATA_VERSION:
                 raise Damage(f"meta page {number} is damaged: LMDB data version {version}")

@@ -8,11 +8,13 @@ as a local filesystem would, rather than taken and then failing at the commit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 import lmdb
 
+from . import syncpoint
 from .index import Index
 
 RESERVE = 8 * 1024**2  # for the index's own pages, the log, and LMDB's bookkeeping
@@ -58,10 +60,16 @@ class CacheSpace:
 
     def _measure(self, pending: int) -> None:
         disk = os.statvfs(self.folder)
-        # LMDB reuses a freed page only once later transactions have committed, and
-        # copies every page it changes: half of what it freed, twice what is pending.
-        self._budget = disk.f_bavail * disk.f_frsize + self._free_inside() // 2 \
-            - 2 * pending - RESERVE
+        room = disk.f_bavail * disk.f_frsize - 2 * pending - RESERVE
+        # While the index holds its last sync's pages (syncpoint.py), LMDB reuses none of
+        # what it freed since: only the disk's room counts. A disk short of room has the
+        # index let go of them: then LMDB reuses a freed page once later transactions
+        # have committed, and copies every page it changes: half of what it freed, twice
+        # what is pending.
+        holding = room >= syncpoint.LOW_ROOM
+        with contextlib.suppress(OSError):  # a disk that cannot take that either: measured
+            self.index.hold_sync_points(holding)
+        self._budget = room + (0 if holding else self._free_inside() // 2)
         self._taken = 0
         self._at = time.monotonic()
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import cleanstop, logs, overlaps
+from .. import cleanstop, logs, overlaps, syncpoint
 from ..config import ConfigError, load
 from ..index import CacheError
 from ..notify import notify
@@ -156,7 +156,7 @@ def refuse_a_mount_there(mountpoint: Path) -> None:
 
 
 # What Index makes in the cache folder (see index.py), besides the log.
-CACHE_FILES = ("data.mdb", "lock.mdb", "lock", cleanstop.NAME)
+CACHE_FILES = ("data.mdb", "lock.mdb", "lock", cleanstop.NAME, syncpoint.NAME)
 
 
 class NewPaths:
