@@ -97,13 +97,19 @@ def read_metas(fd: int) -> tuple[int, list[bytes]] | None:
         if struct.unpack_from("<I", first, HEADER + 8)[0] == MAGIC:
             return None  # LMDB 1.0: a 24-byte page header
         raise Damage("data.mdb does not start with an LMDB meta page")
-    psize = _DB.unpack_from(first, HEADER + _META.size)[0]
+    psize = page_size(first)
     if psize < 512 or psize > 0x8000 or psize & (psize - 1):
         raise Damage(f"meta page 0 is damaged: page size {psize}")
     second = os.pread(fd, META_SIZE, psize)
     if len(second) < META_SIZE:
         raise Damage("data.mdb is shorter than its meta pages")
     return psize, [first, second]
+
+
+def page_size(record: bytes) -> int:
+    """The page size a meta page's record (see read_metas) gives: its free-page database's
+    record keeps it where other databases keep a pad."""
+    return int(_DB.unpack_from(record, HEADER + _META.size)[0])
 
 
 def meta_txnid(record: bytes) -> int:

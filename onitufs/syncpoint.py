@@ -121,15 +121,22 @@ class SyncPoints:
         with contextlib.suppress(FileNotFoundError):
             fd = os.open(self.data_file, os.O_RDWR)
             try:
-                read = lmdbcheck.read_metas(fd)
-                if os.fstat(fd).st_ino != point.inode or read is None:
+                if os.fstat(fd).st_ino != point.inode:
                     return None  # another file took its name (a copy, an index made anew)
-                psize, metas = read
-                if max(map(lmdbcheck.meta_txnid, metas)) < point.txnid:
-                    return None  # older than the point, which was on the disk: not its file
-                if all(lmdbcheck.as_meta_page(point.meta, 0) == lmdbcheck.as_meta_page(meta, 0)
-                       for meta in metas):
-                    return None  # put back before, and nothing written since
+                try:
+                    read = lmdbcheck.read_metas(fd)
+                except lmdbcheck.Damage:
+                    read = None  # a meta page the power loss left half written
+                else:
+                    if read is None:
+                        return None  # LMDB 1.0's layout: never saved so
+                    metas = read[1]
+                    if max(map(lmdbcheck.meta_txnid, metas)) < point.txnid:
+                        return None  # older than the point, which was on the disk
+                    if all(lmdbcheck.as_meta_page(point.meta, 0) ==
+                           lmdbcheck.as_meta_page(meta, 0) for meta in metas):
+                        return None  # put back before, and nothing written since
+                psize = lmdbcheck.page_size(point.meta)
                 for number in (0, 1):
                     os.pwrite(fd, lmdbcheck.as_meta_page(point.meta, number), number * psize)
                 os.fsync(fd)
