@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import os
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +53,9 @@ def room_to_hold(folder: Path) -> bool:
 
 
 def boot_id() -> bytes:
-    """This boot's id; the same for every process until the system starts again."""
-    return uuid.UUID(BOOT_ID.read_text().strip()).bytes
+    """This boot's id (16 bytes, whatever the kernel's text of it); the same for every
+    process until the system starts again."""
+    return hashlib.sha256(BOOT_ID.read_bytes().strip()).digest()[:16]
 
 
 @dataclass(frozen=True)
