@@ -10,11 +10,16 @@ from pathlib import Path
 def replace(source: Path, target: Path) -> None:
     """Rename source over target, in the same folder, and make the rename durable."""
     os.replace(source, target)
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    sync_folder(target.parent)
+
+
+def sync_folder(folder: Path | str) -> None:
+    """Make what changed in `folder`'s entries (a rename into it, a file made) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:

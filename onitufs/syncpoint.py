@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lmdbcheck
+from . import durable, lmdbcheck
 
 NAME = "synced"  # beside data.mdb
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -164,7 +164,7 @@ class SyncPoints:
             self._file = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             if made:  # its room taken now: a full disk later cannot refuse a slot
                 os.posix_fallocate(self._file, 0, 2 * SLOT)
-                _sync_folder(self.path.parent)
+                durable.sync_folder(self.path.parent)
         os.pwrite(self._file, point.pack(), self._slot * SLOT)
         os.fdatasync(self._file)
         self._slot ^= 1
@@ -185,7 +185,7 @@ class SyncPoints:
         self.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-            _sync_folder(self.path.parent)
+            durable.sync_folder(self.path.parent)
         self._slot = 0
 
     def close(self) -> None:
@@ -193,11 +193,3 @@ class SyncPoints:
             if fd is not None:
                 os.close(fd)
         self._data = self._file = None
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
