@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from onitufs import durable
 from onitufs.config import ConfigError, Options
 from onitufs.plug import (
     CHEAP,
@@ -359,6 +360,9 @@ def start(plug: Plug) -> None:
                                    describe(md.path, os.lstat(error.filename))) from None
             else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
+            # The name too must outlive a power loss before onitufs records the copy: one
+            # lost would read as the file deleted here, and be deleted everywhere.
+            durable.sync_folder(os.path.dirname(target))
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
             open_uploads.close(name)
