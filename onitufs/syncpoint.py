@@ -130,12 +130,12 @@ class SyncPoints:
                 else:
                     if read is None:
                         return None  # LMDB 1.0's layout: never saved so
-                    metas = read[1]
-                    if max(map(lmdbcheck.meta_txnid, metas)) < point.txnid:
+                    newest = max(read[1], key=lmdbcheck.meta_txnid)
+                    if lmdbcheck.meta_txnid(newest) < point.txnid:
                         return None  # older than the point, which was on the disk
-                    if all(lmdbcheck.as_meta_page(point.meta, 0) ==
-                           lmdbcheck.as_meta_page(meta, 0) for meta in metas):
-                        return None  # put back before, and nothing written since
+                    if lmdbcheck.as_meta_page(newest, 0) == \
+                            lmdbcheck.as_meta_page(point.meta, 0):
+                        return None  # the point is what LMDB reads (a clean stop's last)
                 psize = lmdbcheck.page_size(point.meta)
                 for number in (0, 1):
                     os.pwrite(fd, lmdbcheck.as_meta_page(point.meta, number), number * psize)
