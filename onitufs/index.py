@@ -590,6 +590,8 @@ class Index:
         """Whether each sync is held as a point to go back to (see syncpoint.py). A cache
         disk short of room lets LMDB reuse every page it freed: the points are forgotten
         then, and a power loss may damage the index, as it could before there were any."""
+        if holding == self._holding:  # as it was (the lock may be a timer's sync's, for long)
+            return
         with self._syncing:
             if holding == self._holding:
                 return
