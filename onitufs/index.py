@@ -399,7 +399,7 @@ class Index:
         # so a power loss always leaves it whole (see syncpoint.py).
         self._hold: lmdb.Transaction | None = None
         self._syncing = threading.Lock()  # a timer's sync runs on a thread of its own
-        self._holding = syncpoint.room_to_hold(path)  # see hold_sync_points
+        self._holding = True  # see hold_sync_points
         self.held_limit = HELD_LIMIT  # see sync_if_held_grew
         self._looked_at = 0  # where the file ended when sync_if_held_grew last looked
         self._free_at_hold = 0  # the file's free pages when the point was held, in bytes
@@ -436,6 +436,9 @@ class Index:
         try:
             try:
                 self._check_schema(block_size)
+                # A disk short of room voids the last run's point too: this run may reuse
+                # its pages.
+                self.hold_sync_points(syncpoint.room_to_hold(path))
                 self.sync()  # the state found, the first point to go back to
             except lmdb.Error as error:  # a full disk, for a new index
                 raise unwritable(path, error) from None

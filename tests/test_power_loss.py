@@ -274,3 +274,25 @@ def test_an_index_closed_before_the_system_went_down_is_opened_as_it_is(
     records = found["records"]
     assert isinstance(records, dict) and ["6b", "78"] in records["xattrs"]
     assert data.read_bytes()[:2 * PAGE] == before[:2 * PAGE]
+
+
+def test_a_point_of_a_run_with_room_is_void_once_the_disk_is_short(tmp_path: Path) -> None:
+    """A point saved while the disk had room is made void by the next open on a disk
+    short of it: that run holds no point, and may reuse the old one's pages."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)], check=True)
+    try:
+        crashed = Crashed(disk / "cache", tmp_path, seed=3)
+        assert crashed.points is not None and any(
+            syncpoint.Point.unpack(crashed.points[slot * syncpoint.SLOT:]) for slot in (0, 1))
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        with open(disk / "filler", "wb") as filler:
+            filler.truncate(free - syncpoint.LOW_ROOM // 2)
+            os.posix_fallocate(filler.fileno(), 0, free - syncpoint.LOW_ROOM // 2)
+        crashed.put(crashed.latest)
+        open_index(crashed.cache, tmp_path, other_boot=False)  # a run on the short disk
+        points = (crashed.cache / syncpoint.NAME).read_bytes()
+        assert not any(syncpoint.Point.unpack(points[slot * syncpoint.SLOT:]) for slot in (0, 1))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
