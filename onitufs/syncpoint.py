@@ -38,7 +38,7 @@ NAME = "synced"  # beside data.mdb
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 SLOT = 512  # one sector: a slot is written whole or not at all on most disks
 MAGIC = b"onitufs1"
-_HEAD = struct.Struct("<8sQQ16s")  # magic, transaction, data.mdb's inode number, boot
+_HEAD = struct.Struct("<8sQ16s")  # magic, data.mdb's inode number, boot
 _CHECKSUM = 32
 # Held pages cannot be reused until the next sync, and the file grows past them: a disk
 # with less room than this lets LMDB reuse every page it freed, and holds no point.
@@ -60,15 +60,18 @@ def boot_id() -> bytes:
 
 @dataclass(frozen=True)
 class Point:
-    txnid: int
     # data.mdb's inode number; not its device, whose number may change from one boot to
     # the next
     inode: int
     boot: bytes
     meta: bytes  # the meta page's record, as lmdbcheck.read_metas reads it
 
+    @property
+    def txnid(self) -> int:
+        return lmdbcheck.meta_txnid(self.meta)
+
     def pack(self) -> bytes:
-        body = _HEAD.pack(MAGIC, self.txnid, self.inode, self.boot) + self.meta
+        body = _HEAD.pack(MAGIC, self.inode, self.boot) + self.meta
         return (body + hashlib.sha256(body).digest()).ljust(SLOT, b"\0")
 
     @classmethod
@@ -79,10 +82,10 @@ class Point:
         if len(raw) < size + _CHECKSUM or hashlib.sha256(body).digest() != \
                 raw[size:size + _CHECKSUM]:
             return None
-        magic, txnid, inode, boot = _HEAD.unpack_from(body)
+        magic, inode, boot = _HEAD.unpack_from(body)
         if magic != MAGIC:
             return None
-        return cls(txnid, inode, boot, body[_HEAD.size:])
+        return cls(inode, boot, body[_HEAD.size:])
 
 
 class SyncPoints:
@@ -158,7 +161,7 @@ class SyncPoints:
                  if lmdbcheck.meta_txnid(meta) == txnid]
         if not metas:
             return False
-        point = Point(txnid, os.fstat(self._data).st_ino, boot_id(), metas[0])
+        point = Point(os.fstat(self._data).st_ino, boot_id(), metas[0])
         if self._file is None:
             made = not self.path.exists()
             self._file = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
