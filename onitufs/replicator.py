@@ -22,6 +22,7 @@ import heapq
 import itertools
 import logging
 import math
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -836,9 +837,14 @@ class Replicator:
         if entry.attrs == md.attrs_key():
             return
         held_version(md, entry)
+        asked = md.attrs_key()
         await remote.call("set_attrs", md)
         remote.touch(path)
         held = remote.entry_of(md, entry.rev)
+        # What it holds now is what the driver read back: a chmod made there by another
+        # machine before the next listing then reads as one. What was asked is what was
+        # sent: a disk that keeps bits of its own (exFAT) is not asked again and again.
+        held.attrs, held.mode = asked, stat.S_IMODE(md.mode)
         held.sha256 = entry.sha256  # the same content
         with self._write() as txn:
             self.index.set_mirror(txn, remote.rid, inode.ino, path, held)

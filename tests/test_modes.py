@@ -124,7 +124,7 @@ def test_a_chmod_made_where_no_change_time_tells_it_travels(make_ssh_cloud: Make
     """A folder's chmod on a local remote (its change time moves with every name made in
     it), with a rename too, a file's and a folder's on an SSH server (SFTP gives no change
     time): the mount and the other remotes follow, and nothing is uploaded again. A later
-    chmod in the mount goes back there, and one made there after it travels again."""
+    chmod in the mount goes back there, and one made there right after it travels again."""
     cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
     a, s = cloud.remotes["a"], cloud.remotes["s"]
     (a / "da").mkdir()
@@ -148,18 +148,44 @@ def test_a_chmod_made_where_no_change_time_tells_it_travels(make_ssh_cloud: Make
     wait_mode(cloud, "moved", 0o750)
     (cloud.mountpoint / "ds").chmod(0o755)
     (cloud.mountpoint / "fs").chmod(0o640)
+    (cloud.mountpoint / "moved").chmod(0o700)
     wait_mode(cloud, "ds", 0o755)
     wait_mode(cloud, "fs", 0o640)
-    # A chmod there before a listing found the one onitufs set is not told from a disk
-    # that keeps other bits than it is given: the server's next listing (0.3 s) must come.
-    time.sleep(1.5)
+    wait_mode(cloud, "moved", 0o700)
+    # Made there right after onitufs set theirs, before a listing found those: another
+    # machine's chmod all the same (set_attrs read back what it left).
     (s / "ds").chmod(0o711)
     (s / "fs").chmod(0o400)
+    (a / "moved").chmod(0o751)
     wait_mode(cloud, "ds", 0o711)
     wait_mode(cloud, "fs", 0o400)
+    wait_mode(cloud, "moved", 0o751)
     cloud.umount()
     assert cloud.log.count("remote a: start_upload fs") == 1, "uploaded again"
     assert (a / "fs").read_bytes() == b"on the server"
+
+
+def test_a_chmod_there_right_after_onitufs_set_one_travels(make_cloud: MakeCloud) -> None:
+    """Another machine's chmod on a remote, made right after onitufs set the mount's there
+    and before a listing found that (on a watched folder: in the same burst of events), is
+    one made there: the mount and the other remote follow. (A folder's: no change time
+    tells it; a file's: its change time does.)"""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    a, mnt = cloud.remotes["a"], cloud.mountpoint
+    cloud.mount()
+    (mnt / "d").mkdir()
+    (mnt / "f").write_bytes(b"a file")
+    wait_mode(cloud, "d", 0o755)
+    wait_mode(cloud, "f", 0o644)
+    for name, here, there in (("d", 0o700, 0o751), ("d", 0o750, 0o711), ("f", 0o600, 0o640)):
+        (mnt / name).chmod(here)
+        wait_for(lambda: mode_of(a / name) == here, what=f"{name} set on a",  # noqa: B023
+                 interval=0.002)
+        cloud.wait_synced()  # (set and recorded: a chmod within the setting is not told)
+        (a / name).chmod(there)
+        wait_mode(cloud, name, there)
+    cloud.umount()
+    assert cloud.log.count("remote a: start_upload f") == 1, "uploaded again"
 
 
 def test_a_chmod_in_the_mount_waiting_to_go_wins_over_one_there(make_cloud: MakeCloud) -> None:

@@ -74,6 +74,16 @@ def where_a_listing_agrees(driver: Harness, *mds: Metadata) -> dict[str, Metadat
     return listing
 
 
+def modes_read_back(listing: dict[str, Metadata], *mds: Metadata) -> None:
+    """set_attrs left in each md.mode the bits the listing reports (read back, not the
+    ones asked for): the core tells a chmod made there by another machine from its own so."""
+    for md in mds:
+        listed = listing.get(md.path)
+        assert listed is not None, f"{md.path!r} is missing from the listing"
+        assert listed.mode == md.mode, \
+            f"{md.path!r}: set_attrs left mode {md.mode:04o}, the listing says {listed.mode:04o}"
+
+
 class TestUploads:
     def test_chunks_then_end_upload_make_the_file(self, driver: Harness) -> None:
         data = payload(SIZE)
@@ -776,7 +786,7 @@ class TestLinksFoldersAttributes:
         assert driver.backdoor.mode("attrs.bin") == 0o600
         assert driver.backdoor.mtime_ns("attrs.bin") == kept_mtime(driver, later)
         assert driver.backdoor.read("attrs.bin") == data
-        where_a_listing_agrees(driver, new)
+        modes_read_back(where_a_listing_agrees(driver, new), new)
 
     def test_set_attrs_sets_the_user_extended_attributes(self, driver: Harness) -> None:
         driver.needs("set_attrs")
@@ -795,8 +805,10 @@ class TestLinksFoldersAttributes:
     def test_set_attrs_of_a_folder(self, driver: Harness) -> None:
         driver.needs("set_attrs")
         folder(driver, "d")
-        driver.call("set_attrs", driver.listed("d").copy(mode=0o700))
+        md = driver.listed("d").copy(mode=0o700)
+        driver.call("set_attrs", md)
         assert driver.backdoor.mode("d") == 0o700
+        modes_read_back(driver.next_listing(), md)
 
 
 def once_reachable(driver: Harness, work: Callable[[], T]) -> T:

@@ -670,7 +670,8 @@ def start(plug: Plug) -> None:
                     set_attrs_through(conn, md, handle, attrs)
                     return
             conn.sftp.setstat(path, attrs)
-            record(conn, path, md)
+            after = conn.sftp.lstat(path)
+            md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
 
     def refuse_attrs(md: Metadata, there: Attrs) -> None:
         """DriverError unless `there` is md's version of a file, or a folder for a folder
@@ -696,7 +697,8 @@ def start(plug: Plug) -> None:
         look is another file, which keeps its attributes and is not recorded as ours."""
         try:
             refuse_attrs(md, conn.sftp.fstat(handle))
-            md.revision, md.file_id = token(conn.sftp.fsetstat_then_fstat(handle, attrs)), None
+            after = conn.sftp.fsetstat_then_fstat(handle, attrs)
+            md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
         finally:
             conn.sftp.close_handle(handle)
 
