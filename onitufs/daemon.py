@@ -208,12 +208,16 @@ class Mount:
                     self.index.put_inode(txn, inode)
                 self.tree.make_revision(inode.ino, delay=0)
 
-    def recovery_needed(self) -> bool:
-        """Whether recover() would find anything to do."""
+    def left_to_recover(self) -> str | None:
+        """What recover() would find to do first (None: nothing), said for the log."""
         with self.index.begin() as txn:
             stored_since = self.index.unrevised(txn)
-            return any(inode.nlink == 0 or unrevised(inode, stored_since)
-                       for inode in self.index.all_inodes(txn))
+            for inode in self.index.all_inodes(txn):
+                if inode.nlink == 0:
+                    return f"inode {inode.ino} has no name left"
+                if unrevised(inode, stored_since):
+                    return f"inode {inode.ino} holds content that is no revision yet"
+        return None
 
     def status(self) -> dict[str, Any]:
         """What `onitufs status` shows: schema STATUS_SCHEMA, described field by field in
@@ -358,9 +362,12 @@ class Mount:
             nursery.cancel_scope.cancel()
         # Nothing writes any more: the next start may skip recovery if there is none to do.
         # Checked rather than assumed, at the cost of one read of the index on the way out.
-        if finished and not self.recovery_needed():
+        left = self.left_to_recover() if finished else "what was written last is not stored"
+        if left is None:
             with contextlib.suppress(lmdb.Error):  # a full disk: the next start recovers
                 self.index.mark_clean_stop()
+        else:
+            log.info("not marked as a clean stop (%s): the next start recovers", left)
         log.info("all remotes up to date" if complete else "stopped with uploads still queued")
         return result, complete
 

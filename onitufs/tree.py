@@ -166,7 +166,7 @@ class Tree:
 
     def purge_unlinked(self) -> None:
         """Purge every inode of `unlinked`: after the mount, when nothing refers to any.
-        Only those: the others all have names, which Mount.recovery_needed checks before
+        Only those: the others all have names, which Mount.left_to_recover checks before
         the stop is marked clean, reading every inode once."""
         if self.unlinked:
             with self.index.write() as txn:

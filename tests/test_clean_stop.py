@@ -48,7 +48,7 @@ def test_a_clean_stop_is_marked_and_the_next_start_skips_recovery(make_cloud: Ma
     assert UNCLEAN not in cloud.log  # a new cache: nothing to recover
     (cloud.mountpoint / "F").write_bytes(b"one")
     cloud.umount()
-    assert stopped_cleanly(cloud)
+    assert stopped_cleanly(cloud), cloud.log[-3000:]
     before = len(cloud.log)
     cloud.mount()
     assert UNCLEAN not in cloud.log[before:]
