@@ -394,6 +394,7 @@ class Index:
             self._lock.close()
             raise
         self.env = env
+        self._page_size = int(env.stat()["psize"])  # (asked once: _file_end runs per commit)
         self._synced_txn = -1  # the last transaction made durable by sync()
         # A read transaction on that one: LMDB reuses no page of it until the next sync,
         # so a power loss always leaves it whole (see syncpoint.py).
@@ -572,7 +573,7 @@ class Index:
 
     def _file_end(self) -> int:
         """Where the pages LMDB uses in its file end."""
-        return int(self.env.info()["last_pgno"] + 1) * int(self.env.stat()["psize"])
+        return int(self.env.info()["last_pgno"] + 1) * self._page_size
 
     def sync_if_held_grew(self) -> None:
         """LMDB reuses no page freed since the point held (syncpoint.py), and grows the
