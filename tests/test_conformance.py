@@ -305,6 +305,25 @@ def test_dropbox_changes_reach_the_core_as_parts_of_the_listing(dropbox_driver: 
     assert set(listed) == {"moved", "moved/report.txt", "moved/Report.txt", "moved/note.txt"}
 
 
+def test_a_dropbox_read_that_finds_a_file_gone_asks_for_a_whole_listing(
+        dropbox_driver: Harness) -> None:
+    """The core may hold a file the list of changes already said was gone (it learnt of it
+    from a conflict's answer, after that): the list will not say it again, so a read that
+    finds it gone has the whole listing sent, which tells the core."""
+    harness, backdoor, sink = dropbox_driver, dropbox_driver.backdoor, dropbox_driver.sink
+    md = harness.upload("gone.txt", b"soon gone")
+    harness.listed("gone.txt")
+    backdoor.remove("gone.txt")
+    harness.unlisted("gone.txt")
+    with sink.cond:
+        wholes = len(sink.listings)
+    assert isinstance(harness.failure("get_chunk", md, 0, 9), DriverError)
+    sink.wait(lambda: len(sink.listings) > wholes, harness.report_timeout,
+              "a whole listing after the read")
+    with sink.cond:
+        assert "gone.txt" not in sink.listings[-1].entries
+
+
 def test_dropbox_goes_on_when_it_cannot_save_its_cursor(
         dropbox_driver: Harness, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

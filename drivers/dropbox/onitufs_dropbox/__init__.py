@@ -206,9 +206,11 @@ def start(plug: Plug) -> None:
                 entry = lookup(stored)
         except ApiError as error:
             if not_found(error):
+                gone()
                 raise DriverError(f"{md.path}: no longer on Dropbox") from None
             raise
         if not isinstance(entry, files.FileMetadata):
+            gone()
             raise DriverError(f"{md.path}: no longer a file on Dropbox")
         if md.revision is not None and entry.rev != md.revision:
             raise Changed(f"{md.path}: changed on Dropbox", described(md.path, stored, entry))
@@ -219,6 +221,12 @@ def start(plug: Plug) -> None:
                 and content_hash(block_hashes(data)) != entry.content_hash:
             raise DriverError(f"{md.path}: the bytes read do not match Dropbox's content_hash")
         return data
+
+    def gone() -> None:
+        """A file onitufs holds on Dropbox is not there: the list of changes may have told
+        of it before onitufs knew of the file (it learnt of it from a conflict's answer),
+        and will not again. A whole listing, from the tree the list keeps, tells it."""
+        plug.look_again()
 
     def clash(path: str) -> str:
         """The stored path for `path`, once Dropbox was asked what is there: a name made
