@@ -670,8 +670,12 @@ def start(plug: Plug) -> None:
                     set_attrs_through(conn, md, handle, attrs)
                     return
             conn.sftp.setstat(path, attrs)
-            after = conn.sftp.lstat(path)
-            md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
+            attributes_left(md, conn.sftp.lstat(path))
+
+    def attributes_left(md: Metadata, after: Attrs) -> None:
+        """md is what set_attrs left there: its token, and the permission bits read back
+        (a server's disk may keep others than it is given)."""
+        md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
 
     def refuse_attrs(md: Metadata, there: Attrs) -> None:
         """DriverError unless `there` is md's version of a file, or a folder for a folder
@@ -697,8 +701,7 @@ def start(plug: Plug) -> None:
         look is another file, which keeps its attributes and is not recorded as ours."""
         try:
             refuse_attrs(md, conn.sftp.fstat(handle))
-            after = conn.sftp.fsetstat_then_fstat(handle, attrs)
-            md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
+            attributes_left(md, conn.sftp.fsetstat_then_fstat(handle, attrs))
         finally:
             conn.sftp.close_handle(handle)
 
