@@ -262,12 +262,12 @@ class MirrorEntry:
     # compared it): a chmod there while a later revision of ours waits to go is told from
     # an edit that kept the size and time by this, ours being no longer that content.
     sha256: str | None = None
-    # The permission bits a listing last found there, or set_attrs read back; None until
-    # one did, and again once onitufs put a version there. Where no change time tells a
-    # chmod made there (a folder's moves with every name made in it; SFTP gives none), a
-    # listing that finds others than these is one (see RemoteChanges._mode_found). What
-    # onitufs asked for is not taken for found: a disk that keeps other bits than it is
-    # given (exFAT) would have its own spread.
+    # The permission bits a listing last found there, or the handler that made or changed
+    # the copy read back; None where neither did (a record made before they were kept).
+    # Where no change time tells a chmod made there (a folder's moves with every name made
+    # in it; SFTP gives none), a listing that finds others than these is one (see
+    # RemoteChanges._mode_found). What onitufs asked for is not taken for found: a disk
+    # that keeps other bits than it is given (exFAT) would have its own spread.
     mode: int | None = None
 
     def moved(self, token: str | None, fid: str | None, changed: int | None) -> MirrorEntry:

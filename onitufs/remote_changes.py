@@ -270,7 +270,7 @@ class RemoteChanges:
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
             self.index.set_mirror(txn, remote.rid, new.ino, md.path,
-                                  remote.entry_of(md, new.rev, found=True))
+                                  remote.entry_of(md, new.rev))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
         else:
             return inode
@@ -303,7 +303,7 @@ class RemoteChanges:
             new = self.tree.replace_content(txn, inode, paths[0], md.size, md.mtime_ns, md.mode)
             self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
             self.index.set_mirror(txn, remote.rid, new.ino, md.path,
-                                  remote.entry_of(md, new.rev, found=True))
+                                  remote.entry_of(md, new.rev))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
             self.replicator.requeue(txn, remote, new.ino)  # to move it to its name there
             return None
@@ -326,7 +326,7 @@ class RemoteChanges:
         if not same:
             return inode  # files too: whether their contents are one is for keep_both
         self.index.set_mirror(txn, remote.rid, existing, md.path,
-                              remote.entry_of(md, 0 if inode.is_dir else inode.rev, found=True))
+                              remote.entry_of(md, 0 if inode.is_dir else inode.rev))
         return None
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
@@ -373,7 +373,7 @@ class RemoteChanges:
             inode.flags &= ~FLAG_COMPLETE  # the content stays on the remote until read
             self.index.put_inode(txn, inode)
         self.index.set_mirror(txn, remote.rid, inode.ino, held_at or md.path,
-                              remote.entry_of(md, inode.rev, found=True))
+                              remote.entry_of(md, inode.rev))
         self.tree.kernel.entry_changed(parent, name)
         return inode
 
@@ -406,7 +406,7 @@ class RemoteChanges:
                     if self._standing(txn, remote, md.path) != standing:
                         return False
                     self.index.set_mirror(txn, remote.rid, ours.ino, md.path, remote.entry_of(
-                        md, ours.rev, ours.checksum_of(ours.rev), found=True))
+                        md, ours.rev, ours.checksum_of(ours.rev)))
                 return True
         return await self._keep_apart(remote, md, ours, standing)
 

@@ -305,14 +305,17 @@ class Remote:
         return tick > 0 and time.time_ns() - mtime_ns < 2 * tick * 10**9
 
     def entry_of(self, md: Metadata, rev: int, sha256: bytes | None = None,
-                 found: bool = False) -> MirrorEntry:
-        """What the remote holds, as it reported it (`found`: then its mode is the one found
-        there) or a handler left it, standing for revision `rev` of ours, whose SHA-256 is
-        `sha256` where known."""
-        return MirrorEntry(rev, md.revision, md.file_id, md.kind, md.attrs_key(), md.changed_ns,
+                 asked: str | None = None) -> MirrorEntry:
+        """What the remote holds, as it reported it or a handler left it (the permission
+        bits read back: see onitufs-drivers(7)), standing for revision `rev` of ours, whose
+        SHA-256 is `sha256` where known. `asked`: the attributes a handler was given
+        (Metadata.attrs_key), kept as sent, so that a disk keeping bits of its own (exFAT)
+        is not asked again and again."""
+        return MirrorEntry(rev, md.revision, md.file_id, md.kind,
+                           md.attrs_key() if asked is None else asked, md.changed_ns,
                            racy=md.kind == "file" and self.racy(md.mtime_ns),
                            sha256=sha256.hex() if sha256 is not None else None,
-                           mode=md.mode if found else None)
+                           mode=md.mode)
 
     def touch(self, *paths: str) -> None:
         if self.plug is not None:

@@ -22,7 +22,6 @@ import heapq
 import itertools
 import logging
 import math
-import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -840,11 +839,7 @@ class Replicator:
         asked = md.attrs_key()
         await remote.call("set_attrs", md)
         remote.touch(path)
-        held = remote.entry_of(md, entry.rev)
-        # What it holds now is what the driver read back: a chmod made there by another
-        # machine before the next listing then reads as one. What was asked is what was
-        # sent: a disk that keeps bits of its own (exFAT) is not asked again and again.
-        held.attrs, held.mode = asked, stat.S_IMODE(md.mode)
+        held = remote.entry_of(md, entry.rev, asked=asked)
         held.sha256 = entry.sha256  # the same content
         with self._write() as txn:
             self.index.set_mirror(txn, remote.rid, inode.ino, path, held)
@@ -860,11 +855,12 @@ class Replicator:
         handler = "make_dir" if inode.is_dir else "make_symlink"
         if not await remote.has(handler):
             return  # this remote cannot store it: it stays in the index only
+        asked = md.attrs_key()
         await remote.call(handler, md)
         remote.touch(path)
         with self._write() as txn:
             self.index.set_mirror(txn, remote.rid, inode.ino, path,
-                                  remote.entry_of(md, inode.rev))
+                                  remote.entry_of(md, inode.rev, asked=asked))
 
     async def _upload(self, remote: Remote, inode: Inode, path: str,
                       replaces: MirrorEntry | None) -> None:
@@ -1075,7 +1071,7 @@ class Replicator:
         remote holds revision `rev`, with the SHA-256 of the whole file and of its one block
         (`learnt`) if they were learnt on the way. Nothing of a failed upload stays there,
         unless the remote is only away (the upload resumes)."""
-        path = md.path
+        path, asked = md.path, md.attrs_key()
         try:
             await remote.call_each(*before, ("end_upload", (md,)))
         except CallFailed as error:
@@ -1093,7 +1089,8 @@ class Replicator:
         with self._write() as txn:
             self.index.set_transfer(txn, remote.rid, inode.ino, None)
             self.index.set_mirror(txn, remote.rid, inode.ino, path,
-                                  remote.entry_of(md, rev, whole or inode.checksum_of(rev)))
+                                  remote.entry_of(md, rev, whole or inode.checksum_of(rev),
+                                                  asked))
             if inode.rev == rev and not inode.dirty:
                 if learnt is not None:
                     self.index.set_block_hash(txn, inode.ino, 0, rev, learnt)

@@ -188,6 +188,25 @@ def test_a_chmod_there_right_after_onitufs_set_one_travels(make_cloud: MakeCloud
     assert cloud.log.count("remote a: start_upload f") == 1, "uploaded again"
 
 
+def test_a_chmod_there_right_after_onitufs_put_a_copy_there_travels(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """The same right after onitufs made a folder or uploaded a file there (what it left
+    was read back): on a watched local folder, and on an SSH server (no change times)."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    a, s, mnt = cloud.remotes["a"], cloud.remotes["s"], cloud.mountpoint
+    cloud.mount()
+    (mnt / "d").mkdir(mode=0o750)
+    (mnt / "f").write_bytes(b"a file")
+    wait_for(lambda: (a / "d").is_dir() and (s / "d").is_dir() and (s / "f").exists(),
+             what="the copies", interval=0.002)
+    cloud.wait_synced()  # (made and recorded)
+    (a / "d").chmod(0o711)
+    (s / "f").chmod(0o600)
+    wait_mode(cloud, "d", 0o711)
+    wait_mode(cloud, "f", 0o600)
+    cloud.umount()
+
+
 def test_a_chmod_in_the_mount_waiting_to_go_wins_over_one_there(make_cloud: MakeCloud) -> None:
     """Where no change time orders them, the mount's chmod made since the remote's
     listing last found the folder is the one kept: it is set there again."""

@@ -164,7 +164,7 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
         finally:
             content.sent(path)
         fetched.adopt(key, path)
-        md.revision, md.file_id = entry.revision(), entry.id
+        recorded(md, entry)
 
     @plug.handler()
     def abort_upload(md: Metadata) -> None:
@@ -231,8 +231,11 @@ def register(plug: Plug, journal: Journal, sync: Sync, content: Content, fetched
                 journal.changed()
             return entry
 
-        entry = sync.change(apply)
-        md.revision, md.file_id = entry.revision(), entry.id
+        recorded(md, sync.change(apply))
+
+    def recorded(md: Metadata, entry: Entry) -> None:
+        """md is what a handler left on the remote: `entry`, as its listing reports it."""
+        md.revision, md.file_id, md.mode = entry.revision(), entry.id, entry.mode
 
     @plug.handler()
     def make_dir(md: Metadata) -> None:

@@ -48,7 +48,7 @@ from .changes import Watcher
 from .client import Api, block_hashes, content_hash, make_client
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
-from .tree import Node, Tree, node_of
+from .tree import FILE_MODE, FOLDER_MODE, Node, Tree, node_of
 from .uploads import Upload, Uploads
 
 log = logging.getLogger(__name__)
@@ -179,9 +179,9 @@ def start(plug: Plug) -> None:
     def described(path: str, stored: str, entry: files.Metadata) -> Metadata:
         node = learn(stored, entry)
         if node.kind == "dir":
-            return Metadata(path=path, kind="dir", mode=0o755, file_id=node.id)
+            return Metadata(path=path, kind="dir", mode=FOLDER_MODE, file_id=node.id)
         return Metadata(path=path, size=node.size, mtime_ns=node.mtime * 10**9,
-                        revision=node.rev, file_id=node.id)
+                        mode=FILE_MODE, revision=node.rev, file_id=node.id)
 
     @plug.handler()
     @guarded
@@ -280,7 +280,7 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{md.path}: Dropbox holds other bytes than those sent "
                               "(content_hash); uploading again")
         learn(stored, entry)
-        md.revision, md.file_id = entry.rev, entry.id
+        md.revision, md.file_id, md.mode = entry.rev, entry.id, FILE_MODE
 
     def commit(md: Metadata, upload: Upload, stored: str, rev: str | None) -> files.FileMetadata:
         mode = files.WriteMode.update(rev) if rev is not None else files.WriteMode.add
@@ -434,7 +434,7 @@ def start(plug: Plug) -> None:
                 raise DriverError(f"{md.path}: cannot create the folder on Dropbox, or "
                                   "something else is there") from None
         learn(stored, entry)
-        md.revision, md.file_id = None, entry.id
+        md.revision, md.file_id, md.mode = None, entry.id, FOLDER_MODE
 
     # client_modified keeps whole seconds, but the token is the rev, which every change of
     # content changes: a time shared by two versions hides nothing, and the core need not

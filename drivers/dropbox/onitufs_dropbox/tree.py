@@ -24,6 +24,10 @@ from onitufs.storednames import escape, fold, mount_name
 
 from .names import MAX_UNITS, needs_escape, units
 
+# Dropbox keeps no permission bits: every file shows with these, every folder with those.
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
+
 log = logging.getLogger(__name__)
 
 
@@ -173,9 +177,9 @@ class Tree:
         node = self._nodes[key]
         path = self._mount_path(key)
         if node.kind == "dir":
-            return Metadata(path=path, kind="dir", mode=0o755, file_id=node.id)
+            return Metadata(path=path, kind="dir", mode=FOLDER_MODE, file_id=node.id)
         return Metadata(path=path, kind="file", size=node.size, mtime_ns=node.mtime * 10**9,
-                        mode=0o644, revision=node.rev, file_id=node.id)
+                        mode=FILE_MODE, revision=node.rev, file_id=node.id)
 
     def listing(self) -> list[Metadata]:
         """What is reported: all but the hidden entries."""

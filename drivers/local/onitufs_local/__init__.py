@@ -562,9 +562,7 @@ def start(plug: Plug) -> None:
             apply_xattrs(pinned, md.xattrs)
             if md.kind == "file":
                 os.utime(pinned, ns=(md.mtime_ns, md.mtime_ns))
-            after = os.fstat(fd)
-            stamp(md, after)
-            md.mode = stat.S_IMODE(after.st_mode)  # (a disk may keep other bits: exFAT)
+            stamp(md, os.fstat(fd))
         finally:
             os.close(fd)
 

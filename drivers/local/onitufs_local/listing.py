@@ -134,8 +134,10 @@ def describe(path: str, st: os.stat_result) -> Metadata:
 
 
 def stamp(md: Metadata, st: os.stat_result) -> None:
-    """Give md what the remote now holds for it, after onitufs changed it there."""
+    """Give md what the remote now holds for it, after onitufs changed it there: the
+    permission bits too, read back (a disk may keep others than it is given: exFAT)."""
     md.revision, md.file_id, md.changed_ns = token(st), file_id(st), changed_ns(st)
+    md.mode = stat.S_IMODE(st.st_mode)
 
 
 def reported(st: os.stat_result) -> bool:

@@ -265,7 +265,12 @@ def start(plug: Plug) -> None:
 
     def record(conn: Connection, path: bytes, md: Metadata) -> None:
         """md is now what the remote holds at path (SFTP gives no file ids)."""
-        md.revision, md.file_id = token(conn.sftp.lstat(path)), None
+        read_back(md, conn.sftp.lstat(path))
+
+    def read_back(md: Metadata, after: Attrs) -> None:
+        """md is what a handler left there: its token, and the permission bits read back
+        (a server's disk may keep others than it is given)."""
+        md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
 
     def upload_of(md: Metadata) -> Upload:
         with uploads_lock:
@@ -406,7 +411,7 @@ def start(plug: Plug) -> None:
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         reads.forget(target)
-        md.revision, md.file_id = token(put), None
+        read_back(md, put)
         if md.path == MARKER:
             with pool.use() as conn:
                 pin.marker_written(conn)
@@ -670,12 +675,7 @@ def start(plug: Plug) -> None:
                     set_attrs_through(conn, md, handle, attrs)
                     return
             conn.sftp.setstat(path, attrs)
-            attributes_left(md, conn.sftp.lstat(path))
-
-    def attributes_left(md: Metadata, after: Attrs) -> None:
-        """md is what set_attrs left there: its token, and the permission bits read back
-        (a server's disk may keep others than it is given)."""
-        md.revision, md.file_id, md.mode = token(after), None, stat.S_IMODE(after.mode or 0)
+            record(conn, path, md)
 
     def refuse_attrs(md: Metadata, there: Attrs) -> None:
         """DriverError unless `there` is md's version of a file, or a folder for a folder
@@ -701,7 +701,7 @@ def start(plug: Plug) -> None:
         look is another file, which keeps its attributes and is not recorded as ours."""
         try:
             refuse_attrs(md, conn.sftp.fstat(handle))
-            attributes_left(md, conn.sftp.fsetstat_then_fstat(handle, attrs))
+            read_back(md, conn.sftp.fsetstat_then_fstat(handle, attrs))
         finally:
             conn.sftp.close_handle(handle)
 
