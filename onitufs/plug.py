@@ -410,7 +410,8 @@ class Plug:
         self._look.set()
 
     def wrote(self, paths: Iterable[str]) -> None:
-        """For the core: it changed these paths on the remote (writes, written_paths)."""
+        """For the core: it changed these paths on the remote, or took a version of them
+        from a handler's answer (writes, written_paths)."""
         with self._written_lock:
             self.writes += 1
             if self._written is not None:
@@ -418,7 +419,8 @@ class Plug:
 
     def written_paths(self) -> set[str]:
         """The paths onitufs changed on the remote (uploaded, deleted, moved from or to,
-        made, set attributes of) since the last call; the first call starts the record.
+        made, set attributes of), or took a version of from a handler's answer (see
+        Remote.taken_in), since the last call; the first call starts the record.
         For a driver that reports, as parts of its listing, what its polls found
         different: these paths go into the part too, since a change onitufs made that was
         undone there before the next poll leaves nothing different, yet onitufs must learn

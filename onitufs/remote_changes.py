@@ -390,6 +390,7 @@ class RemoteChanges:
         """The remote's version did not descend from ours: keep both, unless it is the same
         content; False when that cannot be told yet, or the mount or the remote moved on
         while it was compared (then nothing was changed)."""
+        remote.taken_in(md.path)  # (an upload's answer, as old as the look it made)
         with self.index.begin() as txn:
             standing = self._standing(txn, remote, md.path)
         if standing.held not in (None, ours.ino):

@@ -325,8 +325,12 @@ class Remote:
             self._note(path, now)
 
     def taken_in(self, path: str) -> None:
-        """A version of `path` was taken in now, not from a listing (a read or a move found
-        it): a listing begun before knows less of that path."""
+        """A version of `path` is taken in now, not from a listing (a handler's answer: a
+        read, a move or an upload found it): a listing begun before knows less of that
+        path, and one applied before may have known more (a later delete, which the
+        driver's reports then never tell again): the driver's next report looks at it."""
+        if self.plug is not None:
+            self.plug.wrote([path])
         self._note(path, time.monotonic())
 
     def _note(self, path: str, when: float) -> None:

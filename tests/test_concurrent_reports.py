@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,3 +159,28 @@ def test_an_upload_s_conflict_found_after_a_listing_settled_it_changes_nothing(
     assert names(core) == before
     with core.index.begin() as txn:
         assert core.index.mirror_ino(core.remote.rid, "s0", txn) == taken_in.ino
+
+
+def test_an_upload_s_conflict_taken_in_is_looked_at_again_by_the_next_report(
+        core: Core) -> None:
+    """An upload's end found a's own s0, later than the mount's: it takes the name. That
+    answer is as old as the look the upload made, and a report of a applied meanwhile may
+    have told of a later change there (s0 deleted: nothing then, s0 being unknown), which
+    a's reports never tell again: s0 counts as touched, so that a listing begun before
+    leaves it for the next, and the driver's next report looks at it again."""
+    theirs = Metadata(path="s0", size=SIZE, mtime_ns=MTIME_NS, revision="t1")
+    with core.index.write() as txn:
+        ours = core.tree.create(txn, ROOT_INO, b"s0", NewNode(
+            stat.S_IFREG | 0o644, os.getuid(), os.getgid(), size=2 * SIZE,
+            mtime_ns=MTIME_NS - 10**9))
+    began = time.monotonic()
+
+    async def main() -> bool:
+        core.remote.trusted.set()
+        return await core.changes.keep_both(core.remote, theirs, ours)
+
+    assert trio.run(main) is True
+    found = names(core)
+    assert found["s0"].ino != ours.ino and any(
+        name.startswith("s0 (conflict from ") for name in found), sorted(found)
+    assert core.remote.touched_since("s0", began)

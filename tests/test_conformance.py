@@ -324,6 +324,21 @@ def test_a_dropbox_read_that_finds_a_file_gone_asks_for_a_whole_listing(
         assert "gone.txt" not in sink.listings[-1].entries
 
 
+def test_dropbox_reports_again_the_paths_onitufs_wrote_or_learnt_of(
+        dropbox_driver: Harness) -> None:
+    """A version onitufs learnt of from a handler's answer (Remote.taken_in, through
+    plug.wrote) may be older than what the list of changes already told, which it never
+    tells again: the path goes in the next part, as the tree the list keeps has it."""
+    harness, sink = dropbox_driver, dropbox_driver.sink
+    harness.backdoor.write("here.txt", b"x")
+    harness.listed("here.txt")
+    with sink.cond:
+        before = len(sink.parts)
+    harness.plug.wrote(["never there.txt"])
+    sink.wait(lambda: any("never there.txt" in scope for scope in sink.parts[before:]),
+              harness.report_timeout, "a part that looks at the path")
+
+
 def test_dropbox_goes_on_when_it_cannot_save_its_cursor(
         dropbox_driver: Harness, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

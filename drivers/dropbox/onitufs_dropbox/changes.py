@@ -9,7 +9,10 @@ core as a part of the listing (plug.report_part): its work follows the
 change, not the size of the folder. The core tells renames (the same Dropbox
 id at a new path) from deletes plus creates. Onitufs's own changes come back
 in that way too, as any other change does: a part the core does not take
-(onitufs was changing a path of it) goes again. The Tree is reported whole
+(onitufs was changing a path of it) goes again. The paths onitufs changed or
+took a version of from a handler's answer (plug.written_paths) go in each part
+too: such an answer (a conflict's current version) may be older than a change
+the list already gave, and gives no more. The Tree is reported whole
 at the start, after an outage, when the core asks for it (plug.look_again,
 ListingNeeded), and after a `reset` cursor, which lists everything again, so
 nothing is lost or counted twice. The cursor and the Tree are saved in the
@@ -78,7 +81,8 @@ class Watcher:
         backoff, reported_error = 0.5, None
         reports = Reports(self.plug)
         while not self.plug.stopping.is_set():
-            started, writes = time.monotonic(), self.plug.writes
+            started, writes, written = time.monotonic(), self.plug.writes, \
+                self.plug.written_paths()
             whole, self._asked = self._asked or self.plug.asked_to_look(), False
             try:
                 scope = self._catch_up()
@@ -96,7 +100,8 @@ class Watcher:
             if reported_error is not None:
                 self.plug.online()
             whole = whole or reported_error is not None
-            reports.send(started, None if whole else scope, self.tree.listing, self.tree.part)
+            reports.send(started, None if whole or scope is None else scope | written,
+                         self.tree.listing, self.tree.part)
             backoff, reported_error = 0.5, None
             if self._unsaved and time.monotonic() - self._saved_at >= SAVE_EVERY:
                 self._save()
