@@ -26,6 +26,7 @@ loss while one is written leaves the other, whose pages the hold still kept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import struct
@@ -52,6 +53,7 @@ def room_to_hold(folder: Path) -> bool:
     return disk.f_bavail * disk.f_frsize >= LOW_ROOM
 
 
+@functools.cache  # (read once per process, not at every sync: it cannot change)
 def boot_id() -> bytes:
     """This boot's id (16 bytes, whatever the kernel's text of it); the same for every
     process until the system starts again."""
