@@ -13,10 +13,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from onitufs.testing.dropbox_api import FakeDropbox
 
+from .annex_programs import on_path
 from .conftest import Cloud, MakeCloud, snapshot, wait_for
 from .sshd import MakeSshCloud, Sshd, SshRemote
+from .test_annex import files_of, fresh_machine, rclone_table, with_remotes
 from .test_dropbox import with_dropbox
 from .test_mount import RENAME_EXCHANGE, renameat2
 from .trees import DropboxAccount, Tree
@@ -99,7 +103,24 @@ def test_kill9_at_random_points_with_ssh_and_dropbox_remotes(
                          DropboxAccount(fake)])
 
 
-def kill9_rounds(cloud: Cloud, remotes: list[Tree]) -> None:
+def test_kill9_at_random_points_with_an_annex_remote(
+        make_cloud: MakeCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same beside a git-annex special remote (rclone's), whose uploads go through a
+    spool and whose tree is a manifest stored there: a new machine with that remote alone
+    then shows what the mount shows."""
+    on_path(tmp_path / "bin", monkeypatch)
+    store = tmp_path / "store"
+    cloud = with_remotes(make_cloud({"a": "rw"}, block_size="256 KiB", upload_delay="0.05s"),
+                         rclone_table(store))
+    mounted = kill9_rounds(cloud, [Tree(root) for root in cloud.remotes.values()])
+    fresh = fresh_machine(make_cloud, rclone_table(store))
+    wait_for(lambda: files_of(fresh.mountpoint) == mounted, timeout=60,
+             what="the annex remote's tree on a new machine")
+    fresh.umount()
+
+
+def kill9_rounds(cloud: Cloud, remotes: list[Tree]) -> dict[str, tuple[str, bytes]]:
+    """Rounds of writes cut by a kill -9; what the mount holds once all converged."""
     seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
     print(f"kill -9 rounds: ONITUFS_SEED={seed}")
     rng = random.Random(seed)
@@ -129,6 +150,7 @@ def kill9_rounds(cloud: Cloud, remotes: list[Tree]) -> None:
     cloud.umount()
     for remote in remotes:
         assert remote.snapshot() == mounted, f"seed {seed}: {remote.root} did not converge"
+    return mounted
 
 
 SQLITE_WRITER = """

@@ -1,8 +1,8 @@
 """Two machines at work on one tree: random writes, appends, chmods, renames and deletes
 through the mount while another program does the same straight in one remote's folder (a
 second machine syncing there), as another client of a Dropbox remote, or through a second
-mount that shares a remote's folder. Each side also puts folders where its files were,
-and files where its folders were.
+mount that shares a remote's folder or a git-annex special remote. Each side also puts
+folders where its files were, and files where its folders were.
 
 Each side owns some names and both write, chmod, delete and rename a few shared ones.
 After each round both stop and the tree must settle: the mount and every remote hold the
@@ -23,11 +23,16 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from onitufs.testing.dropbox_api import FakeDropbox
 
+from .annex_programs import on_path
 from .conftest import Cloud, MakeCloud, run
 from .sshd import MakeSshCloud, Sshd, SshRemote
+from .test_annex import rclone_table, with_remotes
 from .test_dropbox import with_dropbox
 from .trees import DropboxAccount, SyncedFolder, Tree
 
@@ -255,6 +260,20 @@ def test_two_mounts_write_one_tree_through_an_ssh_folder_they_share(
     other.remotes["a"].symlink_to(cloud.remotes["a"])
     other.mount()
     two_machines(cloud, Contents(sized_apart=True), Tree(other.mountpoint))
+    other.umount()
+
+
+def test_two_mounts_write_one_tree_through_an_annex_remote_they_share(
+        make_cloud: MakeCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two machines running onitufs with one git-annex special remote (rclone's, on a local
+    folder) as a remote each: a special remote cannot list, so each keeps the tree as a
+    manifest there and merges the other's into its own."""
+    on_path(tmp_path / "bin", monkeypatch)
+    store = tmp_path / "store"
+    cloud = with_remotes(make_cloud({"b": "rw"}, block_size="64 KiB"), rclone_table(store))
+    other = with_remotes(make_cloud({"c": "rw"}, block_size="64 KiB"), rclone_table(store))
+    other.mount()
+    two_machines(cloud, Contents(), Tree(other.mountpoint))
     other.umount()
 
 
