@@ -132,6 +132,9 @@ def export(command: bytes, rest: bytes, exported: Path) -> None:
     else:  # RENAMEEXPORT
         key, new = rest.split(b" ", 1)
         misbehave(fault_now(key, int(key.split(b"-s", 1)[1].split(b"-", 1)[0]), "rename"))
+        if not exported.is_file():  # (another machine's removal, say)
+            send("RENAMEEXPORT-FAILURE", key)
+            return
         target = folder() / os.fsdecode(new)
         target.parent.mkdir(parents=True, exist_ok=True)
         exported.rename(target)
