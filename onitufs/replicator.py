@@ -1077,8 +1077,13 @@ class Replicator:
         except CallFailed as error:
             if isinstance(error.__cause__, Conflict):
                 await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
-                await self.on_conflict(remote, error.__cause__.current, inode)
-                raise Retry() from None
+                if await self.on_conflict(remote, error.__cause__.current, inode):
+                    raise Retry() from None
+                # Not settled: the remote's version could not be read or moved aside, or
+                # what the decision rested on moved meanwhile. Tried again after a backoff,
+                # as any failure: at once, a move aside that the remote kept refusing went
+                # five times a second for as long as it refused.
+                raise
             if not isinstance(error.__cause__, RemoteUnavailable):
                 with contextlib.suppress(CallFailed):  # leave no partial upload behind
                     await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))

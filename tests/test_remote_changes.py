@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import shutil
 import socket
 import stat
@@ -818,3 +819,41 @@ def test_a_conflict_that_cannot_be_kept_apart_stalls_and_unmount_says_so(
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert (remote / "x").read_bytes() == b"mount's, later", name
+
+
+def test_a_conflict_that_cannot_be_kept_apart_is_tried_again_less_and_less_often(
+        make_cloud: MakeCloud) -> None:
+    """The remote's version cannot be renamed aside there (the file immutable: EPERM):
+    the upload waits as after any failure, longer each time, instead of trying the rename
+    again five times a second for as long as it fails; once it can be made, both are kept.
+    (Listings try it too, each time they find it: none but the first here.)"""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
+    cloud.mount()
+    (cloud.mountpoint / "x").write_bytes(b"base")
+    cloud.wait_synced()
+    theirs = cloud.remotes["a"] / "x"
+    theirs.write_bytes(b"a's, earlier")
+    stamp = time.time() - 60
+    os.utime(theirs, (stamp, stamp))
+    subprocess.run(["chattr", "+i", str(theirs)], check=True)
+    try:
+        (cloud.mountpoint / "x").write_bytes(b"mount's, later")
+
+        def refused() -> int:  # (a refusal said again is logged at DEBUG)
+            return len(re.findall(r"remote a: move_file x x \(conflict from a [^)]*\): ",
+                                  cloud.log))
+
+        wait_for(lambda: refused() > 0, what="the rename aside tried")
+        time.sleep(6)
+        # a try, then after 1, 2 and 4 s, each maybe with a listing's: not the thirty or
+        # more of a try every 0.2 s
+        assert refused() <= 10, f"the rename aside was tried {refused()} times in 6 s"
+        assert theirs.read_bytes() == b"a's, earlier"
+    finally:
+        subprocess.run(["chattr", "-i", str(theirs)], check=True)
+    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier"], timeout=60,
+             what="a's version kept beside, once it can be renamed")
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "x").read_bytes() == b"mount's, later", name
+        assert conflict_copies(remote, "x") == [b"a's, earlier"], name
