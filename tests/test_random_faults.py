@@ -1,5 +1,6 @@
 """Random operations in the mount while one remote's disk fills up, turns read-only, is
-unplugged and comes back, at random points between them.
+unplugged and comes back, at random points between them; and while an SSH server stops
+answering, drops its sessions, goes down and comes back, and its disk fills.
 
 The mount is compared with a plain folder (the model) as in test_random_ops. Nothing may land
 in the folder an unplugged disk leaves empty. Once the faults end, every remote holds what the
@@ -14,7 +15,10 @@ each after the disk came and went within a second more than once in a row.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,8 +28,11 @@ import pytest
 from onitufs.plug import TEMP_SUFFIX
 
 from .conftest import Cloud, MakeCloud, fill, run, snapshot, tree
-from .test_empty_remote import plug_in, unplug, usb_disk
+from .sshd import MakeSshCloud, Sshd, SshRemote, descendants
+from .test_empty_remote import disk_at, plug_in, unplug, usb_disk
 from .test_random_ops import Both, random_run
+
+pytest_plugins = ["tests.sshd"]
 
 FAULT_CHANCE = 0.03  # per step: about 30 faults begun or ended in the default 1,000 steps
 
@@ -95,6 +102,75 @@ class Disk:
             self.plug_in()
 
 
+class Server:
+    """The faults of an SSH server: it stops answering (it and its sessions stopped), drops
+    every session, goes down and comes back; and its disk, beside the folder `files`, fills."""
+
+    def __init__(self, sshd: Sshd, files: Path) -> None:
+        self.sshd = sshd
+        self.filler = files.parent / "filler"
+        self.state = "up"  # or "stopped", "down"
+        self.full = False
+        self.stopped: list[int] = []
+
+    def stop(self) -> None:
+        assert self.sshd.process is not None
+        self.stopped = [self.sshd.process.pid, *descendants(self.sshd.process.pid)]
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        self.state = "stopped"
+
+    def go_on(self) -> None:
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stopped = []
+        self.state = "up"
+
+    def drop_sessions(self) -> None:
+        assert self.sshd.process is not None
+        for pid in descendants(self.sshd.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def toggle(self, rng: random.Random) -> str:
+        """Begin or end one fault, chosen at random; what it did."""
+        choices = ["empty" if self.full else "fill"] + {
+            "up": ["stop", "drop sessions", "down"], "stopped": ["go on"], "down": ["up"]
+        }[self.state]
+        kind = rng.choice(choices)
+        if kind == "stop":
+            self.stop()
+        elif kind == "go on":
+            self.go_on()
+        elif kind == "drop sessions":
+            self.drop_sessions()
+        elif kind == "down":
+            self.sshd.stop()
+            self.state = "down"
+        elif kind == "up":
+            self.sshd.start()
+            self.state = "up"
+        elif kind == "fill":
+            fill(self.filler)
+            self.full = True
+        else:
+            self.filler.unlink()
+            self.full = False
+        return kind
+
+    def mend(self) -> None:
+        if self.state == "stopped":
+            self.go_on()
+        elif self.state == "down":
+            self.sshd.start()
+            self.state = "up"
+        if self.full:
+            self.filler.unlink()
+            self.full = False
+
+
 def remount(cloud: Cloud, where: str) -> None:
     """`onitufs umount`, which may leave changes queued for a remote away, and mount."""
     result = run("umount", cloud.mountpoint, check=False)
@@ -138,6 +214,57 @@ def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unpl
         remount(cloud, f"seed {seed}, the faults ended")
         try:
             cloud.wait_synced()
+        except AssertionError as error:
+            holdings = {name: sorted(tree(remote)) for name, remote in cloud.remotes.items()}
+            raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings}, "
+                                 f"status {cloud.status()['remotes']}") from None
+        cloud.umount()
+        expected = snapshot(model)
+        for name, remote in cloud.remotes.items():
+            assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs ({faults})"
+            left = [path for path in tree(remote) if path.endswith(TEMP_SUFFIX)]
+            assert left == [], f"seed {seed}: temp files left on remote {name}: {left}"
+        cloud.mount()
+        assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
+        cloud.umount()
+    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+
+
+@pytest.mark.slow
+def test_random_operations_while_an_ssh_server_stops_drops_sessions_goes_down_and_fills(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, tmp_path: Path) -> None:
+    seed = int(os.environ.get("ONITUFS_SEED", random.randrange(2**32)))
+    steps = int(os.environ.get("ONITUFS_STEPS", 1000))
+    print(f"random SSH faults: ONITUFS_SEED={seed} ONITUFS_STEPS={steps}")
+    cloud = make_ssh_cloud({"home": "rw"}, {"s": SshRemote(sshd)}, block_size="64 KiB",
+                           cache_size="16 MiB", write_buffer="128 KiB", stall="3s")
+    model = tmp_path / "model"
+    model.mkdir()
+    rng = random.Random(seed)
+    with disk_at(cloud.root / "disk", cloud.remotes["s"], size="4m") as files:
+        server = Server(sshd, files)
+        try:
+            cloud.mount()
+            both = Both(cloud.mountpoint, model, random.Random(rng.randrange(2**32)))
+            faults: list[str] = []
+            for number in range(steps):
+                if rng.random() < FAULT_CHANCE:
+                    faults.append(f"{number}: {server.toggle(rng)}")
+                    time.sleep(rng.uniform(0, 0.6))  # for the daemon to meet it
+                kind = both.step()
+                where = f"seed {seed}, step {number}, faults {faults[-4:]}, " \
+                        f"after {list(both.history)}"
+                if number % 20 == 0 or kind in ("rename", "rmdir"):
+                    assert snapshot(cloud.mountpoint) == snapshot(model), where
+                if number == steps // 2:  # a remount, maybe with the server away or full
+                    remount(cloud, where)
+                    assert snapshot(cloud.mountpoint) == snapshot(model), f"{where}, remounted"
+            print(f"faults: {faults}")
+        finally:
+            server.mend()
+        remount(cloud, f"seed {seed}, the faults ended")
+        try:
+            cloud.wait_synced(timeout=180)
         except AssertionError as error:
             holdings = {name: sorted(tree(remote)) for name, remote in cloud.remotes.items()}
             raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings}, "
