@@ -1,6 +1,7 @@
 """Random operations in the mount while one remote's disk fills up, turns read-only, is
-unplugged and comes back, at random points between them; and while an SSH server stops
-answering, drops its sessions, goes down and comes back, and its disk fills.
+unplugged and comes back, at random points between them; while an SSH server stops
+answering, drops its sessions, goes down and comes back, and its disk fills; and while
+Dropbox errs, throttles, hangs, goes offline, fills and expires its sessions and tokens.
 
 The mount is compared with a plain folder (the model) as in test_random_ops. Nothing may land
 in the folder an unplugged disk leaves empty. Once the faults end, every remote holds what the
@@ -26,11 +27,14 @@ from pathlib import Path
 import pytest
 
 from onitufs.plug import TEMP_SUFFIX
+from onitufs.testing.dropbox_api import FakeDropbox
 
 from .conftest import Cloud, MakeCloud, fill, run, snapshot, tree
 from .sshd import MakeSshCloud, Sshd, SshRemote, descendants
+from .test_dropbox import with_dropbox
 from .test_empty_remote import disk_at, plug_in, unplug, usb_disk
 from .test_random_ops import Both, random_run
+from .trees import DropboxAccount
 
 pytest_plugins = ["tests.sshd"]
 
@@ -171,6 +175,54 @@ class Server:
             self.full = False
 
 
+class Account:
+    """The faults of a Dropbox account: errors and rate limits for a few calls, calls left
+    unanswered, the server offline, the account full, its upload sessions and access tokens
+    expired, its cursors reset."""
+
+    def __init__(self, fake: FakeDropbox) -> None:
+        self.fake = fake
+        self.hanging, self.offline, self.full = False, False, False
+
+    def toggle(self, rng: random.Random) -> str:
+        """Begin or end one fault, chosen at random; what it did."""
+        kind = rng.choice(["errors", "answer" if self.hanging else "hang",
+                           "online" if self.offline else "offline",
+                           "room" if self.full else "fill", "expire", "reset cursors"])
+        if kind == "errors":
+            self.fake.fail("*", rng.choice([429, 500, 503]), times=rng.randint(1, 12))
+        elif kind == "hang":
+            self.fake.stop_answering()
+        elif kind == "answer":
+            self.fake.answer_again()
+        elif kind == "offline":
+            self.fake.go_offline()
+        elif kind == "online":
+            self.fake.go_online()
+        elif kind == "fill":
+            self.fake.set_quota(self.fake.used())
+        elif kind == "room":
+            self.fake.set_quota(None)
+        elif kind == "expire":
+            self.fake.expire_upload_sessions()
+            self.fake.expire_access_tokens()
+        else:
+            self.fake.reset_cursors()
+        if kind in ("hang", "answer"):
+            self.hanging = kind == "hang"
+        elif kind in ("offline", "online"):
+            self.offline = kind == "offline"
+        elif kind in ("fill", "room"):
+            self.full = kind == "fill"
+        return kind
+
+    def mend(self) -> None:
+        self.fake.set_quota(None)
+        self.fake.go_online()
+        self.fake.answer_again()
+        self.hanging, self.offline, self.full = False, False, False
+
+
 def remount(cloud: Cloud, where: str) -> None:
     """`onitufs umount`, which may leave changes queued for a remote away, and mount."""
     result = run("umount", cloud.mountpoint, check=False)
@@ -278,4 +330,51 @@ def test_random_operations_while_an_ssh_server_stops_drops_sessions_goes_down_an
         cloud.mount()
         assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
         cloud.umount()
+    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+
+
+@pytest.mark.slow
+def test_random_operations_while_dropbox_errs_hangs_goes_offline_fills_and_expires(
+        make_cloud: MakeCloud, fake: FakeDropbox, tmp_path: Path) -> None:
+    seed, steps, cloud, model = random_run(make_cloud, tmp_path, "random Dropbox faults",
+                                           {"home": "rw"}, cache_size="16 MiB")
+    cloud.settings["stall"] = "3s"
+    cloud.write_config()
+    with_dropbox(cloud, fake)
+    account = Account(fake)
+    dropbox = DropboxAccount(fake)
+    rng = random.Random(seed)
+    try:
+        cloud.mount()
+        both = Both(cloud.mountpoint, model, random.Random(rng.randrange(2**32)))
+        faults: list[str] = []
+        for number in range(steps):
+            if rng.random() < FAULT_CHANCE:
+                faults.append(f"{number}: {account.toggle(rng)}")
+                time.sleep(rng.uniform(0, 0.6))  # for the daemon to meet it
+            kind = both.step()
+            where = f"seed {seed}, step {number}, faults {faults[-4:]}, after {list(both.history)}"
+            if number % 20 == 0 or kind in ("rename", "rmdir"):
+                assert snapshot(cloud.mountpoint) == snapshot(model), where
+            if number == steps // 2:  # a remount, maybe with Dropbox away or full
+                remount(cloud, where)
+                assert snapshot(cloud.mountpoint) == snapshot(model), f"{where}, remounted"
+        print(f"faults: {faults}")
+    finally:
+        account.mend()
+    remount(cloud, f"seed {seed}, the faults ended")
+    try:
+        cloud.wait_synced(timeout=180)
+    except AssertionError as error:
+        raise AssertionError(f"seed {seed}: {error}; Dropbox holds {sorted(dropbox.snapshot())}, "
+                             f"status {cloud.status()['remotes']}") from None
+    cloud.umount()
+    expected = snapshot(model)
+    assert snapshot(cloud.remotes["home"]) == expected, f"seed {seed}: home differs ({faults})"
+    assert dropbox.snapshot() == expected, f"seed {seed}: Dropbox differs ({faults})"
+    left = [path for path in fake.tree() if path.endswith(TEMP_SUFFIX)]
+    assert left == [], f"seed {seed}: temp files left on Dropbox: {left}"
+    cloud.mount()
+    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
+    cloud.umount()
     assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
