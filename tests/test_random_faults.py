@@ -22,7 +22,9 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -34,11 +36,16 @@ from .sshd import MakeSshCloud, Sshd, SshRemote, descendants
 from .test_dropbox import with_dropbox
 from .test_empty_remote import disk_at, plug_in, unplug, usb_disk
 from .test_random_ops import Both, random_run
-from .trees import DropboxAccount
+from .trees import DropboxAccount, Tree
 
 pytest_plugins = ["tests.sshd"]
 
 FAULT_CHANCE = 0.03  # per step: about 30 faults begun or ended in the default 1,000 steps
+
+
+class Faults(Protocol):
+    def toggle(self, rng: random.Random) -> str:
+        """Begin or end one fault, chosen at random; what it did."""
 
 
 class Disk:
@@ -231,6 +238,60 @@ def remount(cloud: Cloud, where: str) -> None:
     cloud.mount()
 
 
+def with_faults(cloud: Cloud, model: Path, seed: int, steps: int, faults: Faults,
+                check: Callable[[str], None] = lambda where: None) -> list[str]:
+    """Mount and take the random steps, a fault begun or ended at random points between
+    them and a remount half way, the mount compared with the model as it goes and `check`
+    called after each step; the faults, as done."""
+    rng = random.Random(seed)
+    cloud.mount()
+    both = Both(cloud.mountpoint, model, random.Random(rng.randrange(2**32)))
+    done: list[str] = []
+    for number in range(steps):
+        if rng.random() < FAULT_CHANCE:
+            done.append(f"{number}: {faults.toggle(rng)}")
+            time.sleep(rng.uniform(0, 0.6))  # for the daemon to meet it
+        kind = both.step()
+        where = f"seed {seed}, step {number}, faults {done[-4:]}, after {list(both.history)}"
+        if number % 20 == 0 or kind in ("rename", "rmdir"):
+            assert snapshot(cloud.mountpoint) == snapshot(model), where
+        check(where)
+        if number == steps // 2:  # a remount, maybe with the remote away or full
+            remount(cloud, where)
+            assert snapshot(cloud.mountpoint) == snapshot(model), f"{where}, remounted"
+    print(f"faults: {done}")
+    return done
+
+
+def ends_as_the_model(cloud: Cloud, model: Path, seed: int, faults: list[str],
+                      remotes: dict[str, Tree], leftovers: Callable[[], list[str]]) -> None:
+    """Once the faults are mended: a new mount (a remote that kept failing is tried again
+    after its backoff, up to 5 minutes; a new mount tries it at once) brings every remote
+    to the model's tree, with no upload's temp file left, and so is the mount after a
+    remount; no block was found damaged."""
+    remount(cloud, f"seed {seed}, the faults ended")
+    try:
+        cloud.wait_synced(timeout=180)
+    except AssertionError as error:
+        holdings = {name: sorted(remote.snapshot()) for name, remote in remotes.items()}
+        raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings}, "
+                             f"status {cloud.status()['remotes']}") from None
+    cloud.umount()
+    expected = snapshot(model)
+    for name, remote in remotes.items():
+        assert remote.snapshot() == expected, f"seed {seed}: remote {name} differs ({faults})"
+    assert leftovers() == [], f"seed {seed}: temp files left: {leftovers()}"
+    cloud.mount()
+    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
+    cloud.umount()
+    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+
+
+def temp_files(*folders: Path) -> list[str]:
+    return [f"{folder}/{path}" for folder in folders for path in tree(folder)
+            if path.endswith(TEMP_SUFFIX)]
+
+
 @pytest.mark.slow
 def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unplugged(
         make_cloud: MakeCloud, tmp_path: Path) -> None:
@@ -239,47 +300,19 @@ def test_random_operations_while_a_remote_disk_fills_turns_read_only_and_is_unpl
     # model has none.
     seed, steps, cloud, model = random_run(make_cloud, tmp_path, "random faults",
                                            {"home": "rw", "usb": "rw"}, cache_size="16 MiB")
-    rng = random.Random(seed)
     with usb_disk(cloud, "usb", size="4m") as files:
         disk = Disk(files, cloud.remotes["usb"])
-        cloud.mount()
-        both = Both(cloud.mountpoint, model, random.Random(rng.randrange(2**32)))
-        faults: list[str] = []
-        for number in range(steps):
-            if rng.random() < FAULT_CHANCE:
-                faults.append(f"{number}: {disk.toggle(rng)}")
-                time.sleep(rng.uniform(0, 0.6))  # for the daemon to meet it
-            kind = both.step()
-            where = f"seed {seed}, step {number}, faults {faults[-4:]}, after {list(both.history)}"
-            if number % 20 == 0 or kind in ("rename", "rmdir"):
-                assert snapshot(cloud.mountpoint) == snapshot(model), where
+
+        def nothing_landed(where: str) -> None:
             if not disk.plugged:
                 landed = sorted(tree(disk.remote))
                 assert landed == [], f"{where}: written while unplugged: {landed}"
-            if number == steps // 2:  # a remount, maybe with the disk away or full
-                remount(cloud, where)
-                assert snapshot(cloud.mountpoint) == snapshot(model), f"{where}, remounted"
-        print(f"faults: {faults}")
+
+        faults = with_faults(cloud, model, seed, steps, disk, nothing_landed)
         disk.mend()
-        # A remote that kept failing is tried again after its backoff, up to 5 minutes: a new
-        # mount tries it at once.
-        remount(cloud, f"seed {seed}, the faults ended")
-        try:
-            cloud.wait_synced()
-        except AssertionError as error:
-            holdings = {name: sorted(tree(remote)) for name, remote in cloud.remotes.items()}
-            raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings}, "
-                                 f"status {cloud.status()['remotes']}") from None
-        cloud.umount()
-        expected = snapshot(model)
-        for name, remote in cloud.remotes.items():
-            assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs ({faults})"
-            left = [path for path in tree(remote) if path.endswith(TEMP_SUFFIX)]
-            assert left == [], f"seed {seed}: temp files left on remote {name}: {left}"
-        cloud.mount()
-        assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
-        cloud.umount()
-    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+        ends_as_the_model(cloud, model, seed, faults,
+                          {name: Tree(folder) for name, folder in cloud.remotes.items()},
+                          lambda: temp_files(*cloud.remotes.values()))
 
 
 @pytest.mark.slow
@@ -292,45 +325,15 @@ def test_random_operations_while_an_ssh_server_stops_drops_sessions_goes_down_an
                            cache_size="16 MiB", write_buffer="128 KiB", stall="3s")
     model = tmp_path / "model"
     model.mkdir()
-    rng = random.Random(seed)
     with disk_at(cloud.root / "disk", cloud.remotes["s"], size="4m") as files:
         server = Server(sshd, files)
         try:
-            cloud.mount()
-            both = Both(cloud.mountpoint, model, random.Random(rng.randrange(2**32)))
-            faults: list[str] = []
-            for number in range(steps):
-                if rng.random() < FAULT_CHANCE:
-                    faults.append(f"{number}: {server.toggle(rng)}")
-                    time.sleep(rng.uniform(0, 0.6))  # for the daemon to meet it
-                kind = both.step()
-                where = f"seed {seed}, step {number}, faults {faults[-4:]}, " \
-                        f"after {list(both.history)}"
-                if number % 20 == 0 or kind in ("rename", "rmdir"):
-                    assert snapshot(cloud.mountpoint) == snapshot(model), where
-                if number == steps // 2:  # a remount, maybe with the server away or full
-                    remount(cloud, where)
-                    assert snapshot(cloud.mountpoint) == snapshot(model), f"{where}, remounted"
-            print(f"faults: {faults}")
+            faults = with_faults(cloud, model, seed, steps, server)
         finally:
             server.mend()
-        remount(cloud, f"seed {seed}, the faults ended")
-        try:
-            cloud.wait_synced(timeout=180)
-        except AssertionError as error:
-            holdings = {name: sorted(tree(remote)) for name, remote in cloud.remotes.items()}
-            raise AssertionError(f"seed {seed}: {error}; the remotes hold {holdings}, "
-                                 f"status {cloud.status()['remotes']}") from None
-        cloud.umount()
-        expected = snapshot(model)
-        for name, remote in cloud.remotes.items():
-            assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs ({faults})"
-            left = [path for path in tree(remote) if path.endswith(TEMP_SUFFIX)]
-            assert left == [], f"seed {seed}: temp files left on remote {name}: {left}"
-        cloud.mount()
-        assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
-        cloud.umount()
-    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+        ends_as_the_model(cloud, model, seed, faults,
+                          {name: Tree(folder) for name, folder in cloud.remotes.items()},
+                          lambda: temp_files(*cloud.remotes.values()))
 
 
 @pytest.mark.slow
@@ -342,39 +345,12 @@ def test_random_operations_while_dropbox_errs_hangs_goes_offline_fills_and_expir
     cloud.write_config()
     with_dropbox(cloud, fake)
     account = Account(fake)
-    dropbox = DropboxAccount(fake)
-    rng = random.Random(seed)
     try:
-        cloud.mount()
-        both = Both(cloud.mountpoint, model, random.Random(rng.randrange(2**32)))
-        faults: list[str] = []
-        for number in range(steps):
-            if rng.random() < FAULT_CHANCE:
-                faults.append(f"{number}: {account.toggle(rng)}")
-                time.sleep(rng.uniform(0, 0.6))  # for the daemon to meet it
-            kind = both.step()
-            where = f"seed {seed}, step {number}, faults {faults[-4:]}, after {list(both.history)}"
-            if number % 20 == 0 or kind in ("rename", "rmdir"):
-                assert snapshot(cloud.mountpoint) == snapshot(model), where
-            if number == steps // 2:  # a remount, maybe with Dropbox away or full
-                remount(cloud, where)
-                assert snapshot(cloud.mountpoint) == snapshot(model), f"{where}, remounted"
-        print(f"faults: {faults}")
+        faults = with_faults(cloud, model, seed, steps, account)
     finally:
         account.mend()
-    remount(cloud, f"seed {seed}, the faults ended")
-    try:
-        cloud.wait_synced(timeout=180)
-    except AssertionError as error:
-        raise AssertionError(f"seed {seed}: {error}; Dropbox holds {sorted(dropbox.snapshot())}, "
-                             f"status {cloud.status()['remotes']}") from None
-    cloud.umount()
-    expected = snapshot(model)
-    assert snapshot(cloud.remotes["home"]) == expected, f"seed {seed}: home differs ({faults})"
-    assert dropbox.snapshot() == expected, f"seed {seed}: Dropbox differs ({faults})"
-    left = [path for path in fake.tree() if path.endswith(TEMP_SUFFIX)]
-    assert left == [], f"seed {seed}: temp files left on Dropbox: {left}"
-    cloud.mount()
-    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
-    cloud.umount()
-    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+    home = cloud.remotes["home"]
+    ends_as_the_model(cloud, model, seed, faults,
+                      {"home": Tree(home), "dropbox": DropboxAccount(fake)},
+                      lambda: temp_files(home) + [path for path in fake.tree()
+                                                  if path.endswith(TEMP_SUFFIX)])
