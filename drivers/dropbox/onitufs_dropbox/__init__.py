@@ -48,7 +48,7 @@ from .changes import Watcher
 from .client import Api, block_hashes, content_hash, make_client
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
 from .settings import Settings, read
-from .tree import FILE_MODE, FOLDER_MODE, Node, Tree, node_of
+from .tree import FILE_MODE, FOLDER_MODE, Node, Tree, node_metadata, node_of
 from .uploads import Upload, Uploads
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,7 @@ def start(plug: Plug) -> None:
         return node
 
     def described(path: str, stored: str, entry: files.Metadata) -> Metadata:
-        node = learn(stored, entry)
-        if node.kind == "dir":
-            return Metadata(path=path, kind="dir", mode=FOLDER_MODE, file_id=node.id)
-        return Metadata(path=path, size=node.size, mtime_ns=node.mtime * 10**9,
-                        mode=FILE_MODE, revision=node.rev, file_id=node.id)
+        return node_metadata(path, learn(stored, entry))
 
     @plug.handler()
     @guarded

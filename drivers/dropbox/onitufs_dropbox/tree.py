@@ -42,6 +42,14 @@ class Node:
     display: str = ""  # the path relative to the root as Dropbox last showed it
 
 
+def node_metadata(path: str, node: Node) -> Metadata:
+    """The node as reported at the mount path `path`."""
+    if node.kind == "dir":
+        return Metadata(path=path, kind="dir", mode=FOLDER_MODE, file_id=node.id)
+    return Metadata(path=path, kind="file", size=node.size, mtime_ns=node.mtime * 10**9,
+                    mode=FILE_MODE, revision=node.rev, file_id=node.id)
+
+
 def node_of(entry: files.Metadata, relative: str) -> Node | None:
     """A listing's entry as a Node (None for a deleted one)."""
     if isinstance(entry, files.FileMetadata):
@@ -174,12 +182,7 @@ class Tree:
             return self._describe(key)
 
     def _describe(self, key: str) -> Metadata:
-        node = self._nodes[key]
-        path = self._mount_path(key)
-        if node.kind == "dir":
-            return Metadata(path=path, kind="dir", mode=FOLDER_MODE, file_id=node.id)
-        return Metadata(path=path, kind="file", size=node.size, mtime_ns=node.mtime * 10**9,
-                        mode=FILE_MODE, revision=node.rev, file_id=node.id)
+        return node_metadata(self._mount_path(key), self._nodes[key])
 
     def listing(self) -> list[Metadata]:
         """What is reported: all but the hidden entries."""
