@@ -40,6 +40,7 @@ from .index import (
     listed_digest,
 )
 from .plug import MARKER, ListingNeeded, Metadata
+from .refusals import Refusals
 from .remotes import CallFailed, Remote
 from .replicator import FetchError, Replicator, aside_ino, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
@@ -122,6 +123,7 @@ class RemoteChanges:
         self.replicator = replicator
         self.remotes = {remote.name: remote for remote in remotes}
         self.identities = {remote.name: Identity(remote, self.index) for remote in remotes}
+        self.refusals = Refusals()
         for remote in remotes:
             remote.before_change = self.identities[remote.name].before_change
 
@@ -132,6 +134,7 @@ class RemoteChanges:
         source = self.remotes[remote]
         if self.identities[remote].retry_now() and source.plug is not None:
             source.plug.look_again()  # the marker is tried with the listing it is judged by
+        self.refusals.forget(source.rid)
         self.replicator.retry_now(source)
 
     async def update_file(self, remote: str, metadata: Metadata) -> None:
@@ -389,7 +392,10 @@ class RemoteChanges:
     async def keep_both(self, remote: Remote, md: Metadata, ours: Inode) -> bool:
         """The remote's version did not descend from ours: keep both, unless it is the same
         content; False when that cannot be told yet, or the mount or the remote moved on
-        while it was compared (then nothing was changed)."""
+        while it was compared (then nothing was changed), or the remote refused what that
+        asked of it lately (see refusals.py)."""
+        if self.refusals.waiting(remote.rid, md, ours.rev):
+            return False
         remote.taken_in(md.path)  # (an upload's answer, as old as the look it made)
         with self.index.begin() as txn:
             standing = self._standing(txn, remote, md.path)
@@ -461,7 +467,9 @@ class RemoteChanges:
             await remote.call("move_file", md.copy(), moved)
         except CallFailed:
             # Saved again there since it was listed (Changed), a file there under that name
-            # the listing did not hold yet, the remote gone: the next listing says.
+            # the listing did not hold yet, the remote gone: the next listing says. Or the
+            # remote refuses the rename for as long as it holds that version.
+            self.refusals.refused(remote.rid, md, ours.rev)
             return False
         remote.touch(md.path, aside)
         log.warning("remote %s: %s changed both here and there; its version is kept%s as %s",
@@ -505,6 +513,9 @@ class RemoteChanges:
             standing = self._standing(txn, remote, md.path)
         if ino is None or entry is None:
             return True
+        ours_rev = inode.rev if inode is not None else None
+        if self.refusals.waiting(remote.rid, md, ours_rev):
+            return False
         touched = None not in (entry.changed, md.changed_ns) and entry.changed != md.changed_ns
         renumbered = refiled(entry, md)
         moved = touched or renumbered
@@ -528,6 +539,7 @@ class RemoteChanges:
             except CallFailed as error:
                 log.info("remote %s: %s: cannot compare it with what it held yet: %s",
                          remote.name, md.path, error)
+                self.refusals.refused(remote.rid, md, ours_rev)
                 return False
         else:
             # What it held is not our current revision, or nothing of ours now, and its
@@ -645,6 +657,7 @@ class RemoteChanges:
         except (CallFailed, FetchError, BlockLost) as error:
             log.info("remote %s: %s: cannot compare it with ours yet: %s", remote.name, md.path,
                      error)
+            self.refusals.refused(remote.rid, md, ours.rev)
             return None
         return same and ours.rev == rev and not ours.dirty
 

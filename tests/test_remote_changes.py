@@ -824,14 +824,15 @@ def test_a_conflict_that_cannot_be_kept_apart_is_tried_again_less_and_less_often
         make_cloud: MakeCloud) -> None:
     """The remote's version cannot be renamed aside there (the file immutable: EPERM):
     the upload waits as after any failure, longer each time, instead of trying again five
-    times a second for as long as the rename fails; once it can be made, both are kept.
-    (Each report of the remote's version tries the rename too, at the driver's pace.)"""
+    times a second for as long as the rename fails; and so do the driver's reports of that
+    version, each of which read the remote's copy whole to compare it with ours (the sizes
+    are one) before trying the rename. Once it can be made, both are kept."""
     cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
     cloud.mount()
     (cloud.mountpoint / "x").write_bytes(b"base")
     cloud.wait_synced()
     theirs = cloud.remotes["a"] / "x"
-    theirs.write_bytes(b"a's, earlier")
+    theirs.write_bytes(b"a's, earlier!!")
     stamp = time.time() - 60
     os.utime(theirs, (stamp, stamp))
     subprocess.run(["chattr", "+i", str(theirs)], check=True)
@@ -841,16 +842,21 @@ def test_a_conflict_that_cannot_be_kept_apart_is_tried_again_less_and_less_often
         def tries() -> int:  # the upload's, each ending in the conflict
             return cloud.log.count("remote a: end_upload x: Conflict: ")
 
+        def reads() -> int:  # of a's copy, to compare it with ours
+            return cloud.log.count("remote a: get_chunk x 0 14")
+
         wait_for(lambda: tries() > 0, what="the upload to meet the conflict")
-        time.sleep(6)
-        # a try, then after 1, 2 and 4 s: not the thirty of a try every 0.2 s
-        assert tries() <= 5, f"the upload was tried {tries()} times in 6 s"
-        assert theirs.read_bytes() == b"a's, earlier"
+        time.sleep(10)
+        # a try, then after 1, 2 and 4 s, both kinds: not the twenty and more of a read
+        # at each report and a try every 0.2 s
+        assert tries() <= 6, f"the upload was tried {tries()} times in 10 s"
+        assert reads() <= 6, f"a's copy was read {reads()} times in 10 s"
+        assert theirs.read_bytes() == b"a's, earlier!!"
     finally:
         subprocess.run(["chattr", "-i", str(theirs)], check=True)
-    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier"], timeout=60,
+    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier!!"], timeout=60,
              what="a's version kept beside, once it can be renamed")
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert (remote / "x").read_bytes() == b"mount's, later", name
-        assert conflict_copies(remote, "x") == [b"a's, earlier"], name
+        assert conflict_copies(remote, "x") == [b"a's, earlier!!"], name
