@@ -11,7 +11,10 @@ and lets the kernel keep names, missing names and attributes for 60 s, so the
 kernel sends both the same requests.
 
 Run as ``python -m bench.memfs MOUNTPOINT``; it serves until unmounted
-(``fusermount3 -u MOUNTPOINT``) and then exits.
+(``fusermount3 -u MOUNTPOINT``) and then exits. With ``--state FILE`` it starts
+from what FILE holds and writes everything there as it exits, so that the
+programs suite can unmount and mount it again before its `find -ls`, as it
+does the others.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import pickle
 import stat
 import time
 from dataclasses import dataclass, field
@@ -44,6 +48,7 @@ class Node:
     blocks: dict[int, bytearray] = field(default_factory=dict)  # absent: a hole, zeros
     children: dict[bytes, int] = field(default_factory=dict)
     parent: int = pyfuse3.ROOT_INODE
+    target: bytes = b""  # a symbolic link's
 
     @property
     def is_dir(self) -> bool:
@@ -88,13 +93,13 @@ class Node:
 class MemFS(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: dict[int, Node] | None = None) -> None:
         super().__init__()
         root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), nlink=2)
-        self.nodes: dict[int, Node] = {root.ino: root}
+        self.nodes: dict[int, Node] = nodes or {root.ino: root}
         self.handles: dict[int, int] = {}  # fh -> ino, for files and folders alike
         self.open_counts: dict[int, int] = {}
-        self.next_ino = root.ino + 1
+        self.next_ino = max(self.nodes) + 1
         self.next_fh = 1
 
     def node(self, ino: int) -> Node:
@@ -200,10 +205,74 @@ class MemFS(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         del parent.children[name]
-        parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        parent.mtime_ns = parent.ctime_ns = node.ctime_ns = time.time_ns()
         node.nlink -= 1
-        if not self.open_counts.get(ino):
+        if not node.nlink and not self.open_counts.get(ino):
             del self.nodes[ino]
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.node(parent_inode)
+        ino = parent.children.get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self.node(ino)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if node.children:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        del parent.children[name]
+        parent.nlink -= 1
+        parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        del self.nodes[ino]
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.add(parent_inode, name, stat.S_IFLNK | 0o777, ctx)
+        node.target, node.size = target, len(target)
+        return self.attributes(node)
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.node(inode).target
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node, parent = self.node(inode), self.node(new_parent_inode)
+        if new_name in parent.children:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        parent.children[new_name] = inode
+        parent.mtime_ns = parent.ctime_ns = node.ctime_ns = time.time_ns()
+        node.nlink += 1
+        return self.attributes(node)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # (RENAME_EXCHANGE: not needed here)
+        old, new = self.node(parent_inode_old), self.node(parent_inode_new)
+        ino = old.children.get(name_old)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self.node(ino)
+        replaced = new.children.get(name_new)
+        if replaced == ino:
+            return
+        if replaced is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if self.node(replaced).is_dir != node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR if node.is_dir else errno.EISDIR)
+            if node.is_dir:
+                await self.rmdir(parent_inode_new, name_new, ctx)
+            else:
+                await self.unlink(parent_inode_new, name_new, ctx)
+        del old.children[name_old]
+        new.children[name_new] = ino
+        if node.is_dir:
+            old.nlink -= 1
+            new.nlink += 1
+            node.parent = parent_inode_new
+        now = time.time_ns()
+        old.mtime_ns = old.ctime_ns = new.mtime_ns = new.ctime_ns = node.ctime_ns = now
 
     # folders
 
@@ -270,14 +339,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.memfs",
                                      description="A minimal in-memory FUSE filesystem.")
     parser.add_argument("mountpoint")
+    parser.add_argument("--state", default=None, metavar="FILE",
+                        help="start from what FILE holds, and write everything there at exit")
     args = parser.parse_args(argv)
-    pyfuse3.init(MemFS(), args.mountpoint, {"fsname=memfs", "subtype=memfs", "default_permissions"})
+    nodes = None
+    if args.state is not None and os.path.exists(args.state):
+        with open(args.state, "rb") as saved:
+            nodes = pickle.load(saved)  # (the bench's own file, written below)
+    memfs = MemFS(nodes)
+    pyfuse3.init(memfs, args.mountpoint, {"fsname=memfs", "subtype=memfs", "default_permissions"})
     try:
         trio.run(pyfuse3.main)
     except BaseException:
         pyfuse3.close(unmount=True)
         raise
     pyfuse3.close(unmount=False)  # unmounted from outside: nothing left to unmount
+    if args.state is not None:
+        with open(args.state, "wb") as state:
+            pickle.dump(memfs.nodes, state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 if __name__ == "__main__":

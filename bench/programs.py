@@ -25,6 +25,12 @@ after its last unmount, each target's backing folders must hold what the
 mount showed. The table gives the seconds per step and target, onitufs's
 ratio to the faster of rclone and sshfs and whether the issue's bars are
 met; the figures also go to a JSON file, so that runs can be compared.
+
+The in-memory pyfuse3 filesystem of the fuse suite (memfs, kept across
+its remount in a file) runs the steps too, as the floor: what pyfuse3 on
+trio takes by itself on this machine, with nothing stored anywhere. Its
+ratio to the faster of rclone and sshfs is shown beside onitufs's; where
+it is above a bar, no filesystem built on pyfuse3 can meet that bar here.
 `python -m bench programs` runs this suite alone.
 """
 
@@ -49,6 +55,7 @@ from .baselines import PlainDisk, RcloneMount, Sshfs
 from .targets import (
     GIB,
     UPLOAD_DELAY,
+    MemFS,
     Onitufs,
     Target,
     TargetError,
@@ -58,7 +65,7 @@ from .targets import (
 )
 from .workloads import MIB, WrongData
 
-TARGETS = ("plain", "onitufs", "rclone", "sshfs")
+TARGETS = ("plain", "memfs", "onitufs", "rclone", "sshfs")
 COMPARED = ("rclone", "sshfs")  # onitufs's ratio is to the faster of these
 C_FILES = 40
 COMMAND_TIMEOUT = 1800
@@ -311,22 +318,27 @@ class Run:
                                 "what the mount showed")
 
 
-def ratio(seconds: Seconds, key: str) -> float | None:
+def ratio(seconds: Seconds, key: str, target: str = "onitufs") -> float | None:
+    """The target's seconds over the faster of rclone's and sshfs's."""
     best = [seconds[name][key] for name in COMPARED if key in seconds.get(name, {})]
-    ours = seconds.get("onitufs", {}).get(key)
+    ours = seconds.get(target, {}).get(key)
     return None if ours is None or not best else ours / min(best)
 
 
 def table(seconds: Seconds) -> list[str]:
     columns = [name for name in TARGETS if name in seconds]
-    rows = [["seconds", *columns, "onitufs/best", "bar"]]
+    rows = [["seconds", *columns, "memfs/best", "onitufs/best", "bar"]]
     for step in (*STEPS, Step(REMOUNT, "  (unmount + mount before the find)", 0.0)):
         row = [step.label, *[f"{seconds[name][step.key]:.2f}" if step.key in seconds[name]
                              else "-" for name in columns]]
+        floor = ratio(seconds, step.key, "memfs")
         value = ratio(seconds, step.key)
         if step.key == REMOUNT:
-            row += ["", ""]
-        elif value is None:
+            row += ["", "", ""]
+            rows.append(row)
+            continue
+        row.append("-" if floor is None else f"{floor:.2f}")
+        if value is None:
             row += ["-", f"<= {step.bar:.1f} not measured"]
         else:
             row += [f"{value:.2f}", f"<= {step.bar:.1f} {'met' if value <= step.bar else 'NOT MET'}"]
@@ -336,8 +348,9 @@ def table(seconds: Seconds) -> list[str]:
                       for i, cell in enumerate(row)).rstrip() for row in rows]
 
 
-def verdict(value: float | None, bar: float) -> dict[str, object]:
-    return {"onitufs_to_best": value, "bar": bar, "met": None if value is None else value <= bar}
+def verdict(value: float | None, floor: float | None, bar: float) -> dict[str, object]:
+    return {"onitufs_to_best": value, "memfs_to_best": floor, "bar": bar,
+            "met": None if value is None else value <= bar}
 
 
 def figures(rounds: list[Seconds], source: Source | None, started: float,
@@ -354,7 +367,8 @@ def figures(rounds: list[Seconds], source: Source | None, started: float,
         "c_files": C_FILES,
         "seconds": seconds,
         "rounds": rounds,
-        "ratios": {step.key: verdict(ratio(seconds, step.key), step.bar) for step in STEPS},
+        "ratios": {step.key: verdict(ratio(seconds, step.key), ratio(seconds, step.key, "memfs"),
+                                     step.bar) for step in STEPS},
     }
 
 
@@ -363,6 +377,8 @@ def make_target(name: str, workdir: Path | None) -> Target:
     try:
         if name == "plain":
             return PlainDisk(folder)
+        if name == "memfs":
+            return MemFS(folder, keeps=True)
         if name == "onitufs":
             return Onitufs(folder, 4 * GIB, UPLOAD_DELAY)
         if name == "rclone":

@@ -133,22 +133,25 @@ class Tmpfs(Target):
 
 
 class MemFS(Target):
-    """The in-memory pyfuse3 baseline (bench/memfs.py), in its own process."""
+    """The in-memory pyfuse3 baseline (bench/memfs.py), in its own process. With `keeps`,
+    what it holds is written out as it stops and read back as it starts again."""
 
     name = "memfs"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, keeps: bool = False) -> None:
         super().__init__(workdir)
         self.mountpoint = workdir / "mnt"
         self.mountpoint.mkdir()
         self.root = self.mountpoint
         self.log = workdir / "memfs.log"
+        self.state = ["--state", str(workdir / "memfs.state")] if keeps else []
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.memfs", str(self.mountpoint)], cwd=PACKAGE_PARENT,
+                [sys.executable, "-m", "bench.memfs", str(self.mountpoint), *self.state],
+                cwd=PACKAGE_PARENT,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not mounted(self.mountpoint):
