@@ -115,10 +115,13 @@ class Metadata:
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+HIDDEN_NAME_KEPT = 160  # bytes of a name its hidden names keep: room for the rest in NAME_MAX
+
+
 def hidden_beside(path: str, tag: str) -> str:
     """A temporary name in path's folder that no listing reports (TEMP_SUFFIX)."""
     folder, _, name = path.rpartition("/")
-    short = os.fsdecode(os.fsencode(name)[:160])  # room for the rest within NAME_MAX
+    short = os.fsdecode(os.fsencode(name)[:HIDDEN_NAME_KEPT])
     hidden = f".{short}.{tag}{TEMP_SUFFIX}"
     return f"{folder}/{hidden}" if folder else hidden
 
@@ -139,6 +142,18 @@ def _version_tag(revision: str | None, file_id: str | None) -> str:
     return hashlib.sha256(f"{revision}\0{file_id}".encode()).hexdigest()[:12]
 
 
+def _aside_parts(name: str) -> tuple[str, str, str] | None:
+    """For an aside name (aside_path): the name it was made beside (cut to the length
+    hidden_beside keeps), the tag of the version, and the mount that made it."""
+    if not name.endswith(TEMP_SUFFIX):
+        return None
+    before, dot, tag = name.removesuffix(TEMP_SUFFIX).rpartition(".")
+    if not (dot and before.startswith(".") and len(before) > 1 and tag.startswith(ASIDE)):
+        return None
+    version, _, owner = tag.removeprefix(ASIDE).partition("-")
+    return before[1:], version, owner
+
+
 def left_aside_by_another(name: str, revision: str, file_id: str | None) -> str | None:
     """For a hidden name in a folder (TEMP_SUFFIX) that is an aside name (aside_path)
     where a file of `revision` and `file_id` now is, though the name was made for
@@ -147,13 +162,18 @@ def left_aside_by_another(name: str, revision: str, file_id: str | None) -> str 
     a crash came before the check put it back (or a third save took the name): it is not
     onitufs's to delete. None for any other name, the version set aside there among them,
     by this mount or another."""
-    if not name.endswith(TEMP_SUFFIX):
+    parts = _aside_parts(name)
+    return None if parts is None or parts[1] == _version_tag(revision, file_id) else parts[0]
+
+
+def set_aside_by(name: str, owner: str) -> str | None:
+    """For an aside name that the mount whose Plug.aside_owner is `owner` made: the name
+    it was made beside, where that was not cut short; "" where it was; None for any other
+    name."""
+    parts = _aside_parts(name)
+    if parts is None or parts[2] != owner:
         return None
-    before, dot, tag = name.removesuffix(TEMP_SUFFIX).rpartition(".")
-    if not (dot and before.startswith(".") and len(before) > 1 and tag.startswith(ASIDE)):
-        return None
-    made_for = tag.removeprefix(ASIDE).partition("-")[0]  # whichever mount made it
-    return None if made_for == _version_tag(revision, file_id) else before[1:]
+    return parts[0] if len(os.fsencode(parts[0])) < HIDDEN_NAME_KEPT else ""
 
 
 def at_or_below(path: AnyStr, folder: AnyStr) -> bool:

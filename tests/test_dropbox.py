@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from onitufs_dropbox.auth import save_token
 
-from onitufs.plug import MARKER, MARKER_MAX
+from onitufs.plug import MARKER, MARKER_MAX, TEMP_SUFFIX
 from onitufs.storednames import mount_name
 from onitufs.testing.dropbox_api import FakeDropbox
 
@@ -383,6 +383,46 @@ def test_a_rename_does_not_move_a_save_made_after_dropbox_showed_the_file_gone(
     assert on_dropbox_all(fake) == want
     assert top_of(cloud.remotes["a"]) == want
     cloud.umount()
+
+
+def test_a_folder_delete_cut_short_after_its_move_aside_is_finished_by_the_next_mount(
+        make_cloud: MakeCloud, fake: FakeDropbox) -> None:
+    """A folder is deleted on Dropbox by moving it to a hidden name, then deleting it there
+    if it is empty. A crash between the two left the hidden folder on Dropbox for good:
+    the next mount's listing told the core the folder was gone, and no delete came again.
+    The next mount finishes it; a folder kept aside with a file saved into it meanwhile
+    comes back to its name instead, the file in it."""
+    cloud = with_dropbox(make_cloud({"a": "rw"}, upload_delay="0.2s"), fake)
+    cloud.mount()
+    for name in ("empty", "saved"):
+        (cloud.mountpoint / name).mkdir()
+    cloud.wait_synced()
+
+    def aside() -> list[str]:
+        return sorted(path for path in fake.tree() if TEMP_SUFFIX in path)
+
+    fake.stop_answering("files/list_folder")  # the look into the folder moved aside
+    try:
+        for name in ("empty", "saved"):
+            (cloud.mountpoint / name).rmdir()
+        wait_for(lambda: len(aside()) == 2, what="both folders moved aside")
+        cloud.kill9()
+    finally:
+        fake.answer_again()
+    kept = next(path for path in aside() if "saved" in path)
+    fake.write(f"{kept}/late.txt", b"saved into it as it was deleted")
+    cloud.cleanup()
+    cloud.mount()
+    cloud.wait_synced()
+    wait_for(lambda: aside() == [], what="the deletes finished")
+    assert on_dropbox_all(fake) == {"saved": None,
+                                    "saved/late.txt": b"saved into it as it was deleted"}
+    wait_for(lambda: (cloud.mountpoint / "saved" / "late.txt").exists(), what="the file shown")
+    assert not (cloud.mountpoint / "empty").exists()
+    cloud.umount()
+    assert (cloud.remotes["a"] / "saved" / "late.txt").read_bytes() \
+        == b"saved into it as it was deleted"
+    assert not (cloud.remotes["a"] / "empty").exists()
 
 
 def test_a_full_dropbox_backs_off_unmount_says_why_and_the_file_goes_once_there_is_room(

@@ -38,7 +38,7 @@ from dropbox import files
 from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
-from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
+from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped, set_aside_by
 from onitufs.room import DiskState, RoomWatch
 from onitufs.storednames import mount_name
 
@@ -356,19 +356,48 @@ def start(plug: Plug) -> None:
         delete_aside(md, stored)
 
     def delete_aside(md: Metadata, stored: str) -> None:
-        aside = plug.aside_path(md, stored)
+        if not finish_delete(plug.aside_path(md, stored), stored):
+            raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
+
+    def finish_delete(aside: str, stored: str) -> bool:
+        """The end of a folder's delete, once moved `aside` from `stored`: the folder goes
+        if empty (True, also when it is gone already), else back to `stored` (False)."""
         try:
             inside = api.call(client().files_list_folder, tree.api_path(aside), limit=1)
+            if not inside.entries:
+                api.call(client().files_delete_v2, tree.api_path(aside))
+                tree.remove(aside)
+                return True
         except ApiError as error:
-            if not_found(error):
-                return
+            if not_found(error):  # (or gone meanwhile: another try of the same delete)
+                tree.remove(aside)
+                return True
             raise
-        if not inside.entries:
-            api.call(client().files_delete_v2, tree.api_path(aside))
-            return
-        relocate(aside, stored, f"{md.path}: the folder on Dropbox is not empty, and another "
+        relocate(aside, stored, f"{stored}: the folder on Dropbox is not empty, and another "
                                 f"took its name: it is at {aside}")
-        raise DriverError(f"{md.path}: the folder on Dropbox is not empty")
+        return False
+
+    def sweep_asides() -> None:
+        """Finish the folder deletes that a fault cut short after the move aside, and that
+        no delete_file will finish: the core, told by a listing that the folder is gone
+        from its name, does not ask again, and a crash forgets the call. Each of this
+        mount's aside folders the Tree holds goes as the delete would have done it."""
+        for aside in tree.hidden_folders():
+            folder, _, name = aside.rpartition("/")
+            beside = set_aside_by(name, plug.aside_owner)
+            if beside is None:
+                continue  # not this mount's (another's, finishing its own delete)
+            stored = f"{folder}/{beside}" if folder and beside else beside
+            try:
+                if not beside:
+                    raise DriverError("its name was cut short: where it was is not known")
+                if not finish_delete(aside, stored):
+                    log.warning("remote %s: %s: a folder being deleted on Dropbox had files "
+                                "saved into it: it is back at its name", plug.name, stored)
+            except (ApiError, DriverError) as error:
+                log.warning("remote %s: cannot finish deleting the folder at %s: %s",
+                            plug.name, aside, error.error if isinstance(error, ApiError)
+                            else error)
 
     def relocate(source: str, target: str, taken: str) -> files.RelocationResult:
         """Move a stored path to another; DriverError(taken) where that name is taken."""
@@ -437,7 +466,7 @@ def start(plug: Plug) -> None:
     # read back each file uploaded within a second of its time (plug.mtime_granularity).
     plug.ready()
     state = plug.folder / "listing.json" if plug.folder is not None else None
-    Watcher(plug, api, tree, state, reconnect).run()
+    Watcher(plug, api, tree, state, reconnect, sweep_asides).run()
 
 
 def wait_for_token(plug: Plug, settings: Settings) -> str:

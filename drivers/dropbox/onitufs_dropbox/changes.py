@@ -15,7 +15,9 @@ too: such an answer (a conflict's current version) may be older than a change
 the list already gave, and gives no more. The Tree is reported whole
 at the start, after an outage, when the core asks for it (plug.look_again,
 ListingNeeded), and after a `reset` cursor, which lists everything again, so
-nothing is lost or counted twice. The cursor and the Tree are saved in the
+nothing is lost or counted twice; before each whole report, the folder deletes
+a fault or a crash cut short after their move aside are finished (their
+hidden folders would stay on Dropbox for good otherwise). The cursor and the Tree are saved in the
 driver's folder of the cache, at most every SAVE_EVERY seconds and at the
 end: the next mount catches up from there, however long it was away (an
 older save only has it go through changes it already has again).
@@ -57,9 +59,10 @@ class Reset(Exception):
 
 class Watcher:
     def __init__(self, plug: Plug, api: Api, tree: Tree, state: Path | None,
-                 reconnect: Callable[[], bool]) -> None:
+                 reconnect: Callable[[], bool], sweep: Callable[[], None]) -> None:
         self.plug, self.api, self.tree, self.state = plug, api, tree, state
         self.reconnect = reconnect  # a new client if the token file changed
+        self.sweep = sweep  # finishes folder deletes cut short, before each whole report
         self.cursor: str | None = None
         self._poll: threading.Thread | None = None
         self._poll_result: list[Any] = []
@@ -84,8 +87,11 @@ class Watcher:
             started, writes, written = time.monotonic(), self.plug.writes, \
                 self.plug.written_paths()
             whole, self._asked = self._asked or self.plug.asked_to_look(), False
+            whole = whole or reported_error is not None
             try:
                 scope = self._catch_up()
+                if whole or scope is None or not reports.taken:
+                    self.sweep()
             except RemoteUnavailable as error:
                 reason = str(error)
                 if reason != reported_error:
@@ -99,7 +105,6 @@ class Watcher:
                 continue
             if reported_error is not None:
                 self.plug.online()
-            whole = whole or reported_error is not None
             reports.send(started, None if whole or scope is None else scope | written,
                          self.tree.listing, self.tree.part)
             backoff, reported_error = 0.5, None

@@ -189,6 +189,14 @@ class Tree:
         with self._lock:
             return [self._describe(key) for key in sorted(self._nodes) if not hidden(key)]
 
+    def hidden_folders(self) -> list[str]:
+        """The paths relative to the root, as Dropbox shows them, of the hidden folders
+        that are not in another (a folder moved aside to be deleted)."""
+        with self._lock:
+            return [node.display or key for key, node in sorted(self._nodes.items())
+                    if node.kind == "dir" and key.rpartition("/")[2].endswith(TEMP_SUFFIX)
+                    and not hidden(key.rpartition("/")[0])]
+
     def shown_at(self, relative: str) -> str | None:
         """The mount path of the entry at `relative` (a path Dropbox gives), None if there
         is none or it is hidden: what a change there makes part of the next report."""
