@@ -3,12 +3,13 @@ try of that version waits.
 
 A conflict is kept apart by renaming the remote's version aside there, after reading it
 whole to compare it with ours where the sizes are one. A remote that refuses the rename (an
-immutable file, a Dropbox folder shared read-only, a program that fails) or the read would
-otherwise be asked again at each report of that version, every half second or so: the
-whole file read again each time, for as long as the refusal lasts. Instead the same version
-(the remote's and ours) waits 1, 2, 4 ... s, up to 5 minutes, as a failed upload does; a
-new version on either side is tried at once, and so is everything once the remote says
-that what it refused may go through now (Plug.retry_now).
+immutable file, a Dropbox folder shared read-only, a program that fails) or the read (or
+where no copy of ours can be read) would otherwise be asked again at each report of that
+version, every half second or so: the whole file read again each time, for as long as the
+refusal lasts. Instead the same version (the remote's and ours) waits 1, 2, 4 ... s, up to
+5 minutes, as a failed upload does; a new version on either side is tried at once, and so
+is everything once the remote says that what it refused may go through now
+(Plug.retry_now).
 """
 
 from __future__ import annotations

@@ -387,10 +387,12 @@ def start(plug: Plug) -> None:
             beside = set_aside_by(name, plug.aside_owner)
             if beside is None:
                 continue  # not this mount's (another's, finishing its own delete)
-            stored = f"{folder}/{beside}" if folder and beside else beside
+            if not beside:
+                log.warning("remote %s: cannot finish deleting the folder at %s: its name "
+                            "was cut short, and where it was is not known", plug.name, aside)
+                continue
+            stored = f"{folder}/{beside}" if folder else beside
             try:
-                if not beside:
-                    raise DriverError("its name was cut short: where it was is not known")
                 if not finish_delete(aside, stored):
                     log.warning("remote %s: %s: a folder being deleted on Dropbox had files "
                                 "saved into it: it is back at its name", plug.name, stored)

@@ -15,12 +15,13 @@ too: such an answer (a conflict's current version) may be older than a change
 the list already gave, and gives no more. The Tree is reported whole
 at the start, after an outage, when the core asks for it (plug.look_again,
 ListingNeeded), and after a `reset` cursor, which lists everything again, so
-nothing is lost or counted twice; before each whole report, the folder deletes
-a fault or a crash cut short after their move aside are finished (their
-hidden folders would stay on Dropbox for good otherwise). The cursor and the Tree are saved in the
-driver's folder of the cache, at most every SAVE_EVERY seconds and at the
-end: the next mount catches up from there, however long it was away (an
-older save only has it go through changes it already has again).
+nothing is lost or counted twice; before each whole report, the folder
+deletes a fault or a crash cut short after their move aside are finished
+(their hidden folders would stay on Dropbox for good otherwise). The cursor
+and the Tree are saved in the driver's folder of the cache, at most every
+SAVE_EVERY seconds and at the end: the next mount catches up from there,
+however long it was away (an older save only has it go through changes it
+already has again).
 
 A failure puts the remote offline with its reason, retried with backoff; a
 refused token is retried once the token file changes (`onitufs auth`).
