@@ -108,6 +108,12 @@ class MemFS(pyfuse3.Operations):
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
+    def child(self, parent: Node, name: bytes) -> tuple[int, Node]:
+        ino = parent.children.get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return ino, self.node(ino)
+
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.ino
@@ -198,10 +204,7 @@ class MemFS(pyfuse3.Operations):
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self.node(parent_inode)
-        ino = parent.children.get(name)
-        if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        node = self.node(ino)
+        ino, node = self.child(parent, name)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         del parent.children[name]
@@ -212,10 +215,7 @@ class MemFS(pyfuse3.Operations):
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self.node(parent_inode)
-        ino = parent.children.get(name)
-        if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        node = self.node(ino)
+        ino, node = self.child(parent, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if node.children:
@@ -249,10 +249,7 @@ class MemFS(pyfuse3.Operations):
         if flags & ~pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EINVAL)  # (RENAME_EXCHANGE: not needed here)
         old, new = self.node(parent_inode_old), self.node(parent_inode_new)
-        ino = old.children.get(name_old)
-        if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        node = self.node(ino)
+        ino, node = self.child(old, name_old)
         replaced = new.children.get(name_new)
         if replaced == ino:
             return
