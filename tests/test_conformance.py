@@ -43,6 +43,7 @@ from .annex_backdoor import AnnexBackdoor
 from .annex_programs import on_path, rclone_config
 from .conftest import wait_for
 from .dropbox_backdoor import DropboxBackdoor
+from .exfat import exfat_disk
 from .sshd import Sshd
 
 # The drivers the suite runs for: the name of each one's fixture (below).
@@ -609,6 +610,62 @@ def test_the_ssh_driver_keeps_a_file_made_between_its_look_and_its_rename(
     assert error.current.size == len(b"made meanwhile")
     transfer.abort()
     assert backdoor.read("notes.txt") == b"made meanwhile"
+
+
+@pytest.fixture
+def ssh_driver_on_fuse(tmp_path: Path, conformance_sshd: Sshd) -> Iterator[Harness]:
+    """The ssh driver, its folder served on the server by a libfuse file system
+    (exfat-fuse): such a disk keeps a file removed while open under a hidden name
+    (.fuse_hidden*) until its last close, as NFS does (.nfs*)."""
+    root = tmp_path / "remote"
+    root.mkdir()
+    with exfat_disk(None, root), \
+            started(onitufs_ssh, ssh_table(conformance_sshd, root),
+                    SshBackdoor(root, tmp_path / "ballast", conformance_sshd),
+                    base_dir=tmp_path) as harness:
+        yield harness
+
+
+def test_the_ssh_driver_closes_a_file_before_it_removes_it(ssh_driver_on_fuse: Harness,
+                                                           tmp_path: Path) -> None:
+    """A file read then deleted, one read then replaced, and an upload aborted after its
+    end met a conflict, leave no other name in the folder: a listing would report it."""
+    driver, root = ssh_driver_on_fuse, tmp_path / "remote"
+
+    def hidden_after(step: str) -> list[str]:
+        return [f"{step}: {name}" for name in os.listdir(root) if name.startswith(".fuse_hidden")]
+
+    left: list[str] = []
+    aborting = threading.Event()
+
+    def watch() -> None:  # the name lasts from the remove to the close
+        while not aborting.is_set():
+            left.extend(hidden_after("abort"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for round_ in range(20):
+            clash = driver.transfer(f"clash{round_}.txt", b"ours", revision=None)
+            clash.start()
+            clash.send()
+            driver.backdoor.write(f"clash{round_}.txt", b"theirs")
+            assert isinstance(driver.failure("end_upload", clash.md), Conflict)
+            clash.abort()
+    finally:
+        aborting.set()
+        watcher.join()
+    deleted = driver.upload("deleted.txt", b"read, then deleted", revision=None)
+    assert driver.read(deleted) == b"read, then deleted"
+    driver.call("delete_file", deleted)
+    left += hidden_after("delete")
+    replaced = driver.upload("replaced.txt", b"read, then replaced", revision=None)
+    assert driver.read(replaced) == b"read, then replaced"
+    driver.upload("replaced.txt", b"the new version", revision=replaced.revision)
+    left += hidden_after("replace")
+    assert left == []
+    assert driver.backdoor.read("replaced.txt") == b"the new version"
+    assert not (root / "deleted.txt").exists()
 
 
 def renamed_paths(kind: int, payload: bytes) -> list[bytes]:

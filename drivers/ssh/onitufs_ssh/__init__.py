@@ -378,6 +378,8 @@ def start(plug: Plug) -> None:
             # checked first, so one another machine saves after the look is never the
             # one replaced; the name is then free, and the upload takes it only if it
             # still is.
+            if md.revision is not None:
+                reads.release(conn, target)  # the version replaced is removed below
             try:
                 moved = None if md.revision is None else \
                     set_aside(conn, md, target, there, left, "upload")
@@ -425,7 +427,7 @@ def start(plug: Plug) -> None:
         with uploads_lock:
             upload = uploads.pop(temp, None)
         if upload is not None:
-            upload.drop()
+            upload.abandon()
         with pool.use() as conn:
             try:
                 conn.sftp.remove(inside(conn, temp_of(conn, md)))
@@ -488,7 +490,7 @@ def start(plug: Plug) -> None:
                             if upload.temp == path + b"/" + name), None)
                 upload = uploads.pop(cut) if cut is not None else None
             if upload is not None:
-                upload.drop()
+                upload.abandon()
             try:
                 conn.sftp.remove(path + b"/" + name)
             except SftpError as error:
@@ -506,6 +508,7 @@ def start(plug: Plug) -> None:
             if there is not None and not (kind_of(there) == "file" and token(there) ==
                                           md.revision) and not holds_exactly(conn, path):
                 there = None  # another name's entry, in a folder that ignores case
+            reads.release(conn, path)
             if there is not None and stat.S_ISDIR(there.mode or 0):
                 remove_folder(conn, md, path)
             elif there is not None and (md.revision is None or stat.S_ISLNK(there.mode or 0)):
@@ -513,7 +516,6 @@ def start(plug: Plug) -> None:
             elif md.revision is not None:
                 delete_version(conn, md, path, there, left)
             pin.confirm(conn)  # finding nothing there, it would leave the disk's file
-        reads.forget(path)
 
     def look_at(conn: Connection, md: Metadata, ahead: list[Call]) -> \
             tuple[bytes, Attrs | None, Attrs | None, list[Reader | SftpError]]:

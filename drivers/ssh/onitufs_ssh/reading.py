@@ -377,6 +377,15 @@ class Reads:
                 if stream is not None:
                     stream.stop()
 
+    def release(self, conn: Connection, path: bytes) -> None:
+        """Close the handles reads keep on the file at `path`, on `conn` and on the idle
+        connections, before it is removed or replaced: a disk that keeps a file removed
+        while open under another name until its last close (libfuse's .fuse_hidden*, NFS's
+        .nfs*) shows that name in its folder meanwhile, which a listing would report."""
+        self.forget(path)
+        close_handles_of(conn, path)
+        self.pool.each_holding_files(lambda held: close_handles_of(held, path))
+
 
 def close_idle_handles(conn: Connection) -> None:
     """Close this connection's files no read used for HANDLE_IDLE seconds."""
@@ -387,6 +396,12 @@ def close_idle_handles(conn: Connection) -> None:
             return
         del conn.handles[key]
         conn.sftp.close_handle(kept.handle)
+
+
+def close_handles_of(conn: Connection, path: bytes) -> None:
+    """Close this connection's handles on the file at `path` (one a version read)."""
+    for key in [key for key in conn.handles if key[0] == path]:
+        conn.sftp.close_handle(conn.handles.pop(key).handle)
 
 
 def open_file(conn: Connection, state: FileState) -> bytes:

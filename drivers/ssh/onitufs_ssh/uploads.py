@@ -214,8 +214,25 @@ class Upload:
         self._stop_senders()
         self._release(True)
 
+    def abandon(self) -> None:
+        """Forget the upload (abort), its file closed first where no sender is at work (as
+        after end_upload) and its connection holds, which is then kept: the file is
+        removed next, and a disk may keep a file removed while open under another name
+        until its close (see Reads.release). Else drop()."""
+        with self.cond:
+            busy = bool(self._senders)
+        if busy or self.conn is None or self.handle is None:
+            self.drop()
+            return
+        try:
+            self.conn.sftp.close_handle(self.handle)
+        except BaseException as error:
+            self._release(lost(error))
+            raise
+        self._release(False)
+
     def drop(self) -> None:
-        """Forget the upload at once (abort): its connections are closed, not reused."""
+        """Forget the upload at once: its connections are closed, not reused."""
         with self.cond:
             self._stop = True
             self.held.clear()
