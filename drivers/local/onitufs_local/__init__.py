@@ -378,13 +378,15 @@ def start(plug: Plug) -> None:
         if fd is not None:
             try:
                 # where the temp file is now: a folder above it may have been renamed since
-                moved = os.readlink(f"/proc/self/fd/{fd}")
-                if moved != inside(name):
-                    remove_temp(moved, os.fstat(fd))
+                moved: tuple[str, os.stat_result] | None = (
+                    os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd))
             except OSError:
-                pass
+                moved = None
             finally:
-                os.close(fd)
+                os.close(fd)  # before the remove: see onitufs-drivers(7), delete_file
+            if moved is not None and moved[0] != inside(name):
+                with contextlib.suppress(OSError):
+                    remove_temp(*moved)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(inside(name))
 
