@@ -10,7 +10,8 @@ say nothing of content). Nothing a remote reports can destroy an edit
 onitufs has not replicated yet: a remote version that did not descend from ours is kept beside it
 under a conflict name, and a delete of content the remote never had leaves
 that content in place. Nothing is taken from a remote before a listing of
-it has passed its identity check (identity.py), nor during an outage.
+it has passed its identity check (identity.py), nor during an outage. What
+a disk keeps of a file removed while open is never taken for a new file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import stat
 import time
@@ -48,6 +50,10 @@ from .tree import NAME_MAX, NewNode, Tree, TreeError
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 1000  # entries of a listing compared between two turns of the mount
 T = TypeVar("T")
+# The name a disk gives a file removed while a program holds it open, until its last
+# close: libfuse's file systems (exfat-fuse, ntfs-3g, sshfs) .fuse_hidden and 16 hex
+# digits, the Linux NFS client .nfs and 24.
+REMOVED_WHILE_OPEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}|\.nfs[0-9a-f]{24}")
 
 
 class Standing(NamedTuple):
@@ -153,6 +159,15 @@ class RemoteChanges:
         else:
             await self._take(source, metadata)
 
+    def _removed_while_open(self, path: str) -> bool:
+        """Whether `path` is what a disk keeps of a file removed while open
+        (REMOVED_WHILE_OPEN), and no file of the mount: it goes at the last close, its
+        content a deleted version's; a rename to it is a delete of the old name."""
+        if REMOVED_WHILE_OPEN.fullmatch(path.rpartition("/")[2]) is None:
+            return False
+        with self.index.begin() as txn:
+            return self.index.resolve(path, txn) is None
+
     async def _take(self, source: Remote, metadata: Metadata) -> bool:
         """Apply a created or changed entry; False if that must wait (see keep_both)."""
         if not (self._heeded(source) and self._acceptable(source, metadata.path)):
@@ -227,6 +242,9 @@ class RemoteChanges:
     def _acceptable(self, remote: Remote, path: str) -> bool:
         if path == MARKER:
             return False  # the remote's own marker, never a file of the mount
+        if self._removed_while_open(path):
+            log.debug("remote %s: skipping %r: a file removed while open", remote.name, path)
+            return False
         reason = bad_path_reason(path)
         if reason is not None:
             log.warning("remote %s: skipping %r: %s", remote.name, path, reason)
@@ -791,6 +809,8 @@ class RemoteChanges:
         """Apply a rename on the remote as a rename here; False where it cannot be one (the
         new name is taken here, or the old one holds nothing of ours): then it is a new
         entry at new.path, and old_path's delete."""
+        if self._heeded(source) and self._removed_while_open(new.path):
+            return False  # (update_file skips it too)
         if not (self._heeded(source) and self._acceptable(source, new.path)):
             return True
         if self._stepped_aside(source, old_path, new):
