@@ -1,8 +1,8 @@
 """One configured remote at run time: its driver thread, handler calls and health.
 
 Handlers run on worker threads, at most `CONCURRENCY` at once per remote.
-Every failure is counted here, so status, backoff and the choice of a
-replica to read from all see the same picture.
+Every failure is counted here, so status and the choice of a replica to
+read from see the same picture.
 
 A remote whose folder is not the one onitufs synced with (identity.py) is
 in an outage: every call fails at once until a listing passes again, and
@@ -133,9 +133,6 @@ class Health:
     transfer: tuple[int, int | None, float] | None = None
     reads: ReadsUnderWay = field(default_factory=ReadsUnderWay)
     slow_until: float = 0.0  # a read found it slow to answer: others are asked first till then
-
-    def backoff(self) -> float:
-        return backoff(self.failures)
 
     def sent(self, size: int, started: float) -> None:
         """A chunk of `size` bytes went out, its sending begun at `started` (monotonic)."""
@@ -270,8 +267,8 @@ class Remote:
         return result
 
     def refused(self, handler: str) -> CallFailed:
-        """What a call fails with during an outage (counted for backoff, not logged: the
-        outage was, once)."""
+        """What a call fails with during an outage (counted, not logged: the outage was,
+        once)."""
         self.health.failures += 1
         error = CallFailed(f"{self.name}: {handler}: {self.outage}")
         error.__cause__ = RemoteUnavailable(self.outage or "unavailable")
