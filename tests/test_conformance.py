@@ -24,9 +24,11 @@ import onitufs_ssh
 import pytest
 from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
+from onitufs_ssh.asides import Asides
 from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, Session, SftpError
 
 from onitufs.plug import (
+    ASIDE,
     ASIDE_OWNER,
     TEMP_SUFFIX,
     Changed,
@@ -666,6 +668,56 @@ def test_the_ssh_driver_closes_a_file_before_it_removes_it(ssh_driver_on_fuse: H
     assert left == []
     assert driver.backdoor.read("replaced.txt") == b"the new version"
     assert not (root / "deleted.txt").exists()
+
+
+def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_aside(
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete whose connection is lost between the move aside and the remove, and a
+    replace cut there too and then by a crash, leave the version at its aside name, and
+    the listing tells the core the file is gone or replaced: no handler comes back for
+    it. The driver's walks remove it; another version a move took (saved between a look
+    and the move) goes back to its name instead."""
+    driver, backdoor = ssh_driver, ssh_driver.backdoor
+    deleted = driver.upload("deleted.txt", b"deleted in the mount", revision=None)
+    replaced = driver.upload("replaced.txt", b"replaced in the mount", revision=None)
+    cut: list[bytes] = []
+
+    def sending(kind: int, payload: bytes) -> bool:
+        if kind == REMOVE and ASIDE.encode() in payload and cutting.is_set():
+            cut.append(Reader(payload).string().rpartition(b"/")[2])
+            raise ConnectionLost("cut by the test")  # the driver drops the connection
+        return False
+    cutting = threading.Event()
+    on_requests(monkeypatch, sending, lambda: None)
+
+    def asides() -> set[str]:
+        return {name for name in backdoor.names() if ASIDE in name}
+
+    cutting.set()
+    driver.failure("delete_file", deleted)
+    cutting.clear()
+    assert len(cut) == 1, "the delete did not remove from an aside name"
+    driver.unlisted("deleted.txt")
+    wait_for(lambda: not asides(), 10, f"the walks to remove {cut[0]!r}")
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(Asides, "_finish", lambda *_: None)  # the crash comes first
+        transfer = driver.transfer("replaced.txt", b"the next version",
+                                   revision=replaced.revision)
+        transfer.start()
+        transfer.send()
+        cutting.set()
+        driver.failure("end_upload", transfer.md)
+        cutting.clear()
+        assert len(cut) == 2 and asides() == {cut[1].decode()}, f"{cut}, {asides()}"
+        driver.stop()  # the crash: what the driver kept in memory is gone
+    other = replaced.copy(path="other.txt", revision="1:1")
+    backdoor.write(driver.plug.aside_path(other), b"another machine's version")
+    driver.restart()
+    wait_for(lambda: not asides(), 10, "the walks after the restart to finish both")
+    assert backdoor.read("replaced.txt") == b"the next version"
+    assert backdoor.read("other.txt") == b"another machine's version"
+    assert backdoor.kind("deleted.txt") is None
 
 
 def renamed_paths(kind: int, payload: bytes) -> list[bytes]:

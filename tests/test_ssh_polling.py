@@ -22,7 +22,7 @@ import pytest
 from onitufs_ssh import listing
 from onitufs_ssh.pool import Pool
 from onitufs_ssh.settings import Settings
-from onitufs_ssh.sftp import Session
+from onitufs_ssh.sftp import Attrs, Session
 
 from onitufs.plug import Metadata
 
@@ -55,7 +55,8 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     folders: list[str] = []
     decode = listing._decode
 
-    def counted(folder: str, answers: list[memoryview]) -> list[tuple[Metadata, bytes]]:
+    def counted(folder: str, answers: list[memoryview]
+                ) -> tuple[list[tuple[Metadata, bytes]], list[tuple[bytes, Attrs]]]:
         folders.append(folder)
         return decode(folder, answers)
 

@@ -59,6 +59,7 @@ from onitufs.plug import (
 from onitufs.room import DiskState, RoomWatch, short
 from onitufs.storednames import disk_name, refuse_clash, refused, renames_in_case
 
+from .asides import Asides
 from .connect import LANES_ON_LONG_LINKS, ConnectError, Connection, connect
 from .listing import Tree, decode, describe, encode, kind_of, token
 from .names import ServerNames, asks_server
@@ -146,6 +147,7 @@ def start(plug: Plug) -> None:
     uploads_lock = threading.Lock()
     roots: list[bytes] = []  # the remote folder's absolute path, once known
     names = ServerNames()
+    asides = Asides(plug)
 
     def root(conn: Connection) -> bytes:
         if not roots:
@@ -364,52 +366,54 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{md.path}: the upload is not open (resume it first)")
         seconds = md.mtime_ns // 10**9
         sftp = conn.sftp
-        try:
-            temp = upload.temp
-            # (the upload's last steps before its rename go with the look)
-            target, there, left, closed = look_at(conn, md, sftp.closing(
-                handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777))
-            succeeded(closed)
-            if there is not None and token(there) != md.revision:
-                refuse_clash(md.path, names_beside(conn, target))
-                raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
-                               describe(md.path, there))
-            # SFTP cannot replace on a condition: the version replaced is moved aside and
-            # checked first, so one another machine saves after the look is never the
-            # one replaced; the name is then free, and the upload takes it only if it
-            # still is.
-            if md.revision is not None:
-                reads.release(conn, target)  # the version replaced is removed below
+        with contextlib.ExitStack() as using_aside:
             try:
-                moved = None if md.revision is None else \
-                    set_aside(conn, md, target, there, left, "upload")
-            except Changed as changed:
-                raise Conflict(str(changed), changed.current) from None
-            # (the file put in place, whatever has the name by the time it is recorded)
-            renamed, now = sftp.in_one_flight([sftp.renaming(temp, target, replace=False),
-                                               (FSTAT, pack_string(handle), ATTRS, md.path)])
-            if isinstance(renamed, SftpError):  # SFTP's RENAME never replaces
-                made = lstat(conn, target)
-                if made is None:
-                    if moved is not None:
-                        sftp.rename(moved, target)  # as it was
-                    raise renamed
-                if moved is None:
+                temp = upload.temp
+                # (the upload's last steps before its rename go with the look)
+                target, there, left, closed = look_at(conn, md, sftp.closing(
+                    handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777))
+                succeeded(closed)
+                if there is not None and token(there) != md.revision:
                     refuse_clash(md.path, names_beside(conn, target))
-                else:
-                    sftp.remove(moved)  # the version the upload replaces
-                raise Conflict(f"{md.path}: made on the remote during the upload",
-                               describe(md.path, made)) from None
-            put = succeeded([now])[0].attrs()
-        except BaseException as error:
-            if lost(error):
-                upload.drop_connection()
-            raise
-        # The version replaced goes with the temporary file's close.
-        for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):
-            if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
-                log.warning("remote %s: %s: the version replaced is left at %s (%s)",
-                            plug.name, md.path, decode(moved or b""), answer)
+                    raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
+                                   describe(md.path, there))
+                # SFTP cannot replace on a condition: the version replaced is moved aside and
+                # checked first, so one another machine saves after the look is never the
+                # one replaced; the name is then free, and the upload takes it only if it
+                # still is.
+                if md.revision is not None:  # (the sweep leaves it to this upload)
+                    using_aside.enter_context(asides.used(aside_of(md, target)))
+                    reads.release(conn, target)  # the version replaced is removed below
+                try:
+                    moved = None if md.revision is None else \
+                        set_aside(conn, md, target, there, left, "upload")
+                except Changed as changed:
+                    raise Conflict(str(changed), changed.current) from None
+                # (the file put in place, whatever has the name by the time it is recorded)
+                renamed, now = sftp.in_one_flight([sftp.renaming(temp, target, replace=False),
+                                                   (FSTAT, pack_string(handle), ATTRS, md.path)])
+                if isinstance(renamed, SftpError):  # SFTP's RENAME never replaces
+                    made = lstat(conn, target)
+                    if made is None:
+                        if moved is not None:
+                            sftp.rename(moved, target)  # as it was
+                        raise renamed
+                    if moved is None:
+                        refuse_clash(md.path, names_beside(conn, target))
+                    else:
+                        sftp.remove(moved)  # the version the upload replaces
+                    raise Conflict(f"{md.path}: made on the remote during the upload",
+                                   describe(md.path, made)) from None
+                put = succeeded([now])[0].attrs()
+            except BaseException as error:
+                if lost(error):
+                    upload.drop_connection()
+                raise
+            # The version replaced goes with the temporary file's close.
+            for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):
+                if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
+                    log.warning("remote %s: %s: the version replaced is left at %s (%s)",
+                                plug.name, md.path, decode(moved or b""), answer)
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         reads.forget(target)
@@ -514,7 +518,8 @@ def start(plug: Plug) -> None:
             elif there is not None and (md.revision is None or stat.S_ISLNK(there.mode or 0)):
                 conn.sftp.remove(path)
             elif md.revision is not None:
-                delete_version(conn, md, path, there, left)
+                with asides.used(aside_of(md, path)):
+                    delete_version(conn, md, path, there, left)
             pin.confirm(conn)  # finding nothing there, it would leave the disk's file
 
     def look_at(conn: Connection, md: Metadata, ahead: list[Call]) -> \
@@ -741,7 +746,7 @@ def start(plug: Plug) -> None:
     plug.mtime_granularity = 1.0  # SFTP's times are whole seconds
     plug.ready()
     try:
-        poll(plug, settings, root, reads.close_idle)
+        poll(plug, settings, root, reads.close_idle, asides.sweep)
     finally:
         reads.close()
         reads.stream_pool.close()
@@ -754,11 +759,13 @@ def start(plug: Plug) -> None:
 
 
 def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes],
-         tidy: Callable[[], None]) -> None:
+         tidy: Callable[[], None],
+         sweep: Callable[[Connection, list[tuple[bytes, Attrs]]], None]) -> None:
     """List the remote and report what changed, until the mount ends: every FASTEST_POLL
     seconds right after a change was seen, twice as long after each listing that found
-    none, up to poll_interval (see wait). After each listing, `tidy` closes the files
-    reads no longer use.
+    none, up to poll_interval (see wait). After each listing, `sweep` finishes what was
+    cut short after a move aside (Asides.sweep), and `tidy` closes the files reads no
+    longer use.
 
     The first listing, one after the server could not be listed, one the core did not
     take or asked for (plug.look_again, ListingNeeded) go whole; otherwise what the walk
@@ -766,7 +773,7 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes],
     (plug.written_paths), goes as a part (Reports), so that the core's work follows the
     change, not the size of the tree."""
     conn: Connection | None = None
-    tree = Tree()
+    tree = Tree(plug.aside_owner)
     reports = Reports(plug)
     asked = False  # plug.look_again asked for a whole listing
     backoff = 0.5
@@ -811,6 +818,13 @@ def poll(plug: Plug, settings: Settings, root: Callable[[Connection], bytes],
                          walked.part)
             asked = False
             del walked  # its answers, and what was decoded of them, not kept through the wait
+            try:
+                sweep(conn, tree.asides())
+            except Exception as error:
+                if not lost(error):
+                    raise
+                conn.close()  # (the next listing says so, if the server is gone)
+                conn = None
             tidy()
             interval = wait(settings.poll_interval, interval, changed)
             log.debug("remote %s: listed in %.2fs, %s; next listing in %gs", plug.name,

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, outermost, within
+from onitufs.plug import TEMP_SUFFIX, Kind, Metadata, outermost, set_aside_by, within
 from onitufs.storednames import SUFFIX, disk_name, disk_refusable
 
 from .sftp import (
@@ -67,6 +67,7 @@ def decode(raw: bytes) -> str:
 
 
 _SUFFIX = encode(SUFFIX)  # what ends an escape (onitufs.storednames)
+_TEMP_SUFFIX = encode(TEMP_SUFFIX)
 
 
 # What tells an entry's change: a folder's time moves with every name made in it, which
@@ -86,6 +87,7 @@ class _Folder:
     entries: dict[str, Signature]  # by path
     folders: tuple[tuple[str, bytes], ...]  # its subfolders: their paths, and where they are
     links: tuple[tuple[str, bytes], ...]  # its symbolic links, the same
+    asides: tuple[tuple[bytes, Attrs], ...]  # the Tree's owner's aside files: where, and what
 
 
 class Walked:
@@ -118,7 +120,7 @@ class Walked:
     def _entries_of(self, folder: str) -> list[Metadata]:
         entries = self._decoded.get(folder)
         if entries is None:
-            named = _decode(folder, self._answers[folder])
+            named, _ = _decode(folder, self._answers[folder])
             entries = self._decoded[folder] = [md for md, _ in named]
         for md in entries:
             if md.kind == "symlink":
@@ -138,9 +140,15 @@ class Tree:
     the rest only when it lists.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, aside_owner: str = "") -> None:
+        self._aside_owner = aside_owner  # whose aside files it keeps (plug.aside_owner)
         self._folders: dict[str, _Folder] = {}  # as the last complete walk found them
         self._targets: dict[str, bytes] = {}  # every symbolic link's target, the same
+
+    def asides(self) -> list[tuple[bytes, Attrs]]:
+        """The aside files of the owner's (onitufs.plug.set_aside_by) that the last walk
+        found: where each is on the server, and what the walk found there."""
+        return [aside for found in self._folders.values() for aside in found.asides]
 
     def walk(self, sftp: Session, root: bytes) -> Walked:
         """Read every folder below root; what changed since the last walk, and the listing.
@@ -224,13 +232,16 @@ class Tree:
         before = self._folders.get(folder)
         if before is not None and before.digest == digest:
             return before
-        named = _decode(folder, raw)
+        named, hidden = _decode(folder, raw)
         entries = decoded[folder] = [md for md, _ in named]
         return _Folder(digest, {md.path: signature(md) for md in entries},
                        tuple((md.path, folder_at + b"/" + name) for md, name in named
                              if md.kind == "dir"),
                        tuple((md.path, folder_at + b"/" + name) for md, name in named
-                             if md.kind == "symlink"))
+                             if md.kind == "symlink"),
+                       tuple((folder_at + b"/" + name, attrs) for name, attrs in hidden
+                             if stat.S_ISREG(attrs.mode or 0)
+                             and set_aside_by(decode(name), self._aside_owner) is not None))
 
 
 def walk(sftp: Session, root: bytes) -> list[Metadata]:
@@ -256,15 +267,18 @@ def _past_dots(answer: memoryview) -> memoryview:
     return answer[past:]
 
 
-def _decode(folder: str, answers: list[memoryview]) -> list[tuple[Metadata, bytes]]:
+def _decode(folder: str, answers: list[memoryview]
+            ) -> tuple[list[tuple[Metadata, bytes]], list[tuple[bytes, Attrs]]]:
     """The entries of a folder the listing reports, from its READDIR answers, each with
-    its name as stored. An escape (names.py) reads as the name it stands for, except
-    beside that very name, which is the mount's file."""
+    its name as stored, and its hidden names (TEMP_SUFFIX) with their attributes. An
+    escape (names.py) reads as the name it stands for, except beside that very name,
+    which is the mount's file."""
     found = [(raw, attrs) for answer in answers for raw, attrs in decode_names(answer)]
     escapes = any(raw.endswith(_SUFFIX) for raw, _ in found)
     held = {raw for raw, _ in found} if escapes else set()
-    return [(md, raw) for raw, attrs in found
-            if (md := _entry(folder, raw, attrs, held)) is not None]
+    return ([(md, raw) for raw, attrs in found
+             if (md := _entry(folder, raw, attrs, held)) is not None],
+            [(raw, attrs) for raw, attrs in found if raw.endswith(_TEMP_SUFFIX)])
 
 
 def _entry(folder: str, raw: bytes, attrs: Attrs, held: set[bytes]) -> Metadata | None:
