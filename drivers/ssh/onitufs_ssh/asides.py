@@ -37,6 +37,7 @@ class Asides:
         self._cond = threading.Condition()
         self._used: collections.Counter[bytes] = collections.Counter()  # by handlers
         self._swept: set[bytes] = set()  # by the sweep, now
+        self._said: set[bytes] = set()  # the names a warning was given for, once each
 
     @contextlib.contextmanager
     def used(self, aside: bytes) -> Iterator[None]:
@@ -66,8 +67,8 @@ class Asides:
             try:
                 self._finish(conn, aside, listed)
             except SftpError as error:
-                log.warning("remote %s: cannot finish the delete or replace cut short at %s: "
-                            "%s", self.plug.name, decode(aside), error)
+                self._warn(aside, "cannot finish the delete or replace cut short at %s: %s",
+                           error)
             finally:
                 with self._cond:
                     self._swept.discard(aside)
@@ -91,13 +92,19 @@ class Asides:
                      "short", self.plug.name, decode(aside))
             return
         if not set_aside_by(decode(name), self.plug.aside_owner):
-            log.warning("remote %s: another version was moved aside to %s, and the name it "
-                        "had was cut short there: it stays", self.plug.name, decode(aside))
+            self._warn(aside, "another version was moved aside to %s, and the name it had was "
+                       "cut short there: it stays")
             return
         try:  # SFTP's plain rename never replaces: a name taken since stays taken
             sftp.rename(aside, folder + b"/" + encode(other))
         except SftpError as error:
             if error.errno == errno.ENOENT:
                 return
-            log.warning("remote %s: another version was moved aside to %s and its name is "
-                        "taken: it stays there", self.plug.name, decode(aside))
+            self._warn(aside, "another version was moved aside to %s and its name is taken: "
+                       "it stays there")
+
+    def _warn(self, aside: bytes, message: str, *args: object) -> None:
+        """Said once for each name (each walk tries it again), at debug level after."""
+        level = logging.DEBUG if aside in self._said else logging.WARNING
+        self._said.add(aside)
+        log.log(level, "remote %s: " + message, self.plug.name, decode(aside), *args)
