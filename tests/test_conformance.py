@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -671,12 +673,14 @@ def test_the_ssh_driver_closes_a_file_before_it_removes_it(ssh_driver_on_fuse: H
 
 
 def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_aside(
-        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        ssh_driver: Harness, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A delete whose connection is lost between the move aside and the remove, and a
     replace cut there too and then by a crash, leave the version at its aside name, and
     the listing tells the core the file is gone or replaced: no handler comes back for
     it. The driver's walks remove it; another version a move took (saved between a look
-    and the move) goes back to its name instead."""
+    and the move) goes back to its name instead, or stays where that name was taken
+    since (said once, not at every walk)."""
     driver, backdoor = ssh_driver, ssh_driver.backdoor
     deleted = driver.upload("deleted.txt", b"deleted in the mount", revision=None)
     replaced = driver.upload("replaced.txt", b"replaced in the mount", revision=None)
@@ -713,11 +717,21 @@ def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_asi
         driver.stop()  # the crash: what the driver kept in memory is gone
     other = replaced.copy(path="other.txt", revision="1:1")
     backdoor.write(driver.plug.aside_path(other), b"another machine's version")
-    driver.restart()
-    wait_for(lambda: not asides(), 10, "the walks after the restart to finish both")
+    taken = replaced.copy(path="taken.txt", revision="1:1")
+    stays = driver.plug.aside_path(taken)
+    backdoor.write(stays, b"a version whose name was taken since")
+    backdoor.write("taken.txt", b"the one that took the name")
+    with caplog.at_level(logging.WARNING, logger="onitufs_ssh.asides"):
+        driver.restart()
+        wait_for(lambda: asides() == {stays}, 10, "the walks after the restart to finish two")
+        time.sleep(1)  # ten walks more
     assert backdoor.read("replaced.txt") == b"the next version"
     assert backdoor.read("other.txt") == b"another machine's version"
     assert backdoor.kind("deleted.txt") is None
+    assert backdoor.read(stays) == b"a version whose name was taken since"
+    assert backdoor.read("taken.txt") == b"the one that took the name"
+    said = [record for record in caplog.records if "its name is taken" in record.getMessage()]
+    assert len(said) == 1, f"said {len(said)} times in ten walks"
 
 
 def renamed_paths(kind: int, payload: bytes) -> list[bytes]:
