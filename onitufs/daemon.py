@@ -247,6 +247,7 @@ class Mount:
             "reason": reason,
             "online": remote.health.online,
             "last_error": remote.health.last_error,
+            "change_error": remote.health.change_error,
             "failures": remote.health.failures,
             "pending": self.replicator.pending_count(remote),
             "pending_bytes": pending_bytes,

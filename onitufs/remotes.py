@@ -123,6 +123,7 @@ class ReadsUnderWay:
 class Health:
     online: bool = True
     last_error: str | None = None
+    change_error: str | None = None  # the last change's failure (CHANGES): why changes wait
     said: str | None = None  # the last failure logged (see Remote.failed)
     failures: int = 0  # consecutive
     done: int = 0
@@ -293,6 +294,8 @@ class Remote:
         """Record the failure; returns what the caller raises for it."""
         paths = [arg.path for arg in args if isinstance(getattr(arg, "path", None), str)]
         self.failed(error, " ".join([handler, *paths]))
+        if handler in CHANGES:  # not a read's: a file gone from under it says nothing of them
+            self.health.change_error = self.health.last_error
         return CallFailed(f"{self.name}: {handler}: {self.health.last_error}")
 
     def racy(self, mtime_ns: int) -> bool:

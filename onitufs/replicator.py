@@ -1306,7 +1306,7 @@ class Replicator:
         failing = health.failures or not health.online or any(
             ticket.failures for ticket in self._pending[remote.rid].values())
         if health.last_error and failing:
-            return health.last_error
+            return health.change_error or health.last_error
         idle = f"nothing done there for {self._idle(remote):.0f} s"
         return f"{idle}; last error: {health.last_error}" if health.last_error else idle
 

@@ -13,7 +13,7 @@ import trio
 
 from onitufs import remotes
 from onitufs.config import Options, RemoteConfig
-from onitufs.plug import Metadata, Plug
+from onitufs.plug import DriverError, Metadata, Plug
 from onitufs.remotes import CallFailed, Remote
 
 
@@ -244,3 +244,42 @@ def test_a_driver_that_stops_soon_after_each_start_waits_longer_each_time(
     stops = [record for record in caplog.records if record.msg == "remote %s: driver stopped: %s"]
     assert len(stops) == 3 and [bool(record.exc_info) for record in stops] == \
         [True, False, False]
+
+
+def test_why_changes_wait_is_the_last_change_failure_not_a_later_read_failure(
+        tmp_path: Path) -> None:
+    # A read of a file gone from under it (a remote's FUSE disk keeping it as .fuse_hidden
+    # for a moment) made `onitufs umount` give that as why three changes stayed queued.
+    driver = types.ModuleType("refusing_driver")
+
+    def start(plug: Plug) -> None:
+        @plug.handler()
+        def end_upload(md: Metadata) -> None:
+            raise DriverError(f"{md.path}: the folder takes it for another name")
+
+        @plug.handler()
+        def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
+            raise DriverError(f"{md.path}: no longer on the remote")
+
+        plug.ready()
+        plug.stopping.wait()
+
+    driver.start = start  # type: ignore[attr-defined]
+    options = Options({}, "remotes.refusing", tmp_path)
+    remote = Remote(RemoteConfig("refusing", "refusing_driver", "rw", options), 1, driver)
+    remote.trusted.set()  # (a listing passed its identity check)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remote.run_driver, NoChanges(), lambda: False)
+            with trio.fail_after(10):
+                with pytest.raises(CallFailed, match="another name"):
+                    await remote.call("end_upload", Metadata(path="a.txt"))
+                with pytest.raises(CallFailed, match="no longer"):
+                    await remote.call("get_chunk", Metadata(path="gone"), 0, 1)
+            remote.stop()
+
+    trio.run(main)
+    assert remote.health.change_error == \
+        "DriverError: a.txt: the folder takes it for another name"
+    assert remote.health.last_error == "DriverError: gone: no longer on the remote"

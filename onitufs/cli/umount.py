@@ -74,9 +74,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     finally:
         index.close()
     if queued:
-        # An offline remote's outage (its marker gone, say) before the last call's failure.
+        # An offline remote's outage (its marker gone, say) before the last change's failure,
+        # and that before the last call's (a read's).
         reasons = {remote["name"]: remote["reason"] if remote["state"] == "offline"
-                   and remote["reason"] else remote["last_error"] for remote in status["remotes"]}
+                   and remote["reason"] else remote.get("change_error") or remote["last_error"]
+                   for remote in status["remotes"]}
         for name, count in sorted(queued.items()):
             why = f"{reasons[name]}; " if reasons.get(name) else ""
             print(f"onitufs: {name}: {why}{count} changes still queued; they resume at the next "
