@@ -1070,19 +1070,20 @@ class Replicator:
         """end_upload, after the steps `before` in the same trip, then the record that the
         remote holds revision `rev`, with the SHA-256 of the whole file and of its one block
         (`learnt`) if they were learnt on the way. Nothing of a failed upload stays there,
-        unless the remote is only away (the upload resumes)."""
+        unless the remote is only away or a conflict there waits (the upload resumes)."""
         path, asked = md.path, md.attrs_key()
         try:
             await remote.call_each(*before, ("end_upload", (md,)))
         except CallFailed as error:
             if isinstance(error.__cause__, Conflict):
-                await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
                 if await self.on_conflict(remote, error.__cause__.current, inode):
+                    await self._abort(remote, inode.ino, Transfer(rev, path, offset, md.extra))
                     raise Retry() from None
                 # Not settled: the remote's version could not be read or moved aside, or
                 # what the decision rested on moved meanwhile. Tried again after a backoff,
                 # as any failure: at once, a move aside that the remote kept refusing went
-                # five times a second for as long as it refused.
+                # five times a second for as long as it refused. The upload stays there and
+                # goes on from the transfer saved: each try sent the whole file again.
                 raise
             if not isinstance(error.__cause__, RemoteUnavailable):
                 with contextlib.suppress(CallFailed):  # leave no partial upload behind

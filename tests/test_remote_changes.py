@@ -28,6 +28,9 @@ from .conftest import (
     snapshot,
     wait_for,
 )
+from .sshd import SshRemote
+
+pytest_plugins = ["tests.sshd"]
 
 
 def test_remote_edits_while_mounted(cloud: Cloud) -> None:
@@ -818,6 +821,48 @@ def test_a_conflict_that_cannot_be_kept_apart_stalls_and_unmount_says_so(
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert (remote / "x").read_bytes() == b"mount's, later", name
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_an_upload_whose_conflict_cannot_be_kept_apart_goes_on_from_where_it_was_saved(
+        kind: str, request: pytest.FixtureRequest, make_cloud: MakeCloud) -> None:
+    """Each try of a 12 MiB upload that ends in a conflict the remote will not let be
+    settled (its version immutable there) sends the last trip of 4 MiB again, not the
+    whole file: the upload stays on the remote while the conflict waits (and an SSH
+    remote's connection goes back to its pool meanwhile)."""
+    if kind == "local":
+        cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
+    else:
+        cloud = request.getfixturevalue("make_ssh_cloud")(
+            {"b": "rw"}, {"a": SshRemote(request.getfixturevalue("sshd"))}, poll_interval="1h")
+    cloud.mount()
+    (cloud.mountpoint / "x").write_bytes(b"base")
+    cloud.wait_synced()
+    theirs = cloud.remotes["a"] / "x"
+    theirs.write_bytes(b"a's, earlier")
+    stamp = time.time() - 60
+    os.utime(theirs, (stamp, stamp))
+    subprocess.run(["chattr", "+i", str(theirs)], check=True)
+    ours = os.urandom(12 << 20)
+    logged = len(cloud.log)
+    try:
+        (cloud.mountpoint / "x").write_bytes(ours)
+
+        def tries() -> int:
+            return cloud.log.count("remote a: end_upload x: Conflict: ")
+
+        wait_for(lambda: tries() >= 3, what="three tries of the upload")
+        since, tried = cloud.log[logged:], tries()
+        sent = since.count("remote a: upload_chunk x ")
+        assert sent <= 12 + 4 * (tried - 1), f"{sent} blocks sent in {tried} tries"
+    finally:
+        subprocess.run(["chattr", "-i", str(theirs)], check=True)
+    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier"], timeout=60,
+             what="a's version kept beside, once it can be renamed")
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "x").read_bytes() == ours, name
+        assert conflict_copies(remote, "x") == [b"a's, earlier"], name
 
 
 def test_a_conflict_that_cannot_be_kept_apart_is_tried_again_less_and_less_often(
