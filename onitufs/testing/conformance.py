@@ -385,6 +385,31 @@ class TestConflicts:
         assert driver.backdoor.read("n.txt") == b"made on the remote"
         assert driver.backdoor.kind("n") == "dir"
 
+    def test_an_upload_whose_end_met_a_conflict_resumes_once_it_is_settled(
+            self, driver: Harness) -> None:
+        """While a conflict the core cannot settle yet waits (the remote will not let its
+        version be renamed aside), the upload stays: once the core has moved the remote's
+        version aside, restart_upload goes on from the transfer saved, and end_upload,
+        asked now to make a new file, puts it in place."""
+        needs_conflicts(driver)
+        driver.needs("restart_upload")
+        driver.needs("move_file")
+        old = driver.upload("w.txt", b"ours, first")
+        driver.backdoor.write("w.txt", b"theirs, written on the remote meanwhile")
+        data = payload(SIZE)
+        transfer = driver.transfer("w.txt", data, revision=old.revision)
+        transfer.start()
+        transfer.send()
+        error = driver.failure("end_upload", transfer.md)
+        assert isinstance(error, Conflict), f"{type(error).__name__}: {error}"
+        driver.call("move_file", error.current, error.current.copy(path="w (theirs).txt"))
+        transfer.resume()
+        transfer.md.revision, transfer.md.file_id = None, None
+        transfer.send()
+        assert driver.read(transfer.end()) == data
+        assert driver.backdoor.read("w.txt") == data
+        assert driver.backdoor.read("w (theirs).txt") == b"theirs, written on the remote meanwhile"
+
     def test_an_upload_over_a_file_deleted_meanwhile_puts_it_back(self, driver: Harness) -> None:
         old = driver.upload("back.txt", b"first")
         driver.backdoor.remove("back.txt")
