@@ -1122,3 +1122,23 @@ def test_a_delete_goes_where_the_aside_name_could_not_be_kept(
     assert local_driver.backdoor.kind("notes.txt") is None
     assert not (local_driver.folder / ASIDE_OWNER).exists()
     assert f"{ASIDE_OWNER} cannot be kept (" in caplog.text, caplog.text
+
+
+def test_the_dropbox_driver_holds_no_bytes_while_a_conflict_waits(
+        dropbox_driver: Harness) -> None:
+    """An upload whose end met a conflict stays open to a resume (the core settles the
+    conflict first, which may take minutes): a file up to 8 MiB goes to Dropbox in one
+    request at the end, so its bytes are not kept in memory meanwhile, and the resume
+    starts from the first byte."""
+    driver = dropbox_driver
+    old = driver.upload("w.txt", b"ours, first")
+    driver.backdoor.write("w.txt", b"theirs, written on Dropbox meanwhile")
+    data = payload(3 * BLOCK)
+    transfer = driver.transfer("w.txt", data, revision=old.revision)
+    transfer.start()
+    transfer.send()
+    assert isinstance(driver.failure("end_upload", transfer.md), Conflict)
+    assert transfer.saved[0] == 2 * BLOCK
+    assert transfer.resume() == 0
+    transfer.send()
+    assert isinstance(driver.failure("end_upload", transfer.md), Conflict)

@@ -265,12 +265,18 @@ def start(plug: Plug) -> None:
         if upload.end != md.size:
             raise DriverError(f"{md.path}: {upload.end} bytes uploaded of {md.size}")
         stored = clash(md.path)
-        there = lookup(stored)
-        if isinstance(there, files.FolderMetadata) or (isinstance(there, files.FileMetadata) \
-                and there.rev != md.revision):
-            raise Conflict(f"{md.path}: changed on Dropbox since onitufs last saw it",
-                           described(md.path, stored, there))
-        entry = commit(md, upload, stored, there.rev if there is not None else None)
+        try:
+            there = lookup(stored)
+            if isinstance(there, files.FolderMetadata) or (isinstance(
+                    there, files.FileMetadata) and there.rev != md.revision):
+                raise Conflict(f"{md.path}: changed on Dropbox since onitufs last saw it",
+                               described(md.path, stored, there))
+            entry = commit(md, upload, stored, there.rev if there is not None else None)
+        except Conflict:
+            # The upload waits for the conflict to be settled, then resumes: not with up
+            # to 8 MiB (uploads.SINGLE_MAX) held here meanwhile: the resume sends them again.
+            upload.buffer.clear()
+            raise
         uploads.drop(md.extra["upload"])
         if entry.content_hash != content_hash(upload.hashes + block_hashes(upload.buffer)):
             raise DriverError(f"{md.path}: Dropbox holds other bytes than those sent "
