@@ -823,6 +823,37 @@ def test_a_conflict_that_cannot_be_kept_apart_stalls_and_unmount_says_so(
         assert (remote / "x").read_bytes() == b"mount's, later", name
 
 
+def older_and_immutable_on_a(cloud: Cloud, content: bytes) -> Path:
+    """Mount with x synced everywhere, then a's x rewritten as an older version and made
+    immutable (chattr +i: its rename aside fails with EPERM); the caller takes the flag
+    off."""
+    cloud.mount()
+    (cloud.mountpoint / "x").write_bytes(b"base")
+    cloud.wait_synced()
+    theirs = cloud.remotes["a"] / "x"
+    theirs.write_bytes(content)
+    stamp = time.time() - 60
+    os.utime(theirs, (stamp, stamp))
+    subprocess.run(["chattr", "+i", str(theirs)], check=True)
+    return theirs
+
+
+def conflict_tries(cloud: Cloud) -> int:
+    """The tries of x's upload to a, each ending in the conflict."""
+    return cloud.log.count("remote a: end_upload x: Conflict: ")
+
+
+def both_kept_everywhere(cloud: Cloud, ours: bytes, theirs: bytes) -> None:
+    """Once a's version can be renamed: x holds ours and a conflict copy a's, in the mount
+    and, after the unmount, on every remote."""
+    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [theirs], timeout=60,
+             what="a's version kept beside, once it can be renamed")
+    cloud.umount()
+    for name, remote in cloud.remotes.items():
+        assert (remote / "x").read_bytes() == ours, name
+        assert conflict_copies(remote, "x") == [theirs], name
+
+
 @pytest.mark.parametrize("kind", ["local", "ssh"])
 def test_an_upload_whose_conflict_cannot_be_kept_apart_goes_on_from_where_it_was_saved(
         kind: str, request: pytest.FixtureRequest, make_cloud: MakeCloud) -> None:
@@ -835,34 +866,18 @@ def test_an_upload_whose_conflict_cannot_be_kept_apart_goes_on_from_where_it_was
     else:
         cloud = request.getfixturevalue("make_ssh_cloud")(
             {"b": "rw"}, {"a": SshRemote(request.getfixturevalue("sshd"))}, poll_interval="1h")
-    cloud.mount()
-    (cloud.mountpoint / "x").write_bytes(b"base")
-    cloud.wait_synced()
-    theirs = cloud.remotes["a"] / "x"
-    theirs.write_bytes(b"a's, earlier")
-    stamp = time.time() - 60
-    os.utime(theirs, (stamp, stamp))
-    subprocess.run(["chattr", "+i", str(theirs)], check=True)
+    theirs = older_and_immutable_on_a(cloud, b"a's, earlier")
     ours = os.urandom(12 << 20)
     logged = len(cloud.log)
     try:
         (cloud.mountpoint / "x").write_bytes(ours)
-
-        def tries() -> int:
-            return cloud.log.count("remote a: end_upload x: Conflict: ")
-
-        wait_for(lambda: tries() >= 3, what="three tries of the upload")
-        since, tried = cloud.log[logged:], tries()
+        wait_for(lambda: conflict_tries(cloud) >= 3, what="three tries of the upload")
+        since, tried = cloud.log[logged:], conflict_tries(cloud)
         sent = since.count("remote a: upload_chunk x ")
         assert sent <= 12 + 4 * (tried - 1), f"{sent} blocks sent in {tried} tries"
     finally:
         subprocess.run(["chattr", "-i", str(theirs)], check=True)
-    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier"], timeout=60,
-             what="a's version kept beside, once it can be renamed")
-    cloud.umount()
-    for name, remote in cloud.remotes.items():
-        assert (remote / "x").read_bytes() == ours, name
-        assert conflict_copies(remote, "x") == [b"a's, earlier"], name
+    both_kept_everywhere(cloud, ours, b"a's, earlier")
 
 
 def test_a_conflict_that_cannot_be_kept_apart_is_tried_again_less_and_less_often(
@@ -873,35 +888,21 @@ def test_a_conflict_that_cannot_be_kept_apart_is_tried_again_less_and_less_often
     version, each of which read the remote's copy whole to compare it with ours (the sizes
     are one) before trying the rename. Once it can be made, both are kept."""
     cloud = make_cloud({"a": "rw", "b": "rw"}, poll_interval="1h")
-    cloud.mount()
-    (cloud.mountpoint / "x").write_bytes(b"base")
-    cloud.wait_synced()
-    theirs = cloud.remotes["a"] / "x"
-    theirs.write_bytes(b"a's, earlier!!")
-    stamp = time.time() - 60
-    os.utime(theirs, (stamp, stamp))
-    subprocess.run(["chattr", "+i", str(theirs)], check=True)
+    theirs = older_and_immutable_on_a(cloud, b"a's, earlier!!")
     try:
         (cloud.mountpoint / "x").write_bytes(b"mount's, later")
-
-        def tries() -> int:  # the upload's, each ending in the conflict
-            return cloud.log.count("remote a: end_upload x: Conflict: ")
 
         def reads() -> int:  # of a's copy, to compare it with ours
             return cloud.log.count("remote a: get_chunk x 0 14")
 
-        wait_for(lambda: tries() > 0, what="the upload to meet the conflict")
+        wait_for(lambda: conflict_tries(cloud) > 0, what="the upload to meet the conflict")
         time.sleep(10)
         # a try, then after 1, 2 and 4 s, both kinds: not the twenty and more of a read
         # at each report and a try every 0.2 s
-        assert tries() <= 6, f"the upload was tried {tries()} times in 10 s"
+        tried = conflict_tries(cloud)
+        assert tried <= 6, f"the upload was tried {tried} times in 10 s"
         assert reads() <= 6, f"a's copy was read {reads()} times in 10 s"
         assert theirs.read_bytes() == b"a's, earlier!!"
     finally:
         subprocess.run(["chattr", "-i", str(theirs)], check=True)
-    wait_for(lambda: conflict_copies(cloud.mountpoint, "x") == [b"a's, earlier!!"], timeout=60,
-             what="a's version kept beside, once it can be renamed")
-    cloud.umount()
-    for name, remote in cloud.remotes.items():
-        assert (remote / "x").read_bytes() == b"mount's, later", name
-        assert conflict_copies(remote, "x") == [b"a's, earlier!!"], name
+    both_kept_everywhere(cloud, b"mount's, later", b"a's, earlier!!")
