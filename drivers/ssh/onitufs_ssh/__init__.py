@@ -418,7 +418,6 @@ def start(plug: Plug) -> None:
                                 plug.name, md.path, decode(moved or b""), answer)
         with uploads_lock:
             uploads.pop(upload_path(md), None)
-        reads.forget(target)
         read_back(md, put)
         if md.path == MARKER:
             with pool.use() as conn:

@@ -369,20 +369,17 @@ class Reads:
         open: a disk filled up once is not given back by a delete."""
         self.pool.each_holding_files(close_idle_handles)
 
-    def forget(self, path: bytes) -> None:
-        """Drop the read-ahead of a file that was replaced or removed by us."""
+    def release(self, conn: Connection, path: bytes) -> None:
+        """Drop the read-ahead of the file at `path`, and close the handles reads keep on
+        it, on `conn` and on the idle connections, before it is removed or replaced: a
+        disk that keeps a file removed while open under another name until its last close
+        (libfuse's .fuse_hidden*, NFS's .nfs*) shows that name in its folder meanwhile,
+        which a listing would report."""
         with self._lock:
             for key in [k for k in self._files if k[0] == path]:
                 stream = self._files.pop(key).stream
                 if stream is not None:
                     stream.stop()
-
-    def release(self, conn: Connection, path: bytes) -> None:
-        """Close the handles reads keep on the file at `path`, on `conn` and on the idle
-        connections, before it is removed or replaced: a disk that keeps a file removed
-        while open under another name until its last close (libfuse's .fuse_hidden*, NFS's
-        .nfs*) shows that name in its folder meanwhile, which a listing would report."""
-        self.forget(path)
         close_handles_of(conn, path)
         self.pool.each_holding_files(lambda held: close_handles_of(held, path))
 
