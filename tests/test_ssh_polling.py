@@ -55,10 +55,10 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     folders: list[str] = []
     decode = listing._decode
 
-    def counted(folder: str, answers: list[memoryview]
-                ) -> tuple[list[tuple[Metadata, bytes]], list[tuple[bytes, Attrs]]]:
+    def counted(folder: str, answers: list[memoryview],
+                hidden: list[tuple[bytes, Attrs]] | None = None) -> list[tuple[Metadata, bytes]]:
         folders.append(folder)
-        return decode(folder, answers)
+        return decode(folder, answers, hidden)
 
     monkeypatch.setattr(listing, "_decode", counted)
     return folders

@@ -120,7 +120,7 @@ class Walked:
     def _entries_of(self, folder: str) -> list[Metadata]:
         entries = self._decoded.get(folder)
         if entries is None:
-            named, _ = _decode(folder, self._answers[folder])
+            named = _decode(folder, self._answers[folder])
             entries = self._decoded[folder] = [md for md, _ in named]
         for md in entries:
             if md.kind == "symlink":
@@ -232,7 +232,8 @@ class Tree:
         before = self._folders.get(folder)
         if before is not None and before.digest == digest:
             return before
-        named, hidden = _decode(folder, raw)
+        hidden: list[tuple[bytes, Attrs]] = []
+        named = _decode(folder, raw, hidden)
         entries = decoded[folder] = [md for md, _ in named]
         return _Folder(digest, {md.path: signature(md) for md in entries},
                        tuple((md.path, folder_at + b"/" + name) for md, name in named
@@ -267,18 +268,19 @@ def _past_dots(answer: memoryview) -> memoryview:
     return answer[past:]
 
 
-def _decode(folder: str, answers: list[memoryview]
-            ) -> tuple[list[tuple[Metadata, bytes]], list[tuple[bytes, Attrs]]]:
+def _decode(folder: str, answers: list[memoryview],
+            hidden: list[tuple[bytes, Attrs]] | None = None) -> list[tuple[Metadata, bytes]]:
     """The entries of a folder the listing reports, from its READDIR answers, each with
-    its name as stored, and its hidden names (TEMP_SUFFIX) with their attributes. An
-    escape (names.py) reads as the name it stands for, except beside that very name,
-    which is the mount's file."""
+    its name as stored; `hidden` (if given) gets the folder's hidden names (TEMP_SUFFIX)
+    with their attributes. An escape (names.py) reads as the name it stands for, except
+    beside that very name, which is the mount's file."""
     found = [(raw, attrs) for answer in answers for raw, attrs in decode_names(answer)]
+    if hidden is not None:  # (only a walk's changed folders: a listing's need none)
+        hidden += [(raw, attrs) for raw, attrs in found if raw.endswith(_TEMP_SUFFIX)]
     escapes = any(raw.endswith(_SUFFIX) for raw, _ in found)
     held = {raw for raw, _ in found} if escapes else set()
-    return ([(md, raw) for raw, attrs in found
-             if (md := _entry(folder, raw, attrs, held)) is not None],
-            [(raw, attrs) for raw, attrs in found if raw.endswith(_TEMP_SUFFIX)])
+    return [(md, raw) for raw, attrs in found
+            if (md := _entry(folder, raw, attrs, held)) is not None]
 
 
 def _entry(folder: str, raw: bytes, attrs: Attrs, held: set[bytes]) -> Metadata | None:
