@@ -53,5 +53,5 @@ def test_a_file_removed_while_open_on_a_remote_is_deleted_and_its_hidden_name_st
             assert snapshot(mnt) == expected
             assert snapshot(cloud.remotes["a"]) == expected
             assert sorted(snapshot(disk)) == [*hidden, "after.txt", "kept.txt"]
-        wait_for(lambda: snapshot(disk) == expected, what="the hidden name gone at the close")
+        wait_for(lambda: snapshot(disk, errors=True) == expected, what="the hidden name gone at the close")
         assert "a file removed while open" in cloud.log
