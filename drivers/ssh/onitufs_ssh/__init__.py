@@ -409,7 +409,7 @@ def start(plug: Plug) -> None:
                 if lost(error):
                     upload.drop_connection()
                 elif isinstance(error, Conflict):  # while it waits, its connection is free
-                    upload.close([])  # (its file stays: the next try goes on from it)
+                    upload.abandon()  # (its file stays: the next try goes on from it)
                 raise
             # The version replaced goes with the temporary file's close.
             for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):

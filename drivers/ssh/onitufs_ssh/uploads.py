@@ -215,10 +215,11 @@ class Upload:
         self._release(True)
 
     def abandon(self) -> None:
-        """Forget the upload (abort), its file closed first where no sender is at work (as
-        after end_upload) and its connection holds, which is then kept: the file is
-        removed next, and a disk may keep a file removed while open under another name
-        until its close (see Reads.release). Else drop()."""
+        """Let the upload's file and connection go (an abort, a conflict that waits), the
+        file closed first, and the close answered, where no sender is at work (as after
+        end_upload) and the connection holds, which is then kept: the file may be removed
+        next, and a disk may keep a file removed while open under another name until its
+        close (see Reads.release). Else drop(). A resume opens the file again."""
         with self.cond:
             busy = bool(self._senders)
         if busy or self.conn is None or self.handle is None:
