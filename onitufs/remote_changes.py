@@ -175,8 +175,9 @@ class RemoteChanges:
         above = self._no_folder_above(source, metadata.path)
         if above is not None:
             return await self._folder_over(source, *above)
-        keep_both = self._update(source, metadata)
-        return keep_both is None or await self.keep_both(source, metadata, keep_both)
+        outcome = self._update(source, metadata)
+        return outcome if isinstance(outcome, bool) \
+            else await self.keep_both(source, metadata, outcome)
 
     def _no_folder_above(self, remote: Remote, path: str) -> tuple[str, Inode] | None:
         """The nearest of the paths above `path` that the tree has, and its inode, where
@@ -250,13 +251,14 @@ class RemoteChanges:
             log.warning("remote %s: skipping %r: %s", remote.name, path, reason)
         return reason is None
 
-    def _update(self, remote: Remote, md: Metadata) -> Inode | None:
-        """Apply a created or changed entry; returns our inode when both must be kept."""
+    def _update(self, remote: Remote, md: Metadata) -> Inode | bool:
+        """Apply a created or changed entry: True once applied, False where the driver's
+        next listing decides, or our inode where both must be kept."""
         rid = remote.rid
         with self.index.write() as txn:
             ino = self.index.mirror_ino(rid, md.path, txn)
             if ino is not None and self.replicator.uploading(remote, ino):
-                return None  # our own upload landing; it records its token itself
+                return True  # our own upload landing; it records its token itself
             inode = self.index.get_inode(ino, txn) if ino is not None else None
             if inode is not None and md.kind == "file" \
                     and self._landed_unrecorded(txn, remote, inode, md.path):
@@ -273,14 +275,18 @@ class RemoteChanges:
             return self._appeared(txn, remote, md)
 
     def _changed(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
-                 md: Metadata) -> Inode | None:
+                 md: Metadata) -> Inode | bool:
         """What the remote held for us at md.path changed there."""
         entry = self.index.mirror(remote.rid, inode.ino, txn)[md.path]
         if inode.is_symlink and md.kind == "symlink" and md.target is not None \
                 and encode_path(md.target) != inode.target:
             self._retarget(txn, remote, inode, md)
         elif md.kind != entry.kind:
-            return inode  # another kind of node there, not from a listing (see _apply)
+            # Another kind of node where the remote held ours, found by a read, not by a
+            # listing: what became of ours there (a delete, with what a folder held) is for
+            # the driver's next listing to say (see _apply), which update_file asked for.
+            # Nothing changed here: kept apart now, the new node would be renamed aside.
+            return False
         elif is_version(entry, md) or not inode.is_reg:
             entry.token, entry.fid = md.revision, md.file_id
             entry.racy = entry.racy and md.kind == "file" and remote.racy(md.mtime_ns)
@@ -295,7 +301,7 @@ class RemoteChanges:
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
         else:
             return inode
-        return None
+        return True
 
     def _landed_unrecorded(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
                            path: str) -> bool:
@@ -307,7 +313,7 @@ class RemoteChanges:
             and not inode.dirty
 
     def _changed_elsewhere(self, txn: lmdb.Transaction, remote: Remote, inode: Inode,
-                           md: Metadata, entry: MirrorEntry) -> Inode | None:
+                           md: Metadata, entry: MirrorEntry) -> Inode | bool:
         """What the remote held for us at md.path changed there, and the mount no longer
         has that inode there (renamed or deleted in the mount, not done there yet).
 
@@ -327,19 +333,19 @@ class RemoteChanges:
                                   remote.entry_of(md, new.rev))
             self.replicator.schedule(txn, new.ino, 0, remote.rid)
             self.replicator.requeue(txn, remote, new.ino)  # to move it to its name there
-            return None
+            return True
         log.warning("remote %s: %s was changed there after it was renamed or deleted here; "
                     "that version stays at its name", remote.name, md.path)
         self.index.set_mirror(txn, remote.rid, inode.ino, md.path, None)
         self.replicator.requeue(txn, remote, inode.ino)
         return self._appeared(txn, remote, md)
 
-    def _appeared(self, txn: lmdb.Transaction, remote: Remote, md: Metadata) -> Inode | None:
+    def _appeared(self, txn: lmdb.Transaction, remote: Remote, md: Metadata) -> Inode | bool:
         """The remote holds something at md.path that it did not hold for us."""
         existing = self.index.resolve(md.path, txn)
         if existing is None:
             self._create(txn, remote, md)
-            return None
+            return True
         inode = self.tree.inode(existing, txn)
         same = (inode.is_dir and md.kind == "dir") \
             or (inode.is_symlink and md.kind == "symlink" and md.target is not None
@@ -348,20 +354,21 @@ class RemoteChanges:
             return inode  # files too: whether their contents are one is for keep_both
         self.index.set_mirror(txn, remote.rid, existing, md.path,
                               remote.entry_of(md, 0 if inode.is_dir else inode.rev))
-        return None
+        return True
 
     def _backup_changed(self, txn: lmdb.Transaction, remote: Remote, ino: int | None,
-                        md: Metadata) -> Inode | None:
+                        md: Metadata) -> Inode | bool:
         """A file onitufs put on a write-only remote was changed there: our inode, whose
         version goes back while theirs is kept aside there. Files onitufs never put
         there, or deleted here since, are left alone."""
         if ino is None:
-            return None
+            return True
         if is_version(self.index.mirror(remote.rid, ino, txn)[md.path], md):
-            return None
+            return True
         inode = self.index.get_inode(ino, txn)
         if inode is None:
             self.index.set_mirror(txn, remote.rid, ino, md.path, None)
+            return True
         return inode
 
     def _retarget(self, txn: lmdb.Transaction, remote: Remote, link: Inode,

@@ -600,3 +600,39 @@ def test_a_full_dropbox_given_room_is_tried_again_within_seconds(
     assert "the Dropbox is full" in cloud.log
     fake.set_quota(None)
     wait_for(lambda: on_dropbox(fake, "big.bin") == content, 15, "the file on Dropbox")
+
+
+def test_a_read_that_finds_a_file_where_the_remote_held_a_folder_waits_for_its_listing(
+        cloud: Cloud, fake: FakeDropbox) -> None:
+    """Another client makes x a file, then a folder, then a file again, while the
+    replicator's read of the first file (to copy it to a) is under way. That read finds
+    the third version, where the mount has the folder from Dropbox: nothing here changed,
+    so this is no conflict. The listing that follows says what became of the folder (a
+    delete, by the rules of any delete) and brings the file; taken from the read, the
+    file was renamed to a conflict name on Dropbox, as if the folder were an edit here."""
+    fake.stop_answering("files/download")
+    fake.write("/Cloud/x", b"first file")
+    wait_for(lambda: any(route == "files/download" and arg.get("path") == "/Cloud/x"
+                         for route, arg in fake.calls), what="the read of the first file")
+    fake.delete("/Cloud/x")
+    fake.mkdir("/Cloud/x")
+    fake.write("/Cloud/x/inner", b"in the folder")
+    wait_for(lambda: (cloud.mountpoint / "x").is_dir()
+             and os.listdir(cloud.mountpoint / "x") == ["inner"], what="the folder shown")
+    fake.stop_answering("files/download", "files/list_folder/continue")
+    fake.delete("/Cloud/x")
+    fake.write("/Cloud/x", b"the last file")
+    told = cloud.log.count("x: changed on Dropbox")
+    fake.stop_answering("files/list_folder/continue")  # the read answered, not the listing
+    wait_for(lambda: cloud.log.count("x: changed on Dropbox") > told, what="the read's answer")
+    # What the core does with that answer comes next in the log: the copy put off.
+    wait_for(lambda: "remote a: cannot copy" in cloud.log, what="the copy put off")
+    fake.answer_again()
+    want = {"x": b"the last file"}
+    wait_for(lambda: (cloud.mountpoint / "x").is_file() and shown(cloud) == want, 30,
+             "the last file alone in the mount")
+    cloud.wait_synced(60)
+    assert on_dropbox_all(fake) == want
+    assert top_of(cloud.remotes["a"]) == want
+    cloud.umount()
+    assert "changed both here and there" not in cloud.log

@@ -555,10 +555,12 @@ class FakeDropbox:
     def stop_answering(self, *routes: str, path: str | None = None) -> None:
         """Calls of `routes` (of any, when none is named), or only those whose argument
         names `path`, are taken in and left unanswered, as by a server that hangs: each
-        waits until answer_again() or go_offline(), which drops it."""
+        waits until answer_again() or go_offline(), which drops it; a call held before
+        and not named now is served."""
         with self._changed:
             self._silent = set(routes or ["*"])
             self._silent_path = path
+            self._changed.notify_all()
 
     def answer_again(self) -> None:
         """Serve the calls held unanswered, and return once they are carried out: what a
