@@ -364,6 +364,10 @@ class Plug:
         # on a folder without one is not the remote's (an unplugged disk's mount point), and
         # a driver that checks where its changes go (the local driver's pin) refuses it.
         self.marked = False
+        # Whether onitufs may change the remote (its mode in the config has "w"), set
+        # before start(plug): a remote the user made read-only is never written, and a
+        # driver's own tidying there (what a fault left of its moves aside) waits.
+        self.writable = True
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:
         """Register the decorated function as the handler of that name."""

@@ -408,6 +408,7 @@ class Remote:
         self.plug = Plug(self.name, self.config.options, sink, trio.lowlevel.current_trio_token(),
                          self.folder, self.moving, users_busy)
         plug = self.plug
+        plug.writable = self.config.writable
 
         def start() -> None:
             # Stops in a row: a driver that stops soon after each start (its listing, say)

@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from onitufs.config import Options, RemoteConfig
-from onitufs.plug import TEMP_SUFFIX, Metadata, Plug, upload_path
+from onitufs.plug import ASIDE, ASIDE_OWNER, TEMP_SUFFIX, Metadata, Plug, upload_path
 from onitufs.remotes import Remote
 
 from .conftest import Cloud, MakeCloud, snapshot, wait_for
@@ -258,3 +258,34 @@ def test_the_ssh_driver_deletes_a_folder_with_only_temp_files_and_nothing_else(
     wait_for(lambda: not (server / "mixed").exists(), what="mixed gone once only ours is left")
     cloud.wait_synced()
     assert cloud.umount().returncode == 0
+
+
+def test_a_remote_made_read_only_keeps_what_a_cut_delete_left_there(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """A version left at this mount's aside name on the server (a delete cut short after
+    its move aside) stays there once the config makes the remote read-only: onitufs
+    writes nothing on such a remote, its own leftovers included; rw again, it goes."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)}, poll_interval="0.2s")
+    cloud.mount()
+    cloud.umount()
+    owner = (cloud.root / "cache" / "drivers" / "s" / ASIDE_OWNER).read_text().strip()
+    server = cloud.remotes["s"]
+    aside = server / f".x.txt.{ASIDE}0123456789ab-{owner}{TEMP_SUFFIX}"
+    aside.write_bytes(b"a version moved aside")
+    cloud.ssh["s"].mode = "r"
+    cloud.write_config()
+    cloud.mount()
+    for walk in ("first", "second"):  # (the sweep follows each walk)
+        (server / f"{walk}.txt").write_bytes(walk.encode())
+        wait_for(lambda: (cloud.mountpoint / f"{walk}.txt").exists(),  # noqa: B023
+                 what=f"the {walk} walk")
+    assert aside.read_bytes() == b"a version moved aside"
+    assert not (server / "x.txt").exists()
+    cloud.umount()
+    cloud.ssh["s"].mode = "rw"
+    cloud.write_config()
+    cloud.mount()
+    wait_for(lambda: not aside.exists(), what="the leftover swept")
+    # (a version whose tag is not the file's there goes back to its name)
+    assert (server / "x.txt").read_bytes() == b"a version moved aside"
+    cloud.umount()

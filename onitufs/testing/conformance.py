@@ -912,6 +912,24 @@ class TestFaults:
         assert driver.read(md) == data
         assert driver.backdoor.read("cut.bin") == data
 
+    def test_a_remote_made_read_only_keeps_what_a_fault_left_there(
+            self, driver: Harness) -> None:
+        """A delete or a replace cut short after its move aside leaves a version (a file,
+        an empty folder) at this mount's aside name. A driver that finishes such leftovers
+        at its listings (the ssh and dropbox drivers do) leaves them where the config has
+        made the remote read-only since (plug.writable False): nothing there changes."""
+        file_aside = driver.plug.aside_path(Metadata(path="file.txt", revision="1:1"))
+        folder_aside = driver.plug.aside_path(Metadata(path="folder", kind="dir"))
+        driver.backdoor.write(file_aside, b"a version moved aside")
+        driver.backdoor.mkdir(folder_aside)
+        driver.restart(writable=False)
+        driver.next_listing()
+        driver.next_listing()  # (a driver finishes them after a listing, or before one)
+        assert driver.backdoor.read(file_aside) == b"a version moved aside"
+        assert driver.backdoor.kind(folder_aside) == "dir"
+        assert driver.backdoor.kind("file.txt") is None
+        assert driver.backdoor.kind("folder") is None
+
     def test_a_full_disk(self, driver: Harness) -> None:
         """The upload fails, not hangs; the version there stays; abort_upload frees what
         the upload took; with room again, the upload goes through."""

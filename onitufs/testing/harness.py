@@ -306,11 +306,13 @@ class Harness:
                             pytrace=False)
             self._thread = None
 
-    def restart(self) -> None:
+    def restart(self, writable: bool = True) -> None:
         """Stop the driver and start it anew with a new Plug, as after a crash or an unmount:
-        whatever it kept in memory is gone."""
+        whatever it kept in memory is gone. `writable=False`: as a remote the config then
+        makes read-only (plug.writable)."""
         self.stop()
         self.plug = self._new_plug()
+        self.plug.writable = writable
         self.start()
 
     def _new_plug(self) -> Plug:

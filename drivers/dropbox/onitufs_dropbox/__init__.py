@@ -387,7 +387,10 @@ def start(plug: Plug) -> None:
         """Finish the folder deletes that a fault cut short after the move aside, and that
         no delete_file will finish: the core, told by a listing that the folder is gone
         from its name, does not ask again, and a crash forgets the call. Each of this
-        mount's aside folders the Tree holds goes as the delete would have done it."""
+        mount's aside folders the Tree holds goes as the delete would have done it, where
+        onitufs may write (plug.writable)."""
+        if not plug.writable:
+            return
         for aside in tree.hidden_folders():
             folder, _, name = aside.rpartition("/")
             beside = set_aside_by(name, plug.aside_owner)

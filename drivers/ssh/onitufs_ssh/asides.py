@@ -57,8 +57,11 @@ class Asides:
 
     def sweep(self, conn: Connection, asides: list[tuple[bytes, Attrs]]) -> None:
         """Finish each of this mount's aside files a walk found (its full path, and what
-        the walk found there) that no handler is using. A refusal is said and left for the
-        next walk; a lost connection is raised."""
+        the walk found there) that no handler is using, where onitufs may write
+        (plug.writable). A refusal is said and left for the next walk; a lost connection
+        is raised."""
+        if not self.plug.writable:
+            return
         for aside, listed in asides:
             with self._cond:
                 if aside in self._used:
