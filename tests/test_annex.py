@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -569,4 +570,36 @@ def test_a_program_that_says_unavailable_keeps_its_remote_offline(
     (folder / ".availability").write_text("GLOBAL\n")
     cloud.wait_synced(60)  # a new program is asked again, and takes the file
     assert len(keys_in(folder / ".keys")) >= 2  # the content, and the manifest
+    cloud.umount()
+
+
+def test_a_remote_made_read_only_is_not_tidied(make_cloud: MakeCloud, programs: Path,
+                                              tmp_path: Path) -> None:
+    """Content no file uses any more is removed from an annex remote once remove_after has
+    passed, but not from one the config has made read-only since: onitufs writes nothing
+    there, its manifest included; rw again, it goes."""
+    store = tmp_path / "store"
+    cloud = with_remotes(make_cloud({"a": "rw"}), rclone_table(store, remove_after="1h"))
+    cloud.mount()
+    (cloud.mountpoint / "old.txt").write_bytes(b"content that goes out of use")
+    cloud.wait_synced(60)
+    key = content_key(hashlib.sha256(b"content that goes out of use").digest(), 28)
+    assert key in keys_in(store)
+    (cloud.mountpoint / "old.txt").unlink()
+    cloud.wait_synced(60)
+    cloud.umount()
+    held = keys_in(store)
+
+    def remount(**keys: str) -> None:
+        cloud.write_config()
+        with_remotes(cloud, rclone_table(store, remove_after="0s", **keys))
+        cloud.mount()
+    remount(mode="r")
+    (cloud.remotes["a"] / "new.txt").write_bytes(b"made on a")
+    wait_for(lambda: (cloud.mountpoint / "new.txt").exists(), what="the mount to show a's file")
+    time.sleep(2)  # polls of the annex remote, every 0.3 s
+    assert keys_in(store) == held
+    cloud.umount()
+    remount()
+    wait_for(lambda: key not in keys_in(store), what="the unused key to be removed")
     cloud.umount()

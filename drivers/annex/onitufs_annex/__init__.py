@@ -106,9 +106,10 @@ def start(plug: Plug) -> None:
 def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
     """Every poll_interval, or at once when a handler took in another machine's tree:
     take in the remote's manifest, send ours, remove unused keys and what uploads left
-    aside, and report what changed in the tree since the last report, with the paths
-    onitufs changed since (plug.written_paths), as a part of the listing; the whole tree
-    at the start, after an outage, when not taken or asked for."""
+    aside (only the first where onitufs may not write: plug.writable), and report what
+    changed in the tree since the last report, with the paths onitufs changed since
+    (plug.written_paths), as a part of the listing; the whole tree at the start, after an
+    outage, when not taken or asked for."""
     journal = sync.journal
     reported: dict[str, tuple[str | None, str | None, str, str | None]] = {}
     reports = Reports(plug)
@@ -117,9 +118,12 @@ def watch(plug: Plug, sync: Sync, content: Content, interval: float) -> None:
         written = plug.written_paths()
         asked = plug.asked_to_look() or asked  # this round serves a request made before it
         try:
-            sync.poll()
-            sync.collect()
-            content.sweep()
+            if plug.writable:
+                sync.poll()
+                sync.collect()
+                content.sweep()
+            else:
+                sync.look()
         except DriverError as error:
             plug.offline(str(error))
             reports.taken = False
