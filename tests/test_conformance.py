@@ -733,6 +733,37 @@ def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_asi
     assert len(said) == 1, f"said {len(said)} times in ten walks"
 
 
+def test_the_local_driver_finishes_a_delete_a_crash_cut_after_its_move_aside(
+        local_driver: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """A kill -9 or a power loss between delete_file's rename aside and its unlink leaves
+    the version at its aside name, and the listing tells the core the file is gone: no
+    handler comes back for it. The next start's walk removes it; another version a rename
+    took (saved between the check and the rename) goes back to its name instead, or stays
+    where that name was taken since (said once, not at every full walk)."""
+    driver, backdoor = local_driver, local_driver.backdoor
+    deleted = driver.upload("deleted.txt", b"deleted in the mount", revision=None)
+    backdoor.rename("deleted.txt", driver.plug.aside_path(deleted))  # then the crash
+    other = deleted.copy(path="other.txt", revision="1:1")
+    backdoor.write(driver.plug.aside_path(other), b"another program's version")
+    taken = deleted.copy(path="taken.txt", revision="1:1")
+    stays = driver.plug.aside_path(taken)
+    backdoor.write(stays, b"a version whose name was taken since")
+    backdoor.write("taken.txt", b"the one that took the name")
+
+    def asides() -> set[str]:
+        return {name for name in backdoor.names() if ASIDE in name}
+    with caplog.at_level(logging.WARNING, logger="onitufs_local.asides"):
+        driver.restart()
+        wait_for(lambda: asides() == {stays}, 10, "the walk after the restart to finish two")
+        driver.next_listing()  # a full walk more
+    assert backdoor.kind("deleted.txt") is None
+    assert backdoor.read("other.txt") == b"another program's version"
+    assert backdoor.read(stays) == b"a version whose name was taken since"
+    assert backdoor.read("taken.txt") == b"the one that took the name"
+    said = [record for record in caplog.records if "its name is taken" in record.getMessage()]
+    assert len(said) == 1, f"said {len(said)} times in two full walks"
+
+
 def renamed_paths(kind: int, payload: bytes) -> list[bytes]:
     """The two paths of an SFTP request if it is a rename (plain or posix-rename)."""
     reader = Reader(payload)

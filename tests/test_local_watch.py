@@ -391,7 +391,7 @@ def test_a_disk_plugged_in_and_unplugged_again_during_a_walk_leaves_nothing_of_i
             finally:
                 tree.close()
         else:
-            entries = listing.steady_listing(Disk(str(folder)), give_way)
+            entries = listing.steady_listing(Disk(str(folder)), give_way, [])
             listed = None if entries is None else [md.path for md in entries]
         assert calls >= 1
         # Either the mount point's own listing (empty), or none taken.

@@ -53,6 +53,7 @@ from onitufs.plug import (
 from onitufs.room import RoomWatch, local_state, refused_locally
 from onitufs.storednames import renames_in_case
 
+from .asides import Asides
 from .disknames import (
     NO_LINKS,
     Disk,
@@ -601,25 +602,27 @@ def start(plug: Plug) -> None:
                 remove()
             raise
 
+    asides = Asides(plug, inside)
     plug.ready()
     try:
-        follow(plug, disk, interval)
+        follow(plug, disk, interval, asides.sweep)
     except OutOfWatches as error:
         log.warning("remote %s: %s; listing %s every %gs instead (raise the limit: "
                     "sysctl fs.inotify.max_user_watches, max_user_instances)",
                     plug.name, error, root, min(interval, POLL))
-        poll(plug, disk, min(interval, POLL))
+        poll(plug, disk, min(interval, POLL), asides.sweep)
 
 
-def poll(plug: Plug, disk: Disk, interval: float) -> None:
+def poll(plug: Plug, disk: Disk, interval: float, sweep: Callable[[list[str]], None]) -> None:
     """List the root folder every interval and report it, for a folder that cannot be
-    watched."""
+    watched; `sweep` as in follow."""
     # What the last listing reported held, and how many changes onitufs had made by then.
     last: tuple[dict[str, tuple[str | None, str | None, int | None]], int] | None = None
     while not plug.stopping.is_set():
         started, writes = time.monotonic(), plug.writes
         try:
-            entries = steady_listing(disk, plug.give_way)
+            hidden: list[str] = []
+            entries = steady_listing(disk, plug.give_way, hidden)
         except (OSError, RemoteUnavailable) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             plug.offline(f"cannot list {disk.root}: {reason}")
@@ -628,6 +631,7 @@ def poll(plug: Plug, disk: Disk, interval: float) -> None:
             if entries is None:
                 plug.wait_to_list(interval)
                 continue
+            sweep(hidden)
             seen = {md.path: (md.revision, md.file_id, md.changed_ns) for md in entries}
             if (seen, writes) != last:
                 if last is None:

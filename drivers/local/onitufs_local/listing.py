@@ -173,11 +173,13 @@ def unchanged(old: Metadata, st: os.stat_result, target: str | None) -> bool:
 
 def listing(disk: Disk, give_way: Callable[[], None], top: str = "",
             watch: Callable[[str, str], None] | None = None,
-            known: Mapping[str, Metadata] | None = None) -> list[Metadata]:
+            known: Mapping[str, Metadata] | None = None,
+            hidden: list[str] | None = None) -> list[Metadata]:
     """Everything below the folder `top` of the mount ("": all of it). give_way() is called
     before each folder is read (Plug.give_way: people using the mount come first).
     Where `known` (an earlier listing, by path) holds what an entry still is, that very
     object is listed again: a safety-net walk of an unchanged tree makes nothing new.
+    The stored paths of the hidden names found (TEMP_SUFFIX) go into `hidden`, if given.
 
     Without `watch`, TreeMoved if something in it went while it was read (a build, git
     gc): that is no reason to call the remote unreachable. With it, watch(folder, stored)
@@ -186,15 +188,15 @@ def listing(disk: Disk, give_way: Callable[[], None], top: str = "",
     """
     waited = _walking.acquire(timeout=WALK_WAIT)
     try:
-        return _walk(disk, give_way, top, watch, known or {})
+        return _walk(disk, give_way, top, watch, known or {}, hidden)
     finally:
         if waited:
             _walking.release()
 
 
 def _walk(disk: Disk, give_way: Callable[[], None], top: str,
-          watch: Callable[[str, str], None] | None, known: Mapping[str, Metadata]
-          ) -> list[Metadata]:
+          watch: Callable[[str, str], None] | None, known: Mapping[str, Metadata],
+          hidden: list[str] | None) -> list[Metadata]:
     entries: list[Metadata] = []
     folders = [(top, disk.path(top, making=False) if top else "")]  # mount paths, stored ones
     while folders:
@@ -213,6 +215,8 @@ def _walk(disk: Disk, give_way: Callable[[], None], top: str,
         with scan:
             for item in scan:
                 if item.name.endswith(TEMP_SUFFIX):
+                    if hidden is not None:
+                        hidden.append(f"{stored}/{item.name}" if stored else item.name)
                     continue
                 path = disk.shown(folder, stored, item.name)
                 if path is None:
@@ -236,15 +240,18 @@ def _walk(disk: Disk, give_way: Callable[[], None], top: str,
     return entries
 
 
-def steady_listing(disk: Disk, give_way: Callable[[], None]) -> list[Metadata] | None:
+def steady_listing(disk: Disk, give_way: Callable[[], None],
+                   hidden: list[str]) -> list[Metadata] | None:
     """A listing of the root folder taken while nothing went from under it and its path
     led there, or None if the tree keeps changing or the disk came or went (the next poll
-    tries again). OSError or RemoteUnavailable if the root cannot be listed."""
+    tries again); the stored paths of the hidden names it found go into `hidden`.
+    OSError or RemoteUnavailable if the root cannot be listed."""
     require_root(disk.root)
     with held_root(disk) as (held, root):
         for _ in range(LISTING_TRIES):
+            hidden.clear()
             try:
-                entries = listing(held, give_way)
+                entries = listing(held, give_way, hidden=hidden)
             except TreeMoved:
                 continue
             return entries if folder_id(disk.root) == root else None

@@ -89,6 +89,7 @@ class Tree:
         self.unwatched: set[str] = set()
         self.stale = True  # only a full listing can tell (the start, an overflow)
         self.root_id: FolderId | None = None
+        self.hidden: list[str] = []  # the stored paths of the hidden names the last one found
 
     def close(self) -> None:
         self.inotify.close()
@@ -171,7 +172,9 @@ class Tree:
         with self._reading() as self.root_id:
             self.dropped.extend(self.watches.values())
             self.watches, self.folders = {}, {}
-            listed = listing(self.held, self.give_way, watch=self._watch, known=before)
+            self.hidden = []
+            listed = listing(self.held, self.give_way, watch=self._watch, known=before,
+                             hidden=self.hidden)
             self.entries, self.children = {}, {"": set()}
             for md in listed:
                 self._add(md)
@@ -281,9 +284,12 @@ class Tree:
         return found, tops
 
 
-def follow(plug: Plug, disk: Disk, interval: float) -> None:
+def follow(plug: Plug, disk: Disk, interval: float,
+           sweep: Callable[[list[str]], None]) -> None:
     """Watch the root folder and report what it holds until the mount ends. Raises
-    OutOfWatches when the kernel cannot watch all of it: then it must be polled.
+    OutOfWatches when the kernel cannot watch all of it: then it must be polled. After
+    each full listing, `sweep` finishes what a crash left at this mount's aside names
+    (Asides.sweep), given the hidden names it found.
     plug.look_again, called by a handler that found a change no event named (a file
     written through a link from outside the folder, or by another machine on a network
     disk), makes the next listing a full one: the listing kept from events is wrong
@@ -324,6 +330,7 @@ def follow(plug: Plug, disk: Disk, interval: float) -> None:
                             tree.close()
                         tree, taken = Tree(plug.name, disk, plug.give_way), False  # its listing goes out
                     changed = tree.list_all() or asked
+                    sweep(tree.hidden)
                 except OutOfWatches:
                     raise
                 except (OSError, RemoteUnavailable) as error:
