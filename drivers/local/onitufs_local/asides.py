@@ -23,7 +23,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 
-from onitufs.plug import Plug, left_aside_by_another, set_aside_by
+from onitufs.plug import DriverError, Plug, RemoteUnavailable, left_aside_by_another, set_aside_by
 
 from .listing import file_id, token
 from .renames import rename_noreplace
@@ -51,7 +51,9 @@ class Asides:
                 self._finish(stored, name, beside)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # gone since the walk
-            except OSError as error:
+            except RemoteUnavailable:
+                return  # the folder gone (a disk unplugged): the next listing says so
+            except (OSError, DriverError) as error:  # (DriverError: a path leading out)
                 self._warn(stored, "cannot finish the delete cut short at %s: %s", error)
 
     def _finish(self, stored: str, name: str, beside: str) -> None:
