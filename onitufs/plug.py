@@ -366,7 +366,8 @@ class Plug:
         self.marked = False
         # Whether onitufs may change the remote (its mode in the config has "w"), set
         # before start(plug): a remote the user made read-only is never written, and a
-        # driver's own tidying there (what a fault left of its moves aside) waits.
+        # driver's own tidying there (what a fault left of its moves aside, content
+        # nothing uses any more) waits.
         self.writable = True
 
     def handler(self, name: str | None = None) -> Callable[[F], F]:

@@ -285,7 +285,8 @@ class RemoteChanges:
             # Another kind of node where the remote held ours, found by a read, not by a
             # listing: what became of ours there (a delete, with what a folder held) is for
             # the driver's next listing to say (see _apply), which update_file asked for.
-            # Nothing changed here: kept apart now, the new node would be renamed aside.
+            # Kept apart now, the new node would be renamed aside though ours may not have
+            # changed here (the listing keeps both only where it did).
             return False
         elif is_version(entry, md) or not inode.is_reg:
             entry.token, entry.fid = md.revision, md.file_id
