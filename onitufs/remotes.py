@@ -28,7 +28,7 @@ import trio
 
 from .config import RemoteConfig
 from .index import MirrorEntry, cannot_write
-from .plug import ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
+from .plug import Changed, ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,12 @@ class Remote:
                      args: tuple[Any, ...] = ()) -> CallFailed:
         """Record the failure; returns what the caller raises for it."""
         paths = [arg.path for arg in args if isinstance(getattr(arg, "path", None), str)]
+        if handler in READS and isinstance(error, Changed):
+            # The remote answered: its copy moved on since it was listed, and the caller
+            # takes that version in. No failure of the remote: its status stays as it was,
+            # and reads go on asking it first.
+            log.info("remote %s: %s: %s", self.name, " ".join([handler, *paths]), error)
+            return CallFailed(f"{self.name}: {handler}: Changed: {error}")
         self.failed(error, " ".join([handler, *paths]))
         if handler in CHANGES:  # not a read's: a file gone from under it says nothing of them
             self.health.change_error = self.health.last_error

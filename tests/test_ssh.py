@@ -138,6 +138,9 @@ def test_a_file_changed_on_the_server_since_listed_is_taken_in_by_the_read(
         with pytest.raises(OSError) as failed:
             old.read()
     assert failed.value.errno == errno.EIO
+    # The server answered: no failure of the remote (it showed as failing until its next call)
+    state = next(remote for remote in cloud.status()["remotes"] if remote["name"] == "s")
+    assert (state["state"], state["failures"], state["last_error"]) == ("online", 0, None)
     assert listed.read_bytes() == b"the final version, longer"
     assert "changed on the remote since it was indexed" in cloud.log
     cloud.umount()
