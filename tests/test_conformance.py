@@ -696,7 +696,7 @@ def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_asi
     on_requests(monkeypatch, sending, lambda: None)
 
     def asides() -> set[str]:
-        return {name for name in backdoor.names() if ASIDE in name}
+        return asides_on(backdoor)
 
     cutting.set()
     driver.failure("delete_file", deleted)
@@ -714,23 +714,42 @@ def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_asi
         driver.failure("end_upload", transfer.md)
         assert len(cut) == 2 and asides() == {cut[1].decode()}, f"{cut}, {asides()}"
         driver.stop()  # the crash: what the driver kept in memory is gone
-    other = replaced.copy(path="other.txt", revision="1:1")
-    backdoor.write(driver.plug.aside_path(other), b"another machine's version")
-    taken = replaced.copy(path="taken.txt", revision="1:1")
-    stays = driver.plug.aside_path(taken)
-    backdoor.write(stays, b"a version whose name was taken since")
-    backdoor.write("taken.txt", b"the one that took the name")
+    stays = other_versions_aside(driver, replaced)
     with caplog.at_level(logging.WARNING, logger="onitufs_ssh.asides"):
         driver.restart()
         wait_for(lambda: asides() == {stays}, 10, "the walks after the restart to finish two")
         time.sleep(1)  # ten walks more
     assert backdoor.read("replaced.txt") == b"the next version"
+    finished_but_one(driver, stays, caplog, "ten walks")
+
+
+def other_versions_aside(driver: Harness, version: Metadata) -> str:
+    """As a crash leaves them: another machine's version of other.txt at the aside name
+    made for `version` there (its name free: it goes back), and one of taken.txt (its
+    name taken since: it stays, said once), whose aside name this returns."""
+    other = version.copy(path="other.txt", revision="1:1")
+    driver.backdoor.write(driver.plug.aside_path(other), b"another machine's version")
+    taken = version.copy(path="taken.txt", revision="1:1")
+    stays = driver.plug.aside_path(taken)
+    driver.backdoor.write(stays, b"a version whose name was taken since")
+    driver.backdoor.write("taken.txt", b"the one that took the name")
+    return stays
+
+
+def finished_but_one(driver: Harness, stays: str, caplog: pytest.LogCaptureFixture,
+                     walks: str) -> None:
+    """After other_versions_aside and a delete of deleted.txt cut short, and `walks`."""
+    backdoor = driver.backdoor
     assert backdoor.read("other.txt") == b"another machine's version"
     assert backdoor.kind("deleted.txt") is None
     assert backdoor.read(stays) == b"a version whose name was taken since"
     assert backdoor.read("taken.txt") == b"the one that took the name"
     said = [record for record in caplog.records if "its name is taken" in record.getMessage()]
-    assert len(said) == 1, f"said {len(said)} times in ten walks"
+    assert len(said) == 1, f"said {len(said)} times in {walks}"
+
+
+def asides_on(backdoor: Backdoor) -> set[str]:
+    return {name for name in backdoor.names() if ASIDE in name}
 
 
 def test_the_local_driver_finishes_a_delete_a_crash_cut_after_its_move_aside(
@@ -743,25 +762,13 @@ def test_the_local_driver_finishes_a_delete_a_crash_cut_after_its_move_aside(
     driver, backdoor = local_driver, local_driver.backdoor
     deleted = driver.upload("deleted.txt", b"deleted in the mount", revision=None)
     backdoor.rename("deleted.txt", driver.plug.aside_path(deleted))  # then the crash
-    other = deleted.copy(path="other.txt", revision="1:1")
-    backdoor.write(driver.plug.aside_path(other), b"another program's version")
-    taken = deleted.copy(path="taken.txt", revision="1:1")
-    stays = driver.plug.aside_path(taken)
-    backdoor.write(stays, b"a version whose name was taken since")
-    backdoor.write("taken.txt", b"the one that took the name")
-
-    def asides() -> set[str]:
-        return {name for name in backdoor.names() if ASIDE in name}
+    stays = other_versions_aside(driver, deleted)
     with caplog.at_level(logging.WARNING, logger="onitufs_local.asides"):
         driver.restart()
-        wait_for(lambda: asides() == {stays}, 10, "the walk after the restart to finish two")
+        wait_for(lambda: asides_on(backdoor) == {stays}, 10,
+                 "the walk after the restart to finish two")
         driver.next_listing()  # a full walk more
-    assert backdoor.kind("deleted.txt") is None
-    assert backdoor.read("other.txt") == b"another program's version"
-    assert backdoor.read(stays) == b"a version whose name was taken since"
-    assert backdoor.read("taken.txt") == b"the one that took the name"
-    said = [record for record in caplog.records if "its name is taken" in record.getMessage()]
-    assert len(said) == 1, f"said {len(said)} times in two full walks"
+    finished_but_one(driver, stays, caplog, "two full walks")
 
 
 def renamed_paths(kind: int, payload: bytes) -> list[bytes]:
