@@ -752,14 +752,21 @@ def asides_on(backdoor: Backdoor) -> set[str]:
     return {name for name in backdoor.names() if ASIDE in name}
 
 
+@pytest.mark.parametrize("how", ["watched", "polled"])
 def test_the_local_driver_finishes_a_delete_a_crash_cut_after_its_move_aside(
-        local_driver: Harness, caplog: pytest.LogCaptureFixture) -> None:
+        local_driver: Harness, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """A kill -9 or a power loss between delete_file's rename aside and its unlink leaves
     the version at its aside name, and the listing tells the core the file is gone: no
     handler comes back for it. The next start's walk removes it; another version a rename
     took (saved between the check and the rename) goes back to its name instead, or stays
-    where that name was taken since (said once, not at every full walk)."""
+    where that name was taken since (said once, not at every full walk). The same where
+    the folder is polled (out of inotify watches)."""
     driver, backdoor = local_driver, local_driver.backdoor
+    if how == "polled":
+        def out_of_watches(*_: object) -> None:
+            raise onitufs_local.watch.OutOfWatches("no inotify instance (the test)")
+        monkeypatch.setattr(onitufs_local, "follow", out_of_watches)
     deleted = driver.upload("deleted.txt", b"deleted in the mount", revision=None)
     backdoor.rename("deleted.txt", driver.plug.aside_path(deleted))  # then the crash
     stays = other_versions_aside(driver, deleted)
