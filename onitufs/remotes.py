@@ -292,14 +292,15 @@ class Remote:
     def _call_failed(self, handler: str, error: Exception,
                      args: tuple[Any, ...] = ()) -> CallFailed:
         """Record the failure; returns what the caller raises for it."""
-        paths = [arg.path for arg in args if isinstance(getattr(arg, "path", None), str)]
+        doing = " ".join([handler, *(arg.path for arg in args
+                                     if isinstance(getattr(arg, "path", None), str))])
         if handler in READS and isinstance(error, Changed):
             # The remote answered: its copy moved on since it was listed, and the caller
             # takes that version in. No failure of the remote: its status stays as it was,
-            # and reads go on asking it first.
-            log.info("remote %s: %s: %s", self.name, " ".join([handler, *paths]), error)
+            # and reads choose it as they did.
+            log.info("remote %s: %s: %s", self.name, doing, error)
             return CallFailed(f"{self.name}: {handler}: Changed: {error}")
-        self.failed(error, " ".join([handler, *paths]))
+        self.failed(error, doing)
         if handler in CHANGES:  # not a read's: a file gone from under it says nothing of them
             self.health.change_error = self.health.last_error
         return CallFailed(f"{self.name}: {handler}: {self.health.last_error}")
