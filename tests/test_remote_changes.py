@@ -379,9 +379,10 @@ def test_a_conflict_copy_never_takes_a_name_in_use(make_cloud: MakeCloud, later:
     stop the remote's driver."""
     cloud = everywhere_then_held_back(make_cloud, "shared.txt", b"base")
     made = {}
+    now = time.time()  # once: a loop that read the clock at each name skipped a second
     for label in ("a", socket.gethostname()):
         for second in range(60):
-            when = time.strftime("%Y-%m-%d %H%M%S", time.localtime(time.time() + second))
+            when = time.strftime("%Y-%m-%d %H%M%S", time.localtime(now + second))
             name = f"shared (conflict from {label} {when}).txt"
             made[name] = f"made in the mount: {name}".encode()
             (cloud.mountpoint / name).write_bytes(made[name])
