@@ -27,6 +27,7 @@ import pytest
 from onitufs_dropbox.auth import save_token
 from onitufs_local.listing import file_id
 from onitufs_ssh.asides import Asides
+from onitufs_ssh.connect import Connection
 from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, Session, SftpError
 
 from onitufs.plug import (
@@ -640,11 +641,12 @@ def test_the_ssh_driver_closes_a_file_before_it_removes_it(ssh_driver_on_fuse: H
         return [f"{step}: {name}" for name in os.listdir(root) if name.startswith(".fuse_hidden")]
 
     left: list[str] = []
-    aborting = threading.Event()
+    step = "abort"
+    done = threading.Event()
 
     def watch() -> None:  # the name lasts from the remove to the close
-        while not aborting.is_set():
-            left.extend(hidden_after("abort"))
+        while not done.is_set():
+            left.extend(hidden_after(step))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -656,20 +658,48 @@ def test_the_ssh_driver_closes_a_file_before_it_removes_it(ssh_driver_on_fuse: H
             driver.backdoor.write(f"clash{round_}.txt", b"theirs")
             assert isinstance(driver.failure("end_upload", clash.md), Conflict)
             clash.abort()
+        step = "delete"  # (a read leaves its read-ahead waiting for more, its file open)
+        for round_ in range(10):
+            deleted = driver.upload(f"deleted{round_}.txt", b"read, then deleted",
+                                    revision=None)
+            assert driver.read(deleted) == b"read, then deleted"
+            driver.call("delete_file", deleted)
+        step = "replace"
+        for round_ in range(10):
+            replaced = driver.upload(f"replaced{round_}.txt", b"read, then replaced",
+                                     revision=None)
+            assert driver.read(replaced) == b"read, then replaced"
+            driver.upload(f"replaced{round_}.txt", b"the new version",
+                          revision=replaced.revision)
     finally:
-        aborting.set()
+        done.set()
         watcher.join()
-    deleted = driver.upload("deleted.txt", b"read, then deleted", revision=None)
-    assert driver.read(deleted) == b"read, then deleted"
-    driver.call("delete_file", deleted)
-    left += hidden_after("delete")
-    replaced = driver.upload("replaced.txt", b"read, then replaced", revision=None)
-    assert driver.read(replaced) == b"read, then replaced"
-    driver.upload("replaced.txt", b"the new version", revision=replaced.revision)
-    left += hidden_after("replace")
     assert left == []
-    assert driver.backdoor.read("replaced.txt") == b"the new version"
-    assert not (root / "deleted.txt").exists()
+    assert all(driver.backdoor.read(f"replaced{round_}.txt") == b"the new version"
+               for round_ in range(10))
+    assert not any((root / f"deleted{round_}.txt").exists() for round_ in range(10))
+
+
+def test_the_ssh_driver_closes_a_file_before_it_removes_it_while_idle_files_are_tidied(
+        ssh_driver_on_fuse: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walks' tidy of idle files takes the connections that keep files open out of
+    the pool while it looks at them (here slowly): a delete meanwhile still closes the
+    file it removes, kept open by the read before, on whichever connection holds it."""
+    driver, root = ssh_driver_on_fuse, tmp_path / "remote"
+    tidy = onitufs_ssh.reading.close_idle_handles
+
+    def slow_tidy(conn: Connection) -> None:
+        time.sleep(0.2)
+        tidy(conn)
+    monkeypatch.setattr(onitufs_ssh.reading, "close_idle_handles", slow_tidy)
+    left = []
+    for round_ in range(5):
+        deleted = driver.upload(f"deleted{round_}.txt", b"read, then deleted", revision=None)
+        assert driver.read(deleted) == b"read, then deleted"
+        time.sleep(0.1)  # (into a tidy's pass)
+        driver.call("delete_file", deleted)
+        left += [name for name in os.listdir(root) if name.startswith(".fuse_hidden")]
+    assert left == []
 
 
 def test_the_ssh_driver_finishes_what_no_handler_comes_back_for_after_a_move_aside(

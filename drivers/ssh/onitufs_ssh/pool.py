@@ -44,6 +44,9 @@ class Pool:
         self._down_reason = ""
         self._closed = False
         self.last_host_key_error: str | None = None
+        # One each_holding_files at a time: the idle connections it takes out meanwhile
+        # (a tidy of idle files) are then back for the next (a release of one file's).
+        self._holding = threading.Lock()
 
     def get(self) -> Connection:
         conn = self._take(wait=True)
@@ -146,22 +149,24 @@ class Pool:
 
     def each_holding_files(self, work: Callable[[Connection], None]) -> None:
         """Run `work` on each idle connection that keeps files open, out of the pool
-        meanwhile (a request finds it busy); one lost on the way is closed."""
-        with self._cond:
-            holding = [conn for conn in self._idle if conn.handles]
-            self._idle = [conn for conn in self._idle if not conn.handles]
-        for conn in holding:
-            broken = False
-            try:
-                work(conn)
-            except SftpError:  # that handle is the server's concern now
-                pass
-            except Exception as error:
-                if not lost(error):
-                    raise
-                broken = True
-            finally:
-                self.put(conn, broken)
+        meanwhile (a request finds it busy); one lost on the way is closed. Runs after
+        any other under way, which would hide the connections it works on."""
+        with self._holding:
+            with self._cond:
+                holding = [conn for conn in self._idle if conn.handles]
+                self._idle = [conn for conn in self._idle if not conn.handles]
+            for conn in holding:
+                broken = False
+                try:
+                    work(conn)
+                except SftpError:  # that handle is the server's concern now
+                    pass
+                except Exception as error:
+                    if not lost(error):
+                        raise
+                    broken = True
+                finally:
+                    self.put(conn, broken)
 
     def close(self) -> None:
         with self._cond:
