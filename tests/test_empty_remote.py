@@ -79,8 +79,13 @@ def usb_state(cloud: Cloud) -> dict[str, object]:
 
 
 def outage_reason(cloud: Cloud) -> str:
+    """The outage the check of the remote's folder sets (identity.py): a handler's call
+    refused by the driver meanwhile (the local driver's pin: "RemoteUnavailable: ...")
+    may take the remote offline first, with its own error."""
     def down() -> bool:
-        return not usb_state(cloud)["online"]
+        state = usb_state(cloud)
+        return not state["online"] and not str(state["last_error"]).startswith(
+            "RemoteUnavailable: ")
     wait_for(down, what="the usb remote to be treated as unavailable")
     return str(usb_state(cloud)["last_error"])
 
