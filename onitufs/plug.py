@@ -176,6 +176,22 @@ def set_aside_by(name: str, owner: str) -> str | None:
     return parts[0] if len(os.fsencode(parts[0])) < HIDDEN_NAME_KEPT else ""
 
 
+class SweepWarnings:
+    """What a driver's sweep of aside names (set_aside_by) cannot finish: said once for
+    each name, at debug level after, since each walk tries it again."""
+
+    def __init__(self, plug: Plug, log: logging.Logger) -> None:
+        self._plug = plug
+        self._log = log
+        self._said: set[str] = set()
+
+    def warn(self, stored: str, message: str, *args: object) -> None:
+        """Log `message` about the stored path `stored` (its first %s), then `args`."""
+        level = logging.DEBUG if stored in self._said else logging.WARNING
+        self._said.add(stored)
+        self._log.log(level, "remote %s: " + message, self._plug.name, stored, *args)
+
+
 def at_or_below(path: AnyStr, folder: AnyStr) -> bool:
     """Whether a '/'-separated path (str or bytes) is the folder or inside it."""
     return path == folder or path.startswith(posixpath.join(folder, folder[:0]))

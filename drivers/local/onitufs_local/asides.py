@@ -23,7 +23,14 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 
-from onitufs.plug import DriverError, Plug, RemoteUnavailable, left_aside_by_another, set_aside_by
+from onitufs.plug import (
+    DriverError,
+    Plug,
+    RemoteUnavailable,
+    SweepWarnings,
+    left_aside_by_another,
+    set_aside_by,
+)
 
 from .listing import file_id, token
 from .renames import rename_noreplace
@@ -35,7 +42,7 @@ class Asides:
     def __init__(self, plug: Plug, inside: Callable[[str], str]) -> None:
         self.plug = plug
         self.inside = inside  # the local path of a stored path, never one outside the root
-        self._said: set[str] = set()  # the names a warning was given for, once each
+        self._warnings = SweepWarnings(plug, log)
 
     def sweep(self, hidden: Iterable[str]) -> None:
         """Finish each of this mount's aside files among `hidden` (the stored paths of
@@ -54,7 +61,7 @@ class Asides:
             except RemoteUnavailable:
                 return  # the folder gone (a disk unplugged): the next listing says so
             except (OSError, DriverError) as error:  # (DriverError: a path leading out)
-                self._warn(stored, "cannot finish the delete cut short at %s: %s", error)
+                self._warnings.warn(stored, "cannot finish the delete cut short at %s: %s", error)
 
     def _finish(self, stored: str, name: str, beside: str) -> None:
         path = self.inside(stored)
@@ -70,17 +77,11 @@ class Asides:
                      self.plug.name, stored)
             return
         if not beside:
-            self._warn(stored, "another version was moved aside to %s, and the name it had "
-                       "was cut short there: it stays")
+            self._warnings.warn(stored, "another version was moved aside to %s, and the name "
+                                "it had was cut short there: it stays")
             return
         try:
             rename_noreplace(path, os.path.join(os.path.dirname(path), other))
         except FileExistsError:
-            self._warn(stored, "another version was moved aside to %s and its name is "
-                       "taken: it stays there")
-
-    def _warn(self, stored: str, message: str, *args: object) -> None:
-        """Said once for each name (each full walk tries it again), at debug level after."""
-        level = logging.DEBUG if stored in self._said else logging.WARNING
-        self._said.add(stored)
-        log.log(level, "remote %s: " + message, self.plug.name, stored, *args)
+            self._warnings.warn(stored, "another version was moved aside to %s and its name "
+                                "is taken: it stays there")

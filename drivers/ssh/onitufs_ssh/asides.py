@@ -20,7 +20,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from onitufs.plug import Plug, left_aside_by_another, set_aside_by
+from onitufs.plug import Plug, SweepWarnings, left_aside_by_another, set_aside_by
 
 from .connect import Connection
 from .listing import decode, encode, token
@@ -37,7 +37,7 @@ class Asides:
         self._cond = threading.Condition()
         self._used: collections.Counter[bytes] = collections.Counter()  # by handlers
         self._swept: set[bytes] = set()  # by the sweep, now
-        self._said: set[bytes] = set()  # the names a warning was given for, once each
+        self._warnings = SweepWarnings(plug, log)
 
     @contextlib.contextmanager
     def used(self, aside: bytes) -> Iterator[None]:
@@ -70,8 +70,8 @@ class Asides:
             try:
                 self._finish(conn, aside, listed)
             except SftpError as error:
-                self._warn(aside, "cannot finish the delete or replace cut short at %s: %s",
-                           error)
+                self._warnings.warn(decode(aside), "cannot finish the delete or replace cut "
+                                    "short at %s: %s", error)
             finally:
                 with self._cond:
                     self._swept.discard(aside)
@@ -95,19 +95,13 @@ class Asides:
                      "short", self.plug.name, decode(aside))
             return
         if not set_aside_by(decode(name), self.plug.aside_owner):
-            self._warn(aside, "another version was moved aside to %s, and the name it had was "
-                       "cut short there: it stays")
+            self._warnings.warn(decode(aside), "another version was moved aside to %s, and "
+                                "the name it had was cut short there: it stays")
             return
         try:  # SFTP's plain rename never replaces: a name taken since stays taken
             sftp.rename(aside, folder + b"/" + encode(other))
         except SftpError as error:
             if error.errno == errno.ENOENT:
                 return
-            self._warn(aside, "another version was moved aside to %s and its name is taken: "
-                       "it stays there")
-
-    def _warn(self, aside: bytes, message: str, *args: object) -> None:
-        """Said once for each name (each walk tries it again), at debug level after."""
-        level = logging.DEBUG if aside in self._said else logging.WARNING
-        self._said.add(aside)
-        log.log(level, "remote %s: " + message, self.plug.name, decode(aside), *args)
+            self._warnings.warn(decode(aside), "another version was moved aside to %s and "
+                                "its name is taken: it stays there")
