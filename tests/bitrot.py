@@ -4,7 +4,7 @@ A write through the file system moves the file's change time (ctime), which onit
 takes for an edit made there; rot moves nothing. So the remote's folder gets an ext4
 file system of its own, in an image on a loop device, and the bytes are changed in the
 image, where the kernel says the file's extents lie (FIEMAP). The same disk serves for a
-remote frozen (fsfreeze) or mounted anew on another loop device.
+remote frozen (fsfreeze), mounted anew on another loop device, or as a power loss left it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import struct
 import subprocess
 import time
@@ -70,6 +71,17 @@ class LoopDisk:
         assert (after.st_ctime_ns, after.st_mtime_ns, after.st_size) == \
             (before.st_ctime_ns, before.st_mtime_ns, before.st_size)
 
+
+    def power_loss(self) -> None:
+        """The disk as a power loss leaves it: what the kernel had not written to it yet is
+        gone, and the journal is replayed at the next mount. Nothing may have a file open
+        there."""
+        left = self.image.with_name(self.image.name + ".left")
+        # what the loop device wrote so far; the pages still dirty in memory are not in it
+        shutil.copyfile(self.image, left)
+        subprocess.run(["umount", str(self.folder)], check=True)  # (they go to the old image)
+        os.replace(left, self.image)
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.folder)], check=True)
 
     def replug(self) -> None:
         """Unmounted, and mounted again on another loop device (as a USB disk plugged in

@@ -23,6 +23,7 @@ from onitufs_ssh.sftp import Session
 from onitufs.plug import TEMP_SUFFIX
 from onitufs.testing.dropbox_api import FakeDropbox
 
+from .bitrot import loop_disk
 from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for
 from .delay import DelayProxy
 from .sshd import (
@@ -377,6 +378,34 @@ def test_sshd_stopped_during_an_upload_resumes(make_ssh_cloud: MakeSshCloud, ssh
     assert "resuming big.bin" in cloud.log
     assert cloud.status()["remotes"][0]["online"]
     cloud.umount()
+
+
+def test_an_upload_resumed_after_the_server_lost_power_sends_again_what_its_disk_lost(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd) -> None:
+    """The server acknowledged writes that were still in its memory when it lost power:
+    the upload, kept in the daemon's memory while the server was away, must not take them
+    for written. Its temporary file is shorter after the reboot, and what is missing is
+    sent again, not left as zeros."""
+    cloud = make_ssh_cloud({}, {"s": SshRemote(sshd)}, cache_size="512 MiB")
+    server = cloud.remotes["s"]
+    with loop_disk(server, 256 << 20) as disk:
+        cloud.mount()
+        content = big_upload_under_way(cloud, server, 160, 48)
+        sshd.stop()
+        temp = parts(server)[0]
+        stopped_at = temp.stat().st_size
+        assert stopped_at < len(content), "the upload finished before sshd was stopped"
+        wait_for(lambda: not cloud.status()["remotes"][0]["online"],
+                 what="the remote to go offline")
+        disk.power_loss()
+        left = temp.stat().st_size
+        assert left < stopped_at, f"the power loss took nothing ({left} bytes left)"
+        sshd.start()
+        cloud.wait_synced(timeout=120)
+        assert (server / "big.bin").read_bytes() == content
+        assert not parts(server)
+        assert "resuming big.bin" in cloud.log
+        cloud.umount()
 
 
 def test_a_full_server_disk_is_named_and_the_upload_goes_once_there_is_room(

@@ -26,7 +26,9 @@ A connection that drops keeps the chunks not yet acknowledged in memory, and
 restart_upload writes them again. After a crash the memory is gone:
 restart_upload then resumes at what was
 acknowledged, at most HELD_LIMIT bytes before the offset the core saved, and
-the core sends again from there. (Checking what landed of the chunks in
+the core sends again from there. Either way no further than the file on the
+server reaches: a server that lost power lost what it had acknowledged but not
+yet written to its disk. (Checking what landed of the chunks in
 flight would mean a checksum of every byte sent, to save resending a few
 MiB once after a crash.)
 """
@@ -174,14 +176,16 @@ class Upload:
         assert self.handle is not None
         sftp = self.conn.sftp
         try:
-            if in_memory:
-                covered = self.acked
+            # What the server acknowledged may have been in its memory only, and gone with
+            # a power loss or a crash of the server: its file system then shows the file
+            # shorter (ext4, XFS, btrfs grow a file only once its bytes are written).
+            there = sftp.fstat(self.handle).size or 0
+            covered = min(self.acked if in_memory else int(saved.get("acked", 0)), there)
+            if in_memory and covered == self.acked:
                 for chunk in list(self.held):
                     if chunk.offset < offset and chunk.offset <= covered:
                         sftp.write(self.handle, chunk.offset, chunk.data)
                         covered = max(covered, chunk.end)
-            else:
-                covered = min(int(saved.get("acked", 0)), sftp.fstat(self.handle).size or 0)
             resumed = min(covered, offset)
             sftp.fsetstat(self.handle, Attrs(size=resumed))
         except BaseException as error:
