@@ -24,7 +24,7 @@ from onitufs.plug import TEMP_SUFFIX
 from onitufs.testing.dropbox_api import FakeDropbox
 
 from .bitrot import loop_disk
-from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for
+from .conftest import Cloud, everywhere, is_mounted, run, small_disk, snapshot, wait_for
 from .delay import DelayProxy
 from .sshd import (
     Agent,
@@ -405,6 +405,37 @@ def test_an_upload_resumed_after_the_server_lost_power_sends_again_what_its_disk
         assert (server / "big.bin").read_bytes() == content
         assert not parts(server)
         assert "resuming big.bin" in cloud.log
+        cloud.umount()
+
+
+def test_uploads_the_server_took_outlive_its_power_loss(make_ssh_cloud: MakeSshCloud,
+                                                         sshd: Sshd) -> None:
+    """Once onitufs counts a file as on the server, a power loss of the server keeps it
+    there: a new file lost from its folder would read as deleted on the server, and be
+    deleted everywhere; a replaced version back at its name, as an edit made there."""
+    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
+    server = cloud.remotes["s"]
+    with loop_disk(server) as disk:
+        (server / "note.txt").write_text("version 1")
+        cloud.mount()
+        mnt = cloud.mountpoint
+        wait_for(lambda: everywhere(cloud, "note.txt", b"version 1"), what="the note")
+        os.sync()  # the server's disk holds all of it so far (the marker, the note)
+        (mnt / "new.txt").write_text("made in the mount")
+        (mnt / "note.txt").write_text("version 2")
+        cloud.wait_synced()
+        sshd.stop()
+        disk.power_loss()
+        sshd.start()
+        (server / "probe.txt").write_text("written after the reboot")
+        wait_for(lambda: (mnt / "probe.txt").exists(), what="a listing after the reboot")
+        cloud.wait_synced()
+        for remote in cloud.remotes.values():
+            assert (remote / "new.txt").read_text() == "made in the mount"
+            assert (remote / "note.txt").read_text() == "version 2"
+        assert (mnt / "new.txt").read_text() == "made in the mount"
+        assert (mnt / "note.txt").read_text() == "version 2"
+        assert not parts(server)
         cloud.umount()
 
 

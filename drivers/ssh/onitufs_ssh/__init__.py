@@ -366,6 +366,7 @@ def start(plug: Plug) -> None:
             raise DriverError(f"{md.path}: the upload is not open (resume it first)")
         seconds = md.mtime_ns // 10**9
         sftp = conn.sftp
+        syncing: list[Call] = []  # the fsync and the close of the target's folder
         with contextlib.ExitStack() as using_aside:
             try:
                 temp = upload.temp
@@ -390,8 +391,11 @@ def start(plug: Plug) -> None:
                 except Changed as changed:
                     raise Conflict(str(changed), changed.current) from None
                 # (the file put in place, whatever has the name by the time it is recorded)
-                renamed, now = sftp.in_one_flight([sftp.renaming(temp, target, replace=False),
-                                                   (FSTAT, pack_string(handle), ATTRS, md.path)])
+                renamed, now, *opened = sftp.in_one_flight([
+                    sftp.renaming(temp, target, replace=False),
+                    (FSTAT, pack_string(handle), ATTRS, md.path),
+                    *sftp.opening_folder(target.rpartition(b"/")[0])])
+                syncing = sftp.syncing_folder(opened)
                 if isinstance(renamed, SftpError):  # SFTP's RENAME never replaces
                     made = lstat(conn, target)
                     if made is None:
@@ -408,14 +412,27 @@ def start(plug: Plug) -> None:
             except BaseException as error:
                 if lost(error):
                     upload.drop_connection()
-                elif isinstance(error, Conflict):  # while it waits, its connection is free
-                    upload.abandon()  # (its file stays: the next try goes on from it)
+                else:
+                    with contextlib.suppress(Exception):  # (a lost connection closes it too)
+                        sftp.in_one_flight(syncing[-1:])  # the folder's close
+                    if isinstance(error, Conflict):  # while it waits, its connection is free
+                        upload.abandon()  # (its file stays: the next try goes on from it)
                 raise
-            # The version replaced goes with the temporary file's close.
-            for answer in upload.close([(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []):
+            # The version replaced goes with the temporary file's close. The name must then
+            # outlive a power loss of the server before onitufs records the copy: one lost
+            # would read as the file deleted there, and be deleted everywhere (a version
+            # replaced, back at its name, as an edit made there). SFTP has no fsync of a
+            # folder's entries but that of the folder opened as a file.
+            removing = [(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []
+            answers = upload.close([*removing, *syncing])
+            for answer in answers[:len(removing)]:
                 if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
                     log.warning("remote %s: %s: the version replaced is left at %s (%s)",
                                 plug.name, md.path, decode(moved or b""), answer)
+            for answer in answers[len(removing):]:
+                if isinstance(answer, SftpError):
+                    log.warning("remote %s: %s is in place, but the server could not make "
+                                "its name durable (%s)", plug.name, md.path, answer)
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         read_back(md, put)

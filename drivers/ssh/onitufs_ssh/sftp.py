@@ -344,6 +344,23 @@ class Session:
         return [(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, what), *syncing,
                 (SETSTAT, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS, what)]
 
+    def opening_folder(self, folder: bytes) -> list[Call]:
+        """An open of a folder, for in_one_flight, whose handle serves syncing_folder: none
+        where the server cannot fsync (OpenSSH's opens a folder as it opens a file)."""
+        if not self.has("fsync@openssh.com"):
+            return []
+        return [(OPEN, pack_string(folder) + struct.pack(">I", O_READ) + pack_attrs(Attrs()),
+                 HANDLE, folder.decode(errors="replace"))]
+
+    def syncing_folder(self, opened: list[Reader | SftpError]) -> list[Call]:
+        """For in_one_flight: the fsync of the folder opening_folder was answered with, which
+        makes its entries as they are then durable (a rename into it), and its close."""
+        if not opened or isinstance(opened[0], SftpError):
+            return []
+        handle = opened[0].string()
+        return [(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS,
+                 "the folder's fsync"), (CLOSE, pack_string(handle), STATUS, "the folder's close")]
+
     def looking(self, path: bytes, what: str) -> Call:
         """An lstat, for in_one_flight (see found)."""
         return (LSTAT, pack_string(path), ATTRS, what)
