@@ -35,10 +35,11 @@ import errno
 import functools
 import logging
 import os
+import posixpath
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from onitufs.config import ConfigError, Options
@@ -206,6 +207,20 @@ def start(plug: Plug) -> None:
             with contextlib.suppress(Exception):  # (an abort looks again)
                 remove()
             raise
+
+    def durable(conn: Connection, what: str, *paths: bytes) -> None:
+        """Make what a change did at `paths` (a folder's entries, a file's or a folder's own
+        attributes) outlive a power loss of the server before onitufs records the change:
+        one lost would read as a change made there, a folder made here as deleted there
+        (and deleted everywhere), a version replaced as an edit made there. SFTP has no
+        fsync of a folder's entries but that of the folder opened as a file."""
+        said_not_durable(what, conn.sftp.sync_paths(list(dict.fromkeys(paths))))
+
+    def said_not_durable(what: str, answers: Iterable[Reader | SftpError]) -> None:
+        for answer in answers:
+            if isinstance(answer, SftpError):
+                log.warning("remote %s: %s: the server could not make the change durable "
+                            "(%s)", plug.name, what, answer)
 
     def stored(conn: Connection, path: str, making: bool = True) -> str:
         """Where the mount's `path` is stored, relative to the root (ServerNames.path)."""
@@ -394,8 +409,8 @@ def start(plug: Plug) -> None:
                 renamed, now, *opened = sftp.in_one_flight([
                     sftp.renaming(temp, target, replace=False),
                     (FSTAT, pack_string(handle), ATTRS, md.path),
-                    *sftp.opening_folder(target.rpartition(b"/")[0])])
-                syncing = sftp.syncing_folder(opened)
+                    *sftp.opening_to_sync(posixpath.dirname(target))])
+                syncing = sftp.syncing(opened)
                 if isinstance(renamed, SftpError):  # SFTP's RENAME never replaces
                     made = lstat(conn, target)
                     if made is None:
@@ -418,21 +433,15 @@ def start(plug: Plug) -> None:
                     if isinstance(error, Conflict):  # while it waits, its connection is free
                         upload.abandon()  # (its file stays: the next try goes on from it)
                 raise
-            # The version replaced goes with the temporary file's close. The name must then
-            # outlive a power loss of the server before onitufs records the copy: one lost
-            # would read as the file deleted there, and be deleted everywhere (a version
-            # replaced, back at its name, as an edit made there). SFTP has no fsync of a
-            # folder's entries but that of the folder opened as a file.
+            # The version replaced goes with the temporary file's close, and the folder's
+            # fsync then makes the new name durable (see `durable`).
             removing = [(REMOVE, pack_string(moved), STATUS, md.path)] if moved else []
             answers = upload.close([*removing, *syncing])
             for answer in answers[:len(removing)]:
                 if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
                     log.warning("remote %s: %s: the version replaced is left at %s (%s)",
                                 plug.name, md.path, decode(moved or b""), answer)
-            for answer in answers[len(removing):]:
-                if isinstance(answer, SftpError):
-                    log.warning("remote %s: %s is in place, but the server could not make "
-                                "its name durable (%s)", plug.name, md.path, answer)
+            said_not_durable(md.path, [*opened, *answers[len(removing):]])
         with uploads_lock:
             uploads.pop(upload_path(md), None)
         read_back(md, put)
@@ -538,6 +547,7 @@ def start(plug: Plug) -> None:
             elif md.revision is not None:
                 with asides.used(aside_of(md, path)):
                     delete_version(conn, md, path, there, left)
+            durable(conn, md.path, posixpath.dirname(path))  # (else the file would be back)
             pin.confirm(conn)  # finding nothing there, it would leave the disk's file
 
     def look_at(conn: Connection, md: Metadata, ahead: list[Call]) -> \
@@ -653,6 +663,7 @@ def start(plug: Plug) -> None:
             moved = conn.sftp.lstat(target)
             if checked:
                 keep_other_version(conn, old, moved, target, source, "move", new.path)
+            durable(conn, new.path, posixpath.dirname(source), posixpath.dirname(target))
             new.revision, new.file_id = token(moved), None
 
     @plug.handler()
@@ -678,6 +689,7 @@ def start(plug: Plug) -> None:
             confirm_made(conn, (lambda: conn.sftp.rmdir(path)) if made else lambda: None)
             # the exact mode, zero included: the server applied its umask to mkdir's
             conn.sftp.setstat(path, Attrs(mode=mode))
+            durable(conn, md.path, posixpath.dirname(path), path)
             record(conn, path, md)
 
     @plug.handler()
@@ -700,6 +712,7 @@ def start(plug: Plug) -> None:
                     set_attrs_through(conn, md, handle, attrs)
                     return
             conn.sftp.setstat(path, attrs)
+            durable(conn, md.path, path)
             record(conn, path, md)
 
     def refuse_attrs(md: Metadata, there: Attrs) -> None:
@@ -727,6 +740,7 @@ def start(plug: Plug) -> None:
         try:
             refuse_attrs(md, conn.sftp.fstat(handle))
             read_back(md, conn.sftp.fsetstat_then_fstat(handle, attrs))
+            said_not_durable(md.path, conn.sftp.in_one_flight(conn.sftp.fsyncing(handle, md.path)))
         finally:
             conn.sftp.close_handle(handle)
 
@@ -752,6 +766,7 @@ def start(plug: Plug) -> None:
                     raise DriverError(f"{md.path}: the server's disk holds no symbolic "
                                       "links: they stay off it") from None
                 confirm_made(conn, lambda: conn.sftp.remove(path))
+                durable(conn, md.path, posixpath.dirname(path))
             else:
                 pin.confirm(conn)  # the link found there is the remote's
             record(conn, path, md)

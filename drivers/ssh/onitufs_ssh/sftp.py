@@ -339,35 +339,49 @@ class Session:
         handle, its data made durable where the server can (fsync), its mode set at its
         path."""
         what = path.decode(errors="replace")
-        syncing = [(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS,
-                    what)] if self.has("fsync@openssh.com") else []
-        return [(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, what), *syncing,
+        return [(FSETSTAT, pack_string(handle) + pack_attrs(attrs), STATUS, what),
+                *self.fsyncing(handle, what),
                 (SETSTAT, pack_string(path) + pack_attrs(Attrs(mode=mode)), STATUS, what)]
 
-    def opening_folder(self, folder: bytes) -> list[Call]:
-        """An open of a folder, for in_one_flight, whose handle serves syncing_folder: none
-        where the server cannot fsync (OpenSSH's opens a folder as it opens a file)."""
+    def fsyncing(self, handle: bytes, what: str) -> list[Call]:
+        """For in_one_flight: the fsync of what the handle holds, where the server can."""
         if not self.has("fsync@openssh.com"):
             return []
-        return [(OPEN, pack_string(folder) + struct.pack(">I", O_READ) + pack_attrs(Attrs()),
-                 HANDLE, folder.decode(errors="replace"))]
+        return [(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS, what)]
 
-    def syncing_folder(self, opened: list[Reader | SftpError]) -> list[Call]:
-        """For in_one_flight: the fsync of the folder opening_folder was answered with, which
-        makes its entries as they are then durable (a rename into it), and its close."""
-        if not opened or isinstance(opened[0], SftpError):
+    def opening_to_sync(self, path: bytes) -> list[Call]:
+        """An open of a file or folder (OpenSSH's server opens a folder as it opens a file),
+        for in_one_flight, whose handle serves syncing: none where the server cannot fsync."""
+        if not self.has("fsync@openssh.com"):
             return []
-        handle = opened[0].string()
-        return [(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS,
-                 "the folder's fsync"), (CLOSE, pack_string(handle), STATUS, "the folder's close")]
+        return [(OPEN, pack_string(path) + struct.pack(">I", O_READ) + pack_attrs(Attrs()),
+                 HANDLE, path.decode(errors="replace"))]
+
+    def syncing(self, opened: list[Reader | SftpError]) -> list[Call]:
+        """For in_one_flight: the fsync of each file or folder opening_to_sync was answered
+        with, which makes it durable as it is then (a folder: its entries, a rename into it
+        among them), and its close."""
+        calls: list[Call] = []
+        for answer in opened:
+            if not isinstance(answer, SftpError):
+                handle = answer.string()
+                calls += [*self.fsyncing(handle, "fsync"), (CLOSE, pack_string(handle), STATUS,
+                                                            "close")]
+        return calls
+
+    def sync_paths(self, paths: list[bytes]) -> list[SftpError]:
+        """Make each file or folder durable as `syncing` says, in two round trips; what the
+        server refused."""
+        opened = self.in_one_flight([call for path in paths for call in self.opening_to_sync(path)])
+        synced = self.in_one_flight(self.syncing(opened))
+        return [answer for answer in [*opened, *synced] if isinstance(answer, SftpError)]
 
     def looking(self, path: bytes, what: str) -> Call:
         """An lstat, for in_one_flight (see found)."""
         return (LSTAT, pack_string(path), ATTRS, what)
 
     def fsync(self, handle: bytes) -> None:
-        if self.has("fsync@openssh.com"):
-            self._call(EXTENDED, pack_string(b"fsync@openssh.com") + pack_string(handle), STATUS)
+        succeeded(self.in_one_flight(self.fsyncing(handle, "fsync")))
 
     def remove(self, path: bytes) -> None:
         self._call(REMOVE, pack_string(path), STATUS, path.decode(errors="replace"))
