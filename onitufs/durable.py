@@ -22,6 +22,15 @@ def sync_folder(folder: Path | str) -> None:
         os.close(fd)
 
 
+def sync_file(path: Path | str) -> None:
+    """Make a file's or a folder's content and attributes as they are now durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace the file with `data`, durably: a crash leaves the old content or the new."""
     temp = path.with_name(f".{path.name}.new")

@@ -74,12 +74,12 @@ class LoopDisk:
 
     def power_loss(self) -> None:
         """The disk as a power loss leaves it: what the kernel had not written to it yet is
-        gone, and the journal is replayed at the next mount. Nothing may have a file open
-        there."""
+        gone, and the journal is replayed at the next mount."""
         left = self.image.with_name(self.image.name + ".left")
         # what the loop device wrote so far; the pages still dirty in memory are not in it
         shutil.copyfile(self.image, left)
-        subprocess.run(["umount", str(self.folder)], check=True)  # (they go to the old image)
+        # (they go to the old image, which stays while a daemon has files open there)
+        subprocess.run(["umount", "--lazy", str(self.folder)], check=True)
         os.replace(left, self.image)
         subprocess.run(["mount", "-o", "loop", str(self.image), str(self.folder)], check=True)
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ from onitufs.plug import MARKER, DriverError, Metadata, RemoteUnavailable
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
-from .conftest import Cloud, MakeCloud, fill, run, snapshot, wait_for
-from .sshd import MakeSshCloud, SshRemote
+from .bitrot import loop_disk
+from .conftest import Cloud, MakeCloud, everywhere, fill, run, snapshot, wait_for
+from .sshd import MakeSshCloud, Sshd, SshRemote
 from .test_conformance import ssh_table
 from .test_mount import RENAME_EXCHANGE, renameat2
 
@@ -134,6 +136,53 @@ def test_an_unplugged_disk_deletes_nothing(make_cloud: MakeCloud) -> None:
         cloud.umount()
         for name, remote in cloud.remotes.items():
             assert snapshot(remote) == expected, name
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_what_a_disk_took_outlives_its_power_loss(make_cloud: MakeCloud,
+                                                  request: pytest.FixtureRequest,
+                                                  kind: str) -> None:
+    """Once onitufs counts a change as made on a remote, a power loss of the remote's disk
+    (unplugged, or the server's machine down) keeps it there: one lost would read as a
+    change made there, a file or folder made in the mount as deleted there (and deleted
+    everywhere), a version replaced as an edit made there, a rename as undone."""
+    cloud = make_with_usb(make_cloud, request, kind)
+    usb, mnt = cloud.remotes["usb"], cloud.mountpoint
+    sshd: Sshd | None = request.getfixturevalue("sshd") if kind == "ssh" else None
+    with loop_disk(usb) as disk:
+        cloud.mount()
+        for name in ("note.txt", "to-move.txt", "to-delete.txt", "to-chmod.txt"):
+            (mnt / name).write_text(name)
+        (mnt / "folder").mkdir()
+        (mnt / "folder" / "inside.txt").write_text("inside")
+        cloud.wait_synced()
+        wait_for(lambda: everywhere(cloud, "folder/inside.txt", b"inside"), what="the tree")
+        os.sync()  # the disk holds all of it so far (the marker, the tree)
+        (mnt / "new.txt").write_text("made in the mount")
+        (mnt / "note.txt").write_text("version 2")
+        (mnt / "made").mkdir()
+        (mnt / "link").symlink_to("note.txt")
+        (mnt / "to-move.txt").rename(mnt / "moved.txt")
+        (mnt / "folder").rename(mnt / "renamed")
+        (mnt / "to-delete.txt").unlink()
+        (mnt / "to-chmod.txt").chmod(0o600)
+        cloud.wait_synced()
+        before = snapshot(mnt)
+        wait_for(lambda: snapshot(usb) == before, what="the disk to hold the changes")
+        if sshd is not None:
+            sshd.stop()  # the server's machine down with its disk
+        disk.power_loss()
+        if sshd is not None:
+            sshd.start()
+        (usb / "probe.txt").write_text("written after the power came back")
+        wait_for(lambda: (mnt / "probe.txt").exists(), what="a listing of the disk")
+        (usb / "probe.txt").unlink()
+        wait_for(lambda: everywhere(cloud, "probe.txt", None), what="the probe's delete")
+        cloud.wait_synced()
+        for place in [mnt, *cloud.remotes.values()]:
+            assert snapshot(place) == before, place
+            assert stat.S_IMODE((place / "to-chmod.txt").stat().st_mode) == 0o600, place
+        cloud.umount()
 
 
 def test_mounting_while_the_disk_is_absent_deletes_nothing(make_cloud: MakeCloud) -> None:

@@ -24,7 +24,7 @@ from onitufs.plug import TEMP_SUFFIX
 from onitufs.testing.dropbox_api import FakeDropbox
 
 from .bitrot import loop_disk
-from .conftest import Cloud, everywhere, is_mounted, run, small_disk, snapshot, wait_for
+from .conftest import Cloud, is_mounted, run, small_disk, snapshot, wait_for
 from .delay import DelayProxy
 from .sshd import (
     Agent,
@@ -405,51 +405,6 @@ def test_an_upload_resumed_after_the_server_lost_power_sends_again_what_its_disk
         assert (server / "big.bin").read_bytes() == content
         assert not parts(server)
         assert "resuming big.bin" in cloud.log
-        cloud.umount()
-
-
-def test_what_the_server_took_outlives_its_power_loss(make_ssh_cloud: MakeSshCloud,
-                                                      sshd: Sshd) -> None:
-    """Once onitufs counts a change as made on the server, a power loss of the server keeps
-    it there: a new file or folder lost from its folder would read as deleted on the
-    server, and be deleted everywhere; a replaced version back at its name, as an edit
-    made there; a rename undone, as a rename made there."""
-    cloud = make_ssh_cloud({"a": "rw"}, {"s": SshRemote(sshd)})
-    server = cloud.remotes["s"]
-    with loop_disk(server) as disk:
-        (server / "note.txt").write_text("version 1")
-        for name in ("to-move.txt", "to-delete.txt", "to-chmod.txt"):
-            (server / name).write_text(name)
-        (server / "folder").mkdir()
-        (server / "folder" / "inside.txt").write_text("inside")
-        cloud.mount()
-        mnt = cloud.mountpoint
-        wait_for(lambda: everywhere(cloud, "folder/inside.txt", b"inside"), what="the tree")
-        os.sync()  # the server's disk holds all of it so far (the marker, the tree)
-        (mnt / "new.txt").write_text("made in the mount")
-        (mnt / "note.txt").write_text("version 2")
-        (mnt / "made").mkdir()
-        (mnt / "link").symlink_to("note.txt")
-        (mnt / "to-move.txt").rename(mnt / "moved.txt")
-        (mnt / "folder").rename(mnt / "renamed")
-        (mnt / "to-delete.txt").unlink()
-        (mnt / "to-chmod.txt").chmod(0o600)
-        cloud.wait_synced()
-        before = snapshot(mnt)
-        wait_for(lambda: snapshot(server) == before, what="the server to hold the changes")
-        sshd.stop()
-        disk.power_loss()
-        sshd.start()
-        (server / "probe.txt").write_text("written after the reboot")
-        wait_for(lambda: (mnt / "probe.txt").exists(), what="a listing after the reboot")
-        cloud.wait_synced()
-        (server / "probe.txt").unlink()
-        wait_for(lambda: everywhere(cloud, "probe.txt", None), what="the probe's delete")
-        assert snapshot(mnt) == before
-        for place in [mnt, *cloud.remotes.values()]:
-            assert snapshot(place) == before, place
-            assert stat.S_IMODE((place / "to-chmod.txt").stat().st_mode) == 0o600, place
-        assert not parts(server)
         cloud.umount()
 
 

@@ -250,6 +250,14 @@ def start(plug: Plug) -> None:
             return result
         return cast(F, change)
 
+    def durable_entries(*paths: str) -> None:
+        """Make the entries at `paths` as they are now (made, renamed, removed) outlive a
+        power loss of the remote's disk before onitufs records the change: one lost would
+        read as a change made there (a file or folder made here as deleted there, and
+        deleted everywhere; a version replaced as an edit made there)."""
+        for folder in dict.fromkeys(os.path.dirname(path) for path in paths):
+            durable.sync_folder(folder)
+
     def temp_name(md: Metadata) -> str:
         return upload_path(md, disk.path(md.path))
 
@@ -361,9 +369,7 @@ def start(plug: Plug) -> None:
                                    describe(md.path, os.lstat(error.filename))) from None
             else:  # a disk that cannot exchange: the look above must do
                 os.rename(path, target)
-            # The name too must outlive a power loss before onitufs records the copy: one
-            # lost would read as the file deleted here, and be deleted everywhere.
-            durable.sync_folder(os.path.dirname(target))
+            durable_entries(target)
             stamp(md, os.fstat(fd))  # after the rename, which moved its ctime
         finally:
             open_uploads.close(name)
@@ -423,6 +429,8 @@ def start(plug: Plug) -> None:
             os.unlink(path)
         else:
             raise DriverError(f"{md.path}: no longer a file on the remote; not deleting it")
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # (its folder gone too)
+            durable_entries(path)
 
     def remove_folder(md: Metadata, path: str) -> None:
         try:
@@ -516,6 +524,7 @@ def start(plug: Plug) -> None:
         st = os.lstat(target)
         if checked:
             keep_other_version(old, st, target, source, "move", new.path)
+        durable_entries(source, target)
         stamp(new, st)
 
     @plug.handler()
@@ -541,6 +550,8 @@ def start(plug: Plug) -> None:
             if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
                 os.fchmod(fd, mode)
             apply_xattrs(fd, md.xattrs)
+            os.fsync(fd)
+            durable_entries(path)
             stamp(md, os.fstat(fd))
         finally:
             os.close(fd)
@@ -565,6 +576,8 @@ def start(plug: Plug) -> None:
             apply_xattrs(pinned, md.xattrs)
             if md.kind == "file":
                 os.utime(pinned, ns=(md.mtime_ns, md.mtime_ns))
+            with contextlib.suppress(PermissionError):  # (a file the daemon may not read)
+                durable.sync_file(pinned)
             stamp(md, os.fstat(fd))
         finally:
             os.close(fd)
@@ -589,6 +602,7 @@ def start(plug: Plug) -> None:
             raise refusal(md.path, path, error) from None
         else:
             confirm_made(lambda: os.unlink(path))
+            durable_entries(path)
         st = os.lstat(path)
         stamp(md, st)
 
