@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import onitufs_ssh
 import pytest
 from onitufs_local import listing as local_listing
 
-from onitufs.plug import MARKER, DriverError, Metadata, RemoteUnavailable
+from onitufs.plug import MARKER, TEMP_SUFFIX, DriverError, Metadata, RemoteUnavailable
 from onitufs.testing.backdoor import FolderBackdoor
 from onitufs.testing.harness import started
 
@@ -182,6 +183,43 @@ def test_what_a_disk_took_outlives_its_power_loss(make_cloud: MakeCloud,
         for place in [mnt, *cloud.remotes.values()]:
             assert snapshot(place) == before, place
             assert stat.S_IMODE((place / "to-chmod.txt").stat().st_mode) == 0o600, place
+        cloud.umount()
+
+
+def test_a_disk_back_from_a_power_loss_mid_upload_gets_the_whole_file(
+        make_cloud: MakeCloud) -> None:
+    """The disk loses power during an upload and comes back in its place, while the daemon
+    writes on through its open file (the file system it opened lives on meanwhile): the
+    temporary file at the upload's name is what the disk kept, not the one written. The
+    upload starts again, and no copy cut short counts as the file (it would be taken for
+    an edit made on the disk, and spread)."""
+    cloud = make(make_cloud)
+    usb = cloud.remotes["usb"]
+    with loop_disk(usb, 256 << 20) as disk:
+        cloud.mount()
+        content = os.urandom(1 << 20) * 100
+        (cloud.mountpoint / "big.bin").write_bytes(content)
+
+        def under_way() -> list[Path]:
+            return [p for p in usb.iterdir() if p.name.endswith(TEMP_SUFFIX)
+                    and p.stat().st_size > 20 << 20]
+        wait_for(lambda: bool(under_way()), what="the upload to be under way", timeout=60)
+        assert cloud.pid is not None
+        os.kill(cloud.pid, signal.SIGSTOP)
+        try:
+            os.sync()  # the disk holds the upload as far as it went
+            kept = under_way()[0].stat().st_size
+            disk.power_loss()
+        finally:
+            os.kill(cloud.pid, signal.SIGCONT)
+        assert kept < len(content), "the upload ended before the power loss"
+        cloud.wait_synced(timeout=120)
+        (usb / "probe.txt").write_text("written after the power came back")
+        wait_for(lambda: (cloud.mountpoint / "probe.txt").exists(), what="a listing of the disk")
+        cloud.wait_synced(timeout=120)
+        for place in [cloud.mountpoint, *cloud.remotes.values()]:
+            assert (place / "big.bin").read_bytes() == content, place
+        assert "is not the one written" in cloud.log
         cloud.umount()
 
 

@@ -340,6 +340,13 @@ def start(plug: Plug) -> None:
             apply_xattrs(fd, md.xattrs)
             os.utime(fd, ns=(md.mtime_ns, md.mtime_ns))
             os.fsync(fd)  # the remote copy must outlive a power loss: the cache may evict ours
+            # The rename goes by name: the file there must be the one written. A disk that
+            # lost power and came back in the same place holds what it kept of the upload
+            # (a file system kept alive by the open file takes the writes meanwhile).
+            written, named = os.fstat(fd), lstat_or_none(path)
+            if named is None or (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
+                raise DriverError(f"{md.path}: the upload's temporary file on the remote is not "
+                                  "the one written (the disk was replaced under it?)")
             target = real(md.path)
             there = lstat_or_none(target)
             if there is not None and not is_version(there, md):
