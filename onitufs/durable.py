@@ -23,8 +23,10 @@ def sync_folder(folder: Path | str) -> None:
 
 
 def sync_file(path: Path | str) -> None:
-    """Make a file's or a folder's content and attributes as they are now durable."""
-    fd = os.open(path, os.O_RDONLY)
+    """Make a file's or a folder's content and attributes as they are now durable. A lease
+    another program holds on the file (Samba's, for an oplock) fails the open with
+    BlockingIOError rather than holding it until the lease is broken."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         os.fsync(fd)
     finally:

@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,29 @@ def test_a_read_waits_for_a_lease_on_the_remote_s_copy_to_be_let_go(
         assert (cloud.mountpoint / "leased").read_bytes() == content
         assert holder.stdout.readline() == "asked\n"
         assert holder.wait(10) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_chmod_does_not_wait_for_a_lease_on_the_remote_s_copy(make_cloud: MakeCloud) -> None:
+    """The driver makes the new mode durable through a descriptor of the file: a lease
+    another program holds on it, which it may keep for the kernel's lease-break-time (45 s),
+    does not hold the change up meanwhile."""
+    cloud = make_cloud({"a": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "leased").write_bytes(b"content")
+    cloud.wait_synced()
+    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER.replace(
+        "time.sleep(0.5)", "time.sleep(60)"), cloud.remotes["a"] / "leased"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        (cloud.mountpoint / "leased").chmod(0o600)
+        wait_for(lambda: stat.S_IMODE((cloud.remotes["a"] / "leased").stat().st_mode) == 0o600,
+                 timeout=10, what="the mode on the remote")
+        cloud.wait_synced(timeout=10)
     finally:
         holder.kill()
         holder.wait()

@@ -583,7 +583,8 @@ def start(plug: Plug) -> None:
             apply_xattrs(pinned, md.xattrs)
             if md.kind == "file":
                 os.utime(pinned, ns=(md.mtime_ns, md.mtime_ns))
-            with contextlib.suppress(PermissionError):  # (a file the daemon may not read)
+            # (a file the daemon may not read, or one another program holds a lease on)
+            with contextlib.suppress(PermissionError, BlockingIOError):
                 durable.sync_file(pinned)
             stamp(md, os.fstat(fd))
         finally:
