@@ -72,13 +72,19 @@ class LoopDisk:
             (before.st_ctime_ns, before.st_mtime_ns, before.st_size)
 
 
-    def power_loss(self) -> None:
+    def kept(self) -> Path:
+        """A copy of what the disk holds now: what the loop device wrote so far, not the
+        pages still dirty in memory."""
+        copy = self.image.with_name(f"{self.image.name}.{time.monotonic_ns()}")
+        shutil.copyfile(self.image, copy)
+        return copy
+
+    def power_loss(self, kept: Path | None = None) -> None:
         """The disk as a power loss leaves it: what the kernel had not written to it yet is
-        gone, and the journal is replayed at the next mount."""
-        left = self.image.with_name(self.image.name + ".left")
-        # what the loop device wrote so far; the pages still dirty in memory are not in it
-        shutil.copyfile(self.image, left)
-        # (they go to the old image, which stays while a daemon has files open there)
+        gone (by default now; or when `kept` was made, where nothing was made durable
+        since), and the journal is replayed at the next mount."""
+        left = kept or self.kept()
+        # (what is dirty goes to the old image, which stays while a daemon has files open)
         subprocess.run(["umount", "--lazy", str(self.folder)], check=True)
         os.replace(left, self.image)
         subprocess.run(["mount", "-o", "loop", str(self.image), str(self.folder)], check=True)
