@@ -218,7 +218,8 @@ def start(plug: Plug) -> None:
 
     def said_not_durable(what: str, answers: Iterable[Reader | SftpError]) -> None:
         for answer in answers:
-            if isinstance(answer, SftpError):
+            # (a folder gone since, as a delete may find it: nothing there to keep)
+            if isinstance(answer, SftpError) and answer.errno != errno.ENOENT:
                 log.warning("remote %s: %s: the server could not make the change durable "
                             "(%s)", plug.name, what, answer)
 
