@@ -26,7 +26,7 @@ from onitufs.config import Options, RemoteConfig
 from onitufs.plug import ASIDE, ASIDE_OWNER, TEMP_SUFFIX, Metadata, Plug, upload_path
 from onitufs.remotes import Remote
 
-from .conftest import Cloud, MakeCloud, snapshot, wait_for
+from .conftest import Cloud, MakeCloud, everywhere, snapshot, wait_for
 from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
@@ -286,6 +286,9 @@ def test_a_remote_made_read_only_keeps_what_a_cut_delete_left_there(
     cloud.write_config()
     cloud.mount()
     wait_for(lambda: not aside.exists(), what="the leftover swept")
-    # (a version whose tag is not the file's there goes back to its name)
+    # (a version whose tag is not the file's there goes back to its name, and from there to
+    # the mount and the other remote: an unmount before the next walk leaves it queued)
     assert (server / "x.txt").read_bytes() == b"a version moved aside"
+    wait_for(lambda: everywhere(cloud, "x.txt", b"a version moved aside"),
+             what="the version back at its name everywhere")
     cloud.umount()
