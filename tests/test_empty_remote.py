@@ -186,14 +186,15 @@ def test_what_a_disk_took_outlives_its_power_loss(make_cloud: MakeCloud,
         cloud.umount()
 
 
+@pytest.mark.parametrize("kind", ["local", "ssh"])
 def test_a_disk_back_from_a_power_loss_mid_upload_gets_the_whole_file(
-        make_cloud: MakeCloud) -> None:
-    """The disk loses power during an upload and comes back in its place, while the daemon
-    writes on through its open file (the file system it opened lives on meanwhile): the
-    temporary file at the upload's name is what the disk kept, not the one written. The
-    upload starts again, and no copy cut short counts as the file (it would be taken for
-    an edit made on the disk, and spread)."""
-    cloud = make(make_cloud)
+        make_cloud: MakeCloud, request: pytest.FixtureRequest, kind: str) -> None:
+    """The disk loses power during an upload and comes back in its place, while the upload
+    goes on through the file it opened (the file system it opened lives on meanwhile, the
+    daemon's or the SFTP server's): the temporary file at the upload's name is what the
+    disk kept, not the one written. The upload starts again, and no copy cut short counts
+    as the file (it would be taken for an edit made on the disk, and spread)."""
+    cloud = make_with_usb(make_cloud, request, kind)
     usb = cloud.remotes["usb"]
     with loop_disk(usb, 256 << 20) as disk:
         cloud.mount()

@@ -387,9 +387,18 @@ def start(plug: Plug) -> None:
             try:
                 temp = upload.temp
                 # (the upload's last steps before its rename go with the look)
-                target, there, left, closed = look_at(conn, md, sftp.closing(
-                    handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777))
-                succeeded(closed)
+                target, there, left, closed = look_at(conn, md, [*sftp.closing(
+                    handle, temp, Attrs(size=md.size, mtime=seconds), md.mode & 0o7777),
+                    (FSTAT, pack_string(handle), ATTRS, md.path), sftp.looking(temp, md.path)])
+                named = found(closed.pop())
+                written = succeeded(closed)[-1].attrs()
+                # The rename goes by name: the file there must be the one written, which
+                # shows the size and time just set through the handle (SFTP shows no
+                # inode). A server's disk that lost power and came back in its place holds
+                # there what it kept of the upload (the open file keeps the old disk alive).
+                if named is None or (named.size, named.mtime) != (written.size, written.mtime):
+                    raise DriverError(f"{md.path}: the upload's temporary file on the remote "
+                                      "is not the one written (the disk was replaced under it?)")
                 if there is not None and token(there) != md.revision:
                     refuse_clash(md.path, names_beside(conn, target))
                     raise Conflict(f"{md.path}: changed on the remote since onitufs last saw it",
