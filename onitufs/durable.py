@@ -15,18 +15,18 @@ def replace(source: Path, target: Path) -> None:
 
 def sync_folder(folder: Path | str) -> None:
     """Make what changed in `folder`'s entries (a rename into it, a file made) durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _sync(folder, os.O_DIRECTORY)
 
 
 def sync_file(path: Path | str) -> None:
     """Make a file's or a folder's content and attributes as they are now durable. A lease
     another program holds on the file (Samba's, for an oplock) fails the open with
     BlockingIOError rather than holding it until the lease is broken."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    _sync(path, os.O_NONBLOCK)
+
+
+def _sync(path: Path | str, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
