@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,54 @@ def test_get_of_content_no_longer_cached(make_cloud: MakeCloud, repo: Path) -> N
         assert (repo / name).read_bytes() == content
     info = run_in(repo, "git", "annex", "info", "cloud").stdout
     assert f"mount: {cloud.mountpoint}" in info and f"onitufs config: {cloud.config}" in info
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs."""
+    found = []
+    for line in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += [int(line), *children(int(line))]
+    return found
+
+
+def test_a_store_killed_midway_leaves_nothing_behind(make_cloud: MakeCloud, repo: Path) -> None:
+    """A git-annex-remote-onitufs killed while it wrote a store's temporary file (kill -9,
+    a power loss, a Ctrl-C): a later store takes the partial copy out of the mount, so it
+    is not left on every remote for good; a store at work beside it is not touched."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    initremote(repo, cloud)
+    size = 256 * 1024 * 1024
+    (repo / "big.bin").write_bytes(big := os.urandom(size))
+    run_in(repo, "git", "annex", "add", "-q", "big.bin")
+    run_in(repo, "git", "commit", "-q", "-m", "big")
+
+    def partial(root: Path) -> list[Path]:
+        return [path for path in (root / ".git-annex" / "tmp").rglob("*") if path.is_file()]
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    copy = subprocess.Popen(["git", "annex", "copy", "--to", "cloud", "big.bin"], cwd=repo,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(path.stat().st_size > 0 for path in partial(cloud.mountpoint)),
+                 what="the store to write its temporary file")
+        program = [pid for pid in children(copy.pid)
+                   if b"git-annex-remote-onitufs" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(program) == 1, program
+        os.kill(program[0], signal.SIGSTOP)
+        [left] = partial(cloud.mountpoint)
+        assert left.stat().st_size < size
+        # another store meanwhile, of another git-annex: the stopped one's file stays
+        add_files(repo, 1)
+        run_in(repo, "git", "annex", "copy", "-q", "--to", "cloud", "file0.bin")
+        assert partial(cloud.mountpoint) == [left]
+        os.kill(program[0], signal.SIGKILL)
+        copy.wait(timeout=120)  # git-annex may try again itself, with a new program
+    finally:
+        copy.kill()
+        copy.wait()
+    run_in(repo, "git", "annex", "copy", "-q", "--to", "cloud", "big.bin", timeout=300)
+    cloud.wait_synced()
+    for root in (cloud.mountpoint, *cloud.remotes.values()):
+        assert not partial(root), root
+        assert held_by(root, key_of(repo, "big.bin")) == big

@@ -6,14 +6,21 @@ polled until the remotes hold its revision as `durable` asks: every writable rem
 or that many. The status of the mount (user.onitufs.status) says whether a remote still
 waited for cannot get it (offline, or stalled): then the store fails with the reason, it
 is never reported stored before it is.
+
+A store killed while it writes (kill -9, a power loss, Ctrl-C) leaves its temporary file in
+the mount, and the mount copies it to every remote. So each machine writes its temporary
+files in a folder of its own, each held under flock(2) by its writer while it lives, and
+each store first removes from that folder the files of writers gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +35,7 @@ REPLICAS_XATTR = "user.onitufs.replicas"
 SHA256_XATTR = "user.onitufs.sha256"
 KEYS_FOLDER = ".git-annex"
 TEMP_FOLDER = ".git-annex/tmp"
+MACHINE_ID = Path("/etc/machine-id")
 # Seconds between two looks at the replicas of a file being stored: the first soon (a
 # small file on a local remote is there in about 10 ms), then less often, up to POLL.
 FIRST_POLL = 0.005
@@ -154,12 +162,15 @@ class MountStore:
     def store(self, source: Path, target: Path, key: str, progress: Callable[[int], None]) -> None:
         """Copy `source` to `target` in the mount and return once it is durable."""
         share = len(writable(self.status())) + 1  # the copy into the mount, then each replica
-        temp = self.root / TEMP_FOLDER / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
+        folder = self.root / TEMP_FOLDER / machine()
+        temp = folder / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
         size = 0
         try:
             size = source.stat().st_size
-            temp.parent.mkdir(parents=True, exist_ok=True)
-            with source.open("rb") as reader, temp.open("wb") as writer:
+            folder.mkdir(parents=True, exist_ok=True)
+            sweep_dead_stores(folder)
+            with source.open("rb") as reader, temp.open("xb") as writer:
+                fcntl.flock(writer, fcntl.LOCK_EX)
                 done = 0
                 while chunk := reader.read(CHUNK):
                     writer.write(chunk)
@@ -277,6 +288,41 @@ class MountStore:
         if error.errno == errno.ENOTCONN:
             return f"{doing}: the daemon of the mount at {self.settings.mount} has stopped"
         return f"{doing}: {error.strerror or error}"
+
+
+def machine() -> str:
+    """This machine's name among the machines that store into one tree: its systemd
+    machine id, unique where host names often are not (raspberrypi, debian)."""
+    try:
+        return MACHINE_ID.read_text().strip() or socket.gethostname()
+    except OSError:
+        return socket.gethostname()
+
+
+def sweep_dead_stores(folder: Path) -> None:
+    """Remove the temporary files in `folder` whose writers are gone: neither their
+    process (named in the file's name) lives nor does anyone hold their lock. A writer
+    between its file's creation and its flock is alive, so its file stays."""
+    for entry in os.scandir(folder):
+        pid = entry.name.rsplit(".", 2)[-2] if entry.name.count(".") >= 2 else ""
+        if not pid.isdigit() or alive(int(pid)):
+            continue
+        try:
+            with open(entry.path, "rb") as held:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(entry.path)
+        except OSError:
+            continue  # still held (a writer of another pid namespace), or gone already
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def writable(status: dict[str, Any]) -> list[str]:
