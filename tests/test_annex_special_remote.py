@@ -189,6 +189,40 @@ def test_export_tree_changes_reach_every_remote(make_cloud: MakeCloud, repo: Pat
     assert not (cloud.remotes["a"] / "photos" / "sub").exists()
 
 
+def test_an_export_takes_away_only_what_it_put_there(make_cloud: MakeCloud, repo: Path) -> None:
+    """The mount is a folder in use: a file put beside the exported ones, and an exported
+    file edited through the mount, are not git-annex's to delete or rename when the export
+    no longer has them; what the export made and no longer uses goes, emptied folders too."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
+           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
+           "exporttree=yes", "encryption=none")
+    files = add_files(repo, 4)
+    for folder in ("sub", "gone"):
+        (repo / folder).mkdir()
+        (repo / folder / "deep.bin").write_bytes(os.urandom(5000))
+    run_in(repo, "git", "annex", "add", "-q", "sub", "gone")
+    run_in(repo, "git", "commit", "-q", "-m", "folders")
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    tree = cloud.mountpoint / "photos"
+    (tree / "sub" / "notes.txt").write_bytes(note := os.urandom(700))
+    (tree / "file0.bin").write_bytes(edited := os.urandom(900))
+    (tree / "file3.bin").write_bytes(edited3 := os.urandom(800))
+    run_in(repo, "git", "rm", "-q", "-r", "sub", "gone", "file0.bin", "file1.bin")
+    run_in(repo, "git", "mv", "file3.bin", "moved.bin")
+    run_in(repo, "git", "commit", "-q", "-m", "removed")
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    cloud.wait_synced()
+    for root in (cloud.mountpoint, *cloud.remotes.values()):
+        kept = {str(path.relative_to(root / "photos")): path.read_bytes()
+                for path in (root / "photos").rglob("*")
+                if path.is_file() and ".git-annex" not in path.parts}
+        assert kept == {"sub/notes.txt": note, "file0.bin": edited, "file3.bin": edited3,
+                        "file2.bin": files["file2.bin"], "moved.bin": files["file3.bin"]}, root
+        assert not (root / "photos" / "gone").exists(), root
+
+
 def test_a_full_cache_disk_fails_the_store(make_cloud: MakeCloud, repo: Path) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 GiB", write_buffer="4 MiB")
     cloud.cache.mkdir()

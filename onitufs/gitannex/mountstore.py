@@ -19,7 +19,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import socket
 import threading
 import time
@@ -242,10 +241,14 @@ class MountStore:
     def where(self, path: Path) -> list[str]:
         return self.replicas(path, self.status()).held
 
-    def remove(self, path: Path) -> None:
-        """Delete `path` in the mount, so on every remote; nothing to do when absent."""
+    def remove(self, path: Path, key: str) -> None:
+        """Delete `path` in the mount, so on every remote, if it holds the content of `key`:
+        another content there (the file edited through the mount since) is someone's
+        work, not git-annex's to delete, and the key's content is gone from there already."""
         self.status()
         try:
+            if not _matches(path, key, path.stat().st_size):
+                return
             path.unlink()
         except FileNotFoundError:
             return
@@ -260,20 +263,25 @@ class MountStore:
         with contextlib.suppress(OSError):
             self.flush()
 
-    def rename(self, source: Path, target: Path) -> None:
+    def rename(self, source: Path, target: Path, key: str) -> None:
+        """Rename `source` to `target` if it holds the content of `key`."""
         self.status()
         try:
+            if not _matches(source, key, source.stat().st_size):
+                raise Failed(f"{source} no longer holds {key}")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(source, target)
         except OSError as error:
             raise Failed(self._why(error, f"cannot rename {source} to {target}")) from None
 
     def remove_folder(self, path: Path) -> None:
+        """Remove the folders below `path` and `path` itself, those left empty: a file the
+        export did not put there (one made through the mount) stays, with its folders."""
         self.status()
         try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            return
+            for folder, _, _ in os.walk(path, topdown=False):
+                with contextlib.suppress(OSError):  # not empty
+                    os.rmdir(folder)
         except OSError as error:
             raise Failed(self._why(error, f"cannot remove {path}")) from None
 

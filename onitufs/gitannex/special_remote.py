@@ -149,7 +149,7 @@ class SpecialRemote:
 
     def _remove(self, lane: Lane, store: MountStore, key: str, path: Path) -> None:
         try:
-            store.remove(path)
+            store.remove(path, key)
         except (Failed, Unavailable) as error:
             lane.send("REMOVE-FAILURE", key, one_line(str(error)))
             return
@@ -214,7 +214,8 @@ class SpecialRemote:
     def do_renameexport(self, lane: Lane, message: Message, store: MountStore) -> None:
         key = message.text(0)
         try:
-            store.rename(self._export_path(lane, store), store.export_path(message.params[1]))
+            store.rename(self._export_path(lane, store), store.export_path(message.params[1]),
+                         key)
         except (Failed, Unavailable):
             lane.send("RENAMEEXPORT-FAILURE", key)
             return
