@@ -223,6 +223,44 @@ def test_an_export_takes_away_only_what_it_put_there(make_cloud: MakeCloud, repo
         assert not (root / "photos" / "gone").exists(), root
 
 
+def test_an_export_does_not_follow_a_symbolic_link_out_of_the_mount(
+        make_cloud: MakeCloud, repo: Path, tmp_path: Path) -> None:
+    """A symbolic link in the mount where the export has a folder (made there since, or
+    brought by a remote from another machine) is not followed out of the mount: neither
+    a store nor a remove below it touches the folder it points to, and each says why in
+    one line."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
+           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
+           "exporttree=yes", "encryption=none")
+    (repo / "sub").mkdir()
+    (repo / "sub" / "deep.bin").write_bytes(deep := os.urandom(5000))
+    files = add_files(repo, 1)
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    # the same photo kept outside the mount, and the exported folder made a link to it
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "deep.bin").write_bytes(deep)
+    (outside / "mine.txt").write_bytes(b"not the export's")
+    linked = cloud.mountpoint / "photos" / "sub"
+    (linked / "deep.bin").unlink()
+    linked.rmdir()
+    linked.symlink_to(outside)
+    run_in(repo, "git", "rm", "-q", "sub/deep.bin")
+    (repo / "sub").mkdir()
+    (repo / "sub" / "new.bin").write_bytes(os.urandom(4000))
+    run_in(repo, "git", "annex", "add", "-q", "sub")
+    run_in(repo, "git", "commit", "-q", "-m", "changed")
+    result = run_in(repo, "git", "annex", "export", "main", "--to", "cloudtree", check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert f"{linked}: a symbolic link; an export does not follow one" in said, said
+    assert {path.name: path.read_bytes() for path in outside.iterdir()} == {
+        "deep.bin": deep, "mine.txt": b"not the export's"}
+    assert (cloud.mountpoint / "photos" / "file0.bin").read_bytes() == files["file0.bin"]
+
+
 def test_a_full_cache_disk_fails_the_store(make_cloud: MakeCloud, repo: Path) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="1 GiB", write_buffer="4 MiB")
     cloud.cache.mkdir()

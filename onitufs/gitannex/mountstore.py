@@ -151,9 +151,17 @@ class MountStore:
         return self.root / KEYS_FOLDER / dirhash_lower / key
 
     def export_path(self, name: bytes) -> Path:
+        """Where the export keeps `name`. Failed when a folder on the way is a symbolic
+        link (made in the mount, or brought by a remote): an export follows none, where
+        a store or a remove would reach past the mount."""
         relative = Path(os.fsdecode(name).strip("/"))
         if ".." in relative.parts or not relative.parts:
             raise Failed(f"{os.fsdecode(name)!r}: not a name below the export")
+        folder = self.settings.mount
+        for part in (*self.settings.prefix.parts, *relative.parts[:-1]):
+            folder /= part
+            if folder.is_symlink():
+                raise Failed(f"{folder}: a symbolic link; an export does not follow one")
         return self.root / relative
 
     # operations
