@@ -12,9 +12,10 @@ PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssh-c
 # What the tests and the demo need besides.
 # systemd for systemd-analyze; libsystemd-dev to build systemd-python (the journal extra);
 # zsh to check its completion; e2fsprogs (mkfs.ext4) for a remote on a disk of its own, to rot;
-# exfat-fuse and exfatprogs for one on exFAT, which ignores case, as USB disks do.
+# exfat-fuse and exfatprogs for one on exFAT, which ignores case, as USB disks do;
+# git (git-annex brings it) and vim to be run in a mount.
 DEV_PACKAGES := attr man-db rsync openssh-server sshfs systemd libsystemd-dev zsh git-annex \
-	e2fsprogs exfat-fuse exfatprogs
+	e2fsprogs exfat-fuse exfatprogs vim
 DEMO_MOUNT := Cloud
 
 PREFIX ?= /usr/local
