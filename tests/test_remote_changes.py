@@ -463,6 +463,36 @@ def add_remote(cloud: Cloud, name: str) -> Path:
     return cloud.remotes[name]
 
 
+def test_a_backup_put_back_as_a_new_remote_loses_nothing(make_cloud: MakeCloud,
+                                                        tmp_path: Path) -> None:
+    """The way the README gives to bring a remote back from a backup: in a new folder,
+    under a new name. Its older version is kept beside the newer one, the file deleted
+    since comes back, the file made since stays and reaches it."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "notes.txt").write_text("version 1\n")
+    (cloud.mountpoint / "old.txt").write_text("deleted since\n")
+    cloud.wait_synced()
+    backup = tmp_path / "backup"
+    subprocess.run(["cp", "-a", str(cloud.remotes["a"]), str(backup)], check=True)
+    (cloud.mountpoint / "notes.txt").write_text("version 2\n")
+    (cloud.mountpoint / "new.txt").write_text("made since\n")
+    (cloud.mountpoint / "old.txt").unlink()
+    cloud.umount()
+    shutil.rmtree(cloud.remotes.pop("a"))
+    del cloud.modes["a"]
+    subprocess.run(["cp", "-a", str(backup), str(cloud.root / "a2")], check=True)
+    add_remote(cloud, "a2")
+    cloud.mount()
+    wait_for(lambda: len(snapshot(cloud.mountpoint)) == 4, what="the backup's files")
+    cloud.umount()
+    shown = snapshot(cloud.mountpoint.parent / "a2")
+    [aside] = [name for name in shown if name.startswith("notes (conflict from a2 ")]
+    assert shown == {"notes.txt": ("file", b"version 2\n"), aside: ("file", b"version 1\n"),
+                     "new.txt": ("file", b"made since\n"), "old.txt": ("file", b"deleted since\n")}
+    assert snapshot(cloud.remotes["b"]) == shown
+
+
 def test_a_new_remote_holding_the_same_files_gets_no_conflicts(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw"})
     cloud.mount()
