@@ -4,14 +4,15 @@ This is the core's side of the Plug (its ChangeSink). A driver reports a
 file created, changed, deleted or moved on its remote, or a whole listing;
 here that becomes a change of the tree, queued for every other remote.
 
-Two contents are never taken for one: a file a remote holds that onitufs
-did not put there is the same as ours only if its SHA-256 is (size and time
-say nothing of content). Nothing a remote reports can destroy an edit
-onitufs has not replicated yet: a remote version that did not descend from ours is kept beside it
-under a conflict name, and a delete of content the remote never had leaves
-that content in place. Nothing is taken from a remote before a listing of
-it has passed its identity check (identity.py), nor during an outage. What
-a disk keeps of a file removed while open is never taken for a new file.
+Two contents are never taken for one: a file a remote holds that onitufs did not put
+there is the same as ours only if its SHA-256 is (size and time say nothing of content).
+Nothing a remote reports can destroy an edit onitufs has not replicated yet: a remote
+version that did not descend from ours is kept beside it under a conflict name, and a
+delete of content the remote never had leaves that content in place; nor is a copy older
+than the version onitufs put there (put back from a backup) taken for an edit made
+since: both are kept. Nothing is taken from a remote before a listing of it has passed
+its identity check (identity.py), nor during an outage. What a disk keeps of a file
+removed while open is never taken for a new file.
 """
 
 from __future__ import annotations
@@ -295,6 +296,13 @@ class RemoteChanges:
         elif self.index.resolve(md.path, txn) != inode.ino:
             return self._changed_elsewhere(txn, remote, inode, md, entry)
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
+            if md.mtime_ns < inode.mtime_ns and self._held_elsewhere(remote, inode):
+                # Older than the version it replaces there, ours: a copy put back (a
+                # backup restored over the remote's folder, `cp -p` of an old file), not
+                # an edit made since. Both are kept, ours at the name (keep_both).
+                log.warning("remote %s: %s there is now a version older than the mount's: "
+                            "keeping both", remote.name, md.path)
+                return inode
             # It descends from what we have: it becomes the current revision.
             new = self.tree.replace_content(txn, inode, md.path, md.size, md.mtime_ns, md.mode)
             self.index.set_mirror(txn, remote.rid, new.ino, md.path,

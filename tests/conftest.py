@@ -74,6 +74,13 @@ def everywhere(cloud: Cloud, relative: str, content: bytes | None) -> bool:
     return True
 
 
+def versions(root: Path, stem: str) -> list[bytes]:
+    """The contents of `stem` and of its conflict copies in a folder."""
+    base = stem.rpartition(".")[0] or stem
+    return sorted(path.read_bytes() for path in root.iterdir()
+                  if path.name == stem or path.name.startswith(f"{base} (conflict from "))
+
+
 def snapshot(root: Path, errors: bool = False) -> dict[str, tuple[str, bytes]]:
     """Every entry below root: kind and content (file bytes, or symlink target); onitufs's
     own files on a remote (uploads in progress, the identity marker) left out. With

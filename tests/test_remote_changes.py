@@ -26,6 +26,7 @@ from .conftest import (
     made_with_the_number_of,
     run,
     snapshot,
+    versions,
     wait_for,
 )
 from .sshd import SshRemote
@@ -461,6 +462,51 @@ def add_remote(cloud: Cloud, name: str) -> Path:
     cloud.modes[name] = "rw"
     cloud.write_config()
     return cloud.remotes[name]
+
+
+def test_an_older_copy_put_back_on_a_remote_is_kept_beside_the_newer(
+        make_cloud: MakeCloud, tmp_path: Path) -> None:
+    """A file on a remote replaced by a copy older than the version onitufs put there
+    (`cp -p` from a backup, a backup restored over the folder) is no edit made since:
+    both are kept everywhere, the newer at the name."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    (cloud.mountpoint / "notes.txt").write_text("version 1\n")
+    cloud.wait_synced()
+    kept = tmp_path / "notes.txt"
+    subprocess.run(["cp", "-p", str(cloud.remotes["a"] / "notes.txt"), str(kept)], check=True)
+    (cloud.mountpoint / "notes.txt").write_text("version 2, longer\n")
+    cloud.wait_synced()
+    subprocess.run(["cp", "-p", str(kept), str(cloud.remotes["a"] / "notes.txt")], check=True)
+    both = sorted([b"version 1\n", b"version 2, longer\n"])
+    wait_for(lambda: sorted(versions(cloud.mountpoint, "notes.txt")) == both, timeout=30,
+             what="both versions in the mount")
+    assert (cloud.mountpoint / "notes.txt").read_bytes() == b"version 2, longer\n"
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert sorted(versions(remote, "notes.txt")) == both, remote
+        assert (remote / "notes.txt").read_bytes() == b"version 2, longer\n", remote
+
+
+def test_an_older_copy_put_back_over_the_only_copy_of_the_newer_is_taken_in(
+        make_cloud: MakeCloud, tmp_path: Path) -> None:
+    """The newer version is held nowhere else (its only remote, the cache evicted): the
+    older copy is all there is of the file, so it is the file again, not a conflict copy
+    beside a name that no read could serve."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB", stall="5s")
+    cloud.mount()
+    older = cloud.write_evicted("only", 2 * 1024 * 1024)
+    kept = tmp_path / "only"
+    subprocess.run(["cp", "-p", str(cloud.remotes["a"] / "only"), str(kept)], check=True)
+    cloud.mount()
+    cloud.write_evicted("only", 2 * 1024 * 1024)
+    subprocess.run(["cp", "-p", str(kept), str(cloud.remotes["a"] / "only")], check=True)
+    cloud.mount()
+    wait_for(lambda: (cloud.mountpoint / "only").stat().st_mtime_ns == kept.stat().st_mtime_ns,
+             timeout=30, what="the older copy to be taken in")
+    assert versions(cloud.mountpoint, "only") == [older]
+    cloud.umount()
+    assert versions(cloud.remotes["a"], "only") == [older]
 
 
 def test_a_backup_put_back_as_a_new_remote_loses_nothing(make_cloud: MakeCloud,

@@ -16,14 +16,7 @@ from onitufs_local import watch
 
 from onitufs.testing.backdoor import FolderBackdoor
 
-from .conftest import Cloud, MakeCloud, run, wait_for
-
-
-def versions(root: Path, stem: str) -> list[bytes]:
-    """The contents of `stem` and of its conflict copies in a folder."""
-    base = stem.rpartition(".")[0] or stem
-    return sorted(path.read_bytes() for path in root.iterdir()
-                  if path.name == stem or path.name.startswith(f"{base} (conflict from "))
+from .conftest import Cloud, MakeCloud, run, versions, wait_for
 
 
 def test_two_mounts_writing_one_file_in_one_second_keep_both(make_cloud: MakeCloud) -> None:
