@@ -48,6 +48,12 @@ from .remotes import CallFailed, Remote
 from .replicator import FetchError, Replicator, aside_ino, chunk_sha256
 from .tree import NAME_MAX, NewNode, Tree, TreeError
 
+# How much older than the mount's version a remote's new version must be to be no edit
+# made since: the coarsest clock of the remotes onitufs writes to (FAT's two seconds;
+# SFTP and Dropbox keep whole seconds), which can put an edit made there within the same
+# second or two before the version it replaced.
+OLDER_BY = 2 * 10**9
+
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 1000  # entries of a listing compared between two turns of the mount
 T = TypeVar("T")
@@ -296,7 +302,7 @@ class RemoteChanges:
         elif self.index.resolve(md.path, txn) != inode.ino:
             return self._changed_elsewhere(txn, remote, inode, md, entry)
         elif inode.rev == entry.rev and not inode.dirty and not self.tree.cache.has_dirty(inode.ino):
-            if md.mtime_ns < inode.mtime_ns and self._held_elsewhere(remote, inode):
+            if md.mtime_ns < inode.mtime_ns - OLDER_BY and self._held_elsewhere(remote, inode):
                 # Older than the version it replaces there, ours: a copy put back (a
                 # backup restored over the remote's folder, `cp -p` of an old file), not
                 # an edit made since. Both are kept, ours at the name (keep_both).

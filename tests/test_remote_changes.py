@@ -472,6 +472,8 @@ def test_an_older_copy_put_back_on_a_remote_is_kept_beside_the_newer(
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
     (cloud.mountpoint / "notes.txt").write_text("version 1\n")
+    hour_ago = time.time() - 3600  # (a version a second or two older may be an edit there
+    os.utime(cloud.mountpoint / "notes.txt", (hour_ago, hour_ago))  # on a coarse clock)
     cloud.wait_synced()
     kept = tmp_path / "notes.txt"
     subprocess.run(["cp", "-p", str(cloud.remotes["a"] / "notes.txt"), str(kept)], check=True)
