@@ -287,7 +287,7 @@ class MountStore:
         export did not put there (one made through the mount) stays, with its folders."""
         self.status()
         try:
-            for folder, _, _ in os.walk(path, topdown=False):
+            for folder, _, _ in os.walk(path, topdown=False, onerror=unless_gone):
                 with contextlib.suppress(OSError):  # not empty
                     os.rmdir(folder)
         except OSError as error:
@@ -329,6 +329,13 @@ def sweep_dead_stores(folder: Path) -> None:
                 os.unlink(entry.path)
         except OSError:
             continue  # still held (a writer of another pid namespace), or gone already
+
+
+def unless_gone(error: OSError) -> None:
+    """os.walk's onerror: a folder gone meanwhile (or never there) is nothing to remove;
+    any other error is raised (os.walk would pass over it)."""
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 def alive(pid: int) -> bool:
