@@ -490,6 +490,35 @@ def test_an_older_copy_put_back_on_a_remote_is_kept_beside_the_newer(
         assert (remote / "notes.txt").read_bytes() == b"version 2, longer\n", remote
 
 
+def test_an_older_copy_written_through_another_mount_is_kept_beside_too(
+        make_cloud: MakeCloud, tmp_path: Path) -> None:
+    """Two machines sharing a folder: `cp -p` of an old copy in one mount reads on the other
+    as a version older than its own, kept beside it; a copy saved anew goes everywhere."""
+    first = make_cloud({"shared": "rw", "mine": "rw"})
+    second = make_cloud({"shared": "rw", "mine": "rw"})
+    second.remotes["shared"].rmdir()
+    second.remotes["shared"].symlink_to(first.remotes["shared"])  # one folder, two machines
+    first.mount()
+    second.mount()
+    old = tmp_path / "f"
+    old.write_bytes(b"an old copy")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    (first.mountpoint / "f").write_bytes(b"the version of today")
+    wait_for(lambda: (second.mountpoint / "f").exists() and
+             (second.mountpoint / "f").read_bytes() == b"the version of today",
+             timeout=30, what="the first mount's file in the second")
+    subprocess.run(["cp", "-p", str(old), str(second.mountpoint / "f")], check=True)
+    both = sorted([b"an old copy", b"the version of today"])
+    for cloud in (first, second):
+        wait_for(lambda cloud=cloud: versions(cloud.mountpoint, "f") == both,  # type: ignore[misc]
+                 timeout=30, what="both versions in each mount")
+        assert (cloud.mountpoint / "f").read_bytes() == b"the version of today"
+    subprocess.run(["cp", str(old), str(second.mountpoint / "f")], check=True)  # saved anew
+    for cloud in (first, second):
+        wait_for(lambda cloud=cloud: (cloud.mountpoint / "f").read_bytes() == b"an old copy",  # type: ignore[misc]
+                 timeout=30, what="the copy saved anew in each mount")
+
+
 def test_an_older_copy_put_back_over_the_only_copy_of_the_newer_is_taken_in(
         make_cloud: MakeCloud, tmp_path: Path) -> None:
     """The newer version is held nowhere else (its only remote, the cache evicted): the
