@@ -396,6 +396,18 @@ def make_cloud(tmp_path: Path) -> Iterator[MakeCloud]:
         cloud.cleanup()
 
 
+def two_machines(make_cloud: MakeCloud) -> tuple[Cloud, Cloud]:
+    """Two mounts, as of two machines, that share one folder as their remote "shared" (each
+    with a remote "mine" of its own), mounted."""
+    first = make_cloud({"shared": "rw", "mine": "rw"})
+    second = make_cloud({"shared": "rw", "mine": "rw"})
+    second.remotes["shared"].rmdir()
+    second.remotes["shared"].symlink_to(first.remotes["shared"])  # one folder, two machines
+    first.mount()
+    second.mount()
+    return first, second
+
+
 @pytest.fixture
 def cloud(make_cloud: MakeCloud) -> Iterator[Cloud]:
     """Three read-write local remotes, mounted."""

@@ -45,6 +45,13 @@ def initremote(repo: Path, cloud: Cloud, *extra: str) -> None:
            f"mount={cloud.mountpoint}", "encryption=none", *extra)
 
 
+def init_export(repo: Path, cloud: Cloud) -> None:
+    """An export remote, cloudtree, of the mount's folder photos."""
+    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
+           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
+           "exporttree=yes", "encryption=none")
+
+
 def add_files(repo: Path, count: int, size: int = 3000) -> dict[str, bytes]:
     files = {f"file{n}.bin": os.urandom(size + n) for n in range(count)}
     for name, content in files.items():
@@ -155,9 +162,7 @@ def test_not_mounted_wrong_mount_other_config(make_cloud: MakeCloud, repo: Path)
 def test_export_tree_changes_reach_every_remote(make_cloud: MakeCloud, repo: Path) -> None:
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
-    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
-           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
-           "exporttree=yes", "encryption=none")
+    init_export(repo, cloud)
     files = add_files(repo, 3)
     (repo / "sub").mkdir()
     (repo / "sub" / "deep.bin").write_bytes(deep := os.urandom(5000))
@@ -195,9 +200,7 @@ def test_an_export_takes_away_only_what_it_put_there(make_cloud: MakeCloud, repo
     no longer has them; what the export made and no longer uses goes, emptied folders too."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
-    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
-           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
-           "exporttree=yes", "encryption=none")
+    init_export(repo, cloud)
     files = add_files(repo, 4)
     for folder in ("sub", "gone"):
         (repo / folder).mkdir()
@@ -231,9 +234,7 @@ def test_an_export_does_not_follow_a_symbolic_link_out_of_the_mount(
     one line."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
-    run_in(repo, "git", "annex", "initremote", "cloudtree", "type=external",
-           "externaltype=onitufs", f"mount={cloud.mountpoint}", "prefix=photos",
-           "exporttree=yes", "encryption=none")
+    init_export(repo, cloud)
     (repo / "sub").mkdir()
     (repo / "sub" / "deep.bin").write_bytes(deep := os.urandom(5000))
     files = add_files(repo, 1)

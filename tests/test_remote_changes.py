@@ -26,6 +26,7 @@ from .conftest import (
     made_with_the_number_of,
     run,
     snapshot,
+    two_machines,
     versions,
     wait_for,
 )
@@ -494,12 +495,7 @@ def test_an_older_copy_written_through_another_mount_is_kept_beside_too(
         make_cloud: MakeCloud, tmp_path: Path) -> None:
     """Two machines sharing a folder: `cp -p` of an old copy in one mount reads on the other
     as a version older than its own, kept beside it; a copy saved anew goes everywhere."""
-    first = make_cloud({"shared": "rw", "mine": "rw"})
-    second = make_cloud({"shared": "rw", "mine": "rw"})
-    second.remotes["shared"].rmdir()
-    second.remotes["shared"].symlink_to(first.remotes["shared"])  # one folder, two machines
-    first.mount()
-    second.mount()
+    first, second = two_machines(make_cloud)
     old = tmp_path / "f"
     old.write_bytes(b"an old copy")
     os.utime(old, (time.time() - 3600, time.time() - 3600))

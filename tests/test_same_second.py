@@ -16,16 +16,11 @@ from onitufs_local import watch
 
 from onitufs.testing.backdoor import FolderBackdoor
 
-from .conftest import Cloud, MakeCloud, run, versions, wait_for
+from .conftest import Cloud, MakeCloud, run, two_machines, versions, wait_for
 
 
 def test_two_mounts_writing_one_file_in_one_second_keep_both(make_cloud: MakeCloud) -> None:
-    first = make_cloud({"shared": "rw", "mine": "rw"})
-    second = make_cloud({"shared": "rw", "mine": "rw"})
-    second.remotes["shared"].rmdir()
-    second.remotes["shared"].symlink_to(first.remotes["shared"])  # one folder, two machines
-    first.mount()
-    second.mount()
+    first, second = two_machines(make_cloud)
     (first.mountpoint / "f").write_bytes(b"FIRST")
     (second.mountpoint / "f").write_bytes(b"SECON")
     both = [b"FIRST", b"SECON"]
