@@ -88,6 +88,7 @@ class MountStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.mount / settings.prefix
+        self.temp_folder = self.root / TEMP_FOLDER / machine()
         # Held from a temporary file's revision to its rename, and by each flush: a flush
         # asked by another job must not upload a file under its temporary name, for the
         # replicas of a revision count it held wherever the remote has it.
@@ -169,13 +170,12 @@ class MountStore:
     def store(self, source: Path, target: Path, key: str, progress: Callable[[int], None]) -> None:
         """Copy `source` to `target` in the mount and return once it is durable."""
         share = len(writable(self.status())) + 1  # the copy into the mount, then each replica
-        folder = self.root / TEMP_FOLDER / machine()
-        temp = folder / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
+        temp = self.temp_folder / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
         size = 0
         try:
             size = source.stat().st_size
-            folder.mkdir(parents=True, exist_ok=True)
-            sweep_dead_stores(folder)
+            self.temp_folder.mkdir(parents=True, exist_ok=True)
+            sweep_dead_stores(self.temp_folder)
             with source.open("rb") as reader, temp.open("xb") as writer:
                 fcntl.flock(writer, fcntl.LOCK_EX)
                 done = 0
