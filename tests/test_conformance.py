@@ -30,6 +30,7 @@ from onitufs_ssh.asides import Asides
 from onitufs_ssh.connect import Connection
 from onitufs_ssh.sftp import EXTENDED, REMOVE, RENAME, ConnectionLost, Reader, Session, SftpError
 
+from onitufs import renames
 from onitufs.plug import (
     ASIDE,
     ASIDE_OWNER,
@@ -576,7 +577,7 @@ def test_the_local_driver_on_a_disk_without_renameat2(
         local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """Some network disks lack renameat2's flags: uploads and moves still go, and a move
     still leaves a name that is taken."""
-    monkeypatch.setattr(onitufs_local.renames, "_renameat2", None)
+    monkeypatch.setattr(renames, "_renameat2", None)
     backdoor = local_driver.backdoor
     first = local_driver.upload("notes.txt", b"first")
     second = local_driver.upload("notes.txt", b"second", revision=first.revision,

@@ -1,4 +1,4 @@
-"""The local driver's renames that never lose a file, with renameat2 and without it (the
+"""Renames that never lose a file (onitufs.renames), with renameat2 and without it (the
 way they go on a disk or kernel that lacks it)."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from onitufs_local import renames
-from onitufs_local.renames import exchange, rename_noreplace
+
+from onitufs import renames
+from onitufs.renames import exchange, rename_noreplace
 
 
 def make(path: Path, kind: str) -> None:

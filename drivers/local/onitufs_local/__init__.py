@@ -50,6 +50,7 @@ from onitufs.plug import (
     upload_path,
     write_chunk,
 )
+from onitufs.renames import exchange, rename_noreplace
 from onitufs.room import RoomWatch, local_state, refused_locally
 from onitufs.storednames import renames_in_case
 
@@ -74,7 +75,6 @@ from .listing import (
     token,
 )
 from .pin import Pin
-from .renames import exchange, rename_noreplace
 from .watch import OutOfWatches, follow
 
 # The keys of the table besides the core's driver and mode: the core refuses any other.

@@ -31,9 +31,9 @@ from onitufs.plug import (
     left_aside_by_another,
     set_aside_by,
 )
+from onitufs.renames import rename_noreplace
 
 from .listing import file_id, token
-from .renames import rename_noreplace
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ to check. Python's os does not offer it, so it is called from the C library. Whe
 disk or the kernel lacks it (some network disks), a file is linked at a new name (a link
 never replaces either) and unlinked at the old; a folder is renamed after a look, since
 a rename replaces a folder only where that folder is empty; and nothing is exchanged.
+
+Used by the local driver on its folders and by git-annex-remote-onitufs in the mount.
 """
 
 from __future__ import annotations
