@@ -226,6 +226,48 @@ def test_an_export_takes_away_only_what_it_put_there(make_cloud: MakeCloud, repo
         assert not (root / "photos" / "gone").exists(), root
 
 
+def test_an_export_replaces_nothing_it_did_not_put_there(make_cloud: MakeCloud,
+                                                         repo: Path) -> None:
+    """A file made or edited through the mount where the export then writes (a new file,
+    an exported file's new version, a rename's target) is someone's work: the export
+    fails there, naming it, and puts its own there once it is moved away."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    init_export(repo, cloud)
+    files = add_files(repo, 3)
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    tree = cloud.mountpoint / "photos"
+    mine = {"file0.bin": os.urandom(900), "new.bin": os.urandom(700), "other.bin": os.urandom(800)}
+    for name, content in mine.items():
+        (tree / name).write_bytes(content)
+    run_in(repo, "git", "annex", "unlock", "file0.bin")
+    (repo / "file0.bin").write_bytes(version := os.urandom(4000))
+    (repo / "new.bin").write_bytes(new := os.urandom(4100))
+    run_in(repo, "git", "mv", "file1.bin", "other.bin")
+    run_in(repo, "git", "annex", "add", "-q", ".")
+    run_in(repo, "git", "commit", "-q", "-m", "changed")
+    result = run_in(repo, "git", "annex", "export", "main", "--to", "cloudtree", check=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    for name in mine:
+        assert f"cannot write {tree / name}: holds other content, made or changed through the " \
+            "mount; not replaced (move it away, then try again)" in said, said
+    cloud.wait_synced()
+    for root in (cloud.mountpoint, *cloud.remotes.values()):
+        for name, content in mine.items():
+            assert (root / "photos" / name).read_bytes() == content, (root, name)
+    for name in mine:
+        (tree / name).rename(tree / f"{name}.mine")
+    run_in(repo, "git", "annex", "export", "-q", "main", "--to", "cloudtree")
+    cloud.wait_synced()
+    for root in (cloud.mountpoint, *cloud.remotes.values()):
+        kept = {path.name: path.read_bytes() for path in (root / "photos").iterdir()
+                if path.is_file()}
+        assert kept == {"file0.bin": version, "new.bin": new, "other.bin": files["file1.bin"],
+                        "file2.bin": files["file2.bin"],
+                        **{f"{name}.mine": content for name, content in mine.items()}}, root
+
+
 def test_an_export_does_not_follow_a_symbolic_link_out_of_the_mount(
         make_cloud: MakeCloud, repo: Path, tmp_path: Path) -> None:
     """A symbolic link in the mount where the export has a folder (made there since, or

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import filecmp
 import os
 import socket
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.common import FLUSH_XATTR, CommandError, read_status
+from ..renames import rename_noreplace
 from .keys import Key, parse_key
 
 REPLICAS_XATTR = "user.onitufs.replicas"
@@ -168,33 +170,58 @@ class MountStore:
     # operations
 
     def store(self, source: Path, target: Path, key: str, progress: Callable[[int], None]) -> None:
-        """Copy `source` to `target` in the mount and return once it is durable."""
+        """Copy `source` to `target` in the mount and return once it is durable. A file
+        already at `target` is never replaced: the same content is kept as it is, another
+        (made or edited through the mount, or by another machine) fails the store."""
         share = len(writable(self.status())) + 1  # the copy into the mount, then each replica
         temp = self.temp_folder / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
         size = 0
         try:
             size = source.stat().st_size
-            self.temp_folder.mkdir(parents=True, exist_ok=True)
-            sweep_dead_stores(self.temp_folder)
-            with source.open("rb") as reader, temp.open("xb") as writer:
-                fcntl.flock(writer, fcntl.LOCK_EX)
-                done = 0
-                while chunk := reader.read(CHUNK):
-                    writer.write(chunk)
-                    done += len(chunk)
-                    progress(done // share)
-                writer.flush()
-                with self._naming:
-                    os.fsync(writer.fileno())
-                    writer.close()
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(temp, target)
+            if not self._holds(target, source):
+                self._write(source, target, temp, share, progress)
             self.flush()
         except OSError as error:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise Failed(self._why(error, f"cannot write {target}")) from None
         self._wait_durable(target, size, share, progress)
+
+    def _write(self, source: Path, target: Path, temp: Path, share: int,
+               progress: Callable[[int], None]) -> None:
+        self.temp_folder.mkdir(parents=True, exist_ok=True)
+        sweep_dead_stores(self.temp_folder)
+        with source.open("rb") as reader, temp.open("xb") as writer:
+            fcntl.flock(writer, fcntl.LOCK_EX)
+            done = 0
+            while chunk := reader.read(CHUNK):
+                writer.write(chunk)
+                done += len(chunk)
+                progress(done // share)
+            writer.flush()
+            with self._naming:
+                os.fsync(writer.fileno())
+                writer.close()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    rename_noreplace(str(temp), str(target))
+                except FileExistsError:
+                    if not self._holds(target, source):  # (made while this one wrote)
+                        raise
+                    temp.unlink()
+
+    @staticmethod
+    def _holds(target: Path, content: Path) -> bool:
+        """Whether `target` holds what `content` holds (False: nothing there); OSError
+        (EEXIST) if it holds something else, which is not git-annex's to replace."""
+        if not os.path.lexists(target):
+            return False
+        if target.is_file() and not target.is_symlink() \
+                and filecmp.cmp(target, content, shallow=False):
+            return True
+        raise FileExistsError(errno.EEXIST, "holds other content, made or changed through "
+                              "the mount; not replaced (move it away, then try again)",
+                              str(target))
 
     def _wait_durable(self, target: Path, size: int, share: int,
                       progress: Callable[[int], None]) -> None:
@@ -272,13 +299,17 @@ class MountStore:
             self.flush()
 
     def rename(self, source: Path, target: Path, key: str) -> None:
-        """Rename `source` to `target` if it holds the content of `key`."""
+        """Rename `source` to `target` if it holds the content of `key`, and `target` is
+        free or holds the same."""
         self.status()
         try:
             if not _matches(source, key, source.stat().st_size):
                 raise Failed(f"{source} no longer holds {key}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(source, target)
+            if self._holds(target, source):
+                source.unlink()
+                return
+            rename_noreplace(str(source), str(target))
         except OSError as error:
             raise Failed(self._why(error, f"cannot rename {source} to {target}")) from None
 
