@@ -216,6 +216,8 @@ class MountStore:
         (EEXIST) if it holds something else, which is not git-annex's to replace."""
         if not os.path.lexists(target):
             return False
+        # (filecmp keeps outcomes by size and time, which two contents can share)
+        filecmp.clear_cache()
         if target.is_file() and not target.is_symlink() \
                 and filecmp.cmp(target, content, shallow=False):
             return True
