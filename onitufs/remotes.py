@@ -28,6 +28,7 @@ import trio
 
 from .config import RemoteConfig
 from .index import MirrorEntry, cannot_write
+from .oneline import one_line
 from .plug import Changed, ChangeSink, Metadata, Plug, RemoteUnavailable, Stopped
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,7 @@ class Remote:
 
     def set_outage(self, reason: str | None) -> None:
         """The remote is (or, with None, no longer is) treated as unavailable."""
+        reason = None if reason is None else one_line(reason)
         if reason == self.outage:
             return
         if reason is None:
@@ -292,8 +294,8 @@ class Remote:
     def _call_failed(self, handler: str, error: Exception,
                      args: tuple[Any, ...] = ()) -> CallFailed:
         """Record the failure; returns what the caller raises for it."""
-        doing = " ".join([handler, *(arg.path for arg in args
-                                     if isinstance(getattr(arg, "path", None), str))])
+        doing = one_line(" ".join([handler, *(arg.path for arg in args
+                                              if isinstance(getattr(arg, "path", None), str))]))
         if handler in READS and isinstance(error, Changed):
             # The remote answered: its copy moved on since it was listed, and the caller
             # takes that version in. No failure of the remote: its status stays as it was,
@@ -373,7 +375,8 @@ class Remote:
         into the log line, not into the last error that status shows."""
         health = self.health
         health.failures += 1
-        health.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        health.last_error = one_line(f"{type(error).__name__}: {error}" if str(error)
+                                     else type(error).__name__)
         if isinstance(error, RemoteUnavailable):
             health.online = False
         # Each new trouble once; the same one again (retried with backoff) only at --log-level
@@ -437,7 +440,7 @@ class Remote:
                         log.debug("remote %s: driver ended as the mount did: %s", self.name,
                                   error)
                         return
-                    reason = str(error)
+                    reason = one_line(str(error))
                     if isinstance(error, lmdb.Error):  # taking in what it reported: one line
                         reason = cannot_write(self.folder, error)  # its folder: the cache's disk
                     log.error("remote %s: driver stopped: %s", self.name, reason,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -224,3 +225,46 @@ def test_a_folder_that_refuses_a_link_keeps_only_that_link_back(make_cloud: Make
     every = {"f": ("file", b"f"), "locked": ("dir", b""), "locked/in": ("symlink", b"../f"),
              "out": ("symlink", b"f")}
     assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"]) == every
+
+
+def test_a_tree_deeper_than_the_remotes_can_hold_stalls_there_in_one_short_line(
+        make_cloud: MakeCloud) -> None:
+    """A tree made with relative calls can be deeper than a remote's folder takes in one
+    path (PATH_MAX, 4096 bytes): what lies deeper waits, said in a line of status and of
+    umount that is not the whole path, every other change goes on, and once the tree is
+    removed the remotes hold what the mount holds."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    folder = os.open(cloud.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(45):  # 4,545 bytes below the mount's root
+            os.mkdir("d" * 100, dir_fd=folder)
+            deeper = os.open("d" * 100, os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = deeper
+        file = os.open("deepest.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder)
+        os.write(file, b"deep")
+        os.close(file)
+    finally:
+        os.close(folder)
+    (cloud.mountpoint / "plain.txt").write_bytes(b"plain")
+    for remote in cloud.remotes.values():
+        wait_for(lambda remote=remote: (remote / "plain.txt").exists(),  # type: ignore[misc]
+                 what="a change beside the deep tree")
+    wait_for(lambda: all(remote["stalled"] for remote in cloud.status()["remotes"]),
+             what="the remotes to stall on the deep tree")
+    for remote in cloud.status()["remotes"]:
+        assert "[Errno 36] File name too long: " in remote["reason"], remote
+        assert len(remote["reason"]) <= 400, remote["reason"]
+    result = run("umount", cloud.mountpoint, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(
+        "File name too long" in line and "changes still queued" in line and len(line) < 500
+        for line in lines), result.stderr
+    cloud.wait_daemon_exit()
+    cloud.mount()
+    shutil.rmtree(cloud.mountpoint / ("d" * 100))
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert snapshot(remote) == {"plain.txt": ("file", b"plain")}, remote

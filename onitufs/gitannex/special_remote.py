@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..oneline import one_line
 from .lanes import Fatal, Lane, Output, serve
 from .mountstore import Failed, MountStore, Unavailable, parse_settings
 from .protocol import Message
@@ -29,10 +30,6 @@ UNPREPARED = {"EXTENSIONS", "INITREMOTE", "PREPARE", "LISTCONFIGS", "GETCOST", "
 # A read from the mount is local when the content is cached and comes from a remote when
 # not: between git-annex's semi-cheap and expensive.
 COST = 175
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 class SpecialRemote:
