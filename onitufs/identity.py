@@ -16,6 +16,15 @@ before it is applied:
   one whose marker was lost) is trusted only while it still holds part of
   what the remote held: a whole tree gone in one listing is an outage.
 
+- A listing whose marker carries the id but is another version than the
+  one recorded (another revision; or another change time, which no one can
+  set back, where the remote keeps one: `cp -a` and `rsync -a` keep the
+  rest) comes from a copy of the folder: one put back from a backup, say,
+  which lacks what onitufs put there since. It is trusted, but what it
+  lacks was not deleted there: it is sent again (a copy made of the folder
+  while nothing changed lacks nothing). Until such a listing has been
+  applied whole, no part of one is.
+
 A remote judged so goes offline with the reason, every call to it fails
 at once, and nothing it reports is applied until a listing passes again.
 Before changing a remote, the marker is read again if the last look is
@@ -45,6 +54,7 @@ RECHECK = 1.0  # seconds: how old a look at the marker may be before a change is
 class Judgement:
     trusted: bool
     outage: str | None = None  # why the remote is treated as unavailable
+    put_back: bool = False  # a copy of the folder: what it lacks goes to it again
 
 
 def marker_content(remote_id: str) -> bytes:
@@ -58,6 +68,14 @@ def marker_id(content: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and value else None
+
+
+def copied(marker: Metadata, recorded: tuple[str, str | None, int | None]) -> bool:
+    """Whether the marker is another version than the one recorded: onitufs writes it
+    once, so another was copied there (with its time kept, a copy still has another change
+    time where the remote keeps them)."""
+    return marker.revision != recorded[1] or (
+        None not in (marker.changed_ns, recorded[2]) and marker.changed_ns != recorded[2])
 
 
 def count(entries: list[MirrorEntry]) -> str:
@@ -79,6 +97,8 @@ class Identity:
         self._unkept: Judgement | None = None  # the marker could not be read or written
         self._failures = 0  # times in a row it could not
         self._retry_at = 0.0  # time.monotonic() before which it is not tried again
+        # The marker of a folder found put back, until a listing of it is applied whole.
+        self.put_back: Metadata | None = None
 
     async def judge(self, marker: Metadata | None, listed: set[str],
                     known: dict[str, MirrorEntry]) -> Judgement:
@@ -111,8 +131,11 @@ class Identity:
             self.remote.plug.marked = True
         if marker is not None:
             if recorded is not None and marker.revision is not None \
-                    and marker.revision == recorded[1]:
+                    and not copied(marker, recorded):
                 self._checked = time.monotonic()
+                if recorded[2] is None and marker.changed_ns is not None:  # (an older index)
+                    self.index.set_identity(self.remote.name, recorded[0], recorded[1],
+                                            marker.changed_ns)
                 return Judgement(True)
             found = marker_id(await self._read(marker))
             if found is None:
@@ -121,8 +144,15 @@ class Identity:
             if recorded is not None and found != recorded[0]:
                 return Judgement(False, f"its folder belongs to another onitufs remote (marker "
                                  f"{found}, expected {recorded[0]}); treated as unavailable")
-            self.index.set_identity(self.remote.name, found, marker.revision)
             self._checked = time.monotonic()
+            if recorded is not None and copied(marker, recorded):
+                if self.put_back is None:
+                    log.warning("remote %s: its marker %s is a copy (its folder put back from "
+                                "a backup?): what the folder lacks is sent to it again, not "
+                                "deleted", self.remote.name, MARKER)
+                self.put_back = marker
+                return Judgement(True, put_back=True)
+            self.index.set_identity(self.remote.name, found, marker.revision, marker.changed_ns)
             return Judgement(True)
         held = list(known.values())
         if held and not listed.intersection(known):
@@ -144,6 +174,15 @@ class Identity:
             if not await self._write(recorded[0] if recorded else os.urandom(16).hex()):
                 return Judgement(False)
         return Judgement(True)
+
+    def put_back_taken(self) -> None:
+        """A listing of the folder found put back was applied whole: its marker is the
+        remote's from now on."""
+        marker, self.put_back = self.put_back, None
+        recorded = self.index.identity(self.remote.name)
+        if marker is not None and recorded is not None:
+            self.index.set_identity(self.remote.name, recorded[0], marker.revision,
+                                    marker.changed_ns)
 
     async def before_change(self) -> None:
         """Make sure the remote is still the folder onitufs synced with before it is
@@ -189,7 +228,7 @@ class Identity:
             if isinstance(error.__cause__, Conflict):
                 return False
             raise
-        self.index.set_identity(self.remote.name, remote_id, md.revision)
+        self.index.set_identity(self.remote.name, remote_id, md.revision, md.changed_ns)
         if self.remote.plug is not None:
             self.remote.plug.marked = True
         self._checked = time.monotonic()

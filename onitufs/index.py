@@ -968,19 +968,22 @@ class Index:
         with self.write() as txn:
             txn.put(b"configured", json.dumps(names).encode(), db=self.db["meta"])
 
-    def identity(self, name: str) -> tuple[str, str | None] | None:
-        """The id a remote's marker carries, and the marker's revision token (identity.py)."""
+    def identity(self, name: str) -> tuple[str, str | None, int | None] | None:
+        """The id a remote's marker carries, the marker's revision token and its change
+        time where the remote keeps one (identity.py)."""
         with self.begin() as txn:
             raw = txn.get(b"identity:" + name.encode(), db=self.db["meta"])
         if raw is None:
             return None
         value = json.loads(bytes(raw))
-        return value["id"], value["token"]
+        return value["id"], value["token"], value.get("changed")
 
-    def set_identity(self, name: str, remote_id: str, token: str | None) -> None:
+    def set_identity(self, name: str, remote_id: str, token: str | None,
+                     changed: int | None = None) -> None:
         with self.write() as txn:
             txn.put(b"identity:" + name.encode(),
-                    json.dumps({"id": remote_id, "token": token}).encode(), db=self.db["meta"])
+                    json.dumps({"id": remote_id, "token": token, "changed": changed}).encode(),
+                    db=self.db["meta"])
 
     def remote_ids(self, txn: lmdb.Transaction) -> list[int]:
         return [unq(rid) for _, rid in txn.cursor(db=self.db["remotes"])]

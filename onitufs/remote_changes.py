@@ -755,7 +755,8 @@ class RemoteChanges:
                     "keeps the name, this one is kept as %s", md.path, remote.name, aside)
         return True
 
-    async def delete_file(self, remote: str, path: str) -> None:
+    async def delete_file(self, remote: str, path: str, lost: bool = False) -> None:
+        """The remote no longer holds `path`: deleted there, or `lost` (see _apply)."""
         source = self.remotes[remote]
         if not self._heeded(source) or path == MARKER:
             return
@@ -769,6 +770,15 @@ class RemoteChanges:
             inode = self.index.get_inode(ino, txn)
             if inode is None:
                 return
+            if lost and not self._only_copy(source, path, inode, entry):
+                log.debug("remote %s: %s is not in the folder put back: sent again",
+                          source.name, path)
+                self.replicator.requeue(txn, source, ino)
+                return
+            if lost:  # (a name left here would serve no read, and stall the remote)
+                log.warning("remote %s: %s is not in the folder put back, and the copy it held "
+                            "was the only one: it is lost, and deleted here too", source.name,
+                            path)
             paths = self.index.paths_of(ino, txn)
             if source.config.readable and path not in paths \
                     and self._only_copy(source, path, inode, entry):
@@ -937,18 +947,24 @@ class RemoteChanges:
                 log.info("remote %s: its listing holds what the index says it holds (%d "
                          "entries): not compared path by path", remote, len(entries))
                 source.forget_touched_before(started)
-                return True
-            return await self._apply(source, entries, held, started)
+                whole = True
+            else:
+                whole = await self._apply(source, entries, held, started,
+                                          lost=judgement.put_back)
+            if whole and judgement.put_back:
+                self.identities[remote].put_back_taken()
+            return whole
         finally:
             source.listed.set()  # even if cut short: the rest comes with the next one
 
     async def report_part(self, remote: str, entries: list[Metadata], scope: list[str],
                           started: float) -> bool:
         """Apply part of a listing: what the remote holds at and below the paths of
-        `scope` (see Plug.report_part). The marker, and a remote whose folder is not
-        known to be right, are judged on whole listings only."""
+        `scope` (see Plug.report_part). The marker, a remote whose folder is not known to
+        be right, and one found put back from a copy, are judged on whole listings only."""
         source = self.remotes[remote]
-        if MARKER in scope or not (source.listed.is_set() and self._heeded(source)):
+        if MARKER in scope or not (source.listed.is_set() and self._heeded(source)) \
+                or self.identities[remote].put_back is not None:
             raise ListingNeeded()
         with self.index.begin() as txn:
             held = self.index.mirror_at(source.rid, scope, txn)
@@ -969,8 +985,9 @@ class RemoteChanges:
             return {path: entry for _, path, entry in self.index.mirror_below(rid, folders, txn)}
 
     async def _apply(self, source: Remote, entries: list[Metadata],
-                     held: dict[str, MirrorEntry], started: float) -> bool:
-        """The changes of a listing (or part of one, see report_part) that can be trusted."""
+                     held: dict[str, MirrorEntry], started: float, lost: bool = False) -> bool:
+        """The changes of a listing (or part of one, see report_part) that can be trusted;
+        with `lost`, of a folder put back from a copy, which lost what it lacks."""
         remote = source.name
         skipped = False
 
@@ -1035,7 +1052,7 @@ class RemoteChanges:
             # there.
             for path in sorted(paths, key=_depth, reverse=True):
                 if current(path) and not undecided(path):
-                    await self.delete_file(remote, path)
+                    await self.delete_file(remote, path, lost)
 
         # Each step may await a remote, during which the replicator may touch more
         # paths: `current` is asked again right before each change is applied.

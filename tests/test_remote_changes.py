@@ -566,6 +566,80 @@ def test_a_backup_put_back_as_a_new_remote_loses_nothing(make_cloud: MakeCloud,
     assert snapshot(cloud.remotes["b"]) == shown
 
 
+@pytest.mark.parametrize("mounted", [False, True], ids=["stopped", "mounted"])
+def test_a_remote_put_back_from_a_backup_keeps_what_was_made_since(
+        make_cloud: MakeCloud, tmp_path: Path, mounted: bool) -> None:
+    """A remote's folder replaced by an older copy of it (the disk lost, its backup put
+    back in its place; with the mount stopped, or moved in while it runs) lacks what the
+    mount made since: no delete of anyone's, it is sent there again. Its older version of
+    a file is kept beside the newer, and what the mount deleted since comes back."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "notes.txt").write_text("version 1\n")
+    hour_ago = time.time() - 3600
+    os.utime(mnt / "notes.txt", (hour_ago, hour_ago))
+    (mnt / "old.txt").write_text("deleted since\n")
+    (mnt / "kept").mkdir()
+    (mnt / "kept" / "photo.jpg").write_bytes(photo := os.urandom(5000))
+    cloud.wait_synced()
+    backup = tmp_path / "backup"
+    subprocess.run(["cp", "-a", str(cloud.remotes["a"]), str(backup)], check=True)
+    (mnt / "notes.txt").write_text("version 2\n")
+    (mnt / "new.txt").write_text("made since\n")
+    (mnt / "kept" / "new.jpg").write_bytes(new_photo := os.urandom(6000))
+    (mnt / "made").mkdir()
+    (mnt / "made" / "deep.txt").write_text("made since, deeper\n")
+    (mnt / "old.txt").unlink()
+    cloud.wait_synced()
+    if not mounted:
+        cloud.umount()
+    cloud.remotes["a"].rename(tmp_path / "lost")
+    subprocess.run(["cp", "-a", str(backup), str(cloud.remotes["a"])], check=True)
+    if not mounted:
+        cloud.mount()
+    expected = {"notes.txt": ("file", b"version 2\n"), "new.txt": ("file", b"made since\n"),
+                "old.txt": ("file", b"deleted since\n"), "kept": ("dir", b""),
+                "kept/photo.jpg": ("file", photo), "kept/new.jpg": ("file", new_photo),
+                "made": ("dir", b""), "made/deep.txt": ("file", b"made since, deeper\n")}
+
+    def shown() -> dict[str, tuple[str, bytes]]:
+        found = snapshot(mnt)
+        asides = [name for name in found if name.startswith("notes (conflict from a ")]
+        return {name: found[name] for name in found if name not in asides} | (
+            {"aside": found[asides[0]]} if len(asides) == 1 else {})
+
+    wait_for(lambda: shown() == expected | {"aside": ("file", b"version 1\n")}, timeout=30,
+             what="the backup's files beside the mount's")
+    final = snapshot(mnt)
+    cloud.umount()
+    assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"]) == final
+    assert "is a copy (its folder put back from a backup?)" in cloud.log
+
+
+def test_a_remote_put_back_without_the_only_copy_of_a_file_says_it_is_lost(
+        make_cloud: MakeCloud, tmp_path: Path) -> None:
+    """The folder put back lacks a file made since that no other copy holds (its only
+    remote, the cache evicted): it is lost, said so, and its name goes, rather than
+    staying as a file no read can serve and a remote that never settles."""
+    cloud = make_cloud({"a": "rw"}, cache_size="1 MiB", block_size="64 KiB", stall="5s")
+    cloud.mount()
+    (cloud.mountpoint / "first.txt").write_text("first")
+    cloud.wait_synced()
+    backup = tmp_path / "backup"
+    subprocess.run(["cp", "-a", str(cloud.remotes["a"]), str(backup)], check=True)
+    cloud.write_evicted("only", 2 * 1024 * 1024)
+    cloud.remotes["a"].rename(tmp_path / "lost")
+    subprocess.run(["cp", "-a", str(backup), str(cloud.remotes["a"])], check=True)
+    cloud.mount()
+    wait_for(lambda: not (cloud.mountpoint / "only").exists(), what="the lost file to go")
+    assert "remote a: only is not in the folder put back, and the copy it held was the only " \
+        "one: it is lost, and deleted here too" in cloud.log
+    assert (cloud.mountpoint / "first.txt").read_text() == "first"
+    cloud.umount()
+    assert snapshot(cloud.remotes["a"]) == {"first.txt": ("file", b"first")}
+
+
 def test_a_new_remote_holding_the_same_files_gets_no_conflicts(make_cloud: MakeCloud) -> None:
     cloud = make_cloud({"a": "rw"})
     cloud.mount()
