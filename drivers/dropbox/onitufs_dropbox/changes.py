@@ -23,8 +23,8 @@ SAVE_EVERY seconds and at the end: the next mount catches up from there,
 however long it was away (an older save only has it go through changes it
 already has again).
 
-A failure puts the remote offline with its reason, retried with backoff; a
-refused token is retried once the token file changes (`onitufs auth`).
+A failure puts the remote offline with its reason, retried with backoff, and at
+once when the token file changes (`onitufs auth`: a refused token).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ WAKE_EVERY = 0.2  # seconds: how often a wait looks at plug.writes and plug.stop
 AGAIN_AFTER = 1.0  # seconds before a report the core did not take goes again
 SAVE_EVERY = 30.0  # seconds: writing the Tree out takes time in proportion to its size
 MAX_BACKOFF = 30.0
+TOKEN_LOOK = 1.0  # seconds between looks at the token file while the remote is offline
 
 
 class Reset(Exception):
@@ -99,10 +100,9 @@ class Watcher:
                     log.error("remote %s: %s", self.plug.name, reason)
                     reported_error = reason
                 self.plug.offline(reason)
-                if self.plug.stopping.wait(backoff):
+                if self._wait_out(backoff):
                     return
                 backoff = min(MAX_BACKOFF, backoff * 2)
-                self.reconnect()
                 continue
             if reported_error is not None:
                 self.plug.online()
@@ -181,6 +181,19 @@ class Watcher:
                 named.append(relative)
         # After the whole batch: a folder renamed in it changes the paths of what it holds.
         scope.update(path for path in map(self.tree.shown_at, named) if path is not None)
+
+    def _wait_out(self, backoff: float) -> bool:
+        """Wait `backoff` seconds before trying again, or only until the token file
+        changes (`onitufs auth` run meanwhile: its user is waiting); True if the mount is
+        stopping."""
+        deadline = time.monotonic() + backoff
+        while not self.reconnect():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.plug.stopping.wait(min(TOKEN_LOOK, left)):
+                return True
+        return self.plug.stopping.is_set()
 
     def _wait(self, writes: int, soon: bool) -> None:
         """Until Dropbox has news (longpoll), plug.writes moved, the core asked for a
