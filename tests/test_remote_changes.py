@@ -30,7 +30,7 @@ from .conftest import (
     versions,
     wait_for,
 )
-from .sshd import SshRemote
+from .sshd import MakeSshCloud, Sshd, SshRemote
 
 pytest_plugins = ["tests.sshd"]
 
@@ -614,6 +614,34 @@ def test_a_remote_put_back_from_a_backup_keeps_what_was_made_since(
     final = snapshot(mnt)
     cloud.umount()
     assert snapshot(cloud.remotes["a"]) == snapshot(cloud.remotes["b"]) == final
+    assert "is a copy (its folder put back from a backup?)" in cloud.log
+
+
+def test_an_ssh_folder_put_back_from_a_copy_keeps_what_was_made_since(
+        make_ssh_cloud: MakeSshCloud, sshd: Sshd, tmp_path: Path) -> None:
+    """Where the remote keeps no change times (SFTP), a copy of the folder made without
+    its times (`cp -r`) is told by its marker's revision: what the mount made since is sent
+    to it again, not deleted."""
+    cloud = make_ssh_cloud({"b": "rw"}, {"s": SshRemote(sshd)})
+    cloud.mount()
+    mnt, server = cloud.mountpoint, cloud.remotes["s"]
+    (mnt / "before.txt").write_text("before the copy\n")
+    cloud.wait_synced()
+    time.sleep(1.1)  # (SFTP's times are whole seconds: the copy's marker is of a later one)
+    subprocess.run(["cp", "-r", str(server), str(tmp_path / "copy")], check=True)
+    (mnt / "made").mkdir()
+    (mnt / "made" / "since.txt").write_text("made since\n")
+    cloud.wait_synced()
+    cloud.umount()
+    server.rename(tmp_path / "lost")
+    (tmp_path / "copy").rename(server)
+    cloud.mount()
+    expected = {"before.txt": ("file", b"before the copy\n"), "made": ("dir", b""),
+                "made/since.txt": ("file", b"made since\n")}
+    wait_for(lambda: snapshot(server) == expected, timeout=30, what="the copy to get it back")
+    assert snapshot(mnt) == expected
+    cloud.umount()
+    assert snapshot(cloud.remotes["b"]) == expected
     assert "is a copy (its folder put back from a backup?)" in cloud.log
 
 
