@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,29 @@ def children(pid: int) -> list[int]:
     for line in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         found += [int(line), *children(int(line))]
     return found
+
+
+def test_a_store_takes_out_what_an_older_onitufs_left_a_day_ago(make_cloud: MakeCloud,
+                                                                repo: Path) -> None:
+    """An older onitufs wrote its temporary files in .git-annex/tmp itself, under no lock:
+    one a day old is a dead store's, and a store takes it out of the mount and off every
+    remote; a recent one may be a store at work, and stays."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    initremote(repo, cloud)
+    tmp = cloud.mountpoint / ".git-annex" / "tmp"
+    tmp.mkdir(parents=True)
+    old, recent = tmp / "SHA256E-s9--0a1b.bin.4242.81234567", tmp / "SHA256E-s9--2c3d.bin.77.9"
+    old.write_bytes(b"cut short")
+    recent.write_bytes(b"at work")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    add_files(repo, 1)
+    run_in(repo, "git", "annex", "copy", "-q", "--to", "cloud", "file0.bin")
+    cloud.wait_synced()
+    for root in (cloud.mountpoint, *cloud.remotes.values()):
+        assert sorted(path.name for path in (root / ".git-annex" / "tmp").iterdir()
+                      if path.is_file()) == [recent.name], root
 
 
 def test_a_store_killed_midway_leaves_nothing_behind(make_cloud: MakeCloud, repo: Path) -> None:

@@ -10,7 +10,8 @@ is never reported stored before it is.
 A store killed while it writes (kill -9, a power loss, Ctrl-C) leaves its temporary file in
 the mount, and the mount copies it to every remote. So each machine writes its temporary
 files in a folder of its own, each held under flock(2) by its writer while it lives, and
-each store first removes from that folder the files of writers gone.
+each store first removes from that folder the files of writers gone (and those an older
+onitufs left in the folder of all machines, once a day old).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import errno
 import fcntl
 import filecmp
 import os
+import re
 import socket
 import threading
 import time
@@ -37,6 +39,8 @@ SHA256_XATTR = "user.onitufs.sha256"
 KEYS_FOLDER = ".git-annex"
 TEMP_FOLDER = ".git-annex/tmp"
 MACHINE_ID = Path("/etc/machine-id")
+OLD_TEMP = re.compile(r".+\.[0-9]+\.[0-9]+")  # KEY.PID.NS, as an older onitufs named them
+STALE = 24 * 3600  # seconds
 # Seconds between two looks at the replicas of a file being stored: the first soon (a
 # small file on a local remote is there in about 10 ms), then less often, up to POLL.
 FIRST_POLL = 0.005
@@ -191,6 +195,7 @@ class MountStore:
                progress: Callable[[int], None]) -> None:
         self.temp_folder.mkdir(parents=True, exist_ok=True)
         sweep_dead_stores(self.temp_folder)
+        sweep_old_stores(self.temp_folder.parent)
         with source.open("rb") as reader, temp.open("xb") as writer:
             fcntl.flock(writer, fcntl.LOCK_EX)
             done = 0
@@ -362,6 +367,17 @@ def sweep_dead_stores(folder: Path) -> None:
                 os.unlink(entry.path)
         except OSError:
             continue  # still held (a writer of another pid namespace), or gone already
+
+
+def sweep_old_stores(folder: Path) -> None:
+    """Remove the temporary files an older onitufs left in `folder` itself, of no
+    machine's folder and under no lock, once untouched for STALE: a store's writes keep
+    its file's time moving, and its rename follows them at once."""
+    for entry in os.scandir(folder):
+        with contextlib.suppress(OSError):  # (gone already)
+            if OLD_TEMP.fullmatch(entry.name) and entry.is_file(follow_symlinks=False) \
+                    and time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE:
+                os.unlink(entry.path)
 
 
 def unless_gone(error: OSError) -> None:
