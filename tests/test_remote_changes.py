@@ -570,9 +570,10 @@ def test_a_backup_put_back_as_a_new_remote_loses_nothing(make_cloud: MakeCloud,
 def test_a_remote_put_back_from_a_backup_keeps_what_was_made_since(
         make_cloud: MakeCloud, tmp_path: Path, mounted: bool) -> None:
     """A remote's folder replaced by an older copy of it (the disk lost, its backup put
-    back in its place; with the mount stopped, or moved in while it runs) lacks what the
-    mount made since: no delete of anyone's, it is sent there again. Its older version of
-    a file is kept beside the newer, and what the mount deleted since comes back."""
+    back in its place: copied in with the mount stopped, or moved in whole while it
+    runs) lacks what the mount made since: no delete of anyone's, it is sent there again.
+    Its older version of a file is kept beside the newer, and what the mount deleted
+    since comes back."""
     cloud = make_cloud({"a": "rw", "b": "rw"})
     cloud.mount()
     mnt = cloud.mountpoint
@@ -595,8 +596,11 @@ def test_a_remote_put_back_from_a_backup_keeps_what_was_made_since(
     if not mounted:
         cloud.umount()
     cloud.remotes["a"].rename(tmp_path / "lost")
-    subprocess.run(["cp", "-a", str(backup), str(cloud.remotes["a"])], check=True)
-    if not mounted:
+    if mounted:  # (a copy made in place while it runs reads as deletes as it goes)
+        subprocess.run(["cp", "-a", str(backup), str(tmp_path / "staged")], check=True)
+        (tmp_path / "staged").rename(cloud.remotes["a"])
+    else:
+        subprocess.run(["cp", "-a", str(backup), str(cloud.remotes["a"])], check=True)
         cloud.mount()
     expected = {"notes.txt": ("file", b"version 2\n"), "new.txt": ("file", b"made since\n"),
                 "old.txt": ("file", b"deleted since\n"), "kept": ("dir", b""),
