@@ -22,8 +22,10 @@ before it is applied:
   rest) comes from a copy of the folder: one put back from a backup, say,
   which lacks what onitufs put there since. It is trusted, but what it
   lacks was not deleted there: it is sent again (a copy made of the folder
-  while nothing changed lacks nothing). Until such a listing has been
-  applied whole, no part of one is.
+  while nothing changed lacks nothing). So does a listing without the
+  marker where onitufs can write it again (a copy made without it: `cp -r
+  backup/*`). Until such a listing has been applied whole, no part of one
+  is.
 
 A remote judged so goes offline with the reason, every call to it fails
 at once, and nothing it reports is applied until a listing passes again.
@@ -97,8 +99,10 @@ class Identity:
         self._unkept: Judgement | None = None  # the marker could not be read or written
         self._failures = 0  # times in a row it could not
         self._retry_at = 0.0  # time.monotonic() before which it is not tried again
-        # The marker of a folder found put back, until a listing of it is applied whole.
-        self.put_back: Metadata | None = None
+        # A folder found put back from a copy: its listings are applied without deletes
+        # until one is applied whole; and the copy's marker, recorded then.
+        self.put_back = False
+        self._copy: Metadata | None = None
 
     async def judge(self, marker: Metadata | None, listed: set[str],
                     known: dict[str, MirrorEntry]) -> Judgement:
@@ -136,7 +140,7 @@ class Identity:
                 if recorded[2] is None and marker.changed_ns is not None:  # (an older index)
                     self.index.set_identity(self.remote.name, recorded[0], recorded[1],
                                             marker.changed_ns)
-                return Judgement(True)
+                return Judgement(True, put_back=self.put_back)
             found = marker_id(await self._read(marker))
             if found is None:
                 return Judgement(False, f"its marker {MARKER} is not one onitufs wrote; "
@@ -146,14 +150,14 @@ class Identity:
                                  f"{found}, expected {recorded[0]}); treated as unavailable")
             self._checked = time.monotonic()
             if recorded is not None and copied(marker, recorded):
-                if self.put_back is None:
+                if not self.put_back:
                     log.warning("remote %s: its marker %s is a copy (its folder put back from "
                                 "a backup?): what the folder lacks is sent to it again, not "
                                 "deleted", self.remote.name, MARKER)
-                self.put_back = marker
+                self.put_back, self._copy = True, marker
                 return Judgement(True, put_back=True)
             self.index.set_identity(self.remote.name, found, marker.revision, marker.changed_ns)
-            return Judgement(True)
+            return Judgement(True, put_back=self.put_back)
         held = list(known.values())
         if held and not listed.intersection(known):
             what = count(held)
@@ -169,16 +173,21 @@ class Identity:
                              "know its folder by; treated as unavailable (unmounted disk?)")
         if self.remote.config.writable:
             if recorded is not None:
-                log.warning("remote %s: its marker %s was deleted; writing it again",
-                            self.remote.name, MARKER)
+                # Deleted by hand, or a copy of the folder made without it (`cp -r
+                # backup/*`, a file manager's copy of what it shows): what the folder
+                # lacks is no delete either way.
+                log.warning("remote %s: its marker %s is gone (its folder put back from a "
+                            "backup without it?): writing it again; what the folder lacks is "
+                            "sent to it again, not deleted", self.remote.name, MARKER)
+                self.put_back = True
             if not await self._write(recorded[0] if recorded else os.urandom(16).hex()):
                 return Judgement(False)
-        return Judgement(True)
+        return Judgement(True, put_back=self.put_back)
 
     def put_back_taken(self) -> None:
         """A listing of the folder found put back was applied whole: its marker is the
         remote's from now on."""
-        marker, self.put_back = self.put_back, None
+        marker, self.put_back, self._copy = self._copy, False, None
         recorded = self.index.identity(self.remote.name)
         if marker is not None and recorded is not None:
             self.index.set_identity(self.remote.name, recorded[0], marker.revision,

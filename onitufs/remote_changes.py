@@ -964,7 +964,7 @@ class RemoteChanges:
         be right, and one found put back from a copy, are judged on whole listings only."""
         source = self.remotes[remote]
         if MARKER in scope or not (source.listed.is_set() and self._heeded(source)) \
-                or self.identities[remote].put_back is not None:
+                or self.identities[remote].put_back:
             raise ListingNeeded()
         with self.index.begin() as txn:
             held = self.index.mirror_at(source.rid, scope, txn)

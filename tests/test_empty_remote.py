@@ -414,7 +414,8 @@ def test_a_marker_a_person_deletes_is_written_again(
     cloud.umount()
     for name, remote in cloud.remotes.items():
         assert snapshot(remote) == expected, name
-    assert f"remote usb: its marker {MARKER} was deleted; writing it again" in cloud.log
+    assert f"remote usb: its marker {MARKER} is gone (its folder put back from a backup " \
+        "without it?): writing it again" in cloud.log
     assert "treated as unavailable" not in cloud.log
 
 

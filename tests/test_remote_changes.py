@@ -621,6 +621,37 @@ def test_a_remote_put_back_from_a_backup_keeps_what_was_made_since(
     assert "is a copy (its folder put back from a backup?)" in cloud.log
 
 
+def test_a_remote_put_back_from_a_backup_without_its_marker_keeps_what_was_made_since(
+        make_cloud: MakeCloud, tmp_path: Path) -> None:
+    """A backup copied back without the marker (`cp -r backup/*`, a file manager's copy of
+    what it shows): the marker is written again, and what the folder lacks is sent to it
+    again, not deleted."""
+    cloud = make_cloud({"a": "rw", "b": "rw"})
+    cloud.mount()
+    mnt = cloud.mountpoint
+    (mnt / "before.txt").write_text("before the backup\n")
+    cloud.wait_synced()
+    backup = tmp_path / "backup"
+    subprocess.run(["cp", "-a", str(cloud.remotes["a"]), str(backup)], check=True)
+    (mnt / "made").mkdir()
+    (mnt / "made" / "since.txt").write_text("made since\n")
+    cloud.wait_synced()
+    cloud.umount()
+    cloud.remotes["a"].rename(tmp_path / "lost")
+    cloud.remotes["a"].mkdir()
+    subprocess.run(f"cp -r {backup}/* {cloud.remotes['a']}/", shell=True, check=True)
+    assert not (cloud.remotes["a"] / MARKER).exists()
+    cloud.mount()
+    expected = {"before.txt": ("file", b"before the backup\n"), "made": ("dir", b""),
+                "made/since.txt": ("file", b"made since\n")}
+    wait_for(lambda: snapshot(cloud.remotes["a"]) == expected, timeout=30,
+             what="the folder to get back what it lacks")
+    assert snapshot(mnt) == expected
+    cloud.umount()
+    assert snapshot(cloud.remotes["b"]) == expected
+    assert (cloud.remotes["a"] / MARKER).read_bytes() == (backup / MARKER).read_bytes()
+
+
 def test_an_ssh_folder_put_back_from_a_copy_keeps_what_was_made_since(
         make_ssh_cloud: MakeSshCloud, sshd: Sshd, tmp_path: Path) -> None:
     """Where the remote keeps no change times (SFTP), a copy of the folder made without
