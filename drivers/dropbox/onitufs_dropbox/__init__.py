@@ -42,8 +42,8 @@ from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped
 from onitufs.room import DiskState, RoomWatch
 from onitufs.storednames import mount_name
 
+from .auth import TokenWatch, load_token
 from .auth import auth as auth  # the hook of `onitufs auth`
-from .auth import load_token
 from .changes import Watcher
 from .client import Api, block_hashes, content_hash, make_client
 from .settings import OPTIONS as OPTIONS  # the table's keys, for the core to check
@@ -130,8 +130,10 @@ def start(plug: Plug) -> None:
         if fresh == token:
             return False
         token = fresh
-        api.client = make_client(settings, token)
+        api.client, api.refused = make_client(settings, token), False
         return True
+
+    api.on_refused = TokenWatch(plug, reconnect).refused
 
     def guarded(function: F) -> F:
         """A name Dropbox refuses outright is a failure of this file, not of the remote."""
@@ -477,7 +479,7 @@ def start(plug: Plug) -> None:
     # read back each file uploaded within a second of its time (plug.mtime_granularity).
     plug.ready()
     state = plug.folder / "listing.json" if plug.folder is not None else None
-    Watcher(plug, api, tree, state, reconnect, sweep_asides).run()
+    Watcher(plug, api, tree, state, sweep_asides).run()
 
 
 def wait_for_token(plug: Plug, settings: Settings) -> str:

@@ -3,14 +3,17 @@ by `onitufs auth` through Dropbox's OAuth 2 PKCE flow (no app secret).
 
 The file holds {"refresh_token": ...} as JSON, mode 0600. One that others can
 read is refused, as ssh refuses a private key others can read; no message,
-log or status line ever holds the token.
+log or status line ever holds the token. Once Dropbox refused the token in use,
+the file is looked at every second until `onitufs auth` put a new one there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from dropbox.oauth import DropboxOAuth2FlowNoRedirect
 
 from onitufs.config import ConfigError, Options
 from onitufs.durable import write_atomically
+from onitufs.plug import Plug, Stopped
 
 from .settings import Settings, read
 
@@ -79,3 +83,34 @@ def auth(options: Options, ask: Callable[[str], str]) -> str:
         raise ConfigError(f"{settings.where}: Dropbox gave no refresh token; nothing written")
     save_token(settings.token_file, result.refresh_token)
     return f"{settings.token_file}: refresh token saved (mode 0600)"
+
+
+TOKEN_LOOK = 1.0  # seconds between looks at the token file after a refusal
+
+
+class TokenWatch:
+    """After Dropbox refused the token, a look at the token file every TOKEN_LOOK seconds
+    until `renew` takes a new one from it (`onitufs auth`, whose user waits for the
+    remote); then what waits out a backoff in the core is tried again at once."""
+
+    def __init__(self, plug: Plug, renew: Callable[[], bool]) -> None:
+        self._plug, self._renew = plug, renew
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def refused(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"{self._plug.name}-token")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._plug.stopping.wait(TOKEN_LOOK):
+            if self._renew():
+                break
+        with self._lock:
+            self._thread = None
+        with contextlib.suppress(Stopped):  # (the mount ends: nothing waits)
+            if not self._plug.stopping.is_set():
+                self._plug.retry_now()

@@ -23,8 +23,8 @@ SAVE_EVERY seconds and at the end: the next mount catches up from there,
 however long it was away (an older save only has it go through changes it
 already has again).
 
-A failure puts the remote offline with its reason, retried with backoff, and at
-once when the token file changes (`onitufs auth`: a refused token).
+A failure puts the remote offline with its reason, retried with backoff; after a
+refused token, at once when a new one is taken (auth.TokenWatch).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ WAKE_EVERY = 0.2  # seconds: how often a wait looks at plug.writes and plug.stop
 AGAIN_AFTER = 1.0  # seconds before a report the core did not take goes again
 SAVE_EVERY = 30.0  # seconds: writing the Tree out takes time in proportion to its size
 MAX_BACKOFF = 30.0
-TOKEN_LOOK = 1.0  # seconds between looks at the token file while the remote is offline
 
 
 class Reset(Exception):
@@ -61,9 +60,8 @@ class Reset(Exception):
 
 class Watcher:
     def __init__(self, plug: Plug, api: Api, tree: Tree, state: Path | None,
-                 reconnect: Callable[[], bool], sweep: Callable[[], None]) -> None:
+                 sweep: Callable[[], None]) -> None:
         self.plug, self.api, self.tree, self.state = plug, api, tree, state
-        self.reconnect = reconnect  # a new client if the token file changed
         self.sweep = sweep  # finishes folder deletes cut short, before each whole report
         self.cursor: str | None = None
         self._poll: threading.Thread | None = None
@@ -183,17 +181,16 @@ class Watcher:
         scope.update(path for path in map(self.tree.shown_at, named) if path is not None)
 
     def _wait_out(self, backoff: float) -> bool:
-        """Wait `backoff` seconds before trying again, or only until the token file
-        changes (`onitufs auth` run meanwhile: its user is waiting); True if the mount is
+        """Wait `backoff` seconds before trying again, less if the token Dropbox refused is
+        replaced meanwhile (`onitufs auth`, whose user waits); True if the mount is
         stopping."""
-        deadline = time.monotonic() + backoff
-        while not self.reconnect():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if self.plug.stopping.wait(min(TOKEN_LOOK, left)):
+        deadline, refused = time.monotonic() + backoff, self.api.refused
+        while (left := deadline - time.monotonic()) > 0:
+            if self.plug.stopping.wait(min(WAKE_EVERY, left)):
                 return True
-        return self.plug.stopping.is_set()
+            if refused and not self.api.refused:
+                break
+        return False
 
     def _wait(self, writes: int, soon: bool) -> None:
         """Until Dropbox has news (longpoll), plug.writes moved, the core asked for a

@@ -65,6 +65,9 @@ class Api:
         self.settings = settings
         self.client = client
         self.stopping = stopping
+        # Whether Dropbox refused the token in use, and what to do then (auth.TokenWatch).
+        self.refused = False
+        self.on_refused: Callable[[], None] = lambda: None
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         waited, backoff = 0.0, FIRST_BACKOFF
@@ -74,10 +77,13 @@ class Api:
             except ApiError:
                 raise
             except AuthError as error:
-                raise token_refused(self.settings) if not error.error.is_missing_scope() \
-                    else DriverError(f"Dropbox: the app lacks a permission "
-                                     f"({error.error.get_missing_scope().required_scope})") \
-                    from None
+                if error.error.is_missing_scope():
+                    raise DriverError(f"Dropbox: the app lacks a permission "
+                                      f"({error.error.get_missing_scope().required_scope})") \
+                        from None
+                self.refused = True
+                self.on_refused()
+                raise token_refused(self.settings) from None
             except RateLimitError as error:
                 wait = float(error.backoff) if error.backoff is not None else backoff
                 reason = f"Dropbox: too many requests (429), asked to wait {wait:g} s"
