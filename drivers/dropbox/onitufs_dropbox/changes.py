@@ -184,12 +184,12 @@ class Watcher:
         """Wait `backoff` seconds before trying again, less if the token Dropbox refused is
         replaced meanwhile (`onitufs auth`, whose user waits); True if the mount is
         stopping."""
-        deadline, refused = time.monotonic() + backoff, self.api.refused
-        while (left := deadline - time.monotonic()) > 0:
+        if not self.api.refused:
+            return self.plug.stopping.wait(backoff)
+        deadline = time.monotonic() + backoff
+        while self.api.refused and (left := deadline - time.monotonic()) > 0:
             if self.plug.stopping.wait(min(WAKE_EVERY, left)):
                 return True
-            if refused and not self.api.refused:
-                break
         return False
 
     def _wait(self, writes: int, soon: bool) -> None:
