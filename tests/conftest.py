@@ -51,6 +51,17 @@ ONITUFS = [sys.executable, "-m", "onitufs"]
 MiB = 1024**2
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
+    """Name each failed test, and the seed it printed, last of all: on a CI, pytest puts
+    every failure's whole diff in its summary, and a log's tail may hold nothing else."""
+    result = yield
+    for report in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", []):
+        seeds = sorted(set(re.findall(r"ONITUFS_SEED=\d+", report.capstdout)))
+        terminalreporter.write_line(f"failed: {report.nodeid} {' '.join(seeds)}".rstrip())
+    return result
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition",
              interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
