@@ -22,7 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
-from .plug import Metadata, Plug, RemoteUnavailable, Stopped
+from .lookout import Lookout
+from .plug import Metadata, Plug, RemoteUnavailable
 
 LOOK_EVERY = 2.0  # seconds between looks at a disk that refused a change
 ROOM = 1 << 20  # bytes freed since the refusal that count as room made
@@ -93,12 +94,10 @@ class RoomWatch:
 
     def __init__(self, plug: Plug, state: Callable[[], DiskState | None],
                  every: float = LOOK_EVERY) -> None:
-        self._plug = plug
         self._state = state
-        self._every = every  # seconds between looks
         self._lock = threading.Lock()
         self._refused: Refusal | None = None  # the last one
-        self._thread: threading.Thread | None = None
+        self._lookout = Lookout(plug, "room", every, self._relieved)
 
     def watching(self, refused: Callable[[BaseException], bool],
                  lacking: Callable[[DiskState], bool] = lambda state: True
@@ -127,26 +126,17 @@ class RoomWatch:
     def _arm(self, refusal: Refusal) -> None:
         with self._lock:
             self._refused = refusal
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"{self._plug.name}-room")
-                self._thread.start()
+        self._lookout.arm()
 
-    def _run(self) -> None:
-        """Look until the disk is relieved (then tell the core) or the mount ends."""
-        while not self._plug.stopping.wait(self._every):
-            with self._lock:
-                refused = self._refused
-            try:
-                now = self._state()
-            except Exception:  # (the remote is away: looked at again next time)
-                continue
-            if refused is None or now is None or not relieved(refused, now):
-                continue
-            with self._lock:
-                if self._refused is not refused:
-                    continue  # refused anew meanwhile: room is counted from then
-                self._refused = self._thread = None
-            with contextlib.suppress(Stopped):  # (the mount ends: nothing waits)
-                self._plug.retry_now()
-            return
+    def _relieved(self) -> bool:
+        """Whether the disk may take what it last refused (the look is then disarmed)."""
+        with self._lock:
+            refused = self._refused
+        now = self._state()
+        if refused is None or now is None or not relieved(refused, now):
+            return False
+        with self._lock:
+            if self._refused is not refused:
+                return False  # refused anew meanwhile: room is counted from then
+            self._refused = None
+        return True

@@ -38,11 +38,12 @@ from dropbox import files
 from dropbox.exceptions import ApiError, HttpError
 
 from onitufs.config import ConfigError, Options
+from onitufs.lookout import Lookout
 from onitufs.plug import Changed, Conflict, DriverError, Metadata, Plug, Stopped, set_aside_by
 from onitufs.room import DiskState, RoomWatch
 from onitufs.storednames import mount_name
 
-from .auth import TokenWatch, load_token
+from .auth import TOKEN_LOOK, load_token
 from .auth import auth as auth  # the hook of `onitufs auth`
 from .changes import Watcher
 from .client import Api, block_hashes, content_hash, make_client
@@ -133,7 +134,9 @@ def start(plug: Plug) -> None:
         api.client, api.refused = make_client(settings, token), False
         return True
 
-    api.on_refused = TokenWatch(plug, reconnect).refused
+    # After a refusal of the token, the token file is looked at until `onitufs auth` put a
+    # new one there: its user waits for the remote.
+    api.on_refused = Lookout(plug, "token", TOKEN_LOOK, reconnect).arm
 
     def guarded(function: F) -> F:
         """A name Dropbox refuses outright is a failure of this file, not of the remote."""

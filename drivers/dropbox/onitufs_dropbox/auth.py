@@ -9,11 +9,9 @@ the file is looked at every second until `onitufs auth` put a new one there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from dropbox.oauth import DropboxOAuth2FlowNoRedirect
 
 from onitufs.config import ConfigError, Options
 from onitufs.durable import write_atomically
-from onitufs.plug import Plug, Stopped
 
 from .settings import Settings, read
 
@@ -86,31 +83,3 @@ def auth(options: Options, ask: Callable[[str], str]) -> str:
 
 
 TOKEN_LOOK = 1.0  # seconds between looks at the token file after a refusal
-
-
-class TokenWatch:
-    """After Dropbox refused the token, a look at the token file every TOKEN_LOOK seconds
-    until `renew` takes a new one from it (`onitufs auth`, whose user waits for the
-    remote); then what waits out a backoff in the core is tried again at once."""
-
-    def __init__(self, plug: Plug, renew: Callable[[], bool]) -> None:
-        self._plug, self._renew = plug, renew
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def refused(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"{self._plug.name}-token")
-                self._thread.start()
-
-    def _run(self) -> None:
-        while not self._plug.stopping.wait(TOKEN_LOOK):
-            if self._renew():
-                break
-        with self._lock:
-            self._thread = None
-        with contextlib.suppress(Stopped):  # (the mount ends: nothing waits)
-            if not self._plug.stopping.is_set():
-                self._plug.retry_now()

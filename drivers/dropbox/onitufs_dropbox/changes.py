@@ -24,7 +24,7 @@ however long it was away (an older save only has it go through changes it
 already has again).
 
 A failure puts the remote offline with its reason, retried with backoff; after a
-refused token, at once when a new one is taken (auth.TokenWatch).
+refused token, at once when a new one is taken (its Lookout).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class Api:
         self.settings = settings
         self.client = client
         self.stopping = stopping
-        # Whether Dropbox refused the token in use, and what to do then (auth.TokenWatch).
+        # Whether Dropbox refused the token in use, and what to do then (its Lookout).
         self.refused = False
         self.on_refused: Callable[[], None] = lambda: None
 
