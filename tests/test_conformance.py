@@ -809,6 +809,31 @@ def test_the_local_driver_finishes_a_delete_a_crash_cut_after_its_move_aside(
     finished_but_one(driver, stays, caplog, "two full walks")
 
 
+def test_the_local_driver_gives_no_byte_of_a_version_written_while_it_reads(
+        local_driver: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program writes over the file in place after get_chunk found it the version
+    asked for and before it read it (made to happen there, at the step between): the bytes
+    read are the other version's, so the read fails with Changed, as an SSH read does
+    (proven by the FSTAT sent after its reads), and they never pass for the version asked
+    for. The write keeps the file's size and puts its time back: its change time tells."""
+    driver, backdoor = local_driver, local_driver.backdoor
+    old, new = payload(3 * BLOCK, 1), payload(3 * BLOCK, 2)
+    md = driver.upload("f.bin", old)
+    looked = onitufs_local.in_hole
+    written: list[bool] = []
+
+    def written_between(fd: int, offset: int, size: int, file_size: int) -> bool:
+        if not written:
+            backdoor.rewrite_in_place("f.bin", new)
+            written.append(True)
+        return looked(fd, offset, size, file_size)
+
+    monkeypatch.setattr(onitufs_local, "in_hole", written_between)
+    error = driver.failure("get_chunk", md, BLOCK, BLOCK)
+    assert written and isinstance(error, Changed), f"{type(error).__name__}: {error}"
+    assert driver.read(error.current) == new
+
+
 def renamed_paths(kind: int, payload: bytes) -> list[bytes]:
     """The two paths of an SFTP request if it is a rename (plain or posix-rename)."""
     reader = Reader(payload)

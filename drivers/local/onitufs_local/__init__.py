@@ -267,6 +267,21 @@ def start(plug: Plug) -> None:
         return open_uploads.fd(name, lambda: os.open(inside(name), flags | os.O_NOFOLLOW,
                                                       0o600))
 
+    def the_version(fd: int, md: Metadata, path: str) -> os.stat_result:
+        """The open file's stat, if it is still the version md describes; else Changed
+        (or DriverError where the name no longer holds a file)."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            plug.look_again()
+            raise DriverError(f"{md.path}: no longer a file on the remote")
+        if md.revision is not None and not is_version(st, md):
+            plug.look_again()
+            if not holds_exactly(path):
+                raise DriverError(f"{md.path}: no longer on the remote")
+            raise Changed(f"{md.path}: changed on the remote since it was indexed",
+                          describe(md.path, st))
+        return st
+
     @plug.handler()
     def get_chunk(md: Metadata, offset: int, size: int) -> bytes:
         path = real(md.path)
@@ -276,19 +291,16 @@ def start(plug: Plug) -> None:
             plug.look_again()  # where no event said so, the next listing does
             raise DriverError(f"{md.path}: no longer on the remote") from None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                plug.look_again()
-                raise DriverError(f"{md.path}: no longer a file on the remote")
-            if md.revision is not None and not is_version(st, md):
-                plug.look_again()
-                if not holds_exactly(path):
-                    raise DriverError(f"{md.path}: no longer on the remote")
-                raise Changed(f"{md.path}: changed on the remote since it was indexed",
-                              describe(md.path, st))
+            st = the_version(fd, md, path)
             if in_hole(fd, offset, size, st.st_size):
                 return bytes(min(size, max(0, st.st_size - offset)))
-            return os.pread(fd, size, offset)
+            data = os.pread(fd, size, offset)
+            # Another program may have written over it since the look: a write moves the
+            # change time before it changes a byte, so a look after the read proves the
+            # bytes (but for a write within the clock's tick of the version's own time,
+            # the racy case the core settles, remote_changes.py).
+            the_version(fd, md, path)
+            return data
         finally:
             os.close(fd)
 
