@@ -36,18 +36,19 @@ class Lookout:
                 self._thread.start()
 
     def _run(self) -> None:
-        while not self._plug.stopping.wait(self._every):
-            try:
-                if not self._ended():
-                    continue
-            except Exception as error:  # (the remote is away: looked at again next time)
-                log.debug("remote %s: cannot look at its %s: %s", self._plug.name,
-                          self._what, error)
-                continue
-            with self._lock:
-                self._thread = None
-            with contextlib.suppress(Stopped):  # (the mount ends: nothing waits)
-                self._plug.retry_now()
-            return
+        ended = False
+        while not ended and not self._plug.stopping.wait(self._every):
+            ended = self._look()
         with self._lock:
             self._thread = None
+        if ended:
+            with contextlib.suppress(Stopped):  # (the mount ends: nothing waits)
+                self._plug.retry_now()
+
+    def _look(self) -> bool:
+        try:
+            return self._ended()
+        except Exception as error:  # (the remote is away: looked at again next time)
+            log.debug("remote %s: cannot look at its %s: %s", self._plug.name, self._what,
+                      error)
+            return False
