@@ -39,7 +39,7 @@ import functools
 import hashlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 
 import lmdb
 import trio
@@ -139,9 +139,9 @@ class BlockCache:
         self._sound: set[BlockKey] = set()
         self._damaged: set[BlockKey] = set()
         self._take_stock()
-        # Inodes being made complete (by how many callers): none of their blocks may go
-        # meanwhile, or the file would be complete without them.
-        self._completing: collections.Counter[int] = collections.Counter()
+        # Inodes being made complete or changed (by how many callers, see kept): none of
+        # their blocks may go meanwhile.
+        self._kept: collections.Counter[int] = collections.Counter()
         self._over_size = False  # and nothing could be evicted: said once in the log
         self._unkept = False  # a fetched block found no room on the disk: said once too
 
@@ -324,17 +324,25 @@ class BlockCache:
             return False
         return True
 
+    @contextlib.contextmanager
+    def kept(self, ino: int) -> Iterator[None]:
+        """Evict none of the file's blocks meanwhile: a file being made complete would
+        be taken for complete without them, and a change made complete may wait (for room,
+        for a fetch) before it writes into the file, which must still be complete then."""
+        self._kept[ino] += 1
+        try:
+            yield
+        finally:
+            self._kept[ino] -= 1
+            if not self._kept[ino]:
+                del self._kept[ino]
+
     async def make_complete(self, inode: Inode) -> None:
         """Fetch every block not cached, so the file can be changed locally."""
         if inode.complete:
             return
-        self._completing[inode.ino] += 1
-        try:
+        with self.kept(inode.ino):
             await self.make_sound(inode, 0, inode.size)
-        finally:
-            self._completing[inode.ino] -= 1
-            if not self._completing[inode.ino]:
-                del self._completing[inode.ino]
         if not inode.complete:
             inode.flags |= FLAG_COMPLETE
             self.index.defer_inode(inode)
@@ -737,15 +745,16 @@ class BlockCache:
                 self._drop(2 * missing)  # LMDB reuses about half of what it frees (space.py)
         self.space.forget()
 
-    def evict(self, excess: int | None = None) -> int:
+    def evict(self, excess: int | None = None, sparing: Collection[int] = ()) -> int:
         """Drop clean blocks, least recently used first, until the cache fits (or `excess`
-        bytes went); returns bytes freed."""
+        bytes went, none of them of the files `sparing`, which excess() did not count);
+        returns bytes freed."""
         if excess is None:
             excess = self.stored_bytes - self.size_limit
         if excess <= 0:
             self._over_size = False
             return 0
-        freed = self._drop(excess)
+        freed = self._drop(excess, sparing)
         if not freed:
             if not self._over_size:  # once, not at every write until the uploads are done
                 log.warning("cache over its size (%d bytes) by %d bytes and nothing can be "
@@ -755,9 +764,10 @@ class BlockCache:
         self._over_size = False
         return freed
 
-    def _drop(self, excess: int) -> int:
+    def _drop(self, excess: int, sparing: Collection[int] = ()) -> int:
         """Drop clean blocks every remote holds (or that came from one), least recently
-        used first, until `excess` bytes went; returns bytes freed."""
+        used first, until `excess` bytes went, none of the files `sparing`; returns bytes
+        freed."""
         freed = 0
         verdicts: dict[int, bool] = {}
         victims = []
@@ -766,7 +776,8 @@ class BlockCache:
                 break
             ino = key[0]
             if ino not in verdicts:
-                verdicts[ino] = ino not in self._completing and not self.has_dirty(ino) \
+                verdicts[ino] = ino not in self._kept and ino not in sparing \
+                    and not self.has_dirty(ino) \
                     and (self._fetched_only(ino) or self._evictable(ino))
             if verdicts[ino]:
                 victims.append(key)

@@ -331,17 +331,18 @@ class Filesystem(pyfuse3.Operations):
 
     async def _truncate(self, node: Inode, size: int) -> None:
         """Cut or extend the content; the cut and the new size commit together."""
-        if size or node.complete:  # (when cut to nothing, none of the old content is needed)
-            await self._fit_to_change(node, min(size, node.size), 1)
-        with self.index.write() as txn:
-            if not node.complete:
-                self.cache.drop(txn, node.ino)
-                node.flags |= FLAG_COMPLETE
-            node.flags &= ~FLAG_WRITE_FAILED  # written anew from here on
-            self.cache.truncate(txn, node, size)
-            node.size = size
-            self.tree.content_changed(node)
-            self.index.put_inode(txn, node)
+        with self.cache.kept(node.ino):  # made complete, it stays so until cut
+            if size or node.complete:  # (cut to nothing, none of the old content is needed)
+                await self._fit_to_change(node, min(size, node.size), 1)
+            with self.index.write() as txn:
+                if not node.complete:
+                    self.cache.drop(txn, node.ino)
+                    node.flags |= FLAG_COMPLETE
+                node.flags &= ~FLAG_WRITE_FAILED  # written anew from here on
+                self.cache.truncate(txn, node, size)
+                node.size = size
+                self.tree.content_changed(node)
+                self.index.put_inode(txn, node)
 
     async def _fit_to_change(self, node: Inode, offset: int, length: int) -> None:
         """Have every block a change touches local and sound, or fail with EIO."""
@@ -523,15 +524,16 @@ class Filesystem(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self.tree.inode(self._handles[fh].ino)
-        await self._fit_to_change(node, off, len(buf))
-        if not self.space.room_for(len(buf), self.cache.unstored_bytes):
-            await self._make_room(len(buf))
+        with self.cache.kept(node.ino):  # made complete, it stays so while the write waits
+            await self._fit_to_change(node, off, len(buf))
             if not self.space.room_for(len(buf), self.cache.unstored_bytes):
-                self._write_failed(node, "no space left on the disk of the cache")
-                raise pyfuse3.FUSEError(errno.ENOSPC)
-        if self.cache.excess(self._being_written()) > 0:
-            await self._wait_for_room(node)
-        self.cache.write(node, off, buf)
+                await self._make_room(len(buf))
+                if not self.space.room_for(len(buf), self.cache.unstored_bytes):
+                    self._write_failed(node, "no space left on the disk of the cache")
+                    raise pyfuse3.FUSEError(errno.ENOSPC)
+            if self.cache.excess(self._being_written()) > 0:
+                await self._wait_for_room(node)
+            self.cache.write(node, off, buf)
         node.size = max(node.size, off + len(buf))
         self.tree.content_changed(node)  # setuid bits: the kernel clears them by setattr
         self._last_write[node.ino] = time.monotonic()
@@ -563,10 +565,11 @@ class Filesystem(pyfuse3.Operations):
         progress, since = replicator.last_progress(), time.monotonic()
         waiting = False
         while True:
-            excess = self.cache.excess(self._being_written())
-            if excess > 0 and self.cache.evict(excess):
+            writing = self._being_written()
+            excess = self.cache.excess(writing)
+            if excess > 0 and self.cache.evict(excess, sparing=writing):
                 since = time.monotonic()
-                excess = self.cache.excess(self._being_written())
+                excess = self.cache.excess(writing)
             if excess <= 0:
                 return
             if not waiting:

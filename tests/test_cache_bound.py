@@ -123,3 +123,36 @@ def test_a_writer_meeting_the_bound_gets_enospc_while_a_stuck_remote_lacks_what_
     assert outcome[0] is not None and outcome[0].errno == errno.ENOSPC, outcome
     failed = [line for line in cloud.log.splitlines() if "/later.bin: a write failed" in line]
     assert failed and "uploads make no room: c: " in failed[0], failed
+
+
+def test_a_file_being_changed_keeps_its_blocks_while_its_writer_waits_for_room(
+        make_cloud: MakeCloud) -> None:
+    """f.bin is on the remotes and read whole into the cache; two closed files wait for
+    their uploads (held back by upload_delay) and fill the cache past its size. A write
+    into f.bin waits for those uploads; meanwhile the only blocks the cache may drop are
+    f.bin's own. Dropping them made nothing fit (the writer's file does not count), and
+    the write failed: ENOSPC with nothing left to upload, or EIO, the file no longer whole
+    in the cache when the write went in."""
+    cloud = make_cloud({"a": "rw", "b": "rw"}, cache_size="4 MiB", block_size="256 KiB",
+                       write_buffer="1 MiB", stall="3s", upload_delay="30s")
+    original = os.urandom(MIB)
+    for remote in cloud.remotes.values():
+        (remote / "f.bin").write_bytes(original)
+    cloud.mount()
+    assert (cloud.mountpoint / "f.bin").read_bytes() == original
+    waiting = {f"w{number}.bin": os.urandom(5 * MIB // 2) for number in range(2)}
+    for name, content in waiting.items():
+        (cloud.mountpoint / name).write_bytes(content)
+    fd = os.open(cloud.mountpoint / "f.bin", os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, b"changed", 300_000) == 7
+    finally:
+        os.close(fd)
+    assert "the write waits for uploads" in cloud.log  # the case this test is about
+    expected = original[:300_000] + b"changed" + original[300_007:]
+    assert (cloud.mountpoint / "f.bin").read_bytes() == expected
+    cloud.umount()
+    for remote in cloud.remotes.values():
+        assert (remote / "f.bin").read_bytes() == expected, remote
+        for name, content in waiting.items():
+            assert (remote / name).read_bytes() == content, (remote, name)
