@@ -43,7 +43,8 @@ class Both:
                 outcomes.append(("ok", operation(root)))
             except OSError as error:
                 outcomes.append(("error", errno.errorcode.get(error.errno or 0, error.errno)))
-        assert outcomes[0] == outcomes[1], f"{describe}: mount {outcomes[0]} != model {outcomes[1]}"
+        assert outcomes[0] == outcomes[1], \
+            f"{describe}: mount {outcomes[0]} != model {outcomes[1]}, after {list(self.history)}"
 
     def step(self) -> str:
         rng = self.rng
