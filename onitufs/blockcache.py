@@ -284,8 +284,8 @@ class BlockCache:
         # Blocks are kept by inode and block number, not by revision: the file, as the
         # index has it now, must still be at the revision the read began with.
         inode = self.index.get_inode(ino)
-        if inode is None or inode.rev != rev or not (key in self._damaged or not inode.complete) \
-                or self.has_dirty(ino):
+        if inode is None or inode.rev != rev or inode.dirty \
+                or not (key in self._damaged or not inode.complete) or self.has_dirty(ino):
             return True
         if not self._keep(key, rev, data, digest, new_checksum):
             if not self._unkept:  # once, not at every block until there is room again
@@ -370,6 +370,10 @@ class BlockCache:
         bs = self.block_size
         view = memoryview(data)
         buffers = self._dirty.setdefault(inode.ino, {})
+        if offset // bs > inode.size // bs and inode.size % bs:
+            # The last block grows by zeros, unwritten: stored again, it loses the
+            # checksum of its shorter self (see truncate).
+            self._changeable(inode.ino, inode.size // bs, buffers)
         if offset % bs == 0 and len(data) == bs:
             # A whole block (cp, dd and the kernel's writeback write 1 MiB at a time): kept
             # as the kernel's request brought it, and copied only if written into again.
@@ -423,9 +427,14 @@ class BlockCache:
         in `txn`, which must also write the inode's new size. The block the cut goes
         through must be sound (make_sound)."""
         assert inode.complete, "make_complete() before changing content"
-        if new_size >= inode.size:
-            return
         bs = self.block_size
+        if new_size >= inode.size:
+            if new_size > inode.size and inode.size % bs:
+                # The last block grows by zeros: a checksum learnt of it (an upload's, a
+                # fetch's) is of the shorter block, and would be carried to the next
+                # revision, where the block read back would look damaged.
+                self.index.set_block_hash(txn, inode.ino, inode.size // bs, UNREVISED, None)
+            return
         keep_blocks = (new_size + bs - 1) // bs
         self._take_buffers(inode.ino, keep_blocks)
         buffers = self._dirty.setdefault(inode.ino, {})

@@ -525,7 +525,8 @@ class Filesystem(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self.tree.inode(self._handles[fh].ino)
         with self.cache.kept(node.ino):  # made complete, it stays so while the write waits
-            await self._fit_to_change(node, off, len(buf))
+            start = min(off, node.size)  # (a write past the end changes the last block too)
+            await self._fit_to_change(node, start, off + len(buf) - start)
             if not self.space.room_for(len(buf), self.cache.unstored_bytes):
                 await self._make_room(len(buf))
                 if not self.space.room_for(len(buf), self.cache.unstored_bytes):

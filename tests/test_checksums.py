@@ -6,6 +6,8 @@ import hashlib
 import os
 from collections.abc import Callable
 
+import pytest
+
 from .bitrot import loop_disk
 from .conftest import MakeCloud, wait_for
 
@@ -101,6 +103,40 @@ def test_checksums_stay_right_through_changes_in_place(make_cloud: MakeCloud) ->
         os.ftruncate(fd, 0)
         os.ftruncate(fd, 300_000)
     change(empty_and_grow)
+
+@pytest.mark.parametrize("grow", ["write past it", "truncate"])
+def test_a_last_block_grown_without_being_written_is_checked_at_its_new_length(
+        make_cloud: MakeCloud, grow: str) -> None:
+    """A file whose last block is a piece of one grows past it (a write further on, or a
+    truncate) without writing into it: the block, now whole with zeros after the piece,
+    kept the checksum of the piece, which the upload had learnt. Fetched again, it did
+    not match: "damaged" on every remote, and EIO."""
+    cloud = make_cloud({"a": "rw"}, cache_size="256 KiB", block_size="16 KiB")
+    cloud.mount()
+    path = cloud.mountpoint / "doc"
+    expected = bytearray(os.urandom(20_000))  # a block, and 3,616 bytes of the next
+    path.write_bytes(expected)
+    cloud.wait_synced()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if grow == "truncate":
+            os.ftruncate(fd, 40_000)
+            expected += bytes(20_000)
+        else:
+            os.pwrite(fd, b"end", 40_000)
+            expected += bytes(20_000) + b"end"
+    finally:
+        os.close(fd)
+    cloud.wait_synced()
+    # written after it, a larger file than the cache pushes the doc's blocks out of it
+    (cloud.mountpoint / "other").write_bytes(os.urandom(1024 * 1024))
+    cloud.wait_synced()
+    wait_for(lambda: cloud.status()["cache_bytes"] <= 256 * 1024, what="the cache to evict")
+    cloud.umount()  # the kernel forgets what it cached: reads come from the remote
+    cloud.mount()
+    assert path.read_bytes() == expected
+    assert "damaged" not in cloud.log
+
 
 def test_a_file_cut_while_written_in_order_gets_the_checksum_of_what_it_holds(
         make_cloud: MakeCloud) -> None:
