@@ -62,6 +62,7 @@ Answer = tuple[Remote, str, bytes | CallFailed]  # a holder's answer to a read: 
 # the next too.
 HEDGE_AFTER = 5.0
 HEDGE_RATE = 2**20
+MOVE_LOOK = 0.01  # seconds between looks at a move under way where a read failed
 SLOW_FOR = 60.0  # seconds a remote found slow so is asked after the others
 RESAY = 60.0  # seconds before a trouble said of a remote's changes is said again
 PER_REMOTE_TASKS = 4
@@ -1153,57 +1154,79 @@ class Replicator:
         minute or more, while another holds the same bytes). A remote whose reads go on
         answering, this one queued behind them, is waited for; one with a read under way
         that long is not, whatever else it answers (a bad sector on its disk, a file its
-        server stopped serving)."""
+        server stopped serving). A read that failed where this very onitufs was moving the
+        file (or a folder above it) on that remote is asked again at its new path."""
         errors: list[str] = []
         holders = self.holders(inode)
         taken_in = False
         answers, answered = trio.open_memory_channel[Answer](math.inf)
         asked: set[Remote] = set()
+        failed: list[tuple[Remote, str]] = []  # reads that failed, maybe for a move
         silence = HEDGE_AFTER + size / HEDGE_RATE
         async with trio.open_nursery() as nursery:
-            while holders or asked:
-                if holders:
-                    remote, path, entry = holders.pop(0)
-                    asked.add(remote)
-                    md = held_version(metadata_for(inode, path), entry)
-                    nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
-                    since = time.monotonic()
-                got = await self._next_answer(answered, asked, since, silence) if holders \
-                    else await answered.receive()
-                if got is None:
-                    now = time.monotonic()
-                    newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
-                    for slow in asked:
-                        slow.health.slow_until = now + SLOW_FOR
-                    if newly:  # said once for the reads under way at that moment
-                        log.info("remote %s: no answer in %.0f s for a read of %s; asking %s "
-                                 "too, and it first for a while", ", ".join(newly), silence,
-                                 self.index.describe(inode.ino), holders[0][0].name)
-                    continue
-                remote, path, answer = got
-                asked.discard(remote)
-                if isinstance(answer, CallFailed):
-                    errors.append(str(answer))
-                    if isinstance(answer.__cause__, Changed) and not taken_in:
-                        # The remote moved on before reporting it: taken in now, as its
-                        # report would be, so that the path shows its version at once.
-                        taken_in = True
-                        await self.on_changed(remote.name, answer.__cause__.current)
-                        holders = [holder for holder in self.holders(inode)  # of the revision
-                                   if holder[0] not in asked]  # asked for, after that
-                    continue
-                if len(answer) != size:
-                    errors.append(f"{remote.name}: short read ({len(answer)} of {size} bytes)")
-                    continue
-                digest = await chunk_sha256(answer)
-                if expected is not None and digest != expected:
-                    errors.append(f"{remote.name}: damaged copy")
-                    self.mark_damaged(remote, inode, path, f"the block at byte {offset} does "
-                                      "not match its SHA-256")
-                    continue
-                nursery.cancel_scope.cancel()  # a holder still asked: its answer is dropped
-                return answer, digest
+            while True:
+                while holders or asked:
+                    if holders:
+                        remote, path, entry = holders.pop(0)
+                        asked.add(remote)
+                        md = held_version(metadata_for(inode, path), entry)
+                        nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
+                        since = time.monotonic()
+                    got = await self._next_answer(answered, asked, since, silence) if holders \
+                        else await answered.receive()
+                    if got is None:
+                        now = time.monotonic()
+                        newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
+                        for slow in asked:
+                            slow.health.slow_until = now + SLOW_FOR
+                        if newly:  # said once for the reads under way at that moment
+                            log.info("remote %s: no answer in %.0f s for a read of %s; asking %s "
+                                     "too, and it first for a while", ", ".join(newly), silence,
+                                     self.index.describe(inode.ino), holders[0][0].name)
+                        continue
+                    remote, path, answer = got
+                    asked.discard(remote)
+                    if isinstance(answer, CallFailed):
+                        errors.append(str(answer))
+                        failed.append((remote, path))
+                        if isinstance(answer.__cause__, Changed) and not taken_in:
+                            # The remote moved on before reporting it: taken in now, as its
+                            # report would be, so that the path shows its version at once.
+                            taken_in = True
+                            await self.on_changed(remote.name, answer.__cause__.current)
+                            holders = [holder for holder in self.holders(inode)  # of the revision
+                                       if holder[0] not in asked]  # asked for, after that
+                        continue
+                    if len(answer) != size:
+                        errors.append(f"{remote.name}: short read ({len(answer)} of {size} bytes)")
+                        continue
+                    digest = await chunk_sha256(answer)
+                    if expected is not None and digest != expected:
+                        errors.append(f"{remote.name}: damaged copy")
+                        self.mark_damaged(remote, inode, path, f"the block at byte {offset} does "
+                                          "not match its SHA-256")
+                        continue
+                    nursery.cancel_scope.cancel()  # a holder still asked: its answer is dropped
+                    return answer, digest
+                holders, failed = await self._moved_meanwhile(inode, failed, silence), []
+                if not holders:
+                    break
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
+
+    async def _moved_meanwhile(self, inode: Inode, failed: list[tuple[Remote, str]],
+                               silence: float) -> list[tuple[Remote, str, MirrorEntry]]:
+        """Holders whose read failed at a path this onitufs was moving on that remote (the
+        file, or a folder above it): once the move is done and recorded (waited for up to
+        `silence` seconds), those now holding the current revision at another path."""
+        def moving(remote: Remote, path: str) -> bool:
+            return any(other == path or (folder and at_or_below(path, other))
+                       for other, folder in self._working[remote.rid])
+
+        with trio.move_on_after(silence):
+            while any(moving(remote, path) for remote, path in failed):
+                await trio.sleep(MOVE_LOOK)
+        return [(remote, path, entry) for remote, path, entry in self.holders(inode)
+                if any(remote is gone and path != old for gone, old in failed)]
 
     @staticmethod
     async def _next_answer(answered: trio.MemoryReceiveChannel[Answer], asked: set[Remote],
