@@ -15,6 +15,7 @@ import hashlib
 import mmap
 import os
 import random
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,51 @@ def random_run(make_cloud: MakeCloud, tmp_path: Path, what: str, remotes: dict[s
     model = tmp_path / "model"
     model.mkdir()
     return seed, steps, cloud, model
+
+
+def test_several_programs_at_once_each_on_its_own_files(make_cloud: MakeCloud,
+                                                        tmp_path: Path) -> None:
+    """Four programs at once, each with random operations in a folder of its own: each
+    one's outcomes are as certain as one program's, while the daemon serves them together
+    (their writes wait for room in the small cache, evict each other's blocks, upload
+    beside each other)."""
+    seed, steps, cloud, model = random_run(make_cloud, tmp_path, "several programs",
+                                           {"a": "rw", "b": "rw"})
+    cloud.mount()
+    programs = [f"p{number}" for number in range(4)]
+    failures: list[str] = []
+
+    def run_program(number: int) -> None:
+        name = programs[number]
+        both = Both(cloud.mountpoint / name, model / name, random.Random(seed + number))
+        try:
+            for step in range(steps // 2):
+                both.step()
+                if step % 20 == 0:
+                    assert snapshot(cloud.mountpoint / name) == snapshot(model / name), \
+                        f"seed {seed}, {name}, step {step}, after {list(both.history)}"
+        except BaseException as failure:  # (said by the test's own thread below)
+            failures.append(f"{name}: {failure}")
+
+    for name in programs:
+        (cloud.mountpoint / name).mkdir()
+        (model / name).mkdir()
+    threads = [threading.Thread(target=run_program, args=(number,), daemon=True)
+               for number in range(len(programs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)  # (a hung mount: the cloud's cleanup ends it)
+    assert not any(thread.is_alive() for thread in threads), f"seed {seed}: a program hung"
+    assert not failures, f"seed {seed}: {failures}"
+    assert snapshot(cloud.mountpoint) == snapshot(model), f"seed {seed}"
+    cloud.umount()
+    expected = snapshot(model)
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs"
+    cloud.mount()
+    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after a remount"
+    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
 
 
 def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path: Path) -> None:
