@@ -141,6 +141,19 @@ def random_run(make_cloud: MakeCloud, tmp_path: Path, what: str, remotes: dict[s
     return seed, steps, cloud, model
 
 
+def remount_and_compare(cloud: Cloud, model: Path, seed: int) -> dict[str, tuple[str, bytes]]:
+    """Unmount (everything uploaded), compare every remote with the model, mount again and
+    compare the mount; no block found damaged meanwhile. Returns the model's snapshot."""
+    cloud.umount()
+    expected = snapshot(model)
+    for name, remote in cloud.remotes.items():
+        assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs"
+    cloud.mount()
+    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
+    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+    return expected
+
+
 def test_several_programs_at_once_each_on_its_own_files(make_cloud: MakeCloud,
                                                         tmp_path: Path) -> None:
     """Four programs at once, each with random operations in a folder of its own: each
@@ -177,13 +190,7 @@ def test_several_programs_at_once_each_on_its_own_files(make_cloud: MakeCloud,
     assert not any(thread.is_alive() for thread in threads), f"seed {seed}: a program hung"
     assert not failures, f"seed {seed}: {failures}"
     assert snapshot(cloud.mountpoint) == snapshot(model), f"seed {seed}"
-    cloud.umount()
-    expected = snapshot(model)
-    for name, remote in cloud.remotes.items():
-        assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs"
-    cloud.mount()
-    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after a remount"
-    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+    remount_and_compare(cloud, model, seed)
 
 
 def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path: Path) -> None:
@@ -200,13 +207,7 @@ def test_random_operations_match_a_plain_folder(make_cloud: MakeCloud, tmp_path:
             cloud.umount()
             cloud.mount()
             assert snapshot(cloud.mountpoint) == snapshot(model), f"seed {seed}, after remount"
-    cloud.umount()
-    expected = snapshot(model)
-    for name, remote in cloud.remotes.items():
-        assert snapshot(remote) == expected, f"seed {seed}: remote {name} differs"
-    cloud.mount()
-    assert snapshot(cloud.mountpoint) == expected, f"seed {seed}: after the last remount"
-    assert "damaged" not in cloud.log, f"seed {seed}: a checksum did not match its block"
+    expected = remount_and_compare(cloud, model, seed)
     for relative, (kind, content) in expected.items():
         if kind == "file":  # known unless the last upload was resumed part way
             with contextlib.suppress(OSError):
