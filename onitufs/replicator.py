@@ -204,6 +204,13 @@ def entry_metadata(path: str, entry: MirrorEntry) -> Metadata:
     return held_version(Metadata(path=path, kind=kind), entry)
 
 
+def clash(path: str, folder: bool, other: str, other_folder: bool) -> bool:
+    """Whether an operation at `path` (on a folder and all below it, if `folder`) and
+    one at `other` touch a path in common on a remote."""
+    return path == other or (folder and at_or_below(other, path)) \
+        or (other_folder and at_or_below(path, other))
+
+
 class Replicator:
     def __init__(self, index: Index, remotes: list[Remote], block_size: int,
                  stall: float) -> None:
@@ -730,11 +737,9 @@ class Replicator:
         and take it for a version saved there by someone else.
         """
         working = self._working[remote.rid]
-        for path in paths:
-            for other, other_folder in working:
-                if other == path or (folder and at_or_below(other, path)) \
-                        or (other_folder and at_or_below(path, other)):
-                    raise Retry()
+        if any(clash(path, folder, other, other_folder)
+               for path in paths for other, other_folder in working):
+            raise Retry()
         claims = [(path, folder) for path in paths]
         working.extend(claims)
         try:
@@ -1164,69 +1169,69 @@ class Replicator:
         failed: list[tuple[Remote, str]] = []  # reads that failed, maybe for a move
         silence = HEDGE_AFTER + size / HEDGE_RATE
         async with trio.open_nursery() as nursery:
-            while True:
-                while holders or asked:
-                    if holders:
-                        remote, path, entry = holders.pop(0)
-                        asked.add(remote)
-                        md = held_version(metadata_for(inode, path), entry)
-                        nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
-                        since = time.monotonic()
-                    got = await self._next_answer(answered, asked, since, silence) if holders \
-                        else await answered.receive()
-                    if got is None:
-                        now = time.monotonic()
-                        newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
-                        for slow in asked:
-                            slow.health.slow_until = now + SLOW_FOR
-                        if newly:  # said once for the reads under way at that moment
-                            log.info("remote %s: no answer in %.0f s for a read of %s; asking %s "
-                                     "too, and it first for a while", ", ".join(newly), silence,
-                                     self.index.describe(inode.ino), holders[0][0].name)
-                        continue
-                    remote, path, answer = got
-                    asked.discard(remote)
-                    if isinstance(answer, CallFailed):
-                        errors.append(str(answer))
-                        failed.append((remote, path))
-                        if isinstance(answer.__cause__, Changed) and not taken_in:
-                            # The remote moved on before reporting it: taken in now, as its
-                            # report would be, so that the path shows its version at once.
-                            taken_in = True
-                            await self.on_changed(remote.name, answer.__cause__.current)
-                            holders = [holder for holder in self.holders(inode)  # of the revision
-                                       if holder[0] not in asked]  # asked for, after that
-                        continue
-                    if len(answer) != size:
-                        errors.append(f"{remote.name}: short read ({len(answer)} of {size} bytes)")
-                        continue
-                    digest = await chunk_sha256(answer)
-                    if expected is not None and digest != expected:
-                        errors.append(f"{remote.name}: damaged copy")
-                        self.mark_damaged(remote, inode, path, f"the block at byte {offset} does "
-                                          "not match its SHA-256")
-                        continue
-                    nursery.cancel_scope.cancel()  # a holder still asked: its answer is dropped
-                    return answer, digest
-                holders, failed = await self._moved_meanwhile(inode, failed, silence), []
-                if not holders:
-                    break
+            while holders or asked or (
+                    holders := await self._asked_again(inode, failed, silence)):
+                if holders:
+                    remote, path, entry = holders.pop(0)
+                    asked.add(remote)
+                    md = held_version(metadata_for(inode, path), entry)
+                    nursery.start_soon(self._ask, answers, remote, path, md, offset, size)
+                    since = time.monotonic()
+                got = await self._next_answer(answered, asked, since, silence) if holders \
+                    else await answered.receive()
+                if got is None:
+                    now = time.monotonic()
+                    newly = sorted(slow.name for slow in asked if slow.health.slow_until <= now)
+                    for slow in asked:
+                        slow.health.slow_until = now + SLOW_FOR
+                    if newly:  # said once for the reads under way at that moment
+                        log.info("remote %s: no answer in %.0f s for a read of %s; asking %s "
+                                 "too, and it first for a while", ", ".join(newly), silence,
+                                 self.index.describe(inode.ino), holders[0][0].name)
+                    continue
+                remote, path, answer = got
+                asked.discard(remote)
+                if isinstance(answer, CallFailed):
+                    errors.append(str(answer))
+                    failed.append((remote, path))
+                    if isinstance(answer.__cause__, Changed) and not taken_in:
+                        # The remote moved on before reporting it: taken in now, as its
+                        # report would be, so that the path shows its version at once.
+                        taken_in = True
+                        await self.on_changed(remote.name, answer.__cause__.current)
+                        holders = [holder for holder in self.holders(inode)  # of the revision
+                                   if holder[0] not in asked]  # asked for, after that
+                    continue
+                if len(answer) != size:
+                    errors.append(f"{remote.name}: short read ({len(answer)} of {size} bytes)")
+                    continue
+                digest = await chunk_sha256(answer)
+                if expected is not None and digest != expected:
+                    errors.append(f"{remote.name}: damaged copy")
+                    self.mark_damaged(remote, inode, path, f"the block at byte {offset} does "
+                                      "not match its SHA-256")
+                    continue
+                nursery.cancel_scope.cancel()  # a holder still asked: its answer is dropped
+                return answer, digest
         raise FetchError("; ".join(errors) or "no readable remote holds its current revision")
 
-    async def _moved_meanwhile(self, inode: Inode, failed: list[tuple[Remote, str]],
-                               silence: float) -> list[tuple[Remote, str, MirrorEntry]]:
-        """Holders whose read failed at a path this onitufs was moving on that remote (the
-        file, or a folder above it): once the move is done and recorded (waited for up to
-        `silence` seconds), those now holding the current revision at another path."""
+    async def _asked_again(self, inode: Inode, failed: list[tuple[Remote, str]],
+                           silence: float) -> list[tuple[Remote, str, MirrorEntry]]:
+        """Of the reads that `failed` (taken out of it), those at a path this onitufs was
+        moving on that remote (the file, or a folder above it): once the move is done and
+        recorded (waited for up to `silence` seconds), the holders of the current revision
+        at another path there."""
         def moving(remote: Remote, path: str) -> bool:
-            return any(other == path or (folder and at_or_below(path, other))
+            return any(clash(path, False, other, folder)
                        for other, folder in self._working[remote.rid])
 
         with trio.move_on_after(silence):
             while any(moving(remote, path) for remote, path in failed):
                 await trio.sleep(MOVE_LOOK)
-        return [(remote, path, entry) for remote, path, entry in self.holders(inode)
-                if any(remote is gone and path != old for gone, old in failed)]
+        again = [(remote, path, entry) for remote, path, entry in self.holders(inode)
+                 if any(remote is gone and path != old for gone, old in failed)]
+        failed.clear()
+        return again
 
     @staticmethod
     async def _next_answer(answered: trio.MemoryReceiveChannel[Answer], asked: set[Remote],
