@@ -104,6 +104,7 @@ def test_checksums_stay_right_through_changes_in_place(make_cloud: MakeCloud) ->
         os.ftruncate(fd, 300_000)
     change(empty_and_grow)
 
+
 @pytest.mark.parametrize("grow", ["write past it", "truncate"])
 def test_a_last_block_grown_without_being_written_is_checked_at_its_new_length(
         make_cloud: MakeCloud, grow: str) -> None:
